@@ -1,0 +1,376 @@
+#include "buffer/network_buffer_pool.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include <boost/lockfree/stack.hpp>
+
+#include "buffer/local_buffer_pool.h"
+#include "buffer/redistribution.h"
+
+namespace sluice::buffer {
+
+namespace {
+constexpr uint8_t kHolderFree = 0;   // in the global free list
+constexpr uint8_t kHolderTaken = 1;  // handed out (exclusive, pooled or direct)
+constexpr uint32_t kMinSegment = 4u << 10;
+constexpr uint32_t kMaxSegment = 1u << 20;
+
+std::string Bytes(uint64_t b) {
+  char out[64];
+  if (b >= (1ull << 20) && b % (1ull << 20) == 0) {
+    std::snprintf(out, sizeof(out), "%llu MiB", static_cast<unsigned long long>(b >> 20));
+  } else if (b >= (1ull << 10) && b % (1ull << 10) == 0) {
+    std::snprintf(out, sizeof(out), "%llu KiB", static_cast<unsigned long long>(b >> 10));
+  } else {
+    std::snprintf(out, sizeof(out), "%llu bytes", static_cast<unsigned long long>(b));
+  }
+  return out;
+}
+}  // namespace
+
+// The lock-free free list. bounded_push never allocates: its nodes are preallocated for every
+// segment at construction.
+class NetworkBufferPool::FreeList {
+ public:
+  explicit FreeList(uint32_t capacity) : stack_(capacity) {}
+  bool Push(MemorySegment* s) { return stack_.bounded_push(s); }
+  MemorySegment* Pop() {
+    MemorySegment* s = nullptr;
+    return stack_.pop(s) ? s : nullptr;
+  }
+
+ private:
+  boost::lockfree::stack<MemorySegment*> stack_;
+};
+
+Status ValidateOptions(const NetworkBufferPoolOptions& o) {
+  const uint32_t s = o.segment_size;
+  if (s < kMinSegment || s > kMaxSegment || (s & (s - 1)) != 0) {
+    return InvalidArgument("segment_size " + std::to_string(s) +
+                           " is not a power of two between 4096 (4 KiB) and 1048576 (1 MiB); "
+                           "set segment_size to e.g. 32768");
+  }
+  if (o.network_memory < s) {
+    return InvalidArgument("network_memory " + std::to_string(o.network_memory) +
+                           " bytes is smaller than one segment (" + Bytes(s) +
+                           "); set network_memory to at least " + std::to_string(s));
+  }
+  if (o.network_memory / s >= MemorySegment::kUnpooled) {
+    return InvalidArgument("network_memory " + Bytes(o.network_memory) + " makes " +
+                           std::to_string(o.network_memory / s) +
+                           " segments, more than 2^32-1; use a larger segment_size");
+  }
+  return Status::Ok();
+}
+
+std::string FormatAdmissionError(const char* what, uint32_t extra, uint32_t required,
+                                 uint32_t total, uint32_t segment_size) {
+  const uint64_t need = static_cast<uint64_t>(required) + extra;
+  const uint32_t unreserved = total > required ? total - required : 0;
+  std::string m = "insufficient network memory for ";
+  m += what;
+  m += ": it needs " + std::to_string(extra) + " segments, but only " +
+       std::to_string(unreserved) + " of " + std::to_string(total) +
+       " segments are unreserved (" + std::to_string(required) +
+       " already reserved as pool minimums and exclusive buffers; segment size " +
+       Bytes(segment_size) + ", network memory " +
+       Bytes(static_cast<uint64_t>(total) * segment_size) + "). Raise network_memory to at least " +
+       Bytes(need * segment_size) + " (" + std::to_string(need * segment_size) +
+       " bytes), or lower buffers_per_channel, floating_per_gate or the number of channels";
+  return m;
+}
+
+Result<std::shared_ptr<NetworkBufferPool>> NetworkBufferPool::Create(
+    const NetworkBufferPoolOptions& options) {
+  if (Status st = ValidateOptions(options); !st.ok()) return st;
+  const auto total = static_cast<uint32_t>(options.network_memory / options.segment_size);
+  const uint64_t bytes = static_cast<uint64_t>(total) * options.segment_size;
+  int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  if (options.preallocate) flags = (flags & ~MAP_NORESERVE) | MAP_POPULATE;
+  void* slab = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, flags, -1, 0);
+  if (slab == MAP_FAILED) {
+    return ResourceExhausted("could not reserve " + Bytes(bytes) + " of network memory: " +
+                             std::strerror(errno) + "; lower network_memory");
+  }
+  if (options.huge_pages) ::madvise(slab, bytes, MADV_HUGEPAGE);  // advice only
+  return std::shared_ptr<NetworkBufferPool>(
+      new NetworkBufferPool(options, static_cast<uint8_t*>(slab), total));
+}
+
+NetworkBufferPool::NetworkBufferPool(const NetworkBufferPoolOptions& options, uint8_t* slab,
+                                     uint32_t total)
+    : segment_size_(options.segment_size),
+      total_(total),
+      slab_bytes_(static_cast<uint64_t>(total) * options.segment_size),
+      slab_(slab),
+      segments_(new MemorySegment[total]),
+      free_(std::make_unique<FreeList>(total)) {
+  direct_recycler_.pool = this;
+  // Push in reverse so that the lowest segments are handed out first.
+  for (uint32_t i = total; i-- > 0;) {
+    MemorySegment& s = segments_[i];
+    s.data_ = slab_ + static_cast<uint64_t>(i) * segment_size_;
+    s.capacity_ = segment_size_;
+    s.index_ = i;
+    s.holder_.store(kHolderFree, std::memory_order_relaxed);
+    SLUICE_CHECK(free_->Push(&s), "free list smaller than the slab");
+  }
+  available_.store(total, std::memory_order_release);
+}
+
+NetworkBufferPool::~NetworkBufferPool() {
+  const uint32_t avail = available_segments();
+  if (avail != total_) {
+    std::fprintf(stderr,
+                 "sluice: NetworkBufferPool destroyed with %u of %u segments still out; the "
+                 "slab is leaked instead of unmapped under live buffers\n",
+                 total_ - avail, total_);
+    return;
+  }
+  ::munmap(slab_, slab_bytes_);
+}
+
+uint32_t NetworkBufferPool::available_segments() const {
+  const int64_t a = available_.load(std::memory_order_acquire);
+  return a < 0 ? 0 : static_cast<uint32_t>(std::min<int64_t>(a, total_));
+}
+
+uint32_t NetworkBufferPool::required_segments() const {
+  std::lock_guard lock(mu_);
+  return required_;
+}
+
+NetworkBufferPoolStats NetworkBufferPool::Stats() const {
+  NetworkBufferPoolStats s;
+  s.segment_size = segment_size_;
+  s.total = total_;
+  s.available = available_segments();
+  s.exclusive = exclusive_out_.load(std::memory_order_acquire);
+  const uint32_t out = total_ - s.available;
+  s.pooled = out > s.exclusive ? out - s.exclusive : 0;
+  std::lock_guard lock(mu_);
+  s.required = required_;
+  s.local_pools = static_cast<uint32_t>(pools_.size());
+  return s;
+}
+
+std::string NetworkBufferPool::DebugString() const {
+  const NetworkBufferPoolStats s = Stats();
+  char out[256];
+  std::snprintf(out, sizeof(out),
+                "NetworkBufferPool{segment=%u total=%u available=%u exclusive=%u pooled=%u "
+                "required=%u pools=%u}",
+                s.segment_size, s.total, s.available, s.exclusive, s.pooled, s.required,
+                s.local_pools);
+  return out;
+}
+
+MemorySegment* NetworkBufferPool::TryRequestSegment() {
+  MemorySegment* s = free_->Pop();
+  if (s == nullptr) return nullptr;
+  available_.fetch_sub(1, std::memory_order_acq_rel);
+  const uint8_t prev = s->holder_.exchange(kHolderTaken, std::memory_order_acq_rel);
+  SLUICE_CHECK(prev == kHolderFree, "free list held a segment that was not free");
+  return s;
+}
+
+void NetworkBufferPool::RecycleSegment(MemorySegment* s) {
+  SLUICE_CHECK(s != nullptr && s >= &segments_[0] && s < &segments_[0] + total_,
+               "segment recycled into a NetworkBufferPool it does not belong to");
+  SLUICE_CHECK(s->refs_.load(std::memory_order_acquire) == 0,
+               "segment returned to the NetworkBufferPool while a Buffer still holds it");
+  const uint8_t prev = s->holder_.exchange(kHolderFree, std::memory_order_acq_rel);
+  SLUICE_CHECK(prev == kHolderTaken, "segment recycled twice into the NetworkBufferPool");
+  s->tag_ = -1;
+  SLUICE_CHECK(free_->Push(s), "free list overflow");
+  const int64_t before = available_.fetch_add(1, std::memory_order_acq_rel);
+  if (before <= 0) {
+    // Pairs with the fence in the waiters: either they see this segment or we see them.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (waiters_present_.load(std::memory_order_acquire) > 0) NotifyAvailable();
+  }
+}
+
+void NetworkBufferPool::NotifyAvailable() {
+  std::vector<std::weak_ptr<LocalBufferPool>> waiters;
+  {
+    std::lock_guard lock(mu_);
+    if (exclusive_waiting_ > 0) segment_freed_.notify_all();
+    waiters.swap(availability_waiters_);
+    waiters_present_.fetch_sub(static_cast<uint32_t>(waiters.size()), std::memory_order_acq_rel);
+  }
+  for (auto& w : waiters) {
+    if (auto pool = w.lock()) pool->OnGlobalAvailable();
+  }
+}
+
+void NetworkBufferPool::AddAvailabilityWaiter(std::shared_ptr<LocalBufferPool> pool) {
+  {
+    std::lock_guard lock(mu_);
+    availability_waiters_.push_back(pool);
+    waiters_present_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // A segment freed between the pool's failed request and the registration above saw no
+  // waiter: look again so that the notification is never lost.
+  if (available_.load(std::memory_order_acquire) > 0) NotifyAvailable();
+}
+
+Status NetworkBufferPool::Admit(uint32_t extra, const char* what) const {
+  if (static_cast<uint64_t>(required_) + extra > total_) {
+    return ResourceExhausted(FormatAdmissionError(what, extra, required_, total_, segment_size_));
+  }
+  return Status::Ok();
+}
+
+void NetworkBufferPool::RedistributeLocked(std::vector<std::shared_ptr<LocalBufferPool>>* grown) {
+  std::vector<PoolBounds> bounds;
+  bounds.reserve(pools_.size());
+  for (LocalBufferPool* p : pools_) bounds.push_back({p->min_, p->max_});
+  const std::vector<uint32_t> sizes = RedistributeSpare(bounds, total_ - required_);
+  std::vector<MemorySegment*> surplus;
+  for (size_t i = 0; i < pools_.size(); ++i) {
+    if (pools_[i]->Resize(sizes[i], &surplus)) {
+      if (auto p = pools_[i]->weak_from_this().lock()) grown->push_back(std::move(p));
+    }
+  }
+  // Returning segments may notify waiters, which takes mu_: hand them over after unlocking.
+  surplus_.insert(surplus_.end(), surplus.begin(), surplus.end());
+}
+
+void NetworkBufferPool::ServeGrown(std::vector<std::shared_ptr<LocalBufferPool>>& grown) {
+  std::vector<MemorySegment*> surplus;
+  {
+    std::lock_guard lock(mu_);
+    surplus.swap(surplus_);
+  }
+  for (MemorySegment* s : surplus) RecycleSegment(s);
+  for (auto& p : grown) p->OnGlobalAvailable();
+  grown.clear();
+}
+
+void NetworkBufferPool::Redistribute() {
+  std::vector<std::shared_ptr<LocalBufferPool>> grown;
+  {
+    std::lock_guard lock(mu_);
+    RedistributeLocked(&grown);
+  }
+  ServeGrown(grown);
+}
+
+Result<std::vector<MemorySegment*>> NetworkBufferPool::RequestExclusiveSegments(
+    uint32_t n, std::chrono::milliseconds timeout) {
+  std::vector<MemorySegment*> got;
+  if (n == 0) return got;
+  got.reserve(n);
+  std::vector<std::shared_ptr<LocalBufferPool>> grown;
+  {
+    std::lock_guard lock(mu_);
+    if (Status st = Admit(n, "exclusive buffers of an input channel"); !st.ok()) return st;
+    required_ += n;
+    RedistributeLocked(&grown);  // pools shrink to make room
+  }
+  ServeGrown(grown);
+
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto take_all = [&] {
+    while (got.size() < n) {
+      MemorySegment* s = TryRequestSegment();
+      if (s == nullptr) break;
+      got.push_back(s);
+    }
+  };
+  bool timed_out = false;
+  {
+    std::unique_lock lock(mu_);
+    take_all();
+    while (got.size() < n && !timed_out) {
+      ++exclusive_waiting_;
+      waiters_present_.fetch_add(1, std::memory_order_acq_rel);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      take_all();
+      if (got.size() < n) {
+        timed_out = segment_freed_.wait_until(lock, deadline) == std::cv_status::timeout;
+        take_all();
+      }
+      --exclusive_waiting_;
+      waiters_present_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+  if (got.size() == n) {
+    exclusive_out_.fetch_add(n, std::memory_order_acq_rel);
+    return got;
+  }
+  const size_t arrived = got.size();
+  for (MemorySegment* s : got) RecycleSegment(s);
+  {
+    std::lock_guard lock(mu_);
+    required_ -= n;
+    RedistributeLocked(&grown);
+  }
+  ServeGrown(grown);
+  return TimeoutError("timed out after " + std::to_string(timeout.count()) +
+                      " ms waiting for " + std::to_string(n) + " exclusive segments (" +
+                      std::to_string(arrived) +
+                      " became free); the rest are lent out by local buffer pools and were not "
+                      "returned in time. Raise network_memory or the exclusive request timeout");
+}
+
+void NetworkBufferPool::RecycleExclusiveSegments(std::span<MemorySegment* const> segments) {
+  if (segments.empty()) return;
+  for (MemorySegment* s : segments) RecycleSegment(s);
+  exclusive_out_.fetch_sub(static_cast<uint32_t>(segments.size()), std::memory_order_acq_rel);
+  std::vector<std::shared_ptr<LocalBufferPool>> grown;
+  {
+    std::lock_guard lock(mu_);
+    SLUICE_CHECK(required_ >= segments.size(), "exclusive segments returned twice");
+    required_ -= static_cast<uint32_t>(segments.size());
+    RedistributeLocked(&grown);
+  }
+  ServeGrown(grown);
+}
+
+Result<std::shared_ptr<LocalBufferPool>> NetworkBufferPool::CreateLocalBufferPool(
+    const LocalBufferPoolOptions& options) {
+  if (options.min_segments < 1 || options.max_segments < options.min_segments) {
+    return InvalidArgument("local buffer pool '" + options.name + "': min_segments " +
+                           std::to_string(options.min_segments) + " and max_segments " +
+                           std::to_string(options.max_segments) +
+                           " must satisfy 1 <= min <= max");
+  }
+  std::shared_ptr<LocalBufferPool> pool;
+  std::vector<std::shared_ptr<LocalBufferPool>> grown;
+  {
+    std::lock_guard lock(mu_);
+    const std::string what = "local buffer pool '" + options.name + "'";
+    if (Status st = Admit(options.min_segments, what.c_str()); !st.ok()) return st;
+    required_ += options.min_segments;
+    pool = std::shared_ptr<LocalBufferPool>(new LocalBufferPool(shared_from_this(), options),
+                                            LocalBufferPool::Deleter{});
+    pools_.push_back(pool.get());
+    RedistributeLocked(&grown);
+  }
+  ServeGrown(grown);
+  return pool;
+}
+
+void NetworkBufferPool::Unregister(LocalBufferPool* pool) {
+  std::vector<std::shared_ptr<LocalBufferPool>> grown;
+  {
+    std::lock_guard lock(mu_);
+    auto it = std::find(pools_.begin(), pools_.end(), pool);
+    SLUICE_CHECK(it != pools_.end(), "LocalBufferPool unregistered twice");
+    pools_.erase(it);
+    required_ -= pool->min_;
+    RedistributeLocked(&grown);
+  }
+  ServeGrown(grown);
+}
+
+}  // namespace sluice::buffer

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Sets up (installs missing Debian packages), builds and runs the whole test suite.
+#   tools/test.sh [--sanitize address,undefined|thread] [--label LABEL] [--build-dir DIR]
+# CI=true turns warnings into errors. Each build configuration gets its own build directory.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+sanitize=""
+label=""
+build_dir=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --sanitize) sanitize="$2"; shift 2 ;;
+    --label) label="$2"; shift 2 ;;
+    --build-dir) build_dir="$2"; shift 2 ;;
+    -h|--help) sed -n '2,4p' "$0"; exit 0 ;;
+    *) echo "test.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [ -z "$build_dir" ]; then
+  build_dir="$root/build"
+  [ -n "$sanitize" ] && build_dir="$root/build-$(echo "$sanitize" | tr ',;' '--')"
+fi
+
+"$root/tools/setup.sh"
+
+werror=OFF
+[ "${CI:-}" = "true" ] && werror=ON
+benches=ON
+[ -n "$sanitize" ] && benches=OFF
+cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_WERROR="$werror" \
+  -DSLUICE_SANITIZE="$(echo "$sanitize" | tr ',' ';')" -DSLUICE_BUILD_BENCHMARKS="$benches" >/dev/null
+cmake --build "$build_dir" -j"$(nproc)"
+
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}"
+ctest_args=(--test-dir "$build_dir" --output-on-failure -j2 --timeout 600)
+[ -n "$label" ] && ctest_args+=(-L "$label")
+ctest "${ctest_args[@]}"
