@@ -1,0 +1,430 @@
+#include "transport/connection.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "transport/log.h"
+
+namespace sluice::transport {
+
+namespace {
+std::atomic<uint64_t> g_next_connection_id{1};
+constexpr size_t kMaxStaging = kFrameHeaderSize + kMaxMetadataLength;
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// OutFrame
+
+OutFrame::OutFrame(OutFrame&& o) noexcept
+    : big_(std::move(o.big_)), head_len_(o.head_len_), payload_(std::move(o.payload_)) {
+  if (!big_) std::memcpy(inline_.data(), o.inline_.data(), head_len_);
+  o.head_len_ = 0;
+}
+
+OutFrame& OutFrame::operator=(OutFrame&& o) noexcept {
+  if (this != &o) {
+    big_ = std::move(o.big_);
+    head_len_ = o.head_len_;
+    if (!big_) std::memcpy(inline_.data(), o.inline_.data(), head_len_);
+    payload_ = std::move(o.payload_);
+    o.head_len_ = 0;
+  }
+  return *this;
+}
+
+uint8_t* OutFrame::Reserve(size_t n) {
+  head_len_ = static_cast<uint32_t>(n);
+  if (n <= kInlineBytes) return inline_.data();
+  big_.reset(new uint8_t[n]);
+  return big_.get();
+}
+
+OutFrame OutFrame::Make(uint8_t type, std::span<const uint8_t> metadata, buffer::Buffer payload) {
+  SLUICE_CHECK(metadata.size() <= kMaxMetadataLength, "frame metadata longer than 65535 bytes");
+  OutFrame f;
+  uint8_t* out = f.Reserve(kFrameHeaderSize + metadata.size());
+  const uint32_t payload_len = payload ? payload.size() : 0;
+  EncodeFrameHeader(std::span<uint8_t, kFrameHeaderSize>(out, kFrameHeaderSize), type,
+                    static_cast<uint16_t>(metadata.size()), payload_len);
+  if (!metadata.empty()) std::memcpy(out + kFrameHeaderSize, metadata.data(), metadata.size());
+  f.payload_ = std::move(payload);
+  return f;
+}
+
+OutFrame OutFrame::Raw(std::span<const uint8_t> bytes) {
+  OutFrame f;
+  std::memcpy(f.Reserve(bytes.size()), bytes.data(), bytes.size());
+  return f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection
+
+// Forwards decoder callbacks to the handler (installed after construction) and counts frames.
+class Connection::DecoderSink final : public FrameSink {
+ public:
+  explicit DecoderSink(Connection* c) : c_(c) {}
+  Admission OnFrame(const FrameHeader& h, std::span<const uint8_t> metadata) override {
+    // The handler may close the connection while one read holds several frames: the rest of
+    // that read is dropped, the handler sees nothing after its Close.
+    if (c_->closing_ || c_->close_after_flush_) return Admission::Discard();
+    c_->metrics_->frames_in.fetch_add(1, std::memory_order_relaxed);
+    return c_->handler_->OnFrame(h, metadata);
+  }
+  Status OnPayload(buffer::Buffer payload) override {
+    return c_->handler_->OnPayload(std::move(payload));
+  }
+
+ private:
+  Connection* const c_;
+};
+
+// One uv_write: the frames it carries stay alive (payload Buffers included) until OnWrite.
+struct Connection::WriteBatch {
+  uv_write_t req;
+  Connection* conn = nullptr;
+  std::vector<OutFrame> frames;
+  std::vector<uv_buf_t> bufs;
+  size_t bytes = 0;
+};
+
+Connection::Connection(EventLoop* loop, uv_tcp_t* tcp, const TransportOptions& options,
+                       std::shared_ptr<TransportMetrics> metrics, std::string peer,
+                       bool client_side)
+    : loop_(loop),
+      tcp_(tcp),
+      timer_(new uv_timer_t),
+      idle_(new uv_idle_t),
+      options_(options),
+      metrics_(std::move(metrics)),
+      peer_(std::move(peer)),
+      id_(g_next_connection_id.fetch_add(1)),
+      client_side_(client_side),
+      sink_(std::make_unique<DecoderSink>(this)),
+      decoder_(sink_.get(), options.limits) {
+  staging_capacity_ = std::clamp<size_t>(options.staging_read_bytes, kFrameHeaderSize, kMaxStaging);
+  staging_.reset(new uint8_t[kMaxStaging]);
+}
+
+Connection::~Connection() = default;
+
+std::shared_ptr<Connection> Connection::Adopt(EventLoop* loop, uv_tcp_t* tcp,
+                                              const TransportOptions& options,
+                                              std::shared_ptr<TransportMetrics> metrics,
+                                              std::string peer, bool client_side) {
+  std::shared_ptr<Connection> c(
+      new Connection(loop, tcp, options, std::move(metrics), std::move(peer), client_side));
+  c->self_ = c;
+  c->metrics_->connections_opened.fetch_add(1, std::memory_order_relaxed);
+  tcp->data = c.get();
+  uv_tcp_nodelay(tcp, 1);
+  if (options.send_buffer_bytes > 0) {
+    int v = options.send_buffer_bytes;
+    uv_send_buffer_size(reinterpret_cast<uv_handle_t*>(tcp), &v);
+  }
+  if (options.recv_buffer_bytes > 0) {
+    int v = options.recv_buffer_bytes;
+    uv_recv_buffer_size(reinterpret_cast<uv_handle_t*>(tcp), &v);
+  }
+  uv_timer_init(loop->loop(), c->timer_);
+  c->timer_->data = c.get();
+  uv_idle_init(loop->loop(), c->idle_);
+  c->idle_->data = c.get();
+  c->open_handles_ = 3;
+  const uint64_t now = uv_now(loop->loop());
+  c->created_ms_ = c->last_read_ms_ = c->last_write_ms_ = now;
+  // The liveness tick: a quarter of the shortest deadline, between 10 ms and 1 s.
+  int64_t shortest = 1000 * 4;
+  for (auto d : {options.heartbeat_interval, options.idle_timeout, options.handshake_timeout}) {
+    if (d.count() > 0) shortest = std::min<int64_t>(shortest, d.count());
+  }
+  const uint64_t tick = static_cast<uint64_t>(std::clamp<int64_t>(shortest / 4, 10, 1000));
+  uv_timer_start(c->timer_, &Connection::OnTick, tick, tick);
+  return c;
+}
+
+void Connection::Start(std::unique_ptr<ConnectionHandler> handler) {
+  SLUICE_CHECK(!started_, "Connection::Start called twice");
+  started_ = true;
+  handler_ = std::move(handler);
+  if (closing_) return;
+  if (int rc = uv_read_start(reinterpret_cast<uv_stream_t*>(tcp_), &Connection::OnAlloc,
+                             &Connection::OnRead);
+      rc != 0) {
+    Close(IoError("cannot read from " + peer_ + ": " + uv_strerror(rc)));
+  }
+}
+
+void Connection::OnAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
+  auto* c = static_cast<Connection*>(h->data);
+  std::span<uint8_t> window = c->decoder_.PayloadWindow();
+  if (!window.empty()) {
+    // Zero copy: the payload goes straight into the segment the handler supplied.
+    c->reading_into_window_ = true;
+    *buf = uv_buf_init(reinterpret_cast<char*>(window.data()), static_cast<unsigned>(window.size()));
+    return;
+  }
+  c->reading_into_window_ = false;
+  const size_t want = std::clamp(c->decoder_.FeedBytesWanted(), c->staging_capacity_, kMaxStaging);
+  *buf = uv_buf_init(reinterpret_cast<char*>(c->staging_.get()), static_cast<unsigned>(want));
+}
+
+void Connection::OnRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
+  auto* c = static_cast<Connection*>(s->data);
+  (void)buf;
+  if (c->closing_) return;
+  if (nread > 0) {
+    const auto n = static_cast<size_t>(nread);
+    c->bytes_in_ += n;
+    c->metrics_->bytes_in.fetch_add(n, std::memory_order_relaxed);
+    c->last_read_ms_ = uv_now(c->loop_->loop());
+    Status st;
+    if (c->reading_into_window_) {
+      c->metrics_->payload_direct_bytes.fetch_add(n, std::memory_order_relaxed);
+      st = c->decoder_.CommitPayload(n);
+    } else {
+      st = c->decoder_.Feed({c->staging_.get(), n});
+    }
+    if (!st.ok()) c->HandleDecodeError();
+    return;
+  }
+  if (nread == 0) return;  // EAGAIN
+  if (nread == UV_EOF) {
+    Status st = c->decoder_.Finish();
+    if (!st.ok()) {
+      c->HandleDecodeError();
+      return;
+    }
+    c->Close(ClosedError("connection closed by peer " + c->peer_));
+    return;
+  }
+  c->Close(IoError("connection to " + c->peer_ + " failed: " + uv_strerror(static_cast<int>(nread))));
+}
+
+void Connection::HandleDecodeError() {
+  if (closing_ || close_after_flush_) return;  // already on its way out
+  const FrameError reason = decoder_.error();
+  metrics_->protocol_errors[static_cast<size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
+  const Status& st = decoder_.status();
+  Log(LogLevel::kWarn, "closing connection to " + peer_ + ": protocol error " +
+                           std::string(FrameErrorName(reason)) + ": " + st.message());
+  std::optional<OutFrame> last;
+  if (handler_) last = handler_->OnProtocolError(reason, st);
+  const Status reason_status(st.code(), "protocol error from " + peer_ + " (" +
+                                            std::string(FrameErrorName(reason)) +
+                                            "): " + st.message());
+  if (last) {
+    Send(std::move(*last));
+    CloseAfterFlush(reason_status);
+  } else {
+    Close(reason_status);
+  }
+}
+
+void Connection::Send(OutFrame frame) {
+  if (closing_ || close_after_flush_) return;  // dropped: the payload Buffer is released here
+  pending_bytes_ += frame.total_bytes();
+  pending_.push_back(std::move(frame));
+  if (pending_.size() >= options_.max_frames_per_write) {
+    Flush();
+  } else {
+    ScheduleFlush();
+  }
+}
+
+void Connection::ScheduleFlush() {
+  if (flush_scheduled_ || closing_) return;
+  flush_scheduled_ = true;
+  uv_idle_start(idle_, &Connection::OnIdleFlush);
+}
+
+void Connection::OnIdleFlush(uv_idle_t* i) {
+  auto* c = static_cast<Connection*>(i->data);
+  uv_idle_stop(i);
+  c->flush_scheduled_ = false;
+  c->Flush();
+}
+
+Connection::WriteBatch* Connection::TakeBatch() {
+  if (spare_batches_.empty()) {
+    auto b = std::make_unique<WriteBatch>();
+    b->frames.reserve(options_.max_frames_per_write);
+    b->bufs.reserve(2 * static_cast<size_t>(options_.max_frames_per_write));
+    return b.release();
+  }
+  WriteBatch* b = spare_batches_.back().release();
+  spare_batches_.pop_back();
+  return b;
+}
+
+void Connection::Flush() {
+  if (closing_) return;
+  while (!pending_.empty()) {
+    WriteBatch* b = TakeBatch();
+    b->conn = this;
+    b->bytes = 0;
+    const size_t n = std::min<size_t>(pending_.size(), options_.max_frames_per_write);
+    for (size_t i = 0; i < n; ++i) {
+      b->frames.push_back(std::move(pending_.front()));
+      pending_.pop_front();
+    }
+    // The frames no longer move: point the iovecs at their bytes.
+    for (const OutFrame& f : b->frames) {
+      std::span<const uint8_t> h = f.head();
+      b->bufs.push_back(uv_buf_init(const_cast<char*>(reinterpret_cast<const char*>(h.data())),
+                                    static_cast<unsigned>(h.size())));
+      b->bytes += h.size();
+      if (f.payload() && f.payload().size() > 0) {
+        b->bufs.push_back(uv_buf_init(reinterpret_cast<char*>(f.payload().data()),
+                                      f.payload().size()));
+        b->bytes += f.payload().size();
+      }
+    }
+    pending_bytes_ -= b->bytes;
+    b->req.data = b;
+    const int rc = uv_write(&b->req, reinterpret_cast<uv_stream_t*>(tcp_), b->bufs.data(),
+                            static_cast<unsigned>(b->bufs.size()), &Connection::OnWrite);
+    if (rc != 0) {
+      b->frames.clear();
+      b->bufs.clear();
+      spare_batches_.emplace_back(b);
+      Close(close_after_flush_ ? close_reason_
+                               : IoError("write to " + peer_ + " failed: " + uv_strerror(rc)));
+      return;
+    }
+    inflight_bytes_ += b->bytes;
+    ++inflight_writes_;
+    metrics_->writes.fetch_add(1, std::memory_order_relaxed);
+    metrics_->frames_out.fetch_add(n, std::memory_order_relaxed);
+  }
+}
+
+void Connection::OnWrite(uv_write_t* req, int status) {
+  auto* b = static_cast<WriteBatch*>(req->data);
+  Connection* c = b->conn;
+  const size_t bytes = b->bytes;
+  b->frames.clear();  // releases the payload Buffers
+  b->bufs.clear();
+  c->spare_batches_.emplace_back(b);
+  c->inflight_bytes_ -= bytes;
+  --c->inflight_writes_;
+  if (status == 0) {
+    c->bytes_out_ += bytes;
+    c->metrics_->bytes_out.fetch_add(bytes, std::memory_order_relaxed);
+    c->last_write_ms_ = uv_now(c->loop_->loop());
+  }
+  if (c->closing_) {
+    c->FinishClose();
+    return;
+  }
+  if (status != 0) {
+    // Closing after a protocol error, the peer may well be gone already: keep the reason that
+    // started the close, it is the one that matters.
+    c->Close(c->close_after_flush_
+                 ? c->close_reason_
+                 : IoError("write to " + c->peer_ + " failed: " + uv_strerror(status)));
+    return;
+  }
+  if (c->close_after_flush_) {
+    if (c->inflight_writes_ == 0 && c->pending_.empty()) c->Close(c->close_reason_);
+    return;
+  }
+  if (c->inflight_writes_ == 0 && c->pending_.empty() && c->handler_) c->handler_->OnWritable();
+}
+
+size_t Connection::queued_bytes() const { return pending_bytes_ + inflight_bytes_; }
+
+void Connection::MarkEstablished() { established_ = true; }
+
+void Connection::OnTick(uv_timer_t* t) { static_cast<Connection*>(t->data)->Tick(); }
+
+void Connection::Tick() {
+  if (closing_) return;
+  const uint64_t now = uv_now(loop_->loop());
+  if (close_after_flush_) {
+    if (now >= flush_deadline_ms_) Close(close_reason_);
+    return;
+  }
+  if (!established_ && options_.handshake_timeout.count() > 0 &&
+      now - created_ms_ >= static_cast<uint64_t>(options_.handshake_timeout.count())) {
+    metrics_->handshake_timeouts.fetch_add(1, std::memory_order_relaxed);
+    Log(LogLevel::kWarn, "closing connection to " + peer_ + ": no handshake within " +
+                             std::to_string(options_.handshake_timeout.count()) + " ms");
+    Close(TimeoutError("connection to " + peer_ + " did not complete its handshake within " +
+                       std::to_string(options_.handshake_timeout.count()) + " ms"));
+    return;
+  }
+  if (options_.idle_timeout.count() > 0 &&
+      now - last_read_ms_ >= static_cast<uint64_t>(options_.idle_timeout.count())) {
+    metrics_->idle_timeouts.fetch_add(1, std::memory_order_relaxed);
+    Log(LogLevel::kWarn, "closing connection to " + peer_ + ": nothing received for " +
+                             std::to_string(now - last_read_ms_) + " ms");
+    Close(TimeoutError("peer " + peer_ + " sent nothing (not even heartbeats) for " +
+                       std::to_string(now - last_read_ms_) +
+                       " ms; it is considered dead (idle_timeout " +
+                       std::to_string(options_.idle_timeout.count()) + " ms)"));
+    return;
+  }
+  // Heartbeat only when nothing is queued: a peer that is not reading (backpressure) keeps our
+  // writes pending, and that is not a failure on either side.
+  if (options_.heartbeat_interval.count() > 0 && !options_.heartbeat_frame.empty() &&
+      queued_bytes() == 0 &&
+      now - last_write_ms_ >= static_cast<uint64_t>(options_.heartbeat_interval.count())) {
+    metrics_->heartbeats_sent.fetch_add(1, std::memory_order_relaxed);
+    last_write_ms_ = now;  // one heartbeat per interval even before its write completes
+    Send(OutFrame::Raw(options_.heartbeat_frame));
+  }
+}
+
+void Connection::CloseAfterFlush(Status reason) {
+  if (closing_ || close_after_flush_) return;
+  close_after_flush_ = true;
+  close_reason_ = std::move(reason);
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(tcp_));
+  flush_deadline_ms_ = uv_now(loop_->loop()) +
+                       static_cast<uint64_t>(options_.close_flush_timeout.count());
+  // Frames queued before this call still go out (Flush ignores close_after_flush_; only Send
+  // drops new frames).
+  Flush();
+  if (!closing_ && inflight_writes_ == 0 && pending_.empty()) Close(close_reason_);
+}
+
+void Connection::Close(Status reason) {
+  if (closing_) return;
+  closing_ = true;
+  close_reason_ = std::move(reason);
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(tcp_));
+  pending_.clear();  // releases queued payload Buffers
+  pending_bytes_ = 0;
+  // In-flight writes are cancelled by uv_close and their callbacks (UV_ECANCELED) run first.
+  uv_close(reinterpret_cast<uv_handle_t*>(tcp_), &Connection::OnHandleClosed);
+  uv_close(reinterpret_cast<uv_handle_t*>(timer_), &Connection::OnHandleClosed);
+  uv_close(reinterpret_cast<uv_handle_t*>(idle_), &Connection::OnHandleClosed);
+}
+
+void Connection::OnHandleClosed(uv_handle_t* h) {
+  auto* c = static_cast<Connection*>(h->data);
+  if (h == reinterpret_cast<uv_handle_t*>(c->tcp_)) {
+    delete c->tcp_;
+  } else if (h == reinterpret_cast<uv_handle_t*>(c->timer_)) {
+    delete c->timer_;
+  } else {
+    delete c->idle_;
+  }
+  --c->open_handles_;
+  c->FinishClose();
+}
+
+void Connection::FinishClose() {
+  if (open_handles_ > 0 || inflight_writes_ > 0) return;
+  if (!self_) return;  // already finished
+  metrics_->connections_closed.fetch_add(1, std::memory_order_relaxed);
+  std::shared_ptr<Connection> keep = std::move(self_);
+  // Drop a partial payload the decoder holds: fail it so its Buffer goes home now.
+  (void)decoder_.Finish();
+  if (handler_) handler_->OnClosed(close_reason_);
+  if (close_hook_) close_hook_(this);
+  // `keep` may be the last reference: the connection is deleted when this returns.
+}
+
+}  // namespace sluice::transport

@@ -1,0 +1,194 @@
+// Connection: one TCP connection on one EventLoop, multiplexing any number of logical channels.
+//
+// Reads: the FrameDecoder checks each frame header, the ConnectionHandler (the upper layer, a
+// FrameSink) verifies the message and names the Buffer its payload goes into, and the socket
+// reads the payload straight into that segment (small staging reads for headers and metadata).
+// Writes: Send() queues frames; at the end of the loop iteration (or on Flush()) queued frames
+// go out gathered, several frames per uv_write (header bytes + segment iovecs, no copy). A
+// payload Buffer stays owned by its write request until the write callback.
+//
+// Bad input closes only this connection: the reason is counted, one log line names the peer and
+// the reason, and the handler may supply a last frame (an ErrorResponse) that is flushed before
+// the close. Liveness: a heartbeat frame on idle connections, a deadline for a peer that sends
+// nothing at all (a backpressured peer still sends heartbeats, so it is never declared dead),
+// and a handshake deadline until the upper layer calls MarkEstablished().
+//
+// Loop-thread only, except the thread-safe counters in TransportMetrics. Held by shared_ptr; it
+// keeps itself alive until its handles are closed, then calls OnClosed exactly once.
+#pragma once
+
+#include <uv.h>
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "buffer/buffer.h"
+#include "buffer/status.h"
+#include "transport/event_loop.h"
+#include "transport/frame_codec.h"
+#include "transport/transport_options.h"
+
+namespace sluice::transport {
+
+class Connection;
+
+// One frame to send: header + metadata bytes (inline when short) and an optional payload.
+class OutFrame {
+ public:
+  static constexpr size_t kInlineBytes = 192;
+
+  OutFrame() = default;
+  OutFrame(OutFrame&&) noexcept;
+  OutFrame& operator=(OutFrame&&) noexcept;
+
+  // A frame of `type` with `metadata` (copied) and `payload` (owned until written).
+  static OutFrame Make(uint8_t type, std::span<const uint8_t> metadata,
+                       buffer::Buffer payload = {});
+  // A complete pre-encoded frame without payload (copied), e.g. a heartbeat.
+  static OutFrame Raw(std::span<const uint8_t> bytes);
+
+  std::span<const uint8_t> head() const {
+    return {big_ ? big_.get() : inline_.data(), head_len_};
+  }
+  const buffer::Buffer& payload() const { return payload_; }
+  size_t total_bytes() const { return head_len_ + (payload_ ? payload_.size() : 0); }
+
+ private:
+  std::array<uint8_t, kInlineBytes> inline_;
+  std::unique_ptr<uint8_t[]> big_;
+  uint32_t head_len_ = 0;
+  buffer::Buffer payload_;
+  uint8_t* Reserve(size_t n);
+};
+
+// The upper layer's view of a connection: a FrameSink for incoming frames plus events.
+// Loop-thread only.
+class ConnectionHandler : public FrameSink {
+ public:
+  // Called once, after the connection is closed and every buffer it held was released.
+  virtual void OnClosed(const Status& reason) = 0;
+  // Every queued write completed: a good moment to send more.
+  virtual void OnWritable() {}
+  // A frame was refused; the connection will close. Return a last frame to flush before the
+  // close (an ErrorResponse), or nothing.
+  virtual std::optional<OutFrame> OnProtocolError(FrameError reason, const Status& status) {
+    (void)reason;
+    (void)status;
+    return std::nullopt;
+  }
+};
+
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  using CloseHook = std::function<void(Connection*)>;
+
+  // Adopts an initialized, connected uv_tcp_t (heap-allocated; ownership passes; freed after
+  // its close callback). Starts reading. Loop thread only.
+  static std::shared_ptr<Connection> Adopt(EventLoop* loop, uv_tcp_t* tcp,
+                                           const TransportOptions& options,
+                                           std::shared_ptr<TransportMetrics> metrics,
+                                           std::string peer, bool client_side);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // Installs the handler; frames arriving before this are held in the kernel. Also starts
+  // reading. REQUIRES: called once, right after Adopt.
+  void Start(std::unique_ptr<ConnectionHandler> handler);
+  ConnectionHandler* handler() const { return handler_.get(); }
+
+  // Queues a frame; it is written at the end of this loop iteration or at Flush(). Frames to a
+  // closing connection are dropped (their payload Buffers released at once).
+  void Send(OutFrame frame);
+  void Flush();
+  // Closes now: pending and in-flight writes are cancelled and their Buffers released.
+  void Close(Status reason);
+  // Stops reading, flushes what is queued (bounded by a short deadline), then closes.
+  void CloseAfterFlush(Status reason);
+  // The handshake finished; the handshake deadline no longer applies.
+  void MarkEstablished();
+
+  bool established() const { return established_; }
+  bool closing() const { return closing_; }
+  // "127.0.0.1:40000" (the remote address).
+  const std::string& peer() const { return peer_; }
+  uint64_t id() const { return id_; }
+  bool client_side() const { return client_side_; }
+  EventLoop* loop() const { return loop_; }
+  // Bytes queued or in flight.
+  size_t queued_bytes() const;
+  uint64_t bytes_received() const { return bytes_in_; }
+  uint64_t bytes_sent() const { return bytes_out_; }
+  const FrameDecoder& decoder() const { return decoder_; }
+
+  // The owner (server or client) learns here that the connection is gone. One hook.
+  void SetCloseHook(CloseHook hook) { close_hook_ = std::move(hook); }
+
+ private:
+  struct WriteBatch;
+  class DecoderSink;
+
+  Connection(EventLoop* loop, uv_tcp_t* tcp, const TransportOptions& options,
+             std::shared_ptr<TransportMetrics> metrics, std::string peer, bool client_side);
+
+  static void OnAlloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
+  static void OnRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
+  static void OnWrite(uv_write_t* req, int status);
+  static void OnTick(uv_timer_t* t);
+  static void OnIdleFlush(uv_idle_t* i);
+  static void OnHandleClosed(uv_handle_t* h);
+
+  void HandleDecodeError();
+  void Tick();
+  void ScheduleFlush();
+  WriteBatch* TakeBatch();
+  void FinishClose();
+
+  EventLoop* const loop_;
+  uv_tcp_t* const tcp_;
+  uv_timer_t* const timer_;
+  uv_idle_t* const idle_;
+  const TransportOptions options_;
+  const std::shared_ptr<TransportMetrics> metrics_;
+  const std::string peer_;
+  const uint64_t id_;
+  const bool client_side_;
+
+  std::unique_ptr<ConnectionHandler> handler_;
+  std::unique_ptr<DecoderSink> sink_;
+  FrameDecoder decoder_;
+  std::unique_ptr<uint8_t[]> staging_;
+  size_t staging_capacity_ = 0;
+  bool reading_into_window_ = false;
+
+  std::deque<OutFrame> pending_;
+  size_t pending_bytes_ = 0;
+  size_t inflight_bytes_ = 0;
+  uint32_t inflight_writes_ = 0;
+  std::vector<std::unique_ptr<WriteBatch>> spare_batches_;
+  bool flush_scheduled_ = false;
+
+  bool started_ = false;
+  bool established_ = false;
+  bool closing_ = false;
+  bool close_after_flush_ = false;
+  int open_handles_ = 0;
+  Status close_reason_;
+  uint64_t created_ms_ = 0;
+  uint64_t last_read_ms_ = 0;
+  uint64_t last_write_ms_ = 0;
+  uint64_t flush_deadline_ms_ = 0;
+  uint64_t bytes_in_ = 0;
+  uint64_t bytes_out_ = 0;
+  CloseHook close_hook_;
+  std::shared_ptr<Connection> self_;  // alive until every handle is closed
+};
+
+}  // namespace sluice::transport

@@ -1,0 +1,65 @@
+// Options and counters shared by the transport's servers, clients and connections.
+// TransportOptions is a plain value; TransportMetrics is thread-safe (relaxed atomics), shared
+// by every connection of a server or client and read from any thread.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "transport/frame_codec.h"
+
+namespace sluice::transport {
+
+struct TransportOptions {
+  // Which frame types may arrive, which carry payloads, the largest payload (segment size).
+  FrameLimits limits;
+  // Staging read size for headers and metadata; payloads are read straight into Buffers.
+  uint32_t staging_read_bytes = 4096;
+  // Socket buffer sizes (0: the kernel's default and autotuning).
+  int send_buffer_bytes = 0;
+  int recv_buffer_bytes = 0;
+  // At most this many frames per uv_write (each frame is one or two iovecs).
+  uint32_t max_frames_per_write = 256;
+  // A heartbeat frame (complete, pre-encoded by the upper layer) is sent after this long
+  // without writing anything. 0 disables heartbeats.
+  std::chrono::milliseconds heartbeat_interval{5000};
+  std::vector<uint8_t> heartbeat_frame;
+  // A peer that sends nothing at all (not even heartbeats) for this long is closed. Must be
+  // well above heartbeat_interval. 0 disables the deadline.
+  std::chrono::milliseconds idle_timeout{30000};
+  // A connection whose upper layer has not called MarkEstablished() by then is closed.
+  std::chrono::milliseconds handshake_timeout{5000};
+  // CloseAfterFlush waits at most this long for the last frames to leave.
+  std::chrono::milliseconds close_flush_timeout{1000};
+};
+
+struct TransportMetrics {
+  std::atomic<uint64_t> connections_opened{0};
+  std::atomic<uint64_t> connections_closed{0};
+  std::atomic<uint64_t> connections_refused{0};  // over the server's connection limit
+  std::atomic<uint64_t> bytes_in{0};
+  std::atomic<uint64_t> bytes_out{0};
+  std::atomic<uint64_t> frames_in{0};
+  std::atomic<uint64_t> frames_out{0};
+  std::atomic<uint64_t> writes{0};           // uv_write calls (frames_out / writes = gathering)
+  std::atomic<uint64_t> payload_direct_bytes{0};  // read straight into Buffers
+  std::atomic<uint64_t> heartbeats_sent{0};
+  std::atomic<uint64_t> idle_timeouts{0};
+  std::atomic<uint64_t> handshake_timeouts{0};
+  std::array<std::atomic<uint64_t>, kFrameErrorCount> protocol_errors{};
+
+  uint64_t protocol_errors_total() const {
+    uint64_t n = 0;
+    for (const auto& e : protocol_errors) n += e.load(std::memory_order_relaxed);
+    return n;
+  }
+  uint64_t protocol_errors_of(FrameError e) const {
+    return protocol_errors[static_cast<size_t>(e)].load(std::memory_order_relaxed);
+  }
+};
+
+}  // namespace sluice::transport
