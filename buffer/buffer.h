@@ -71,11 +71,16 @@ class alignas(64) MemorySegment {
   friend class LocalBufferPool;
   friend Buffer AllocateUnpooled(uint32_t capacity, DataType type);
 
+  // Values of holder_, checked on every hand-over so that a double recycle aborts.
+  static constexpr uint8_t kHolderFree = 0;   // in the NetworkBufferPool's free list
+  static constexpr uint8_t kHolderTaken = 1;  // out of it: exclusive, direct, or kept by a pool
+  static constexpr uint8_t kHolderLent = 2;   // lent out as a Buffer by a LocalBufferPool
+
   uint8_t* data_ = nullptr;
   uint32_t capacity_ = 0;
   uint32_t index_ = kUnpooled;
   std::atomic<uint32_t> refs_{0};   // live Buffer handles on this segment
-  std::atomic<uint8_t> holder_{0};  // who holds it: see NetworkBufferPool (checked on recycle)
+  std::atomic<uint8_t> holder_{kHolderFree};  // who holds it (see above)
   BufferRecycler* recycler_ = nullptr;
   uint32_t size_ = 0;  // bytes of valid data
   DataType type_ = DataType::kData;

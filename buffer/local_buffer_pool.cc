@@ -49,12 +49,31 @@ bool LocalBufferPool::RefillLocked() {
 }
 
 void LocalBufferPool::RegisterForGlobal() {
-  if (auto self = weak_from_this().lock()) {
-    global_->AddAvailabilityWaiter(std::move(self));
-  } else {
+  std::shared_ptr<LocalBufferPool> self = weak_from_this().lock();
+  if (self == nullptr) {
     std::lock_guard lock(mu_);
     waiting_for_global_ = false;  // being destroyed: nobody to notify
+    return;
   }
+  // A loop, not a recursion: while segments keep turning up and other pools keep winning
+  // them, serve ourselves and register again.
+  while (global_->AddAvailabilityWaiter(self) && ServeFromGlobal()) {
+  }
+}
+
+void LocalBufferPool::MarkLentLocked(MemorySegment* segment) {
+  SLUICE_CHECK(segment->holder_.load(std::memory_order_relaxed) == MemorySegment::kHolderTaken,
+               "LocalBufferPool lent out a segment it does not hold");
+  segment->holder_.store(MemorySegment::kHolderLent, std::memory_order_relaxed);
+  ++lent_;
+}
+
+void LocalBufferPool::MarkReturnedLocked(MemorySegment* segment, const char* what) {
+  SLUICE_CHECK(segment->holder_.load(std::memory_order_relaxed) == MemorySegment::kHolderLent,
+               what);
+  segment->holder_.store(MemorySegment::kHolderTaken, std::memory_order_relaxed);
+  SLUICE_CHECK(lent_ > 0, "LocalBufferPool lent-buffer count underflow");
+  --lent_;
 }
 
 bool LocalBufferPool::AvailableLocked() const {
@@ -86,6 +105,7 @@ Buffer LocalBufferPool::Request(int32_t subpartition, Take take) {
         ++capped_subpartitions_;
       }
       s->tag_ = subpartition;
+      MarkLentLocked(s);
       // Eagerly queue the next segment so that availability means "the next request succeeds".
       must_register = RefillLocked() || must_register;
     }
@@ -118,6 +138,13 @@ Result<Buffer> LocalBufferPool::RequestBufferBlocking(int32_t subpartition,
     if (timed_out && queue_.empty()) {
       if (destroyed_) return ClosedError("local buffer pool '" + name_ + "' was destroyed");
       if (cancelled_) return Cancelled("buffer request on pool '" + name_ + "' was cancelled");
+      if (owned_ < size_) {
+        return TimeoutError("no buffer from pool '" + name_ + "' within " +
+                            std::to_string(timeout.count()) + " ms: it holds " +
+                            std::to_string(owned_) + " of its " + std::to_string(size_) +
+                            " segments and the network buffer pool has none free; raise "
+                            "network_memory or release buffers sooner");
+      }
       return TimeoutError("no buffer from pool '" + name_ + "' within " +
                           std::to_string(timeout.count()) + " ms: all " +
                           std::to_string(owned_) +
@@ -193,94 +220,89 @@ bool LocalBufferPool::RemoveBufferListener(BufferListener* listener) {
 }
 
 void LocalBufferPool::Recycle(MemorySegment* segment) {
-  {
-    std::lock_guard lock(mu_);
-    const int32_t sp = segment->tag_;
-    segment->tag_ = -1;
-    if (sp >= 0) {
-      SLUICE_CHECK(per_subpartition_[sp] > 0, "subpartition buffer count underflow");
-      if (per_subpartition_[sp]-- == max_per_subpartition_) {
-        --capped_subpartitions_;
-        WakeWaitersLocked();
-      }
+  SLUICE_CHECK(segment->recycler_ == this,
+               "segment recycled into a LocalBufferPool that did not lend it");
+  SLUICE_CHECK(segment->refs_.load(std::memory_order_acquire) == 0,
+               "segment recycled into a LocalBufferPool while a Buffer still holds it");
+  std::unique_lock lock(mu_);
+  MarkReturnedLocked(segment, "segment recycled twice into a LocalBufferPool");
+  const int32_t sp = segment->tag_;
+  segment->tag_ = -1;
+  if (sp >= 0) {
+    SLUICE_CHECK(per_subpartition_[sp] > 0, "subpartition buffer count underflow");
+    if (per_subpartition_[sp]-- == max_per_subpartition_) {
+      --capped_subpartitions_;
+      WakeWaitersLocked();
     }
   }
-  Give(segment);
+  GiveLocked(segment, lock);
+  // The pool may be gone here (GiveLocked deletes an orphaned pool with its last segment).
 }
 
-void LocalBufferPool::Give(MemorySegment* segment) {
+void LocalBufferPool::GiveLocked(MemorySegment* segment, std::unique_lock<std::mutex>& lock) {
   while (true) {
-    BufferListener* listener = nullptr;
-    bool delete_self = false;
-    {
-      std::lock_guard lock(mu_);
-      if (destroyed_ || owned_ > size_) {
-        --owned_;
-        if (overdraft_ > 0) {
-          --overdraft_;
-          WakeWaitersLocked();
-        }
-        delete_self = orphaned_ && owned_ == 0;
-      } else if (!listeners_.empty()) {
-        listener = listeners_.front();
-        listeners_.pop_front();
-      } else {
-        queue_.push_back(segment);
+    if (destroyed_ || owned_ > size_) {
+      --owned_;
+      if (overdraft_ > 0) {
+        --overdraft_;
         WakeWaitersLocked();
-        return;
       }
-    }
-    if (listener == nullptr) {
-      NetworkBufferPool* global = global_.get();
-      if (delete_self) {
-        // Keep the global pool alive past our own deletion.
-        std::shared_ptr<NetworkBufferPool> keep = global_;
-        delete this;
-        global->RecycleSegment(segment);
-      } else {
-        global->RecycleSegment(segment);
-      }
+      const bool delete_self = orphaned_ && owned_ == 0;
+      // Copied under the lock: once it is released another thread may delete this pool, and
+      // the global pool must outlive the segment's return.
+      std::shared_ptr<NetworkBufferPool> global = global_;
+      lock.unlock();
+      if (delete_self) delete this;
+      global->RecycleSegment(segment);
       return;
     }
-    // One-shot listener, called outside every lock; it may take the buffer or decline.
-    Buffer offered = Buffer::Wrap(segment, this);
-    if (listener->NotifyBufferAvailable(offered) && !offered.valid()) return;
-    segment = offered.Detach();
+    if (listeners_.empty()) {
+      queue_.push_back(segment);
+      WakeWaitersLocked();
+      return;
+    }
+    // One-shot listener, called outside every lock; it may take the buffer or decline. A lent
+    // segment keeps the pool alive (owned_ > 0) while the listener runs.
+    BufferListener* listener = listeners_.front();
+    listeners_.pop_front();
+    MarkLentLocked(segment);
+    lock.unlock();
+    {
+      Buffer offered = Buffer::Wrap(segment, this);
+      listener->NotifyBufferAvailable(offered);
+      if (!offered.valid()) return;  // taken
+      segment = offered.Detach();
+    }
+    lock.lock();
+    MarkReturnedLocked(segment, "declined buffer was recycled");
   }
 }
 
-void LocalBufferPool::ServeListeners() {
-  while (true) {
-    MemorySegment* s = nullptr;
-    bool must_register = false;
-    {
-      std::lock_guard lock(mu_);
-      if (listeners_.empty() || destroyed_) return;
-      must_register = RefillLocked();
-      if (!queue_.empty()) {
-        s = queue_.back();
-        queue_.pop_back();
-      }
-    }
-    if (must_register) RegisterForGlobal();
-    if (s == nullptr) return;
-    Give(s);  // goes to the first listener that takes it
+bool LocalBufferPool::ServeListenersLocked(std::unique_lock<std::mutex>& lock) {
+  bool must_register = false;
+  while (!destroyed_ && !listeners_.empty()) {
+    must_register = RefillLocked() || must_register;
+    if (queue_.empty()) break;
+    MemorySegment* s = queue_.back();
+    queue_.pop_back();
+    GiveLocked(s, lock);  // goes to the first listener that takes it
+    if (!lock.owns_lock()) lock.lock();
   }
+  return must_register;
+}
+
+bool LocalBufferPool::ServeFromGlobal() {
+  std::unique_lock lock(mu_);
+  waiting_for_global_ = false;
+  if (destroyed_) return false;
+  bool must_register = RefillLocked();
+  if (!queue_.empty()) WakeWaitersLocked();
+  if (!listeners_.empty()) must_register = ServeListenersLocked(lock) || must_register;
+  return must_register;
 }
 
 void LocalBufferPool::OnGlobalAvailable() {
-  bool must_register;
-  bool has_listeners;
-  {
-    std::lock_guard lock(mu_);
-    waiting_for_global_ = false;
-    if (destroyed_) return;
-    must_register = RefillLocked();
-    if (!queue_.empty()) WakeWaitersLocked();
-    has_listeners = !listeners_.empty();
-  }
-  if (must_register) RegisterForGlobal();
-  if (has_listeners) ServeListeners();
+  if (ServeFromGlobal()) RegisterForGlobal();
 }
 
 bool LocalBufferPool::Resize(uint32_t size, std::vector<MemorySegment*>* surplus) {
@@ -292,7 +314,13 @@ bool LocalBufferPool::Resize(uint32_t size, std::vector<MemorySegment*>* surplus
     surplus->push_back(queue_.back());
     queue_.pop_back();
     --owned_;
-    if (overdraft_ > 0) --overdraft_;
+  }
+  // Overdraft is what is lent beyond the size. A pool that grew under its overdraft turns it
+  // into ordinary buffers (as Flink does); otherwise it would stay unavailable for good.
+  const uint32_t beyond = owned_ > size_ ? owned_ - size_ : 0;
+  if (overdraft_ > beyond) {
+    overdraft_ = beyond;
+    WakeWaitersLocked();
   }
   return size_ > old;
 }
@@ -333,7 +361,7 @@ LocalBufferPoolStats LocalBufferPool::Stats() const {
   s.size = size_;
   s.owned = owned_;
   s.queued = static_cast<uint32_t>(queue_.size());
-  s.lent = owned_ - s.queued;
+  s.lent = lent_;
   s.overdraft = overdraft_;
   s.listeners = static_cast<uint32_t>(listeners_.size());
   s.available = AvailableLocked();

@@ -99,7 +99,9 @@ class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_th
 
   // Registers a one-shot listener. Returns false (not registered) when a buffer is available
   // now (request it instead) or the pool is destroyed. REQUIRES: the listener outlives its
-  // registration (until notified or RemoveBufferListener).
+  // registration (until notified or RemoveBufferListener). A listener may call this pool from
+  // inside its callbacks, but one that declines a buffer must not re-register from there (the
+  // buffer would be offered to it again and again).
   bool AddBufferListener(BufferListener* listener);
   // Unregisters; returns false when it was not registered (already notified or never added).
   bool RemoveBufferListener(BufferListener* listener);
@@ -131,20 +133,32 @@ class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_th
   // empty and this pool must register for its availability (after unlocking: lock order is
   // global before local). REQUIRES: mu_ held.
   bool RefillLocked();
+  // Registers with the global pool; serves itself when segments turned up meanwhile. Outside
+  // every lock.
   void RegisterForGlobal();
   bool AvailableLocked() const;
+  // Bookkeeping of a segment handed out as a Buffer / coming back. REQUIRES: mu_ held.
+  void MarkLentLocked(MemorySegment* segment);
+  void MarkReturnedLocked(MemorySegment* segment, const char* what);
   // Redistribution set a new size: surplus queued segments are moved to `surplus` for the
   // caller to return after it unlocks. Returns true when the pool grew. Called under the
   // NetworkBufferPool's mutex.
   bool Resize(uint32_t size, std::vector<MemorySegment*>* surplus);
-  // The global free list went from empty to non-empty, or the pool grew: refill, wake waiters
-  // and serve listeners. Outside every lock.
+  // The global free list has segments again, or the pool grew: refill, wake waiters and serve
+  // listeners. Outside every lock.
   void OnGlobalAvailable();
-  // Gives a segment that is not lent to the first listener that takes it, else to the queue or
-  // (over size, destroyed) to the global pool. Outside the lock.
-  void Give(MemorySegment* segment);
-  // Offers queued buffers to waiting listeners, outside the lock.
-  void ServeListeners();
+  // OnGlobalAvailable without registering again; returns true when the refill failed and the
+  // pool must register (again).
+  bool ServeFromGlobal();
+  // Gives a segment that is neither queued nor lent to the first listener that takes it, else
+  // to the queue or (over size, destroyed) to the global pool. REQUIRES: `lock` holds mu_.
+  // Listeners are called with the lock released; returns with `lock` released or held (check
+  // owns_lock()). May delete this pool (orphaned, last segment home): the caller must not touch
+  // the pool afterwards unless it holds a shared_ptr to it.
+  void GiveLocked(MemorySegment* segment, std::unique_lock<std::mutex>& lock);
+  // Offers queued buffers to waiting listeners. Same lock contract as GiveLocked; the caller
+  // holds a shared_ptr. Returns true when the pool must register for the global pool.
+  bool ServeListenersLocked(std::unique_lock<std::mutex>& lock);
   void WakeWaitersLocked();
 
   const std::shared_ptr<NetworkBufferPool> global_;
@@ -158,7 +172,9 @@ class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_th
   std::condition_variable cv_;
   uint32_t size_;                        // GUARDED_BY(mu_)
   uint32_t owned_ = 0;                   // GUARDED_BY(mu_): taken from global, incl. overdraft
-  uint32_t overdraft_ = 0;               // GUARDED_BY(mu_)
+  uint32_t lent_ = 0;                    // GUARDED_BY(mu_): held by Buffers, incl. overdraft
+  // GUARDED_BY(mu_). Overdraft segments are lent beyond the size: overdraft_ <= owned_ - size_.
+  uint32_t overdraft_ = 0;
   std::vector<MemorySegment*> queue_;    // GUARDED_BY(mu_): LIFO of free segments
   std::vector<uint32_t> per_subpartition_;  // GUARDED_BY(mu_)
   uint32_t capped_subpartitions_ = 0;    // GUARDED_BY(mu_): at their cap

@@ -8,16 +8,12 @@
 #include <cstdio>
 #include <cstring>
 
-#include <boost/lockfree/stack.hpp>
-
 #include "buffer/local_buffer_pool.h"
 #include "buffer/redistribution.h"
 
 namespace sluice::buffer {
 
 namespace {
-constexpr uint8_t kHolderFree = 0;   // in the global free list
-constexpr uint8_t kHolderTaken = 1;  // handed out (exclusive, pooled or direct)
 constexpr uint32_t kMinSegment = 4u << 10;
 constexpr uint32_t kMaxSegment = 1u << 20;
 
@@ -34,19 +30,52 @@ std::string Bytes(uint64_t b) {
 }
 }  // namespace
 
-// The lock-free free list. bounded_push never allocates: its nodes are preallocated for every
-// segment at construction.
+// The lock-free free list: an intrusive Treiber stack of segment indices. The head packs the
+// top index with a tag that changes on every update (no ABA); the links live in a preallocated
+// array, so nothing allocates. Every access is atomic (boost::lockfree::stack reads node links
+// that a concurrent push writes non-atomically, which ThreadSanitizer rightly reports).
 class NetworkBufferPool::FreeList {
  public:
-  explicit FreeList(uint32_t capacity) : stack_(capacity) {}
-  bool Push(MemorySegment* s) { return stack_.bounded_push(s); }
-  MemorySegment* Pop() {
-    MemorySegment* s = nullptr;
-    return stack_.pop(s) ? s : nullptr;
+  static constexpr uint32_t kEmpty = MemorySegment::kUnpooled;
+
+  explicit FreeList(uint32_t capacity) : next_(new std::atomic<uint32_t>[capacity]) {}
+
+  void Push(uint32_t index) {
+    uint64_t head = head_.load(std::memory_order_relaxed);
+    while (true) {
+      next_[index].store(Index(head), std::memory_order_relaxed);
+      if (head_.compare_exchange_weak(head, Pack(index, Tag(head) + 1), std::memory_order_release,
+                                      std::memory_order_relaxed)) {
+        return;
+      }
+    }
+  }
+
+  // kEmpty when the stack is empty.
+  uint32_t Pop() {
+    uint64_t head = head_.load(std::memory_order_acquire);
+    while (true) {
+      const uint32_t index = Index(head);
+      if (index == kEmpty) return kEmpty;
+      // May be stale when `index` was popped and pushed again meanwhile; the tag then differs
+      // and the exchange fails.
+      const uint32_t next = next_[index].load(std::memory_order_relaxed);
+      if (head_.compare_exchange_weak(head, Pack(next, Tag(head) + 1), std::memory_order_acquire,
+                                      std::memory_order_acquire)) {
+        return index;
+      }
+    }
   }
 
  private:
-  boost::lockfree::stack<MemorySegment*> stack_;
+  static uint64_t Pack(uint32_t index, uint32_t tag) {
+    return (static_cast<uint64_t>(tag) << 32) | index;
+  }
+  static uint32_t Index(uint64_t head) { return static_cast<uint32_t>(head); }
+  static uint32_t Tag(uint64_t head) { return static_cast<uint32_t>(head >> 32); }
+
+  alignas(64) std::atomic<uint64_t> head_{Pack(kEmpty, 0)};
+  std::unique_ptr<std::atomic<uint32_t>[]> next_;
 };
 
 Status ValidateOptions(const NetworkBufferPoolOptions& o) {
@@ -75,12 +104,12 @@ std::string FormatAdmissionError(const char* what, uint32_t extra, uint32_t requ
   const uint32_t unreserved = total > required ? total - required : 0;
   std::string m = "insufficient network memory for ";
   m += what;
-  m += ": it needs " + std::to_string(extra) + " segments, but only " +
-       std::to_string(unreserved) + " of " + std::to_string(total) +
-       " segments are unreserved (" + std::to_string(required) +
-       " already reserved as pool minimums and exclusive buffers; segment size " +
-       Bytes(segment_size) + ", network memory " +
-       Bytes(static_cast<uint64_t>(total) * segment_size) + "). Raise network_memory to at least " +
+  m += ": required " + std::to_string(extra) + " segments, but only " + std::to_string(unreserved) +
+       " of " + std::to_string(total) + " segments are available (unreserved; " +
+       std::to_string(required) +
+       " are already reserved as pool minimums and exclusive buffers); segment size " +
+       Bytes(segment_size) + ", network_memory " +
+       Bytes(static_cast<uint64_t>(total) * segment_size) + ". Raise network_memory to at least " +
        Bytes(need * segment_size) + " (" + std::to_string(need * segment_size) +
        " bytes), or lower buffers_per_channel, floating_per_gate or the number of channels";
   return m;
@@ -118,10 +147,10 @@ NetworkBufferPool::NetworkBufferPool(const NetworkBufferPoolOptions& options, ui
     s.data_ = slab_ + static_cast<uint64_t>(i) * segment_size_;
     s.capacity_ = segment_size_;
     s.index_ = i;
-    s.holder_.store(kHolderFree, std::memory_order_relaxed);
-    SLUICE_CHECK(free_->Push(&s), "free list smaller than the slab");
+    s.holder_.store(MemorySegment::kHolderFree, std::memory_order_relaxed);
+    free_->Push(i);
   }
-  available_.store(total, std::memory_order_release);
+  available_.store(total, std::memory_order_seq_cst);
 }
 
 NetworkBufferPool::~NetworkBufferPool() {
@@ -131,6 +160,9 @@ NetworkBufferPool::~NetworkBufferPool() {
                  "sluice: NetworkBufferPool destroyed with %u of %u segments still out; the "
                  "slab is leaked instead of unmapped under live buffers\n",
                  total_ - avail, total_);
+    // Live Buffers still point at their control blocks and the free list: leak those too.
+    (void)segments_.release();
+    (void)free_.release();
     return;
   }
   ::munmap(slab_, slab_bytes_);
@@ -171,12 +203,20 @@ std::string NetworkBufferPool::DebugString() const {
   return out;
 }
 
+// available_ counts segments in the free list that nobody has claimed: a request first claims
+// one (so available_ never overstates the list), then pops; a recycle pushes, then counts. The
+// operations on available_ and waiters_present_ are sequentially consistent: a recycler either
+// sees a waiter that registered, or the waiter sees the recycled segment (Dekker).
 MemorySegment* NetworkBufferPool::TryRequestSegment() {
-  MemorySegment* s = free_->Pop();
-  if (s == nullptr) return nullptr;
-  available_.fetch_sub(1, std::memory_order_acq_rel);
-  const uint8_t prev = s->holder_.exchange(kHolderTaken, std::memory_order_acq_rel);
-  SLUICE_CHECK(prev == kHolderFree, "free list held a segment that was not free");
+  int64_t a = available_.load(std::memory_order_seq_cst);
+  do {
+    if (a <= 0) return nullptr;
+  } while (!available_.compare_exchange_weak(a, a - 1, std::memory_order_seq_cst));
+  const uint32_t index = free_->Pop();
+  SLUICE_CHECK(index != FreeList::kEmpty, "free list empty although a segment was claimed");
+  MemorySegment* s = &segments_[index];
+  const uint8_t prev = s->holder_.exchange(MemorySegment::kHolderTaken, std::memory_order_acq_rel);
+  SLUICE_CHECK(prev == MemorySegment::kHolderFree, "free list held a segment that was not free");
   return s;
 }
 
@@ -185,16 +225,17 @@ void NetworkBufferPool::RecycleSegment(MemorySegment* s) {
                "segment recycled into a NetworkBufferPool it does not belong to");
   SLUICE_CHECK(s->refs_.load(std::memory_order_acquire) == 0,
                "segment returned to the NetworkBufferPool while a Buffer still holds it");
-  const uint8_t prev = s->holder_.exchange(kHolderFree, std::memory_order_acq_rel);
-  SLUICE_CHECK(prev == kHolderTaken, "segment recycled twice into the NetworkBufferPool");
+  const uint8_t prev = s->holder_.exchange(MemorySegment::kHolderFree, std::memory_order_acq_rel);
+  SLUICE_CHECK(prev != MemorySegment::kHolderFree,
+               "segment recycled twice into the NetworkBufferPool");
+  SLUICE_CHECK(prev != MemorySegment::kHolderLent,
+               "segment returned to the NetworkBufferPool while a LocalBufferPool lends it out");
   s->tag_ = -1;
-  SLUICE_CHECK(free_->Push(s), "free list overflow");
-  const int64_t before = available_.fetch_add(1, std::memory_order_acq_rel);
-  if (before <= 0) {
-    // Pairs with the fence in the waiters: either they see this segment or we see them.
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (waiters_present_.load(std::memory_order_acquire) > 0) NotifyAvailable();
-  }
+  free_->Push(s->index_);
+  available_.fetch_add(1, std::memory_order_seq_cst);
+  // Every recycle looks (one load of a rarely written line): notifying only on the transition
+  // from empty loses wake-ups, because a claimed-but-not-yet-popped segment hides the emptiness.
+  if (waiters_present_.load(std::memory_order_seq_cst) > 0) NotifyAvailable();
 }
 
 void NetworkBufferPool::NotifyAvailable() {
@@ -206,20 +247,26 @@ void NetworkBufferPool::NotifyAvailable() {
     waiters_present_.fetch_sub(static_cast<uint32_t>(waiters.size()), std::memory_order_acq_rel);
   }
   for (auto& w : waiters) {
-    if (auto pool = w.lock()) pool->OnGlobalAvailable();
+    if (std::shared_ptr<LocalBufferPool> pool = w.lock()) pool->OnGlobalAvailable();
   }
 }
 
-void NetworkBufferPool::AddAvailabilityWaiter(std::shared_ptr<LocalBufferPool> pool) {
+bool NetworkBufferPool::AddAvailabilityWaiter(const std::shared_ptr<LocalBufferPool>& pool) {
   {
     std::lock_guard lock(mu_);
-    availability_waiters_.push_back(pool);
-    waiters_present_.fetch_add(1, std::memory_order_acq_rel);
+    const bool present = std::any_of(availability_waiters_.begin(), availability_waiters_.end(),
+                                     [&](const std::weak_ptr<LocalBufferPool>& w) {
+                                       return !w.owner_before(pool) && !pool.owner_before(w);
+                                     });
+    if (!present) {
+      availability_waiters_.push_back(pool);
+      waiters_present_.fetch_add(1, std::memory_order_seq_cst);
+    }
   }
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  // A segment freed between the pool's failed request and the registration above saw no
-  // waiter: look again so that the notification is never lost.
-  if (available_.load(std::memory_order_acquire) > 0) NotifyAvailable();
+  // A segment freed between the pool's failed request and the registration above may have
+  // seen no waiter: the caller must look again itself (not through NotifyAvailable, which
+  // would recurse into the caller while the free list stays contended).
+  return available_.load(std::memory_order_seq_cst) > 0;
 }
 
 Status NetworkBufferPool::Admit(uint32_t extra, const char* what) const {
@@ -229,14 +276,16 @@ Status NetworkBufferPool::Admit(uint32_t extra, const char* what) const {
   return Status::Ok();
 }
 
-void NetworkBufferPool::RedistributeLocked(std::vector<std::shared_ptr<LocalBufferPool>>* grown) {
+void NetworkBufferPool::RedistributeLocked(std::vector<std::shared_ptr<LocalBufferPool>>* grown,
+                                           const LocalBufferPool* created) {
   std::vector<PoolBounds> bounds;
   bounds.reserve(pools_.size());
   for (LocalBufferPool* p : pools_) bounds.push_back({p->min_, p->max_});
   const std::vector<uint32_t> sizes = RedistributeSpare(bounds, total_ - required_);
   std::vector<MemorySegment*> surplus;
   for (size_t i = 0; i < pools_.size(); ++i) {
-    if (pools_[i]->Resize(sizes[i], &surplus)) {
+    // A pool just created did not grow: it has nobody waiting, and takes segments lazily.
+    if (pools_[i]->Resize(sizes[i], &surplus) && pools_[i] != created) {
       if (auto p = pools_[i]->weak_from_this().lock()) grown->push_back(std::move(p));
     }
   }
@@ -286,21 +335,24 @@ Result<std::vector<MemorySegment*>> NetworkBufferPool::RequestExclusiveSegments(
       got.push_back(s);
     }
   };
-  bool timed_out = false;
   {
     std::unique_lock lock(mu_);
     take_all();
-    while (got.size() < n && !timed_out) {
+    if (got.size() < n) {
+      // Registered before looking again, under mu_: a recycler that misses the registration
+      // left its segment where take_all() finds it; one that sees it notifies under mu_.
       ++exclusive_waiting_;
-      waiters_present_.fetch_add(1, std::memory_order_acq_rel);
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      take_all();
-      if (got.size() < n) {
-        timed_out = segment_freed_.wait_until(lock, deadline) == std::cv_status::timeout;
+      waiters_present_.fetch_add(1, std::memory_order_seq_cst);
+      while (true) {
         take_all();
+        if (got.size() == n) break;
+        if (segment_freed_.wait_until(lock, deadline) == std::cv_status::timeout) {
+          take_all();
+          break;
+        }
       }
       --exclusive_waiting_;
-      waiters_present_.fetch_sub(1, std::memory_order_acq_rel);
+      waiters_present_.fetch_sub(1, std::memory_order_seq_cst);
     }
   }
   if (got.size() == n) {
@@ -324,8 +376,10 @@ Result<std::vector<MemorySegment*>> NetworkBufferPool::RequestExclusiveSegments(
 
 void NetworkBufferPool::RecycleExclusiveSegments(std::span<MemorySegment* const> segments) {
   if (segments.empty()) return;
+  const auto n = static_cast<uint32_t>(segments.size());
+  const uint32_t out = exclusive_out_.fetch_sub(n, std::memory_order_acq_rel);
+  SLUICE_CHECK(out >= n, "more exclusive segments returned than were requested");
   for (MemorySegment* s : segments) RecycleSegment(s);
-  exclusive_out_.fetch_sub(static_cast<uint32_t>(segments.size()), std::memory_order_acq_rel);
   std::vector<std::shared_ptr<LocalBufferPool>> grown;
   {
     std::lock_guard lock(mu_);
@@ -354,7 +408,7 @@ Result<std::shared_ptr<LocalBufferPool>> NetworkBufferPool::CreateLocalBufferPoo
     pool = std::shared_ptr<LocalBufferPool>(new LocalBufferPool(shared_from_this(), options),
                                             LocalBufferPool::Deleter{});
     pools_.push_back(pool.get());
-    RedistributeLocked(&grown);
+    RedistributeLocked(&grown, pool.get());
   }
   ServeGrown(grown);
   return pool;

@@ -8,7 +8,7 @@
 // Segments are handed out two ways: exclusive (RequestExclusiveSegments: a fixed number owned by
 // one channel for its lifetime) and pooled (LocalBufferPools, each guaranteed its min and grown
 // towards its max with the spare segments; see redistribution.h). The free list is lock-free;
-// the mutex guards only pool creation/destruction, admission and redistribution.
+// the mutex guards only pool creation/destruction, admission, redistribution and waiters.
 //
 // Thread-safe. Create it with Create() and keep the shared_ptr for as long as any LocalBufferPool,
 // exclusive segment or Buffer from it is alive (LocalBufferPools keep a reference themselves).
@@ -110,15 +110,19 @@ class NetworkBufferPool : public std::enable_shared_from_this<NetworkBufferPool>
 
   // Admission: appends "required N, available M..." text. REQUIRES: mu_ held.
   Status Admit(uint32_t extra, const char* what) const;
-  // Recomputes every pool's size. Collects pools that grew so their listeners can be served
-  // outside the lock. REQUIRES: mu_ held.
-  void RedistributeLocked(std::vector<std::shared_ptr<LocalBufferPool>>* grown);
+  // Recomputes every pool's size. Collects pools that grew (except `created`, sized for the
+  // first time) so their waiters and listeners can be served outside the lock.
+  // REQUIRES: mu_ held.
+  void RedistributeLocked(std::vector<std::shared_ptr<LocalBufferPool>>* grown,
+                          const LocalBufferPool* created = nullptr);
   void ServeGrown(std::vector<std::shared_ptr<LocalBufferPool>>& grown);
   void Redistribute();
   // Called by LocalBufferPool::Destroy.
   void Unregister(LocalBufferPool* pool);
-  // A LocalBufferPool that found the free list empty asks to be told when it is not.
-  void AddAvailabilityWaiter(std::shared_ptr<LocalBufferPool> pool);
+  // A LocalBufferPool that found the free list empty asks to be told when it is not (once;
+  // registering twice is a no-op). Returns true when segments are free right now: the caller
+  // must then try again itself, as the recycler of that segment may have missed it.
+  bool AddAvailabilityWaiter(const std::shared_ptr<LocalBufferPool>& pool);
   void NotifyAvailable();
 
   const uint32_t segment_size_;

@@ -13,9 +13,11 @@ struct PoolBounds {
   uint32_t max = 0;  // ceiling; REQUIRES: max >= min
 };
 
-// Flink's rule: every pool gets its min; the spare segments, capped at the total headroom
-// sum(max - min), are shared in proportion to each pool's headroom, with rounding chosen so the
-// grants add up exactly. Returns each pool's new size (min + grant), in the order given.
+// Flink's rule (the classic NetworkBufferPool#redistributeBuffers; recent Flink versions weigh
+// pools by an expected size instead): every pool gets its min; min(spare, total headroom)
+// segments are shared in proportion to each pool's weight min(spare, max - min), rounding the
+// cumulative share down so the grants add up exactly and no pool passes its max. Returns each
+// pool's new size (min + grant), in the order given.
 // `spare` is total segments minus every pool minimum and every exclusive segment.
 std::vector<uint32_t> RedistributeSpare(std::span<const PoolBounds> pools, uint64_t spare);
 

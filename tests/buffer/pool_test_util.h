@@ -1,0 +1,129 @@
+// Helpers for the buffer tests (not API): sanitizer-aware scaling, a fixture that creates
+// NetworkBufferPools and ends every test with the leak check, and small recyclers/listeners.
+#pragma once
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "buffer/buffer.h"
+#include "buffer/local_buffer_pool.h"
+#include "buffer/network_buffer_pool.h"
+
+namespace sluice::buffer::test_util {
+
+#if defined(__SANITIZE_THREAD__)
+inline constexpr bool kUnderTsan = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+inline constexpr bool kUnderTsan = true;
+#else
+inline constexpr bool kUnderTsan = false;
+#endif
+#else
+inline constexpr bool kUnderTsan = false;
+#endif
+
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kUnderAsan = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+inline constexpr bool kUnderAsan = true;
+#else
+inline constexpr bool kUnderAsan = false;
+#endif
+#else
+inline constexpr bool kUnderAsan = false;
+#endif
+
+inline constexpr bool kUnderSanitizer = kUnderTsan || kUnderAsan;
+
+// Iteration counts for stress tests: full size normally, smaller under sanitizers so that the
+// suites stay within their timeouts on two cores (TSan slows locking code ~10-20x).
+inline int Scaled(int n) {
+  if (kUnderTsan) return std::max(1, n / 2);
+  if (kUnderAsan) return std::max(1, n / 2);
+  return n;
+}
+
+inline constexpr uint32_t kSegment = 4096;
+
+inline std::shared_ptr<NetworkBufferPool> MakeGlobal(uint32_t segments,
+                                                     uint32_t segment_size = kSegment) {
+  NetworkBufferPoolOptions o;
+  o.segment_size = segment_size;
+  o.network_memory = static_cast<uint64_t>(segments) * segment_size;
+  Result<std::shared_ptr<NetworkBufferPool>> r = NetworkBufferPool::Create(o);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  return std::move(r).value();
+}
+
+inline LocalBufferPoolOptions PoolOptions(std::string name, uint32_t min, uint32_t max) {
+  LocalBufferPoolOptions o;
+  o.name = std::move(name);
+  o.min_segments = min;
+  o.max_segments = max;
+  return o;
+}
+
+// Fixture: every global pool made through NewGlobal() is checked after the test body (all
+// local pools and buffers of the test are gone by then): every segment back in the free list,
+// nothing reserved, no pool alive.
+class PoolTest : public ::testing::Test {
+ protected:
+  NetworkBufferPool& NewGlobal(uint32_t segments, uint32_t segment_size = kSegment) {
+    globals_.push_back(MakeGlobal(segments, segment_size));
+    return *globals_.back();
+  }
+  std::shared_ptr<NetworkBufferPool> SharedGlobal(size_t i = 0) { return globals_.at(i); }
+
+  void TearDown() override {
+    for (const auto& g : globals_) ExpectNoLeaks(*g);
+  }
+
+  static void ExpectNoLeaks(const NetworkBufferPool& g) {
+    const NetworkBufferPoolStats s = g.Stats();
+    EXPECT_EQ(s.available, s.total) << "leak check: " << g.DebugString();
+    EXPECT_EQ(s.exclusive, 0u) << g.DebugString();
+    EXPECT_EQ(s.pooled, 0u) << g.DebugString();
+    EXPECT_EQ(s.required, 0u) << g.DebugString();
+    EXPECT_EQ(s.local_pools, 0u) << g.DebugString();
+  }
+
+  std::vector<std::shared_ptr<NetworkBufferPool>> globals_;
+};
+
+// Per-pool accounting at a quiescent point.
+inline void ExpectPoolAccounting(const LocalBufferPool& pool) {
+  const LocalBufferPoolStats s = pool.Stats();
+  EXPECT_EQ(s.owned, s.queued + s.lent) << pool.name();
+  EXPECT_LE(s.overdraft, s.lent) << pool.name();
+  EXPECT_GE(s.size, s.min) << pool.name();
+  EXPECT_LE(s.size, s.max) << pool.name();
+}
+
+// A recycler that counts and forwards to the global free list.
+class CountingRecycler final : public BufferRecycler {
+ public:
+  explicit CountingRecycler(NetworkBufferPool& g) : global_(g) {}
+  void Recycle(MemorySegment* segment) override {
+    recycled_.fetch_add(1);
+    last_ = segment;
+    global_.RecycleSegment(segment);
+  }
+  int recycled() const { return recycled_.load(); }
+  MemorySegment* last() const { return last_; }
+
+ private:
+  NetworkBufferPool& global_;
+  std::atomic<int> recycled_{0};
+  MemorySegment* last_ = nullptr;
+};
+
+}  // namespace sluice::buffer::test_util
