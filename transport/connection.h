@@ -2,7 +2,8 @@
 //
 // Reads: the FrameDecoder checks each frame header, the ConnectionHandler (the upper layer, a
 // FrameSink) verifies the message and names the Buffer its payload goes into, and the socket
-// reads the payload straight into that segment (small staging reads for headers and metadata).
+// reads the payload straight into that segment. One readv fills the rest of a payload and a
+// short staging tail that catches the next header and metadata: one system call per frame.
 // Writes: Send() queues frames; at the end of the loop iteration (or on Flush()) queued frames
 // go out gathered, several frames per uv_write (header bytes + segment iovecs, no copy). A
 // payload Buffer stays owned by its write request until the write callback.
@@ -22,7 +23,6 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -54,9 +54,7 @@ class OutFrame {
   // A complete pre-encoded frame without payload (copied), e.g. a heartbeat.
   static OutFrame Raw(std::span<const uint8_t> bytes);
 
-  std::span<const uint8_t> head() const {
-    return {big_ ? big_.get() : inline_.data(), head_len_};
-  }
+  std::span<const uint8_t> head() const { return {big_ ? big_.get() : inline_.data(), head_len_}; }
   const buffer::Buffer& payload() const { return payload_; }
   size_t total_bytes() const { return head_len_ + (payload_ ? payload_.size() : 0); }
 
@@ -72,7 +70,8 @@ class OutFrame {
 // Loop-thread only.
 class ConnectionHandler : public FrameSink {
  public:
-  // Called once, after the connection is closed and every buffer it held was released.
+  // Called once, after the connection is closed and every buffer it held was released, and
+  // after its server or client stopped counting it (connection_count(), GetOrConnect).
   virtual void OnClosed(const Status& reason) = 0;
   // Every queued write completed: a good moment to send more.
   virtual void OnWritable() {}
@@ -145,6 +144,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   static void OnIdleFlush(uv_idle_t* i);
   static void OnHandleClosed(uv_handle_t* h);
 
+  void ReadSocket();
+  void EndOfStream();
+  void CloseHandles();
   void HandleDecodeError();
   void Tick();
   void ScheduleFlush();
@@ -166,9 +168,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   FrameDecoder decoder_;
   std::unique_ptr<uint8_t[]> staging_;
   size_t staging_capacity_ = 0;
-  bool reading_into_window_ = false;
+  bool in_socket_read_ = false;         // between OnAlloc and its OnRead (see OnAlloc)
+  bool stop_reading_deferred_ = false;  // CloseAfterFlush during a read pass
 
-  std::deque<OutFrame> pending_;
+  std::vector<OutFrame> pending_;  // not yet handed to uv_write; Flush takes all of it
   size_t pending_bytes_ = 0;
   size_t inflight_bytes_ = 0;
   uint32_t inflight_writes_ = 0;

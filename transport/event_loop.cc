@@ -3,32 +3,65 @@
 #include <pthread.h>
 #include <signal.h>
 
-#include <boost/lockfree/queue.hpp>
 #include <future>
 #include <utility>
 
 namespace sluice::transport {
 
-// An unbounded MPSC hand-off of heap-allocated tasks; each Post allocates one node, which is
-// fine for control messages. The data path batches before posting.
+// An unbounded MPSC hand-off of heap-allocated tasks: producers push onto a lock-free stack
+// with one CAS; the loop thread takes the whole stack with one exchange and runs it oldest
+// first. Taking everything at once means no node is ever popped singly, so there is no ABA and
+// no freelist: every shared access is an atomic with acquire/release, which ThreadSanitizer can
+// check. (boost::lockfree::queue, used before, reads a freelist node's `next` without
+// synchronization when producers race, a data race by the memory model that TSan reports.)
+// Each Post allocates one node, fine for control messages; the data path batches before posting.
 class EventLoop::Queue {
  public:
-  Queue() : q_(1024) {}
+  Queue() = default;
   ~Queue() {
-    Task* t = nullptr;
-    while (q_.pop(t)) delete t;
+    Node* n = head_.exchange(nullptr, std::memory_order_acquire);
+    while (n != nullptr) {
+      Node* next = n->next;
+      delete n;
+      n = next;
+    }
   }
-  void Push(Task* t) { q_.push(t); }
-  Task* Pop() {
-    Task* t = nullptr;
-    return q_.pop(t) ? t : nullptr;
+  void Push(Task task) {
+    auto* n = new Node{std::move(task), head_.load(std::memory_order_relaxed)};
+    while (!head_.compare_exchange_weak(n->next, n, std::memory_order_release,
+                                        std::memory_order_relaxed)) {
+    }
+  }
+  // Runs every task queued now, in posting order; returns false when there was none.
+  bool RunAll() {
+    Node* n = head_.exchange(nullptr, std::memory_order_acquire);
+    if (n == nullptr) return false;
+    Node* oldest_first = nullptr;
+    while (n != nullptr) {
+      Node* next = n->next;
+      n->next = oldest_first;
+      oldest_first = n;
+      n = next;
+    }
+    while (oldest_first != nullptr) {
+      Node* next = oldest_first->next;
+      oldest_first->task();
+      delete oldest_first;
+      oldest_first = next;
+    }
+    return true;
   }
 
  private:
-  boost::lockfree::queue<Task*> q_;
+  struct Node {
+    Task task;
+    Node* next;
+  };
+  std::atomic<Node*> head_{nullptr};
 };
 
-EventLoop::EventLoop(std::string name) : name_(std::move(name)), queue_(std::make_unique<Queue>()) {}
+EventLoop::EventLoop(std::string name)
+    : name_(std::move(name)), queue_(std::make_unique<Queue>()) {}
 
 Result<std::unique_ptr<EventLoop>> EventLoop::Start(std::string name) {
   std::unique_ptr<EventLoop> loop(new EventLoop(std::move(name)));
@@ -75,7 +108,7 @@ bool EventLoop::Post(Task task) {
     posters_.fetch_sub(1, std::memory_order_seq_cst);
     return false;
   }
-  queue_->Push(new Task(std::move(task)));
+  queue_->Push(std::move(task));
   uv_async_send(&async_);  // coalesces: only the first send before the callback writes
   posters_.fetch_sub(1, std::memory_order_seq_cst);
   return true;
@@ -92,56 +125,70 @@ bool EventLoop::RunOrPost(Task task) {
 void EventLoop::OnAsync(uv_async_t* handle) { static_cast<EventLoop*>(handle->data)->Drain(); }
 
 void EventLoop::Drain() {
-  while (Task* t = queue_->Pop()) {
-    (*t)();
-    delete t;
-  }
-  if (stopping_.load(std::memory_order_seq_cst) && !stopped_.exchange(true)) {
-    while (posters_.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
-    while (Task* t = queue_->Pop()) {
-      (*t)();
-      delete t;
-    }
-    // Hooks may add hooks (or post): run a moved-out list until none is left.
-    while (!stop_hooks_.empty()) {
-      std::vector<Task> hooks = std::move(stop_hooks_);
-      stop_hooks_.clear();
-      for (Task& hook : hooks) hook();
-    }
-    // Close whatever the hooks left open, including our own async handle; the loop then runs
-    // out of handles and uv_run returns. A handle other than ours that is still open here had
-    // no owner to close it: it is counted as leaked (its memory is not ours to free).
-    struct Walk {
-      uv_handle_t* async;
-      int leaked;
-    } walk{reinterpret_cast<uv_handle_t*>(&async_), 0};
-    uv_walk(
-        &loop_,
-        [](uv_handle_t* h, void* arg) {
-          auto* w = static_cast<Walk*>(arg);
-          if (uv_is_closing(h)) return;
-          if (h != w->async) ++w->leaked;
-          uv_close(h, nullptr);
-        },
-        &walk);
-    force_closed_ = walk.leaked;
-  }
+  // One batch per wake-up: a task pushed after the exchange comes with its own uv_async_send,
+  // so it gets a later wake-up, and busy producers cannot starve the sockets of this loop.
+  queue_->RunAll();
+  // The stop sequence runs in Run(), after uv_run returns: outside every callback, where it can
+  // let close callbacks run (uv_run is not reentrant).
+  if (stopping_.load(std::memory_order_seq_cst)) uv_stop(&loop_);
 }
 
 void EventLoop::AddStopHook(Task hook) { stop_hooks_.push_back(std::move(hook)); }
 
+bool EventLoop::HasClosingHandles() {
+  bool closing = false;
+  uv_walk(
+      &loop_,
+      [](uv_handle_t* h, void* arg) {
+        if (uv_is_closing(h)) *static_cast<bool*>(arg) = true;
+      },
+      &closing);
+  return closing;
+}
+
 void EventLoop::Run() {
-  uv_run(&loop_, UV_RUN_DEFAULT);
-  // Count handles that are still open: after a clean stop there are none.
+  uv_run(&loop_, UV_RUN_DEFAULT);  // until Drain sees stopping_ and calls uv_stop
+
+  // 1. Tasks posted before Stop (a Post that saw "not stopping" may still be pushing).
+  while (posters_.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+  while (queue_->RunAll()) {
+  }
+  // 2. Owners close their handles (hooks may add hooks).
+  while (!stop_hooks_.empty()) {
+    std::vector<Task> hooks = std::move(stop_hooks_);
+    stop_hooks_.clear();
+    for (Task& hook : hooks) hook();
+  }
+  // 3. Let the close callbacks run; they may close further handles (a cancelled connect closes
+  // its retry timer, a connection's last handle tells its handler), so repeat until none is
+  // closing. Posts are refused by now; the async handle stays open until step 4.
+  for (int i = 0; i < 10000 && HasClosingHandles(); ++i) uv_run(&loop_, UV_RUN_NOWAIT);
+  // 4. A handle other than ours still open had no owner to close it: count it as leaked (its
+  // memory is not ours to free), close it, and close our async handle.
+  struct Walk {
+    uv_handle_t* async;
+    int leaked;
+  } walk{reinterpret_cast<uv_handle_t*>(&async_), 0};
+  uv_walk(
+      &loop_,
+      [](uv_handle_t* h, void* arg) {
+        auto* w = static_cast<Walk*>(arg);
+        if (uv_is_closing(h)) return;
+        if (h != w->async) ++w->leaked;
+        uv_close(h, nullptr);
+      },
+      &walk);
+  uv_run(&loop_, UV_RUN_DEFAULT);  // only closing handles are left: returns once they closed
   int open = 0;
-  uv_walk(&loop_, [](uv_handle_t*, void* arg) { ++*static_cast<int*>(arg); }, &open);
-  open_after_stop_.store(open + force_closed_);
+  uv_walk(
+      &loop_, [](uv_handle_t*, void* arg) { ++*static_cast<int*>(arg); }, &open);
+  open_after_stop_.store(open + walk.leaked);
   uv_loop_close(&loop_);
 }
 
 void EventLoop::Stop() {
   SLUICE_CHECK(!IsLoopThread(), "EventLoop::Stop called on its own loop thread");
-  std::lock_guard lock(stop_mu_);  // a second Stop() returns once the first has joined
+  std::lock_guard lock(stop_mu_);   // a second Stop() returns once the first has joined
   if (!thread_.joinable()) return;  // never started (Start failed) or already joined
   stopping_.store(true, std::memory_order_seq_cst);
   uv_async_send(&async_);

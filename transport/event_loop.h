@@ -1,8 +1,8 @@
 // EventLoop: one libuv loop on its own thread. Every socket handle lives on exactly one loop
 // and is touched only from that loop's thread.
 //
-// Other threads hand work in with Post(): tasks go into a Boost.Lockfree queue and one
-// uv_async_send wakes the loop; wake-ups coalesce, so each wake-up drains the whole queue. A
+// Other threads hand work in with Post(): tasks go onto a lock-free MPSC list and one
+// uv_async_send wakes the loop; wake-ups coalesce, so each wake-up drains the whole list. A
 // cross-core wake-up costs tens of microseconds here, so callers on the data path should batch
 // (post once for many buffers) rather than post per buffer.
 //
@@ -42,9 +42,10 @@ class EventLoop {
   bool RunOrPost(Task task);
   bool IsLoopThread() const { return std::this_thread::get_id() == thread_id_.load(); }
 
-  // Stops the loop: runs the stop hooks (which close their handles through close callbacks),
-  // closes every remaining handle, lets the close callbacks run, closes the loop and joins the
-  // thread. Idempotent and thread-safe (a concurrent second call returns after the join).
+  // Stops the loop: runs the tasks already posted, then the stop hooks (which close their
+  // handles), lets every close callback run (they may close more handles), force-closes and
+  // counts what is left, closes the loop and joins the thread. Idempotent and thread-safe (a
+  // concurrent second call returns after the join).
   // REQUIRES: not called from the loop thread (checked).
   void Stop();
   // A hook run on the loop thread when Stop() begins, before remaining handles are force-closed
@@ -62,6 +63,7 @@ class EventLoop {
   explicit EventLoop(std::string name);
   void Run();
   void Drain();
+  bool HasClosingHandles();
   static void OnAsync(uv_async_t* handle);
 
   class Queue;
@@ -73,9 +75,7 @@ class EventLoop {
   std::atomic<std::thread::id> thread_id_{};
   std::atomic<bool> stopping_{false};
   std::atomic<int> posters_{0};
-  std::atomic<bool> stopped_{false};
   std::atomic<int> open_after_stop_{0};
-  int force_closed_ = 0;          // loop thread only
   std::vector<Task> stop_hooks_;  // loop thread only
   std::mutex stop_mu_;            // serializes Stop()
 };

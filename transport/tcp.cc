@@ -13,7 +13,8 @@ namespace {
 Status ParseAddress(const std::string& host, uint16_t port, sockaddr_storage* out) {
   if (uv_ip4_addr(host.c_str(), port, reinterpret_cast<sockaddr_in*>(out)) == 0) return {};
   if (uv_ip6_addr(host.c_str(), port, reinterpret_cast<sockaddr_in6*>(out)) == 0) return {};
-  return InvalidArgument("'" + host + "' is not a numeric IPv4 or IPv6 address (use e.g. 127.0.0.1)");
+  return InvalidArgument("'" + host +
+                         "' is not a numeric IPv4 or IPv6 address (use e.g. 127.0.0.1)");
 }
 
 std::string PeerName(uv_tcp_t* tcp) {
@@ -86,8 +87,9 @@ Result<std::unique_ptr<TcpServer>> TcpServer::Start(EventLoop* loop, const Serve
     s->listener_->data = s;
     const std::string where = Endpoint{options.bind_host, options.port}.ToString();
     int rc = uv_tcp_bind(s->listener_, reinterpret_cast<sockaddr*>(&addr), 0);
-    if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(s->listener_), options.backlog,
-                                &TcpServer::OnConnection);
+    if (rc == 0)
+      rc = uv_listen(reinterpret_cast<uv_stream_t*>(s->listener_), options.backlog,
+                     &TcpServer::OnConnection);
     if (rc != 0) {
       result = IoError("cannot listen on " + where + ": " + uv_strerror(rc) +
                        (rc == UV_EADDRINUSE ? " (another process uses the port; pick another "
@@ -132,11 +134,11 @@ void TcpServer::OnConnection(uv_stream_t* listener, int status) {
   const std::string peer = PeerName(tcp);
   if (s->stopped_ || s->connections_.size() >= s->options_.max_connections) {
     s->metrics_->connections_refused.fetch_add(1, std::memory_order_relaxed);
-    Log(LogLevel::kWarn, "refusing connection from " + peer + ": " +
-                             (s->stopped_ ? std::string("server stopping")
-                                          : "limit of " +
-                                                std::to_string(s->options_.max_connections) +
-                                                " connections reached"));
+    Log(LogLevel::kWarn,
+        "refusing connection from " + peer + ": " +
+            (s->stopped_ ? std::string("server stopping")
+                         : "limit of " + std::to_string(s->options_.max_connections) +
+                               " connections reached"));
     uv_close(reinterpret_cast<uv_handle_t*>(tcp), DeleteTcpOnClose);
     return;
   }
@@ -146,7 +148,10 @@ void TcpServer::OnConnection(uv_stream_t* listener, int status) {
     std::lock_guard lock(s->count_mu_);
     ++s->count_;
   }
-  conn->SetCloseHook([s](Connection* c) {
+  // The server may be gone by the time a connection finishes closing (destroyed on the loop
+  // thread, where Stop() cannot wait): the hook then has nothing to update.
+  conn->SetCloseHook([s, alive = std::weak_ptr<bool>(s->alive_)](Connection* c) {
+    if (alive.expired()) return;
     s->connections_.erase(c);
     std::lock_guard lock(s->count_mu_);
     --s->count_;
@@ -170,7 +175,8 @@ void TcpServer::StopOnLoop() {
   // Copy: closing runs hooks that erase from the map (later, in close callbacks).
   std::vector<std::shared_ptr<Connection>> all;
   for (auto& [raw, c] : connections_) all.push_back(c);
-  for (auto& c : all) c->Close(ClosedError("server on port " + std::to_string(port_) + " stopping"));
+  for (auto& c : all)
+    c->Close(ClosedError("server on port " + std::to_string(port_) + " stopping"));
 }
 
 void TcpServer::Stop() {
@@ -205,6 +211,9 @@ struct TcpClient::Attempt {
   uv_connect_t req{};
   uv_timer_t* timer = nullptr;  // backoff; closed (and freed) when the attempt ends
   bool finished = false;
+  // The client was destroyed on the loop thread while this attempt's connect was still being
+  // cancelled: the callback only frees the attempt (its waiters were answered already).
+  bool orphaned = false;
 };
 
 TcpClient::TcpClient(EventLoop* loop, TransportOptions options, HandlerFactory factory,
@@ -225,6 +234,16 @@ TcpClient::TcpClient(EventLoop* loop, TransportOptions options, HandlerFactory f
 
 TcpClient::~TcpClient() {
   Stop();
+  if (loop_->IsLoopThread()) {
+    // Stop() could not wait here: attempts whose connect is being cancelled call back later.
+    // Answer their waiters now and let the callbacks free the attempts without us.
+    for (Attempt* a : attempts_) a->orphaned = true;
+    auto waiting = std::move(waiting_);
+    waiting_.clear();
+    for (auto& [ep, waiters] : waiting) {
+      for (auto& w : waiters) w(Cancelled("client destroyed while connecting to " + ep.ToString()));
+    }
+  }
   alive_.reset();
 }
 
@@ -262,7 +281,8 @@ void TcpClient::StartAttempt(const Endpoint& endpoint) {
     auto waiters = std::move(waiting_[endpoint]);
     waiting_.erase(endpoint);
     delete a;
-    for (auto& w : waiters) w(InvalidArgument("cannot connect to " + endpoint.ToString() + ": " + st.message()));
+    for (auto& w : waiters)
+      w(InvalidArgument("cannot connect to " + endpoint.ToString() + ": " + st.message()));
     return;
   }
   a->timer = new uv_timer_t;
@@ -281,6 +301,10 @@ void TcpClient::TryConnect(Attempt* a) {
   const int rc = uv_tcp_connect(&a->req, a->tcp, reinterpret_cast<sockaddr*>(&a->addr),
                                 [](uv_connect_t* req, int status) {
                                   auto* at = static_cast<Attempt*>(req->data);
+                                  if (at->orphaned) {
+                                    FreeOrphanedAttempt(at);
+                                    return;
+                                  }
                                   at->client->OnAttemptDone(at, status);
                                 });
   if (rc != 0) a->client->OnAttemptDone(a, rc);
@@ -307,7 +331,8 @@ void TcpClient::OnAttemptDone(Attempt* a, int status) {
       std::lock_guard lock(count_mu_);
       ++count_;
     }
-    conn->SetCloseHook([this, ep](Connection* c) {
+    conn->SetCloseHook([this, ep, alive = std::weak_ptr<bool>(alive_)](Connection* c) {
+      if (alive.expired()) return;  // the client was destroyed on the loop thread
       auto it = connections_.find(ep);
       if (it != connections_.end() && it->second.get() == c) connections_.erase(it);
       std::lock_guard lock(count_mu_);
@@ -350,6 +375,18 @@ void TcpClient::OnAttemptDone(Attempt* a, int status) {
   for (auto& w : waiters) w(err);
 }
 
+void TcpClient::FreeOrphanedAttempt(Attempt* a) {
+  if (a->tcp != nullptr) {
+    uv_close(reinterpret_cast<uv_handle_t*>(a->tcp), DeleteTcpOnClose);
+    a->tcp = nullptr;
+  }
+  uv_close(reinterpret_cast<uv_handle_t*>(a->timer), [](uv_handle_t* h) {
+    auto* at = static_cast<Attempt*>(h->data);
+    delete reinterpret_cast<uv_timer_t*>(h);
+    delete at;
+  });
+}
+
 void TcpClient::StopOnLoop() {
   stopped_ = true;
   std::vector<std::shared_ptr<Connection>> all;
@@ -358,7 +395,8 @@ void TcpClient::StopOnLoop() {
   // Attempts in backoff end now; those connecting end when their connect is cancelled.
   std::vector<Attempt*> backing_off;
   for (Attempt* a : attempts_) {
-    if (a->tcp == nullptr) backing_off.push_back(a);
+    if (a->tcp == nullptr)
+      backing_off.push_back(a);
     else {
       uv_close(reinterpret_cast<uv_handle_t*>(a->tcp), DeleteTcpOnClose);
       a->tcp = nullptr;

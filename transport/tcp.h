@@ -7,7 +7,9 @@
 // is retried with backoff (initial, doubling, capped) before the callbacks get the error.
 //
 // Both are thread-safe to call; their connections live on their EventLoop. Stop() (also run by
-// the destructor) closes every connection through its close callbacks and waits for that.
+// the destructor) closes every connection through its close callbacks and waits for that; on
+// the loop thread itself it cannot wait, and the closes finish on later loop iterations (safe
+// also when the object is destroyed right after). Destroy both before their EventLoop.
 #pragma once
 
 #include <uv.h>
@@ -76,10 +78,11 @@ class TcpServer {
   const ServerOptions options_;
   const HandlerFactory factory_;
   const std::shared_ptr<TransportMetrics> metrics_;
-  uv_tcp_t* listener_ = nullptr;  // loop thread
   uint16_t port_ = 0;
-  bool stopped_ = false;  // loop thread
-  std::unordered_map<Connection*, std::shared_ptr<Connection>> connections_;  // loop thread
+  // Loop thread only:
+  uv_tcp_t* listener_ = nullptr;
+  bool stopped_ = false;
+  std::unordered_map<Connection*, std::shared_ptr<Connection>> connections_;
   mutable std::mutex count_mu_;
   size_t count_ = 0;
   std::shared_ptr<bool> alive_;  // stop hook guard
@@ -114,6 +117,8 @@ class TcpClient {
   struct Attempt;
   void StartAttempt(const Endpoint& endpoint);
   static void TryConnect(Attempt* attempt);
+  // Frees an attempt whose client was destroyed on the loop thread (see ~TcpClient).
+  static void FreeOrphanedAttempt(Attempt* attempt);
   void OnAttemptDone(Attempt* attempt, int status);
   void StopOnLoop();
 

@@ -1,0 +1,129 @@
+#include "shuffle/input_gate.h"
+
+namespace sluice::shuffle {
+
+void InputChannel::NotifyNonEmpty() { gate_->QueueChannel(index_); }
+
+Result<std::unique_ptr<InputGate>> InputGate::Create(
+    std::string name, std::shared_ptr<buffer::NetworkBufferPool> global,
+    const ShuffleOptions& options, uint32_t remote_channels) {
+  std::shared_ptr<buffer::LocalBufferPool> floating;
+  buffer::GateSpec spec{name, remote_channels, 0};
+  const buffer::PoolBounds b = buffer::GatePoolBounds(spec, options.credit);
+  if (b.max > 0) {
+    buffer::LocalBufferPoolOptions o;
+    o.name = "gate " + name + " floating";
+    o.min_segments = b.min;
+    o.max_segments = b.max;
+    auto pool = global->CreateLocalBufferPool(o);
+    if (!pool.ok()) return pool.status();
+    floating = std::move(*pool);
+  }
+  return std::unique_ptr<InputGate>(new InputGate(std::move(name), std::move(global), options,
+                                                  std::move(floating)));
+}
+
+InputGate::InputGate(std::string name, std::shared_ptr<buffer::NetworkBufferPool> global,
+                     const ShuffleOptions& options,
+                     std::shared_ptr<buffer::LocalBufferPool> floating)
+    : name_(std::move(name)),
+      global_(std::move(global)),
+      options_(options),
+      floating_(std::move(floating)) {}
+
+InputGate::~InputGate() { Close(); }
+
+void InputGate::AddChannel(std::shared_ptr<InputChannel> channel) {
+  SLUICE_CHECK(channel->index() == channels_.size(), "InputGate::AddChannel out of order");
+  channels_.push_back(std::move(channel));
+  std::lock_guard lock(mu_);
+  queued_.push_back(0);
+  finished_.push_back(0);
+  stats_.channels = static_cast<uint32_t>(channels_.size());
+}
+
+Status InputGate::Start() {
+  for (auto& c : channels_) {
+    if (Status st = c->Start(); !st.ok()) return st;
+  }
+  return Status::Ok();
+}
+
+void InputGate::QueueChannel(uint32_t index) {
+  std::lock_guard lock(mu_);
+  if (closed_ || queued_[index]) return;
+  queued_[index] = 1;
+  ready_.push_back(index);
+  cv_.notify_one();
+}
+
+Result<std::optional<BufferOrEvent>> InputGate::GetNext(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    uint32_t index;
+    {
+      std::unique_lock lock(mu_);
+      if (closed_) return ClosedError("input gate '" + name_ + "' is closed");
+      if (finished_count_ == channels_.size()) return std::optional<BufferOrEvent>();
+      if (!cv_.wait_until(lock, deadline, [&] { return !ready_.empty(); })) {
+        return std::optional<BufferOrEvent>();
+      }
+      index = ready_.front();
+      ready_.pop_front();
+      queued_[index] = 0;
+    }
+    auto next = channels_[index]->GetNext();
+    if (!next.ok()) return next.status();
+    if (!next->has_value()) continue;  // spurious: the channel was drained already
+    InputChannel::Next& n = **next;
+    if (n.more_available) QueueChannel(index);
+    if (n.buffer.type() == buffer::DataType::kData) {
+      ++stats_.buffers_in;
+      stats_.bytes_in += n.buffer.size();
+    } else {
+      ++stats_.events_in;
+      if (n.buffer.type() == buffer::DataType::kEndOfPartition && !finished_[index]) {
+        finished_[index] = 1;
+        std::lock_guard lock(mu_);
+        ++finished_count_;
+      }
+    }
+    return std::optional<BufferOrEvent>(BufferOrEvent{std::move(n.buffer), index});
+  }
+}
+
+bool InputGate::IsFinished() const {
+  std::lock_guard lock(mu_);
+  return finished_count_ == channels_.size();
+}
+
+void InputGate::Close() {
+  {
+    std::lock_guard lock(mu_);
+    if (closed_) return;
+    closed_ = true;
+    ready_.clear();
+    cv_.notify_all();
+  }
+  for (auto& c : channels_) c->Release();
+  if (floating_) floating_->Destroy();
+}
+
+InputGateStats InputGate::Stats() const {
+  InputGateStats s = stats_;
+  {
+    std::lock_guard lock(mu_);
+    s.finished_channels = finished_count_;
+  }
+  if (floating_) s.floating_pool = floating_->Stats();
+  return s;
+}
+
+std::vector<ChannelState> InputGate::ChannelStates() const {
+  std::vector<ChannelState> out;
+  out.reserve(channels_.size());
+  for (const auto& c : channels_) out.push_back(c->State());
+  return out;
+}
+
+}  // namespace sluice::shuffle

@@ -1,0 +1,148 @@
+// InputGate: what a consumer reads from. It gathers the buffers and events of its input
+// channels (one per producer subpartition it consumes, local or remote) and hands them out in
+// arrival order across channels, in order within each channel. The gate ends when every channel
+// has delivered its end-of-partition event.
+//
+// Memory: remote channels own `buffers_per_channel` exclusive segments each (admission); the
+// gate owns a floating LocalBufferPool (min 1, max floating_per_gate) that remote channels draw
+// on when their sender announces a backlog. Local channels read the producer's buffers directly.
+//
+// Thread-safety: GetNext/PollNext/Close from one consumer thread; channels notify the gate from
+// any thread. Buffers handed out may be released on any thread.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "buffer/buffer.h"
+#include "buffer/local_buffer_pool.h"
+#include "buffer/network_buffer_pool.h"
+#include "buffer/status.h"
+#include "shuffle/shuffle_options.h"
+
+namespace sluice::shuffle {
+
+class InputGate;
+
+struct BufferOrEvent {
+  buffer::Buffer buffer;  // buffer.type(): kData, kEndOfPartition or kEvent
+  uint32_t channel = 0;   // index of the channel it came from
+};
+
+// Live credit state of one channel, for the credit-state dump.
+struct ChannelState {
+  uint32_t index = 0;
+  std::string description;   // "remote 127.0.0.1:4000 partition p0 subpartition 3"
+  bool remote = false;
+  uint32_t queued = 0;       // received, not yet consumed
+  uint32_t available = 0;    // empty buffers ready to receive into (remote)
+  uint32_t exclusive = 0;    // exclusive segments owned (remote)
+  uint32_t floating = 0;     // floating buffers held (remote)
+  int32_t unannounced_credit = 0;
+  uint32_t sender_backlog = 0;
+  uint32_t expected_sequence = 0;
+  bool finished = false;
+  std::string error;
+};
+
+// One input of a gate. Implementations notify the gate (NotifyNonEmpty) from any thread when
+// they go from empty to non-empty.
+class InputChannel {
+ public:
+  virtual ~InputChannel() = default;
+  struct Next {
+    buffer::Buffer buffer;
+    bool more_available = false;
+  };
+  // Starts consuming (requests the partition). Consumer thread.
+  virtual Status Start() = 0;
+  // The next buffer or event, nullopt when none is queued, an error when the channel failed.
+  virtual Result<std::optional<Next>> GetNext() = 0;
+  // Gives back everything the channel holds; idempotent. Any thread.
+  virtual void Release() = 0;
+  virtual ChannelState State() const = 0;
+
+  uint32_t index() const { return index_; }
+
+ protected:
+  InputChannel(InputGate* gate, uint32_t index) : gate_(gate), index_(index) {}
+  void NotifyNonEmpty();
+  InputGate* const gate_;
+  const uint32_t index_;
+};
+
+struct InputGateStats {
+  uint64_t buffers_in = 0;
+  uint64_t bytes_in = 0;
+  uint64_t events_in = 0;
+  uint32_t channels = 0;
+  uint32_t finished_channels = 0;
+  buffer::LocalBufferPoolStats floating_pool;
+};
+
+class InputGate {
+ public:
+  // Creates the gate and, when it has remote channels, its floating pool (admission errors
+  // name the numbers). Channels are added with AddChannel before Start.
+  static Result<std::unique_ptr<InputGate>> Create(
+      std::string name, std::shared_ptr<buffer::NetworkBufferPool> global,
+      const ShuffleOptions& options, uint32_t remote_channels);
+  ~InputGate();
+  InputGate(const InputGate&) = delete;
+  InputGate& operator=(const InputGate&) = delete;
+
+  // Takes ownership of a channel whose index() == number of channels added so far.
+  void AddChannel(std::shared_ptr<InputChannel> channel);
+  // Starts every channel; the first error is returned (the gate should then be closed).
+  Status Start();
+
+  // Waits up to `timeout` for the next buffer or event. nullopt: nothing arrived in time, or the
+  // gate is finished (see IsFinished). An error: a channel failed (the message names it).
+  Result<std::optional<BufferOrEvent>> GetNext(std::chrono::milliseconds timeout);
+  Result<std::optional<BufferOrEvent>> PollNext() { return GetNext(std::chrono::milliseconds(0)); }
+  // Every channel delivered its end of partition.
+  bool IsFinished() const;
+  // Releases every channel and the floating pool; idempotent (also the destructor).
+  void Close();
+
+  const std::string& name() const { return name_; }
+  size_t num_channels() const { return channels_.size(); }
+  InputChannel* channel(uint32_t i) const { return channels_[i].get(); }
+  const ShuffleOptions& options() const { return options_; }
+  const std::shared_ptr<buffer::NetworkBufferPool>& global_pool() const { return global_; }
+  // The floating pool; nullptr for a gate without remote channels.
+  const std::shared_ptr<buffer::LocalBufferPool>& floating_pool() const { return floating_; }
+  InputGateStats Stats() const;
+  // Every channel's live credit state.
+  std::vector<ChannelState> ChannelStates() const;
+  // Called by channels, any thread.
+  void QueueChannel(uint32_t index);
+
+ private:
+  InputGate(std::string name, std::shared_ptr<buffer::NetworkBufferPool> global,
+            const ShuffleOptions& options, std::shared_ptr<buffer::LocalBufferPool> floating);
+
+  const std::string name_;
+  const std::shared_ptr<buffer::NetworkBufferPool> global_;
+  const ShuffleOptions options_;
+  std::shared_ptr<buffer::LocalBufferPool> floating_;
+  std::vector<std::shared_ptr<InputChannel>> channels_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<uint32_t> ready_;          // GUARDED_BY(mu_): channels with something queued
+  std::vector<uint8_t> queued_;         // GUARDED_BY(mu_): channel is in ready_
+  std::vector<uint8_t> finished_;       // consumer thread
+  uint32_t finished_count_ = 0;         // consumer thread (read under mu_ for stats)
+  InputGateStats stats_;                // consumer thread
+  bool closed_ = false;
+};
+
+}  // namespace sluice::shuffle

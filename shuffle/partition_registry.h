@@ -1,0 +1,74 @@
+// PartitionRegistry: the result partitions of a process, by id (Flink's ResultPartitionManager).
+// Producers register their partitions; local input channels and the network server look them
+// up. A request that arrives before its partition can wait for it (WaitFor) or park a one-shot
+// callback (OnRegistered) that Register runs.
+//
+// The registry shares ownership of registered partitions; Unregister drops that share (it does
+// not release the partition: its owner does). Pending callbacks are dropped, never called, when
+// the registry is destroyed.
+//
+// Thread-safe. Callbacks run outside the registry's lock, on the thread that calls Register (or
+// on the caller of OnRegistered when the partition is already there), and may call the registry.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "buffer/status.h"
+#include "shuffle/result_partition.h"
+
+namespace sluice::shuffle {
+
+class PartitionRegistry {
+ public:
+  using Callback = std::function<void(std::shared_ptr<ResultPartition>)>;
+
+  PartitionRegistry() = default;
+  PartitionRegistry(const PartitionRegistry&) = delete;
+  PartitionRegistry& operator=(const PartitionRegistry&) = delete;
+
+  // Adds a partition under its id() and runs the callbacks waiting for it. Errors:
+  // InvalidArgument for a null partition or an id that is already registered.
+  Status Register(std::shared_ptr<ResultPartition> partition);
+  // The partition, or null.
+  std::shared_ptr<ResultPartition> Lookup(const std::string& id) const;
+  // Removes the partition and returns it (null when it was not registered).
+  std::shared_ptr<ResultPartition> Unregister(const std::string& id);
+  // Waits up to `timeout` for the partition to be registered; null on timeout.
+  std::shared_ptr<ResultPartition> WaitFor(const std::string& id,
+                                           std::chrono::milliseconds timeout) const;
+
+  // Runs `callback` once with the partition when `id` is registered. Returns a token for
+  // CancelCallback; when the partition is registered already the callback runs now, on this
+  // thread, and 0 is returned.
+  uint64_t OnRegistered(const std::string& id, Callback callback);
+  // Removes a pending callback. Returns true when it was removed before it ran; false when it
+  // has run, is running (on the registering thread) or the token is unknown.
+  bool CancelCallback(uint64_t token);
+
+  size_t size() const;
+  std::vector<std::string> Ids() const;
+  size_t pending_callbacks() const;
+
+ private:
+  struct Pending {
+    uint64_t token;
+    Callback callback;
+  };
+
+  mutable std::mutex mu_;
+  mutable std::condition_variable registered_;
+  std::unordered_map<std::string, std::shared_ptr<ResultPartition>> partitions_;  // GUARDED_BY
+  std::unordered_map<std::string, std::vector<Pending>> pending_;  // GUARDED_BY(mu_), by id
+  std::unordered_map<uint64_t, std::string> pending_ids_;          // GUARDED_BY(mu_), by token
+  uint64_t next_token_ = 1;                                        // GUARDED_BY(mu_)
+};
+
+}  // namespace sluice::shuffle

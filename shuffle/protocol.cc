@@ -1,0 +1,33 @@
+#include "shuffle/protocol.h"
+
+namespace sluice::shuffle {
+
+transport::TransportOptions MakeTransportOptions(uint32_t segment_size,
+                                                 const ConnectionTimeouts& timeouts) {
+  transport::TransportOptions o;
+  o.limits.max_payload = segment_size;
+  o.limits.known_types = schema::KnownMessageTypes();
+  o.limits.payload_types = schema::PayloadMessageTypes();
+  o.heartbeat_interval = timeouts.heartbeat_interval;
+  o.idle_timeout = timeouts.idle_timeout;
+  o.handshake_timeout = timeouts.handshake_timeout;
+  schema::MessageBuilder builder(64);
+  transport::OutFrame hb = MakeFrame(schema::MessageType::kHeartbeat, builder.Heartbeat(0));
+  o.heartbeat_frame.assign(hb.head().begin(), hb.head().end());
+  return o;
+}
+
+transport::Rejection RejectMessage(schema::MessageType type, std::span<const uint8_t> message,
+                                   Status status) {
+  const transport::FrameError reason = schema::VerifyMessage(type, message).ok()
+                                           ? transport::FrameError::kInvalidField
+                                           : transport::FrameError::kInvalidMessage;
+  return transport::Rejection{reason, std::move(status)};
+}
+
+transport::OutFrame MakeFrame(schema::MessageType type, std::span<const uint8_t> message,
+                              buffer::Buffer payload) {
+  return transport::OutFrame::Make(static_cast<uint8_t>(type), message, std::move(payload));
+}
+
+}  // namespace sluice::shuffle

@@ -1,0 +1,36 @@
+// Glue between the shuffle protocol (schema/ messages) and the transport: the frame limits and
+// heartbeat frame a shuffle connection uses, and helpers that wrap a message into an OutFrame.
+// Thread-safe (pure functions).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+#include "schema/messages.h"
+#include "transport/connection.h"
+#include "transport/transport_options.h"
+
+namespace sluice::shuffle {
+
+struct ConnectionTimeouts {
+  std::chrono::milliseconds heartbeat_interval{5000};
+  std::chrono::milliseconds idle_timeout{30000};
+  std::chrono::milliseconds handshake_timeout{5000};
+};
+
+// Transport options for shuffle connections with payloads of at most `segment_size` bytes.
+transport::TransportOptions MakeTransportOptions(uint32_t segment_size,
+                                                 const ConnectionTimeouts& timeouts);
+
+// Refuses a frame whose message failed to parse: kInvalidMessage when the FlatBuffers Verifier
+// rejects it, kInvalidField when it verifies but a field is wrong.
+transport::Rejection RejectMessage(schema::MessageType type, std::span<const uint8_t> message,
+                                   Status status);
+
+// A frame carrying `message` (bytes from a schema::MessageBuilder) and an optional payload.
+transport::OutFrame MakeFrame(schema::MessageType type, std::span<const uint8_t> message,
+                              buffer::Buffer payload = {});
+
+}  // namespace sluice::shuffle

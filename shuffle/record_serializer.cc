@@ -1,0 +1,117 @@
+#include "shuffle/record_serializer.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+namespace sluice::shuffle {
+
+namespace {
+uint32_t ReadBigEndian32(const uint8_t* p) {
+  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
+}
+}  // namespace
+
+Status RecordSerializer::Begin(std::span<const uint8_t> record) {
+  SLUICE_CHECK(remaining_ == 0, "RecordSerializer::Begin with a record still pending");
+  if (record.size() > kMaxRecordLength) {
+    return InvalidArgument("record of " + std::to_string(record.size()) +
+                           " bytes is larger than the maximum of " +
+                           std::to_string(kMaxRecordLength) + " bytes");
+  }
+  const auto n = static_cast<uint32_t>(record.size());
+  prefix_[0] = static_cast<uint8_t>(n >> 24);
+  prefix_[1] = static_cast<uint8_t>(n >> 16);
+  prefix_[2] = static_cast<uint8_t>(n >> 8);
+  prefix_[3] = static_cast<uint8_t>(n);
+  record_ = record;
+  offset_ = 0;
+  remaining_ = kRecordLengthBytes + record.size();
+  return Status::Ok();
+}
+
+RecordSerializer::Progress RecordSerializer::CopyTo(buffer::Buffer& buffer) {
+  uint32_t size = buffer.size();
+  const uint32_t capacity = buffer.capacity();
+  uint8_t* out = buffer.data();
+  // The prefix first (it may itself be split across buffers), then the record bytes.
+  while (offset_ < kRecordLengthBytes && size < capacity) {
+    out[size++] = prefix_[offset_++];
+    --remaining_;
+  }
+  if (offset_ >= kRecordLengthBytes && remaining_ > 0 && size < capacity) {
+    const size_t n = std::min<size_t>(remaining_, capacity - size);
+    std::memcpy(out + size, record_.data() + (offset_ - kRecordLengthBytes), n);
+    size += static_cast<uint32_t>(n);
+    offset_ += n;
+    remaining_ -= n;
+  }
+  buffer.SetSize(size);
+  if (remaining_ > 0) return Progress::kBufferFullRecordPending;
+  record_ = {};
+  return size == capacity ? Progress::kRecordDoneBufferFull : Progress::kRecordDoneBufferHasRoom;
+}
+
+void RecordDeserializer::SetNextBuffer(buffer::Buffer buffer) {
+  current_ = std::move(buffer);
+  pos_ = 0;
+}
+
+Result<RecordDeserializer::Next> RecordDeserializer::GetNext(std::span<const uint8_t>* record) {
+  if (!current_) return Next::kNeedMoreData;
+  const uint8_t* data = current_.data();
+  const size_t size = current_.size();
+  while (true) {
+    if (!spilling_) {
+      // Collect the length prefix.
+      if (have_prefix_ == 0 && size - pos_ >= kRecordLengthBytes) {
+        const uint32_t len = ReadBigEndian32(data + pos_);
+        if (len > kMaxRecordLength) {
+          return ProtocolError("corrupt record length " + std::to_string(len) +
+                               " (maximum " + std::to_string(kMaxRecordLength) + ")");
+        }
+        if (size - pos_ - kRecordLengthBytes >= len) {
+          *record = {data + pos_ + kRecordLengthBytes, len};  // whole record in this buffer
+          pos_ += kRecordLengthBytes + len;
+          return Next::kRecord;
+        }
+        std::memcpy(prefix_, data + pos_, kRecordLengthBytes);
+        have_prefix_ = kRecordLengthBytes;
+        pos_ += kRecordLengthBytes;
+      }
+      while (have_prefix_ < kRecordLengthBytes && pos_ < size) prefix_[have_prefix_++] = data[pos_++];
+      if (have_prefix_ < kRecordLengthBytes) {
+        current_.Release();
+        return Next::kNeedMoreData;
+      }
+      spill_length_ = ReadBigEndian32(prefix_);
+      if (spill_length_ > kMaxRecordLength) {
+        return ProtocolError("corrupt record length " + std::to_string(spill_length_));
+      }
+      spilling_ = true;
+      spill_.clear();
+      spill_.reserve(spill_length_);
+    }
+    const size_t n = std::min<size_t>(spill_length_ - spill_.size(), size - pos_);
+    spill_.insert(spill_.end(), data + pos_, data + pos_ + n);
+    pos_ += n;
+    if (spill_.size() == spill_length_) {
+      spilling_ = false;
+      have_prefix_ = 0;
+      *record = {spill_.data(), spill_.size()};
+      return Next::kRecord;
+    }
+    current_.Release();
+    return Next::kNeedMoreData;
+  }
+}
+
+void RecordDeserializer::Clear() {
+  current_.Release();
+  pos_ = 0;
+  have_prefix_ = 0;
+  spilling_ = false;
+  spill_.clear();
+}
+
+}  // namespace sluice::shuffle

@@ -1,0 +1,79 @@
+// Records in buffers: length-prefixed records packed back to back into segments; a record may
+// span any number of buffers, so records larger than a segment work.
+//
+//   buffer k                          buffer k+1
+//   | len(4, BE) | record bytes ... | | ... rest of record | len | record | len | rec...
+//
+// RecordSerializer (producer side) copies one record at a time into the current buffer and
+// says whether the record is complete and whether the buffer is full. RecordDeserializer
+// (consumer side, one per input channel) hands out records from a sequence of buffers: a record
+// inside one buffer is returned as a view into that buffer (no copy); only a record that spans
+// buffers is assembled in a reusable spill area.
+//
+// Both are thread-compatible (one per subpartition writer / input channel).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "buffer/buffer.h"
+#include "buffer/status.h"
+
+namespace sluice::shuffle {
+
+inline constexpr size_t kRecordLengthBytes = 4;
+// The largest record: the length prefix is a u32, and we keep a margin below 4 GiB.
+inline constexpr uint32_t kMaxRecordLength = 1u << 30;
+
+class RecordSerializer {
+ public:
+  enum class Progress {
+    kRecordDoneBufferHasRoom,  // the record is complete and the buffer has room left
+    kRecordDoneBufferFull,     // the record is complete and filled the buffer exactly
+    kBufferFullRecordPending,  // the buffer is full; call CopyTo again with a new buffer
+  };
+
+  // Starts a record. REQUIRES: the previous record is complete; record.size() <=
+  // kMaxRecordLength (checked: InvalidArgument).
+  Status Begin(std::span<const uint8_t> record);
+  // Appends as much of the pending record as fits after buffer.size(), advancing the size.
+  Progress CopyTo(buffer::Buffer& buffer);
+  bool HasPending() const { return remaining_ > 0; }
+
+ private:
+  uint8_t prefix_[kRecordLengthBytes] = {};
+  std::span<const uint8_t> record_;
+  size_t offset_ = 0;     // bytes of prefix + record already copied
+  size_t remaining_ = 0;  // bytes of prefix + record still to copy
+};
+
+class RecordDeserializer {
+ public:
+  enum class Next {
+    kRecord,         // *record is valid until the next call or SetNextBuffer
+    kNeedMoreData,   // the current buffer is used up: give the next one
+  };
+
+  // Hands the next data buffer of the stream; the previous one is released.
+  // REQUIRES: the previous buffer is used up (GetNext returned kNeedMoreData).
+  void SetNextBuffer(buffer::Buffer buffer);
+  // The next record, or kNeedMoreData. A corrupt length (beyond kMaxRecordLength) is an error.
+  Result<Next> GetNext(std::span<const uint8_t>* record);
+  // True when part of a record is held between buffers (the stream must not end here).
+  bool HasPartialRecord() const { return have_prefix_ > 0 || spilling_; }
+  // Releases the current buffer and any partial record.
+  void Clear();
+
+ private:
+  buffer::Buffer current_;
+  size_t pos_ = 0;
+  // A record spanning buffers: its length prefix (possibly split) and its bytes so far.
+  uint8_t prefix_[kRecordLengthBytes] = {};
+  size_t have_prefix_ = 0;
+  bool spilling_ = false;
+  uint32_t spill_length_ = 0;
+  std::vector<uint8_t> spill_;
+};
+
+}  // namespace sluice::shuffle

@@ -1,0 +1,269 @@
+#include "shuffle/remote_input_channel.h"
+
+#include <atomic>
+
+#include "shuffle/shuffle_client.h"
+
+namespace sluice::shuffle {
+
+namespace {
+std::atomic<uint64_t> g_next_receiver_id{1};
+}  // namespace
+
+RemoteInputChannel::RemoteInputChannel(InputGate* gate, uint32_t index, ShuffleClient* client,
+                                       transport::Endpoint producer, std::string partition_id,
+                                       uint32_t subpartition)
+    : InputChannel(gate, index),
+      client_(client),
+      producer_(std::move(producer)),
+      partition_id_(std::move(partition_id)),
+      subpartition_(subpartition),
+      receiver_id_(g_next_receiver_id.fetch_add(1)),
+      num_exclusive_(gate->options().credit.buffers_per_channel),
+      global_(gate->global_pool()),
+      floating_pool_(gate->floating_pool()) {}
+
+RemoteInputChannel::~RemoteInputChannel() = default;
+
+std::string RemoteInputChannel::Describe() const {
+  return "remote channel " + std::to_string(index_) + " of gate '" + gate_->name() +
+         "' (partition '" + partition_id_ + "' subpartition " + std::to_string(subpartition_) +
+         " at " + producer_.ToString() + ", receiver " + std::to_string(receiver_id_) + ")";
+}
+
+Status RemoteInputChannel::Start() {
+  auto segments = global_->RequestExclusiveSegments(num_exclusive_);
+  if (!segments.ok()) {
+    return Status(segments.status().code(),
+                  Describe() + ": exclusive buffers: " + segments.status().message());
+  }
+  {
+    std::lock_guard lock(mu_);
+    exclusive_ = std::move(*segments);
+    for (buffer::MemorySegment* s : exclusive_) {
+      exclusive_free_.push_back(buffer::Buffer::Wrap(s, this));
+    }
+    required_ = num_exclusive_;
+  }
+  client_->RequestPartition(shared_from_this());
+  return Status::Ok();
+}
+
+Result<std::optional<InputChannel::Next>> RemoteInputChannel::GetNext() {
+  std::lock_guard lock(mu_);
+  if (!error_.ok()) return error_;
+  if (received_.empty()) return std::optional<Next>();
+  Next n;
+  n.buffer = std::move(received_.front());
+  received_.pop_front();
+  n.more_available = !received_.empty();
+  if (n.buffer.type() == buffer::DataType::kEndOfPartition) finished_ = true;
+  return std::optional<Next>(std::move(n));
+}
+
+buffer::Buffer RemoteInputChannel::TakeBufferForPayload() {
+  std::lock_guard lock(mu_);
+  if (released_) return {};
+  // Floating first: they go back to the gate sooner, where other channels may need them.
+  std::deque<buffer::Buffer>& from = floating_free_.empty() ? exclusive_free_ : floating_free_;
+  if (from.empty()) return {};
+  buffer::Buffer b = std::move(from.front());
+  from.pop_front();
+  return b;
+}
+
+Status RemoteInputChannel::OnBuffer(buffer::Buffer buffer, int32_t sequence_number,
+                                    int32_t backlog) {
+  bool was_empty;
+  {
+    std::unique_lock lock(mu_);
+    if (released_) {
+      lock.unlock();
+      return Status::Ok();  // `buffer` goes home when it leaves scope, outside the lock
+    }
+    if (sequence_number != expected_sequence_) {
+      Status err = ProtocolError(Describe() + ": expected buffer sequence number " +
+                                 std::to_string(expected_sequence_) + " but got " +
+                                 std::to_string(sequence_number) +
+                                 (sequence_number < expected_sequence_ ? " (a repeat)"
+                                                                       : " (a gap)"));
+      if (error_.ok()) error_ = err;
+      lock.unlock();
+      NotifyNonEmpty();
+      return err;
+    }
+    ++expected_sequence_;
+    was_empty = received_.empty();
+    received_.push_back(std::move(buffer));
+    sender_backlog_ = static_cast<uint32_t>(backlog);
+    required_ = sender_backlog_ + num_exclusive_;
+  }
+  if (was_empty) NotifyNonEmpty();
+  RefillFloating();
+  return Status::Ok();
+}
+
+void RemoteInputChannel::OnSenderBacklog(int32_t backlog) {
+  {
+    std::lock_guard lock(mu_);
+    if (released_) return;
+    sender_backlog_ = static_cast<uint32_t>(backlog);
+    required_ = sender_backlog_ + num_exclusive_;
+  }
+  RefillFloating();
+}
+
+void RemoteInputChannel::RefillFloating() {
+  const auto& pool = floating_pool_;
+  if (!pool) return;
+  while (true) {
+    {
+      std::lock_guard lock(mu_);
+      if (released_ || AvailableLocked() >= required_ || listening_) return;
+    }
+    buffer::Buffer b = pool->RequestBuffer();
+    if (!b) {
+      {
+        std::lock_guard lock(mu_);
+        if (released_ || listening_) return;
+        listening_ = true;
+      }
+      if (pool->AddBufferListener(this)) return;  // a buffer comes through the listener
+      std::lock_guard lock(mu_);
+      listening_ = false;  // one became available meanwhile: try again
+      continue;
+    }
+    bool notify = false;
+    buffer::Buffer surplus;  // released after the lock (it may call listeners)
+    {
+      std::lock_guard lock(mu_);
+      if (released_ || AvailableLocked() >= required_) {
+        surplus = std::move(b);
+      } else {
+        floating_free_.push_back(std::move(b));
+        notify = unannounced_credit_++ == 0;
+      }
+    }
+    if (notify) client_->NotifyCreditAvailable(shared_from_this());
+    if (surplus) return;
+  }
+}
+
+bool RemoteInputChannel::NotifyBufferAvailable(buffer::Buffer& buffer) {
+  bool notify = false;
+  bool want_more = false;
+  {
+    std::lock_guard lock(mu_);
+    listening_ = false;
+    if (released_ || AvailableLocked() >= required_) return false;  // decline
+    floating_free_.push_back(std::move(buffer));
+    notify = unannounced_credit_++ == 0;
+    want_more = AvailableLocked() < required_;
+  }
+  if (notify) client_->NotifyCreditAvailable(shared_from_this());
+  if (want_more) RefillFloating();
+  return true;
+}
+
+void RemoteInputChannel::NotifyBufferDestroyed() {
+  std::lock_guard lock(mu_);
+  listening_ = false;
+}
+
+void RemoteInputChannel::Recycle(buffer::MemorySegment* segment) {
+  std::vector<buffer::MemorySegment*> home;
+  std::shared_ptr<RemoteInputChannel> last_ref;  // destroyed last: may delete this
+  buffer::Buffer surplus;                          // released after the lock
+  bool notify = false;
+  {
+    std::lock_guard lock(mu_);
+    if (released_) {
+      exclusive_home_.push_back(segment);
+      if (exclusive_home_.size() == exclusive_.size()) {
+        home.swap(exclusive_home_);
+        last_ref = std::move(keep_alive_);
+      }
+    } else {
+      buffer::Buffer b = buffer::Buffer::Wrap(segment, this);
+      if (AvailableLocked() >= required_ && !floating_free_.empty()) {
+        // The exclusive buffer takes the place of a surplus floating one: same credit.
+        surplus = std::move(floating_free_.back());
+        floating_free_.pop_back();
+      } else {
+        notify = unannounced_credit_++ == 0;
+      }
+      exclusive_free_.push_back(std::move(b));
+    }
+  }
+  if (!home.empty()) {
+    global_->RecycleExclusiveSegments(home);
+  }
+  if (notify) client_->NotifyCreditAvailable(shared_from_this());
+}
+
+int32_t RemoteInputChannel::TakeUnannouncedCredit() {
+  std::lock_guard lock(mu_);
+  const int32_t c = unannounced_credit_;
+  unannounced_credit_ = 0;
+  return released_ ? 0 : c;
+}
+
+void RemoteInputChannel::OnError(Status error) {
+  {
+    std::lock_guard lock(mu_);
+    if (!error_.ok() || released_) return;
+    error_ = Status(error.code(), Describe() + ": " + error.message());
+  }
+  NotifyNonEmpty();
+}
+
+bool RemoteInputChannel::released() const {
+  std::lock_guard lock(mu_);
+  return released_;
+}
+
+void RemoteInputChannel::Release() {
+  std::deque<buffer::Buffer> drop_exclusive, drop_floating, drop_received;
+  bool was_listening;
+  std::vector<buffer::MemorySegment*> home;
+  {
+    std::lock_guard lock(mu_);
+    if (released_) return;
+    released_ = true;
+    drop_exclusive.swap(exclusive_free_);
+    drop_floating.swap(floating_free_);
+    drop_received.swap(received_);
+    was_listening = listening_;
+    listening_ = false;
+    // Exclusive buffers still out (with the consumer or in flight) come home through Recycle;
+    // stay alive until then.
+    keep_alive_ = shared_from_this();
+    if (exclusive_.empty()) keep_alive_.reset();
+  }
+  if (was_listening && floating_pool_) floating_pool_->RemoveBufferListener(this);
+  client_->Cancel(shared_from_this());
+  // Dropping the exclusive buffers recycles them into exclusive_home_ (released_ is set).
+  drop_exclusive.clear();
+  drop_floating.clear();
+  drop_received.clear();
+}
+
+ChannelState RemoteInputChannel::State() const {
+  std::lock_guard lock(mu_);
+  ChannelState s;
+  s.index = index_;
+  s.description = Describe();
+  s.remote = true;
+  s.queued = static_cast<uint32_t>(received_.size());
+  s.available = AvailableLocked();
+  s.exclusive = static_cast<uint32_t>(exclusive_.size());
+  s.floating = static_cast<uint32_t>(floating_free_.size());
+  s.unannounced_credit = unannounced_credit_;
+  s.sender_backlog = sender_backlog_;
+  s.expected_sequence = static_cast<uint32_t>(expected_sequence_);
+  s.finished = finished_;
+  s.error = error_.ok() ? "" : error_.message();
+  return s;
+}
+
+}  // namespace sluice::shuffle

@@ -1,0 +1,118 @@
+// RemoteInputChannel: consumes one subpartition of a producer in another process, over the
+// connection ShuffleClient shares among every channel to that host.
+//
+// Credit: the channel owns `buffers_per_channel` exclusive segments (admission at Start) and
+// announces one credit per empty buffer it holds for the sender. When the sender reports a
+// backlog b, the channel tries to hold b + exclusive buffers, taking floating buffers from the
+// gate's pool or waiting as a BufferListener; each buffer gained is unannounced credit, which
+// coalesces into one AddCredit when the client writes it. A consumed exclusive buffer comes
+// back here (new credit, or it replaces a surplus floating buffer, which returns to the gate);
+// a consumed floating buffer goes back to the gate's pool. Zero exclusive buffers work: the
+// sender announces its backlog (BacklogAnnouncement) and credit comes from floating buffers.
+//
+// Every BufferResponse carries a sequence number; a gap or repeat fails the channel with both
+// numbers named. Release() gives every buffer back, including the ones in flight.
+//
+// Thread-safe: the consumer thread (GetNext), the client's loop thread (network side) and
+// buffer recycling on any thread meet under one mutex; listener callbacks and notifications
+// run outside it.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "buffer/buffer.h"
+#include "buffer/local_buffer_pool.h"
+#include "shuffle/input_gate.h"
+#include "transport/tcp.h"
+
+namespace sluice::shuffle {
+
+class ShuffleClient;
+
+class RemoteInputChannel final : public InputChannel,
+                                 public buffer::BufferRecycler,
+                                 public buffer::BufferListener,
+                                 public std::enable_shared_from_this<RemoteInputChannel> {
+ public:
+  RemoteInputChannel(InputGate* gate, uint32_t index, ShuffleClient* client,
+                     transport::Endpoint producer, std::string partition_id,
+                     uint32_t subpartition);
+  ~RemoteInputChannel() override;
+
+  // Takes the exclusive segments (admission; timeout) and sends the partition request.
+  Status Start() override;
+  Result<std::optional<Next>> GetNext() override;
+  void Release() override;
+  ChannelState State() const override;
+
+  // --- Network side (the client's loop thread) ---
+  uint64_t receiver_id() const { return receiver_id_; }
+  const transport::Endpoint& producer() const { return producer_; }
+  const std::string& partition_id() const { return partition_id_; }
+  uint32_t subpartition() const { return subpartition_; }
+  // Credit to announce in the PartitionRequest: the exclusive buffers.
+  int32_t initial_credit() const { return static_cast<int32_t>(num_exclusive_); }
+  // An empty buffer for the payload of the next data BufferResponse (one credit is used), or
+  // an empty handle when the sender sent without credit.
+  buffer::Buffer TakeBufferForPayload();
+  // A data buffer or an event arrived. Checks the sequence number; updates the backlog.
+  Status OnBuffer(buffer::Buffer buffer, int32_t sequence_number, int32_t backlog);
+  // The sender's backlog (BacklogAnnouncement, or the one in a BufferResponse).
+  void OnSenderBacklog(int32_t backlog);
+  // Credit gained since the last AddCredit; resets it. Loop thread.
+  int32_t TakeUnannouncedCredit();
+  // Fails the channel: the consumer's next GetNext returns this error.
+  void OnError(Status error);
+  bool released() const;
+  // "remote 127.0.0.1:4000 partition p subpartition 3 (channel 5 of gate g)"
+  std::string Describe() const;
+
+  // BufferRecycler: a consumed exclusive buffer comes home. Any thread.
+  void Recycle(buffer::MemorySegment* segment) override;
+  // BufferListener: a floating buffer from the gate's pool. Outside pool locks.
+  bool NotifyBufferAvailable(buffer::Buffer& buffer) override;
+  void NotifyBufferDestroyed() override;
+
+ private:
+  // Gains floating buffers from the gate's pool until the channel holds the required count,
+  // registering as a listener when the pool is empty. Never called with mu_ held: the pool may
+  // call listeners (this one included) from inside its methods.
+  void RefillFloating();
+  uint32_t AvailableLocked() const {
+    return static_cast<uint32_t>(exclusive_free_.size() + floating_free_.size());
+  }
+
+  ShuffleClient* const client_;
+  const transport::Endpoint producer_;
+  const std::string partition_id_;
+  const uint32_t subpartition_;
+  const uint64_t receiver_id_;
+  const uint32_t num_exclusive_;
+  // Held here, not through the gate: exclusive segments may come home after the gate is gone.
+  const std::shared_ptr<buffer::NetworkBufferPool> global_;
+  const std::shared_ptr<buffer::LocalBufferPool> floating_pool_;
+
+  mutable std::mutex mu_;
+  std::vector<buffer::MemorySegment*> exclusive_;       // all exclusive segments (Start)
+  std::vector<buffer::MemorySegment*> exclusive_home_;  // returned after Release
+  std::deque<buffer::Buffer> exclusive_free_;  // GUARDED_BY(mu_): credited, empty
+  std::deque<buffer::Buffer> floating_free_;   // GUARDED_BY(mu_): credited, empty
+  std::deque<buffer::Buffer> received_;        // GUARDED_BY(mu_): in order, not consumed
+  int32_t unannounced_credit_ = 0;             // GUARDED_BY(mu_)
+  uint32_t sender_backlog_ = 0;                // GUARDED_BY(mu_)
+  uint32_t required_ = 0;                      // GUARDED_BY(mu_): backlog + exclusive
+  int32_t expected_sequence_ = 0;              // GUARDED_BY(mu_)
+  bool listening_ = false;                     // GUARDED_BY(mu_): registered as listener
+  bool released_ = false;                      // GUARDED_BY(mu_)
+  bool finished_ = false;                      // GUARDED_BY(mu_)
+  Status error_;                               // GUARDED_BY(mu_)
+  // Keeps the channel alive after Release until its last exclusive segment came home.
+  std::shared_ptr<RemoteInputChannel> keep_alive_;  // GUARDED_BY(mu_)
+};
+
+}  // namespace sluice::shuffle

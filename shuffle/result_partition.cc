@@ -1,0 +1,719 @@
+#include "shuffle/result_partition.h"
+
+#include <algorithm>
+#include <bit>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <utility>
+
+#include "buffer/memory_estimate.h"
+
+namespace sluice::shuffle {
+
+using buffer::Buffer;
+using buffer::DataType;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// A blocked writer re-checks Cancel/Fail/Release at least this often (the pool wakes it at
+// once for those, this is a second line).
+constexpr std::chrono::milliseconds kWaitSlice{100};
+
+Clock::time_point DeadlineAfter(Clock::time_point now, std::chrono::milliseconds timeout) {
+  if (timeout <= std::chrono::milliseconds::zero()) return now;
+  if (timeout >=
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::time_point::max() - now)) {
+    return Clock::time_point::max();
+  }
+  return now + timeout;
+}
+
+std::chrono::milliseconds SliceUntil(Clock::time_point now, Clock::time_point deadline) {
+  const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
+  return std::clamp(left, std::chrono::milliseconds(1), kWaitSlice);
+}
+
+// One queued item: a finished data buffer or an event, with its position in the subpartition.
+struct Item {
+  Buffer buffer;
+  uint32_t sequence = 0;
+};
+
+// FIFO on a power-of-two ring: no allocation per item; grows (doubling) only when a consumer
+// falls far behind on events, since data buffers are bounded by the output pool.
+class ItemQueue {
+ public:
+  explicit ItemQueue(size_t capacity) : slots_(std::bit_ceil(std::max<size_t>(capacity, 4))) {}
+  bool empty() const { return size_ == 0; }
+  size_t size() const { return size_; }
+  const Item& front() const { return slots_[head_]; }
+  void push_back(Item item) {
+    if (size_ == slots_.size()) Grow();
+    slots_[(head_ + size_) & (slots_.size() - 1)] = std::move(item);
+    ++size_;
+  }
+  Item pop_front() {
+    Item item = std::move(slots_[head_]);
+    head_ = (head_ + 1) & (slots_.size() - 1);
+    --size_;
+    return item;
+  }
+
+ private:
+  void Grow() {
+    std::vector<Item> bigger(slots_.size() * 2);
+    for (size_t i = 0; i < size_; ++i) {
+      bigger[i] = std::move(slots_[(head_ + i) & (slots_.size() - 1)]);
+    }
+    slots_.swap(bigger);
+    head_ = 0;
+  }
+  std::vector<Item> slots_;
+  size_t head_ = 0;
+  size_t size_ = 0;
+};
+
+}  // namespace
+
+// One pipelined subpartition: the writer's current buffer and the queue the consumer reads.
+// Buffers are never released under mu (recycling may run pool listeners, i.e. foreign code).
+class ResultPartition::Subpartition {
+ public:
+  explicit Subpartition(size_t queue_capacity) : queue(queue_capacity) {}
+
+  // Queues an item; returns true when the listener must be notified (outside mu).
+  // REQUIRES: mu held.
+  bool EnqueueLocked(Buffer b) {
+    const uint32_t bytes = b.size();
+    if (b.type() == DataType::kData) {
+      ++backlog;
+      ++buffers_out;
+      bytes_out += bytes;
+    } else {
+      ++events;
+    }
+    queued_bytes += bytes;
+    queue.push_back(Item{std::move(b), next_sequence++});
+    return TakeNotificationLocked();
+  }
+  // Queues the current buffer if it holds anything. REQUIRES: mu held.
+  bool FinishCurrentLocked() {
+    if (!current.valid() || current.size() == 0) return false;
+    return EnqueueLocked(std::move(current));
+  }
+  // Something became readable: notify once per "nothing readable -> readable" transition.
+  // REQUIRES: mu held.
+  bool TakeNotificationLocked() {
+    if (!armed || listener == nullptr) return false;
+    armed = false;
+    return true;
+  }
+  // Moves every buffer out (to be released after unlocking). REQUIRES: mu held.
+  void DrainLocked(std::vector<Buffer>* garbage) {
+    if (current.valid()) garbage->push_back(std::move(current));
+    while (!queue.empty()) garbage->push_back(queue.pop_front().buffer);
+    backlog = 0;
+    queued_bytes = 0;
+  }
+
+  // Calls the listener outside mu. notify_mu is held during the call so that a view's
+  // Release() can wait for a notification in flight (recursive: the listener may release its
+  // own view from inside the callback).
+  void Notify() {
+    std::lock_guard<std::recursive_mutex> in_flight(notify_mu);
+    SubpartitionListener* l;
+    {
+      std::lock_guard lock(mu);
+      if (view_released || listener == nullptr) return;
+      l = listener;
+    }
+    l->NotifyDataAvailable();
+  }
+
+  std::mutex mu;
+  std::recursive_mutex notify_mu;  // held while the listener runs; lock order notify_mu -> mu
+
+  // Everything below: GUARDED_BY(mu).
+  Buffer current;  // the writer's partly filled buffer (only whole records when unlocked)
+  ItemQueue queue;
+  uint32_t backlog = 0;  // data buffers in queue
+  uint64_t queued_bytes = 0;
+  uint32_t next_sequence = 0;
+  SubpartitionListener* listener = nullptr;
+  bool has_view = false;
+  bool view_released = false;
+  bool armed = false;     // the consumer saw nothing readable: notify on the next item
+  bool consumed = false;  // end of partition was polled
+  uint64_t buffers_out = 0;
+  uint64_t bytes_out = 0;
+  uint64_t records = 0;
+  uint64_t events = 0;
+  uint64_t dropped_records = 0;
+  uint64_t polled = 0;
+};
+
+// The view handed to a consumer. Keeps the partition alive.
+class ResultPartition::View final : public SubpartitionView {
+ public:
+  View(std::shared_ptr<ResultPartition> partition, uint32_t index)
+      : partition_(std::move(partition)), index_(index), sp_(*partition_->subpartitions_[index]) {}
+  ~View() override { Release(); }
+
+  Result<std::optional<BufferAndBacklog>> PollNext() override {
+    std::lock_guard lock(sp_.mu);
+    if (sp_.view_released) return ViewReleasedError();
+    if (sp_.consumed) return std::optional<BufferAndBacklog>();
+    if (const uint32_t state = partition_->state_.load(std::memory_order_acquire);
+        (state & (kFailed | kReleased)) != 0) {
+      return ClosedStatus(state);
+    }
+    if (sp_.queue.empty()) {
+      sp_.armed = true;
+      return std::optional<BufferAndBacklog>();
+    }
+    Item item = sp_.queue.pop_front();
+    const DataType type = item.buffer.type();
+    if (type == DataType::kData) --sp_.backlog;
+    sp_.queued_bytes -= item.buffer.size();
+    ++sp_.polled;
+    if (type == DataType::kEndOfPartition) sp_.consumed = true;
+    std::optional<BufferAndBacklog> out(std::in_place);
+    out->buffer = std::move(item.buffer);
+    out->sequence_number = item.sequence;
+    out->backlog = sp_.backlog;
+    out->next_is_event = !sp_.queue.empty() && buffer::IsEvent(sp_.queue.front().buffer.type());
+    // The consumer can tell from this item that nothing else is readable: re-arm.
+    if (sp_.queue.empty() && !sp_.consumed) sp_.armed = true;
+    return out;
+  }
+
+  bool IsAvailable(int32_t credit) const override {
+    std::lock_guard lock(sp_.mu);
+    if (sp_.view_released || sp_.consumed) return false;
+    if ((partition_->state_.load(std::memory_order_acquire) & (kFailed | kReleased)) != 0) {
+      return true;  // PollNext returns the error
+    }
+    if (sp_.queue.empty()) return false;
+    return credit > 0 || buffer::IsEvent(sp_.queue.front().buffer.type());
+  }
+
+  uint32_t backlog() const override {
+    std::lock_guard lock(sp_.mu);
+    return sp_.backlog;
+  }
+
+  void Release() override {
+    std::vector<Buffer> garbage;
+    {
+      std::lock_guard lock(sp_.mu);
+      if (sp_.view_released) return;
+      sp_.view_released = true;
+      sp_.armed = false;
+      sp_.listener = nullptr;
+      sp_.DrainLocked(&garbage);
+    }
+    // Waits for a notification in flight on another thread: after Release() returns the
+    // listener is never called again.
+    { std::lock_guard<std::recursive_mutex> in_flight(sp_.notify_mu); }
+    garbage.clear();  // recycled outside every lock
+  }
+
+  bool IsReleased() const override {
+    std::lock_guard lock(sp_.mu);
+    return sp_.view_released;
+  }
+
+ private:
+  Status ViewReleasedError() const {
+    return ClosedError("the view of subpartition " + std::to_string(index_) + " of partition '" +
+                       partition_->id_ + "' was released");
+  }
+  Status ClosedStatus(uint32_t state) const {
+    if ((state & kFailed) != 0) {
+      std::lock_guard lock(partition_->state_mu_);
+      return partition_->failure_;
+    }
+    return ClosedError("partition '" + partition_->id_ + "' was released (subpartition " +
+                       std::to_string(index_) + ")");
+  }
+
+  const std::shared_ptr<ResultPartition> partition_;
+  const uint32_t index_;
+  Subpartition& sp_;
+};
+
+struct ResultPartition::FlusherControl {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stop = false;  // GUARDED_BY(mu)
+};
+
+// ---------------------------------------------------------------------------------------------
+
+Result<std::shared_ptr<ResultPartition>> ResultPartition::Create(
+    std::string id, uint32_t num_subpartitions, std::shared_ptr<buffer::NetworkBufferPool> global,
+    const ShuffleOptions& options) {
+  if (global == nullptr) {
+    return InvalidArgument("result partition '" + id + "' needs a NetworkBufferPool");
+  }
+  if (num_subpartitions == 0) {
+    return InvalidArgument("result partition '" + id + "' needs at least one subpartition");
+  }
+  const buffer::PoolBounds bounds = buffer::PartitionPoolBounds(num_subpartitions, options.credit);
+  buffer::LocalBufferPoolOptions po;
+  po.name = "partition " + id;
+  po.min_segments = bounds.min;
+  po.max_segments = bounds.max;
+  po.num_subpartitions = num_subpartitions;
+  po.max_buffers_per_subpartition = options.credit.max_buffers_per_channel;
+  po.max_overdraft = options.credit.overdraft;
+  Result<std::shared_ptr<buffer::LocalBufferPool>> pool = global->CreateLocalBufferPool(po);
+  if (!pool.ok()) {
+    return Status(pool.status().code(),
+                  "result partition '" + id + "' (" + std::to_string(num_subpartitions) +
+                      " subpartitions, output pool min " + std::to_string(bounds.min) + " max " +
+                      std::to_string(bounds.max) + "): " + pool.status().message());
+  }
+  std::shared_ptr<ResultPartition> p(
+      new ResultPartition(std::move(id), num_subpartitions, std::move(pool).value(), options));
+  if (options.buffer_timeout > std::chrono::milliseconds::zero()) p->StartFlusher();
+  return p;
+}
+
+ResultPartition::ResultPartition(std::string id, uint32_t num_subpartitions,
+                                 std::shared_ptr<buffer::LocalBufferPool> pool,
+                                 const ShuffleOptions& options)
+    : id_(std::move(id)),
+      num_subpartitions_(num_subpartitions),
+      options_(options),
+      flush_every_record_(options.buffer_timeout == std::chrono::milliseconds::zero()),
+      pool_(std::move(pool)) {
+  // Room for a subpartition at its cap plus overdraft and a few events before any growth.
+  const size_t capacity =
+      static_cast<size_t>(options.credit.max_buffers_per_channel) + options.credit.overdraft + 4;
+  subpartitions_.reserve(num_subpartitions);
+  for (uint32_t i = 0; i < num_subpartitions; ++i) {
+    subpartitions_.push_back(std::make_unique<Subpartition>(capacity));
+  }
+}
+
+ResultPartition::~ResultPartition() { Release(); }
+
+Status ResultPartition::WritableStatus() const {
+  const uint32_t state = state_.load(std::memory_order_acquire);
+  if ((state & kFailed) != 0) {
+    std::lock_guard lock(state_mu_);
+    return failure_;
+  }
+  if ((state & kReleased) != 0) return ClosedError("partition '" + id_ + "' was released");
+  if ((state & kCancelled) != 0) {
+    return Cancelled("the writer of partition '" + id_ + "' was cancelled");
+  }
+  if ((state & kFinished) != 0) {
+    return ClosedError("partition '" + id_ + "' is finished: no more records or events");
+  }
+  return Status::Ok();
+}
+
+Status ResultPartition::BadSubpartition(const char* what, uint32_t subpartition) const {
+  return InvalidArgument(std::string(what) + " to subpartition " + std::to_string(subpartition) +
+                         " of partition '" + id_ + "', which has " +
+                         std::to_string(num_subpartitions_) + " subpartitions");
+}
+
+Status ResultPartition::Emit(std::span<const uint8_t> record, uint32_t subpartition) {
+  if (subpartition >= num_subpartitions_) return BadSubpartition("Emit", subpartition);
+  if (state_.load(std::memory_order_acquire) != 0) {
+    if (Status s = WritableStatus(); !s.ok()) return s;
+  }
+  if (Status s = serializer_.Begin(record); !s.ok()) {
+    return Status(s.code(), "partition '" + id_ + "': " + s.message());
+  }
+  return WriteRecord(subpartition);
+}
+
+Status ResultPartition::WriteRecord(uint32_t index) {
+  Subpartition& sp = *subpartitions_[index];
+  Buffer fresh;          // a new buffer for sp.current, obtained outside the lock
+  bool started = false;  // some bytes of the record are in a buffer
+  while (true) {
+    Buffer garbage;  // released after the lock
+    bool notify = false;
+    enum class Outcome { kNeedBuffer, kDone, kDropped, kClosed } outcome = Outcome::kNeedBuffer;
+    {
+      std::lock_guard lock(sp.mu);
+      if ((state_.load(std::memory_order_acquire) & (kFailed | kReleased)) != 0) {
+        garbage = std::move(fresh);
+        outcome = Outcome::kClosed;
+      } else if (sp.view_released) {
+        garbage = std::move(fresh);
+        ++sp.dropped_records;
+        outcome = Outcome::kDropped;
+      } else {
+        if (!sp.current.valid() && fresh.valid()) sp.current = std::move(fresh);
+        if (sp.current.valid()) {
+          started = true;
+          const RecordSerializer::Progress p = serializer_.CopyTo(sp.current);
+          if (p != RecordSerializer::Progress::kRecordDoneBufferHasRoom || flush_every_record_) {
+            notify = sp.FinishCurrentLocked();
+          }
+          if (p != RecordSerializer::Progress::kBufferFullRecordPending) {
+            ++sp.records;
+            outcome = Outcome::kDone;
+          }
+        }
+      }
+    }
+    if (notify) sp.Notify();
+    switch (outcome) {
+      case Outcome::kDone:
+        return Status::Ok();
+      case Outcome::kDropped:
+        serializer_ = RecordSerializer();
+        return Status::Ok();
+      case Outcome::kClosed:
+        serializer_ = RecordSerializer();
+        return WritableStatus();
+      case Outcome::kNeedBuffer:
+        break;
+    }
+    Result<Buffer> b = started ? RequestMidRecord(index) : RequestAtRecordStart(index);
+    if (!b.ok()) {
+      serializer_ = RecordSerializer();
+      if (!started) return b.status();
+      // Part of the record is queued already: the stream of this subpartition is broken.
+      Status cut(b.status().code(), "a record for subpartition " + std::to_string(index) +
+                                        " of partition '" + id_ +
+                                        "' was cut short: " + b.status().message());
+      Fail(cut);
+      return WritableStatus();
+    }
+    fresh = std::move(b).value();
+  }
+}
+
+Result<Buffer> ResultPartition::RequestAtRecordStart(uint32_t index) {
+  if (pool_->IsAvailable()) {
+    if (Buffer b = pool_->RequestBuffer(static_cast<int32_t>(index))) return b;
+  }
+  const Clock::time_point start = Clock::now();
+  const Clock::time_point deadline = DeadlineAfter(start, options_.emit_timeout);
+  Result<Buffer> result = InternalError("unreachable");
+  while (true) {
+    if (Status s = WritableStatus(); !s.ok()) {
+      result = s;
+      break;
+    }
+    if (pool_->IsAvailable()) {
+      if (Buffer b = pool_->RequestBuffer(static_cast<int32_t>(index))) {
+        result = std::move(b);
+        break;
+      }
+    }
+    const Clock::time_point now = Clock::now();
+    if (now >= deadline) {
+      result = BackpressureTimeout(index, "before the record started");
+      break;
+    }
+    Status w = pool_->WaitAvailable(SliceUntil(now, deadline));
+    if (!w.ok() && w.code() != StatusCode::kTimeout) {
+      Status s = WritableStatus();
+      result = s.ok() ? w : s;
+      break;
+    }
+  }
+  backpressure_ns_.fetch_add(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count(),
+      std::memory_order_relaxed);
+  return result;
+}
+
+Result<Buffer> ResultPartition::RequestMidRecord(uint32_t index) {
+  const auto sp = static_cast<int32_t>(index);
+  if (Buffer b = pool_->RequestBufferOrOverdraft(sp)) return b;
+  const Clock::time_point start = Clock::now();
+  const Clock::time_point deadline = DeadlineAfter(start, options_.emit_timeout);
+  Result<Buffer> result = InternalError("unreachable");
+  while (true) {
+    if (Status s = WritableStatus(); !s.ok()) {
+      result = s;
+      break;
+    }
+    if (Buffer b = pool_->RequestBufferOrOverdraft(sp)) {
+      result = std::move(b);
+      break;
+    }
+    const Clock::time_point now = Clock::now();
+    if (now >= deadline) {
+      result = BackpressureTimeout(index, "in the middle of a record");
+      break;
+    }
+    Result<Buffer> r = pool_->RequestBufferBlocking(sp, SliceUntil(now, deadline));
+    if (r.ok()) {
+      result = std::move(r);
+      break;
+    }
+    if (r.status().code() != StatusCode::kTimeout) {
+      Status s = WritableStatus();
+      result = s.ok() ? r.status() : s;
+      break;
+    }
+  }
+  backpressure_ns_.fetch_add(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count(),
+      std::memory_order_relaxed);
+  return result;
+}
+
+Status ResultPartition::BackpressureTimeout(uint32_t index, const char* when) const {
+  std::string backlogs;
+  for (uint32_t i = 0; i < num_subpartitions_ && i < 16; ++i) {
+    std::lock_guard lock(subpartitions_[i]->mu);
+    if (i > 0) backlogs += ",";
+    backlogs += std::to_string(subpartitions_[i]->backlog);
+  }
+  if (num_subpartitions_ > 16) backlogs += ",...";
+  const buffer::LocalBufferPoolStats ps = pool_->Stats();
+  return TimeoutError("emit to subpartition " + std::to_string(index) + " of partition '" + id_ +
+                      "' got no buffer within " + std::to_string(options_.emit_timeout.count()) +
+                      " ms " + when + " (backpressure): the output pool holds " +
+                      std::to_string(ps.owned) + " of its " + std::to_string(ps.size) +
+                      " segments, " + std::to_string(ps.lent) +
+                      " in use; backlog per subpartition [" + backlogs +
+                      "]. The consumers are not reading: check them, or raise emit_timeout");
+}
+
+Status ResultPartition::Broadcast(std::span<const uint8_t> record) {
+  for (uint32_t i = 0; i < num_subpartitions_; ++i) {
+    if (Status s = Emit(record, i); !s.ok()) return s;
+  }
+  return Status::Ok();
+}
+
+Status ResultPartition::EmitEvent(std::span<const uint8_t> payload, uint32_t subpartition) {
+  if (subpartition >= num_subpartitions_) return BadSubpartition("EmitEvent", subpartition);
+  if (Status s = WritableStatus(); !s.ok()) return s;
+  if (payload.size() > pool_->segment_size()) {
+    return InvalidArgument("event of " + std::to_string(payload.size()) + " bytes for partition '" +
+                           id_ + "' is larger than a segment (" +
+                           std::to_string(pool_->segment_size()) + " bytes)");
+  }
+  return AddEvent(subpartition, DataType::kEvent, payload);
+}
+
+Status ResultPartition::BroadcastEvent(std::span<const uint8_t> payload) {
+  for (uint32_t i = 0; i < num_subpartitions_; ++i) {
+    if (Status s = EmitEvent(payload, i); !s.ok()) return s;
+  }
+  return Status::Ok();
+}
+
+Status ResultPartition::AddEvent(uint32_t index, DataType type, std::span<const uint8_t> payload) {
+  Buffer event = buffer::AllocateUnpooled(static_cast<uint32_t>(payload.size()), type);
+  if (!payload.empty()) std::memcpy(event.data(), payload.data(), payload.size());
+  event.SetSize(static_cast<uint32_t>(payload.size()));
+  Subpartition& sp = *subpartitions_[index];
+  bool notify = false;
+  bool closed = false;
+  {
+    std::lock_guard lock(sp.mu);
+    if ((state_.load(std::memory_order_acquire) & (kFailed | kReleased)) != 0) {
+      closed = true;
+    } else if (!sp.view_released) {
+      // Ordered after every record written so far.
+      notify = sp.FinishCurrentLocked();
+      notify = sp.EnqueueLocked(std::move(event)) || notify;
+    }
+  }
+  event.Release();  // dropped (unpooled) if it was not queued
+  if (notify) sp.Notify();
+  return closed ? WritableStatus() : Status::Ok();
+}
+
+Status ResultPartition::Finish() {
+  {
+    const uint32_t state = state_.load(std::memory_order_acquire);
+    if ((state & (kFailed | kReleased | kCancelled)) != 0) return WritableStatus();
+    if ((state & kFinished) != 0) return Status::Ok();
+  }
+  for (uint32_t i = 0; i < num_subpartitions_; ++i) {
+    if (Status s = AddEvent(i, DataType::kEndOfPartition, {}); !s.ok()) return s;
+  }
+  {
+    std::lock_guard lock(state_mu_);
+    state_.fetch_or(kFinished, std::memory_order_acq_rel);
+  }
+  StopFlusher();
+  return Status::Ok();
+}
+
+void ResultPartition::Flush(uint32_t subpartition) {
+  if (subpartition >= num_subpartitions_) return;
+  Subpartition& sp = *subpartitions_[subpartition];
+  bool notify = false;
+  {
+    std::lock_guard lock(sp.mu);
+    if (!sp.view_released &&
+        (state_.load(std::memory_order_acquire) & (kFailed | kReleased)) == 0) {
+      notify = sp.FinishCurrentLocked();
+    }
+  }
+  if (notify) sp.Notify();
+}
+
+void ResultPartition::FlushAll() {
+  for (uint32_t i = 0; i < num_subpartitions_; ++i) Flush(i);
+}
+
+bool ResultPartition::IsAvailable() {
+  if ((state_.load(std::memory_order_acquire) & (kFailed | kReleased)) != 0) return false;
+  return pool_->IsAvailable();
+}
+
+void ResultPartition::Fail(Status error) {
+  if (error.ok()) error = InternalError("partition '" + id_ + "' failed with an OK status");
+  {
+    std::lock_guard lock(state_mu_);
+    if ((state_.load(std::memory_order_relaxed) & (kFailed | kReleased)) != 0) return;
+    failure_ = std::move(error);
+    state_.fetch_or(kFailed, std::memory_order_acq_rel);
+  }
+  pool_->CancelBlockingRequests();  // the writer wakes and sees the failure
+  DropAll();
+}
+
+void ResultPartition::Cancel() {
+  {
+    std::lock_guard lock(state_mu_);
+    state_.fetch_or(kCancelled, std::memory_order_acq_rel);
+  }
+  pool_->CancelBlockingRequests();
+}
+
+void ResultPartition::Release() {
+  {
+    std::lock_guard lock(state_mu_);
+    if ((state_.load(std::memory_order_relaxed) & kReleased) != 0) return;
+    state_.fetch_or(kReleased, std::memory_order_acq_rel);
+  }
+  StopFlusher();
+  pool_->Destroy();  // a blocked writer wakes with Closed; buffers coming back go home
+  DropAll();
+}
+
+void ResultPartition::DropAll() {
+  std::vector<Buffer> garbage;
+  for (const std::unique_ptr<Subpartition>& sp : subpartitions_) {
+    bool notify = false;
+    {
+      std::lock_guard lock(sp->mu);
+      sp->DrainLocked(&garbage);
+      if (!sp->consumed) notify = sp->TakeNotificationLocked();
+    }
+    garbage.clear();
+    if (notify) sp->Notify();
+  }
+}
+
+Result<std::unique_ptr<SubpartitionView>> ResultPartition::CreateView(
+    uint32_t subpartition, SubpartitionListener* listener) {
+  if (subpartition >= num_subpartitions_) return BadSubpartition("CreateView", subpartition);
+  Subpartition& sp = *subpartitions_[subpartition];
+  bool readable;
+  {
+    std::lock_guard lock(sp.mu);
+    const uint32_t state = state_.load(std::memory_order_acquire);
+    if ((state & (kFailed | kReleased)) != 0) return WritableStatus();
+    if (sp.view_released) {
+      return ClosedError("subpartition " + std::to_string(subpartition) + " of partition '" + id_ +
+                         "' was released by its previous consumer and cannot be read again");
+    }
+    if (sp.has_view) {
+      return InvalidArgument("subpartition " + std::to_string(subpartition) + " of partition '" +
+                             id_ + "' already has a consumer (one view per subpartition)");
+    }
+    sp.has_view = true;
+    sp.listener = listener;
+    readable = !sp.queue.empty();
+    sp.armed = !readable;
+  }
+  std::unique_ptr<SubpartitionView> view = std::make_unique<View>(shared_from_this(), subpartition);
+  if (readable && listener != nullptr) sp.Notify();
+  return view;
+}
+
+ResultPartitionStats ResultPartition::Stats() const {
+  ResultPartitionStats out;
+  out.subpartitions.reserve(num_subpartitions_);
+  for (const std::unique_ptr<Subpartition>& sp : subpartitions_) {
+    SubpartitionStats s;
+    {
+      std::lock_guard lock(sp->mu);
+      s.backlog = sp->backlog;
+      s.queued_items = static_cast<uint32_t>(sp->queue.size());
+      s.queued_bytes = sp->queued_bytes;
+      s.buffers_out = sp->buffers_out;
+      s.bytes_out = sp->bytes_out;
+      s.records = sp->records;
+      s.events = sp->events;
+      s.dropped_records = sp->dropped_records;
+      s.polled = sp->polled;
+      s.has_view = sp->has_view;
+      s.view_released = sp->view_released;
+      s.consumed = sp->consumed;
+    }
+    out.buffers_out += s.buffers_out;
+    out.bytes_out += s.bytes_out;
+    out.records += s.records;
+    out.events += s.events;
+    out.dropped_records += s.dropped_records;
+    out.subpartitions.push_back(s);
+  }
+  out.backpressure_ns = backpressure_ns_.load(std::memory_order_relaxed);
+  out.pool = pool_->Stats();
+  const uint32_t state = state_.load(std::memory_order_acquire);
+  out.finished = (state & kFinished) != 0;
+  out.failed = (state & kFailed) != 0;
+  out.released = (state & kReleased) != 0;
+  return out;
+}
+
+void ResultPartition::StartFlusher() {
+  std::lock_guard lock(flusher_mu_);
+  flusher_ = std::make_shared<FlusherControl>();
+  // The thread holds only a weak reference between ticks, so dropping the last shared_ptr
+  // destroys the partition; if that happens during a tick (a listener held it), the
+  // destructor runs on this thread, detaches it, and the loop exits without touching it.
+  flusher_thread_ =
+      std::thread([weak = weak_from_this(), control = flusher_, period = options_.buffer_timeout] {
+        std::unique_lock control_lock(control->mu);
+        while (!control->cv.wait_for(control_lock, period, [&] { return control->stop; })) {
+          control_lock.unlock();
+          if (std::shared_ptr<ResultPartition> self = weak.lock()) {
+            self->FlushAll();
+          } else {
+            return;
+          }
+          control_lock.lock();
+        }
+      });
+}
+
+void ResultPartition::StopFlusher() {
+  std::lock_guard lock(flusher_mu_);
+  if (!flusher_thread_.joinable()) return;
+  {
+    std::lock_guard control_lock(flusher_->mu);
+    flusher_->stop = true;
+  }
+  flusher_->cv.notify_all();
+  if (flusher_thread_.get_id() == std::this_thread::get_id()) {
+    flusher_thread_.detach();
+  } else {
+    flusher_thread_.join();
+  }
+}
+
+}  // namespace sluice::shuffle

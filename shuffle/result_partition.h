@@ -1,0 +1,197 @@
+// ResultPartition: the producer side of a shuffle (Flink's BufferWritingResultPartition with
+// PipelinedSubpartitions). One writer thread packs records into per-subpartition buffers taken
+// from the partition's own output LocalBufferPool; finished buffers and events queue in order in
+// their subpartition, where one consumer per subpartition reads them through a SubpartitionView
+// (a local input channel, or the network server's reader of a remote one).
+//
+//   writer --Emit(rec, k)--> [current buffer of k] --full / Flush--> queue of k --PollNext--> view
+//   writer --EmitEvent(k)--------(finishes the current buffer first)--^
+//
+// Backpressure: a record that needs a new buffer waits until the output pool is available (no
+// subpartition at its cap max_buffers_per_channel, a segment free); a record already started
+// takes an overdraft buffer instead, so it is never left half written. IsAvailable() is the
+// signal. A wait longer than ShuffleOptions::emit_timeout gives Timeout.
+//
+// Ownership: Create() returns a shared_ptr; every view keeps the partition alive. Release()
+// drops every queued buffer and destroys the output pool (segments still held by a consumer go
+// home when it releases them); it is idempotent and also run by the destructor. The output
+// flusher thread (buffer_timeout > 0) belongs to the partition and is stopped by Finish/Release.
+//
+// Thread-safety: the writer calls (Emit, Broadcast, EmitEvent, BroadcastEvent, Finish) are for
+// one thread at a time. Everything else (Flush, FlushAll, Fail, Cancel, Release, CreateView,
+// IsAvailable, Stats) is safe from any thread, also while the writer runs. SubpartitionListener
+// callbacks run outside every lock and must not call Release(), Fail() or Finish() of the
+// partition (they may poll or release their own view).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "buffer/buffer.h"
+#include "buffer/local_buffer_pool.h"
+#include "buffer/network_buffer_pool.h"
+#include "buffer/status.h"
+#include "shuffle/record_serializer.h"
+#include "shuffle/shuffle_options.h"
+#include "shuffle/subpartition_view.h"
+
+namespace sluice::shuffle {
+
+struct SubpartitionStats {
+  uint32_t backlog = 0;          // finished data buffers queued
+  uint32_t queued_items = 0;     // data buffers + events queued
+  uint64_t queued_bytes = 0;     // bytes of everything queued
+  uint64_t buffers_out = 0;      // data buffers finished by the writer (queued for a consumer)
+  uint64_t bytes_out = 0;        // bytes of those buffers
+  uint64_t records = 0;          // records written
+  uint64_t events = 0;           // events queued, end of partition included
+  uint64_t dropped_records = 0;  // records emitted after the consumer released its view
+  uint64_t polled = 0;           // items handed to the consumer
+  bool has_view = false;         // a consumer is attached
+  bool view_released = false;    // the consumer released its view: writes here are dropped
+  bool consumed = false;         // the consumer has polled the end-of-partition event
+};
+
+struct ResultPartitionStats {
+  std::vector<SubpartitionStats> subpartitions;
+  // Sums over the subpartitions.
+  uint64_t buffers_out = 0;
+  uint64_t bytes_out = 0;
+  uint64_t records = 0;
+  uint64_t events = 0;
+  uint64_t dropped_records = 0;
+  uint64_t backpressure_ns = 0;  // time the writer waited for buffers
+  buffer::LocalBufferPoolStats pool;
+  bool finished = false;
+  bool failed = false;
+  bool released = false;
+};
+
+class ResultPartition : public std::enable_shared_from_this<ResultPartition> {
+ public:
+  // Creates the output pool (min n+1, max n*buffers_per_channel+floating_per_gate, per
+  // subpartition cap max_buffers_per_channel, overdraft) under admission: a ResourceExhausted
+  // error names the partition, the segments required and available and the option to raise.
+  // The global pool's segment size is the one used. REQUIRES: num_subpartitions >= 1.
+  static Result<std::shared_ptr<ResultPartition>> Create(
+      std::string id, uint32_t num_subpartitions, std::shared_ptr<buffer::NetworkBufferPool> global,
+      const ShuffleOptions& options);
+
+  ~ResultPartition();
+  ResultPartition(const ResultPartition&) = delete;
+  ResultPartition& operator=(const ResultPartition&) = delete;
+
+  const std::string& id() const { return id_; }
+  uint32_t num_subpartitions() const { return num_subpartitions_; }
+
+  // --- Writer (one thread at a time) ---
+  // Appends one length-prefixed record (any size up to kMaxRecordLength) to a subpartition.
+  // Blocks while the output pool is unavailable (backpressure). Errors:
+  //   InvalidArgument  bad subpartition or record too large (nothing written);
+  //   Timeout          no buffer within emit_timeout before the record started (nothing
+  //                    written, the partition stays usable: the caller may retry);
+  //   Cancelled        Cancel() was called; the failure given to Fail(); Closed after Release()
+  //                    or Finish().
+  // A record cut short mid-way by Cancel or a timeout fails the partition with that error, as
+  // its subpartition no longer holds a well-formed stream. A record for a subpartition whose
+  // view was released is dropped and counted (OK is returned).
+  Status Emit(std::span<const uint8_t> record, uint32_t subpartition);
+  // Emit to every subpartition (one copy each).
+  Status Broadcast(std::span<const uint8_t> record);
+  // Queues a user event (DataType::kEvent) after everything written so far (the current buffer
+  // is finished first). Events take no network memory and need no credit.
+  // REQUIRES: payload.size() <= segment size (the largest frame payload), else InvalidArgument.
+  Status EmitEvent(std::span<const uint8_t> payload, uint32_t subpartition);
+  Status BroadcastEvent(std::span<const uint8_t> payload);
+  // Flushes, queues an end-of-partition event in every subpartition and stops the flusher.
+  // Idempotent; afterwards the writer calls fail with Closed. Consumers still read what is queued.
+  Status Finish();
+
+  // --- Any thread ---
+  // Makes the partly filled current buffer(s) readable (finishes and queues them).
+  void Flush(uint32_t subpartition);
+  void FlushAll();
+  // The backpressure signal: true when a new buffer can be had without waiting.
+  bool IsAvailable();
+  // Fails the partition: queued buffers are recycled now, views return `error` from PollNext
+  // (listeners waiting for data are notified), the writer's calls return it (a blocked writer is
+  // woken). The first failure wins; no-op after Release(). An OK status becomes Internal.
+  void Fail(Status error);
+  // Wakes a writer blocked on backpressure with Cancelled; every later writer call is Cancelled.
+  // Queued data stays readable. Idempotent.
+  void Cancel();
+  // Drops everything and destroys the output pool; views return Closed (listeners waiting for
+  // data are notified). Idempotent; also run by the destructor.
+  void Release();
+
+  // --- Consumers ---
+  // A view on one subpartition. One view per subpartition: while one is attached another is
+  // InvalidArgument, and after a view was released the subpartition cannot be read again
+  // (pipelined data is gone): Closed. After Fail the failure, after Release Closed.
+  // `listener` may be null (the consumer polls); it must outlive the view's Release(), which
+  // waits for a notification in flight (see subpartition_view.h). When something is readable
+  // already, it is notified before CreateView returns.
+  Result<std::unique_ptr<SubpartitionView>> CreateView(uint32_t subpartition,
+                                                       SubpartitionListener* listener);
+
+  ResultPartitionStats Stats() const;
+  // The output pool (for tests and metrics).
+  const buffer::LocalBufferPool& pool() const { return *pool_; }
+
+ private:
+  class Subpartition;
+  class View;
+  struct FlusherControl;
+
+  // State bits in state_.
+  static constexpr uint32_t kFinished = 1;
+  static constexpr uint32_t kCancelled = 2;
+  static constexpr uint32_t kFailed = 4;
+  static constexpr uint32_t kReleased = 8;
+
+  ResultPartition(std::string id, uint32_t num_subpartitions,
+                  std::shared_ptr<buffer::LocalBufferPool> pool, const ShuffleOptions& options);
+
+  // OK, or why the writer may not write (failure, released, cancelled, finished).
+  Status WritableStatus() const;
+  Status BadSubpartition(const char* what, uint32_t subpartition) const;
+  // Copies the record started in serializer_ into subpartition `index`.
+  Status WriteRecord(uint32_t index);
+  // A buffer for a record not started yet: waits for the pool to be available.
+  Result<buffer::Buffer> RequestAtRecordStart(uint32_t index);
+  // A buffer for the rest of a started record: overdraft, else a blocking request.
+  Result<buffer::Buffer> RequestMidRecord(uint32_t index);
+  Status BackpressureTimeout(uint32_t index, const char* when) const;
+  Status AddEvent(uint32_t index, buffer::DataType type, std::span<const uint8_t> payload);
+  // Recycles every queued and current buffer (outside the subpartition locks) and notifies
+  // listeners waiting for data, so they poll and see the error.
+  void DropAll();
+  void StartFlusher();
+  void StopFlusher();
+
+  const std::string id_;
+  const uint32_t num_subpartitions_;
+  const ShuffleOptions options_;
+  const bool flush_every_record_;
+  const std::shared_ptr<buffer::LocalBufferPool> pool_;
+  std::vector<std::unique_ptr<Subpartition>> subpartitions_;  // fixed after construction
+
+  RecordSerializer serializer_;  // writer thread only
+
+  std::atomic<uint32_t> state_{0};  // kFinished | kCancelled | kFailed | kReleased
+  mutable std::mutex state_mu_;     // serializes state changes; guards failure_
+  Status failure_;                  // GUARDED_BY(state_mu_)
+  std::atomic<uint64_t> backpressure_ns_{0};
+
+  std::mutex flusher_mu_;                    // Finish vs Release stopping the flusher
+  std::shared_ptr<FlusherControl> flusher_;  // GUARDED_BY(flusher_mu_), null without flusher
+  std::thread flusher_thread_;               // GUARDED_BY(flusher_mu_)
+};
+
+}  // namespace sluice::shuffle

@@ -1,0 +1,362 @@
+#include "shuffle/shuffle_client.h"
+
+#include <future>
+#include <set>
+#include <unordered_map>
+
+#include "shuffle/crc32c.h"
+#include "shuffle/remote_input_channel.h"
+#include "transport/log.h"
+
+namespace sluice::shuffle {
+
+using schema::MessageType;
+using transport::Admission;
+using transport::FrameError;
+using transport::Rejection;
+
+namespace {
+Rejection Reject(FrameError reason, Status st) { return Rejection{reason, std::move(st)}; }
+}  // namespace
+
+// A PartitionNotFound retry waiting for its backoff to pass.
+struct ShuffleClient::Retry {
+  uv_timer_t timer;
+  std::weak_ptr<RemoteInputChannel> channel;
+  ShuffleClient* client = nullptr;
+};
+
+// The client's side of one connection. Loop thread only.
+class ShuffleClient::Handler final : public transport::ConnectionHandler {
+ public:
+  Handler(ShuffleClient* client, transport::Connection* conn) : client_(client), conn_(conn) {}
+
+  void AddChannel(const std::shared_ptr<RemoteInputChannel>& ch) {
+    SendHelloOnce();
+    channels_[ch->receiver_id()] = ch;
+    retry_[ch->receiver_id()].first_request = uv_now(conn_->loop()->loop());
+    if (established_) {
+      SendRequest(*ch);
+    } else {
+      pending_.push_back(ch->receiver_id());
+    }
+  }
+
+  void RemoveChannel(uint64_t receiver_id) {
+    if (channels_.erase(receiver_id) == 0) return;
+    retry_.erase(receiver_id);
+    cancelled_.insert(receiver_id);
+    if (established_ && !conn_->closing()) {
+      conn_->Send(MakeFrame(MessageType::kCancelPartitionRequest,
+                            builder_.CancelPartitionRequest(receiver_id)));
+    }
+  }
+
+  void SendCredit(RemoteInputChannel& ch) {
+    if (!established_ || conn_->closing()) return;  // the request carries initial credit
+    auto it = channels_.find(ch.receiver_id());
+    if (it == channels_.end()) return;
+    const int32_t credit = ch.TakeUnannouncedCredit();
+    if (credit > 0) {
+      conn_->Send(MakeFrame(MessageType::kAddCredit, builder_.AddCredit(ch.receiver_id(), credit)));
+    }
+  }
+
+  void SendRequest(RemoteInputChannel& ch) {
+    // Credit gained before the request went out is included in it.
+    const int32_t credit = ch.initial_credit() + ch.TakeUnannouncedCredit();
+    conn_->Send(MakeFrame(MessageType::kPartitionRequest,
+                          builder_.PartitionRequest(ch.partition_id(), ch.subpartition(),
+                                                    ch.receiver_id(), credit)));
+  }
+
+  // PartitionNotFound: retry with backoff until the request timeout, then fail.
+  void OnPartitionNotFound(uint64_t receiver_id, const std::string& message) {
+    auto it = channels_.find(receiver_id);
+    if (it == channels_.end()) return;
+    std::shared_ptr<RemoteInputChannel> ch = it->second;
+    RetryState& r = retry_[receiver_id];
+    const ShuffleOptions& o = client_->config_.options;
+    if (r.backoff.count() == 0) r.backoff = o.request_backoff_initial;
+    const uint64_t now = uv_now(conn_->loop()->loop());
+    const uint64_t elapsed = now - r.first_request;
+    if (elapsed + static_cast<uint64_t>(r.backoff.count()) >
+        static_cast<uint64_t>(o.request_timeout.count())) {
+      const uint32_t requests = r.attempts + 1;
+      channels_.erase(it);
+      retry_.erase(receiver_id);  // `r` dangles from here on
+      ch->OnError(NotFound("partition not found at " + conn_->peer() + " after " +
+                           std::to_string(requests) + " requests over " +
+                           std::to_string(elapsed) + " ms (" + message +
+                           "); is the producer running and registered?"));
+      return;
+    }
+    ++r.attempts;
+    auto* retry = new Retry;
+    retry->channel = ch;
+    retry->client = client_;
+    uv_timer_init(conn_->loop()->loop(), &retry->timer);
+    retry->timer.data = retry;
+    client_->retries_.insert(retry);
+    uv_timer_start(
+        &retry->timer,
+        [](uv_timer_t* t) {
+          auto* rt = static_cast<Retry*>(t->data);
+          if (auto c = rt->channel.lock(); c && !c->released()) {
+            if (Handler* h = rt->client->HandlerFor(c->receiver_id())) h->SendRequest(*c);
+          }
+          rt->client->retries_.erase(rt);
+          uv_close(reinterpret_cast<uv_handle_t*>(t),
+                   [](uv_handle_t* h) { delete static_cast<Retry*>(h->data); });
+        },
+        static_cast<uint64_t>(r.backoff.count()), 0);
+    r.backoff = std::min(r.backoff * 2, o.request_backoff_max);
+  }
+
+  Admission OnFrame(const transport::FrameHeader& h, std::span<const uint8_t> meta) override {
+    const auto type = static_cast<MessageType>(h.type);
+    switch (type) {
+      case MessageType::kBufferResponse: return OnBufferResponse(h, meta);
+      case MessageType::kHelloAck: {
+        auto m = schema::ParseHelloAck(meta);
+        if (!m.ok()) return RejectMessage(type, meta, m.status());
+        const uint32_t mine = client_->config_.options.credit.segment_size;
+        if ((*m)->segment_size() != mine) {
+          return Reject(FrameError::kInvalidField,
+                        InvalidArgument("server " + conn_->peer() + " uses segment size " +
+                                        std::to_string((*m)->segment_size()) + ", this side " +
+                                        std::to_string(mine) +
+                                        "; every node must use the same segment_size"));
+        }
+        established_ = true;
+        conn_->MarkEstablished();
+        for (uint64_t id : pending_) {
+          auto it = channels_.find(id);
+          if (it != channels_.end()) SendRequest(*it->second);
+        }
+        pending_.clear();
+        return Admission();
+      }
+      case MessageType::kBacklogAnnouncement: {
+        auto m = schema::ParseBacklogAnnouncement(meta);
+        if (!m.ok()) return RejectMessage(type, meta, m.status());
+        auto it = channels_.find((*m)->receiver_id());
+        if (it != channels_.end()) it->second->OnSenderBacklog((*m)->backlog());
+        return Admission();
+      }
+      case MessageType::kErrorResponse: {
+        auto m = schema::ParseErrorResponse(meta);
+        if (!m.ok()) return RejectMessage(type, meta, m.status());
+        const std::string text = (*m)->message() ? (*m)->message()->str() : "";
+        if ((*m)->receiver_id().has_value()) {
+          const uint64_t id = *(*m)->receiver_id();
+          if ((*m)->code() == fb::ErrorCode::PartitionNotFound) {
+            OnPartitionNotFound(id, text);
+          } else if (auto it = channels_.find(id); it != channels_.end()) {
+            std::shared_ptr<RemoteInputChannel> ch = it->second;
+            channels_.erase(it);
+            ch->OnError(Status(StatusCode::kIoError, "producer " + conn_->peer() + " reported " +
+                                                         fb::EnumNameErrorCode((*m)->code()) +
+                                                         ": " + text));
+          }
+          return Admission();
+        }
+        fatal_ = Status(StatusCode::kIoError, "producer " + conn_->peer() + " closed the connection with " +
+                                                  fb::EnumNameErrorCode((*m)->code()) + ": " + text);
+        conn_->Close(fatal_);
+        return Admission();
+      }
+      case MessageType::kHeartbeat: {
+        auto m = schema::ParseHeartbeat(meta);
+        if (!m.ok()) return RejectMessage(type, meta, m.status());
+        return Admission();
+      }
+      default:
+        return Reject(FrameError::kInvalidMessage,
+                      ProtocolError("unexpected " + std::string(schema::MessageTypeName(type)) +
+                                    " from server " + conn_->peer()));
+    }
+  }
+
+  Status OnPayload(buffer::Buffer payload) override {
+    payload.SetType(frame_type_);
+    if (frame_checksummed_) {
+      const uint32_t crc = Crc32c(payload.data(), payload.size());
+      if (crc != frame_checksum_) {
+        auto it = channels_.find(frame_receiver_);
+        if (it != channels_.end()) {
+          std::shared_ptr<RemoteInputChannel> ch = it->second;
+          channels_.erase(it);
+          RemoveChannel(frame_receiver_);
+          ch->OnError(ProtocolError("checksum mismatch on buffer " +
+                                    std::to_string(frame_sequence_) + " from " + conn_->peer() +
+                                    ": CRC32C " + std::to_string(crc) + ", sender said " +
+                                    std::to_string(frame_checksum_)));
+        }
+        return Status::Ok();
+      }
+    }
+    auto it = channels_.find(frame_receiver_);
+    if (it == channels_.end()) return Status::Ok();  // cancelled meanwhile: buffer goes home
+    std::shared_ptr<RemoteInputChannel> ch = it->second;
+    Status st = ch->OnBuffer(std::move(payload), frame_sequence_, frame_backlog_);
+    if (!st.ok()) channels_.erase(frame_receiver_);  // the channel failed; stop routing to it
+    return Status::Ok();
+  }
+
+  void OnClosed(const Status& reason) override {
+    const Status& why = fatal_.ok() ? reason : fatal_;
+    auto channels = std::move(channels_);
+    channels_.clear();
+    for (auto& [id, ch] : channels) {
+      ch->OnError(Status(why.code() == StatusCode::kOk ? StatusCode::kIoError : why.code(),
+                         "connection to producer " + conn_->peer() + " lost: " + why.message()));
+    }
+  }
+
+  std::optional<transport::OutFrame> OnProtocolError(FrameError reason,
+                                                     const Status& status) override {
+    (void)reason;
+    return MakeFrame(MessageType::kErrorResponse,
+                     builder_.ErrorResponse(fb::ErrorCode::ProtocolViolation, status.message(),
+                                            std::nullopt));
+  }
+
+ private:
+  struct RetryState {
+    uint64_t first_request = 0;
+    uint32_t attempts = 0;
+    std::chrono::milliseconds backoff{0};
+  };
+
+  Admission OnBufferResponse(const transport::FrameHeader& h, std::span<const uint8_t> meta) {
+    const uint32_t max_payload = client_->config_.options.credit.segment_size;
+    auto m = schema::ParseBufferResponse(meta, max_payload);
+    if (!m.ok()) return RejectMessage(MessageType::kBufferResponse, meta, m.status());
+    const fb::BufferResponse* r = *m;
+    if (r->payload_size() != h.payload_length()) {
+      return Reject(FrameError::kInvalidField,
+                    ProtocolError("BufferResponse for receiver " +
+                                  std::to_string(r->receiver_id()) + " says payload_size " +
+                                  std::to_string(r->payload_size()) + " but the frame carries " +
+                                  std::to_string(h.payload_length()) + " bytes"));
+    }
+    auto it = channels_.find(r->receiver_id());
+    if (it == channels_.end()) {
+      if (cancelled_.count(r->receiver_id()) != 0) return Admission::Discard();
+      return Reject(FrameError::kInvalidField,
+                    ProtocolError("BufferResponse for unknown receiver id " +
+                                  std::to_string(r->receiver_id())));
+    }
+    frame_receiver_ = r->receiver_id();
+    frame_sequence_ = r->sequence_number();
+    frame_backlog_ = r->backlog();
+    frame_type_ = schema::FromWire(r->data_type());
+    frame_checksummed_ = (r->flags() & schema::kFlagChecksummed) != 0;
+    frame_checksum_ = r->checksum();
+    if (buffer::IsEvent(frame_type_)) {
+      return Admission(buffer::AllocateUnpooled(h.payload_length(), frame_type_));
+    }
+    if (it->second->released()) return Admission::Discard();  // cancel still in flight
+    buffer::Buffer target = it->second->TakeBufferForPayload();
+    if (!target) {
+      return Reject(FrameError::kNoBufferForPayload,
+                    ProtocolError("producer " + conn_->peer() + " sent buffer " +
+                                  std::to_string(frame_sequence_) + " to receiver " +
+                                  std::to_string(frame_receiver_) +
+                                  " without credit (credit-based flow control violated)"));
+    }
+    return Admission(std::move(target));
+  }
+
+  void SendHelloOnce() {
+    if (hello_sent_) return;
+    hello_sent_ = true;
+    schema::HandshakeFields f;
+    f.segment_size = client_->config_.options.credit.segment_size;
+    f.node_name = client_->config_.node_name;
+    conn_->Send(MakeFrame(MessageType::kHello, builder_.Hello(f)));
+  }
+
+  ShuffleClient* const client_;
+  transport::Connection* const conn_;
+  schema::MessageBuilder builder_;
+  std::unordered_map<uint64_t, std::shared_ptr<RemoteInputChannel>> channels_;
+  std::unordered_map<uint64_t, RetryState> retry_;
+  std::set<uint64_t> cancelled_;
+  std::vector<uint64_t> pending_;
+  bool hello_sent_ = false;
+  bool established_ = false;
+  Status fatal_;
+  // The BufferResponse whose payload is being read.
+  uint64_t frame_receiver_ = 0;
+  int32_t frame_sequence_ = 0;
+  int32_t frame_backlog_ = 0;
+  buffer::DataType frame_type_ = buffer::DataType::kData;
+  bool frame_checksummed_ = false;
+  uint32_t frame_checksum_ = 0;
+};
+
+ShuffleClient::ShuffleClient(transport::EventLoop* loop, const ShuffleClientConfig& config)
+    : loop_(loop),
+      config_(config),
+      tcp_(loop, MakeTransportOptions(config.options.credit.segment_size, config.timeouts),
+           [this](transport::Connection& c) -> std::unique_ptr<transport::ConnectionHandler> {
+             return std::make_unique<Handler>(this, &c);
+           },
+           config.connect_retry) {}
+
+ShuffleClient::~ShuffleClient() { Stop(); }
+
+void ShuffleClient::Stop() {
+  // Pending retries hold timer handles: close them on the loop before the connections go.
+  auto closed = std::make_shared<std::promise<void>>();
+  auto done = closed->get_future();
+  auto close_retries = [this, closed] {
+    for (Retry* r : retries_) {
+      uv_timer_stop(&r->timer);
+      uv_close(reinterpret_cast<uv_handle_t*>(&r->timer),
+               [](uv_handle_t* h) { delete static_cast<Retry*>(h->data); });
+    }
+    retries_.clear();
+    closed->set_value();
+  };
+  if (loop_->RunOrPost(close_retries)) done.wait();
+  tcp_.Stop();
+}
+
+ShuffleClient::Handler* ShuffleClient::HandlerFor(uint64_t receiver_id) {
+  auto it = routes_.find(receiver_id);
+  if (it == routes_.end()) return nullptr;
+  auto conn = it->second.lock();
+  if (!conn || conn->closing()) return nullptr;
+  return static_cast<Handler*>(conn->handler());
+}
+
+void ShuffleClient::RequestPartition(std::shared_ptr<RemoteInputChannel> channel) {
+  const transport::Endpoint ep = channel->producer();
+  tcp_.GetOrConnect(ep, [this, channel](Result<std::shared_ptr<transport::Connection>> conn) {
+    if (!conn.ok()) {
+      channel->OnError(conn.status());
+      return;
+    }
+    if (channel->released()) return;
+    routes_[channel->receiver_id()] = *conn;
+    static_cast<Handler*>((*conn)->handler())->AddChannel(channel);
+  });
+}
+
+void ShuffleClient::NotifyCreditAvailable(std::shared_ptr<RemoteInputChannel> channel) {
+  loop_->RunOrPost([this, channel] {
+    if (Handler* h = HandlerFor(channel->receiver_id())) h->SendCredit(*channel);
+  });
+}
+
+void ShuffleClient::Cancel(std::shared_ptr<RemoteInputChannel> channel) {
+  loop_->RunOrPost([this, channel] {
+    if (Handler* h = HandlerFor(channel->receiver_id())) h->RemoveChannel(channel->receiver_id());
+    routes_.erase(channel->receiver_id());
+  });
+}
+
+}  // namespace sluice::shuffle

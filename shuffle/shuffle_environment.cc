@@ -1,0 +1,91 @@
+#include "shuffle/shuffle_environment.h"
+
+#include "shuffle/local_input_channel.h"
+#include "shuffle/remote_input_channel.h"
+
+namespace sluice::shuffle {
+
+ShuffleEnvironment::ShuffleEnvironment(const EnvironmentConfig& config) : config_(config) {
+  config_.options.credit.segment_size = config.memory.segment_size;
+}
+
+Result<std::unique_ptr<ShuffleEnvironment>> ShuffleEnvironment::Start(
+    const EnvironmentConfig& config) {
+  std::unique_ptr<ShuffleEnvironment> env(new ShuffleEnvironment(config));
+  auto pool = buffer::NetworkBufferPool::Create(config.memory);
+  if (!pool.ok()) return pool.status();
+  env->pool_ = std::move(*pool);
+  auto loop = transport::EventLoop::Start(config.node_name + "-io");
+  if (!loop.ok()) return loop.status();
+  env->loop_ = std::move(*loop);
+  if (config.listen) {
+    ShuffleServerConfig sc;
+    sc.bind_host = config.bind_host;
+    sc.port = config.port;
+    sc.options = env->config_.options;
+    sc.node_name = config.node_name;
+    sc.timeouts = config.timeouts;
+    sc.write_high_water_bytes = config.write_high_water_bytes;
+    auto server = ShuffleServer::Start(env->loop_.get(), &env->registry_, sc);
+    if (!server.ok()) return server.status();
+    env->server_ = std::move(*server);
+  }
+  ShuffleClientConfig cc;
+  cc.options = env->config_.options;
+  cc.node_name = config.node_name;
+  cc.timeouts = config.timeouts;
+  env->client_ = std::make_unique<ShuffleClient>(env->loop_.get(), cc);
+  return env;
+}
+
+ShuffleEnvironment::~ShuffleEnvironment() { Stop(); }
+
+void ShuffleEnvironment::Stop() {
+  if (client_) client_->Stop();
+  if (server_) server_->Stop();
+  if (loop_) loop_->Stop();
+}
+
+Result<std::shared_ptr<ResultPartition>> ShuffleEnvironment::CreatePartition(
+    const std::string& id, uint32_t subpartitions) {
+  auto p = ResultPartition::Create(id, subpartitions, pool_, config_.options);
+  if (!p.ok()) return p.status();
+  if (Status st = registry_.Register(*p); !st.ok()) {
+    (*p)->Release();
+    return st;
+  }
+  return p;
+}
+
+void ShuffleEnvironment::ReleasePartition(const std::string& id) {
+  if (auto p = registry_.Lookup(id)) {
+    registry_.Unregister(id);
+    p->Release();
+  }
+}
+
+Result<std::unique_ptr<InputGate>> ShuffleEnvironment::CreateInputGate(
+    const std::string& name, const std::vector<ChannelSpec>& channels) {
+  uint32_t remote = 0;
+  for (const ChannelSpec& c : channels) remote += c.remote.has_value() ? 1 : 0;
+  auto gate = InputGate::Create(name, pool_, config_.options, remote);
+  if (!gate.ok()) return gate.status();
+  InputGate* g = gate->get();
+  for (uint32_t i = 0; i < channels.size(); ++i) {
+    const ChannelSpec& c = channels[i];
+    if (c.remote) {
+      g->AddChannel(std::make_shared<RemoteInputChannel>(g, i, client_.get(), *c.remote,
+                                                         c.partition_id, c.subpartition));
+    } else {
+      g->AddChannel(std::make_shared<LocalInputChannel>(g, i, &registry_, c.partition_id,
+                                                        c.subpartition));
+    }
+  }
+  if (Status st = g->Start(); !st.ok()) {
+    g->Close();
+    return st;
+  }
+  return std::move(*gate);
+}
+
+}  // namespace sluice::shuffle

@@ -1,0 +1,84 @@
+// ShuffleEnvironment: everything one process needs to produce and consume shuffle data, the
+// embedding entry point. It owns the NetworkBufferPool, the PartitionRegistry, an EventLoop,
+// the ShuffleServer (when listening) and the ShuffleClient, and builds partitions and input
+// gates whose pools follow buffer::EstimateNetworkMemory.
+//
+// Thread-safe. Stop (or the destructor) shuts the network down; partitions and gates must be
+// released by their owners first for the leak check to hold.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "buffer/network_buffer_pool.h"
+#include "shuffle/input_gate.h"
+#include "shuffle/partition_registry.h"
+#include "shuffle/result_partition.h"
+#include "shuffle/shuffle_client.h"
+#include "shuffle/shuffle_server.h"
+#include "transport/event_loop.h"
+
+namespace sluice::shuffle {
+
+struct EnvironmentConfig {
+  // network_memory and segment_size; options.credit.segment_size is set from it.
+  buffer::NetworkBufferPoolOptions memory;
+  ShuffleOptions options;
+  bool listen = true;  // serve partitions to other processes
+  std::string bind_host = "127.0.0.1";
+  uint16_t port = 0;
+  std::string node_name = "sluice";
+  ConnectionTimeouts timeouts;
+  size_t write_high_water_bytes = 4u << 20;
+};
+
+// One input of a gate: a subpartition of a partition, in this process (no endpoint) or at a
+// remote ShuffleServer.
+struct ChannelSpec {
+  std::string partition_id;
+  uint32_t subpartition = 0;
+  std::optional<transport::Endpoint> remote;
+};
+
+class ShuffleEnvironment {
+ public:
+  static Result<std::unique_ptr<ShuffleEnvironment>> Start(const EnvironmentConfig& config);
+  ~ShuffleEnvironment();
+  ShuffleEnvironment(const ShuffleEnvironment&) = delete;
+  ShuffleEnvironment& operator=(const ShuffleEnvironment&) = delete;
+
+  // Creates and registers a partition (its output pool under admission).
+  Result<std::shared_ptr<ResultPartition>> CreatePartition(const std::string& id,
+                                                           uint32_t subpartitions);
+  // Unregisters and releases a partition.
+  void ReleasePartition(const std::string& id);
+  // Creates a gate over `channels` (index i = channels[i]) and starts it: exclusive buffers
+  // for remote channels, partition requests. Errors name the channel.
+  Result<std::unique_ptr<InputGate>> CreateInputGate(const std::string& name,
+                                                     const std::vector<ChannelSpec>& channels);
+
+  uint16_t port() const { return server_ ? server_->port() : 0; }
+  transport::Endpoint endpoint() const { return {config_.bind_host, port()}; }
+  const std::shared_ptr<buffer::NetworkBufferPool>& pool() const { return pool_; }
+  PartitionRegistry& registry() { return registry_; }
+  ShuffleServer* server() { return server_.get(); }
+  ShuffleClient& client() { return *client_; }
+  const EnvironmentConfig& config() const { return config_; }
+  // Closes connections and stops the loop. Idempotent.
+  void Stop();
+
+ private:
+  explicit ShuffleEnvironment(const EnvironmentConfig& config);
+
+  EnvironmentConfig config_;
+  std::shared_ptr<buffer::NetworkBufferPool> pool_;
+  PartitionRegistry registry_;
+  std::unique_ptr<transport::EventLoop> loop_;
+  std::unique_ptr<ShuffleServer> server_;
+  std::unique_ptr<ShuffleClient> client_;
+};
+
+}  // namespace sluice::shuffle

@@ -1,0 +1,37 @@
+// Options of the shuffle layer: credit sizing (shared with buffer::EstimateNetworkMemory so the
+// pools created here match the estimate), buffer timeout, checksums, request retries.
+// A plain value type.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+
+#include "buffer/memory_estimate.h"
+
+namespace sluice::shuffle {
+
+struct ShuffleOptions {
+  // segment_size, buffers_per_channel (exclusive per remote channel, default 2),
+  // floating_per_gate (8), max_buffers_per_channel (output cap per subpartition, 10),
+  // overdraft (5).
+  buffer::CreditOptions credit;
+  // How long a partly filled buffer may wait before it is made readable:
+  // > 0: the output flusher flushes every buffer_timeout; 0: flush after every record;
+  // kBufferTimeoutOff (-1): only full buffers (and Flush/Finish) are sent.
+  std::chrono::milliseconds buffer_timeout{100};
+  // CRC32C per data buffer, computed by the sender and checked by the receiver.
+  bool checksums = false;
+  // A blocked emit (no buffer: backpressure) gives up with Timeout after this long.
+  std::chrono::milliseconds emit_timeout{std::chrono::hours(24)};
+  // Remote partition requests: PartitionNotFound is retried with this backoff, doubling.
+  std::chrono::milliseconds request_backoff_initial{100};
+  std::chrono::milliseconds request_backoff_max{10000};
+  // Total time a channel keeps retrying a partition that is not registered.
+  std::chrono::milliseconds request_timeout{30000};
+  // How long the server parks a request for a partition that is not registered yet.
+  std::chrono::milliseconds server_park_timeout{200};
+};
+
+inline constexpr std::chrono::milliseconds kBufferTimeoutOff{-1};
+
+}  // namespace sluice::shuffle

@@ -1,0 +1,81 @@
+// ShuffleServer: the producer side of the network. Accepts consumer connections, performs the
+// handshake, and serves PartitionRequests from the process's PartitionRegistry: a reader per
+// receiver id, scheduled only when it has credit and a finished buffer, or an event (events
+// need no credit); round robin between readers; several frames per gathered write; never more
+// data buffers in flight than credit; the backlog in every BufferResponse. A reader without
+// credit but with a backlog announces it once (BacklogAnnouncement), so channels with zero
+// exclusive buffers get floating credit. A request for a partition that is not registered yet
+// is parked for `server_park_timeout`, then answered with PartitionNotFound (the client retries).
+//
+// Errors are scoped: a failed partition fails its reader (ErrorResponse with the receiver id);
+// protocol violations close the connection (ErrorResponse without one). Other connections go on.
+//
+// Thread-safe to create, query and stop; connection state lives on the EventLoop.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "shuffle/partition_registry.h"
+#include "shuffle/protocol.h"
+#include "shuffle/shuffle_options.h"
+#include "transport/event_loop.h"
+#include "transport/tcp.h"
+
+namespace sluice::shuffle {
+
+struct ShuffleServerConfig {
+  std::string bind_host = "127.0.0.1";
+  uint16_t port = 0;
+  uint32_t max_connections = 1024;
+  ShuffleOptions options;
+  std::string node_name = "sluice";
+  ConnectionTimeouts timeouts;
+  // Stop queueing frames on a connection while this many bytes are queued or in flight.
+  size_t write_high_water_bytes = 4u << 20;
+};
+
+struct ShuffleServerStats {
+  std::atomic<uint64_t> requests{0};
+  std::atomic<uint64_t> requests_not_found{0};
+  std::atomic<uint64_t> buffers_out{0};
+  std::atomic<uint64_t> bytes_out{0};
+  std::atomic<uint64_t> events_out{0};
+  std::atomic<uint64_t> backlog_announcements{0};
+  std::atomic<uint64_t> credits_in{0};
+  std::atomic<uint64_t> credit_stall_ns{0};  // time readers had data but no credit
+  std::atomic<uint64_t> active_readers{0};
+};
+
+class ShuffleServer {
+ public:
+  static Result<std::unique_ptr<ShuffleServer>> Start(transport::EventLoop* loop,
+                                                      PartitionRegistry* registry,
+                                                      const ShuffleServerConfig& config);
+  ~ShuffleServer();
+  ShuffleServer(const ShuffleServer&) = delete;
+  ShuffleServer& operator=(const ShuffleServer&) = delete;
+
+  uint16_t port() const { return tcp_->port(); }
+  const std::shared_ptr<transport::TransportMetrics>& metrics() const { return tcp_->metrics(); }
+  const ShuffleServerStats& stats() const { return *stats_; }
+  size_t connection_count() const { return tcp_->connection_count(); }
+  // Closes every connection (readers release their views) and stops listening. Idempotent.
+  void Stop();
+
+ private:
+  class Handler;
+  class Reader;
+  ShuffleServer(transport::EventLoop* loop, PartitionRegistry* registry,
+                const ShuffleServerConfig& config);
+
+  transport::EventLoop* const loop_;
+  PartitionRegistry* const registry_;
+  const ShuffleServerConfig config_;
+  const std::shared_ptr<ShuffleServerStats> stats_;
+  std::unique_ptr<transport::TcpServer> tcp_;
+};
+
+}  // namespace sluice::shuffle

@@ -1,0 +1,65 @@
+// SubpartitionView: how a consumer reads one subpartition of a ResultPartition, whether it is
+// a LocalInputChannel in the same process or the server-side reader of a remote channel.
+//
+// Items come out in the order the writer queued them: finished data buffers and events
+// (end of partition, user events). Data costs the consumer one credit per buffer; events need
+// none. `backlog` is the number of finished data buffers still queued: the remote receiver
+// uses it to ask for floating buffers.
+//
+// Notifications: the listener's NotifyDataAvailable() is called (on the producer's or the
+// flusher's thread, outside every lock) when the view goes from "nothing readable" to
+// "something readable". It is not repeated until a PollNext() has found nothing readable, so a
+// consumer polls until PollNext() returns nothing, or until it runs out of credit and then
+// polls again when credit arrives. A PollNext() that returns the last readable item (backlog 0
+// and !next_is_event) re-arms it too. A failed or released partition counts as readable
+// (PollNext returns the error). When items are queued already, the first notification comes
+// from inside CreateView(), before it returns. After Release() has returned the listener is
+// never called again: Release() waits for a call in flight on another thread, so do not call
+// it while holding a lock that the listener takes.
+//
+// Thread-safe: PollNext and the getters may be called from the consumer's thread while the
+// producer adds buffers. Release() is idempotent and may be called from any thread.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "buffer/buffer.h"
+#include "buffer/status.h"
+
+namespace sluice::shuffle {
+
+struct BufferAndBacklog {
+  buffer::Buffer buffer;         // data (buffer.type() == kData) or an event
+  uint32_t backlog = 0;          // finished data buffers still queued after this one
+  bool next_is_event = false;    // the next queued item is an event (sendable without credit)
+  uint32_t sequence_number = 0;  // position of this item in the subpartition, from 0
+};
+
+class SubpartitionListener {
+ public:
+  virtual ~SubpartitionListener() = default;
+  // Something became readable. Any thread, outside every lock; must not block.
+  virtual void NotifyDataAvailable() = 0;
+};
+
+class SubpartitionView {
+ public:
+  virtual ~SubpartitionView() = default;
+
+  // The next item, or nullopt when nothing is readable now (the writer holds a partly filled
+  // buffer that was not flushed yet, or the queue is empty). After the end-of-partition event
+  // has been returned, always nullopt. An error: the partition failed or was released.
+  virtual Result<std::optional<BufferAndBacklog>> PollNext() = 0;
+  // Whether PollNext would return an item that `credit` allows: an event always, data when
+  // credit > 0. Also true when PollNext would return an error (failed or released partition).
+  virtual bool IsAvailable(int32_t credit) const = 0;
+  // Finished data buffers queued.
+  virtual uint32_t backlog() const = 0;
+  // The consumer is gone: queued buffers are recycled now, the writer's later buffers for this
+  // subpartition are dropped, no more notifications. Idempotent.
+  virtual void Release() = 0;
+  virtual bool IsReleased() const = 0;
+};
+
+}  // namespace sluice::shuffle

@@ -1,0 +1,1000 @@
+// Tests of ResultPartition and its subpartition views. Every test ends with the leak check
+// (TearDown): every segment back in the global pool, no local pool alive.
+#include "shuffle/result_partition.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "buffer/network_buffer_pool.h"
+#include "shuffle/record_serializer.h"
+
+namespace sluice::shuffle {
+namespace {
+
+using buffer::DataType;
+using buffer::NetworkBufferPool;
+using namespace std::chrono_literals;
+
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+constexpr bool kUnderSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+constexpr bool kUnderSanitizer = true;
+#else
+constexpr bool kUnderSanitizer = false;
+#endif
+#else
+constexpr bool kUnderSanitizer = false;
+#endif
+
+int Scaled(int n) { return kUnderSanitizer ? std::max(1, n / 3) : n; }
+
+constexpr uint32_t kSegment = 4096;
+// A record of this size fills exactly one buffer (4-byte length prefix + payload).
+constexpr uint32_t kOneBufferRecord = kSegment - kRecordLengthBytes;
+
+// --- Test records: [u32 subpartition][u64 seq][u32 size][pattern...], at least 16 bytes ----
+
+std::vector<uint8_t> MakeRecord(uint32_t sp, uint64_t seq, uint32_t size) {
+  size = std::max<uint32_t>(size, 16);
+  std::vector<uint8_t> r(size);
+  std::memcpy(r.data(), &sp, 4);
+  std::memcpy(r.data() + 4, &seq, 8);
+  std::memcpy(r.data() + 12, &size, 4);
+  for (uint32_t i = 16; i < size; ++i) r[i] = static_cast<uint8_t>(seq * 131 + i * 7 + sp);
+  return r;
+}
+
+// Checks a record made by MakeRecord; returns its sequence number or ~0 when corrupt.
+uint64_t CheckRecord(std::span<const uint8_t> r, uint32_t sp) {
+  if (r.size() < 16) return ~0ull;
+  uint32_t got_sp, size;
+  uint64_t seq;
+  std::memcpy(&got_sp, r.data(), 4);
+  std::memcpy(&seq, r.data() + 4, 8);
+  std::memcpy(&size, r.data() + 12, 4);
+  if (got_sp != sp || size != r.size()) return ~0ull;
+  for (uint32_t i = 16; i < size; ++i) {
+    if (r[i] != static_cast<uint8_t>(seq * 131 + i * 7 + sp)) return ~0ull;
+  }
+  return seq;
+}
+
+std::span<const uint8_t> Bytes(const std::string& s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+template <typename F>
+bool WaitUntil(F condition, std::chrono::milliseconds timeout = 20s) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+// Wakes the consumer thread of a test; every listener of the test rings the same bell.
+class Doorbell {
+ public:
+  void Ring() {
+    {
+      std::lock_guard lock(mu_);
+      ++rings_;
+    }
+    cv_.notify_all();
+  }
+  void Wait(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu_);
+    const uint64_t seen = rings_;
+    cv_.wait_for(lock, timeout, [&] { return rings_ != seen; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t rings_ = 0;
+};
+
+class CountingListener : public SubpartitionListener {
+ public:
+  explicit CountingListener(Doorbell* bell = nullptr) : bell_(bell) {}
+  void NotifyDataAvailable() override {
+    count_.fetch_add(1);
+    if (bell_ != nullptr) bell_->Ring();
+  }
+  int count() const { return count_.load(); }
+
+ private:
+  Doorbell* bell_;
+  std::atomic<int> count_{0};
+};
+
+// One consumer of one subpartition: polls its view, checks sequence numbers, deserializes.
+class Reader {
+ public:
+  Reader(ResultPartition& p, uint32_t sp, Doorbell* bell = nullptr) : sp_(sp), listener_(bell) {
+    Result<std::unique_ptr<SubpartitionView>> v = p.CreateView(sp, &listener_);
+    EXPECT_TRUE(v.ok()) << v.status().ToString();
+    if (v.ok()) view_ = std::move(v).value();
+  }
+
+  // Polls until nothing is readable. Returns the number of items, or the error.
+  Result<int> Drain() {
+    int items = 0;
+    while (true) {
+      Result<std::optional<BufferAndBacklog>> r = view_->PollNext();
+      if (!r.ok()) return r.status();
+      if (!r.value().has_value()) return items;
+      BufferAndBacklog& item = *r.value();
+      ++items;
+      EXPECT_EQ(item.sequence_number, next_sequence_) << "subpartition " << sp_;
+      next_sequence_ = item.sequence_number + 1;
+      EXPECT_LE(item.backlog, view_->backlog()) << "the backlog only grows behind the consumer";
+      EXPECT_FALSE(eop_) << "item after end of partition";
+      const DataType type = item.buffer.type();
+      if (type == DataType::kData) {
+        ++data_buffers_;
+        de_.SetNextBuffer(std::move(item.buffer));
+        std::span<const uint8_t> rec;
+        while (true) {
+          Result<RecordDeserializer::Next> n = de_.GetNext(&rec);
+          EXPECT_TRUE(n.ok()) << n.status().ToString();
+          if (!n.ok() || n.value() == RecordDeserializer::Next::kNeedMoreData) break;
+          const uint64_t seq = CheckRecord(rec, sp_);
+          EXPECT_EQ(seq, records_) << "subpartition " << sp_ << ": lost, corrupt or reordered";
+          ++records_;
+        }
+      } else if (type == DataType::kEndOfPartition) {
+        EXPECT_FALSE(de_.HasPartialRecord());
+        eop_ = true;
+      } else {
+        events_.emplace_back(reinterpret_cast<const char*>(item.buffer.data()), item.buffer.size());
+      }
+    }
+  }
+
+  SubpartitionView& view() { return *view_; }
+  CountingListener& listener() { return listener_; }
+  uint64_t records() const { return records_; }
+  uint64_t data_buffers() const { return data_buffers_; }
+  bool eop() const { return eop_; }
+  const std::vector<std::string>& events() const { return events_; }
+  void ReleaseView() { view_->Release(); }
+
+ private:
+  const uint32_t sp_;
+  CountingListener listener_;
+  std::unique_ptr<SubpartitionView> view_;
+  RecordDeserializer de_;
+  uint32_t next_sequence_ = 0;
+  uint64_t records_ = 0;
+  uint64_t data_buffers_ = 0;
+  bool eop_ = false;
+  std::vector<std::string> events_;
+};
+
+ShuffleOptions Options(std::chrono::milliseconds buffer_timeout = kBufferTimeoutOff) {
+  ShuffleOptions o;
+  o.credit.segment_size = kSegment;
+  o.buffer_timeout = buffer_timeout;
+  o.emit_timeout = 30s;
+  return o;
+}
+
+// Two subpartitions: pool min = max = 3, cap 2 per subpartition, overdraft 1.
+ShuffleOptions TinyOptions() {
+  ShuffleOptions o = Options();
+  o.credit.buffers_per_channel = 1;
+  o.credit.floating_per_gate = 0;
+  o.credit.max_buffers_per_channel = 2;
+  o.credit.overdraft = 1;
+  return o;
+}
+
+class ResultPartitionTest : public ::testing::Test {
+ protected:
+  void SetUp() override { global_ = MakeGlobal(64); }
+
+  static std::shared_ptr<NetworkBufferPool> MakeGlobal(uint32_t segments) {
+    buffer::NetworkBufferPoolOptions o;
+    o.segment_size = kSegment;
+    o.network_memory = static_cast<uint64_t>(segments) * kSegment;
+    return std::move(NetworkBufferPool::Create(o)).value();
+  }
+
+  std::shared_ptr<ResultPartition> NewPartition(const std::string& id, uint32_t n,
+                                                const ShuffleOptions& o) {
+    Result<std::shared_ptr<ResultPartition>> p = ResultPartition::Create(id, n, global_, o);
+    EXPECT_TRUE(p.ok()) << p.status().ToString();
+    return p.ok() ? std::move(p).value() : nullptr;
+  }
+
+  void ExpectNoLeaks() const {
+    const buffer::NetworkBufferPoolStats s = global_->Stats();
+    EXPECT_EQ(s.available, s.total) << "leak check: " << global_->DebugString();
+    EXPECT_EQ(s.required, 0u) << global_->DebugString();
+    EXPECT_EQ(s.local_pools, 0u) << global_->DebugString();
+  }
+
+  // The leak check ends every test (partitions and views of the test body are gone by now).
+  void TearDown() override { ExpectNoLeaks(); }
+
+  std::shared_ptr<NetworkBufferPool> global_;
+};
+
+// --- Round trip ---------------------------------------------------------------------------
+
+class RoundTripTest : public ResultPartitionTest,
+                      public ::testing::WithParamInterface<std::chrono::milliseconds> {};
+
+// A writer and a concurrent consumer: random record sizes (some larger than a segment), every
+// record arrives exactly once and in order, sequence numbers count 0, 1, 2, ... per subpartition.
+TEST_P(RoundTripTest, EveryRecordOnceInOrder) {
+  constexpr uint32_t kN = 4;
+  std::shared_ptr<ResultPartition> p = NewPartition("round-trip", kN, Options(GetParam()));
+  ASSERT_NE(p, nullptr);
+  Doorbell bell;
+  std::vector<std::unique_ptr<Reader>> readers;
+  for (uint32_t i = 0; i < kN; ++i) readers.push_back(std::make_unique<Reader>(*p, i, &bell));
+
+  std::atomic<bool> stop{false};
+  std::thread consumer([&] {
+    const auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (!stop.load() && std::chrono::steady_clock::now() < deadline) {
+      bool all = true;
+      for (auto& r : readers) {
+        Result<int> n = r->Drain();
+        ASSERT_TRUE(n.ok()) << n.status().ToString();
+        all = all && r->eop();
+      }
+      if (all) return;
+      bell.Wait(5ms);
+    }
+  });
+
+  std::mt19937 rng(42);
+  std::vector<uint64_t> sent(kN, 0);
+  const int records = Scaled(3000);
+  uint64_t bytes = 0;
+  for (int i = 0; i < records; ++i) {
+    const uint32_t sp = rng() % kN;
+    const uint32_t kind = rng() % 100;
+    const uint32_t size = kind < 70   ? 16 + rng() % 200
+                          : kind < 95 ? 200 + rng() % 3000
+                                      : kSegment + rng() % (4 * kSegment);  // spans buffers
+    const std::vector<uint8_t> rec = MakeRecord(sp, sent[sp]++, size);
+    bytes += rec.size();
+    ASSERT_TRUE(p->Emit(rec, sp).ok());
+  }
+  ASSERT_TRUE(p->Finish().ok());
+  consumer.join();
+
+  for (uint32_t i = 0; i < kN; ++i) {
+    EXPECT_TRUE(readers[i]->eop()) << "subpartition " << i;
+    EXPECT_EQ(readers[i]->records(), sent[i]) << "subpartition " << i;
+  }
+  const ResultPartitionStats s = p->Stats();
+  EXPECT_EQ(s.records, static_cast<uint64_t>(records));
+  EXPECT_EQ(s.events, kN);  // the end-of-partition events
+  EXPECT_GE(s.bytes_out, bytes + records * kRecordLengthBytes);
+  EXPECT_LE(s.pool.owned, s.pool.max + 5);
+  readers.clear();
+  p->Release();
+  ExpectNoLeaks();
+}
+
+INSTANTIATE_TEST_SUITE_P(BufferTimeouts, RoundTripTest,
+                         ::testing::Values(kBufferTimeoutOff, 0ms, 1ms),
+                         [](const ::testing::TestParamInfo<std::chrono::milliseconds>& param) {
+                           return param.param < 0ms    ? std::string("Off")
+                                  : param.param == 0ms ? std::string("PerRecord")
+                                                       : std::string("Flusher1ms");
+                         });
+
+// --- Backlog, events, end of partition ----------------------------------------------------
+
+TEST_F(ResultPartitionTest, BacklogNextIsEventAndSequenceNumbers) {
+  std::shared_ptr<ResultPartition> p = NewPartition("backlog", 1, Options());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(p->Emit(MakeRecord(0, i, kOneBufferRecord), 0).ok());
+  ASSERT_TRUE(p->EmitEvent(Bytes("ping"), 0).ok());
+  ASSERT_TRUE(p->Finish().ok());
+
+  CountingListener listener;
+  auto view = std::move(p->CreateView(0, &listener)).value();
+  EXPECT_EQ(listener.count(), 1) << "a view created on queued items is notified at once";
+  EXPECT_EQ(view->backlog(), 3u);
+  EXPECT_FALSE(view->IsAvailable(0)) << "data at the head needs credit";
+  EXPECT_TRUE(view->IsAvailable(1));
+
+  for (uint32_t i = 0; i < 3; ++i) {
+    auto r = view->PollNext();
+    ASSERT_TRUE(r.ok() && r.value().has_value());
+    EXPECT_EQ(r.value()->buffer.type(), DataType::kData);
+    EXPECT_EQ(r.value()->buffer.size(), kSegment);
+    EXPECT_EQ(r.value()->sequence_number, i);
+    EXPECT_EQ(r.value()->backlog, 2 - i);
+    EXPECT_EQ(r.value()->next_is_event, i == 2);
+  }
+  EXPECT_TRUE(view->IsAvailable(0)) << "an event at the head needs no credit";
+  auto ev = view->PollNext();
+  ASSERT_TRUE(ev.ok() && ev.value().has_value());
+  EXPECT_EQ(ev.value()->buffer.type(), DataType::kEvent);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(ev.value()->buffer.data()),
+                        ev.value()->buffer.size()),
+            "ping");
+  EXPECT_EQ(ev.value()->sequence_number, 3u);
+  EXPECT_TRUE(ev.value()->next_is_event);
+  auto eop = view->PollNext();
+  ASSERT_TRUE(eop.ok() && eop.value().has_value());
+  EXPECT_EQ(eop.value()->buffer.type(), DataType::kEndOfPartition);
+  EXPECT_EQ(eop.value()->sequence_number, 4u);
+  EXPECT_EQ(eop.value()->backlog, 0u);
+  EXPECT_FALSE(eop.value()->next_is_event);
+  for (int i = 0; i < 3; ++i) {
+    auto after = view->PollNext();
+    ASSERT_TRUE(after.ok());
+    EXPECT_FALSE(after.value().has_value()) << "nothing after end of partition";
+  }
+  EXPECT_FALSE(view->IsAvailable(1));
+  EXPECT_TRUE(p->Stats().subpartitions[0].consumed);
+  EXPECT_EQ(listener.count(), 1);
+  view.reset();
+  p->Release();
+  ExpectNoLeaks();
+}
+
+TEST_F(ResultPartitionTest, EventsWithoutData) {
+  std::shared_ptr<ResultPartition> p = NewPartition("events", 2, Options());
+  ASSERT_TRUE(p->EmitEvent(Bytes("only-event"), 1).ok());
+  ASSERT_TRUE(p->Finish().ok());
+  Reader r0(*p, 0), r1(*p, 1);
+  ASSERT_TRUE(r0.Drain().ok());
+  ASSERT_TRUE(r1.Drain().ok());
+  EXPECT_TRUE(r0.eop());
+  EXPECT_TRUE(r1.eop());
+  EXPECT_EQ(r0.data_buffers(), 0u);
+  EXPECT_EQ(r1.data_buffers(), 0u);
+  EXPECT_TRUE(r0.events().empty());
+  ASSERT_EQ(r1.events().size(), 1u);
+  EXPECT_EQ(r1.events()[0], "only-event");
+  EXPECT_EQ(global_->used_segments(), 0u) << "events take no network memory";
+}
+
+TEST_F(ResultPartitionTest, EventFollowsDataWrittenBeforeIt) {
+  std::shared_ptr<ResultPartition> p = NewPartition("event-order", 1, Options());
+  Reader r(*p, 0);
+  ASSERT_TRUE(p->Emit(MakeRecord(0, 0, 100), 0).ok());
+  ASSERT_TRUE(p->EmitEvent(Bytes("barrier"), 0).ok());  // finishes the partial buffer first
+  auto first = r.view().PollNext();
+  ASSERT_TRUE(first.ok() && first.value().has_value());
+  EXPECT_EQ(first.value()->buffer.type(), DataType::kData);
+  EXPECT_TRUE(first.value()->next_is_event);
+  auto second = r.view().PollNext();
+  ASSERT_TRUE(second.ok() && second.value().has_value());
+  EXPECT_EQ(second.value()->buffer.type(), DataType::kEvent);
+}
+
+TEST_F(ResultPartitionTest, FinishMakesPartialBuffersReadable) {
+  std::shared_ptr<ResultPartition> p = NewPartition("finish", 2, Options());
+  Reader r0(*p, 0), r1(*p, 1);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(p->Emit(MakeRecord(0, i, 50), 0).ok());
+  auto none = r0.view().PollNext();
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none.value().has_value()) << "a partly filled buffer is not readable yet";
+  EXPECT_FALSE(r0.view().IsAvailable(5));
+  EXPECT_EQ(r0.view().backlog(), 0u);
+  ASSERT_TRUE(p->Finish().ok());
+  ASSERT_TRUE(r0.Drain().ok());
+  ASSERT_TRUE(r1.Drain().ok());
+  EXPECT_EQ(r0.records(), 3u);
+  EXPECT_EQ(r0.data_buffers(), 1u);
+  EXPECT_TRUE(r0.eop());
+  EXPECT_TRUE(r1.eop());
+  EXPECT_TRUE(p->Finish().ok()) << "Finish is idempotent";
+  const Status after = p->Emit(MakeRecord(0, 3, 50), 0);
+  EXPECT_EQ(after.code(), StatusCode::kClosed) << after.ToString();
+  EXPECT_EQ(p->EmitEvent(Bytes("late"), 0).code(), StatusCode::kClosed);
+}
+
+// --- Buffer timeout -------------------------------------------------------------------------
+
+TEST_F(ResultPartitionTest, BufferTimeoutZeroFlushesEveryRecord) {
+  std::shared_ptr<ResultPartition> p = NewPartition("timeout-zero", 1, Options(0ms));
+  Reader r(*p, 0);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(p->Emit(MakeRecord(0, i, 40), 0).ok());
+    EXPECT_EQ(r.view().backlog(), static_cast<uint32_t>(i + 1)) << "readable at once";
+  }
+  ASSERT_TRUE(r.Drain().ok());
+  EXPECT_EQ(r.records(), 3u);
+  EXPECT_EQ(r.data_buffers(), 3u);
+}
+
+TEST_F(ResultPartitionTest, BufferTimeoutOffKeepsPartialBufferUntilFlush) {
+  std::shared_ptr<ResultPartition> p = NewPartition("timeout-off", 1, Options(kBufferTimeoutOff));
+  Reader r(*p, 0);
+  ASSERT_TRUE(p->Emit(MakeRecord(0, 0, 40), 0).ok());
+  std::this_thread::sleep_for(30ms);
+  ASSERT_TRUE(r.Drain().ok());
+  EXPECT_EQ(r.records(), 0u) << "no flusher: the partial buffer stays with the writer";
+  EXPECT_EQ(r.listener().count(), 0);
+  p->Flush(0);
+  EXPECT_EQ(r.listener().count(), 1);
+  ASSERT_TRUE(r.Drain().ok());
+  EXPECT_EQ(r.records(), 1u);
+  p->Flush(0);  // nothing to flush: no empty buffer is queued
+  EXPECT_EQ(r.view().backlog(), 0u);
+}
+
+// The output flusher makes data readable without Finish. No timing is asserted: the test only
+// waits (generously) for the data to show up.
+TEST_F(ResultPartitionTest, FlusherMakesDataReadable) {
+  std::shared_ptr<ResultPartition> p = NewPartition("flusher", 2, Options(5ms));
+  Doorbell bell;
+  Reader r(*p, 1, &bell);
+  ASSERT_TRUE(p->Emit(MakeRecord(1, 0, 64), 1).ok());
+  ASSERT_TRUE(WaitUntil([&] {
+    bell.Wait(5ms);
+    return r.Drain().ok() && r.records() == 1;
+  }));
+  EXPECT_GE(r.listener().count(), 1);
+  ASSERT_TRUE(p->Emit(MakeRecord(1, 1, 64), 1).ok());
+  ASSERT_TRUE(WaitUntil([&] {
+    bell.Wait(5ms);
+    return r.Drain().ok() && r.records() == 2;
+  }));
+  p->Release();
+  ExpectNoLeaks();
+}
+
+// --- Notifications --------------------------------------------------------------------------
+
+TEST_F(ResultPartitionTest, NotifiesOnEmptyToReadableTransitionsOnly) {
+  std::shared_ptr<ResultPartition> p = NewPartition("notify", 1, Options(0ms));
+  CountingListener listener;
+  auto view = std::move(p->CreateView(0, &listener)).value();
+  EXPECT_EQ(listener.count(), 0);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(p->Emit(MakeRecord(0, i, 30), 0).ok());
+  EXPECT_EQ(listener.count(), 1) << "one notification for three buffers";
+
+  ASSERT_TRUE(view->PollNext().value().has_value());  // two left
+  ASSERT_TRUE(p->Emit(MakeRecord(0, 3, 30), 0).ok());
+  EXPECT_EQ(listener.count(), 1) << "still readable: no new notification";
+
+  int polled = 0;
+  while (true) {
+    auto r = view->PollNext();
+    ASSERT_TRUE(r.ok());
+    if (!r.value().has_value()) break;
+    ++polled;
+  }
+  EXPECT_EQ(polled, 3);
+  ASSERT_TRUE(p->Emit(MakeRecord(0, 4, 30), 0).ok());
+  EXPECT_EQ(listener.count(), 2) << "readable again after a poll found nothing";
+
+  // Polling the last readable item (backlog 0, no event next) also re-arms.
+  auto last = view->PollNext();
+  ASSERT_TRUE(last.ok() && last.value().has_value());
+  EXPECT_EQ(last.value()->backlog, 0u);
+  EXPECT_FALSE(last.value()->next_is_event);
+  ASSERT_TRUE(p->Emit(MakeRecord(0, 5, 30), 0).ok());
+  ASSERT_TRUE(p->EmitEvent(Bytes("e"), 0).ok());
+  EXPECT_EQ(listener.count(), 3);
+  view.reset();
+}
+
+TEST_F(ResultPartitionTest, ViewCreatedAfterDataIsNotified) {
+  std::shared_ptr<ResultPartition> p = NewPartition("late-view", 2, Options(0ms));
+  ASSERT_TRUE(p->Emit(MakeRecord(0, 0, 30), 0).ok());
+  CountingListener l0, l1;
+  auto v0 = std::move(p->CreateView(0, &l0)).value();
+  auto v1 = std::move(p->CreateView(1, &l1)).value();
+  EXPECT_EQ(l0.count(), 1);
+  EXPECT_EQ(l1.count(), 0) << "nothing readable in subpartition 1";
+  ASSERT_TRUE(p->Emit(MakeRecord(1, 0, 30), 1).ok());
+  EXPECT_EQ(l1.count(), 1);
+}
+
+TEST_F(ResultPartitionTest, NoNotificationAfterViewRelease) {
+  std::shared_ptr<ResultPartition> p = NewPartition("no-notify", 1, Options(0ms));
+  CountingListener listener;
+  auto view = std::move(p->CreateView(0, &listener)).value();
+  view->Release();
+  EXPECT_TRUE(view->IsReleased());
+  ASSERT_TRUE(p->Emit(MakeRecord(0, 0, 30), 0).ok());  // dropped
+  EXPECT_EQ(listener.count(), 0);
+  EXPECT_EQ(p->Stats().subpartitions[0].dropped_records, 1u);
+  EXPECT_EQ(view->PollNext().status().code(), StatusCode::kClosed);
+}
+
+// A listener must never run after its view's Release() returned, even when the notification
+// comes from the writer's thread at the same moment.
+TEST_F(ResultPartitionTest, ListenerNeverCalledAfterReleaseReturns) {
+  for (int round = 0; round < Scaled(30); ++round) {
+    std::shared_ptr<ResultPartition> p = NewPartition("release-race", 1, Options(0ms));
+    struct Checking : SubpartitionListener {
+      std::atomic<bool> released{false};
+      std::atomic<int> late{0};
+      void NotifyDataAvailable() override {
+        if (released.load()) late.fetch_add(1);
+      }
+    } listener;
+    auto view = std::move(p->CreateView(0, &listener)).value();
+    std::atomic<bool> stop{false};
+    std::thread writer([&] {
+      for (uint64_t i = 0; !stop.load(); ++i) {
+        if (!p->Emit(MakeRecord(0, i, 30), 0).ok()) return;
+      }
+    });
+    for (int i = 0; i < 20; ++i) {
+      auto r = view->PollNext();
+      ASSERT_TRUE(r.ok());
+      if (!r.value().has_value()) std::this_thread::yield();
+    }
+    view->Release();
+    listener.released.store(true);
+    std::this_thread::sleep_for(1ms);
+    stop.store(true);
+    writer.join();
+    EXPECT_EQ(listener.late.load(), 0);
+    view.reset();
+    p->Release();
+  }
+  ExpectNoLeaks();
+}
+
+// --- Backpressure -------------------------------------------------------------------------
+
+// Waits until the writer stopped making progress while the partition reports unavailable.
+bool WaitBlocked(const std::atomic<uint64_t>& progress, ResultPartition& p) {
+  uint64_t last = ~0ull;
+  int stable = 0;
+  return WaitUntil([&] {
+    std::this_thread::sleep_for(20ms);
+    const uint64_t now = progress.load();
+    stable = now == last ? stable + 1 : 0;
+    last = now;
+    return stable >= 5 && !p.IsAvailable();
+  });
+}
+
+// Samples the output pool: it never holds more than max + overdraft segments.
+class PoolSampler {
+ public:
+  explicit PoolSampler(const ResultPartition& p)
+      : thread_([this, &p] {
+          const uint32_t limit = p.pool().max_segments() + max_overdraft_;
+          while (!stop_.load()) {
+            const buffer::LocalBufferPoolStats s = p.pool().Stats();
+            if (s.owned > limit) exceeded_.store(true);
+            max_owned_.store(std::max(max_owned_.load(), s.owned));
+            std::this_thread::sleep_for(1ms);
+          }
+        }) {}
+  ~PoolSampler() { Stop(); }
+  void Stop() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+  bool exceeded() const { return exceeded_.load(); }
+  uint32_t max_owned() const { return max_owned_.load(); }
+  static constexpr uint32_t max_overdraft_ = 1;  // TinyOptions
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> exceeded_{false};
+  std::atomic<uint32_t> max_owned_{0};
+  std::thread thread_;
+};
+
+// No consumer reads: the writer blocks on the tiny pool, holds at most max + overdraft
+// segments, and Cancel() wakes it with Cancelled.
+TEST_F(ResultPartitionTest, WriterBlocksWithoutConsumerAndCancelWakesIt) {
+  std::shared_ptr<ResultPartition> p = NewPartition("blocked", 2, TinyOptions());
+  ASSERT_EQ(p->pool().max_segments(), 3u);
+  PoolSampler sampler(*p);
+  std::atomic<uint64_t> emitted{0};
+  auto writer = std::async(std::launch::async, [&] {
+    for (uint64_t i = 0;; ++i) {
+      const uint32_t sp = i % 2;
+      Status s = p->Emit(MakeRecord(sp, i / 2, kOneBufferRecord), sp);
+      if (!s.ok()) return s;
+      emitted.fetch_add(1);
+    }
+  });
+  ASSERT_TRUE(WaitBlocked(emitted, *p));
+  EXPECT_FALSE(p->IsAvailable());
+  EXPECT_EQ(writer.wait_for(0ms), std::future_status::timeout) << "the writer must be blocked";
+  EXPECT_EQ(p->pool().SubpartitionBuffers(0), 2u) << "subpartition 0 reached its cap";
+  p->Cancel();
+  ASSERT_EQ(writer.wait_for(20s), std::future_status::ready);
+  const Status s = writer.get();
+  EXPECT_EQ(s.code(), StatusCode::kCancelled) << s.ToString();
+  EXPECT_EQ(p->Emit(MakeRecord(0, 0, 20), 0).code(), StatusCode::kCancelled);
+  sampler.Stop();
+  EXPECT_FALSE(sampler.exceeded()) << "held " << sampler.max_owned();
+  EXPECT_FALSE(p->Stats().failed) << "cancel at a record boundary does not fail the partition";
+  p->Release();
+  ExpectNoLeaks();
+}
+
+// One slow subpartition blocks the writer (its cap makes the pool unavailable) although the
+// other one is drained; when it is drained too, the writer resumes and nothing is lost.
+TEST_F(ResultPartitionTest, SlowSubpartitionBlocksWriterUntilDrained) {
+  std::shared_ptr<ResultPartition> p = NewPartition("slow-sub", 2, TinyOptions());
+  PoolSampler sampler(*p);
+  Doorbell bell;
+  Reader fast(*p, 1, &bell), slow(*p, 0, &bell);
+  std::atomic<bool> drain_slow{false};
+  std::atomic<bool> stop{false};
+  std::thread consumer([&] {
+    while (!stop.load()) {
+      ASSERT_TRUE(fast.Drain().ok());
+      if (drain_slow.load()) {
+        ASSERT_TRUE(slow.Drain().ok());
+      }
+      if (fast.eop() && slow.eop()) return;
+      bell.Wait(5ms);
+    }
+  });
+  const uint64_t kRecords = static_cast<uint64_t>(Scaled(400));
+  std::atomic<uint64_t> emitted{0};
+  auto writer = std::async(std::launch::async, [&] {
+    std::mt19937 rng(7);
+    for (uint64_t i = 0; i < kRecords; ++i) {
+      const uint32_t sp = i % 2;
+      // Sizes from tiny to several segments: large records need overdraft mid-record.
+      const uint32_t size =
+          (rng() % 10 == 0) ? 2 * kSegment + rng() % kSegment : 16 + rng() % kSegment;
+      Status s = p->Emit(MakeRecord(sp, i / 2, size), sp);
+      if (!s.ok()) return s;
+      emitted.fetch_add(1);
+    }
+    return p->Finish();
+  });
+  ASSERT_TRUE(WaitBlocked(emitted, *p));
+  EXPECT_LT(emitted.load(), kRecords);
+  EXPECT_EQ(writer.wait_for(0ms), std::future_status::timeout);
+  EXPECT_GE(p->pool().SubpartitionBuffers(0), 2u) << "the slow subpartition is at its cap";
+  EXPECT_EQ(fast.view().backlog(), 0u) << "the fast subpartition is drained";
+
+  drain_slow.store(true);
+  bell.Ring();
+  ASSERT_EQ(writer.wait_for(40s), std::future_status::ready);
+  const Status s = writer.get();
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  consumer.join();
+  stop.store(true);
+  EXPECT_EQ(fast.records() + slow.records(), kRecords);
+  EXPECT_EQ(slow.records(), (kRecords + 1) / 2);
+  EXPECT_TRUE(fast.eop() && slow.eop());
+  sampler.Stop();
+  EXPECT_FALSE(sampler.exceeded()) << "held " << sampler.max_owned();
+  EXPECT_GT(p->Stats().backpressure_ns, 0u);
+  p->Release();
+  ExpectNoLeaks();
+}
+
+TEST_F(ResultPartitionTest, EmitTimeoutBeforeRecordStartKeepsPartitionUsable) {
+  ShuffleOptions o = TinyOptions();
+  o.emit_timeout = 30ms;
+  std::shared_ptr<ResultPartition> p = NewPartition("emit-timeout", 2, o);
+  Status s;
+  uint64_t sent = 0;
+  for (int i = 0; i < 10 && s.ok(); ++i) {
+    s = p->Emit(MakeRecord(0, sent, kOneBufferRecord), 0);
+    if (s.ok()) ++sent;
+  }
+  ASSERT_EQ(s.code(), StatusCode::kTimeout) << s.ToString();
+  EXPECT_NE(s.message().find("emit-timeout"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("backpressure"), std::string::npos) << s.message();
+  EXPECT_FALSE(p->Stats().failed);
+  Reader r(*p, 0);
+  ASSERT_TRUE(r.Drain().ok());
+  ASSERT_TRUE(p->Emit(MakeRecord(0, sent++, kOneBufferRecord), 0).ok()) << "usable again";
+  ASSERT_TRUE(r.Drain().ok());
+  EXPECT_EQ(r.records(), sent);
+}
+
+TEST_F(ResultPartitionTest, TimeoutInTheMiddleOfARecordFailsThePartition) {
+  ShuffleOptions o = TinyOptions();
+  o.emit_timeout = 30ms;
+  std::shared_ptr<ResultPartition> p = NewPartition("cut-short", 2, o);
+  // Pool 3 + overdraft 1: a record of 8 segments cannot be written without a consumer.
+  const Status s = p->Emit(MakeRecord(0, 0, 8 * kSegment), 0);
+  ASSERT_EQ(s.code(), StatusCode::kTimeout) << s.ToString();
+  EXPECT_NE(s.message().find("cut short"), std::string::npos) << s.message();
+  EXPECT_TRUE(p->Stats().failed);
+  EXPECT_EQ(p->pool().Stats().lent, 0u) << "the queued part of the record was recycled";
+  auto view = p->CreateView(0, nullptr);
+  EXPECT_EQ(view.status().code(), StatusCode::kTimeout);
+}
+
+// A writer blocked in the middle of a record (overdraft used up) is woken by Cancel too; the
+// half-written record fails the partition, so consumers see the error instead of a torn record.
+TEST_F(ResultPartitionTest, CancelMidRecordFailsThePartition) {
+  std::shared_ptr<ResultPartition> p = NewPartition("cancel-mid", 2, TinyOptions());
+  Reader r(*p, 0);
+  std::atomic<uint64_t> progress{0};
+  auto writer = std::async(std::launch::async, [&] {
+    return p->Emit(MakeRecord(0, 0, 8 * kSegment), 0);  // pool 3 + overdraft 1 is not enough
+  });
+  ASSERT_TRUE(WaitBlocked(progress, *p));
+  EXPECT_EQ(p->pool().Stats().overdraft, 1u);
+  p->Cancel();
+  ASSERT_EQ(writer.wait_for(20s), std::future_status::ready);
+  const Status s = writer.get();
+  EXPECT_EQ(s.code(), StatusCode::kCancelled) << s.ToString();
+  EXPECT_NE(s.message().find("cut short"), std::string::npos) << s.message();
+  EXPECT_TRUE(p->Stats().failed);
+  EXPECT_EQ(r.Drain().status().code(), StatusCode::kCancelled);
+  p->Release();
+  ExpectNoLeaks();
+}
+
+// --- Release, fail ----------------------------------------------------------------------------
+
+// The consumer of subpartition 0 goes away while the writer keeps writing: its buffers are
+// recycled, later records for it are dropped, and the writer is not blocked forever.
+TEST_F(ResultPartitionTest, ViewReleaseWhileWriterWrites) {
+  std::shared_ptr<ResultPartition> p = NewPartition("view-release", 2, TinyOptions());
+  Doorbell bell;
+  Reader r0(*p, 0, &bell), r1(*p, 1, &bell);
+  std::atomic<bool> released{false};
+  std::atomic<bool> stop{false};
+  std::thread consumer([&] {
+    while (!stop.load()) {
+      ASSERT_TRUE(r1.Drain().ok());
+      if (!released.load()) {
+        ASSERT_TRUE(r0.Drain().ok());
+        if (r0.records() >= 5) {
+          r0.ReleaseView();
+          released.store(true);
+        }
+      }
+      if (r1.eop()) return;
+      bell.Wait(5ms);
+    }
+  });
+  const uint64_t kRecords = static_cast<uint64_t>(Scaled(300));
+  auto writer = std::async(std::launch::async, [&] {
+    for (uint64_t i = 0; i < kRecords; ++i) {
+      const uint32_t sp = i % 2;
+      Status s = p->Emit(MakeRecord(sp, i / 2, 700 + (i % 7) * 500), sp);
+      if (!s.ok()) return s;
+    }
+    return p->Finish();
+  });
+  ASSERT_EQ(writer.wait_for(40s), std::future_status::ready) << "writer blocked forever";
+  const Status s = writer.get();
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  consumer.join();
+  stop.store(true);
+  EXPECT_TRUE(released.load());
+  EXPECT_EQ(r1.records(), kRecords / 2);
+  EXPECT_TRUE(r1.eop());
+  const ResultPartitionStats st = p->Stats();
+  EXPECT_GT(st.subpartitions[0].dropped_records, 0u);
+  EXPECT_TRUE(st.subpartitions[0].view_released);
+  EXPECT_EQ(p->pool().SubpartitionBuffers(0), 0u) << "the released subpartition holds nothing";
+  auto again = p->CreateView(0, nullptr);
+  EXPECT_EQ(again.status().code(), StatusCode::kClosed);
+  EXPECT_NE(again.status().message().find("cannot be read again"), std::string::npos);
+  p->Release();
+  ExpectNoLeaks();
+}
+
+TEST_F(ResultPartitionTest, FailReturnsErrorFromPollNextAndRecyclesBuffers) {
+  std::shared_ptr<ResultPartition> p = NewPartition("failing", 2, Options(0ms));
+  Reader r(*p, 0);
+  ASSERT_TRUE(p->Emit(MakeRecord(0, 0, 30), 0).ok());
+  EXPECT_EQ(r.listener().count(), 1);
+  ASSERT_TRUE(r.Drain().ok());  // armed again
+  ASSERT_TRUE(p->Emit(MakeRecord(0, 1, 30), 0).ok());
+  ASSERT_TRUE(p->Emit(MakeRecord(1, 0, 30), 1).ok());
+  EXPECT_EQ(r.listener().count(), 2);
+  ASSERT_TRUE(r.Drain().ok());  // armed again
+  ASSERT_TRUE(p->Emit(MakeRecord(0, 2, 30), 0).ok());
+  EXPECT_EQ(r.listener().count(), 3);  // not armed now: the queue holds a buffer
+
+  p->Fail(IoError("disk of producer 7 is on fire"));
+  EXPECT_EQ(p->pool().Stats().lent, 0u) << "queued buffers are recycled at once";
+  EXPECT_TRUE(r.view().IsAvailable(0)) << "the error is readable";
+  Result<std::optional<BufferAndBacklog>> polled = r.view().PollNext();
+  ASSERT_FALSE(polled.ok());
+  EXPECT_EQ(polled.status().code(), StatusCode::kIoError);
+  EXPECT_EQ(polled.status().message(), "disk of producer 7 is on fire");
+  EXPECT_EQ(p->Emit(MakeRecord(0, 3, 30), 0).code(), StatusCode::kIoError);
+  EXPECT_EQ(p->Finish().code(), StatusCode::kIoError);
+  EXPECT_EQ(p->CreateView(1, nullptr).status().code(), StatusCode::kIoError);
+  p->Fail(InternalError("second failure"));  // the first one wins
+  EXPECT_EQ(r.view().PollNext().status().message(), "disk of producer 7 is on fire");
+  EXPECT_TRUE(p->Stats().failed);
+}
+
+TEST_F(ResultPartitionTest, FailNotifiesAWaitingConsumer) {
+  std::shared_ptr<ResultPartition> p = NewPartition("fail-notify", 1, Options());
+  Reader r(*p, 0);
+  ASSERT_TRUE(r.Drain().ok());
+  EXPECT_EQ(r.listener().count(), 0);
+  p->Fail(IoError("boom"));
+  EXPECT_EQ(r.listener().count(), 1);
+  EXPECT_EQ(r.view().PollNext().status().code(), StatusCode::kIoError);
+}
+
+TEST_F(ResultPartitionTest, FailWakesBlockedWriter) {
+  std::shared_ptr<ResultPartition> p = NewPartition("fail-blocked", 2, TinyOptions());
+  std::atomic<uint64_t> emitted{0};
+  auto writer = std::async(std::launch::async, [&] {
+    for (uint64_t i = 0;; ++i) {
+      Status s = p->Emit(MakeRecord(0, i, kOneBufferRecord), 0);
+      if (!s.ok()) return s;
+      emitted.fetch_add(1);
+    }
+  });
+  ASSERT_TRUE(WaitBlocked(emitted, *p));
+  p->Fail(IoError("downstream task failed"));
+  ASSERT_EQ(writer.wait_for(20s), std::future_status::ready);
+  const Status s = writer.get();
+  EXPECT_EQ(s.code(), StatusCode::kIoError) << s.ToString();
+  p->Release();
+  ExpectNoLeaks();
+}
+
+TEST_F(ResultPartitionTest, ReleaseWithBuffersQueuedReturnsEverySegment) {
+  std::shared_ptr<ResultPartition> p = NewPartition("release", 2, Options(0ms));
+  for (int i = 0; i < 6; ++i) ASSERT_TRUE(p->Emit(MakeRecord(0, i, 100), 0).ok());
+  ASSERT_TRUE(p->Emit(MakeRecord(1, 0, 3 * kSegment), 1).ok());
+  ASSERT_TRUE(p->EmitEvent(Bytes("evt"), 1).ok());
+  CountingListener listener;
+  auto view = std::move(p->CreateView(0, &listener)).value();
+  Result<std::optional<BufferAndBacklog>> held = view->PollNext();
+  ASSERT_TRUE(held.ok() && held.value().has_value());
+  EXPECT_GT(global_->used_segments(), 1u);
+
+  p->Release();
+  EXPECT_EQ(global_->used_segments(), 1u) << "only the buffer the consumer holds is out";
+  EXPECT_EQ(global_->Stats().local_pools, 0u) << "the output pool is destroyed";
+  EXPECT_EQ(view->PollNext().status().code(), StatusCode::kClosed);
+  EXPECT_EQ(p->Emit(MakeRecord(0, 9, 10), 0).code(), StatusCode::kClosed);
+  EXPECT_EQ(p->CreateView(1, nullptr).status().code(), StatusCode::kClosed);
+  p->Release();  // idempotent
+  held.value()->buffer.Release();
+  ExpectNoLeaks();
+}
+
+TEST_F(ResultPartitionTest, ReleaseWakesBlockedWriter) {
+  std::shared_ptr<ResultPartition> p = NewPartition("release-blocked", 2, TinyOptions());
+  std::atomic<uint64_t> emitted{0};
+  auto writer = std::async(std::launch::async, [&] {
+    for (uint64_t i = 0;; ++i) {
+      Status s = p->Emit(MakeRecord(1, i, 2 * kSegment + 100), 1);
+      if (!s.ok()) return s;
+      emitted.fetch_add(1);
+    }
+  });
+  ASSERT_TRUE(WaitBlocked(emitted, *p));
+  p->Release();
+  ASSERT_EQ(writer.wait_for(20s), std::future_status::ready);
+  EXPECT_EQ(writer.get().code(), StatusCode::kClosed);
+  ExpectNoLeaks();
+}
+
+TEST_F(ResultPartitionTest, DestructorReleases) {
+  {
+    std::shared_ptr<ResultPartition> p = NewPartition("dtor", 3, Options(10ms));
+    for (int i = 0; i < 5; ++i) ASSERT_TRUE(p->Emit(MakeRecord(i % 3, i, 5000), i % 3).ok());
+    EXPECT_GT(global_->used_segments(), 0u);
+  }
+  ExpectNoLeaks();
+}
+
+TEST_F(ResultPartitionTest, ViewKeepsPartitionAlive) {
+  std::shared_ptr<ResultPartition> p = NewPartition("alive", 1, Options(0ms));
+  ASSERT_TRUE(p->Emit(MakeRecord(0, 0, 30), 0).ok());
+  auto view = std::move(p->CreateView(0, nullptr)).value();
+  p.reset();
+  auto r = view->PollNext();
+  ASSERT_TRUE(r.ok() && r.value().has_value());
+  r.value()->buffer.Release();
+  view.reset();  // the last reference: the partition releases everything
+  ExpectNoLeaks();
+}
+
+// --- Errors -------------------------------------------------------------------------------
+
+TEST_F(ResultPartitionTest, AdmissionFailureNamesPartitionAndOption) {
+  std::shared_ptr<NetworkBufferPool> small = MakeGlobal(8);
+  Result<std::shared_ptr<ResultPartition>> p =
+      ResultPartition::Create("too-big", 16, small, Options());
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), StatusCode::kResourceExhausted);
+  const std::string m = p.status().message();
+  EXPECT_NE(m.find("too-big"), std::string::npos) << m;
+  EXPECT_NE(m.find("17"), std::string::npos) << "segments required: " << m;
+  EXPECT_NE(m.find("network_memory"), std::string::npos) << m;
+  EXPECT_EQ(small->Stats().local_pools, 0u);
+  EXPECT_EQ(ResultPartition::Create("none", 0, small, Options()).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(ResultPartition::Create("null", 1, nullptr, Options()).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+TEST_F(ResultPartitionTest, PoolSizedFromCreditOptions) {
+  std::shared_ptr<ResultPartition> p = NewPartition("sized", 4, Options());
+  EXPECT_EQ(p->pool().min_segments(), 5u);          // n + 1
+  EXPECT_EQ(p->pool().max_segments(), 4u * 2 + 8);  // n * buffers_per_channel + floating
+  EXPECT_EQ(p->num_subpartitions(), 4u);
+  EXPECT_EQ(p->id(), "sized");
+}
+
+TEST_F(ResultPartitionTest, OneViewPerSubpartition) {
+  std::shared_ptr<ResultPartition> p = NewPartition("views", 2, Options());
+  auto first = p->CreateView(1, nullptr);
+  ASSERT_TRUE(first.ok());
+  auto second = p->CreateView(1, nullptr);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(second.status().message().find("subpartition 1"), std::string::npos);
+  EXPECT_NE(second.status().message().find("'views'"), std::string::npos);
+  auto bad = p->CreateView(2, nullptr);
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(p->CreateView(0, nullptr).ok()) << "another subpartition is fine";
+}
+
+TEST_F(ResultPartitionTest, InvalidArguments) {
+  std::shared_ptr<ResultPartition> p = NewPartition("args", 2, Options());
+  const Status bad_sp = p->Emit(MakeRecord(0, 0, 20), 2);
+  EXPECT_EQ(bad_sp.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad_sp.message().find("'args'"), std::string::npos) << bad_sp.message();
+  const std::vector<uint8_t> big_event(kSegment + 1, 0);
+  EXPECT_EQ(p->EmitEvent(big_event, 0).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(p->EmitEvent(Bytes("x"), 5).code(), StatusCode::kInvalidArgument);
+  const std::vector<uint8_t> empty_event;
+  EXPECT_TRUE(p->EmitEvent(empty_event, 0).ok());
+  EXPECT_TRUE(p->Emit({}, 0).ok()) << "an empty record is a record";
+  Reader r(*p, 0);
+  p->FlushAll();
+  ASSERT_TRUE(r.view().PollNext().value().has_value());  // the empty event
+  auto rec = r.view().PollNext();
+  ASSERT_TRUE(rec.ok() && rec.value().has_value());
+  EXPECT_EQ(rec.value()->buffer.size(), kRecordLengthBytes);
+}
+
+TEST_F(ResultPartitionTest, StatsCountRecordsBuffersEvents) {
+  std::shared_ptr<ResultPartition> p = NewPartition("stats", 2, Options());
+  ASSERT_TRUE(p->Emit(MakeRecord(0, 0, kOneBufferRecord), 0).ok());
+  ASSERT_TRUE(p->Emit(MakeRecord(0, 1, 96), 0).ok());
+  ASSERT_TRUE(p->Broadcast(MakeRecord(0, 2, 60)).ok());
+  ASSERT_TRUE(p->BroadcastEvent(Bytes("marker")).ok());
+  const ResultPartitionStats s = p->Stats();
+  ASSERT_EQ(s.subpartitions.size(), 2u);
+  EXPECT_EQ(s.subpartitions[0].records, 3u);
+  EXPECT_EQ(s.subpartitions[1].records, 1u);
+  EXPECT_EQ(s.records, 4u);
+  EXPECT_EQ(s.subpartitions[0].backlog, 2u);  // the full buffer and the one the event finished
+  EXPECT_EQ(s.subpartitions[0].buffers_out, 2u);
+  EXPECT_EQ(s.subpartitions[0].bytes_out, kSegment + 100 + 64);
+  EXPECT_EQ(s.subpartitions[0].queued_items, 3u);
+  EXPECT_EQ(s.subpartitions[0].queued_bytes, kSegment + 164 + 6);
+  EXPECT_EQ(s.subpartitions[1].backlog, 1u);
+  EXPECT_EQ(s.events, 2u);
+  EXPECT_EQ(s.pool.lent, 3u);
+  EXPECT_FALSE(s.finished || s.failed || s.released);
+  EXPECT_FALSE(s.subpartitions[0].has_view);
+}
+
+}  // namespace
+}  // namespace sluice::shuffle

@@ -1,0 +1,1087 @@
+// Tests for the transport over real loopback sockets: EventLoop, Connection, TcpServer and
+// TcpClient. Misbehaving peers are raw blocking sockets driven by the test. Every test ends with
+// the leak check (ExpectClean): every segment back in its NetworkBufferPool, every connection
+// closed, servers and clients stopped, loops stopped with no handle left open, and the process's
+// file descriptors back to where they started.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <atomic>
+#include <future>
+#include <latch>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "buffer/network_buffer_pool.h"
+#include "transport/connection.h"
+#include "transport/event_loop.h"
+#include "transport/log.h"
+#include "transport/tcp.h"
+#include "transport/transport_test_util.h"
+
+namespace sluice::transport {
+namespace {
+
+using namespace std::chrono_literals;
+using buffer::NetworkBufferPool;
+using testutil::Bytes;
+using testutil::Clock;
+using testutil::EncodeFrame;
+using testutil::Eventually;
+using testutil::HandlerOptions;
+using testutil::kControlType;
+using testutil::kDataType;
+using testutil::kSegmentSize;
+using testutil::RawSocket;
+using testutil::Recorder;
+using testutil::TestHandler;
+
+using ConnectResult = Result<std::shared_ptr<Connection>>;
+
+std::shared_ptr<NetworkBufferPool> MakePool(uint32_t segments) {
+  buffer::NetworkBufferPoolOptions o;
+  o.segment_size = kSegmentSize;
+  o.network_memory = uint64_t{segments} * kSegmentSize;
+  auto pool = NetworkBufferPool::Create(o);
+  SLUICE_CHECK(pool.ok(), "test pool");
+  return std::move(pool).value();
+}
+
+TransportOptions BaseOptions() {
+  TransportOptions o;
+  o.limits = testutil::TestLimits();
+  o.heartbeat_interval = 0ms;
+  o.idle_timeout = 0ms;
+  o.handshake_timeout = 10s;
+  return o;
+}
+
+HandlerFactory Factory(std::shared_ptr<Recorder> rec, HandlerOptions opts) {
+  return [rec, opts](Connection& c) -> std::unique_ptr<ConnectionHandler> {
+    return std::make_unique<TestHandler>(c, rec, opts);
+  };
+}
+
+// Runs fn on the loop thread and waits for it.
+void RunOnLoop(EventLoop* loop, std::function<void()> fn) {
+  auto done = std::make_shared<std::promise<void>>();
+  auto f = done->get_future();
+  ASSERT_TRUE(loop->Post([fn = std::move(fn), done] {
+    fn();
+    done->set_value();
+  }));
+  f.wait();
+}
+
+class TransportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // libuv opens a process-wide pipe with the first loop; count descriptors after it.
+    static const bool warmed_up = [] {
+      std::move(EventLoop::Start("warm-up")).value()->Stop();
+      return true;
+    }();
+    (void)warmed_up;
+    fds_at_start_ = testutil::CountOpenFds();
+    server_loop_ = std::move(EventLoop::Start("test-server")).value();
+    client_loop_ = std::move(EventLoop::Start("test-client")).value();
+    recv_pool_ = MakePool(32);
+    send_pool_ = MakePool(256);
+  }
+
+  void TearDown() override {
+    if (!cleaned_) ExpectClean();
+  }
+
+  std::unique_ptr<TcpServer> StartServer(ServerOptions options, std::shared_ptr<Recorder> rec,
+                                         HandlerOptions handler) {
+    auto s = TcpServer::Start(server_loop_.get(), options, Factory(std::move(rec), handler));
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    return std::move(s).value();
+  }
+
+  ServerOptions DefaultServerOptions() {
+    ServerOptions o;
+    o.transport = BaseOptions();
+    return o;
+  }
+
+  static ConnectResult Connect(TcpClient& client, uint16_t port) {
+    auto p = std::make_shared<std::promise<ConnectResult>>();
+    auto f = p->get_future();
+    client.GetOrConnect({"127.0.0.1", port}, [p](ConnectResult r) { p->set_value(std::move(r)); });
+    return f.get();
+  }
+
+  // The leak check every test ends with.
+  void ExpectClean() {
+    cleaned_ = true;
+    for (TcpServer* s : servers_) {
+      s->Stop();
+      EXPECT_EQ(s->connection_count(), 0u);
+      EXPECT_EQ(s->metrics()->connections_opened.load(), s->metrics()->connections_closed.load());
+    }
+    for (TcpClient* c : clients_) {
+      c->Stop();
+      EXPECT_EQ(c->connection_count(), 0u);
+      EXPECT_EQ(c->metrics()->connections_opened.load(), c->metrics()->connections_closed.load());
+    }
+    EXPECT_EQ(recv_pool_->available_segments(), recv_pool_->total_segments());
+    EXPECT_EQ(send_pool_->available_segments(), send_pool_->total_segments());
+    server_loop_->Stop();
+    client_loop_->Stop();
+    EXPECT_EQ(server_loop_->open_handles_after_stop(), 0);
+    EXPECT_EQ(client_loop_->open_handles_after_stop(), 0);
+    EXPECT_EQ(testutil::CountOpenFds(), fds_at_start_) << "file descriptors leaked";
+  }
+
+  // Registers a server/client for the leak check (the test keeps ownership).
+  TcpServer* Track(TcpServer* s) {
+    servers_.push_back(s);
+    return s;
+  }
+  TcpClient* Track(TcpClient* c) {
+    clients_.push_back(c);
+    return c;
+  }
+
+  int fds_at_start_ = 0;
+  bool cleaned_ = false;
+  std::unique_ptr<EventLoop> server_loop_;
+  std::unique_ptr<EventLoop> client_loop_;
+  std::shared_ptr<NetworkBufferPool> recv_pool_;
+  std::shared_ptr<NetworkBufferPool> send_pool_;
+  std::vector<TcpServer*> servers_;
+  std::vector<TcpClient*> clients_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Data path
+
+TEST_F(TransportTest, ManyFramesBothDirectionsInOrderByteForByte) {
+  constexpr uint32_t kFrames = 20000;
+  auto server_rec = std::make_shared<Recorder>();
+  auto client_rec = std::make_shared<Recorder>();
+  // Separate pools for each side's sends so that senders never starve receivers.
+  auto server_send_pool = MakePool(256);
+
+  HandlerOptions sh;
+  sh.receive_pool = recv_pool_.get();
+  sh.verify = true;
+  sh.send_pool = server_send_pool.get();
+  sh.send_count = kFrames;
+  sh.send_stream = 2;
+  auto server = StartServer(DefaultServerOptions(), server_rec, sh);
+  Track(server.get());
+
+  HandlerOptions ch;
+  ch.receive_pool = recv_pool_.get();
+  ch.verify = true;
+  ch.send_pool = send_pool_.get();
+  ch.send_count = kFrames;
+  ch.send_stream = 1;
+  TcpClient client(client_loop_.get(), BaseOptions(), Factory(client_rec, ch));
+  Track(&client);
+  auto conn = Connect(client, server->port());
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+
+  auto all_arrived = [](Recorder& r) {
+    return [&r] { return r.frames == kFrames || r.mismatches > 0 || !r.closed.empty(); };
+  };
+  ASSERT_TRUE(server_rec->WaitFor(all_arrived(*server_rec), 120s));
+  ASSERT_TRUE(client_rec->WaitFor(all_arrived(*client_rec), 120s));
+  for (Recorder* r : {server_rec.get(), client_rec.get()}) {
+    std::lock_guard lock(r->mu);
+    EXPECT_EQ(r->mismatches, 0u) << r->first_mismatch;
+    EXPECT_EQ(r->frames, kFrames);
+    EXPECT_TRUE(r->closed.empty()) << r->closed.front().ToString();
+    EXPECT_TRUE(r->send_done);
+  }
+  // The recorder counts a frame at OnFrame; the decoder once its payload is complete.
+  EXPECT_TRUE(Eventually([&] {
+    uint64_t decoded = 0;
+    RunOnLoop(client_loop_.get(), [&] { decoded = conn.value()->decoder().frames_decoded(); });
+    return decoded == kFrames;
+  }));
+  for (const auto* m : {server->metrics().get(), client.metrics().get()}) {
+    EXPECT_EQ(m->frames_in.load(), kFrames);
+    EXPECT_EQ(m->frames_out.load(), kFrames);
+    EXPECT_GT(m->frames_out.load(), m->writes.load()) << "no gathered writes";
+    EXPECT_GT(m->payload_direct_bytes.load(), 0u) << "no zero-copy payload reads";
+    EXPECT_EQ(m->protocol_errors_total(), 0u);
+  }
+  EXPECT_EQ(server->metrics()->bytes_in.load(), client.metrics()->bytes_out.load());
+  EXPECT_EQ(client.metrics()->bytes_in.load(), server->metrics()->bytes_out.load());
+  conn = Status(StatusCode::kCancelled, "released");
+  ExpectClean();
+  EXPECT_EQ(server_send_pool->available_segments(), server_send_pool->total_segments());
+}
+
+// The smallest staging reads (one header at a time) still decode a mixed stream byte for byte.
+TEST_F(TransportTest, TinyStagingReadsDecodeByteForByte) {
+  constexpr uint32_t kFrames = 1500;
+  auto server_rec = std::make_shared<Recorder>();
+  auto client_rec = std::make_shared<Recorder>();
+  ServerOptions so = DefaultServerOptions();
+  so.transport.staging_read_bytes = 1;  // clamped to the 12-byte header
+  HandlerOptions sh;
+  sh.receive_pool = recv_pool_.get();
+  sh.verify = true;
+  auto server = StartServer(so, server_rec, sh);
+  Track(server.get());
+  HandlerOptions ch;
+  ch.send_pool = send_pool_.get();
+  ch.send_count = kFrames;
+  ch.send_stream = 4;
+  TcpClient client(client_loop_.get(), BaseOptions(), Factory(client_rec, ch));
+  Track(&client);
+  ASSERT_TRUE(Connect(client, server->port()).ok());
+  ASSERT_TRUE(server_rec->WaitFor(
+      [&] { return server_rec->frames == kFrames || server_rec->mismatches > 0; }, 120s));
+  {
+    std::lock_guard lock(server_rec->mu);
+    EXPECT_EQ(server_rec->mismatches, 0u) << server_rec->first_mismatch;
+  }
+  EXPECT_GT(server->metrics()->payload_direct_bytes.load(), 0u);
+  ExpectClean();
+}
+
+struct HandlerCloseCase {
+  const char* name;
+  bool in_payload;
+  bool after_flush;
+};
+
+// A handler that closes its connection from inside OnFrame or OnPayload, while one read holds
+// many more frames: nothing reaches it after the close, OnClosed comes once, no Buffer leaks.
+TEST_F(TransportTest, HandlerClosingInsideCallbacksStopsDelivery) {
+  const HandlerCloseCase cases[] = {{"Close in OnFrame", false, false},
+                                    {"Close in OnPayload", true, false},
+                                    {"CloseAfterFlush in OnFrame", false, true},
+                                    {"CloseAfterFlush in OnPayload", true, true}};
+  for (const HandlerCloseCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    auto server_rec = std::make_shared<Recorder>();
+    auto client_rec = std::make_shared<Recorder>();
+    HandlerOptions sh;
+    sh.receive_pool = recv_pool_.get();
+    sh.close_after_frames = 50;
+    sh.close_in_payload = c.in_payload;
+    sh.close_after_flush = c.after_flush;
+    auto server = StartServer(DefaultServerOptions(), server_rec, sh);
+    HandlerOptions ch;
+    ch.send_pool = send_pool_.get();
+    ch.send_count = 1000000;
+    ch.send_stream = 5;
+    TcpClient client(client_loop_.get(), BaseOptions(), Factory(client_rec, ch));
+    ASSERT_TRUE(Connect(client, server->port()).ok());
+    ASSERT_TRUE(server_rec->WaitFor([&] { return !server_rec->closed.empty(); }));
+    ASSERT_TRUE(client_rec->WaitFor([&] { return !client_rec->closed.empty(); }));
+    std::this_thread::sleep_for(20ms);  // anything late would show up here
+    {
+      std::lock_guard lock(server_rec->mu);
+      EXPECT_EQ(server_rec->closed.size(), 1u);
+      EXPECT_EQ(server_rec->closed[0].code(), StatusCode::kClosed)
+          << server_rec->closed[0].ToString();
+      if (c.in_payload) {
+        EXPECT_EQ(server_rec->data_frames, 50u);
+      } else {
+        EXPECT_EQ(server_rec->frames, 50u);
+      }
+    }
+    if (c.after_flush) {
+      std::lock_guard lock(client_rec->mu);
+      EXPECT_EQ(client_rec->control_frames, 1u) << "the goodbye frame was not flushed";
+    }
+    client.Stop();
+    server->Stop();
+    EXPECT_EQ(recv_pool_->available_segments(), recv_pool_->total_segments());
+    EXPECT_EQ(send_pool_->available_segments(), send_pool_->total_segments());
+  }
+  ExpectClean();
+}
+
+TEST_F(TransportTest, CloseAfterFlushDeliversQueuedFrames) {
+  constexpr uint32_t kFrames = 300;
+  auto server_rec = std::make_shared<Recorder>();
+  auto client_rec = std::make_shared<Recorder>();
+  HandlerOptions sh;
+  sh.receive_pool = recv_pool_.get();
+  auto server = StartServer(DefaultServerOptions(), server_rec, sh);
+  Track(server.get());
+  HandlerOptions ch;
+  ch.receive_pool = recv_pool_.get();
+  ch.verify = true;
+  TcpClient client(client_loop_.get(), BaseOptions(), Factory(client_rec, ch));
+  Track(&client);
+  ASSERT_TRUE(Connect(client, server->port()).ok());
+  ASSERT_TRUE(Eventually([&] { return server->connection_count() == 1; }));
+
+  std::shared_ptr<Connection> sc = server_rec->connection();
+  ASSERT_NE(sc, nullptr);
+  RunOnLoop(server_loop_.get(), [&] {
+    for (uint32_t i = 0; i < kFrames; ++i) {
+      const auto spec = testutil::SpecFor(0, i);
+      buffer::Buffer payload;
+      if (spec.type == kDataType) {
+        payload =
+            buffer::Buffer::Wrap(send_pool_->TryRequestSegment(), send_pool_->direct_recycler());
+        testutil::FillPattern(0, i, 0xC3, payload.data(), spec.payload_size);
+        payload.SetSize(spec.payload_size);
+      }
+      sc->Send(OutFrame::Make(spec.type, testutil::MetadataFor(0, i, spec.metadata_size),
+                              std::move(payload)));
+    }
+    sc->CloseAfterFlush(ClosedError("test closes after flush"));
+    // Frames sent after CloseAfterFlush are dropped (and their Buffers released).
+    sc->Send(OutFrame::Make(
+        kDataType, testutil::MetadataFor(0, kFrames, 8),
+        buffer::Buffer::Wrap(send_pool_->TryRequestSegment(), send_pool_->direct_recycler())));
+  });
+  ASSERT_TRUE(client_rec->WaitFor([&] { return !client_rec->closed.empty(); }));
+  {
+    std::lock_guard lock(client_rec->mu);
+    EXPECT_EQ(client_rec->frames, kFrames);
+    EXPECT_EQ(client_rec->mismatches, 0u) << client_rec->first_mismatch;
+  }
+  ASSERT_TRUE(server_rec->WaitFor([&] { return !server_rec->closed.empty(); }));
+  EXPECT_EQ(server_rec->closed[0].code(), StatusCode::kClosed);
+  sc.reset();
+  ExpectClean();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults
+
+TEST_F(TransportTest, PeerClosingMidFrameIsTruncatedFrameAndLeaksNoBuffer) {
+  auto rec = std::make_shared<Recorder>();
+  HandlerOptions h;
+  h.receive_pool = recv_pool_.get();
+  auto server = StartServer(DefaultServerOptions(), rec, h);
+  Track(server.get());
+  {
+    RawSocket raw(server->port());
+    ASSERT_TRUE(raw.connected());
+    const Bytes meta = testutil::MetadataFor(9, 0, 8);
+    Bytes frame = EncodeFrame(kDataType, meta, Bytes(kSegmentSize, 0xAB));
+    frame.resize(kFrameHeaderSize + meta.size() + kSegmentSize / 2);  // half the payload
+    ASSERT_TRUE(raw.Send(frame));
+    // The server holds a Buffer for the partial payload ...
+    ASSERT_TRUE(Eventually(
+        [&] { return recv_pool_->available_segments() == recv_pool_->total_segments() - 1; }));
+    raw.Close();  // ... when the peer goes away mid-frame.
+  }
+  ASSERT_TRUE(rec->WaitFor([&] { return !rec->closed.empty(); }));
+  EXPECT_EQ(server->metrics()->protocol_errors_of(FrameError::kTruncatedFrame), 1u);
+  EXPECT_EQ(server->metrics()->protocol_errors_total(), 1u);
+  {
+    std::lock_guard lock(rec->mu);
+    EXPECT_EQ(rec->closed[0].code(), StatusCode::kProtocolError) << rec->closed[0].ToString();
+    EXPECT_NE(rec->closed[0].message().find("TruncatedFrame"), std::string::npos);
+  }
+  EXPECT_EQ(recv_pool_->available_segments(), recv_pool_->total_segments());
+  ExpectClean();
+}
+
+TEST_F(TransportTest, ConnectionResetIsReportedWithThePeerName) {
+  auto rec = std::make_shared<Recorder>();
+  HandlerOptions h;
+  h.receive_pool = recv_pool_.get();
+  auto server = StartServer(DefaultServerOptions(), rec, h);
+  Track(server.get());
+  std::string peer;
+  {
+    RawSocket raw(server->port());
+    ASSERT_TRUE(raw.connected());
+    peer = raw.LocalName();
+    ASSERT_TRUE(raw.Send(EncodeFrame(kControlType, testutil::MetadataFor(3, 0, 8))));
+    ASSERT_TRUE(rec->WaitFor([&] { return rec->control_frames == 1; }));
+    raw.Reset();
+  }
+  ASSERT_TRUE(rec->WaitFor([&] { return !rec->closed.empty(); }));
+  {
+    std::lock_guard lock(rec->mu);
+    EXPECT_EQ(rec->closed[0].code(), StatusCode::kIoError) << rec->closed[0].ToString();
+    EXPECT_NE(rec->closed[0].message().find(peer), std::string::npos) << rec->closed[0].ToString();
+  }
+  ExpectClean();
+}
+
+// The server is streaming to the peer when it resets: the failed write must not kill the
+// process (SIGPIPE) and must release every queued Buffer.
+TEST_F(TransportTest, ResetWhileServerStreamsReleasesEverything) {
+  auto rec = std::make_shared<Recorder>();
+  HandlerOptions h;
+  h.receive_pool = recv_pool_.get();
+  h.send_pool = send_pool_.get();
+  h.send_count = 1000000;  // more than the peer will ever read
+  h.send_window = 2u << 20;
+  auto server = StartServer(DefaultServerOptions(), rec, h);
+  Track(server.get());
+  std::string peer;
+  {
+    RawSocket raw(server->port());
+    ASSERT_TRUE(raw.connected());
+    peer = raw.LocalName();
+    ASSERT_TRUE(Eventually([&] { return raw.Drain() > 0; }));
+    raw.Reset();
+  }
+  ASSERT_TRUE(rec->WaitFor([&] { return !rec->closed.empty(); }));
+  {
+    std::lock_guard lock(rec->mu);
+    // A failed write may consume the reset before the read sees it; the read then sees EOF.
+    const StatusCode code = rec->closed[0].code();
+    EXPECT_TRUE(code == StatusCode::kIoError || code == StatusCode::kClosed)
+        << rec->closed[0].ToString();
+    EXPECT_NE(rec->closed[0].message().find(peer), std::string::npos) << rec->closed[0].ToString();
+  }
+  EXPECT_EQ(send_pool_->available_segments(), send_pool_->total_segments());
+  ExpectClean();
+}
+
+// Writing to a connection the peer has reset: the first write fails with ECONNRESET, any
+// further write in the same flush with EPIPE, which raises SIGPIPE. The transport must turn that
+// into an error value, not let the signal kill the process.
+TEST_F(TransportTest, WritesToAResetPeerDoNotRaiseSigpipe) {
+  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(::listen(lfd, 4), 0);
+  socklen_t len = sizeof(a);
+  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
+  auto rec = std::make_shared<Recorder>();
+  TcpClient client(client_loop_.get(), BaseOptions(), Factory(rec, HandlerOptions{}));
+  Track(&client);
+  auto conn = Connect(client, ntohs(a.sin_port));
+  ASSERT_TRUE(conn.ok());
+  const int peer = ::accept(lfd, nullptr, nullptr);
+  ASSERT_GE(peer, 0);
+  std::shared_ptr<Connection> c = conn.value();
+  // All on the loop thread, so the loop cannot notice the reset before the writes.
+  RunOnLoop(client_loop_.get(), [&] {
+    linger l{1, 0};
+    ::setsockopt(peer, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+    ::close(peer);
+    std::this_thread::sleep_for(20ms);
+    for (int i = 0; i < 1000; ++i) {
+      c->Send(OutFrame::Make(kControlType, testutil::MetadataFor(1, i, 8)));
+    }
+    c->Flush();  // several uv_writes: 1000 frames > max_frames_per_write
+  });
+  ASSERT_TRUE(rec->WaitFor([&] { return !rec->closed.empty(); }));
+  EXPECT_EQ(rec->closed[0].code(), StatusCode::kIoError) << rec->closed[0].ToString();
+  c.reset();
+  conn = Status(StatusCode::kCancelled, "released");
+  ::close(lfd);
+  ExpectClean();
+}
+
+struct GarbageCase {
+  const char* name;
+  Bytes bytes;
+  FrameError reason;
+};
+
+TEST_F(TransportTest, GarbageClosesOnlyThatConnectionAfterTheLastFrame) {
+  auto server_rec = std::make_shared<Recorder>();
+  auto client_rec = std::make_shared<Recorder>();
+  HandlerOptions sh;
+  sh.receive_pool = recv_pool_.get();
+  auto server = StartServer(DefaultServerOptions(), server_rec, sh);
+  Track(server.get());
+  HandlerOptions ch;
+  ch.receive_pool = recv_pool_.get();
+  TcpClient client(client_loop_.get(), BaseOptions(), Factory(client_rec, ch));
+  Track(&client);
+  auto good = Connect(client, server->port());
+  ASSERT_TRUE(good.ok());
+  ASSERT_TRUE(Eventually([&] { return server->connection_count() == 1; }));
+  std::shared_ptr<Connection> good_server_side = server_rec->connection(0);
+  ASSERT_NE(good_server_side, nullptr);
+
+  Bytes bad_magic = testutil::RawHeader(20, 0xDEADBEEF, 1, kControlType, 8);
+  bad_magic.resize(20, 0);
+  const std::vector<GarbageCase> cases = {
+      {"bad magic", bad_magic, FrameError::kBadMagic},
+      {"unknown type", testutil::RawHeader(12, kMagic, 1, 99, 0), FrameError::kUnknownType},
+      {"too long",
+       testutil::RawHeader(static_cast<uint32_t>(MaxFrameLength(kSegmentSize) + 1), kMagic, 1,
+                           kDataType, 0),
+       FrameError::kFrameTooLong},
+  };
+  // One log line per refused connection names the peer and the reason.
+  auto lines = std::make_shared<std::vector<std::string>>();
+  auto lines_mu = std::make_shared<std::mutex>();
+  SetLogSink([lines, lines_mu](LogLevel, std::string_view m) {
+    std::lock_guard lock(*lines_mu);
+    lines->emplace_back(m);
+  });
+  uint32_t round = 0;
+  for (const GarbageCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    RawSocket raw(server->port());
+    ASSERT_TRUE(raw.connected());
+    ASSERT_TRUE(raw.Send(c.bytes));
+    bool eof = false;
+    const Bytes got = raw.ReadUntilClosed(10s, &eof);
+    EXPECT_TRUE(eof);
+    // Exactly one frame came back before the close: the handler's last frame.
+    const std::string text = "error:" + std::string(FrameErrorName(c.reason));
+    const Bytes expect = EncodeFrame(kControlType, Bytes(text.begin(), text.end()));
+    EXPECT_EQ(got, expect);
+    EXPECT_EQ(server->metrics()->protocol_errors_of(c.reason), 1u);
+    ASSERT_TRUE(server_rec->WaitFor([&] { return server_rec->closed.size() == round + 1; }));
+    {
+      std::lock_guard lock(server_rec->mu);
+      EXPECT_EQ(server_rec->protocol_errors.back(), c.reason);
+      EXPECT_EQ(server_rec->closed.back().code(), StatusCode::kProtocolError);
+      EXPECT_NE(server_rec->closed.back().message().find(raw.LocalName()), std::string::npos)
+          << server_rec->closed.back().ToString();
+    }
+
+    {
+      std::lock_guard lock(*lines_mu);
+      ASSERT_EQ(lines->size(), round + 1u);
+      EXPECT_NE(lines->back().find(raw.LocalName()), std::string::npos) << lines->back();
+      EXPECT_NE(lines->back().find(FrameErrorName(c.reason)), std::string::npos) << lines->back();
+    }
+    // The well-behaved connection still works, both ways.
+    RunOnLoop(client_loop_.get(), [&] {
+      good.value()->Send(OutFrame::Make(kControlType, testutil::MetadataFor(5, round, 8)));
+    });
+    ASSERT_TRUE(server_rec->WaitFor([&] { return server_rec->control_frames == round + 1; }));
+    RunOnLoop(server_loop_.get(), [&] {
+      good_server_side->Send(OutFrame::Make(kControlType, testutil::MetadataFor(6, round, 8)));
+    });
+    ASSERT_TRUE(client_rec->WaitFor([&] { return client_rec->control_frames == round + 1; }));
+    ++round;
+  }
+  SetLogSink(nullptr);
+  EXPECT_EQ(server->metrics()->protocol_errors_total(), cases.size());
+  EXPECT_EQ(server->connection_count(), 1u);
+  EXPECT_EQ(client_rec->closed_count(), 0u);
+  good = Status(StatusCode::kCancelled, "released");
+  good_server_side.reset();
+  ExpectClean();
+}
+
+TEST_F(TransportTest, NoBufferForPayloadClosesAndCounts) {
+  auto server_rec = std::make_shared<Recorder>();
+  auto client_rec = std::make_shared<Recorder>();
+  // The receiver's pool is exhausted: the sender broke its credit.
+  auto tiny = MakePool(2);
+  std::vector<buffer::Buffer> held;
+  while (auto* seg = tiny->TryRequestSegment())
+    held.push_back(buffer::Buffer::Wrap(seg, tiny->direct_recycler()));
+  HandlerOptions sh;
+  sh.receive_pool = tiny.get();
+  auto server = StartServer(DefaultServerOptions(), server_rec, sh);
+  Track(server.get());
+  HandlerOptions ch;
+  ch.receive_pool = recv_pool_.get();
+  TcpClient client(client_loop_.get(), BaseOptions(), Factory(client_rec, ch));
+  Track(&client);
+  auto conn = Connect(client, server->port());
+  ASSERT_TRUE(conn.ok());
+  RunOnLoop(client_loop_.get(), [&] {
+    buffer::Buffer payload =
+        buffer::Buffer::Wrap(send_pool_->TryRequestSegment(), send_pool_->direct_recycler());
+    payload.SetSize(1000);
+    conn.value()->Send(
+        OutFrame::Make(kDataType, testutil::MetadataFor(1, 0, 8), std::move(payload)));
+  });
+  ASSERT_TRUE(server_rec->WaitFor([&] { return !server_rec->closed.empty(); }));
+  ASSERT_TRUE(client_rec->WaitFor([&] { return !client_rec->closed.empty(); }));
+  EXPECT_EQ(server->metrics()->protocol_errors_of(FrameError::kNoBufferForPayload), 1u);
+  EXPECT_EQ(server_rec->closed[0].code(), StatusCode::kProtocolError);
+  // The client got the server's last frame before the close.
+  EXPECT_EQ(client_rec->control_frames, 1u);
+  EXPECT_EQ(client.connection_count(), 0u);
+  held.clear();
+  EXPECT_EQ(tiny->available_segments(), tiny->total_segments());
+  conn = Status(StatusCode::kCancelled, "released");
+  ExpectClean();
+}
+
+TEST_F(TransportTest, ThousandConnectCloseCyclesLeakNoDescriptors) {
+  constexpr int kCycles = 1000;
+  auto server_rec = std::make_shared<Recorder>();
+  auto client_rec = std::make_shared<Recorder>();
+  auto server = StartServer(DefaultServerOptions(), server_rec, HandlerOptions{});
+  Track(server.get());
+  TcpClient client(client_loop_.get(), BaseOptions(), Factory(client_rec, HandlerOptions{}));
+  Track(&client);
+  // libuv opens a reserve descriptor per loop with its first stream: count after one cycle.
+  int fds_before = 0;
+  for (int i = 0; i < kCycles; ++i) {
+    if (i == 1) fds_before = testutil::CountOpenFds();
+    auto conn = Connect(client, server->port());
+    ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+    std::shared_ptr<Connection> c = std::move(conn).value();
+    // Alternate which side closes.
+    if (i % 2 == 0) {
+      RunOnLoop(client_loop_.get(), [c] { c->Close(ClosedError("cycle")); });
+    } else {
+      ASSERT_TRUE(Eventually([&] { return server->connection_count() == 1; }));
+      server->ForEachConnection([](Connection& sc) { sc.Close(ClosedError("cycle")); });
+    }
+    c.reset();
+    ASSERT_TRUE(server_rec->WaitFor([&] { return server_rec->closed.size() == size_t(i + 1); }));
+    ASSERT_TRUE(client_rec->WaitFor([&] { return client_rec->closed.size() == size_t(i + 1); }));
+  }
+  ASSERT_TRUE(Eventually([&] { return client.connection_count() == 0; }));
+  EXPECT_EQ(server->connection_count(), 0u);
+  EXPECT_EQ(server->metrics()->connections_opened.load(), uint64_t{kCycles});
+  EXPECT_EQ(client.metrics()->connections_opened.load(), uint64_t{kCycles});
+  EXPECT_EQ(testutil::CountOpenFds(), fds_before);
+  ExpectClean();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Liveness
+
+TEST_F(TransportTest, HandshakeDeadlineClosesUnestablishedConnection) {
+  auto rec = std::make_shared<Recorder>();
+  ServerOptions so = DefaultServerOptions();
+  so.transport.handshake_timeout = 100ms;
+  HandlerOptions h;
+  h.establish = false;
+  auto server = StartServer(so, rec, h);
+  Track(server.get());
+  RawSocket raw(server->port());
+  ASSERT_TRUE(raw.connected());
+  const auto start = Clock::now();
+  bool eof = false;
+  raw.ReadUntilClosed(10s, &eof);
+  EXPECT_TRUE(eof);
+  EXPECT_GE(Clock::now() - start, 90ms);
+  ASSERT_TRUE(rec->WaitFor([&] { return !rec->closed.empty(); }));
+  EXPECT_EQ(rec->closed[0].code(), StatusCode::kTimeout);
+  EXPECT_EQ(server->metrics()->handshake_timeouts.load(), 1u);
+  raw.Close();
+  ExpectClean();
+}
+
+TEST_F(TransportTest, IdleTimeoutClosesSilentPeer) {
+  auto rec = std::make_shared<Recorder>();
+  ServerOptions so = DefaultServerOptions();
+  so.transport.idle_timeout = 150ms;
+  auto server = StartServer(so, rec, HandlerOptions{});
+  Track(server.get());
+  RawSocket raw(server->port());
+  ASSERT_TRUE(raw.connected());
+  const auto start = Clock::now();
+  bool eof = false;
+  raw.ReadUntilClosed(10s, &eof);
+  EXPECT_TRUE(eof);
+  EXPECT_GE(Clock::now() - start, 140ms);
+  ASSERT_TRUE(rec->WaitFor([&] { return !rec->closed.empty(); }));
+  EXPECT_EQ(rec->closed[0].code(), StatusCode::kTimeout);
+  EXPECT_NE(rec->closed[0].message().find(raw.LocalName()), std::string::npos);
+  EXPECT_EQ(server->metrics()->idle_timeouts.load(), 1u);
+  EXPECT_EQ(server->metrics()->handshake_timeouts.load(), 0u);
+  raw.Close();
+  ExpectClean();
+}
+
+TEST_F(TransportTest, HeartbeatsKeepIdleConnectionAlive) {
+  auto server_rec = std::make_shared<Recorder>();
+  auto client_rec = std::make_shared<Recorder>();
+  TransportOptions live = BaseOptions();
+  live.heartbeat_interval = 20ms;
+  live.idle_timeout = 150ms;
+  live.heartbeat_frame = testutil::HeartbeatFrame();
+  ServerOptions so = DefaultServerOptions();
+  so.transport = live;
+  auto server = StartServer(so, server_rec, HandlerOptions{});
+  Track(server.get());
+  TcpClient client(client_loop_.get(), live, Factory(client_rec, HandlerOptions{}));
+  Track(&client);
+  ASSERT_TRUE(Connect(client, server->port()).ok());
+  std::this_thread::sleep_for(1s);  // several idle timeouts long
+  EXPECT_EQ(server_rec->closed_count(), 0u);
+  EXPECT_EQ(client_rec->closed_count(), 0u);
+  EXPECT_EQ(server->connection_count(), 1u);
+  EXPECT_EQ(client.connection_count(), 1u);
+  EXPECT_EQ(server->metrics()->idle_timeouts.load(), 0u);
+  EXPECT_EQ(client.metrics()->idle_timeouts.load(), 0u);
+  EXPECT_GE(server->metrics()->heartbeats_sent.load(), 10u);
+  EXPECT_GE(client.metrics()->heartbeats_sent.load(), 10u);
+  {
+    std::lock_guard lock(server_rec->mu);
+    EXPECT_GE(server_rec->heartbeats, 10u);
+  }
+  ExpectClean();
+}
+
+// A peer that stopped reading (zero window) but still sends heartbeats is backpressured, not
+// dead. Once it stops sending heartbeats too it is closed, and the frames stuck for it are
+// released.
+TEST_F(TransportTest, BackpressuredPeerThatSendsHeartbeatsIsNotDead) {
+  auto rec = std::make_shared<Recorder>();
+  ServerOptions so = DefaultServerOptions();
+  so.transport.heartbeat_interval = 50ms;
+  so.transport.idle_timeout = 300ms;
+  so.transport.heartbeat_frame = testutil::HeartbeatFrame();
+  so.transport.send_buffer_bytes = 64 * 1024;
+  HandlerOptions h;
+  h.send_pool = send_pool_.get();
+  h.send_count = 1000000;
+  h.send_window = 2u << 20;
+  auto server = StartServer(so, rec, h);
+  Track(server.get());
+  RawSocket raw(server->port(), /*rcvbuf=*/64 * 1024);
+  ASSERT_TRUE(raw.connected());
+  const Bytes hb = testutil::HeartbeatFrame();
+  const auto until = Clock::now() + 1500ms;
+  while (Clock::now() < until) {
+    ASSERT_TRUE(raw.Send(hb));
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(rec->closed_count(), 0u);
+  EXPECT_EQ(server->metrics()->idle_timeouts.load(), 0u);
+  size_t queued = 0;
+  auto sc = rec->connection();
+  ASSERT_NE(sc, nullptr);
+  RunOnLoop(server_loop_.get(), [&] { queued = sc->queued_bytes(); });
+  EXPECT_GT(queued, 0u) << "the peer was not backpressuring";
+  {
+    std::lock_guard lock(rec->mu);
+    EXPECT_GE(rec->heartbeats, 20u);
+  }
+  // Now silent as well: dead.
+  ASSERT_TRUE(rec->WaitFor([&] { return !rec->closed.empty(); }, 10s));
+  EXPECT_EQ(rec->closed[0].code(), StatusCode::kTimeout);
+  EXPECT_EQ(server->metrics()->idle_timeouts.load(), 1u);
+  sc.reset();
+  EXPECT_EQ(send_pool_->available_segments(), send_pool_->total_segments());
+  raw.Close();
+  ExpectClean();
+}
+
+// ---------------------------------------------------------------------------------------------
+// TcpClient
+
+TEST_F(TransportTest, ClientSharesOneConnectionForConcurrentRequests) {
+  auto server_rec = std::make_shared<Recorder>();
+  auto server = StartServer(DefaultServerOptions(), server_rec, HandlerOptions{});
+  Track(server.get());
+  TcpClient client(client_loop_.get(), BaseOptions(),
+                   Factory(std::make_shared<Recorder>(), HandlerOptions{}));
+  Track(&client);
+  for (int round = 0; round < 20; ++round) {
+    std::latch go(2);
+    ConnectResult results[2] = {Status(StatusCode::kInternal, "unset"),
+                                Status(StatusCode::kInternal, "unset")};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 2; ++t) {
+      threads.emplace_back([&, t] {
+        go.arrive_and_wait();
+        results[t] = Connect(client, server->port());
+      });
+    }
+    for (auto& t : threads) t.join();
+    ASSERT_TRUE(results[0].ok()) << results[0].status().ToString();
+    ASSERT_TRUE(results[1].ok()) << results[1].status().ToString();
+    EXPECT_EQ(results[0].value().get(), results[1].value().get());
+    EXPECT_EQ(client.connection_count(), 1u);
+    EXPECT_EQ(client.metrics()->connections_opened.load(), uint64_t(round + 1));
+    ASSERT_TRUE(Eventually([&] { return server->connection_count() == 1; }));
+    // Next round: a fresh connection.
+    std::shared_ptr<Connection> c = results[0].value();
+    RunOnLoop(client_loop_.get(), [c] { c->Close(ClosedError("next round")); });
+    ASSERT_TRUE(Eventually(
+        [&] { return client.connection_count() == 0 && server->connection_count() == 0; }));
+  }
+  ExpectClean();
+}
+
+TEST_F(TransportTest, ClientGivesUpAfterConfiguredAttemptsNamingTheEndpoint) {
+  const uint16_t port = testutil::UnusedPort();
+  RetryPolicy retry;
+  retry.attempts = 3;
+  retry.initial_backoff = 1ms;
+  retry.max_backoff = 4ms;
+  TcpClient client(client_loop_.get(), BaseOptions(),
+                   Factory(std::make_shared<Recorder>(), HandlerOptions{}), retry);
+  Track(&client);
+  const auto start = Clock::now();
+  auto r = Connect(client, port);
+  ASSERT_FALSE(r.ok());
+  EXPECT_LT(Clock::now() - start, 5s);
+  EXPECT_EQ(r.status().code(), StatusCode::kIoError);
+  const std::string where = "127.0.0.1:" + std::to_string(port);
+  EXPECT_NE(r.status().message().find(where), std::string::npos) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("3 attempts"), std::string::npos) << r.status().ToString();
+  EXPECT_EQ(client.connection_count(), 0u);
+  ExpectClean();
+}
+
+TEST_F(TransportTest, ClientStopWhileBackingOffCancels) {
+  RetryPolicy retry;
+  retry.attempts = 10;
+  retry.initial_backoff = 10s;
+  TcpClient client(client_loop_.get(), BaseOptions(),
+                   Factory(std::make_shared<Recorder>(), HandlerOptions{}), retry);
+  Track(&client);
+  auto p = std::make_shared<std::promise<ConnectResult>>();
+  auto f = p->get_future();
+  client.GetOrConnect({"127.0.0.1", testutil::UnusedPort()},
+                      [p](ConnectResult r) { p->set_value(std::move(r)); });
+  EXPECT_EQ(f.wait_for(100ms), std::future_status::timeout);  // first attempt failed, waiting
+  client.Stop();
+  ASSERT_EQ(f.wait_for(5s), std::future_status::ready);
+  EXPECT_EQ(f.get().status().code(), StatusCode::kCancelled);
+  // A request after Stop is cancelled at once.
+  auto r = Connect(client, 1);
+  EXPECT_EQ(r.status().code(), StatusCode::kCancelled);
+  ExpectClean();
+}
+
+TEST_F(TransportTest, ClientStopWhileConnectIsPendingCancels) {
+  // A listener whose accept queue is full: further SYNs are dropped and connect() stays pending.
+  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(::listen(lfd, 0), 0);
+  socklen_t len = sizeof(a);
+  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
+  const uint16_t port = ntohs(a.sin_port);
+  // With backlog 0 the queue holds one connection: this one.
+  std::vector<std::unique_ptr<RawSocket>> fillers;
+  fillers.push_back(std::make_unique<RawSocket>(port));
+
+  TcpClient client(client_loop_.get(), BaseOptions(),
+                   Factory(std::make_shared<Recorder>(), HandlerOptions{}));
+  Track(&client);
+  auto p = std::make_shared<std::promise<ConnectResult>>();
+  auto f = p->get_future();
+  client.GetOrConnect({"127.0.0.1", port}, [p](ConnectResult r) { p->set_value(std::move(r)); });
+  if (f.wait_for(200ms) == std::future_status::ready) {
+    ::close(lfd);
+    fillers.clear();
+    GTEST_SKIP() << "the kernel completed the connect despite a full accept queue";
+  }
+  client.Stop();
+  ASSERT_EQ(f.wait_for(5s), std::future_status::ready);
+  EXPECT_EQ(f.get().status().code(), StatusCode::kCancelled);
+  fillers.clear();
+  ::close(lfd);
+  ExpectClean();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threads
+
+TEST_F(TransportTest, ConcurrentPostedSendsKeepPerThreadOrder) {
+  constexpr uint32_t kThreads = 4;
+  constexpr uint32_t kPerThread = 500;
+  auto server_rec = std::make_shared<Recorder>();
+  server_rec->record_order = true;
+  HandlerOptions sh;
+  sh.receive_pool = recv_pool_.get();
+  auto server = StartServer(DefaultServerOptions(), server_rec, sh);
+  Track(server.get());
+  TcpClient client(client_loop_.get(), BaseOptions(),
+                   Factory(std::make_shared<Recorder>(), HandlerOptions{}));
+  Track(&client);
+  auto conn = Connect(client, server->port());
+  ASSERT_TRUE(conn.ok());
+  std::shared_ptr<Connection> c = conn.value();
+  std::vector<std::thread> threads;
+  std::latch go(kThreads);
+  for (uint32_t t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      go.arrive_and_wait();
+      for (uint32_t i = 0; i < kPerThread; ++i) {
+        // Payload Buffers are made on this thread and released on the loop thread.
+        auto payload = std::make_shared<buffer::Buffer>();
+        if (i % 2 == 0) {
+          buffer::MemorySegment* seg = nullptr;
+          while ((seg = send_pool_->TryRequestSegment()) == nullptr) std::this_thread::yield();
+          *payload = buffer::Buffer::Wrap(seg, send_pool_->direct_recycler());
+          std::memset(payload->data(), static_cast<int>(t), 512);
+          payload->SetSize(512);
+        }
+        const Bytes meta = testutil::MetadataFor(t, i, 8);
+        const uint8_t type = i % 2 == 0 ? kDataType : kControlType;
+        ASSERT_TRUE(client_loop_->Post([c, meta, type, payload] {
+          c->Send(OutFrame::Make(type, meta, std::move(*payload)));
+        }));
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  ASSERT_TRUE(server_rec->WaitFor([&] { return server_rec->frames == kThreads * kPerThread; }));
+  {
+    std::lock_guard lock(server_rec->mu);
+    std::map<uint32_t, uint32_t> next;
+    for (auto [stream, index] : server_rec->received) {
+      EXPECT_EQ(index, next[stream]) << "stream " << stream;
+      next[stream] = index + 1;
+    }
+    EXPECT_EQ(server_rec->data_frames, kThreads * kPerThread / 2);
+  }
+  c.reset();
+  conn = Status(StatusCode::kCancelled, "released");
+  ExpectClean();
+}
+
+TEST_F(TransportTest, PostRacingWithStopRunsEveryAcceptedTask) {
+  for (int round = 0; round < 20; ++round) {
+    auto loop = std::move(EventLoop::Start("race")).value();
+    std::atomic<uint64_t> accepted{0};
+    std::atomic<uint64_t> ran{0};
+    std::atomic<bool> go{false};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 3; ++t) {
+      threads.emplace_back([&] {
+        while (!go.load()) std::this_thread::yield();
+        while (loop->Post([&ran] { ran.fetch_add(1); })) accepted.fetch_add(1);
+      });
+    }
+    go.store(true);
+    std::this_thread::sleep_for(std::chrono::milliseconds(round % 5));
+    loop->Stop();
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(ran.load(), accepted.load());
+    EXPECT_EQ(loop->open_handles_after_stop(), 0);
+    EXPECT_FALSE(loop->Post([] {}));
+  }
+  ExpectClean();
+}
+
+// Stopping the loops while a server and a client still hold connections closes them through
+// the stop hooks: handlers see OnClosed, every Buffer comes home, no handle stays open.
+TEST_F(TransportTest, LoopStopClosesLiveConnections) {
+  auto server_rec = std::make_shared<Recorder>();
+  auto client_rec = std::make_shared<Recorder>();
+  HandlerOptions sh;
+  sh.receive_pool = recv_pool_.get();
+  sh.send_pool = send_pool_.get();
+  sh.send_count = 1000000;
+  sh.send_window = 1u << 20;
+  auto server = StartServer(DefaultServerOptions(), server_rec, sh);
+  HandlerOptions ch;
+  ch.receive_pool = recv_pool_.get();
+  auto client =
+      std::make_unique<TcpClient>(client_loop_.get(), BaseOptions(), Factory(client_rec, ch));
+  ASSERT_TRUE(Connect(*client, server->port()).ok());
+  ASSERT_TRUE(client_rec->WaitFor([&] { return client_rec->data_frames > 100; }));
+  client_loop_->Stop();
+  server_loop_->Stop();
+  EXPECT_EQ(server_rec->closed_count(), 1u);
+  EXPECT_EQ(client_rec->closed_count(), 1u);
+  EXPECT_EQ(server->connection_count(), 0u);
+  EXPECT_EQ(client->connection_count(), 0u);
+  // Destroying them after their loop stopped is fine.
+  server.reset();
+  client.reset();
+  ExpectClean();
+}
+
+// An owner may destroy its server or client from a task on their loop thread, where Stop()
+// cannot wait for the close callbacks: those must not touch the destroyed object, and pending
+// connect requests must still be answered (Cancelled).
+TEST_F(TransportTest, DestroyingServerAndClientOnTheirLoopThreadIsSafe) {
+  auto server_rec = std::make_shared<Recorder>();
+  auto client_rec = std::make_shared<Recorder>();
+  auto server = StartServer(DefaultServerOptions(), server_rec, HandlerOptions{});
+  auto client = std::make_unique<TcpClient>(client_loop_.get(), BaseOptions(),
+                                            Factory(client_rec, HandlerOptions{}));
+  ASSERT_TRUE(Connect(*client, server->port()).ok());
+  ASSERT_TRUE(Eventually([&] { return server->connection_count() == 1; }));
+  // One attempt still connecting (full accept queue) and one backing off.
+  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(::listen(lfd, 0), 0);
+  socklen_t len = sizeof(a);
+  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
+  RawSocket filler(ntohs(a.sin_port));
+  auto pending = std::make_shared<std::promise<ConnectResult>>();
+  auto pending_f = pending->get_future();
+  client->GetOrConnect({"127.0.0.1", ntohs(a.sin_port)},
+                       [pending](ConnectResult r) { pending->set_value(std::move(r)); });
+  RetryPolicy slow;
+  slow.initial_backoff = 10s;
+  auto backoff_client = std::make_unique<TcpClient>(client_loop_.get(), BaseOptions(),
+                                                    Factory(client_rec, HandlerOptions{}), slow);
+  auto backing_off = std::make_shared<std::promise<ConnectResult>>();
+  auto backing_off_f = backing_off->get_future();
+  backoff_client->GetOrConnect(
+      {"127.0.0.1", testutil::UnusedPort()},
+      [backing_off](ConnectResult r) { backing_off->set_value(std::move(r)); });
+  std::this_thread::sleep_for(100ms);
+  ASSERT_EQ(pending_f.wait_for(0ms), std::future_status::timeout);
+
+  RunOnLoop(server_loop_.get(), [&] { server.reset(); });
+  RunOnLoop(client_loop_.get(), [&] {
+    client.reset();
+    backoff_client.reset();
+  });
+  ASSERT_EQ(pending_f.wait_for(5s), std::future_status::ready);
+  EXPECT_EQ(pending_f.get().status().code(), StatusCode::kCancelled);
+  ASSERT_EQ(backing_off_f.wait_for(5s), std::future_status::ready);
+  EXPECT_EQ(backing_off_f.get().status().code(), StatusCode::kCancelled);
+  ASSERT_TRUE(server_rec->WaitFor([&] { return server_rec->closed.size() == 1; }));
+  ASSERT_TRUE(client_rec->WaitFor([&] { return client_rec->closed.size() == 1; }));
+  filler.Close();
+  ::close(lfd);
+  ExpectClean();
+}
+
+TEST_F(TransportTest, ServerRefusesConnectionsOverTheLimit) {
+  auto rec = std::make_shared<Recorder>();
+  ServerOptions so = DefaultServerOptions();
+  so.max_connections = 2;
+  auto server = StartServer(so, rec, HandlerOptions{});
+  Track(server.get());
+  {
+    RawSocket a(server->port());
+    RawSocket b(server->port());
+    ASSERT_TRUE(Eventually([&] { return server->connection_count() == 2; }));
+    RawSocket c(server->port());
+    bool eof = false;
+    c.ReadUntilClosed(10s, &eof);
+    EXPECT_TRUE(eof);
+    EXPECT_EQ(server->metrics()->connections_refused.load(), 1u);
+    EXPECT_EQ(server->connection_count(), 2u);
+  }
+  ASSERT_TRUE(Eventually([&] { return server->connection_count() == 0; }));
+  // Below the limit again: accepted.
+  RawSocket d(server->port());
+  ASSERT_TRUE(Eventually([&] { return server->connection_count() == 1; }));
+  EXPECT_EQ(server->metrics()->connections_refused.load(), 1u);
+  d.Close();
+  ExpectClean();
+}
+
+TEST_F(TransportTest, ServerStartFailsWithActionableMessage) {
+  auto rec = std::make_shared<Recorder>();
+  auto first = StartServer(DefaultServerOptions(), rec, HandlerOptions{});
+  Track(first.get());
+  ServerOptions so = DefaultServerOptions();
+  so.port = first->port();
+  auto second = TcpServer::Start(server_loop_.get(), so, Factory(rec, HandlerOptions{}));
+  ASSERT_FALSE(second.ok());
+  EXPECT_NE(second.status().message().find(std::to_string(first->port())), std::string::npos);
+  so.bind_host = "localhost";
+  auto third = TcpServer::Start(server_loop_.get(), so, Factory(rec, HandlerOptions{}));
+  ASSERT_FALSE(third.ok());
+  EXPECT_EQ(third.status().code(), StatusCode::kInvalidArgument);
+  ExpectClean();
+}
+
+}  // namespace
+}  // namespace sluice::transport
