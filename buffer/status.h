@@ -26,6 +26,7 @@ enum class StatusCode : int {
   kIoError,             // a socket or file operation failed
   kNotFound,            // e.g. a partition that is not registered
   kInternal,            // a broken invariant; always a bug
+  kPermissionDenied,    // authentication failed or missing
 };
 
 std::string_view StatusCodeName(StatusCode code);

@@ -1,5 +1,7 @@
 #include "schema/messages.h"
 
+#include "schema/control.h"
+
 #include <bit>
 #include <cstdio>
 #include <string>
@@ -28,6 +30,15 @@ constexpr MessageType kAllTypes[] = {
     MessageType::kCloseRequest,
     MessageType::kErrorResponse,
     MessageType::kHeartbeat,
+    MessageType::kAuthResponse,
+    MessageType::kSubmitJob,
+    MessageType::kJobStatusRequest,
+    MessageType::kJobStatusResponse,
+    MessageType::kCancelJob,
+    MessageType::kStatsRequest,
+    MessageType::kStatsResponse,
+    MessageType::kCutConnections,
+    MessageType::kControlResult,
 };
 
 // Error messages are built only on the failure path; a small concatenation helper keeps them
@@ -132,8 +143,15 @@ Result<const T*> ParseHandshake(std::span<const uint8_t> md, std::string_view na
 }  // namespace
 
 bool IsKnownMessageType(uint8_t type) {
-  return type >= static_cast<uint8_t>(MessageType::kHello) &&
-         type <= static_cast<uint8_t>(MessageType::kHeartbeat);
+  for (MessageType t : kAllTypes) {
+    if (static_cast<uint8_t>(t) == type) return true;
+  }
+  return false;
+}
+
+bool IsControlMessageType(uint8_t type) {
+  return type >= kFirstControlMessageType && type <= kLastControlMessageType &&
+         IsKnownMessageType(type);
 }
 
 bool CarriesPayload(MessageType type) { return type == MessageType::kBufferResponse; }
@@ -160,6 +178,24 @@ std::string_view MessageTypeName(MessageType type) {
       return "ErrorResponse";
     case MessageType::kHeartbeat:
       return "Heartbeat";
+    case MessageType::kAuthResponse:
+      return "AuthResponse";
+    case MessageType::kSubmitJob:
+      return "SubmitJob";
+    case MessageType::kJobStatusRequest:
+      return "JobStatusRequest";
+    case MessageType::kJobStatusResponse:
+      return "JobStatusResponse";
+    case MessageType::kCancelJob:
+      return "CancelJob";
+    case MessageType::kStatsRequest:
+      return "StatsRequest";
+    case MessageType::kStatsResponse:
+      return "StatsResponse";
+    case MessageType::kCutConnections:
+      return "CutConnections";
+    case MessageType::kControlResult:
+      return "ControlResult";
   }
   return "Unknown";
 }
@@ -284,7 +320,16 @@ Result<const fb::Heartbeat*> ParseHeartbeat(std::span<const uint8_t> metadata) {
   return Verify<fb::Heartbeat>(metadata, "Heartbeat");
 }
 
+Result<const fb::AuthResponse*> ParseAuthResponse(std::span<const uint8_t> metadata) {
+  auto r = Verify<fb::AuthResponse>(metadata, "AuthResponse");
+  if (!r.ok()) return r;
+  Status s = CheckBytes(r.value()->auth_proof(), kMaxAuthProofLength, "AuthResponse", "auth_proof");
+  if (!s.ok()) return s;
+  return r;
+}
+
 Status CheckMessage(MessageType type, std::span<const uint8_t> metadata, uint32_t max_payload) {
+  if (IsControlMessageType(static_cast<uint8_t>(type))) return VerifyMessage(type, metadata);
   switch (type) {
     case MessageType::kHello:
       return ParseHello(metadata).status();
@@ -306,6 +351,10 @@ Status CheckMessage(MessageType type, std::span<const uint8_t> metadata, uint32_
       return ParseErrorResponse(metadata).status();
     case MessageType::kHeartbeat:
       return ParseHeartbeat(metadata).status();
+    case MessageType::kAuthResponse:
+      return ParseAuthResponse(metadata).status();
+    default:
+      break;
   }
   return Invalid("message type ", static_cast<uint8_t>(type), " is not a known message type");
 }
@@ -332,6 +381,13 @@ Status VerifyMessage(MessageType type, std::span<const uint8_t> metadata) {
       return Verify<fb::ErrorResponse>(metadata, "ErrorResponse").status();
     case MessageType::kHeartbeat:
       return Verify<fb::Heartbeat>(metadata, "Heartbeat").status();
+    case MessageType::kAuthResponse:
+      return Verify<fb::AuthResponse>(metadata, "AuthResponse").status();
+    default:
+      if (IsControlMessageType(static_cast<uint8_t>(type))) {
+        return VerifyControlMessage(type, metadata);
+      }
+      break;
   }
   return Invalid("message type ", static_cast<uint8_t>(type), " is not a known message type");
 }
@@ -419,6 +475,12 @@ std::span<const uint8_t> MessageBuilder::ErrorResponse(fb::ErrorCode code, std::
 std::span<const uint8_t> MessageBuilder::Heartbeat(uint64_t timestamp_ns) {
   fbb_.Clear();
   return Finish(fb::CreateHeartbeat(fbb_, timestamp_ns));
+}
+
+std::span<const uint8_t> MessageBuilder::AuthResponse(std::span<const uint8_t> auth_proof) {
+  fbb_.Clear();
+  auto proof = fbb_.CreateVector(auth_proof.data(), auth_proof.size());
+  return Finish(fb::CreateAuthResponse(fbb_, proof));
 }
 
 }  // namespace sluice::schema

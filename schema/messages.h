@@ -26,8 +26,8 @@
 
 namespace sluice::schema {
 
-// The message type byte of the frame header. 32..63 are reserved for daemon control messages
-// (SubmitJob, JobStatus, Stats); the rest is unassigned.
+// The message type byte of the frame header. 1..11 are the shuffle protocol; 32..63 are daemon
+// control messages (schema/control.fbs, parsed by schema/control.h); the rest is unassigned.
 enum class MessageType : uint8_t {
   kHello = 1,
   kHelloAck = 2,
@@ -39,12 +39,24 @@ enum class MessageType : uint8_t {
   kCloseRequest = 8,
   kErrorResponse = 9,
   kHeartbeat = 10,
+  kAuthResponse = 11,
+  // Daemon control (schema/control.fbs).
+  kSubmitJob = 32,
+  kJobStatusRequest = 33,
+  kJobStatusResponse = 34,
+  kCancelJob = 35,
+  kStatsRequest = 36,
+  kStatsResponse = 37,
+  kCutConnections = 38,
+  kControlResult = 39,
 };
 inline constexpr uint8_t kFirstControlMessageType = 32;
 inline constexpr uint8_t kLastControlMessageType = 63;
 
-// True for the types above (not for the reserved control range until it is defined).
+// True for the types above.
 bool IsKnownMessageType(uint8_t type);
+// True for the daemon control types (32..63 that are defined).
+bool IsControlMessageType(uint8_t type);
 // True only for BufferResponse: the one message followed by payload bytes.
 bool CarriesPayload(MessageType type);
 // "AddCredit" etc., or "Unknown".
@@ -58,6 +70,8 @@ inline constexpr size_t kMaxPartitionIdLength = 256;
 inline constexpr size_t kMaxNodeNameLength = 256;
 inline constexpr size_t kMaxNonceLength = 64;
 inline constexpr size_t kMaxAuthProofLength = 64;
+// Nonces and proofs we send: 32 random bytes, and an HMAC-SHA256 (32 bytes).
+inline constexpr size_t kNonceLength = 32;
 inline constexpr size_t kMaxErrorMessageLength = 4096;
 // Segment sizes a Hello may announce: a power of two in this range (DESIGN.md "Memory model").
 inline constexpr uint32_t kMinSegmentSize = 4 * 1024;
@@ -88,8 +102,10 @@ Result<const fb::CancelPartitionRequest*> ParseCancelPartitionRequest(
 Result<const fb::CloseRequest*> ParseCloseRequest(std::span<const uint8_t> metadata);
 Result<const fb::ErrorResponse*> ParseErrorResponse(std::span<const uint8_t> metadata);
 Result<const fb::Heartbeat*> ParseHeartbeat(std::span<const uint8_t> metadata);
+Result<const fb::AuthResponse*> ParseAuthResponse(std::span<const uint8_t> metadata);
 
-// The Parse function of `type`, result dropped. ProtocolError for an unknown type.
+// The Parse function of `type`, result dropped. ProtocolError for an unknown type. Control
+// types are only verified here (schema/control.h checks their fields).
 Status CheckMessage(MessageType type, std::span<const uint8_t> metadata, uint32_t max_payload);
 // Only the structural part (the FlatBuffers Verifier). When CheckMessage fails but this passes,
 // the message is well formed with a wrong field: lets a caller count the two apart.
@@ -139,6 +155,7 @@ class MessageBuilder {
   std::span<const uint8_t> ErrorResponse(fb::ErrorCode code, std::string_view message,
                                          std::optional<uint64_t> receiver_id = std::nullopt);
   std::span<const uint8_t> Heartbeat(uint64_t timestamp_ns);
+  std::span<const uint8_t> AuthResponse(std::span<const uint8_t> auth_proof);
 
  private:
   template <typename T>

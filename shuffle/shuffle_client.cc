@@ -1,5 +1,7 @@
 #include "shuffle/shuffle_client.h"
 
+#include "shuffle/auth.h"
+
 #include <future>
 #include <set>
 #include <unordered_map>
@@ -127,6 +129,11 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
                                         std::to_string((*m)->segment_size()) + ", this side " +
                                         std::to_string(mine) +
                                         "; every node must use the same segment_size"));
+        }
+        if (Status st = Authenticate(**m); !st.ok()) {
+          fatal_ = st;
+          conn_->Close(st);
+          return Admission();
         }
         established_ = true;
         conn_->MarkEstablished();
@@ -275,8 +282,53 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
     schema::HandshakeFields f;
     f.segment_size = client_->config_.options.credit.segment_size;
     f.node_name = client_->config_.node_name;
+    if (client_->config_.auth_secret) {
+      nonce_ = auth::MakeNonce();
+      f.nonce = nonce_;
+    }
     conn_->Send(MakeFrame(MessageType::kHello, builder_.Hello(f)));
   }
+
+  // Checks the server's proof and answers its challenge (shuffle/auth.h).
+  Status Authenticate(const fb::HelloAck& ack) {
+    const auto& secret = client_->config_.auth_secret;
+    const bool challenged = ack.nonce() != nullptr && ack.nonce()->size() > 0;
+    if (!secret) {
+      if (!challenged) return Status::Ok();
+      return Status(StatusCode::kPermissionDenied,
+                    "producer " + conn_->peer() +
+                        " requires authentication; configure the same shared secret "
+                        "(auth secret file) on this node");
+    }
+    if (!challenged) {
+      return Status(StatusCode::kPermissionDenied,
+                    "producer " + conn_->peer() +
+                        " did not authenticate itself; configure the shared secret there too");
+    }
+    std::span<const uint8_t> server_nonce(ack.nonce()->data(), ack.nonce()->size());
+    std::span<const uint8_t> proof;
+    if (ack.auth_proof() != nullptr) proof = {ack.auth_proof()->data(), ack.auth_proof()->size()};
+    if (!auth::ProofMatches(auth::MakeProof(*secret, auth::kServerRole, nonce_, server_nonce),
+                            proof)) {
+      return Status(StatusCode::kPermissionDenied,
+                    "producer " + conn_->peer() +
+                        " failed authentication: its proof does not match our shared secret");
+    }
+    const auth::Proof mine = auth::MakeProof(*secret, auth::kClientRole, server_nonce, nonce_);
+    conn_->Send(MakeFrame(MessageType::kAuthResponse, builder_.AuthResponse(mine)));
+    return Status::Ok();
+  }
+
+ public:
+  void AppendChannelStates(std::vector<std::string>* out) const {
+    for (const auto& [id, ch] : channels_) {
+      out->push_back("channel peer=" + conn_->peer() + " receiver=" + std::to_string(id) +
+                     " partition=" + ch->partition_id() + "/" +
+                     std::to_string(ch->subpartition()));
+    }
+  }
+
+ private:
 
   ShuffleClient* const client_;
   transport::Connection* const conn_;
@@ -287,6 +339,7 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
   std::vector<uint64_t> pending_;
   bool hello_sent_ = false;
   bool established_ = false;
+  auth::Nonce nonce_{};
   Status fatal_;
   // The BufferResponse whose payload is being read.
   uint64_t frame_receiver_ = 0;
@@ -307,6 +360,24 @@ ShuffleClient::ShuffleClient(transport::EventLoop* loop, const ShuffleClientConf
            config.connect_retry) {}
 
 ShuffleClient::~ShuffleClient() { Stop(); }
+
+uint32_t ShuffleClient::CutConnections(const std::string& reason) {
+  uint32_t n = 0;
+  tcp_.ForEachConnection([&](transport::Connection& c) {
+    if (c.closing()) return;
+    c.Close(Status(StatusCode::kIoError, reason));
+    ++n;
+  });
+  return n;
+}
+
+std::vector<std::string> ShuffleClient::ChannelStates() {
+  std::vector<std::string> out;
+  tcp_.ForEachConnection([&](transport::Connection& c) {
+    if (auto* h = dynamic_cast<Handler*>(c.handler())) h->AppendChannelStates(&out);
+  });
+  return out;
+}
 
 void ShuffleClient::Stop() {
   // Pending retries hold timer handles: close them on the loop before the connections go.

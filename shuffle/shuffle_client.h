@@ -12,7 +12,9 @@
 #include <map>
 #include <set>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "shuffle/protocol.h"
 #include "shuffle/shuffle_options.h"
@@ -28,6 +30,8 @@ struct ShuffleClientConfig {
   std::string node_name = "sluice";
   ConnectionTimeouts timeouts;
   transport::RetryPolicy connect_retry;
+  // Shared secret (see shuffle/auth.h). Set: every server must prove it holds the same secret.
+  std::optional<std::string> auth_secret;
 };
 
 class ShuffleClient {
@@ -49,6 +53,10 @@ class ShuffleClient {
   void Stop();
   const std::shared_ptr<transport::TransportMetrics>& metrics() const { return tcp_.metrics(); }
   size_t connection_count() const { return tcp_.connection_count(); }
+  // Closes every connection at once, as a network cut would (fault injection); returns how many.
+  uint32_t CutConnections(const std::string& reason);
+  // One line per channel on a connection: peer, receiver id, partition.
+  std::vector<std::string> ChannelStates();
   const ShuffleClientConfig& config() const { return config_; }
 
  private:

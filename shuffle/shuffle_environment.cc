@@ -26,6 +26,8 @@ Result<std::unique_ptr<ShuffleEnvironment>> ShuffleEnvironment::Start(
     sc.node_name = config.node_name;
     sc.timeouts = config.timeouts;
     sc.write_high_water_bytes = config.write_high_water_bytes;
+    sc.auth_secret = config.auth_secret;
+    sc.control = config.control;
     auto server = ShuffleServer::Start(env->loop_.get(), &env->registry_, sc);
     if (!server.ok()) return server.status();
     env->server_ = std::move(*server);
@@ -34,6 +36,7 @@ Result<std::unique_ptr<ShuffleEnvironment>> ShuffleEnvironment::Start(
   cc.options = env->config_.options;
   cc.node_name = config.node_name;
   cc.timeouts = config.timeouts;
+  cc.auth_secret = config.auth_secret;
   env->client_ = std::make_unique<ShuffleClient>(env->loop_.get(), cc);
   return env;
 }

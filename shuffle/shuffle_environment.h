@@ -33,6 +33,10 @@ struct EnvironmentConfig {
   std::string node_name = "sluice";
   ConnectionTimeouts timeouts;
   size_t write_high_water_bytes = 4u << 20;
+  // Shared secret for every connection, served and opened (shuffle/auth.h); unset: none.
+  std::optional<std::string> auth_secret;
+  // Daemon control messages on the server's port; null: refused. Must outlive the environment.
+  ControlService* control = nullptr;
 };
 
 // One input of a gate: a subpartition of a partition, in this process (no endpoint) or at a

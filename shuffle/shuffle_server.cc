@@ -4,6 +4,8 @@
 #include <deque>
 #include <unordered_map>
 
+#include "schema/control.h"
+#include "shuffle/auth.h"
 #include "shuffle/crc32c.h"
 #include "shuffle/result_partition.h"
 #include "transport/log.h"
@@ -49,6 +51,7 @@ class ShuffleServer::Reader final : public SubpartitionListener,
   std::unique_ptr<SubpartitionView> view;
   std::function<void(Reader*)> on_available;
   int32_t next_sequence = 0;
+  std::string partition;  // "id/subpartition", for the credit dump
   bool queued = false;
   bool released = false;
   bool backlog_announced = false;
@@ -72,8 +75,19 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler {
                     ProtocolError(std::string(schema::MessageTypeName(type)) +
                                   " before the Hello handshake"));
     }
+    if (!authenticated_ && established_ && type != MessageType::kAuthResponse &&
+        type != MessageType::kHeartbeat) {
+      server_->stats_->auth_failures.fetch_add(1, std::memory_order_relaxed);
+      SendFatal(fb::ErrorCode::AuthenticationFailed,
+                "authentication required: " + server_->config_.node_name +
+                    " needs the shared secret (auth secret file) before serving " +
+                    std::string(schema::MessageTypeName(type)));
+      return Admission::Discard();
+    }
+    if (schema::IsControlMessageType(h.type)) return OnControl(type, meta);
     switch (type) {
       case MessageType::kHello: return OnHello(meta);
+      case MessageType::kAuthResponse: return OnAuthResponse(meta);
       case MessageType::kPartitionRequest: return OnPartitionRequest(meta);
       case MessageType::kAddCredit: {
         auto m = schema::ParseAddCredit(meta);
@@ -186,13 +200,93 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler {
       return Admission();
     }
     established_ = true;
-    conn_->MarkEstablished();
     schema::HandshakeFields f;
     f.segment_size = mine;
     f.node_name = server_->config_.node_name;
+    auth::Proof proof{};
+    if (const auto& secret = server_->config_.auth_secret) {
+      // Challenge the client; prove that we hold the secret too (mutual).
+      std::span<const uint8_t> client_nonce;
+      if ((*m)->nonce() != nullptr) client_nonce = {(*m)->nonce()->data(), (*m)->nonce()->size()};
+      nonce_ = auth::MakeNonce();
+      expected_proof_ = auth::MakeProof(*secret, auth::kClientRole, nonce_, client_nonce);
+      proof = auth::MakeProof(*secret, auth::kServerRole, client_nonce, nonce_);
+      f.nonce = nonce_;
+      f.auth_proof = proof;
+    } else {
+      authenticated_ = true;
+      conn_->MarkEstablished();
+    }
     conn_->Send(MakeFrame(MessageType::kHelloAck, builder_.HelloAck(f)));
     return Admission();
   }
+
+  Admission OnAuthResponse(std::span<const uint8_t> meta) {
+    auto m = schema::ParseAuthResponse(meta);
+    if (!m.ok()) return RejectMessage(MessageType::kAuthResponse, meta, m.status());
+    if (authenticated_) {
+      return Reject(FrameError::kInvalidMessage,
+                    ProtocolError("unexpected AuthResponse: the connection is already "
+                                  "authenticated or needs no authentication"));
+    }
+    std::span<const uint8_t> got;
+    if ((*m)->auth_proof() != nullptr) got = {(*m)->auth_proof()->data(), (*m)->auth_proof()->size()};
+    if (!auth::ProofMatches(expected_proof_, got)) {
+      server_->stats_->auth_failures.fetch_add(1, std::memory_order_relaxed);
+      SendFatal(fb::ErrorCode::AuthenticationFailed,
+                "authentication failed: the client's proof does not match " +
+                    server_->config_.node_name + "'s shared secret");
+      return Admission();
+    }
+    authenticated_ = true;
+    conn_->MarkEstablished();
+    return Admission();
+  }
+
+  Admission OnControl(MessageType type, std::span<const uint8_t> meta) {
+    ControlService* control = server_->config_.control;
+    if (control == nullptr) {
+      return Reject(FrameError::kInvalidMessage,
+                    ProtocolError("unexpected " + std::string(schema::MessageTypeName(type)) +
+                                  " from " + conn_->peer() +
+                                  ": this server takes no control messages"));
+    }
+    Status st = schema::VerifyControlMessage(type, meta);
+    if (!st.ok()) return RejectMessage(type, meta, st);
+    server_->stats_->control_requests.fetch_add(1, std::memory_order_relaxed);
+    std::weak_ptr<bool> alive = alive_;
+    transport::EventLoop* loop = conn_->loop();
+    transport::Connection* conn = conn_;
+    control->OnControlRequest(
+        type, meta, conn_->peer(),
+        [alive, loop, conn](MessageType reply_type, std::vector<uint8_t> message) {
+          loop->Post([alive, conn, reply_type, message] {
+            if (!alive.lock()) return;
+            conn->Send(MakeFrame(reply_type, message));
+          });
+        });
+    return Admission();
+  }
+
+ public:
+  bool serves_data() const { return !readers_.empty() || !parked_.empty(); }
+  transport::Connection* connection() const { return conn_; }
+
+  void AppendReaderStates(std::vector<std::string>* out) const {
+    for (const auto& [id, r] : readers_) {
+      out->push_back("reader peer=" + conn_->peer() + " receiver=" + std::to_string(id) +
+                     " partition=" + r->partition + " credit=" + std::to_string(r->credit) +
+                     " backlog=" + std::to_string(r->view ? r->view->backlog() : 0) +
+                     " next_sequence=" + std::to_string(r->next_sequence) +
+                     (r->stall_since_ns != 0 ? " stalled" : ""));
+    }
+    for (const auto& [id, p] : parked_) {
+      out->push_back("parked peer=" + conn_->peer() + " receiver=" + std::to_string(id) +
+                     " partition=" + p.partition_id + "/" + std::to_string(p.subpartition));
+    }
+  }
+
+ private:
 
   void SendFatal(fb::ErrorCode code, const std::string& message) {
     Log(LogLevel::kWarn, "refusing client " + conn_->peer() + ": " + message);
@@ -237,6 +331,7 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler {
       return;
     }
     auto reader = std::make_shared<Reader>(conn_->loop(), id, credit);
+    reader->partition = partition->id() + "/" + std::to_string(sp);
     reader->on_available = [this](Reader* r) { TryEnqueue(r); };
     auto view = partition->CreateView(sp, reader.get());
     if (!view.ok()) {
@@ -420,6 +515,9 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler {
   std::shared_ptr<bool> alive_;
   schema::MessageBuilder builder_;
   bool established_ = false;
+  bool authenticated_ = false;
+  auth::Nonce nonce_{};
+  auth::Proof expected_proof_{};
   std::unordered_map<uint64_t, std::shared_ptr<Reader>> readers_;
   std::unordered_map<uint64_t, Parked> parked_;
   std::deque<uint64_t> ready_;
@@ -455,6 +553,31 @@ ShuffleServer::~ShuffleServer() { Stop(); }
 
 void ShuffleServer::Stop() {
   if (tcp_) tcp_->Stop();
+}
+
+void ShuffleServer::StopListening() {
+  if (tcp_) tcp_->StopListening();
+}
+
+uint32_t ShuffleServer::CutDataConnections(const std::string& reason) {
+  uint32_t n = 0;
+  if (!tcp_) return n;
+  tcp_->ForEachConnection([&](transport::Connection& c) {
+    auto* h = dynamic_cast<Handler*>(c.handler());
+    if (h == nullptr || !h->serves_data() || c.closing()) return;
+    c.Close(Status(StatusCode::kIoError, reason));
+    ++n;
+  });
+  return n;
+}
+
+std::vector<std::string> ShuffleServer::ReaderStates() {
+  std::vector<std::string> out;
+  if (!tcp_) return out;
+  tcp_->ForEachConnection([&](transport::Connection& c) {
+    if (auto* h = dynamic_cast<Handler*>(c.handler())) h->AppendReaderStates(&out);
+  });
+  return out;
 }
 
 }  // namespace sluice::shuffle

@@ -15,8 +15,12 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "shuffle/partition_registry.h"
 #include "shuffle/protocol.h"
@@ -25,6 +29,20 @@
 #include "transport/tcp.h"
 
 namespace sluice::shuffle {
+
+// Sends the answer to one control request: a message of `type` (schema/control.fbs). Callable
+// from any thread, once; dropped when the connection is gone by then.
+using ControlReply = std::function<void(schema::MessageType type, std::vector<uint8_t> message)>;
+
+// Serves daemon control messages (frame types 32..63) that arrive on the shuffle port, after
+// the handshake and authentication. Called on the loop thread: an implementation must not
+// block there (hand the work to another thread and reply from it).
+class ControlService {
+ public:
+  virtual ~ControlService() = default;
+  virtual void OnControlRequest(schema::MessageType type, std::span<const uint8_t> message,
+                                const std::string& peer, ControlReply reply) = 0;
+};
 
 struct ShuffleServerConfig {
   std::string bind_host = "127.0.0.1";
@@ -35,6 +53,10 @@ struct ShuffleServerConfig {
   ConnectionTimeouts timeouts;
   // Stop queueing frames on a connection while this many bytes are queued or in flight.
   size_t write_high_water_bytes = 4u << 20;
+  // Shared secret (see shuffle/auth.h). Unset: every client is served.
+  std::optional<std::string> auth_secret;
+  // Control messages go here; null: they are refused as unexpected. Must outlive the server.
+  ControlService* control = nullptr;
 };
 
 struct ShuffleServerStats {
@@ -47,6 +69,8 @@ struct ShuffleServerStats {
   std::atomic<uint64_t> credits_in{0};
   std::atomic<uint64_t> credit_stall_ns{0};  // time readers had data but no credit
   std::atomic<uint64_t> active_readers{0};
+  std::atomic<uint64_t> auth_failures{0};    // wrong or missing proof
+  std::atomic<uint64_t> control_requests{0};
 };
 
 class ShuffleServer {
@@ -64,6 +88,13 @@ class ShuffleServer {
   size_t connection_count() const { return tcp_->connection_count(); }
   // Closes every connection (readers release their views) and stops listening. Idempotent.
   void Stop();
+  // Stops accepting new connections; open ones go on (graceful shutdown). Idempotent.
+  void StopListening();
+  // Closes every connection that serves or waits for a partition (not control-only ones), as a
+  // network cut would; returns how many. Fault injection for tests and the harness.
+  uint32_t CutDataConnections(const std::string& reason);
+  // One line per reader: peer, receiver id, partition/subpartition, credit, backlog, stalled.
+  std::vector<std::string> ReaderStates();
 
  private:
   class Handler;

@@ -164,6 +164,15 @@ size_t TcpServer::connection_count() const {
   return count_;
 }
 
+void TcpServer::StopListening() {
+  RunOnLoopAndWait(loop_, [this] {
+    if (listener_ != nullptr) {
+      uv_close(reinterpret_cast<uv_handle_t*>(listener_), DeleteTcpOnClose);
+      listener_ = nullptr;
+    }
+  });
+}
+
 void TcpServer::StopOnLoop() {
   if (!stopped_) {
     stopped_ = true;
@@ -406,6 +415,14 @@ void TcpClient::StopOnLoop() {
     uv_timer_stop(a->timer);
     OnAttemptDone(a, UV_ECANCELED);
   }
+}
+
+void TcpClient::ForEachConnection(const std::function<void(Connection&)>& fn) {
+  RunOnLoopAndWait(loop_, [&] {
+    std::vector<std::shared_ptr<Connection>> all;
+    for (auto& [ep, c] : connections_) all.push_back(c);
+    for (auto& c : all) fn(*c);
+  });
 }
 
 void TcpClient::Stop() {

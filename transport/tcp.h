@@ -68,6 +68,8 @@ class TcpServer {
   void Stop();
   // Runs fn(connection) for every open connection on the loop thread and waits (tests, tools).
   void ForEachConnection(const std::function<void(Connection&)>& fn);
+  // Closes the listening socket; open connections go on. Idempotent.
+  void StopListening();
 
  private:
   TcpServer(EventLoop* loop, const ServerOptions& options, HandlerFactory factory);
@@ -112,6 +114,8 @@ class TcpClient {
   // waits until done. Idempotent.
   void Stop();
   size_t connection_count() const;
+  // Runs fn(connection) for every open connection on the loop thread and waits (tests, tools).
+  void ForEachConnection(const std::function<void(Connection&)>& fn);
 
  private:
   struct Attempt;

@@ -35,8 +35,13 @@ void ExpectProtocolError(const Status& s, std::initializer_list<std::string_view
 TEST(MessageTypeTest, KnownTypesAndPayloads) {
   EXPECT_FALSE(IsKnownMessageType(0));
   for (uint8_t t = 1; t <= 10; ++t) EXPECT_TRUE(IsKnownMessageType(t)) << int{t};
-  EXPECT_FALSE(IsKnownMessageType(11));
-  EXPECT_FALSE(IsKnownMessageType(kFirstControlMessageType));
+  EXPECT_FALSE(IsKnownMessageType(12));
+  EXPECT_FALSE(IsKnownMessageType(31));
+  EXPECT_TRUE(IsKnownMessageType(11));
+  EXPECT_TRUE(IsControlMessageType(32));
+  EXPECT_FALSE(IsControlMessageType(40));
+  EXPECT_FALSE(IsKnownMessageType(40));
+  EXPECT_FALSE(IsKnownMessageType(kLastControlMessageType));
   EXPECT_FALSE(IsKnownMessageType(255));
 
   EXPECT_TRUE(CarriesPayload(MessageType::kBufferResponse));

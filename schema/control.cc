@@ -1,0 +1,134 @@
+#include "schema/control.h"
+
+#include <string>
+
+namespace sluice::schema {
+namespace {
+
+flatbuffers::Verifier::Options ControlVerifierOptions() {
+  flatbuffers::Verifier::Options o;
+  o.max_depth = 8;
+  o.max_tables = 2 * kMaxJobTasks + 16;
+  o.check_alignment = true;
+  o.check_nested_flatbuffers = false;
+  return o;
+}
+
+Status Bad(std::string_view msg, const std::string& what) {
+  return ProtocolError(std::string(msg) + ": " + what);
+}
+
+template <typename T>
+Result<const T*> VerifyControl(std::span<const uint8_t> md, std::string_view name) {
+  if (md.size() < 8) {
+    return Bad(name, std::to_string(md.size()) +
+                         " bytes, too short for a FlatBuffers table; the peer does not speak "
+                         "this protocol");
+  }
+  flatbuffers::Verifier verifier(md.data(), md.size(), ControlVerifierOptions());
+  if (!verifier.VerifyBuffer<T>(nullptr)) {
+    return Bad(name, "FlatBuffers verification failed (" + std::to_string(md.size()) +
+                         " bytes); the peer's schema version is incompatible");
+  }
+  return flatbuffers::GetRoot<T>(md.data());
+}
+
+template <typename E>
+bool EnumInRange(E v) {
+  return static_cast<uint64_t>(v) <= static_cast<uint64_t>(E::MAX);
+}
+
+Status CheckJobId(const flatbuffers::String* id, std::string_view msg) {
+  if (id == nullptr || id->size() == 0) return Bad(msg, "job_id is missing or empty");
+  if (id->size() > kMaxJobIdLength) {
+    return Bad(msg, "job_id is " + std::to_string(id->size()) + " bytes, more than " +
+                        std::to_string(kMaxJobIdLength));
+  }
+  return Status::Ok();
+}
+
+template <typename V>
+Status CheckCount(const V* v, size_t max, std::string_view msg, const char* field) {
+  if (v != nullptr && v->size() > max) {
+    return Bad(msg, std::string(field) + " has " + std::to_string(v->size()) +
+                        " entries, more than " + std::to_string(max));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<const fb::SubmitJob*> ParseSubmitJob(std::span<const uint8_t> metadata) {
+  auto r = VerifyControl<fb::SubmitJob>(metadata, "SubmitJob");
+  if (!r.ok()) return r;
+  const fb::JobSpecMsg* spec = (*r)->spec();
+  if (spec == nullptr) return Bad("SubmitJob", "spec is missing");
+  Status s = CheckJobId(spec->job_id(), "SubmitJob");
+  if (s.ok()) s = CheckCount(spec->nodes(), kMaxJobNodes, "SubmitJob", "nodes");
+  if (s.ok()) s = CheckCount(spec->producer_nodes(), kMaxJobTasks, "SubmitJob", "producer_nodes");
+  if (s.ok()) s = CheckCount(spec->consumer_nodes(), kMaxJobTasks, "SubmitJob", "consumer_nodes");
+  if (s.ok()) s = CheckCount(spec->input_files(), kMaxJobTasks, "SubmitJob", "input_files");
+  if (!s.ok()) return s;
+  if (!EnumInRange(spec->kind()) || !EnumInRange(spec->keys()) ||
+      !EnumInRange(spec->partitioner()) || !EnumInRange(spec->pattern())) {
+    return Bad("SubmitJob", "kind, keys, partitioner or pattern is not a known value");
+  }
+  return r;
+}
+
+Result<const fb::JobStatusRequest*> ParseJobStatusRequest(std::span<const uint8_t> metadata) {
+  auto r = VerifyControl<fb::JobStatusRequest>(metadata, "JobStatusRequest");
+  if (!r.ok()) return r;
+  Status s = CheckJobId((*r)->job_id(), "JobStatusRequest");
+  if (!s.ok()) return s;
+  return r;
+}
+
+Result<const fb::JobStatusResponse*> ParseJobStatusResponse(std::span<const uint8_t> metadata) {
+  auto r = VerifyControl<fb::JobStatusResponse>(metadata, "JobStatusResponse");
+  if (!r.ok()) return r;
+  if (!EnumInRange((*r)->state())) return Bad("JobStatusResponse", "state is not a known value");
+  return r;
+}
+
+Result<const fb::CancelJob*> ParseCancelJob(std::span<const uint8_t> metadata) {
+  auto r = VerifyControl<fb::CancelJob>(metadata, "CancelJob");
+  if (!r.ok()) return r;
+  Status s = CheckJobId((*r)->job_id(), "CancelJob");
+  if (!s.ok()) return s;
+  return r;
+}
+
+Result<const fb::StatsRequest*> ParseStatsRequest(std::span<const uint8_t> metadata) {
+  return VerifyControl<fb::StatsRequest>(metadata, "StatsRequest");
+}
+
+Result<const fb::StatsResponse*> ParseStatsResponse(std::span<const uint8_t> metadata) {
+  return VerifyControl<fb::StatsResponse>(metadata, "StatsResponse");
+}
+
+Result<const fb::CutConnections*> ParseCutConnections(std::span<const uint8_t> metadata) {
+  return VerifyControl<fb::CutConnections>(metadata, "CutConnections");
+}
+
+Result<const fb::ControlResult*> ParseControlResult(std::span<const uint8_t> metadata) {
+  return VerifyControl<fb::ControlResult>(metadata, "ControlResult");
+}
+
+Status VerifyControlMessage(MessageType type, std::span<const uint8_t> metadata) {
+  switch (type) {
+    case MessageType::kSubmitJob: return ParseSubmitJob(metadata).status();
+    case MessageType::kJobStatusRequest: return ParseJobStatusRequest(metadata).status();
+    case MessageType::kJobStatusResponse: return ParseJobStatusResponse(metadata).status();
+    case MessageType::kCancelJob: return ParseCancelJob(metadata).status();
+    case MessageType::kStatsRequest: return ParseStatsRequest(metadata).status();
+    case MessageType::kStatsResponse: return ParseStatsResponse(metadata).status();
+    case MessageType::kCutConnections: return ParseCutConnections(metadata).status();
+    case MessageType::kControlResult: return ParseControlResult(metadata).status();
+    default: break;
+  }
+  return ProtocolError("message type " + std::to_string(static_cast<int>(type)) +
+                       " is not a control message");
+}
+
+}  // namespace sluice::schema

@@ -1,0 +1,320 @@
+#include "tools/control/control_client.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fcntl.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "schema/control.h"
+#include "shuffle/auth.h"
+#include "tools/control/control_codec.h"
+#include "transport/frame_codec.h"
+
+namespace sluice::control {
+namespace {
+
+using schema::MessageType;
+
+Status IoFailure(const std::string& address, const std::string& what) {
+  return Status(StatusCode::kIoError, "daemon " + address + ": " + what);
+}
+
+// Writes all of `data`, or fails (SO_SNDTIMEO bounds each write).
+bool WriteAll(int fd, const uint8_t* data, size_t len) {
+  while (len > 0) {
+    const ssize_t n = ::send(fd, data, len, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    data += n;
+    len -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+bool ReadAll(int fd, uint8_t* data, size_t len) {
+  while (len > 0) {
+    const ssize_t n = ::recv(fd, data, len, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    data += n;
+    len -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+Result<int> ConnectSocket(const std::string& host, uint16_t port,
+                          std::chrono::milliseconds timeout, const std::string& address) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  const int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
+  if (rc != 0) return IoFailure(address, std::string("cannot resolve: ") + gai_strerror(rc));
+  std::string last = "no address";
+  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    const int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                            ai->ai_protocol);
+    if (fd < 0) continue;
+    int err = 0;
+    if (::connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+      err = errno;
+      if (err == EINPROGRESS) {
+        pollfd p{fd, POLLOUT, 0};
+        const int pr = ::poll(&p, 1, static_cast<int>(timeout.count()));
+        socklen_t len = sizeof(err);
+        if (pr <= 0) {
+          err = ETIMEDOUT;
+        } else if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
+          err = errno;
+        }
+      }
+    }
+    if (err != 0) {
+      last = std::strerror(err);
+      ::close(fd);
+      continue;
+    }
+    // Blocking from here on, every call bounded by the timeout.
+    timeval tv{};
+    tv.tv_sec = timeout.count() / 1000;
+    tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    // Clear O_NONBLOCK.
+    const int cur = ::fcntl(fd, F_GETFL);
+    ::fcntl(fd, F_SETFL, cur & ~O_NONBLOCK);
+    ::freeaddrinfo(res);
+    return fd;
+  }
+  ::freeaddrinfo(res);
+  return IoFailure(address, "cannot connect: " + last + "; is sluiced running there?");
+}
+
+}  // namespace
+
+struct ControlClient::Reply {
+  uint8_t type = 0;
+  std::vector<uint8_t> message;
+};
+
+namespace {
+
+Status SendFrame(int fd, uint8_t type, const uint8_t* msg, size_t len,
+                 const std::string& address) {
+  std::vector<uint8_t> frame(transport::kFrameHeaderSize + len);
+  transport::EncodeFrameHeader(std::span<uint8_t, transport::kFrameHeaderSize>(frame.data(),
+                                                                               transport::kFrameHeaderSize),
+                               type, static_cast<uint16_t>(len), 0);
+  std::memcpy(frame.data() + transport::kFrameHeaderSize, msg, len);
+  if (!WriteAll(fd, frame.data(), frame.size())) {
+    return IoFailure(address, std::string("send failed: ") + std::strerror(errno));
+  }
+  return Status::Ok();
+}
+
+// Reads frames until one that is not a Heartbeat. An ErrorResponse becomes the error it says.
+Result<std::pair<uint8_t, std::vector<uint8_t>>> ReadFrame(int fd, const std::string& address) {
+  while (true) {
+    uint8_t head[transport::kFrameHeaderSize];
+    if (!ReadAll(fd, head, sizeof(head))) {
+      return IoFailure(address, errno == EAGAIN || errno == EWOULDBLOCK
+                                    ? "no answer before the timeout"
+                                    : "the daemon closed the connection");
+    }
+    const transport::FrameHeader h =
+        transport::DecodeFrameHeader(std::span<const uint8_t, transport::kFrameHeaderSize>(head, 12));
+    if (h.magic != transport::kMagic || h.frame_length < transport::kFrameHeaderSize + h.metadata_length) {
+      return Status(StatusCode::kProtocolError,
+                    "daemon " + address + " sent a malformed frame header; is this a sluiced port?");
+    }
+    std::vector<uint8_t> meta(h.metadata_length);
+    if (!ReadAll(fd, meta.data(), meta.size())) return IoFailure(address, "connection lost mid-frame");
+    std::vector<uint8_t> skip(h.payload_length());
+    if (!ReadAll(fd, skip.data(), skip.size())) return IoFailure(address, "connection lost mid-frame");
+    const auto type = static_cast<MessageType>(h.type);
+    if (type == MessageType::kHeartbeat) continue;
+    if (type == MessageType::kErrorResponse) {
+      auto e = schema::ParseErrorResponse(meta);
+      if (!e.ok()) return e.status();
+      const std::string text = (*e)->message() ? (*e)->message()->str() : "";
+      const StatusCode code = (*e)->code() == fb::ErrorCode::AuthenticationFailed
+                                  ? StatusCode::kPermissionDenied
+                                  : StatusCode::kIoError;
+      return Status(code, "daemon " + address + " refused: " + text);
+    }
+    return std::make_pair(h.type, std::move(meta));
+  }
+}
+
+}  // namespace
+
+ControlClient::ControlClient(int fd, std::string address, ControlClientOptions options)
+    : fd_(fd), address_(std::move(address)), options_(std::move(options)) {}
+
+ControlClient::~ControlClient() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Result<std::unique_ptr<ControlClient>> ControlClient::Connect(const std::string& host,
+                                                              uint16_t port,
+                                                              const ControlClientOptions& options) {
+  const std::string address = host + ":" + std::to_string(port);
+  auto fd = ConnectSocket(host, port, options.timeout, address);
+  if (!fd.ok()) return fd.status();
+  std::unique_ptr<ControlClient> c(new ControlClient(*fd, address, options));
+
+  schema::MessageBuilder builder;
+  schema::HandshakeFields f;
+  f.segment_size = options.segment_size;
+  f.node_name = options.client_name;
+  shuffle::auth::Nonce nonce{};
+  if (options.secret) {
+    nonce = shuffle::auth::MakeNonce();
+    f.nonce = nonce;
+  }
+  auto hello = builder.Hello(f);
+  if (Status st = SendFrame(c->fd_, static_cast<uint8_t>(MessageType::kHello), hello.data(),
+                            hello.size(), address);
+      !st.ok()) {
+    return st;
+  }
+  auto ack_frame = ReadFrame(c->fd_, address);
+  if (!ack_frame.ok()) return ack_frame.status();
+  if (ack_frame->first != static_cast<uint8_t>(MessageType::kHelloAck)) {
+    return Status(StatusCode::kProtocolError, "daemon " + address + " answered Hello with " +
+                                                  std::string(schema::MessageTypeName(
+                                                      static_cast<MessageType>(ack_frame->first))));
+  }
+  auto ack = schema::ParseHelloAck(ack_frame->second);
+  if (!ack.ok()) return ack.status();
+  const bool challenged = (*ack)->nonce() != nullptr && (*ack)->nonce()->size() > 0;
+  if (challenged && !options.secret) {
+    return Status(StatusCode::kPermissionDenied,
+                  "daemon " + address +
+                      " requires authentication: give the shared secret (--auth-secret-file)");
+  }
+  if (options.secret) {
+    if (!challenged) {
+      return Status(StatusCode::kPermissionDenied,
+                    "daemon " + address +
+                        " does not authenticate itself, but a secret was given; configure the "
+                        "daemon with the same secret");
+    }
+    std::span<const uint8_t> server_nonce((*ack)->nonce()->data(), (*ack)->nonce()->size());
+    std::span<const uint8_t> proof;
+    if ((*ack)->auth_proof()) proof = {(*ack)->auth_proof()->data(), (*ack)->auth_proof()->size()};
+    using namespace shuffle::auth;
+    if (!ProofMatches(MakeProof(*options.secret, kServerRole, nonce, server_nonce), proof)) {
+      return Status(StatusCode::kPermissionDenied,
+                    "daemon " + address +
+                        " failed authentication: its proof does not match the given secret");
+    }
+    const Proof mine = MakeProof(*options.secret, kClientRole, server_nonce, nonce);
+    auto resp = builder.AuthResponse(mine);
+    if (Status st = SendFrame(c->fd_, static_cast<uint8_t>(MessageType::kAuthResponse),
+                              resp.data(), resp.size(), address);
+        !st.ok()) {
+      return st;
+    }
+    // The daemon says nothing on success; one request proves it accepted the proof.
+    auto stats = c->GetStats();
+    if (!stats.ok()) return stats.status();
+  }
+  return c;
+}
+
+Result<ControlClient::Reply> ControlClient::Call(uint8_t type, const uint8_t* msg, size_t len,
+                                                 uint8_t expect_type) {
+  if (fd_ < 0) return Status(StatusCode::kClosed, "control connection to " + address_ + " is closed");
+  Status st = SendFrame(fd_, type, msg, len, address_);
+  if (st.ok()) {
+    auto frame = ReadFrame(fd_, address_);
+    if (frame.ok()) {
+      if (frame->first == expect_type) return Reply{frame->first, std::move(frame->second)};
+      if (frame->first == static_cast<uint8_t>(MessageType::kControlResult)) {
+        auto r = schema::ParseControlResult(frame->second);
+        if (!r.ok()) return r.status();
+        Status err = DecodeControlResult(**r);
+        if (!err.ok()) return err;
+      }
+      st = Status(StatusCode::kProtocolError,
+                  "daemon " + address_ + " answered with an unexpected " +
+                      std::string(schema::MessageTypeName(static_cast<MessageType>(frame->first))));
+    } else {
+      st = frame.status();
+    }
+  }
+  // After a failed call the stream position is unknown: the connection is done.
+  ::close(fd_);
+  fd_ = -1;
+  return st;
+}
+
+Status ControlClient::SubmitJob(const JobSpec& spec, uint32_t node_index) {
+  auto msg = EncodeSubmitJob(spec, node_index);
+  if (msg.size() > kMaxControlMessageBytes) {
+    return InvalidArgument("job '" + spec.job_id + "' spec is " + std::to_string(msg.size()) +
+                           " bytes encoded, more than a control message carries (64 KiB)");
+  }
+  auto r = Call(static_cast<uint8_t>(MessageType::kSubmitJob), msg.data(), msg.size(),
+                static_cast<uint8_t>(MessageType::kControlResult));
+  if (!r.ok()) return r.status();
+  auto m = schema::ParseControlResult(r->message);
+  if (!m.ok()) return m.status();
+  return DecodeControlResult(**m);
+}
+
+Result<JobStatus> ControlClient::GetJobStatus(const std::string& job_id) {
+  auto msg = EncodeJobStatusRequest(job_id);
+  auto r = Call(static_cast<uint8_t>(MessageType::kJobStatusRequest), msg.data(), msg.size(),
+                static_cast<uint8_t>(MessageType::kJobStatusResponse));
+  if (!r.ok()) return r.status();
+  auto m = schema::ParseJobStatusResponse(r->message);
+  if (!m.ok()) return m.status();
+  return DecodeJobStatus(**m);
+}
+
+Status ControlClient::CancelJob(const std::string& job_id, const std::string& reason) {
+  auto msg = EncodeCancelJob(job_id, reason);
+  auto r = Call(static_cast<uint8_t>(MessageType::kCancelJob), msg.data(), msg.size(),
+                static_cast<uint8_t>(MessageType::kControlResult));
+  if (!r.ok()) return r.status();
+  auto m = schema::ParseControlResult(r->message);
+  if (!m.ok()) return m.status();
+  return DecodeControlResult(**m);
+}
+
+Result<NodeStats> ControlClient::GetStats() {
+  auto msg = EncodeStatsRequest();
+  auto r = Call(static_cast<uint8_t>(MessageType::kStatsRequest), msg.data(), msg.size(),
+                static_cast<uint8_t>(MessageType::kStatsResponse));
+  if (!r.ok()) return r.status();
+  auto m = schema::ParseStatsResponse(r->message);
+  if (!m.ok()) return m.status();
+  return DecodeStats(**m);
+}
+
+Result<uint32_t> ControlClient::CutConnections() {
+  auto msg = EncodeCutConnections();
+  auto r = Call(static_cast<uint8_t>(MessageType::kCutConnections), msg.data(), msg.size(),
+                static_cast<uint8_t>(MessageType::kControlResult));
+  if (!r.ok()) return r.status();
+  auto m = schema::ParseControlResult(r->message);
+  if (!m.ok()) return m.status();
+  uint32_t count = 0;
+  Status st = DecodeControlResult(**m, &count);
+  if (!st.ok()) return st;
+  return count;
+}
+
+}  // namespace sluice::control

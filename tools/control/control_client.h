@@ -1,0 +1,64 @@
+// ControlClient: a blocking client of sluiced's control messages (schema/control.fbs), for
+// sluice-harness, tests and scripts. One TCP connection to one daemon; the handshake (Hello,
+// HelloAck, and the shared-secret challenge/response when the daemon asks for it) runs in
+// Connect. Requests are answered in order; every call has the connection's timeout.
+//
+// Thread-compatible: one thread at a time per client. Errors name the daemon's address.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "buffer/status.h"
+#include "tools/control/job_spec.h"
+
+namespace sluice::control {
+
+struct ControlClientOptions {
+  std::chrono::milliseconds timeout{10000};  // connect, handshake and each request
+  std::optional<std::string> secret;         // shared secret, when the daemon requires one
+  uint32_t segment_size = 32 * 1024;         // must match the daemon's (Hello)
+  std::string client_name = "sluice-control";
+};
+
+class ControlClient {
+ public:
+  // Connects and authenticates. StatusCode::kPermissionDenied when the
+  // daemon refuses the secret or requires one that is not given.
+  static Result<std::unique_ptr<ControlClient>> Connect(const std::string& host, uint16_t port,
+                                                        const ControlClientOptions& options = {});
+  ~ControlClient();
+  ControlClient(const ControlClient&) = delete;
+  ControlClient& operator=(const ControlClient&) = delete;
+
+  // The daemon accepts the job and starts its share, as node `node_index` of spec.nodes, or
+  // refuses it with the reason (bad spec, not enough network memory: the message names the
+  // option and the value that would fit).
+  Status SubmitJob(const JobSpec& spec, uint32_t node_index);
+  // This daemon's view of the job (kUnknown state for a job id it never saw).
+  Result<JobStatus> GetJobStatus(const std::string& job_id);
+  // Cancels the job's tasks on this daemon with `reason`; their partitions and gates are
+  // released. Ok also when the job already ended.
+  Status CancelJob(const std::string& job_id, const std::string& reason);
+  // Counters, pool state, the Prometheus text and the credit dump.
+  Result<NodeStats> GetStats();
+  // Fault injection for tests: the daemon closes every shuffle data connection it has (both
+  // served and client side) at once, as a network cut would. Returns how many it closed.
+  Result<uint32_t> CutConnections();
+
+  const std::string& address() const { return address_; }
+
+ private:
+  ControlClient(int fd, std::string address, ControlClientOptions options);
+  struct Reply;
+  Result<Reply> Call(uint8_t type, const uint8_t* msg, size_t len, uint8_t expect_type);
+
+  int fd_;
+  const std::string address_;
+  const ControlClientOptions options_;
+};
+
+}  // namespace sluice::control

@@ -1,0 +1,127 @@
+// What a job is and how it is going: plain value types shared by sluiced (which runs jobs),
+// the control client (which carries them in schema/control.fbs messages) and sluice-harness
+// (which submits them and checks the outcome).
+//
+// A job names every node (the sluiced control/data endpoints, "host:port"), which node runs
+// each producer and each consumer, and what the producers generate. Every daemon of the job
+// gets the same JobSpec and runs the producers and consumers placed on itself.
+//
+// Partition ids are "<job_id>/p<producer>"; producer p's partition has one subpartition per
+// consumer (all-to-all) or one subpartition read by consumer p (pointwise).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sluice::control {
+
+enum class JobKind : uint8_t {
+  kGenerated = 0,      // deterministic records with producer id, sequence number and checksum
+  kFilePartition = 1,  // lines of text files partitioned by a key column
+};
+enum class KeyDistribution : uint8_t { kUniform = 0, kZipf = 1 };
+enum class Partitioner : uint8_t { kKeyHash = 0, kRoundRobin = 1 };
+enum class Pattern : uint8_t {
+  kAllToAll = 0,   // every producer feeds every consumer
+  kPointwise = 1,  // producer i feeds consumer i only (needs as many consumers as producers)
+};
+
+struct JobSpec {
+  std::string job_id;  // 1..128 bytes of [A-Za-z0-9._-]
+  JobKind kind = JobKind::kGenerated;
+  std::vector<std::string> nodes;        // "host:port" of each node's sluiced; index = node id
+  std::vector<uint32_t> producer_nodes;  // producer i runs on nodes[producer_nodes[i]]
+  std::vector<uint32_t> consumer_nodes;  // consumer j runs on nodes[consumer_nodes[j]]
+  Pattern pattern = Pattern::kAllToAll;
+
+  // kGenerated: records_per_producer records each, sizes uniform in [min, max] bytes (the
+  // whole record, header included; min >= kMinGeneratedRecordSize), keys drawn from
+  // key_count keys uniformly or by Zipf(zipf_s), all from `seed`.
+  uint64_t records_per_producer = 0;
+  uint32_t record_size_min = 100;
+  uint32_t record_size_max = 100;
+  KeyDistribution keys = KeyDistribution::kUniform;
+  double zipf_s = 1.1;
+  uint64_t key_count = 1u << 20;
+  Partitioner partitioner = Partitioner::kKeyHash;
+  uint64_t seed = 1;
+
+  // kFilePartition: producer i reads input_files[i] (a path on its node), splits each line by
+  // `delimiter` and sends it to consumer hash(field key_field) % consumers; consumer j writes
+  // "<output_dir>/<job_id>-part-<j>.txt" on its node. Lines without that field are counted
+  // (ConsumerStatus::bad_lines on the producer side: ProducerStatus::bad_lines) and skipped.
+  std::vector<std::string> input_files;
+  char delimiter = ',';
+  uint32_t key_field = 0;
+  std::string output_dir;
+
+  // Both kinds.
+  bool checksums = false;       // CRC32C on every buffer in transit (records carry their own)
+  uint32_t timeout_ms = 600000;  // the job fails on every node that is not done by then
+  int32_t throttled_consumer = -1;  // this consumer reads at most throttle_mib_per_second
+  double throttle_mib_per_second = 0;
+};
+
+// Smallest generated record: producer id (4) + sequence (8) + key (8) + size (4) + crc (4).
+inline constexpr uint32_t kMinGeneratedRecordSize = 28;
+
+enum class JobState : uint8_t {
+  kUnknown = 0,  // this node never saw the job id
+  kRunning = 1,
+  kSucceeded = 2,
+  kFailed = 3,  // see JobStatus::error and the task errors
+  kCancelled = 4,
+};
+const char* JobStateName(JobState s);
+
+struct ProducerStatus {
+  uint32_t index = 0;
+  bool done = false;
+  std::string error;  // empty unless this producer failed
+  uint64_t records = 0;
+  uint64_t bytes = 0;  // record bytes
+  uint64_t bad_lines = 0;
+  // Records sent to each consumer (index = consumer; pointwise: one entry).
+  std::vector<uint64_t> records_per_consumer;
+};
+
+struct ConsumerStatus {
+  uint32_t index = 0;
+  bool done = false;  // end of partition from every producer
+  std::string error;  // empty unless this consumer failed (names the peer for remote losses)
+  uint64_t records = 0;      // valid, first-time records
+  uint64_t bytes = 0;        // record bytes
+  uint64_t duplicated = 0;   // sequence number seen before on that channel
+  uint64_t reordered = 0;    // arrived, but not as the next sequence number of that channel
+  uint64_t corrupted = 0;    // checksum mismatch or malformed (not counted in records)
+  // Valid records from each producer (index = producer).
+  std::vector<uint64_t> records_per_producer;
+  std::string output_file;  // kFilePartition
+};
+
+struct JobStatus {
+  std::string job_id;
+  JobState state = JobState::kUnknown;
+  std::string error;  // first failure, for a person
+  double seconds = 0;  // since the job started on this node (until it ended)
+  std::vector<ProducerStatus> producers;  // the ones on this node
+  std::vector<ConsumerStatus> consumers;  // the ones on this node
+};
+
+// One daemon's health and counters (control message Stats).
+struct NodeStats {
+  std::string node_name;
+  uint64_t total_segments = 0;
+  uint64_t available_segments = 0;  // in the global pool's free list
+  uint32_t segment_size = 0;
+  uint32_t running_jobs = 0;
+  uint64_t rss_bytes = 0;
+  uint64_t peak_rss_bytes = 0;
+  uint64_t protocol_errors = 0;  // frames rejected, all reasons
+  uint64_t connections = 0;      // open, both directions
+  std::string prometheus;        // every metric, Prometheus text format
+  std::string credit_dump;       // live credit state: one line per channel and reader
+};
+
+}  // namespace sluice::control
