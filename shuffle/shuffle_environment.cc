@@ -18,6 +18,16 @@ Result<std::unique_ptr<ShuffleEnvironment>> ShuffleEnvironment::Start(
   auto loop = transport::EventLoop::Start(config.node_name + "-io");
   if (!loop.ok()) return loop.status();
   env->loop_ = std::move(*loop);
+  if (config.io_threads < 1 || config.io_threads > 2) {
+    return InvalidArgument("io_threads = " + std::to_string(config.io_threads) +
+                           " is not supported: use 1 (one IO thread serves and receives) or 2 "
+                           "(one thread serves partitions, the other receives)");
+  }
+  if (config.io_threads == 2) {
+    auto client_loop = transport::EventLoop::Start(config.node_name + "-io-in");
+    if (!client_loop.ok()) return client_loop.status();
+    env->client_loop_ = std::move(*client_loop);
+  }
   if (config.listen) {
     ShuffleServerConfig sc;
     sc.bind_host = config.bind_host;
@@ -37,7 +47,8 @@ Result<std::unique_ptr<ShuffleEnvironment>> ShuffleEnvironment::Start(
   cc.node_name = config.node_name;
   cc.timeouts = config.timeouts;
   cc.auth_secret = config.auth_secret;
-  env->client_ = std::make_unique<ShuffleClient>(env->loop_.get(), cc);
+  env->client_ = std::make_unique<ShuffleClient>(
+      env->client_loop_ ? env->client_loop_.get() : env->loop_.get(), cc);
   return env;
 }
 
@@ -46,6 +57,7 @@ ShuffleEnvironment::~ShuffleEnvironment() { Stop(); }
 void ShuffleEnvironment::Stop() {
   if (client_) client_->Stop();
   if (server_) server_->Stop();
+  if (client_loop_) client_loop_->Stop();
   if (loop_) loop_->Stop();
 }
 

@@ -31,6 +31,9 @@ struct EnvironmentConfig {
   std::string bind_host = "127.0.0.1";
   uint16_t port = 0;
   std::string node_name = "sluice";
+  // 1: one EventLoop thread serves partitions and receives; 2: the client (receiving side)
+  // gets a loop thread of its own.
+  uint32_t io_threads = 1;
   ConnectionTimeouts timeouts;
   size_t write_high_water_bytes = 4u << 20;
   // Shared secret for every connection, served and opened (shuffle/auth.h); unset: none.
@@ -81,6 +84,7 @@ class ShuffleEnvironment {
   std::shared_ptr<buffer::NetworkBufferPool> pool_;
   PartitionRegistry registry_;
   std::unique_ptr<transport::EventLoop> loop_;
+  std::unique_ptr<transport::EventLoop> client_loop_;  // io_threads == 2
   std::unique_ptr<ShuffleServer> server_;
   std::unique_ptr<ShuffleClient> client_;
 };

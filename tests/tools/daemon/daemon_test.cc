@@ -1,0 +1,464 @@
+// sluiced in-process: two or three Daemons on loopback talking through their real ports, driven
+// through ControlClient like the harness does. Every test ends with the leak check: each
+// daemon's pool has all its segments back once its jobs ended.
+#include "tools/daemon/daemon.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include "tools/control/control_client.h"
+#include "tools/control/control_codec.h"
+#include "transport/frame_codec.h"
+
+namespace sluice::daemon {
+namespace {
+
+using control::ControlClient;
+using control::ControlClientOptions;
+using control::JobSpec;
+using control::JobState;
+using control::JobStatus;
+
+std::string WriteSecret(const std::string& name, const std::string& secret) {
+  const std::string path = ::testing::TempDir() + "/" + name;
+  std::ofstream(path) << secret << "\n";
+  return path;
+}
+
+std::unique_ptr<Daemon> StartDaemon(const std::string& secret_file = "",
+                                    uint64_t memory = 32ull << 20) {
+  DaemonConfig c;
+  c.port = 0;
+  c.network_memory = memory;
+  c.auth_secret_file = secret_file;
+  c.buffer_timeout_ms = 10;
+  auto d = Daemon::Start(c);
+  EXPECT_TRUE(d.ok()) << d.status().ToString();
+  return d.ok() ? std::move(*d) : nullptr;
+}
+
+std::unique_ptr<ControlClient> Connect(Daemon& d, std::optional<std::string> secret = {}) {
+  ControlClientOptions o;
+  o.secret = std::move(secret);
+  auto c = ControlClient::Connect("127.0.0.1", d.port(), o);
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  return c.ok() ? std::move(*c) : nullptr;
+}
+
+// A hand-driven peer for what ControlClient never does (skip the proof, forge one).
+class RawPeer {
+ public:
+  explicit RawPeer(uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    timeval tv{5, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  }
+  ~RawPeer() { ::close(fd_); }
+  void Send(schema::MessageType type, std::span<const uint8_t> msg) {
+    std::vector<uint8_t> frame(transport::kFrameHeaderSize + msg.size());
+    transport::EncodeFrameHeader(std::span<uint8_t, transport::kFrameHeaderSize>(frame.data(), 12),
+                                 static_cast<uint8_t>(type), static_cast<uint16_t>(msg.size()), 0);
+    std::copy(msg.begin(), msg.end(), frame.begin() + transport::kFrameHeaderSize);
+    ASSERT_EQ(::send(fd_, frame.data(), frame.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(frame.size()));
+  }
+  // The next frame (type, metadata); type 0 when the connection closed.
+  std::pair<uint8_t, std::vector<uint8_t>> Read() {
+    uint8_t head[12];
+    if (!ReadAll(head, 12)) return {0, {}};
+    const auto h = transport::DecodeFrameHeader(std::span<const uint8_t, 12>(head, 12));
+    std::vector<uint8_t> meta(h.metadata_length);
+    std::vector<uint8_t> payload(h.payload_length());
+    if (!ReadAll(meta.data(), meta.size()) || !ReadAll(payload.data(), payload.size())) {
+      return {0, {}};
+    }
+    if (h.type == static_cast<uint8_t>(schema::MessageType::kHeartbeat)) return Read();
+    return {h.type, meta};
+  }
+
+ private:
+  bool ReadAll(uint8_t* p, size_t n) {
+    while (n > 0) {
+      const ssize_t r = ::recv(fd_, p, n, 0);
+      if (r <= 0) return false;
+      p += r;
+      n -= static_cast<size_t>(r);
+    }
+    return true;
+  }
+  int fd_ = -1;
+};
+
+// One producer and one consumer per daemon, all to all.
+JobSpec Job(const std::string& id, const std::vector<Daemon*>& nodes, uint64_t records) {
+  JobSpec s;
+  s.job_id = id;
+  for (uint32_t i = 0; i < nodes.size(); ++i) {
+    s.nodes.push_back("127.0.0.1:" + std::to_string(nodes[i]->port()));
+    s.producer_nodes.push_back(i);
+    s.consumer_nodes.push_back(i);
+  }
+  s.records_per_producer = records;
+  s.record_size_min = 64;
+  s.record_size_max = 512;
+  s.seed = 7;
+  s.timeout_ms = 60000;
+  return s;
+}
+
+void Submit(const JobSpec& spec, const std::vector<ControlClient*>& clients) {
+  for (uint32_t i = 0; i < clients.size(); ++i) {
+    Status st = clients[i]->SubmitJob(spec, i);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+  }
+}
+
+// Polls until every node's job ended (or the deadline passed); returns the last statuses.
+std::vector<JobStatus> WaitEnded(const std::string& id, const std::vector<ControlClient*>& clients,
+                                 std::chrono::seconds deadline = std::chrono::seconds(60)) {
+  const auto end = std::chrono::steady_clock::now() + deadline;
+  std::vector<JobStatus> out;
+  while (true) {
+    out.clear();
+    bool all_ended = true;
+    for (ControlClient* c : clients) {
+      auto st = c->GetJobStatus(id);
+      EXPECT_TRUE(st.ok()) << st.status().ToString();
+      if (!st.ok()) return out;
+      all_ended = all_ended && st->state != JobState::kRunning && st->state != JobState::kUnknown;
+      out.push_back(*st);
+    }
+    if (all_ended || std::chrono::steady_clock::now() > end) return out;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+// The leak check through the control port: every segment back (jobs are reaped within ~100 ms).
+void ExpectAllSegmentsBack(ControlClient& c) {
+  control::NodeStats s;
+  for (int i = 0; i < 200; ++i) {
+    auto r = c.GetStats();
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    s = *r;
+    if (s.available_segments == s.total_segments && s.running_jobs == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  EXPECT_EQ(s.available_segments, s.total_segments) << s.node_name << "\n" << s.credit_dump;
+  EXPECT_EQ(s.running_jobs, 0u);
+}
+
+void ExpectCleanShutdown(Daemon& d) {
+  const ShutdownReport r = d.Shutdown(std::chrono::milliseconds(2000));
+  EXPECT_EQ(r.leaked_segments, 0u);
+}
+
+TEST(DaemonTest, StatsReportThePoolAndPrometheusText) {
+  auto d = StartDaemon();
+  ASSERT_TRUE(d);
+  auto c = Connect(*d);
+  ASSERT_TRUE(c);
+  auto s = c->GetStats();
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->total_segments, (32u << 20) / (32u << 10));
+  EXPECT_EQ(s->available_segments, s->total_segments);
+  EXPECT_EQ(s->segment_size, 32u << 10);
+  EXPECT_GT(s->rss_bytes, 0u);
+  EXPECT_GE(s->connections, 1u);  // this control connection
+  EXPECT_NE(s->prometheus.find("# TYPE sluice_pool_segments_total gauge"), std::string::npos);
+  EXPECT_NE(s->prometheus.find("sluice_pool_segments_total{node=\"" + d->node_name() + "\"} 1024"),
+            std::string::npos)
+      << s->prometheus;
+  EXPECT_NE(s->prometheus.find("sluice_control_requests_total"), std::string::npos);
+  EXPECT_NE(s->prometheus.find("reason=\"BadMagic\""), std::string::npos) << s->prometheus;
+  auto unknown = c->GetJobStatus("never-submitted");
+  ASSERT_TRUE(unknown.ok());
+  EXPECT_EQ(unknown->state, JobState::kUnknown);
+  EXPECT_EQ(c->CancelJob("never-submitted", "test").code(), StatusCode::kNotFound);
+  c.reset();
+  ExpectCleanShutdown(*d);
+}
+
+TEST(DaemonTest, JobBetweenTwoDaemonsDeliversEveryRecordAndReturnsEverySegment) {
+  auto a = StartDaemon();
+  auto b = StartDaemon();
+  ASSERT_TRUE(a && b);
+  auto ca = Connect(*a);
+  auto cb = Connect(*b);
+  ASSERT_TRUE(ca && cb);
+  const JobSpec spec = Job("two-nodes", {a.get(), b.get()}, 20000);
+  Submit(spec, {ca.get(), cb.get()});
+  auto st = WaitEnded(spec.job_id, {ca.get(), cb.get()});
+  ASSERT_EQ(st.size(), 2u);
+  uint64_t sent = 0, received = 0;
+  for (const JobStatus& s : st) {
+    EXPECT_EQ(s.state, JobState::kSucceeded) << s.error;
+    for (const auto& p : s.producers) sent += p.records;
+    for (const auto& c : s.consumers) {
+      received += c.records;
+      EXPECT_EQ(c.duplicated + c.reordered + c.corrupted, 0u);
+    }
+  }
+  EXPECT_EQ(sent, 40000u);
+  EXPECT_EQ(received, sent);
+  // The same id again is refused; ended status stays readable.
+  Status again = ca->SubmitJob(spec, 0);
+  EXPECT_EQ(again.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(again.message().find("already known"), std::string::npos) << again.ToString();
+  auto later = ca->GetStats();
+  ASSERT_TRUE(later.ok());
+  EXPECT_NE(later->prometheus.find("sluice_jobs_ended_total{node=\"" + a->node_name() +
+                                   "\",outcome=\"succeeded\"} 1"),
+            std::string::npos);
+  ExpectAllSegmentsBack(*ca);
+  ExpectAllSegmentsBack(*cb);
+  ca.reset();
+  cb.reset();
+  ExpectCleanShutdown(*a);
+  ExpectCleanShutdown(*b);
+}
+
+TEST(DaemonTest, JobTooBigForTheMemoryIsRefusedWithTheNumbers) {
+  auto d = StartDaemon("", 4ull << 20);  // 128 segments
+  ASSERT_TRUE(d);
+  auto c = Connect(*d);
+  ASSERT_TRUE(c);
+  JobSpec spec = Job("too-big", {d.get()}, 10);
+  // 200 consumers on one node reading from one remote-less producer still need output pools
+  // of 200+1 segments at least.
+  spec.consumer_nodes.assign(200, 0);
+  Status st = c->SubmitJob(spec, 0);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("network_memory"), std::string::npos) << st.ToString();
+  EXPECT_NE(st.message().find("too-big"), std::string::npos) << st.ToString();
+  // Bad spec: node index out of range.
+  Status bad = c->SubmitJob(Job("bad-node", {d.get()}, 10), 5);
+  EXPECT_FALSE(bad.ok());
+  ExpectAllSegmentsBack(*c);
+  c.reset();
+  ExpectCleanShutdown(*d);
+}
+
+TEST(DaemonTest, SharedSecretIsRequiredAndChecked) {
+  const std::string file = WriteSecret("sluice_secret_a", "correct horse battery staple");
+  auto d = StartDaemon(file);
+  ASSERT_TRUE(d);
+  ControlClientOptions right;
+  right.secret = "correct horse battery staple";
+  auto ok = ControlClient::Connect("127.0.0.1", d->port(), right);
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_TRUE((*ok)->GetStats().ok());
+
+  ControlClientOptions wrong;
+  wrong.secret = "incorrect horse battery staple";
+  auto refused = ControlClient::Connect("127.0.0.1", d->port(), wrong);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kPermissionDenied) << refused.status().ToString();
+  // Mutual: the client already refuses the daemon's proof, before it sends its own.
+  EXPECT_NE(refused.status().message().find("failed authentication"), std::string::npos)
+      << refused.status().ToString();
+
+  auto none = ControlClient::Connect("127.0.0.1", d->port(), {});
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_NE(none.status().message().find("requires authentication"), std::string::npos)
+      << none.status().ToString();
+
+  // A client that skips the proof and asks anyway, and one that sends a wrong proof, get
+  // AuthenticationFailed and nothing else, and the daemon counts both.
+  for (bool send_proof : {false, true}) {
+    RawPeer peer(d->port());
+    schema::MessageBuilder b;
+    schema::HandshakeFields f;
+    f.segment_size = 32 << 10;
+    peer.Send(schema::MessageType::kHello, b.Hello(f));
+    ASSERT_EQ(peer.Read().first, static_cast<uint8_t>(schema::MessageType::kHelloAck));
+    if (send_proof) {
+      std::vector<uint8_t> forged(32, 0x5a);
+      peer.Send(schema::MessageType::kAuthResponse, b.AuthResponse(forged));
+    }
+    std::vector<uint8_t> stats_request = control::EncodeStatsRequest();
+    peer.Send(schema::MessageType::kStatsRequest, stats_request);
+    auto [type, meta] = peer.Read();
+    ASSERT_EQ(type, static_cast<uint8_t>(schema::MessageType::kErrorResponse));
+    auto err = schema::ParseErrorResponse(meta);
+    ASSERT_TRUE(err.ok());
+    EXPECT_EQ((*err)->code(), fb::ErrorCode::AuthenticationFailed);
+    EXPECT_EQ(peer.Read().first, 0) << "the daemon kept the connection open";
+  }
+  auto s = (*ok)->GetStats();
+  ASSERT_TRUE(s.ok());
+  EXPECT_NE(s->prometheus.find("sluice_auth_failures_total{node=\"" + d->node_name() + "\"} 2"),
+            std::string::npos)
+      << s->prometheus;
+  ok->reset();
+  ExpectCleanShutdown(*d);
+}
+
+TEST(DaemonTest, DaemonsWithTheSameSecretShuffleAndDifferentSecretsFailClearly) {
+  const std::string f1 = WriteSecret("sluice_secret_1", "0123456789abcdef-one");
+  const std::string f2 = WriteSecret("sluice_secret_2", "0123456789abcdef-two");
+  auto a = StartDaemon(f1);
+  auto b = StartDaemon(f1);
+  auto x = StartDaemon(f2);
+  ASSERT_TRUE(a && b && x);
+  auto ca = Connect(*a, "0123456789abcdef-one");
+  auto cb = Connect(*b, "0123456789abcdef-one");
+  auto cx = Connect(*x, "0123456789abcdef-two");
+  ASSERT_TRUE(ca && cb && cx);
+  const JobSpec good = Job("same-secret", {a.get(), b.get()}, 5000);
+  Submit(good, {ca.get(), cb.get()});
+  for (const JobStatus& s : WaitEnded(good.job_id, {ca.get(), cb.get()})) {
+    EXPECT_EQ(s.state, JobState::kSucceeded) << s.error;
+  }
+  JobSpec bad = Job("other-secret", {a.get(), x.get()}, 5000);
+  bad.timeout_ms = 20000;
+  Submit(bad, {ca.get(), cx.get()});
+  bool named = false;
+  for (const JobStatus& s : WaitEnded(bad.job_id, {ca.get(), cx.get()})) {
+    EXPECT_EQ(s.state, JobState::kFailed);
+    named = named || s.error.find("authenticat") != std::string::npos;
+  }
+  EXPECT_TRUE(named) << "no node's error mentions authentication";
+  for (ControlClient* c : {ca.get(), cb.get(), cx.get()}) ExpectAllSegmentsBack(*c);
+  ca.reset();
+  cb.reset();
+  cx.reset();
+  for (Daemon* d : {a.get(), b.get(), x.get()}) ExpectCleanShutdown(*d);
+}
+
+TEST(DaemonTest, GarbageClosesOnlyThatConnectionAndTheDaemonKeepsServing) {
+  auto a = StartDaemon();
+  auto b = StartDaemon();
+  ASSERT_TRUE(a && b);
+  auto ca = Connect(*a);
+  ASSERT_TRUE(ca);
+  // A hostile peer: random bytes, then a valid-looking header with a huge length.
+  for (int round = 0; round < 2; ++round) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(a->port());
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    std::string junk = round == 0 ? std::string("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                                  : std::string("\xff\xff\xff\xff" "SLUC\x01\x03\x00\x10", 12);
+    ASSERT_EQ(::send(fd, junk.data(), junk.size(), MSG_NOSIGNAL), static_cast<ssize_t>(junk.size()));
+    // The daemon closes the connection (after an ErrorResponse when it can).
+    char buf[4096];
+    ssize_t n = 0;
+    timeval tv{5, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) {
+    }
+    EXPECT_EQ(n, 0) << "the daemon did not close the hostile connection";
+    ::close(fd);
+  }
+  auto s = ca->GetStats();
+  ASSERT_TRUE(s.ok());
+  EXPECT_GE(s->protocol_errors, 2u);
+  // And it still serves a job.
+  auto cb = Connect(*b);
+  ASSERT_TRUE(cb);
+  const JobSpec spec = Job("after-garbage", {a.get(), b.get()}, 5000);
+  Submit(spec, {ca.get(), cb.get()});
+  for (const JobStatus& st : WaitEnded(spec.job_id, {ca.get(), cb.get()})) {
+    EXPECT_EQ(st.state, JobState::kSucceeded) << st.error;
+  }
+  ExpectAllSegmentsBack(*ca);
+  ExpectAllSegmentsBack(*cb);
+  ca.reset();
+  cb.reset();
+  ExpectCleanShutdown(*a);
+  ExpectCleanShutdown(*b);
+}
+
+TEST(DaemonTest, CutConnectionsFailsTheJobNamingThePeerAndLeaksNothing) {
+  auto a = StartDaemon();
+  auto b = StartDaemon();
+  ASSERT_TRUE(a && b);
+  auto ca = Connect(*a);
+  auto cb = Connect(*b);
+  ASSERT_TRUE(ca && cb);
+  JobSpec spec = Job("cut", {a.get(), b.get()}, 50000000);  // far more than runs before the cut
+  spec.timeout_ms = 30000;
+  Submit(spec, {ca.get(), cb.get()});
+  // Wait until data flows, then cut b's data connections.
+  for (int i = 0; i < 500; ++i) {
+    auto st = ca->GetJobStatus(spec.job_id);
+    ASSERT_TRUE(st.ok());
+    if (!st->consumers.empty() && st->consumers[0].records > 1000) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  auto cut = cb->CutConnections();
+  ASSERT_TRUE(cut.ok()) << cut.status().ToString();
+  EXPECT_GE(*cut, 1u);
+  // Nothing recovers a pipelined stream that lost bytes: the consumers fail, naming the peer.
+  std::vector<JobStatus> st;
+  for (int i = 0; i < 200; ++i) {
+    st = {*ca->GetJobStatus(spec.job_id), *cb->GetJobStatus(spec.job_id)};
+    bool any_failed = false;
+    for (const auto& s : st) {
+      for (const auto& c : s.consumers) any_failed = any_failed || !c.error.empty();
+    }
+    if (any_failed) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  bool names_peer = false;
+  for (const auto& s : st) {
+    for (const auto& c : s.consumers) names_peer = names_peer || c.error.find("127.0.0.1:") != std::string::npos;
+  }
+  EXPECT_TRUE(names_peer);
+  // The coordinator (here the test) cancels what still runs; then everything is back.
+  EXPECT_TRUE(ca->CancelJob(spec.job_id, "connection cut").ok());
+  EXPECT_TRUE(cb->CancelJob(spec.job_id, "connection cut").ok());
+  for (const JobStatus& s : WaitEnded(spec.job_id, {ca.get(), cb.get()}, std::chrono::seconds(20))) {
+    EXPECT_NE(s.state, JobState::kRunning);
+    EXPECT_NE(s.state, JobState::kSucceeded);
+  }
+  ExpectAllSegmentsBack(*ca);
+  ExpectAllSegmentsBack(*cb);
+  ca.reset();
+  cb.reset();
+  ExpectCleanShutdown(*a);
+  ExpectCleanShutdown(*b);
+}
+
+TEST(DaemonTest, ShutdownCancelsARunningJobAndReturnsEverySegment) {
+  auto a = StartDaemon();
+  auto b = StartDaemon();
+  ASSERT_TRUE(a && b);
+  auto ca = Connect(*a);
+  auto cb = Connect(*b);
+  ASSERT_TRUE(ca && cb);
+  JobSpec spec = Job("endless", {a.get(), b.get()}, 50000000);
+  Submit(spec, {ca.get(), cb.get()});
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ca.reset();
+  const ShutdownReport ra = a->Shutdown(std::chrono::milliseconds(200));
+  EXPECT_EQ(ra.jobs_cancelled, 1u);
+  EXPECT_EQ(ra.leaked_segments, 0u);
+  // The other side loses its peer: its job fails (not hangs), and its segments come home.
+  for (const JobStatus& s : WaitEnded(spec.job_id, {cb.get()}, std::chrono::seconds(30))) {
+    EXPECT_EQ(s.state, JobState::kFailed) << s.error;
+  }
+  ExpectAllSegmentsBack(*cb);
+  cb.reset();
+  ExpectCleanShutdown(*b);
+}
+
+}  // namespace
+}  // namespace sluice::daemon

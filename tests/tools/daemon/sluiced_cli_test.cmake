@@ -1,0 +1,60 @@
+# Runs the sluiced executable: bad configurations exit 2 naming the option; --help and --version
+# exit 0; a daemon started with --port 0 writes its port file and metrics file and exits 0 on
+# SIGTERM after its leak check. Arguments: -DSLUICED=path -DWORK=dir.
+file(REMOVE_RECURSE ${WORK})
+file(MAKE_DIRECTORY ${WORK})
+
+function(expect_fail code fragment)
+  execute_process(COMMAND ${SLUICED} ${ARGN} RESULT_VARIABLE rc ERROR_VARIABLE err
+    OUTPUT_VARIABLE out TIMEOUT 20)
+  if(NOT rc EQUAL ${code})
+    message(FATAL_ERROR "sluiced ${ARGN}: exit ${rc}, expected ${code}\n${err}")
+  endif()
+  string(FIND "${err}" "${fragment}" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "sluiced ${ARGN}: message lacks '${fragment}':\n${err}")
+  endif()
+endfunction()
+
+expect_fail(2 "segment_size = 3000 is not a power of two" --segment-size 3000)
+expect_fail(2 "set network_memory to at least" --network-memory 64k)
+file(WRITE ${WORK}/bad.toml "network_memory = \"64m\"\nbogus_key = 1\n")
+expect_fail(2 "unknown key 'bogus_key'" --config ${WORK}/bad.toml)
+expect_fail(2 "unknown option --nope" --nope 1)
+file(WRITE ${WORK}/short.secret "short\n")
+expect_fail(2 "at least 16" --port 0 --auth-secret-file ${WORK}/short.secret)
+
+execute_process(COMMAND ${SLUICED} --help RESULT_VARIABLE rc OUTPUT_VARIABLE out)
+if(NOT rc EQUAL 0 OR NOT out MATCHES "--network-memory")
+  message(FATAL_ERROR "sluiced --help: exit ${rc}\n${out}")
+endif()
+execute_process(COMMAND ${SLUICED} --version RESULT_VARIABLE rc OUTPUT_VARIABLE out)
+if(NOT rc EQUAL 0 OR NOT out MATCHES "^sluiced [0-9]")
+  message(FATAL_ERROR "sluiced --version: exit ${rc}\n${out}")
+endif()
+
+# Start, wait for the port file, SIGTERM, exit 0 (a shell runs it in the background).
+file(WRITE ${WORK}/run.sh "
+${SLUICED} --port 0 --network-memory 16m --port-file ${WORK}/port --metrics-file ${WORK}/metrics \
+  --metrics-interval-ms 100 --log-file ${WORK}/log &
+pid=$!
+for i in $(seq 1 200); do [ -s ${WORK}/port ] && [ -s ${WORK}/metrics ] && break; sleep 0.05; done
+[ -s ${WORK}/port ] || { echo 'no port file'; kill -9 $pid; exit 1; }
+kill -TERM $pid
+wait $pid
+echo exit=$?
+")
+execute_process(COMMAND sh ${WORK}/run.sh RESULT_VARIABLE rc OUTPUT_VARIABLE out
+  ERROR_VARIABLE err TIMEOUT 60)
+file(READ ${WORK}/log log)
+if(NOT out MATCHES "exit=0")
+  message(FATAL_ERROR "sluiced did not exit 0 on SIGTERM: ${out}\n${err}\n${log}")
+endif()
+if(NOT log MATCHES "stopped cleanly")
+  message(FATAL_ERROR "sluiced log lacks the clean stop:\n${log}")
+endif()
+file(READ ${WORK}/metrics metrics)
+if(NOT metrics MATCHES "sluice_pool_segments_total\\{node=\"[^\"]+\"\\} 512")
+  message(FATAL_ERROR "metrics file lacks the pool gauge:\n${metrics}")
+endif()
+message(STATUS "sluiced CLI checks passed")

@@ -1,0 +1,350 @@
+#include "tools/daemon/daemon_config.h"
+
+#include <toml++/toml.h>
+
+#include <bit>
+#include <cctype>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <map>
+#include <sstream>
+
+#include "buffer/memory_estimate.h"
+
+namespace sluice::daemon {
+namespace {
+
+std::string Dashed(std::string key) {
+  for (char& c : key) {
+    if (c == '_') c = '-';
+  }
+  return key;
+}
+
+// One option: how to set it from text (flag) or from a TOML node (file).
+struct Option {
+  const char* help;
+  std::function<Status(const std::string& value, const std::string& where, DaemonConfig*)> set;
+  bool is_flag_without_value = false;
+};
+
+Result<int64_t> ParseInt(const std::string& text, const std::string& option, int64_t min,
+                         int64_t max) {
+  try {
+    size_t used = 0;
+    const long long v = std::stoll(text, &used, 10);
+    if (used != text.size()) throw std::invalid_argument("trailing");
+    if (v < min || v > max) {
+      return InvalidArgument(option + " = " + text + " is out of range; use " +
+                             std::to_string(min) + ".." + std::to_string(max));
+    }
+    return static_cast<int64_t>(v);
+  } catch (const std::exception&) {
+    return InvalidArgument(option + " = '" + text + "' is not a whole number");
+  }
+}
+
+Result<bool> ParseBool(const std::string& text, const std::string& option) {
+  if (text == "true" || text == "1" || text == "on" || text == "yes") return true;
+  if (text == "false" || text == "0" || text == "off" || text == "no") return false;
+  return InvalidArgument(option + " = '" + text + "' is not true or false");
+}
+
+template <typename T>
+Option IntOption(const char* help, T DaemonConfig::*field, int64_t min, int64_t max) {
+  return {help, [field, min, max](const std::string& v, const std::string& where,
+                                  DaemonConfig* c) -> Status {
+            auto r = ParseInt(v, where, min, max);
+            if (!r.ok()) return r.status();
+            c->*field = static_cast<T>(*r);
+            return Status::Ok();
+          }};
+}
+
+Option SizeOption(const char* help, uint64_t DaemonConfig::*field) {
+  return {help, [field](const std::string& v, const std::string& where, DaemonConfig* c) {
+            auto r = ParseSize(v, where);
+            if (!r.ok()) return r.status();
+            c->*field = *r;
+            return Status::Ok();
+          }};
+}
+
+Option StringOption(const char* help, std::string DaemonConfig::*field) {
+  return {help, [field](const std::string& v, const std::string&, DaemonConfig* c) {
+            c->*field = v;
+            return Status::Ok();
+          }};
+}
+
+Option BoolOption(const char* help, bool DaemonConfig::*field) {
+  Option o{help, [field](const std::string& v, const std::string& where, DaemonConfig* c) {
+             auto r = ParseBool(v, where);
+             if (!r.ok()) return r.status();
+             c->*field = *r;
+             return Status::Ok();
+           }};
+  o.is_flag_without_value = true;
+  return o;
+}
+
+const std::map<std::string, Option>& Options() {
+  static const auto* options = new std::map<std::string, Option>{
+      {"listen", StringOption("address to listen on (default 127.0.0.1; 0.0.0.0 for all)",
+                              &DaemonConfig::listen)},
+      {"port", IntOption("TCP port for shuffle data and control (0 = pick a free one; default "
+                         "7070)",
+                         &DaemonConfig::port, 0, 65535)},
+      {"port_file", StringOption("write the bound port to this file once listening",
+                                 &DaemonConfig::port_file)},
+      {"network_memory",
+       SizeOption("memory for network buffers, e.g. 256m (default 256m)",
+                  &DaemonConfig::network_memory)},
+      {"segment_size",
+       {"size of one buffer: a power of two from 4k to 1m, the same on every node (default 32k)",
+        [](const std::string& v, const std::string& where, DaemonConfig* c) -> Status {
+          auto r = ParseSize(v, where);
+          if (!r.ok()) return r.status();
+          if (*r > std::numeric_limits<uint32_t>::max()) {
+            return InvalidArgument(where + " = " + v + " is far above the 1m maximum");
+          }
+          c->segment_size = static_cast<uint32_t>(*r);
+          return Status::Ok();
+        }}},
+      {"io_threads", IntOption("event loop threads: 1, or 2 to receive on a thread of its own",
+                               &DaemonConfig::io_threads, 1, 2)},
+      {"buffers_per_channel",
+       IntOption("exclusive buffers per remote input channel (default 2)",
+                 &DaemonConfig::buffers_per_channel, 0, 1024)},
+      {"floating_per_gate", IntOption("floating buffers per input gate (default 8)",
+                                      &DaemonConfig::floating_per_gate, 0, 65536)},
+      {"buffer_timeout_ms",
+       IntOption("flush partly filled buffers after this many ms; 0 = every record, -1 = only "
+                 "full buffers (default 100)",
+                 &DaemonConfig::buffer_timeout_ms, -1, 3600000)},
+      {"checksums", BoolOption("CRC32C on every buffer in transit", &DaemonConfig::checksums)},
+      {"auth_secret_file",
+       StringOption("file holding the shared secret; every node and client needs the same",
+                    &DaemonConfig::auth_secret_file)},
+      {"metrics_file", StringOption("rewrite Prometheus metrics into this file periodically",
+                                    &DaemonConfig::metrics_file)},
+      {"metrics_interval_ms", IntOption("metrics file period (default 5000)",
+                                        &DaemonConfig::metrics_interval_ms, 100, 3600000)},
+      {"log_level", StringOption("trace, debug, info (default), warn or error",
+                                 &DaemonConfig::log_level)},
+      {"log_file", StringOption("log to this file instead of stderr", &DaemonConfig::log_file)},
+      {"node_name", StringOption("name in logs and metrics (default sluiced@listen:port)",
+                                 &DaemonConfig::node_name)},
+      {"max_connections", IntOption("connection limit (default 1024)",
+                                    &DaemonConfig::max_connections, 1, 1000000)},
+      {"shutdown_grace_ms",
+       IntOption("on SIGTERM, how long running jobs may take to finish before they are "
+                 "cancelled (default 10000)",
+                 &DaemonConfig::shutdown_grace_ms, 0, 3600000)},
+      {"preallocate", BoolOption("touch all network memory at start", &DaemonConfig::preallocate)},
+  };
+  return *options;
+}
+
+std::string KnownKeys() {
+  std::string s;
+  for (const auto& [k, o] : Options()) s += (s.empty() ? "" : ", ") + k;
+  return s;
+}
+
+// The text of a TOML value, for the same setters the flags use.
+Result<std::string> NodeText(const toml::node& n, const std::string& where) {
+  if (auto v = n.value<std::string>(); v && n.is_string()) return *v;
+  if (n.is_integer()) return std::to_string(*n.value<int64_t>());
+  if (n.is_boolean()) return std::string(*n.value<bool>() ? "true" : "false");
+  return InvalidArgument(where + " has an unsupported type (use a string, integer or boolean)");
+}
+
+}  // namespace
+
+Result<uint64_t> ParseSize(const std::string& text, const std::string& option) {
+  if (text.empty()) return InvalidArgument(option + " is empty; give a size like 256m");
+  size_t i = 0;
+  uint64_t v = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
+    if (v > (std::numeric_limits<uint64_t>::max() - 9) / 10) {
+      return InvalidArgument(option + " = " + text + " is too large");
+    }
+    v = v * 10 + static_cast<uint64_t>(text[i] - '0');
+    ++i;
+  }
+  if (i == 0) return InvalidArgument(option + " = '" + text + "' is not a size (e.g. 64m, 32k)");
+  std::string suffix = text.substr(i);
+  for (char& c : suffix) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  int shift = 0;
+  if (suffix.empty() || suffix == "b") {
+    shift = 0;
+  } else if (suffix == "k" || suffix == "kb" || suffix == "kib") {
+    shift = 10;
+  } else if (suffix == "m" || suffix == "mb" || suffix == "mib") {
+    shift = 20;
+  } else if (suffix == "g" || suffix == "gb" || suffix == "gib") {
+    shift = 30;
+  } else {
+    return InvalidArgument(option + " = '" + text + "': unknown unit '" + suffix +
+                           "' (use k, m or g)");
+  }
+  if (shift > 0 && v > (std::numeric_limits<uint64_t>::max() >> shift)) {
+    return InvalidArgument(option + " = " + text + " is too large");
+  }
+  return v << shift;
+}
+
+Status ApplyToml(const std::string& text, const std::string& origin, DaemonConfig* config) {
+  toml::table table;
+  try {
+    table = toml::parse(text, origin);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream os;
+    os << origin << ":" << e.source().begin.line << ":" << e.source().begin.column << ": "
+       << e.description();
+    return InvalidArgument("config " + os.str());
+  }
+  for (const auto& [key, node] : table) {
+    const std::string k(key.str());
+    const std::string where = origin + ": " + k;
+    auto it = Options().find(k);
+    if (it == Options().end()) {
+      return InvalidArgument("config " + origin + ": unknown key '" + k +
+                             "'; known keys: " + KnownKeys());
+    }
+    auto v = NodeText(node, where);
+    if (!v.ok()) return v.status();
+    if (Status st = it->second.set(*v, where, config); !st.ok()) return st;
+  }
+  return Status::Ok();
+}
+
+Status Validate(const DaemonConfig& c) {
+  const uint32_t seg = c.segment_size;
+  if (seg < 4096 || seg > (1u << 20) || !std::has_single_bit(seg)) {
+    return InvalidArgument("segment_size = " + std::to_string(seg) +
+                           " is not a power of two from 4k (4096) to 1m (1048576); e.g. "
+                           "--segment-size 32k");
+  }
+  // The smallest useful node: one producer and one consumer of one remote channel each.
+  buffer::CreditOptions credit;
+  credit.segment_size = seg;
+  credit.buffers_per_channel = c.buffers_per_channel;
+  credit.floating_per_gate = c.floating_per_gate;
+  buffer::Topology req;
+  req.gates.push_back({"smallest job", 1, 0});
+  req.partitions.push_back({"smallest job", 1});
+  const buffer::MemoryEstimate est = buffer::EstimateNetworkMemory(req, credit);
+  const uint64_t have = c.network_memory / seg;
+  if (have < est.min_segments) {
+    return InvalidArgument(
+        "network_memory = " + std::to_string(c.network_memory) + " bytes holds " +
+        std::to_string(have) + " segments of " + std::to_string(seg) +
+        " bytes; even the smallest job (one producer, one remote consumer) needs " +
+        std::to_string(est.min_segments) + " (" + std::to_string(est.min_bytes) +
+        " bytes); set network_memory to at least " + std::to_string(est.recommended_bytes) +
+        " (e.g. --network-memory " + std::to_string((est.recommended_bytes + (1 << 20) - 1) >> 20) +
+        "m)");
+  }
+  if (c.network_memory / seg > std::numeric_limits<uint32_t>::max()) {
+    return InvalidArgument("network_memory = " + std::to_string(c.network_memory) +
+                           " is more segments than a pool can index; use a larger segment_size");
+  }
+  static const char* kLevels[] = {"trace", "debug", "info", "warn", "error"};
+  bool level_ok = false;
+  for (const char* l : kLevels) level_ok = level_ok || c.log_level == l;
+  if (!level_ok) {
+    return InvalidArgument("log_level = '" + c.log_level +
+                           "' is not one of trace, debug, info, warn, error");
+  }
+  if (c.listen.empty()) return InvalidArgument("listen is empty; e.g. --listen 127.0.0.1");
+  return Status::Ok();
+}
+
+Result<CommandLine> ParseCommandLine(const std::vector<std::string>& args) {
+  CommandLine cl;
+  // The file first, so flags override it wherever they appear.
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--config" || args[i].rfind("--config=", 0) == 0) {
+      std::string path;
+      if (args[i] == "--config") {
+        if (i + 1 >= args.size()) return InvalidArgument("--config needs a file name");
+        path = args[i + 1];
+      } else {
+        path = args[i].substr(9);
+      }
+      std::ifstream in(path);
+      if (!in) return InvalidArgument("--config " + path + ": cannot read the file");
+      std::ostringstream ss;
+      ss << in.rdbuf();
+      if (Status st = ApplyToml(ss.str(), path, &cl.config); !st.ok()) return st;
+    }
+  }
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--help" || a == "-h") {
+      cl.action = CommandLine::Action::kHelp;
+      return cl;
+    }
+    if (a == "--version") {
+      cl.action = CommandLine::Action::kVersion;
+      return cl;
+    }
+    if (a.rfind("--", 0) != 0) {
+      return InvalidArgument("unexpected argument '" + a + "' (see --help)");
+    }
+    std::string name = a.substr(2);
+    std::string value;
+    bool has_value = false;
+    if (auto eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      has_value = true;
+    }
+    if (name == "config") {
+      if (!has_value) ++i;
+      continue;
+    }
+    std::string key = name;
+    for (char& c : key) {
+      if (c == '-') c = '_';
+    }
+    auto it = Options().find(key);
+    if (it == Options().end()) {
+      return InvalidArgument("unknown option --" + name + " (see --help)");
+    }
+    if (!has_value) {
+      if (it->second.is_flag_without_value &&
+          (i + 1 >= args.size() || args[i + 1].rfind("--", 0) == 0)) {
+        value = "true";
+      } else {
+        if (i + 1 >= args.size()) return InvalidArgument("--" + name + " needs a value");
+        value = args[++i];
+      }
+    }
+    if (Status st = it->second.set(value, "--" + name, &cl.config); !st.ok()) return st;
+  }
+  if (Status st = Validate(cl.config); !st.ok()) return st;
+  return cl;
+}
+
+std::string HelpText() {
+  std::string s =
+      "sluiced: Sluice shuffle daemon. Serves shuffle data and control messages on one port.\n"
+      "\nUsage: sluiced [--config FILE] [--OPTION VALUE]...\n"
+      "  --config FILE   TOML file with the options below (underscores: network_memory = "
+      "\"256m\"); flags override it\n"
+      "  --help          this text\n  --version       the version\n\nOptions:\n";
+  for (const auto& [k, o] : Options()) {
+    std::string flag = "  --" + Dashed(k);
+    if (flag.size() < 26) flag.resize(26, ' ');
+    s += flag + " " + o.help + "\n";
+  }
+  s += "\nSignals: SIGTERM or SIGINT stop accepting, let running jobs finish (up to "
+       "shutdown_grace_ms), cancel the rest, check that every buffer is back, exit 0.\n";
+  return s;
+}
+
+}  // namespace sluice::daemon

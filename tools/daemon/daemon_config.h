@@ -1,0 +1,57 @@
+// sluiced's configuration: a TOML file (--config) and command-line flags that override it.
+// Every option has one name, spelled with underscores in the file and dashes on the command
+// line (network_memory / --network-memory). Sizes take k/m/g suffixes (powers of 1024).
+//
+// Unknown keys, wrong types and values out of range are refused with a message that names the
+// option, the value and what would be accepted. A plain value type.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "buffer/status.h"
+
+namespace sluice::daemon {
+
+struct DaemonConfig {
+  std::string listen = "127.0.0.1";
+  uint16_t port = 7070;
+  std::string port_file;  // written with the bound port once listening
+  uint64_t network_memory = 256ull << 20;
+  uint32_t segment_size = 32 * 1024;
+  uint32_t io_threads = 1;  // 1 or 2 (see shuffle::EnvironmentConfig::io_threads)
+  uint32_t buffers_per_channel = 2;
+  uint32_t floating_per_gate = 8;
+  int32_t buffer_timeout_ms = 100;  // -1: only full buffers are sent
+  bool checksums = false;           // CRC32C on every buffer in transit
+  std::string auth_secret_file;     // empty: no authentication
+  std::string metrics_file;         // empty: none; else Prometheus text rewritten periodically
+  uint32_t metrics_interval_ms = 5000;
+  std::string log_level = "info";   // trace, debug, info, warn, error
+  std::string log_file;             // empty: stderr
+  std::string node_name;            // empty: "sluiced@<listen>:<port>"
+  uint32_t max_connections = 1024;
+  uint32_t shutdown_grace_ms = 10000;  // SIGTERM: how long running jobs may take to finish
+  bool preallocate = false;            // touch every segment at start (MAP_POPULATE)
+};
+
+// What the command line asked for.
+struct CommandLine {
+  enum class Action { kRun, kHelp, kVersion } action = Action::kRun;
+  DaemonConfig config;
+};
+
+// Parses argv (file first, then flags). InvalidArgument with a message for a person.
+Result<CommandLine> ParseCommandLine(const std::vector<std::string>& args);
+// Applies a TOML document (tests use this directly). `origin` names it in errors.
+Status ApplyToml(const std::string& text, const std::string& origin, DaemonConfig* config);
+// Checks the values together (segment size, memory for the smallest job, ...).
+Status Validate(const DaemonConfig& config);
+// "1g" -> 1073741824. InvalidArgument naming `option` when it is not a size.
+Result<uint64_t> ParseSize(const std::string& text, const std::string& option);
+
+std::string HelpText();
+inline constexpr const char* kVersion = "0.1.0";
+
+}  // namespace sluice::daemon

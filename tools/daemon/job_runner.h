@@ -1,0 +1,85 @@
+// JobRunner: runs one node's share of a job inside a ShuffleEnvironment: the producers and
+// consumers the JobSpec places on `node_index`, each on its own thread.
+//
+// Generated jobs: producer p emits records_per_producer records, each
+//   [producer u32][sequence u64][key u64][size u32][filler bytes...][crc32c u32]
+// (little-endian; sequence counts per (producer, consumer) channel from 0; the CRC covers
+// every byte before it; the filler is derived from seed, producer and sequence; see
+// job_records.h), keys uniform or Zipf from `seed`, partitioned by key hash or round robin.
+// Consumer c reads every producer's subpartition c and verifies each record: checksum, size,
+// producer id, key and sequence range (else corrupted), and the sequence per channel: seen
+// before (duplicated), or new but arriving after a higher sequence of its channel (reordered;
+// such a record is also counted in records, as it did arrive once). Lost = sent - records.
+// File-partition jobs: producers read lines, consumers write their part file.
+//
+// Lifetime of a partition: created and registered in Start (remote consumers find it at
+// once), finished by its producer, and released by the producer's thread only when every
+// subpartition was consumed (the consumer polled the end of partition; the ResultPartition
+// stats say so) so the leak check is exact on every node. A producer task's `done` means
+// Finish() returned; the job is kRunning until its partitions were consumed and released too.
+// A subpartition whose reader went away before the end fails the producer (the error names
+// the consumer and its node). Cancel, a failure of any task and the timeout release at once.
+//
+// A task failure fails the whole job on this node (like Flink): the other tasks are stopped
+// and this node's partitions fail with the error, so consumers on other nodes see it.
+// Per-buffer CRC32C in transit (JobSpec::checksums) is the environment's setting
+// (ShuffleOptions::checksums), not changed per job; records carry their own CRC anyway.
+//
+// Thread-safe: Status, Cancel and Wait from any thread. The destructor cancels what still runs,
+// joins every thread and releases every partition and gate (every segment goes back to the
+// environment's pool).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "buffer/memory_estimate.h"
+#include "buffer/status.h"
+#include "shuffle/shuffle_environment.h"
+#include "tools/control/job_spec.h"
+
+namespace sluice::daemon {
+
+class JobRunner {
+ public:
+  // Validates the spec (node index, placement, sizes, pattern, input files present on this
+  // node, output dir writable) and checks the network memory this node needs for its share
+  // with buffer::EstimateNetworkMemory: InvalidArgument or ResourceExhausted naming the option
+  // and the value that would fit. Then creates this node's partitions (registered at once, so
+  // remote consumers find them) and input gates, and starts the tasks.
+  // REQUIRES: env outlives the runner.
+  static Result<std::unique_ptr<JobRunner>> Start(shuffle::ShuffleEnvironment* env,
+                                                  const control::JobSpec& spec,
+                                                  uint32_t node_index);
+  ~JobRunner();
+  JobRunner(const JobRunner&) = delete;
+  JobRunner& operator=(const JobRunner&) = delete;
+
+  // A consistent snapshot: kRunning until every task on this node ended, then kSucceeded,
+  // kFailed (first error in `error`) or kCancelled.
+  control::JobStatus Status() const;
+  // Fails every running task with `reason` (blocked emits and reads wake up), releases this
+  // node's partitions and gates. Idempotent; no-op once the job ended.
+  void Cancel(const std::string& reason);
+  // True when every task ended within `timeout`.
+  bool Wait(std::chrono::milliseconds timeout);
+  const control::JobSpec& spec() const;
+
+ private:
+  struct State;
+  explicit JobRunner(std::shared_ptr<State> state);
+  std::shared_ptr<State> state_;
+};
+
+// Checks that do not depend on the node: ids, placement, sizes, pattern, file-job fields.
+Status ValidateJobSpec(const control::JobSpec& spec);
+
+// The network memory node `node_index`'s share of the job takes: its partitions' output pools
+// and its gates' exclusive and floating buffers, with the formulas the pools use.
+// REQUIRES: ValidateJobSpec(spec) is OK and node_index < spec.nodes.size().
+buffer::MemoryEstimate EstimateJobMemory(const control::JobSpec& spec, uint32_t node_index,
+                                         const buffer::CreditOptions& options);
+
+}  // namespace sluice::daemon

@@ -1,0 +1,179 @@
+#include "tools/daemon/metrics.h"
+
+#include <cstdio>
+#include <fstream>
+#include <string_view>
+
+#include "transport/frame_codec.h"
+
+namespace sluice::daemon {
+namespace {
+
+class Writer {
+ public:
+  explicit Writer(std::string node) : node_(std::move(node)) {}
+
+  void Gauge(std::string_view name, std::string_view help, double v) {
+    Head(name, help, "gauge");
+    Sample(name, "", v);
+  }
+  void Counter(std::string_view name, std::string_view help, double v) {
+    Head(name, help, "counter");
+    Sample(name, "", v);
+  }
+  void Head(std::string_view name, std::string_view help, std::string_view type) {
+    out_ += "# HELP sluice_";
+    out_ += name;
+    out_ += ' ';
+    out_ += help;
+    out_ += "\n# TYPE sluice_";
+    out_ += name;
+    out_ += ' ';
+    out_ += type;
+    out_ += '\n';
+  }
+  void Sample(std::string_view name, std::string_view labels, double v) {
+    char num[64];
+    std::snprintf(num, sizeof(num), "%.17g", v);
+    out_ += "sluice_";
+    out_ += name;
+    out_ += "{node=\"" + node_ + "\"";
+    if (!labels.empty()) {
+      out_ += ',';
+      out_ += labels;
+    }
+    out_ += "} ";
+    out_ += num;
+    out_ += '\n';
+  }
+  std::string Take() { return std::move(out_); }
+
+ private:
+  std::string node_;
+  std::string out_;
+};
+
+// Escapes a label value (backslash, quote, newline).
+std::string Escape(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+void Transport(Writer& w, const transport::TransportMetrics* served,
+               const transport::TransportMetrics* opened) {
+  struct Field {
+    const char* name;
+    const char* help;
+    const std::atomic<uint64_t> transport::TransportMetrics::*member;
+  };
+  static const Field kFields[] = {
+      {"connections_opened_total", "connections opened", &transport::TransportMetrics::connections_opened},
+      {"connections_closed_total", "connections closed", &transport::TransportMetrics::connections_closed},
+      {"connections_refused_total", "connections refused over the limit",
+       &transport::TransportMetrics::connections_refused},
+      {"transport_bytes_in_total", "bytes read from sockets", &transport::TransportMetrics::bytes_in},
+      {"transport_bytes_out_total", "bytes written to sockets", &transport::TransportMetrics::bytes_out},
+      {"frames_in_total", "frames received", &transport::TransportMetrics::frames_in},
+      {"frames_out_total", "frames sent", &transport::TransportMetrics::frames_out},
+      {"socket_writes_total", "gathered socket writes", &transport::TransportMetrics::writes},
+      {"heartbeats_sent_total", "heartbeats sent", &transport::TransportMetrics::heartbeats_sent},
+      {"idle_timeouts_total", "connections closed as idle", &transport::TransportMetrics::idle_timeouts},
+      {"handshake_timeouts_total", "connections closed in the handshake",
+       &transport::TransportMetrics::handshake_timeouts},
+  };
+  for (const Field& f : kFields) {
+    w.Head(f.name, f.help, "counter");
+    if (served) w.Sample(f.name, "side=\"served\"", static_cast<double>((served->*f.member).load()));
+    if (opened) w.Sample(f.name, "side=\"opened\"", static_cast<double>((opened->*f.member).load()));
+  }
+  w.Head("protocol_errors_total", "frames refused, by reason (the connection was closed)",
+         "counter");
+  for (size_t i = 0; i < transport::kFrameErrorCount; ++i) {
+    const std::string reason =
+        "reason=\"" + Escape(transport::FrameErrorName(static_cast<transport::FrameError>(i))) + "\"";
+    if (served) {
+      w.Sample("protocol_errors_total", "side=\"served\"," + reason,
+               static_cast<double>(served->protocol_errors[i].load()));
+    }
+    if (opened) {
+      w.Sample("protocol_errors_total", "side=\"opened\"," + reason,
+               static_cast<double>(opened->protocol_errors[i].load()));
+    }
+  }
+}
+
+}  // namespace
+
+uint64_t ProtocolErrors(const transport::TransportMetrics& t) {
+  uint64_t n = 0;
+  for (const auto& e : t.protocol_errors) n += e.load(std::memory_order_relaxed);
+  return n;
+}
+
+void ReadRss(uint64_t* rss, uint64_t* peak) {
+  *rss = 0;
+  *peak = 0;
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    unsigned long long kb = 0;
+    if (std::sscanf(line.c_str(), "VmRSS: %llu kB", &kb) == 1) *rss = kb * 1024;
+    if (std::sscanf(line.c_str(), "VmHWM: %llu kB", &kb) == 1) *peak = kb * 1024;
+  }
+}
+
+std::string RenderPrometheus(const MetricsSnapshot& m) {
+  Writer w(Escape(m.node));
+  const auto& p = m.pool;
+  w.Gauge("segment_size_bytes", "size of one network buffer", p.segment_size);
+  w.Gauge("pool_segments_total", "segments in the network buffer pool", p.total);
+  w.Gauge("pool_segments_available", "segments in the global free list", p.available);
+  w.Gauge("pool_segments_exclusive", "segments held as exclusive buffers by input channels",
+          p.exclusive);
+  w.Gauge("pool_segments_pooled", "segments held by local pools (floating and output)", p.pooled);
+  w.Gauge("pool_segments_required", "segments admitted: pool minimums plus exclusive", p.required);
+  w.Gauge("local_pools", "live local buffer pools", p.local_pools);
+  if (const shuffle::ShuffleServerStats* s = m.server) {
+    w.Counter("partition_requests_total", "partition requests served", s->requests.load());
+    w.Counter("partition_requests_not_found_total", "requests answered PartitionNotFound",
+              s->requests_not_found.load());
+    w.Counter("buffers_out_total", "data buffers sent", s->buffers_out.load());
+    w.Counter("bytes_out_total", "data buffer bytes sent", s->bytes_out.load());
+    w.Counter("events_out_total", "events sent", s->events_out.load());
+    w.Counter("backlog_announcements_total", "backlog announced to receivers without credit",
+              s->backlog_announcements.load());
+    w.Counter("credits_in_total", "credits received", s->credits_in.load());
+    w.Counter("credit_stall_seconds_total", "time readers had data but no credit",
+              static_cast<double>(s->credit_stall_ns.load()) / 1e9);
+    w.Gauge("active_readers", "subpartition readers serving receivers", s->active_readers.load());
+    w.Counter("auth_failures_total", "connections refused for a wrong or missing secret",
+              s->auth_failures.load());
+    w.Counter("control_requests_total", "control messages served", s->control_requests.load());
+  }
+  Transport(w, m.served, m.opened);
+  w.Gauge("jobs_running", "jobs running on this daemon", m.jobs.running);
+  w.Head("jobs_ended_total", "jobs ended on this daemon, by outcome", "counter");
+  w.Sample("jobs_ended_total", "outcome=\"succeeded\"", static_cast<double>(m.jobs.succeeded));
+  w.Sample("jobs_ended_total", "outcome=\"failed\"", static_cast<double>(m.jobs.failed));
+  w.Sample("jobs_ended_total", "outcome=\"cancelled\"", static_cast<double>(m.jobs.cancelled));
+  w.Counter("records_produced_total", "records emitted by producers on this daemon",
+            static_cast<double>(m.jobs.records_produced));
+  w.Counter("records_consumed_total", "valid records received by consumers on this daemon",
+            static_cast<double>(m.jobs.records_consumed));
+  w.Counter("record_bytes_consumed_total", "record bytes received by consumers on this daemon",
+            static_cast<double>(m.jobs.bytes_consumed));
+  w.Gauge("resident_memory_bytes", "resident set size", static_cast<double>(m.rss_bytes));
+  w.Gauge("resident_memory_peak_bytes", "peak resident set size",
+          static_cast<double>(m.peak_rss_bytes));
+  return w.Take();
+}
+
+}  // namespace sluice::daemon

@@ -1,0 +1,46 @@
+// Prometheus text exposition of a daemon's counters: the network buffer pool, the shuffle
+// server, both transports (served and opened connections) and the jobs. Rendered on demand
+// (the Stats control message, the --metrics-file writer), never on the data path.
+//
+// Thread-safe: reads atomics and snapshots.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "buffer/network_buffer_pool.h"
+#include "shuffle/shuffle_server.h"
+#include "transport/transport_options.h"
+
+namespace sluice::daemon {
+
+struct JobCounters {
+  uint32_t running = 0;
+  uint64_t succeeded = 0;
+  uint64_t failed = 0;
+  uint64_t cancelled = 0;
+  uint64_t records_produced = 0;  // by every job this daemon ran, ended and running
+  uint64_t records_consumed = 0;
+  uint64_t bytes_consumed = 0;
+};
+
+struct MetricsSnapshot {
+  std::string node;
+  buffer::NetworkBufferPoolStats pool;
+  const shuffle::ShuffleServerStats* server = nullptr;
+  const transport::TransportMetrics* served = nullptr;  // connections accepted
+  const transport::TransportMetrics* opened = nullptr;  // connections to other daemons
+  JobCounters jobs;
+  uint64_t rss_bytes = 0;
+  uint64_t peak_rss_bytes = 0;
+};
+
+std::string RenderPrometheus(const MetricsSnapshot& m);
+
+// Sum of protocol errors over every reason.
+uint64_t ProtocolErrors(const transport::TransportMetrics& t);
+
+// This process's resident set and its peak (VmRSS, VmHWM of /proc/self/status), in bytes.
+void ReadRss(uint64_t* rss, uint64_t* peak);
+
+}  // namespace sluice::daemon
