@@ -57,7 +57,9 @@ struct JobSpec {
   std::string output_dir;
 
   // Both kinds.
-  bool checksums = false;       // CRC32C on every buffer in transit (records carry their own)
+  // CRC32C on every buffer in transit: a daemon setting (sluiced --checksums); a job that asks
+  // for it on a daemon without it is refused. Records carry their own CRC anyway.
+  bool checksums = false;
   uint32_t timeout_ms = 600000;  // the job fails on every node that is not done by then
   int32_t throttled_consumer = -1;  // this consumer reads at most throttle_mib_per_second
   double throttle_mib_per_second = 0;

@@ -126,6 +126,11 @@ void Daemon::Serve(Request& r) {
         } else if (running_.count(spec.job_id) != 0 || ended_.count(spec.job_id) != 0) {
           st = InvalidArgument("job id '" + spec.job_id + "' is already known to " +
                                node_name_ + "; use a new id");
+        } else if (spec.checksums && !config_.checksums) {
+          // Buffer checksums are a property of the daemon's connections, not of one job.
+          st = InvalidArgument("job '" + spec.job_id + "' asks for buffer checksums but " +
+                               node_name_ + " runs without them; start every sluiced with " +
+                               "--checksums (checksums = true)");
         } else if (running_.size() >= kMaxRunningJobs) {
           st = Status(StatusCode::kResourceExhausted,
                       node_name_ + " already runs " + std::to_string(running_.size()) +

@@ -1,0 +1,112 @@
+// HarnessRun: one sluice-harness invocation. Starts the daemons (optionally in network
+// namespaces), runs the job and the fault, checks every expected outcome, stops the daemons and
+// fills a Report. Everything it made is torn down when it is destroyed, also after an error or
+// an interrupt (SIGINT/SIGTERM to the harness set a flag the polling loop checks).
+//
+// Thread-compatible: one thread drives it.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tools/control/control_client.h"
+#include "tools/harness/cluster.h"
+#include "tools/harness/harness_options.h"
+#include "tools/harness/netns.h"
+#include "tools/harness/report.h"
+
+namespace sluice::harness {
+
+// Installs SIGINT/SIGTERM handlers that ask the run to stop, and ignores SIGPIPE.
+void InstallSignalHandlers();
+
+// Where producers and consumers run, as indexes into the job's node list, and the node a
+// fault targets (-1: none).
+struct Placement {
+  std::vector<uint32_t> producer_nodes;
+  std::vector<uint32_t> consumer_nodes;
+  int victim = -1;
+};
+
+// The layout each fault needs: kill-consumer and stall-consumer put only consumers on the last
+// node, kill-producer only producers, slow-consumer places consumer i on the node after
+// producer i's so that several channels share each connection.
+Placement MakePlacement(const Options& o, int nodes, int producers, int consumers);
+
+class HarnessRun {
+ public:
+  explicit HarnessRun(Options options) : o_(std::move(options)) {}
+  ~HarnessRun();
+  HarnessRun(const HarnessRun&) = delete;
+  HarnessRun& operator=(const HarnessRun&) = delete;
+
+  // Runs everything and returns the report; report.ok is the exit status.
+  Report Run();
+
+ private:
+  // Merged status of one job over the nodes that run it.
+  struct JobView {
+    std::vector<control::JobState> state;  // per job node
+    std::vector<std::string> node_error;
+    std::map<uint32_t, control::ProducerStatus> producers;
+    std::map<uint32_t, control::ConsumerStatus> consumers;
+    std::map<uint32_t, double> consumer_end_s;  // seconds after submit when first seen ended
+  };
+  struct JobOutcome {
+    JobView view;
+    double seconds = 0;
+    bool all_succeeded = false;
+    double fault_fired_s = -1;
+    std::vector<std::string> errors;
+    std::vector<std::string> notes;  // what the fault did, for `observed`
+  };
+  struct Tally {
+    uint64_t sent = 0, received = 0, bytes = 0, lost = 0, duplicated = 0, reordered = 0,
+             corrupted = 0;
+  };
+
+  Status Setup();
+  control::ControlClient* Client(int node);
+  void DropClient(int node) { clients_[static_cast<size_t>(node)].reset(); }
+
+  control::JobSpec MakeSpec(const std::string& job_id, const std::vector<int>& ids,
+                            const Placement& placement, uint64_t records_per_producer) const;
+  // Submits `spec` to every node of `ids` (cluster indexes, in spec.nodes order) and polls
+  // until it ended everywhere; with `inject` the configured fault fires on the way.
+  JobOutcome RunJob(const control::JobSpec& spec, const std::vector<int>& ids,
+                    const Placement& placement, bool inject);
+  void CancelOn(const control::JobSpec& spec, const std::vector<int>& ids, const JobView& view,
+                const std::string& reason, std::vector<std::string>* errors);
+  static Tally Count(const control::JobSpec& spec, const JobView& view);
+  // Polls GetStats on each node until every segment is back or `wait` passed; returns the
+  // segments still out per node (-1 when the node could not be asked).
+  std::map<int, int64_t> CheckLeaks(const std::vector<int>& ids, std::chrono::milliseconds wait,
+                                    std::vector<std::string>* errors);
+  // A small job on `ids` that must succeed with nothing lost and nothing leaked.
+  bool RunFollowUp(const std::vector<int>& ids, std::vector<std::string>* errors);
+  void SendGarbage(int node, std::vector<std::string>* errors, std::vector<std::string>* notes);
+  void CheckAuthRefusal(int node, std::vector<std::string>* errors,
+                        std::vector<std::string>* notes);
+  void PrintProgress(const control::JobSpec& spec, const JobView& view, double elapsed,
+                     bool final);
+  std::string ExpectedOutcome() const;
+
+  Options o_;
+  std::string run_dir_;
+  std::string secret_;
+  std::unique_ptr<NetnsTopology> netns_;
+  std::unique_ptr<Cluster> cluster_;
+  std::vector<std::unique_ptr<control::ControlClient>> clients_;
+  std::vector<control::NodeStats> stats_;  // latest per node
+  std::vector<std::string> client_errors_;  // first control error per node
+  Report report_;
+  // Progress line state.
+  double last_print_s_ = -1;
+  uint64_t last_print_bytes_ = 0;
+  bool progress_tty_ = false;
+};
+
+}  // namespace sluice::harness

@@ -1,0 +1,29 @@
+// sluice-harness: starts several sluiced daemons, runs a verified shuffle between them with an
+// optional fault, prints a summary table (stderr) and with --json one JSON object (stdout).
+// Exit status 0 only when every expected outcome happened. See tools/harness/README.md.
+#include <cstdio>
+
+#include "tools/harness/harness_options.h"
+#include "tools/harness/harness_run.h"
+#include "tools/harness/report.h"
+
+int main(int argc, char** argv) {
+  using namespace sluice::harness;
+  auto options = ParseOptions(argc, argv);
+  if (!options.ok()) {
+    if (options.status().code() == sluice::StatusCode::kCancelled) return 0;  // --help
+    std::fprintf(stderr, "sluice-harness: %s\n", options.status().message().c_str());
+    return 2;
+  }
+  InstallSignalHandlers();
+  const bool json = options->json;
+  Report report;
+  {
+    HarnessRun run(*options);
+    report = run.Run();
+  }  // daemons stopped, namespaces removed, run directory removed when ok
+  std::fputs(SummaryTable(report).c_str(), stderr);
+  if (!report.ok) std::fprintf(stderr, "daemon logs: %s\n", report.run_dir.c_str());
+  if (json) std::printf("%s\n", ToJson(report).c_str());
+  return report.ok ? 0 : 1;
+}
