@@ -50,7 +50,7 @@ TEST(MessageTypeTest, KnownTypesAndPayloads) {
 
   const std::bitset<256> known = KnownMessageTypes();
   const std::bitset<256> payload = PayloadMessageTypes();
-  EXPECT_EQ(known.count(), 10u);
+  EXPECT_EQ(known.count(), 19u);  // 11 shuffle protocol types, 8 daemon control types
   EXPECT_EQ(payload.count(), 1u);
   EXPECT_TRUE(payload.test(static_cast<uint8_t>(MessageType::kBufferResponse)));
   for (size_t t = 0; t < 256; ++t) {

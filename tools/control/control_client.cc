@@ -260,18 +260,34 @@ Result<ControlClient::Reply> ControlClient::Call(uint8_t type, const uint8_t* ms
   return st;
 }
 
+Status ControlClient::Command(uint8_t type, const std::vector<uint8_t>& msg, uint32_t* count) {
+  auto r = Call(type, msg.data(), msg.size(), static_cast<uint8_t>(MessageType::kControlResult));
+  if (!r.ok()) return r.status();
+  auto m = schema::ParseControlResult(r->message);
+  if (!m.ok()) return m.status();
+  return DecodeControlResult(**m, count);
+}
+
 Status ControlClient::SubmitJob(const JobSpec& spec, uint32_t node_index) {
   auto msg = EncodeSubmitJob(spec, node_index);
   if (msg.size() > kMaxControlMessageBytes) {
     return InvalidArgument("job '" + spec.job_id + "' spec is " + std::to_string(msg.size()) +
                            " bytes encoded, more than a control message carries (64 KiB)");
   }
-  auto r = Call(static_cast<uint8_t>(MessageType::kSubmitJob), msg.data(), msg.size(),
-                static_cast<uint8_t>(MessageType::kControlResult));
-  if (!r.ok()) return r.status();
-  auto m = schema::ParseControlResult(r->message);
-  if (!m.ok()) return m.status();
-  return DecodeControlResult(**m);
+  return Command(static_cast<uint8_t>(MessageType::kSubmitJob), msg, nullptr);
+}
+
+Status ControlClient::CancelJob(const std::string& job_id, const std::string& reason) {
+  return Command(static_cast<uint8_t>(MessageType::kCancelJob), EncodeCancelJob(job_id, reason),
+                 nullptr);
+}
+
+Result<uint32_t> ControlClient::CutConnections() {
+  uint32_t count = 0;
+  Status st = Command(static_cast<uint8_t>(MessageType::kCutConnections), EncodeCutConnections(),
+                      &count);
+  if (!st.ok()) return st;
+  return count;
 }
 
 Result<JobStatus> ControlClient::GetJobStatus(const std::string& job_id) {
@@ -284,16 +300,6 @@ Result<JobStatus> ControlClient::GetJobStatus(const std::string& job_id) {
   return DecodeJobStatus(**m);
 }
 
-Status ControlClient::CancelJob(const std::string& job_id, const std::string& reason) {
-  auto msg = EncodeCancelJob(job_id, reason);
-  auto r = Call(static_cast<uint8_t>(MessageType::kCancelJob), msg.data(), msg.size(),
-                static_cast<uint8_t>(MessageType::kControlResult));
-  if (!r.ok()) return r.status();
-  auto m = schema::ParseControlResult(r->message);
-  if (!m.ok()) return m.status();
-  return DecodeControlResult(**m);
-}
-
 Result<NodeStats> ControlClient::GetStats() {
   auto msg = EncodeStatsRequest();
   auto r = Call(static_cast<uint8_t>(MessageType::kStatsRequest), msg.data(), msg.size(),
@@ -302,19 +308,6 @@ Result<NodeStats> ControlClient::GetStats() {
   auto m = schema::ParseStatsResponse(r->message);
   if (!m.ok()) return m.status();
   return DecodeStats(**m);
-}
-
-Result<uint32_t> ControlClient::CutConnections() {
-  auto msg = EncodeCutConnections();
-  auto r = Call(static_cast<uint8_t>(MessageType::kCutConnections), msg.data(), msg.size(),
-                static_cast<uint8_t>(MessageType::kControlResult));
-  if (!r.ok()) return r.status();
-  auto m = schema::ParseControlResult(r->message);
-  if (!m.ok()) return m.status();
-  uint32_t count = 0;
-  Status st = DecodeControlResult(**m, &count);
-  if (!st.ok()) return st;
-  return count;
 }
 
 }  // namespace sluice::control

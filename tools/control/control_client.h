@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "buffer/status.h"
 #include "tools/control/job_spec.h"
@@ -55,6 +56,8 @@ class ControlClient {
   ControlClient(int fd, std::string address, ControlClientOptions options);
   struct Reply;
   Result<Reply> Call(uint8_t type, const uint8_t* msg, size_t len, uint8_t expect_type);
+  // A request answered with ControlResult: its status (and count).
+  Status Command(uint8_t type, const std::vector<uint8_t>& msg, uint32_t* count);
 
   int fd_;
   const std::string address_;

@@ -54,8 +54,8 @@ class ZipfSampler {
 
   const uint64_t n_;
   const double s_;
-  double h_lo_ = 0;  // H(1.5) - h(1): the lower end of the sampled range
-  double h_hi_ = 0;  // H(n + 0.5): the upper end
+  double h_lo_ = 0;     // H(1.5) - h(1): the lower end of the sampled range
+  double h_hi_ = 0;     // H(n + 0.5): the upper end
   double squeeze_ = 0;  // accept without the exact test when k - x <= squeeze_
 };
 

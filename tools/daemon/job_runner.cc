@@ -78,8 +78,8 @@ Result<transport::Endpoint> ParseEndpoint(const std::string& s) {
 bool ValidJobId(const std::string& id) {
   if (id.empty() || id.size() > 128) return false;
   return std::all_of(id.begin(), id.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
   });
 }
 
@@ -128,7 +128,8 @@ class TokenBucket {
   static constexpr double kBurst = 64 * 1024;
   void Refill() {
     const Clock::time_point now = Clock::now();
-    tokens_ = std::min(kBurst, tokens_ + rate_ * std::chrono::duration<double>(now - last_).count());
+    tokens_ =
+        std::min(kBurst, tokens_ + rate_ * std::chrono::duration<double>(now - last_).count());
     last_ = now;
   }
   const double rate_;
@@ -153,8 +154,9 @@ namespace job_internal {
 
 // Counters are written by the task's thread and read by Status(); strings and the release flag
 // are guarded by RunningJob::mu. Each task is its own allocation so threads do not share lines.
-struct ProducerTask {
-  explicit ProducerTask(uint32_t i, uint32_t subpartitions) : index(i), per_consumer(subpartitions) {}
+struct alignas(64) ProducerTask {
+  explicit ProducerTask(uint32_t i, uint32_t subpartitions)
+      : index(i), per_consumer(subpartitions) {}
   const uint32_t index;
   std::shared_ptr<shuffle::ResultPartition> partition;
   File input;  // kFilePartition
@@ -168,7 +170,7 @@ struct ProducerTask {
   bool released = false;  // GUARDED_BY(RunningJob::mu)
 };
 
-struct ConsumerTask {
+struct alignas(64) ConsumerTask {
   explicit ConsumerTask(uint32_t i, uint32_t producers) : index(i), per_producer(producers) {}
   const uint32_t index;
   std::unique_ptr<shuffle::InputGate> gate;  // consumer thread only once started
@@ -223,10 +225,12 @@ class RunningJob {
 
   mutable std::mutex mu;
   std::condition_variable ended;
-  uint32_t running = 0;      // GUARDED_BY(mu): tasks not ended
-  Clock::time_point end;     // GUARDED_BY(mu): when running went to 0
-  std::string first_error;   // GUARDED_BY(mu)
-  bool cancelled = false;    // GUARDED_BY(mu)
+  uint32_t running = 0;         // GUARDED_BY(mu): tasks not ended
+  Clock::time_point end;        // GUARDED_BY(mu): when running went to 0
+  std::string first_error;      // GUARDED_BY(mu)
+  bool cancelled = false;       // GUARDED_BY(mu)
+  std::string cancel_reason;    // GUARDED_BY(mu)
+  sluice::Status abort_reason;  // GUARDED_BY(mu): what the partitions fail with once stopped
 };
 
 RunningJob::~RunningJob() {
@@ -238,39 +242,37 @@ RunningJob::~RunningJob() {
 }
 
 void RunningJob::Abort(const std::string& error, bool cancel, std::string* task_error) {
+  const std::string verb = cancel ? "was cancelled" : "failed";
   {
     std::lock_guard lock(mu);
     if (running == 0 || stop.load()) return;
     if (cancel) {
       cancelled = true;
+      cancel_reason = error;
     } else {
       first_error = error;
       if (task_error != nullptr) *task_error = error;
     }
+    abort_reason = sluice::Status(
+        StatusCode::kCancelled, "job '" + spec.job_id + "' " + verb + " on node " +
+                                    std::to_string(node) + " (" + spec.nodes[node] + "): " + error);
     stop.store(true);
   }
   ended.notify_all();  // the watchdog
-  const std::string verb = cancel ? "was cancelled" : "failed";
-  const Status why(StatusCode::kCancelled,
-                   "job '" + spec.job_id + "' " + verb + " on node " + std::to_string(node) +
-                       " (" + spec.nodes[node] + "): " + error);
-  for (auto& p : producers) {
-    bool release;
-    {
-      std::lock_guard lock(mu);
-      release = !p->released;
-    }
-    if (release) p->partition->Fail(why);  // wakes the writer; remote readers get `why`
-    ReleasePartition(*p);
-  }
+  for (auto& p : producers) ReleasePartition(*p);
 }
 
 void RunningJob::ReleasePartition(ProducerTask& t) {
+  sluice::Status why;
   {
     std::lock_guard lock(mu);
     if (t.released || !t.partition) return;
     t.released = true;
+    if (stop.load()) why = abort_reason;
   }
+  // Failing first wakes a blocked writer and tells remote readers why, rather than "released".
+  // A partition consumed to its end is not affected (its readers are gone).
+  if (!why.ok()) t.partition->Fail(why);
   env->ReleasePartition(t.partition->id());
   t.partition->Release();  // idempotent; also when someone else had unregistered the id
 }
@@ -389,9 +391,8 @@ Status RunningJob::CheckConsumers(ProducerTask& t, bool* all_consumed) {
     return ClosedError("consumer " + std::to_string(c) + " (node " +
                        std::to_string(spec.consumer_nodes[c]) + ", " +
                        spec.nodes[spec.consumer_nodes[c]] + ") went away before reading " +
-                       "subpartition " + std::to_string(s) + " of partition '" +
-                       t.partition->id() + "' to its end (" + std::to_string(sp.dropped_records) +
-                       " records dropped)");
+                       "subpartition " + std::to_string(s) + " of partition '" + t.partition->id() +
+                       "' to its end (" + std::to_string(sp.dropped_records) + " records dropped)");
   }
   return Status::Ok();
 }
@@ -405,8 +406,8 @@ Status RunningJob::AwaitConsumed(ProducerTask& t) {
   }
 }
 
-Status RunningJob::ConsumeRecord(ConsumerTask& t, std::span<const uint8_t> data,
-                                       uint32_t channel, std::vector<SequenceTracker>& trackers) {
+Status RunningJob::ConsumeRecord(ConsumerTask& t, std::span<const uint8_t> data, uint32_t channel,
+                                 std::vector<SequenceTracker>& trackers) {
   const uint32_t producer = t.channel_producer[channel];
   if (spec.kind == JobKind::kFilePartition) {
     if (std::fwrite(data.data(), 1, data.size(), t.output.get()) != data.size() ||
@@ -477,8 +478,8 @@ void RunningJob::RunWatchdog() {
   if (ended.wait_until(lock, deadline, [&] { return running == 0 || stop.load(); })) return;
   lock.unlock();
   Abort("job '" + spec.job_id + "' timed out after " + FormatSeconds(spec.timeout_ms / 1000.0) +
-            " on node " + std::to_string(node) + " (timeout_ms " +
-            std::to_string(spec.timeout_ms) + ")",
+            " on node " + std::to_string(node) + " (timeout_ms " + std::to_string(spec.timeout_ms) +
+            ")",
         false, nullptr);
 }
 
@@ -494,7 +495,8 @@ Status ValidateJobSpec(const JobSpec& spec) {
                            "' must be 1 to 128 characters of [A-Za-z0-9._-]");
   }
   const std::string job = "job '" + spec.job_id + "': ";
-  if (spec.nodes.empty()) return InvalidArgument(job + "nodes is empty: list every node's host:port");
+  if (spec.nodes.empty())
+    return InvalidArgument(job + "nodes is empty: list every node's host:port");
   for (const std::string& n : spec.nodes) {
     if (auto e = ParseEndpoint(n); !e.ok()) return InvalidArgument(job + e.status().message());
   }
@@ -527,13 +529,13 @@ Status ValidateJobSpec(const JobSpec& spec) {
   if (spec.timeout_ms == 0) return InvalidArgument(job + "timeout_ms must be positive");
   if (spec.throttled_consumer >= 0) {
     if (static_cast<size_t>(spec.throttled_consumer) >= nc) {
-      return InvalidArgument(job + "throttled_consumer " +
-                             std::to_string(spec.throttled_consumer) + " is not a consumer (0.." +
-                             std::to_string(nc - 1) + ")");
+      return InvalidArgument(job + "throttled_consumer " + std::to_string(spec.throttled_consumer) +
+                             " is not a consumer (0.." + std::to_string(nc - 1) + ")");
     }
     if (!(spec.throttle_mib_per_second > 0) || !std::isfinite(spec.throttle_mib_per_second)) {
-      return InvalidArgument(job + "throttle_mib_per_second must be positive with a "
-                                   "throttled_consumer");
+      return InvalidArgument(job +
+                             "throttle_mib_per_second must be positive with a "
+                             "throttled_consumer");
     }
   }
   if (spec.kind == JobKind::kGenerated) {
@@ -564,13 +566,13 @@ Status ValidateJobSpec(const JobSpec& spec) {
     }
     if (spec.output_dir.empty()) return InvalidArgument(job + "output_dir is empty");
     if (spec.pattern != Pattern::kAllToAll) {
-      return InvalidArgument(job + "a file-partition job partitions lines by key across all "
-                                   "consumers: pattern must be all-to-all");
+      return InvalidArgument(job +
+                             "a file-partition job partitions lines by key across all "
+                             "consumers: pattern must be all-to-all");
     }
     if (spec.delimiter == '\n') return InvalidArgument(job + "delimiter cannot be a newline");
   } else {
-    return InvalidArgument(job + "unknown job kind " +
-                           std::to_string(static_cast<int>(spec.kind)));
+    return InvalidArgument(job + "unknown job kind " + std::to_string(static_cast<int>(spec.kind)));
   }
   return Status::Ok();
 }
@@ -620,14 +622,13 @@ Status CheckMemory(const JobSpec& spec, uint32_t node, const shuffle::ShuffleEnv
   const uint64_t fit_mib = (fit_bytes + (1u << 20) - 1) >> 20;
   return ResourceExhausted(
       "job '" + spec.job_id + "' needs " + Bytes(e.min_bytes) + " of network memory on node " +
-      std::to_string(node) + " (" + std::to_string(partitions) + " output partitions: " +
-      std::to_string(partition_segments) + " segments, " + std::to_string(gates) +
-      " input gates: " + std::to_string(gate_segments) + " segments; " +
+      std::to_string(node) + " (" + std::to_string(partitions) +
+      " output partitions: " + std::to_string(partition_segments) + " segments, " +
+      std::to_string(gates) + " input gates: " + std::to_string(gate_segments) + " segments; " +
       std::to_string(e.min_segments) + " segments of " + Bytes(seg) + "; " +
-      Bytes(e.recommended_bytes) + " recommended), this daemon has " + Bytes(total * seg) +
-      " (" + Bytes(free * seg) + " free): start sluiced with --network-memory " +
-      std::to_string(fit_mib) + "m (network_memory) or lower buffers_per_channel/" +
-      "floating_per_gate");
+      Bytes(e.recommended_bytes) + " recommended), this daemon has " + Bytes(total * seg) + " (" +
+      Bytes(free * seg) + " free): start sluiced with --network-memory " + std::to_string(fit_mib) +
+      "m (network_memory) or lower buffers_per_channel/" + "floating_per_gate");
 }
 
 Result<File> OpenInput(const std::string& path, uint32_t producer) {
@@ -715,8 +716,8 @@ Result<std::unique_ptr<JobRunner>> JobRunner::Start(shuffle::ShuffleEnvironment*
   for (auto& t : state->producers) {
     auto part = env->CreatePartition(PartitionId(spec.job_id, t->index), Subpartitions(spec));
     if (!part.ok()) {
-      return sluice::Status(part.status().code(), job + "producer " + std::to_string(t->index) + ": " +
-                                              part.status().message());
+      return sluice::Status(part.status().code(), job + "producer " + std::to_string(t->index) +
+                                                      ": " + part.status().message());
     }
     t->partition = std::move(*part);
   }
@@ -732,8 +733,8 @@ Result<std::unique_ptr<JobRunner>> JobRunner::Start(shuffle::ShuffleEnvironment*
     }
     auto gate = env->CreateInputGate(spec.job_id + "/c" + std::to_string(t->index), channels);
     if (!gate.ok()) {
-      return sluice::Status(gate.status().code(), job + "consumer " + std::to_string(t->index) + ": " +
-                                              gate.status().message());
+      return sluice::Status(gate.status().code(), job + "consumer " + std::to_string(t->index) +
+                                                      ": " + gate.status().message());
     }
     t->gate = std::move(*gate);
   }
@@ -778,7 +779,7 @@ control::JobStatus JobRunner::Status() const {
   } else {
     out.state = control::JobState::kSucceeded;
   }
-  out.error = s.first_error;
+  out.error = s.cancelled ? "cancelled: " + s.cancel_reason : s.first_error;
   const Clock::time_point until = s.running > 0 ? Clock::now() : s.end;
   out.seconds = std::chrono::duration<double>(until - s.start).count();
   for (const auto& t : s.producers) {

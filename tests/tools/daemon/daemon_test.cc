@@ -165,6 +165,45 @@ void ExpectCleanShutdown(Daemon& d) {
   EXPECT_EQ(r.leaked_segments, 0u);
 }
 
+// N daemons without a secret, one control client each. End() is every test's leak check.
+struct Cluster {
+  std::vector<std::unique_ptr<Daemon>> daemons;
+  std::vector<std::unique_ptr<ControlClient>> clients;
+
+  explicit Cluster(int n) {
+    for (int i = 0; i < n; ++i) {
+      daemons.push_back(StartDaemon());
+      clients.push_back(daemons.back() ? Connect(*daemons.back()) : nullptr);
+    }
+  }
+  bool ok() const {
+    for (size_t i = 0; i < daemons.size(); ++i) {
+      if (!daemons[i] || !clients[i]) return false;
+    }
+    return true;
+  }
+  std::vector<Daemon*> nodes() const {
+    std::vector<Daemon*> v;
+    for (const auto& d : daemons) v.push_back(d.get());
+    return v;
+  }
+  std::vector<ControlClient*> controls() const {
+    std::vector<ControlClient*> v;
+    for (const auto& c : clients) v.push_back(c.get());
+    return v;
+  }
+  // Every segment back on every node, then a clean shutdown.
+  void End() {
+    for (auto& c : clients) {
+      if (c) ExpectAllSegmentsBack(*c);
+      c.reset();
+    }
+    for (auto& d : daemons) {
+      if (d) ExpectCleanShutdown(*d);
+    }
+  }
+};
+
 TEST(DaemonTest, StatsReportThePoolAndPrometheusText) {
   auto d = StartDaemon();
   ASSERT_TRUE(d);
@@ -192,15 +231,12 @@ TEST(DaemonTest, StatsReportThePoolAndPrometheusText) {
 }
 
 TEST(DaemonTest, JobBetweenTwoDaemonsDeliversEveryRecordAndReturnsEverySegment) {
-  auto a = StartDaemon();
-  auto b = StartDaemon();
-  ASSERT_TRUE(a && b);
-  auto ca = Connect(*a);
-  auto cb = Connect(*b);
-  ASSERT_TRUE(ca && cb);
-  const JobSpec spec = Job("two-nodes", {a.get(), b.get()}, 20000);
-  Submit(spec, {ca.get(), cb.get()});
-  auto st = WaitEnded(spec.job_id, {ca.get(), cb.get()});
+  Cluster cl(2);
+  ASSERT_TRUE(cl.ok());
+  ControlClient* ca = cl.controls()[0];
+  const JobSpec spec = Job("two-nodes", cl.nodes(), 20000);
+  Submit(spec, cl.controls());
+  auto st = WaitEnded(spec.job_id, cl.controls());
   ASSERT_EQ(st.size(), 2u);
   uint64_t sent = 0, received = 0;
   for (const JobStatus& s : st) {
@@ -219,15 +255,10 @@ TEST(DaemonTest, JobBetweenTwoDaemonsDeliversEveryRecordAndReturnsEverySegment) 
   EXPECT_NE(again.message().find("already known"), std::string::npos) << again.ToString();
   auto later = ca->GetStats();
   ASSERT_TRUE(later.ok());
-  EXPECT_NE(later->prometheus.find("sluice_jobs_ended_total{node=\"" + a->node_name() +
-                                   "\",outcome=\"succeeded\"} 1"),
+  EXPECT_NE(later->prometheus.find("sluice_jobs_ended_total{node=\"" +
+                                   cl.daemons[0]->node_name() + "\",outcome=\"succeeded\"} 1"),
             std::string::npos);
-  ExpectAllSegmentsBack(*ca);
-  ExpectAllSegmentsBack(*cb);
-  ca.reset();
-  cb.reset();
-  ExpectCleanShutdown(*a);
-  ExpectCleanShutdown(*b);
+  cl.End();
 }
 
 TEST(DaemonTest, JobTooBigForTheMemoryIsRefusedWithTheNumbers) {
@@ -340,18 +371,16 @@ TEST(DaemonTest, DaemonsWithTheSameSecretShuffleAndDifferentSecretsFailClearly) 
 }
 
 TEST(DaemonTest, GarbageClosesOnlyThatConnectionAndTheDaemonKeepsServing) {
-  auto a = StartDaemon();
-  auto b = StartDaemon();
-  ASSERT_TRUE(a && b);
-  auto ca = Connect(*a);
-  ASSERT_TRUE(ca);
+  Cluster cl(2);
+  ASSERT_TRUE(cl.ok());
+  ControlClient* ca = cl.controls()[0];
   // A hostile peer: random bytes, then a valid-looking header with a huge length.
   for (int round = 0; round < 2; ++round) {
     const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     ASSERT_GE(fd, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
-    addr.sin_port = htons(a->port());
+    addr.sin_port = htons(cl.daemons[0]->port());
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
     std::string junk = round == 0 ? std::string("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -371,31 +400,22 @@ TEST(DaemonTest, GarbageClosesOnlyThatConnectionAndTheDaemonKeepsServing) {
   ASSERT_TRUE(s.ok());
   EXPECT_GE(s->protocol_errors, 2u);
   // And it still serves a job.
-  auto cb = Connect(*b);
-  ASSERT_TRUE(cb);
-  const JobSpec spec = Job("after-garbage", {a.get(), b.get()}, 5000);
-  Submit(spec, {ca.get(), cb.get()});
-  for (const JobStatus& st : WaitEnded(spec.job_id, {ca.get(), cb.get()})) {
+  const JobSpec spec = Job("after-garbage", cl.nodes(), 5000);
+  Submit(spec, cl.controls());
+  for (const JobStatus& st : WaitEnded(spec.job_id, cl.controls())) {
     EXPECT_EQ(st.state, JobState::kSucceeded) << st.error;
   }
-  ExpectAllSegmentsBack(*ca);
-  ExpectAllSegmentsBack(*cb);
-  ca.reset();
-  cb.reset();
-  ExpectCleanShutdown(*a);
-  ExpectCleanShutdown(*b);
+  cl.End();
 }
 
 TEST(DaemonTest, CutConnectionsFailsTheJobNamingThePeerAndLeaksNothing) {
-  auto a = StartDaemon();
-  auto b = StartDaemon();
-  ASSERT_TRUE(a && b);
-  auto ca = Connect(*a);
-  auto cb = Connect(*b);
-  ASSERT_TRUE(ca && cb);
-  JobSpec spec = Job("cut", {a.get(), b.get()}, 50000000);  // far more than runs before the cut
+  Cluster cl(2);
+  ASSERT_TRUE(cl.ok());
+  ControlClient* ca = cl.controls()[0];
+  ControlClient* cb = cl.controls()[1];
+  JobSpec spec = Job("cut", cl.nodes(), 50000000);  // far more than runs before the cut
   spec.timeout_ms = 30000;
-  Submit(spec, {ca.get(), cb.get()});
+  Submit(spec, cl.controls());
   // Wait until data flows, then cut b's data connections.
   for (int i = 0; i < 500; ++i) {
     auto st = ca->GetJobStatus(spec.job_id);
@@ -425,16 +445,11 @@ TEST(DaemonTest, CutConnectionsFailsTheJobNamingThePeerAndLeaksNothing) {
   // The coordinator (here the test) cancels what still runs; then everything is back.
   EXPECT_TRUE(ca->CancelJob(spec.job_id, "connection cut").ok());
   EXPECT_TRUE(cb->CancelJob(spec.job_id, "connection cut").ok());
-  for (const JobStatus& s : WaitEnded(spec.job_id, {ca.get(), cb.get()}, std::chrono::seconds(20))) {
+  for (const JobStatus& s : WaitEnded(spec.job_id, cl.controls(), std::chrono::seconds(20))) {
     EXPECT_NE(s.state, JobState::kRunning);
     EXPECT_NE(s.state, JobState::kSucceeded);
   }
-  ExpectAllSegmentsBack(*ca);
-  ExpectAllSegmentsBack(*cb);
-  ca.reset();
-  cb.reset();
-  ExpectCleanShutdown(*a);
-  ExpectCleanShutdown(*b);
+  cl.End();
 }
 
 TEST(DaemonTest, ShutdownCancelsARunningJobAndReturnsEverySegment) {
