@@ -33,13 +33,17 @@ if(NOT rc EQUAL 0 OR NOT out MATCHES "^sluiced [0-9]")
   message(FATAL_ERROR "sluiced --version: exit ${rc}\n${out}")
 endif()
 
-# Start, wait for the port file, SIGTERM, exit 0 (a shell runs it in the background).
+# Start, wait for the port file, ask with sluicectl, SIGTERM, exit 0 (a shell runs it).
 file(WRITE ${WORK}/run.sh "
 ${SLUICED} --port 0 --network-memory 16m --port-file ${WORK}/port --metrics-file ${WORK}/metrics \
   --metrics-interval-ms 100 --log-file ${WORK}/log &
 pid=$!
 for i in $(seq 1 200); do [ -s ${WORK}/port ] && [ -s ${WORK}/metrics ] && break; sleep 0.05; done
 [ -s ${WORK}/port ] || { echo 'no port file'; kill -9 $pid; exit 1; }
+port=$(cat ${WORK}/port)
+${SLUICECTL} --port $port stats > ${WORK}/stats || { echo 'sluicectl stats failed'; kill -9 $pid; exit 1; }
+${SLUICECTL} --port $port dump > ${WORK}/dump || { echo 'sluicectl dump failed'; kill -9 $pid; exit 1; }
+${SLUICECTL} --port $port status no-such-job > ${WORK}/status; echo status_exit=$?
 kill -TERM $pid
 wait $pid
 echo exit=$?
@@ -52,6 +56,17 @@ if(NOT out MATCHES "exit=0")
 endif()
 if(NOT log MATCHES "stopped cleanly")
   message(FATAL_ERROR "sluiced log lacks the clean stop:\n${log}")
+endif()
+if(NOT out MATCHES "status_exit=1")
+  message(FATAL_ERROR "sluicectl status of an unknown job did not exit 1: ${out}")
+endif()
+file(READ ${WORK}/stats stats)
+if(NOT stats MATCHES "# node [^ ]+: 512/512 segments" OR NOT stats MATCHES "sluice_frames_in_total")
+  message(FATAL_ERROR "sluicectl stats output unexpected:\n${stats}")
+endif()
+file(READ ${WORK}/dump dump)
+if(NOT dump MATCHES "no channels")
+  message(FATAL_ERROR "sluicectl dump output unexpected:\n${dump}")
 endif()
 file(READ ${WORK}/metrics metrics)
 if(NOT metrics MATCHES "sluice_pool_segments_total\\{node=\"[^\"]+\"\\} 512")
