@@ -3,8 +3,10 @@
 namespace sluice::shuffle {
 
 transport::TransportOptions MakeTransportOptions(uint32_t segment_size,
-                                                 const ConnectionTimeouts& timeouts) {
+                                                 const ConnectionTimeouts& timeouts,
+                                                 const transport::FaultShim& faults) {
   transport::TransportOptions o;
+  o.faults = faults;
   o.limits.max_payload = segment_size;
   o.limits.known_types = schema::KnownMessageTypes();
   o.limits.payload_types = schema::PayloadMessageTypes();

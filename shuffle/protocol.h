@@ -21,8 +21,10 @@ struct ConnectionTimeouts {
 };
 
 // Transport options for shuffle connections with payloads of at most `segment_size` bytes.
+// `faults`: the seeded fault shim (tests and sluice-harness only; off by default).
 transport::TransportOptions MakeTransportOptions(uint32_t segment_size,
-                                                 const ConnectionTimeouts& timeouts);
+                                                 const ConnectionTimeouts& timeouts,
+                                                 const transport::FaultShim& faults = {});
 
 // Refuses a frame whose message failed to parse: kInvalidMessage when the FlatBuffers Verifier
 // rejects it, kInvalidField when it verifies but a field is wrong.

@@ -353,7 +353,8 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
 ShuffleClient::ShuffleClient(transport::EventLoop* loop, const ShuffleClientConfig& config)
     : loop_(loop),
       config_(config),
-      tcp_(loop, MakeTransportOptions(config.options.credit.segment_size, config.timeouts),
+      tcp_(loop, MakeTransportOptions(config.options.credit.segment_size, config.timeouts,
+                                config.options.faults),
            [this](transport::Connection& c) -> std::unique_ptr<transport::ConnectionHandler> {
              return std::make_unique<Handler>(this, &c);
            },

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "buffer/memory_estimate.h"
+#include "transport/transport_options.h"
 
 namespace sluice::shuffle {
 
@@ -30,6 +31,9 @@ struct ShuffleOptions {
   std::chrono::milliseconds request_timeout{30000};
   // How long the server parks a request for a partition that is not registered yet.
   std::chrono::milliseconds server_park_timeout{200};
+  // The transport's seeded fault shim on every connection (corruption, delay); tests and
+  // sluice-harness only.
+  transport::FaultShim faults;
 };
 
 inline constexpr std::chrono::milliseconds kBufferTimeoutOff{-1};

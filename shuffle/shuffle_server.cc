@@ -538,7 +538,8 @@ Result<std::unique_ptr<ShuffleServer>> ShuffleServer::Start(transport::EventLoop
   o.bind_host = config.bind_host;
   o.port = config.port;
   o.max_connections = config.max_connections;
-  o.transport = MakeTransportOptions(config.options.credit.segment_size, config.timeouts);
+  o.transport = MakeTransportOptions(config.options.credit.segment_size, config.timeouts,
+                                     config.options.faults);
   ShuffleServer* s = server.get();
   auto tcp = transport::TcpServer::Start(
       loop, o, [s](transport::Connection& c) -> std::unique_ptr<transport::ConnectionHandler> {

@@ -103,6 +103,7 @@ Connection::Connection(EventLoop* loop, uv_tcp_t* tcp, const TransportOptions& o
       tcp_(tcp),
       timer_(new uv_timer_t),
       idle_(new uv_idle_t),
+      delay_timer_(new uv_timer_t),
       options_(options),
       metrics_(std::move(metrics)),
       peer_(std::move(peer)),
@@ -111,6 +112,7 @@ Connection::Connection(EventLoop* loop, uv_tcp_t* tcp, const TransportOptions& o
       sink_(std::make_unique<DecoderSink>(this)),
       decoder_(sink_.get(), options.limits) {
   staging_capacity_ = std::clamp<size_t>(options.staging_read_bytes, kFrameHeaderSize, kMaxStaging);
+  fault_rng_ = options.faults.seed ^ (id_ * 0x9E3779B97F4A7C15ull);
   staging_.reset(new uint8_t[kMaxStaging]);
 }
 
@@ -138,7 +140,9 @@ std::shared_ptr<Connection> Connection::Adopt(EventLoop* loop, uv_tcp_t* tcp,
   c->timer_->data = c.get();
   uv_idle_init(loop->loop(), c->idle_);
   c->idle_->data = c.get();
-  c->open_handles_ = 3;
+  uv_timer_init(loop->loop(), c->delay_timer_);
+  c->delay_timer_->data = c.get();
+  c->open_handles_ = 4;
   const uint64_t now = uv_now(loop->loop());
   c->created_ms_ = c->last_read_ms_ = c->last_write_ms_ = now;
   // The liveness tick: a quarter of the shortest deadline, between 10 ms and 1 s.
@@ -301,7 +305,29 @@ void Connection::Send(OutFrame frame) {
 void Connection::ScheduleFlush() {
   if (flush_scheduled_ || closing_) return;
   flush_scheduled_ = true;
+  if (options_.faults.delay_ms > 0) {
+    uv_timer_start(delay_timer_, &Connection::OnDelayFlush, options_.faults.delay_ms, 0);
+    return;
+  }
   uv_idle_start(idle_, &Connection::OnIdleFlush);
+}
+
+void Connection::OnDelayFlush(uv_timer_t* t) {
+  auto* c = static_cast<Connection*>(t->data);
+  c->flush_scheduled_ = false;
+  c->Flush();
+}
+
+void Connection::MaybeCorrupt(const buffer::Buffer& payload) {
+  // splitmix64 step: deterministic per seed and connection.
+  fault_rng_ += 0x9E3779B97F4A7C15ull;
+  uint64_t z = fault_rng_;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  if (z % 1000000 >= options_.faults.corrupt_per_million) return;
+  payload.data()[(z >> 20) % payload.size()] ^= 0x5A;
+  metrics_->faults_corrupted.fetch_add(1, std::memory_order_relaxed);
 }
 
 void Connection::OnIdleFlush(uv_idle_t* i) {
@@ -343,6 +369,9 @@ void Connection::Flush() {
                                     static_cast<unsigned>(h.size())));
       b->bytes += h.size();
       if (f.payload() && f.payload().size() > 0) {
+        if (options_.faults.corrupt_per_million > 0) {
+          MaybeCorrupt(f.payload());
+        }
         b->bufs.push_back(
             uv_buf_init(reinterpret_cast<char*>(f.payload().data()), f.payload().size()));
         b->bytes += f.payload().size();
@@ -478,6 +507,7 @@ void Connection::CloseHandles() {
   uv_close(reinterpret_cast<uv_handle_t*>(tcp_), &Connection::OnHandleClosed);
   uv_close(reinterpret_cast<uv_handle_t*>(timer_), &Connection::OnHandleClosed);
   uv_close(reinterpret_cast<uv_handle_t*>(idle_), &Connection::OnHandleClosed);
+  uv_close(reinterpret_cast<uv_handle_t*>(delay_timer_), &Connection::OnHandleClosed);
 }
 
 void Connection::OnHandleClosed(uv_handle_t* h) {
@@ -486,6 +516,8 @@ void Connection::OnHandleClosed(uv_handle_t* h) {
     delete c->tcp_;
   } else if (h == reinterpret_cast<uv_handle_t*>(c->timer_)) {
     delete c->timer_;
+  } else if (h == reinterpret_cast<uv_handle_t*>(c->delay_timer_)) {
+    delete c->delay_timer_;
   } else {
     delete c->idle_;
   }

@@ -142,6 +142,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   static void OnWrite(uv_write_t* req, int status);
   static void OnTick(uv_timer_t* t);
   static void OnIdleFlush(uv_idle_t* i);
+  static void OnDelayFlush(uv_timer_t* t);
+  void MaybeCorrupt(const buffer::Buffer& payload);
   static void OnHandleClosed(uv_handle_t* h);
 
   void ReadSocket();
@@ -157,6 +159,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   uv_tcp_t* const tcp_;
   uv_timer_t* const timer_;
   uv_idle_t* const idle_;
+  uv_timer_t* const delay_timer_;  // the fault shim's delay (FaultShim::delay_ms)
+  uint64_t fault_rng_ = 0;         // the fault shim's random state (seed ^ connection id)
   const TransportOptions options_;
   const std::shared_ptr<TransportMetrics> metrics_;
   const std::string peer_;

@@ -14,6 +14,20 @@
 
 namespace sluice::transport {
 
+// A seeded fault shim on the sending side of every connection, for tests and sluice-harness
+// (the kernel here has no netem). Off by default; never on in production.
+struct FaultShim {
+  uint64_t seed = 1;
+  // Each outgoing payload has one byte flipped with this probability, in parts per million:
+  // corruption TCP's checksum would have missed. Receivers catch it with buffer checksums or
+  // record checksums.
+  uint32_t corrupt_per_million = 0;
+  // Writes scheduled by Send() wait this long before they go out (frames queued meanwhile go
+  // with them): a delay line without a bandwidth limit. An explicit Flush() is not delayed.
+  uint32_t delay_ms = 0;
+  bool active() const { return corrupt_per_million > 0 || delay_ms > 0; }
+};
+
 struct TransportOptions {
   // Which frame types may arrive, which carry payloads, the largest payload (segment size).
   FrameLimits limits;
@@ -35,6 +49,7 @@ struct TransportOptions {
   std::chrono::milliseconds handshake_timeout{5000};
   // CloseAfterFlush waits at most this long for the last frames to leave.
   std::chrono::milliseconds close_flush_timeout{1000};
+  FaultShim faults;
 };
 
 struct TransportMetrics {
@@ -51,6 +66,7 @@ struct TransportMetrics {
   std::atomic<uint64_t> idle_timeouts{0};
   std::atomic<uint64_t> handshake_timeouts{0};
   std::array<std::atomic<uint64_t>, kFrameErrorCount> protocol_errors{};
+  std::atomic<uint64_t> faults_corrupted{0};  // payloads the fault shim corrupted
 
   uint64_t protocol_errors_total() const {
     uint64_t n = 0;

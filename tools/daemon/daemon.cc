@@ -48,6 +48,16 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config) {
   ec.options.credit.floating_per_gate = config.floating_per_gate;
   ec.options.buffer_timeout = std::chrono::milliseconds(config.buffer_timeout_ms);
   ec.options.checksums = config.checksums;
+  ec.options.faults.seed = config.fault_seed;
+  ec.options.faults.corrupt_per_million = config.fault_corrupt_per_million;
+  ec.options.faults.delay_ms = config.fault_delay_ms;
+  if (ec.options.faults.active()) {
+    Log(LogLevel::kWarn, "fault shim ON (testing only): corrupting " +
+                             std::to_string(config.fault_corrupt_per_million) +
+                             " per million sent buffers, delaying writes by " +
+                             std::to_string(config.fault_delay_ms) + " ms, seed " +
+                             std::to_string(config.fault_seed));
+  }
   ec.listen = true;
   ec.bind_host = config.listen;
   ec.port = config.port;

@@ -143,6 +143,13 @@ const std::map<std::string, Option>& Options() {
                  "cancelled (default 10000)",
                  &DaemonConfig::shutdown_grace_ms, 0, 3600000)},
       {"preallocate", BoolOption("touch all network memory at start", &DaemonConfig::preallocate)},
+      {"fault_seed", IntOption("seed of the fault shim (testing only)", &DaemonConfig::fault_seed,
+                               0, std::numeric_limits<int64_t>::max())},
+      {"fault_corrupt_per_million",
+       IntOption("testing only: flip a byte in this many of a million sent buffers",
+                 &DaemonConfig::fault_corrupt_per_million, 0, 1000000)},
+      {"fault_delay_ms", IntOption("testing only: hold every scheduled write this long",
+                                   &DaemonConfig::fault_delay_ms, 0, 60000)},
   };
   return *options;
 }

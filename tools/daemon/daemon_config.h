@@ -34,6 +34,11 @@ struct DaemonConfig {
   uint32_t max_connections = 1024;
   uint32_t shutdown_grace_ms = 10000;  // SIGTERM: how long running jobs may take to finish
   bool preallocate = false;            // touch every segment at start (MAP_POPULATE)
+  // The transport's seeded fault shim (tests and sluice-harness only; see
+  // transport::FaultShim): corrupt payloads, delay writes.
+  uint64_t fault_seed = 1;
+  uint32_t fault_corrupt_per_million = 0;
+  uint32_t fault_delay_ms = 0;
 };
 
 // What the command line asked for.

@@ -740,11 +740,12 @@ Result<std::unique_ptr<JobRunner>> JobRunner::Start(shuffle::ShuffleEnvironment*
   }
 
   State* s = state.get();
-  s->running = static_cast<uint32_t>(s->producers.size() + s->consumers.size());
-  if (s->running == 0) s->end = s->start;  // nothing on this node: done at once
+  const auto tasks = static_cast<uint32_t>(s->producers.size() + s->consumers.size());
+  s->running = tasks;                 // before any thread starts; read under s->mu afterwards
+  if (tasks == 0) s->end = s->start;  // nothing on this node: done at once
   for (auto& t : s->producers) s->threads.emplace_back([s, p = t.get()] { s->RunProducer(*p); });
   for (auto& t : s->consumers) s->threads.emplace_back([s, c = t.get()] { s->RunConsumer(*c); });
-  if (s->running > 0) s->watchdog = std::thread([s] { s->RunWatchdog(); });
+  if (tasks > 0) s->watchdog = std::thread([s] { s->RunWatchdog(); });
   return std::unique_ptr<JobRunner>(new JobRunner(std::move(state)));
 }
 

@@ -88,6 +88,8 @@ void Transport(Writer& w, const transport::TransportMetrics* served,
       {"idle_timeouts_total", "connections closed as idle", &transport::TransportMetrics::idle_timeouts},
       {"handshake_timeouts_total", "connections closed in the handshake",
        &transport::TransportMetrics::handshake_timeouts},
+      {"fault_shim_corrupted_total", "payloads the testing fault shim corrupted",
+       &transport::TransportMetrics::faults_corrupted},
   };
   for (const Field& f : kFields) {
     w.Head(f.name, f.help, "counter");

@@ -31,6 +31,10 @@ Daemons:
   --rate MBIT               with --netns: tc tbf rate limit on every veth
   --drop PERCENT            with --netns: nftables random drop of incoming TCP in every daemon
                             namespace (from other daemons; the harness's control traffic passes)
+  --delay-ms N              every daemon's seeded fault shim holds each write N ms (no netem
+                            here; works with and without --netns)
+  --corrupt-ppm N           every daemon's fault shim flips a byte in N per million sent
+                            buffers (seeded by --seed); use with --checksums to see them caught
 
 Job:
   --job generated|file-partition   (default generated)
@@ -186,6 +190,8 @@ Result<Options> ParseOptions(int argc, char** argv) {
         {"--stall-seconds", &o.stall_seconds},
         {"--fault-deadline", &o.fault_deadline_s},
         {"--shutdown-deadline", &o.shutdown_deadline_s},
+        {"--delay-ms", &o.delay_ms},
+        {"--corrupt-ppm", &o.corrupt_ppm},
     };
     if (auto d = doubles.find(arg); d != doubles.end()) {
       SLUICE_NEXT(v);
@@ -363,6 +369,8 @@ Result<Options> ParseOptions(int argc, char** argv) {
 
   // Ranges and cross-checks.
   if (o.drop_percent > 100) return InvalidArgument("--drop is a percentage 0..100");
+  if (o.delay_ms > 60000) return InvalidArgument("--delay-ms is at most 60000");
+  if (o.corrupt_ppm > 1000000) return InvalidArgument("--corrupt-ppm is parts per million, 0..1000000");
   if (o.timeout_s < 1) return InvalidArgument("--timeout must be at least 1 second");
   if (o.fault_at >= 1) return InvalidArgument("--fault-at is a fraction below 1");
   if (o.fault == Fault::kWrongSecret) o.auth = true;

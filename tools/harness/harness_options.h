@@ -42,6 +42,8 @@ struct Options {
   bool netns = false;
   double rate_mbit = 0;      // tc tbf on every veth; 0 = unlimited
   double drop_percent = -1;  // nftables random drop in every daemon namespace; <0 = none
+  double delay_ms = 0;       // the daemons' fault shim: hold every write this long
+  double corrupt_ppm = 0;    // the daemons' fault shim: corrupt this many per million buffers
 
   // Job.
   control::JobKind kind = control::JobKind::kGenerated;

@@ -181,6 +181,14 @@ Status HarnessRun::Setup() {
   // The daemons check buffer CRCs only when started with --checksums, and refuse a job that
   // asks for them otherwise.
   if (o_.checksums) cfg.args.push_back("--checksums");
+  // Delay and corruption come from the daemons' seeded in-process shim (no netem here).
+  if (o_.delay_ms > 0 || o_.corrupt_ppm > 0) {
+    cfg.args.insert(cfg.args.end(),
+                    {"--fault-seed", std::to_string(o_.seed), "--fault-delay-ms",
+                     std::to_string(static_cast<uint32_t>(o_.delay_ms)),
+                     "--fault-corrupt-per-million",
+                     std::to_string(static_cast<uint32_t>(o_.corrupt_ppm))});
+  }
   cfg.args.insert(cfg.args.end(), o_.daemon_args.begin(), o_.daemon_args.end());
   cfg.client.segment_size = o_.segment_size_bytes;
   cfg.client.client_name = "sluice-harness";

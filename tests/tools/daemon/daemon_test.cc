@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
 #include <fstream>
 #include <thread>
 
@@ -34,12 +35,14 @@ std::string WriteSecret(const std::string& name, const std::string& secret) {
 }
 
 std::unique_ptr<Daemon> StartDaemon(const std::string& secret_file = "",
-                                    uint64_t memory = 32ull << 20) {
+                                    uint64_t memory = 32ull << 20,
+                                    const std::function<void(DaemonConfig&)>& tweak = {}) {
   DaemonConfig c;
   c.port = 0;
   c.network_memory = memory;
   c.auth_secret_file = secret_file;
   c.buffer_timeout_ms = 10;
+  if (tweak) tweak(c);
   auto d = Daemon::Start(c);
   EXPECT_TRUE(d.ok()) << d.status().ToString();
   return d.ok() ? std::move(*d) : nullptr;
@@ -473,6 +476,66 @@ TEST(DaemonTest, ShutdownCancelsARunningJobAndReturnsEverySegment) {
   ExpectAllSegmentsBack(*cb);
   cb.reset();
   ExpectCleanShutdown(*b);
+}
+
+TEST(DaemonTest, FaultShimCorruptionIsCaughtAndDelayLosesNothing) {
+  // Every buffer b sends is corrupted; with buffer checksums the receivers refuse it, naming b.
+  auto a = StartDaemon("", 32ull << 20, [](DaemonConfig& c) { c.checksums = true; });
+  auto b = StartDaemon("", 32ull << 20, [](DaemonConfig& c) {
+    c.checksums = true;
+    c.fault_corrupt_per_million = 1000000;
+    c.fault_seed = 42;
+  });
+  ASSERT_TRUE(a && b);
+  auto ca = Connect(*a);
+  auto cb = Connect(*b);
+  ASSERT_TRUE(ca && cb);
+  JobSpec spec = Job("corrupt", {a.get(), b.get()}, 5000);
+  spec.checksums = true;
+  spec.timeout_ms = 20000;
+  Submit(spec, {ca.get(), cb.get()});
+  const auto st = WaitEnded(spec.job_id, {ca.get(), cb.get()});
+  ASSERT_EQ(st.size(), 2u);
+  EXPECT_EQ(st[0].state, JobState::kFailed);
+  const std::string b_addr = "127.0.0.1:" + std::to_string(b->port());
+  EXPECT_NE(st[0].error.find("checksum mismatch"), std::string::npos) << st[0].error;
+  EXPECT_NE(st[0].error.find(b_addr), std::string::npos) << st[0].error;
+  for (const auto& c : st[0].consumers) EXPECT_EQ(c.corrupted, 0u) << "a corrupted buffer got through";
+  auto bs = cb->GetStats();
+  ASSERT_TRUE(bs.ok());
+  EXPECT_EQ(bs->prometheus.find("sluice_fault_shim_corrupted_total{node=\"" + b->node_name() +
+                                "\",side=\"served\"} 0"),
+            std::string::npos)
+      << "b's shim corrupted nothing";
+  ExpectAllSegmentsBack(*ca);
+  ExpectAllSegmentsBack(*cb);
+  ca.reset();
+  cb.reset();
+  ExpectCleanShutdown(*a);
+  ExpectCleanShutdown(*b);
+
+  // A delay line on every write of both daemons: slower, nothing lost.
+  auto slow = [](DaemonConfig& c) { c.fault_delay_ms = 5; };
+  auto x = StartDaemon("", 32ull << 20, slow);
+  auto y = StartDaemon("", 32ull << 20, slow);
+  ASSERT_TRUE(x && y);
+  auto cx = Connect(*x);
+  auto cy = Connect(*y);
+  ASSERT_TRUE(cx && cy);
+  const JobSpec delayed = Job("delayed", {x.get(), y.get()}, 5000);
+  Submit(delayed, {cx.get(), cy.get()});
+  uint64_t received = 0;
+  for (const JobStatus& s : WaitEnded(delayed.job_id, {cx.get(), cy.get()})) {
+    EXPECT_EQ(s.state, JobState::kSucceeded) << s.error;
+    for (const auto& c : s.consumers) received += c.records;
+  }
+  EXPECT_EQ(received, 10000u);
+  ExpectAllSegmentsBack(*cx);
+  ExpectAllSegmentsBack(*cy);
+  cx.reset();
+  cy.reset();
+  ExpectCleanShutdown(*x);
+  ExpectCleanShutdown(*y);
 }
 
 }  // namespace
