@@ -123,9 +123,9 @@ Status Produce(shuffle::RecordWriter& writer, const BenchFlags& f, const std::at
   } else {
     while (!stop.load(std::memory_order_relaxed)) {
       const auto records = source.Next(ch, false);
-      for (const std::span<const uint8_t>& record : records) {
-        if (Status s = writer.EmitTo(record, ch); !s.ok()) return s;
-      }
+      Status s = source.batch() == 1 ? writer.EmitTo(records[0], ch)
+                                     : writer.EmitBatchTo(records, ch);
+      if (!s.ok()) return s;
       ch = ch + 1 == channels ? 0 : ch + 1;
     }
   }
