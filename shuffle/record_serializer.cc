@@ -42,6 +42,24 @@ void RecordSerializer::BeginChecked(std::span<const uint8_t> record) {
   remaining_ = kRecordLengthBytes + record.size();
 }
 
+size_t RecordSerializer::AppendWhole(buffer::Buffer& buffer,
+                                     std::span<const std::span<const uint8_t>> records) {
+  SLUICE_CHECK(remaining_ == 0, "RecordSerializer::AppendWhole with a record still pending");
+  const size_t capacity = buffer.capacity();
+  size_t size = buffer.size();
+  uint8_t* const out = buffer.data();
+  size_t n = 0;
+  for (const std::span<const uint8_t>& record : records) {
+    if (capacity - size < kRecordLengthBytes + record.size()) break;
+    WriteBigEndian32(out + size, static_cast<uint32_t>(record.size()));
+    if (!record.empty()) std::memcpy(out + size + kRecordLengthBytes, record.data(), record.size());
+    size += kRecordLengthBytes + record.size();
+    ++n;
+  }
+  buffer.SetSize(static_cast<uint32_t>(size));
+  return n;
+}
+
 RecordSerializer::Progress RecordSerializer::CopyTo(buffer::Buffer& buffer) {
   uint32_t size = buffer.size();
   const uint32_t capacity = buffer.capacity();
@@ -51,6 +69,7 @@ RecordSerializer::Progress RecordSerializer::CopyTo(buffer::Buffer& buffer) {
     std::memcpy(out + size, prefix_, kRecordLengthBytes);
     if (!record_.empty()) std::memcpy(out + size + kRecordLengthBytes, record_.data(), record_.size());
     size += static_cast<uint32_t>(remaining_);
+    offset_ += remaining_;
     remaining_ = 0;
     record_ = {};
     buffer.SetSize(size);

@@ -43,6 +43,11 @@ class RecordSerializer {
   void BeginChecked(std::span<const uint8_t> record);
   // Appends as much of the pending record as fits after buffer.size(), advancing the size.
   Progress CopyTo(buffer::Buffer& buffer);
+  // Appends whole records (prefix and bytes) from the front of `records` for as long as the
+  // next one fits completely after buffer.size(); sets the size once. Returns how many were
+  // appended. REQUIRES: no record pending; every size checked (CheckSize). The record that did
+  // not fit (if any) is for Begin/CopyTo, which may split it.
+  size_t AppendWhole(buffer::Buffer& buffer, std::span<const std::span<const uint8_t>> records);
   bool HasPending() const { return remaining_ > 0; }
 
  private:

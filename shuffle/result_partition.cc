@@ -337,7 +337,8 @@ Status ResultPartition::EmitBatch(std::span<const std::span<const uint8_t>> reco
     if (Status s = WritableStatus(); !s.ok()) return s;
   }
   for (const std::span<const uint8_t>& record : records) {
-    if (Status s = RecordSerializer::CheckSize(record.size()); !s.ok()) {
+    if (record.size() > kMaxRecordLength) {
+      const Status s = RecordSerializer::CheckSize(record.size());
       return Status(s.code(), "partition '" + id_ + "': " + s.message());
     }
   }
@@ -372,6 +373,18 @@ Status ResultPartition::WriteRecords(uint32_t index,
         if (!sp.current.valid() && fresh.valid()) sp.current = std::move(fresh);
         while (sp.current.valid()) {
           if (!serializer_.HasPending()) {
+            // Whole records first, in one tight loop (one per buffer when flushing per record).
+            const auto rest = records.subspan(done, flush_every_record_
+                                                        ? std::min<size_t>(1, records.size() - done)
+                                                        : records.size() - done);
+            if (const size_t n = serializer_.AppendWhole(sp.current, rest); n > 0) {
+              done += n;
+              sp.records += n;
+              if (sp.current.size() == sp.current.capacity() || flush_every_record_) {
+                notify = sp.FinishCurrentLocked() || notify;
+              }
+              continue;
+            }
             if (done == records.size()) break;
             serializer_.BeginChecked(records[done]);
           }
