@@ -151,6 +151,7 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
   Clock::time_point next_tick = t0 + std::chrono::seconds(1);
   Clock::time_point last_tick = t0;
   Clock::time_point stopped_at;
+  Clock::time_point warm_at = t0;  // the measured window starts here
   bool warm = f.warmup <= 0;
   bool stopped = false;
   uint64_t records = 0, bytes = 0;
@@ -189,23 +190,13 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
     const Clock::time_point now = Clock::now();
     if (!warm && now >= warm_end) {
       warm = true;
+      warm_at = now;
       warm_records = records;
       warm_bytes = bytes;
       warm_buffers = gate->Stats().buffers_in;
     }
-    if (!stopped && now >= end) {
-      stopped = true;
-      stopped_at = now;
-      out->seconds = std::chrono::duration<double>(now - (f.warmup > 0 ? warm_end : t0)).count();
-      out->records = records - warm_records;
-      out->bytes = bytes - warm_bytes;
-      out->buffers = gate->Stats().buffers_in - warm_buffers;
-      stop_producer();
-    }
-    if (stopped && now - stopped_at > kDrainLimit) {
-      return TimeoutError("no end of input within 30 s after the producer was told to stop");
-    }
-    if (now >= next_tick && !stopped) {
+    const bool stopping = !stopped && now >= end;
+    if (!stopped && (now >= next_tick || stopping)) {
       const uint64_t buffers = gate->Stats().buffers_in;
       const double dt = std::chrono::duration<double>(now - last_tick).count();
       if (!f.json) {
@@ -215,7 +206,7 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
                     (records - tick_records) / dt / 1e6,
                     (bytes - tick_bytes) / dt / (1 << 20), (buffers - tick_buffers) / dt,
                     pool.used_segments(), pool.total_segments(),
-                    now <= warm_end && f.warmup > 0 ? "  (warm-up)" : "");
+                    last_tick < warm_end && f.warmup > 0 ? "  (warm-up)" : "");
         std::fflush(stdout);
       }
       tick_records = records;
@@ -223,6 +214,18 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
       tick_buffers = buffers;
       last_tick = now;
       next_tick = now + std::chrono::seconds(1);
+    }
+    if (stopping) {
+      stopped = true;
+      stopped_at = now;
+      out->seconds = std::chrono::duration<double>(now - warm_at).count();
+      out->records = records - warm_records;
+      out->bytes = bytes - warm_bytes;
+      out->buffers = gate->Stats().buffers_in - warm_buffers;
+      stop_producer();
+    }
+    if (stopped && now - stopped_at > kDrainLimit) {
+      return TimeoutError("no end of input within 30 s after the producer was told to stop");
     }
   }
   if (!stopped) return InternalError("the input ended before the measurement did");

@@ -67,7 +67,7 @@ void PrintSummary(const Measurement& m) {
               static_cast<unsigned long long>(r.bytes), r.mib_per_second());
   std::printf("  buffers        %12llu   %10.0f buffers/s\n",
               static_cast<unsigned long long>(r.buffers), r.buffers_per_second());
-  std::printf("  credit stalls  %12.1f ms (server readers with data, no credit)\n",
+  std::printf("  credit stalls  %12.1f ms (summed over the server's readers: data, no credit)\n",
               r.credit_stall_ms);
   std::printf("  backpressure   %12.1f ms (producer waiting for output buffers)\n",
               r.backpressure_ms);
