@@ -1,5 +1,6 @@
 #include "tools/bench/bench_flags.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
@@ -40,6 +41,11 @@ std::string BenchFlags::RecordSizeString() const {
   return std::to_string(record_min) + "-" + std::to_string(record_max);
 }
 
+uint32_t BenchFlags::EffectiveBatch() const {
+  if (latency) return 1;
+  return std::max<uint32_t>(1, std::min<uint32_t>(batch, (256u << 10) / record_max));
+}
+
 const char* BenchUsage() {
   return "sluice-bench: throughput and latency of Sluice's data path next to the machine's\n"
          "limits (a raw libuv socket pump and memcpy), measured in the same run.\n"
@@ -58,7 +64,8 @@ const char* BenchUsage() {
          "  --latency                  flush per record at --rate records/s; one-way latency\n"
          "                             percentiles from CLOCK_MONOTONIC stamps in the records\n"
          "  --rate N                   records per second with --latency (default 10000)\n"
-         "  --batch N                  records per emit call to one subpartition; 1 = plain\n"
+         "  --batch N                  records per emit call to one subpartition (at most 256 KiB\n"
+         "                             of records); 1 = plain\n"
          "                             ResultPartition::Emit, >1 = EmitBatch (default 64)\n"
          "  --network-memory-mib M     network memory per process (default: the recommended\n"
          "                             estimate for the topology)\n"

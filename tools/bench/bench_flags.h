@@ -36,6 +36,9 @@ struct BenchFlags {
   std::string sweep_out = "sluice-bench-sweep.svg";
 
   std::string RecordSizeString() const;
+  // Records per emit call: 1 with --latency, else --batch capped so that one batch of records
+  // stays within 256 KiB (cache resident, like a producer's own output would be).
+  uint32_t EffectiveBatch() const;
   double MeanRecordSize() const { return (record_min + record_max) / 2.0; }
 };
 

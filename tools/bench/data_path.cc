@@ -64,7 +64,7 @@ shuffle::EnvironmentConfig ConfigFor(const BenchFlags& f, const char* name, bool
 class RecordSource {
  public:
   explicit RecordSource(const BenchFlags& f)
-      : batch_(f.latency ? 1 : f.batch),
+      : batch_(f.EffectiveBatch()),
         max_(f.record_max),
         arena_(static_cast<size_t>(batch_) * f.record_max),
         spans_(batch_),

@@ -102,14 +102,15 @@ std::string ToJson(const Measurement& m) {
   std::vector<std::pair<std::string, std::string>> kv = {
       {"mode", JsonString(f.mode)},
       {"channels", std::to_string(f.channels)},
-      {"record_size", JsonString(f.RecordSizeString())},
+      // The size, or the mean of a --record-size MIN-MAX range (then see _min and _max).
+      {"record_size", std::to_string(static_cast<uint64_t>(f.MeanRecordSize()))},
       {"record_size_min", std::to_string(f.record_min)},
       {"record_size_max", std::to_string(f.record_max)},
       {"segment_size", std::to_string(f.segment_size)},
       {"buffers_per_channel", std::to_string(f.buffers_per_channel)},
       {"floating_per_gate", std::to_string(f.floating_per_gate)},
       {"buffer_timeout_ms", std::to_string(f.latency ? 0 : f.buffer_timeout_ms)},
-      {"batch", std::to_string(f.latency ? 1 : f.batch)},
+      {"batch", std::to_string(f.EffectiveBatch())},
       {"checksum", f.checksum ? "true" : "false"},
       {"rounds", std::to_string(m.rounds)},
       {"seconds", Fmt("%.3f", r.seconds)},
