@@ -45,6 +45,7 @@ void RecordSerializer::BeginChecked(std::span<const uint8_t> record) {
 size_t RecordSerializer::AppendWhole(buffer::Buffer& buffer,
                                      std::span<const std::span<const uint8_t>> records) {
   SLUICE_CHECK(remaining_ == 0, "RecordSerializer::AppendWhole with a record still pending");
+  if (records.empty()) return 0;
   const size_t capacity = buffer.capacity();
   size_t size = buffer.size();
   uint8_t* const out = buffer.data();

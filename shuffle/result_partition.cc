@@ -383,6 +383,7 @@ Status ResultPartition::WriteRecords(uint32_t index,
               if (sp.current.size() == sp.current.capacity() || flush_every_record_) {
                 notify = sp.FinishCurrentLocked() || notify;
               }
+              if (done == records.size()) break;
               continue;
             }
             if (done == records.size()) break;
