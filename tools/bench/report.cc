@@ -10,8 +10,9 @@ namespace {
 
 constexpr double kMiB = 1 << 20;
 
+// One number into a format; long enough for every SVG element written below.
 std::string Fmt(const char* format, double v) {
-  char buf[64];
+  char buf[512];
   std::snprintf(buf, sizeof(buf), format, v);
   return buf;
 }
