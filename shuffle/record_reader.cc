@@ -7,7 +7,7 @@ namespace sluice::shuffle {
 RecordReader::RecordReader(InputGate* gate) : gate_(gate), deserializers_(gate->num_channels()) {}
 
 Result<RecordReader::Item> RecordReader::Next(std::chrono::milliseconds timeout) {
-  event_.Release();
+  if (event_) event_.Release();
   while (true) {
     // Records left in a buffer we already have come first.
     while (!pending_.empty()) {

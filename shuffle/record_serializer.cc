@@ -10,34 +10,79 @@ namespace {
 uint32_t ReadBigEndian32(const uint8_t* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
 }
+void WriteBigEndian32(uint8_t* p, uint32_t n) {
+  p[0] = static_cast<uint8_t>(n >> 24);
+  p[1] = static_cast<uint8_t>(n >> 16);
+  p[2] = static_cast<uint8_t>(n >> 8);
+  p[3] = static_cast<uint8_t>(n);
+}
 }  // namespace
 
-Status RecordSerializer::Begin(std::span<const uint8_t> record) {
-  SLUICE_CHECK(remaining_ == 0, "RecordSerializer::Begin with a record still pending");
-  if (record.size() > kMaxRecordLength) {
-    return InvalidArgument("record of " + std::to_string(record.size()) +
+Status RecordSerializer::CheckSize(size_t size) {
+  if (size > kMaxRecordLength) {
+    return InvalidArgument("record of " + std::to_string(size) +
                            " bytes is larger than the maximum of " +
                            std::to_string(kMaxRecordLength) + " bytes");
   }
-  const auto n = static_cast<uint32_t>(record.size());
-  prefix_[0] = static_cast<uint8_t>(n >> 24);
-  prefix_[1] = static_cast<uint8_t>(n >> 16);
-  prefix_[2] = static_cast<uint8_t>(n >> 8);
-  prefix_[3] = static_cast<uint8_t>(n);
+  return Status::Ok();
+}
+
+Status RecordSerializer::Begin(std::span<const uint8_t> record) {
+  SLUICE_CHECK(remaining_ == 0, "RecordSerializer::Begin with a record still pending");
+  if (Status s = CheckSize(record.size()); !s.ok()) return s;
+  BeginChecked(record);
+  return Status::Ok();
+}
+
+void RecordSerializer::BeginChecked(std::span<const uint8_t> record) {
+  SLUICE_CHECK(remaining_ == 0, "RecordSerializer::Begin with a record still pending");
+  WriteBigEndian32(prefix_, static_cast<uint32_t>(record.size()));
   record_ = record;
   offset_ = 0;
   remaining_ = kRecordLengthBytes + record.size();
-  return Status::Ok();
+}
+
+size_t RecordSerializer::AppendWhole(buffer::Buffer& buffer,
+                                     std::span<const std::span<const uint8_t>> records) {
+  SLUICE_CHECK(remaining_ == 0, "RecordSerializer::AppendWhole with a record still pending");
+  if (records.empty()) return 0;
+  const size_t capacity = buffer.capacity();
+  size_t size = buffer.size();
+  uint8_t* const out = buffer.data();
+  size_t n = 0;
+  for (const std::span<const uint8_t>& record : records) {
+    if (capacity - size < kRecordLengthBytes + record.size()) break;
+    WriteBigEndian32(out + size, static_cast<uint32_t>(record.size()));
+    if (!record.empty()) std::memcpy(out + size + kRecordLengthBytes, record.data(), record.size());
+    size += kRecordLengthBytes + record.size();
+    ++n;
+  }
+  buffer.SetSize(static_cast<uint32_t>(size));
+  return n;
 }
 
 RecordSerializer::Progress RecordSerializer::CopyTo(buffer::Buffer& buffer) {
   uint32_t size = buffer.size();
   const uint32_t capacity = buffer.capacity();
   uint8_t* out = buffer.data();
+  if (offset_ == 0 && remaining_ <= capacity - size) {
+    // The common case: the whole record fits. Two copies, no byte loop.
+    std::memcpy(out + size, prefix_, kRecordLengthBytes);
+    if (!record_.empty()) std::memcpy(out + size + kRecordLengthBytes, record_.data(), record_.size());
+    size += static_cast<uint32_t>(remaining_);
+    offset_ += remaining_;
+    remaining_ = 0;
+    record_ = {};
+    buffer.SetSize(size);
+    return size == capacity ? Progress::kRecordDoneBufferFull : Progress::kRecordDoneBufferHasRoom;
+  }
   // The prefix first (it may itself be split across buffers), then the record bytes.
-  while (offset_ < kRecordLengthBytes && size < capacity) {
-    out[size++] = prefix_[offset_++];
-    --remaining_;
+  if (offset_ < kRecordLengthBytes && size < capacity) {
+    const size_t n = std::min<size_t>(kRecordLengthBytes - offset_, capacity - size);
+    std::memcpy(out + size, prefix_ + offset_, n);
+    size += static_cast<uint32_t>(n);
+    offset_ += n;
+    remaining_ -= n;
   }
   if (offset_ >= kRecordLengthBytes && remaining_ > 0 && size < capacity) {
     const size_t n = std::min<size_t>(remaining_, capacity - size);
@@ -54,13 +99,22 @@ RecordSerializer::Progress RecordSerializer::CopyTo(buffer::Buffer& buffer) {
 
 void RecordDeserializer::SetNextBuffer(buffer::Buffer buffer) {
   current_ = std::move(buffer);
+  data_ = current_ ? current_.data() : nullptr;
+  size_ = current_ ? current_.size() : 0;
   pos_ = 0;
 }
 
-Result<RecordDeserializer::Next> RecordDeserializer::GetNext(std::span<const uint8_t>* record) {
+void RecordDeserializer::ReleaseCurrent() {
+  current_.Release();
+  data_ = nullptr;
+  size_ = 0;
+  pos_ = 0;
+}
+
+Result<RecordDeserializer::Next> RecordDeserializer::GetNextSlow(std::span<const uint8_t>* record) {
   if (!current_) return Next::kNeedMoreData;
-  const uint8_t* data = current_.data();
-  const size_t size = current_.size();
+  const uint8_t* data = data_;
+  const size_t size = size_;
   while (true) {
     if (!spilling_) {
       // Collect the length prefix.
@@ -81,7 +135,7 @@ Result<RecordDeserializer::Next> RecordDeserializer::GetNext(std::span<const uin
       }
       while (have_prefix_ < kRecordLengthBytes && pos_ < size) prefix_[have_prefix_++] = data[pos_++];
       if (have_prefix_ < kRecordLengthBytes) {
-        current_.Release();
+        ReleaseCurrent();
         return Next::kNeedMoreData;
       }
       spill_length_ = ReadBigEndian32(prefix_);
@@ -101,14 +155,13 @@ Result<RecordDeserializer::Next> RecordDeserializer::GetNext(std::span<const uin
       *record = {spill_.data(), spill_.size()};
       return Next::kRecord;
     }
-    current_.Release();
+    ReleaseCurrent();
     return Next::kNeedMoreData;
   }
 }
 
 void RecordDeserializer::Clear() {
-  current_.Release();
-  pos_ = 0;
+  ReleaseCurrent();
   have_prefix_ = 0;
   spilling_ = false;
   spill_.clear();

@@ -37,8 +37,17 @@ class RecordSerializer {
   // Starts a record. REQUIRES: the previous record is complete; record.size() <=
   // kMaxRecordLength (checked: InvalidArgument).
   Status Begin(std::span<const uint8_t> record);
+  // OK when a record of `size` bytes may be written, else InvalidArgument (Begin's check).
+  static Status CheckSize(size_t size);
+  // Begin without the size check. REQUIRES: CheckSize(record.size()) was OK; no record pending.
+  void BeginChecked(std::span<const uint8_t> record);
   // Appends as much of the pending record as fits after buffer.size(), advancing the size.
   Progress CopyTo(buffer::Buffer& buffer);
+  // Appends whole records (prefix and bytes) from the front of `records` for as long as the
+  // next one fits completely after buffer.size(); sets the size once. Returns how many were
+  // appended. REQUIRES: no record pending; every size checked (CheckSize). The record that did
+  // not fit (if any) is for Begin/CopyTo, which may split it.
+  size_t AppendWhole(buffer::Buffer& buffer, std::span<const std::span<const uint8_t>> records);
   bool HasPending() const { return remaining_ > 0; }
 
  private:
@@ -59,14 +68,35 @@ class RecordDeserializer {
   // REQUIRES: the previous buffer is used up (GetNext returned kNeedMoreData).
   void SetNextBuffer(buffer::Buffer buffer);
   // The next record, or kNeedMoreData. A corrupt length (beyond kMaxRecordLength) is an error.
-  Result<Next> GetNext(std::span<const uint8_t>* record);
+  Result<Next> GetNext(std::span<const uint8_t>* record) {
+    // Inline fast path: a whole record inside the current buffer, no partial record held.
+    if (have_prefix_ == 0 && !spilling_ && size_ - pos_ >= kRecordLengthBytes) {
+      const uint8_t* p = data_ + pos_;
+      // The buffer was just written by another thread (a socket read or the producer): fetch
+      // a few lines ahead so the walk does not wait for each line in turn.
+      __builtin_prefetch(p + 512);
+      const uint32_t len = (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) |
+                           (uint32_t{p[2]} << 8) | uint32_t{p[3]};
+      if (size_ - pos_ - kRecordLengthBytes >= len) {  // also len < segment <= kMaxRecordLength
+        *record = {p + kRecordLengthBytes, len};
+        pos_ += kRecordLengthBytes + len;
+        return Next::kRecord;
+      }
+    }
+    return GetNextSlow(record);
+  }
   // True when part of a record is held between buffers (the stream must not end here).
   bool HasPartialRecord() const { return have_prefix_ > 0 || spilling_; }
   // Releases the current buffer and any partial record.
   void Clear();
 
  private:
+  Result<Next> GetNextSlow(std::span<const uint8_t>* record);
+  void ReleaseCurrent();
+
   buffer::Buffer current_;
+  const uint8_t* data_ = nullptr;  // current_'s bytes (nullptr/0 without a buffer)
+  size_t size_ = 0;
   size_t pos_ = 0;
   // A record spanning buffers: its length prefix (possibly split) and its bytes so far.
   uint8_t prefix_[kRecordLengthBytes] = {};

@@ -104,6 +104,37 @@ Status RecordWriter::EmitTo(std::span<const uint8_t> record, uint32_t subpartiti
   return partition_->Emit(record, subpartition);
 }
 
+Status RecordWriter::EmitBatch(std::span<const std::span<const uint8_t>> records) {
+  const size_t n = records.size();
+  targets_.resize(n);
+  order_.resize(n);
+  grouped_.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    targets_[i] = selector_->Select(records[i], num_subpartitions_);
+    order_[i] = static_cast<uint32_t>(i);
+  }
+  std::stable_sort(order_.begin(), order_.end(),
+                   [&](uint32_t a, uint32_t b) { return targets_[a] < targets_[b]; });
+  for (size_t i = 0; i < n; ++i) grouped_[i] = records[order_[i]];
+  const std::span<const std::span<const uint8_t>> all(grouped_);
+  size_t begin = 0;
+  while (begin < n) {
+    const uint32_t target = targets_[order_[begin]];
+    size_t end = begin + 1;
+    while (end < n && targets_[order_[end]] == target) ++end;
+    if (Status s = partition_->EmitBatch(all.subspan(begin, end - begin), target); !s.ok()) {
+      return s;
+    }
+    begin = end;
+  }
+  return Status::Ok();
+}
+
+Status RecordWriter::EmitBatchTo(std::span<const std::span<const uint8_t>> records,
+                                 uint32_t subpartition) {
+  return partition_->EmitBatch(records, subpartition);
+}
+
 Status RecordWriter::Broadcast(std::span<const uint8_t> record) {
   return partition_->Broadcast(record);
 }

@@ -11,6 +11,7 @@
 #include <memory>
 #include <span>
 #include <utility>
+#include <vector>
 
 #include "buffer/status.h"
 #include "shuffle/result_partition.h"
@@ -84,6 +85,14 @@ class RecordWriter {
   // To the subpartition the selector picks. Errors as ResultPartition::Emit.
   Status Emit(std::span<const uint8_t> record);
   Status EmitTo(std::span<const uint8_t> record, uint32_t subpartition);
+  // Many records at once, each to the subpartition the selector picks: records are grouped by
+  // subpartition (keeping their order within each, the only order a consumer sees) and each
+  // group is one ResultPartition::EmitBatch, so the lock is taken once per group and buffer
+  // instead of once per record. Errors as EmitBatch; on an error, groups before the failing
+  // one were written. Allocates only when a batch is larger than every one before it.
+  Status EmitBatch(std::span<const std::span<const uint8_t>> records);
+  // Many records to one subpartition: ResultPartition::EmitBatch.
+  Status EmitBatchTo(std::span<const std::span<const uint8_t>> records, uint32_t subpartition);
   Status Broadcast(std::span<const uint8_t> record);
   Status BroadcastEvent(std::span<const uint8_t> payload);
   void Flush();
@@ -95,6 +104,10 @@ class RecordWriter {
   const std::shared_ptr<ResultPartition> partition_;
   const std::unique_ptr<ChannelSelector> selector_;
   const uint32_t num_subpartitions_;
+  // EmitBatch scratch, reused between calls.
+  std::vector<uint32_t> targets_;
+  std::vector<uint32_t> order_;
+  std::vector<std::span<const uint8_t>> grouped_;
 };
 
 }  // namespace sluice::shuffle

@@ -324,64 +324,106 @@ Status ResultPartition::BadSubpartition(const char* what, uint32_t subpartition)
 }
 
 Status ResultPartition::Emit(std::span<const uint8_t> record, uint32_t subpartition) {
-  if (subpartition >= num_subpartitions_) return BadSubpartition("Emit", subpartition);
+  return EmitBatch(std::span<const std::span<const uint8_t>>(&record, 1), subpartition);
+}
+
+Status ResultPartition::EmitBatch(std::span<const std::span<const uint8_t>> records,
+                                  uint32_t subpartition, size_t* written) {
+  if (written != nullptr) *written = 0;
+  if (subpartition >= num_subpartitions_) {
+    return BadSubpartition(records.size() == 1 ? "Emit" : "EmitBatch", subpartition);
+  }
   if (state_.load(std::memory_order_acquire) != 0) {
     if (Status s = WritableStatus(); !s.ok()) return s;
   }
-  if (Status s = serializer_.Begin(record); !s.ok()) {
-    return Status(s.code(), "partition '" + id_ + "': " + s.message());
+  for (const std::span<const uint8_t>& record : records) {
+    if (record.size() > kMaxRecordLength) {
+      const Status s = RecordSerializer::CheckSize(record.size());
+      return Status(s.code(), "partition '" + id_ + "': " + s.message());
+    }
   }
-  return WriteRecord(subpartition);
+  return WriteRecords(subpartition, records, written);
 }
 
-Status ResultPartition::WriteRecord(uint32_t index) {
+Status ResultPartition::WriteRecords(uint32_t index,
+                                     std::span<const std::span<const uint8_t>> records,
+                                     size_t* written) {
   Subpartition& sp = *subpartitions_[index];
-  Buffer fresh;          // a new buffer for sp.current, obtained outside the lock
-  bool started = false;  // some bytes of the record are in a buffer
+  Buffer fresh;     // a new buffer for sp.current, obtained outside the lock
+  size_t done = 0;  // records complete (or dropped)
+  auto report = [&] {
+    if (written != nullptr) *written = done;
+  };
   while (true) {
     Buffer garbage;  // released after the lock
     bool notify = false;
     enum class Outcome { kNeedBuffer, kDone, kDropped, kClosed } outcome = Outcome::kNeedBuffer;
     {
+      // One lock for as many records as the current buffer takes.
       std::lock_guard lock(sp.mu);
       if ((state_.load(std::memory_order_acquire) & (kFailed | kReleased)) != 0) {
         garbage = std::move(fresh);
         outcome = Outcome::kClosed;
       } else if (sp.view_released) {
         garbage = std::move(fresh);
-        ++sp.dropped_records;
+        sp.dropped_records += records.size() - done;
+        done = records.size();
         outcome = Outcome::kDropped;
       } else {
         if (!sp.current.valid() && fresh.valid()) sp.current = std::move(fresh);
-        if (sp.current.valid()) {
-          started = true;
+        while (sp.current.valid()) {
+          if (!serializer_.HasPending()) {
+            // Whole records first, in one tight loop (one per buffer when flushing per record).
+            const auto rest = records.subspan(done, flush_every_record_
+                                                        ? std::min<size_t>(1, records.size() - done)
+                                                        : records.size() - done);
+            if (const size_t n = serializer_.AppendWhole(sp.current, rest); n > 0) {
+              done += n;
+              sp.records += n;
+              if (sp.current.size() == sp.current.capacity() || flush_every_record_) {
+                notify = sp.FinishCurrentLocked() || notify;
+              }
+              if (done == records.size()) break;
+              continue;
+            }
+            if (done == records.size()) break;
+            serializer_.BeginChecked(records[done]);
+          }
           const RecordSerializer::Progress p = serializer_.CopyTo(sp.current);
           if (p != RecordSerializer::Progress::kRecordDoneBufferHasRoom || flush_every_record_) {
-            notify = sp.FinishCurrentLocked();
+            notify = sp.FinishCurrentLocked() || notify;
           }
           if (p != RecordSerializer::Progress::kBufferFullRecordPending) {
             ++sp.records;
-            outcome = Outcome::kDone;
+            ++done;
           }
         }
+        if (done == records.size()) outcome = Outcome::kDone;
       }
     }
     if (notify) sp.Notify();
     switch (outcome) {
       case Outcome::kDone:
+        report();
         return Status::Ok();
       case Outcome::kDropped:
         serializer_ = RecordSerializer();
+        report();
         return Status::Ok();
       case Outcome::kClosed:
         serializer_ = RecordSerializer();
+        report();
         return WritableStatus();
       case Outcome::kNeedBuffer:
         break;
     }
+    // A record with bytes in a buffer already is pending in the serializer (a record is begun
+    // only with a buffer at hand, and copied into it at once).
+    const bool started = serializer_.HasPending();
     Result<Buffer> b = started ? RequestMidRecord(index) : RequestAtRecordStart(index);
     if (!b.ok()) {
       serializer_ = RecordSerializer();
+      report();
       if (!started) return b.status();
       // Part of the record is queued already: the stream of this subpartition is broken.
       Status cut(b.status().code(), "a record for subpartition " + std::to_string(index) +

@@ -102,6 +102,13 @@ class ResultPartition : public std::enable_shared_from_this<ResultPartition> {
   // its subpartition no longer holds a well-formed stream. A record for a subpartition whose
   // view was released is dropped and counted (OK is returned).
   Status Emit(std::span<const uint8_t> record, uint32_t subpartition);
+  // Appends records in order to one subpartition, as Emit of each would, but takes the
+  // subpartition's lock once per buffer filled rather than once per record. Every record size
+  // is checked first (InvalidArgument: nothing written). On any other error the records before
+  // the failing one are written (or dropped and counted, as Emit does); `written` (optional)
+  // is set to how many.
+  Status EmitBatch(std::span<const std::span<const uint8_t>> records, uint32_t subpartition,
+                   size_t* written = nullptr);
   // Emit to every subpartition (one copy each).
   Status Broadcast(std::span<const uint8_t> record);
   // Queues a user event (DataType::kEvent) after everything written so far (the current buffer
@@ -161,8 +168,9 @@ class ResultPartition : public std::enable_shared_from_this<ResultPartition> {
   // OK, or why the writer may not write (failure, released, cancelled, finished).
   Status WritableStatus() const;
   Status BadSubpartition(const char* what, uint32_t subpartition) const;
-  // Copies the record started in serializer_ into subpartition `index`.
-  Status WriteRecord(uint32_t index);
+  // Copies `records` (sizes checked) into subpartition `index`; sets *written (if not null).
+  Status WriteRecords(uint32_t index, std::span<const std::span<const uint8_t>> records,
+                      size_t* written);
   // A buffer for a record not started yet: waits for the pool to be available.
   Result<buffer::Buffer> RequestAtRecordStart(uint32_t index);
   // A buffer for the rest of a started record: overdraft, else a blocking request.

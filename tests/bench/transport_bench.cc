@@ -5,13 +5,14 @@
 //                          [--window-mib 4] [--raw-inflight 4] [--metadata 24] [--only
 //                          raw|transport]
 //
-// Each round spawns this binary again as the receiver (--receiver raw|transport), which prints
-// its port, counts what arrives until EOF and prints the bytes and the seconds from its first
-// byte to EOF. The sender pushes for --seconds and closes.
-//   raw:       uv_write of segment-size buffers back to back, --raw-inflight writes in flight;
-//              the receiver reads into one 64 KiB buffer and counts. --raw-bufs-per-write N
-//              gathers N such buffers per uv_write: a stricter baseline with the transport's
-//              write pattern (the transport sends up to 256 frames per uv_write).
+// Each transport round spawns this binary again as the receiver (--receiver transport), which
+// prints its port, counts what arrives until EOF and prints the bytes and the seconds from its
+// first byte to EOF. The sender pushes for --seconds and closes.
+//   raw:       tools/bench/raw_pump.h (shared with sluice-bench): uv_write of segment-size
+//              buffers back to back, --raw-inflight writes in flight, into a forked receiver
+//              that reads into one 64 KiB buffer and counts. --raw-bufs-per-write N gathers N
+//              such buffers per uv_write: a stricter baseline with the transport's write
+//              pattern (the transport sends up to 256 frames per uv_write).
 //   transport: TcpClient -> TcpServer; frames of --metadata bytes plus one full segment of
 //              payload; the sender keeps about --window-mib queued (refilled in OnWritable and
 //              after every loop iteration) and reuses 8 segments (Buffer::Share); the receiver
@@ -42,6 +43,7 @@
 #include "transport/connection.h"
 #include "transport/event_loop.h"
 #include "transport/tcp.h"
+#include "tools/bench/raw_pump.h"
 
 namespace sluice::transport {
 namespace {
@@ -115,68 +117,8 @@ double CpuSeconds() {
          static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
 }
 
-void Check(int rc, const char* what) {
-  if (rc != 0) Die(std::string(what) + ": " + uv_strerror(rc));
-}
-
 // ---------------------------------------------------------------------------------------------
-// Receivers (child process). Print "PORT <n>", then "RESULT <bytes> <seconds> <cpu seconds>".
-
-int RunRawReceiver() {
-  struct State {
-    uv_loop_t loop;
-    uv_tcp_t server;
-    uv_tcp_t client;
-    std::vector<char> buf = std::vector<char>(64 * 1024);
-    uint64_t bytes = 0;
-    uint64_t first_ns = 0;
-    uint64_t last_ns = 0;
-  };
-  auto st = std::make_unique<State>();
-  Check(uv_loop_init(&st->loop), "uv_loop_init");
-  st->loop.data = st.get();
-  uv_tcp_init(&st->loop, &st->server);
-  sockaddr_in addr{};
-  uv_ip4_addr("127.0.0.1", 0, &addr);
-  Check(uv_tcp_bind(&st->server, reinterpret_cast<sockaddr*>(&addr), 0), "bind");
-  Check(uv_listen(reinterpret_cast<uv_stream_t*>(&st->server), 1,
-                  [](uv_stream_t* server, int status) {
-                    Check(status, "accept");
-                    auto* s = static_cast<State*>(server->loop->data);
-                    uv_tcp_init(server->loop, &s->client);
-                    Check(uv_accept(server, reinterpret_cast<uv_stream_t*>(&s->client)), "accept");
-                    uv_tcp_nodelay(&s->client, 1);
-                    uv_read_start(
-                        reinterpret_cast<uv_stream_t*>(&s->client),
-                        [](uv_handle_t* h, size_t, uv_buf_t* b) {
-                          auto* s2 = static_cast<State*>(h->loop->data);
-                          *b = uv_buf_init(s2->buf.data(), static_cast<unsigned>(s2->buf.size()));
-                        },
-                        [](uv_stream_t* c, ssize_t n, const uv_buf_t*) {
-                          auto* s2 = static_cast<State*>(c->loop->data);
-                          if (n > 0) {
-                            if (s2->bytes == 0) s2->first_ns = uv_hrtime();
-                            s2->bytes += static_cast<uint64_t>(n);
-                            return;
-                          }
-                          if (n == 0) return;
-                          s2->last_ns = uv_hrtime();
-                          uv_close(reinterpret_cast<uv_handle_t*>(c), nullptr);
-                          uv_close(reinterpret_cast<uv_handle_t*>(&s2->server), nullptr);
-                        });
-                  }),
-        "listen");
-  int len = sizeof(addr);
-  uv_tcp_getsockname(&st->server, reinterpret_cast<sockaddr*>(&addr), &len);
-  std::printf("PORT %u\n", ntohs(addr.sin_port));
-  std::fflush(stdout);
-  const double cpu0 = CpuSeconds();
-  uv_run(&st->loop, UV_RUN_DEFAULT);
-  uv_loop_close(&st->loop);
-  std::printf("RESULT %llu %.6f %.3f\n", static_cast<unsigned long long>(st->bytes),
-              static_cast<double>(st->last_ns - st->first_ns) / 1e9, CpuSeconds() - cpu0);
-  return 0;
-}
+// Receiver (child process). Prints "PORT <n>", then "RESULT <bytes> <seconds> <cpu seconds>".
 
 struct ReceiverResult {
   uint64_t payload_bytes = 0;
@@ -253,64 +195,7 @@ int RunTransportReceiver(const Flags& f) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Senders (parent process).
-
-struct RawSender {
-  uv_loop_t loop;
-  uv_tcp_t tcp;
-  uv_connect_t connect;
-  std::vector<char> data;
-  std::vector<uv_buf_t> bufs;  // bufs_per_write views of `data`
-  std::vector<uv_write_t> writes;
-  uint64_t duration_ns = 0;
-  uint64_t end_ns = 0;
-  int inflight = 0;
-  bool closing = false;
-};
-
-void RawWriteOne(RawSender* s, uv_write_t* req) {
-  ++s->inflight;
-  Check(uv_write(req, reinterpret_cast<uv_stream_t*>(&s->tcp), s->bufs.data(),
-                 static_cast<unsigned>(s->bufs.size()),
-                 [](uv_write_t* r, int status) {
-                   auto* s2 = static_cast<RawSender*>(r->handle->loop->data);
-                   --s2->inflight;
-                   if (status != 0) Die(std::string("raw write: ") + uv_strerror(status));
-                   if (uv_hrtime() < s2->end_ns) {
-                     RawWriteOne(s2, r);
-                   } else if (s2->inflight == 0 && !s2->closing) {
-                     s2->closing = true;
-                     uv_close(reinterpret_cast<uv_handle_t*>(&s2->tcp), nullptr);
-                   }
-                 }),
-        "uv_write");
-}
-
-void RunRawSender(uint16_t port, const Flags& f) {
-  auto st = std::make_unique<RawSender>();
-  st->data.resize(f.segment_size);
-  for (size_t i = 0; i < st->data.size(); ++i) st->data[i] = static_cast<char>(i * 7);
-  st->bufs.assign(static_cast<size_t>(f.raw_bufs_per_write),
-                  uv_buf_init(st->data.data(), static_cast<unsigned>(st->data.size())));
-  st->writes.resize(static_cast<size_t>(std::max(1, f.raw_inflight)));
-  st->duration_ns = static_cast<uint64_t>(f.seconds * 1e9);
-  uv_loop_init(&st->loop);
-  st->loop.data = st.get();
-  uv_tcp_init(&st->loop, &st->tcp);
-  uv_tcp_nodelay(&st->tcp, 1);
-  sockaddr_in addr{};
-  uv_ip4_addr("127.0.0.1", port, &addr);
-  Check(uv_tcp_connect(&st->connect, &st->tcp, reinterpret_cast<sockaddr*>(&addr),
-                       [](uv_connect_t* c, int status) {
-                         Check(status, "raw connect");
-                         auto* s = static_cast<RawSender*>(c->handle->loop->data);
-                         s->end_ns = uv_hrtime() + s->duration_ns;
-                         for (auto& w : s->writes) RawWriteOne(s, &w);
-                       }),
-        "raw connect");
-  uv_run(&st->loop, UV_RUN_DEFAULT);
-  uv_loop_close(&st->loop);
-}
+// Sender (parent process).
 
 // Keeps about `window` bytes queued on the connection, reusing a few segments.
 class PumpHandler : public ConnectionHandler {
@@ -411,7 +296,24 @@ struct RoundResult {
   double receiver_cpu = 0;  // fraction of one core
 };
 
-RoundResult RunRound(const char* self, const std::string& mode, const Flags& f) {
+// The raw pump (tools/bench/raw_pump.h, shared with sluice-bench) forks its own receiver.
+RoundResult RunRawRound(const Flags& f) {
+  bench::RawPumpOptions o;
+  o.seconds = f.seconds;
+  o.block_size = f.segment_size;
+  o.inflight = f.raw_inflight;
+  o.bufs_per_write = f.raw_bufs_per_write;
+  const bench::PumpResult p = bench::RunRawPump(o);
+  RoundResult r;
+  r.gbps = p.seconds > 0 ? static_cast<double>(p.bytes) / p.seconds / 1e9 : 0;
+  std::printf("  %-9s %6.2f GB/s  (%.2f GB in %.2f s)\n", "raw", r.gbps,
+              static_cast<double>(p.bytes) / 1e9, p.seconds);
+  std::fflush(stdout);
+  return r;
+}
+
+RoundResult RunTransportRound(const char* self, const Flags& f) {
+  const std::string mode = "transport";
   int out[2];
   if (pipe(out) != 0) Die("pipe failed");
   const pid_t pid = fork();
@@ -432,11 +334,7 @@ RoundResult RunRound(const char* self, const std::string& mode, const Flags& f) 
   if (std::fscanf(in, "PORT %u", &port) != 1) Die("receiver did not start");
   const double cpu0 = CpuSeconds();
   const auto t0 = std::chrono::steady_clock::now();
-  if (mode == "raw") {
-    RunRawSender(static_cast<uint16_t>(port), f);
-  } else {
-    RunTransportSender(static_cast<uint16_t>(port), f);
-  }
+  RunTransportSender(static_cast<uint16_t>(port), f);
   const double sender_wall =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double sender_cpu = CpuSeconds() - cpu0;
@@ -465,9 +363,8 @@ double Median(std::vector<double> v) {
 
 int Main(int argc, char** argv) {
   const Flags f = ParseFlags(argc, argv);
-  if (f.receiver == "raw") return RunRawReceiver();
   if (f.receiver == "transport") return RunTransportReceiver(f);
-  if (!f.receiver.empty()) Die("--receiver must be raw or transport");
+  if (!f.receiver.empty()) Die("--receiver must be transport");
   signal(SIGPIPE, SIG_IGN);
   const char* self = "/proc/self/exe";
   char path[4096];
@@ -483,8 +380,8 @@ int Main(int argc, char** argv) {
   std::vector<double> transport;
   for (int r = 0; r < f.rounds; ++r) {
     std::printf("round %d\n", r + 1);
-    if (f.only != "transport") raw.push_back(RunRound(path, "raw", f).gbps);
-    if (f.only != "raw") transport.push_back(RunRound(path, "transport", f).gbps);
+    if (f.only != "transport") raw.push_back(RunRawRound(f).gbps);
+    if (f.only != "raw") transport.push_back(RunTransportRound(path, f).gbps);
   }
   const double mr = Median(raw);
   const double mt = Median(transport);

@@ -126,4 +126,75 @@ TEST_F(RecordSerializerTest, OversizedRecordRejectedAtBegin) {
 }
 
 }  // namespace
+std::vector<std::span<const uint8_t>> Spans(const std::vector<std::string>& records) {
+  std::vector<std::span<const uint8_t>> out;
+  for (const std::string& r : records) {
+    out.emplace_back(reinterpret_cast<const uint8_t*>(r.data()), r.size());
+  }
+  return out;
+}
+
+TEST_F(RecordSerializerTest, AppendWholeStopsAtTheFirstRecordThatDoesNotFit) {
+  const std::vector<std::string> records = {std::string(100, 'a'), std::string(3980, 'b'),
+                                            std::string(50, 'c'), "d"};
+  const auto spans = Spans(records);
+  RecordSerializer ser;
+  Buffer first = NewBuffer();
+  ASSERT_EQ(ser.AppendWhole(first, spans), 2u) << "104 + 3984 bytes leave 8: 'c' needs 54";
+  EXPECT_EQ(first.size(), 104u + 3984u);
+  EXPECT_FALSE(ser.HasPending());
+  // The third is split by Begin/CopyTo, the fourth appended whole after it.
+  ASSERT_TRUE(ser.Begin(spans[2]).ok());
+  ASSERT_EQ(ser.CopyTo(first), RecordSerializer::Progress::kBufferFullRecordPending);
+  Buffer second = NewBuffer();
+  ASSERT_EQ(ser.CopyTo(second), RecordSerializer::Progress::kRecordDoneBufferHasRoom);
+  EXPECT_EQ(ser.AppendWhole(second, std::span(spans).subspan(3)), 1u);
+  EXPECT_EQ(ser.AppendWhole(second, {}), 0u);
+  std::vector<Buffer> buffers;
+  buffers.push_back(std::move(first));
+  buffers.push_back(std::move(second));
+  EXPECT_EQ(Deserialize(std::move(buffers)), records);
+}
+
+// AppendWhole writes the same bytes as Begin/CopyTo record by record.
+TEST_F(RecordSerializerTest, AppendWholeMatchesCopyTo) {
+  std::mt19937 rng(7);
+  std::vector<std::string> records;
+  for (int i = 0; i < 300; ++i) {
+    std::string r(rng() % 3 == 0 ? rng() % 700 : rng() % 40, '\0');
+    for (char& c : r) c = static_cast<char>(rng());
+    records.push_back(std::move(r));
+  }
+  const std::vector<Buffer> expected = Serialize(records);
+  const auto spans = Spans(records);
+  std::vector<Buffer> got;
+  RecordSerializer ser;
+  Buffer cur = NewBuffer();
+  size_t done = 0;
+  while (done < spans.size()) {
+    done += ser.AppendWhole(cur, std::span(spans).subspan(done));
+    if (done == spans.size()) break;
+    ASSERT_TRUE(ser.Begin(spans[done]).ok());
+    while (ser.CopyTo(cur) != RecordSerializer::Progress::kRecordDoneBufferHasRoom) {
+      got.push_back(std::move(cur));
+      cur = NewBuffer();
+    }
+    ++done;
+  }
+  if (cur.size() > 0) got.push_back(std::move(cur));
+  ASSERT_EQ(got.size(), expected.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_EQ(got[i].size(), expected[i].size()) << "buffer " << i;
+    EXPECT_EQ(std::memcmp(got[i].data(), expected[i].data(), got[i].size()), 0) << "buffer " << i;
+  }
+}
+
+TEST_F(RecordSerializerTest, CheckSize) {
+  EXPECT_TRUE(RecordSerializer::CheckSize(0).ok());
+  EXPECT_TRUE(RecordSerializer::CheckSize(kMaxRecordLength).ok());
+  const Status s = RecordSerializer::CheckSize(size_t{kMaxRecordLength} + 1);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("larger than the maximum"), std::string::npos) << s.message();
+}
+
 }  // namespace sluice::shuffle

@@ -198,4 +198,54 @@ TEST_F(RecordWriterTest, RoundRobinWriter) {
 }
 
 }  // namespace
+// EmitBatch groups by subpartition: every record reaches the subpartition the selector picks,
+// in the order it had in the batch, and batches append after one another.
+TEST_F(RecordWriterTest, EmitBatchGroupsBySubpartitionKeepingOrder) {
+  constexpr uint32_t kN = 3;
+  std::shared_ptr<ResultPartition> p = NewPartition(kN);
+  RecordWriter w(p, std::make_unique<KeyHashPartitioner>());
+  KeyHashPartitioner expected;
+  std::map<uint32_t, std::vector<std::string>> want;
+  for (int batch = 0; batch < 4; ++batch) {
+    std::vector<std::string> recs;
+    for (int i = 0; i < 50; ++i) {
+      // Some records are larger than a segment, so a group spans buffers.
+      const size_t pad = (i % 17 == 0) ? kSegment + 100 : static_cast<size_t>(i % 5);
+      recs.push_back("b" + std::to_string(batch) + "-" + std::to_string(i) + std::string(pad, 'x'));
+    }
+    std::vector<std::span<const uint8_t>> spans;
+    for (const std::string& r : recs) {
+      spans.push_back(Bytes(r));
+      want[expected.Select(Bytes(r), kN)].push_back(r);
+    }
+    ASSERT_TRUE(w.EmitBatch(spans).ok());
+  }
+  ASSERT_TRUE(w.EmitBatch({}).ok()) << "an empty batch is fine";
+  ASSERT_TRUE(w.Finish().ok());
+  uint64_t total = 0;
+  for (uint32_t sp = 0; sp < kN; ++sp) {
+    std::vector<std::string> expect = want[sp];
+    total += expect.size();
+    expect.push_back("#eop");
+    EXPECT_EQ(ReadAll(*p, sp), expect) << "subpartition " << sp;
+  }
+  EXPECT_EQ(total, 200u);
+  EXPECT_EQ(p->Stats().records, 200u);
+  p->Release();
+}
+
+TEST_F(RecordWriterTest, EmitBatchToOneSubpartition) {
+  std::shared_ptr<ResultPartition> p = NewPartition(2);
+  RecordWriter w(p, std::make_unique<RoundRobinPartitioner>());
+  const std::vector<std::string> recs = {"a", "", "ccc"};
+  std::vector<std::span<const uint8_t>> spans;
+  for (const std::string& r : recs) spans.push_back(Bytes(r));
+  ASSERT_TRUE(w.EmitBatchTo(spans, 1).ok());
+  EXPECT_EQ(w.EmitBatchTo(spans, 2).code(), StatusCode::kInvalidArgument);
+  ASSERT_TRUE(w.Finish().ok());
+  EXPECT_EQ(ReadAll(*p, 0), (std::vector<std::string>{"#eop"}));
+  EXPECT_EQ(ReadAll(*p, 1), (std::vector<std::string>{"a", "", "ccc", "#eop"}));
+  p->Release();
+}
+
 }  // namespace sluice::shuffle

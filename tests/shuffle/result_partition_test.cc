@@ -185,6 +185,25 @@ class Reader {
   std::vector<std::string> events_;
 };
 
+// A consumer thread that drains every reader until each has seen its end of partition (or
+// a minute passed).
+std::thread DrainUntilEndOfPartition(std::vector<std::unique_ptr<Reader>>& readers,
+                                     Doorbell& bell) {
+  return std::thread([&readers, &bell] {
+    const auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      bool all = true;
+      for (auto& r : readers) {
+        Result<int> n = r->Drain();
+        ASSERT_TRUE(n.ok()) << n.status().ToString();
+        all = all && r->eop();
+      }
+      if (all) return;
+      bell.Wait(5ms);
+    }
+  });
+}
+
 ShuffleOptions Options(std::chrono::milliseconds buffer_timeout = kBufferTimeoutOff) {
   ShuffleOptions o;
   o.credit.segment_size = kSegment;
@@ -249,20 +268,7 @@ TEST_P(RoundTripTest, EveryRecordOnceInOrder) {
   std::vector<std::unique_ptr<Reader>> readers;
   for (uint32_t i = 0; i < kN; ++i) readers.push_back(std::make_unique<Reader>(*p, i, &bell));
 
-  std::atomic<bool> stop{false};
-  std::thread consumer([&] {
-    const auto deadline = std::chrono::steady_clock::now() + 60s;
-    while (!stop.load() && std::chrono::steady_clock::now() < deadline) {
-      bool all = true;
-      for (auto& r : readers) {
-        Result<int> n = r->Drain();
-        ASSERT_TRUE(n.ok()) << n.status().ToString();
-        all = all && r->eop();
-      }
-      if (all) return;
-      bell.Wait(5ms);
-    }
-  });
+  std::thread consumer = DrainUntilEndOfPartition(readers, bell);
 
   std::mt19937 rng(42);
   std::vector<uint64_t> sent(kN, 0);
@@ -997,4 +1003,125 @@ TEST_F(ResultPartitionTest, StatsCountRecordsBuffersEvents) {
 }
 
 }  // namespace
+// --- EmitBatch -------------------------------------------------------------------------------
+
+std::vector<std::span<const uint8_t>> Spans(const std::vector<std::vector<uint8_t>>& records) {
+  return {records.begin(), records.end()};
+}
+
+// Batches of mixed sizes (some spanning buffers) to random subpartitions while a consumer
+// reads: every record once, in order, with Emit and EmitBatch interleaved.
+TEST_F(ResultPartitionTest, EmitBatchRoundTrip) {
+  constexpr uint32_t kN = 3;
+  std::shared_ptr<ResultPartition> p = NewPartition("batch", kN, Options(1ms));
+  ASSERT_NE(p, nullptr);
+  Doorbell bell;
+  std::vector<std::unique_ptr<Reader>> readers;
+  for (uint32_t i = 0; i < kN; ++i) readers.push_back(std::make_unique<Reader>(*p, i, &bell));
+  std::thread consumer = DrainUntilEndOfPartition(readers, bell);
+  std::mt19937 rng(7);
+  std::vector<uint64_t> sent(kN, 0);
+  uint64_t total = 0;
+  for (int b = 0; b < Scaled(300); ++b) {
+    const uint32_t sp = rng() % kN;
+    if (b % 5 == 0) {
+      ASSERT_TRUE(p->Emit(MakeRecord(sp, sent[sp]++, 40), sp).ok());
+      ++total;
+    }
+    std::vector<std::vector<uint8_t>> batch;
+    const uint32_t n = rng() % 40;
+    for (uint32_t i = 0; i < n; ++i) {
+      const uint32_t size = rng() % 20 == 0 ? kSegment + rng() % (2 * kSegment) : 16 + rng() % 300;
+      batch.push_back(MakeRecord(sp, sent[sp]++, size));
+    }
+    size_t written = 99;
+    ASSERT_TRUE(p->EmitBatch(Spans(batch), sp, &written).ok());
+    EXPECT_EQ(written, batch.size());
+    total += batch.size();
+  }
+  ASSERT_TRUE(p->Finish().ok());
+  consumer.join();
+  for (uint32_t i = 0; i < kN; ++i) {
+    EXPECT_TRUE(readers[i]->eop()) << "subpartition " << i;
+    EXPECT_EQ(readers[i]->records(), sent[i]) << "subpartition " << i;
+  }
+  EXPECT_EQ(p->Stats().records, total);
+  readers.clear();
+  p->Release();
+  ExpectNoLeaks();
+}
+
+TEST_F(ResultPartitionTest, EmitBatchChecksEverySizeFirstAndWritesNothing) {
+  std::shared_ptr<ResultPartition> p = NewPartition("batch-size", 1, Options());
+  const std::vector<uint8_t> small = MakeRecord(0, 0, 20);
+  // Never read: the size check comes before any copy.
+  const std::vector<std::span<const uint8_t>> batch = {
+      small, std::span<const uint8_t>(small.data(), size_t{kMaxRecordLength} + 1)};
+  size_t written = 99;
+  const Status s = p->EmitBatch(batch, 0, &written);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+  EXPECT_NE(s.message().find("batch-size"), std::string::npos) << s.message();
+  EXPECT_EQ(written, 0u);
+  EXPECT_EQ(p->Stats().records, 0u);
+  EXPECT_EQ(p->EmitBatch(batch, 1).code(), StatusCode::kInvalidArgument);
+  ASSERT_TRUE(p->Finish().ok());
+  Reader r(*p, 0);
+  ASSERT_TRUE(r.Drain().ok());
+  EXPECT_EQ(r.records(), 0u);
+  EXPECT_TRUE(r.eop());
+}
+
+// Backpressure in the middle of a batch: the records before the wait are written and counted
+// in `written`, the partition stays usable, and the rest can be sent again.
+TEST_F(ResultPartitionTest, EmitBatchTimeoutReportsWhatWasWritten) {
+  ShuffleOptions o = TinyOptions();
+  o.emit_timeout = 30ms;
+  std::shared_ptr<ResultPartition> p = NewPartition("batch-timeout", 2, o);
+  std::vector<std::vector<uint8_t>> batch;
+  for (uint64_t i = 0; i < 10; ++i) batch.push_back(MakeRecord(0, i, kOneBufferRecord));
+  size_t written = 99;
+  const Status s = p->EmitBatch(Spans(batch), 0, &written);
+  ASSERT_EQ(s.code(), StatusCode::kTimeout) << s.ToString();
+  EXPECT_GT(written, 0u);
+  EXPECT_LT(written, batch.size());
+  EXPECT_FALSE(p->Stats().failed);
+  Reader r(*p, 0);
+  ASSERT_TRUE(r.Drain().ok());
+  EXPECT_EQ(r.records(), written);
+  const std::vector<std::vector<uint8_t>> rest(batch.begin() + static_cast<ptrdiff_t>(written),
+                                               batch.begin() + static_cast<ptrdiff_t>(written) + 1);
+  ASSERT_TRUE(p->EmitBatch(Spans(rest), 0).ok());
+  ASSERT_TRUE(r.Drain().ok());
+  EXPECT_EQ(r.records(), written + 1);
+}
+
+TEST_F(ResultPartitionTest, EmitBatchToReleasedViewIsDroppedAndCounted) {
+  std::shared_ptr<ResultPartition> p = NewPartition("batch-dropped", 2, Options());
+  {
+    Reader r(*p, 0);
+    r.ReleaseView();
+  }
+  std::vector<std::vector<uint8_t>> batch;
+  for (uint64_t i = 0; i < 5; ++i) batch.push_back(MakeRecord(0, i, 100));
+  size_t written = 0;
+  ASSERT_TRUE(p->EmitBatch(Spans(batch), 0, &written).ok());
+  EXPECT_EQ(written, 5u);
+  EXPECT_EQ(p->Stats().subpartitions[0].dropped_records, 5u);
+  EXPECT_EQ(p->Stats().records, 0u);
+  p->Release();
+  EXPECT_EQ(p->EmitBatch(Spans(batch), 1).code(), StatusCode::kClosed);
+}
+
+// buffer_timeout 0 keeps its meaning inside a batch: every record is its own readable buffer.
+TEST_F(ResultPartitionTest, EmitBatchFlushesPerRecordWithTimeoutZero) {
+  std::shared_ptr<ResultPartition> p = NewPartition("batch-flush", 1, Options(0ms));
+  Reader r(*p, 0);
+  std::vector<std::vector<uint8_t>> batch;
+  for (uint64_t i = 0; i < 3; ++i) batch.push_back(MakeRecord(0, i, 50));
+  ASSERT_TRUE(p->EmitBatch(Spans(batch), 0).ok());
+  ASSERT_TRUE(r.Drain().ok());
+  EXPECT_EQ(r.records(), 3u);
+  EXPECT_EQ(r.data_buffers(), 3u);
+}
+
 }  // namespace sluice::shuffle

@@ -1,0 +1,51 @@
+// sluice-bench's command line: the flags of one run, parsed and checked, and --sweep, which
+// re-applies one flag with each of several values. A plain value type.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "buffer/status.h"
+
+namespace sluice::bench {
+
+struct BenchFlags {
+  std::string mode = "remote";  // local | remote
+  uint32_t channels = 64;
+  uint32_t record_min = 100;  // --record-size N or MIN-MAX
+  uint32_t record_max = 100;
+  uint32_t segment_size = 32 * 1024;
+  uint32_t buffers_per_channel = 2;
+  uint32_t floating_per_gate = 8;
+  int buffer_timeout_ms = 100;  // 0: flush per record; -1: only full buffers
+  double seconds = 5;
+  double warmup = 1;
+  bool checksum = false;
+  bool latency = false;
+  uint32_t rate = 10000;  // --latency: records per second
+  uint32_t batch = 64;    // records per emit call to one subpartition (1: plain Emit)
+  uint64_t network_memory = 0;  // bytes per process; 0: the recommended estimate
+  int rounds = 1;
+  bool baselines = true;
+  int pump_bufs_per_write = 8;
+  int pump_inflight = 4;
+  bool json = false;
+  std::string sweep_name;  // --sweep NAME=v1,v2,...
+  std::vector<std::string> sweep_values;
+  std::string sweep_out = "sluice-bench-sweep.svg";
+
+  std::string RecordSizeString() const;
+  // Records per emit call: 1 with --latency, else --batch capped so that one batch of records
+  // stays within 256 KiB (cache resident, like a producer's own output would be).
+  uint32_t EffectiveBatch() const;
+  double MeanRecordSize() const { return (record_min + record_max) / 2.0; }
+};
+
+// Parses argv. --help prints the usage and exits 0.
+Result<BenchFlags> ParseBenchFlags(int argc, char** argv);
+// Sets one flag by its name without dashes ("channels", "record-size", ...), as --sweep does.
+Status ApplyFlag(BenchFlags* flags, const std::string& name, const std::string& value);
+const char* BenchUsage();
+
+}  // namespace sluice::bench

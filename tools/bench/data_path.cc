@@ -1,0 +1,426 @@
+#include "tools/bench/data_path.h"
+
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "buffer/memory_estimate.h"
+#include "shuffle/record_reader.h"
+#include "shuffle/record_writer.h"
+#include "shuffle/shuffle_environment.h"
+#include "tools/bench/child_process.h"
+
+namespace sluice::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using shuffle::ShuffleEnvironment;
+
+constexpr size_t kSeqBytes = 8;
+constexpr size_t kStampBytes = 16;  // sequence number + emit time
+// A consumer that sees no end of input this long after it stopped the producer gives up.
+constexpr auto kDrainLimit = std::chrono::seconds(30);
+
+uint64_t MonotonicNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+shuffle::EnvironmentConfig ConfigFor(const BenchFlags& f, const char* name, bool listen) {
+  shuffle::EnvironmentConfig c;
+  c.node_name = name;
+  c.listen = listen;
+  c.memory.segment_size = f.segment_size;
+  c.memory.network_memory = NetworkMemoryFor(f);
+  c.options.credit.segment_size = f.segment_size;
+  c.options.credit.buffers_per_channel = f.buffers_per_channel;
+  c.options.credit.floating_per_gate = f.floating_per_gate;
+  if (f.latency || f.buffer_timeout_ms == 0) {
+    c.options.buffer_timeout = std::chrono::milliseconds(0);
+  } else if (f.buffer_timeout_ms < 0) {
+    c.options.buffer_timeout = shuffle::kBufferTimeoutOff;
+  } else {
+    c.options.buffer_timeout = std::chrono::milliseconds(f.buffer_timeout_ms);
+  }
+  c.options.checksums = f.checksum;
+  return c;
+}
+
+// Generated records: a cycle of sizes (fixed or uniform in the range, seeded), written into an
+// arena so a batch is `n` distinct records, each stamped with its channel sequence number.
+class RecordSource {
+ public:
+  explicit RecordSource(const BenchFlags& f)
+      : batch_(f.EffectiveBatch()),
+        max_(f.record_max),
+        arena_(static_cast<size_t>(batch_) * f.record_max),
+        spans_(batch_),
+        next_seq_(f.channels, 0) {
+    std::mt19937 rng(42);
+    std::uniform_int_distribution<uint32_t> size(f.record_min, f.record_max);
+    sizes_.resize(4096);
+    for (uint32_t& s : sizes_) s = size(rng);
+    for (size_t i = 0; i < arena_.size(); ++i) arena_[i] = static_cast<uint8_t>(i * 7 + 1);
+  }
+  uint32_t batch() const { return batch_; }
+
+  std::span<const std::span<const uint8_t>> Next(uint32_t channel, bool stamp_time) {
+    for (uint32_t i = 0; i < batch_; ++i) {
+      const uint32_t n = sizes_[cursor_++ & (sizes_.size() - 1)];
+      uint8_t* p = arena_.data() + static_cast<size_t>(i) * max_;
+      const uint64_t seq = next_seq_[channel]++;
+      std::memcpy(p, &seq, std::min<size_t>(kSeqBytes, n));
+      if (stamp_time && n >= kStampBytes) {
+        const uint64_t now = MonotonicNs();
+        std::memcpy(p + kSeqBytes, &now, 8);
+      }
+      spans_[i] = {p, n};
+    }
+    return spans_;
+  }
+
+ private:
+  const uint32_t batch_;
+  const uint32_t max_;
+  std::vector<uint8_t> arena_;
+  std::vector<std::span<const uint8_t>> spans_;
+  std::vector<uint32_t> sizes_;
+  size_t cursor_ = 0;
+  std::vector<uint64_t> next_seq_;
+};
+
+// Emits until `stop`, round-robin over the subpartitions (a batch per subpartition), then
+// finishes the partition. With --latency: one record at a time at flags.rate records/s.
+Status Produce(shuffle::RecordWriter& writer, const BenchFlags& f, const std::atomic<bool>& stop) {
+  RecordSource source(f);
+  const uint32_t channels = f.channels;
+  uint32_t ch = 0;
+  if (f.latency) {
+    const uint64_t period = 1000000000ull / f.rate;
+    uint64_t next = MonotonicNs();
+    while (!stop.load(std::memory_order_relaxed)) {
+      next += period;
+      const timespec at{static_cast<time_t>(next / 1000000000ull),
+                        static_cast<long>(next % 1000000000ull)};
+      while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &at, nullptr) != 0) {
+      }
+      if (Status s = writer.EmitTo(source.Next(ch, true)[0], ch); !s.ok()) return s;
+      ch = ch + 1 == channels ? 0 : ch + 1;
+    }
+  } else {
+    while (!stop.load(std::memory_order_relaxed)) {
+      const auto records = source.Next(ch, false);
+      Status s = source.batch() == 1 ? writer.EmitTo(records[0], ch)
+                                     : writer.EmitBatchTo(records, ch);
+      if (!s.ok()) return s;
+      ch = ch + 1 == channels ? 0 : ch + 1;
+    }
+  }
+  return writer.Finish();
+}
+
+double Percentile(const std::vector<uint64_t>& sorted_ns, double q) {
+  if (sorted_ns.empty()) return 0;
+  const size_t i = std::min(sorted_ns.size() - 1, static_cast<size_t>(q * sorted_ns.size()));
+  return static_cast<double>(sorted_ns[i]) / 1000.0;
+}
+
+// Reads to the end of input: warm-up, then the measured window, then stops the producer and
+// drains. One interval line per second.
+Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
+               const BenchFlags& f, const std::function<void()>& stop_producer, RunResult* out) {
+  shuffle::RecordReader reader(gate);
+  const Clock::time_point t0 = Clock::now();
+  const Clock::time_point warm_end =
+      t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(f.warmup));
+  const Clock::time_point end =
+      warm_end + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(f.seconds));
+  Clock::time_point next_tick = t0 + std::chrono::seconds(1);
+  Clock::time_point last_tick = t0;
+  Clock::time_point stopped_at;
+  Clock::time_point warm_at = t0;  // the measured window starts here
+  bool warm = f.warmup <= 0;
+  bool stopped = false;
+  uint64_t records = 0, bytes = 0;
+  uint64_t tick_records = 0, tick_bytes = 0, tick_buffers = 0;
+  uint64_t warm_records = 0, warm_bytes = 0, warm_buffers = 0;
+  std::vector<uint64_t> expected(f.channels, 0);
+  std::vector<uint64_t> latencies;
+  if (f.latency) latencies.reserve(static_cast<size_t>(f.rate * (f.seconds + 1)));
+  uint32_t peak_used = pool.used_segments();
+  uint32_t since_check = 0;
+  while (true) {
+    Result<shuffle::RecordReader::Item> item = reader.Next(std::chrono::milliseconds(100));
+    if (!item.ok()) return item.status();
+    if (item->kind == shuffle::RecordReader::Kind::kEndOfInput) break;
+    if (item->kind == shuffle::RecordReader::Kind::kRecord) {
+      const std::span<const uint8_t> rec = item->data;
+      ++records;
+      bytes += rec.size();
+      if (rec.size() >= kSeqBytes) {
+        uint64_t seq;
+        std::memcpy(&seq, rec.data(), kSeqBytes);
+        uint64_t& want = expected[item->channel];
+        if (seq != want) ++out->order_errors;
+        want = seq + 1;
+      }
+      if (f.latency && warm && !stopped && rec.size() >= kStampBytes) {
+        uint64_t sent;
+        std::memcpy(&sent, rec.data() + kSeqBytes, 8);
+        const uint64_t now = MonotonicNs();
+        latencies.push_back(now > sent ? now - sent : 0);
+      }
+      if (++since_check < 512) continue;
+    }
+    since_check = 0;
+    peak_used = std::max(peak_used, pool.used_segments());
+    const Clock::time_point now = Clock::now();
+    if (!warm && now >= warm_end) {
+      warm = true;
+      warm_at = now;
+      warm_records = records;
+      warm_bytes = bytes;
+      warm_buffers = gate->Stats().buffers_in;
+    }
+    const bool stopping = !stopped && now >= end;
+    if (!stopped && (now >= next_tick || stopping)) {
+      const uint64_t buffers = gate->Stats().buffers_in;
+      const double dt = std::chrono::duration<double>(now - last_tick).count();
+      if (!f.json) {
+        std::printf("[%5.1f-%5.1f s] %9.3f M rec/s %9.1f MiB/s %9.0f buf/s  pool %u/%u%s\n",
+                    std::chrono::duration<double>(last_tick - t0).count(),
+                    std::chrono::duration<double>(now - t0).count(),
+                    (records - tick_records) / dt / 1e6,
+                    (bytes - tick_bytes) / dt / (1 << 20), (buffers - tick_buffers) / dt,
+                    pool.used_segments(), pool.total_segments(),
+                    last_tick < warm_end && f.warmup > 0 ? "  (warm-up)" : "");
+        std::fflush(stdout);
+      }
+      tick_records = records;
+      tick_bytes = bytes;
+      tick_buffers = buffers;
+      last_tick = now;
+      next_tick = now + std::chrono::seconds(1);
+    }
+    if (stopping) {
+      stopped = true;
+      stopped_at = now;
+      out->seconds = std::chrono::duration<double>(now - warm_at).count();
+      out->records = records - warm_records;
+      out->bytes = bytes - warm_bytes;
+      out->buffers = gate->Stats().buffers_in - warm_buffers;
+      stop_producer();
+    }
+    if (stopped && now - stopped_at > kDrainLimit) {
+      return TimeoutError("no end of input within 30 s after the producer was told to stop");
+    }
+  }
+  if (!stopped) return InternalError("the input ended before the measurement did");
+  // Records after the producer was stopped are only drained; a gap at the very end is fine.
+  out->pool_total_segments = pool.total_segments();
+  out->pool_peak_used_segments = peak_used;
+  if (f.latency) {
+    std::sort(latencies.begin(), latencies.end());
+    out->latency_samples = latencies.size();
+    out->p50_us = Percentile(latencies, 0.50);
+    out->p99_us = Percentile(latencies, 0.99);
+    out->p999_us = Percentile(latencies, 0.999);
+    out->max_us = latencies.empty() ? 0 : static_cast<double>(latencies.back()) / 1000.0;
+  }
+  return Status::Ok();
+}
+
+int64_t LeakedSegments(const ShuffleEnvironment& env) {
+  return static_cast<int64_t>(env.pool()->total_segments()) -
+         static_cast<int64_t>(env.pool()->available_segments());
+}
+
+// Sends `r` to the parent with `error` set; returns the child's exit code.
+int Report(int to_parent, RunResult& r, const Status& error) {
+  if (!error.ok()) SetMessage(r.error, error.ToString());
+  return WritePod(to_parent, r) && error.ok() ? 0 : 1;
+}
+
+// --- local: one process, producer thread and consumer thread over local channels ----------
+
+int RunLocalChild(const BenchFlags& f, int to_parent) {
+  RunResult r;
+  r.network_memory_bytes = NetworkMemoryFor(f);
+  Status error;
+  {
+    auto env = ShuffleEnvironment::Start(ConfigFor(f, "bench-local", false));
+    if (!env.ok()) return Report(to_parent, r, env.status());
+    auto part = (*env)->CreatePartition("p0", f.channels);
+    if (!part.ok()) return Report(to_parent, r, part.status());
+    std::vector<shuffle::ChannelSpec> specs;
+    for (uint32_t c = 0; c < f.channels; ++c) specs.push_back({"p0", c, std::nullopt});
+    auto gate = (*env)->CreateInputGate("bench", specs);
+    if (!gate.ok()) return Report(to_parent, r, gate.status());
+    std::atomic<bool> stop{false};
+    Status produced;
+    std::thread producer([&, partition = *part] {
+      shuffle::RecordWriter writer(partition, std::make_unique<shuffle::RoundRobinPartitioner>());
+      produced = Produce(writer, f, stop);
+      if (!produced.ok()) partition->Fail(produced);
+    });
+    error = Consume(gate->get(), *(*env)->pool(), f, [&] { stop = true; }, &r);
+    stop = true;
+    if (!error.ok()) (*part)->Cancel();
+    producer.join();
+    if (error.ok() && !produced.ok()) error = produced;
+    r.backpressure_ms = static_cast<double>((*part)->Stats().backpressure_ns) / 1e6;
+    (*gate)->Close();
+    gate->reset();
+    part->reset();
+    (*env)->ReleasePartition("p0");
+    (*env)->Stop();
+    r.leaked_segments = LeakedSegments(**env);
+  }
+  r.consumer_peak_rss_bytes = r.peak_rss_bytes = PeakRssBytes();
+  return Report(to_parent, r, error);
+}
+
+// --- remote: the producer is a forked child serving its partition over loopback TCP --------
+
+struct ProducerReport {
+  int64_t leaked_segments = 0;
+  uint64_t peak_rss_bytes = 0;
+  double credit_stall_ms = 0;
+  double backpressure_ms = 0;
+  char error[512] = {};
+};
+
+int RunRemoteProducer(const BenchFlags& f, int from_consumer, int to_consumer) {
+  ProducerReport report;
+  Status error;
+  {
+    auto env = ShuffleEnvironment::Start(ConfigFor(f, "bench-producer", true));
+    if (!env.ok()) Die(env.status().ToString());
+    auto part = (*env)->CreatePartition("p0", f.channels);
+    if (!part.ok()) Die(part.status().ToString());
+    const uint16_t port = (*env)->port();
+    if (!WritePod(to_consumer, port)) return 1;
+    std::atomic<bool> stop{false};
+    // The consumer writes one byte when it has measured enough (or exits: EOF).
+    std::thread watcher([&] {
+      char b;
+      (void)read(from_consumer, &b, 1);
+      stop = true;
+    });
+    {
+      shuffle::RecordWriter writer(*part, std::make_unique<shuffle::RoundRobinPartitioner>());
+      error = Produce(writer, f, stop);
+      if (!error.ok()) (*part)->Fail(error);
+    }
+    watcher.join();
+    // The consumer closes its connection once it has read everything.
+    const Clock::time_point limit = Clock::now() + kDrainLimit;
+    while ((*env)->server()->connection_count() > 0 && Clock::now() < limit) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    report.credit_stall_ms = static_cast<double>((*env)->server()->stats().credit_stall_ns) / 1e6;
+    report.backpressure_ms = static_cast<double>((*part)->Stats().backpressure_ns) / 1e6;
+    part->reset();
+    (*env)->ReleasePartition("p0");
+    (*env)->Stop();
+    report.leaked_segments = LeakedSegments(**env);
+  }
+  report.peak_rss_bytes = PeakRssBytes();
+  if (!error.ok()) SetMessage(report.error, error.ToString());
+  return WritePod(to_consumer, report) ? 0 : 1;
+}
+
+int RunRemoteConsumer(const BenchFlags& f, int to_parent) {
+  RunResult r;
+  r.network_memory_bytes = NetworkMemoryFor(f);
+  // Fork the producer before this process starts any thread.
+  Child producer = ForkChild([&](int from_consumer, int to_consumer) {
+    return RunRemoteProducer(f, from_consumer, to_consumer);
+  });
+  uint16_t port = 0;
+  if (!ReadPod(producer.from_child, &port)) {
+    return Report(to_parent, r, InternalError("the producer process did not start"));
+  }
+  Status error;
+  {
+    auto env = ShuffleEnvironment::Start(ConfigFor(f, "bench-consumer", false));
+    if (!env.ok()) return Report(to_parent, r, env.status());
+    std::vector<shuffle::ChannelSpec> specs;
+    for (uint32_t c = 0; c < f.channels; ++c) {
+      specs.push_back({"p0", c, transport::Endpoint{"127.0.0.1", port}});
+    }
+    auto gate = (*env)->CreateInputGate("bench", specs);
+    if (!gate.ok()) return Report(to_parent, r, gate.status());
+    auto stop_producer = [&] {
+      const char b = 's';
+      WriteAll(producer.to_child, &b, 1);
+    };
+    error = Consume(gate->get(), *(*env)->pool(), f, stop_producer, &r);
+    stop_producer();
+    (*gate)->Close();
+    gate->reset();
+    (*env)->client().Stop();  // closes the connection: the producer tears down
+    (*env)->Stop();
+    r.leaked_segments = LeakedSegments(**env);
+  }
+  ProducerReport pr;
+  if (!ReadPod(producer.from_child, &pr)) {
+    if (error.ok()) error = InternalError("the producer process did not report");
+  } else if (pr.error[0] != 0 && error.ok()) {
+    error = InternalError(std::string("producer: ") + pr.error);
+  }
+  WaitChild(producer);
+  r.leaked_segments += pr.leaked_segments;
+  r.credit_stall_ms = pr.credit_stall_ms;
+  r.backpressure_ms = pr.backpressure_ms;
+  r.producer_peak_rss_bytes = pr.peak_rss_bytes;
+  r.consumer_peak_rss_bytes = PeakRssBytes();
+  r.peak_rss_bytes = std::max(r.producer_peak_rss_bytes, r.consumer_peak_rss_bytes);
+  return Report(to_parent, r, error);
+}
+
+}  // namespace
+
+uint64_t NetworkMemoryFor(const BenchFlags& f) {
+  if (f.network_memory > 0) return f.network_memory;
+  buffer::CreditOptions credit;
+  credit.segment_size = f.segment_size;
+  credit.buffers_per_channel = f.buffers_per_channel;
+  credit.floating_per_gate = f.floating_per_gate;
+  buffer::Topology producer;
+  producer.partitions.push_back({"p0", f.channels});
+  buffer::Topology consumer;
+  buffer::GateSpec gate{"bench", 0, 0};
+  (f.mode == "local" ? gate.local_channels : gate.remote_channels) = f.channels;
+  consumer.gates.push_back(gate);
+  if (f.mode == "local") consumer.partitions.push_back({"p0", f.channels});
+  const uint64_t need = std::max(buffer::EstimateNetworkMemory(producer, credit).recommended_bytes,
+                                 buffer::EstimateNetworkMemory(consumer, credit).recommended_bytes);
+  return std::max<uint64_t>(need, 4u << 20);
+}
+
+RunResult RunDataPath(const BenchFlags& f) {
+  Child child = ForkChild([&](int, int to_parent) {
+    return f.mode == "local" ? RunLocalChild(f, to_parent) : RunRemoteConsumer(f, to_parent);
+  });
+  RunResult r;
+  if (!ReadPod(child.from_child, &r)) SetMessage(r.error, "the benchmark process died");
+  const int rc = WaitChild(child);
+  if (rc != 0 && r.error[0] == 0) SetMessage(r.error, "the benchmark process failed");
+  return r;
+}
+
+}  // namespace sluice::bench

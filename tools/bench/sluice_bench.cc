@@ -1,0 +1,133 @@
+// sluice-bench: throughput and latency of Sluice's data path, next to the machine's own limits
+// (a raw libuv socket pump and memcpy) measured in the same run. See --help and README.md.
+//
+// This process only orchestrates: every measurement runs in forked children (the data path
+// in one or two, the pump's receiver in one), so it never starts a thread and each run's peak
+// RSS and leak check are its own.
+#include <signal.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "tools/bench/bench_flags.h"
+#include "tools/bench/data_path.h"
+#include "tools/bench/raw_pump.h"
+#include "tools/bench/report.h"
+
+namespace sluice::bench {
+namespace {
+
+// memcpy's working set: DRAM-sized, like the slab the data path cycles through.
+constexpr uint64_t kMemcpyWorkingSet = 64u << 20;
+// The ceilings need less time than the data path to settle.
+constexpr double kMaxBaselineSeconds = 2;
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+Measurement Measure(const BenchFlags& f) {
+  Measurement m;
+  m.flags = f;
+  m.rounds = f.rounds;
+  std::vector<double> pump, copy;
+  std::vector<RunResult> runs;
+  for (int round = 0; round < f.rounds; ++round) {
+    if (f.baselines) {
+      RawPumpOptions po;
+      po.seconds = std::min(f.seconds, kMaxBaselineSeconds);
+      po.block_size = f.segment_size;
+      po.bufs_per_write = f.pump_bufs_per_write;
+      po.inflight = f.pump_inflight;
+      pump.push_back(RunRawPump(po).mib_per_second());
+      const auto piece = static_cast<uint32_t>(f.MeanRecordSize());
+      copy.push_back(RunMemcpy(po.seconds, piece, kMemcpyWorkingSet).mib_per_second());
+    }
+    runs.push_back(RunDataPath(f));
+    if (!f.json && f.rounds > 1) {
+      std::printf("round %d: %.1f MiB/s%s\n", round + 1, runs.back().mib_per_second(),
+                  f.baselines ? (", pump " + std::to_string(pump.back()) + " MiB/s, memcpy " +
+                                 std::to_string(copy.back()) + " MiB/s").c_str()
+                              : "");
+    }
+  }
+  std::sort(runs.begin(), runs.end(), [](const RunResult& a, const RunResult& b) {
+    return a.mib_per_second() < b.mib_per_second();
+  });
+  m.run = runs[runs.size() / 2];
+  // A failure or leak in any round shows in the result.
+  for (const RunResult& r : runs) {
+    if (r.error[0] != 0 && m.run.error[0] == 0) std::copy(r.error, r.error + sizeof(r.error), m.run.error);
+    m.run.leaked_segments = std::max(m.run.leaked_segments, r.leaked_segments);
+    m.run.order_errors = std::max(m.run.order_errors, r.order_errors);
+    m.run.peak_rss_bytes = std::max(m.run.peak_rss_bytes, r.peak_rss_bytes);
+  }
+  m.pump_mib_per_second = Median(pump);
+  m.memcpy_mib_per_second = Median(copy);
+  return m;
+}
+
+bool Healthy(const Measurement& m) {
+  return m.run.error[0] == 0 && m.run.leaked_segments == 0 && m.run.order_errors == 0 &&
+         m.run.records > 0;
+}
+
+int Main(int argc, char** argv) {
+  Result<BenchFlags> parsed = ParseBenchFlags(argc, argv);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "sluice-bench: %s\n", parsed.status().message().c_str());
+    return 2;
+  }
+  const BenchFlags& flags = *parsed;
+  signal(SIGPIPE, SIG_IGN);
+  if (flags.sweep_name.empty()) {
+    if (!flags.json) {
+      std::printf("sluice-bench %s: %u channels, %s-byte records, %u-byte segments, warm-up %.1f s, "
+                  "%.1f s%s\n",
+                  flags.mode.c_str(), flags.channels, flags.RecordSizeString().c_str(),
+                  flags.segment_size, flags.warmup, flags.seconds,
+                  flags.latency ? (", latency at " + std::to_string(flags.rate) + " records/s").c_str()
+                                : "");
+    }
+    const Measurement m = Measure(flags);
+    if (flags.json) {
+      std::printf("%s\n", ToJson(m).c_str());
+    } else {
+      PrintSummary(m);
+    }
+    return Healthy(m) ? 0 : 1;
+  }
+  std::vector<SweepPoint> points;
+  bool healthy = true;
+  for (const std::string& value : flags.sweep_values) {
+    BenchFlags f = flags;
+    if (Status s = ApplyFlag(&f, flags.sweep_name, value); !s.ok()) {
+      std::fprintf(stderr, "sluice-bench: %s\n", s.message().c_str());
+      return 2;
+    }
+    if (!f.json) std::printf("\n== --%s %s\n", flags.sweep_name.c_str(), value.c_str());
+    points.push_back({value, Measure(f)});
+    healthy = healthy && Healthy(points.back().measurement);
+    if (f.json) {
+      std::printf("%s\n", ToJson(points.back().measurement).c_str());
+    } else {
+      PrintSummary(points.back().measurement);
+    }
+  }
+  if (!flags.json) PrintSweepTable(flags.sweep_name, points);
+  if (Status s = WriteSweepSvg(flags.sweep_out, flags.sweep_name, points); !s.ok()) {
+    std::fprintf(stderr, "sluice-bench: %s\n", s.message().c_str());
+    return 1;
+  }
+  if (!flags.json) std::printf("chart: %s\n", flags.sweep_out.c_str());
+  return healthy ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace sluice::bench
+
+int main(int argc, char** argv) { return sluice::bench::Main(argc, argv); }
