@@ -1,5 +1,7 @@
 #include "schema/control.h"
 
+#include "schema/verify.h"
+
 #include <string>
 
 namespace sluice::schema {
@@ -20,17 +22,8 @@ Status Bad(std::string_view msg, const std::string& what) {
 
 template <typename T>
 Result<const T*> VerifyControl(std::span<const uint8_t> md, std::string_view name) {
-  if (md.size() < 8) {
-    return Bad(name, std::to_string(md.size()) +
-                         " bytes, too short for a FlatBuffers table; the peer does not speak "
-                         "this protocol");
-  }
-  flatbuffers::Verifier verifier(md.data(), md.size(), ControlVerifierOptions());
-  if (!verifier.VerifyBuffer<T>(nullptr)) {
-    return Bad(name, "FlatBuffers verification failed (" + std::to_string(md.size()) +
-                         " bytes); the peer's schema version is incompatible");
-  }
-  return flatbuffers::GetRoot<T>(md.data());
+  static const flatbuffers::Verifier::Options options = ControlVerifierOptions();
+  return internal::VerifyRoot<T>(md, name, options);
 }
 
 template <typename E>

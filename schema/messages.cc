@@ -1,6 +1,7 @@
 #include "schema/messages.h"
 
 #include "schema/control.h"
+#include "schema/verify.h"
 
 #include <bit>
 #include <cstdio>
@@ -69,11 +70,6 @@ Status Invalid(const Args&... args) {
   return ProtocolError(std::move(s));
 }
 
-// FLATBUFFERS_MIN_BUFFER_SIZE (root offset, vtable offset, two vtable fields); the macro uses
-// unqualified names, so it is spelled out here.
-constexpr size_t kMinMessageSize =
-    sizeof(flatbuffers::uoffset_t) + sizeof(flatbuffers::soffset_t) + 2 * sizeof(uint16_t);
-
 // Our messages are one flat table; the limits only need to be above that. They bound the work a
 // hostile message can cause.
 flatbuffers::Verifier::Options VerifierOptions() {
@@ -87,18 +83,8 @@ flatbuffers::Verifier::Options VerifierOptions() {
 
 template <typename T>
 Result<const T*> Verify(std::span<const uint8_t> md, std::string_view name) {
-  if (md.size() < kMinMessageSize) {
-    return Invalid("malformed ", name, " message: ", md.size(),
-                   " bytes, too short for a FlatBuffers table (at least ", kMinMessageSize,
-                   "); the peer does not speak this protocol");
-  }
-  flatbuffers::Verifier verifier(md.data(), md.size(), VerifierOptions());
-  if (!verifier.VerifyBuffer<T>(nullptr)) {
-    return Invalid("malformed ", name, " message (", md.size(),
-                   " bytes): FlatBuffers verification failed; the peer's encoder or schema "
-                   "version is incompatible");
-  }
-  return flatbuffers::GetRoot<T>(md.data());
+  static const flatbuffers::Verifier::Options options = VerifierOptions();
+  return internal::VerifyRoot<T>(md, name, options);
 }
 
 // A string that may be absent (treated as empty) but not longer than `max`.

@@ -203,15 +203,16 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler {
     schema::HandshakeFields f;
     f.segment_size = mine;
     f.node_name = server_->config_.node_name;
+    auth::Nonce nonce{};
     auth::Proof proof{};
     if (const auto& secret = server_->config_.auth_secret) {
       // Challenge the client; prove that we hold the secret too (mutual).
       std::span<const uint8_t> client_nonce;
       if ((*m)->nonce() != nullptr) client_nonce = {(*m)->nonce()->data(), (*m)->nonce()->size()};
-      nonce_ = auth::MakeNonce();
-      expected_proof_ = auth::MakeProof(*secret, auth::kClientRole, nonce_, client_nonce);
-      proof = auth::MakeProof(*secret, auth::kServerRole, client_nonce, nonce_);
-      f.nonce = nonce_;
+      nonce = auth::MakeNonce();
+      expected_proof_ = auth::MakeProof(*secret, auth::kClientRole, nonce, client_nonce);
+      proof = auth::MakeProof(*secret, auth::kServerRole, client_nonce, nonce);
+      f.nonce = nonce;
       f.auth_proof = proof;
     } else {
       authenticated_ = true;
@@ -516,8 +517,7 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler {
   schema::MessageBuilder builder_;
   bool established_ = false;
   bool authenticated_ = false;
-  auth::Nonce nonce_{};
-  auth::Proof expected_proof_{};
+  auth::Proof expected_proof_{};  // the client's proof we wait for (auth on)
   std::unordered_map<uint64_t, std::shared_ptr<Reader>> readers_;
   std::unordered_map<uint64_t, Parked> parked_;
   std::deque<uint64_t> ready_;

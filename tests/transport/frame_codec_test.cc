@@ -15,11 +15,12 @@
 #include <vector>
 
 #include "alloc_counter.h"
+#include "frame_bytes.h"
 
 namespace sluice::transport {
 namespace {
 
-using Bytes = std::vector<uint8_t>;
+using testutil::Bytes;
 
 constexpr uint32_t kMaxPayload = 4096;
 constexpr uint8_t kPayloadType = 5;  // stands in for BufferResponse
@@ -34,29 +35,10 @@ FrameLimits TestLimits() {
 }
 
 Bytes Frame(uint8_t type, const Bytes& metadata, const Bytes& payload = {}) {
-  Bytes out(kFrameHeaderSize);
-  EncodeFrameHeader(std::span<uint8_t, kFrameHeaderSize>(out.data(), kFrameHeaderSize), type,
-                    static_cast<uint16_t>(metadata.size()), static_cast<uint32_t>(payload.size()));
-  out.insert(out.end(), metadata.begin(), metadata.end());
-  out.insert(out.end(), payload.begin(), payload.end());
-  return out;
+  return testutil::EncodeFrame(type, metadata, payload);
 }
 
-// A header with any field values, for corrupt frames.
-Bytes RawHeader(uint32_t length, uint32_t magic, uint8_t version, uint8_t type, uint16_t h) {
-  return {static_cast<uint8_t>(length >> 24),
-          static_cast<uint8_t>(length >> 16),
-          static_cast<uint8_t>(length >> 8),
-          static_cast<uint8_t>(length),
-          static_cast<uint8_t>(magic >> 24),
-          static_cast<uint8_t>(magic >> 16),
-          static_cast<uint8_t>(magic >> 8),
-          static_cast<uint8_t>(magic),
-          version,
-          type,
-          static_cast<uint8_t>(h >> 8),
-          static_cast<uint8_t>(h)};
-}
+using testutil::RawHeader;
 
 Bytes Pattern(size_t n, uint32_t seed) {
   Bytes b(n);

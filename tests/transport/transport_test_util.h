@@ -28,10 +28,10 @@
 #include "transport/connection.h"
 #include "transport/frame_codec.h"
 #include "transport/transport_options.h"
+#include "frame_bytes.h"
 
 namespace sluice::transport::testutil {
 
-using Bytes = std::vector<uint8_t>;
 using Clock = std::chrono::steady_clock;
 
 inline constexpr uint32_t kSegmentSize = 32 * 1024;
@@ -49,32 +49,9 @@ inline FrameLimits TestLimits() {
   return limits;
 }
 
-inline Bytes EncodeFrame(uint8_t type, const Bytes& metadata, const Bytes& payload = {}) {
-  Bytes out(kFrameHeaderSize);
-  EncodeFrameHeader(std::span<uint8_t, kFrameHeaderSize>(out.data(), kFrameHeaderSize), type,
-                    static_cast<uint16_t>(metadata.size()), static_cast<uint32_t>(payload.size()));
-  out.insert(out.end(), metadata.begin(), metadata.end());
-  out.insert(out.end(), payload.begin(), payload.end());
-  return out;
-}
 
 inline Bytes HeartbeatFrame() { return EncodeFrame(kHeartbeatType, {}); }
 
-// A header with arbitrary field values (for corrupt frames).
-inline Bytes RawHeader(uint32_t length, uint32_t magic, uint8_t version, uint8_t type, uint16_t h) {
-  return {static_cast<uint8_t>(length >> 24),
-          static_cast<uint8_t>(length >> 16),
-          static_cast<uint8_t>(length >> 8),
-          static_cast<uint8_t>(length),
-          static_cast<uint8_t>(magic >> 24),
-          static_cast<uint8_t>(magic >> 16),
-          static_cast<uint8_t>(magic >> 8),
-          static_cast<uint8_t>(magic),
-          version,
-          type,
-          static_cast<uint8_t>(h >> 8),
-          static_cast<uint8_t>(h)};
-}
 
 // ---------------------------------------------------------------------------------------------
 // Deterministic frames: frame `index` of stream `stream` is fully defined by the pair, so the
