@@ -50,11 +50,18 @@ Status InputGate::Start() {
 }
 
 void InputGate::QueueChannel(uint32_t index) {
-  std::lock_guard lock(mu_);
-  if (closed_ || queued_[index]) return;
-  queued_[index] = 1;
-  ready_.push_back(index);
-  cv_.notify_one();
+  bool wake;
+  {
+    std::lock_guard lock(mu_);
+    if (closed_ || queued_[index]) return;
+    queued_[index] = 1;
+    ready_.push_back(index);
+    wake = waiting_ > 0;
+  }
+  // Outside the lock: a consumer woken while we still held mu_ would block on it at once and
+  // need a second wake-up (glibc's condition variable does not hand the mutex over). The gate
+  // outlives its channels' calls (Close releases them before the gate goes away).
+  if (wake) cv_.notify_one();
 }
 
 Result<std::optional<BufferOrEvent>> InputGate::GetNext(std::chrono::milliseconds timeout) {
@@ -64,10 +71,16 @@ Result<std::optional<BufferOrEvent>> InputGate::GetNext(std::chrono::millisecond
     {
       std::unique_lock lock(mu_);
       if (closed_) return ClosedError("input gate '" + name_ + "' is closed");
+      if (cancelled_) return Cancelled("input gate '" + name_ + "' was cancelled");
       if (finished_count_ == channels_.size()) return std::optional<BufferOrEvent>();
-      if (!cv_.wait_until(lock, deadline, [&] { return !ready_.empty(); })) {
-        return std::optional<BufferOrEvent>();
-      }
+      ++waiting_;
+      const bool ready = cv_.wait_until(lock, deadline, [&] {
+        return !ready_.empty() || cancelled_ || closed_;
+      });
+      --waiting_;
+      if (closed_) return ClosedError("input gate '" + name_ + "' is closed");
+      if (cancelled_) return Cancelled("input gate '" + name_ + "' was cancelled");
+      if (!ready) return std::optional<BufferOrEvent>();
       index = ready_.front();
       ready_.pop_front();
       queued_[index] = 0;
@@ -95,6 +108,20 @@ Result<std::optional<BufferOrEvent>> InputGate::GetNext(std::chrono::millisecond
 bool InputGate::IsFinished() const {
   std::lock_guard lock(mu_);
   return finished_count_ == channels_.size();
+}
+
+void InputGate::Cancel() {
+  {
+    std::lock_guard lock(mu_);
+    if (cancelled_) return;
+    cancelled_ = true;
+  }
+  cv_.notify_all();
+}
+
+bool InputGate::IsCancelled() const {
+  std::lock_guard lock(mu_);
+  return cancelled_;
 }
 
 void InputGate::Close() {

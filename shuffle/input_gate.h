@@ -104,13 +104,20 @@ class InputGate {
   Status Start();
 
   // Waits up to `timeout` for the next buffer or event. nullopt: nothing arrived in time, or the
-  // gate is finished (see IsFinished). An error: a channel failed (the message names it).
+  // gate is finished (see IsFinished). An error: a channel failed (the message names it);
+  // Cancelled after Cancel(); Closed after Close(). One consumer thread at a time.
   Result<std::optional<BufferOrEvent>> GetNext(std::chrono::milliseconds timeout);
   Result<std::optional<BufferOrEvent>> PollNext() { return GetNext(std::chrono::milliseconds(0)); }
   // Every channel delivered its end of partition.
   bool IsFinished() const;
   // Releases every channel and the floating pool; idempotent (also the destructor).
+  // Consumer thread (it releases channels the consumer reads from).
   void Close();
+  // Any thread: wakes a GetNext blocked now and makes every later one return Cancelled (what
+  // is queued stays queued; Close still releases it). Idempotent. For stopping a consumer
+  // without polling a flag.
+  void Cancel();
+  bool IsCancelled() const;
 
   const std::string& name() const { return name_; }
   size_t num_channels() const { return channels_.size(); }
@@ -142,7 +149,9 @@ class InputGate {
   std::vector<uint8_t> finished_;       // consumer thread
   uint32_t finished_count_ = 0;         // consumer thread (read under mu_ for stats)
   InputGateStats stats_;                // consumer thread
-  bool closed_ = false;
+  uint32_t waiting_ = 0;                // GUARDED_BY(mu_): consumers blocked in GetNext
+  bool closed_ = false;                 // GUARDED_BY(mu_)
+  bool cancelled_ = false;              // GUARDED_BY(mu_)
 };
 
 }  // namespace sluice::shuffle

@@ -369,6 +369,46 @@ TEST(ShuffleNetworkTest, ConsumerCancelsMidStream) {
   StopAndCheck(prod.get(), cons.get(), {"p0"});
 }
 
+TEST(ShuffleNetworkTest, GateCancelWakesABlockedReaderAtOnce) {
+  auto prod = StartEnv(Config("prod"));
+  auto cons = StartEnv(Config("cons"));
+  ASSERT_TRUE(prod && cons);
+  auto part = prod->CreatePartition("p0", 2);
+  ASSERT_TRUE(part.ok());
+  auto local = prod->CreatePartition("p1", 1);
+  ASSERT_TRUE(local.ok());
+  // One remote and one local channel, and nothing is ever written: the reader blocks.
+  auto gate = cons->CreateInputGate("quiet", {{"p0", 0, prod->endpoint()}});
+  auto local_gate = prod->CreateInputGate("quiet-local", {{"p1", 0, std::nullopt}});
+  ASSERT_TRUE(gate.ok() && local_gate.ok());
+  for (InputGate* g : {gate->get(), local_gate->get()}) {
+    EXPECT_FALSE(g->IsCancelled());
+    const auto start = std::chrono::steady_clock::now();
+    std::thread canceller([g] {
+      std::this_thread::sleep_for(100ms);
+      g->Cancel();
+    });
+    RecordReader reader(g);
+    auto item = reader.Next(60s);  // far longer than the test's timeout
+    canceller.join();
+    ASSERT_FALSE(item.ok());
+    EXPECT_EQ(item.status().code(), StatusCode::kCancelled) << item.status().ToString();
+    EXPECT_NE(item.status().message().find(g->name()), std::string::npos);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 30s);  // woken, not timed out
+    EXPECT_TRUE(g->IsCancelled());
+    // Every later read is Cancelled too, without waiting; Cancel is idempotent.
+    g->Cancel();
+    auto again = g->GetNext(60s);
+    ASSERT_FALSE(again.ok());
+    EXPECT_EQ(again.status().code(), StatusCode::kCancelled);
+  }
+  (*gate)->Close();
+  (*local_gate)->Close();
+  (*part)->Cancel();
+  (*local)->Cancel();
+  StopAndCheck(prod.get(), cons.get(), {"p0", "p1"});
+}
+
 TEST(ShuffleNetworkTest, ProducerProcessDiesConsumerGetsErrorNamingPeer) {
   int port_pipe[2];
   ASSERT_EQ(pipe(port_pipe), 0);

@@ -28,8 +28,8 @@ using control::JobKind;
 using control::JobSpec;
 using control::Pattern;
 
-// How long a blocked read waits before it looks at the stop flag again (Cancel latency).
-constexpr std::chrono::milliseconds kStopPoll{50};
+// A blocked read is woken by InputGate::Cancel when the job stops; this only bounds one wait.
+constexpr std::chrono::milliseconds kReadSlice{1000};
 // How often a finished producer looks whether its consumers have read everything.
 constexpr std::chrono::milliseconds kConsumedPoll{10};
 // Records between two looks at whether the producer's consumers are still there (mask).
@@ -196,8 +196,8 @@ class RunningJob {
 
   // Stops the job: the first call wins and decides the outcome (cancelled, or failed with
   // `error`, also stored in *task_error). Wakes blocked writers, fails and releases the
-  // partitions; consumers see `stop` within kStopPoll and close their gates themselves (a gate
-  // is read and closed by one thread).
+  // partitions, and cancels the consumers' gates (a blocked read returns Cancelled at once);
+  // consumers close their gates themselves (a gate is read and closed by one thread).
   void Abort(const std::string& error, bool cancel, std::string* task_error);
   // Unregisters and releases a producer's partition, once.
   void ReleasePartition(ProducerTask& t);
@@ -259,6 +259,9 @@ void RunningJob::Abort(const std::string& error, bool cancel, std::string* task_
     stop.store(true);
   }
   ended.notify_all();  // the watchdog
+  for (auto& c : consumers) {
+    if (c->gate) c->gate->Cancel();
+  }
   for (auto& p : producers) ReleasePartition(*p);
 }
 
@@ -446,7 +449,7 @@ void RunningJob::RunConsumer(ConsumerTask& t) {
     std::optional<TokenBucket> throttle;
     if (t.throttle_bytes_per_second > 0) throttle.emplace(t.throttle_bytes_per_second);
     while (!stop.load(std::memory_order_relaxed)) {
-      auto item = reader.Next(kStopPoll);
+      auto item = reader.Next(kReadSlice);
       if (!item.ok()) {
         st = item.status();
         break;
