@@ -14,6 +14,7 @@ LocalBufferPool::LocalBufferPool(std::shared_ptr<NetworkBufferPool> global,
       max_(options.max_segments),
       max_per_subpartition_(options.max_buffers_per_subpartition),
       max_overdraft_(options.max_overdraft),
+      wake_batch_(std::max<uint32_t>(options.wake_batch, 1)),
       size_(options.min_segments),
       per_subpartition_(options.num_subpartitions, 0) {
   // Room for every segment this pool can ever hold, so recycling never allocates.
@@ -133,7 +134,9 @@ Result<Buffer> LocalBufferPool::RequestBufferBlocking(int32_t subpartition,
     if (cancelled_) return Cancelled("buffer request on pool '" + name_ + "' was cancelled");
     if (!queue_.empty() || (owned_ < size_ && !waiting_for_global_)) continue;  // try again
     ++blocked_;
+    ++blocked_requests_;
     const bool timed_out = cv_.wait_until(lock, deadline) == std::cv_status::timeout;
+    --blocked_requests_;
     --blocked_;
     if (timed_out && queue_.empty()) {
       if (destroyed_) return ClosedError("local buffer pool '" + name_ + "' was destroyed");
@@ -179,7 +182,15 @@ Status LocalBufferPool::WaitAvailable(std::chrono::milliseconds timeout) {
     }
     if (AvailableLocked()) return Status::Ok();
     ++blocked_;
-    const bool timed_out = cv_.wait_until(lock, deadline) == std::cv_status::timeout;
+    bool timed_out;
+    if (wake_batch_ > 1) {
+      // Woken by a run of queued segments (WakeOnQueuedLocked) or by the recheck.
+      const auto recheck = std::chrono::steady_clock::now() + kWakeBatchRecheck;
+      cv_.wait_until(lock, std::min(deadline, recheck));
+      timed_out = std::chrono::steady_clock::now() >= deadline;
+    } else {
+      timed_out = cv_.wait_until(lock, deadline) == std::cv_status::timeout;
+    }
     --blocked_;
     if (timed_out && !AvailableLocked() && !destroyed_ && !cancelled_) {
       return TimeoutError("pool '" + name_ + "' not available within " +
@@ -196,6 +207,12 @@ void LocalBufferPool::CancelBlockingRequests() {
 
 void LocalBufferPool::WakeWaitersLocked() {
   if (blocked_ > 0) cv_.notify_all();
+}
+
+void LocalBufferPool::WakeOnQueuedLocked() {
+  if (blocked_ == 0) return;
+  const uint32_t run = std::clamp<uint32_t>(size_ / 4, 1, wake_batch_);
+  if (blocked_requests_ > 0 || queue_.size() >= run) cv_.notify_all();
 }
 
 bool LocalBufferPool::AddBufferListener(BufferListener* listener) {
@@ -258,7 +275,7 @@ void LocalBufferPool::GiveLocked(MemorySegment* segment, std::unique_lock<std::m
     }
     if (listeners_.empty()) {
       queue_.push_back(segment);
-      WakeWaitersLocked();
+      WakeOnQueuedLocked();
       return;
     }
     // One-shot listener, called outside every lock; it may take the buffer or decline. A lent

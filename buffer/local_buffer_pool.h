@@ -47,6 +47,9 @@ class BufferListener {
   virtual void NotifyBufferDestroyed() = 0;
 };
 
+// How often a WaitAvailable waiting for a run of `wake_batch` segments looks again anyway.
+inline constexpr std::chrono::microseconds kWakeBatchRecheck{1000};
+
 struct LocalBufferPoolOptions {
   std::string name = "local-pool";        // for errors, logs and metrics
   uint32_t min_segments = 1;              // guaranteed (admission)
@@ -54,6 +57,11 @@ struct LocalBufferPoolOptions {
   uint32_t num_subpartitions = 0;         // 0: no per-subpartition accounting
   uint32_t max_buffers_per_subpartition = 0;  // 0: no cap
   uint32_t max_overdraft = 0;             // overdraft buffers beyond the pool size
+  // A writer blocked in WaitAvailable is woken once this many segments are queued (at most a
+  // quarter of the pool's size), not at the first one back: it then fills a run of buffers
+  // instead of being switched in and out per buffer. It also looks again every
+  // kWakeBatchRecheck, so it never waits for a run that cannot come. 1: woken by every return.
+  uint32_t wake_batch = 1;
 };
 
 struct LocalBufferPoolStats {
@@ -92,7 +100,8 @@ class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_th
   // The backpressure signal: true when the next RequestBuffer() succeeds (no subpartition at
   // its cap, no overdraft outstanding, a segment queued or obtainable).
   bool IsAvailable();
-  // Waits until IsAvailable() or the timeout/cancel/destroy; returns OK when available.
+  // Waits until IsAvailable() or the timeout/cancel/destroy; returns OK when available. With
+  // wake_batch > 1 it may return up to kWakeBatchRecheck after the pool became available.
   Status WaitAvailable(std::chrono::milliseconds timeout);
   // Wakes every blocked request and wait with Cancelled, now and from now on.
   void CancelBlockingRequests();
@@ -160,6 +169,9 @@ class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_th
   // holds a shared_ptr. Returns true when the pool must register for the global pool.
   bool ServeListenersLocked(std::unique_lock<std::mutex>& lock);
   void WakeWaitersLocked();
+  // A segment was queued: wakes blocked requests, and WaitAvailable callers once the run of
+  // queued segments reaches the wake batch.
+  void WakeOnQueuedLocked();
 
   const std::shared_ptr<NetworkBufferPool> global_;
   const std::string name_;
@@ -167,6 +179,7 @@ class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_th
   const uint32_t max_;
   const uint32_t max_per_subpartition_;
   const uint32_t max_overdraft_;
+  const uint32_t wake_batch_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -180,6 +193,7 @@ class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_th
   uint32_t capped_subpartitions_ = 0;    // GUARDED_BY(mu_): at their cap
   std::deque<BufferListener*> listeners_;  // GUARDED_BY(mu_)
   uint32_t blocked_ = 0;                 // GUARDED_BY(mu_): threads in blocking calls
+  uint32_t blocked_requests_ = 0;        // GUARDED_BY(mu_): of those, in RequestBufferBlocking
   bool waiting_for_global_ = false;      // GUARDED_BY(mu_)
   bool cancelled_ = false;               // GUARDED_BY(mu_)
   bool destroyed_ = false;               // GUARDED_BY(mu_)

@@ -6,7 +6,10 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <future>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -341,6 +344,84 @@ TEST_F(LocalBufferPoolTest, WaitAvailableTimesOutUnderBackpressure) {
   Status st = pool->WaitAvailable(20ms);
   EXPECT_EQ(st.code(), StatusCode::kTimeout);
   EXPECT_THAT(st.message(), HasSubstr("backpressure"));
+}
+
+// With wake_batch, a writer blocked in WaitAvailable is woken by a run of returns, but a single
+// return still reaches it (through the recheck): it never waits for a run that cannot come.
+TEST_F(LocalBufferPoolTest, WakeBatchWaiterSeesASingleReturn) {
+  NetworkBufferPool& g = NewGlobal(16);
+  LocalBufferPoolOptions o = PoolOptions("out", 16, 16);
+  o.wake_batch = 4;
+  auto pool = g.CreateLocalBufferPool(o).value();
+  std::vector<Buffer> held;
+  while (Buffer b = pool->RequestBuffer()) held.push_back(std::move(b));
+  ASSERT_EQ(held.size(), 16u);
+  EXPECT_FALSE(pool->IsAvailable());
+  auto wait = std::async(std::launch::async, [&] { return pool->WaitAvailable(60s); });
+  std::this_thread::sleep_for(20ms);
+  held.back().Release();
+  held.pop_back();
+  EXPECT_TRUE(wait.get().ok());
+  EXPECT_TRUE(pool->IsAvailable());
+  // Nothing comes back: still a Timeout naming backpressure, and Cancel still wakes at once.
+  held.push_back(pool->RequestBuffer());
+  ASSERT_TRUE(held.back().valid());
+  Status st = pool->WaitAvailable(20ms);
+  EXPECT_EQ(st.code(), StatusCode::kTimeout);
+  EXPECT_THAT(st.message(), HasSubstr("backpressure"));
+  auto cancelled = std::async(std::launch::async, [&] { return pool->WaitAvailable(60s); });
+  std::this_thread::sleep_for(20ms);
+  pool->CancelBlockingRequests();
+  EXPECT_EQ(cancelled.get().code(), StatusCode::kCancelled);
+  held.clear();
+  ExpectPoolAccounting(*pool);
+}
+
+// A writer that waits for availability and a recycler on another thread, with a wake batch:
+// every buffer comes back and each one taken is distinct (TSan runs this).
+TEST_F(LocalBufferPoolTest, WakeBatchWriterAndRecyclerLoseNothing) {
+  NetworkBufferPool& g = NewGlobal(32);
+  LocalBufferPoolOptions o = PoolOptions("out", 16, 16);
+  o.wake_batch = 4;
+  auto pool = g.CreateLocalBufferPool(o).value();
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Buffer> in_flight;
+  bool done = false;
+  std::thread recycler([&] {
+    while (true) {
+      Buffer b;
+      {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] { return done || !in_flight.empty(); });
+        if (in_flight.empty()) return;
+        b = std::move(in_flight.front());
+        in_flight.pop_front();
+      }
+      b.Release();
+    }
+  });
+  uint64_t taken = 0;
+  for (int i = 0; i < 20000; ++i) {
+    ASSERT_TRUE(pool->WaitAvailable(60s).ok());
+    Buffer b = pool->RequestBuffer();
+    ASSERT_TRUE(b.valid());
+    ++taken;
+    {
+      std::lock_guard lock(mu);
+      in_flight.push_back(std::move(b));
+    }
+    cv.notify_one();
+  }
+  {
+    std::lock_guard lock(mu);
+    done = true;
+  }
+  cv.notify_one();
+  recycler.join();
+  EXPECT_EQ(taken, 20000u);
+  EXPECT_EQ(pool->Stats().lent, 0u);
+  ExpectPoolAccounting(*pool);
 }
 
 // --- Destruction with buffers in flight ---
