@@ -50,18 +50,14 @@ Status InputGate::Start() {
 }
 
 void InputGate::QueueChannel(uint32_t index) {
-  bool wake;
-  {
-    std::lock_guard lock(mu_);
-    if (closed_ || queued_[index]) return;
-    queued_[index] = 1;
-    ready_.push_back(index);
-    wake = waiting_ > 0;
-  }
-  // Outside the lock: a consumer woken while we still held mu_ would block on it at once and
-  // need a second wake-up (glibc's condition variable does not hand the mutex over). The gate
-  // outlives its channels' calls (Close releases them before the gate goes away).
-  if (wake) cv_.notify_one();
+  std::lock_guard lock(mu_);
+  if (closed_ || queued_[index]) return;
+  queued_[index] = 1;
+  ready_.push_back(index);
+  // Under the lock on purpose: a channel's IO thread may call this while the consumer closes
+  // and destroys the gate, and only mu_ orders the two (Close takes it before the gate goes).
+  // Skipped when nobody waits, the usual case while the consumer keeps up.
+  if (waiting_ > 0) cv_.notify_one();
 }
 
 Result<std::optional<BufferOrEvent>> InputGate::GetNext(std::chrono::milliseconds timeout) {
@@ -111,12 +107,9 @@ bool InputGate::IsFinished() const {
 }
 
 void InputGate::Cancel() {
-  {
-    std::lock_guard lock(mu_);
-    if (cancelled_) return;
-    cancelled_ = true;
-  }
-  cv_.notify_all();
+  std::lock_guard lock(mu_);
+  cancelled_ = true;
+  cv_.notify_all();  // under the lock, as in QueueChannel
 }
 
 bool InputGate::IsCancelled() const {

@@ -115,7 +115,7 @@ class InputGate {
   void Close();
   // Any thread: wakes a GetNext blocked now and makes every later one return Cancelled (what
   // is queued stays queued; Close still releases it). Idempotent. For stopping a consumer
-  // without polling a flag.
+  // without polling a flag. REQUIRES: the gate outlives the call (Close does not end it).
   void Cancel();
   bool IsCancelled() const;
 
