@@ -29,7 +29,13 @@ benches=ON
 [ -n "$sanitize" ] && benches=OFF
 cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_WERROR="$werror" \
   -DSLUICE_SANITIZE="$(echo "$sanitize" | tr ',' ';')" -DSLUICE_BUILD_BENCHMARKS="$benches" >/dev/null
-cmake --build "$build_dir" -j"$(nproc)"
+targets=""
+[ -n "$label" ] && targets=$(cmake --build "$build_dir" --target help)
+if [ -n "$label" ] && grep -q "sluice_tests_$label\b" <<<"$targets"; then
+  cmake --build "$build_dir" -j"$(nproc)" --target "sluice_tests_$label"  # only what the label runs
+else
+  cmake --build "$build_dir" -j"$(nproc)"
+fi
 
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
