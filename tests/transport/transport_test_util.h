@@ -29,6 +29,7 @@
 #include "transport/frame_codec.h"
 #include "transport/transport_options.h"
 #include "frame_bytes.h"
+#include "raw_socket.h"
 
 namespace sluice::transport::testutil {
 
@@ -358,96 +359,6 @@ class TestHandler : public ConnectionHandler {
   uint32_t current_index_ = 0;
   uint32_t sent_ = 0;
   uint64_t handled_ = 0;
-};
-
-// ---------------------------------------------------------------------------------------------
-// A blocking socket for peers that misbehave on purpose.
-
-class RawSocket {
- public:
-  // Connects to 127.0.0.1:port. rcvbuf > 0 shrinks the receive buffer before connecting.
-  explicit RawSocket(uint16_t port, int rcvbuf = 0) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (rcvbuf > 0) ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
-    int one = 1;
-    ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  }
-  ~RawSocket() { Close(); }
-  RawSocket(const RawSocket&) = delete;
-  RawSocket& operator=(const RawSocket&) = delete;
-
-  bool connected() const { return connected_; }
-  int fd() const { return fd_; }
-  // "127.0.0.1:port" of this end: what the server calls its peer.
-  std::string LocalName() const {
-    sockaddr_in a{};
-    socklen_t len = sizeof(a);
-    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    char host[32];
-    ::inet_ntop(AF_INET, &a.sin_addr, host, sizeof(host));
-    return std::string(host) + ":" + std::to_string(ntohs(a.sin_port));
-  }
-  bool Send(const Bytes& b) {
-    size_t off = 0;
-    while (off < b.size()) {
-      const ssize_t n = ::send(fd_, b.data() + off, b.size() - off, MSG_NOSIGNAL);
-      if (n <= 0) return false;
-      off += static_cast<size_t>(n);
-    }
-    return true;
-  }
-  // Reads until EOF, an error or the timeout. Returns the bytes; *eof tells whether the stream
-  // ended (FIN or reset).
-  Bytes ReadUntilClosed(std::chrono::milliseconds timeout, bool* eof = nullptr) {
-    Bytes out;
-    const auto deadline = Clock::now() + timeout;
-    bool ended = false;
-    while (Clock::now() < deadline) {
-      pollfd p{fd_, POLLIN, 0};
-      const int left = static_cast<int>(
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
-      if (::poll(&p, 1, std::max(left, 1)) <= 0) continue;
-      uint8_t chunk[65536];
-      const ssize_t n = ::recv(fd_, chunk, sizeof(chunk), 0);
-      if (n <= 0) {
-        ended = true;
-        break;
-      }
-      out.insert(out.end(), chunk, chunk + n);
-    }
-    if (eof != nullptr) *eof = ended;
-    return out;
-  }
-  // Discards what is readable now; returns bytes read, or -1 once the peer closed.
-  ssize_t Drain() {
-    ssize_t total = 0;
-    uint8_t chunk[65536];
-    while (true) {
-      const ssize_t n = ::recv(fd_, chunk, sizeof(chunk), MSG_DONTWAIT);
-      if (n == 0) return -1;
-      if (n < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? total : -1;
-      total += n;
-    }
-  }
-  // Close with SO_LINGER 0: the peer sees a reset.
-  void Reset() {
-    linger l{1, 0};
-    ::setsockopt(fd_, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
-    Close();
-  }
-  void Close() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_ = -1;
-  bool connected_ = false;
 };
 
 // A loopback port nothing listens on (bound once, then released).

@@ -3,12 +3,8 @@
 // daemon's pool has all its segments back once its jobs ended.
 #include "tools/daemon/daemon.h"
 
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-#include <arpa/inet.h>
-
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <functional>
@@ -18,6 +14,7 @@
 #include "tools/control/control_client.h"
 #include "tools/control/control_codec.h"
 #include "transport/frame_codec.h"
+#include "transport/raw_socket.h"
 
 namespace sluice::daemon {
 namespace {
@@ -27,6 +24,8 @@ using control::ControlClientOptions;
 using control::JobSpec;
 using control::JobState;
 using control::JobStatus;
+using transport::testutil::Bytes;
+using transport::testutil::RawSocket;
 
 std::string WriteSecret(const std::string& name, const std::string& secret) {
   const std::string path = ::testing::TempDir() + "/" + name;
@@ -55,55 +54,6 @@ std::unique_ptr<ControlClient> Connect(Daemon& d, std::optional<std::string> sec
   EXPECT_TRUE(c.ok()) << c.status().ToString();
   return c.ok() ? std::move(*c) : nullptr;
 }
-
-// A hand-driven peer for what ControlClient never does (skip the proof, forge one).
-class RawPeer {
- public:
-  explicit RawPeer(uint16_t port) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-    timeval tv{5, 0};
-    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  }
-  ~RawPeer() { ::close(fd_); }
-  void Send(schema::MessageType type, std::span<const uint8_t> msg) {
-    std::vector<uint8_t> frame(transport::kFrameHeaderSize + msg.size());
-    transport::EncodeFrameHeader(std::span<uint8_t, transport::kFrameHeaderSize>(frame.data(), 12),
-                                 static_cast<uint8_t>(type), static_cast<uint16_t>(msg.size()), 0);
-    std::copy(msg.begin(), msg.end(), frame.begin() + transport::kFrameHeaderSize);
-    ASSERT_EQ(::send(fd_, frame.data(), frame.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(frame.size()));
-  }
-  // The next frame (type, metadata); type 0 when the connection closed.
-  std::pair<uint8_t, std::vector<uint8_t>> Read() {
-    uint8_t head[12];
-    if (!ReadAll(head, 12)) return {0, {}};
-    const auto h = transport::DecodeFrameHeader(std::span<const uint8_t, 12>(head, 12));
-    std::vector<uint8_t> meta(h.metadata_length);
-    std::vector<uint8_t> payload(h.payload_length());
-    if (!ReadAll(meta.data(), meta.size()) || !ReadAll(payload.data(), payload.size())) {
-      return {0, {}};
-    }
-    if (h.type == static_cast<uint8_t>(schema::MessageType::kHeartbeat)) return Read();
-    return {h.type, meta};
-  }
-
- private:
-  bool ReadAll(uint8_t* p, size_t n) {
-    while (n > 0) {
-      const ssize_t r = ::recv(fd_, p, n, 0);
-      if (r <= 0) return false;
-      p += r;
-      n -= static_cast<size_t>(r);
-    }
-    return true;
-  }
-  int fd_ = -1;
-};
 
 // One producer and one consumer per daemon, all to all.
 JobSpec Job(const std::string& id, const std::vector<Daemon*>& nodes, uint64_t records) {
@@ -313,24 +263,33 @@ TEST(DaemonTest, SharedSecretIsRequiredAndChecked) {
   // A client that skips the proof and asks anyway, and one that sends a wrong proof, get
   // AuthenticationFailed and nothing else, and the daemon counts both.
   for (bool send_proof : {false, true}) {
-    RawPeer peer(d->port());
+    // A hand-driven peer for what ControlClient never does (skip the proof, forge one).
+    RawSocket peer(d->port());
+    ASSERT_TRUE(peer.connected());
+    auto send = [&](schema::MessageType type, std::span<const uint8_t> meta) {
+      ASSERT_TRUE(peer.SendFrame(static_cast<uint8_t>(type), Bytes(meta.begin(), meta.end())));
+    };
+    auto next_type = [&] {
+      auto frame = peer.ReadFrame(std::chrono::seconds(5));
+      return frame ? frame->header.type : uint8_t{0};  // 0: closed
+    };
     schema::MessageBuilder b;
     schema::HandshakeFields f;
     f.segment_size = 32 << 10;
-    peer.Send(schema::MessageType::kHello, b.Hello(f));
-    ASSERT_EQ(peer.Read().first, static_cast<uint8_t>(schema::MessageType::kHelloAck));
+    send(schema::MessageType::kHello, b.Hello(f));
+    ASSERT_EQ(next_type(), static_cast<uint8_t>(schema::MessageType::kHelloAck));
     if (send_proof) {
       std::vector<uint8_t> forged(32, 0x5a);
-      peer.Send(schema::MessageType::kAuthResponse, b.AuthResponse(forged));
+      send(schema::MessageType::kAuthResponse, b.AuthResponse(forged));
     }
-    std::vector<uint8_t> stats_request = control::EncodeStatsRequest();
-    peer.Send(schema::MessageType::kStatsRequest, stats_request);
-    auto [type, meta] = peer.Read();
-    ASSERT_EQ(type, static_cast<uint8_t>(schema::MessageType::kErrorResponse));
-    auto err = schema::ParseErrorResponse(meta);
+    send(schema::MessageType::kStatsRequest, control::EncodeStatsRequest());
+    auto reply = peer.ReadFrame(std::chrono::seconds(5));
+    ASSERT_TRUE(reply.has_value()) << "no reply before the connection closed";
+    ASSERT_EQ(reply->header.type, static_cast<uint8_t>(schema::MessageType::kErrorResponse));
+    auto err = schema::ParseErrorResponse(reply->metadata);
     ASSERT_TRUE(err.ok());
     EXPECT_EQ((*err)->code(), fb::ErrorCode::AuthenticationFailed);
-    EXPECT_EQ(peer.Read().first, 0) << "the daemon kept the connection open";
+    EXPECT_EQ(next_type(), 0) << "the daemon kept the connection open";
   }
   auto s = (*ok)->GetStats();
   ASSERT_TRUE(s.ok());
