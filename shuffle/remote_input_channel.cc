@@ -74,7 +74,6 @@ buffer::Buffer RemoteInputChannel::TakeBufferForPayload() {
 
 Status RemoteInputChannel::OnBuffer(buffer::Buffer buffer, int32_t sequence_number,
                                     int32_t backlog) {
-  bool was_empty;
   {
     std::unique_lock lock(mu_);
     if (released_) {
@@ -88,17 +87,19 @@ Status RemoteInputChannel::OnBuffer(buffer::Buffer buffer, int32_t sequence_numb
                                  (sequence_number < expected_sequence_ ? " (a repeat)"
                                                                        : " (a gap)"));
       if (error_.ok()) error_ = err;
-      lock.unlock();
-      NotifyNonEmpty();
+      NotifyNonEmpty();  // under mu_: see below
       return err;
     }
     ++expected_sequence_;
-    was_empty = received_.empty();
+    const bool was_empty = received_.empty();
     received_.push_back(std::move(buffer));
     sender_backlog_ = static_cast<uint32_t>(backlog);
     required_ = sender_backlog_ + num_exclusive_;
+    // Under mu_: the consumer may be closing the gate right now, and Release() (which the gate's
+    // Close runs on every channel before the gate can go away) takes mu_ and sets released_, so
+    // holding it here keeps the gate alive through the call. Lock order: channel, then gate.
+    if (was_empty) NotifyNonEmpty();
   }
-  if (was_empty) NotifyNonEmpty();
   RefillFloating();
   return Status::Ok();
 }
@@ -213,8 +214,8 @@ void RemoteInputChannel::OnError(Status error) {
     std::lock_guard lock(mu_);
     if (!error_.ok() || released_) return;
     error_ = Status(error.code(), Describe() + ": " + error.message());
+    NotifyNonEmpty();  // under mu_, as in OnBuffer
   }
-  NotifyNonEmpty();
 }
 
 bool RemoteInputChannel::released() const {

@@ -590,12 +590,17 @@ TEST(JobRunnerTest, JobTimesOut) {
   auto runners = StartAll(c, spec);
   ASSERT_EQ(runners.size(), 2u);
   for (auto& r : runners) ASSERT_TRUE(r->Wait(15s));
+  // The first deadline ends the job everywhere: that node ran its full 700 ms; the other
+  // started a moment later and may be failed (through the shuffle) just before its own.
+  double longest = 0;
   for (auto& r : runners) {
     const JobStatus s = r->Status();
     EXPECT_EQ(s.state, JobState::kFailed);
-    EXPECT_GE(s.seconds, 0.69);
+    EXPECT_GE(s.seconds, 0.4);
     EXPECT_LT(s.seconds, 10);
+    longest = std::max(longest, s.seconds);
   }
+  EXPECT_GE(longest, 0.69);
   // The consumer's node says it timed out, itself or through node 0's failed partition. The
   // producer's node says so too, unless node 1's deadline (a moment later) came first and its
   // consumer left before node 0's own deadline: then its reader went away.
