@@ -73,7 +73,7 @@ buffer::Buffer RemoteInputChannel::TakeBufferForPayload() {
 }
 
 Status RemoteInputChannel::OnBuffer(buffer::Buffer buffer, int32_t sequence_number,
-                                    int32_t backlog) {
+                                    int32_t backlog, bool* notify_later) {
   {
     std::unique_lock lock(mu_);
     if (released_) {
@@ -98,10 +98,24 @@ Status RemoteInputChannel::OnBuffer(buffer::Buffer buffer, int32_t sequence_numb
     // Under mu_: the consumer may be closing the gate right now, and Release() (which the gate's
     // Close runs on every channel before the gate can go away) takes mu_ and sets released_, so
     // holding it here keeps the gate alive through the call. Lock order: channel, then gate.
-    if (was_empty) NotifyNonEmpty();
+    if (was_empty) {
+      if (notify_later == nullptr) {
+        NotifyNonEmpty();
+      } else {
+        *notify_later = !notify_pending_;  // once per pass
+        notify_pending_ = true;
+      }
+    }
   }
   RefillFloating();
   return Status::Ok();
+}
+
+void RemoteInputChannel::NotifyDeferred() {
+  std::lock_guard lock(mu_);  // held through the call, as in OnBuffer
+  if (!notify_pending_) return;
+  notify_pending_ = false;
+  if (!released_) NotifyNonEmpty();
 }
 
 void RemoteInputChannel::OnSenderBacklog(int32_t backlog) {

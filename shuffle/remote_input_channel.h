@@ -60,8 +60,14 @@ class RemoteInputChannel final : public InputChannel,
   // An empty buffer for the payload of the next data BufferResponse (one credit is used), or
   // an empty handle when the sender sent without credit.
   buffer::Buffer TakeBufferForPayload();
-  // A data buffer or an event arrived. Checks the sequence number; updates the backlog.
-  Status OnBuffer(buffer::Buffer buffer, int32_t sequence_number, int32_t backlog);
+  // A data buffer or an event arrived. Checks the sequence number; updates the backlog; tells
+  // the gate when the channel became non-empty. With `notify_later`, the gate is not told yet:
+  // *notify_later is set when the caller must call NotifyDeferred() (the client does so at the
+  // end of its read pass, so a pass of many frames wakes the consumer once).
+  Status OnBuffer(buffer::Buffer buffer, int32_t sequence_number, int32_t backlog,
+                  bool* notify_later = nullptr);
+  // Tells the gate about buffers OnBuffer held back (nothing after Release). Loop thread.
+  void NotifyDeferred();
   // The sender's backlog (BacklogAnnouncement, or the one in a BufferResponse).
   void OnSenderBacklog(int32_t backlog);
   // Credit gained since the last AddCredit; resets it. Loop thread.
@@ -109,6 +115,7 @@ class RemoteInputChannel final : public InputChannel,
   int32_t expected_sequence_ = 0;              // GUARDED_BY(mu_)
   bool listening_ = false;                     // GUARDED_BY(mu_): registered as listener
   bool released_ = false;                      // GUARDED_BY(mu_)
+  bool notify_pending_ = false;                // GUARDED_BY(mu_): OnBuffer held a notify back
   bool finished_ = false;                      // GUARDED_BY(mu_)
   Status error_;                               // GUARDED_BY(mu_)
   // Keeps the channel alive after Release until its last exclusive segment came home.

@@ -206,12 +206,19 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
     auto it = channels_.find(frame_receiver_);
     if (it == channels_.end()) return Status::Ok();  // cancelled meanwhile: buffer goes home
     std::shared_ptr<RemoteInputChannel> ch = it->second;
-    Status st = ch->OnBuffer(std::move(payload), frame_sequence_, frame_backlog_);
+    bool notify_later = false;
+    Status st = ch->OnBuffer(std::move(payload), frame_sequence_, frame_backlog_, &notify_later);
+    if (notify_later) notify_later_.push_back(std::move(ch));
     if (!st.ok()) channels_.erase(frame_receiver_);  // the channel failed; stop routing to it
     return Status::Ok();
   }
 
+  // The consumers hear of this pass's buffers now: one wake-up for all of them, after the
+  // reads rather than between them.
+  void OnReadPassEnd() override { NotifyDeferred(); }
+
   void OnClosed(const Status& reason) override {
+    NotifyDeferred();
     const Status& why = fatal_.ok() ? reason : fatal_;
     auto channels = std::move(channels_);
     channels_.clear();
@@ -333,7 +340,14 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
   ShuffleClient* const client_;
   transport::Connection* const conn_;
   schema::MessageBuilder builder_;
+  void NotifyDeferred() {
+    for (auto& ch : notify_later_) ch->NotifyDeferred();
+    notify_later_.clear();
+  }
+
   std::unordered_map<uint64_t, std::shared_ptr<RemoteInputChannel>> channels_;
+  // Channels that got a buffer this read pass and have not told their gate yet.
+  std::vector<std::shared_ptr<RemoteInputChannel>> notify_later_;
   std::unordered_map<uint64_t, RetryState> retry_;
   std::set<uint64_t> cancelled_;
   std::vector<uint64_t> pending_;

@@ -252,6 +252,7 @@ void Connection::OnRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
   if (nread == UV_ENOBUFS && c->in_socket_read_) {
     // The end of a ReadSocket pass: carry out what it deferred.
     c->in_socket_read_ = false;
+    if (!c->closing_ && c->handler_) c->handler_->OnReadPassEnd();
     if (c->closing_) {
       c->CloseHandles();
     } else if (c->stop_reading_deferred_) {

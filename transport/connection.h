@@ -75,6 +75,10 @@ class ConnectionHandler : public FrameSink {
   virtual void OnClosed(const Status& reason) = 0;
   // Every queued write completed: a good moment to send more.
   virtual void OnWritable() {}
+  // The end of one pass over the socket, after every frame it read was delivered: the place to
+  // publish what the pass gathered (one wake-up of a consumer for many frames). Not called for
+  // a pass that closed the connection (OnClosed follows).
+  virtual void OnReadPassEnd() {}
   // A frame was refused; the connection will close. Return a last frame to flush before the
   // close (an ErrorResponse), or nothing.
   virtual std::optional<OutFrame> OnProtocolError(FrameError reason, const Status& status) {

@@ -149,6 +149,8 @@ struct Recorder {
   uint64_t data_frames = 0;     // type 2, payload delivered
   uint64_t heartbeats = 0;      // type 3
   uint64_t payload_bytes = 0;
+  uint64_t read_passes = 0;          // OnReadPassEnd calls
+  uint64_t frames_at_pass_end = 0;   // `frames` at the last OnReadPassEnd
   uint64_t mismatches = 0;  // byte-level or order errors (first is described)
   std::string first_mismatch;
   std::vector<Status> closed;  // OnClosed reasons, in order
@@ -288,6 +290,15 @@ class TestHandler : public ConnectionHandler {
     }
     rec_->Notify();
     return {};  // `payload` goes back to the pool here
+  }
+
+  void OnReadPassEnd() override {
+    {
+      std::lock_guard lock(rec_->mu);
+      ++rec_->read_passes;
+      rec_->frames_at_pass_end = rec_->frames;
+    }
+    rec_->Notify();
   }
 
   void OnWritable() override {
