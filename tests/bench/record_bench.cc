@@ -98,33 +98,47 @@ void BM_DeserializerGetNext(benchmark::State& state) {
 }
 BENCHMARK(BM_DeserializerGetNext)->Arg(16)->Arg(100)->Arg(1000);
 
-// Emit into a partition while a view drains it on the same thread; Arg(1) is the batch.
-void BM_PartitionEmit(benchmark::State& state) {
-  const auto batch = static_cast<size_t>(state.range(0));
-  constexpr uint32_t kRecord = 100;
-  auto global = MakeGlobal(64);
-  ShuffleOptions o;
-  o.credit.segment_size = kSegment;
-  o.buffer_timeout = kBufferTimeoutOff;
-  auto p = ResultPartition::Create("bench", 1, global, o).value();
-  auto view = p->CreateView(0, nullptr).value();
-  std::vector<uint8_t> record(kRecord, 0x5A);
-  const std::vector<std::span<const uint8_t>> spans(batch, std::span<const uint8_t>(record));
-  for (auto _ : state) {
-    if (batch == 1) {
-      if (!p->Emit(record, 0).ok()) state.SkipWithError("emit failed");
-    } else if (!p->EmitBatch(spans, 0).ok()) {
-      state.SkipWithError("emit failed");
-    }
+// A one-subpartition partition (no flusher) and its view, drained on the benchmark's thread.
+struct PartitionFixture {
+  PartitionFixture() {
+    ShuffleOptions o;
+    o.credit.segment_size = kSegment;
+    o.buffer_timeout = kBufferTimeoutOff;
+    partition = ResultPartition::Create("bench", 1, global, o).value();
+    view = partition->CreateView(0, nullptr).value();
+  }
+  ~PartitionFixture() {
+    view->Release();
+    partition->Release();
+  }
+  void Drain() {
     while (true) {
       auto item = view->PollNext();
       if (!item.ok() || !item->has_value()) break;
     }
   }
+  std::shared_ptr<buffer::NetworkBufferPool> global = MakeGlobal(64);
+  std::shared_ptr<ResultPartition> partition;
+  std::unique_ptr<SubpartitionView> view;
+};
+
+// Emit into a partition while a view drains it on the same thread; Arg(1) is the batch.
+void BM_PartitionEmit(benchmark::State& state) {
+  const auto batch = static_cast<size_t>(state.range(0));
+  constexpr uint32_t kRecord = 100;
+  PartitionFixture f;
+  std::vector<uint8_t> record(kRecord, 0x5A);
+  const std::vector<std::span<const uint8_t>> spans(batch, std::span<const uint8_t>(record));
+  for (auto _ : state) {
+    if (batch == 1) {
+      if (!f.partition->Emit(record, 0).ok()) state.SkipWithError("emit failed");
+    } else if (!f.partition->EmitBatch(spans, 0).ok()) {
+      state.SkipWithError("emit failed");
+    }
+    f.Drain();
+  }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * batch * kRecord));
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * batch));
-  view->Release();
-  p->Release();
 }
 BENCHMARK(BM_PartitionEmit)->Arg(1)->Arg(16)->Arg(64)->Arg(256);
 
@@ -138,12 +152,7 @@ enum class EmitMode { kCopy, kInPlaceStamp, kInPlaceWhole };
 void RunPartitionEmitRecords(benchmark::State& state, EmitMode mode) {
   const auto size = static_cast<uint32_t>(state.range(0));
   const size_t batch = size > 4096 ? 8 : 64;
-  auto global = MakeGlobal(64);
-  ShuffleOptions o;
-  o.credit.segment_size = kSegment;
-  o.buffer_timeout = kBufferTimeoutOff;
-  auto p = ResultPartition::Create("bench", 1, global, o).value();
-  auto view = p->CreateView(0, nullptr).value();
+  PartitionFixture f;
   std::vector<std::vector<uint8_t>> records(batch, std::vector<uint8_t>(size, 0x5A));
   const std::vector<std::span<const uint8_t>> spans(records.begin(), records.end());
   const std::vector<uint32_t> sizes(batch, size);
@@ -156,18 +165,13 @@ void RunPartitionEmitRecords(benchmark::State& state, EmitMode mode) {
     ++seq;
   };
   for (auto _ : state) {
-    const Status s =
-        mode == EmitMode::kCopy ? p->EmitBatch(spans, 0) : p->EmitInPlaceBatch(0, sizes, fill);
+    const Status s = mode == EmitMode::kCopy ? f.partition->EmitBatch(spans, 0)
+                                             : f.partition->EmitInPlaceBatch(0, sizes, fill);
     if (!s.ok()) state.SkipWithError("emit failed");
-    while (true) {
-      auto item = view->PollNext();
-      if (!item.ok() || !item->has_value()) break;
-    }
+    f.Drain();
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * batch * size));
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * batch));
-  view->Release();
-  p->Release();
 }
 
 void BM_PartitionEmitBatchCopy(benchmark::State& state) {
