@@ -492,6 +492,7 @@ Status ResultPartition::WriteInPlace(uint32_t index, std::span<const uint32_t> s
     {
       std::lock_guard lock(sp.mu);
       sp.claimed = false;
+      const bool flush_requested = std::exchange(sp.flush_requested, false);
       if ((state_.load(std::memory_order_acquire) & (kFailed | kReleased)) != 0) {
         garbage = claimed.valid() ? std::move(claimed) : std::move(fresh);
         step = Step::kClosed;  // records filled into `claimed` go with the partition
@@ -507,13 +508,12 @@ Status ResultPartition::WriteInPlace(uint32_t index, std::span<const uint32_t> s
           sp.current = std::move(claimed);
           sp.records += filled;
           done += filled;
-          if (claimed_size == capacity || flush_every_record_ || sp.flush_requested) {
+          if (claimed_size == capacity || flush_every_record_ || flush_requested) {
             notify = sp.FinishCurrentLocked();
           }
         } else if (fresh.valid()) {
           sp.current = std::move(fresh);  // sp.current is empty: only the writer fills it
         }
-        sp.flush_requested = false;
         if (done == sizes.size()) {
           step = Step::kDone;
         } else if (const uint32_t need = static_cast<uint32_t>(kRecordLengthBytes) + sizes[done];
