@@ -10,12 +10,6 @@ namespace {
 uint32_t ReadBigEndian32(const uint8_t* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
 }
-void WriteBigEndian32(uint8_t* p, uint32_t n) {
-  p[0] = static_cast<uint8_t>(n >> 24);
-  p[1] = static_cast<uint8_t>(n >> 16);
-  p[2] = static_cast<uint8_t>(n >> 8);
-  p[3] = static_cast<uint8_t>(n);
-}
 }  // namespace
 
 Status RecordSerializer::CheckSize(size_t size) {
@@ -36,7 +30,7 @@ Status RecordSerializer::Begin(std::span<const uint8_t> record) {
 
 void RecordSerializer::BeginChecked(std::span<const uint8_t> record) {
   SLUICE_CHECK(remaining_ == 0, "RecordSerializer::Begin with a record still pending");
-  WriteBigEndian32(prefix_, static_cast<uint32_t>(record.size()));
+  StoreRecordLength(prefix_, static_cast<uint32_t>(record.size()));
   record_ = record;
   offset_ = 0;
   remaining_ = kRecordLengthBytes + record.size();
@@ -52,7 +46,7 @@ size_t RecordSerializer::AppendWhole(buffer::Buffer& buffer,
   size_t n = 0;
   for (const std::span<const uint8_t>& record : records) {
     if (capacity - size < kRecordLengthBytes + record.size()) break;
-    WriteBigEndian32(out + size, static_cast<uint32_t>(record.size()));
+    StoreRecordLength(out + size, static_cast<uint32_t>(record.size()));
     if (!record.empty()) std::memcpy(out + size + kRecordLengthBytes, record.data(), record.size());
     size += kRecordLengthBytes + record.size();
     ++n;

@@ -26,6 +26,14 @@ inline constexpr size_t kRecordLengthBytes = 4;
 // The largest record: the length prefix is a u32, and we keep a margin below 4 GiB.
 inline constexpr uint32_t kMaxRecordLength = 1u << 30;
 
+// Writes a record's length prefix (big-endian) at p[0..3].
+inline void StoreRecordLength(uint8_t* p, uint32_t length) {
+  p[0] = static_cast<uint8_t>(length >> 24);
+  p[1] = static_cast<uint8_t>(length >> 16);
+  p[2] = static_cast<uint8_t>(length >> 8);
+  p[3] = static_cast<uint8_t>(length);
+}
+
 class RecordSerializer {
  public:
   enum class Progress {

@@ -135,6 +135,16 @@ Status RecordWriter::EmitBatchTo(std::span<const std::span<const uint8_t>> recor
   return partition_->EmitBatch(records, subpartition);
 }
 
+Status RecordWriter::EmitInPlaceTo(uint32_t size, uint32_t subpartition,
+                                   ResultPartition::FillFn fill) {
+  return partition_->EmitInPlace(subpartition, size, fill);
+}
+
+Status RecordWriter::EmitInPlaceBatchTo(std::span<const uint32_t> sizes, uint32_t subpartition,
+                                        ResultPartition::BatchFillFn fill) {
+  return partition_->EmitInPlaceBatch(subpartition, sizes, fill);
+}
+
 Status RecordWriter::Broadcast(std::span<const uint8_t> record) {
   return partition_->Broadcast(record);
 }

@@ -93,6 +93,12 @@ class RecordWriter {
   Status EmitBatch(std::span<const std::span<const uint8_t>> records);
   // Many records to one subpartition: ResultPartition::EmitBatch.
   Status EmitBatchTo(std::span<const std::span<const uint8_t>> records, uint32_t subpartition);
+  // A record of `size` bytes that `fill` writes in place: ResultPartition::EmitInPlace. Only
+  // to a named subpartition: the selector would need the record's bytes before they exist.
+  Status EmitInPlaceTo(uint32_t size, uint32_t subpartition, ResultPartition::FillFn fill);
+  // Records of `sizes` filled in place by fill(i, span): ResultPartition::EmitInPlaceBatch.
+  Status EmitInPlaceBatchTo(std::span<const uint32_t> sizes, uint32_t subpartition,
+                            ResultPartition::BatchFillFn fill);
   Status Broadcast(std::span<const uint8_t> record);
   Status BroadcastEvent(std::span<const uint8_t> payload);
   void Flush();

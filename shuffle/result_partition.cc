@@ -21,6 +21,12 @@ namespace {
 // once for those, this is a second line).
 constexpr std::chrono::milliseconds kWaitSlice{100};
 
+// A tail of the current buffer at most this share of a segment is left unused (the buffer is
+// finished early) rather than splitting an in-place record through the scratch area.
+constexpr uint32_t kInPlaceMaxWasteDivisor = 8;
+// A scratch area larger than this is freed after the record that needed it.
+constexpr uint32_t kScratchKeepBytes = 1u << 20;
+
 Clock::time_point DeadlineAfter(Clock::time_point now, std::chrono::milliseconds timeout) {
   if (timeout <= std::chrono::milliseconds::zero()) return now;
   if (timeout >=
@@ -137,6 +143,11 @@ class ResultPartition::Subpartition {
 
   // Everything below: GUARDED_BY(mu).
   Buffer current;  // the writer's partly filled buffer (only whole records when unlocked)
+  // EmitInPlace took `current` out to fill it without the lock: the writer alone holds it, so
+  // no other thread can queue (publish) or recycle it half written. A Flush meanwhile sets
+  // flush_requested and the writer finishes the buffer when it puts it back.
+  bool claimed = false;
+  bool flush_requested = false;
   ItemQueue queue;
   uint32_t backlog = 0;  // data buffers in queue
   uint64_t queued_bytes = 0;
@@ -323,6 +334,17 @@ Status ResultPartition::BadSubpartition(const char* what, uint32_t subpartition)
                          std::to_string(num_subpartitions_) + " subpartitions");
 }
 
+Status ResultPartition::CheckWritable(uint32_t subpartition, const char* what) const {
+  if (subpartition >= num_subpartitions_) return BadSubpartition(what, subpartition);
+  if (state_.load(std::memory_order_acquire) != 0) return WritableStatus();
+  return Status::Ok();
+}
+
+Status ResultPartition::RecordTooLarge(size_t size) const {
+  const Status s = RecordSerializer::CheckSize(size);
+  return Status(s.code(), "partition '" + id_ + "': " + s.message());
+}
+
 Status ResultPartition::Emit(std::span<const uint8_t> record, uint32_t subpartition) {
   return EmitBatch(std::span<const std::span<const uint8_t>>(&record, 1), subpartition);
 }
@@ -330,19 +352,32 @@ Status ResultPartition::Emit(std::span<const uint8_t> record, uint32_t subpartit
 Status ResultPartition::EmitBatch(std::span<const std::span<const uint8_t>> records,
                                   uint32_t subpartition, size_t* written) {
   if (written != nullptr) *written = 0;
-  if (subpartition >= num_subpartitions_) {
-    return BadSubpartition(records.size() == 1 ? "Emit" : "EmitBatch", subpartition);
-  }
-  if (state_.load(std::memory_order_acquire) != 0) {
-    if (Status s = WritableStatus(); !s.ok()) return s;
+  if (Status s = CheckWritable(subpartition, records.size() == 1 ? "Emit" : "EmitBatch"); !s.ok()) {
+    return s;
   }
   for (const std::span<const uint8_t>& record : records) {
-    if (record.size() > kMaxRecordLength) {
-      const Status s = RecordSerializer::CheckSize(record.size());
-      return Status(s.code(), "partition '" + id_ + "': " + s.message());
-    }
+    if (record.size() > kMaxRecordLength) return RecordTooLarge(record.size());
   }
   return WriteRecords(subpartition, records, written);
+}
+
+Status ResultPartition::EmitInPlace(uint32_t subpartition, uint32_t size, FillFn fill) {
+  return EmitInPlaceBatch(subpartition, std::span<const uint32_t>(&size, 1),
+                          [&fill](size_t, std::span<uint8_t> record) { fill(record); });
+}
+
+Status ResultPartition::EmitInPlaceBatch(uint32_t subpartition, std::span<const uint32_t> sizes,
+                                         BatchFillFn fill, size_t* written) {
+  if (written != nullptr) *written = 0;
+  if (Status s =
+          CheckWritable(subpartition, sizes.size() == 1 ? "EmitInPlace" : "EmitInPlaceBatch");
+      !s.ok()) {
+    return s;
+  }
+  for (const uint32_t size : sizes) {
+    if (size > kMaxRecordLength) return RecordTooLarge(size);
+  }
+  return WriteInPlace(subpartition, sizes, fill, written);
 }
 
 Status ResultPartition::WriteRecords(uint32_t index,
@@ -420,7 +455,8 @@ Status ResultPartition::WriteRecords(uint32_t index,
     // A record with bytes in a buffer already is pending in the serializer (a record is begun
     // only with a buffer at hand, and copied into it at once).
     const bool started = serializer_.HasPending();
-    Result<Buffer> b = started ? RequestMidRecord(index) : RequestAtRecordStart(index);
+    Result<Buffer> b =
+        RequestOutputBuffer(index, started ? RecordPosition::kMiddle : RecordPosition::kStart);
     if (!b.ok()) {
       serializer_ = RecordSerializer();
       report();
@@ -436,45 +472,143 @@ Status ResultPartition::WriteRecords(uint32_t index,
   }
 }
 
-Result<Buffer> ResultPartition::RequestAtRecordStart(uint32_t index) {
-  if (pool_->IsAvailable()) {
-    if (Buffer b = pool_->RequestBuffer(static_cast<int32_t>(index))) return b;
-  }
-  const Clock::time_point start = Clock::now();
-  const Clock::time_point deadline = DeadlineAfter(start, options_.emit_timeout);
-  Result<Buffer> result = InternalError("unreachable");
+Status ResultPartition::WriteInPlace(uint32_t index, std::span<const uint32_t> sizes,
+                                     BatchFillFn fill, size_t* written) {
+  Subpartition& sp = *subpartitions_[index];
+  const uint32_t capacity = pool_->segment_size();
+  const uint32_t max_waste = capacity / kInPlaceMaxWasteDivisor;
+  Buffer fresh;               // a new buffer for sp.current, obtained outside the lock
+  Buffer claimed;             // sp.current, taken out to be filled outside the lock
+  uint32_t claimed_size = 0;  // claimed's size with the records filled into it
+  size_t filled = 0;          // records filled into `claimed`, not yet put back
+  size_t done = 0;            // records complete (or dropped)
+  auto report = [&] {
+    if (written != nullptr) *written = done;
+  };
   while (true) {
-    if (Status s = WritableStatus(); !s.ok()) {
-      result = s;
-      break;
+    Buffer garbage;  // released after the lock
+    bool notify = false;
+    enum class Step { kFill, kNeedBuffer, kScratch, kDone, kDropped, kClosed } step;
+    {
+      std::lock_guard lock(sp.mu);
+      sp.claimed = false;
+      const bool flush_requested = std::exchange(sp.flush_requested, false);
+      if ((state_.load(std::memory_order_acquire) & (kFailed | kReleased)) != 0) {
+        garbage = claimed.valid() ? std::move(claimed) : std::move(fresh);
+        step = Step::kClosed;  // records filled into `claimed` go with the partition
+      } else if (sp.view_released) {
+        garbage = claimed.valid() ? std::move(claimed) : std::move(fresh);
+        sp.dropped_records += sizes.size() - done;
+        done = sizes.size();
+        step = Step::kDropped;
+      } else {
+        if (claimed.valid()) {
+          // Put back what was filled: from here on the records are readable after a flush.
+          claimed.SetSize(claimed_size);
+          sp.current = std::move(claimed);
+          sp.records += filled;
+          done += filled;
+          if (claimed_size == capacity || flush_every_record_ || flush_requested) {
+            notify = sp.FinishCurrentLocked();
+          }
+        } else if (fresh.valid()) {
+          sp.current = std::move(fresh);  // sp.current is empty: only the writer fills it
+        }
+        if (done == sizes.size()) {
+          step = Step::kDone;
+        } else if (const uint32_t need = static_cast<uint32_t>(kRecordLengthBytes) + sizes[done];
+                   need > capacity) {
+          step = Step::kScratch;
+        } else if (!sp.current.valid()) {
+          step = Step::kNeedBuffer;
+        } else if (const uint32_t tail = capacity - sp.current.size(); tail >= need) {
+          claimed = std::move(sp.current);
+          sp.claimed = true;
+          step = Step::kFill;
+        } else if (tail <= max_waste) {
+          notify = sp.FinishCurrentLocked() || notify;  // the tail stays unused
+          step = Step::kNeedBuffer;
+        } else {
+          step = Step::kScratch;  // split across the tail and the next buffer
+        }
+      }
     }
-    if (pool_->IsAvailable()) {
-      if (Buffer b = pool_->RequestBuffer(static_cast<int32_t>(index))) {
-        result = std::move(b);
+    if (notify) sp.Notify();
+    switch (step) {
+      case Step::kDone:
+      case Step::kDropped:
+        report();
+        return Status::Ok();
+      case Step::kClosed:
+        report();
+        return WritableStatus();
+      case Step::kFill: {
+        // No lock: `claimed` is not reachable from the subpartition (see Subpartition::claimed),
+        // and its new bytes are published only when it is put back under the lock.
+        uint8_t* const out = claimed.data();
+        uint32_t size = claimed.size();
+        size_t i = done;
+        do {
+          const uint32_t n = sizes[i];
+          if (capacity - size < kRecordLengthBytes + n) break;
+          StoreRecordLength(out + size, n);
+          fill(i, std::span<uint8_t>(out + size + kRecordLengthBytes, n));
+          size += static_cast<uint32_t>(kRecordLengthBytes) + n;
+          ++i;
+        } while (i < sizes.size() && !flush_every_record_);
+        claimed_size = size;
+        filled = i - done;
+        break;
+      }
+      case Step::kNeedBuffer: {
+        Result<Buffer> b = RequestOutputBuffer(index, RecordPosition::kStart);
+        if (!b.ok()) {
+          report();
+          return b.status();
+        }
+        fresh = std::move(b).value();
+        break;
+      }
+      case Step::kScratch: {
+        const std::span<uint8_t> area = Scratch(sizes[done]);
+        fill(done, area);
+        const std::span<const uint8_t> record(area);
+        size_t n = 0;
+        const Status s = WriteRecords(index, std::span(&record, 1), &n);
+        done += n;
+        if (scratch_capacity_ > kScratchKeepBytes) {
+          scratch_.reset();
+          scratch_capacity_ = 0;
+        }
+        if (!s.ok()) {
+          report();
+          return s;
+        }
         break;
       }
     }
-    const Clock::time_point now = Clock::now();
-    if (now >= deadline) {
-      result = BackpressureTimeout(index, "before the record started");
-      break;
-    }
-    Status w = pool_->WaitAvailable(SliceUntil(now, deadline));
-    if (!w.ok() && w.code() != StatusCode::kTimeout) {
-      Status s = WritableStatus();
-      result = s.ok() ? w : s;
-      break;
-    }
   }
-  backpressure_ns_.fetch_add(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count(),
-      std::memory_order_relaxed);
-  return result;
 }
 
-Result<Buffer> ResultPartition::RequestMidRecord(uint32_t index) {
+std::span<uint8_t> ResultPartition::Scratch(uint32_t size) {
+  if (scratch_capacity_ < size) {
+    scratch_.reset();  // the old area goes first: never two large ones at once
+    scratch_ = std::make_unique_for_overwrite<uint8_t[]>(size);
+    scratch_capacity_ = size;
+  }
+  return {scratch_.get(), size};
+}
+
+Result<Buffer> ResultPartition::RequestOutputBuffer(uint32_t index, RecordPosition position) {
   const auto sp = static_cast<int32_t>(index);
-  if (Buffer b = pool_->RequestBufferOrOverdraft(sp)) return b;
+  const bool mid_record = position == RecordPosition::kMiddle;
+  // A record not started waits for the pool to be available; a started one may overdraw.
+  auto try_request = [&]() -> Buffer {
+    if (mid_record) return pool_->RequestBufferOrOverdraft(sp);
+    if (pool_->IsAvailable()) return pool_->RequestBuffer(sp);
+    return Buffer();
+  };
+  if (Buffer b = try_request()) return b;
   const Clock::time_point start = Clock::now();
   const Clock::time_point deadline = DeadlineAfter(start, options_.emit_timeout);
   Result<Buffer> result = InternalError("unreachable");
@@ -483,23 +617,30 @@ Result<Buffer> ResultPartition::RequestMidRecord(uint32_t index) {
       result = s;
       break;
     }
-    if (Buffer b = pool_->RequestBufferOrOverdraft(sp)) {
+    if (Buffer b = try_request()) {
       result = std::move(b);
       break;
     }
     const Clock::time_point now = Clock::now();
     if (now >= deadline) {
-      result = BackpressureTimeout(index, "in the middle of a record");
+      result = BackpressureTimeout(
+          index, mid_record ? "in the middle of a record" : "before the record started");
       break;
     }
-    Result<Buffer> r = pool_->RequestBufferBlocking(sp, SliceUntil(now, deadline));
-    if (r.ok()) {
-      result = std::move(r);
-      break;
+    Status waited;
+    if (mid_record) {
+      Result<Buffer> r = pool_->RequestBufferBlocking(sp, SliceUntil(now, deadline));
+      if (r.ok()) {
+        result = std::move(r);
+        break;
+      }
+      waited = r.status();
+    } else {
+      waited = pool_->WaitAvailable(SliceUntil(now, deadline));
     }
-    if (r.status().code() != StatusCode::kTimeout) {
+    if (!waited.ok() && waited.code() != StatusCode::kTimeout) {
       Status s = WritableStatus();
-      result = s.ok() ? r.status() : s;
+      result = s.ok() ? waited : s;
       break;
     }
   }
@@ -597,8 +738,10 @@ void ResultPartition::Flush(uint32_t subpartition) {
   bool notify = false;
   {
     std::lock_guard lock(sp.mu);
-    if (!sp.view_released &&
-        (state_.load(std::memory_order_acquire) & (kFailed | kReleased)) == 0) {
+    if (sp.claimed) {
+      sp.flush_requested = true;  // the writer is filling it in place: it finishes it after
+    } else if (!sp.view_released &&
+               (state_.load(std::memory_order_acquire) & (kFailed | kReleased)) == 0) {
       notify = sp.FinishCurrentLocked();
     }
   }

@@ -5,6 +5,7 @@
 // (a local input channel, or the network server's reader of a remote one).
 //
 //   writer --Emit(rec, k)--> [current buffer of k] --full / Flush--> queue of k --PollNext--> view
+//   writer --EmitInPlace(k, size, fill)--^ (fill writes the record into the buffer itself)
 //   writer --EmitEvent(k)--------(finishes the current buffer first)--^
 //
 // Backpressure: a record that needs a new buffer waits until the output pool is available (no
@@ -17,7 +18,7 @@
 // home when it releases them); it is idempotent and also run by the destructor. The output
 // flusher thread (buffer_timeout > 0) belongs to the partition and is stopped by Finish/Release.
 //
-// Thread-safety: the writer calls (Emit, Broadcast, EmitEvent, BroadcastEvent, Finish) are for
+// Thread-safety: the writer calls (Emit*, Broadcast, EmitEvent, BroadcastEvent, Finish) are for
 // one thread at a time. Everything else (Flush, FlushAll, Fail, Cancel, Release, CreateView,
 // IsAvailable, Stats) is safe from any thread, also while the writer runs. SubpartitionListener
 // callbacks run outside every lock and must not call Release(), Fail() or Finish() of the
@@ -37,6 +38,7 @@
 #include "buffer/local_buffer_pool.h"
 #include "buffer/network_buffer_pool.h"
 #include "buffer/status.h"
+#include "shuffle/function_ref.h"
 #include "shuffle/record_serializer.h"
 #include "shuffle/shuffle_options.h"
 #include "shuffle/subpartition_view.h"
@@ -111,6 +113,46 @@ class ResultPartition : public std::enable_shared_from_this<ResultPartition> {
                    size_t* written = nullptr);
   // Emit to every subpartition (one copy each).
   Status Broadcast(std::span<const uint8_t> record);
+
+  // In-place records: the writer fills a record of a known size straight into the
+  // subpartition's network buffer, so the copy Emit makes from the caller's memory is gone.
+  // `fill` gets a span of exactly `size` bytes (the length prefix is written for it) and must
+  // write the whole record into it; the span's bytes are whatever the memory held before.
+  //
+  // Errors, backpressure, drops and buffer_timeout 0 (one buffer per record) are as Emit's.
+  // `fill` runs on the calling (writer) thread, at most once per record, and never under a
+  // lock: the current buffer is taken out of the subpartition while it is filled, so neither
+  // the IO thread nor the flusher waits for it, and a Flush() meanwhile cannot publish
+  // half-written bytes (the flush is remembered and done as soon as the fill returns). `fill`
+  // is not called when the call fails before there is room for the record (Timeout with
+  // nothing written, Closed, Cancelled, a failure) or when the record is dropped (released
+  // view) before it was filled. A record filled while the view is released concurrently is
+  // dropped and counted; one filled while the partition fails or is released is lost with
+  // it. `fill` must not throw and must not call into this partition.
+  //
+  // Where the record goes:
+  //   - prefix + record fit in the rest of the current buffer, or in a fresh buffer: filled
+  //     in place (zero copy).
+  //   - they do not fit in the rest of the current buffer and that rest is at most 1/8 of a
+  //     segment: the current buffer is finished early (its tail stays unused) and the record
+  //     is filled in place in a fresh one. Small records never pay a copy; at most 1/8 of a
+  //     buffer is given up.
+  //   - the rest is larger than that, or prefix + record exceed a segment: `fill` writes into
+  //     a scratch area owned by the partition (writer thread only; reused, an area above
+  //     1 MiB is freed after its record) and the record is emitted from there as Emit would,
+  //     split across buffers (one copy, as Emit makes).
+  using FillFn = FunctionRef<void(std::span<uint8_t> record)>;
+  Status EmitInPlace(uint32_t subpartition, uint32_t size, FillFn fill);
+  // The batch form's callback: `index` is the record's position in `sizes`.
+  using BatchFillFn = FunctionRef<void(size_t index, std::span<uint8_t> record)>;
+  // Records of `sizes` in order to one subpartition, each filled by fill(i, span), as
+  // EmitInPlace of each would, but filling as many records as the current buffer takes in one
+  // go: the lock is taken about twice per buffer instead of twice per record. Every size is checked
+  // first (InvalidArgument: nothing written, `fill` never called). On any other error the records
+  // before the failing one are written (or dropped and counted); `written` (optional) is set
+  // to how many.
+  Status EmitInPlaceBatch(uint32_t subpartition, std::span<const uint32_t> sizes, BatchFillFn fill,
+                          size_t* written = nullptr);
   // Queues a user event (DataType::kEvent) after everything written so far (the current buffer
   // is finished first). Events take no network memory and need no credit.
   // REQUIRES: payload.size() <= segment size (the largest frame payload), else InvalidArgument.
@@ -168,13 +210,24 @@ class ResultPartition : public std::enable_shared_from_this<ResultPartition> {
   // OK, or why the writer may not write (failure, released, cancelled, finished).
   Status WritableStatus() const;
   Status BadSubpartition(const char* what, uint32_t subpartition) const;
+  // The checks every Emit* makes before writing: subpartition, partition state.
+  Status CheckWritable(uint32_t subpartition, const char* what) const;
+  Status RecordTooLarge(size_t size) const;
   // Copies `records` (sizes checked) into subpartition `index`; sets *written (if not null).
   Status WriteRecords(uint32_t index, std::span<const std::span<const uint8_t>> records,
                       size_t* written);
-  // A buffer for a record not started yet: waits for the pool to be available.
-  Result<buffer::Buffer> RequestAtRecordStart(uint32_t index);
-  // A buffer for the rest of a started record: overdraft, else a blocking request.
-  Result<buffer::Buffer> RequestMidRecord(uint32_t index);
+  // Fills records of `sizes` (checked) in place into subpartition `index` (see EmitInPlace).
+  Status WriteInPlace(uint32_t index, std::span<const uint32_t> sizes, BatchFillFn fill,
+                      size_t* written);
+  // The scratch area for a record that is not filled in place, at least `size` bytes.
+  std::span<uint8_t> Scratch(uint32_t size);
+
+  enum class RecordPosition {
+    kStart,  // no byte of the record is written: wait until the pool is available
+    kMiddle  // the rest of a started record: overdraft, else a blocking request
+  };
+  // A buffer for subpartition `index`, waiting at most emit_timeout (backpressure).
+  Result<buffer::Buffer> RequestOutputBuffer(uint32_t index, RecordPosition position);
   Status BackpressureTimeout(uint32_t index, const char* when) const;
   Status AddEvent(uint32_t index, buffer::DataType type, std::span<const uint8_t> payload);
   // Recycles every queued and current buffer (outside the subpartition locks) and notifies
@@ -191,6 +244,9 @@ class ResultPartition : public std::enable_shared_from_this<ResultPartition> {
   std::vector<std::unique_ptr<Subpartition>> subpartitions_;  // fixed after construction
 
   RecordSerializer serializer_;  // writer thread only
+  // EmitInPlace's scratch area for records not filled in place. Writer thread only.
+  std::unique_ptr<uint8_t[]> scratch_;
+  uint32_t scratch_capacity_ = 0;
 
   std::atomic<uint32_t> state_{0};  // kFinished | kCancelled | kFailed | kReleased
   mutable std::mutex state_mu_;     // serializes state changes; guards failure_

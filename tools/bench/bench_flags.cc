@@ -67,6 +67,14 @@ const char* BenchUsage() {
          "  --batch N                  records per emit call to one subpartition (at most 256 KiB\n"
          "                             of records); 1 = plain\n"
          "                             ResultPartition::Emit, >1 = EmitBatch (default 64)\n"
+         "  --in-place on|off          fill each record in place in the network buffer\n"
+         "                             (EmitInPlace; EmitInPlaceBatch with --batch > 1): the\n"
+         "                             producer writes only the 8-byte sequence number (and the\n"
+         "                             16-byte stamp with --latency) and leaves the rest of the\n"
+         "                             record's bytes as the segment held them, which models an\n"
+         "                             engine that serializes its record straight into the\n"
+         "                             buffer (default off: records are copied from the\n"
+         "                             producer's memory)\n"
          "  --network-memory-mib M     network memory per process (default: the recommended\n"
          "                             estimate for the topology)\n"
          "  --rounds N                 repeat baselines and run N times, report medians (1)\n"
@@ -121,10 +129,10 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
       return InvalidArgument("--" + name + " wants a positive number of seconds");
     }
     (name == "seconds" ? f->seconds : f->warmup) = *d;
-  } else if (name == "checksum" || name == "baselines") {
+  } else if (name == "checksum" || name == "baselines" || name == "in-place") {
     Result<bool> b = ParseOnOff(name, v);
     if (!b.ok()) return b.status();
-    (name == "checksum" ? f->checksum : f->baselines) = *b;
+    (name == "checksum" ? f->checksum : name == "baselines" ? f->baselines : f->in_place) = *b;
   } else if (name == "rate") {
     return set_u32(&f->rate, 1, 10000000);
   } else if (name == "batch") {

@@ -25,6 +25,7 @@ struct BenchFlags {
   bool latency = false;
   uint32_t rate = 10000;  // --latency: records per second
   uint32_t batch = 64;    // records per emit call to one subpartition (1: plain Emit)
+  bool in_place = false;  // fill records in place (EmitInPlace*), writing only the stamp
   uint64_t network_memory = 0;  // bytes per process; 0: the recommended estimate
   int rounds = 1;
   bool baselines = true;

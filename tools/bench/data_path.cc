@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -61,13 +62,15 @@ shuffle::EnvironmentConfig ConfigFor(const BenchFlags& f, const char* name, bool
 
 // Generated records: a cycle of sizes (fixed or uniform in the range, seeded), written into an
 // arena so a batch is `n` distinct records, each stamped with its channel sequence number.
+// With --in-place only the sizes and the stamps are used: the records are filled in place.
 class RecordSource {
  public:
   explicit RecordSource(const BenchFlags& f)
       : batch_(f.EffectiveBatch()),
         max_(f.record_max),
-        arena_(static_cast<size_t>(batch_) * f.record_max),
+        arena_(f.in_place ? 0 : static_cast<size_t>(batch_) * f.record_max),
         spans_(batch_),
+        batch_sizes_(batch_),
         next_seq_(f.channels, 0) {
     std::mt19937 rng(42);
     std::uniform_int_distribution<uint32_t> size(f.record_min, f.record_max);
@@ -77,17 +80,30 @@ class RecordSource {
   }
   uint32_t batch() const { return batch_; }
 
+  // The sizes of the next batch of records.
+  std::span<const uint32_t> NextSizes() {
+    for (uint32_t& n : batch_sizes_) n = sizes_[cursor_++ & (sizes_.size() - 1)];
+    return batch_sizes_;
+  }
+
+  // Writes the channel's next sequence number (and with `stamp_time` the emit time) at the
+  // front of `record`; the rest of its bytes are left as they are.
+  void Stamp(uint32_t channel, std::span<uint8_t> record, bool stamp_time) {
+    const uint64_t seq = next_seq_[channel]++;
+    std::memcpy(record.data(), &seq, std::min(kSeqBytes, record.size()));
+    if (stamp_time && record.size() >= kStampBytes) {
+      const uint64_t now = MonotonicNs();
+      std::memcpy(record.data() + kSeqBytes, &now, 8);
+    }
+  }
+
+  // The next batch of records in the arena, stamped. REQUIRES: not --in-place.
   std::span<const std::span<const uint8_t>> Next(uint32_t channel, bool stamp_time) {
+    const std::span<const uint32_t> sizes = NextSizes();
     for (uint32_t i = 0; i < batch_; ++i) {
-      const uint32_t n = sizes_[cursor_++ & (sizes_.size() - 1)];
-      uint8_t* p = arena_.data() + static_cast<size_t>(i) * max_;
-      const uint64_t seq = next_seq_[channel]++;
-      std::memcpy(p, &seq, std::min<size_t>(kSeqBytes, n));
-      if (stamp_time && n >= kStampBytes) {
-        const uint64_t now = MonotonicNs();
-        std::memcpy(p + kSeqBytes, &now, 8);
-      }
-      spans_[i] = {p, n};
+      const std::span<uint8_t> record(arena_.data() + static_cast<size_t>(i) * max_, sizes[i]);
+      Stamp(channel, record, stamp_time);
+      spans_[i] = record;
     }
     return spans_;
   }
@@ -97,10 +113,28 @@ class RecordSource {
   const uint32_t max_;
   std::vector<uint8_t> arena_;
   std::vector<std::span<const uint8_t>> spans_;
+  std::vector<uint32_t> batch_sizes_;
   std::vector<uint32_t> sizes_;
   size_t cursor_ = 0;
   std::vector<uint64_t> next_seq_;
 };
+
+// One batch (one record with --latency or --batch 1) to channel `ch`: copied from the
+// source's arena, or with --in-place filled in the network buffer with only the stamp.
+Status EmitNext(shuffle::RecordWriter& writer, RecordSource& source, const BenchFlags& f,
+                uint32_t ch) {
+  if (!f.in_place) {
+    const auto records = source.Next(ch, f.latency);
+    return records.size() == 1 ? writer.EmitTo(records[0], ch) : writer.EmitBatchTo(records, ch);
+  }
+  const std::span<const uint32_t> sizes = source.NextSizes();
+  if (sizes.size() == 1) {
+    return writer.EmitInPlaceTo(
+        sizes[0], ch, [&](std::span<uint8_t> record) { source.Stamp(ch, record, f.latency); });
+  }
+  return writer.EmitInPlaceBatchTo(
+      sizes, ch, [&](size_t, std::span<uint8_t> record) { source.Stamp(ch, record, f.latency); });
+}
 
 // Emits until `stop`, round-robin over the subpartitions (a batch per subpartition), then
 // finishes the partition. With --latency: one record at a time at flags.rate records/s.
@@ -117,15 +151,12 @@ Status Produce(shuffle::RecordWriter& writer, const BenchFlags& f, const std::at
                         static_cast<long>(next % 1000000000ull)};
       while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &at, nullptr) != 0) {
       }
-      if (Status s = writer.EmitTo(source.Next(ch, true)[0], ch); !s.ok()) return s;
+      if (Status s = EmitNext(writer, source, f, ch); !s.ok()) return s;
       ch = ch + 1 == channels ? 0 : ch + 1;
     }
   } else {
     while (!stop.load(std::memory_order_relaxed)) {
-      const auto records = source.Next(ch, false);
-      Status s = source.batch() == 1 ? writer.EmitTo(records[0], ch)
-                                     : writer.EmitBatchTo(records, ch);
-      if (!s.ok()) return s;
+      if (Status s = EmitNext(writer, source, f, ch); !s.ok()) return s;
       ch = ch + 1 == channels ? 0 : ch + 1;
     }
   }

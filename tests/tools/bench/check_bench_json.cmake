@@ -1,6 +1,7 @@
 # Runs sluice-bench with --json and checks the object it prints: every documented field is
 # there, records > 0, and nothing leaked. No timing assertions.
-#   cmake -DBENCH=<sluice-bench> "-DARGS=--mode local ..." -DLATENCY=ON|OFF -P check_bench_json.cmake
+#   cmake -DBENCH=<sluice-bench> "-DARGS=--mode local ..." -DLATENCY=ON|OFF -DIN_PLACE=true|false
+#     -P check_bench_json.cmake
 separate_arguments(args UNIX_COMMAND "${ARGS}")
 execute_process(COMMAND ${BENCH} ${args} --json
   OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc TIMEOUT 150)
@@ -10,7 +11,7 @@ endif()
 set(fields mode channels record_size segment_size seconds records bytes records_per_second
   mib_per_second buffers_per_second credit_stall_ms network_memory_bytes peak_rss_bytes
   leaked_segments pool_total_segments pool_peak_used_segments baseline_pump_mib_per_second
-  baseline_memcpy_mib_per_second ratio_to_pump ratio_to_memcpy)
+  baseline_memcpy_mib_per_second ratio_to_pump ratio_to_memcpy in_place)
 if(LATENCY)
   list(APPEND fields p50_us p99_us p999_us)
 endif()
@@ -26,6 +27,11 @@ string(JSON order_errors GET "${out}" order_errors)
 string(JSON network GET "${out}" network_memory_bytes)
 string(JSON rss GET "${out}" peak_rss_bytes)
 string(JSON pump GET "${out}" baseline_pump_mib_per_second)
+string(JSON in_place GET "${out}" in_place)
+# A JSON boolean reads back as ON or OFF.
+if(DEFINED IN_PLACE AND ((in_place AND NOT IN_PLACE) OR (NOT in_place AND IN_PLACE)))
+  message(FATAL_ERROR "in_place is ${in_place}, expected ${IN_PLACE}: ${out}")
+endif()
 if(NOT records GREATER 0)
   message(FATAL_ERROR "no records were measured: ${out}")
 endif()
