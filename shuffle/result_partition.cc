@@ -21,6 +21,10 @@ namespace {
 // once for those, this is a second line).
 constexpr std::chrono::milliseconds kWaitSlice{100};
 
+// A writer blocked on backpressure is woken by a run of this many returned buffers (see
+// LocalBufferPoolOptions::wake_batch): it then fills a run instead of waking per buffer.
+constexpr uint32_t kOutputWakeBatch = 8;
+
 // A tail of the current buffer at most this share of a segment is left unused (the buffer is
 // finished early) rather than splitting an in-place record through the scratch area.
 constexpr uint32_t kInPlaceMaxWasteDivisor = 8;
@@ -280,6 +284,7 @@ Result<std::shared_ptr<ResultPartition>> ResultPartition::Create(
   po.num_subpartitions = num_subpartitions;
   po.max_buffers_per_subpartition = options.credit.max_buffers_per_channel;
   po.max_overdraft = options.credit.overdraft;
+  po.wake_batch = kOutputWakeBatch;
   Result<std::shared_ptr<buffer::LocalBufferPool>> pool = global->CreateLocalBufferPool(po);
   if (!pool.ok()) {
     return Status(pool.status().code(),

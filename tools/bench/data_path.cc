@@ -22,6 +22,7 @@
 #include "shuffle/record_writer.h"
 #include "shuffle/shuffle_environment.h"
 #include "tools/bench/child_process.h"
+#include "tools/bench/raw_latency.h"
 
 namespace sluice::bench {
 namespace {
@@ -163,12 +164,6 @@ Status Produce(shuffle::RecordWriter& writer, const BenchFlags& f, const std::at
   return writer.Finish();
 }
 
-double Percentile(const std::vector<uint64_t>& sorted_ns, double q) {
-  if (sorted_ns.empty()) return 0;
-  const size_t i = std::min(sorted_ns.size() - 1, static_cast<size_t>(q * sorted_ns.size()));
-  return static_cast<double>(sorted_ns[i]) / 1000.0;
-}
-
 // Reads to the end of input: warm-up, then the measured window, then stops the producer and
 // drains. One interval line per second.
 Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
@@ -264,12 +259,12 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
   out->pool_total_segments = pool.total_segments();
   out->pool_peak_used_segments = peak_used;
   if (f.latency) {
-    std::sort(latencies.begin(), latencies.end());
-    out->latency_samples = latencies.size();
-    out->p50_us = Percentile(latencies, 0.50);
-    out->p99_us = Percentile(latencies, 0.99);
-    out->p999_us = Percentile(latencies, 0.999);
-    out->max_us = latencies.empty() ? 0 : static_cast<double>(latencies.back()) / 1000.0;
+    const LatencyResult l = SummarizeLatencies(latencies);
+    out->latency_samples = l.samples;
+    out->p50_us = l.p50_us;
+    out->p99_us = l.p99_us;
+    out->p999_us = l.p999_us;
+    out->max_us = l.max_us;
   }
   return Status::Ok();
 }

@@ -89,6 +89,12 @@ void PrintSummary(const Measurement& m) {
                 r.p50_us, r.p99_us, r.p999_us, r.max_us,
                 static_cast<unsigned long long>(r.latency_samples));
   }
+  if (f.baselines && f.latency) {
+    const LatencyResult& l = m.raw_latency;
+    std::printf("  raw TCP floor  p50 %.1f us  p99 %.1f us  p999 %.1f us  (one wake-up per "
+                "message; p99 ratio %.2f)\n",
+                l.p50_us, l.p99_us, l.p999_us, l.p99_us > 0 ? r.p99_us / l.p99_us : 0.0);
+  }
   if (f.baselines) {
     std::printf("  raw libuv pump %10.1f MiB/s  ratio %.3f\n", m.pump_mib_per_second,
                 m.RatioToPump());
@@ -145,6 +151,9 @@ std::string ToJson(const Measurement& m) {
     kv.push_back({"p99_us", Fmt("%.2f", r.p99_us)});
     kv.push_back({"p999_us", Fmt("%.2f", r.p999_us)});
     kv.push_back({"max_us", Fmt("%.2f", r.max_us)});
+    kv.push_back({"baseline_tcp_p50_us", Fmt("%.2f", m.raw_latency.p50_us)});
+    kv.push_back({"baseline_tcp_p99_us", Fmt("%.2f", m.raw_latency.p99_us)});
+    kv.push_back({"baseline_tcp_p999_us", Fmt("%.2f", m.raw_latency.p999_us)});
   }
   if (r.error[0] != 0) kv.push_back({"error", JsonString(r.error)});
   std::string out = "{";

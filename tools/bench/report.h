@@ -9,6 +9,7 @@
 #include "buffer/status.h"
 #include "tools/bench/bench_flags.h"
 #include "tools/bench/data_path.h"
+#include "tools/bench/raw_latency.h"
 
 namespace sluice::bench {
 
@@ -19,6 +20,8 @@ struct Measurement {
   RunResult run;
   double pump_mib_per_second = 0;
   double memcpy_mib_per_second = 0;
+  // --latency: the raw one-way TCP floor at the same rate and record size (medians of rounds).
+  LatencyResult raw_latency;
   int rounds = 0;
 
   double RatioToPump() const;

@@ -35,6 +35,7 @@ Measurement Measure(const BenchFlags& f) {
   m.flags = f;
   m.rounds = f.rounds;
   std::vector<double> pump, copy;
+  std::vector<LatencyResult> floors;
   std::vector<RunResult> runs;
   for (int round = 0; round < f.rounds; ++round) {
     if (f.baselines) {
@@ -46,6 +47,13 @@ Measurement Measure(const BenchFlags& f) {
       pump.push_back(RunRawPump(po).mib_per_second());
       const auto piece = static_cast<uint32_t>(f.MeanRecordSize());
       copy.push_back(RunMemcpy(po.seconds, piece, kMemcpyWorkingSet).mib_per_second());
+      if (f.latency) {
+        RawLatencyOptions lo;
+        lo.seconds = po.seconds;
+        lo.rate = f.rate;
+        lo.message_size = f.record_max;
+        floors.push_back(RunRawLatency(lo));
+      }
     }
     runs.push_back(RunDataPath(f));
     if (!f.json && f.rounds > 1) {
@@ -67,6 +75,11 @@ Measurement Measure(const BenchFlags& f) {
     m.run.peak_rss_bytes = std::max(m.run.peak_rss_bytes, r.peak_rss_bytes);
   }
   m.pump_mib_per_second = Median(pump);
+  if (!floors.empty()) {
+    std::sort(floors.begin(), floors.end(),
+              [](const LatencyResult& a, const LatencyResult& b) { return a.p99_us < b.p99_us; });
+    m.raw_latency = floors[floors.size() / 2];  // the round with the median p99
+  }
   m.memcpy_mib_per_second = Median(copy);
   return m;
 }
