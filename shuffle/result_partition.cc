@@ -177,6 +177,13 @@ class ResultPartition::View final : public SubpartitionView {
   ~View() override { Release(); }
 
   Result<std::optional<BufferAndBacklog>> PollNext() override {
+    bool consumed_now = false;
+    Result<std::optional<BufferAndBacklog>> out = Poll(&consumed_now);
+    if (consumed_now) partition_->NoteConsumerEvent();  // outside sp_.mu
+    return out;
+  }
+
+  Result<std::optional<BufferAndBacklog>> Poll(bool* consumed_now) {
     std::lock_guard lock(sp_.mu);
     if (sp_.view_released) return ViewReleasedError();
     if (sp_.consumed) return std::optional<BufferAndBacklog>();
@@ -193,7 +200,10 @@ class ResultPartition::View final : public SubpartitionView {
     if (type == DataType::kData) --sp_.backlog;
     sp_.queued_bytes -= item.buffer.size();
     ++sp_.polled;
-    if (type == DataType::kEndOfPartition) sp_.consumed = true;
+    if (type == DataType::kEndOfPartition) {
+      sp_.consumed = true;
+      *consumed_now = true;
+    }
     std::optional<BufferAndBacklog> out(std::in_place);
     out->buffer = std::move(item.buffer);
     out->sequence_number = item.sequence;
@@ -233,6 +243,7 @@ class ResultPartition::View final : public SubpartitionView {
     // listener is never called again.
     { std::lock_guard<std::recursive_mutex> in_flight(sp_.notify_mu); }
     garbage.clear();  // recycled outside every lock
+    partition_->NoteConsumerEvent();
   }
 
   bool IsReleased() const override {
@@ -772,6 +783,7 @@ void ResultPartition::Fail(Status error) {
   }
   pool_->CancelBlockingRequests();  // the writer wakes and sees the failure
   DropAll();
+  NoteConsumerEvent();
 }
 
 void ResultPartition::Cancel() {
@@ -791,6 +803,26 @@ void ResultPartition::Release() {
   StopFlusher();
   pool_->Destroy();  // a blocked writer wakes with Closed; buffers coming back go home
   DropAll();
+  NoteConsumerEvent();
+}
+
+void ResultPartition::NoteConsumerEvent() {
+  {
+    std::lock_guard lock(consumer_mu_);
+    ++consumer_events_;
+  }
+  consumer_cv_.notify_all();
+}
+
+uint64_t ResultPartition::consumer_events() const {
+  std::lock_guard lock(consumer_mu_);
+  return consumer_events_;
+}
+
+uint64_t ResultPartition::WaitConsumerEvent(uint64_t seen, std::chrono::milliseconds timeout) const {
+  std::unique_lock lock(consumer_mu_);
+  consumer_cv_.wait_for(lock, timeout, [&] { return consumer_events_ != seen; });
+  return consumer_events_;
 }
 
 void ResultPartition::DropAll() {

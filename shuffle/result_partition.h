@@ -190,6 +190,14 @@ class ResultPartition : public std::enable_shared_from_this<ResultPartition> {
                                                        SubpartitionListener* listener);
 
   ResultPartitionStats Stats() const;
+
+  // --- Watching the consumers (any thread) ---
+  // A counter that moves whenever a subpartition's end-of-partition is consumed, a view is
+  // released, or the partition fails or is released: wait on it (then look at Stats()) instead
+  // of polling Stats() to learn that the consumers are done or one went away.
+  uint64_t consumer_events() const;
+  // Waits until consumer_events() != seen, or the timeout; returns the current value.
+  uint64_t WaitConsumerEvent(uint64_t seen, std::chrono::milliseconds timeout) const;
   // The output pool (for tests and metrics).
   const buffer::LocalBufferPool& pool() const { return *pool_; }
 
@@ -252,6 +260,12 @@ class ResultPartition : public std::enable_shared_from_this<ResultPartition> {
   mutable std::mutex state_mu_;     // serializes state changes; guards failure_
   Status failure_;                  // GUARDED_BY(state_mu_)
   std::atomic<uint64_t> backpressure_ns_{0};
+
+  // consumer_events(): bumped by NoteConsumerEvent, outside every subpartition lock.
+  void NoteConsumerEvent();
+  mutable std::mutex consumer_mu_;
+  mutable std::condition_variable consumer_cv_;
+  uint64_t consumer_events_ = 0;  // GUARDED_BY(consumer_mu_)
 
   std::mutex flusher_mu_;                    // Finish vs Release stopping the flusher
   std::shared_ptr<FlusherControl> flusher_;  // GUARDED_BY(flusher_mu_), null without flusher

@@ -415,6 +415,37 @@ TEST_F(ResultPartitionTest, EventFollowsDataWrittenBeforeIt) {
   EXPECT_EQ(second.value()->buffer.type(), DataType::kEvent);
 }
 
+// consumer_events() moves when a consumer reads its end of partition or releases its view,
+// and when the partition fails; WaitConsumerEvent wakes a thread waiting on it.
+TEST_F(ResultPartitionTest, ConsumerEventsWakeAWaiter) {
+  std::shared_ptr<ResultPartition> p = NewPartition("consumers", 2, Options());
+  Reader r0(*p, 0), r1(*p, 1);
+  ASSERT_TRUE(p->Emit(MakeRecord(0, 0, 100), 0).ok());
+  ASSERT_TRUE(p->Finish().ok());
+  const uint64_t start = p->consumer_events();
+  EXPECT_EQ(p->WaitConsumerEvent(start, 10ms), start) << "nothing happened: the wait times out";
+
+  // Reading data is not an event; reading the end of partition is.
+  std::atomic<uint64_t> woken{0};
+  std::thread waiter([&] { woken = p->WaitConsumerEvent(start, 60s); });
+  ASSERT_TRUE(r0.Drain().ok());
+  waiter.join();
+  EXPECT_TRUE(r0.eop());
+  EXPECT_GT(woken.load(), start);
+  EXPECT_TRUE(p->Stats().subpartitions[0].consumed);
+
+  // A view released before its end is an event too.
+  const uint64_t before_release = p->consumer_events();
+  r1.ReleaseView();
+  EXPECT_GT(p->consumer_events(), before_release);
+  EXPECT_TRUE(p->Stats().subpartitions[1].view_released);
+  EXPECT_FALSE(p->Stats().subpartitions[1].consumed);
+
+  const uint64_t before_fail = p->consumer_events();
+  p->Fail(Cancelled("test"));
+  EXPECT_GT(p->consumer_events(), before_fail);
+}
+
 TEST_F(ResultPartitionTest, FinishMakesPartialBuffersReadable) {
   std::shared_ptr<ResultPartition> p = NewPartition("finish", 2, Options());
   Reader r0(*p, 0), r1(*p, 1);

@@ -30,8 +30,9 @@ using control::Pattern;
 
 // A blocked read is woken by InputGate::Cancel when the job stops; this only bounds one wait.
 constexpr std::chrono::milliseconds kReadSlice{1000};
-// How often a finished producer looks whether its consumers have read everything.
-constexpr std::chrono::milliseconds kConsumedPoll{10};
+// A finished producer waits for its consumers on ResultPartition::WaitConsumerEvent (woken by
+// every consumer done or gone, and by Abort); this only bounds one wait.
+constexpr std::chrono::milliseconds kConsumedWaitSlice{1000};
 // Records between two looks at whether the producer's consumers are still there (mask).
 constexpr uint64_t kCheckEvery = (1u << 13) - 1;
 constexpr uint32_t kMaxTasks = 1u << 16;
@@ -377,8 +378,8 @@ Status RunningJob::ProduceFile(ProducerTask& t) {
   return st;
 }
 
-// There is no "consumed" callback on a partition, so the producer polls its stats: cheap (a
-// lock per subpartition), every kConsumedPoll after Finish and now and then while it writes.
+// The producer reads its partition's stats (a lock per subpartition) after every consumer
+// event once it finished (see AwaitConsumed), and now and then while it writes.
 // A subpartition whose view was released before the end of partition was polled lost its
 // reader (the consumer failed, was cancelled or its connection died): the partition drops what
 // is written there, so the producer fails rather than write into the void.
@@ -402,10 +403,13 @@ Status RunningJob::CheckConsumers(ProducerTask& t, bool* all_consumed) {
 
 Status RunningJob::AwaitConsumed(ProducerTask& t) {
   while (true) {
+    // Read the counter first: an event after it (a consumer done or gone, or Abort failing the
+    // partition) ends the wait below.
+    const uint64_t seen = t.partition->consumer_events();
     bool all = false;
     if (Status st = CheckConsumers(t, &all); !st.ok() || all) return st;
     if (stop.load()) return Cancelled("producer " + std::to_string(t.index) + " stopped");
-    std::this_thread::sleep_for(kConsumedPoll);
+    t.partition->WaitConsumerEvent(seen, kConsumedWaitSlice);
   }
 }
 
