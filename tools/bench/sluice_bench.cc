@@ -63,8 +63,9 @@ Measurement Measure(const BenchFlags& f) {
                               : "");
     }
   }
-  std::sort(runs.begin(), runs.end(), [](const RunResult& a, const RunResult& b) {
-    return a.mib_per_second() < b.mib_per_second();
+  // The median round: by throughput, or with --latency by p99 (its throughput is the rate).
+  std::sort(runs.begin(), runs.end(), [&f](const RunResult& a, const RunResult& b) {
+    return f.latency ? a.p99_us < b.p99_us : a.mib_per_second() < b.mib_per_second();
   });
   m.run = runs[runs.size() / 2];
   // A failure or leak in any round shows in the result.
