@@ -54,9 +54,9 @@ void InputGate::QueueChannel(uint32_t index) {
   if (closed_ || queued_[index]) return;
   queued_[index] = 1;
   ready_.push_back(index);
-  // Under the lock on purpose: a channel's IO thread may call this while the consumer closes
-  // and destroys the gate, and only mu_ orders the two (Close takes it before the gate goes).
-  // Skipped when nobody waits, the usual case while the consumer keeps up.
+  // Skipped when nobody waits, the usual case while the consumer keeps up. The gate is alive
+  // through this call because every caller holds its channel's lock (remote) or is a view
+  // notification (local), and Close() releases each channel, which waits for both.
   if (waiting_ > 0) cv_.notify_one();
 }
 
@@ -66,16 +66,14 @@ Result<std::optional<BufferOrEvent>> InputGate::GetNext(std::chrono::millisecond
     uint32_t index;
     {
       std::unique_lock lock(mu_);
-      if (closed_) return ClosedError("input gate '" + name_ + "' is closed");
-      if (cancelled_) return Cancelled("input gate '" + name_ + "' was cancelled");
+      if (Status s = StoppedLocked(); !s.ok()) return s;
       if (finished_count_ == channels_.size()) return std::optional<BufferOrEvent>();
       ++waiting_;
       const bool ready = cv_.wait_until(lock, deadline, [&] {
         return !ready_.empty() || cancelled_ || closed_;
       });
       --waiting_;
-      if (closed_) return ClosedError("input gate '" + name_ + "' is closed");
-      if (cancelled_) return Cancelled("input gate '" + name_ + "' was cancelled");
+      if (Status s = StoppedLocked(); !s.ok()) return s;
       if (!ready) return std::optional<BufferOrEvent>();
       index = ready_.front();
       ready_.pop_front();
@@ -99,6 +97,12 @@ Result<std::optional<BufferOrEvent>> InputGate::GetNext(std::chrono::millisecond
     }
     return std::optional<BufferOrEvent>(BufferOrEvent{std::move(n.buffer), index});
   }
+}
+
+Status InputGate::StoppedLocked() const {
+  if (closed_) return ClosedError("input gate '" + name_ + "' is closed");
+  if (cancelled_) return Cancelled("input gate '" + name_ + "' was cancelled");
+  return Status::Ok();
 }
 
 bool InputGate::IsFinished() const {

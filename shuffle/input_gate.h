@@ -135,6 +135,8 @@ class InputGate {
  private:
   InputGate(std::string name, std::shared_ptr<buffer::NetworkBufferPool> global,
             const ShuffleOptions& options, std::shared_ptr<buffer::LocalBufferPool> floating);
+  // Closed after Close(), Cancelled after Cancel(), else OK. REQUIRES: mu_ held.
+  Status StoppedLocked() const;
 
   const std::string name_;
   const std::shared_ptr<buffer::NetworkBufferPool> global_;

@@ -87,7 +87,7 @@ Status RemoteInputChannel::OnBuffer(buffer::Buffer buffer, int32_t sequence_numb
                                  (sequence_number < expected_sequence_ ? " (a repeat)"
                                                                        : " (a gap)"));
       if (error_.ok()) error_ = err;
-      NotifyNonEmpty();  // under mu_: see below
+      NotifyNonEmpty();  // under mu_: see NotifyDeferred
       return err;
     }
     ++expected_sequence_;
@@ -95,16 +95,9 @@ Status RemoteInputChannel::OnBuffer(buffer::Buffer buffer, int32_t sequence_numb
     received_.push_back(std::move(buffer));
     sender_backlog_ = static_cast<uint32_t>(backlog);
     required_ = sender_backlog_ + num_exclusive_;
-    // Under mu_: the consumer may be closing the gate right now, and Release() (which the gate's
-    // Close runs on every channel before the gate can go away) takes mu_ and sets released_, so
-    // holding it here keeps the gate alive through the call. Lock order: channel, then gate.
     if (was_empty) {
-      if (notify_later == nullptr) {
-        NotifyNonEmpty();
-      } else {
-        *notify_later = !notify_pending_;  // once per pass
-        notify_pending_ = true;
-      }
+      *notify_later = !notify_pending_;  // once per pass
+      notify_pending_ = true;
     }
   }
   RefillFloating();
@@ -112,7 +105,10 @@ Status RemoteInputChannel::OnBuffer(buffer::Buffer buffer, int32_t sequence_numb
 }
 
 void RemoteInputChannel::NotifyDeferred() {
-  std::lock_guard lock(mu_);  // held through the call, as in OnBuffer
+  // Under mu_ through the call: the consumer may be closing the gate right now, and Release()
+  // (which the gate's Close runs on every channel before the gate can go away) takes mu_ and
+  // sets released_, so holding it keeps the gate alive. Lock order: channel, then gate.
+  std::lock_guard lock(mu_);
   if (!notify_pending_) return;
   notify_pending_ = false;
   if (!released_) NotifyNonEmpty();
@@ -228,7 +224,7 @@ void RemoteInputChannel::OnError(Status error) {
     std::lock_guard lock(mu_);
     if (!error_.ok() || released_) return;
     error_ = Status(error.code(), Describe() + ": " + error.message());
-    NotifyNonEmpty();  // under mu_, as in OnBuffer
+    NotifyNonEmpty();  // under mu_, as in NotifyDeferred
   }
 }
 

@@ -60,12 +60,12 @@ class RemoteInputChannel final : public InputChannel,
   // An empty buffer for the payload of the next data BufferResponse (one credit is used), or
   // an empty handle when the sender sent without credit.
   buffer::Buffer TakeBufferForPayload();
-  // A data buffer or an event arrived. Checks the sequence number; updates the backlog; tells
-  // the gate when the channel became non-empty. With `notify_later`, the gate is not told yet:
-  // *notify_later is set when the caller must call NotifyDeferred() (the client does so at the
-  // end of its read pass, so a pass of many frames wakes the consumer once).
+  // A data buffer or an event arrived. Checks the sequence number; updates the backlog. The
+  // gate is not told of the buffer yet: *notify_later is set when the caller must call
+  // NotifyDeferred() (the client does so at the end of its read pass, so a pass of many frames
+  // wakes the consumer once). A sequence error is told at once.
   Status OnBuffer(buffer::Buffer buffer, int32_t sequence_number, int32_t backlog,
-                  bool* notify_later = nullptr);
+                  bool* notify_later);
   // Tells the gate about buffers OnBuffer held back (nothing after Release). Loop thread.
   void NotifyDeferred();
   // The sender's backlog (BacklogAnnouncement, or the one in a BufferResponse).

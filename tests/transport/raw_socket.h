@@ -70,9 +70,10 @@ class RawSocket {
     Bytes metadata;
     Bytes payload;
   };
-  // The next whole frame within `timeout` (heartbeats skipped when asked); nullopt when the
-  // stream ended, failed or timed out first.
-  std::optional<Frame> ReadFrame(std::chrono::milliseconds timeout, bool skip_heartbeats = true) {
+  // The next whole frame within `timeout`, passing over frames of type `skip_type` (the upper
+  // layer's heartbeats, say); nullopt when the stream ended, failed or timed out first.
+  std::optional<Frame> ReadFrame(std::chrono::milliseconds timeout,
+                                 std::optional<uint8_t> skip_type = std::nullopt) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (true) {
       uint8_t head[kFrameHeaderSize];
@@ -85,7 +86,7 @@ class RawSocket {
           !ReadExactly(f.payload.data(), f.payload.size(), deadline)) {
         return std::nullopt;
       }
-      if (skip_heartbeats && f.header.type == kHeartbeatType) continue;
+      if (skip_type && f.header.type == *skip_type) continue;
       return f;
     }
   }
@@ -135,7 +136,6 @@ class RawSocket {
   }
 
  private:
-  static constexpr uint8_t kHeartbeatType = 10;  // schema::MessageType::kHeartbeat (transport does not depend on schema)
   bool ReadExactly(uint8_t* p, size_t n, std::chrono::steady_clock::time_point deadline) {
     while (n > 0) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());

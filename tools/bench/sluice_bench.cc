@@ -24,10 +24,16 @@ constexpr uint64_t kMemcpyWorkingSet = 64u << 20;
 // The ceilings need less time than the data path to settle.
 constexpr double kMaxBaselineSeconds = 2;
 
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
+// The element whose key is the median (the upper one of an even count); T{} when empty.
+template <typename T, typename Key>
+T MedianBy(std::vector<T> v, Key key) {
+  if (v.empty()) return T{};
+  std::sort(v.begin(), v.end(), [&](const T& a, const T& b) { return key(a) < key(b); });
   return v[v.size() / 2];
+}
+
+double Median(const std::vector<double>& v) {
+  return MedianBy(v, [](double x) { return x; });
 }
 
 Measurement Measure(const BenchFlags& f) {
@@ -64,10 +70,9 @@ Measurement Measure(const BenchFlags& f) {
     }
   }
   // The median round: by throughput, or with --latency by p99 (its throughput is the rate).
-  std::sort(runs.begin(), runs.end(), [&f](const RunResult& a, const RunResult& b) {
-    return f.latency ? a.p99_us < b.p99_us : a.mib_per_second() < b.mib_per_second();
+  m.run = MedianBy(runs, [&f](const RunResult& r) {
+    return f.latency ? r.p99_us : r.mib_per_second();
   });
-  m.run = runs[runs.size() / 2];
   // A failure or leak in any round shows in the result.
   for (const RunResult& r : runs) {
     if (r.error[0] != 0 && m.run.error[0] == 0) std::copy(r.error, r.error + sizeof(r.error), m.run.error);
@@ -76,11 +81,7 @@ Measurement Measure(const BenchFlags& f) {
     m.run.peak_rss_bytes = std::max(m.run.peak_rss_bytes, r.peak_rss_bytes);
   }
   m.pump_mib_per_second = Median(pump);
-  if (!floors.empty()) {
-    std::sort(floors.begin(), floors.end(),
-              [](const LatencyResult& a, const LatencyResult& b) { return a.p99_us < b.p99_us; });
-    m.raw_latency = floors[floors.size() / 2];  // the round with the median p99
-  }
+  m.raw_latency = MedianBy(floors, [](const LatencyResult& l) { return l.p99_us; });
   m.memcpy_mib_per_second = Median(copy);
   return m;
 }

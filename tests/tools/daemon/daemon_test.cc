@@ -266,11 +266,12 @@ TEST(DaemonTest, SharedSecretIsRequiredAndChecked) {
     // A hand-driven peer for what ControlClient never does (skip the proof, forge one).
     RawSocket peer(d->port());
     ASSERT_TRUE(peer.connected());
+    const auto kHeartbeat = static_cast<uint8_t>(schema::MessageType::kHeartbeat);
     auto send = [&](schema::MessageType type, std::span<const uint8_t> meta) {
       ASSERT_TRUE(peer.SendFrame(static_cast<uint8_t>(type), Bytes(meta.begin(), meta.end())));
     };
     auto next_type = [&] {
-      auto frame = peer.ReadFrame(std::chrono::seconds(5));
+      auto frame = peer.ReadFrame(std::chrono::seconds(5), kHeartbeat);
       return frame ? frame->header.type : uint8_t{0};  // 0: closed
     };
     schema::MessageBuilder b;
@@ -283,7 +284,7 @@ TEST(DaemonTest, SharedSecretIsRequiredAndChecked) {
       send(schema::MessageType::kAuthResponse, b.AuthResponse(forged));
     }
     send(schema::MessageType::kStatsRequest, control::EncodeStatsRequest());
-    auto reply = peer.ReadFrame(std::chrono::seconds(5));
+    auto reply = peer.ReadFrame(std::chrono::seconds(5), kHeartbeat);
     ASSERT_TRUE(reply.has_value()) << "no reply before the connection closed";
     ASSERT_EQ(reply->header.type, static_cast<uint8_t>(schema::MessageType::kErrorResponse));
     auto err = schema::ParseErrorResponse(reply->metadata);
