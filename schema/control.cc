@@ -40,6 +40,14 @@ Status CheckJobId(const flatbuffers::String* id, std::string_view msg) {
   return Status::Ok();
 }
 
+Status CheckToken(const flatbuffers::String* token, std::string_view msg) {
+  if (token != nullptr && token->size() > kMaxJobTokenLength) {
+    return Bad(msg, "token is " + std::to_string(token->size()) + " bytes, more than " +
+                        std::to_string(kMaxJobTokenLength));
+  }
+  return Status::Ok();
+}
+
 template <typename V>
 Status CheckCount(const V* v, size_t max, std::string_view msg, const char* field) {
   if (v != nullptr && v->size() > max) {
@@ -57,6 +65,7 @@ Result<const fb::SubmitJob*> ParseSubmitJob(std::span<const uint8_t> metadata) {
   const fb::JobSpecMsg* spec = (*r)->spec();
   if (spec == nullptr) return Bad("SubmitJob", "spec is missing");
   Status s = CheckJobId(spec->job_id(), "SubmitJob");
+  if (s.ok()) s = CheckToken(spec->token(), "SubmitJob");
   if (s.ok()) s = CheckCount(spec->nodes(), kMaxJobNodes, "SubmitJob", "nodes");
   if (s.ok()) s = CheckCount(spec->producer_nodes(), kMaxJobTasks, "SubmitJob", "producer_nodes");
   if (s.ok()) s = CheckCount(spec->consumer_nodes(), kMaxJobTasks, "SubmitJob", "consumer_nodes");
@@ -73,6 +82,7 @@ Result<const fb::JobStatusRequest*> ParseJobStatusRequest(std::span<const uint8_
   auto r = VerifyControl<fb::JobStatusRequest>(metadata, "JobStatusRequest");
   if (!r.ok()) return r;
   Status s = CheckJobId((*r)->job_id(), "JobStatusRequest");
+  if (s.ok()) s = CheckToken((*r)->token(), "JobStatusRequest");
   if (!s.ok()) return s;
   return r;
 }
@@ -88,6 +98,7 @@ Result<const fb::CancelJob*> ParseCancelJob(std::span<const uint8_t> metadata) {
   auto r = VerifyControl<fb::CancelJob>(metadata, "CancelJob");
   if (!r.ok()) return r;
   Status s = CheckJobId((*r)->job_id(), "CancelJob");
+  if (s.ok()) s = CheckToken((*r)->token(), "CancelJob");
   if (!s.ok()) return s;
   return r;
 }

@@ -17,6 +17,7 @@ namespace sluice::schema {
 
 // Limits on control messages (a frame's metadata is at most 64 KiB anyway).
 inline constexpr size_t kMaxJobIdLength = 128;
+inline constexpr size_t kMaxJobTokenLength = 128;
 inline constexpr size_t kMaxJobNodes = 1024;
 inline constexpr size_t kMaxJobTasks = 4096;  // producers, consumers, input files
 

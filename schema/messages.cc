@@ -225,6 +225,11 @@ Result<const fb::PartitionRequest*> ParsePartitionRequest(std::span<const uint8_
     return Invalid("PartitionRequest for receiver ", m->receiver_id(), ": initial_credit ",
                    m->initial_credit(), " is negative");
   }
+  if (m->access_proof() != nullptr && m->access_proof()->size() > kMaxAuthProofLength) {
+    return Invalid("PartitionRequest for receiver ", m->receiver_id(), ": access_proof is ",
+                   m->access_proof()->size(), " bytes, longer than the ", kMaxAuthProofLength,
+                   " allowed");
+  }
   return m;
 }
 
@@ -410,10 +415,14 @@ std::span<const uint8_t> MessageBuilder::HelloAck(const HandshakeFields& f) {
 std::span<const uint8_t> MessageBuilder::PartitionRequest(std::string_view partition_id,
                                                           uint32_t subpartition,
                                                           uint64_t receiver_id,
-                                                          int32_t initial_credit) {
+                                                          int32_t initial_credit,
+                                                          std::span<const uint8_t> access_proof) {
   fbb_.Clear();
   auto id = fbb_.CreateString(partition_id.data(), partition_id.size());
-  return Finish(fb::CreatePartitionRequest(fbb_, id, subpartition, receiver_id, initial_credit));
+  flatbuffers::Offset<flatbuffers::Vector<uint8_t>> proof;
+  if (!access_proof.empty()) proof = fbb_.CreateVector(access_proof.data(), access_proof.size());
+  return Finish(
+      fb::CreatePartitionRequest(fbb_, id, subpartition, receiver_id, initial_credit, proof));
 }
 
 std::span<const uint8_t> MessageBuilder::AddCredit(uint64_t receiver_id, int32_t credit) {

@@ -145,7 +145,8 @@ class MessageBuilder {
   std::span<const uint8_t> Hello(const HandshakeFields& fields);
   std::span<const uint8_t> HelloAck(const HandshakeFields& fields);
   std::span<const uint8_t> PartitionRequest(std::string_view partition_id, uint32_t subpartition,
-                                            uint64_t receiver_id, int32_t initial_credit);
+                                            uint64_t receiver_id, int32_t initial_credit,
+                                            std::span<const uint8_t> access_proof = {});
   std::span<const uint8_t> AddCredit(uint64_t receiver_id, int32_t credit);
   std::span<const uint8_t> BufferResponse(const BufferResponseFields& fields);
   std::span<const uint8_t> BacklogAnnouncement(uint64_t receiver_id, int32_t backlog);

@@ -5,9 +5,14 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
+#include <cstring>
 
 namespace sluice::shuffle::auth {
 
@@ -40,23 +45,103 @@ bool ProofMatches(const Proof& expected, std::span<const uint8_t> got) {
   return CRYPTO_memcmp(expected.data(), got.data(), expected.size()) == 0;
 }
 
-Result<std::string> ReadSecretFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return InvalidArgument("auth secret file '" + path +
-                           "' cannot be read; give a readable file with the shared secret");
+std::string MakeJobToken() {
+  const Nonce raw = MakeNonce();
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(raw.size() * 2);
+  for (uint8_t b : raw) {
+    out.push_back(kHex[b >> 4]);
+    out.push_back(kHex[b & 15]);
   }
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  std::string s = ss.str();
+  return out;
+}
+
+Proof MakePartitionProof(std::string_view job_token, std::string_view partition_id,
+                         uint32_t subpartition) {
+  const uint8_t sub[4] = {static_cast<uint8_t>(subpartition >> 24),
+                          static_cast<uint8_t>(subpartition >> 16),
+                          static_cast<uint8_t>(subpartition >> 8),
+                          static_cast<uint8_t>(subpartition)};
+  return MakeProof(job_token, "sluice-partition",
+                   {reinterpret_cast<const uint8_t*>(partition_id.data()), partition_id.size()},
+                   sub);
+}
+
+Result<std::string> ReadSecretFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) {
+    return InvalidArgument("auth secret file '" + path + "' cannot be read (" +
+                           std::strerror(errno) + "); give a readable file with the shared secret");
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return InvalidArgument("auth secret file '" + path + "' is not a regular file");
+  }
+  if ((st.st_mode & 077) != 0) {
+    ::close(fd);
+    char mode[8];
+    std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return Status(StatusCode::kPermissionDenied,
+                  "auth secret file '" + path + "' has mode " + mode +
+                      ": group or others may read it; run `chmod 600 " + path + "`");
+  }
+  std::string s;
+  char chunk[4096];
+  while (true) {
+    const ssize_t n = ::read(fd, chunk, sizeof(chunk));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int e = errno;
+      ::close(fd);
+      return InvalidArgument("auth secret file '" + path + "': " + std::strerror(e));
+    }
+    if (n == 0) break;
+    s.append(chunk, static_cast<size_t>(n));
+    if (s.size() > 4096) {
+      ::close(fd);
+      return InvalidArgument("auth secret file '" + path + "' is over 4096 bytes; a secret is short");
+    }
+  }
+  ::close(fd);
   if (!s.empty() && s.back() == '\n') s.pop_back();
   if (!s.empty() && s.back() == '\r') s.pop_back();
   if (s.size() < 16) {
     return InvalidArgument("auth secret file '" + path + "' holds " + std::to_string(s.size()) +
                            " bytes; a shared secret needs at least 16 (e.g. `head -c 32 "
-                           "/dev/urandom | base64 > " + path + "`)");
+                           "/dev/urandom | base64 > " + path + " && chmod 600 " + path + "`)");
   }
   return s;
+}
+
+std::string StateSecretPath(const std::string& state_dir) {
+  return state_dir + "/" + std::string(kStateSecretFileName);
+}
+
+Result<std::string> LoadStateSecret(const std::string& state_dir, bool create) {
+  const std::string path = StateSecretPath(state_dir);
+  if (!create || ::access(path.c_str(), F_OK) == 0) return ReadSecretFile(path);
+  if (::mkdir(state_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return InvalidArgument("state directory '" + state_dir + "' cannot be created (" +
+                           std::strerror(errno) + "); give a writable --state-dir (state_dir)");
+  }
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    if (errno == EEXIST) return ReadSecretFile(path);  // another process made it meanwhile
+    return InvalidArgument("auth secret file '" + path + "' cannot be created (" +
+                           std::strerror(errno) + "); give a writable --state-dir (state_dir)");
+  }
+  const std::string secret = MakeJobToken() + "\n";
+  const bool ok = ::write(fd, secret.data(), secret.size()) == static_cast<ssize_t>(secret.size());
+  const int e = errno;
+  ::close(fd);
+  if (!ok) {
+    ::unlink(path.c_str());
+    return InvalidArgument("auth secret file '" + path + "' cannot be written (" +
+                           std::strerror(e) + ")");
+  }
+  return ReadSecretFile(path);
 }
 
 }  // namespace sluice::shuffle::auth

@@ -35,8 +35,28 @@ Proof MakeProof(std::string_view secret, std::string_view role, std::span<const 
 // Constant-time comparison; false when the lengths differ.
 bool ProofMatches(const Proof& expected, std::span<const uint8_t> got);
 
+// Job-scoped authority (see schema/messages.fbs PartitionRequest.access_proof): a random
+// 32-byte token, hex-encoded (64 characters), made by whoever submits a job.
+std::string MakeJobToken();
+// HMAC-SHA256(job_token, "sluice-partition" | partition_id | subpartition as u32 big-endian).
+Proof MakePartitionProof(std::string_view job_token, std::string_view partition_id,
+                         uint32_t subpartition);
+
 // Reads a secret file: the whole file, one trailing newline removed. InvalidArgument naming the
-// path when it cannot be read, is empty, or is shorter than 16 bytes (too weak to be a secret).
+// path when it cannot be read, is not a regular file, is empty, or is shorter than 16 bytes
+// (too weak to be a secret); PermissionDenied, naming the `chmod 600` to run, when group or
+// others may read or write it (as ssh refuses such keys).
 Result<std::string> ReadSecretFile(const std::string& path);
+
+// The secret's file name inside a state directory (sluiced --state-dir, default
+// kDefaultStateDir).
+inline constexpr std::string_view kStateSecretFileName = "auth_secret";
+inline constexpr std::string_view kDefaultStateDir = "/var/lib/sluice";
+// "<state_dir>/auth_secret".
+std::string StateSecretPath(const std::string& state_dir);
+// Reads <state_dir>/auth_secret (ReadSecretFile). When it does not exist and `create` is true,
+// creates it first: the directory with mode 0700 when missing, the file with O_EXCL and mode
+// 0600 holding 32 random bytes as 64 hex characters. Errors name the path and the fix.
+Result<std::string> LoadStateSecret(const std::string& state_dir, bool create);
 
 }  // namespace sluice::shuffle::auth

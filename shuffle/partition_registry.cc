@@ -5,7 +5,8 @@
 
 namespace sluice::shuffle {
 
-Status PartitionRegistry::Register(std::shared_ptr<ResultPartition> partition) {
+Status PartitionRegistry::Register(std::shared_ptr<ResultPartition> partition,
+                                   std::string access_token) {
   if (partition == nullptr)
     return InvalidArgument("PartitionRegistry::Register of a null partition");
   std::vector<Pending> ready;
@@ -17,6 +18,7 @@ Status PartitionRegistry::Register(std::shared_ptr<ResultPartition> partition) {
                              "' is already registered; partition ids must be unique per process");
     }
     partitions_.emplace(id, partition);
+    if (!access_token.empty()) tokens_[id] = std::move(access_token);
     if (auto it = pending_.find(id); it != pending_.end()) {
       ready = std::move(it->second);
       pending_.erase(it);
@@ -34,8 +36,15 @@ std::shared_ptr<ResultPartition> PartitionRegistry::Lookup(const std::string& id
   return it == partitions_.end() ? nullptr : it->second;
 }
 
+std::string PartitionRegistry::AccessToken(const std::string& id) const {
+  std::lock_guard lock(mu_);
+  auto it = tokens_.find(id);
+  return it == tokens_.end() ? std::string() : it->second;
+}
+
 std::shared_ptr<ResultPartition> PartitionRegistry::Unregister(const std::string& id) {
   std::lock_guard lock(mu_);
+  tokens_.erase(id);
   auto it = partitions_.find(id);
   if (it == partitions_.end()) return nullptr;
   std::shared_ptr<ResultPartition> p = std::move(it->second);

@@ -36,9 +36,13 @@ class PartitionRegistry {
 
   // Adds a partition under its id() and runs the callbacks waiting for it. Errors:
   // InvalidArgument for a null partition or an id that is already registered.
-  Status Register(std::shared_ptr<ResultPartition> partition);
+  // `access_token`: the job token a remote reader must prove (shuffle/auth.h
+  // MakePartitionProof); empty: any authenticated reader may read it.
+  Status Register(std::shared_ptr<ResultPartition> partition, std::string access_token = "");
   // The partition, or null.
   std::shared_ptr<ResultPartition> Lookup(const std::string& id) const;
+  // The access token it was registered with ("" when none, or not registered).
+  std::string AccessToken(const std::string& id) const;
   // Removes the partition and returns it (null when it was not registered).
   std::shared_ptr<ResultPartition> Unregister(const std::string& id);
   // Waits up to `timeout` for the partition to be registered; null on timeout.
@@ -66,6 +70,7 @@ class PartitionRegistry {
   mutable std::mutex mu_;
   mutable std::condition_variable registered_;
   std::unordered_map<std::string, std::shared_ptr<ResultPartition>> partitions_;  // GUARDED_BY
+  std::unordered_map<std::string, std::string> tokens_;  // GUARDED_BY(mu_), by id; non-empty
   std::unordered_map<std::string, std::vector<Pending>> pending_;  // GUARDED_BY(mu_), by id
   std::unordered_map<uint64_t, std::string> pending_ids_;          // GUARDED_BY(mu_), by token
   uint64_t next_token_ = 1;                                        // GUARDED_BY(mu_)

@@ -62,10 +62,10 @@ void ShuffleEnvironment::Stop() {
 }
 
 Result<std::shared_ptr<ResultPartition>> ShuffleEnvironment::CreatePartition(
-    const std::string& id, uint32_t subpartitions) {
+    const std::string& id, uint32_t subpartitions, const std::string& access_token) {
   auto p = ResultPartition::Create(id, subpartitions, pool_, config_.options);
   if (!p.ok()) return p.status();
-  if (Status st = registry_.Register(*p); !st.ok()) {
+  if (Status st = registry_.Register(*p, access_token); !st.ok()) {
     (*p)->Release();
     return st;
   }

@@ -48,6 +48,8 @@ struct ChannelSpec {
   std::string partition_id;
   uint32_t subpartition = 0;
   std::optional<transport::Endpoint> remote;
+  // The producer's job token, proved in the PartitionRequest (shuffle/auth.h); empty: none.
+  std::string access_token;
 };
 
 class ShuffleEnvironment {
@@ -57,9 +59,11 @@ class ShuffleEnvironment {
   ShuffleEnvironment(const ShuffleEnvironment&) = delete;
   ShuffleEnvironment& operator=(const ShuffleEnvironment&) = delete;
 
-  // Creates and registers a partition (its output pool under admission).
+  // Creates and registers a partition (its output pool under admission). With an
+  // `access_token` (a job token), remote readers must prove it (ChannelSpec::access_token).
   Result<std::shared_ptr<ResultPartition>> CreatePartition(const std::string& id,
-                                                           uint32_t subpartitions);
+                                                           uint32_t subpartitions,
+                                                           const std::string& access_token = "");
   // Unregisters and releases a partition.
   void ReleasePartition(const std::string& id);
   // Creates a gate over `channels` (index i = channels[i]) and starts it: exclusive buffers

@@ -45,6 +45,7 @@ std::vector<uint8_t> EncodeSubmitJob(const JobSpec& s, uint32_t node_index) {
   auto cn = fbb.CreateVector(s.consumer_nodes);
   auto files = fbb.CreateVectorOfStrings(s.input_files);
   auto out_dir = fbb.CreateString(s.output_dir);
+  auto token = fbb.CreateString(s.token);
   fb::JobSpecMsgBuilder b(fbb);
   b.add_job_id(id);
   b.add_kind(static_cast<fb::JobKind>(s.kind));
@@ -68,6 +69,7 @@ std::vector<uint8_t> EncodeSubmitJob(const JobSpec& s, uint32_t node_index) {
   b.add_timeout_ms(s.timeout_ms);
   b.add_throttled_consumer(s.throttled_consumer);
   b.add_throttle_mib_per_second(s.throttle_mib_per_second);
+  b.add_token(token);
   auto spec = b.Finish();
   return Bytes(fbb, fb::CreateSubmitJob(fbb, spec, node_index));
 }
@@ -96,12 +98,15 @@ JobSpec DecodeJobSpec(const fb::JobSpecMsg& m) {
   s.timeout_ms = m.timeout_ms();
   s.throttled_consumer = m.throttled_consumer();
   s.throttle_mib_per_second = m.throttle_mib_per_second();
+  s.token = Str(m.token());
   return s;
 }
 
-std::vector<uint8_t> EncodeJobStatusRequest(const std::string& job_id) {
+std::vector<uint8_t> EncodeJobStatusRequest(const std::string& job_id, const std::string& token) {
   FlatBufferBuilder fbb(256);
-  return Bytes(fbb, fb::CreateJobStatusRequest(fbb, fbb.CreateString(job_id)));
+  auto id = fbb.CreateString(job_id);
+  auto t = fbb.CreateString(token);
+  return Bytes(fbb, fb::CreateJobStatusRequest(fbb, id, t));
 }
 
 namespace {
@@ -177,11 +182,13 @@ JobStatus DecodeJobStatus(const fb::JobStatusResponse& m) {
   return st;
 }
 
-std::vector<uint8_t> EncodeCancelJob(const std::string& job_id, const std::string& reason) {
+std::vector<uint8_t> EncodeCancelJob(const std::string& job_id, const std::string& reason,
+                                     const std::string& token) {
   FlatBufferBuilder fbb(256);
   auto id = fbb.CreateString(job_id);
   auto r = fbb.CreateString(Cut(reason, 2000));
-  return Bytes(fbb, fb::CreateCancelJob(fbb, id, r));
+  auto t = fbb.CreateString(token);
+  return Bytes(fbb, fb::CreateCancelJob(fbb, id, r, t));
 }
 
 std::vector<uint8_t> EncodeStatsRequest() {

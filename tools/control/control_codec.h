@@ -23,11 +23,13 @@ inline constexpr size_t kMaxControlMessageBytes = 65535;
 std::vector<uint8_t> EncodeSubmitJob(const JobSpec& spec, uint32_t node_index);
 JobSpec DecodeJobSpec(const fb::JobSpecMsg& msg);
 
-std::vector<uint8_t> EncodeJobStatusRequest(const std::string& job_id);
+std::vector<uint8_t> EncodeJobStatusRequest(const std::string& job_id,
+                                            const std::string& token = "");
 std::vector<uint8_t> EncodeJobStatus(const JobStatus& status);
 JobStatus DecodeJobStatus(const fb::JobStatusResponse& msg);
 
-std::vector<uint8_t> EncodeCancelJob(const std::string& job_id, const std::string& reason);
+std::vector<uint8_t> EncodeCancelJob(const std::string& job_id, const std::string& reason,
+                                     const std::string& token = "");
 
 std::vector<uint8_t> EncodeStatsRequest();
 std::vector<uint8_t> EncodeStats(const NodeStats& stats);

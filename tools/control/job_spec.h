@@ -29,6 +29,10 @@ enum class Pattern : uint8_t {
 
 struct JobSpec {
   std::string job_id;  // 1..128 bytes of [A-Za-z0-9._-]
+  // The job's secret (shuffle::auth::MakeJobToken, hex): made by the submitter, the same in
+  // every node's copy. It scopes the job: its partitions are served only to requests that
+  // prove it, and JobStatus and CancelJob must carry it. Never logged.
+  std::string token;
   JobKind kind = JobKind::kGenerated;
   std::vector<std::string> nodes;        // "host:port" of each node's sluiced; index = node id
   std::vector<uint32_t> producer_nodes;  // producer i runs on nodes[producer_nodes[i]]

@@ -4,6 +4,7 @@
 #include "tools/daemon/daemon.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -30,6 +31,7 @@ using transport::testutil::RawSocket;
 std::string WriteSecret(const std::string& name, const std::string& secret) {
   const std::string path = ::testing::TempDir() + "/" + name;
   std::ofstream(path) << secret << "\n";
+  ::chmod(path.c_str(), 0600);  // group- or world-readable secrets are refused
   return path;
 }
 

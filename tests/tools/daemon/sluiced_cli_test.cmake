@@ -22,6 +22,7 @@ file(WRITE ${WORK}/bad.toml "network_memory = \"64m\"\nbogus_key = 1\n")
 expect_fail(2 "unknown key 'bogus_key'" --config ${WORK}/bad.toml)
 expect_fail(2 "unknown option --nope" --nope 1)
 file(WRITE ${WORK}/short.secret "short\n")
+file(CHMOD ${WORK}/short.secret PERMISSIONS OWNER_READ OWNER_WRITE)
 expect_fail(2 "at least 16" --port 0 --auth-secret-file ${WORK}/short.secret)
 
 execute_process(COMMAND ${SLUICED} --help RESULT_VARIABLE rc OUTPUT_VARIABLE out)
