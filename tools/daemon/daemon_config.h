@@ -25,7 +25,20 @@ struct DaemonConfig {
   uint32_t floating_per_gate = 8;
   int32_t buffer_timeout_ms = 100;  // -1: only full buffers are sent
   bool checksums = false;           // CRC32C on every buffer in transit
-  std::string auth_secret_file;     // empty: no authentication
+  // Authentication is always on unless auth == "off" (loopback only). The shared secret comes
+  // from auth_secret_file, or else from <state_dir>/auth_secret (created 0600 on first start).
+  std::string auth_secret_file;
+  std::string state_dir = "/var/lib/sluice";
+  std::string auth = "on";  // "on" or "off"
+  // Fault hooks (CutConnections control message) are refused unless this is set.
+  bool enable_fault_injection = false;
+  // Nodes a job may name: comma-separated CIDRs (default loopback only).
+  std::string allowed_peers = "127.0.0.0/8,::1/128";
+  // File jobs: inputs are read beneath input_dir, outputs written beneath output_dir. Empty:
+  // file jobs are refused.
+  std::string input_dir;
+  std::string output_dir;
+  uint64_t max_line_bytes = 1u << 20;  // a longer input line fails the job
   std::string metrics_file;         // empty: none; else Prometheus text rewritten periodically
   uint32_t metrics_interval_ms = 5000;
   std::string log_level = "info";   // trace, debug, info, warn, error
