@@ -21,6 +21,7 @@
 
 #include "schema/control.h"
 #include "shuffle/record_reader.h"
+#include "shuffle/record_serializer.h"
 #include "shuffle/remote_input_channel.h"
 #include "shuffle/shuffle_environment.h"
 #include "shuffle_test_util.h"
@@ -412,8 +413,7 @@ void SendInjectedData(FakeServer& fake, uint64_t receiver_id) {
   schema::MessageBuilder b;
   const Bytes record = testing::MakeRecord(0, 0, 0, 64);
   Bytes payload(4 + record.size());
-  const uint32_t len = static_cast<uint32_t>(record.size());
-  std::memcpy(payload.data(), &len, 4);  // the serializer's length prefix is host order
+  StoreRecordLength(payload.data(), static_cast<uint32_t>(record.size()));
   std::memcpy(payload.data() + 4, record.data(), record.size());
   schema::BufferResponseFields f;
   f.receiver_id = receiver_id;
@@ -431,6 +431,7 @@ Status RunAgainstFakeServer(FakeScript script, uint64_t* records_delivered) {
                                                                              fake.port()}}});
   EXPECT_TRUE(gate.ok()) << gate.status().ToString();
   if (!gate.ok()) return gate.status();
+  // The attacker knows the receiver id (it is a counter): the injected frames address it.
   const uint64_t receiver =
       dynamic_cast<RemoteInputChannel*>((*gate)->channel(0))->receiver_id();
   EXPECT_TRUE(fake.Accept());
@@ -481,7 +482,7 @@ TEST(HandshakeHostileTest, ConsumerRefusesDataBeforeHelloAck) {
   const Status error = RunAgainstFakeServer(FakeScript::kDataBeforeHelloAck, &delivered);
   EXPECT_EQ(delivered, 0u);
   ASSERT_FALSE(error.ok()) << "the channel did not fail";
-  EXPECT_NE(error.message().find("127.0.0.1:"), std::string::npos) << error.message();
+  EXPECT_NE(error.message().find("producer 127.0.0.1:"), std::string::npos) << error.message();
   EXPECT_NE(error.message().find("sent BufferResponse before it completed the handshake"),
             std::string::npos)
       << error.message();
