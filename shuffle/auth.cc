@@ -40,6 +40,26 @@ Proof MakeProof(std::string_view secret, std::string_view role, std::span<const 
   return out;
 }
 
+Status ValidateAuthConfig(const AuthConfig& auth, std::string_view who) {
+  const std::string w(who);
+  if (auth.off) {
+    if (auth.secret.empty()) return Status::Ok();
+    return InvalidArgument(w + ": auth.secret is set and auth.off is true; choose one (clear "
+                               "auth.secret to run unauthenticated, or auth.off = false)");
+  }
+  if (auth.secret.empty()) {
+    return InvalidArgument(w + ": no shared secret; set auth.secret (e.g. from the state "
+                               "directory's auth_secret, auth::LoadStateSecret) or set auth.off "
+                               "= true to run unauthenticated (loopback experiments only)");
+  }
+  if (auth.secret.size() < kMinSecretLength) {
+    return InvalidArgument(w + ": auth.secret is " + std::to_string(auth.secret.size()) +
+                           " bytes; a shared secret needs at least " +
+                           std::to_string(kMinSecretLength) + " (or set auth.off = true)");
+  }
+  return Status::Ok();
+}
+
 bool ProofMatches(const Proof& expected, std::span<const uint8_t> got) {
   if (got.size() != expected.size()) return false;
   return CRYPTO_memcmp(expected.data(), got.data(), expected.size()) == 0;

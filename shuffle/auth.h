@@ -9,6 +9,8 @@
 // but the proof until proof_s checks out. Proofs are compared in constant time. The secret never
 // travels. A server without a secret sends no nonce and accepts every client.
 //
+// The exchange itself is written once in shuffle/handshake.h (ServerHandshake, ClientHandshake).
+//
 // Thread-safe (pure functions; nonces from OpenSSL's CSPRNG).
 #pragma once
 
@@ -23,6 +25,19 @@
 namespace sluice::shuffle::auth {
 
 using Nonce = std::array<uint8_t, 32>;
+
+// How a server or client authenticates its connections. Authentication is on by default: an
+// empty `secret` is an error (ValidateAuthConfig) unless `off` is set explicitly, which is meant
+// for experiments on loopback. A plain value; copy it freely.
+struct AuthConfig {
+  std::string secret;  // the cluster's shared secret (ReadSecretFile, LoadStateSecret)
+  bool off = false;    // serve and connect without authentication
+};
+inline constexpr size_t kMinSecretLength = 16;
+
+// Ok when `auth` is usable: a secret of at least kMinSecretLength bytes, or off without a
+// secret. InvalidArgument naming `who`, auth.secret and auth.off otherwise.
+Status ValidateAuthConfig(const AuthConfig& auth, std::string_view who);
 using Proof = std::array<uint8_t, 32>;
 
 inline constexpr std::string_view kServerRole = "sluice-server";

@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "shuffle/crc32c.h"
+#include "shuffle/handshake.h"
 #include "shuffle/remote_input_channel.h"
 #include "transport/log.h"
 
@@ -31,7 +32,11 @@ struct ShuffleClient::Retry {
 // The client's side of one connection. Loop thread only.
 class ShuffleClient::Handler final : public transport::ConnectionHandler {
  public:
-  Handler(ShuffleClient* client, transport::Connection* conn) : client_(client), conn_(conn) {}
+  Handler(ShuffleClient* client, transport::Connection* conn)
+      : client_(client),
+        conn_(conn),
+        handshake_(client->config_.auth, client->config_.options.credit.segment_size,
+                   client->config_.node_name, conn->peer()) {}
 
   void AddChannel(const std::shared_ptr<RemoteInputChannel>& ch) {
     SendHelloOnce();
@@ -117,33 +122,12 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
 
   Admission OnFrame(const transport::FrameHeader& h, std::span<const uint8_t> meta) override {
     const auto type = static_cast<MessageType>(h.type);
+    if (!handshake_.server_proved()) {
+      if (auto gated = GateBeforeProof(type, meta)) return std::move(*gated);
+    }
     switch (type) {
       case MessageType::kBufferResponse: return OnBufferResponse(h, meta);
-      case MessageType::kHelloAck: {
-        auto m = schema::ParseHelloAck(meta);
-        if (!m.ok()) return RejectMessage(type, meta, m.status());
-        const uint32_t mine = client_->config_.options.credit.segment_size;
-        if ((*m)->segment_size() != mine) {
-          return Reject(FrameError::kInvalidField,
-                        InvalidArgument("server " + conn_->peer() + " uses segment size " +
-                                        std::to_string((*m)->segment_size()) + ", this side " +
-                                        std::to_string(mine) +
-                                        "; every node must use the same segment_size"));
-        }
-        if (Status st = Authenticate(**m); !st.ok()) {
-          fatal_ = st;
-          conn_->Close(st);
-          return Admission();
-        }
-        established_ = true;
-        conn_->MarkEstablished();
-        for (uint64_t id : pending_) {
-          auto it = channels_.find(id);
-          if (it != channels_.end()) SendRequest(*it->second);
-        }
-        pending_.clear();
-        return Admission();
-      }
+      case MessageType::kHelloAck: return OnHelloAck(meta);
       case MessageType::kBacklogAnnouncement: {
         auto m = schema::ParseBacklogAnnouncement(meta);
         if (!m.ok()) return RejectMessage(type, meta, m.status());
@@ -286,44 +270,55 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
   void SendHelloOnce() {
     if (hello_sent_) return;
     hello_sent_ = true;
-    schema::HandshakeFields f;
-    f.segment_size = client_->config_.options.credit.segment_size;
-    f.node_name = client_->config_.node_name;
-    if (client_->config_.auth_secret) {
-      nonce_ = auth::MakeNonce();
-      f.nonce = nonce_;
-    }
-    conn_->Send(MakeFrame(MessageType::kHello, builder_.Hello(f)));
+    conn_->Send(MakeFrame(MessageType::kHello, builder_.Hello(handshake_.Hello())));
   }
 
-  // Checks the server's proof and answers its challenge (shuffle/auth.h).
-  Status Authenticate(const fb::HelloAck& ack) {
-    const auto& secret = client_->config_.auth_secret;
-    const bool challenged = ack.nonce() != nullptr && ack.nonce()->size() > 0;
-    if (!secret) {
-      if (!challenged) return Status::Ok();
-      return Status(StatusCode::kPermissionDenied,
-                    "producer " + conn_->peer() +
-                        " requires authentication; configure the same shared secret "
-                        "(auth secret file) on this node");
+  // Pre-auth gate (shuffle/handshake.h): until the server has proved the secret nothing but
+  // HelloAck, Heartbeat and ErrorResponse is handled, and an ErrorResponse closes the whole
+  // connection (a receiver id in it is not trusted). nullopt: handle the frame as usual.
+  std::optional<Admission> GateBeforeProof(MessageType type, std::span<const uint8_t> meta) {
+    if (auto refused = handshake_.Admit(type)) {
+      // Refused before any payload is read: no data reaches a channel.
+      return Admission(Reject(FrameError::kInvalidMessage, HandshakeStatus(*refused)));
     }
-    if (!challenged) {
-      return Status(StatusCode::kPermissionDenied,
-                    "producer " + conn_->peer() +
-                        " did not authenticate itself; configure the shared secret there too");
+    if (type != MessageType::kErrorResponse) return std::nullopt;
+    auto m = schema::ParseErrorResponse(meta);
+    if (!m.ok()) return RejectMessage(type, meta, m.status());
+    const std::string text = (*m)->message() ? (*m)->message()->str() : "";
+    const StatusCode code = (*m)->code() == fb::ErrorCode::AuthenticationFailed
+                                ? StatusCode::kPermissionDenied
+                                : StatusCode::kIoError;
+    fatal_ = Status(code, "producer " + conn_->peer() + " refused the handshake with " +
+                              fb::EnumNameErrorCode((*m)->code()) + ": " + text);
+    conn_->Close(fatal_);
+    return Admission();
+  }
+
+  // Checks the server's HelloAck and proof, answers its challenge (shuffle/auth.h), then sends
+  // the requests that waited for the handshake.
+  Admission OnHelloAck(std::span<const uint8_t> meta) {
+    auto m = schema::ParseHelloAck(meta);
+    if (!m.ok()) return RejectMessage(MessageType::kHelloAck, meta, m.status());
+    std::optional<auth::Proof> response;
+    if (auto refused = handshake_.OnHelloAck(**m, &response)) {
+      if (refused->code != fb::ErrorCode::AuthenticationFailed) {
+        return Reject(FrameError::kInvalidField, HandshakeStatus(*refused));
+      }
+      fatal_ = HandshakeStatus(*refused);
+      conn_->Close(fatal_);
+      return Admission();
     }
-    std::span<const uint8_t> server_nonce(ack.nonce()->data(), ack.nonce()->size());
-    std::span<const uint8_t> proof;
-    if (ack.auth_proof() != nullptr) proof = {ack.auth_proof()->data(), ack.auth_proof()->size()};
-    if (!auth::ProofMatches(auth::MakeProof(*secret, auth::kServerRole, nonce_, server_nonce),
-                            proof)) {
-      return Status(StatusCode::kPermissionDenied,
-                    "producer " + conn_->peer() +
-                        " failed authentication: its proof does not match our shared secret");
+    if (response) {
+      conn_->Send(MakeFrame(MessageType::kAuthResponse, builder_.AuthResponse(*response)));
     }
-    const auth::Proof mine = auth::MakeProof(*secret, auth::kClientRole, server_nonce, nonce_);
-    conn_->Send(MakeFrame(MessageType::kAuthResponse, builder_.AuthResponse(mine)));
-    return Status::Ok();
+    established_ = true;
+    conn_->MarkEstablished();
+    for (uint64_t id : pending_) {
+      auto it = channels_.find(id);
+      if (it != channels_.end()) SendRequest(*it->second);
+    }
+    pending_.clear();
+    return Admission();
   }
 
  public:
@@ -353,7 +348,7 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
   std::vector<uint64_t> pending_;
   bool hello_sent_ = false;
   bool established_ = false;
-  auth::Nonce nonce_{};
+  ClientHandshake handshake_;
   Status fatal_;
   // The BufferResponse whose payload is being read.
   uint64_t frame_receiver_ = 0;

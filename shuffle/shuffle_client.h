@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "shuffle/auth.h"
 #include "shuffle/protocol.h"
 #include "shuffle/shuffle_options.h"
 #include "transport/event_loop.h"
@@ -30,8 +31,10 @@ struct ShuffleClientConfig {
   std::string node_name = "sluice";
   ConnectionTimeouts timeouts;
   transport::RetryPolicy connect_retry;
-  // Shared secret (see shuffle/auth.h). Set: every server must prove it holds the same secret.
-  std::optional<std::string> auth_secret;
+  // Shared secret (shuffle/auth.h, shuffle/handshake.h): every server must prove it holds the
+  // same secret before anything it sends is accepted. Empty secret with auth.off: servers that
+  // run without authentication only.
+  auth::AuthConfig auth;
 };
 
 class ShuffleClient {

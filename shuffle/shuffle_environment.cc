@@ -11,6 +11,10 @@ ShuffleEnvironment::ShuffleEnvironment(const EnvironmentConfig& config) : config
 
 Result<std::unique_ptr<ShuffleEnvironment>> ShuffleEnvironment::Start(
     const EnvironmentConfig& config) {
+  if (Status st = auth::ValidateAuthConfig(config.auth, "node '" + config.node_name + "'");
+      !st.ok()) {
+    return st;
+  }
   std::unique_ptr<ShuffleEnvironment> env(new ShuffleEnvironment(config));
   auto pool = buffer::NetworkBufferPool::Create(config.memory);
   if (!pool.ok()) return pool.status();
@@ -36,7 +40,7 @@ Result<std::unique_ptr<ShuffleEnvironment>> ShuffleEnvironment::Start(
     sc.node_name = config.node_name;
     sc.timeouts = config.timeouts;
     sc.write_high_water_bytes = config.write_high_water_bytes;
-    sc.auth_secret = config.auth_secret;
+    sc.auth = config.auth;
     sc.control = config.control;
     auto server = ShuffleServer::Start(env->loop_.get(), &env->registry_, sc);
     if (!server.ok()) return server.status();
@@ -46,7 +50,7 @@ Result<std::unique_ptr<ShuffleEnvironment>> ShuffleEnvironment::Start(
   cc.options = env->config_.options;
   cc.node_name = config.node_name;
   cc.timeouts = config.timeouts;
-  cc.auth_secret = config.auth_secret;
+  cc.auth = config.auth;
   env->client_ = std::make_unique<ShuffleClient>(
       env->client_loop_ ? env->client_loop_.get() : env->loop_.get(), cc);
   return env;

@@ -36,8 +36,9 @@ struct EnvironmentConfig {
   uint32_t io_threads = 1;
   ConnectionTimeouts timeouts;
   size_t write_high_water_bytes = 4u << 20;
-  // Shared secret for every connection, served and opened (shuffle/auth.h); unset: none.
-  std::optional<std::string> auth_secret;
+  // Shared secret for every connection, served and opened (shuffle/auth.h). Required: Start
+  // refuses an empty secret unless auth.off is set (experiments on loopback).
+  auth::AuthConfig auth;
   // Daemon control messages on the server's port; null: refused. Must outlive the environment.
   ControlService* control = nullptr;
 };
@@ -54,6 +55,8 @@ struct ChannelSpec {
 
 class ShuffleEnvironment {
  public:
+  // InvalidArgument naming auth.secret and auth.off when config.auth is unusable; admission
+  // and listener errors otherwise.
   static Result<std::unique_ptr<ShuffleEnvironment>> Start(const EnvironmentConfig& config);
   ~ShuffleEnvironment();
   ShuffleEnvironment(const ShuffleEnvironment&) = delete;

@@ -7,6 +7,7 @@
 #include "schema/control.h"
 #include "shuffle/auth.h"
 #include "shuffle/crc32c.h"
+#include "shuffle/handshake.h"
 #include "shuffle/result_partition.h"
 #include "transport/log.h"
 
@@ -65,25 +66,17 @@ class ShuffleServer::Reader final : public SubpartitionListener,
 class ShuffleServer::Handler final : public transport::ConnectionHandler {
  public:
   Handler(ShuffleServer* server, transport::Connection* conn)
-      : server_(server), conn_(conn), alive_(std::make_shared<bool>(true)) {}
+      : server_(server),
+        conn_(conn),
+        alive_(std::make_shared<bool>(true)),
+        handshake_(server->config_.auth, server->config_.options.credit.segment_size,
+                   server->config_.node_name, conn->peer()) {}
   ~Handler() override { ReleaseAll(); }
 
   Admission OnFrame(const transport::FrameHeader& h, std::span<const uint8_t> meta) override {
     const auto type = static_cast<MessageType>(h.type);
-    if (!established_ && type != MessageType::kHello && type != MessageType::kHeartbeat) {
-      return Reject(FrameError::kInvalidMessage,
-                    ProtocolError(std::string(schema::MessageTypeName(type)) +
-                                  " before the Hello handshake"));
-    }
-    if (!authenticated_ && established_ && type != MessageType::kAuthResponse &&
-        type != MessageType::kHeartbeat) {
-      server_->stats_->auth_failures.fetch_add(1, std::memory_order_relaxed);
-      SendFatal(fb::ErrorCode::AuthenticationFailed,
-                "authentication required: " + server_->config_.node_name +
-                    " needs the shared secret (auth secret file) before serving " +
-                    std::string(schema::MessageTypeName(type)));
-      return Admission::Discard();
-    }
+    // Pre-auth gate (shuffle/handshake.h): nothing but the handshake before authentication.
+    if (auto refused = handshake_.Admit(type)) return RefuseHandshake(*refused);
     if (schema::IsControlMessageType(h.type)) return OnControl(type, meta);
     switch (type) {
       case MessageType::kHello: return OnHello(meta);
@@ -181,67 +174,33 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler {
   Admission OnHello(std::span<const uint8_t> meta) {
     auto m = schema::ParseHello(meta);
     if (!m.ok()) return RejectMessage(MessageType::kHello, meta, m.status());
-    if (established_) {
-      return Reject(FrameError::kInvalidMessage, ProtocolError("second Hello on one connection"));
-    }
-    const uint32_t mine = server_->config_.options.credit.segment_size;
-    if ((*m)->protocol_version() != transport::kProtocolVersion) {
-      SendFatal(fb::ErrorCode::UnsupportedVersion,
-                "protocol version " + std::to_string((*m)->protocol_version()) +
-                    " is not supported; this server speaks version " +
-                    std::to_string(transport::kProtocolVersion));
-      return Admission();
-    }
-    if ((*m)->segment_size() != mine) {
-      SendFatal(fb::ErrorCode::SegmentSizeMismatch,
-                "client segment size " + std::to_string((*m)->segment_size()) +
-                    " differs from this server's " + std::to_string(mine) +
-                    "; every node must use the same segment_size");
-      return Admission();
-    }
-    established_ = true;
-    schema::HandshakeFields f;
-    f.segment_size = mine;
-    f.node_name = server_->config_.node_name;
-    auth::Nonce nonce{};
-    auth::Proof proof{};
-    if (const auto& secret = server_->config_.auth_secret) {
-      // Challenge the client; prove that we hold the secret too (mutual).
-      std::span<const uint8_t> client_nonce;
-      if ((*m)->nonce() != nullptr) client_nonce = {(*m)->nonce()->data(), (*m)->nonce()->size()};
-      nonce = auth::MakeNonce();
-      expected_proof_ = auth::MakeProof(*secret, auth::kClientRole, nonce, client_nonce);
-      proof = auth::MakeProof(*secret, auth::kServerRole, client_nonce, nonce);
-      f.nonce = nonce;
-      f.auth_proof = proof;
-    } else {
-      authenticated_ = true;
-      conn_->MarkEstablished();
-    }
-    conn_->Send(MakeFrame(MessageType::kHelloAck, builder_.HelloAck(f)));
+    schema::HandshakeFields ack;
+    if (auto refused = handshake_.OnHello(**m, &ack)) return RefuseHandshake(*refused);
+    conn_->Send(MakeFrame(MessageType::kHelloAck, builder_.HelloAck(ack)));
+    if (handshake_.authenticated()) conn_->MarkEstablished();  // auth off
     return Admission();
   }
 
   Admission OnAuthResponse(std::span<const uint8_t> meta) {
     auto m = schema::ParseAuthResponse(meta);
     if (!m.ok()) return RejectMessage(MessageType::kAuthResponse, meta, m.status());
-    if (authenticated_) {
-      return Reject(FrameError::kInvalidMessage,
-                    ProtocolError("unexpected AuthResponse: the connection is already "
-                                  "authenticated or needs no authentication"));
-    }
-    std::span<const uint8_t> got;
-    if ((*m)->auth_proof() != nullptr) got = {(*m)->auth_proof()->data(), (*m)->auth_proof()->size()};
-    if (!auth::ProofMatches(expected_proof_, got)) {
-      server_->stats_->auth_failures.fetch_add(1, std::memory_order_relaxed);
-      SendFatal(fb::ErrorCode::AuthenticationFailed,
-                "authentication failed: the client's proof does not match " +
-                    server_->config_.node_name + "'s shared secret");
-      return Admission();
-    }
-    authenticated_ = true;
+    if (auto refused = handshake_.OnAuthResponse(**m)) return RefuseHandshake(*refused);
     conn_->MarkEstablished();
     return Admission();
+  }
+
+  // A handshake step refused the frame: a protocol violation goes through the transport's
+  // rejection (counted there); anything else is answered with its code and the connection
+  // closes after the answer is flushed. The frame's payload, if any, is skipped.
+  Admission RefuseHandshake(const HandshakeError& refused) {
+    if (refused.code == fb::ErrorCode::ProtocolViolation) {
+      return Reject(FrameError::kInvalidMessage, ProtocolError(refused.message));
+    }
+    if (refused.code == fb::ErrorCode::AuthenticationFailed) {
+      server_->stats_->auth_failures.fetch_add(1, std::memory_order_relaxed);
+    }
+    SendFatal(refused.code, refused.message);
+    return Admission::Discard();
   }
 
   Admission OnControl(MessageType type, std::span<const uint8_t> meta) {
@@ -515,9 +474,7 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler {
   transport::Connection* const conn_;
   std::shared_ptr<bool> alive_;
   schema::MessageBuilder builder_;
-  bool established_ = false;
-  bool authenticated_ = false;
-  auth::Proof expected_proof_{};  // the client's proof we wait for (auth on)
+  ServerHandshake handshake_;
   std::unordered_map<uint64_t, std::shared_ptr<Reader>> readers_;
   std::unordered_map<uint64_t, Parked> parked_;
   std::deque<uint64_t> ready_;
@@ -533,6 +490,10 @@ ShuffleServer::ShuffleServer(transport::EventLoop* loop, PartitionRegistry* regi
 Result<std::unique_ptr<ShuffleServer>> ShuffleServer::Start(transport::EventLoop* loop,
                                                             PartitionRegistry* registry,
                                                             const ShuffleServerConfig& config) {
+  if (Status st = auth::ValidateAuthConfig(config.auth, "ShuffleServer '" + config.node_name + "'");
+      !st.ok()) {
+    return st;
+  }
   std::unique_ptr<ShuffleServer> server(new ShuffleServer(loop, registry, config));
   transport::ServerOptions o;
   o.bind_host = config.bind_host;

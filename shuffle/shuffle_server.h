@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "shuffle/auth.h"
 #include "shuffle/partition_registry.h"
 #include "shuffle/protocol.h"
 #include "shuffle/shuffle_options.h"
@@ -53,8 +54,9 @@ struct ShuffleServerConfig {
   ConnectionTimeouts timeouts;
   // Stop queueing frames on a connection while this many bytes are queued or in flight.
   size_t write_high_water_bytes = 4u << 20;
-  // Shared secret (see shuffle/auth.h). Unset: every client is served.
-  std::optional<std::string> auth_secret;
+  // Shared secret (shuffle/auth.h, shuffle/handshake.h). Required unless auth.off: Start
+  // refuses an empty secret. Every message but the handshake and heartbeats needs it proved.
+  auth::AuthConfig auth;
   // Control messages go here; null: they are refused as unexpected. Must outlive the server.
   ControlService* control = nullptr;
 };
@@ -69,12 +71,15 @@ struct ShuffleServerStats {
   std::atomic<uint64_t> credits_in{0};
   std::atomic<uint64_t> credit_stall_ns{0};  // time readers had data but no credit
   std::atomic<uint64_t> active_readers{0};
-  std::atomic<uint64_t> auth_failures{0};    // wrong or missing proof
+  // Wrong or missing proof, or anything but the handshake before authentication.
+  std::atomic<uint64_t> auth_failures{0};
   std::atomic<uint64_t> control_requests{0};
 };
 
 class ShuffleServer {
  public:
+  // InvalidArgument naming auth.secret and auth.off when config.auth is unusable
+  // (auth::ValidateAuthConfig); the listener's error when it cannot bind.
   static Result<std::unique_ptr<ShuffleServer>> Start(transport::EventLoop* loop,
                                                       PartitionRegistry* registry,
                                                       const ShuffleServerConfig& config);

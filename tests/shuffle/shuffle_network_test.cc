@@ -34,6 +34,7 @@ EnvironmentConfig Config(const std::string& name, uint64_t memory = 8u << 20,
   c.options.request_timeout = 5s;
   c.timeouts.heartbeat_interval = 200ms;
   c.timeouts.idle_timeout = 10s;
+  c.auth = testing::TestAuth();
   return c;
 }
 

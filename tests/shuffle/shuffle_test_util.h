@@ -4,11 +4,17 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "shuffle/auth.h"
 #include "shuffle/crc32c.h"
 
 namespace sluice::shuffle::testing {
+
+// The shared secret networking tests run with (authentication is on by default).
+inline constexpr std::string_view kTestSecret = "sluice-test-secret-0123456789abcdef";
+inline auth::AuthConfig TestAuth() { return auth::AuthConfig{std::string(kTestSecret), false}; }
 
 // A record: producer id, subpartition, sequence number, payload length, payload, CRC32C.
 // Payload bytes are derived from the header so corruption is caught.

@@ -58,6 +58,7 @@ shuffle::EnvironmentConfig ConfigFor(const BenchFlags& f, const char* name, bool
     c.options.buffer_timeout = std::chrono::milliseconds(f.buffer_timeout_ms);
   }
   c.options.checksums = f.checksum;
+  c.auth.off = true;  // TODO(tools): the secret from --state-dir / --auth-secret-file
   return c;
 }
 

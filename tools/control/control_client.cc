@@ -15,6 +15,7 @@
 
 #include "schema/control.h"
 #include "shuffle/auth.h"
+#include "shuffle/handshake.h"
 #include "tools/control/control_codec.h"
 #include "transport/frame_codec.h"
 
@@ -156,6 +157,47 @@ Result<std::pair<uint8_t, std::vector<uint8_t>>> ReadFrame(int fd, const std::st
   }
 }
 
+// Hello, HelloAck and, when the daemon asks for it, the shared-secret proof (shuffle/handshake.h).
+// *proved: an AuthResponse went out (the daemon does not answer it).
+Status Handshake(int fd, const std::string& address, const ControlClientOptions& options,
+                 bool* proved) {
+  *proved = false;
+  const shuffle::auth::AuthConfig auth{options.secret.value_or(""), !options.secret};
+  shuffle::ClientHandshake handshake(auth, options.segment_size, options.client_name, address,
+                                     "daemon");
+  schema::MessageBuilder builder;
+  auto hello = builder.Hello(handshake.Hello());
+  if (Status st = SendFrame(fd, static_cast<uint8_t>(MessageType::kHello), hello.data(),
+                            hello.size(), address);
+      !st.ok()) {
+    return st;
+  }
+  // ReadFrame skips heartbeats and turns an ErrorResponse into the error it says.
+  auto ack_frame = ReadFrame(fd, address);
+  if (!ack_frame.ok()) return ack_frame.status();
+  const auto type = static_cast<MessageType>(ack_frame->first);
+  if (auto refused = handshake.Admit(type)) return shuffle::HandshakeStatus(*refused);
+  if (type != MessageType::kHelloAck) {
+    return Status(StatusCode::kProtocolError, "daemon " + address + " answered Hello with " +
+                                                  std::string(schema::MessageTypeName(type)));
+  }
+  auto ack = schema::ParseHelloAck(ack_frame->second);
+  if (!ack.ok()) return ack.status();
+  std::optional<shuffle::auth::Proof> response;
+  if (auto refused = handshake.OnHelloAck(**ack, &response)) {
+    return shuffle::HandshakeStatus(*refused);
+  }
+  if (!response) return Status::Ok();
+  auto resp = builder.AuthResponse(*response);
+  if (Status st = SendFrame(fd, static_cast<uint8_t>(MessageType::kAuthResponse), resp.data(),
+                            resp.size(), address);
+      !st.ok()) {
+    return st;
+  }
+  *proved = true;
+  return Status::Ok();
+}
+
 }  // namespace
 
 ControlClient::ControlClient(int fd, std::string address, ControlClientOptions options)
@@ -173,59 +215,9 @@ Result<std::unique_ptr<ControlClient>> ControlClient::Connect(const std::string&
   if (!fd.ok()) return fd.status();
   std::unique_ptr<ControlClient> c(new ControlClient(*fd, address, options));
 
-  schema::MessageBuilder builder;
-  schema::HandshakeFields f;
-  f.segment_size = options.segment_size;
-  f.node_name = options.client_name;
-  shuffle::auth::Nonce nonce{};
-  if (options.secret) {
-    nonce = shuffle::auth::MakeNonce();
-    f.nonce = nonce;
-  }
-  auto hello = builder.Hello(f);
-  if (Status st = SendFrame(c->fd_, static_cast<uint8_t>(MessageType::kHello), hello.data(),
-                            hello.size(), address);
-      !st.ok()) {
-    return st;
-  }
-  auto ack_frame = ReadFrame(c->fd_, address);
-  if (!ack_frame.ok()) return ack_frame.status();
-  if (ack_frame->first != static_cast<uint8_t>(MessageType::kHelloAck)) {
-    return Status(StatusCode::kProtocolError, "daemon " + address + " answered Hello with " +
-                                                  std::string(schema::MessageTypeName(
-                                                      static_cast<MessageType>(ack_frame->first))));
-  }
-  auto ack = schema::ParseHelloAck(ack_frame->second);
-  if (!ack.ok()) return ack.status();
-  const bool challenged = (*ack)->nonce() != nullptr && (*ack)->nonce()->size() > 0;
-  if (challenged && !options.secret) {
-    return Status(StatusCode::kPermissionDenied,
-                  "daemon " + address +
-                      " requires authentication: give the shared secret (--auth-secret-file)");
-  }
-  if (options.secret) {
-    if (!challenged) {
-      return Status(StatusCode::kPermissionDenied,
-                    "daemon " + address +
-                        " does not authenticate itself, but a secret was given; configure the "
-                        "daemon with the same secret");
-    }
-    std::span<const uint8_t> server_nonce((*ack)->nonce()->data(), (*ack)->nonce()->size());
-    std::span<const uint8_t> proof;
-    if ((*ack)->auth_proof()) proof = {(*ack)->auth_proof()->data(), (*ack)->auth_proof()->size()};
-    using namespace shuffle::auth;
-    if (!ProofMatches(MakeProof(*options.secret, kServerRole, nonce, server_nonce), proof)) {
-      return Status(StatusCode::kPermissionDenied,
-                    "daemon " + address +
-                        " failed authentication: its proof does not match the given secret");
-    }
-    const Proof mine = MakeProof(*options.secret, kClientRole, server_nonce, nonce);
-    auto resp = builder.AuthResponse(mine);
-    if (Status st = SendFrame(c->fd_, static_cast<uint8_t>(MessageType::kAuthResponse),
-                              resp.data(), resp.size(), address);
-        !st.ok()) {
-      return st;
-    }
+  bool proved = false;
+  if (Status st = Handshake(*fd, address, options, &proved); !st.ok()) return st;
+  if (proved) {
     // The daemon says nothing on success; one request proves it accepted the proof.
     auto stats = c->GetStats();
     if (!stats.ok()) return stats.status();

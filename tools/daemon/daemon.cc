@@ -67,8 +67,9 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config) {
   if (!config.auth_secret_file.empty()) {
     auto secret = shuffle::auth::ReadSecretFile(config.auth_secret_file);
     if (!secret.ok()) return secret.status();
-    ec.auth_secret = *secret;
+    ec.auth.secret = *secret;
   }
+  ec.auth.off = ec.auth.secret.empty();  // interim until state_dir/auth land in this file
   auto env = shuffle::ShuffleEnvironment::Start(ec);
   if (!env.ok()) {
     return Status(env.status().code(), "cannot start on " + config.listen + ":" +

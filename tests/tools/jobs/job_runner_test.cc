@@ -5,6 +5,8 @@
 // the leak check: after the runners are gone every environment's pool has all its segments.
 #include "tools/daemon/job_runner.h"
 
+#include "shuffle/shuffle_test_util.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -43,6 +45,7 @@ shuffle::EnvironmentConfig NodeConfig(uint32_t i, uint64_t memory) {
   c.options.request_timeout = 10s;
   c.timeouts.heartbeat_interval = 200ms;
   c.timeouts.idle_timeout = 10s;
+  c.auth = shuffle::testing::TestAuth();
   return c;
 }
 
