@@ -520,6 +520,10 @@ uint32_t ShuffleServer::CutDataConnections(const std::string& reason) {
   return n;
 }
 
+void ShuffleServer::ForEachConnection(const std::function<void(transport::Connection&)>& fn) {
+  if (tcp_) tcp_->ForEachConnection(fn);
+}
+
 std::vector<std::string> ShuffleServer::ReaderStates() {
   std::vector<std::string> out;
   if (!tcp_) return out;

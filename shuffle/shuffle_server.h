@@ -110,6 +110,8 @@ class ShuffleServer {
   uint32_t CutDataConnections(const std::string& reason);
   // One line per reader: peer, receiver id, partition/subpartition, credit, backlog, stalled.
   std::vector<std::string> ReaderStates();
+  // Runs fn(connection) for every open connection on the loop thread and waits (tests, tools).
+  void ForEachConnection(const std::function<void(transport::Connection&)>& fn);
 
  private:
   class Handler;
