@@ -317,8 +317,24 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
 
   Admission OnPartitionRequest(std::span<const uint8_t> meta) {
     auto m = schema::ParsePartitionRequest(meta);
-    if (!m.ok()) return RejectMessage(MessageType::kPartitionRequest, meta, m.status());
+    if (!m.ok()) {
+      transport::Rejection r = RejectMessage(MessageType::kPartitionRequest, meta, m.status());
+      if (r.reason == FrameError::kInvalidField &&
+          flatbuffers::GetRoot<fb::PartitionRequest>(meta.data())->initial_credit() < 0) {
+        error_code_ = fb::ErrorCode::CreditViolation;
+      }
+      return r;
+    }
     const uint64_t id = (*m)->receiver_id();
+    if ((*m)->initial_credit() > PartitionRequestQueue::kMaxCredit) {
+      error_code_ = fb::ErrorCode::CreditViolation;
+      return Reject(FrameError::kInvalidField,
+                    ProtocolError("PartitionRequest for receiver " + std::to_string(id) +
+                                  ": initial_credit " +
+                                  std::to_string((*m)->initial_credit()) +
+                                  " is above the bound of " +
+                                  std::to_string(PartitionRequestQueue::kMaxCredit)));
+    }
     if (queue_.HasReader(id) || parked_.count(id) != 0) {
       return Reject(FrameError::kInvalidField,
                     ProtocolError("PartitionRequest reuses active receiver id " +

@@ -312,6 +312,10 @@ TEST_F(ServerHostileTest, ErrorCodesNameTheReason) {
                      ToBytes(b.AddCredit(1, INT32_MAX)));
        },
        fb::ErrorCode::CreditViolation},
+      {"negative initial credit", [&](RawSocket& s) { Request(s, "codes", 0, 1, -1); },
+       fb::ErrorCode::CreditViolation},
+      {"absurd initial credit", [&](RawSocket& s) { Request(s, "codes", 0, 1, INT32_MAX); },
+       fb::ErrorCode::CreditViolation},
       {"unsupported version",
        [&](RawSocket& s) {
          Bytes f = transport::testutil::EncodeFrame(
@@ -422,6 +426,25 @@ TEST_F(ServerHostileTest, AControlReplyOverTheFrameLimitIsAnErrorNotAnAbort) {
   ASSERT_TRUE(f.has_value());
   EXPECT_EQ(f->header.type, static_cast<uint8_t>(MessageType::kStatsResponse));
   ExpectServesAGoodClient();
+}
+
+TEST(ProtocolTest, TryMakeFrameRefusesWhatAFrameCannotCarry) {
+  const std::vector<uint8_t> big(70000, 1);
+  auto f = TryMakeFrame(MessageType::kJobStatusResponse, big);
+  ASSERT_FALSE(f.ok());
+  EXPECT_EQ(f.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(f.status().message().find("JobStatusResponse"), std::string::npos)
+      << f.status().message();
+  buffer::Buffer payload = buffer::AllocateUnpooled(2 * kSegment, buffer::DataType::kData);
+  payload.SetSize(2 * kSegment);
+  auto g = TryMakeFrame(MessageType::kBufferResponse, std::vector<uint8_t>(16, 0),
+                        std::move(payload), kSegment);
+  ASSERT_FALSE(g.ok());
+  EXPECT_NE(g.status().message().find("at most one segment (4096 bytes)"), std::string::npos)
+      << g.status().message();
+  auto h = TryMakeFrame(MessageType::kStatsResponse, std::vector<uint8_t>(65535, 1));
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->total_bytes(), 12u + 65535u);
 }
 
 // A socket connected from another loopback address (Linux routes all of 127/8 to lo).
