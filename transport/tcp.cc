@@ -144,21 +144,19 @@ void TcpServer::OnConnection(uv_stream_t* listener, int status) {
     auto it = s->per_peer_.find(ip);
     if (it != s->per_peer_.end() && it->second >= per_peer_cap) {
       s->metrics_->connections_refused_per_peer.fetch_add(1, std::memory_order_relaxed);
-      Log(LogLevel::kWarn, "refusing connection from " + peer + ": " + ip + " already has " +
-                               std::to_string(it->second) +
-                               " connections, the most one peer may have "
-                               "(max_connections_per_peer)");
+      s->LogRefusal("refusing connection from " + peer + ": " + ip + " already has " +
+                    std::to_string(it->second) +
+                    " connections, the most one peer may have (max_connections_per_peer)");
       uv_close(reinterpret_cast<uv_handle_t*>(tcp), DeleteTcpOnClose);
       return;
     }
   }
   if (s->stopped_ || s->connections_.size() >= s->options_.max_connections) {
     s->metrics_->connections_refused.fetch_add(1, std::memory_order_relaxed);
-    Log(LogLevel::kWarn,
-        "refusing connection from " + peer + ": " +
-            (s->stopped_ ? std::string("server stopping")
-                         : "limit of " + std::to_string(s->options_.max_connections) +
-                               " connections reached"));
+    s->LogRefusal("refusing connection from " + peer + ": " +
+                  (s->stopped_ ? std::string("server stopping")
+                               : "limit of " + std::to_string(s->options_.max_connections) +
+                                     " connections reached"));
     uv_close(reinterpret_cast<uv_handle_t*>(tcp), DeleteTcpOnClose);
     return;
   }
@@ -181,6 +179,23 @@ void TcpServer::OnConnection(uv_stream_t* listener, int status) {
     --s->count_;
   });
   conn->Start(s->factory_(*conn));
+}
+
+void TcpServer::LogRefusal(const std::string& line) {
+  // A peer that opens connections in a loop must not flood the log: one line a second, with
+  // the count of the ones left out (the metrics count every refusal).
+  const uint64_t now = uv_now(loop_->loop());
+  if (refusals_logged_ms_ != 0 && now - refusals_logged_ms_ < 1000) {
+    ++refusals_unlogged_;
+    return;
+  }
+  std::string text = line;
+  if (refusals_unlogged_ > 0) {
+    text += " (and " + std::to_string(refusals_unlogged_) + " more refusals not logged)";
+  }
+  Log(LogLevel::kWarn, text);
+  refusals_logged_ms_ = now;
+  refusals_unlogged_ = 0;
 }
 
 size_t TcpServer::connection_count() const {

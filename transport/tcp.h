@@ -78,6 +78,7 @@ class TcpServer {
   TcpServer(EventLoop* loop, const ServerOptions& options, HandlerFactory factory);
   static void OnConnection(uv_stream_t* server, int status);
   void StopOnLoop();
+  void LogRefusal(const std::string& line);
 
   EventLoop* const loop_;
   const ServerOptions options_;
@@ -89,6 +90,8 @@ class TcpServer {
   bool stopped_ = false;
   std::unordered_map<Connection*, std::shared_ptr<Connection>> connections_;
   std::unordered_map<std::string, uint32_t> per_peer_;  // open connections by remote IP
+  uint64_t refusals_logged_ms_ = 0;  // when a refusal was last logged (loop time)
+  uint64_t refusals_unlogged_ = 0;   // refusals since then
   mutable std::mutex count_mu_;
   size_t count_ = 0;
   std::shared_ptr<bool> alive_;  // stop hook guard
