@@ -64,8 +64,7 @@ Status PartitionRequestQueue::AddReader(uint64_t receiver_id, int32_t initial_cr
     return InvalidArgument("PartitionRequest reuses active receiver id " +
                            std::to_string(receiver_id));
   }
-  auto reader =
-      std::make_shared<Reader>(this, receiver_id, initial_credit, std::move(description));
+  auto reader = std::make_shared<Reader>(this, receiver_id, initial_credit, std::move(description));
   auto view = create_view(reader.get());
   if (!view.ok()) return view.status();
   reader->view = std::move(*view);

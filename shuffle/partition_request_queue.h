@@ -58,16 +58,14 @@ class PartitionRequestQueue {
   // Called from producer threads.
   using Post = std::function<bool(std::function<void()>)>;
   // Creates the view for a new reader, which is its listener. Called once, inside AddReader.
-  using ViewFactory =
-      FunctionRef<Result<std::unique_ptr<SubpartitionView>>(SubpartitionListener*)>;
+  using ViewFactory = FunctionRef<Result<std::unique_ptr<SubpartitionView>>(SubpartitionListener*)>;
 
   // The most credit a reader may hold: a receiver announces at most its buffers, so anything
   // near this is a broken or hostile peer.
   static constexpr int64_t kMaxCredit = int64_t{1} << 30;
 
   // `output` and `stats` must outlive the queue. `checksums`: BufferResponses carry CRC32C.
-  PartitionRequestQueue(QueueOutput* output, Post post, ShuffleServerStats* stats,
-                        bool checksums);
+  PartitionRequestQueue(QueueOutput* output, Post post, ShuffleServerStats* stats, bool checksums);
   // Releases every reader (their views too).
   ~PartitionRequestQueue();
   PartitionRequestQueue(const PartitionRequestQueue&) = delete;

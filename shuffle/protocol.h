@@ -35,8 +35,7 @@ transport::Rejection RejectMessage(schema::MessageType type, std::span<const uin
 // the frame's metadata limit (65,535 bytes) or the payload is larger than `max_payload` (the
 // segment size; 0: no payload check). For messages whose size depends on input (control
 // replies).
-Result<transport::OutFrame> TryMakeFrame(schema::MessageType type,
-                                         std::span<const uint8_t> message,
+Result<transport::OutFrame> TryMakeFrame(schema::MessageType type, std::span<const uint8_t> message,
                                          buffer::Buffer payload = {}, uint32_t max_payload = 0);
 
 // A frame carrying `message` (bytes from a schema::MessageBuilder) and an optional payload.

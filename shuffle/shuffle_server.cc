@@ -28,9 +28,12 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
       : server_(server),
         conn_(conn),
         alive_(std::make_shared<bool>(true)),
-        queue_(this, [loop = conn->loop()](std::function<void()> task) {
-          return loop->Post(std::move(task));
-        }, server->stats_.get(), server->config_.options.checksums) {}
+        queue_(
+            this,
+            [loop = conn->loop()](std::function<void()> task) {
+              return loop->Post(std::move(task));
+            },
+            server->stats_.get(), server->config_.options.checksums) {}
   ~Handler() override { ReleaseAll(); }
 
   Admission OnFrame(const transport::FrameHeader& h, std::span<const uint8_t> meta) override {
@@ -54,16 +57,7 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
       case MessageType::kHello: return OnHello(meta);
       case MessageType::kAuthResponse: return OnAuthResponse(meta);
       case MessageType::kPartitionRequest: return OnPartitionRequest(meta);
-      case MessageType::kAddCredit: {
-        auto m = schema::ParseAddCredit(meta);
-        if (!m.ok()) return RejectWithCode(type, meta, m.status(), fb::ErrorCode::CreditViolation);
-        Status st = queue_.AddCredit((*m)->receiver_id(), (*m)->credit());
-        if (!st.ok()) {
-          error_code_ = fb::ErrorCode::CreditViolation;
-          return Reject(FrameError::kInvalidField, std::move(st));
-        }
-        return Admission();
-      }
+      case MessageType::kAddCredit: return OnAddCredit(meta);
       case MessageType::kCancelPartitionRequest: {
         auto m = schema::ParseCancelPartitionRequest(meta);
         if (!m.ok()) return RejectMessage(type, meta, m.status());
@@ -305,6 +299,21 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
     conn_->Send(MakeFrame(MessageType::kErrorResponse,
                           builder_.ErrorResponse(code, message, std::nullopt)));
     conn_->CloseAfterFlush(ProtocolError(message));
+  }
+
+  // Credit <= 0 (refused by the parser) or over the queue's bound: CreditViolation, closed.
+  Admission OnAddCredit(std::span<const uint8_t> meta) {
+    auto m = schema::ParseAddCredit(meta);
+    if (!m.ok()) {
+      return RejectWithCode(MessageType::kAddCredit, meta, m.status(),
+                            fb::ErrorCode::CreditViolation);
+    }
+    Status st = queue_.AddCredit((*m)->receiver_id(), (*m)->credit());
+    if (!st.ok()) {
+      error_code_ = fb::ErrorCode::CreditViolation;
+      return Reject(FrameError::kInvalidField, std::move(st));
+    }
+    return Admission();
   }
 
   // A parse failure answered with `code` instead of ProtocolViolation.

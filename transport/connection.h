@@ -186,8 +186,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::unique_ptr<DecoderSink> sink_;
   FrameDecoder decoder_;
   std::unique_ptr<uint8_t[]> staging_;
-  size_t staging_capacity_ = 0;   // bytes a staging read asks for (staging_read_bytes)
-  size_t staging_allocated_ = 0;  // bytes staging_ holds: staging_capacity_, or kMaxStaging
+  size_t staging_capacity_ = 0;         // bytes a staging read asks for (staging_read_bytes)
+  size_t staging_allocated_ = 0;        // bytes staging_ holds: staging_capacity_, or kMaxStaging
   bool in_socket_read_ = false;         // between OnAlloc and its OnRead (see OnAlloc)
   bool stop_reading_deferred_ = false;  // CloseAfterFlush during a read pass
 

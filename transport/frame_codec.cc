@@ -268,7 +268,8 @@ void FrameDecoder::OnHeaderComplete() {
   if (header_.metadata_length > max_metadata_) {
     char text[192];
     std::snprintf(text, sizeof(text),
-                  "frame at stream offset %" PRIu64 ": %u bytes of metadata, more than the %u "
+                  "frame at stream offset %" PRIu64
+                  ": %u bytes of metadata, more than the %u "
                   "allowed before the handshake is complete",
                   frame_start_, unsigned{header_.metadata_length}, max_metadata_);
     Fail(FrameError::kFrameTooLong, ProtocolError(text));

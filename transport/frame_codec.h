@@ -152,7 +152,8 @@ class FrameSink {
 
 // Cuts a byte stream into frames. Feed it any split of the stream, down to one byte at a time:
 // it checks each header, collects the metadata in a buffer that grows (in powers of two, up to
-// kMaxMetadataLength) only after a header within the limits asked for more, asks the sink where the payload goes, and fills that Buffer.
+// kMaxMetadataLength) only after a header within the limits asked for more, asks the sink where the
+// payload goes, and fills that Buffer.
 //
 // Zero-copy reads: while a payload is pending, PayloadWindow() is the unfilled rest of the
 // sink's Buffer; a socket may read straight into it and report the bytes with CommitPayload().

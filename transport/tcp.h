@@ -1,10 +1,11 @@
 // TcpServer and TcpClient: where connections come from.
 //
 // TcpServer binds (loopback by default; port 0 picks a free port), accepts up to
-// max_connections in all and max_connections_per_peer from one remote IP address, and gives every connection a handler from the factory. TcpClient keeps one
-// connection per remote endpoint, shared by any number of logical channels: concurrent
-// requests for an endpoint that is still connecting wait for the same attempt; a failed attempt
-// is retried with backoff (initial, doubling, capped) before the callbacks get the error.
+// max_connections in all and max_connections_per_peer from one remote IP address, and gives every
+// connection a handler from the factory. TcpClient keeps one connection per remote endpoint, shared
+// by any number of logical channels: concurrent requests for an endpoint that is still connecting
+// wait for the same attempt; a failed attempt is retried with backoff (initial, doubling, capped)
+// before the callbacks get the error.
 //
 // Both are thread-safe to call; their connections live on their EventLoop. Stop() (also run by
 // the destructor) closes every connection through its close callbacks and waits for that; on

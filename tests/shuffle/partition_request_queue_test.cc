@@ -135,13 +135,13 @@ class PartitionRequestQueueTest : public ::testing::Test {
   // Adds a reader over a new FakeView; returns the view (owned by the queue).
   FakeView* AddReader(uint64_t id, int32_t credit) {
     FakeView* view = nullptr;
-    Status st = queue_->AddReader(id, credit, "p/" + std::to_string(id),
-                                  [&](SubpartitionListener* l)
-                                      -> Result<std::unique_ptr<SubpartitionView>> {
-                                    auto v = std::make_unique<FakeView>(l);
-                                    view = v.get();
-                                    return std::unique_ptr<SubpartitionView>(std::move(v));
-                                  });
+    Status st = queue_->AddReader(
+        id, credit, "p/" + std::to_string(id),
+        [&](SubpartitionListener* l) -> Result<std::unique_ptr<SubpartitionView>> {
+          auto v = std::make_unique<FakeView>(l);
+          view = v.get();
+          return std::unique_ptr<SubpartitionView>(std::move(v));
+        });
     EXPECT_TRUE(st.ok()) << st.ToString();
     return view;
   }
@@ -314,8 +314,8 @@ TEST_F(PartitionRequestQueueTest, CreditOverTheBoundIsACreditViolation) {
   EXPECT_NE(st.message().find("receiver 3"), std::string::npos) << st.message();
   EXPECT_NE(st.message().find("above the bound"), std::string::npos) << st.message();
   EXPECT_EQ(queue_->credit(3), 5);  // unchanged
-  EXPECT_TRUE(queue_->AddCredit(3, static_cast<int32_t>(PartitionRequestQueue::kMaxCredit - 5))
-                  .ok());
+  EXPECT_TRUE(
+      queue_->AddCredit(3, static_cast<int32_t>(PartitionRequestQueue::kMaxCredit - 5)).ok());
   EXPECT_EQ(queue_->credit(3), PartitionRequestQueue::kMaxCredit);
   EXPECT_EQ(queue_->AddCredit(3, 1).code(), StatusCode::kProtocolError);
 }
@@ -350,11 +350,11 @@ TEST_F(PartitionRequestQueueTest, EndOfPartitionReleasesTheReader) {
 TEST_F(PartitionRequestQueueTest, AReceiverIdInUseIsRefusedAndTheFirstReaderGoesOn) {
   FakeView* first = AddReader(5, 1);
   bool factory_called = false;
-  Status st = queue_->AddReader(5, 100, "other/0", [&](SubpartitionListener*)
-                                    -> Result<std::unique_ptr<SubpartitionView>> {
-    factory_called = true;
-    return InvalidArgument("unused");
-  });
+  Status st = queue_->AddReader(
+      5, 100, "other/0", [&](SubpartitionListener*) -> Result<std::unique_ptr<SubpartitionView>> {
+        factory_called = true;
+        return InvalidArgument("unused");
+      });
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_FALSE(factory_called);
   EXPECT_EQ(queue_->credit(5), 1);
@@ -364,10 +364,10 @@ TEST_F(PartitionRequestQueueTest, AReceiverIdInUseIsRefusedAndTheFirstReaderGoes
 }
 
 TEST_F(PartitionRequestQueueTest, AViewThatCannotBeCreatedAddsNoReader) {
-  Status st = queue_->AddReader(6, 1, "p/6", [](SubpartitionListener*)
-                                    -> Result<std::unique_ptr<SubpartitionView>> {
-    return InvalidArgument("subpartition 0 of partition 'p' already has a consumer");
-  });
+  Status st = queue_->AddReader(
+      6, 1, "p/6", [](SubpartitionListener*) -> Result<std::unique_ptr<SubpartitionView>> {
+        return InvalidArgument("subpartition 0 of partition 'p' already has a consumer");
+      });
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_FALSE(queue_->HasReader(6));
   EXPECT_EQ(stats_.active_readers.load(), 0u);

@@ -318,8 +318,8 @@ TEST_F(ServerHostileTest, ErrorCodesNameTheReason) {
        fb::ErrorCode::CreditViolation},
       {"unsupported version",
        [&](RawSocket& s) {
-         Bytes f = transport::testutil::EncodeFrame(
-             static_cast<uint8_t>(MessageType::kHeartbeat), ToBytes(b.Heartbeat(1)));
+         Bytes f = transport::testutil::EncodeFrame(static_cast<uint8_t>(MessageType::kHeartbeat),
+                                                    ToBytes(b.Heartbeat(1)));
          f[8] = 7;
          s.Send(f);
        },
