@@ -27,6 +27,24 @@ transport::Rejection RejectMessage(schema::MessageType type, std::span<const uin
   return transport::Rejection{reason, std::move(status)};
 }
 
+Result<transport::OutFrame> TryMakeFrame(schema::MessageType type, std::span<const uint8_t> message,
+                                         buffer::Buffer payload, uint32_t max_payload) {
+  if (max_payload > 0 && payload && payload.size() > max_payload) {
+    return InvalidArgument(std::string(schema::MessageTypeName(type)) + " with a payload of " +
+                           std::to_string(payload.size()) +
+                           " bytes cannot be sent: payloads are "
+                           "at most one segment (" +
+                           std::to_string(max_payload) + " bytes)");
+  }
+  auto frame =
+      transport::OutFrame::TryMake(static_cast<uint8_t>(type), message, std::move(payload));
+  if (!frame.ok()) {
+    return InvalidArgument(std::string(schema::MessageTypeName(type)) + ": " +
+                           frame.status().message());
+  }
+  return frame;
+}
+
 transport::OutFrame MakeFrame(schema::MessageType type, std::span<const uint8_t> message,
                               buffer::Buffer payload) {
   return transport::OutFrame::Make(static_cast<uint8_t>(type), message, std::move(payload));

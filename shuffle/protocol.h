@@ -31,7 +31,16 @@ transport::TransportOptions MakeTransportOptions(uint32_t segment_size,
 transport::Rejection RejectMessage(schema::MessageType type, std::span<const uint8_t> message,
                                    Status status);
 
+// A frame carrying `message` and an optional payload; InvalidArgument when the message is over
+// the frame's metadata limit (65,535 bytes) or the payload is larger than `max_payload` (the
+// segment size; 0: no payload check). For messages whose size depends on input (control
+// replies).
+Result<transport::OutFrame> TryMakeFrame(schema::MessageType type, std::span<const uint8_t> message,
+                                         buffer::Buffer payload = {}, uint32_t max_payload = 0);
+
 // A frame carrying `message` (bytes from a schema::MessageBuilder) and an optional payload.
+// REQUIRES: the message fits a frame (the protocol's fixed messages do, their strings are
+// bounded by the builder); otherwise use TryMakeFrame.
 transport::OutFrame MakeFrame(schema::MessageType type, std::span<const uint8_t> message,
                               buffer::Buffer payload = {});
 

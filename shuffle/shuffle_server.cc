@@ -6,8 +6,8 @@
 
 #include "schema/control.h"
 #include "shuffle/auth.h"
-#include "shuffle/crc32c.h"
 #include "shuffle/handshake.h"
+#include "shuffle/partition_request_queue.h"
 #include "shuffle/result_partition.h"
 #include "transport/log.h"
 
@@ -20,57 +20,23 @@ using transport::Rejection;
 
 namespace {
 Rejection Reject(FrameError reason, Status st) { return Rejection{reason, std::move(st)}; }
-uint64_t NowNs() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                   std::chrono::steady_clock::now().time_since_epoch())
-                                   .count());
-}
 }  // namespace
 
-// Serves one receiver id from one subpartition view. Loop thread, except NotifyDataAvailable.
-class ShuffleServer::Reader final : public SubpartitionListener,
-                                    public std::enable_shared_from_this<Reader> {
- public:
-  Reader(transport::EventLoop* loop, uint64_t id, int32_t initial_credit)
-      : loop_(loop), receiver_id(id), credit(initial_credit) {}
-
-  // Producer or flusher thread: post once until the loop has looked.
-  void NotifyDataAvailable() override {
-    if (notify_pending_.exchange(true)) return;
-    std::weak_ptr<Reader> weak = weak_from_this();
-    loop_->Post([weak] {
-      auto r = weak.lock();
-      if (!r) return;
-      r->notify_pending_.store(false);
-      if (!r->released && r->on_available) r->on_available(r.get());
-    });
-  }
-
-  transport::EventLoop* const loop_;
-  const uint64_t receiver_id;
-  int32_t credit;
-  std::unique_ptr<SubpartitionView> view;
-  std::function<void(Reader*)> on_available;
-  int32_t next_sequence = 0;
-  std::string partition;  // "id/subpartition", for the credit dump
-  bool queued = false;
-  bool released = false;
-  bool backlog_announced = false;
-  uint64_t stall_since_ns = 0;
-
- private:
-  std::atomic<bool> notify_pending_{false};
-};
-
 // The server's side of one connection. Loop thread only.
-class ShuffleServer::Handler final : public transport::ConnectionHandler {
+class ShuffleServer::Handler final : public transport::ConnectionHandler, public QueueOutput {
  public:
   Handler(ShuffleServer* server, transport::Connection* conn)
       : server_(server),
         conn_(conn),
         alive_(std::make_shared<bool>(true)),
         handshake_(server->config_.auth, server->config_.options.credit.segment_size,
-                   server->config_.node_name, conn->peer()) {}
+                   server->config_.node_name, conn->peer()),
+        queue_(
+            this,
+            [loop = conn->loop()](std::function<void()> task) {
+              return loop->Post(std::move(task));
+            },
+            server->stats_.get(), server->config_.options.checksums) {}
   ~Handler() override { ReleaseAll(); }
 
   Admission OnFrame(const transport::FrameHeader& h, std::span<const uint8_t> meta) override {
@@ -82,34 +48,11 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler {
       case MessageType::kHello: return OnHello(meta);
       case MessageType::kAuthResponse: return OnAuthResponse(meta);
       case MessageType::kPartitionRequest: return OnPartitionRequest(meta);
-      case MessageType::kAddCredit: {
-        auto m = schema::ParseAddCredit(meta);
-        if (!m.ok()) return RejectMessage(type, meta, m.status());
-        auto it = readers_.find((*m)->receiver_id());
-        if (it == readers_.end()) return Admission();  // finished or cancelled meanwhile
-        Reader* r = it->second.get();
-        server_->stats_->credits_in.fetch_add(static_cast<uint64_t>((*m)->credit()),
-                                              std::memory_order_relaxed);
-        if (static_cast<int64_t>(r->credit) + (*m)->credit() > (1 << 30)) {
-          return Reject(FrameError::kInvalidField,
-                        ProtocolError("AddCredit for receiver " +
-                                      std::to_string(r->receiver_id) +
-                                      " makes its credit absurdly large"));
-        }
-        r->credit += (*m)->credit();
-        r->backlog_announced = false;
-        if (r->stall_since_ns != 0) {
-          server_->stats_->credit_stall_ns.fetch_add(NowNs() - r->stall_since_ns,
-                                                     std::memory_order_relaxed);
-          r->stall_since_ns = 0;
-        }
-        TryEnqueue(r);
-        return Admission();
-      }
+      case MessageType::kAddCredit: return OnAddCredit(meta);
       case MessageType::kCancelPartitionRequest: {
         auto m = schema::ParseCancelPartitionRequest(meta);
         if (!m.ok()) return RejectMessage(type, meta, m.status());
-        ReleaseReader((*m)->receiver_id());
+        queue_.CancelReader((*m)->receiver_id());
         CancelParked((*m)->receiver_id());
         return Admission();
       }
@@ -145,28 +88,53 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler {
 
   Status OnPayload(buffer::Buffer) override { return Status::Ok(); }
 
-  void OnWritable() override { WriteMore(); }
+  void OnWritable() override { queue_.WriteMore(); }
 
   void OnClosed(const Status& reason) override {
-    if (!readers_.empty()) {
+    if (!queue_.empty()) {
       Log(LogLevel::kInfo, "connection from " + conn_->peer() + " closed with " +
-                               std::to_string(readers_.size()) +
+                               std::to_string(queue_.reader_count()) +
                                " partition requests active: " + reason.message());
     }
     ReleaseAll();
   }
 
-  std::optional<transport::OutFrame> OnProtocolError(FrameError, const Status& status) override {
+  std::optional<transport::OutFrame> OnProtocolError(FrameError reason,
+                                                     const Status& status) override {
+    fb::ErrorCode code = fb::ErrorCode::ProtocolViolation;
+    if (reason == FrameError::kUnsupportedVersion) code = fb::ErrorCode::UnsupportedVersion;
+    if (error_code_) code = *error_code_;
     return MakeFrame(MessageType::kErrorResponse,
-                     builder_.ErrorResponse(fb::ErrorCode::ProtocolViolation, status.message(),
-                                            std::nullopt));
+                     builder_.ErrorResponse(code, status.message(), std::nullopt));
+  }
+
+  // QueueOutput
+  bool CanSend() const override {
+    return !conn_->closing() && conn_->queued_bytes() < server_->config_.write_high_water_bytes;
+  }
+  void SendBuffer(const schema::BufferResponseFields& f, buffer::Buffer payload) override {
+    conn_->Send(MakeFrame(MessageType::kBufferResponse, builder_.BufferResponse(f),
+                          std::move(payload)));
+  }
+  void SendBacklogAnnouncement(uint64_t receiver_id, int32_t backlog) override {
+    conn_->Send(MakeFrame(MessageType::kBacklogAnnouncement,
+                          builder_.BacklogAnnouncement(receiver_id, backlog)));
+  }
+  void SendChannelError(uint64_t receiver_id, fb::ErrorCode code,
+                        const std::string& message) override {
+    conn_->Send(MakeFrame(MessageType::kErrorResponse,
+                          builder_.ErrorResponse(code, message, receiver_id)));
   }
 
  private:
-  struct Parked {
+  struct Request {
     std::string partition_id;
     uint32_t subpartition = 0;
     int32_t credit = 0;
+    std::vector<uint8_t> proof;  // PartitionRequest.access_proof
+  };
+  struct Parked {
+    Request request;
     uint64_t token = 0;
     uv_timer_t* timer = nullptr;
   };
@@ -214,40 +182,75 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler {
     Status st = schema::VerifyControlMessage(type, meta);
     if (!st.ok()) return RejectMessage(type, meta, st);
     server_->stats_->control_requests.fetch_add(1, std::memory_order_relaxed);
+    const uint32_t max_outstanding = server_->config_.max_outstanding_control_requests;
+    if (control_outstanding_ >= max_outstanding) {
+      server_->stats_->control_peers_closed.fetch_add(1, std::memory_order_relaxed);
+      SendFatal(fb::ErrorCode::ProtocolViolation,
+                "client " + conn_->peer() + " has " + std::to_string(control_outstanding_) +
+                    " control requests outstanding, the most a connection may have "
+                    "(max_outstanding_control_requests); wait for the replies before sending more");
+      return Admission::Discard();
+    }
+    ++control_outstanding_;
     std::weak_ptr<bool> alive = alive_;
     transport::EventLoop* loop = conn_->loop();
-    transport::Connection* conn = conn_;
     control->OnControlRequest(
         type, meta, conn_->peer(),
-        [alive, loop, conn](MessageType reply_type, std::vector<uint8_t> message) {
-          loop->Post([alive, conn, reply_type, message] {
+        [this, alive, loop](MessageType reply_type, std::vector<uint8_t> message) {
+          loop->Post([this, alive, reply_type, message = std::move(message)] {
             if (!alive.lock()) return;
-            conn->Send(MakeFrame(reply_type, message));
+            OnControlReply(reply_type, message);
           });
         });
     return Admission();
   }
 
+  // A reply is queued only while the peer reads what it was sent before: a peer whose unread
+  // control replies pass max_unread_control_bytes is closed (its queued bytes are freed).
+  void OnControlReply(MessageType type, std::span<const uint8_t> message) {
+    if (control_outstanding_ > 0) --control_outstanding_;
+    if (conn_->closing()) return;
+    auto frame = TryMakeFrame(type, message);
+    if (!frame.ok()) {
+      // A reply the wire cannot carry: the request fails, the connection goes on.
+      Log(LogLevel::kError, "control reply to " + conn_->peer() + " dropped: " +
+                                frame.status().message());
+      conn_->Send(MakeFrame(MessageType::kErrorResponse,
+                            builder_.ErrorResponse(fb::ErrorCode::Internal,
+                                                   "the reply to this control request is too "
+                                                   "large to send: " + frame.status().message(),
+                                                   std::nullopt)));
+      return;
+    }
+    const size_t bound =
+        server_->config_.write_high_water_bytes + server_->config_.max_unread_control_bytes;
+    if (conn_->queued_bytes() + frame->total_bytes() > bound) {
+      server_->stats_->control_peers_closed.fetch_add(1, std::memory_order_relaxed);
+      const std::string why = "client " + conn_->peer() + " does not read its control replies: " +
+                              std::to_string(conn_->queued_bytes()) +
+                              " bytes are queued (max_unread_control_bytes " +
+                              std::to_string(server_->config_.max_unread_control_bytes) + ")";
+      Log(LogLevel::kWarn, "closing connection: " + why);
+      conn_->Close(Status(StatusCode::kResourceExhausted, why));
+      return;
+    }
+    conn_->Send(std::move(*frame));
+  }
+
  public:
-  bool serves_data() const { return !readers_.empty() || !parked_.empty(); }
+  bool serves_data() const { return !queue_.empty() || !parked_.empty(); }
   transport::Connection* connection() const { return conn_; }
 
   void AppendReaderStates(std::vector<std::string>* out) const {
-    for (const auto& [id, r] : readers_) {
-      out->push_back("reader peer=" + conn_->peer() + " receiver=" + std::to_string(id) +
-                     " partition=" + r->partition + " credit=" + std::to_string(r->credit) +
-                     " backlog=" + std::to_string(r->view ? r->view->backlog() : 0) +
-                     " next_sequence=" + std::to_string(r->next_sequence) +
-                     (r->stall_since_ns != 0 ? " stalled" : ""));
-    }
+    queue_.AppendReaderStates(conn_->peer(), out);
     for (const auto& [id, p] : parked_) {
       out->push_back("parked peer=" + conn_->peer() + " receiver=" + std::to_string(id) +
-                     " partition=" + p.partition_id + "/" + std::to_string(p.subpartition));
+                     " partition=" + p.request.partition_id + "/" +
+                     std::to_string(p.request.subpartition));
     }
   }
 
  private:
-
   void SendFatal(fb::ErrorCode code, const std::string& message) {
     Log(LogLevel::kWarn, "refusing client " + conn_->peer() + ": " + message);
     conn_->Send(MakeFrame(MessageType::kErrorResponse,
@@ -255,34 +258,94 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler {
     conn_->CloseAfterFlush(ProtocolError(message));
   }
 
-  void SendChannelError(uint64_t receiver_id, fb::ErrorCode code, const std::string& message) {
-    conn_->Send(MakeFrame(MessageType::kErrorResponse,
-                          builder_.ErrorResponse(code, message, receiver_id)));
+  // Credit <= 0 (refused by the parser) or over the queue's bound: CreditViolation, closed.
+  Admission OnAddCredit(std::span<const uint8_t> meta) {
+    auto m = schema::ParseAddCredit(meta);
+    if (!m.ok()) {
+      return RejectWithCode(MessageType::kAddCredit, meta, m.status(),
+                            fb::ErrorCode::CreditViolation);
+    }
+    Status st = queue_.AddCredit((*m)->receiver_id(), (*m)->credit());
+    if (!st.ok()) {
+      error_code_ = fb::ErrorCode::CreditViolation;
+      return Reject(FrameError::kInvalidField, std::move(st));
+    }
+    return Admission();
+  }
+
+  // A parse failure answered with `code` instead of ProtocolViolation.
+  Admission RejectWithCode(MessageType type, std::span<const uint8_t> meta, Status st,
+                           fb::ErrorCode code) {
+    transport::Rejection r = RejectMessage(type, meta, std::move(st));
+    if (r.reason == FrameError::kInvalidField) error_code_ = code;
+    return r;
   }
 
   Admission OnPartitionRequest(std::span<const uint8_t> meta) {
     auto m = schema::ParsePartitionRequest(meta);
-    if (!m.ok()) return RejectMessage(MessageType::kPartitionRequest, meta, m.status());
+    if (!m.ok()) {
+      transport::Rejection r = RejectMessage(MessageType::kPartitionRequest, meta, m.status());
+      if (r.reason == FrameError::kInvalidField &&
+          flatbuffers::GetRoot<fb::PartitionRequest>(meta.data())->initial_credit() < 0) {
+        error_code_ = fb::ErrorCode::CreditViolation;
+      }
+      return r;
+    }
     const uint64_t id = (*m)->receiver_id();
-    if (readers_.count(id) != 0 || parked_.count(id) != 0) {
+    if ((*m)->initial_credit() > PartitionRequestQueue::kMaxCredit) {
+      error_code_ = fb::ErrorCode::CreditViolation;
+      return Reject(FrameError::kInvalidField,
+                    ProtocolError("PartitionRequest for receiver " + std::to_string(id) +
+                                  ": initial_credit " +
+                                  std::to_string((*m)->initial_credit()) +
+                                  " is above the bound of " +
+                                  std::to_string(PartitionRequestQueue::kMaxCredit)));
+    }
+    if (queue_.HasReader(id) || parked_.count(id) != 0) {
       return Reject(FrameError::kInvalidField,
                     ProtocolError("PartitionRequest reuses active receiver id " +
                                   std::to_string(id)));
     }
     server_->stats_->requests.fetch_add(1, std::memory_order_relaxed);
-    const std::string partition_id = (*m)->partition_id()->str();
-    const uint32_t sp = (*m)->subpartition();
-    const int32_t credit = (*m)->initial_credit();
-    if (auto partition = server_->registry_->Lookup(partition_id)) {
-      Serve(id, partition, sp, credit);
+    Request req;
+    req.partition_id = (*m)->partition_id()->str();
+    req.subpartition = (*m)->subpartition();
+    req.credit = (*m)->initial_credit();
+    if (const auto* proof = (*m)->access_proof()) req.proof.assign(proof->begin(), proof->end());
+    if (auto partition = server_->registry_->Lookup(req.partition_id)) {
+      Serve(id, partition, req);
     } else {
-      Park(id, partition_id, sp, credit);
+      Park(id, std::move(req));
     }
     return Admission();
   }
 
-  void Serve(uint64_t id, const std::shared_ptr<ResultPartition>& partition, uint32_t sp,
-             int32_t credit) {
+  // Job-scoped access: a partition registered with a job token is read only by a request that
+  // proves the token for this very partition and subpartition.
+  bool MayRead(uint64_t id, const Request& req) {
+    const std::string token = server_->registry_->AccessToken(req.partition_id);
+    if (token.empty()) return true;
+    if (auth::ProofMatches(auth::MakePartitionProof(token, req.partition_id, req.subpartition),
+                           req.proof)) {
+      return true;
+    }
+    server_->stats_->auth_failures.fetch_add(1, std::memory_order_relaxed);
+    const std::string what = "partition '" + req.partition_id + "' subpartition " +
+                             std::to_string(req.subpartition);
+    Log(LogLevel::kWarn, "refusing PartitionRequest from " + conn_->peer() + " for " + what +
+                             ": " + (req.proof.empty() ? "no" : "a wrong") + " access proof");
+    SendChannelError(id, fb::ErrorCode::AuthenticationFailed,
+                     "access to " + what + " on " + server_->config_.node_name +
+                         " denied: the request carries " +
+                         (req.proof.empty() ? "no" : "a wrong") +
+                         " access proof for the job that owns it (the consumer needs the job's "
+                         "token)");
+    return false;
+  }
+
+  void Serve(uint64_t id, const std::shared_ptr<ResultPartition>& partition, const Request& req) {
+    if (!MayRead(id, req)) return;
+    const uint32_t sp = req.subpartition;
     if (sp >= partition->num_subpartitions()) {
       SendChannelError(id, fb::ErrorCode::PartitionNotFound,
                        "partition '" + partition->id() + "' has " +
@@ -290,25 +353,25 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler {
                            " subpartitions, not " + std::to_string(sp + 1) + " or more");
       return;
     }
-    auto reader = std::make_shared<Reader>(conn_->loop(), id, credit);
-    reader->partition = partition->id() + "/" + std::to_string(sp);
-    reader->on_available = [this](Reader* r) { TryEnqueue(r); };
-    auto view = partition->CreateView(sp, reader.get());
-    if (!view.ok()) {
-      SendChannelError(id, fb::ErrorCode::ProducerFailed, view.status().message());
-      return;
+    // CreateView refuses a subpartition that has (or had) a consumer, so a second request can
+    // never take over the first reader.
+    Status st = queue_.AddReader(
+        id, req.credit, partition->id() + "/" + std::to_string(sp),
+        [&](SubpartitionListener* listener) { return partition->CreateView(sp, listener); });
+    if (!st.ok()) {
+      // A subpartition that has or had a consumer is a misuse by this peer; anything else is
+      // the partition's failure.
+      const bool taken =
+          st.code() == StatusCode::kInvalidArgument || st.code() == StatusCode::kClosed;
+      SendChannelError(id, taken ? fb::ErrorCode::ProtocolViolation : fb::ErrorCode::ProducerFailed,
+                       st.message());
     }
-    reader->view = std::move(*view);
-    readers_[id] = reader;
-    server_->stats_->active_readers.fetch_add(1, std::memory_order_relaxed);
-    TryEnqueue(reader.get());
   }
 
-  void Park(uint64_t id, const std::string& partition_id, uint32_t sp, int32_t credit) {
+  void Park(uint64_t id, Request req) {
     Parked& p = parked_[id];
-    p.partition_id = partition_id;
-    p.subpartition = sp;
-    p.credit = credit;
+    p.request = std::move(req);
+    const std::string partition_id = p.request.partition_id;
     std::weak_ptr<bool> alive = alive_;
     transport::EventLoop* loop = conn_->loop();
     p.token = server_->registry_->OnRegistered(
@@ -317,11 +380,10 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler {
             if (!alive.lock()) return;
             auto it = parked_.find(id);
             if (it == parked_.end()) return;
-            const uint32_t parked_sp = it->second.subpartition;
-            const int32_t parked_credit = it->second.credit;
+            Request parked = std::move(it->second.request);
             CloseParkTimer(it->second);
             parked_.erase(it);
-            Serve(id, partition, parked_sp, parked_credit);
+            Serve(id, partition, parked);  // checks the access proof now
           });
         });
     p.timer = new uv_timer_t;
@@ -351,8 +413,8 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler {
   void OnParkTimeout(uint64_t id) {
     auto it = parked_.find(id);
     if (it == parked_.end()) return;
-    const std::string pid = it->second.partition_id;
-    const uint32_t sp = it->second.subpartition;
+    const std::string pid = it->second.request.partition_id;
+    const uint32_t sp = it->second.request.subpartition;
     CloseParkTimer(it->second);
     parked_.erase(it);
     server_->stats_->requests_not_found.fetch_add(1, std::memory_order_relaxed);
@@ -368,106 +430,12 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler {
     parked_.erase(it);
   }
 
-  bool Writable(Reader* r) const {
-    if (r->released) return false;
-    if (r->view->IsAvailable(r->credit)) return true;
-    return r->credit <= 0 && !r->backlog_announced && r->view->backlog() > 0;
-  }
-
-  void TryEnqueue(Reader* r) {
-    if (!r->queued && Writable(r)) {
-      r->queued = true;
-      ready_.push_back(r->receiver_id);
-    }
-    WriteMore();
-  }
-
-  void WriteMore() {
-    if (conn_->closing()) return;
-    const size_t high_water = server_->config_.write_high_water_bytes;
-    const bool checksums = server_->config_.options.checksums;
-    while (!ready_.empty() && conn_->queued_bytes() < high_water) {
-      const uint64_t id = ready_.front();
-      ready_.pop_front();
-      auto it = readers_.find(id);
-      if (it == readers_.end()) continue;
-      Reader* r = it->second.get();
-      r->queued = false;
-      if (r->released) continue;
-      if (!r->view->IsAvailable(r->credit)) {
-        // No credit for the data that waits: tell the receiver the backlog once.
-        const uint32_t backlog = r->view->backlog();
-        if (r->credit <= 0 && backlog > 0 && !r->backlog_announced) {
-          r->backlog_announced = true;
-          if (r->stall_since_ns == 0) r->stall_since_ns = NowNs();
-          server_->stats_->backlog_announcements.fetch_add(1, std::memory_order_relaxed);
-          conn_->Send(MakeFrame(MessageType::kBacklogAnnouncement,
-                                builder_.BacklogAnnouncement(id, static_cast<int32_t>(backlog))));
-        }
-        continue;
-      }
-      auto item = r->view->PollNext();
-      if (!item.ok()) {
-        SendChannelError(id, fb::ErrorCode::ProducerFailed, item.status().message());
-        ReleaseReader(id);
-        continue;
-      }
-      if (!item->has_value()) continue;
-      BufferAndBacklog& b = **item;
-      const buffer::DataType type = b.buffer.type();
-      const bool is_data = type == buffer::DataType::kData;
-      if (is_data) {
-        --r->credit;
-        server_->stats_->buffers_out.fetch_add(1, std::memory_order_relaxed);
-        server_->stats_->bytes_out.fetch_add(b.buffer.size(), std::memory_order_relaxed);
-        if (r->credit == 0 && b.backlog > 0 && r->stall_since_ns == 0) r->stall_since_ns = NowNs();
-      } else {
-        server_->stats_->events_out.fetch_add(1, std::memory_order_relaxed);
-      }
-      schema::BufferResponseFields f;
-      f.receiver_id = id;
-      f.sequence_number = r->next_sequence++;
-      f.backlog = static_cast<int32_t>(b.backlog);
-      f.data_type = type;
-      f.payload_size = b.buffer.size();
-      if (checksums) {
-        f.flags |= schema::kFlagChecksummed;
-        f.checksum = Crc32c(b.buffer.data(), b.buffer.size());
-      }
-      conn_->Send(MakeFrame(MessageType::kBufferResponse, builder_.BufferResponse(f),
-                            std::move(b.buffer)));
-      if (type == buffer::DataType::kEndOfPartition) {
-        ReleaseReader(id);
-        continue;
-      }
-      if (Writable(r)) {
-        r->queued = true;
-        ready_.push_back(id);
-      }
-    }
-  }
-
-  void ReleaseReader(uint64_t id) {
-    auto it = readers_.find(id);
-    if (it == readers_.end()) return;
-    std::shared_ptr<Reader> r = std::move(it->second);
-    readers_.erase(it);
-    r->released = true;
-    if (r->stall_since_ns != 0) {
-      server_->stats_->credit_stall_ns.fetch_add(NowNs() - r->stall_since_ns,
-                                                 std::memory_order_relaxed);
-    }
-    if (r->view) r->view->Release();
-    server_->stats_->active_readers.fetch_sub(1, std::memory_order_relaxed);
-  }
-
   void ReleaseAll() {
-    while (!readers_.empty()) ReleaseReader(readers_.begin()->first);
+    queue_.ReleaseAll();
     while (!parked_.empty()) {
       CloseParkTimer(parked_.begin()->second);
       parked_.erase(parked_.begin());
     }
-    ready_.clear();
   }
 
   ShuffleServer* const server_;
@@ -475,9 +443,11 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler {
   std::shared_ptr<bool> alive_;
   schema::MessageBuilder builder_;
   ServerHandshake handshake_;
-  std::unordered_map<uint64_t, std::shared_ptr<Reader>> readers_;
   std::unordered_map<uint64_t, Parked> parked_;
-  std::deque<uint64_t> ready_;
+  PartitionRequestQueue queue_;
+  // The ErrorCode for the rejection being returned (OnProtocolError), when not the default.
+  std::optional<fb::ErrorCode> error_code_;
+  uint32_t control_outstanding_ = 0;  // control requests not answered yet
 };
 
 ShuffleServer::ShuffleServer(transport::EventLoop* loop, PartitionRegistry* registry,
@@ -499,6 +469,7 @@ Result<std::unique_ptr<ShuffleServer>> ShuffleServer::Start(transport::EventLoop
   o.bind_host = config.bind_host;
   o.port = config.port;
   o.max_connections = config.max_connections;
+  o.max_connections_per_peer = config.max_connections_per_peer;
   o.transport = MakeTransportOptions(config.options.credit.segment_size, config.timeouts,
                                      config.options.faults);
   ShuffleServer* s = server.get();
@@ -531,6 +502,10 @@ uint32_t ShuffleServer::CutDataConnections(const std::string& reason) {
     ++n;
   });
   return n;
+}
+
+void ShuffleServer::ForEachConnection(const std::function<void(transport::Connection&)>& fn) {
+  if (tcp_) tcp_->ForEachConnection(fn);
 }
 
 std::vector<std::string> ShuffleServer::ReaderStates() {

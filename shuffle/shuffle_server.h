@@ -7,8 +7,15 @@
 // exclusive buffers get floating credit. A request for a partition that is not registered yet
 // is parked for `server_park_timeout`, then answered with PartitionNotFound (the client retries).
 //
-// Errors are scoped: a failed partition fails its reader (ErrorResponse with the receiver id);
-// protocol violations close the connection (ErrorResponse without one). Other connections go on.
+// The credit arithmetic lives in PartitionRequestQueue (one per connection); the handler here
+// parses frames, checks access, and sends what the queue says.
+//
+// Errors are scoped: a failed partition fails its reader (ErrorResponse with the receiver id),
+// and so does a PartitionRequest without the job's access proof (AuthenticationFailed) or for
+// a subpartition that already has a reader; protocol violations close the connection
+// (ErrorResponse without one, its ErrorCode naming the reason). Other connections go on.
+// A peer that sends control requests without reading the replies is closed once its unread
+// replies pass a bound.
 //
 // Thread-safe to create, query and stop; connection state lives on the EventLoop.
 #pragma once
@@ -49,11 +56,18 @@ struct ShuffleServerConfig {
   std::string bind_host = "127.0.0.1";
   uint16_t port = 0;
   uint32_t max_connections = 1024;
+  // Connections from one remote IP address at a time (TcpServer); 0: no per-peer cap.
+  uint32_t max_connections_per_peer = 64;
   ShuffleOptions options;
   std::string node_name = "sluice";
   ConnectionTimeouts timeouts;
   // Stop queueing frames on a connection while this many bytes are queued or in flight.
   size_t write_high_water_bytes = 4u << 20;
+  // Control replies a peer has not read yet, beyond write_high_water_bytes: a peer whose queued
+  // bytes pass write_high_water_bytes + max_unread_control_bytes is closed.
+  size_t max_unread_control_bytes = 4u << 20;
+  // Control requests a connection may have unanswered at once; one more closes it.
+  uint32_t max_outstanding_control_requests = 64;
   // Shared secret (shuffle/auth.h, shuffle/handshake.h). Required unless auth.off: Start
   // refuses an empty secret. Every message but the handshake and heartbeats needs it proved.
   auth::AuthConfig auth;
@@ -74,6 +88,7 @@ struct ShuffleServerStats {
   // Wrong or missing proof, or anything but the handshake before authentication.
   std::atomic<uint64_t> auth_failures{0};
   std::atomic<uint64_t> control_requests{0};
+  std::atomic<uint64_t> control_peers_closed{0};  // over the unread reply or request bound
 };
 
 class ShuffleServer {
@@ -100,10 +115,11 @@ class ShuffleServer {
   uint32_t CutDataConnections(const std::string& reason);
   // One line per reader: peer, receiver id, partition/subpartition, credit, backlog, stalled.
   std::vector<std::string> ReaderStates();
+  // Runs fn(connection) for every open connection on the loop thread and waits (tests, tools).
+  void ForEachConnection(const std::function<void(transport::Connection&)>& fn);
 
  private:
   class Handler;
-  class Reader;
   ShuffleServer(transport::EventLoop* loop, PartitionRegistry* registry,
                 const ShuffleServerConfig& config);
 

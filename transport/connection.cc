@@ -47,6 +47,22 @@ uint8_t* OutFrame::Reserve(size_t n) {
   return big_.get();
 }
 
+Result<OutFrame> OutFrame::TryMake(uint8_t type, std::span<const uint8_t> metadata,
+                                   buffer::Buffer payload) {
+  if (metadata.size() > kMaxMetadataLength) {
+    return InvalidArgument("a frame of type " + std::to_string(type) + " with " +
+                           std::to_string(metadata.size()) +
+                           " bytes of metadata cannot be sent: the limit is " +
+                           std::to_string(kMaxMetadataLength) + " bytes");
+  }
+  const uint64_t payload_len = payload ? payload.size() : 0;
+  if (kFrameHeaderSize + metadata.size() + payload_len > UINT32_MAX) {
+    return InvalidArgument("a frame of type " + std::to_string(type) + " with a payload of " +
+                           std::to_string(payload_len) + " bytes is longer than a frame can be");
+  }
+  return Make(type, metadata, std::move(payload));
+}
+
 OutFrame OutFrame::Make(uint8_t type, std::span<const uint8_t> metadata, buffer::Buffer payload) {
   SLUICE_CHECK(metadata.size() <= kMaxMetadataLength, "frame metadata longer than 65535 bytes");
   OutFrame f;
@@ -113,7 +129,11 @@ Connection::Connection(EventLoop* loop, uv_tcp_t* tcp, const TransportOptions& o
       decoder_(sink_.get(), options.limits) {
   staging_capacity_ = std::clamp<size_t>(options.staging_read_bytes, kFrameHeaderSize, kMaxStaging);
   fault_rng_ = options.faults.seed ^ (id_ * 0x9E3779B97F4A7C15ull);
-  staging_.reset(new uint8_t[kMaxStaging]);
+  // Small until the handshake is done (see TransportOptions::handshake_max_metadata); grown to
+  // kMaxStaging on the first large read after it.
+  staging_.reset(new uint8_t[staging_capacity_]);
+  staging_allocated_ = staging_capacity_;
+  decoder_.set_max_metadata(options.handshake_max_metadata);
 }
 
 Connection::~Connection() = default;
@@ -203,6 +223,14 @@ void Connection::ReadSocket() {
       staging_len = std::min(staging_capacity_, kStagingTailBytes);
     } else {
       staging_len = std::clamp(decoder_.FeedBytesWanted(), staging_capacity_, kMaxStaging);
+      if (staging_len > staging_allocated_) {
+        if (established_) {
+          staging_.reset(new uint8_t[kMaxStaging]);
+          staging_allocated_ = kMaxStaging;
+        } else {
+          staging_len = staging_allocated_;  // read a large frame in pieces until then
+        }
+      }
     }
     iov[iovcnt++] = {staging_.get(), staging_len};
     const size_t asked = window.size() + staging_len;
@@ -433,7 +461,10 @@ void Connection::OnWrite(uv_write_t* req, int status) {
 
 size_t Connection::queued_bytes() const { return pending_bytes_ + inflight_bytes_; }
 
-void Connection::MarkEstablished() { established_ = true; }
+void Connection::MarkEstablished() {
+  established_ = true;
+  decoder_.set_max_metadata(kMaxMetadataLength);
+}
 
 void Connection::OnTick(uv_timer_t* t) { static_cast<Connection*>(t->data)->Tick(); }
 

@@ -49,6 +49,13 @@ class OutFrame {
   OutFrame& operator=(OutFrame&&) noexcept;
 
   // A frame of `type` with `metadata` (copied) and `payload` (owned until written).
+  // InvalidArgument when the metadata is longer than kMaxMetadataLength (65,535 bytes) or the
+  // frame would not fit a u32 length: the frame cannot be sent (never an abort).
+  static Result<OutFrame> TryMake(uint8_t type, std::span<const uint8_t> metadata,
+                                  buffer::Buffer payload = {});
+  // TryMake for frames whose size the caller bounds by construction (fixed-size messages).
+  // REQUIRES: metadata.size() <= kMaxMetadataLength (checked in every build: a violation is a
+  // bug, not input). Frames built from what a peer controls use TryMake.
   static OutFrame Make(uint8_t type, std::span<const uint8_t> metadata,
                        buffer::Buffer payload = {});
   // A complete pre-encoded frame without payload (copied), e.g. a heartbeat.
@@ -115,7 +122,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void Close(Status reason);
   // Stops reading, flushes what is queued (bounded by a short deadline), then closes.
   void CloseAfterFlush(Status reason);
-  // The handshake finished; the handshake deadline no longer applies.
+  // The handshake finished; the handshake deadline and the handshake's small metadata limit
+  // (TransportOptions::handshake_max_metadata) no longer apply.
   void MarkEstablished();
 
   bool established() const { return established_; }
@@ -130,6 +138,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   uint64_t bytes_received() const { return bytes_in_; }
   uint64_t bytes_sent() const { return bytes_out_; }
   const FrameDecoder& decoder() const { return decoder_; }
+  // Bytes of read buffers this connection holds (staging and the decoder's metadata buffer):
+  // a few KiB until MarkEstablished(), up to about 128 KiB after.
+  size_t buffer_bytes() const { return staging_allocated_ + decoder_.metadata_capacity(); }
 
   // The owner (server or client) learns here that the connection is gone. One hook.
   void SetCloseHook(CloseHook hook) { close_hook_ = std::move(hook); }
@@ -175,7 +186,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::unique_ptr<DecoderSink> sink_;
   FrameDecoder decoder_;
   std::unique_ptr<uint8_t[]> staging_;
-  size_t staging_capacity_ = 0;
+  size_t staging_capacity_ = 0;         // bytes a staging read asks for (staging_read_bytes)
+  size_t staging_allocated_ = 0;        // bytes staging_ holds: staging_capacity_, or kMaxStaging
   bool in_socket_read_ = false;         // between OnAlloc and its OnRead (see OnAlloc)
   bool stop_reading_deferred_ = false;  // CloseAfterFlush during a read pass
 

@@ -150,7 +150,7 @@ std::optional<Rejection> CheckFrameHeader(const FrameHeader& h, const FrameLimit
 // ---- FrameDecoder ----
 
 FrameDecoder::FrameDecoder(FrameSink* sink, const FrameLimits& limits)
-    : sink_(sink), limits_(limits), metadata_(new uint8_t[kMaxMetadataLength]) {
+    : sink_(sink), limits_(limits) {
   SLUICE_CHECK(sink_ != nullptr, "FrameDecoder needs a sink");
 }
 
@@ -265,8 +265,27 @@ void FrameDecoder::OnHeaderComplete() {
     Fail(r->reason, Status(r->status.code(), prefix + r->status.message()));
     return;
   }
+  if (header_.metadata_length > max_metadata_) {
+    char text[192];
+    std::snprintf(text, sizeof(text),
+                  "frame at stream offset %" PRIu64
+                  ": %u bytes of metadata, more than the %u "
+                  "allowed before the handshake is complete",
+                  frame_start_, unsigned{header_.metadata_length}, max_metadata_);
+    Fail(FrameError::kFrameTooLong, ProtocolError(text));
+    return;
+  }
   payload_length_ = header_.payload_length();
   have_ = 0;
+  if (header_.metadata_length > metadata_capacity_) {
+    // Grows in powers of two up to kMaxMetadataLength: a few allocations per connection at
+    // most, and none for a connection that only sends small messages.
+    size_t cap = std::max<size_t>(metadata_capacity_, 256);
+    while (cap < header_.metadata_length) cap *= 2;
+    cap = std::min<size_t>(cap, kMaxMetadataLength);
+    metadata_.reset(new uint8_t[cap]);
+    metadata_capacity_ = static_cast<uint32_t>(cap);
+  }
   if (header_.metadata_length > 0) {
     state_ = State::kMetadata;
   } else {

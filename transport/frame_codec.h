@@ -22,6 +22,7 @@
 // connection, used on that connection's loop thread).
 #pragma once
 
+#include <algorithm>
 #include <bitset>
 #include <cstddef>
 #include <cstdint>
@@ -150,8 +151,9 @@ class FrameSink {
 };
 
 // Cuts a byte stream into frames. Feed it any split of the stream, down to one byte at a time:
-// it checks each header, collects the metadata in a buffer of kMaxMetadataLength bytes
-// allocated once at construction, asks the sink where the payload goes, and fills that Buffer.
+// it checks each header, collects the metadata in a buffer that grows (in powers of two, up to
+// kMaxMetadataLength) only after a header within the limits asked for more, asks the sink where the
+// payload goes, and fills that Buffer.
 //
 // Zero-copy reads: while a payload is pending, PayloadWindow() is the unfilled rest of the
 // sink's Buffer; a socket may read straight into it and report the bytes with CommitPayload().
@@ -198,6 +200,13 @@ class FrameDecoder {
   uint64_t bytes_consumed() const { return stream_offset_; }
   uint64_t frames_decoded() const { return frames_; }
   const FrameLimits& limits() const { return limits_; }
+  // Frames with more metadata than this fail with kFrameTooLong (a connection keeps it small
+  // until its handshake is done, so an unauthenticated peer cannot make it allocate 64 KiB).
+  void set_max_metadata(uint32_t bytes) {
+    max_metadata_ = std::min<uint32_t>(bytes, kMaxMetadataLength);
+  }
+  // Bytes held for metadata now (grows with the largest metadata received).
+  size_t metadata_capacity() const { return metadata_capacity_; }
 
  private:
   enum class State : uint8_t { kHeader, kMetadata, kPayload, kDiscard, kFailed };
@@ -210,7 +219,9 @@ class FrameDecoder {
 
   FrameSink* const sink_;
   const FrameLimits limits_;
-  const std::unique_ptr<uint8_t[]> metadata_;  // kMaxMetadataLength bytes
+  std::unique_ptr<uint8_t[]> metadata_;  // grown on demand, at most kMaxMetadataLength bytes
+  uint32_t metadata_capacity_ = 0;
+  uint32_t max_metadata_ = kMaxMetadataLength;
 
   State state_ = State::kHeader;
   bool in_sink_ = false;  // catches a sink calling back into the decoder

@@ -17,21 +17,27 @@ Status ParseAddress(const std::string& host, uint16_t port, sockaddr_storage* ou
                          "' is not a numeric IPv4 or IPv6 address (use e.g. 127.0.0.1)");
 }
 
-std::string PeerName(uv_tcp_t* tcp) {
+// "host:port" of the remote end; *ip receives the host alone (the per-peer cap's key).
+std::string PeerName(uv_tcp_t* tcp, std::string* ip) {
   sockaddr_storage ss{};
   int len = sizeof(ss);
-  if (uv_tcp_getpeername(tcp, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "unknown-peer";
+  if (uv_tcp_getpeername(tcp, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+    *ip = "unknown-peer";
+    return "unknown-peer";
+  }
   char host[64] = {0};
   uint16_t port = 0;
   if (ss.ss_family == AF_INET6) {
     auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
     uv_ip6_name(a, host, sizeof(host));
     port = ntohs(a->sin6_port);
+    *ip = host;
     return "[" + std::string(host) + "]:" + std::to_string(port);
   }
   auto* a = reinterpret_cast<sockaddr_in*>(&ss);
   uv_ip4_name(a, host, sizeof(host));
   port = ntohs(a->sin_port);
+  *ip = host;
   return std::string(host) + ":" + std::to_string(port);
 }
 
@@ -131,32 +137,65 @@ void TcpServer::OnConnection(uv_stream_t* listener, int status) {
     uv_close(reinterpret_cast<uv_handle_t*>(tcp), DeleteTcpOnClose);
     return;
   }
-  const std::string peer = PeerName(tcp);
+  std::string ip;
+  const std::string peer = PeerName(tcp, &ip);
+  const uint32_t per_peer_cap = s->options_.max_connections_per_peer;
+  if (!s->stopped_ && per_peer_cap > 0 && s->connections_.size() < s->options_.max_connections) {
+    auto it = s->per_peer_.find(ip);
+    if (it != s->per_peer_.end() && it->second >= per_peer_cap) {
+      s->metrics_->connections_refused_per_peer.fetch_add(1, std::memory_order_relaxed);
+      s->LogRefusal("refusing connection from " + peer + ": " + ip + " already has " +
+                    std::to_string(it->second) +
+                    " connections, the most one peer may have (max_connections_per_peer)");
+      uv_close(reinterpret_cast<uv_handle_t*>(tcp), DeleteTcpOnClose);
+      return;
+    }
+  }
   if (s->stopped_ || s->connections_.size() >= s->options_.max_connections) {
     s->metrics_->connections_refused.fetch_add(1, std::memory_order_relaxed);
-    Log(LogLevel::kWarn,
-        "refusing connection from " + peer + ": " +
-            (s->stopped_ ? std::string("server stopping")
-                         : "limit of " + std::to_string(s->options_.max_connections) +
-                               " connections reached"));
+    s->LogRefusal("refusing connection from " + peer + ": " +
+                  (s->stopped_ ? std::string("server stopping")
+                               : "limit of " + std::to_string(s->options_.max_connections) +
+                                     " connections reached"));
     uv_close(reinterpret_cast<uv_handle_t*>(tcp), DeleteTcpOnClose);
     return;
   }
   auto conn = Connection::Adopt(s->loop_, tcp, s->options_.transport, s->metrics_, peer, false);
   s->connections_[conn.get()] = conn;
+  ++s->per_peer_[ip];
   {
     std::lock_guard lock(s->count_mu_);
     ++s->count_;
   }
   // The server may be gone by the time a connection finishes closing (destroyed on the loop
   // thread, where Stop() cannot wait): the hook then has nothing to update.
-  conn->SetCloseHook([s, alive = std::weak_ptr<bool>(s->alive_)](Connection* c) {
+  conn->SetCloseHook([s, ip, alive = std::weak_ptr<bool>(s->alive_)](Connection* c) {
     if (alive.expired()) return;
     s->connections_.erase(c);
+    if (auto it = s->per_peer_.find(ip); it != s->per_peer_.end() && --it->second == 0) {
+      s->per_peer_.erase(it);
+    }
     std::lock_guard lock(s->count_mu_);
     --s->count_;
   });
   conn->Start(s->factory_(*conn));
+}
+
+void TcpServer::LogRefusal(const std::string& line) {
+  // A peer that opens connections in a loop must not flood the log: one line a second, with
+  // the count of the ones left out (the metrics count every refusal).
+  const uint64_t now = uv_now(loop_->loop());
+  if (refusals_logged_ms_ != 0 && now - refusals_logged_ms_ < 1000) {
+    ++refusals_unlogged_;
+    return;
+  }
+  std::string text = line;
+  if (refusals_unlogged_ > 0) {
+    text += " (and " + std::to_string(refusals_unlogged_) + " more refusals not logged)";
+  }
+  Log(LogLevel::kWarn, text);
+  refusals_logged_ms_ = now;
+  refusals_unlogged_ = 0;
 }
 
 size_t TcpServer::connection_count() const {

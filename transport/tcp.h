@@ -1,10 +1,11 @@
 // TcpServer and TcpClient: where connections come from.
 //
 // TcpServer binds (loopback by default; port 0 picks a free port), accepts up to
-// max_connections, and gives every connection a handler from the factory. TcpClient keeps one
-// connection per remote endpoint, shared by any number of logical channels: concurrent
-// requests for an endpoint that is still connecting wait for the same attempt; a failed attempt
-// is retried with backoff (initial, doubling, capped) before the callbacks get the error.
+// max_connections in all and max_connections_per_peer from one remote IP address, and gives every
+// connection a handler from the factory. TcpClient keeps one connection per remote endpoint, shared
+// by any number of logical channels: concurrent requests for an endpoint that is still connecting
+// wait for the same attempt; a failed attempt is retried with backoff (initial, doubling, capped)
+// before the callbacks get the error.
 //
 // Both are thread-safe to call; their connections live on their EventLoop. Stop() (also run by
 // the destructor) closes every connection through its close callbacks and waits for that; on
@@ -48,6 +49,9 @@ struct ServerOptions {
   uint16_t port = 0;
   int backlog = 128;
   uint32_t max_connections = 1024;
+  // Connections from one remote IP address at a time (the port does not count); one more is
+  // closed at once and counted in TransportMetrics::connections_refused_per_peer. 0: no cap.
+  uint32_t max_connections_per_peer = 64;
   TransportOptions transport;
 };
 
@@ -75,6 +79,7 @@ class TcpServer {
   TcpServer(EventLoop* loop, const ServerOptions& options, HandlerFactory factory);
   static void OnConnection(uv_stream_t* server, int status);
   void StopOnLoop();
+  void LogRefusal(const std::string& line);
 
   EventLoop* const loop_;
   const ServerOptions options_;
@@ -85,6 +90,9 @@ class TcpServer {
   uv_tcp_t* listener_ = nullptr;
   bool stopped_ = false;
   std::unordered_map<Connection*, std::shared_ptr<Connection>> connections_;
+  std::unordered_map<std::string, uint32_t> per_peer_;  // open connections by remote IP
+  uint64_t refusals_logged_ms_ = 0;  // when a refusal was last logged (loop time)
+  uint64_t refusals_unlogged_ = 0;   // refusals since then
   mutable std::mutex count_mu_;
   size_t count_ = 0;
   std::shared_ptr<bool> alive_;  // stop hook guard

@@ -47,6 +47,11 @@ struct TransportOptions {
   std::chrono::milliseconds idle_timeout{30000};
   // A connection whose upper layer has not called MarkEstablished() by then is closed.
   std::chrono::milliseconds handshake_timeout{5000};
+  // Until MarkEstablished(), frames carry at most this much metadata (a larger one is refused
+  // with kFrameTooLong) and reads are staged through staging_read_bytes: an unauthenticated
+  // connection holds a few KiB, not the 128 KiB an established one may grow to. Enough for
+  // handshake messages and an ErrorResponse (4 KiB of text).
+  uint32_t handshake_max_metadata = 8192;
   // CloseAfterFlush waits at most this long for the last frames to leave.
   std::chrono::milliseconds close_flush_timeout{1000};
   FaultShim faults;
@@ -56,6 +61,7 @@ struct TransportMetrics {
   std::atomic<uint64_t> connections_opened{0};
   std::atomic<uint64_t> connections_closed{0};
   std::atomic<uint64_t> connections_refused{0};  // over the server's connection limit
+  std::atomic<uint64_t> connections_refused_per_peer{0};  // over max_connections_per_peer
   std::atomic<uint64_t> bytes_in{0};
   std::atomic<uint64_t> bytes_out{0};
   std::atomic<uint64_t> frames_in{0};

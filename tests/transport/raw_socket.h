@@ -38,6 +38,14 @@ class RawSocket {
     int one = 1;
     ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   }
+  // Takes over an already connected socket (e.g. one bound to another local address first).
+  struct AdoptFd {
+    int fd;
+  };
+  explicit RawSocket(AdoptFd a) : fd_(a.fd), connected_(a.fd >= 0) {
+    int one = 1;
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  }
   ~RawSocket() { Close(); }
   RawSocket(const RawSocket&) = delete;
   RawSocket& operator=(const RawSocket&) = delete;

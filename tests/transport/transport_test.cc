@@ -4,6 +4,7 @@
 // closed, servers and clients stopped, loops stopped with no handle left open, and the process's
 // file descriptors back to where they started.
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -1089,6 +1090,105 @@ TEST_F(TransportTest, ServerStartFailsWithActionableMessage) {
   ASSERT_FALSE(third.ok());
   EXPECT_EQ(third.status().code(), StatusCode::kInvalidArgument);
   ExpectClean();
+}
+
+// A socket connected from another loopback address (Linux routes all of 127/8 to lo).
+int ConnectFrom(const char* local_ip, uint16_t port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in local{};
+  local.sin_family = AF_INET;
+  ::inet_pton(AF_INET, local_ip, &local.sin_addr);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof(local)) != 0 ||
+      ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+TEST_F(TransportTest, ServerCapsConnectionsPerPeerAddress) {
+  auto rec = std::make_shared<Recorder>();
+  ServerOptions so = DefaultServerOptions();
+  so.max_connections_per_peer = 2;
+  auto server = StartServer(so, rec, HandlerOptions{});
+  Track(server.get());
+  {
+    RawSocket a(server->port());
+    RawSocket b(server->port());
+    ASSERT_TRUE(Eventually([&] { return server->connection_count() == 2; }));
+    RawSocket c(server->port());  // a third from 127.0.0.1: refused
+    bool eof = false;
+    c.ReadUntilClosed(10s, &eof);
+    EXPECT_TRUE(eof);
+    EXPECT_EQ(server->metrics()->connections_refused_per_peer.load(), 1u);
+    EXPECT_EQ(server->metrics()->connections_refused.load(), 0u);
+    // Another address has its own allowance.
+    RawSocket other(RawSocket::AdoptFd{ConnectFrom("127.0.0.2", server->port())});
+    ASSERT_TRUE(other.connected());
+    ASSERT_TRUE(Eventually([&] { return server->connection_count() == 3; }));
+    a.Close();
+    ASSERT_TRUE(Eventually([&] { return server->connection_count() == 2; }));
+    RawSocket d(server->port());  // 127.0.0.1 is below its cap again
+    ASSERT_TRUE(Eventually([&] { return server->connection_count() == 3; }));
+    EXPECT_EQ(server->metrics()->connections_refused_per_peer.load(), 1u);
+  }
+  ASSERT_TRUE(Eventually([&] { return server->connection_count() == 0; }));
+  ExpectClean();
+}
+
+// Until MarkEstablished(), a connection holds a few KiB of read buffers and refuses metadata
+// over TransportOptions::handshake_max_metadata; after it, large metadata is read as before.
+TEST_F(TransportTest, UnestablishedConnectionHoldsAFewKiBAndRefusesLargeMetadata) {
+  auto rec = std::make_shared<Recorder>();
+  ServerOptions so = DefaultServerOptions();
+  HandlerOptions h;
+  h.establish = false;
+  h.reply_on_protocol_error = false;
+  auto server = StartServer(so, rec, h);
+  Track(server.get());
+  RawSocket small(server->port());
+  ASSERT_TRUE(small.SendFrame(testutil::kControlType, testutil::Bytes(8000, 1)));
+  ASSERT_TRUE(rec->WaitFor([&] { return rec->control_frames == 1; }));
+  size_t held = 0;
+  server->ForEachConnection([&](Connection& c) { held = std::max(held, c.buffer_bytes()); });
+  EXPECT_LE(held, 4096u + 8192u);
+  RawSocket big(server->port());
+  ASSERT_TRUE(big.SendFrame(testutil::kControlType, testutil::Bytes(9000, 1)));
+  bool eof = false;
+  big.ReadUntilClosed(10s, &eof);
+  EXPECT_TRUE(eof);
+  EXPECT_EQ(server->metrics()->protocol_errors_of(FrameError::kFrameTooLong), 1u);
+  small.Close();
+  big.Close();
+  ASSERT_TRUE(Eventually([&] { return server->connection_count() == 0; }));
+  // Established at once: 60,000 bytes of metadata arrive whole.
+  auto rec2 = std::make_shared<Recorder>();
+  auto server2 = StartServer(so, rec2, HandlerOptions{});
+  Track(server2.get());
+  RawSocket s(server2->port());
+  ASSERT_TRUE(Eventually([&] { return server2->connection_count() == 1; }));
+  ASSERT_TRUE(s.SendFrame(testutil::kControlType, testutil::Bytes(60000, 2)));
+  ASSERT_TRUE(rec2->WaitFor([&] { return rec2->control_frames == 1; }));
+  s.Close();
+  ExpectClean();
+}
+
+TEST(OutFrameTest, FramesOverTheLimitAreAnErrorNotAnAbort) {
+  const std::vector<uint8_t> ok(kMaxMetadataLength, 1);
+  auto f = OutFrame::TryMake(7, ok);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  EXPECT_EQ(f->head().size(), kFrameHeaderSize + kMaxMetadataLength);
+  const std::vector<uint8_t> too_long(kMaxMetadataLength + 1, 1);
+  auto g = OutFrame::TryMake(7, too_long);
+  ASSERT_FALSE(g.ok());
+  EXPECT_EQ(g.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(g.status().message().find("65536 bytes of metadata"), std::string::npos)
+      << g.status().message();
+  EXPECT_NE(g.status().message().find("65535"), std::string::npos);
 }
 
 }  // namespace

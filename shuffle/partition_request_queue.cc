@@ -1,0 +1,225 @@
+#include "shuffle/partition_request_queue.h"
+
+#include <atomic>
+#include <chrono>
+
+#include "shuffle/crc32c.h"
+#include "shuffle/shuffle_server.h"
+
+namespace sluice::shuffle {
+
+namespace {
+uint64_t NowNs() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+}  // namespace
+
+// Serves one receiver id from one subpartition view (Flink's
+// CreditBasedSequenceNumberingViewReader). Loop thread, except NotifyDataAvailable.
+class PartitionRequestQueue::Reader final : public SubpartitionListener,
+                                            public std::enable_shared_from_this<Reader> {
+ public:
+  Reader(PartitionRequestQueue* queue, uint64_t id, int32_t initial_credit, std::string desc)
+      : queue_(queue), receiver_id(id), credit(initial_credit), description(std::move(desc)) {}
+
+  // Producer or flusher thread: one post until the loop has looked.
+  void NotifyDataAvailable() override {
+    if (notify_pending_.exchange(true)) return;
+    std::weak_ptr<Reader> weak = weak_from_this();
+    PartitionRequestQueue* queue = queue_;
+    queue->post_([weak, queue] {
+      auto r = weak.lock();
+      if (!r) return;  // released, and the queue may be gone with it
+      r->notify_pending_.store(false);
+      if (!r->released) queue->NotifyReaderNonEmpty(r->receiver_id);
+    });
+  }
+
+  PartitionRequestQueue* const queue_;
+  const uint64_t receiver_id;
+  int64_t credit;
+  const std::string description;
+  std::unique_ptr<SubpartitionView> view;
+  int32_t next_sequence = 0;
+  bool queued = false;
+  bool released = false;
+  bool backlog_announced = false;  // this zero-credit stall was announced
+  uint64_t stall_since_ns = 0;
+
+ private:
+  std::atomic<bool> notify_pending_{false};
+};
+
+PartitionRequestQueue::PartitionRequestQueue(QueueOutput* output, Post post,
+                                             ShuffleServerStats* stats, bool checksums)
+    : output_(output), post_(std::move(post)), stats_(stats), checksums_(checksums) {}
+
+PartitionRequestQueue::~PartitionRequestQueue() { ReleaseAll(); }
+
+Status PartitionRequestQueue::AddReader(uint64_t receiver_id, int32_t initial_credit,
+                                        std::string description, ViewFactory create_view) {
+  if (readers_.count(receiver_id) != 0) {
+    return InvalidArgument("PartitionRequest reuses active receiver id " +
+                           std::to_string(receiver_id));
+  }
+  auto reader = std::make_shared<Reader>(this, receiver_id, initial_credit, std::move(description));
+  auto view = create_view(reader.get());
+  if (!view.ok()) return view.status();
+  reader->view = std::move(*view);
+  readers_[receiver_id] = reader;
+  stats_->active_readers.fetch_add(1, std::memory_order_relaxed);
+  Enqueue(reader.get());
+  WriteMore();
+  return Status::Ok();
+}
+
+Status PartitionRequestQueue::AddCredit(uint64_t receiver_id, int32_t credit) {
+  auto it = readers_.find(receiver_id);
+  if (it == readers_.end()) return Status::Ok();  // finished or cancelled meanwhile
+  Reader* r = it->second.get();
+  if (r->credit + credit > kMaxCredit) {
+    return ProtocolError("AddCredit of " + std::to_string(credit) + " for receiver " +
+                         std::to_string(receiver_id) + " (partition " + r->description +
+                         ") makes its credit " + std::to_string(r->credit + credit) +
+                         ", above the bound of " + std::to_string(kMaxCredit));
+  }
+  stats_->credits_in.fetch_add(static_cast<uint64_t>(credit), std::memory_order_relaxed);
+  r->credit += credit;
+  r->backlog_announced = false;  // the next stall is a new one
+  EndStall(r);
+  Enqueue(r);
+  WriteMore();
+  return Status::Ok();
+}
+
+void PartitionRequestQueue::NotifyReaderNonEmpty(uint64_t receiver_id) {
+  auto it = readers_.find(receiver_id);
+  if (it == readers_.end()) return;
+  Enqueue(it->second.get());
+  WriteMore();
+}
+
+void PartitionRequestQueue::CancelReader(uint64_t receiver_id) { Release(receiver_id); }
+
+void PartitionRequestQueue::ReleaseAll() {
+  while (!readers_.empty()) Release(readers_.begin()->first);
+  ready_.clear();
+}
+
+int64_t PartitionRequestQueue::credit(uint64_t receiver_id) const {
+  auto it = readers_.find(receiver_id);
+  return it == readers_.end() ? -1 : it->second->credit;
+}
+
+void PartitionRequestQueue::AppendReaderStates(const std::string& peer,
+                                               std::vector<std::string>* out) const {
+  for (const auto& [id, r] : readers_) {
+    out->push_back("reader peer=" + peer + " receiver=" + std::to_string(id) +
+                   " partition=" + r->description + " credit=" + std::to_string(r->credit) +
+                   " backlog=" + std::to_string(r->view ? r->view->backlog() : 0) +
+                   " next_sequence=" + std::to_string(r->next_sequence) +
+                   (r->stall_since_ns != 0 ? " stalled" : ""));
+  }
+}
+
+bool PartitionRequestQueue::Sendable(const Reader& r) const {
+  if (r.released) return false;
+  if (r.view->IsAvailable(static_cast<int32_t>(std::min<int64_t>(r.credit, kMaxCredit)))) {
+    return true;
+  }
+  return r.credit <= 0 && !r.backlog_announced && r.view->backlog() > 0;
+}
+
+void PartitionRequestQueue::Enqueue(Reader* r) {
+  if (r->queued || !Sendable(*r)) return;
+  r->queued = true;
+  ready_.push_back(r->receiver_id);
+}
+
+void PartitionRequestQueue::WriteMore() {
+  if (writing_) return;  // the running loop below picks up what was queued meanwhile
+  writing_ = true;
+  while (!ready_.empty() && output_->CanSend()) {
+    const uint64_t id = ready_.front();
+    ready_.pop_front();
+    auto it = readers_.find(id);
+    if (it == readers_.end()) continue;
+    Reader* r = it->second.get();
+    r->queued = false;
+    if (!SendOne(r)) continue;
+    Enqueue(r);  // round robin: back of the queue when it has more
+  }
+  writing_ = false;
+}
+
+bool PartitionRequestQueue::SendOne(Reader* r) {
+  const uint64_t id = r->receiver_id;
+  if (r->released) return false;
+  if (!r->view->IsAvailable(static_cast<int32_t>(std::min<int64_t>(r->credit, kMaxCredit)))) {
+    // Data waits without credit: tell the receiver its backlog, once per stall.
+    const uint32_t backlog = r->view->backlog();
+    if (r->credit <= 0 && backlog > 0 && !r->backlog_announced) {
+      r->backlog_announced = true;
+      if (r->stall_since_ns == 0) r->stall_since_ns = NowNs();
+      stats_->backlog_announcements.fetch_add(1, std::memory_order_relaxed);
+      output_->SendBacklogAnnouncement(id, static_cast<int32_t>(backlog));
+    }
+    return true;
+  }
+  auto item = r->view->PollNext();
+  if (!item.ok()) {
+    output_->SendChannelError(id, fb::ErrorCode::ProducerFailed, item.status().message());
+    Release(id);
+    return false;
+  }
+  if (!item->has_value()) return false;  // nothing readable after all: wait for a notify
+  BufferAndBacklog& b = **item;
+  const buffer::DataType type = b.buffer.type();
+  if (type == buffer::DataType::kData) {
+    --r->credit;
+    stats_->buffers_out.fetch_add(1, std::memory_order_relaxed);
+    stats_->bytes_out.fetch_add(b.buffer.size(), std::memory_order_relaxed);
+    if (r->credit == 0 && b.backlog > 0 && r->stall_since_ns == 0) r->stall_since_ns = NowNs();
+  } else {
+    stats_->events_out.fetch_add(1, std::memory_order_relaxed);
+  }
+  schema::BufferResponseFields f;
+  f.receiver_id = id;
+  f.sequence_number = r->next_sequence++;
+  f.backlog = static_cast<int32_t>(b.backlog);
+  f.data_type = type;
+  f.payload_size = b.buffer.size();
+  if (checksums_) {
+    f.flags |= schema::kFlagChecksummed;
+    f.checksum = Crc32c(b.buffer.data(), b.buffer.size());
+  }
+  output_->SendBuffer(f, std::move(b.buffer));
+  if (type == buffer::DataType::kEndOfPartition) {
+    Release(id);
+    return false;
+  }
+  return true;
+}
+
+void PartitionRequestQueue::EndStall(Reader* r) {
+  if (r->stall_since_ns == 0) return;
+  stats_->credit_stall_ns.fetch_add(NowNs() - r->stall_since_ns, std::memory_order_relaxed);
+  r->stall_since_ns = 0;
+}
+
+void PartitionRequestQueue::Release(uint64_t receiver_id) {
+  auto it = readers_.find(receiver_id);
+  if (it == readers_.end()) return;
+  std::shared_ptr<Reader> r = std::move(it->second);
+  readers_.erase(it);
+  r->released = true;
+  EndStall(r.get());
+  // After Release() returns the view never calls the reader again (it waits for a call in
+  // flight), so the reader may go with `r`.
+  if (r->view) r->view->Release();
+  stats_->active_readers.fetch_sub(1, std::memory_order_relaxed);
+}
+
+}  // namespace sluice::shuffle
