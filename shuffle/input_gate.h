@@ -127,6 +127,12 @@ class InputGate {
   // The floating pool; nullptr for a gate without remote channels.
   const std::shared_ptr<buffer::LocalBufferPool>& floating_pool() const { return floating_; }
   InputGateStats Stats() const;
+  // The longest record a RecordReader over this gate accepts (a longer length prefix fails
+  // that channel instead of reserving memory for it): kDefaultMaxRecordSize unless set, e.g.
+  // to a job's declared record_size_max. Set before the reader is made. Consumer thread.
+  static constexpr uint32_t kDefaultMaxRecordSize = 64u << 20;
+  void SetMaxRecordSize(uint32_t bytes) { max_record_size_ = bytes; }
+  uint32_t max_record_size() const { return max_record_size_; }
   // Every channel's live credit state.
   std::vector<ChannelState> ChannelStates() const;
   // Called by channels, any thread.
@@ -143,6 +149,7 @@ class InputGate {
   const ShuffleOptions options_;
   std::shared_ptr<buffer::LocalBufferPool> floating_;
   std::vector<std::shared_ptr<InputChannel>> channels_;
+  uint32_t max_record_size_ = kDefaultMaxRecordSize;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
