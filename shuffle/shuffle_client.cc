@@ -341,6 +341,8 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
     if (it->second->released()) return Admission::Discard();  // cancel still in flight
     buffer::Buffer target = it->second->TakeBufferForPayload();
     if (!target) {
+      // Released by its consumer since the check above: its credit is void, not violated.
+      if (it->second->released()) return Admission::Discard();
       return Reject(FrameError::kNoBufferForPayload,
                     ProtocolError("producer " + conn_->peer() + " sent buffer " +
                                   std::to_string(frame_sequence_) + " to receiver " +
