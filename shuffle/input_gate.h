@@ -104,7 +104,8 @@ class InputGate {
   Status Start();
 
   // Waits up to `timeout` for the next buffer or event. nullopt: nothing arrived in time, or the
-  // gate is finished (see IsFinished). An error: a channel failed (the message names it);
+  // gate is finished (see IsFinished). An error: a channel failed (the message names it; each
+  // failed channel's error is returned once, and later calls go on with the other channels);
   // Cancelled after Cancel(); Closed after Close(). One consumer thread at a time.
   Result<std::optional<BufferOrEvent>> GetNext(std::chrono::milliseconds timeout);
   Result<std::optional<BufferOrEvent>> PollNext() { return GetNext(std::chrono::milliseconds(0)); }
@@ -156,6 +157,7 @@ class InputGate {
   std::deque<uint32_t> ready_;          // GUARDED_BY(mu_): channels with something queued
   std::vector<uint8_t> queued_;         // GUARDED_BY(mu_): channel is in ready_
   std::vector<uint8_t> finished_;       // consumer thread
+  std::vector<uint8_t> failed_;         // consumer thread: its error was returned once
   uint32_t finished_count_ = 0;         // consumer thread (read under mu_ for stats)
   InputGateStats stats_;                // consumer thread
   uint32_t waiting_ = 0;                // GUARDED_BY(mu_): consumers blocked in GetNext

@@ -192,7 +192,7 @@ void RunErrorScoping(Attack attack) {
   std::atomic<bool> done{false};
   uint64_t bad_id = 0;
   std::atomic<uint64_t> bad_id_shared{0};
-  std::thread server([&] {
+  std::jthread server([&] {
     if (!fake.Accept(5s) || !fake.Handshake(kSegment, kSecret)) {
       seen.failed = true;
       return;
@@ -228,6 +228,18 @@ void RunErrorScoping(Attack attack) {
   ASSERT_TRUE(gate.ok()) << gate.status().ToString();
   Consumed c = ConsumeUntilEnd(gate->get(), 0);
   bad_id = bad_id_shared;
+  // The server hears of the failed channel; the connection stays open.
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (seen.cancelled != bad_id && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_EQ(env->client().connection_count(), 1u);
+  EXPECT_EQ(env->client().metrics()->protocol_errors_total(), 0u);
+  done = true;
+  server.join();
+  EXPECT_EQ(seen.cancelled.load(), bad_id);
+  EXPECT_FALSE(seen.failed.load());
+  EXPECT_FALSE(fake.peer_closed());
   EXPECT_TRUE(c.finished) << "the good channel did not finish";
   EXPECT_EQ(c.records[0], kRecords);
   ASSERT_EQ(c.errors.size(), 1u);
@@ -249,18 +261,6 @@ void RunErrorScoping(Attack attack) {
     // error before what it still queues).
     EXPECT_LE(c.records[1], 1u);
   }
-  // The server hears of the failed channel; the connection stays open.
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (seen.cancelled != bad_id && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(5ms);
-  }
-  EXPECT_EQ(seen.cancelled.load(), bad_id);
-  EXPECT_EQ(env->client().connection_count(), 1u);
-  EXPECT_EQ(env->client().metrics()->protocol_errors_total(), 0u);
-  done = true;
-  server.join();
-  EXPECT_FALSE(seen.failed.load());
-  EXPECT_FALSE(fake.peer_closed());
   (*gate)->Close();
   env->Stop();
   ExpectNoLeak(env.get());
@@ -278,7 +278,7 @@ TEST(ClientHostileTest, AddCreditIsCoalescedAndNeverExceedsTheBuffersHeld) {
   ASSERT_TRUE(env);
   constexpr uint32_t kRecords = 2000;
   Seen seen;
-  std::thread server([&] {
+  std::jthread server([&] {
     if (!fake.Accept(5s) || !fake.Handshake(kSegment, kSecret)) {
       seen.failed = true;
       return;
@@ -317,7 +317,7 @@ TEST(ClientHostileTest, DataForAReceiverNeverRequestedClosesTheConnection) {
   ASSERT_TRUE(env);
   std::optional<FakeProducer::Frame> answer;
   uint64_t receiver = 0;
-  std::thread server([&] {
+  std::jthread server([&] {
     if (!fake.Accept(5s) || !fake.Handshake(kSegment, kSecret)) return;
     auto r = fake.ReadRequest(5s);
     if (!r) return;
@@ -355,7 +355,7 @@ TEST(ClientHostileTest, PartitionRequestCarriesTheAccessProofInEveryRetry) {
   ASSERT_TRUE(env);
   const std::string token = auth::MakeJobToken();
   std::vector<FakeProducer::Request> requests;
-  std::thread server([&] {
+  std::jthread server([&] {
     if (!fake.Accept(5s) || !fake.Handshake(kSegment, kSecret)) return;
     auto r = fake.ReadRequest(5s);
     if (!r) return;
@@ -401,7 +401,7 @@ TEST(ClientHostileTest, EventFloodIsRefusedOverTheBudget) {
   const auto end = std::chrono::steady_clock::now() + kAttackTime;
   while (std::chrono::steady_clock::now() < end || rounds < 2) {
     std::optional<FakeProducer::Frame> answer;
-    std::thread server([&] {
+    std::jthread server([&] {
       if (!fake.Accept(5s) || !fake.Handshake(kSegment, kSecret)) return;
       auto r = fake.ReadRequest(5s);
       if (!r) return;
@@ -463,7 +463,7 @@ TEST(ClientHostileTest, HugeRecordLengthFailsTheChannelWithoutReserving) {
   while (std::chrono::steady_clock::now() < end || rounds < 2) {
     Seen seen;
     uint64_t receiver = 0;
-    std::thread server([&] {
+    std::jthread server([&] {
       // One connection for every round: the failed channels' siblings-to-be keep using it.
       if (rounds == 0 && (!fake.Accept(5s) || !fake.Handshake(kSegment, kSecret))) return;
       auto r = fake.ReadRequest(5s);
