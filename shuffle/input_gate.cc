@@ -39,6 +39,7 @@ void InputGate::AddChannel(std::shared_ptr<InputChannel> channel) {
   std::lock_guard lock(mu_);
   queued_.push_back(0);
   finished_.push_back(0);
+  failed_.push_back(0);
   stats_.channels = static_cast<uint32_t>(channels_.size());
 }
 
@@ -80,7 +81,13 @@ Result<std::optional<BufferOrEvent>> InputGate::GetNext(std::chrono::millisecond
       queued_[index] = 0;
     }
     auto next = channels_[index]->GetNext();
-    if (!next.ok()) return next.status();
+    if (!next.ok()) {
+      // A failed channel may be queued more than once (its error and the buffers it held back
+      // both notify): report its error once; the other channels go on.
+      if (failed_[index]) continue;
+      failed_[index] = 1;
+      return next.status();
+    }
     if (!next->has_value()) continue;  // spurious: the channel was drained already
     InputChannel::Next& n = **next;
     if (n.more_available) QueueChannel(index);

@@ -104,7 +104,8 @@ class InputGate {
   Status Start();
 
   // Waits up to `timeout` for the next buffer or event. nullopt: nothing arrived in time, or the
-  // gate is finished (see IsFinished). An error: a channel failed (the message names it);
+  // gate is finished (see IsFinished). An error: a channel failed (the message names it; each
+  // failed channel's error is returned once, and later calls go on with the other channels);
   // Cancelled after Cancel(); Closed after Close(). One consumer thread at a time.
   Result<std::optional<BufferOrEvent>> GetNext(std::chrono::milliseconds timeout);
   Result<std::optional<BufferOrEvent>> PollNext() { return GetNext(std::chrono::milliseconds(0)); }
@@ -127,6 +128,12 @@ class InputGate {
   // The floating pool; nullptr for a gate without remote channels.
   const std::shared_ptr<buffer::LocalBufferPool>& floating_pool() const { return floating_; }
   InputGateStats Stats() const;
+  // The longest record a RecordReader over this gate accepts (a longer length prefix fails
+  // that channel instead of reserving memory for it): kDefaultMaxRecordSize unless set, e.g.
+  // to a job's declared record_size_max. Set before the reader is made. Consumer thread.
+  static constexpr uint32_t kDefaultMaxRecordSize = 64u << 20;
+  void SetMaxRecordSize(uint32_t bytes) { max_record_size_ = bytes; }
+  uint32_t max_record_size() const { return max_record_size_; }
   // Every channel's live credit state.
   std::vector<ChannelState> ChannelStates() const;
   // Called by channels, any thread.
@@ -143,12 +150,14 @@ class InputGate {
   const ShuffleOptions options_;
   std::shared_ptr<buffer::LocalBufferPool> floating_;
   std::vector<std::shared_ptr<InputChannel>> channels_;
+  uint32_t max_record_size_ = kDefaultMaxRecordSize;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<uint32_t> ready_;          // GUARDED_BY(mu_): channels with something queued
   std::vector<uint8_t> queued_;         // GUARDED_BY(mu_): channel is in ready_
   std::vector<uint8_t> finished_;       // consumer thread
+  std::vector<uint8_t> failed_;         // consumer thread: its error was returned once
   uint32_t finished_count_ = 0;         // consumer thread (read under mu_ for stats)
   InputGateStats stats_;                // consumer thread
   uint32_t waiting_ = 0;                // GUARDED_BY(mu_): consumers blocked in GetNext

@@ -4,7 +4,23 @@
 
 namespace sluice::shuffle {
 
-RecordReader::RecordReader(InputGate* gate) : gate_(gate), deserializers_(gate->num_channels()) {}
+RecordReader::RecordReader(InputGate* gate)
+    : gate_(gate), deserializers_(gate->num_channels()), failed_(gate->num_channels(), 0) {
+  SetMaxRecordSize(gate->max_record_size());
+}
+
+void RecordReader::SetMaxRecordSize(uint32_t bytes) {
+  for (RecordDeserializer& d : deserializers_) d.SetMaxRecordLength(bytes);
+}
+
+Status RecordReader::FailChannel(uint32_t channel, const Status& error) {
+  failed_[channel] = 1;
+  deserializers_[channel].Clear();
+  InputChannel* ch = gate_->channel(channel);
+  Status st(error.code(), ch->State().description + ": " + error.message());
+  ch->Release();  // gives its buffers back and cancels its request; siblings go on
+  return st;
+}
 
 Result<RecordReader::Item> RecordReader::Next(std::chrono::milliseconds timeout) {
   if (event_) event_.Release();
@@ -15,8 +31,8 @@ Result<RecordReader::Item> RecordReader::Next(std::chrono::milliseconds timeout)
       std::span<const uint8_t> rec;
       auto r = deserializers_[ch].GetNext(&rec);
       if (!r.ok()) {
-        return Status(r.status().code(),
-                      "channel " + std::to_string(ch) + ": " + r.status().message());
+        pending_.pop_back();
+        return FailChannel(ch, r.status());
       }
       if (*r == RecordDeserializer::Next::kRecord) return Item{Kind::kRecord, rec, ch};
       pending_.pop_back();
@@ -27,6 +43,7 @@ Result<RecordReader::Item> RecordReader::Next(std::chrono::milliseconds timeout)
       return Item{gate_->IsFinished() ? Kind::kEndOfInput : Kind::kTimeout, {}, 0};
     }
     BufferOrEvent& boe = **next;
+    if (failed_[boe.channel]) continue;  // in flight when its channel failed
     switch (boe.buffer.type()) {
       case buffer::DataType::kData:
         deserializers_[boe.channel].SetNextBuffer(std::move(boe.buffer));

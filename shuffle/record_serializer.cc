@@ -10,6 +10,18 @@ namespace {
 uint32_t ReadBigEndian32(const uint8_t* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
 }
+
+// The spill area grows with the bytes that arrive, never by what a length prefix claims; one
+// larger than this is freed once a smaller record follows.
+constexpr size_t kSpillReserveStep = 256u << 10;
+constexpr size_t kSpillKeepBytes = 1u << 20;
+
+Status RecordTooLong(uint32_t length, uint32_t limit) {
+  return ProtocolError("record of " + std::to_string(length) +
+                       " bytes is longer than the limit of " + std::to_string(limit) +
+                       " bytes (corrupt length prefix, or a producer over the job's "
+                       "record_size_max)");
+}
 }  // namespace
 
 Status RecordSerializer::CheckSize(size_t size) {
@@ -114,10 +126,7 @@ Result<RecordDeserializer::Next> RecordDeserializer::GetNextSlow(std::span<const
       // Collect the length prefix.
       if (have_prefix_ == 0 && size - pos_ >= kRecordLengthBytes) {
         const uint32_t len = ReadBigEndian32(data + pos_);
-        if (len > kMaxRecordLength) {
-          return ProtocolError("corrupt record length " + std::to_string(len) +
-                               " (maximum " + std::to_string(kMaxRecordLength) + ")");
-        }
+        if (len > max_length_) return RecordTooLong(len, max_length_);
         if (size - pos_ - kRecordLengthBytes >= len) {
           *record = {data + pos_ + kRecordLengthBytes, len};  // whole record in this buffer
           pos_ += kRecordLengthBytes + len;
@@ -133,12 +142,13 @@ Result<RecordDeserializer::Next> RecordDeserializer::GetNextSlow(std::span<const
         return Next::kNeedMoreData;
       }
       spill_length_ = ReadBigEndian32(prefix_);
-      if (spill_length_ > kMaxRecordLength) {
-        return ProtocolError("corrupt record length " + std::to_string(spill_length_));
-      }
+      if (spill_length_ > max_length_) return RecordTooLong(spill_length_, max_length_);
       spilling_ = true;
+      if (spill_.capacity() > kSpillKeepBytes && spill_length_ <= kSpillKeepBytes) {
+        std::vector<uint8_t>().swap(spill_);
+      }
       spill_.clear();
-      spill_.reserve(spill_length_);
+      spill_.reserve(std::min<size_t>(spill_length_, kSpillReserveStep));
     }
     const size_t n = std::min<size_t>(spill_length_ - spill_.size(), size - pos_);
     spill_.insert(spill_.end(), data + pos_, data + pos_ + n);
@@ -158,7 +168,7 @@ void RecordDeserializer::Clear() {
   ReleaseCurrent();
   have_prefix_ = 0;
   spilling_ = false;
-  spill_.clear();
+  std::vector<uint8_t>().swap(spill_);
 }
 
 }  // namespace sluice::shuffle

@@ -13,6 +13,7 @@
 // Both are thread-compatible (one per subpartition writer / input channel).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -72,10 +73,14 @@ class RecordDeserializer {
     kNeedMoreData,   // the current buffer is used up: give the next one
   };
 
+  // The longest record accepted (default kMaxRecordLength). A longer length prefix fails
+  // GetNext with an error naming the length and the limit, before anything is reserved for it.
+  void SetMaxRecordLength(uint32_t bytes) { max_length_ = std::min(bytes, kMaxRecordLength); }
+  uint32_t max_record_length() const { return max_length_; }
   // Hands the next data buffer of the stream; the previous one is released.
   // REQUIRES: the previous buffer is used up (GetNext returned kNeedMoreData).
   void SetNextBuffer(buffer::Buffer buffer);
-  // The next record, or kNeedMoreData. A corrupt length (beyond kMaxRecordLength) is an error.
+  // The next record, or kNeedMoreData. A length beyond max_record_length() is an error.
   Result<Next> GetNext(std::span<const uint8_t>* record) {
     // Inline fast path: a whole record inside the current buffer, no partial record held.
     if (have_prefix_ == 0 && !spilling_ && size_ - pos_ >= kRecordLengthBytes) {
@@ -85,7 +90,7 @@ class RecordDeserializer {
       __builtin_prefetch(p + 512);
       const uint32_t len = (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) |
                            (uint32_t{p[2]} << 8) | uint32_t{p[3]};
-      if (size_ - pos_ - kRecordLengthBytes >= len) {  // also len < segment <= kMaxRecordLength
+      if (size_ - pos_ - kRecordLengthBytes >= len && len <= max_length_) {
         *record = {p + kRecordLengthBytes, len};
         pos_ += kRecordLengthBytes + len;
         return Next::kRecord;
@@ -112,6 +117,7 @@ class RecordDeserializer {
   bool spilling_ = false;
   uint32_t spill_length_ = 0;
   std::vector<uint8_t> spill_;
+  uint32_t max_length_ = kMaxRecordLength;
 };
 
 }  // namespace sluice::shuffle

@@ -1,29 +1,80 @@
 #include "shuffle/remote_input_channel.h"
 
-#include <atomic>
-
-#include "shuffle/shuffle_client.h"
+#include <cstring>
+#include <unordered_set>
 
 namespace sluice::shuffle {
 
 namespace {
-std::atomic<uint64_t> g_next_receiver_id{1};
+// The receiver ids of live channels in this process. A sequential counter would let a peer
+// guess another channel's id (and inject data into it), so ids are random; this set only
+// keeps them unique.
+std::mutex g_ids_mu;
+std::unordered_set<uint64_t>& LiveIds() {
+  static auto* ids = new std::unordered_set<uint64_t>();  // never destroyed: used at exit
+  return *ids;
+}
+
+uint64_t NewReceiverId() {
+  while (true) {
+    const auth::Nonce random = auth::MakeNonce();  // OpenSSL's CSPRNG
+    uint64_t id;
+    std::memcpy(&id, random.data(), sizeof(id));
+    if (id == 0) continue;
+    std::lock_guard lock(g_ids_mu);
+    if (LiveIds().insert(id).second) return id;
+  }
+}
+
+void ForgetReceiverId(uint64_t id) {
+  std::lock_guard lock(g_ids_mu);
+  LiveIds().erase(id);
+}
 }  // namespace
 
-RemoteInputChannel::RemoteInputChannel(InputGate* gate, uint32_t index, ShuffleClient* client,
+bool EventBudget::TryCharge(size_t payload_bytes) {
+  const size_t bytes = ChargeFor(payload_bytes);
+  size_t used = used_.load(std::memory_order_acquire);
+  do {
+    if (bytes > limit_ || used > limit_ - bytes) return false;
+  } while (!used_.compare_exchange_weak(used, used + bytes, std::memory_order_acq_rel));
+  return true;
+}
+
+RemoteInputChannel::RemoteInputChannel(InputGate* gate, uint32_t index,
+                                       PartitionRequestClient* client,
                                        transport::Endpoint producer, std::string partition_id,
-                                       uint32_t subpartition)
+                                       uint32_t subpartition, const std::string& access_token)
     : InputChannel(gate, index),
       client_(client),
       producer_(std::move(producer)),
       partition_id_(std::move(partition_id)),
       subpartition_(subpartition),
-      receiver_id_(g_next_receiver_id.fetch_add(1)),
+      receiver_id_(NewReceiverId()),
       num_exclusive_(gate->options().credit.buffers_per_channel),
       global_(gate->global_pool()),
-      floating_pool_(gate->floating_pool()) {}
+      floating_pool_(gate->floating_pool()) {
+  if (!access_token.empty()) {
+    has_proof_ = true;
+    proof_ = auth::MakePartitionProof(access_token, partition_id_, subpartition_);
+  }
+}
 
-RemoteInputChannel::~RemoteInputChannel() = default;
+RemoteInputChannel::~RemoteInputChannel() { ForgetReceiverId(receiver_id_); }
+
+void RemoteInputChannel::SetEventBudget(std::shared_ptr<EventBudget> budget) {
+  std::lock_guard lock(mu_);
+  event_budget_ = std::move(budget);
+}
+
+void RemoteInputChannel::RefundEventLocked(const buffer::Buffer& b) {
+  if (event_budget_ && b && buffer::IsEvent(b.type())) event_budget_->Refund(b.size());
+}
+
+uint32_t RemoteInputChannel::AvailableBuffers() const {
+  std::lock_guard lock(mu_);
+  return AvailableLocked();
+}
 
 std::string RemoteInputChannel::Describe() const {
   return "remote channel " + std::to_string(index_) + " of gate '" + gate_->name() +
@@ -57,6 +108,7 @@ Result<std::optional<InputChannel::Next>> RemoteInputChannel::GetNext() {
   n.buffer = std::move(received_.front());
   received_.pop_front();
   n.more_available = !received_.empty();
+  RefundEventLocked(n.buffer);  // taken by the consumer: no longer the connection's to hold
   if (n.buffer.type() == buffer::DataType::kEndOfPartition) finished_ = true;
   return std::optional<Next>(std::move(n));
 }
@@ -77,10 +129,12 @@ Status RemoteInputChannel::OnBuffer(buffer::Buffer buffer, int32_t sequence_numb
   {
     std::unique_lock lock(mu_);
     if (released_) {
+      RefundEventLocked(buffer);  // dropped here, not queued
       lock.unlock();
       return Status::Ok();  // `buffer` goes home when it leaves scope, outside the lock
     }
     if (sequence_number != expected_sequence_) {
+      RefundEventLocked(buffer);
       Status err = ProtocolError(Describe() + ": expected buffer sequence number " +
                                  std::to_string(expected_sequence_) + " but got " +
                                  std::to_string(sequence_number) +
@@ -244,6 +298,7 @@ void RemoteInputChannel::Release() {
     drop_exclusive.swap(exclusive_free_);
     drop_floating.swap(floating_free_);
     drop_received.swap(received_);
+    for (const buffer::Buffer& b : drop_received) RefundEventLocked(b);
     was_listening = listening_;
     listening_ = false;
     // Exclusive buffers still out (with the consumer or in flight) come home through Recycle;

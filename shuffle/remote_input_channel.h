@@ -13,35 +13,81 @@
 // Every BufferResponse carries a sequence number; a gap or repeat fails the channel with both
 // numbers named. Release() gives every buffer back, including the ones in flight.
 //
+// Receiver ids are random 64-bit values (never 0, unique among the live channels of the
+// process), so a peer cannot guess another channel's id. A channel made with a job's access
+// token proves it in every PartitionRequest (auth::MakePartitionProof).
+//
 // Thread-safe: the consumer thread (GetNext), the client's loop thread (network side) and
 // buffer recycling on any thread meet under one mutex; listener callbacks and notifications
 // run outside it.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "buffer/buffer.h"
 #include "buffer/local_buffer_pool.h"
+#include "shuffle/auth.h"
 #include "shuffle/input_gate.h"
 #include "transport/tcp.h"
 
 namespace sluice::shuffle {
 
-class ShuffleClient;
+class RemoteInputChannel;
+
+// What a RemoteInputChannel needs from the network (Flink's PartitionRequestClient):
+// ShuffleClient in production, a fake in unit tests. Thread-safe: called from any thread.
+class PartitionRequestClient {
+ public:
+  virtual ~PartitionRequestClient() = default;
+  // Connects to the channel's producer (or reuses the connection) and requests its partition.
+  virtual void RequestPartition(std::shared_ptr<RemoteInputChannel> channel) = 0;
+  // The channel's unannounced credit went from 0 to positive: announce it (coalesced).
+  virtual void NotifyCreditAvailable(std::shared_ptr<RemoteInputChannel> channel) = 0;
+  // The channel was released: stop its subpartition on the server.
+  virtual void Cancel(std::shared_ptr<RemoteInputChannel> channel) = 0;
+};
+
+// Bytes of event payloads (which need no credit and live outside the network memory) that one
+// connection has received and its consumers have not taken yet. The connection charges an
+// event before reading it and refuses the frame over the limit; the channel refunds it when
+// the consumer takes the event or the channel drops it. Thread-safe (atomic).
+class EventBudget {
+ public:
+  // What one event costs: its payload plus its heap block's bookkeeping, so that a flood of
+  // empty events is bounded too.
+  static constexpr size_t kPerEventOverhead = 128;
+  static size_t ChargeFor(size_t payload_bytes) { return payload_bytes + kPerEventOverhead; }
+
+  explicit EventBudget(size_t limit_bytes) : limit_(limit_bytes) {}
+  // Charges an event of `payload_bytes`; false (nothing charged) over the limit.
+  bool TryCharge(size_t payload_bytes);
+  void Refund(size_t payload_bytes) {
+    used_.fetch_sub(ChargeFor(payload_bytes), std::memory_order_acq_rel);
+  }
+  size_t used() const { return used_.load(std::memory_order_acquire); }
+  size_t limit() const { return limit_; }
+
+ private:
+  const size_t limit_;
+  std::atomic<size_t> used_{0};
+};
 
 class RemoteInputChannel final : public InputChannel,
                                  public buffer::BufferRecycler,
                                  public buffer::BufferListener,
                                  public std::enable_shared_from_this<RemoteInputChannel> {
  public:
-  RemoteInputChannel(InputGate* gate, uint32_t index, ShuffleClient* client,
+  // `access_token`: the producer's job token (empty: the partition needs no proof).
+  RemoteInputChannel(InputGate* gate, uint32_t index, PartitionRequestClient* client,
                      transport::Endpoint producer, std::string partition_id,
-                     uint32_t subpartition);
+                     uint32_t subpartition, const std::string& access_token = "");
   ~RemoteInputChannel() override;
 
   // Takes the exclusive segments (admission; timeout) and sends the partition request.
@@ -57,6 +103,13 @@ class RemoteInputChannel final : public InputChannel,
   uint32_t subpartition() const { return subpartition_; }
   // Credit to announce in the PartitionRequest: the exclusive buffers.
   int32_t initial_credit() const { return static_cast<int32_t>(num_exclusive_); }
+  // The PartitionRequest's access_proof: empty without an access token.
+  std::span<const uint8_t> access_proof() const {
+    return has_proof_ ? std::span<const uint8_t>(proof_) : std::span<const uint8_t>();
+  }
+  // Events this channel receives are charged to `budget` (its connection's); the channel
+  // refunds them when they are taken or dropped. Loop thread, before the first OnBuffer.
+  void SetEventBudget(std::shared_ptr<EventBudget> budget);
   // An empty buffer for the payload of the next data BufferResponse (one credit is used), or
   // an empty handle when the sender sent without credit.
   buffer::Buffer TakeBufferForPayload();
@@ -72,6 +125,9 @@ class RemoteInputChannel final : public InputChannel,
   void OnSenderBacklog(int32_t backlog);
   // Credit gained since the last AddCredit; resets it. Loop thread.
   int32_t TakeUnannouncedCredit();
+  // Empty buffers held for the sender (exclusive and floating): an upper bound of the credit
+  // the sender may hold. For tests and the credit-state dump.
+  uint32_t AvailableBuffers() const;
   // Fails the channel: the consumer's next GetNext returns this error.
   void OnError(Status error);
   bool released() const;
@@ -93,12 +149,17 @@ class RemoteInputChannel final : public InputChannel,
     return static_cast<uint32_t>(exclusive_free_.size() + floating_free_.size());
   }
 
-  ShuffleClient* const client_;
+  // Refunds the event budget for an event buffer leaving the channel. REQUIRES: mu_ held.
+  void RefundEventLocked(const buffer::Buffer& b);
+
+  PartitionRequestClient* const client_;
   const transport::Endpoint producer_;
   const std::string partition_id_;
   const uint32_t subpartition_;
   const uint64_t receiver_id_;
   const uint32_t num_exclusive_;
+  bool has_proof_ = false;
+  auth::Proof proof_{};
   // Held here, not through the gate: exclusive segments may come home after the gate is gone.
   const std::shared_ptr<buffer::NetworkBufferPool> global_;
   const std::shared_ptr<buffer::LocalBufferPool> floating_pool_;
@@ -118,6 +179,7 @@ class RemoteInputChannel final : public InputChannel,
   bool notify_pending_ = false;                // GUARDED_BY(mu_): OnBuffer held a notify back
   bool finished_ = false;                      // GUARDED_BY(mu_)
   Status error_;                               // GUARDED_BY(mu_)
+  std::shared_ptr<EventBudget> event_budget_;  // GUARDED_BY(mu_)
   // Keeps the channel alive after Release until its last exclusive segment came home.
   std::shared_ptr<RemoteInputChannel> keep_alive_;  // GUARDED_BY(mu_)
 };

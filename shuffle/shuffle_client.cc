@@ -2,9 +2,11 @@
 
 #include "shuffle/auth.h"
 
+#include <deque>
 #include <future>
 #include <set>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "shuffle/crc32c.h"
 #include "shuffle/handshake.h"
@@ -20,6 +22,28 @@ using transport::Rejection;
 
 namespace {
 Rejection Reject(FrameError reason, Status st) { return Rejection{reason, std::move(st)}; }
+
+// How many receiver ids a connection remembers after their channel left it (failed, released,
+// not found): frames still in flight for them are dropped, not taken as a protocol error.
+constexpr size_t kRecentlyClosedIds = 4096;
+
+// A bounded set of receiver ids, oldest forgotten first. Loop thread only.
+class RecentIds {
+ public:
+  void Insert(uint64_t id) {
+    if (!set_.insert(id).second) return;
+    order_.push_back(id);
+    if (order_.size() > kRecentlyClosedIds) {
+      set_.erase(order_.front());
+      order_.pop_front();
+    }
+  }
+  bool Contains(uint64_t id) const { return set_.count(id) != 0; }
+
+ private:
+  std::deque<uint64_t> order_;
+  std::unordered_set<uint64_t> set_;
+};
 }  // namespace
 
 // A PartitionNotFound retry waiting for its backoff to pass.
@@ -35,11 +59,13 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
   Handler(ShuffleClient* client, transport::Connection* conn)
       : client_(client),
         conn_(conn),
+        event_budget_(std::make_shared<EventBudget>(client->EventBudgetBytes())),
         handshake_(client->config_.auth, client->config_.options.credit.segment_size,
                    client->config_.node_name, conn->peer()) {}
 
   void AddChannel(const std::shared_ptr<RemoteInputChannel>& ch) {
     SendHelloOnce();
+    ch->SetEventBudget(event_budget_);
     channels_[ch->receiver_id()] = ch;
     retry_[ch->receiver_id()].first_request = uv_now(conn_->loop()->loop());
     if (established_) {
@@ -49,10 +75,12 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
     }
   }
 
+  // The channel leaves this connection (released or failed): its subpartition is cancelled at
+  // the server and frames still in flight for it are dropped.
   void RemoveChannel(uint64_t receiver_id) {
     if (channels_.erase(receiver_id) == 0) return;
     retry_.erase(receiver_id);
-    cancelled_.insert(receiver_id);
+    closed_ids_.Insert(receiver_id);
     if (established_ && !conn_->closing()) {
       conn_->Send(MakeFrame(MessageType::kCancelPartitionRequest,
                             builder_.CancelPartitionRequest(receiver_id)));
@@ -74,7 +102,8 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
     const int32_t credit = ch.initial_credit() + ch.TakeUnannouncedCredit();
     conn_->Send(MakeFrame(MessageType::kPartitionRequest,
                           builder_.PartitionRequest(ch.partition_id(), ch.subpartition(),
-                                                    ch.receiver_id(), credit)));
+                                                    ch.receiver_id(), credit,
+                                                    ch.access_proof())));
   }
 
   // PartitionNotFound: retry with backoff until the request timeout, then fail.
@@ -92,6 +121,7 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
       const uint32_t requests = r.attempts + 1;
       channels_.erase(it);
       retry_.erase(receiver_id);  // `r` dangles from here on
+      closed_ids_.Insert(receiver_id);  // the server holds no reader for it
       ch->OnError(NotFound("partition not found at " + conn_->peer() + " after " +
                            std::to_string(requests) + " requests over " +
                            std::to_string(elapsed) + " ms (" + message +
@@ -131,8 +161,14 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
       case MessageType::kBacklogAnnouncement: {
         auto m = schema::ParseBacklogAnnouncement(meta);
         if (!m.ok()) return RejectMessage(type, meta, m.status());
-        auto it = channels_.find((*m)->receiver_id());
-        if (it != channels_.end()) it->second->OnSenderBacklog((*m)->backlog());
+        client_->BeginReadPass();  // floating buffers gained here are announced at its end
+        const uint64_t id = (*m)->receiver_id();
+        auto it = channels_.find(id);
+        if (it != channels_.end()) {
+          it->second->OnSenderBacklog((*m)->backlog());
+        } else if (!closed_ids_.Contains(id)) {
+          return UnknownReceiver("BacklogAnnouncement", id);
+        }
         return Admission();
       }
       case MessageType::kErrorResponse: {
@@ -146,6 +182,8 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
           } else if (auto it = channels_.find(id); it != channels_.end()) {
             std::shared_ptr<RemoteInputChannel> ch = it->second;
             channels_.erase(it);
+            retry_.erase(id);
+            closed_ids_.Insert(id);  // the server dropped its reader already
             ch->OnError(Status(StatusCode::kIoError, "producer " + conn_->peer() + " reported " +
                                                          fb::EnumNameErrorCode((*m)->code()) +
                                                          ": " + text));
@@ -171,38 +209,43 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
 
   Status OnPayload(buffer::Buffer payload) override {
     payload.SetType(frame_type_);
+    auto it = channels_.find(frame_receiver_);
+    if (it == channels_.end()) {  // failed or released meanwhile: the buffer goes home
+      if (buffer::IsEvent(frame_type_)) event_budget_->Refund(payload.size());
+      return Status::Ok();
+    }
+    std::shared_ptr<RemoteInputChannel> ch = it->second;
     if (frame_checksummed_) {
       const uint32_t crc = Crc32c(payload.data(), payload.size());
       if (crc != frame_checksum_) {
-        auto it = channels_.find(frame_receiver_);
-        if (it != channels_.end()) {
-          std::shared_ptr<RemoteInputChannel> ch = it->second;
-          channels_.erase(it);
-          RemoveChannel(frame_receiver_);
-          ch->OnError(ProtocolError("checksum mismatch on buffer " +
-                                    std::to_string(frame_sequence_) + " from " + conn_->peer() +
-                                    ": CRC32C " + std::to_string(crc) + ", sender said " +
-                                    std::to_string(frame_checksum_)));
-        }
+        if (buffer::IsEvent(frame_type_)) event_budget_->Refund(payload.size());
+        payload.Release();
+        RemoveChannel(frame_receiver_);  // only this channel: its siblings go on
+        ch->OnError(ProtocolError("checksum mismatch on buffer " +
+                                  std::to_string(frame_sequence_) + " from " + conn_->peer() +
+                                  ": CRC32C " + std::to_string(crc) + ", sender said " +
+                                  std::to_string(frame_checksum_) +
+                                  "; the request was cancelled"));
         return Status::Ok();
       }
     }
-    auto it = channels_.find(frame_receiver_);
-    if (it == channels_.end()) return Status::Ok();  // cancelled meanwhile: buffer goes home
-    std::shared_ptr<RemoteInputChannel> ch = it->second;
     bool notify_later = false;
     Status st = ch->OnBuffer(std::move(payload), frame_sequence_, frame_backlog_, &notify_later);
-    if (notify_later) notify_later_.push_back(std::move(ch));
-    if (!st.ok()) channels_.erase(frame_receiver_);  // the channel failed; stop routing to it
+    if (notify_later) notify_later_.push_back(ch);
+    if (!st.ok()) RemoveChannel(frame_receiver_);  // the channel failed: cancel it alone
     return Status::Ok();
   }
 
   // The consumers hear of this pass's buffers now: one wake-up for all of them, after the
   // reads rather than between them.
-  void OnReadPassEnd() override { NotifyDeferred(); }
+  void OnReadPassEnd() override {
+    NotifyDeferred();
+    client_->FlushCredit();  // one AddCredit per channel for the whole pass
+  }
 
   void OnClosed(const Status& reason) override {
     NotifyDeferred();
+    client_->FlushCredit();  // a pass that closed the connection had no OnReadPassEnd
     const Status& why = fatal_.ok() ? reason : fatal_;
     auto channels = std::move(channels_);
     channels_.clear();
@@ -214,10 +257,11 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
 
   std::optional<transport::OutFrame> OnProtocolError(FrameError reason,
                                                      const Status& status) override {
-    (void)reason;
+    const fb::ErrorCode code = reason == FrameError::kNoBufferForPayload
+                                   ? fb::ErrorCode::CreditViolation
+                                   : fb::ErrorCode::ProtocolViolation;
     return MakeFrame(MessageType::kErrorResponse,
-                     builder_.ErrorResponse(fb::ErrorCode::ProtocolViolation, status.message(),
-                                            std::nullopt));
+                     builder_.ErrorResponse(code, status.message(), std::nullopt));
   }
 
  private:
@@ -227,7 +271,31 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
     std::chrono::milliseconds backoff{0};
   };
 
+  Admission UnknownReceiver(const char* what, uint64_t id) {
+    return Reject(FrameError::kInvalidField,
+                  ProtocolError(std::string(what) + " from producer " + conn_->peer() +
+                                " for receiver id " + std::to_string(id) +
+                                ", which this connection never requested"));
+  }
+
+  // An event needs no credit and is read outside the network memory: it is charged to the
+  // connection's event budget instead, and refused over it.
+  Admission AdmitEvent(const transport::FrameHeader& h) {
+    if (!event_budget_->TryCharge(h.payload_length())) {
+      return Reject(FrameError::kNoBufferForPayload,
+                    ProtocolError("producer " + conn_->peer() + " sent an event of " +
+                                  std::to_string(h.payload_length()) + " bytes to receiver " +
+                                  std::to_string(frame_receiver_) + " while " +
+                                  std::to_string(event_budget_->used()) + " of the " +
+                                  std::to_string(event_budget_->limit()) +
+                                  " bytes of events this connection may hold were not consumed "
+                                  "yet (event budget exceeded)"));
+    }
+    return Admission(buffer::AllocateUnpooled(h.payload_length(), frame_type_));
+  }
+
   Admission OnBufferResponse(const transport::FrameHeader& h, std::span<const uint8_t> meta) {
+    client_->BeginReadPass();  // credit gained in this pass is announced at its end
     const uint32_t max_payload = client_->config_.options.credit.segment_size;
     auto m = schema::ParseBufferResponse(meta, max_payload);
     if (!m.ok()) return RejectMessage(MessageType::kBufferResponse, meta, m.status());
@@ -241,10 +309,9 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
     }
     auto it = channels_.find(r->receiver_id());
     if (it == channels_.end()) {
-      if (cancelled_.count(r->receiver_id()) != 0) return Admission::Discard();
-      return Reject(FrameError::kInvalidField,
-                    ProtocolError("BufferResponse for unknown receiver id " +
-                                  std::to_string(r->receiver_id())));
+      // In flight for a channel that failed or was released: dropped, no buffer taken.
+      if (closed_ids_.Contains(r->receiver_id())) return Admission::Discard();
+      return UnknownReceiver("BufferResponse", r->receiver_id());
     }
     frame_receiver_ = r->receiver_id();
     frame_sequence_ = r->sequence_number();
@@ -252,12 +319,12 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
     frame_type_ = schema::FromWire(r->data_type());
     frame_checksummed_ = (r->flags() & schema::kFlagChecksummed) != 0;
     frame_checksum_ = r->checksum();
-    if (buffer::IsEvent(frame_type_)) {
-      return Admission(buffer::AllocateUnpooled(h.payload_length(), frame_type_));
-    }
+    if (buffer::IsEvent(frame_type_)) return AdmitEvent(h);
     if (it->second->released()) return Admission::Discard();  // cancel still in flight
     buffer::Buffer target = it->second->TakeBufferForPayload();
     if (!target) {
+      // Released by its consumer since the check above: its credit is void, not violated.
+      if (it->second->released()) return Admission::Discard();
       return Reject(FrameError::kNoBufferForPayload,
                     ProtocolError("producer " + conn_->peer() + " sent buffer " +
                                   std::to_string(frame_sequence_) + " to receiver " +
@@ -344,7 +411,9 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
   // Channels that got a buffer this read pass and have not told their gate yet.
   std::vector<std::shared_ptr<RemoteInputChannel>> notify_later_;
   std::unordered_map<uint64_t, RetryState> retry_;
-  std::set<uint64_t> cancelled_;
+  // Receiver ids whose channel left this connection; frames still in flight are dropped.
+  RecentIds closed_ids_;
+  const std::shared_ptr<EventBudget> event_budget_;
   std::vector<uint64_t> pending_;
   bool hello_sent_ = false;
   bool established_ = false;
@@ -428,9 +497,37 @@ void ShuffleClient::RequestPartition(std::shared_ptr<RemoteInputChannel> channel
 }
 
 void ShuffleClient::NotifyCreditAvailable(std::shared_ptr<RemoteInputChannel> channel) {
-  loop_->RunOrPost([this, channel] {
-    if (Handler* h = HandlerFor(channel->receiver_id())) h->SendCredit(*channel);
-  });
+  // A channel is queued once until the flush takes its credit (it notifies only when its
+  // unannounced credit goes from 0 to positive), so a flush sends one AddCredit per channel.
+  bool post = false;
+  {
+    std::lock_guard lock(credit_mu_);
+    credit_pending_.push_back(std::move(channel));
+    if (credit_flush_scheduled_) return;
+    credit_flush_scheduled_ = true;
+    // On the IO thread inside a read pass the pass's end flushes; anywhere else one task does.
+    post = !(loop_->IsLoopThread() && in_read_pass_);
+  }
+  if (post) loop_->Post([this] { FlushCredit(); });
+}
+
+void ShuffleClient::FlushCredit() {
+  in_read_pass_ = false;
+  {
+    std::lock_guard lock(credit_mu_);
+    credit_batch_.swap(credit_pending_);  // both keep their capacity: no allocation per flush
+    credit_flush_scheduled_ = false;
+  }
+  for (const auto& ch : credit_batch_) {
+    if (Handler* h = HandlerFor(ch->receiver_id())) h->SendCredit(*ch);
+  }
+  credit_batch_.clear();
+}
+
+size_t ShuffleClient::EventBudgetBytes() const {
+  const size_t two_events =
+      2 * EventBudget::ChargeFor(config_.options.credit.segment_size);
+  return std::max(config_.event_budget_bytes, two_events);
 }
 
 void ShuffleClient::Cancel(std::shared_ptr<RemoteInputChannel> channel) {

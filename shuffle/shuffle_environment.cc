@@ -94,7 +94,8 @@ Result<std::unique_ptr<InputGate>> ShuffleEnvironment::CreateInputGate(
     const ChannelSpec& c = channels[i];
     if (c.remote) {
       g->AddChannel(std::make_shared<RemoteInputChannel>(g, i, client_.get(), *c.remote,
-                                                         c.partition_id, c.subpartition));
+                                                         c.partition_id, c.subpartition,
+                                                         c.access_token));
     } else {
       g->AddChannel(std::make_shared<LocalInputChannel>(g, i, &registry_, c.partition_id,
                                                         c.subpartition));

@@ -113,8 +113,61 @@ TEST_F(RecordSerializerTest, CorruptLengthIsAnError) {
   std::span<const uint8_t> rec;
   auto r = de.GetNext(&rec);
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.status().message().find("corrupt record length"), std::string::npos);
+  EXPECT_EQ(r.status().code(), StatusCode::kProtocolError);
+  EXPECT_NE(r.status().message().find("record of 4294967295 bytes is longer than the limit of " +
+                                      std::to_string(kMaxRecordLength) + " bytes"),
+            std::string::npos)
+      << r.status().message();
   de.Clear();
+}
+
+// A length prefix over the reader's limit fails before anything is reserved for it, also when
+// the prefix itself is split across buffers; records within the limit still pass.
+TEST_F(RecordSerializerTest, LengthOverTheLimitIsRefusedBeforeReserving) {
+  RecordDeserializer de;
+  de.SetMaxRecordLength(100);
+  EXPECT_EQ(de.max_record_length(), 100u);
+  Buffer ok = NewBuffer();
+  StoreRecordLength(ok.data(), 100);
+  std::memset(ok.data() + 4, 7, 100);
+  StoreRecordLength(ok.data() + 104, 101);  // complete in this buffer, but over the limit
+  std::memset(ok.data() + 108, 7, 101);
+  ok.SetSize(209);
+  de.SetNextBuffer(std::move(ok));
+  std::span<const uint8_t> rec;
+  auto r = de.GetNext(&rec);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(*r, RecordDeserializer::Next::kRecord);
+  EXPECT_EQ(rec.size(), 100u);
+  r = de.GetNext(&rec);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(),
+            "record of 101 bytes is longer than the limit of 100 bytes (corrupt length prefix, or "
+            "a producer over the job's record_size_max)");
+  de.Clear();
+
+  RecordDeserializer split;
+  split.SetMaxRecordLength(1u << 20);
+  Buffer first = NewBuffer();
+  first.data()[0] = 0x40;  // 0x40000000 = 1 GiB, prefix split 2 + 2
+  first.data()[1] = 0x00;
+  first.SetSize(2);
+  split.SetNextBuffer(std::move(first));
+  r = split.GetNext(&rec);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*r, RecordDeserializer::Next::kNeedMoreData);
+  Buffer second = NewBuffer();
+  second.data()[0] = 0;
+  second.data()[1] = 0;
+  second.SetSize(2);
+  split.SetNextBuffer(std::move(second));
+  r = split.GetNext(&rec);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("record of 1073741824 bytes is longer than the limit of "
+                                      "1048576 bytes"),
+            std::string::npos)
+      << r.status().message();
+  split.Clear();
 }
 
 TEST_F(RecordSerializerTest, OversizedRecordRejectedAtBegin) {
