@@ -9,13 +9,16 @@
 
 #include <chrono>
 #include <functional>
+#include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include "tools/control/control_client.h"
 #include "tools/control/control_codec.h"
 #include "tests/tools/daemon/daemon_test_util.h"
 #include "transport/frame_codec.h"
+#include "transport/log.h"
 #include "transport/raw_socket.h"
 
 namespace sluice::daemon {
@@ -174,6 +177,74 @@ TEST(DaemonTest, SharedSecretIsRequiredAndChecked) {
             std::string::npos)
       << s->prometheus;
   ok->reset();
+  ExpectCleanShutdown(*d);
+}
+
+TEST(DaemonTest, WithoutASecretFileTheStateDirSecretIsCreated0600AndUsed) {
+  const std::string dir = ::testing::TempDir() + "/sluice-state-" + std::to_string(::getpid());
+  std::filesystem::remove_all(dir);
+  auto in_state_dir = [&](DaemonConfig& c) {
+    c.auth_secret_file.clear();
+    c.state_dir = dir;
+  };
+  auto d = StartDaemon("", 32ull << 20, in_state_dir);
+  ASSERT_TRUE(d);
+  const std::string file = dir + "/auth_secret";
+  struct stat fs {}, ds {};
+  ASSERT_EQ(::stat(file.c_str(), &fs), 0);
+  ASSERT_EQ(::stat(dir.c_str(), &ds), 0);
+  EXPECT_EQ(fs.st_mode & 0777, 0600u);
+  EXPECT_EQ(ds.st_mode & 0777, 0700u);
+  std::string secret;
+  std::getline(std::ifstream(file), secret);
+  EXPECT_EQ(secret.size(), 64u);
+  auto none = ControlClient::Connect("127.0.0.1", d->port(), {});
+  ASSERT_FALSE(none.ok()) << "authenticated by default";
+  EXPECT_EQ(none.status().code(), StatusCode::kPermissionDenied);
+  auto c = Connect(*d, secret);
+  ASSERT_TRUE(c);
+  c.reset();
+  ExpectCleanShutdown(*d);
+  d.reset();
+  // A second start reuses the secret.
+  d = StartDaemon("", 32ull << 20, in_state_dir);
+  ASSERT_TRUE(d);
+  c = Connect(*d, secret);
+  ASSERT_TRUE(c);
+  c.reset();
+  ExpectCleanShutdown(*d);
+  d.reset();
+  // Readable by others: refused at start, naming the file and the chmod.
+  ::chmod(file.c_str(), 0644);
+  DaemonConfig cfg;
+  cfg.port = 0;
+  cfg.network_memory = 32ull << 20;
+  in_state_dir(cfg);
+  auto refused = Daemon::Start(cfg);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_NE(refused.status().message().find("chmod 600 " + file), std::string::npos)
+      << refused.status().message();
+  std::filesystem::remove_all(dir);
+}
+
+TEST(DaemonTest, AuthOffOnLoopbackServesWithoutASecretAndWarns) {
+  std::vector<std::string> warnings;
+  std::mutex mu;
+  SetLogSink([&](LogLevel level, std::string_view m) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (level == LogLevel::kWarn) warnings.emplace_back(m);
+  });
+  auto d = StartDaemon("", 32ull << 20, [](DaemonConfig& c) { c.auth = "off"; });
+  SetLogSink(nullptr);
+  ASSERT_TRUE(d);
+  bool warned = false;
+  for (const auto& w : warnings) warned = warned || w.find("auth = off") != std::string::npos;
+  EXPECT_TRUE(warned);
+  auto c = Connect(*d, std::nullopt);
+  ASSERT_TRUE(c);
+  EXPECT_TRUE(c->GetStats().ok());
+  c.reset();
   ExpectCleanShutdown(*d);
 }
 
