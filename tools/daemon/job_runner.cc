@@ -220,6 +220,9 @@ class RunningJob {
   // Starts every task's thread and the watchdog. A thread that cannot be started fails the job
   // (the tasks not started count as ended); never throws.
   void StartThreads();
+  // Creates this node's partitions (registered with the job's token) and input gates. May
+  // throw std::system_error (a partition's flusher thread) or std::bad_alloc.
+  Status CreatePartitionsAndGates(const std::vector<transport::Endpoint>& endpoints);
   Status ConsumeRecord(ConsumerTask& t, std::span<const uint8_t> data, uint32_t channel,
                        std::vector<SequenceTracker>& trackers);
   void RunWatchdog();
@@ -569,6 +572,40 @@ void RunningJob::StartThreads() {
   }
 }
 
+Status RunningJob::CreatePartitionsAndGates(const std::vector<transport::Endpoint>& endpoints) {
+  const std::string job = "job '" + spec.job_id + "': ";
+  const uint32_t node_index = node;
+  // Partitions first, so that this node's own gates find them and remote ones soon do.
+  for (auto& t : producers) {
+    auto part = env->CreatePartition(PartitionId(spec.job_id, t->index), Subpartitions(spec),
+                                     spec.token);
+    if (!part.ok()) {
+      return Status(part.status().code(),
+                    job + "producer " + std::to_string(t->index) + ": " + part.status().message());
+    }
+    t->partition = std::move(*part);
+  }
+  for (auto& t : consumers) {
+    std::vector<shuffle::ChannelSpec> channels;
+    for (uint32_t p : ProducersOf(spec, t->index)) {
+      shuffle::ChannelSpec ch;
+      ch.partition_id = PartitionId(spec.job_id, p);
+      ch.subpartition = spec.pattern == Pattern::kPointwise ? 0 : t->index;
+      ch.access_token = spec.token;
+      if (spec.producer_nodes[p] != node_index) ch.remote = endpoints[spec.producer_nodes[p]];
+      channels.push_back(std::move(ch));
+      t->channel_producer.push_back(p);
+    }
+    auto gate = env->CreateInputGate(spec.job_id + "/c" + std::to_string(t->index), channels);
+    if (!gate.ok()) {
+      return Status(gate.status().code(),
+                    job + "consumer " + std::to_string(t->index) + ": " + gate.status().message());
+    }
+    t->gate = std::move(*gate);
+  }
+  return Status::Ok();
+}
+
 void RunningJob::RunWatchdog() {
   std::unique_lock lock(mu);
   const auto deadline = start + std::chrono::milliseconds(spec.timeout_ms);
@@ -794,34 +831,17 @@ Result<std::unique_ptr<JobRunner>> JobRunner::Start(shuffle::ShuffleEnvironment*
     state->consumers.push_back(std::move(t));
   }
 
-  // Partitions first, so that this node's own gates find them and remote ones soon do.
-  for (auto& t : state->producers) {
-    auto part = env->CreatePartition(PartitionId(spec.job_id, t->index), Subpartitions(spec),
-                                     spec.token);
-    if (!part.ok()) {
-      return sluice::Status(part.status().code(), job + "producer " + std::to_string(t->index) +
-                                                      ": " + part.status().message());
-    }
-    t->partition = std::move(*part);
+  sluice::Status created;
+  try {
+    created = state->CreatePartitionsAndGates(endpoints);
+  } catch (const std::system_error& e) {
+    created = ResourceExhausted(job + "cannot start a thread while creating its partitions "
+                                "(an output flusher): " + e.what() +
+                                " (the daemon's task or thread limit, e.g. RLIMIT_NPROC)");
+  } catch (const std::bad_alloc&) {
+    created = ResourceExhausted(job + "out of memory (std::bad_alloc) creating its partitions");
   }
-  for (auto& t : state->consumers) {
-    std::vector<shuffle::ChannelSpec> channels;
-    for (uint32_t p : ProducersOf(spec, t->index)) {
-      shuffle::ChannelSpec ch;
-      ch.partition_id = PartitionId(spec.job_id, p);
-      ch.subpartition = spec.pattern == Pattern::kPointwise ? 0 : t->index;
-      ch.access_token = spec.token;
-      if (spec.producer_nodes[p] != node_index) ch.remote = endpoints[spec.producer_nodes[p]];
-      channels.push_back(std::move(ch));
-      t->channel_producer.push_back(p);
-    }
-    auto gate = env->CreateInputGate(spec.job_id + "/c" + std::to_string(t->index), channels);
-    if (!gate.ok()) {
-      return sluice::Status(gate.status().code(), job + "consumer " + std::to_string(t->index) +
-                                                      ": " + gate.status().message());
-    }
-    t->gate = std::move(*gate);
-  }
+  if (!created.ok()) return created;  // ~RunningJob releases what was created
 
   State* s = state.get();
   const auto tasks = static_cast<uint32_t>(s->producers.size() + s->consumers.size());
