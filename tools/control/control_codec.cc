@@ -1,6 +1,7 @@
 #include "tools/control/control_codec.h"
 
 #include <algorithm>
+#include <cstdint>
 
 namespace sluice::control {
 namespace {
@@ -110,38 +111,72 @@ std::vector<uint8_t> EncodeJobStatusRequest(const std::string& job_id, const std
 }
 
 namespace {
-std::vector<uint8_t> EncodeJobStatusImpl(const JobStatus& st, bool with_channels) {
+// How much of a status an encoding carries.
+struct StatusShape {
+  bool with_channels = true;  // per-channel record counts
+  size_t max_tasks = SIZE_MAX;  // first producers and consumers listed
+  size_t max_error = 2000;      // bytes of each task's error
+};
+
+std::vector<uint8_t> EncodeJobStatusImpl(const JobStatus& st, const JobTotals& t,
+                                         const StatusShape& shape, const std::string& note) {
   FlatBufferBuilder fbb(4096);
-  constexpr size_t kMaxError = 2000;
   std::vector<Offset<fb::ProducerStatusMsg>> producers;
-  for (const ProducerStatus& p : st.producers) {
-    auto err = fbb.CreateString(Cut(p.error, kMaxError));
-    auto per = fbb.CreateVector(with_channels ? p.records_per_consumer : std::vector<uint64_t>());
+  for (size_t i = 0; i < std::min(shape.max_tasks, st.producers.size()); ++i) {
+    const ProducerStatus& p = st.producers[i];
+    auto err = fbb.CreateString(Cut(p.error, shape.max_error));
+    auto per = fbb.CreateVector(shape.with_channels ? p.records_per_consumer
+                                                    : std::vector<uint64_t>());
     producers.push_back(fb::CreateProducerStatusMsg(fbb, p.index, p.done, err, p.records, p.bytes,
                                                     p.bad_lines, per));
   }
   std::vector<Offset<fb::ConsumerStatusMsg>> consumers;
-  for (const ConsumerStatus& c : st.consumers) {
-    auto err = fbb.CreateString(Cut(c.error, kMaxError));
-    auto per = fbb.CreateVector(with_channels ? c.records_per_producer : std::vector<uint64_t>());
+  for (size_t i = 0; i < std::min(shape.max_tasks, st.consumers.size()); ++i) {
+    const ConsumerStatus& c = st.consumers[i];
+    auto err = fbb.CreateString(Cut(c.error, shape.max_error));
+    auto per = fbb.CreateVector(shape.with_channels ? c.records_per_producer
+                                                    : std::vector<uint64_t>());
     auto file = fbb.CreateString(c.output_file);
     consumers.push_back(fb::CreateConsumerStatusMsg(fbb, c.index, c.done, err, c.records, c.bytes,
                                                     c.duplicated, c.reordered, c.corrupted, per,
                                                     file));
   }
   auto id = fbb.CreateString(st.job_id);
-  auto err = fbb.CreateString(Cut(st.error, kMaxError));
+  auto err = fbb.CreateString(Cut(st.error, 2000));
   auto pv = fbb.CreateVector(producers);
   auto cv = fbb.CreateVector(consumers);
+  auto totals = fb::CreateJobTotalsMsg(fbb, t.producers, t.consumers, t.producers_done,
+                                       t.consumers_done, t.records_produced, t.bytes_produced,
+                                       t.bad_lines, t.records_consumed, t.bytes_consumed,
+                                       t.duplicated, t.reordered, t.corrupted);
+  auto n = fbb.CreateString(Cut(note, 1000));
   return Bytes(fbb, fb::CreateJobStatusResponse(fbb, id, static_cast<fb::JobState>(st.state), err,
-                                                st.seconds, pv, cv));
+                                                st.seconds, pv, cv, totals, n));
 }
 }  // namespace
 
 std::vector<uint8_t> EncodeJobStatus(const JobStatus& status) {
-  auto bytes = EncodeJobStatusImpl(status, true);
+  // Totals from the full lists, unless they were cut before (a status decoded from a reply).
+  const JobTotals t = status.note.empty() ? ComputeTotals(status) : status.totals;
+  StatusShape shape;
+  auto bytes = EncodeJobStatusImpl(status, t, shape, status.note);
   if (bytes.size() <= kMaxControlMessageBytes) return bytes;
-  return EncodeJobStatusImpl(status, false);  // per-channel counts do not fit: totals only
+  shape.with_channels = false;  // per-channel counts do not fit: per-task totals
+  const std::string no_channels = "per-channel record counts left out to fit in a frame";
+  bytes = EncodeJobStatusImpl(status, t, shape, no_channels);
+  if (bytes.size() <= kMaxControlMessageBytes) return bytes;
+  // Still too big (hundreds of tasks): list fewer tasks, halving until it fits.
+  shape.max_error = 200;
+  shape.max_tasks = std::max(status.producers.size(), status.consumers.size());
+  while (true) {
+    shape.max_tasks /= 2;
+    const std::string note =
+        no_channels + "; task lists cut to the first " + std::to_string(shape.max_tasks) +
+        " of " + std::to_string(status.producers.size()) + " producers and " +
+        std::to_string(status.consumers.size()) + " consumers (totals cover every task)";
+    bytes = EncodeJobStatusImpl(status, t, shape, note);
+    if (bytes.size() <= kMaxControlMessageBytes || shape.max_tasks == 0) return bytes;
+  }
 }
 
 JobStatus DecodeJobStatus(const fb::JobStatusResponse& m) {
@@ -150,6 +185,7 @@ JobStatus DecodeJobStatus(const fb::JobStatusResponse& m) {
   st.state = static_cast<JobState>(m.state());
   st.error = Str(m.error());
   st.seconds = m.seconds();
+  st.note = Str(m.note());
   if (m.producers() != nullptr) {
     for (const fb::ProducerStatusMsg* p : *m.producers()) {
       ProducerStatus ps;
@@ -178,6 +214,22 @@ JobStatus DecodeJobStatus(const fb::JobStatusResponse& m) {
       cs.output_file = Str(c->output_file());
       st.consumers.push_back(std::move(cs));
     }
+  }
+  if (const fb::JobTotalsMsg* t = m.totals(); t != nullptr) {
+    st.totals.producers = t->producers();
+    st.totals.consumers = t->consumers();
+    st.totals.producers_done = t->producers_done();
+    st.totals.consumers_done = t->consumers_done();
+    st.totals.records_produced = t->records_produced();
+    st.totals.bytes_produced = t->bytes_produced();
+    st.totals.bad_lines = t->bad_lines();
+    st.totals.records_consumed = t->records_consumed();
+    st.totals.bytes_consumed = t->bytes_consumed();
+    st.totals.duplicated = t->duplicated();
+    st.totals.reordered = t->reordered();
+    st.totals.corrupted = t->corrupted();
+  } else {
+    st.totals = ComputeTotals(st);  // an older daemon: the lists were complete
   }
   return st;
 }

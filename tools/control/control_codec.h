@@ -1,7 +1,8 @@
 // Encoding and decoding of the daemon control messages (schema/control.fbs) from and to the
 // plain structs of tools/control/job_spec.h. Encoders return the FlatBuffers bytes of one
 // message (the frame's metadata); they keep every message under the 64 KiB metadata limit by
-// cutting long texts (stats) or dropping per-channel vectors (huge job status). Decoders take
+// cutting long texts (stats) or, for a huge job status, dropping per-channel vectors and then
+// listing only the first tasks (JobStatus::totals stay complete, JobStatus::note says so). Decoders take
 // messages that schema/control.h already checked.
 //
 // Thread-safe (pure functions).

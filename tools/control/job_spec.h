@@ -106,14 +106,40 @@ struct ConsumerStatus {
   std::string output_file;  // kFilePartition
 };
 
+// Sums over every task of a job on one node. Always complete, also when a JobStatus reply
+// had to cut its per-task lists to fit in a frame.
+struct JobTotals {
+  uint32_t producers = 0;
+  uint32_t consumers = 0;
+  uint32_t producers_done = 0;
+  uint32_t consumers_done = 0;
+  uint64_t records_produced = 0;
+  uint64_t bytes_produced = 0;
+  uint64_t bad_lines = 0;
+  uint64_t records_consumed = 0;
+  uint64_t bytes_consumed = 0;
+  uint64_t duplicated = 0;
+  uint64_t reordered = 0;
+  uint64_t corrupted = 0;
+};
+
 struct JobStatus {
   std::string job_id;
   JobState state = JobState::kUnknown;
   std::string error;  // first failure, for a person
   double seconds = 0;  // since the job started on this node (until it ended)
-  std::vector<ProducerStatus> producers;  // the ones on this node
-  std::vector<ConsumerStatus> consumers;  // the ones on this node
+  // The ones on this node. A reply that would not fit in a frame drops the per-channel
+  // vectors first, then keeps only the first producers and consumers (see `note`).
+  std::vector<ProducerStatus> producers;
+  std::vector<ConsumerStatus> consumers;
+  // Over every task on this node, whatever the lists hold (filled by DecodeJobStatus; the
+  // daemon's encoder computes it from the full lists).
+  JobTotals totals;
+  std::string note;  // non-empty when the lists were cut to fit: says what was left out
 };
+
+// The totals of `status`'s lists.
+JobTotals ComputeTotals(const JobStatus& status);
 
 // One daemon's health and counters (control message Stats).
 struct NodeStats {

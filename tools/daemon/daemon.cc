@@ -35,6 +35,56 @@ std::string Summary(const control::JobStatus& st) {
 }
 }  // namespace
 
+namespace {
+
+// Where the shared secret comes from (issue 11: authenticated by default). The one place the
+// environment's auth setting is made.
+Status ConfigureAuth(const DaemonConfig& config, shuffle::EnvironmentConfig* ec) {
+  if (config.auth == "off") {
+    // Validate refused off on any non-loopback address.
+    Log(LogLevel::kWarn, "auth = off: every peer that reaches " + config.listen +
+                             " is served without a secret (experiments on loopback only)");
+    ec->auth.secret.clear();
+    ec->auth.off = true;
+    return Status::Ok();
+  }
+  Result<std::string> secret =
+      config.auth_secret_file.empty()
+          ? shuffle::auth::LoadStateSecret(config.state_dir.empty()
+                                               ? std::string(shuffle::auth::kDefaultStateDir)
+                                               : config.state_dir,
+                                           true)
+          : shuffle::auth::ReadSecretFile(config.auth_secret_file);
+  if (!secret.ok()) {
+    // A secret the daemon cannot use is a configuration error (exit 2), whatever the cause.
+    const StatusCode code = secret.status().code() == StatusCode::kPermissionDenied
+                                ? StatusCode::kPermissionDenied
+                                : StatusCode::kInvalidArgument;
+    return Status(code, secret.status().message());
+  }
+  ec->auth.secret = std::move(*secret);
+  ec->auth.off = false;
+  return Status::Ok();
+}
+
+// Turns a reply that would not fit in a frame's metadata into a ControlResult error.
+shuffle::ControlReply Bounded(shuffle::ControlReply reply, const std::string& node) {
+  return [reply = std::move(reply), node](MessageType type, std::vector<uint8_t> message) {
+    if (message.size() > control::kMaxControlMessageBytes) {
+      const std::string what = std::string(schema::MessageTypeName(type));
+      Log(LogLevel::kError, node + ": a " + what + " of " + std::to_string(message.size()) +
+                                " bytes does not fit in a frame; answered with an error");
+      type = MessageType::kControlResult;
+      message = control::EncodeControlResult(InternalError(
+          node + ": the " + what + " reply would be " + std::to_string(message.size()) +
+          " bytes, over the " + std::to_string(control::kMaxControlMessageBytes) +
+          "-byte frame limit"));
+    }
+    reply(type, std::move(message));
+  };
+}
+}  // namespace
+
 Daemon::Daemon(const DaemonConfig& config) : config_(config) {}
 
 Result<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config) {
@@ -64,12 +114,10 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config) {
   ec.io_threads = config.io_threads;
   ec.node_name = config.node_name.empty() ? "sluiced" : config.node_name;
   ec.control = d.get();
-  if (!config.auth_secret_file.empty()) {
-    auto secret = shuffle::auth::ReadSecretFile(config.auth_secret_file);
-    if (!secret.ok()) return secret.status();
-    ec.auth.secret = *secret;
-  }
-  ec.auth.off = ec.auth.secret.empty();  // interim until state_dir/auth land in this file
+  if (Status st = ConfigureAuth(config, &ec); !st.ok()) return st;
+  auto peers = ParseAllowedPeers(config.allowed_peers);
+  if (!peers.ok()) return peers.status();
+  d->allowed_peers_ = std::move(*peers);
   auto env = shuffle::ShuffleEnvironment::Start(ec);
   if (!env.ok()) {
     return Status(env.status().code(), "cannot start on " + config.listen + ":" +
@@ -94,8 +142,16 @@ void Daemon::OnControlRequest(MessageType type, std::span<const uint8_t> message
           control::EncodeControlResult(Status(StatusCode::kClosed, node_name_ + " is stopping")));
     return;
   }
+  if (queue_.size() >= kMaxQueuedRequests) {
+    reply(MessageType::kControlResult,
+          control::EncodeControlResult(ResourceExhausted(
+              node_name_ + " has " + std::to_string(queue_.size()) +
+              " control requests queued, the most it holds; wait for the answers to earlier "
+              "requests before sending more")));
+    return;
+  }
   queue_.push_back(Request{type, std::vector<uint8_t>(message.begin(), message.end()), peer,
-                           std::move(reply)});
+                           Bounded(std::move(reply), node_name_)});
   cv_.notify_one();
 }
 
@@ -118,119 +174,234 @@ void Daemon::ControlLoop() {
   }
 }
 
+void Daemon::SetTaskHookForTesting(std::function<void()> hook) {
+  std::lock_guard<std::mutex> lock(mu_);
+  task_hook_ = std::move(hook);
+}
+
 void Daemon::Serve(Request& r) {
-  const std::span<const uint8_t> msg(r.message);
-  switch (r.type) {
-    case MessageType::kSubmitJob: {
-      auto m = schema::ParseSubmitJob(msg);
-      if (!m.ok()) {
-        r.reply(MessageType::kControlResult, control::EncodeControlResult(m.status()));
-        return;
-      }
-      control::JobSpec spec = control::DecodeJobSpec(*(*m)->spec());
-      const uint32_t node = (*m)->node_index();
-      Status st;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (!accepting_jobs_) {
-          st = Status(StatusCode::kClosed, node_name_ + " is shutting down; submit elsewhere");
-        } else if (running_.count(spec.job_id) != 0 || ended_.count(spec.job_id) != 0) {
-          st = InvalidArgument("job id '" + spec.job_id + "' is already known to " +
-                               node_name_ + "; use a new id");
-        } else if (spec.checksums && !config_.checksums) {
-          // Buffer checksums are a property of the daemon's connections, not of one job.
-          st = InvalidArgument("job '" + spec.job_id + "' asks for buffer checksums but " +
-                               node_name_ + " runs without them; start every sluiced with " +
-                               "--checksums (checksums = true)");
-        } else if (running_.size() >= kMaxRunningJobs) {
-          st = Status(StatusCode::kResourceExhausted,
-                      node_name_ + " already runs " + std::to_string(running_.size()) +
-                          " jobs; wait for one to end");
-        }
-      }
-      if (st.ok()) {
-        auto runner = JobRunner::Start(env_.get(), spec, node);
-        if (runner.ok()) {
-          Log(LogLevel::kInfo, "job '" + spec.job_id + "' from " + r.peer + " started on " +
-                                   node_name_ + " as node " + std::to_string(node));
-          std::lock_guard<std::mutex> lock(mu_);
-          running_[spec.job_id] = std::move(*runner);
-        } else {
-          st = runner.status();
-        }
-      }
-      if (!st.ok()) {
-        Log(LogLevel::kWarn, "job '" + spec.job_id + "' from " + r.peer + " refused: " +
-                                 st.message());
-      }
-      r.reply(MessageType::kControlResult, control::EncodeControlResult(st));
-      return;
+  try {
+    switch (r.type) {
+      case MessageType::kSubmitJob: return ServeSubmit(r);
+      case MessageType::kJobStatusRequest: return ServeJobStatus(r);
+      case MessageType::kCancelJob: return ServeCancel(r);
+      case MessageType::kStatsRequest:
+        return r.reply(MessageType::kStatsResponse, control::EncodeStats(Stats()));
+      case MessageType::kCutConnections: return ServeCutConnections(r);
+      default:
+        return r.reply(MessageType::kControlResult,
+                       control::EncodeControlResult(InvalidArgument(
+                           std::string(schema::MessageTypeName(r.type)) + " is not a request")));
     }
-    case MessageType::kJobStatusRequest: {
-      auto m = schema::ParseJobStatusRequest(msg);
-      if (!m.ok()) {
-        r.reply(MessageType::kControlResult, control::EncodeControlResult(m.status()));
-        return;
-      }
-      const std::string id = (*m)->job_id()->str();
-      control::JobStatus st;
-      st.job_id = id;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (auto it = running_.find(id); it != running_.end()) {
-          st = it->second->Status();
-        } else if (auto e = ended_.find(id); e != ended_.end()) {
-          st = e->second;
-        }
-      }
-      r.reply(MessageType::kJobStatusResponse, control::EncodeJobStatus(st));
-      return;
-    }
-    case MessageType::kCancelJob: {
-      auto m = schema::ParseCancelJob(msg);
-      if (!m.ok()) {
-        r.reply(MessageType::kControlResult, control::EncodeControlResult(m.status()));
-        return;
-      }
-      const std::string id = (*m)->job_id()->str();
-      const std::string reason = (*m)->reason() ? (*m)->reason()->str() : "cancelled";
-      Status st;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        auto it = running_.find(id);
-        if (it != running_.end()) {
-          Log(LogLevel::kInfo, "job '" + id + "' cancelled by " + r.peer + ": " + reason);
-          it->second->Cancel(reason);
-        } else if (ended_.count(id) == 0) {
-          st = NotFound("job '" + id + "' is not known to " + node_name_);
-        }
-      }
-      r.reply(MessageType::kControlResult, control::EncodeControlResult(st));
-      return;
-    }
-    case MessageType::kStatsRequest: {
-      r.reply(MessageType::kStatsResponse, control::EncodeStats(Stats()));
-      return;
-    }
-    case MessageType::kCutConnections: {
-      const std::string why = "connection cut by fault injection on " + node_name_;
-      uint32_t n = env_->server() ? env_->server()->CutDataConnections(why) : 0;
-      n += env_->client().CutConnections(why);
-      Log(LogLevel::kWarn, "fault injection from " + r.peer + ": cut " + std::to_string(n) +
-                               " data connections");
-      r.reply(MessageType::kControlResult, control::EncodeControlResult(Status::Ok(), n));
-      return;
-    }
-    default:
-      r.reply(MessageType::kControlResult,
-              control::EncodeControlResult(InvalidArgument(
-                  std::string(schema::MessageTypeName(r.type)) + " is not a request")));
-      return;
+  } catch (const std::exception& e) {
+    // A request must never end the daemon (bad_alloc, a thread that cannot start, ...).
+    Log(LogLevel::kError, node_name_ + ": " + std::string(schema::MessageTypeName(r.type)) +
+                              " from " + r.peer + " failed: " + e.what());
+    r.reply(MessageType::kControlResult,
+            control::EncodeControlResult(InternalError(
+                node_name_ + " could not serve " + std::string(schema::MessageTypeName(r.type)) + ": " +
+                e.what())));
   }
 }
 
-void Daemon::RecordEnded(const control::JobStatus& st) {
+Status Daemon::CheckSubmitLocked(const control::JobSpec& spec, uint32_t node,
+                                 uint64_t heap_bytes) {
+  const std::string job = "job '" + spec.job_id + "': ";
+  if (!accepting_jobs_) {
+    return Status(StatusCode::kClosed, node_name_ + " is shutting down; submit elsewhere");
+  }
+  if (spec.token.size() < kMinJobTokenLength) {
+    return InvalidArgument(job + "token is " + std::to_string(spec.token.size()) +
+                           " characters; every job needs a random token of at least " +
+                           std::to_string(kMinJobTokenLength) +
+                           " (JobSpec.token, e.g. auth::MakeJobToken())");
+  }
+  if (running_.count(spec.job_id) != 0 || ended_.count(spec.job_id) != 0) {
+    return InvalidArgument("job id '" + spec.job_id + "' is already known to " + node_name_ +
+                           "; use a new id");
+  }
+  if (spec.checksums && !config_.checksums) {
+    // Buffer checksums are a property of the daemon's connections, not of one job.
+    return InvalidArgument(job + "asks for buffer checksums but " + node_name_ +
+                           " runs without them; start every sluiced with --checksums "
+                           "(checksums = true)");
+  }
+  for (size_t i = 0; i < spec.nodes.size(); ++i) {
+    const std::string& n = spec.nodes[i];
+    const size_t colon = n.rfind(':');
+    const std::string host = colon == std::string::npos ? n : n.substr(0, colon);
+    auto ok = AddressAllowed(allowed_peers_, host);
+    if (!ok.ok()) {
+      return InvalidArgument(job + "node " + std::to_string(i) + " " + ok.status().message() +
+                             " (allowed_peers)");
+    }
+    if (!*ok) {
+      return Status(StatusCode::kPermissionDenied,
+                    job + "node " + std::to_string(i) + " address " + host +
+                        " is not inside allowed_peers (" + config_.allowed_peers + ") of " +
+                        node_name_ + "; add its network to --allowed-peers");
+    }
+  }
+  if (running_.size() >= kMaxRunningJobs) {
+    return ResourceExhausted(node_name_ + " already runs " + std::to_string(running_.size()) +
+                             " jobs; wait for one to end");
+  }
+  if (heap_bytes > config_.job_memory - std::min(config_.job_memory, job_heap_charged_)) {
+    return ResourceExhausted(
+        job + "needs " + std::to_string(heap_bytes) + " bytes of heap outside network memory "
+        "on node " + std::to_string(node) + " (record buffers: producers x record_size_max " +
+        std::to_string(spec.record_size_max) + ", plus the consumers' reassembly bound), but " +
+        node_name_ + " has " + std::to_string(config_.job_memory - std::min(config_.job_memory,
+                                                                             job_heap_charged_)) +
+        " of job_memory " + std::to_string(config_.job_memory) +
+        " left; lower record_size_max or the task count, or raise --job-memory");
+  }
+  return Status::Ok();
+}
+
+void Daemon::ServeSubmit(Request& r) {
+  auto m = schema::ParseSubmitJob(r.message);
+  if (!m.ok()) {
+    return r.reply(MessageType::kControlResult, control::EncodeControlResult(m.status()));
+  }
+  const control::JobSpec spec = control::DecodeJobSpec(*(*m)->spec());
+  const uint32_t node = (*m)->node_index();
+  Status st = ValidateJobSpec(spec);
+  uint64_t heap = 0;
+  JobRunnerOptions options;
+  options.input_dir = config_.input_dir;
+  options.output_dir = config_.output_dir;
+  options.max_line_bytes = config_.max_line_bytes;
+  if (st.ok() && node >= spec.nodes.size()) {
+    st = InvalidArgument("job '" + spec.job_id + "': node index " + std::to_string(node) +
+                         " is not in nodes");
+  }
+  if (st.ok()) {
+    heap = EstimateJobMemory(spec, node, env_->config().options.credit, config_.max_line_bytes)
+               .heap_bytes;
+    std::lock_guard<std::mutex> lock(mu_);
+    st = CheckSubmitLocked(spec, node, heap);
+    options.task_hook_for_testing = task_hook_;
+    if (st.ok()) {  // reserved now, so a concurrent submit cannot take the same budget
+      job_heap_[spec.job_id] = heap;
+      job_heap_charged_ += heap;
+    }
+  }
+  if (st.ok()) {
+    auto runner = JobRunner::Start(env_.get(), spec, node, options);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (runner.ok()) {
+      Log(LogLevel::kInfo, "job '" + spec.job_id + "' from " + r.peer + " started on " +
+                               node_name_ + " as node " + std::to_string(node));
+      running_[spec.job_id] = std::move(*runner);
+    } else {
+      st = runner.status();
+      job_heap_charged_ -= heap;
+      job_heap_.erase(spec.job_id);
+    }
+  }
+  if (!st.ok()) {
+    Log(LogLevel::kWarn, "job '" + spec.job_id + "' from " + r.peer + " refused: " +
+                             st.message());
+  }
+  r.reply(MessageType::kControlResult, control::EncodeControlResult(st));
+}
+
+namespace {
+// Constant-time equality of two tokens whatever their lengths: compares HMACs of both.
+bool SameToken(const std::string& expected, const std::string& got) {
+  static const std::string kRole = "sluice-job-token";
+  const shuffle::auth::Proof a = shuffle::auth::MakeProof(expected, kRole, {}, {});
+  const shuffle::auth::Proof b = shuffle::auth::MakeProof(got, kRole, {}, {});
+  return shuffle::auth::ProofMatches(a, b) && !expected.empty();
+}
+}  // namespace
+
+bool Daemon::TokenMatchesLocked(const std::string& id, const std::string& token) {
+  std::string expected;
+  if (auto it = running_.find(id); it != running_.end()) {
+    expected = it->second->spec().token;
+  } else if (auto e = ended_.find(id); e != ended_.end()) {
+    expected = e->second.token;
+  }
+  // An unknown job is compared against the empty token and never matches: the same work and
+  // the same answer as a wrong token.
+  return SameToken(expected, token);
+}
+
+Status Daemon::DeniedJob(const std::string& id) const {
+  return Status(StatusCode::kPermissionDenied,
+                "job '" + id + "': " + node_name_ +
+                    " has no job with this id and token; give the job's token (JobSpec.token, "
+                    "as submitted)");
+}
+
+void Daemon::ServeJobStatus(Request& r) {
+  auto m = schema::ParseJobStatusRequest(r.message);
+  if (!m.ok()) {
+    return r.reply(MessageType::kControlResult, control::EncodeControlResult(m.status()));
+  }
+  const std::string id = (*m)->job_id()->str();
+  const std::string token = (*m)->token() ? (*m)->token()->str() : std::string();
+  control::JobStatus st;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!TokenMatchesLocked(id, token)) {
+      return r.reply(MessageType::kControlResult, control::EncodeControlResult(DeniedJob(id)));
+    }
+    if (auto it = running_.find(id); it != running_.end()) {
+      st = it->second->Status();
+    } else {
+      st = ended_.at(id).status;
+    }
+  }
+  r.reply(MessageType::kJobStatusResponse, control::EncodeJobStatus(st));
+}
+
+void Daemon::ServeCancel(Request& r) {
+  auto m = schema::ParseCancelJob(r.message);
+  if (!m.ok()) {
+    return r.reply(MessageType::kControlResult, control::EncodeControlResult(m.status()));
+  }
+  const std::string id = (*m)->job_id()->str();
+  const std::string token = (*m)->token() ? (*m)->token()->str() : std::string();
+  const std::string reason = (*m)->reason() ? (*m)->reason()->str() : "cancelled";
+  Status st;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!TokenMatchesLocked(id, token)) {
+      st = DeniedJob(id);
+    } else if (auto it = running_.find(id); it != running_.end()) {
+      Log(LogLevel::kInfo, "job '" + id + "' cancelled by " + r.peer + ": " + reason);
+      it->second->Cancel(reason);
+    }
+  }
+  r.reply(MessageType::kControlResult, control::EncodeControlResult(st));
+}
+
+void Daemon::ServeCutConnections(Request& r) {
+  if (!config_.enable_fault_injection) {
+    Log(LogLevel::kWarn, "fault injection (CutConnections) from " + r.peer + " refused");
+    return r.reply(MessageType::kControlResult,
+                   control::EncodeControlResult(Status(
+                       StatusCode::kPermissionDenied,
+                       "CutConnections is a fault hook; " + node_name_ +
+                           " was not started with --enable-fault-injection")));
+  }
+  const std::string why = "connection cut by fault injection on " + node_name_;
+  uint32_t n = env_->server() ? env_->server()->CutDataConnections(why) : 0;
+  n += env_->client().CutConnections(why);
+  Log(LogLevel::kWarn, "fault injection from " + r.peer + ": cut " + std::to_string(n) +
+                           " data connections");
+  r.reply(MessageType::kControlResult, control::EncodeControlResult(Status::Ok(), n));
+}
+
+void Daemon::RecordEnded(const control::JobStatus& st, const std::string& token) {
   // mu_ held.
+  if (auto h = job_heap_.find(st.job_id); h != job_heap_.end()) {
+    job_heap_charged_ -= h->second;
+    job_heap_.erase(h);
+  }
   switch (st.state) {
     case control::JobState::kSucceeded: ++ended_counters_.succeeded; break;
     case control::JobState::kFailed: ++ended_counters_.failed; break;
@@ -241,7 +412,7 @@ void Daemon::RecordEnded(const control::JobStatus& st) {
     ended_counters_.records_consumed += c.records;
     ended_counters_.bytes_consumed += c.bytes;
   }
-  ended_[st.job_id] = st;
+  ended_[st.job_id] = EndedJob{st, token};
   ended_order_.push_back(st.job_id);
   while (ended_order_.size() > kEndedJobsKept) {
     ended_.erase(ended_order_.front());
@@ -261,7 +432,7 @@ void Daemon::ReapEndedJobs() {
       }
       Log(st.state == control::JobState::kSucceeded ? LogLevel::kInfo : LogLevel::kWarn,
           Summary(st));
-      RecordEnded(st);
+      RecordEnded(st, it->second->spec().token);
       done.push_back(std::move(it->second));
       it = running_.erase(it);
     }
@@ -330,6 +501,29 @@ control::NodeStats Daemon::Stats() {
   return s;
 }
 
+uint32_t Daemon::AwaitCancelled(std::map<std::string, std::unique_ptr<JobRunner>>& runners) {
+  // A cancelled task wakes at once unless it is blocked in a system call (e.g. a read that
+  // does not return): such a thread is not waited for beyond this.
+  constexpr std::chrono::milliseconds kStuckWait{3000};
+  const auto deadline = std::chrono::steady_clock::now() + kStuckWait;
+  uint32_t stuck = 0;
+  for (auto& [id, r] : runners) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (r->Wait(std::max(left, std::chrono::milliseconds(0)))) continue;
+    const uint32_t n = r->running_tasks();
+    stuck += n;
+    Log(LogLevel::kError, "job '" + id + "': " + std::to_string(n) + " task threads did not "
+                              "stop after the cancel (blocked in I/O?); not waiting for them");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [id, r] : runners) {
+    RecordEnded(r->Status(), r->spec().token);
+    if (r->running_tasks() > 0) stuck_.push_back(std::move(r));
+  }
+  return stuck;
+}
+
 ShutdownReport Daemon::Shutdown(std::chrono::milliseconds grace) {
   std::lock_guard<std::mutex> once(shutdown_mu_);
   if (shutdown_) return *shutdown_;
@@ -373,8 +567,6 @@ ShutdownReport Daemon::Shutdown(std::chrono::milliseconds grace) {
   std::map<std::string, std::unique_ptr<JobRunner>> rest;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [id, r] : running_) r->Wait(std::chrono::seconds(30));
-    for (auto& [id, r] : running_) RecordEnded(r->Status());
     rest.swap(running_);
     for (auto& q : queue_) {
       q.reply(MessageType::kControlResult,
@@ -382,6 +574,7 @@ ShutdownReport Daemon::Shutdown(std::chrono::milliseconds grace) {
     }
     queue_.clear();
   }
+  report.stuck_tasks = AwaitCancelled(rest);
   rest.clear();
   env_->Stop();
   const buffer::NetworkBufferPoolStats p = env_->pool()->Stats();

@@ -7,6 +7,16 @@
 // are reaped there too: their runner is destroyed (every segment goes home) and their final
 // status kept for later JobStatus requests (the last 256).
 //
+// Security (issue 11): connections are authenticated by default (the secret from
+// auth_secret_file, else <state_dir>/auth_secret, created 0600 on first start; auth = "off" only
+// on loopback). A job carries a token (JobSpec::token, >= 32 characters): its partitions are
+// served only to readers that prove it, and JobStatus and CancelJob must carry it (compared in
+// constant time; a wrong token and an unknown job get the same PermissionDenied). Fault hooks
+// need enable_fault_injection. Jobs may only name nodes inside allowed_peers. The control queue
+// holds at most kMaxQueuedRequests (more: ResourceExhausted at once); jobs' heap outside
+// network memory is charged against job_memory at submit; no reply exceeds the frame metadata
+// limit (it becomes a ControlResult error instead).
+//
 // Thread-safe: every public method may be called from any thread.
 #pragma once
 
@@ -14,12 +24,14 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "shuffle/shuffle_environment.h"
 #include "tools/control/job_spec.h"
@@ -33,7 +45,16 @@ struct ShutdownReport {
   uint32_t jobs_finished = 0;   // ended on their own within the grace period
   uint32_t jobs_cancelled = 0;  // still running when it passed
   uint64_t leaked_segments = 0; // not back in the pool after everything was released
+  // Task threads that did not return after their job was cancelled (blocked in I/O): the
+  // shutdown did not wait for them. Their jobs' segments count as leaked; the process should
+  // exit without destroying the Daemon while this is not 0.
+  uint32_t stuck_tasks = 0;
 };
+
+// Control requests queued for the control thread at most; more are refused at once.
+inline constexpr size_t kMaxQueuedRequests = 64;
+// A job's token is at least this long (auth::MakeJobToken makes 64 hex characters).
+inline constexpr size_t kMinJobTokenLength = 32;
 
 class Daemon final : public shuffle::ControlService {
  public:
@@ -53,6 +74,9 @@ class Daemon final : public shuffle::ControlService {
   control::NodeStats Stats();
   std::string Prometheus();
 
+  // Tests only: runs first on every task thread of jobs started afterwards.
+  void SetTaskHookForTesting(std::function<void()> hook);
+
   // Stops accepting connections, lets running jobs end within `grace`, cancels the rest
   // (reason "daemon shutting down"), closes every connection and checks the pool. Idempotent:
   // later calls return the first report.
@@ -66,11 +90,29 @@ class Daemon final : public shuffle::ControlService {
     shuffle::ControlReply reply;
   };
 
+  struct EndedJob {
+    control::JobStatus status;
+    std::string token;
+  };
+
   explicit Daemon(const DaemonConfig& config);
   void ControlLoop();
   void Serve(Request& r);
+  void ServeSubmit(Request& r);
+  void ServeJobStatus(Request& r);
+  void ServeCancel(Request& r);
+  void ServeCutConnections(Request& r);
+  // Checks a submit against the daemon (token, duplicates, allowed_peers, limits, job memory);
+  // mu_ held.
+  Status CheckSubmitLocked(const control::JobSpec& spec, uint32_t node, uint64_t heap_bytes);
+  // Whether `token` is the token of job `id` (running or ended); mu_ held. Constant time.
+  bool TokenMatchesLocked(const std::string& id, const std::string& token);
+  Status DeniedJob(const std::string& id) const;
+  // Waits a few seconds at most for cancelled runners; keeps the ones whose threads are stuck
+  // in stuck_. Returns how many task threads did not stop.
+  uint32_t AwaitCancelled(std::map<std::string, std::unique_ptr<JobRunner>>& runners);
   void ReapEndedJobs();
-  void RecordEnded(const control::JobStatus& st);
+  void RecordEnded(const control::JobStatus& st, const std::string& token);
   JobCounters Counters();
   std::string CreditDump();
 
@@ -84,12 +126,18 @@ class Daemon final : public shuffle::ControlService {
   bool stopping_ = false;
   bool accepting_jobs_ = true;
   std::map<std::string, std::unique_ptr<JobRunner>> running_;
-  std::map<std::string, control::JobStatus> ended_;
+  std::map<std::string, uint64_t> job_heap_;  // heap charged per running job (job_memory)
+  uint64_t job_heap_charged_ = 0;
+  std::vector<Cidr> allowed_peers_;
+  std::function<void()> task_hook_;
+  std::map<std::string, EndedJob> ended_;
   std::deque<std::string> ended_order_;
   JobCounters ended_counters_;  // succeeded/failed/cancelled and records of ended jobs
 
   std::mutex shutdown_mu_;
   std::optional<ShutdownReport> shutdown_;
+  // Runners whose threads did not stop at shutdown: destroyed (joined) with the Daemon.
+  std::vector<std::unique_ptr<JobRunner>> stuck_;
   std::thread control_thread_;
 };
 

@@ -1,7 +1,11 @@
 #include "tools/daemon/daemon_config.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <bit>
 #include <cctype>
 #include <fstream>
@@ -147,6 +151,11 @@ const std::map<std::string, Option>& Options() {
                                   &DaemonConfig::output_dir)},
       {"max_line_bytes", SizeOption("longest input line of a file job (default 1m)",
                                     &DaemonConfig::max_line_bytes)},
+      {"job_memory",
+       SizeOption("heap for jobs' record buffers outside network memory: a job whose "
+                  "producers x record_size_max (plus consumers' reassembly) does not fit in "
+                  "what is left is refused (default 64m)",
+                  &DaemonConfig::job_memory)},
       {"metrics_file", StringOption("rewrite Prometheus metrics into this file periodically",
                                     &DaemonConfig::metrics_file)},
       {"metrics_interval_ms", IntOption("metrics file period (default 5000)",
@@ -287,7 +296,113 @@ Status Validate(const DaemonConfig& c) {
                            "' is not one of trace, debug, info, warn, error");
   }
   if (c.listen.empty()) return InvalidArgument("listen is empty; e.g. --listen 127.0.0.1");
+  if (c.auth != "on" && c.auth != "off") {
+    return InvalidArgument("auth = '" + c.auth + "' is not on or off");
+  }
+  if (c.auth == "off" && !IsLoopbackHost(c.listen)) {
+    return InvalidArgument("auth = off is refused on listen address " + c.listen +
+                           ": without authentication anyone who reaches the port can submit "
+                           "jobs; use --auth on with a secret (--auth-secret-file or "
+                           "--state-dir), or --listen 127.0.0.1");
+  }
+  if (c.max_line_bytes == 0) return InvalidArgument("max_line_bytes must be at least 1");
+  if (auto peers = ParseAllowedPeers(c.allowed_peers); !peers.ok()) return peers.status();
   return Status::Ok();
+}
+
+namespace {
+std::string Trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t") - b + 1);
+}
+
+std::string Unbracket(const std::string& host) {
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    return host.substr(1, host.size() - 2);
+  }
+  return host;
+}
+
+// A literal address into `out`; false when `text` is not one.
+bool ParseAddress(const std::string& text, Cidr* out) {
+  if (inet_pton(AF_INET, text.c_str(), out->address) == 1) {
+    out->family = AF_INET;
+    return true;
+  }
+  if (inet_pton(AF_INET6, text.c_str(), out->address) == 1) {
+    out->family = AF_INET6;
+    return true;
+  }
+  return false;
+}
+
+bool PrefixMatches(const Cidr& net, const Cidr& addr) {
+  if (net.family != addr.family) return false;
+  const uint32_t full = net.prefix_bits / 8;
+  const uint32_t rest = net.prefix_bits % 8;
+  for (uint32_t i = 0; i < full; ++i) {
+    if (net.address[i] != addr.address[i]) return false;
+  }
+  if (rest == 0) return true;
+  const auto mask = static_cast<uint8_t>(0xFF << (8 - rest));
+  return (net.address[full] & mask) == (addr.address[full] & mask);
+}
+}  // namespace
+
+Result<std::vector<Cidr>> ParseAllowedPeers(const std::string& text) {
+  std::vector<Cidr> out;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t comma = text.find(',', start);
+    const std::string entry =
+        Trim(text.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    start = comma == std::string::npos ? text.size() + 1 : comma + 1;
+    if (entry.empty()) continue;
+    const auto bad = [&](const std::string& why) {
+      return InvalidArgument("allowed_peers entry '" + entry + "' " + why +
+                             "; use CIDRs such as 10.0.0.0/8 or fd00::/8, comma-separated");
+    };
+    Cidr c;
+    const size_t slash = entry.find('/');
+    if (!ParseAddress(Unbracket(entry.substr(0, slash)), &c)) {
+      return bad("is not an IPv4 or IPv6 address");
+    }
+    const uint32_t max_bits = c.family == AF_INET ? 32 : 128;
+    c.prefix_bits = max_bits;
+    if (slash != std::string::npos) {
+      const std::string bits = entry.substr(slash + 1);
+      if (bits.empty() || bits.size() > 3 ||
+          bits.find_first_not_of("0123456789") != std::string::npos ||
+          std::stoul(bits) > max_bits) {
+        return bad("has a prefix length that is not 0.." + std::to_string(max_bits));
+      }
+      c.prefix_bits = static_cast<uint32_t>(std::stoul(bits));
+    }
+    out.push_back(c);
+  }
+  return out;
+}
+
+Result<bool> AddressAllowed(const std::vector<Cidr>& cidrs, const std::string& host) {
+  Cidr addr;
+  if (!ParseAddress(Unbracket(host), &addr)) {
+    return InvalidArgument("'" + host + "' is not a literal IPv4 or IPv6 address: host names are "
+                           "not resolved for allowed_peers; name the node by its address");
+  }
+  for (const Cidr& net : cidrs) {
+    if (PrefixMatches(net, addr)) return true;
+  }
+  return false;
+}
+
+bool IsLoopbackHost(const std::string& host) {
+  if (host == "localhost") return true;
+  Cidr addr;
+  if (!ParseAddress(Unbracket(host), &addr)) return false;
+  if (addr.family == AF_INET) return addr.address[0] == 127;
+  static const uint8_t kLoopback6[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+  return std::equal(addr.address, addr.address + 16, kLoopback6);
 }
 
 Result<CommandLine> ParseCommandLine(const std::vector<std::string>& args) {

@@ -39,6 +39,10 @@ struct DaemonConfig {
   std::string input_dir;
   std::string output_dir;
   uint64_t max_line_bytes = 1u << 20;  // a longer input line fails the job
+  // Heap the daemon's jobs may hold outside network memory (record buffers of generated
+  // producers, consumers' reassembly of records up to record_size_max): a job that does not
+  // fit in what is left is refused at submit.
+  uint64_t job_memory = 64ull << 20;
   std::string metrics_file;         // empty: none; else Prometheus text rewritten periodically
   uint32_t metrics_interval_ms = 5000;
   std::string log_level = "info";   // trace, debug, info, warn, error
@@ -53,6 +57,22 @@ struct DaemonConfig {
   uint32_t fault_corrupt_per_million = 0;
   uint32_t fault_delay_ms = 0;
 };
+
+// One entry of allowed_peers: an IPv4 or IPv6 network.
+struct Cidr {
+  int family = 0;             // AF_INET or AF_INET6
+  uint8_t address[16] = {};   // network byte order; IPv4 in the first 4 bytes
+  uint32_t prefix_bits = 0;   // 0..32 or 0..128
+};
+// "127.0.0.0/8,::1/128" -> networks. A bare address is a /32 or /128. InvalidArgument naming
+// allowed_peers and the entry that is not a CIDR.
+Result<std::vector<Cidr>> ParseAllowedPeers(const std::string& text);
+// Whether `host` (a literal IPv4 or IPv6 address, brackets allowed) is inside one of `cidrs`.
+// InvalidArgument when `host` is not a literal address: host names are not resolved (a name
+// could resolve differently later); the message says to list the node by address.
+Result<bool> AddressAllowed(const std::vector<Cidr>& cidrs, const std::string& host);
+// Whether `host` is a loopback address or "localhost".
+bool IsLoopbackHost(const std::string& host);
 
 // What the command line asked for.
 struct CommandLine {

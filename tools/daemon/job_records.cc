@@ -133,28 +133,23 @@ bool ParseGeneratedRecord(std::span<const uint8_t> record, GeneratedRecord* out)
 
 SequenceTracker::Outcome SequenceTracker::Observe(uint64_t sequence) {
   if (!any_ || sequence > highest_) {
-    const uint64_t gap_start = any_ ? highest_ + 1 : 0;
-    if (sequence > gap_start) holes_[gap_start] = sequence - 1;
+    const uint64_t first_new = any_ ? highest_ + 1 : 0;  // first sequence entering the window
+    missing_ += sequence - first_new;
+    if (sequence - first_new >= kWindow) {
+      seen_.reset();
+    } else {
+      for (uint64_t s = first_new; s < sequence; ++s) seen_.reset(s % kWindow);
+    }
+    seen_.set(sequence % kWindow);
     any_ = true;
     highest_ = sequence;
     return Outcome::kInOrder;
   }
-  auto it = holes_.upper_bound(sequence);
-  if (it == holes_.begin()) return Outcome::kDuplicate;
-  --it;
-  const uint64_t first = it->first;
-  const uint64_t last = it->second;
-  if (last < sequence) return Outcome::kDuplicate;
-  holes_.erase(it);
-  if (first < sequence) holes_[first] = sequence - 1;
-  if (sequence < last) holes_[sequence + 1] = last;
+  if (highest_ - sequence >= kWindow) return Outcome::kDuplicate;  // too old to tell
+  if (seen_.test(sequence % kWindow)) return Outcome::kDuplicate;
+  seen_.set(sequence % kWindow);
+  --missing_;
   return Outcome::kReordered;
-}
-
-uint64_t SequenceTracker::missing() const {
-  uint64_t n = 0;
-  for (const auto& [first, last] : holes_) n += last - first + 1;
-  return n;
 }
 
 bool LineKey(std::string_view line, char delimiter, uint32_t field, std::string_view* key) {

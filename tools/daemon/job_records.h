@@ -13,7 +13,7 @@
 #pragma once
 
 #include <cstdint>
-#include <map>
+#include <bitset>
 #include <span>
 #include <string_view>
 
@@ -74,23 +74,28 @@ struct GeneratedRecord {
 bool ParseGeneratedRecord(std::span<const uint8_t> record, GeneratedRecord* out);
 
 // Tells, per channel, whether a sequence number is new and in order, new but late, or seen
-// before. Memory is proportional to the number of gaps below the highest sequence seen (zero
-// while records arrive in order), not to the number of records.
+// before. Bounded by construction: a fixed window of the last kWindow sequences below the
+// highest one seen (kWindow / 8 bytes), whatever a peer sends. Approximations beyond the window:
+// a sequence more than kWindow below the highest is too old to tell apart and is reported as
+// kDuplicate (it is not counted as a record); missing() counts holes that left the window as
+// still missing, even if they arrive later (then reported as kDuplicate too).
 class SequenceTracker {
  public:
+  static constexpr uint64_t kWindow = 4096;
   enum class Outcome {
     kInOrder,    // new, and above every sequence seen so far (gaps before it may fill later)
-    kReordered,  // new, but a higher sequence arrived before it
-    kDuplicate,  // seen before
+    kReordered,  // new, but a higher sequence arrived before it (within the window)
+    kDuplicate,  // seen before, or too old to tell (more than kWindow below the highest)
   };
   Outcome Observe(uint64_t sequence);
-  // Sequences below the highest one seen that never arrived.
-  uint64_t missing() const;
+  // Sequences below the highest one seen that never arrived (see the approximation above).
+  uint64_t missing() const { return missing_; }
 
  private:
   bool any_ = false;
   uint64_t highest_ = 0;
-  std::map<uint64_t, uint64_t> holes_;  // [first, last] of each gap, by first
+  uint64_t missing_ = 0;
+  std::bitset<kWindow> seen_;  // bit s % kWindow for s in (highest_ - kWindow, highest_]
 };
 
 // The key field of a text line (fields split by `delimiter`, numbered from 0); false when the

@@ -1,6 +1,7 @@
 #include "tools/daemon/job_runner.h"
 
-#include <sys/stat.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -11,13 +12,16 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <new>
 #include <optional>
+#include <system_error>
 #include <thread>
 #include <vector>
 
 #include "shuffle/record_reader.h"
 #include "shuffle/record_serializer.h"
 #include "shuffle/record_writer.h"
+#include "tools/daemon/job_files.h"
 #include "tools/daemon/job_records.h"
 
 namespace sluice::daemon {
@@ -160,8 +164,7 @@ struct alignas(64) ProducerTask {
       : index(i), per_consumer(subpartitions) {}
   const uint32_t index;
   std::shared_ptr<shuffle::ResultPartition> partition;
-  File input;  // kFilePartition
-  std::string input_path;
+  std::string input_path;  // kFilePartition: relative to JobRunnerOptions::input_dir
   Counter records{0};
   Counter bytes{0};
   Counter bad_lines{0};
@@ -176,8 +179,8 @@ struct alignas(64) ConsumerTask {
   const uint32_t index;
   std::unique_ptr<shuffle::InputGate> gate;  // consumer thread only once started
   std::vector<uint32_t> channel_producer;    // gate channel -> producer
-  File output;                               // kFilePartition
-  std::string output_path;
+  File output;                               // kFilePartition, opened on the consumer thread
+  std::string output_path;                   // relative to JobRunnerOptions::output_dir
   double throttle_bytes_per_second = 0;  // 0: not throttled
   Counter records{0};
   Counter bytes{0};
@@ -191,8 +194,9 @@ struct alignas(64) ConsumerTask {
 
 class RunningJob {
  public:
-  RunningJob(shuffle::ShuffleEnvironment* e, const JobSpec& s, uint32_t n)
-      : env(e), spec(s), node(n), start(Clock::now()) {}
+  RunningJob(shuffle::ShuffleEnvironment* e, const JobSpec& s, uint32_t n,
+             const JobRunnerOptions& o)
+      : env(e), spec(s), node(n), options(o), start(Clock::now()) {}
   ~RunningJob();
 
   // Stops the job: the first call wins and decides the outcome (cancelled, or failed with
@@ -205,11 +209,20 @@ class RunningJob {
   void TaskEnded();
 
   void RunProducer(ProducerTask& t);
+  Status ProducerBody(ProducerTask& t);
   Status ProduceGenerated(ProducerTask& t);
   Status ProduceFile(ProducerTask& t);
   Status CheckConsumers(ProducerTask& t, bool* all_consumed);
   Status AwaitConsumed(ProducerTask& t);
   void RunConsumer(ConsumerTask& t);
+  Status ConsumerBody(ConsumerTask& t);
+  Status OpenOutput(ConsumerTask& t);
+  // Starts every task's thread and the watchdog. A thread that cannot be started fails the job
+  // (the tasks not started count as ended); never throws.
+  void StartThreads();
+  // Creates this node's partitions (registered with the job's token) and input gates. May
+  // throw std::system_error (a partition's flusher thread) or std::bad_alloc.
+  Status CreatePartitionsAndGates(const std::vector<transport::Endpoint>& endpoints);
   Status ConsumeRecord(ConsumerTask& t, std::span<const uint8_t> data, uint32_t channel,
                        std::vector<SequenceTracker>& trackers);
   void RunWatchdog();
@@ -217,6 +230,7 @@ class RunningJob {
   shuffle::ShuffleEnvironment* const env;
   const JobSpec spec;
   const uint32_t node;
+  const JobRunnerOptions options;
   const Clock::time_point start;
   std::vector<std::unique_ptr<ProducerTask>> producers;  // the ones on this node
   std::vector<std::unique_ptr<ConsumerTask>> consumers;
@@ -289,19 +303,42 @@ void RunningJob::TaskEnded() {
   }
 }
 
+// What an exception in a task becomes: the job fails with it, the daemon stays up.
+Status FromException(std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::bad_alloc&) {
+    return ResourceExhausted("out of memory (std::bad_alloc) in the task's thread");
+  } catch (const std::exception& ex) {
+    return InternalError(std::string("exception in the task's thread: ") + ex.what());
+  } catch (...) {
+    return InternalError("unknown exception in the task's thread");
+  }
+}
+
 void RunningJob::RunProducer(ProducerTask& t) {
+  Status st;
+  try {
+    if (options.task_hook_for_testing) options.task_hook_for_testing();
+    st = ProducerBody(t);
+  } catch (...) {
+    st = FromException(std::current_exception());
+  }
+  if (!st.ok() && !stop.load()) {
+    Abort("producer " + std::to_string(t.index) + ": " + st.message(), false, &t.error);
+  }
+  ReleasePartition(t);
+  TaskEnded();
+}
+
+Status RunningJob::ProducerBody(ProducerTask& t) {
   Status st = spec.kind == JobKind::kGenerated ? ProduceGenerated(t) : ProduceFile(t);
   if (st.ok()) st = t.partition->Finish();
   if (st.ok()) {
     t.done.store(true);
     st = AwaitConsumed(t);
   }
-  if (!st.ok() && !stop.load()) {
-    Abort("producer " + std::to_string(t.index) + ": " + st.message(), false, &t.error);
-  }
-  ReleasePartition(t);
-  t.input.reset();
-  TaskEnded();
+  return st;
 }
 
 Status RunningJob::ProduceGenerated(ProducerTask& t) {
@@ -343,39 +380,34 @@ Status RunningJob::ProduceGenerated(ProducerTask& t) {
 }
 
 Status RunningJob::ProduceFile(ProducerTask& t) {
+  auto fd = OpenInputBeneath(options.input_dir, t.input_path);
+  if (!fd.ok()) return fd.status();
+  LineReader lines(*fd, t.input_path, options.max_line_bytes);
   const auto consumers_n = static_cast<uint32_t>(spec.consumer_nodes.size());
-  char* line = nullptr;
-  size_t capacity = 0;
-  Status st;
-  ssize_t n;
-  while ((n = getline(&line, &capacity, t.input.get())) >= 0) {
+  while (true) {
+    std::string_view text;
+    auto more = lines.Next(&text);
+    if (!more.ok()) return more.status();
+    if (!*more) return Status::Ok();
     if (stop.load(std::memory_order_relaxed)) {
-      st = Cancelled("producer " + std::to_string(t.index) + " stopped");
-      break;
+      return Cancelled("producer " + std::to_string(t.index) + " stopped");
     }
     if ((t.records.load(std::memory_order_relaxed) & kCheckEvery) == kCheckEvery) {
       bool all = false;
-      if (st = CheckConsumers(t, &all); !st.ok()) break;
+      if (Status st = CheckConsumers(t, &all); !st.ok()) return st;
     }
-    std::string_view text(line, static_cast<size_t>(n));
-    if (!text.empty() && text.back() == '\n') text.remove_suffix(1);
     std::string_view key;
     if (!LineKey(text, spec.delimiter, spec.key_field, &key)) {
       t.bad_lines.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
     const uint32_t c = ConsumerOfKey(key, consumers_n);
-    st = t.partition->Emit({reinterpret_cast<const uint8_t*>(text.data()), text.size()}, c);
-    if (!st.ok()) break;
+    Status st = t.partition->Emit({reinterpret_cast<const uint8_t*>(text.data()), text.size()}, c);
+    if (!st.ok()) return st;
     t.records.fetch_add(1, std::memory_order_relaxed);
     t.bytes.fetch_add(text.size(), std::memory_order_relaxed);
     t.per_consumer[c].fetch_add(1, std::memory_order_relaxed);
   }
-  const bool read_error = st.ok() && std::ferror(t.input.get()) != 0;
-  const int err = errno;
-  std::free(line);
-  if (read_error) return IoError("reading input file '" + t.input_path + "': " + Errno(err));
-  return st;
 }
 
 // The producer reads its partition's stats (a lock per subpartition) after every consumer
@@ -445,29 +477,52 @@ Status RunningJob::ConsumeRecord(ConsumerTask& t, std::span<const uint8_t> data,
   return Status::Ok();
 }
 
+Status RunningJob::OpenOutput(ConsumerTask& t) {
+  const std::string name = spec.job_id + "-part-" + std::to_string(t.index) + ".txt";
+  auto fd = CreateOutputBeneath(options.output_dir, spec.output_dir, name);
+  if (!fd.ok()) return fd.status();
+  t.output.reset(::fdopen(*fd, "we"));
+  if (!t.output) {
+    const int e = errno;
+    ::close(*fd);
+    return IoError("output file '" + t.output_path + "': fdopen: " + Errno(e));
+  }
+  return Status::Ok();
+}
+
+Status RunningJob::ConsumerBody(ConsumerTask& t) {
+  if (spec.kind == JobKind::kFilePartition) {
+    if (Status st = OpenOutput(t); !st.ok()) return st;
+  }
+  // TODO(integrator): bound the reader's record reassembly by the job's declared maximum once
+  // the client branch's API is merged, e.g. reader.set_max_record_bytes(spec.record_size_max)
+  // (generated jobs) or options.max_line_bytes (file jobs). EstimateJobMemory charges it.
+  shuffle::RecordReader reader(t.gate.get());
+  std::vector<SequenceTracker> trackers(t.channel_producer.size());
+  std::optional<TokenBucket> throttle;
+  if (t.throttle_bytes_per_second > 0) throttle.emplace(t.throttle_bytes_per_second);
+  while (!stop.load(std::memory_order_relaxed)) {
+    auto item = reader.Next(kReadSlice);
+    if (!item.ok()) return item.status();
+    if (item->kind == shuffle::RecordReader::Kind::kEndOfInput) {
+      t.done.store(true);
+      return Status::Ok();
+    }
+    if (item->kind != shuffle::RecordReader::Kind::kRecord) continue;
+    if (Status st = ConsumeRecord(t, item->data, item->channel, trackers); !st.ok()) return st;
+    if (throttle) throttle->Take(item->data.size(), stop);
+  }
+  return Status::Ok();
+}  // the reader holds a buffer until it is destroyed
+
 void RunningJob::RunConsumer(ConsumerTask& t) {
   Status st;
-  {
-    shuffle::RecordReader reader(t.gate.get());
-    std::vector<SequenceTracker> trackers(t.channel_producer.size());
-    std::optional<TokenBucket> throttle;
-    if (t.throttle_bytes_per_second > 0) throttle.emplace(t.throttle_bytes_per_second);
-    while (!stop.load(std::memory_order_relaxed)) {
-      auto item = reader.Next(kReadSlice);
-      if (!item.ok()) {
-        st = item.status();
-        break;
-      }
-      if (item->kind == shuffle::RecordReader::Kind::kEndOfInput) {
-        t.done.store(true);
-        break;
-      }
-      if (item->kind != shuffle::RecordReader::Kind::kRecord) continue;
-      st = ConsumeRecord(t, item->data, item->channel, trackers);
-      if (!st.ok()) break;
-      if (throttle) throttle->Take(item->data.size(), stop);
-    }
-  }  // the reader holds a buffer until it is destroyed
+  try {
+    if (options.task_hook_for_testing) options.task_hook_for_testing();
+    st = ConsumerBody(t);
+  } catch (...) {
+    st = FromException(std::current_exception());
+  }
   t.gate->Close();
   if (t.output && std::fclose(t.output.release()) != 0 && st.ok() && t.done.load()) {
     t.done.store(false);
@@ -477,6 +532,78 @@ void RunningJob::RunConsumer(ConsumerTask& t) {
     Abort("consumer " + std::to_string(t.index) + ": " + st.message(), false, &t.error);
   }
   TaskEnded();
+}
+
+void RunningJob::StartThreads() {
+  std::vector<std::function<void()>> bodies;
+  std::vector<std::string> names;
+  for (auto& t : producers) {
+    bodies.emplace_back([this, p = t.get()] { RunProducer(*p); });
+    names.push_back("producer " + std::to_string(t->index));
+  }
+  for (auto& t : consumers) {
+    bodies.emplace_back([this, c = t.get()] { RunConsumer(*c); });
+    names.push_back("consumer " + std::to_string(t->index));
+  }
+  size_t started = 0;
+  std::string failure;
+  for (; started < bodies.size(); ++started) {
+    try {
+      threads.emplace_back(std::move(bodies[started]));
+    } catch (const std::system_error& e) {
+      failure = "cannot start the thread of " + names[started] + ": " + e.what() + " (" +
+                std::to_string(started) + " of " + std::to_string(bodies.size()) +
+                " task threads started; the daemon's task or thread limit, e.g. RLIMIT_NPROC)";
+      break;
+    }
+  }
+  if (failure.empty() && !bodies.empty()) {
+    try {
+      watchdog = std::thread([this] { RunWatchdog(); });
+    } catch (const std::system_error& e) {
+      failure = std::string("cannot start the job's watchdog thread: ") + e.what();
+    }
+  }
+  if (failure.empty()) return;
+  Abort(failure, false, nullptr);
+  for (size_t i = started; i < bodies.size(); ++i) {
+    if (i >= producers.size()) consumers[i - producers.size()]->gate->Close();
+    TaskEnded();
+  }
+}
+
+Status RunningJob::CreatePartitionsAndGates(const std::vector<transport::Endpoint>& endpoints) {
+  const std::string job = "job '" + spec.job_id + "': ";
+  const uint32_t node_index = node;
+  // Partitions first, so that this node's own gates find them and remote ones soon do.
+  for (auto& t : producers) {
+    auto part = env->CreatePartition(PartitionId(spec.job_id, t->index), Subpartitions(spec),
+                                     spec.token);
+    if (!part.ok()) {
+      return Status(part.status().code(),
+                    job + "producer " + std::to_string(t->index) + ": " + part.status().message());
+    }
+    t->partition = std::move(*part);
+  }
+  for (auto& t : consumers) {
+    std::vector<shuffle::ChannelSpec> channels;
+    for (uint32_t p : ProducersOf(spec, t->index)) {
+      shuffle::ChannelSpec ch;
+      ch.partition_id = PartitionId(spec.job_id, p);
+      ch.subpartition = spec.pattern == Pattern::kPointwise ? 0 : t->index;
+      ch.access_token = spec.token;
+      if (spec.producer_nodes[p] != node_index) ch.remote = endpoints[spec.producer_nodes[p]];
+      channels.push_back(std::move(ch));
+      t->channel_producer.push_back(p);
+    }
+    auto gate = env->CreateInputGate(spec.job_id + "/c" + std::to_string(t->index), channels);
+    if (!gate.ok()) {
+      return Status(gate.status().code(),
+                    job + "consumer " + std::to_string(t->index) + ": " + gate.status().message());
+    }
+    t->gate = std::move(*gate);
+  }
+  return Status::Ok();
 }
 
 void RunningJob::RunWatchdog() {
@@ -572,6 +699,15 @@ Status ValidateJobSpec(const JobSpec& spec) {
                              std::to_string(spec.input_files.size()) + " input_files)");
     }
     if (spec.output_dir.empty()) return InvalidArgument(job + "output_dir is empty");
+    if (sluice::Status st = CheckRelativePath(spec.output_dir, "output_dir"); !st.ok()) {
+      return InvalidArgument(job + st.message());
+    }
+    for (size_t i = 0; i < spec.input_files.size(); ++i) {
+      const std::string what = "input_files[" + std::to_string(i) + "]";
+      if (sluice::Status st = CheckRelativePath(spec.input_files[i], what); !st.ok()) {
+        return InvalidArgument(job + st.message());
+      }
+    }
     if (spec.pattern != Pattern::kAllToAll) {
       return InvalidArgument(job +
                              "a file-partition job partitions lines by key across all "
@@ -584,12 +720,18 @@ Status ValidateJobSpec(const JobSpec& spec) {
   return Status::Ok();
 }
 
-buffer::MemoryEstimate EstimateJobMemory(const JobSpec& spec, uint32_t node_index,
-                                         const buffer::CreditOptions& options) {
+JobMemoryEstimate EstimateJobMemory(const JobSpec& spec, uint32_t node_index,
+                                    const buffer::CreditOptions& options,
+                                    uint64_t max_line_bytes) {
+  JobMemoryEstimate out;
+  const uint64_t per_task = spec.kind == JobKind::kGenerated
+                                ? spec.record_size_max
+                                : max_line_bytes + LineReader::kChunk;
   buffer::Topology topology;
   for (uint32_t p = 0; p < spec.producer_nodes.size(); ++p) {
     if (spec.producer_nodes[p] != node_index) continue;
     topology.partitions.push_back({PartitionId(spec.job_id, p), Subpartitions(spec)});
+    out.heap_bytes += per_task;  // the record (or line) buffer
   }
   for (uint32_t c = 0; c < spec.consumer_nodes.size(); ++c) {
     if (spec.consumer_nodes[c] != node_index) continue;
@@ -599,8 +741,11 @@ buffer::MemoryEstimate EstimateJobMemory(const JobSpec& spec, uint32_t node_inde
       ++(spec.producer_nodes[p] == node_index ? gate.local_channels : gate.remote_channels);
     }
     topology.gates.push_back(std::move(gate));
+    // Reassembly of one record spanning buffers: up to record_size_max (or a line).
+    out.heap_bytes += spec.kind == JobKind::kGenerated ? spec.record_size_max : max_line_bytes;
   }
-  return buffer::EstimateNetworkMemory(topology, options);
+  out.network = buffer::EstimateNetworkMemory(topology, options);
+  return out;
 }
 
 namespace {
@@ -609,7 +754,7 @@ namespace {
 // pool minimums and exclusive segments already lent).
 Status CheckMemory(const JobSpec& spec, uint32_t node, const shuffle::ShuffleEnvironment& env) {
   const buffer::CreditOptions& credit = env.config().options.credit;
-  const buffer::MemoryEstimate e = EstimateJobMemory(spec, node, credit);
+  const buffer::MemoryEstimate e = EstimateJobMemory(spec, node, credit).network;
   const auto& pool = *env.pool();
   const uint64_t total = pool.total_segments();
   const uint64_t admitted = std::min<uint64_t>(pool.required_segments(), total);
@@ -638,32 +783,11 @@ Status CheckMemory(const JobSpec& spec, uint32_t node, const shuffle::ShuffleEnv
       "m (network_memory) or lower buffers_per_channel/" + "floating_per_gate");
 }
 
-Result<File> OpenInput(const std::string& path, uint32_t producer) {
-  const std::string what = "producer " + std::to_string(producer) + ": input file '" + path + "'";
-  File f(std::fopen(path.c_str(), "re"));
-  if (!f) return InvalidArgument(what + " cannot be opened: " + Errno(errno));
-  struct stat st {};
-  if (fstat(fileno(f.get()), &st) != 0) return IoError(what + ": " + Errno(errno));
-  if (!S_ISREG(st.st_mode)) return InvalidArgument(what + " is not a regular file");
-  return f;
-}
-
-Status PrepareOutputDir(const std::string& dir) {
-  struct stat st {};
-  if (stat(dir.c_str(), &st) != 0) {
-    if (errno != ENOENT || mkdir(dir.c_str(), 0755) != 0) {
-      return InvalidArgument("output_dir '" + dir + "' cannot be created: " + Errno(errno));
-    }
-  } else if (!S_ISDIR(st.st_mode)) {
-    return InvalidArgument("output_dir '" + dir + "' is not a directory");
-  }
-  return Status::Ok();
-}
-
 }  // namespace
 
 Result<std::unique_ptr<JobRunner>> JobRunner::Start(shuffle::ShuffleEnvironment* env,
-                                                    const JobSpec& spec, uint32_t node_index) {
+                                                    const JobSpec& spec, uint32_t node_index,
+                                                    const JobRunnerOptions& options) {
   if (sluice::Status st = ValidateJobSpec(spec); !st.ok()) return st;
   const std::string job = "job '" + spec.job_id + "': ";
   if (node_index >= spec.nodes.size()) {
@@ -678,40 +802,28 @@ Result<std::unique_ptr<JobRunner>> JobRunner::Start(shuffle::ShuffleEnvironment*
                            env->endpoint().ToString() + ": wrong node index or nodes list");
   }
   if (sluice::Status st = CheckMemory(spec, node_index, *env); !st.ok()) return st;
+  const bool files = spec.kind == JobKind::kFilePartition;
+  if (files && (options.input_dir.empty() || options.output_dir.empty())) {
+    return InvalidArgument(job + "file-partition jobs are refused by this daemon: start sluiced "
+                           "with " + (options.input_dir.empty() ? "--input-dir" : "--output-dir") +
+                           " (input_dir / output_dir; job paths are relative to them)");
+  }
 
-  auto state = std::make_shared<State>(env, spec, node_index);
+  auto state = std::make_shared<State>(env, spec, node_index, options);
   const auto np = static_cast<uint32_t>(spec.producer_nodes.size());
   const auto nc = static_cast<uint32_t>(spec.consumer_nodes.size());
-  const bool files = spec.kind == JobKind::kFilePartition;
 
   for (uint32_t p = 0; p < np; ++p) {
     if (spec.producer_nodes[p] != node_index) continue;
     auto t = std::make_unique<job_internal::ProducerTask>(p, Subpartitions(spec));
-    if (files) {
-      auto f = OpenInput(spec.input_files[p], p);
-      if (!f.ok()) return sluice::Status(f.status().code(), job + f.status().message());
-      t->input = std::move(*f);
-      t->input_path = spec.input_files[p];
-    }
+    if (files) t->input_path = spec.input_files[p];  // opened on the producer's thread
     state->producers.push_back(std::move(t));
   }
-  bool dir_ready = false;
   for (uint32_t c = 0; c < nc; ++c) {
     if (spec.consumer_nodes[c] != node_index) continue;
     auto t = std::make_unique<job_internal::ConsumerTask>(c, np);
-    if (files) {
-      if (!dir_ready) {
-        if (sluice::Status st = PrepareOutputDir(spec.output_dir); !st.ok()) {
-          return sluice::Status(st.code(), job + st.message());
-        }
-        dir_ready = true;
-      }
+    if (files) {  // created on the consumer's thread
       t->output_path = spec.output_dir + "/" + spec.job_id + "-part-" + std::to_string(c) + ".txt";
-      t->output.reset(std::fopen(t->output_path.c_str(), "we"));
-      if (!t->output) {
-        return InvalidArgument(job + "consumer " + std::to_string(c) + ": output file '" +
-                               t->output_path + "' cannot be created: " + Errno(errno));
-      }
     }
     if (spec.throttled_consumer == static_cast<int32_t>(c)) {
       t->throttle_bytes_per_second = spec.throttle_mib_per_second * (1u << 20);
@@ -719,40 +831,23 @@ Result<std::unique_ptr<JobRunner>> JobRunner::Start(shuffle::ShuffleEnvironment*
     state->consumers.push_back(std::move(t));
   }
 
-  // Partitions first, so that this node's own gates find them and remote ones soon do.
-  for (auto& t : state->producers) {
-    auto part = env->CreatePartition(PartitionId(spec.job_id, t->index), Subpartitions(spec));
-    if (!part.ok()) {
-      return sluice::Status(part.status().code(), job + "producer " + std::to_string(t->index) +
-                                                      ": " + part.status().message());
-    }
-    t->partition = std::move(*part);
+  sluice::Status created;
+  try {
+    created = state->CreatePartitionsAndGates(endpoints);
+  } catch (const std::system_error& e) {
+    created = ResourceExhausted(job + "cannot start a thread while creating its partitions "
+                                "(an output flusher): " + e.what() +
+                                " (the daemon's task or thread limit, e.g. RLIMIT_NPROC)");
+  } catch (const std::bad_alloc&) {
+    created = ResourceExhausted(job + "out of memory (std::bad_alloc) creating its partitions");
   }
-  for (auto& t : state->consumers) {
-    std::vector<shuffle::ChannelSpec> channels;
-    for (uint32_t p : ProducersOf(spec, t->index)) {
-      shuffle::ChannelSpec ch;
-      ch.partition_id = PartitionId(spec.job_id, p);
-      ch.subpartition = spec.pattern == Pattern::kPointwise ? 0 : t->index;
-      if (spec.producer_nodes[p] != node_index) ch.remote = endpoints[spec.producer_nodes[p]];
-      channels.push_back(std::move(ch));
-      t->channel_producer.push_back(p);
-    }
-    auto gate = env->CreateInputGate(spec.job_id + "/c" + std::to_string(t->index), channels);
-    if (!gate.ok()) {
-      return sluice::Status(gate.status().code(), job + "consumer " + std::to_string(t->index) +
-                                                      ": " + gate.status().message());
-    }
-    t->gate = std::move(*gate);
-  }
+  if (!created.ok()) return created;  // ~RunningJob releases what was created
 
   State* s = state.get();
   const auto tasks = static_cast<uint32_t>(s->producers.size() + s->consumers.size());
   s->running = tasks;                 // before any thread starts; read under s->mu afterwards
   if (tasks == 0) s->end = s->start;  // nothing on this node: done at once
-  for (auto& t : s->producers) s->threads.emplace_back([s, p = t.get()] { s->RunProducer(*p); });
-  for (auto& t : s->consumers) s->threads.emplace_back([s, c = t.get()] { s->RunConsumer(*c); });
-  if (tasks > 0) s->watchdog = std::thread([s] { s->RunWatchdog(); });
+  s->StartThreads();
   return std::unique_ptr<JobRunner>(new JobRunner(std::move(state)));
 }
 
@@ -772,6 +867,11 @@ bool JobRunner::Wait(std::chrono::milliseconds timeout) {
 }
 
 const JobSpec& JobRunner::spec() const { return state_->spec; }
+
+uint32_t JobRunner::running_tasks() const {
+  std::lock_guard lock(state_->mu);
+  return state_->running;
+}
 
 control::JobStatus JobRunner::Status() const {
   const State& s = *state_;

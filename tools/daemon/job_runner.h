@@ -10,7 +10,13 @@
 // producer id, key and sequence range (else corrupted), and the sequence per channel: seen
 // before (duplicated), or new but arriving after a higher sequence of its channel (reordered;
 // such a record is also counted in records, as it did arrive once). Lost = sent - records.
-// File-partition jobs: producers read lines, consumers write their part file.
+// File-partition jobs: producers read lines of input_files[i] beneath the daemon's input_dir,
+// consumers write "<output_dir>/<job>-part-<j>.txt" beneath the daemon's output_dir (see
+// job_files.h: confined, regular files only, O_EXCL outputs). Files are opened on the task
+// threads, never in Start: an open that fails fails the job with the reason.
+//
+// Nothing a job does aborts the daemon: a thread that cannot be started, std::bad_alloc or any
+// other exception in a task fails the job with the reason.
 //
 // Lifetime of a partition: created and registered in Start (remote consumers find it at
 // once), finished by its producer, and released by the producer's thread only when every
@@ -32,6 +38,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -42,6 +49,15 @@
 
 namespace sluice::daemon {
 
+// What a daemon lets its jobs do (sluiced options).
+struct JobRunnerOptions {
+  std::string input_dir;   // empty: file jobs are refused (--input-dir)
+  std::string output_dir;  // empty: file jobs are refused (--output-dir)
+  uint64_t max_line_bytes = 1u << 20;
+  // Tests only: runs first on every task thread (e.g. to hold one as if stuck in I/O).
+  std::function<void()> task_hook_for_testing;
+};
+
 class JobRunner {
  public:
   // Validates the spec (node index, placement, sizes, pattern, input files present on this
@@ -50,9 +66,11 @@ class JobRunner {
   // and the value that would fit. Then creates this node's partitions (registered at once, so
   // remote consumers find them) and input gates, and starts the tasks.
   // REQUIRES: env outlives the runner.
+  // Partitions are registered with spec.token and the gates prove it (ChannelSpec).
   static Result<std::unique_ptr<JobRunner>> Start(shuffle::ShuffleEnvironment* env,
                                                   const control::JobSpec& spec,
-                                                  uint32_t node_index);
+                                                  uint32_t node_index,
+                                                  const JobRunnerOptions& options = {});
   ~JobRunner();
   JobRunner(const JobRunner&) = delete;
   JobRunner& operator=(const JobRunner&) = delete;
@@ -65,6 +83,8 @@ class JobRunner {
   void Cancel(const std::string& reason);
   // True when every task ended within `timeout`.
   bool Wait(std::chrono::milliseconds timeout);
+  // Task threads that have not returned yet (for a shutdown that cannot wait for them).
+  uint32_t running_tasks() const;
   const control::JobSpec& spec() const;
 
  private:
@@ -73,13 +93,23 @@ class JobRunner {
   std::shared_ptr<State> state_;
 };
 
-// Checks that do not depend on the node: ids, placement, sizes, pattern, file-job fields.
+// Checks that do not depend on the node: ids, placement, sizes, pattern, file-job fields
+// (relative paths without '..').
 Status ValidateJobSpec(const control::JobSpec& spec);
 
-// The network memory node `node_index`'s share of the job takes: its partitions' output pools
-// and its gates' exclusive and floating buffers, with the formulas the pools use.
+struct JobMemoryEstimate {
+  // Network memory: its partitions' output pools and its gates' exclusive and floating
+  // buffers, with the formulas the pools use.
+  buffer::MemoryEstimate network;
+  // Heap outside network memory: every generated producer holds a record_size_max buffer, every
+  // consumer may reassemble one record of up to record_size_max; a file producer holds a line
+  // of up to max_line_bytes plus a 64 KiB read buffer.
+  uint64_t heap_bytes = 0;
+};
+// What node `node_index`'s share of the job takes.
 // REQUIRES: ValidateJobSpec(spec) is OK and node_index < spec.nodes.size().
-buffer::MemoryEstimate EstimateJobMemory(const control::JobSpec& spec, uint32_t node_index,
-                                         const buffer::CreditOptions& options);
+JobMemoryEstimate EstimateJobMemory(const control::JobSpec& spec, uint32_t node_index,
+                                    const buffer::CreditOptions& options,
+                                    uint64_t max_line_bytes = 1u << 20);
 
 }  // namespace sluice::daemon

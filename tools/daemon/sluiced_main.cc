@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -99,13 +100,20 @@ int main(int argc, char** argv) {
   if (!daemon.ok()) {
     logger->error("cannot start: {}", daemon.status().message());
     sluice::SetLogSink(nullptr);
-    return daemon.status().code() == sluice::StatusCode::kInvalidArgument ? 2 : 1;
+    const sluice::StatusCode code = daemon.status().code();
+    return code == sluice::StatusCode::kInvalidArgument ||
+                   code == sluice::StatusCode::kPermissionDenied
+               ? 2
+               : 1;
   }
   const uint16_t port = (*daemon)->port();
   logger->info("{} listening on {}:{} (network memory {} MiB in {} KiB segments, auth {}, "
                "{} IO thread(s))",
                (*daemon)->node_name(), config.listen, port, config.network_memory >> 20,
-               config.segment_size >> 10, config.auth_secret_file.empty() ? "off" : "on",
+               config.segment_size >> 10,
+               config.auth == "off" ? "off" : (config.auth_secret_file.empty()
+                                                   ? "on, secret in " + config.state_dir
+                                                   : "on, secret from " + config.auth_secret_file),
                config.io_threads);
   if (!config.port_file.empty() &&
       !WriteFileAtomically(config.port_file, std::to_string(port) + "\n")) {
@@ -132,6 +140,13 @@ int main(int argc, char** argv) {
       (*daemon)->Shutdown(std::chrono::milliseconds(config.shutdown_grace_ms));
   if (!config.metrics_file.empty()) WriteFileAtomically(config.metrics_file, (*daemon)->Prometheus());
   const std::string name = (*daemon)->node_name();
+  if (report.stuck_tasks > 0) {
+    // Destroying the daemon would join threads blocked in system calls: exit without it.
+    logger->error("{} stopped with {} job threads blocked (not waited for) and {} segments "
+                  "still out", name, report.stuck_tasks, report.leaked_segments);
+    logger->flush();
+    std::_Exit(3);
+  }
   daemon->reset();
   if (report.leaked_segments != 0) {
     logger->error("{} stopped with {} segments not returned to the pool (a bug)", name,

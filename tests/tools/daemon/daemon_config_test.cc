@@ -115,5 +115,68 @@ TEST(DaemonConfigTest, HelpListsEveryOption) {
   }
 }
 
+TEST(DaemonConfigTest, AuthOffOnlyOnLoopback) {
+  EXPECT_EQ(ParseCommandLine({})->config.auth, "on");
+  EXPECT_TRUE(ParseCommandLine({"--auth", "off"}).ok());
+  EXPECT_TRUE(ParseCommandLine({"--auth", "off", "--listen", "::1"}).ok());
+  EXPECT_TRUE(ParseCommandLine({"--auth", "off", "--listen", "127.0.0.2"}).ok());
+  EXPECT_TRUE(ParseCommandLine({"--listen", "0.0.0.0"}).ok()) << "with a secret: fine";
+  for (const char* listen : {"0.0.0.0", "10.1.2.3", "::", "example.org"}) {
+    auto r = ParseCommandLine({"--auth", "off", "--listen", listen});
+    ASSERT_FALSE(r.ok()) << listen;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    ExpectError(r.status(), std::string("auth = off is refused on listen address ") + listen);
+  }
+  ExpectError(ParseCommandLine({"--auth", "maybe"}).status(), "auth = 'maybe' is not on or off");
+}
+
+TEST(DaemonConfigTest, AllowedPeersParseAndMatchIpv4AndIpv6) {
+  auto nets = ParseAllowedPeers("10.0.0.0/8, 192.168.1.7 ,fd00::/8,::1/128");
+  ASSERT_TRUE(nets.ok()) << nets.status().ToString();
+  ASSERT_EQ(nets->size(), 4u);
+  auto allowed = [&](const std::string& host) {
+    auto r = AddressAllowed(*nets, host);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() && *r;
+  };
+  EXPECT_TRUE(allowed("10.255.0.1"));
+  EXPECT_FALSE(allowed("11.0.0.1"));
+  EXPECT_TRUE(allowed("192.168.1.7"));
+  EXPECT_FALSE(allowed("192.168.1.8"));
+  EXPECT_TRUE(allowed("fd12:3456::1"));
+  EXPECT_TRUE(allowed("[::1]"));
+  EXPECT_FALSE(allowed("::2"));
+  EXPECT_FALSE(allowed("127.0.0.1")) << "not in this list";
+  auto name = AddressAllowed(*nets, "db.example.org");
+  ASSERT_FALSE(name.ok());
+  ExpectError(name.status(), "not a literal IPv4 or IPv6 address");
+  // Odd prefixes: /12 keeps 4 bits of the second byte.
+  auto odd = ParseAllowedPeers("172.16.0.0/12");
+  ASSERT_TRUE(odd.ok());
+  EXPECT_TRUE(*AddressAllowed(*odd, "172.31.255.255"));
+  EXPECT_FALSE(*AddressAllowed(*odd, "172.32.0.0"));
+  // The default: loopback only.
+  auto def = ParseAllowedPeers(DaemonConfig().allowed_peers);
+  ASSERT_TRUE(def.ok());
+  EXPECT_TRUE(*AddressAllowed(*def, "127.3.2.1"));
+  EXPECT_TRUE(*AddressAllowed(*def, "::1"));
+  EXPECT_FALSE(*AddressAllowed(*def, "10.0.0.1"));
+  ExpectError(ParseAllowedPeers("10.0.0.0/33").status(), "allowed_peers entry '10.0.0.0/33'");
+  ExpectError(ParseAllowedPeers("fd00::/129").status(), "0..128");
+  ExpectError(ParseAllowedPeers("lan").status(), "is not an IPv4 or IPv6 address");
+  ExpectError(ParseCommandLine({"--allowed-peers", "10.0.0.0/x"}).status(), "allowed_peers");
+}
+
+TEST(DaemonConfigTest, SecurityOptionsAreInTheHelp) {
+  const std::string help = HelpText();
+  for (const char* flag : {"--state-dir", "--auth ", "--enable-fault-injection",
+                           "--allowed-peers", "--input-dir", "--output-dir", "--max-line-bytes",
+                           "--job-memory"}) {
+    EXPECT_NE(help.find(flag), std::string::npos) << flag;
+  }
+  EXPECT_EQ(ParseCommandLine({"--job-memory", "8m"})->config.job_memory, 8ull << 20);
+  EXPECT_EQ(DaemonConfig().job_memory, 64ull << 20);
+}
+
 }  // namespace
 }  // namespace sluice::daemon

@@ -9,12 +9,16 @@
 
 #include <chrono>
 #include <functional>
+#include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include "tools/control/control_client.h"
 #include "tools/control/control_codec.h"
+#include "tests/tools/daemon/daemon_test_util.h"
 #include "transport/frame_codec.h"
+#include "transport/log.h"
 #include "transport/raw_socket.h"
 
 namespace sluice::daemon {
@@ -28,136 +32,7 @@ using control::JobStatus;
 using transport::testutil::Bytes;
 using transport::testutil::RawSocket;
 
-std::string WriteSecret(const std::string& name, const std::string& secret) {
-  const std::string path = ::testing::TempDir() + "/" + name;
-  std::ofstream(path) << secret << "\n";
-  ::chmod(path.c_str(), 0600);  // group- or world-readable secrets are refused
-  return path;
-}
-
-std::unique_ptr<Daemon> StartDaemon(const std::string& secret_file = "",
-                                    uint64_t memory = 32ull << 20,
-                                    const std::function<void(DaemonConfig&)>& tweak = {}) {
-  DaemonConfig c;
-  c.port = 0;
-  c.network_memory = memory;
-  c.auth_secret_file = secret_file;
-  c.buffer_timeout_ms = 10;
-  if (tweak) tweak(c);
-  auto d = Daemon::Start(c);
-  EXPECT_TRUE(d.ok()) << d.status().ToString();
-  return d.ok() ? std::move(*d) : nullptr;
-}
-
-std::unique_ptr<ControlClient> Connect(Daemon& d, std::optional<std::string> secret = {}) {
-  ControlClientOptions o;
-  o.secret = std::move(secret);
-  auto c = ControlClient::Connect("127.0.0.1", d.port(), o);
-  EXPECT_TRUE(c.ok()) << c.status().ToString();
-  return c.ok() ? std::move(*c) : nullptr;
-}
-
-// One producer and one consumer per daemon, all to all.
-JobSpec Job(const std::string& id, const std::vector<Daemon*>& nodes, uint64_t records) {
-  JobSpec s;
-  s.job_id = id;
-  for (uint32_t i = 0; i < nodes.size(); ++i) {
-    s.nodes.push_back("127.0.0.1:" + std::to_string(nodes[i]->port()));
-    s.producer_nodes.push_back(i);
-    s.consumer_nodes.push_back(i);
-  }
-  s.records_per_producer = records;
-  s.record_size_min = 64;
-  s.record_size_max = 512;
-  s.seed = 7;
-  s.timeout_ms = 60000;
-  return s;
-}
-
-void Submit(const JobSpec& spec, const std::vector<ControlClient*>& clients) {
-  for (uint32_t i = 0; i < clients.size(); ++i) {
-    Status st = clients[i]->SubmitJob(spec, i);
-    ASSERT_TRUE(st.ok()) << st.ToString();
-  }
-}
-
-// Polls until every node's job ended (or the deadline passed); returns the last statuses.
-std::vector<JobStatus> WaitEnded(const std::string& id, const std::vector<ControlClient*>& clients,
-                                 std::chrono::seconds deadline = std::chrono::seconds(60)) {
-  const auto end = std::chrono::steady_clock::now() + deadline;
-  std::vector<JobStatus> out;
-  while (true) {
-    out.clear();
-    bool all_ended = true;
-    for (ControlClient* c : clients) {
-      auto st = c->GetJobStatus(id);
-      EXPECT_TRUE(st.ok()) << st.status().ToString();
-      if (!st.ok()) return out;
-      all_ended = all_ended && st->state != JobState::kRunning && st->state != JobState::kUnknown;
-      out.push_back(*st);
-    }
-    if (all_ended || std::chrono::steady_clock::now() > end) return out;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-}
-
-// The leak check through the control port: every segment back (jobs are reaped within ~100 ms).
-void ExpectAllSegmentsBack(ControlClient& c) {
-  control::NodeStats s;
-  for (int i = 0; i < 200; ++i) {
-    auto r = c.GetStats();
-    ASSERT_TRUE(r.ok()) << r.status().ToString();
-    s = *r;
-    if (s.available_segments == s.total_segments && s.running_jobs == 0) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
-  EXPECT_EQ(s.available_segments, s.total_segments) << s.node_name << "\n" << s.credit_dump;
-  EXPECT_EQ(s.running_jobs, 0u);
-}
-
-void ExpectCleanShutdown(Daemon& d) {
-  const ShutdownReport r = d.Shutdown(std::chrono::milliseconds(2000));
-  EXPECT_EQ(r.leaked_segments, 0u);
-}
-
-// N daemons without a secret, one control client each. End() is every test's leak check.
-struct Cluster {
-  std::vector<std::unique_ptr<Daemon>> daemons;
-  std::vector<std::unique_ptr<ControlClient>> clients;
-
-  explicit Cluster(int n) {
-    for (int i = 0; i < n; ++i) {
-      daemons.push_back(StartDaemon());
-      clients.push_back(daemons.back() ? Connect(*daemons.back()) : nullptr);
-    }
-  }
-  bool ok() const {
-    for (size_t i = 0; i < daemons.size(); ++i) {
-      if (!daemons[i] || !clients[i]) return false;
-    }
-    return true;
-  }
-  std::vector<Daemon*> nodes() const {
-    std::vector<Daemon*> v;
-    for (const auto& d : daemons) v.push_back(d.get());
-    return v;
-  }
-  std::vector<ControlClient*> controls() const {
-    std::vector<ControlClient*> v;
-    for (const auto& c : clients) v.push_back(c.get());
-    return v;
-  }
-  // Every segment back on every node, then a clean shutdown.
-  void End() {
-    for (auto& c : clients) {
-      if (c) ExpectAllSegmentsBack(*c);
-      c.reset();
-    }
-    for (auto& d : daemons) {
-      if (d) ExpectCleanShutdown(*d);
-    }
-  }
-};
+using namespace sluice::daemon::testing;  // NOLINT: the shared helpers of these tests
 
 TEST(DaemonTest, StatsReportThePoolAndPrometheusText) {
   auto d = StartDaemon();
@@ -177,10 +52,12 @@ TEST(DaemonTest, StatsReportThePoolAndPrometheusText) {
       << s->prometheus;
   EXPECT_NE(s->prometheus.find("sluice_control_requests_total"), std::string::npos);
   EXPECT_NE(s->prometheus.find("reason=\"BadMagic\""), std::string::npos) << s->prometheus;
-  auto unknown = c->GetJobStatus("never-submitted");
-  ASSERT_TRUE(unknown.ok());
-  EXPECT_EQ(unknown->state, JobState::kUnknown);
-  EXPECT_EQ(c->CancelJob("never-submitted", "test").code(), StatusCode::kNotFound);
+  // An unknown job is answered like a wrong token: PermissionDenied, nothing about existence.
+  auto unknown = JobStatusOf(*d, "never-submitted", std::string(64, 'x'));
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(CancelOf(*d, "never-submitted", std::string(64, 'x')).code(),
+            StatusCode::kPermissionDenied);
   c.reset();
   ExpectCleanShutdown(*d);
 }
@@ -191,7 +68,7 @@ TEST(DaemonTest, JobBetweenTwoDaemonsDeliversEveryRecordAndReturnsEverySegment) 
   ControlClient* ca = cl.controls()[0];
   const JobSpec spec = Job("two-nodes", cl.nodes(), 20000);
   Submit(spec, cl.controls());
-  auto st = WaitEnded(spec.job_id, cl.controls());
+  auto st = WaitEnded(spec, cl.nodes());
   ASSERT_EQ(st.size(), 2u);
   uint64_t sent = 0, received = 0;
   for (const JobStatus& s : st) {
@@ -303,6 +180,74 @@ TEST(DaemonTest, SharedSecretIsRequiredAndChecked) {
   ExpectCleanShutdown(*d);
 }
 
+TEST(DaemonTest, WithoutASecretFileTheStateDirSecretIsCreated0600AndUsed) {
+  const std::string dir = ::testing::TempDir() + "/sluice-state-" + std::to_string(::getpid());
+  std::filesystem::remove_all(dir);
+  auto in_state_dir = [&](DaemonConfig& c) {
+    c.auth_secret_file.clear();
+    c.state_dir = dir;
+  };
+  auto d = StartDaemon("", 32ull << 20, in_state_dir);
+  ASSERT_TRUE(d);
+  const std::string file = dir + "/auth_secret";
+  struct stat fs {}, ds {};
+  ASSERT_EQ(::stat(file.c_str(), &fs), 0);
+  ASSERT_EQ(::stat(dir.c_str(), &ds), 0);
+  EXPECT_EQ(fs.st_mode & 0777, 0600u);
+  EXPECT_EQ(ds.st_mode & 0777, 0700u);
+  std::string secret;
+  std::getline(std::ifstream(file), secret);
+  EXPECT_EQ(secret.size(), 64u);
+  auto none = ControlClient::Connect("127.0.0.1", d->port(), {});
+  ASSERT_FALSE(none.ok()) << "authenticated by default";
+  EXPECT_EQ(none.status().code(), StatusCode::kPermissionDenied);
+  auto c = Connect(*d, secret);
+  ASSERT_TRUE(c);
+  c.reset();
+  ExpectCleanShutdown(*d);
+  d.reset();
+  // A second start reuses the secret.
+  d = StartDaemon("", 32ull << 20, in_state_dir);
+  ASSERT_TRUE(d);
+  c = Connect(*d, secret);
+  ASSERT_TRUE(c);
+  c.reset();
+  ExpectCleanShutdown(*d);
+  d.reset();
+  // Readable by others: refused at start, naming the file and the chmod.
+  ::chmod(file.c_str(), 0644);
+  DaemonConfig cfg;
+  cfg.port = 0;
+  cfg.network_memory = 32ull << 20;
+  in_state_dir(cfg);
+  auto refused = Daemon::Start(cfg);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_NE(refused.status().message().find("chmod 600 " + file), std::string::npos)
+      << refused.status().message();
+  std::filesystem::remove_all(dir);
+}
+
+TEST(DaemonTest, AuthOffOnLoopbackServesWithoutASecretAndWarns) {
+  std::vector<std::string> warnings;
+  std::mutex mu;
+  SetLogSink([&](LogLevel level, std::string_view m) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (level == LogLevel::kWarn) warnings.emplace_back(m);
+  });
+  auto d = StartDaemon("", 32ull << 20, [](DaemonConfig& c) { c.auth = "off"; });
+  SetLogSink(nullptr);
+  ASSERT_TRUE(d);
+  bool warned = false;
+  for (const auto& w : warnings) warned = warned || w.find("auth = off") != std::string::npos;
+  EXPECT_TRUE(warned);
+  auto c = Connect(*d, std::nullopt);
+  ASSERT_TRUE(c);
+  EXPECT_TRUE(c->GetStats().ok());
+  c.reset();
+  ExpectCleanShutdown(*d);
+}
+
 TEST(DaemonTest, DaemonsWithTheSameSecretShuffleAndDifferentSecretsFailClearly) {
   const std::string f1 = WriteSecret("sluice_secret_1", "0123456789abcdef-one");
   const std::string f2 = WriteSecret("sluice_secret_2", "0123456789abcdef-two");
@@ -316,14 +261,14 @@ TEST(DaemonTest, DaemonsWithTheSameSecretShuffleAndDifferentSecretsFailClearly) 
   ASSERT_TRUE(ca && cb && cx);
   const JobSpec good = Job("same-secret", {a.get(), b.get()}, 5000);
   Submit(good, {ca.get(), cb.get()});
-  for (const JobStatus& s : WaitEnded(good.job_id, {ca.get(), cb.get()})) {
+  for (const JobStatus& s : WaitEnded(good, {a.get(), b.get()})) {
     EXPECT_EQ(s.state, JobState::kSucceeded) << s.error;
   }
   JobSpec bad = Job("other-secret", {a.get(), x.get()}, 5000);
   bad.timeout_ms = 20000;
   Submit(bad, {ca.get(), cx.get()});
   bool named = false;
-  for (const JobStatus& s : WaitEnded(bad.job_id, {ca.get(), cx.get()})) {
+  for (const JobStatus& s : WaitEnded(bad, {a.get(), x.get()})) {
     EXPECT_EQ(s.state, JobState::kFailed);
     named = named || s.error.find("authenticat") != std::string::npos;
   }
@@ -367,14 +312,14 @@ TEST(DaemonTest, GarbageClosesOnlyThatConnectionAndTheDaemonKeepsServing) {
   // And it still serves a job.
   const JobSpec spec = Job("after-garbage", cl.nodes(), 5000);
   Submit(spec, cl.controls());
-  for (const JobStatus& st : WaitEnded(spec.job_id, cl.controls())) {
+  for (const JobStatus& st : WaitEnded(spec, cl.nodes())) {
     EXPECT_EQ(st.state, JobState::kSucceeded) << st.error;
   }
   cl.End();
 }
 
 TEST(DaemonTest, CutConnectionsFailsTheJobNamingThePeerAndLeaksNothing) {
-  Cluster cl(2);
+  Cluster cl(2, [](DaemonConfig& c) { c.enable_fault_injection = true; });
   ASSERT_TRUE(cl.ok());
   ControlClient* ca = cl.controls()[0];
   ControlClient* cb = cl.controls()[1];
@@ -383,8 +328,8 @@ TEST(DaemonTest, CutConnectionsFailsTheJobNamingThePeerAndLeaksNothing) {
   Submit(spec, cl.controls());
   // Wait until data flows, then cut b's data connections.
   for (int i = 0; i < 500; ++i) {
-    auto st = ca->GetJobStatus(spec.job_id);
-    ASSERT_TRUE(st.ok());
+    auto st = JobStatusOf(*cl.daemons[0], spec.job_id, spec.token);
+    ASSERT_TRUE(st.ok()) << st.status().ToString();
     if (!st->consumers.empty() && st->consumers[0].records > 1000) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
@@ -394,7 +339,8 @@ TEST(DaemonTest, CutConnectionsFailsTheJobNamingThePeerAndLeaksNothing) {
   // Nothing recovers a pipelined stream that lost bytes: the consumers fail, naming the peer.
   std::vector<JobStatus> st;
   for (int i = 0; i < 200; ++i) {
-    st = {*ca->GetJobStatus(spec.job_id), *cb->GetJobStatus(spec.job_id)};
+    st = {*JobStatusOf(*cl.daemons[0], spec.job_id, spec.token),
+          *JobStatusOf(*cl.daemons[1], spec.job_id, spec.token)};
     bool any_failed = false;
     for (const auto& s : st) {
       for (const auto& c : s.consumers) any_failed = any_failed || !c.error.empty();
@@ -408,9 +354,9 @@ TEST(DaemonTest, CutConnectionsFailsTheJobNamingThePeerAndLeaksNothing) {
   }
   EXPECT_TRUE(names_peer);
   // The coordinator (here the test) cancels what still runs; then everything is back.
-  EXPECT_TRUE(ca->CancelJob(spec.job_id, "connection cut").ok());
-  EXPECT_TRUE(cb->CancelJob(spec.job_id, "connection cut").ok());
-  for (const JobStatus& s : WaitEnded(spec.job_id, cl.controls(), std::chrono::seconds(20))) {
+  EXPECT_TRUE(CancelOf(*cl.daemons[0], spec.job_id, spec.token, "connection cut").ok());
+  EXPECT_TRUE(CancelOf(*cl.daemons[1], spec.job_id, spec.token, "connection cut").ok());
+  for (const JobStatus& s : WaitEnded(spec, cl.nodes(), std::chrono::seconds(20))) {
     EXPECT_NE(s.state, JobState::kRunning);
     EXPECT_NE(s.state, JobState::kSucceeded);
   }
@@ -432,7 +378,7 @@ TEST(DaemonTest, ShutdownCancelsARunningJobAndReturnsEverySegment) {
   EXPECT_EQ(ra.jobs_cancelled, 1u);
   EXPECT_EQ(ra.leaked_segments, 0u);
   // The other side loses its peer: its job fails (not hangs), and its segments come home.
-  for (const JobStatus& s : WaitEnded(spec.job_id, {cb.get()}, std::chrono::seconds(30))) {
+  for (const JobStatus& s : WaitEnded(spec, {b.get()}, std::chrono::seconds(30))) {
     EXPECT_EQ(s.state, JobState::kFailed) << s.error;
   }
   ExpectAllSegmentsBack(*cb);
@@ -456,7 +402,7 @@ TEST(DaemonTest, FaultShimCorruptionIsCaughtAndDelayLosesNothing) {
   spec.checksums = true;
   spec.timeout_ms = 20000;
   Submit(spec, {ca.get(), cb.get()});
-  const auto st = WaitEnded(spec.job_id, {ca.get(), cb.get()});
+  const auto st = WaitEnded(spec, {a.get(), b.get()});
   ASSERT_EQ(st.size(), 2u);
   EXPECT_EQ(st[0].state, JobState::kFailed);
   const std::string b_addr = "127.0.0.1:" + std::to_string(b->port());
@@ -487,7 +433,7 @@ TEST(DaemonTest, FaultShimCorruptionIsCaughtAndDelayLosesNothing) {
   const JobSpec delayed = Job("delayed", {x.get(), y.get()}, 5000);
   Submit(delayed, {cx.get(), cy.get()});
   uint64_t received = 0;
-  for (const JobStatus& s : WaitEnded(delayed.job_id, {cx.get(), cy.get()})) {
+  for (const JobStatus& s : WaitEnded(delayed, {x.get(), y.get()})) {
     EXPECT_EQ(s.state, JobState::kSucceeded) << s.error;
     for (const auto& c : s.consumers) received += c.records;
   }

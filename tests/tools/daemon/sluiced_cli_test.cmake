@@ -24,6 +24,15 @@ expect_fail(2 "unknown option --nope" --nope 1)
 file(WRITE ${WORK}/short.secret "short\n")
 file(CHMOD ${WORK}/short.secret PERMISSIONS OWNER_READ OWNER_WRITE)
 expect_fail(2 "at least 16" --port 0 --auth-secret-file ${WORK}/short.secret)
+# A secret readable by others is refused, naming the file and the chmod to run.
+file(WRITE ${WORK}/open.secret "0123456789abcdef0123456789abcdef\n")
+file(CHMOD ${WORK}/open.secret PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ)
+expect_fail(2 "chmod 600 ${WORK}/open.secret" --port 0 --auth-secret-file ${WORK}/open.secret)
+# auth off only on loopback.
+expect_fail(2 "auth = off is refused on listen address 0.0.0.0" --port 0 --auth off
+  --listen 0.0.0.0)
+expect_fail(2 "auth = 'maybe' is not on or off" --auth maybe)
+expect_fail(2 "allowed_peers entry '10.0.0.0/33'" --allowed-peers 10.0.0.0/33)
 
 execute_process(COMMAND ${SLUICED} --help RESULT_VARIABLE rc OUTPUT_VARIABLE out)
 if(NOT rc EQUAL 0 OR NOT out MATCHES "--network-memory")
@@ -36,15 +45,18 @@ endif()
 
 # Start, wait for the port file, ask with sluicectl, SIGTERM, exit 0 (a shell runs it).
 file(WRITE ${WORK}/run.sh "
-${SLUICED} --port 0 --network-memory 16m --port-file ${WORK}/port --metrics-file ${WORK}/metrics \
-  --metrics-interval-ms 100 --log-file ${WORK}/log &
+${SLUICED} --port 0 --listen 0.0.0.0 --state-dir ${WORK}/state --network-memory 16m \
+  --port-file ${WORK}/port --metrics-file ${WORK}/metrics --metrics-interval-ms 100 \
+  --log-file ${WORK}/log &
 pid=$!
 for i in $(seq 1 200); do [ -s ${WORK}/port ] && [ -s ${WORK}/metrics ] && break; sleep 0.05; done
 [ -s ${WORK}/port ] || { echo 'no port file'; kill -9 $pid; exit 1; }
 port=$(cat ${WORK}/port)
-${SLUICECTL} --port $port stats > ${WORK}/stats || { echo 'sluicectl stats failed'; kill -9 $pid; exit 1; }
-${SLUICECTL} --port $port dump > ${WORK}/dump || { echo 'sluicectl dump failed'; kill -9 $pid; exit 1; }
-${SLUICECTL} --port $port status no-such-job > ${WORK}/status; echo status_exit=$?
+echo secret_mode=$(stat -c %a ${WORK}/state/auth_secret) dir_mode=$(stat -c %a ${WORK}/state)
+${SLUICECTL} --port $port dump > /dev/null 2>&1; echo nosecret_exit=$?
+${SLUICECTL} --auth-secret-file ${WORK}/state/auth_secret --port $port stats > ${WORK}/stats || { echo 'sluicectl stats failed'; kill -9 $pid; exit 1; }
+${SLUICECTL} --auth-secret-file ${WORK}/state/auth_secret --port $port dump > ${WORK}/dump || { echo 'sluicectl dump failed'; kill -9 $pid; exit 1; }
+${SLUICECTL} --auth-secret-file ${WORK}/state/auth_secret --port $port status no-such-job > ${WORK}/status; echo status_exit=$?
 kill -TERM $pid
 wait $pid
 echo exit=$?
@@ -57,6 +69,12 @@ if(NOT out MATCHES "exit=0")
 endif()
 if(NOT log MATCHES "stopped cleanly")
   message(FATAL_ERROR "sluiced log lacks the clean stop:\n${log}")
+endif()
+if(NOT out MATCHES "secret_mode=600 dir_mode=700")
+  message(FATAL_ERROR "the state-dir secret is not 0600 in a 0700 directory: ${out}")
+endif()
+if(NOT out MATCHES "nosecret_exit=[12]")
+  message(FATAL_ERROR "sluicectl without the secret was served: ${out}")
 endif()
 if(NOT out MATCHES "status_exit=1")
   message(FATAL_ERROR "sluicectl status of an unknown job did not exit 1: ${out}")

@@ -8,6 +8,7 @@
 #include "shuffle/shuffle_test_util.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -102,13 +103,15 @@ JobSpec GeneratedSpec(const Cluster& c, const std::string& id, std::vector<uint3
   s.key_count = 10000;
   s.seed = 42;
   s.timeout_ms = 60000;
+  s.token = std::string(64, 'a');
   return s;
 }
 
-std::vector<std::unique_ptr<JobRunner>> StartAll(Cluster& c, const JobSpec& spec) {
+std::vector<std::unique_ptr<JobRunner>> StartAll(Cluster& c, const JobSpec& spec,
+                                                 const JobRunnerOptions& options = {}) {
   std::vector<std::unique_ptr<JobRunner>> runners;
   for (uint32_t n = 0; n < c.envs.size(); ++n) {
-    auto r = JobRunner::Start(c.envs[n].get(), spec, n);
+    auto r = JobRunner::Start(c.envs[n].get(), spec, n, options);
     EXPECT_TRUE(r.ok()) << "node " << n << ": " << r.status().ToString();
     if (r.ok()) runners.push_back(std::move(*r));
   }
@@ -116,8 +119,9 @@ std::vector<std::unique_ptr<JobRunner>> StartAll(Cluster& c, const JobSpec& spec
 }
 
 // Runs the job on every node to its end, destroys the runners and returns each node's status.
-std::vector<JobStatus> RunToEnd(Cluster& c, const JobSpec& spec) {
-  auto runners = StartAll(c, spec);
+std::vector<JobStatus> RunToEnd(Cluster& c, const JobSpec& spec,
+                                const JobRunnerOptions& options = {}) {
+  auto runners = StartAll(c, spec, options);
   std::vector<JobStatus> out;
   for (auto& r : runners) {
     EXPECT_TRUE(r->Wait(60s)) << "job did not end";
@@ -371,6 +375,14 @@ class TempDir {
   }
   ~TempDir() { std::filesystem::remove_all(path_); }
   std::string Path(const std::string& name) const { return (path_ / name).string(); }
+  std::string root() const { return path_.string(); }
+  // Both roots of a daemon here.
+  JobRunnerOptions Roots() const {
+    JobRunnerOptions o;
+    o.input_dir = root();
+    o.output_dir = root();
+    return o;
+  }
 
  private:
   static inline int counter_ = 0;
@@ -407,10 +419,11 @@ TEST(JobRunnerTest, FilePartitionWritesEachLineToItsKeysConsumer) {
   spec.nodes = c.nodes;
   spec.producer_nodes = {0, 1};
   spec.consumer_nodes = {1, 0, 1};
-  spec.input_files = {dir.Path("in0.csv"), dir.Path("in1.csv")};
+  spec.input_files = {"in0.csv", "in1.csv"};  // relative to the daemon's input_dir
   spec.key_field = 1;
-  spec.output_dir = dir.Path("out");
-  const auto statuses = RunToEnd(c, spec);
+  spec.output_dir = "out";
+  spec.token = std::string(64, 'f');
+  const auto statuses = RunToEnd(c, spec, dir.Roots());
   const Totals t = ExpectExactlyOnce(spec, statuses);
   std::vector<std::multiset<std::string>> expected(3);
   for (const auto& lines : inputs) {
@@ -427,7 +440,10 @@ TEST(JobRunnerTest, FilePartitionWritesEachLineToItsKeysConsumer) {
   for (uint32_t ci = 0; ci < 3; ++ci) {
     const auto& cs = t.consumers.at(ci);
     EXPECT_EQ(cs.output_file, spec.output_dir + "/files-part-" + std::to_string(ci) + ".txt");
-    const auto lines = ReadLines(cs.output_file);
+    const auto lines = ReadLines(dir.Path(cs.output_file));
+    struct stat st {};
+    ASSERT_EQ(::stat(dir.Path(cs.output_file).c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0640u) << "outputs are not world-readable";
     EXPECT_EQ(std::multiset<std::string>(lines.begin(), lines.end()), expected[ci])
         << "consumer " << ci;
     EXPECT_EQ(cs.records, lines.size());
@@ -454,8 +470,9 @@ TEST(JobRunnerTest, FilePartitionWritesEachLineToItsKeysConsumer) {
 TEST(JobRunnerTest, ValidationErrorsNameTheField) {
   Cluster c(2);
   ASSERT_EQ(c.envs.size(), 2u);
+  TempDir dir;
   auto expect_invalid = [&](const JobSpec& spec, uint32_t node, const std::string& needle) {
-    auto r = JobRunner::Start(c.envs[node].get(), spec, node);
+    auto r = JobRunner::Start(c.envs[node].get(), spec, node, dir.Roots());
     ASSERT_FALSE(r.ok()) << needle;
     EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status().ToString();
     EXPECT_NE(r.status().message().find(needle), std::string::npos) << r.status().message();
@@ -484,14 +501,25 @@ TEST(JobRunnerTest, ValidationErrorsNameTheField) {
   s.zipf_s = 0;
   expect_invalid(s, 0, "zipf_s");
 
-  TempDir dir;
   s = good;
   s.kind = control::JobKind::kFilePartition;
-  s.input_files = {dir.Path("missing.csv"), dir.Path("also-missing.csv")};
-  s.output_dir = dir.Path("out");
-  expect_invalid(s, 0, dir.Path("missing.csv"));
+  s.input_files = {dir.Path("abs.csv"), "rel.csv"};
+  s.output_dir = "out";
+  expect_invalid(s, 0, "input_files[0] '" + dir.Path("abs.csv") + "' is absolute");
+  s.input_files = {"ok.csv", "sub/../../escape.csv"};
+  expect_invalid(s, 0, "input_files[1] 'sub/../../escape.csv' contains '..'");
+  s.input_files = {"a.csv", "b.csv"};
+  s.output_dir = "../out";
+  expect_invalid(s, 0, "output_dir '../out' contains '..'");
+  s.output_dir = "out";
   s.input_files.pop_back();
   expect_invalid(s, 0, "one input file per producer");
+  // A daemon without roots refuses file jobs, naming the option.
+  s.input_files = {"a.csv", "b.csv"};
+  auto r = JobRunner::Start(c.envs[0].get(), s, 0);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("--input-dir"), std::string::npos) << r.status().message();
 
   ExpectNoLeak(c);
 }
@@ -520,7 +548,8 @@ TEST(JobRunnerTest, NotEnoughNetworkMemoryIsRefusedWithTheNumbers) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted);
   const std::string m = r.status().message();
-  const buffer::MemoryEstimate e = EstimateJobMemory(spec, 0, c.envs[0]->config().options.credit);
+  const buffer::MemoryEstimate e =
+      EstimateJobMemory(spec, 0, c.envs[0]->config().options.credit).network;
   EXPECT_GT(e.min_segments, 64u);
   for (const std::string& needle :
        {std::string("network_memory"), std::string("job 'big-job' needs"),
