@@ -284,6 +284,10 @@ Status HarnessRun::Setup() {
   }
   // Passed through last, so that they can override what the harness chose.
   cfg.args.insert(cfg.args.end(), o_.daemon_args.begin(), o_.daemon_args.end());
+  const bool injects =
+      std::find(cfg.args.begin(), cfg.args.end(), "--enable-fault-injection") != cfg.args.end();
+  report_.extra.emplace_back("fault_injection", injects ? "true" : "false");
+  report_.AddExtra("auth", o_.auth ? "on" : "off");
   cluster_ = std::make_unique<Cluster>(cfg);
   Status s = cluster_->Start(o_.nodes, milliseconds(30000));
   if (!s.ok()) return s;
