@@ -138,9 +138,17 @@ Status SendFrame(int fd, uint8_t type, const uint8_t* msg, size_t len,
   return Status::Ok();
 }
 
-// Reads frames until one that is not a Heartbeat. An ErrorResponse becomes the error it says.
-Result<std::pair<uint8_t, std::vector<uint8_t>>> ReadFrame(int fd, const std::string& address) {
+// Reads frames until one that is not a Heartbeat, for at most `timeout` in all (a daemon that
+// sends only heartbeats cannot hold the call). An ErrorResponse becomes the error it says.
+Result<std::pair<uint8_t, std::vector<uint8_t>>> ReadFrame(
+    int fd, const std::string& address,
+    std::chrono::milliseconds timeout = ControlClientOptions{}.timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (true) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      return IoFailure(address, "no answer but heartbeats within " +
+                                    std::to_string(timeout.count()) + " ms");
+    }
     uint8_t head[transport::kFrameHeaderSize];
     if (!ReadAll(fd, head, sizeof(head))) {
       return IoFailure(address, errno == EAGAIN || errno == EWOULDBLOCK
@@ -261,7 +269,7 @@ Result<ControlClient::Reply> ControlClient::Call(uint8_t type, const uint8_t* ms
   if (fd_ < 0) return Status(StatusCode::kClosed, "control connection to " + address_ + " is closed");
   Status st = SendFrame(fd_, type, msg, len, address_);
   if (st.ok()) {
-    auto frame = ReadFrame(fd_, address_);
+    auto frame = ReadFrame(fd_, address_, options_.timeout);
     if (frame.ok()) {
       if (frame->first == expect_type) return Reply{frame->first, std::move(frame->second)};
       if (frame->first == static_cast<uint8_t>(MessageType::kControlResult)) {

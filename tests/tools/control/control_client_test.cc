@@ -46,11 +46,32 @@ std::vector<uint8_t> Header(uint32_t frame_length, schema::MessageType type, uin
   return h;
 }
 
+// A HelloAck of a daemon that does not authenticate (sluiced --auth off).
+std::vector<uint8_t> UnauthenticatedHelloAck() {
+  schema::MessageBuilder b;
+  schema::HandshakeFields f;
+  f.segment_size = 32 * 1024;
+  f.node_name = "hostile";
+  const auto msg = b.HelloAck(f);
+  std::vector<uint8_t> frame =
+      Header(static_cast<uint32_t>(transport::kFrameHeaderSize + msg.size()),
+             schema::MessageType::kHelloAck, static_cast<uint16_t>(msg.size()));
+  frame.insert(frame.end(), msg.begin(), msg.end());
+  return frame;
+}
+
 // A loopback listener whose one connection reads the client's first frame, then sends
-// `frames` and holds the connection open until Stop (so only the header can end the call).
+// `frames`; with `after_request` it reads the next frame (a request) and sends those, or with
+// `heartbeats` sends heartbeats until Stop. It holds the connection open until Stop, so only
+// what it sent can end the client's call.
 class HostileDaemon {
  public:
-  explicit HostileDaemon(std::vector<std::vector<uint8_t>> frames) : frames_(std::move(frames)) {
+  explicit HostileDaemon(std::vector<std::vector<uint8_t>> frames,
+                         std::vector<std::vector<uint8_t>> after_request = {},
+                         bool heartbeats = false)
+      : frames_(std::move(frames)),
+        after_request_(std::move(after_request)),
+        heartbeats_(heartbeats) {
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
@@ -72,19 +93,34 @@ class HostileDaemon {
   bool served() const { return served_; }
 
  private:
+  // Reads one whole frame from the client (its size from the header; the test's own frames).
+  static bool ReadClientFrame(int c) {
+    uint8_t head[transport::kFrameHeaderSize];
+    if (::recv(c, head, sizeof(head), MSG_WAITALL) != static_cast<ssize_t>(sizeof(head))) {
+      return false;
+    }
+    const uint32_t len = (uint32_t{head[0]} << 24) | (uint32_t{head[1]} << 16) |
+                         (uint32_t{head[2]} << 8) | head[3];
+    std::vector<uint8_t> rest(len - sizeof(head));
+    return ::recv(c, rest.data(), rest.size(), MSG_WAITALL) == static_cast<ssize_t>(rest.size());
+  }
+
   void Serve() {
     const int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (c < 0) return;
-    uint8_t head[transport::kFrameHeaderSize];
-    if (::recv(c, head, sizeof(head), MSG_WAITALL) == static_cast<ssize_t>(sizeof(head))) {
-      const uint32_t len = (uint32_t{head[0]} << 24) | (uint32_t{head[1]} << 16) |
-                           (uint32_t{head[2]} << 8) | head[3];
-      std::vector<uint8_t> rest(len - sizeof(head));
-      ::recv(c, rest.data(), rest.size(), MSG_WAITALL);
+    if (ReadClientFrame(c)) {
       for (const auto& f : frames_) ::send(c, f.data(), f.size(), MSG_NOSIGNAL);
+      if ((!after_request_.empty() || heartbeats_) && ReadClientFrame(c)) {
+        for (const auto& f : after_request_) ::send(c, f.data(), f.size(), MSG_NOSIGNAL);
+        const auto beat = Header(transport::kFrameHeaderSize, schema::MessageType::kHeartbeat, 0);
+        while (heartbeats_ && !stop_ && ::send(c, beat.data(), beat.size(), MSG_NOSIGNAL) > 0) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+      }
       served_ = true;
     }
-    // Hold the connection: the client must decide from the header alone.
+    // Hold the connection: the client must decide from what it got.
+    ::shutdown(c, SHUT_WR);
     uint8_t b;
     while (!stop_ && ::recv(c, &b, 1, 0) > 0) {
     }
@@ -92,6 +128,8 @@ class HostileDaemon {
   }
 
   std::vector<std::vector<uint8_t>> frames_;
+  std::vector<std::vector<uint8_t>> after_request_;
+  const bool heartbeats_;
   int fd_ = -1;
   uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
@@ -131,6 +169,37 @@ TEST(ControlClientTest, FrameJustAboveTheLargestLegalFrameIsRefused) {
   EXPECT_NE(c.status().message().find(std::to_string(limit) + "-byte frame limit"),
             std::string::npos)
       << c.status().ToString();
+}
+
+TEST(ControlClientTest, HugeReplyToARequestIsRefusedUnread) {
+  HostileDaemon daemon({UnauthenticatedHelloAck()},
+                       {Header(0x7FFFFFFFu, schema::MessageType::kStatsResponse, 0)});
+  auto c = ControlClient::Connect("127.0.0.1", daemon.port(), {});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  const uint64_t before = RssBytes();
+  auto stats = (*c)->GetStats();
+  const uint64_t after = RssBytes();
+  ASSERT_FALSE(stats.ok());
+  EXPECT_EQ(stats.status().code(), StatusCode::kProtocolError) << stats.status().ToString();
+  EXPECT_NE(stats.status().message().find("2147483647 bytes, above the"), std::string::npos)
+      << stats.status().ToString();
+  EXPECT_LT(after, before + (16u << 20)) << "RSS grew from " << before << " to " << after;
+  // The stream position is unknown after that: the client is closed, not confused.
+  EXPECT_EQ((*c)->GetStats().status().code(), StatusCode::kClosed);
+}
+
+TEST(ControlClientTest, EndlessHeartbeatsEndTheCallAtItsTimeout) {
+  HostileDaemon daemon({UnauthenticatedHelloAck()}, {}, /*heartbeats=*/true);
+  ControlClientOptions o;
+  o.timeout = std::chrono::milliseconds(300);
+  auto c = ControlClient::Connect("127.0.0.1", daemon.port(), o);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  auto stats = (*c)->GetStats();
+  ASSERT_FALSE(stats.ok());
+  EXPECT_EQ(stats.status().code(), StatusCode::kIoError) << stats.status().ToString();
+  EXPECT_NE(stats.status().message().find("no answer but heartbeats within 300 ms"),
+            std::string::npos)
+      << stats.status().ToString();
 }
 
 // --- FindSecret -------------------------------------------------------------------------
