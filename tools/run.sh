@@ -2,7 +2,9 @@
 # Sets up (installs missing Debian packages), builds and runs Sluice's main job on its built-in
 # default: sluice-harness starts 3 sluiced daemons on loopback, runs an all-to-all shuffle of
 # 1 GiB of generated records between them, verifies every record (exactly once, in order,
-# checksums), checks that every daemon returned every segment, and prints a summary.
+# checksums), checks that every daemon returned every segment, and prints a summary. The daemons
+# run with the deployment defaults (authenticated with a random secret in the harness's run
+# directory, a token per job, fault hooks off); no flag is needed for that on loopback.
 # Extra arguments go to sluice-harness (see `--help`).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

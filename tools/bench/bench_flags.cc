@@ -5,6 +5,9 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "shuffle/auth.h"
+#include "tools/control/control_client.h"
+
 namespace sluice::bench {
 namespace {
 
@@ -82,6 +85,10 @@ const char* BenchUsage() {
          "  --baselines on|off         measure the pump and memcpy ceilings (and the TCP\n"
          "                             latency floor with --latency) (default on)\n"
          "  --pump-bufs-per-write N    buffers gathered per uv_write by the pump (default 8)\n"
+         "  --auth on|off              remote: authenticate the connection and prove a job\n"
+         "                             token, as sluiced does (default on)\n"
+         "  --auth-secret-file F       the secret (mode 0600); default: a random one per run\n"
+         "  --state-dir D              the secret in D/auth_secret (a sluiced state directory)\n"
          "  --json                     print one JSON object instead of the text report\n"
          "  --sweep NAME=v1,v2,...     run once per value of flag NAME, print a table and write\n"
          "  --sweep-out FILE           an SVG chart (default sluice-bench-sweep.svg)\n";
@@ -131,10 +138,17 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
       return InvalidArgument("--" + name + " wants a positive number of seconds");
     }
     (name == "seconds" ? f->seconds : f->warmup) = *d;
-  } else if (name == "checksum" || name == "baselines" || name == "in-place") {
+  } else if (name == "checksum" || name == "baselines" || name == "in-place" || name == "auth") {
     Result<bool> b = ParseOnOff(name, v);
     if (!b.ok()) return b.status();
-    (name == "checksum" ? f->checksum : name == "baselines" ? f->baselines : f->in_place) = *b;
+    (name == "checksum"    ? f->checksum
+     : name == "baselines" ? f->baselines
+     : name == "auth"      ? f->auth
+                           : f->in_place) = *b;
+  } else if (name == "auth-secret-file") {
+    f->auth_secret_file = v;
+  } else if (name == "state-dir") {
+    f->state_dir = v;
   } else if (name == "rate") {
     return set_u32(&f->rate, 1, 10000000);
   } else if (name == "batch") {
@@ -199,12 +213,16 @@ Result<BenchFlags> ParseBenchFlags(int argc, char** argv) {
       while (std::getline(list, item, ',')) {
         if (!item.empty()) f.sweep_values.push_back(item);
       }
-      if (f.sweep_name == "sweep" || f.sweep_name == "sweep-out" || f.sweep_name == "mode") {
+      if (f.sweep_name == "sweep" || f.sweep_name == "sweep-out" || f.sweep_name == "mode" ||
+          f.sweep_name == "auth-secret-file" || f.sweep_name == "state-dir") {
         return InvalidArgument("--sweep cannot vary --" + f.sweep_name);
       }
       continue;
     }
     if (Status s = ApplyFlag(&f, a, value); !s.ok()) return s;
+  }
+  if (!f.auth_secret_file.empty() && !f.state_dir.empty()) {
+    return InvalidArgument("give --auth-secret-file or --state-dir, not both");
   }
   // Every sweep value must parse before anything runs.
   for (const std::string& v : f.sweep_values) {
@@ -212,6 +230,18 @@ Result<BenchFlags> ParseBenchFlags(int argc, char** argv) {
     if (Status s = ApplyFlag(&probe, f.sweep_name, v); !s.ok()) return s;
   }
   return f;
+}
+
+Status ResolveBenchSecret(BenchFlags* f) {
+  if (!f->auth && f->sweep_name != "auth") return Status::Ok();
+  if (f->auth_secret_file.empty() && f->state_dir.empty()) {
+    f->secret = shuffle::auth::MakeJobToken();  // 32 random bytes, hex
+    return Status::Ok();
+  }
+  auto secret = control::FindSecret({f->auth_secret_file, f->state_dir});
+  if (!secret.ok()) return secret.status();
+  f->secret = *secret;
+  return Status::Ok();
 }
 
 }  // namespace sluice::bench

@@ -32,6 +32,15 @@ struct BenchFlags {
   int pump_bufs_per_write = 8;
   int pump_inflight = 4;
   bool json = false;
+  // Remote mode authenticates its one connection as sluiced does (on by default): the secret
+  // from auth_secret_file, else <state_dir>/auth_secret when state_dir is given, else a random
+  // one made before the fork; the partition is scoped by a random job token. --auth off
+  // measures the same path without the handshake's proofs.
+  bool auth = true;
+  std::string auth_secret_file;
+  std::string state_dir;
+  std::string secret;  // resolved by ResolveBenchSecret; never printed
+
   std::string sweep_name;  // --sweep NAME=v1,v2,...
   std::vector<std::string> sweep_values;
   std::string sweep_out = "sluice-bench-sweep.svg";
@@ -48,5 +57,10 @@ Result<BenchFlags> ParseBenchFlags(int argc, char** argv);
 // Sets one flag by its name without dashes ("channels", "record-size", ...), as --sweep does.
 Status ApplyFlag(BenchFlags* flags, const std::string& name, const std::string& value);
 const char* BenchUsage();
+// Fills flags->secret (when auth may be on: --auth on, or a sweep over auth): the file, the
+// state directory's secret, or a random one. The errors of control::FindSecret (a missing
+// secret names both options; a group/other-readable file names the chmod): exit 2.
+// REQUIRES: called before any fork, so both processes share the secret.
+Status ResolveBenchSecret(BenchFlags* flags);
 
 }  // namespace sluice::bench

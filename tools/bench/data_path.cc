@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "buffer/memory_estimate.h"
+#include "shuffle/auth.h"
 #include "shuffle/record_reader.h"
 #include "shuffle/record_writer.h"
 #include "shuffle/shuffle_environment.h"
@@ -58,7 +59,8 @@ shuffle::EnvironmentConfig ConfigFor(const BenchFlags& f, const char* name, bool
     c.options.buffer_timeout = std::chrono::milliseconds(f.buffer_timeout_ms);
   }
   c.options.checksums = f.checksum;
-  c.auth.off = true;  // TODO(tools): the secret from --state-dir / --auth-secret-file
+  c.auth.secret = f.auth ? f.secret : std::string();
+  c.auth.off = !f.auth;
   return c;
 }
 
@@ -330,13 +332,14 @@ struct ProducerReport {
   char error[512] = {};
 };
 
-int RunRemoteProducer(const BenchFlags& f, int from_consumer, int to_consumer) {
+int RunRemoteProducer(const BenchFlags& f, const std::string& token, int from_consumer,
+                      int to_consumer) {
   ProducerReport report;
   Status error;
   {
     auto env = ShuffleEnvironment::Start(ConfigFor(f, "bench-producer", true));
     if (!env.ok()) Die(env.status().ToString());
-    auto part = (*env)->CreatePartition("p0", f.channels);
+    auto part = (*env)->CreatePartition("p0", f.channels, token);
     if (!part.ok()) Die(part.status().ToString());
     const uint16_t port = (*env)->port();
     if (!WritePod(to_consumer, port)) return 1;
@@ -373,9 +376,11 @@ int RunRemoteProducer(const BenchFlags& f, int from_consumer, int to_consumer) {
 int RunRemoteConsumer(const BenchFlags& f, int to_parent) {
   RunResult r;
   r.network_memory_bytes = NetworkMemoryFor(f);
+  // The partition's job token: made before the fork, so both sides hold it.
+  const std::string token = f.auth ? shuffle::auth::MakeJobToken() : "";
   // Fork the producer before this process starts any thread.
   Child producer = ForkChild([&](int from_consumer, int to_consumer) {
-    return RunRemoteProducer(f, from_consumer, to_consumer);
+    return RunRemoteProducer(f, token, from_consumer, to_consumer);
   });
   uint16_t port = 0;
   if (!ReadPod(producer.from_child, &port)) {
@@ -387,7 +392,7 @@ int RunRemoteConsumer(const BenchFlags& f, int to_parent) {
     if (!env.ok()) return Report(to_parent, r, env.status());
     std::vector<shuffle::ChannelSpec> specs;
     for (uint32_t c = 0; c < f.channels; ++c) {
-      specs.push_back({"p0", c, transport::Endpoint{"127.0.0.1", port}});
+      specs.push_back({"p0", c, transport::Endpoint{"127.0.0.1", port}, token});
     }
     auto gate = (*env)->CreateInputGate("bench", specs);
     if (!gate.ok()) return Report(to_parent, r, gate.status());

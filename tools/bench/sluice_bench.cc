@@ -97,6 +97,10 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "sluice-bench: %s\n", parsed.status().message().c_str());
     return 2;
   }
+  if (Status s = ResolveBenchSecret(&*parsed); !s.ok()) {
+    std::fprintf(stderr, "sluice-bench: %s\n", s.message().c_str());
+    return 2;
+  }
   const BenchFlags& flags = *parsed;
   signal(SIGPIPE, SIG_IGN);
   if (flags.sweep_name.empty()) {

@@ -9,11 +9,13 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <vector>
 
 #include "schema/control.h"
+#include "schema/messages.h"
 #include "shuffle/auth.h"
 #include "shuffle/handshake.h"
 #include "tools/control/control_codec.h"
@@ -110,6 +112,20 @@ struct ControlClient::Reply {
 
 namespace {
 
+// The largest frame any daemon may send (its segment size is at most kMaxSegmentSize).
+constexpr uint64_t kMaxReplyFrame = transport::MaxFrameLength(schema::kMaxSegmentSize);
+
+// Reads and drops `len` bytes through a small stack buffer: nothing is allocated for them.
+bool SkipBytes(int fd, uint64_t len) {
+  uint8_t sink[4096];
+  while (len > 0) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(len, sizeof(sink)));
+    if (!ReadAll(fd, sink, n)) return false;
+    len -= n;
+  }
+  return true;
+}
+
 Status SendFrame(int fd, uint8_t type, const uint8_t* msg, size_t len,
                  const std::string& address) {
   std::vector<uint8_t> frame(transport::kFrameHeaderSize + len);
@@ -123,9 +139,17 @@ Status SendFrame(int fd, uint8_t type, const uint8_t* msg, size_t len,
   return Status::Ok();
 }
 
-// Reads frames until one that is not a Heartbeat. An ErrorResponse becomes the error it says.
-Result<std::pair<uint8_t, std::vector<uint8_t>>> ReadFrame(int fd, const std::string& address) {
+// Reads frames until one that is not a Heartbeat, for at most `timeout` in all (a daemon that
+// sends only heartbeats cannot hold the call). An ErrorResponse becomes the error it says.
+Result<std::pair<uint8_t, std::vector<uint8_t>>> ReadFrame(
+    int fd, const std::string& address,
+    std::chrono::milliseconds timeout = ControlClientOptions{}.timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (true) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      return IoFailure(address, "no answer but heartbeats within " +
+                                    std::to_string(timeout.count()) + " ms");
+    }
     uint8_t head[transport::kFrameHeaderSize];
     if (!ReadAll(fd, head, sizeof(head))) {
       return IoFailure(address, errno == EAGAIN || errno == EWOULDBLOCK
@@ -138,10 +162,17 @@ Result<std::pair<uint8_t, std::vector<uint8_t>>> ReadFrame(int fd, const std::st
       return Status(StatusCode::kProtocolError,
                     "daemon " + address + " sent a malformed frame header; is this a sluiced port?");
     }
+    if (h.frame_length > kMaxReplyFrame) {
+      return Status(StatusCode::kProtocolError,
+                    "daemon " + address + " announced a frame of " +
+                        std::to_string(h.frame_length) + " bytes, above the " +
+                        std::to_string(kMaxReplyFrame) + "-byte frame limit; refused unread");
+    }
+    // At most kMaxMetadataLength (the header's u16), whatever the daemon says.
     std::vector<uint8_t> meta(h.metadata_length);
     if (!ReadAll(fd, meta.data(), meta.size())) return IoFailure(address, "connection lost mid-frame");
-    std::vector<uint8_t> skip(h.payload_length());
-    if (!ReadAll(fd, skip.data(), skip.size())) return IoFailure(address, "connection lost mid-frame");
+    // Control replies carry no payload; one that does is read through and dropped.
+    if (!SkipBytes(fd, h.payload_length())) return IoFailure(address, "connection lost mid-frame");
     const auto type = static_cast<MessageType>(h.type);
     if (type == MessageType::kHeartbeat) continue;
     if (type == MessageType::kErrorResponse) {
@@ -230,7 +261,7 @@ Result<ControlClient::Reply> ControlClient::Call(uint8_t type, const uint8_t* ms
   if (fd_ < 0) return Status(StatusCode::kClosed, "control connection to " + address_ + " is closed");
   Status st = SendFrame(fd_, type, msg, len, address_);
   if (st.ok()) {
-    auto frame = ReadFrame(fd_, address_);
+    auto frame = ReadFrame(fd_, address_, options_.timeout);
     if (frame.ok()) {
       if (frame->first == expect_type) return Reply{frame->first, std::move(frame->second)};
       if (frame->first == static_cast<uint8_t>(MessageType::kControlResult)) {
@@ -269,9 +300,10 @@ Status ControlClient::SubmitJob(const JobSpec& spec, uint32_t node_index) {
   return Command(static_cast<uint8_t>(MessageType::kSubmitJob), msg, nullptr);
 }
 
-Status ControlClient::CancelJob(const std::string& job_id, const std::string& reason) {
-  return Command(static_cast<uint8_t>(MessageType::kCancelJob), EncodeCancelJob(job_id, reason),
-                 nullptr);
+Status ControlClient::CancelJob(const std::string& job_id, const std::string& token,
+                                const std::string& reason) {
+  return Command(static_cast<uint8_t>(MessageType::kCancelJob),
+                 EncodeCancelJob(job_id, reason, token), nullptr);
 }
 
 Result<uint32_t> ControlClient::CutConnections() {
@@ -282,8 +314,9 @@ Result<uint32_t> ControlClient::CutConnections() {
   return count;
 }
 
-Result<JobStatus> ControlClient::GetJobStatus(const std::string& job_id) {
-  auto msg = EncodeJobStatusRequest(job_id);
+Result<JobStatus> ControlClient::GetJobStatus(const std::string& job_id,
+                                              const std::string& token) {
+  auto msg = EncodeJobStatusRequest(job_id, token);
   auto r = Call(static_cast<uint8_t>(MessageType::kJobStatusRequest), msg.data(), msg.size(),
                 static_cast<uint8_t>(MessageType::kJobStatusResponse));
   if (!r.ok()) return r.status();
@@ -300,6 +333,29 @@ Result<NodeStats> ControlClient::GetStats() {
   auto m = schema::ParseStatsResponse(r->message);
   if (!m.ok()) return m.status();
   return DecodeStats(**m);
+}
+
+}  // namespace sluice::control
+
+namespace sluice::control {
+
+Result<std::string> FindSecret(const SecretSource& source) {
+  if (!source.auth_secret_file.empty()) {
+    auto s = shuffle::auth::ReadSecretFile(source.auth_secret_file);
+    if (s.ok() || s.status().code() == StatusCode::kPermissionDenied) return s;
+    return InvalidArgument(s.status().message() +
+                           " (from --auth-secret-file; or give the daemon's --state-dir)");
+  }
+  const std::string dir =
+      source.state_dir.empty() ? std::string(shuffle::auth::kDefaultStateDir) : source.state_dir;
+  auto s = shuffle::auth::LoadStateSecret(dir, /*create=*/false);
+  if (s.ok() || s.status().code() == StatusCode::kPermissionDenied) return s;
+  return InvalidArgument("no auth secret: " + s.status().message() +
+                         ". Give the daemon's secret with --auth-secret-file FILE, or its state "
+                         "directory with --state-dir DIR (sluiced creates DIR/" +
+                         std::string(shuffle::auth::kStateSecretFileName) +
+                         " on first start; default " +
+                         std::string(shuffle::auth::kDefaultStateDir) + ")");
 }
 
 }  // namespace sluice::control

@@ -3,6 +3,9 @@
 // HelloAck, and the shared-secret challenge/response when the daemon asks for it) runs in
 // Connect. Requests are answered in order; every call has the connection's timeout.
 //
+// A hostile or confused daemon cannot make the client allocate more than one frame's limit
+// (transport::MaxFrameLength of the segment size): longer frames are refused by their header.
+//
 // Thread-compatible: one thread at a time per client. Errors name the daemon's address.
 #pragma once
 
@@ -17,6 +20,19 @@
 #include "tools/control/job_spec.h"
 
 namespace sluice::control {
+
+// Where a tool finds the cluster's shared secret, the way sluiced does (DESIGN.md "Errors and
+// faults"): `auth_secret_file` when set, else <state_dir>/auth_secret.
+struct SecretSource {
+  std::string auth_secret_file;  // --auth-secret-file; wins when not empty
+  std::string state_dir;         // --state-dir; empty: shuffle::auth::kDefaultStateDir
+};
+
+// Reads the secret that `source` names; never creates one (only sluiced does). Errors, each
+// naming the path: PermissionDenied with the `chmod 600` to run when group or others may read
+// the file; InvalidArgument naming both --auth-secret-file and --state-dir when neither gives a
+// secret (missing, unreadable, too short). Tools exit 2 on either.
+Result<std::string> FindSecret(const SecretSource& source);
 
 struct ControlClientOptions {
   std::chrono::milliseconds timeout{10000};  // connect, handshake and each request
@@ -39,11 +55,16 @@ class ControlClient {
   // refuses it with the reason (bad spec, not enough network memory: the message names the
   // option and the value that would fit).
   Status SubmitJob(const JobSpec& spec, uint32_t node_index);
-  // This daemon's view of the job (kUnknown state for a job id it never saw).
-  Result<JobStatus> GetJobStatus(const std::string& job_id);
+  // This daemon's view of the job (kUnknown state for a job id it never saw). `token` is the
+  // job's JobSpec::token; a daemon refuses the status of a job whose token it does not get.
+  Result<JobStatus> GetJobStatus(const std::string& job_id, const std::string& token = "");
   // Cancels the job's tasks on this daemon with `reason`; their partitions and gates are
-  // released. Ok also when the job already ended.
-  Status CancelJob(const std::string& job_id, const std::string& reason);
+  // released. Ok also when the job already ended. `token` as for GetJobStatus.
+  Status CancelJob(const std::string& job_id, const std::string& token, const std::string& reason);
+  // Without a token: reaches only jobs submitted without one (older daemons and tests).
+  Status CancelJob(const std::string& job_id, const std::string& reason) {
+    return CancelJob(job_id, "", reason);
+  }
   // Counters, pool state, the Prometheus text and the credit dump.
   Result<NodeStats> GetStats();
   // Fault injection for tests: the daemon closes every shuffle data connection it has (both

@@ -4,6 +4,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -61,6 +62,13 @@ Status Cluster::Launch(int i) {
   std::vector<std::string> args = {config_.sluiced,  "--listen",    n.host,
                                    "--port",         "0",           "--port-file",
                                    n.port_file,      "--node-name", "node" + std::to_string(i)};
+  if (config_.state_dirs) {
+    const std::string state = config_.run_dir + "/node-" + std::to_string(i) + ".state";
+    if (mkdir(state.c_str(), 0700) != 0 && errno != EEXIST) {
+      return IoError("cannot create " + state + ": " + std::strerror(errno));
+    }
+    args.insert(args.end(), {"--state-dir", state});
+  }
   if (!config_.secret_file.empty()) {
     args.push_back("--auth-secret-file");
     args.push_back(config_.secret_file);
@@ -80,6 +88,7 @@ Status Cluster::Launch(int i) {
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
+  const std::string workdir = config_.working_dir;
   const pid_t parent = getpid();
   pid_t pid = fork();
   if (pid < 0) {
@@ -99,6 +108,12 @@ Status Cluster::Launch(int i) {
         (void)ignored;
         _exit(125);
       }
+    }
+    if (!workdir.empty() && chdir(workdir.c_str()) != 0) {
+      static const char kMsg[] = "sluice-harness: cannot enter the daemons' working directory\n";
+      ssize_t ignored = write(log_fd, kMsg, sizeof kMsg - 1);
+      (void)ignored;
+      _exit(125);
     }
     int devnull = open("/dev/null", O_RDONLY);
     dup2(devnull, STDIN_FILENO);

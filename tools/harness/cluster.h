@@ -1,5 +1,6 @@
 // Cluster: the sluiced processes of one harness run. Each daemon is fork/exec'ed with its own
-// port (--port 0 --port-file), its stderr in <run_dir>/node-<i>.log, optionally inside a
+// port (--port 0 --port-file), its stderr in <run_dir>/node-<i>.log, its state directory
+// <run_dir>/node-<i>.state, optionally inside a
 // network namespace, in its own process group and with PR_SET_PDEATHSIG so it dies with the
 // harness. The destructor SIGKILLs and reaps whatever still runs.
 //
@@ -25,7 +26,11 @@ struct DaemonConfig {
   std::string sluiced;
   std::string run_dir;
   std::vector<std::string> args;  // passed to every daemon
-  std::string secret_file;        // empty: no auth
+  std::string secret_file;        // --auth-secret-file of every daemon; empty: none
+  // Every daemon gets --state-dir <run_dir>/node-<i>.state (made 0700), so nothing it keeps
+  // lands in the system's /var/lib/sluice.
+  bool state_dirs = true;
+  std::string working_dir;        // the daemons' cwd; empty: the harness's
   const NetnsTopology* netns = nullptr;
   control::ControlClientOptions client;
 };

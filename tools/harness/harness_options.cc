@@ -24,7 +24,11 @@ Daemons:
   --io-threads N            per daemon
   --log-level LEVEL         per daemon
   --daemon-arg ARG          extra argument for every sluiced (repeatable)
-  --auth                    generate a shared secret for the daemons and the harness
+  --auth [on|off]           authentication (default on): the daemons and the harness share a
+                            secret, random in <run dir>/secret (0600) unless given below; every
+                            job gets a random token (<run dir>/<job>.token). off: loopback only
+  --auth-secret-file F      use this secret file (mode 0600) instead of a random one
+  --state-dir D             use D/auth_secret, a daemon state directory's secret
   --keep-logs               keep the run directory (daemon logs, port files) after success
   --netns                   (root) every daemon in its own network namespace, 10.77.K.(i+2)/24,
                             veth pairs joined by a bridge in the root namespace
@@ -240,7 +244,20 @@ Result<Options> ParseOptions(int argc, char** argv) {
       SLUICE_NEXT(v);
       o.daemon_args.push_back(v);
     } else if (arg == "--auth") {
-      o.auth = true;
+      // A bare --auth (older command lines) means on.
+      std::string v = has_inline ? value : "on";
+      if (!has_inline && i + 1 < argc &&
+          (std::string(argv[i + 1]) == "on" || std::string(argv[i + 1]) == "off")) {
+        v = argv[++i];
+      }
+      if (v != "on" && v != "off") return InvalidArgument("--auth is on or off, got '" + v + "'");
+      o.auth = v == "on";
+    } else if (arg == "--auth-secret-file") {
+      SLUICE_NEXT(v);
+      o.auth_secret_file = v;
+    } else if (arg == "--state-dir") {
+      SLUICE_NEXT(v);
+      o.state_dir = v;
     } else if (arg == "--netns") {
       o.netns = true;
     } else if (arg == "--job") {
@@ -373,7 +390,21 @@ Result<Options> ParseOptions(int argc, char** argv) {
   if (o.corrupt_ppm > 1000000) return InvalidArgument("--corrupt-ppm is parts per million, 0..1000000");
   if (o.timeout_s < 1) return InvalidArgument("--timeout must be at least 1 second");
   if (o.fault_at >= 1) return InvalidArgument("--fault-at is a fraction below 1");
-  if (o.fault == Fault::kWrongSecret) o.auth = true;
+  if (!o.auth) {
+    if (o.fault == Fault::kWrongSecret) {
+      return InvalidArgument("--fault wrong-secret tests authentication: drop --auth off");
+    }
+    if (o.netns) {
+      return InvalidArgument("--auth off is for loopback only: the daemons refuse it on the "
+                             "namespace addresses of --netns");
+    }
+    if (!o.auth_secret_file.empty() || !o.state_dir.empty()) {
+      return InvalidArgument("--auth off takes no --auth-secret-file or --state-dir");
+    }
+  }
+  if (!o.auth_secret_file.empty() && !o.state_dir.empty()) {
+    return InvalidArgument("give --auth-secret-file or --state-dir, not both");
+  }
   if (o.fault == Fault::kDrop) {
     if (!o.netns) {
       return InvalidArgument(

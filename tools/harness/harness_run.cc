@@ -17,6 +17,7 @@
 #include <set>
 #include <thread>
 
+#include "shuffle/auth.h"
 #include "tools/harness/file_check.h"
 #include "tools/harness/process_util.h"
 
@@ -161,6 +162,97 @@ std::string HarnessRun::ExpectedOutcome() const {
   return "";
 }
 
+namespace {
+
+// The daemons' arguments that follow from the options (not auth, roots or namespaces).
+std::vector<std::string> DaemonArgs(const Options& o) {
+  std::vector<std::string> args;
+  if (!o.network_memory.empty()) args.insert(args.end(), {"--network-memory", o.network_memory});
+  if (!o.segment_size.empty()) args.insert(args.end(), {"--segment-size", o.segment_size});
+  if (o.io_threads > 0) args.insert(args.end(), {"--io-threads", std::to_string(o.io_threads)});
+  if (!o.log_level.empty()) args.insert(args.end(), {"--log-level", o.log_level});
+  // The daemons check buffer CRCs only when started with --checksums, and refuse a job that
+  // asks for them otherwise.
+  if (o.checksums) args.push_back("--checksums");
+  // Delay and corruption come from the daemons' seeded in-process shim (no netem here).
+  if (o.delay_ms > 0 || o.corrupt_ppm > 0) {
+    args.insert(args.end(), {"--fault-seed", std::to_string(o.seed), "--fault-delay-ms",
+                             std::to_string(static_cast<uint32_t>(o.delay_ms)),
+                             "--fault-corrupt-per-million",
+                             std::to_string(static_cast<uint32_t>(o.corrupt_ppm))});
+  }
+  // Fault hooks are refused by a daemon unless it was started for them: only runs that
+  // inject faults through the daemon (CutConnections, the shim) ask for it.
+  if (o.fault == Fault::kCutConnection || o.delay_ms > 0 || o.corrupt_ppm > 0) {
+    args.push_back("--enable-fault-injection");
+  }
+  if (!o.auth) args.insert(args.end(), {"--auth", "off"});
+  return args;
+}
+
+// The deepest directory holding every path (each made absolute, symlinks resolved).
+std::filesystem::path CommonRoot(const std::vector<std::filesystem::path>& paths) {
+  std::filesystem::path root;
+  for (const auto& p : paths) {
+    if (root.empty()) {
+      root = p;
+      continue;
+    }
+    std::filesystem::path common;
+    auto a = root.begin();
+    auto b = p.begin();
+    for (; a != root.end() && b != p.end() && *a == *b; ++a, ++b) common /= *a;
+    root = common;
+  }
+  return root;
+}
+
+}  // namespace
+
+Status HarnessRun::SetupSecret(DaemonConfig* cfg) {
+  if (!o_.auth) return Status::Ok();
+  if (!o_.secret.empty()) {
+    // Found by main (FindSecret): the daemons read the same file.
+    secret_ = o_.secret;
+    cfg->secret_file = !o_.auth_secret_file.empty()
+                           ? o_.auth_secret_file
+                           : shuffle::auth::StateSecretPath(o_.state_dir);
+  } else {
+    secret_ = shuffle::auth::MakeJobToken();  // 32 random bytes, hex
+    cfg->secret_file = run_dir_ + "/secret";
+    Status s = WriteWholeFile(cfg->secret_file, secret_ + "\n", 0600);
+    if (!s.ok()) return s;
+  }
+  cfg->client.secret = secret_;
+  return Status::Ok();
+}
+
+// File jobs name their files relative to the daemons' roots. One root, the deepest directory
+// that holds every input file and the output directory, serves as --input-dir, --output-dir
+// and the daemons' working directory (so the relative names mean the same to a daemon that
+// predates the roots).
+Status HarnessRun::SetupFileRoot(DaemonConfig* cfg) {
+  if (o_.kind != control::JobKind::kFilePartition) return Status::Ok();
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(o_.output_dir, ec);
+  const fs::path out = fs::weakly_canonical(o_.output_dir, ec);
+  if (ec) return InvalidArgument("--output-dir " + o_.output_dir + ": " + ec.message());
+  std::vector<fs::path> paths = {out};
+  for (const auto& in : o_.inputs) {
+    const fs::path p = fs::canonical(in, ec);
+    if (ec) return InvalidArgument("--input " + in + ": " + ec.message());
+    input_paths_.push_back(p);
+    paths.push_back(p.parent_path());
+  }
+  file_root_ = CommonRoot(paths);
+  output_path_ = out;
+  cfg->args.insert(cfg->args.end(),
+                   {"--input-dir", file_root_.string(), "--output-dir", file_root_.string()});
+  cfg->working_dir = file_root_.string();
+  return Status::Ok();
+}
+
 Status HarnessRun::Setup() {
   auto dir = MakeRunDir();
   if (!dir.ok()) return dir.status();
@@ -174,38 +266,28 @@ Status HarnessRun::Setup() {
   DaemonConfig cfg;
   cfg.sluiced = sluiced;
   cfg.run_dir = run_dir_;
-  if (!o_.network_memory.empty()) cfg.args.insert(cfg.args.end(), {"--network-memory", o_.network_memory});
-  if (!o_.segment_size.empty()) cfg.args.insert(cfg.args.end(), {"--segment-size", o_.segment_size});
-  if (o_.io_threads > 0) cfg.args.insert(cfg.args.end(), {"--io-threads", std::to_string(o_.io_threads)});
-  if (!o_.log_level.empty()) cfg.args.insert(cfg.args.end(), {"--log-level", o_.log_level});
-  // The daemons check buffer CRCs only when started with --checksums, and refuse a job that
-  // asks for them otherwise.
-  if (o_.checksums) cfg.args.push_back("--checksums");
-  // Delay and corruption come from the daemons' seeded in-process shim (no netem here).
-  if (o_.delay_ms > 0 || o_.corrupt_ppm > 0) {
-    cfg.args.insert(cfg.args.end(),
-                    {"--fault-seed", std::to_string(o_.seed), "--fault-delay-ms",
-                     std::to_string(static_cast<uint32_t>(o_.delay_ms)),
-                     "--fault-corrupt-per-million",
-                     std::to_string(static_cast<uint32_t>(o_.corrupt_ppm))});
-  }
-  cfg.args.insert(cfg.args.end(), o_.daemon_args.begin(), o_.daemon_args.end());
+  cfg.args = DaemonArgs(o_);
   cfg.client.segment_size = o_.segment_size_bytes;
   cfg.client.client_name = "sluice-harness";
-  if (o_.auth) {
-    secret_ = RandomHex(32);
-    cfg.secret_file = run_dir_ + "/secret";
-    Status s = WriteWholeFile(cfg.secret_file, secret_, 0600);
-    if (!s.ok()) return s;
-    cfg.client.secret = secret_;
-  }
+  if (Status s = SetupSecret(&cfg); !s.ok()) return s;
+  if (Status s = SetupFileRoot(&cfg); !s.ok()) return s;
   if (o_.netns) {
     auto t = NetnsTopology::Create(o_.nodes, o_.rate_mbit, o_.drop_percent, run_dir_);
     if (!t.ok()) return t.status();
     netns_ = std::move(*t);
     cfg.netns = netns_.get();
     std::fprintf(stderr, "sluice-harness: network namespaces: %s\n", netns_->Describe().c_str());
+    // A job may name only allowed peers (default loopback): here, the namespace addresses.
+    std::string peers = "127.0.0.0/8";
+    for (int i = 0; i < o_.nodes; ++i) peers += "," + netns_->node_address(i) + "/32";
+    cfg.args.insert(cfg.args.end(), {"--allowed-peers", peers});
   }
+  // Passed through last, so that they can override what the harness chose.
+  cfg.args.insert(cfg.args.end(), o_.daemon_args.begin(), o_.daemon_args.end());
+  const bool injects =
+      std::find(cfg.args.begin(), cfg.args.end(), "--enable-fault-injection") != cfg.args.end();
+  report_.extra.emplace_back("fault_injection", injects ? "true" : "false");
+  report_.AddExtra("auth", o_.auth ? "on" : "off");
   cluster_ = std::make_unique<Cluster>(cfg);
   Status s = cluster_->Start(o_.nodes, milliseconds(30000));
   if (!s.ok()) return s;
@@ -253,20 +335,22 @@ control::JobSpec HarnessRun::MakeSpec(const std::string& job_id, const std::vect
   spec.partitioner = o_.partitioner;
   spec.seed = o_.seed;
   if (o_.kind == control::JobKind::kFilePartition) {
-    for (const auto& in : o_.inputs) {
-      std::error_code ec;
-      auto abs = std::filesystem::absolute(in, ec);
-      spec.input_files.push_back(ec ? in : abs.string());
-    }
+    // Relative to the daemons' roots (SetupFileRoot).
+    for (const auto& in : input_paths_) spec.input_files.push_back(RelativeToRoot(in));
     spec.delimiter = o_.delimiter;
     spec.key_field = o_.key_field;
-    std::error_code ec;
-    auto abs = std::filesystem::absolute(o_.output_dir, ec);
-    spec.output_dir = ec ? o_.output_dir : abs.string();
+    spec.output_dir = RelativeToRoot(output_path_);
   }
+  // The job's token scopes it: its partitions, status and cancel (JobSpec::token).
+  spec.token = shuffle::auth::MakeJobToken();
   spec.checksums = o_.checksums;
   spec.timeout_ms = static_cast<uint32_t>(std::min(o_.timeout_s * 1000, 4.0e9));
   return spec;
+}
+
+std::string HarnessRun::RelativeToRoot(const std::filesystem::path& path) const {
+  const std::filesystem::path rel = path.lexically_relative(file_root_);
+  return rel.empty() ? "." : rel.string();
 }
 
 HarnessRun::Tally HarnessRun::Count(const control::JobSpec& spec, const JobView& view) {
@@ -309,7 +393,7 @@ void HarnessRun::CancelOn(const control::JobSpec& spec, const std::vector<int>& 
     if (!node.alive || node.stopped || Terminal(view.state[k])) continue;
     auto* c = Client(ids[k]);
     if (c == nullptr) continue;
-    Status s = c->CancelJob(spec.job_id, reason);
+    Status s = c->CancelJob(spec.job_id, spec.token, reason);
     if (!s.ok()) {
       errors->push_back("CancelJob on node " + std::to_string(ids[k]) + " (" + node.address() +
                         ") failed: " + s.ToString());
@@ -367,6 +451,11 @@ HarnessRun::JobOutcome HarnessRun::RunJob(const control::JobSpec& spec, const st
   last_print_s_ = -1;
   last_print_bytes_ = 0;
 
+  // For an operator's `sluicectl status JOB --token-file <run dir>/JOB.token`.
+  if (Status s = WriteWholeFile(run_dir_ + "/" + spec.job_id + ".token", spec.token + "\n", 0600);
+      !s.ok()) {
+    out.errors.push_back(s.ToString());
+  }
   // Submit to every node; a refusal cancels what was already submitted.
   for (size_t k = 0; k < n; ++k) {
     auto* c = Client(ids[k]);
@@ -447,7 +536,7 @@ HarnessRun::JobOutcome HarnessRun::RunJob(const control::JobSpec& spec, const st
       if (cluster_->node(id).stopped) continue;
       auto* c = Client(id);
       if (c == nullptr) continue;
-      auto st = c->GetJobStatus(spec.job_id);
+      auto st = c->GetJobStatus(spec.job_id, spec.token);
       if (!st.ok()) {
         const std::string e = "GetJobStatus on node " + std::to_string(id) + " failed: " +
                               st.status().ToString();
@@ -1046,12 +1135,18 @@ Report HarnessRun::Run() {
     std::vector<std::string> parts;
     for (int c = 0; c < o_.consumers; ++c) {
       auto it = out.view.consumers.find(static_cast<uint32_t>(c));
-      std::string path = it != out.view.consumers.end() && !it->second.output_file.empty()
-                             ? it->second.output_file
-                             : spec.output_dir + "/" + spec.job_id + "-part-" + std::to_string(c) + ".txt";
-      parts.push_back(path);
+      const std::string name = spec.job_id + "-part-" + std::to_string(c) + ".txt";
+      std::filesystem::path path =
+          it != out.view.consumers.end() && !it->second.output_file.empty()
+              ? std::filesystem::path(it->second.output_file)
+              : output_path_ / name;
+      // A daemon may report the path relative to its root.
+      if (path.is_relative()) path = (file_root_ / path).lexically_normal();
+      parts.push_back(path.string());
     }
-    FileCheck fc = CheckFilePartition(spec.input_files, spec.delimiter, spec.key_field, parts);
+    std::vector<std::string> inputs;
+    for (const auto& in : input_paths_) inputs.push_back(in.string());
+    FileCheck fc = CheckFilePartition(inputs, spec.delimiter, spec.key_field, parts);
     for (const auto& e : fc.errors) r.errors.push_back("file-partition: " + e);
     uint64_t bad = 0;
     for (const auto& [p, ps] : out.view.producers) bad += ps.bad_lines;

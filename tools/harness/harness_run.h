@@ -7,6 +7,7 @@
 #pragma once
 
 #include <chrono>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
@@ -69,6 +70,12 @@ class HarnessRun {
   };
 
   Status Setup();
+  // The shared secret (o_.secret, or a random one in <run dir>/secret) for daemons and client.
+  Status SetupSecret(DaemonConfig* cfg);
+  // File jobs: the daemons' --input-dir/--output-dir root and working directory.
+  Status SetupFileRoot(DaemonConfig* cfg);
+  // `path` relative to file_root_ ("." for the root itself).
+  std::string RelativeToRoot(const std::filesystem::path& path) const;
   control::ControlClient* Client(int node);
   void DropClient(int node) { clients_[static_cast<size_t>(node)].reset(); }
 
@@ -97,6 +104,10 @@ class HarnessRun {
   Options o_;
   std::string run_dir_;
   std::string secret_;
+  // File jobs: the root of every input and of the output directory (absolute, canonical).
+  std::filesystem::path file_root_;
+  std::vector<std::filesystem::path> input_paths_;  // canonical, in --input order
+  std::filesystem::path output_path_;
   std::unique_ptr<NetnsTopology> netns_;
   std::unique_ptr<Cluster> cluster_;
   std::vector<std::unique_ptr<control::ControlClient>> clients_;

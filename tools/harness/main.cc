@@ -3,6 +3,7 @@
 // Exit status 0 only when every expected outcome happened. See tools/harness/README.md.
 #include <cstdio>
 
+#include "tools/control/control_client.h"
 #include "tools/harness/harness_options.h"
 #include "tools/harness/harness_run.h"
 #include "tools/harness/report.h"
@@ -14,6 +15,15 @@ int main(int argc, char** argv) {
     if (options.status().code() == sluice::StatusCode::kCancelled) return 0;  // --help
     std::fprintf(stderr, "sluice-harness: %s\n", options.status().message().c_str());
     return 2;
+  }
+  if (options->auth && (!options->auth_secret_file.empty() || !options->state_dir.empty())) {
+    // As sluicectl and sluiced: a missing or group/other-readable secret is refused, exit 2.
+    auto secret = sluice::control::FindSecret({options->auth_secret_file, options->state_dir});
+    if (!secret.ok()) {
+      std::fprintf(stderr, "sluice-harness: %s\n", secret.status().message().c_str());
+      return 2;
+    }
+    options->secret = *secret;
   }
   InstallSignalHandlers();
   const bool json = options->json;

@@ -1,6 +1,7 @@
 #include "tools/harness/process_util.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <limits.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -77,6 +78,12 @@ Result<std::string> ReadWholeFile(const std::string& path) {
 Status WriteWholeFile(const std::string& path, const std::string& text, int mode) {
   int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
   if (fd < 0) return IoError("cannot write " + path + ": " + std::strerror(errno));
+  // The mode also when the file existed (a secret must never stay readable by others).
+  if (fchmod(fd, static_cast<mode_t>(mode)) != 0) {
+    const int e = errno;
+    close(fd);
+    return IoError("cannot chmod " + path + ": " + std::strerror(e));
+  }
   size_t off = 0;
   while (off < text.size()) {
     ssize_t n = write(fd, text.data() + off, text.size() - off);

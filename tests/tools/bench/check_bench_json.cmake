@@ -1,6 +1,7 @@
 # Runs sluice-bench with --json and checks the object it prints: every documented field is
 # there, records > 0, and nothing leaked. No timing assertions.
 #   cmake -DBENCH=<sluice-bench> "-DARGS=--mode local ..." -DLATENCY=ON|OFF -DIN_PLACE=true|false
+#     -DAUTH=true|false
 #     -P check_bench_json.cmake
 separate_arguments(args UNIX_COMMAND "${ARGS}")
 execute_process(COMMAND ${BENCH} ${args} --json
@@ -11,7 +12,7 @@ endif()
 set(fields mode channels record_size segment_size seconds records bytes records_per_second
   mib_per_second buffers_per_second credit_stall_ms network_memory_bytes peak_rss_bytes
   leaked_segments pool_total_segments pool_peak_used_segments baseline_pump_mib_per_second
-  baseline_memcpy_mib_per_second ratio_to_pump ratio_to_memcpy in_place)
+  baseline_memcpy_mib_per_second ratio_to_pump ratio_to_memcpy in_place auth)
 if(LATENCY)
   list(APPEND fields p50_us p99_us p999_us baseline_tcp_p50_us baseline_tcp_p99_us
     baseline_tcp_p999_us)
@@ -30,6 +31,10 @@ string(JSON rss GET "${out}" peak_rss_bytes)
 string(JSON pump GET "${out}" baseline_pump_mib_per_second)
 string(JSON in_place GET "${out}" in_place)
 # A JSON boolean reads back as ON or OFF.
+string(JSON auth GET "${out}" auth)
+if(DEFINED AUTH AND ((auth AND NOT AUTH) OR (NOT auth AND AUTH)))
+  message(FATAL_ERROR "auth is ${auth}, expected ${AUTH}: ${out}")
+endif()
 if(DEFINED IN_PLACE AND ((in_place AND NOT IN_PLACE) OR (NOT in_place AND IN_PLACE)))
   message(FATAL_ERROR "in_place is ${in_place}, expected ${IN_PLACE}: ${out}")
 endif()

@@ -13,6 +13,10 @@ reordered, corrupted records and leaked segments. Options:
   --needs-netns         skip (exit 77, reason printed) unless root and `ip netns add` works
   --file-job DIR        generate input files in DIR, run the file-partition job on them and
                         check the part files here too
+  --secret-file DIR:MODE  write a random secret to DIR/secret with this octal mode and pass
+                        --auth-secret-file DIR/secret to the harness
+  --state-dir DIR       make DIR/auth_secret (0600) as sluiced does on first start and pass
+                        --state-dir DIR to the harness
   --timeout SECONDS     SIGTERM the harness after this long (it then cleans up), default 100
 Exit: 0 pass, 1 fail, 77 skipped (ctest SKIP_RETURN_CODE).
 """
@@ -73,6 +77,17 @@ def generate_files(directory, files=3, lines=20000, seed=7):
     return paths, os.path.join(directory, "out")
 
 
+def write_secret(directory, name, mode):
+    """A fresh random secret in directory/name with the given mode; returns its path."""
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory, mode=0o700)
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    os.chmod(path, mode)
+    return path
+
+
 def check_file_outputs(inputs, parts):
     expected = collections.Counter()
     for path in inputs:
@@ -130,6 +145,8 @@ def main():
     ap.add_argument("--expect-stderr")
     ap.add_argument("--needs-netns", action="store_true")
     ap.add_argument("--file-job")
+    ap.add_argument("--secret-file")
+    ap.add_argument("--state-dir")
     ap.add_argument("--timeout", type=float, default=100)
     ap.add_argument("args", nargs=argparse.REMAINDER)
     a = ap.parse_args()
@@ -145,6 +162,13 @@ def main():
         inputs, out_dir = generate_files(a.file_job)
         args += ["--job", "file-partition", "--input", *inputs, "--output-dir", out_dir,
                  "--delimiter", ",", "--key-field", "1"]
+
+    if a.secret_file:
+        directory, mode = a.secret_file.rsplit(":", 1)
+        args += ["--auth-secret-file", write_secret(directory, "secret", int(mode, 8))]
+    if a.state_dir:
+        write_secret(a.state_dir, "auth_secret", 0o600)
+        args += ["--state-dir", a.state_dir]
 
     if a.expect_exit is None:
         args = args + ["--json"]

@@ -1,0 +1,249 @@
+// The sluicectl executable against an in-process sluiced (tools/daemon/daemon.h) that
+// authenticates with the secret of a state directory, as `sluiced --state-dir D` makes it:
+// sluicectl finds it with --state-dir or --auth-secret-file; without a secret, or with one that
+// group or others may read, it exits 2 and says what to do; status and cancel carry the job's
+// token. Every test ends with the daemon up and every segment back in its pool.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "shuffle/auth.h"
+#include "tools/control/control_client.h"
+#include "tools/daemon/daemon.h"
+
+namespace sluice::control {
+namespace {
+
+struct CtlRun {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+class SluicectlTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/sluicectl-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    state_dir_ = dir_ + "/state";
+    // What sluiced does on its first start with --state-dir.
+    auto secret = shuffle::auth::LoadStateSecret(state_dir_, /*create=*/true);
+    ASSERT_TRUE(secret.ok()) << secret.status().ToString();
+    secret_ = *secret;
+    daemon::DaemonConfig c;
+    c.port = 0;
+    c.network_memory = 16ull << 20;
+    c.buffer_timeout_ms = 10;
+    c.state_dir = state_dir_;
+    // Explicit, so that a daemon that does not read its state directory yet uses it too.
+    c.auth_secret_file = shuffle::auth::StateSecretPath(state_dir_);
+    auto d = daemon::Daemon::Start(c);
+    ASSERT_TRUE(d.ok()) << d.status().ToString();
+    daemon_ = std::move(*d);
+  }
+
+  void TearDown() override {
+    if (daemon_) {
+      // Still up and serving, with every segment back.
+      auto stats = WaitForPool();
+      EXPECT_EQ(stats.available_segments, stats.total_segments);
+      EXPECT_EQ(daemon_->Shutdown(std::chrono::milliseconds(0)).leaked_segments, 0u);
+    }
+    std::system(("rm -rf '" + dir_ + "'").c_str());
+  }
+
+  // Polls the daemon's stats until the pool is whole (or 10 s).
+  NodeStats WaitForPool() {
+    NodeStats s;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    do {
+      s = daemon_->Stats();
+      if (s.available_segments == s.total_segments) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    } while (std::chrono::steady_clock::now() < until);
+    return s;
+  }
+
+  std::string Port() const { return std::to_string(daemon_->port()); }
+
+  // Runs sluicectl with `args` (after --port), its stdout and stderr captured in files.
+  CtlRun Ctl(const std::vector<std::string>& args) {
+    std::vector<std::string> argv = {SLUICECTL_PATH, "--port", Port()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::vector<char*> cargv;
+    for (auto& a : argv) cargv.push_back(a.data());
+    cargv.push_back(nullptr);
+    const std::string out = dir_ + "/out", err = dir_ + "/err";
+    const int out_fd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    const int err_fd = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::dup2(out_fd, STDOUT_FILENO);
+      ::dup2(err_fd, STDERR_FILENO);
+      ::execv(cargv[0], cargv.data());
+      ::_exit(127);
+    }
+    ::close(out_fd);
+    ::close(err_fd);
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    CtlRun r;
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    r.out = ReadFile(out);
+    r.err = ReadFile(err);
+    return r;
+  }
+
+  std::string WriteFile(const std::string& name, const std::string& text, mode_t mode) {
+    const std::string path = dir_ + "/" + name;
+    std::ofstream(path) << text;
+    ::chmod(path.c_str(), mode);
+    return path;
+  }
+
+  std::unique_ptr<ControlClient> Client() {
+    ControlClientOptions o;
+    o.secret = secret_;
+    auto c = ControlClient::Connect("127.0.0.1", daemon_->port(), o);
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    return c.ok() ? std::move(*c) : nullptr;
+  }
+
+  std::string dir_;
+  std::string state_dir_;
+  std::string secret_;
+  std::unique_ptr<daemon::Daemon> daemon_;
+};
+
+TEST_F(SluicectlTest, StatsWithTheStateDirSecret) {
+  CtlRun r = Ctl({"--state-dir", state_dir_, "stats"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("512/512 segments of 32768 bytes free"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("sluice_frames_in_total"), std::string::npos) << r.out;
+}
+
+TEST_F(SluicectlTest, DumpWithTheSecretFile) {
+  CtlRun r = Ctl({"--auth-secret-file", shuffle::auth::StateSecretPath(state_dir_), "dump"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "(no channels)\n");
+}
+
+TEST_F(SluicectlTest, NoSecretExits2NamingBothOptions) {
+  const std::string empty = dir_ + "/empty-state";
+  ASSERT_EQ(::mkdir(empty.c_str(), 0700), 0);
+  CtlRun r = Ctl({"--state-dir", empty, "stats"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--state-dir"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--auth-secret-file"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(empty + "/auth_secret"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out, "");
+  r = Ctl({"--auth-secret-file", dir_ + "/missing", "stats"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find(dir_ + "/missing"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--state-dir"), std::string::npos) << r.err;
+}
+
+TEST_F(SluicectlTest, WorldReadableSecretExits2NamingTheChmod) {
+  const std::string open = WriteFile("open.secret", secret_ + "\n", 0644);
+  CtlRun r = Ctl({"--auth-secret-file", open, "stats"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("chmod 600 " + open), std::string::npos) << r.err;
+  // The state directory's own secret, opened up to the group.
+  const std::string path = shuffle::auth::StateSecretPath(state_dir_);
+  ASSERT_EQ(::chmod(path.c_str(), 0640), 0);
+  r = Ctl({"--state-dir", state_dir_, "stats"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("chmod 600 " + path), std::string::npos) << r.err;
+  ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
+  EXPECT_EQ(Ctl({"--state-dir", state_dir_, "stats"}).exit_code, 0);
+}
+
+TEST_F(SluicectlTest, WrongSecretIsRefusedByTheDaemon) {
+  const std::string wrong = WriteFile("wrong.secret", "not-" + secret_ + "\n", 0600);
+  CtlRun r = Ctl({"--auth-secret-file", wrong, "stats"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("PermissionDenied"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("127.0.0.1:" + Port()), std::string::npos) << r.err;
+}
+
+TEST_F(SluicectlTest, StatusAndCancelCarryTheJobToken) {
+  JobSpec spec;
+  spec.job_id = "ctl-job";
+  spec.token = shuffle::auth::MakeJobToken();
+  spec.nodes = {"127.0.0.1:" + Port()};
+  spec.producer_nodes = {0};
+  spec.consumer_nodes = {0};
+  spec.records_per_producer = 10'000'000;  // runs until cancelled: the consumer is throttled
+  spec.record_size_min = 100;
+  spec.record_size_max = 100;
+  spec.throttled_consumer = 0;
+  spec.throttle_mib_per_second = 1;
+  spec.timeout_ms = 60000;
+  auto client = Client();
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->SubmitJob(spec, 0).ok());
+
+  CtlRun r = Ctl({"--state-dir", state_dir_, "status", "ctl-job", "--token", spec.token});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("job 'ctl-job': running"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("producer 0: running"), std::string::npos) << r.out;
+
+  // A token file is a secret too: refused while others may read it.
+  const std::string token_file = WriteFile("ctl-job.token", spec.token + "\n", 0644);
+  r = Ctl({"--state-dir", state_dir_, "cancel", "ctl-job", "--token-file", token_file});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("chmod 600 " + token_file), std::string::npos) << r.err;
+  ASSERT_EQ(::chmod(token_file.c_str(), 0600), 0);
+  r = Ctl({"--state-dir", state_dir_, "cancel", "ctl-job", "--token-file", token_file,
+           "operator says stop"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "job 'ctl-job' cancelled\n");
+
+  // The job ends cancelled (with the reason); its segments go home (TearDown checks).
+  JobState state = JobState::kRunning;
+  for (int i = 0; i < 500 && state == JobState::kRunning; ++i) {
+    auto st = client->GetJobStatus("ctl-job", spec.token);
+    ASSERT_TRUE(st.ok()) << st.status().ToString();
+    state = st->state;
+    if (state == JobState::kRunning) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(state, JobState::kCancelled);
+  r = Ctl({"--state-dir", state_dir_, "status", "ctl-job", "--token", spec.token});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("job 'ctl-job': cancelled"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("operator says stop"), std::string::npos) << r.out;
+}
+
+TEST_F(SluicectlTest, UsageErrorsExit2) {
+  EXPECT_EQ(Ctl({"--state-dir", state_dir_, "status", "j", "--token", "t", "--token-file",
+                 dir_ + "/t"})
+                .exit_code,
+            2);
+  EXPECT_EQ(Ctl({"--state-dir", state_dir_, "stats", "--token", "t"}).exit_code, 2);
+  EXPECT_EQ(Ctl({"--auth", "off", "--state-dir", state_dir_, "stats"}).exit_code, 2);
+  EXPECT_EQ(Ctl({"--auth", "maybe", "stats"}).exit_code, 2);
+  CtlRun r = Ctl({"--state-dir", state_dir_, "status"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("wrong arguments for status"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace sluice::control
