@@ -39,7 +39,7 @@ std::unique_ptr<ShuffleEnvironment> StartConsumer() {
   c.options.request_timeout = 5s;
   c.timeouts.heartbeat_interval = 200ms;
   c.timeouts.idle_timeout = 10s;
-  c.auth_secret = kSecret;
+  c.auth.secret = kSecret;
   auto env = ShuffleEnvironment::Start(c);
   EXPECT_TRUE(env.ok()) << env.status().ToString();
   return env.ok() ? std::move(*env) : nullptr;

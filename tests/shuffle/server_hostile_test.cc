@@ -85,7 +85,7 @@ class ServerHostileTest : public ::testing::Test {
     ec.memory.network_memory = 4u << 20;
     ec.memory.segment_size = kSegment;
     ec.options.buffer_timeout = 1ms;
-    ec.auth_secret = kSecret;
+    ec.auth.secret = kSecret;
     auto env = ShuffleEnvironment::Start(ec);
     ASSERT_TRUE(env.ok()) << env.status().ToString();
     env_ = std::move(*env);
@@ -94,7 +94,7 @@ class ServerHostileTest : public ::testing::Test {
     loop_ = std::move(*loop);
     config_.node_name = "producer";
     config_.options = env_->config().options;
-    config_.auth_secret = kSecret;
+    config_.auth.secret = kSecret;
     config_.control = &control_;
     config_.timeouts.heartbeat_interval = 0ms;
     config_.timeouts.idle_timeout = 0ms;
