@@ -32,8 +32,8 @@ struct ShuffleClientConfig {
   ConnectionTimeouts timeouts;
   transport::RetryPolicy connect_retry;
   // Shared secret (shuffle/auth.h, shuffle/handshake.h): every server must prove it holds the
-  // same secret before anything it sends is accepted. Empty secret with auth.off: servers that
-  // run without authentication only.
+  // same secret before anything it sends is accepted. An empty secret (auth.off, or a config
+  // ShuffleEnvironment::Start would refuse): servers without authentication only.
   auth::AuthConfig auth;
 };
 
