@@ -47,8 +47,8 @@ struct ShuffleClientConfig {
   ConnectionTimeouts timeouts;
   transport::RetryPolicy connect_retry;
   // Shared secret (shuffle/auth.h, shuffle/handshake.h): every server must prove it holds the
-  // same secret before anything it sends is accepted. Empty secret with auth.off: servers that
-  // run without authentication only.
+  // same secret before anything it sends is accepted. An empty secret (auth.off, or a config
+  // ShuffleEnvironment::Start would refuse): servers without authentication only.
   auth::AuthConfig auth;
   // Bytes of received events (payload + EventBudget::kPerEventOverhead each) a connection may
   // hold before its consumers take them; at least two segment-sized events always fit.

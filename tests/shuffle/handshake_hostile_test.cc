@@ -406,7 +406,12 @@ class FakeServer {
   uint16_t port_ = 0;
 };
 
-enum class FakeScript { kDataBeforeHelloAck, kDataAfterWrongProof, kChannelErrorBeforeHelloAck };
+enum class FakeScript {
+  kDataBeforeHelloAck,          // BufferResponse and BacklogAnnouncement, no HelloAck
+  kDataAfterWrongProof,         // HelloAck with a proof made with another secret, then data
+  kDataAfterNoProof,            // HelloAck without nonce or proof (auth off), then data
+  kChannelErrorBeforeHelloAck,  // ErrorResponse PartitionNotFound for the victim's receiver
+};
 
 // Data and a backlog for the victim's receiver id: a well-formed record in a checksummed buffer.
 void SendInjectedData(FakeServer& fake, uint64_t receiver_id) {
@@ -444,6 +449,11 @@ Status RunAgainstFakeServer(FakeScript script, uint64_t* records_delivered) {
   } else if (script == FakeScript::kChannelErrorBeforeHelloAck) {
     fake.Send(MessageType::kErrorResponse,
               b.ErrorResponse(fb::ErrorCode::PartitionNotFound, "go away", receiver));
+  } else if (script == FakeScript::kDataAfterNoProof) {
+    schema::HandshakeFields f;
+    f.segment_size = kSegment;
+    fake.Send(MessageType::kHelloAck, b.HelloAck(f));
+    SendInjectedData(fake, receiver);
   } else {
     const auth::Nonce nonce = auth::MakeNonce();
     const auth::Proof wrong = auth::MakeProof("not-the-cluster-secret!", auth::kServerRole,
@@ -495,6 +505,16 @@ TEST(HandshakeHostileTest, ConsumerRefusesAServerWithTheWrongProof) {
   ASSERT_FALSE(error.ok()) << "the channel did not fail";
   EXPECT_NE(error.message().find("producer 127.0.0.1:"), std::string::npos) << error.message();
   EXPECT_NE(error.message().find("failed authentication"), std::string::npos)
+      << error.message();
+}
+
+TEST(HandshakeHostileTest, ConsumerRefusesAServerThatProvesNoSecret) {
+  uint64_t delivered = 0;
+  const Status error = RunAgainstFakeServer(FakeScript::kDataAfterNoProof, &delivered);
+  EXPECT_EQ(delivered, 0u);
+  ASSERT_FALSE(error.ok()) << "the channel did not fail";
+  EXPECT_NE(error.message().find("producer 127.0.0.1:"), std::string::npos) << error.message();
+  EXPECT_NE(error.message().find("did not prove the shared secret"), std::string::npos)
       << error.message();
 }
 
