@@ -233,10 +233,10 @@ TEST_F(SluicectlTest, StatusAndCancelCarryTheJobToken) {
 }
 
 TEST_F(SluicectlTest, UsageErrorsExit2) {
-  EXPECT_EQ(Ctl({"--state-dir", state_dir_, "status", "j", "--token", "t", "--token-file",
-                 dir_ + "/t"})
-                .exit_code,
-            2);
+  EXPECT_EQ(
+      Ctl({"--state-dir", state_dir_, "status", "j", "--token", "t", "--token-file", dir_ + "/t"})
+          .exit_code,
+      2);
   EXPECT_EQ(Ctl({"--state-dir", state_dir_, "stats", "--token", "t"}).exit_code, 2);
   EXPECT_EQ(Ctl({"--auth", "off", "--state-dir", state_dir_, "stats"}).exit_code, 2);
   EXPECT_EQ(Ctl({"--auth", "maybe", "stats"}).exit_code, 2);
