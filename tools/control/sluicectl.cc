@@ -100,7 +100,9 @@ int ParseArgs(int argc, char** argv, Args* a) {
       if (p <= 0 || p > 65535) return Usage("--port " + val + " is not a port");
       a->port = static_cast<uint16_t>(p);
     } else if (arg == "--timeout-ms") {
-      a->options.timeout = std::chrono::milliseconds(std::strtol(v, nullptr, 10));
+      const long ms = std::strtol(v, nullptr, 10);
+      if (ms <= 0) return Usage("--timeout-ms " + val + " is not a positive number of ms");
+      a->options.timeout = std::chrono::milliseconds(ms);
     } else if (arg == "--segment-size") {
       a->options.segment_size = static_cast<uint32_t>(std::strtoul(v, nullptr, 10));
     } else if (arg == "--auth-secret-file") {
