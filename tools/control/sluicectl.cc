@@ -84,9 +84,9 @@ int ParseArgs(int argc, char** argv, Args* a) {
       a->rest.push_back(arg);
       continue;
     }
-    static const char* const kValued[] = {"--host", "--port", "--timeout-ms", "--segment-size",
-                                          "--auth-secret-file", "--state-dir", "--auth",
-                                          "--token", "--token-file"};
+    static const char* const kValued[] = {
+        "--host",      "--port", "--timeout-ms", "--segment-size", "--auth-secret-file",
+        "--state-dir", "--auth", "--token",      "--token-file"};
     bool known = false;
     for (const char* k : kValued) known = known || arg == k;
     if (!known) return Usage("unknown option " + arg);
@@ -100,7 +100,9 @@ int ParseArgs(int argc, char** argv, Args* a) {
       if (p <= 0 || p > 65535) return Usage("--port " + val + " is not a port");
       a->port = static_cast<uint16_t>(p);
     } else if (arg == "--timeout-ms") {
-      a->options.timeout = std::chrono::milliseconds(std::strtol(v, nullptr, 10));
+      const long ms = std::strtol(v, nullptr, 10);
+      if (ms <= 0) return Usage("--timeout-ms " + val + " is not a positive number of ms");
+      a->options.timeout = std::chrono::milliseconds(ms);
     } else if (arg == "--segment-size") {
       a->options.segment_size = static_cast<uint32_t>(std::strtoul(v, nullptr, 10));
     } else if (arg == "--auth-secret-file") {
@@ -145,14 +147,15 @@ int PrintStats(const sluice::control::NodeStats& s, bool dump) {
     std::fputs(s.credit_dump.empty() ? "(no channels)\n" : s.credit_dump.c_str(), stdout);
     return 0;
   }
-  std::printf("# node %s: %llu/%llu segments of %u bytes free, %u jobs running, %llu "
-              "connections, RSS %llu MiB (peak %llu MiB), %llu protocol errors\n",
-              s.node_name.c_str(), static_cast<unsigned long long>(s.available_segments),
-              static_cast<unsigned long long>(s.total_segments), s.segment_size, s.running_jobs,
-              static_cast<unsigned long long>(s.connections),
-              static_cast<unsigned long long>(s.rss_bytes >> 20),
-              static_cast<unsigned long long>(s.peak_rss_bytes >> 20),
-              static_cast<unsigned long long>(s.protocol_errors));
+  std::printf(
+      "# node %s: %llu/%llu segments of %u bytes free, %u jobs running, %llu "
+      "connections, RSS %llu MiB (peak %llu MiB), %llu protocol errors\n",
+      s.node_name.c_str(), static_cast<unsigned long long>(s.available_segments),
+      static_cast<unsigned long long>(s.total_segments), s.segment_size, s.running_jobs,
+      static_cast<unsigned long long>(s.connections),
+      static_cast<unsigned long long>(s.rss_bytes >> 20),
+      static_cast<unsigned long long>(s.peak_rss_bytes >> 20),
+      static_cast<unsigned long long>(s.protocol_errors));
   std::fputs(s.prometheus.c_str(), stdout);
   return 0;
 }
@@ -164,18 +167,17 @@ int PrintJobStatus(const sluice::control::JobStatus& st) {
   for (const auto& p : st.producers) {
     std::printf("  producer %u: %s, %llu records, %llu bytes%s%s\n", p.index,
                 p.done ? "done" : "running", static_cast<unsigned long long>(p.records),
-                static_cast<unsigned long long>(p.bytes), p.error.empty() ? "" : ", error: ",
-                p.error.c_str());
+                static_cast<unsigned long long>(p.bytes),
+                p.error.empty() ? "" : ", error: ", p.error.c_str());
   }
   for (const auto& c : st.consumers) {
-    std::printf("  consumer %u: %s, %llu records, %llu bytes, %llu duplicated, %llu reordered, "
-                "%llu corrupted%s%s\n",
-                c.index, c.done ? "done" : "running", static_cast<unsigned long long>(c.records),
-                static_cast<unsigned long long>(c.bytes),
-                static_cast<unsigned long long>(c.duplicated),
-                static_cast<unsigned long long>(c.reordered),
-                static_cast<unsigned long long>(c.corrupted), c.error.empty() ? "" : ", error: ",
-                c.error.c_str());
+    std::printf(
+        "  consumer %u: %s, %llu records, %llu bytes, %llu duplicated, %llu reordered, "
+        "%llu corrupted%s%s\n",
+        c.index, c.done ? "done" : "running", static_cast<unsigned long long>(c.records),
+        static_cast<unsigned long long>(c.bytes), static_cast<unsigned long long>(c.duplicated),
+        static_cast<unsigned long long>(c.reordered), static_cast<unsigned long long>(c.corrupted),
+        c.error.empty() ? "" : ", error: ", c.error.c_str());
   }
   return st.state == sluice::control::JobState::kUnknown ? 1 : 0;
 }

@@ -65,7 +65,7 @@ Faults (--fault NAME; the harness checks the stated expected outcome, ok = it ha
                    of the rate a calibration run measured
   garbage          a hostile client sends garbage frames to node 0 before the job
   sigterm          SIGTERM a node at --fault-at of the records
-  wrong-secret     (implies --auth) a wrong and a missing secret are refused
+  wrong-secret     a wrong and a missing secret are refused (not with --auth off)
   --fault-at F              fraction of the records moved before the fault (default 0.3)
   --fault-deadline SECONDS  affected channels fail / survivors end within this (default 20)
   --shutdown-deadline SECONDS  each daemon exits 0 within this after SIGTERM (default 20)

@@ -214,9 +214,10 @@ Status HarnessRun::SetupSecret(DaemonConfig* cfg) {
   if (!o_.secret.empty()) {
     // Found by main (FindSecret): the daemons read the same file.
     secret_ = o_.secret;
-    cfg->secret_file = !o_.auth_secret_file.empty()
-                           ? o_.auth_secret_file
-                           : shuffle::auth::StateSecretPath(o_.state_dir);
+    // Absolute: file-job daemons run in another working directory.
+    cfg->secret_file = std::filesystem::absolute(
+        !o_.auth_secret_file.empty() ? o_.auth_secret_file
+                                     : shuffle::auth::StateSecretPath(o_.state_dir));
   } else {
     secret_ = shuffle::auth::MakeJobToken();  // 32 random bytes, hex
     cfg->secret_file = run_dir_ + "/secret";
@@ -264,7 +265,7 @@ Status HarnessRun::Setup() {
     sluiced = (std::filesystem::path(SelfDir()) / ".." / "daemon" / "sluiced").lexically_normal();
   }
   DaemonConfig cfg;
-  cfg.sluiced = sluiced;
+  cfg.sluiced = std::filesystem::absolute(sluiced);  // file-job daemons run elsewhere
   cfg.run_dir = run_dir_;
   cfg.args = DaemonArgs(o_);
   cfg.client.segment_size = o_.segment_size_bytes;

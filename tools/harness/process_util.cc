@@ -115,7 +115,7 @@ Result<std::string> MakeRunDir() {
   if (mkdtemp(buf.data()) == nullptr) {
     return IoError("mkdtemp " + templ + ": " + std::strerror(errno));
   }
-  return std::string(buf.data());
+  return std::filesystem::absolute(buf.data()).string();  // daemons may run elsewhere
 }
 
 void RemoveTree(const std::string& dir) {

@@ -99,8 +99,8 @@ class HostileDaemon {
     if (::recv(c, head, sizeof(head), MSG_WAITALL) != static_cast<ssize_t>(sizeof(head))) {
       return false;
     }
-    const uint32_t len = (uint32_t{head[0]} << 24) | (uint32_t{head[1]} << 16) |
-                         (uint32_t{head[2]} << 8) | head[3];
+    const uint32_t len =
+        (uint32_t{head[0]} << 24) | (uint32_t{head[1]} << 16) | (uint32_t{head[2]} << 8) | head[3];
     std::vector<uint8_t> rest(len - sizeof(head));
     return ::recv(c, rest.data(), rest.size(), MSG_WAITALL) == static_cast<ssize_t>(rest.size());
   }
@@ -140,8 +140,8 @@ class HostileDaemon {
 TEST(ControlClientTest, FrameLengthAboveTheLimitIsRefusedUnread) {
   // A heartbeat with a 100 KB payload (under the limit: read through and dropped), then a
   // header announcing a 4 GiB frame.
-  std::vector<uint8_t> heartbeat = Header(transport::kFrameHeaderSize + 100000,
-                                          schema::MessageType::kHeartbeat, 0);
+  std::vector<uint8_t> heartbeat =
+      Header(transport::kFrameHeaderSize + 100000, schema::MessageType::kHeartbeat, 0);
   heartbeat.resize(transport::kFrameHeaderSize + 100000, 0xAB);
   HostileDaemon daemon({heartbeat, Header(0xFFFFFFF0u, schema::MessageType::kHelloAck, 0)});
   const uint64_t before = RssBytes();

@@ -233,13 +233,14 @@ TEST_F(SluicectlTest, StatusAndCancelCarryTheJobToken) {
 }
 
 TEST_F(SluicectlTest, UsageErrorsExit2) {
-  EXPECT_EQ(Ctl({"--state-dir", state_dir_, "status", "j", "--token", "t", "--token-file",
-                 dir_ + "/t"})
-                .exit_code,
-            2);
+  EXPECT_EQ(
+      Ctl({"--state-dir", state_dir_, "status", "j", "--token", "t", "--token-file", dir_ + "/t"})
+          .exit_code,
+      2);
   EXPECT_EQ(Ctl({"--state-dir", state_dir_, "stats", "--token", "t"}).exit_code, 2);
   EXPECT_EQ(Ctl({"--auth", "off", "--state-dir", state_dir_, "stats"}).exit_code, 2);
   EXPECT_EQ(Ctl({"--auth", "maybe", "stats"}).exit_code, 2);
+  EXPECT_EQ(Ctl({"--state-dir", state_dir_, "--timeout-ms", "0", "stats"}).exit_code, 2);
   CtlRun r = Ctl({"--state-dir", state_dir_, "status"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("wrong arguments for status"), std::string::npos) << r.err;
