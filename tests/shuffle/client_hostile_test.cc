@@ -270,6 +270,65 @@ TEST(ClientHostileTest, ChecksumMismatchFailsOnlyThatChannel) { RunErrorScoping(
 
 TEST(ClientHostileTest, SequenceGapFailsOnlyThatChannel) { RunErrorScoping(Attack::kSequenceGap); }
 
+// The same through a real producer and the transport's seeded fault shim, which corrupts every
+// payload it sends (checksums on): the channel with data fails with a checksum error and is
+// cancelled at the producer; its sibling on the same connection (whose only frame, the end of
+// partition, has no payload) still completes, and the connection stays open.
+TEST(ClientHostileTest, FaultShimCorruptionFailsOnlyTheCorruptedChannel) {
+  EnvironmentConfig pc;
+  pc.node_name = "producer";
+  pc.memory.network_memory = 4u << 20;
+  pc.memory.segment_size = kSegment;
+  pc.options.checksums = true;
+  pc.options.buffer_timeout = 5ms;
+  pc.options.faults.seed = 7;
+  pc.options.faults.corrupt_per_million = 1000000;
+  pc.auth_secret = kSecret;
+  auto producer = ShuffleEnvironment::Start(pc);
+  ASSERT_TRUE(producer.ok()) << producer.status().ToString();
+  auto consumer = StartConsumer();
+  ASSERT_TRUE(consumer);
+  auto bad = (*producer)->CreatePartition("bad", 1);
+  auto good = (*producer)->CreatePartition("good", 1);
+  ASSERT_TRUE(bad.ok() && good.ok());
+  for (uint64_t i = 0; i < 50; ++i) ASSERT_TRUE((*bad)->Emit(testing::MakeRecord(2, 0, i, 64), 0).ok());
+  ASSERT_TRUE((*bad)->Finish().ok());
+  ASSERT_TRUE((*good)->Finish().ok());
+  std::vector<ChannelSpec> specs(2);
+  specs[0].partition_id = "good";
+  specs[1].partition_id = "bad";
+  for (auto& s : specs) s.remote = (*producer)->endpoint();
+  auto gate = consumer->CreateInputGate("shim", specs);
+  ASSERT_TRUE(gate.ok()) << gate.status().ToString();
+  Consumed c = ConsumeUntilEnd(gate->get(), 0);
+  EXPECT_TRUE(c.finished);
+  ASSERT_EQ(c.errors.size(), 1u);
+  EXPECT_EQ(c.errors[0].code(), StatusCode::kProtocolError);
+  EXPECT_NE(c.errors[0].message().find("remote channel 1 of gate 'shim'"), std::string::npos);
+  EXPECT_NE(c.errors[0].message().find("checksum mismatch on buffer 0 from " +
+                                       (*producer)->endpoint().ToString()),
+            std::string::npos)
+      << c.errors[0].message();
+  EXPECT_EQ(c.records[1], 0u);
+  // The producer released the cancelled reader (and the finished one); the connection stays.
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while ((*producer)->server()->stats().active_readers != 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_EQ((*producer)->server()->stats().active_readers.load(), 0u);
+  EXPECT_GT((*producer)->server()->metrics()->faults_corrupted.load(), 0u);
+  EXPECT_EQ(consumer->client().connection_count(), 1u);
+  EXPECT_EQ(consumer->client().metrics()->protocol_errors_total(), 0u);
+  (*gate)->Close();
+  (*producer)->ReleasePartition("bad");
+  (*producer)->ReleasePartition("good");
+  consumer->Stop();
+  (*producer)->Stop();
+  ExpectNoLeak(consumer.get());
+  ExpectNoLeak(producer->get());
+}
+
 // AddCredit coalescing seen from the server: far fewer AddCredit frames than buffers the
 // consumer returned, and never more credit outstanding than the channel can hold.
 TEST(ClientHostileTest, AddCreditIsCoalescedAndNeverExceedsTheBuffersHeld) {
