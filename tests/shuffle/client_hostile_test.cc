@@ -370,7 +370,9 @@ TEST(ClientHostileTest, AddCreditIsCoalescedAndNeverExceedsTheBuffersHeld) {
   ExpectNoLeak(env.get());
 }
 
-TEST(ClientHostileTest, DataForAReceiverNeverRequestedClosesTheConnection) {
+// Frames for a receiver id this connection never issued (a guess, or data injected for another
+// client) close the connection with ProtocolViolation; the channel fails naming the producer.
+void ExpectUnknownReceiverCloses(bool backlog) {
   FakeProducer fake;
   auto env = StartConsumer();
   ASSERT_TRUE(env);
@@ -381,7 +383,12 @@ TEST(ClientHostileTest, DataForAReceiverNeverRequestedClosesTheConnection) {
     auto r = fake.ReadRequest(5s);
     if (!r) return;
     receiver = r->receiver_id;
-    fake.SendBuffer(r->receiver_id ^ 0x5A5A, 0, 0, RecordPayload(1, 0));
+    if (backlog) {
+      fake.Send(schema::MessageType::kBacklogAnnouncement,
+                fake.builder().BacklogAnnouncement(r->receiver_id ^ 0x5A5A, 4));
+    } else {
+      fake.SendBuffer(r->receiver_id ^ 0x5A5A, 0, 0, RecordPayload(1, 0));
+    }
     answer = fake.ReadFrame(5s);
     fake.WaitClosed(5s);
   });
@@ -399,12 +406,22 @@ TEST(ClientHostileTest, DataForAReceiverNeverRequestedClosesTheConnection) {
   ASSERT_TRUE(m.ok());
   EXPECT_EQ((*m)->code(), fb::ErrorCode::ProtocolViolation);
   EXPECT_EQ((*m)->message()->str(),
-            "BufferResponse from producer " + fake.name() + " for receiver id " +
-                std::to_string(receiver ^ 0x5A5A) + ", which this connection never requested");
+            std::string(backlog ? "BacklogAnnouncement" : "BufferResponse") + " from producer " +
+                fake.name() + " for receiver id " + std::to_string(receiver ^ 0x5A5A) +
+                ", which this connection never requested");
   EXPECT_TRUE(fake.peer_closed());
+  EXPECT_EQ(env->client().metrics()->protocol_errors_of(transport::FrameError::kInvalidField), 1u);
   (*gate)->Close();
   env->Stop();
   ExpectNoLeak(env.get());
+}
+
+TEST(ClientHostileTest, DataForAReceiverNeverRequestedClosesTheConnection) {
+  ExpectUnknownReceiverCloses(/*backlog=*/false);
+}
+
+TEST(ClientHostileTest, BacklogForAReceiverNeverRequestedClosesTheConnection) {
+  ExpectUnknownReceiverCloses(/*backlog=*/true);
 }
 
 // A channel with its job's access token proves it in the request and in every retry.
