@@ -141,7 +141,9 @@ struct Consumed {
   std::vector<Status> errors;
   bool finished = false;
 };
-Consumed ConsumeUntilEnd(InputGate* gate, uint32_t until, size_t hold_batch = 0) {
+// `release`: a channel the consumer releases when its first data buffer arrives.
+Consumed ConsumeUntilEnd(InputGate* gate, uint32_t until, size_t hold_batch = 0,
+                         std::optional<uint32_t> release = std::nullopt) {
   Consumed out;
   std::vector<RecordDeserializer> de(gate->num_channels());
   std::vector<buffer::Buffer> held;
@@ -161,6 +163,10 @@ Consumed ConsumeUntilEnd(InputGate* gate, uint32_t until, size_t hold_batch = 0)
       continue;
     }
     if (boe.buffer.type() != buffer::DataType::kData) continue;
+    if (release == boe.channel) {
+      gate->channel(boe.channel)->Release();
+      release.reset();
+    }
     if (hold_batch > 0) {  // the consumer returns buffers in batches
       held.push_back(boe.buffer.Share());
       if (held.size() >= hold_batch) held.clear();
@@ -180,7 +186,7 @@ Consumed ConsumeUntilEnd(InputGate* gate, uint32_t until, size_t hold_batch = 0)
   return out;
 }
 
-enum class Attack { kChecksum, kSequenceGap };
+enum class Attack { kChecksum, kSequenceGap, kConsumerRelease };
 
 // Two channels of one gate on one connection; the fake corrupts one and serves the other.
 void RunErrorScoping(Attack attack) {
@@ -208,7 +214,18 @@ void RunErrorScoping(Attack attack) {
     }
     const uint64_t bad = req["bad"].receiver_id;
     bad_id_shared = bad;
-    if (attack == Attack::kChecksum) {
+    if (attack == Attack::kConsumerRelease) {
+      // The consumer releases the channel on its first buffer; what the server sends before it
+      // processed the cancel (data beyond the credit, an event, a backlog) is dropped. The good
+      // channel is served after that, so its end comes after these frames on the stream.
+      fake.SendBuffer(bad, 0, 5, RecordPayload(2, 0));
+      int64_t ignored = 0;
+      const auto deadline = std::chrono::steady_clock::now() + 5s;
+      while (seen.cancelled != bad && std::chrono::steady_clock::now() < deadline) {
+        HandleClientFrame(fake, 0, &ignored, &seen, 50ms);
+      }
+      for (int32_t seq = 1; seq < 4; ++seq) fake.SendBuffer(bad, seq, 5, RecordPayload(2, seq));
+    } else if (attack == Attack::kChecksum) {
       const Bytes p = RecordPayload(2, 0);
       fake.SendBuffer(bad, 0, 5, p, buffer::DataType::kData, Crc32c(p.data(), p.size()) ^ 1);
     } else {
@@ -226,7 +243,9 @@ void RunErrorScoping(Attack attack) {
   });
   auto gate = env->CreateInputGate("scoped", {Remote(fake, "good"), Remote(fake, "bad")});
   ASSERT_TRUE(gate.ok()) << gate.status().ToString();
-  Consumed c = ConsumeUntilEnd(gate->get(), 0);
+  Consumed c = ConsumeUntilEnd(gate->get(), 0, 0,
+                               attack == Attack::kConsumerRelease ? std::optional<uint32_t>(1)
+                                                                  : std::nullopt);
   bad_id = bad_id_shared;
   // The server hears of the failed channel; the connection stays open.
   const auto deadline = std::chrono::steady_clock::now() + 5s;
@@ -242,6 +261,14 @@ void RunErrorScoping(Attack attack) {
   EXPECT_FALSE(fake.peer_closed());
   EXPECT_TRUE(c.finished) << "the good channel did not finish";
   EXPECT_EQ(c.records[0], kRecords);
+  if (attack == Attack::kConsumerRelease) {
+    EXPECT_TRUE(c.errors.empty()) << c.errors[0].ToString();
+    EXPECT_EQ(c.records[1], 1u);
+    (*gate)->Close();
+    env->Stop();
+    ExpectNoLeak(env.get());
+    return;
+  }
   ASSERT_EQ(c.errors.size(), 1u);
   const Status& err = c.errors[0];
   EXPECT_EQ(err.code(), StatusCode::kProtocolError);
@@ -269,6 +296,10 @@ void RunErrorScoping(Attack attack) {
 TEST(ClientHostileTest, ChecksumMismatchFailsOnlyThatChannel) { RunErrorScoping(Attack::kChecksum); }
 
 TEST(ClientHostileTest, SequenceGapFailsOnlyThatChannel) { RunErrorScoping(Attack::kSequenceGap); }
+
+TEST(ClientHostileTest, ReleasedChannelIsCancelledAndItsInFlightFramesDropped) {
+  RunErrorScoping(Attack::kConsumerRelease);
+}
 
 // The same through a real producer and the transport's seeded fault shim, which corrupts every
 // payload it sends (checksums on): the channel with data fails with a checksum error and is
