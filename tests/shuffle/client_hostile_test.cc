@@ -188,6 +188,53 @@ Consumed ConsumeUntilEnd(InputGate* gate, uint32_t until, size_t hold_batch = 0,
 
 enum class Attack { kChecksum, kSequenceGap, kConsumerRelease };
 
+// The fake's side of RunErrorScoping: attacks "bad" (its receiver id goes to bad_id_shared),
+// serves "good" fully, then reads what the client sends until `done`.
+void ServeErrorScoping(FakeProducer& fake, Attack attack, Seen& seen, std::atomic<bool>& done,
+                       std::atomic<uint64_t>& bad_id_shared, uint32_t records) {
+  if (!fake.Accept(5s) || !fake.Handshake(kSegment, kSecret)) {
+    seen.failed = true;
+    return;
+  }
+  std::map<std::string, FakeProducer::Request> req;
+  for (int i = 0; i < 2; ++i) {
+    auto r = fake.ReadRequest(5s);
+    if (!r) {
+      seen.failed = true;
+      return;
+    }
+    req[r->partition_id] = *r;
+  }
+  const uint64_t bad = req["bad"].receiver_id;
+  bad_id_shared = bad;
+  if (attack == Attack::kConsumerRelease) {
+    // The consumer releases the channel on its first buffer; what the server sends before it
+    // processed the cancel (data beyond the credit, an event, a backlog) is dropped. The good
+    // channel is served after that, so its end comes after these frames on the stream.
+    fake.SendBuffer(bad, 0, 5, RecordPayload(2, 0));
+    int64_t ignored = 0;
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (seen.cancelled != bad && std::chrono::steady_clock::now() < deadline) {
+      HandleClientFrame(fake, 0, &ignored, &seen, 50ms);
+    }
+    for (int32_t seq = 1; seq < 4; ++seq) fake.SendBuffer(bad, seq, 5, RecordPayload(2, seq));
+  } else if (attack == Attack::kChecksum) {
+    const Bytes p = RecordPayload(2, 0);
+    fake.SendBuffer(bad, 0, 5, p, buffer::DataType::kData, Crc32c(p.data(), p.size()) ^ 1);
+  } else {
+    fake.SendBuffer(bad, 0, 5, RecordPayload(2, 0));
+    fake.SendBuffer(bad, 2, 5, RecordPayload(2, 1));  // a gap: 1 is missing
+  }
+  // Still in flight when the client fails the channel: all dropped, nothing closes.
+  fake.SendBuffer(bad, 3, 4, RecordPayload(2, 2));
+  fake.SendBuffer(bad, 4, 3, {'e', 'v'}, buffer::DataType::kEvent);
+  fake.Send(schema::MessageType::kBacklogAnnouncement,
+            fake.builder().BacklogAnnouncement(bad, 3));
+  ServeWithinCredit(fake, req["good"], 1, records, &seen);
+  int64_t ignored = 0;
+  while (!done) HandleClientFrame(fake, 0, &ignored, &seen, 50ms);
+}
+
 // Two channels of one gate on one connection; the fake corrupts one and serves the other.
 void RunErrorScoping(Attack attack) {
   FakeProducer fake;
@@ -199,47 +246,7 @@ void RunErrorScoping(Attack attack) {
   uint64_t bad_id = 0;
   std::atomic<uint64_t> bad_id_shared{0};
   std::jthread server([&] {
-    if (!fake.Accept(5s) || !fake.Handshake(kSegment, kSecret)) {
-      seen.failed = true;
-      return;
-    }
-    std::map<std::string, FakeProducer::Request> req;
-    for (int i = 0; i < 2; ++i) {
-      auto r = fake.ReadRequest(5s);
-      if (!r) {
-        seen.failed = true;
-        return;
-      }
-      req[r->partition_id] = *r;
-    }
-    const uint64_t bad = req["bad"].receiver_id;
-    bad_id_shared = bad;
-    if (attack == Attack::kConsumerRelease) {
-      // The consumer releases the channel on its first buffer; what the server sends before it
-      // processed the cancel (data beyond the credit, an event, a backlog) is dropped. The good
-      // channel is served after that, so its end comes after these frames on the stream.
-      fake.SendBuffer(bad, 0, 5, RecordPayload(2, 0));
-      int64_t ignored = 0;
-      const auto deadline = std::chrono::steady_clock::now() + 5s;
-      while (seen.cancelled != bad && std::chrono::steady_clock::now() < deadline) {
-        HandleClientFrame(fake, 0, &ignored, &seen, 50ms);
-      }
-      for (int32_t seq = 1; seq < 4; ++seq) fake.SendBuffer(bad, seq, 5, RecordPayload(2, seq));
-    } else if (attack == Attack::kChecksum) {
-      const Bytes p = RecordPayload(2, 0);
-      fake.SendBuffer(bad, 0, 5, p, buffer::DataType::kData, Crc32c(p.data(), p.size()) ^ 1);
-    } else {
-      fake.SendBuffer(bad, 0, 5, RecordPayload(2, 0));
-      fake.SendBuffer(bad, 2, 5, RecordPayload(2, 1));  // a gap: 1 is missing
-    }
-    // Still in flight when the client fails the channel: all dropped, nothing closes.
-    fake.SendBuffer(bad, 3, 4, RecordPayload(2, 2));
-    fake.SendBuffer(bad, 4, 3, {'e', 'v'}, buffer::DataType::kEvent);
-    fake.Send(schema::MessageType::kBacklogAnnouncement,
-              fake.builder().BacklogAnnouncement(bad, 3));
-    ServeWithinCredit(fake, req["good"], 1, kRecords, &seen);
-    int64_t ignored = 0;
-    while (!done) HandleClientFrame(fake, 0, &ignored, &seen, 50ms);
+    ServeErrorScoping(fake, attack, seen, done, bad_id_shared, kRecords);
   });
   auto gate = env->CreateInputGate("scoped", {Remote(fake, "good"), Remote(fake, "bad")});
   ASSERT_TRUE(gate.ok()) << gate.status().ToString();
