@@ -32,11 +32,11 @@ void ForgetReceiverId(uint64_t id) {
 }
 }  // namespace
 
-bool EventBudget::TryCharge(size_t payload_bytes) {
+bool EventBudget::TryCharge(size_t payload_bytes, size_t limit) {
   const size_t bytes = ChargeFor(payload_bytes);
   size_t used = used_.load(std::memory_order_acquire);
   do {
-    if (bytes > limit_ || used > limit_ - bytes) return false;
+    if (bytes > limit || used > limit - bytes) return false;
   } while (!used_.compare_exchange_weak(used, used + bytes, std::memory_order_acq_rel));
   return true;
 }

@@ -48,7 +48,8 @@ struct ShuffleClientConfig {
   // Shared secret (see shuffle/auth.h). Set: every server must prove it holds the same secret.
   std::optional<std::string> auth_secret;
   // Bytes of received events (payload + EventBudget::kPerEventOverhead each) a connection may
-  // hold before its consumers take them; at least two segment-sized events always fit.
+  // hold before its consumers take them; at least two segment-sized events always fit, and
+  // the limit grows by EventBudget::kPerChannelAllowance per channel on the connection.
   size_t event_budget_bytes = 64u << 10;
 };
 
