@@ -9,10 +9,13 @@ namespace {
 // The receiver ids of live channels in this process. A sequential counter would let a peer
 // guess another channel's id (and inject data into it), so ids are random; this set only
 // keeps them unique.
-std::mutex g_ids_mu;
-std::unordered_set<uint64_t>& LiveIds() {
-  static auto* ids = new std::unordered_set<uint64_t>();  // never destroyed: used at exit
-  return *ids;
+struct LiveIds {
+  std::mutex mu;
+  std::unordered_set<uint64_t> ids;  // GUARDED_BY(mu)
+};
+LiveIds& Live() {
+  static auto* live = new LiveIds();  // never destroyed: channels may outlive static teardown
+  return *live;
 }
 
 uint64_t NewReceiverId() {
@@ -21,22 +24,22 @@ uint64_t NewReceiverId() {
     uint64_t id;
     std::memcpy(&id, random.data(), sizeof(id));
     if (id == 0) continue;
-    std::lock_guard lock(g_ids_mu);
-    if (LiveIds().insert(id).second) return id;
+    std::lock_guard lock(Live().mu);
+    if (Live().ids.insert(id).second) return id;
   }
 }
 
 void ForgetReceiverId(uint64_t id) {
-  std::lock_guard lock(g_ids_mu);
-  LiveIds().erase(id);
+  std::lock_guard lock(Live().mu);
+  Live().ids.erase(id);
 }
 }  // namespace
 
-bool EventBudget::TryCharge(size_t payload_bytes) {
+bool EventBudget::TryCharge(size_t payload_bytes, size_t limit) {
   const size_t bytes = ChargeFor(payload_bytes);
   size_t used = used_.load(std::memory_order_acquire);
   do {
-    if (bytes > limit_ || used > limit_ - bytes) return false;
+    if (bytes > limit || used > limit - bytes) return false;
   } while (!used_.compare_exchange_weak(used, used + bytes, std::memory_order_acq_rel));
   return true;
 }

@@ -56,26 +56,28 @@ class PartitionRequestClient {
 
 // Bytes of event payloads (which need no credit and live outside the network memory) that one
 // connection has received and its consumers have not taken yet. The connection charges an
-// event before reading it and refuses the frame over the limit; the channel refunds it when
-// the consumer takes the event or the channel drops it. Thread-safe (atomic).
+// event before reading it and refuses the frame over its limit (a fixed budget plus a small
+// allowance per channel it serves, so every channel's end of partition fits); the channel
+// refunds it when the consumer takes the event or the channel drops it. Thread-safe (atomic).
 class EventBudget {
  public:
   // What one event costs: its payload plus its heap block's bookkeeping, so that a flood of
   // empty events is bounded too.
   static constexpr size_t kPerEventOverhead = 128;
   static size_t ChargeFor(size_t payload_bytes) { return payload_bytes + kPerEventOverhead; }
+  // What a connection's limit grows by for each channel it serves: a small event each.
+  static constexpr size_t kPerChannelAllowance = 2 * kPerEventOverhead;
 
-  explicit EventBudget(size_t limit_bytes) : limit_(limit_bytes) {}
-  // Charges an event of `payload_bytes`; false (nothing charged) over the limit.
-  bool TryCharge(size_t payload_bytes);
+  EventBudget() = default;
+  // Charges an event of `payload_bytes`; false (nothing charged) when that would take the
+  // bytes held over `limit`.
+  bool TryCharge(size_t payload_bytes, size_t limit);
   void Refund(size_t payload_bytes) {
     used_.fetch_sub(ChargeFor(payload_bytes), std::memory_order_acq_rel);
   }
   size_t used() const { return used_.load(std::memory_order_acquire); }
-  size_t limit() const { return limit_; }
 
  private:
-  const size_t limit_;
   std::atomic<size_t> used_{0};
 };
 

@@ -59,7 +59,7 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
   Handler(ShuffleClient* client, transport::Connection* conn)
       : client_(client),
         conn_(conn),
-        event_budget_(std::make_shared<EventBudget>(client->EventBudgetBytes())),
+        event_budget_(std::make_shared<EventBudget>()),
         handshake_(client->config_.auth, client->config_.options.credit.segment_size,
                    client->config_.node_name, conn->peer()) {}
 
@@ -281,13 +281,15 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
   // An event needs no credit and is read outside the network memory: it is charged to the
   // connection's event budget instead, and refused over it.
   Admission AdmitEvent(const transport::FrameHeader& h) {
-    if (!event_budget_->TryCharge(h.payload_length())) {
+    const size_t limit =
+        client_->EventBudgetBytes() + channels_.size() * EventBudget::kPerChannelAllowance;
+    if (!event_budget_->TryCharge(h.payload_length(), limit)) {
       return Reject(FrameError::kNoBufferForPayload,
                     ProtocolError("producer " + conn_->peer() + " sent an event of " +
                                   std::to_string(h.payload_length()) + " bytes to receiver " +
                                   std::to_string(frame_receiver_) + " while " +
                                   std::to_string(event_budget_->used()) + " of the " +
-                                  std::to_string(event_budget_->limit()) +
+                                  std::to_string(limit) +
                                   " bytes of events this connection may hold were not consumed "
                                   "yet (event budget exceeded)"));
     }

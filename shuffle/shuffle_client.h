@@ -51,7 +51,8 @@ struct ShuffleClientConfig {
   // ShuffleEnvironment::Start would refuse): servers without authentication only.
   auth::AuthConfig auth;
   // Bytes of received events (payload + EventBudget::kPerEventOverhead each) a connection may
-  // hold before its consumers take them; at least two segment-sized events always fit.
+  // hold before its consumers take them; at least two segment-sized events always fit, and
+  // the limit grows by EventBudget::kPerChannelAllowance per channel on the connection.
   size_t event_budget_bytes = 64u << 10;
 };
 

@@ -225,10 +225,11 @@ TEST_F(RemoteInputChannelTest, AccessTokenGivesThePartitionProof) {
 TEST_F(RemoteInputChannelTest, EventBudgetIsRefundedWhenTakenOrDropped) {
   StartGate(1);
   RemoteInputChannel& ch = *channels_[0];
-  auto budget = std::make_shared<EventBudget>(4 * EventBudget::ChargeFor(100));
+  const size_t limit = 4 * EventBudget::ChargeFor(100);
+  auto budget = std::make_shared<EventBudget>();
   ch.SetEventBudget(budget);
   for (int32_t seq = 0; seq < 3; ++seq) {
-    ASSERT_TRUE(budget->TryCharge(100));  // what the connection does before the read
+    ASSERT_TRUE(budget->TryCharge(100, limit));  // what the connection does before the read
     buffer::Buffer e = buffer::AllocateUnpooled(100, buffer::DataType::kEvent);
     e.SetSize(100);
     bool later = false;
@@ -236,8 +237,10 @@ TEST_F(RemoteInputChannelTest, EventBudgetIsRefundedWhenTakenOrDropped) {
     ch.NotifyDeferred();
   }
   EXPECT_EQ(budget->used(), 3 * EventBudget::ChargeFor(100));
-  EXPECT_TRUE(budget->TryCharge(100));
-  EXPECT_FALSE(budget->TryCharge(0)) << "the budget holds four events of 100 bytes";
+  EXPECT_TRUE(budget->TryCharge(100, limit));
+  EXPECT_FALSE(budget->TryCharge(0, limit)) << "the budget holds four events of 100 bytes";
+  EXPECT_TRUE(budget->TryCharge(0, limit + EventBudget::kPerChannelAllowance));
+  budget->Refund(0);
   budget->Refund(100);
   auto n = gate_->PollNext();
   ASSERT_TRUE(n.ok() && n->has_value());
