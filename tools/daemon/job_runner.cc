@@ -623,6 +623,34 @@ struct JobRunner::State : job_internal::RunningJob {
   using RunningJob::RunningJob;
 };
 
+namespace {
+// The file-partition fields: one relative input per producer, a relative output_dir.
+Status ValidateFileJob(const JobSpec& spec, const std::string& job) {
+  if (spec.input_files.size() != spec.producer_nodes.size()) {
+    return InvalidArgument(job + "a file-partition job needs one input file per producer (" +
+                           std::to_string(spec.producer_nodes.size()) + " producers, " +
+                           std::to_string(spec.input_files.size()) + " input_files)");
+  }
+  if (spec.output_dir.empty()) return InvalidArgument(job + "output_dir is empty");
+  if (sluice::Status st = CheckRelativePath(spec.output_dir, "output_dir"); !st.ok()) {
+    return InvalidArgument(job + st.message());
+  }
+  for (size_t i = 0; i < spec.input_files.size(); ++i) {
+    const std::string what = "input_files[" + std::to_string(i) + "]";
+    if (sluice::Status st = CheckRelativePath(spec.input_files[i], what); !st.ok()) {
+      return InvalidArgument(job + st.message());
+    }
+  }
+  if (spec.pattern != Pattern::kAllToAll) {
+    return InvalidArgument(job +
+                           "a file-partition job partitions lines by key across all "
+                           "consumers: pattern must be all-to-all");
+  }
+  if (spec.delimiter == '\n') return InvalidArgument(job + "delimiter cannot be a newline");
+  return Status::Ok();
+}
+}  // namespace
+
 Status ValidateJobSpec(const JobSpec& spec) {
   if (!ValidJobId(spec.job_id)) {
     return InvalidArgument("job_id '" + spec.job_id +
@@ -693,27 +721,7 @@ Status ValidateJobSpec(const JobSpec& spec) {
       return InvalidArgument(job + "zipf_s must be a positive number (e.g. 1.1)");
     }
   } else if (spec.kind == JobKind::kFilePartition) {
-    if (spec.input_files.size() != np) {
-      return InvalidArgument(job + "a file-partition job needs one input file per producer (" +
-                             std::to_string(np) + " producers, " +
-                             std::to_string(spec.input_files.size()) + " input_files)");
-    }
-    if (spec.output_dir.empty()) return InvalidArgument(job + "output_dir is empty");
-    if (sluice::Status st = CheckRelativePath(spec.output_dir, "output_dir"); !st.ok()) {
-      return InvalidArgument(job + st.message());
-    }
-    for (size_t i = 0; i < spec.input_files.size(); ++i) {
-      const std::string what = "input_files[" + std::to_string(i) + "]";
-      if (sluice::Status st = CheckRelativePath(spec.input_files[i], what); !st.ok()) {
-        return InvalidArgument(job + st.message());
-      }
-    }
-    if (spec.pattern != Pattern::kAllToAll) {
-      return InvalidArgument(job +
-                             "a file-partition job partitions lines by key across all "
-                             "consumers: pattern must be all-to-all");
-    }
-    if (spec.delimiter == '\n') return InvalidArgument(job + "delimiter cannot be a newline");
+    if (sluice::Status st = ValidateFileJob(spec, job); !st.ok()) return st;
   } else {
     return InvalidArgument(job + "unknown job kind " + std::to_string(static_cast<int>(spec.kind)));
   }
