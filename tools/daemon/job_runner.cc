@@ -494,9 +494,7 @@ Status RunningJob::ConsumerBody(ConsumerTask& t) {
   if (spec.kind == JobKind::kFilePartition) {
     if (Status st = OpenOutput(t); !st.ok()) return st;
   }
-  // TODO(integrator): bound the reader's record reassembly by the job's declared maximum once
-  // the client branch's API is merged, e.g. reader.set_max_record_bytes(spec.record_size_max)
-  // (generated jobs) or options.max_line_bytes (file jobs). EstimateJobMemory charges it.
+  // TODO(integrator): RecordReader max record = spec.record_size_max (files: max_line_bytes).
   shuffle::RecordReader reader(t.gate.get());
   std::vector<SequenceTracker> trackers(t.channel_producer.size());
   std::optional<TokenBucket> throttle;
@@ -523,13 +521,18 @@ void RunningJob::RunConsumer(ConsumerTask& t) {
   } catch (...) {
     st = FromException(std::current_exception());
   }
+  // The job fails with this consumer's error before its gate closes: closing first would let a
+  // producer fail the job with "consumer went away" instead of the reason.
+  if (!st.ok() && !stop.load()) {
+    Abort("consumer " + std::to_string(t.index) + ": " + st.message(), false, &t.error);
+  }
   t.gate->Close();
   if (t.output && std::fclose(t.output.release()) != 0 && st.ok() && t.done.load()) {
     t.done.store(false);
     st = IoError("closing '" + t.output_path + "': " + Errno(errno));
-  }
-  if (!st.ok() && !stop.load()) {
-    Abort("consumer " + std::to_string(t.index) + ": " + st.message(), false, &t.error);
+    if (!stop.load()) {
+      Abort("consumer " + std::to_string(t.index) + ": " + st.message(), false, &t.error);
+    }
   }
   TaskEnded();
 }

@@ -386,6 +386,20 @@ TEST(DaemonHostileTest, AHugeJobStatusIsSummarisedNotAborted) {
   ExpectCleanShutdown(*d);
 }
 
+TEST(DaemonHostileTest, AnyReplyOverTheFrameLimitBecomesAControlResultError) {
+  DirectReply got;
+  auto reply = LimitReplySize(
+      [&](MessageType t, std::vector<uint8_t> m) { got = DirectReply{t, std::move(m)}; }, "node-x");
+  reply(MessageType::kStatsResponse, std::vector<uint8_t>(control::kMaxControlMessageBytes + 1));
+  ASSERT_EQ(got.type, MessageType::kControlResult);
+  const Status st = ResultOf(got);
+  EXPECT_EQ(st.code(), StatusCode::kInternal);
+  ExpectContains(st.message(), "node-x: the StatsResponse reply would be 65536 bytes");
+  reply(MessageType::kStatsResponse, std::vector<uint8_t>(control::kMaxControlMessageBytes));
+  EXPECT_EQ(got.type, MessageType::kStatsResponse) << "at the limit it is sent as it is";
+  EXPECT_EQ(got.message.size(), control::kMaxControlMessageBytes);
+}
+
 TEST(DaemonHostileTest, AControlRequestFloodIsRefusedBeyondTheQueueAndMemoryStaysBounded) {
   auto d = StartDaemon();
   ASSERT_TRUE(d);
