@@ -67,8 +67,9 @@ Status ConfigureAuth(const DaemonConfig& config, shuffle::EnvironmentConfig* ec)
   return Status::Ok();
 }
 
-// Turns a reply that would not fit in a frame's metadata into a ControlResult error.
-shuffle::ControlReply Bounded(shuffle::ControlReply reply, const std::string& node) {
+}  // namespace
+
+shuffle::ControlReply LimitReplySize(shuffle::ControlReply reply, const std::string& node) {
   return [reply = std::move(reply), node](MessageType type, std::vector<uint8_t> message) {
     if (message.size() > control::kMaxControlMessageBytes) {
       const std::string what = std::string(schema::MessageTypeName(type));
@@ -83,7 +84,6 @@ shuffle::ControlReply Bounded(shuffle::ControlReply reply, const std::string& no
     reply(type, std::move(message));
   };
 }
-}  // namespace
 
 Daemon::Daemon(const DaemonConfig& config) : config_(config) {}
 
@@ -151,7 +151,7 @@ void Daemon::OnControlRequest(MessageType type, std::span<const uint8_t> message
     return;
   }
   queue_.push_back(Request{type, std::vector<uint8_t>(message.begin(), message.end()), peer,
-                           Bounded(std::move(reply), node_name_)});
+                           LimitReplySize(std::move(reply), node_name_)});
   cv_.notify_one();
 }
 

@@ -56,6 +56,11 @@ inline constexpr size_t kMaxQueuedRequests = 64;
 // A job's token is at least this long (auth::MakeJobToken makes 64 hex characters).
 inline constexpr size_t kMinJobTokenLength = 32;
 
+// Wraps a control reply so that a message over the frame's 64 KiB metadata
+// (control::kMaxControlMessageBytes) is sent as a ControlResult error naming the sizes instead
+// (a frame that large would be refused by the transport). Callable like the reply it wraps.
+shuffle::ControlReply LimitReplySize(shuffle::ControlReply reply, const std::string& node_name);
+
 class Daemon final : public shuffle::ControlService {
  public:
   // Reads the secret file, creates the pool (admission of network_memory) and starts

@@ -494,9 +494,12 @@ Status RunningJob::ConsumerBody(ConsumerTask& t) {
   if (spec.kind == JobKind::kFilePartition) {
     if (Status st = OpenOutput(t); !st.ok()) return st;
   }
-  // TODO(integrator): bound the reader's record reassembly by the job's declared maximum once
-  // the client branch's API is merged, e.g. reader.set_max_record_bytes(spec.record_size_max)
-  // (generated jobs) or options.max_line_bytes (file jobs). EstimateJobMemory charges it.
+  // A record longer than the job declares fails its channel instead of being reserved for
+  // (generated: record_size_max; files: the longest line a producer may send).
+  const uint64_t max_record =
+      spec.kind == JobKind::kGenerated ? spec.record_size_max : options.max_line_bytes;
+  t.gate->SetMaxRecordSize(static_cast<uint32_t>(
+      std::min<uint64_t>(max_record, shuffle::kMaxRecordLength)));
   shuffle::RecordReader reader(t.gate.get());
   std::vector<SequenceTracker> trackers(t.channel_producer.size());
   std::optional<TokenBucket> throttle;
@@ -523,13 +526,18 @@ void RunningJob::RunConsumer(ConsumerTask& t) {
   } catch (...) {
     st = FromException(std::current_exception());
   }
+  // The job fails with this consumer's error before its gate closes: closing first would let a
+  // producer fail the job with "consumer went away" instead of the reason.
+  if (!st.ok() && !stop.load()) {
+    Abort("consumer " + std::to_string(t.index) + ": " + st.message(), false, &t.error);
+  }
   t.gate->Close();
   if (t.output && std::fclose(t.output.release()) != 0 && st.ok() && t.done.load()) {
     t.done.store(false);
     st = IoError("closing '" + t.output_path + "': " + Errno(errno));
-  }
-  if (!st.ok() && !stop.load()) {
-    Abort("consumer " + std::to_string(t.index) + ": " + st.message(), false, &t.error);
+    if (!stop.load()) {
+      Abort("consumer " + std::to_string(t.index) + ": " + st.message(), false, &t.error);
+    }
   }
   TaskEnded();
 }
@@ -623,6 +631,34 @@ struct JobRunner::State : job_internal::RunningJob {
   using RunningJob::RunningJob;
 };
 
+namespace {
+// The file-partition fields: one relative input per producer, a relative output_dir.
+Status ValidateFileJob(const JobSpec& spec, const std::string& job) {
+  if (spec.input_files.size() != spec.producer_nodes.size()) {
+    return InvalidArgument(job + "a file-partition job needs one input file per producer (" +
+                           std::to_string(spec.producer_nodes.size()) + " producers, " +
+                           std::to_string(spec.input_files.size()) + " input_files)");
+  }
+  if (spec.output_dir.empty()) return InvalidArgument(job + "output_dir is empty");
+  if (sluice::Status st = CheckRelativePath(spec.output_dir, "output_dir"); !st.ok()) {
+    return InvalidArgument(job + st.message());
+  }
+  for (size_t i = 0; i < spec.input_files.size(); ++i) {
+    const std::string what = "input_files[" + std::to_string(i) + "]";
+    if (sluice::Status st = CheckRelativePath(spec.input_files[i], what); !st.ok()) {
+      return InvalidArgument(job + st.message());
+    }
+  }
+  if (spec.pattern != Pattern::kAllToAll) {
+    return InvalidArgument(job +
+                           "a file-partition job partitions lines by key across all "
+                           "consumers: pattern must be all-to-all");
+  }
+  if (spec.delimiter == '\n') return InvalidArgument(job + "delimiter cannot be a newline");
+  return Status::Ok();
+}
+}  // namespace
+
 Status ValidateJobSpec(const JobSpec& spec) {
   if (!ValidJobId(spec.job_id)) {
     return InvalidArgument("job_id '" + spec.job_id +
@@ -693,27 +729,7 @@ Status ValidateJobSpec(const JobSpec& spec) {
       return InvalidArgument(job + "zipf_s must be a positive number (e.g. 1.1)");
     }
   } else if (spec.kind == JobKind::kFilePartition) {
-    if (spec.input_files.size() != np) {
-      return InvalidArgument(job + "a file-partition job needs one input file per producer (" +
-                             std::to_string(np) + " producers, " +
-                             std::to_string(spec.input_files.size()) + " input_files)");
-    }
-    if (spec.output_dir.empty()) return InvalidArgument(job + "output_dir is empty");
-    if (sluice::Status st = CheckRelativePath(spec.output_dir, "output_dir"); !st.ok()) {
-      return InvalidArgument(job + st.message());
-    }
-    for (size_t i = 0; i < spec.input_files.size(); ++i) {
-      const std::string what = "input_files[" + std::to_string(i) + "]";
-      if (sluice::Status st = CheckRelativePath(spec.input_files[i], what); !st.ok()) {
-        return InvalidArgument(job + st.message());
-      }
-    }
-    if (spec.pattern != Pattern::kAllToAll) {
-      return InvalidArgument(job +
-                             "a file-partition job partitions lines by key across all "
-                             "consumers: pattern must be all-to-all");
-    }
-    if (spec.delimiter == '\n') return InvalidArgument(job + "delimiter cannot be a newline");
+    if (sluice::Status st = ValidateFileJob(spec, job); !st.ok()) return st;
   } else {
     return InvalidArgument(job + "unknown job kind " + std::to_string(static_cast<int>(spec.kind)));
   }

@@ -60,13 +60,16 @@ struct JobRunnerOptions {
 
 class JobRunner {
  public:
-  // Validates the spec (node index, placement, sizes, pattern, input files present on this
-  // node, output dir writable) and checks the network memory this node needs for its share
-  // with buffer::EstimateNetworkMemory: InvalidArgument or ResourceExhausted naming the option
-  // and the value that would fit. Then creates this node's partitions (registered at once, so
-  // remote consumers find them) and input gates, and starts the tasks.
+  // Validates the spec (node index, placement, sizes, pattern, relative file paths; file jobs
+  // need options.input_dir and output_dir) and checks the network memory this node needs for
+  // its share with buffer::EstimateNetworkMemory: InvalidArgument or ResourceExhausted naming
+  // the option and the value that would fit. Does no file I/O: inputs are opened and outputs
+  // created on the task threads (a failure there fails the job). Then creates this node's
+  // partitions (registered at once with spec.token, so remote consumers that prove it find
+  // them) and input gates (ChannelSpec::access_token = spec.token), and starts the tasks; a
+  // thread that cannot be started fails the job (or, for a partition's flusher, refuses it
+  // with ResourceExhausted).
   // REQUIRES: env outlives the runner.
-  // Partitions are registered with spec.token and the gates prove it (ChannelSpec).
   static Result<std::unique_ptr<JobRunner>> Start(shuffle::ShuffleEnvironment* env,
                                                   const control::JobSpec& spec,
                                                   uint32_t node_index,

@@ -49,6 +49,35 @@ std::shared_ptr<spdlog::logger> MakeLogger(const DaemonConfig& c) {
   return logger;
 }
 
+// The library's log lines go to the daemon's logger.
+void InstallLogSink(const std::shared_ptr<spdlog::logger>& logger, const DaemonConfig& config) {
+  sluice::SetLogLevel(config.log_level == "trace" || config.log_level == "debug"
+                          ? sluice::LogLevel::kDebug
+                          : sluice::LogLevel::kInfo);
+  sluice::SetLogSink([logger](sluice::LogLevel level, std::string_view m) {
+    switch (level) {
+      case sluice::LogLevel::kDebug: logger->debug("{}", m); break;
+      case sluice::LogLevel::kInfo: logger->info("{}", m); break;
+      case sluice::LogLevel::kWarn: logger->warn("{}", m); break;
+      case sluice::LogLevel::kError: logger->error("{}", m); break;
+    }
+  });
+}
+
+std::string AuthLabel(const DaemonConfig& c) {
+  if (c.auth == "off") return "off";
+  return c.auth_secret_file.empty() ? "on, secret in " + c.state_dir
+                                    : "on, secret from " + c.auth_secret_file;
+}
+
+// A configuration the daemon cannot use (bad option, unusable secret) exits 2; else 1.
+int ExitCodeOf(const sluice::Status& st) {
+  return st.code() == sluice::StatusCode::kInvalidArgument ||
+                 st.code() == sluice::StatusCode::kPermissionDenied
+             ? 2
+             : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -75,17 +104,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "sluiced: log_file %s: %s\n", config.log_file.c_str(), e.what());
     return 2;
   }
-  sluice::SetLogLevel(config.log_level == "trace" || config.log_level == "debug"
-                          ? sluice::LogLevel::kDebug
-                          : sluice::LogLevel::kInfo);
-  sluice::SetLogSink([logger](sluice::LogLevel level, std::string_view m) {
-    switch (level) {
-      case sluice::LogLevel::kDebug: logger->debug("{}", m); break;
-      case sluice::LogLevel::kInfo: logger->info("{}", m); break;
-      case sluice::LogLevel::kWarn: logger->warn("{}", m); break;
-      case sluice::LogLevel::kError: logger->error("{}", m); break;
-    }
-  });
+  InstallLogSink(logger, config);
 
   // Signals are taken synchronously by this thread (sigtimedwait); every other thread inherits
   // the blocked mask.
@@ -100,20 +119,13 @@ int main(int argc, char** argv) {
   if (!daemon.ok()) {
     logger->error("cannot start: {}", daemon.status().message());
     sluice::SetLogSink(nullptr);
-    const sluice::StatusCode code = daemon.status().code();
-    return code == sluice::StatusCode::kInvalidArgument ||
-                   code == sluice::StatusCode::kPermissionDenied
-               ? 2
-               : 1;
+    return ExitCodeOf(daemon.status());
   }
   const uint16_t port = (*daemon)->port();
   logger->info("{} listening on {}:{} (network memory {} MiB in {} KiB segments, auth {}, "
                "{} IO thread(s))",
                (*daemon)->node_name(), config.listen, port, config.network_memory >> 20,
-               config.segment_size >> 10,
-               config.auth == "off" ? "off" : (config.auth_secret_file.empty()
-                                                   ? "on, secret in " + config.state_dir
-                                                   : "on, secret from " + config.auth_secret_file),
+               config.segment_size >> 10, AuthLabel(config),
                config.io_threads);
   if (!config.port_file.empty() &&
       !WriteFileAtomically(config.port_file, std::to_string(port) + "\n")) {

@@ -261,7 +261,8 @@ TEST(DaemonHostileTest, InputPathsThatEscapeTheRootAreRefused) {
   std::filesystem::create_symlink(f.dir.Path("secret.txt"), f.dir.Path("in/link.txt"));
   std::filesystem::create_symlink("/proc/self/status", f.dir.Path("in/proc-status"));
   std::filesystem::create_symlink("/proc/self", f.dir.Path("in/proc-dir"));
-  for (const std::string& input : {"link.txt", "proc-status", "proc-dir/status"}) {
+  for (const char* input_name : {"link.txt", "proc-status", "proc-dir/status"}) {
+    const std::string input = input_name;
     const JobStatus js = RunFileJob(d, FileJob("link-" + std::to_string(input.size()), d, input));
     EXPECT_EQ(js.state, JobState::kFailed) << input;
     ExpectContains(js.error, "'" + input + "'");
@@ -384,6 +385,20 @@ TEST(DaemonHostileTest, AHugeJobStatusIsSummarisedNotAborted) {
                               " of 800 producers");
   ExpectHealthy(*d, 4096);
   ExpectCleanShutdown(*d);
+}
+
+TEST(DaemonHostileTest, AnyReplyOverTheFrameLimitBecomesAControlResultError) {
+  DirectReply got;
+  auto reply = LimitReplySize(
+      [&](MessageType t, std::vector<uint8_t> m) { got = DirectReply{t, std::move(m)}; }, "node-x");
+  reply(MessageType::kStatsResponse, std::vector<uint8_t>(control::kMaxControlMessageBytes + 1));
+  ASSERT_EQ(got.type, MessageType::kControlResult);
+  const Status st = ResultOf(got);
+  EXPECT_EQ(st.code(), StatusCode::kInternal);
+  ExpectContains(st.message(), "node-x: the StatsResponse reply would be 65536 bytes");
+  reply(MessageType::kStatsResponse, std::vector<uint8_t>(control::kMaxControlMessageBytes));
+  EXPECT_EQ(got.type, MessageType::kStatsResponse) << "at the limit it is sent as it is";
+  EXPECT_EQ(got.message.size(), control::kMaxControlMessageBytes);
 }
 
 TEST(DaemonHostileTest, AControlRequestFloodIsRefusedBeyondTheQueueAndMemoryStaysBounded) {

@@ -321,7 +321,6 @@ TEST(DaemonTest, GarbageClosesOnlyThatConnectionAndTheDaemonKeepsServing) {
 TEST(DaemonTest, CutConnectionsFailsTheJobNamingThePeerAndLeaksNothing) {
   Cluster cl(2, [](DaemonConfig& c) { c.enable_fault_injection = true; });
   ASSERT_TRUE(cl.ok());
-  ControlClient* ca = cl.controls()[0];
   ControlClient* cb = cl.controls()[1];
   JobSpec spec = Job("cut", cl.nodes(), 50000000);  // far more than runs before the cut
   spec.timeout_ms = 30000;

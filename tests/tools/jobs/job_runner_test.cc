@@ -5,8 +5,7 @@
 // the leak check: after the runners are gone every environment's pool has all its segments.
 #include "tools/daemon/job_runner.h"
 
-#include "shuffle/shuffle_test_util.h"
-
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -24,6 +23,8 @@
 #include <vector>
 
 #include "shuffle/shuffle_environment.h"
+#include "shuffle/shuffle_test_util.h"
+#include "tools/daemon/job_files.h"
 #include "tools/daemon/job_records.h"
 
 namespace sluice::daemon {
@@ -235,6 +236,92 @@ TEST(JobRecordsTest, SequenceTrackerTellsDuplicatesFromReorders) {
   EXPECT_EQ(late_start.Observe(2), O::kInOrder);
   EXPECT_EQ(late_start.Observe(0), O::kReordered);
   EXPECT_EQ(late_start.missing(), 1u);
+}
+
+TEST(JobRecordsTest, SequenceTrackerStaysBoundedUnderAdversarialSequences) {
+  // The old tracker kept one map entry per hole: every other sequence is a hole here.
+  static_assert(sizeof(SequenceTracker) <= 1024, "a fixed window, not a map");
+  using O = SequenceTracker::Outcome;
+  SequenceTracker t;
+  const uint64_t rss_before = [] {
+    std::ifstream in("/proc/self/status");
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+    }
+    return 0ull;
+  }();
+  constexpr uint64_t kN = 2000000;
+  for (uint64_t i = 0; i < kN; ++i) ASSERT_EQ(t.Observe(2 * i), O::kInOrder);
+  EXPECT_EQ(t.missing(), kN - 1);
+  // Holes inside the window fill as reorders; a repeat is a duplicate.
+  const uint64_t top = 2 * (kN - 1);
+  EXPECT_EQ(t.Observe(top - 1), O::kReordered);
+  EXPECT_EQ(t.Observe(top - 1), O::kDuplicate);
+  EXPECT_EQ(t.Observe(top - 2), O::kDuplicate);
+  EXPECT_EQ(t.missing(), kN - 2);
+  // Far below the window: too old to tell, reported as a duplicate (the documented
+  // approximation), and the missing count does not move.
+  EXPECT_EQ(t.Observe(1), O::kDuplicate);
+  EXPECT_EQ(t.missing(), kN - 2);
+  // A jump far ahead and huge sequence numbers cost nothing either.
+  EXPECT_EQ(t.Observe(uint64_t{1} << 62), O::kInOrder);
+  EXPECT_EQ(t.Observe((uint64_t{1} << 62) - 1), O::kReordered);
+  const uint64_t rss_after = [] {
+    std::ifstream in("/proc/self/status");
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+    }
+    return 0ull;
+  }();
+  EXPECT_LT(rss_after, rss_before + (4u << 20)) << "tracking grew with the input";
+}
+
+TEST(JobFilesTest, LineReaderBoundsLinesAndTreatsReadErrorsAsErrors) {
+  const std::string path = ::testing::TempDir() + "/sluice-lines-" + std::to_string(::getpid());
+  std::ofstream(path) << "one\n\n" << std::string(100, 'x') << "\nlast";
+  LineReader r(::open(path.c_str(), O_RDONLY | O_CLOEXEC), "lines.txt", 100);
+  std::string_view line;
+  std::vector<std::string> got;
+  while (true) {
+    auto more = r.Next(&line);
+    ASSERT_TRUE(more.ok()) << more.status().ToString();
+    if (!*more) break;
+    got.emplace_back(line);
+  }
+  EXPECT_EQ(got, (std::vector<std::string>{"one", "", std::string(100, 'x'), "last"}));
+  LineReader too_long(::open(path.c_str(), O_RDONLY | O_CLOEXEC), "lines.txt", 99);
+  ASSERT_TRUE(*too_long.Next(&line));
+  ASSERT_TRUE(*too_long.Next(&line));
+  auto bad = too_long.Next(&line);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("'lines.txt' line 3 is longer than max_line_bytes (99"),
+            std::string::npos)
+      << bad.status().message();
+  // read() failing (EISDIR on a directory) is an error, never the end of the file.
+  LineReader dir(::open(::testing::TempDir().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC), "d",
+                 100);
+  auto err = dir.Next(&line);
+  ASSERT_FALSE(err.ok());
+  EXPECT_EQ(err.status().code(), StatusCode::kIoError);
+  EXPECT_NE(err.status().message().find("reading input file 'd'"), std::string::npos);
+  ::unlink(path.c_str());
+}
+
+TEST(JobRunnerTest, EstimateChargesRecordBuffersAsHeap) {
+  JobSpec s;
+  s.job_id = "heap";
+  s.nodes = {"127.0.0.1:1", "127.0.0.1:2"};
+  s.producer_nodes = {0, 0, 1};
+  s.consumer_nodes = {0, 1};
+  s.record_size_max = 1u << 20;
+  buffer::CreditOptions credit;
+  // Node 0: two producers' record buffers and one consumer's reassembly bound.
+  EXPECT_EQ(EstimateJobMemory(s, 0, credit).heap_bytes, 3u << 20);
+  EXPECT_EQ(EstimateJobMemory(s, 1, credit).heap_bytes, 2u << 20);
+  s.kind = control::JobKind::kFilePartition;
+  EXPECT_EQ(EstimateJobMemory(s, 1, credit, 1000).heap_bytes,
+            1000 + LineReader::kChunk + 1000);
 }
 
 TEST(JobRecordsTest, ZipfSamplerMatchesTheDistribution) {
