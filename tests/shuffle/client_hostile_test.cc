@@ -321,7 +321,7 @@ TEST(ClientHostileTest, FaultShimCorruptionFailsOnlyTheCorruptedChannel) {
   pc.options.buffer_timeout = 5ms;
   pc.options.faults.seed = 7;
   pc.options.faults.corrupt_per_million = 1000000;
-  pc.auth_secret = kSecret;
+  pc.auth.secret = kSecret;
   auto producer = ShuffleEnvironment::Start(pc);
   ASSERT_TRUE(producer.ok()) << producer.status().ToString();
   auto consumer = StartConsumer();
