@@ -139,6 +139,35 @@ std::string StateSecretPath(const std::string& state_dir) {
   return state_dir + "/" + std::string(kStateSecretFileName);
 }
 
+namespace {
+
+// Creates <path> holding a fresh secret, atomically: the secret is written to a private
+// temporary file first and then linked to <path>, so a process starting at the same moment
+// never reads a half-written file. Ok also when another process created <path> first.
+Status CreateSecretFile(const std::string& state_dir, const std::string& path) {
+  std::string tmp = state_dir + "/.auth_secret.XXXXXX";
+  const int fd = ::mkostemp(tmp.data(), O_CLOEXEC);  // mode 0600
+  if (fd < 0) {
+    return InvalidArgument("auth secret file '" + path + "' cannot be created (" +
+                           std::strerror(errno) + "); give a writable --state-dir (state_dir)");
+  }
+  const std::string secret = MakeJobToken() + "\n";
+  bool ok = ::write(fd, secret.data(), secret.size()) == static_cast<ssize_t>(secret.size());
+  ok = ok && ::fsync(fd) == 0;
+  int e = errno;
+  ::close(fd);
+  if (ok && ::link(tmp.c_str(), path.c_str()) != 0) {
+    ok = false;
+    e = errno;
+  }
+  ::unlink(tmp.c_str());
+  if (ok || e == EEXIST) return Status::Ok();  // EEXIST: another process made it meanwhile
+  return InvalidArgument("auth secret file '" + path + "' cannot be written (" +
+                         std::strerror(e) + "); give a writable --state-dir (state_dir)");
+}
+
+}  // namespace
+
 Result<std::string> LoadStateSecret(const std::string& state_dir, bool create) {
   const std::string path = StateSecretPath(state_dir);
   if (!create || ::access(path.c_str(), F_OK) == 0) return ReadSecretFile(path);
@@ -146,21 +175,7 @@ Result<std::string> LoadStateSecret(const std::string& state_dir, bool create) {
     return InvalidArgument("state directory '" + state_dir + "' cannot be created (" +
                            std::strerror(errno) + "); give a writable --state-dir (state_dir)");
   }
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) {
-    if (errno == EEXIST) return ReadSecretFile(path);  // another process made it meanwhile
-    return InvalidArgument("auth secret file '" + path + "' cannot be created (" +
-                           std::strerror(errno) + "); give a writable --state-dir (state_dir)");
-  }
-  const std::string secret = MakeJobToken() + "\n";
-  const bool ok = ::write(fd, secret.data(), secret.size()) == static_cast<ssize_t>(secret.size());
-  const int e = errno;
-  ::close(fd);
-  if (!ok) {
-    ::unlink(path.c_str());
-    return InvalidArgument("auth secret file '" + path + "' cannot be written (" +
-                           std::strerror(e) + ")");
-  }
+  if (Status st = CreateSecretFile(state_dir, path); !st.ok()) return st;
   return ReadSecretFile(path);
 }
 
