@@ -259,6 +259,31 @@ TEST_F(ServerHostileTest, ParkedRequestIsCheckedWhenThePartitionAppears) {
   ExpectServesAGoodClient();
 }
 
+TEST_F(ServerHostileTest, ParkedRequestsPerConnectionAreBounded) {
+  config_.max_parked_requests = 16;
+  config_.options.server_park_timeout = 10s;
+  StartServer();
+  RawSocket s(server_->port());
+  ASSERT_TRUE(Handshake(s));
+  for (uint64_t id = 1; id <= 17; ++id)
+    ASSERT_TRUE(Request(s, "never-" + std::to_string(id), 0, id, 1));
+  auto [code, rid, text] = NextError(s);
+  EXPECT_EQ(code, fb::ErrorCode::PartitionNotFound) << text;
+  EXPECT_EQ(rid, 17);
+  EXPECT_NE(text.find("max_parked_requests"), std::string::npos) << text;
+  std::vector<std::string> states = server_->ReaderStates();
+  EXPECT_EQ(states.size(), 16u);
+  // The connection goes on: a cancel frees a slot, and the next request parks again.
+  schema::MessageBuilder b;
+  ASSERT_TRUE(s.SendFrame(static_cast<uint8_t>(MessageType::kCancelPartitionRequest),
+                          ToBytes(b.CancelPartitionRequest(1))));
+  ASSERT_TRUE(Request(s, "never-18", 0, 18, 1));
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(server_->ReaderStates().size(), 16u);
+  EXPECT_FALSE(Next(s, 200ms).has_value());
+  ExpectServesAGoodClient();
+}
+
 TEST_F(ServerHostileTest, SecondRequestForASubpartitionCannotTakeOverTheFirstReader) {
   StartServer();
   auto p = Partition("shared", 1);
