@@ -314,6 +314,14 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
     if (const auto* proof = (*m)->access_proof()) req.proof.assign(proof->begin(), proof->end());
     if (auto partition = server_->registry_->Lookup(req.partition_id)) {
       Serve(id, partition, req);
+    } else if (parked_.size() >= server_->config_.max_parked_requests) {
+      // Each parked request holds a timer and a registry callback: bounded per connection.
+      server_->stats_->requests_not_found.fetch_add(1, std::memory_order_relaxed);
+      SendChannelError(id, fb::ErrorCode::PartitionNotFound,
+                       "partition '" + req.partition_id + "' is not registered on " +
+                           server_->config_.node_name + ", and this connection already waits "
+                           "for " + std::to_string(parked_.size()) +
+                           " partitions (max_parked_requests); retry later");
     } else {
       Park(id, std::move(req));
     }
@@ -332,8 +340,13 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
     server_->stats_->auth_failures.fetch_add(1, std::memory_order_relaxed);
     const std::string what = "partition '" + req.partition_id + "' subpartition " +
                              std::to_string(req.subpartition);
-    Log(LogLevel::kWarn, "refusing PartitionRequest from " + conn_->peer() + " for " + what +
-                             ": " + (req.proof.empty() ? "no" : "a wrong") + " access proof");
+    if (++access_denials_ <= kLoggedDenials) {  // counted always, logged a few times
+      Log(LogLevel::kWarn, "refusing PartitionRequest from " + conn_->peer() + " for " + what +
+                               ": " + (req.proof.empty() ? "no" : "a wrong") + " access proof" +
+                               (access_denials_ == kLoggedDenials
+                                    ? " (further refusals on this connection are not logged)"
+                                    : ""));
+    }
     SendChannelError(id, fb::ErrorCode::AuthenticationFailed,
                      "access to " + what + " on " + server_->config_.node_name +
                          " denied: the request carries " +
@@ -448,6 +461,8 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
   // The ErrorCode for the rejection being returned (OnProtocolError), when not the default.
   std::optional<fb::ErrorCode> error_code_;
   uint32_t control_outstanding_ = 0;  // control requests not answered yet
+  static constexpr uint32_t kLoggedDenials = 3;
+  uint32_t access_denials_ = 0;  // PartitionRequests refused for their access proof
 };
 
 ShuffleServer::ShuffleServer(transport::EventLoop* loop, PartitionRegistry* registry,

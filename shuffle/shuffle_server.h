@@ -63,6 +63,9 @@ struct ShuffleServerConfig {
   ConnectionTimeouts timeouts;
   // Stop queueing frames on a connection while this many bytes are queued or in flight.
   size_t write_high_water_bytes = 4u << 20;
+  // PartitionRequests for unregistered partitions one connection may park at once (each
+  // waits up to options.server_park_timeout); more are answered with PartitionNotFound.
+  uint32_t max_parked_requests = 4096;
   // Control replies a peer has not read yet, beyond write_high_water_bytes: a peer whose queued
   // bytes pass write_high_water_bytes + max_unread_control_bytes is closed.
   size_t max_unread_control_bytes = 4u << 20;

@@ -579,23 +579,55 @@ class ReusingSink : public FrameSink {
   buffer::Buffer spare_;
 };
 
-TEST(FrameDecoderTest, DecodingAllocatesNothing) {
+// The metadata buffer grows (in powers of two) to the largest metadata seen, a few times at
+// most; after that, decoding allocates nothing.
+TEST(FrameDecoderTest, DecodingAllocatesNothingOnceWarm) {
   const Bytes stream = MixedStream(31, 200);
   ReusingSink sink;
   FrameDecoder d(&sink, TestLimits());
+  auto feed = [&] {
+    size_t pos = 0;
+    Status s;
+    while (pos < stream.size() && s.ok()) {
+      const size_t n = std::min<size_t>(1000, stream.size() - pos);
+      s = d.Feed({stream.data() + pos, n});
+      pos += n;
+    }
+    return s;
+  };
   g_allocations = 0;
   g_counting = true;
-  size_t pos = 0;
-  Status s;
-  while (pos < stream.size() && s.ok()) {
-    const size_t n = std::min<size_t>(1000, stream.size() - pos);
-    s = d.Feed({stream.data() + pos, n});
-    pos += n;
-  }
+  Status s = feed();
+  g_counting = false;
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_LE(g_allocations.load(), 9u) << "growth 256 B .. 64 KiB";
+  EXPECT_GT(d.metadata_capacity(), 0u);
+  g_allocations = 0;
+  g_counting = true;
+  s = feed();
   g_counting = false;
   ASSERT_TRUE(s.ok()) << s.ToString();
   EXPECT_EQ(g_allocations.load(), 0u);
-  EXPECT_EQ(sink.frames, 200);
+  EXPECT_EQ(sink.frames, 400);
+}
+
+// Metadata over set_max_metadata (a connection before its handshake) fails with FrameTooLong
+// before a byte of it is buffered.
+TEST(FrameDecoderTest, MetadataOverTheHandshakeLimitIsRefused) {
+  ReusingSink sink;
+  FrameDecoder d(&sink, TestLimits());
+  d.set_max_metadata(8192);
+  Status s = d.Feed(Frame(kPlainType, Bytes(8192, 1)));
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(d.metadata_capacity(), 8192u);
+  s = d.Feed(RawHeader(12 + 8193, kMagic, kProtocolVersion, kPlainType, 8193));
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(d.error(), FrameError::kFrameTooLong);
+  EXPECT_NE(s.message().find("8193 bytes of metadata, more than the 8192 allowed"),
+            std::string::npos)
+      << s.message();
+  EXPECT_EQ(d.metadata_capacity(), 8192u);
+  EXPECT_EQ(sink.frames, 1);
 }
 
 }  // namespace
