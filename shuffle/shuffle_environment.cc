@@ -40,6 +40,8 @@ Result<std::unique_ptr<ShuffleEnvironment>> ShuffleEnvironment::Start(
     sc.node_name = config.node_name;
     sc.timeouts = config.timeouts;
     sc.write_high_water_bytes = config.write_high_water_bytes;
+    sc.max_connections = config.max_connections;
+    sc.max_connections_per_peer = config.max_connections_per_peer;
     sc.auth = config.auth;
     sc.control = config.control;
     auto server = ShuffleServer::Start(env->loop_.get(), &env->registry_, sc);

@@ -36,6 +36,9 @@ struct EnvironmentConfig {
   uint32_t io_threads = 1;
   ConnectionTimeouts timeouts;
   size_t write_high_water_bytes = 4u << 20;
+  // The server's connection limits: in all, and from one remote IP address.
+  uint32_t max_connections = 1024;
+  uint32_t max_connections_per_peer = 64;
   // Shared secret for every connection, served and opened (shuffle/auth.h). Required: Start
   // refuses an empty secret unless auth.off is set (experiments on loopback).
   auth::AuthConfig auth;

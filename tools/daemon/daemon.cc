@@ -112,6 +112,8 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config) {
   ec.bind_host = config.listen;
   ec.port = config.port;
   ec.io_threads = config.io_threads;
+  ec.max_connections = config.max_connections;
+  ec.max_connections_per_peer = config.max_connections_per_peer;
   ec.node_name = config.node_name.empty() ? "sluiced" : config.node_name;
   ec.control = d.get();
   if (Status st = ConfigureAuth(config, &ec); !st.ok()) return st;

@@ -167,6 +167,9 @@ const std::map<std::string, Option>& Options() {
                                  &DaemonConfig::node_name)},
       {"max_connections", IntOption("connection limit (default 1024)",
                                     &DaemonConfig::max_connections, 1, 1000000)},
+      {"max_connections_per_peer",
+       IntOption("connections from one remote IP address (default 64)",
+                 &DaemonConfig::max_connections_per_peer, 1, 1000000)},
       {"shutdown_grace_ms",
        IntOption("on SIGTERM, how long running jobs may take to finish before they are "
                  "cancelled (default 10000)",

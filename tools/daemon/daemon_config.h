@@ -49,6 +49,7 @@ struct DaemonConfig {
   std::string log_file;             // empty: stderr
   std::string node_name;            // empty: "sluiced@<listen>:<port>"
   uint32_t max_connections = 1024;
+  uint32_t max_connections_per_peer = 64;  // from one remote IP address
   uint32_t shutdown_grace_ms = 10000;  // SIGTERM: how long running jobs may take to finish
   bool preallocate = false;            // touch every segment at start (MAP_POPULATE)
   // The transport's seeded fault shim (tests and sluice-harness only; see

@@ -148,6 +148,50 @@ TEST(DaemonHostileTest, ControlWithoutTheSecretGetsAuthenticationFailedAndNothin
   ExpectCleanShutdown(*d);
 }
 
+TEST(DaemonHostileTest, ConnectionsFromOnePeerOverTheCapAreClosedAndOthersStillServed) {
+  auto d = StartDaemon("", 32ull << 20, [](DaemonConfig& c) { c.max_connections_per_peer = 3; });
+  ASSERT_TRUE(d);
+  // Three connections that never say Hello hold the peer's slots...
+  std::vector<std::unique_ptr<transport::testutil::RawSocket>> held;
+  for (int i = 0; i < 3; ++i) {
+    held.push_back(std::make_unique<transport::testutil::RawSocket>(d->port()));
+    ASSERT_TRUE(held.back()->connected());
+  }
+  // ...so a fourth from the same address is closed without a byte served.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (d->Stats().connections < 3 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  transport::testutil::RawSocket extra(d->port());
+  ASSERT_TRUE(extra.connected());
+  const auto kHeartbeat = static_cast<uint8_t>(MessageType::kHeartbeat);
+  EXPECT_FALSE(extra.ReadFrame(std::chrono::seconds(5), kHeartbeat).has_value())
+      << "a connection over max_connections_per_peer was served";
+  const std::string metrics = d->Prometheus();
+  std::string refused_line;
+  for (size_t at = metrics.find("connections_refused_per_peer_total{"); at != std::string::npos;
+       at = metrics.find("connections_refused_per_peer_total{", at + 1)) {
+    const std::string line = metrics.substr(at, metrics.find('\n', at) - at);
+    if (line.find("side=\"served\"") != std::string::npos) refused_line = line;
+  }
+  EXPECT_EQ(refused_line.substr(refused_line.rfind(' ') + 1), "1") << refused_line;
+  // Once the slots are free again, an authenticated client is served.
+  held.clear();
+  control::ControlClientOptions o;
+  o.secret = std::string(kTestSecret);
+  std::unique_ptr<control::ControlClient> ok;
+  for (int i = 0; i < 100 && !ok; ++i) {
+    auto c = control::ControlClient::Connect("127.0.0.1", d->port(), o);
+    if (c.ok()) ok = std::move(*c);
+    else std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(ok);
+  EXPECT_TRUE(ok->GetStats().ok());
+  ok.reset();
+  ExpectHealthy(*d);
+  ExpectCleanShutdown(*d);
+}
+
 TEST(DaemonHostileTest, StatusAndCancelNeedTheJobsToken) {
   auto d = StartDaemon();
   ASSERT_TRUE(d);
