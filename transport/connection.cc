@@ -367,12 +367,10 @@ void Connection::OnIdleFlush(uv_idle_t* i) {
 }
 
 Connection::WriteBatch* Connection::TakeBatch() {
-  if (spare_batches_.empty()) {
-    auto b = std::make_unique<WriteBatch>();
-    b->frames.reserve(options_.max_frames_per_write);
-    b->bufs.reserve(2 * static_cast<size_t>(options_.max_frames_per_write));
-    return b.release();
-  }
+  // Batches start empty and grow (geometrically, see Flush) to the largest batch written, so a
+  // connection that only ever sends a few small frames (one still in its handshake) holds a few
+  // hundred bytes here, not room for max_frames_per_write frames.
+  if (spare_batches_.empty()) return new WriteBatch();
   WriteBatch* b = spare_batches_.back().release();
   spare_batches_.pop_back();
   return b;
@@ -389,6 +387,10 @@ void Connection::Flush() {
     b->conn = this;
     b->bytes = 0;
     const size_t n = std::min<size_t>(pending_.size() - next, options_.max_frames_per_write);
+    if (b->frames.capacity() < n) {
+      b->frames.reserve(std::max(n, 2 * b->frames.capacity()));
+      b->bufs.reserve(2 * b->frames.capacity());
+    }
     for (size_t i = 0; i < n; ++i) b->frames.push_back(std::move(pending_[next + i]));
     next += n;
     // The frames no longer move: point the iovecs at their bytes.
@@ -460,6 +462,16 @@ void Connection::OnWrite(uv_write_t* req, int status) {
 }
 
 size_t Connection::queued_bytes() const { return pending_bytes_ + inflight_bytes_; }
+
+size_t Connection::buffer_bytes() const {
+  size_t n =
+      staging_allocated_ + decoder_.metadata_capacity() + pending_.capacity() * sizeof(OutFrame);
+  for (const auto& b : spare_batches_) {
+    n += sizeof(WriteBatch) + b->frames.capacity() * sizeof(OutFrame) +
+         b->bufs.capacity() * sizeof(uv_buf_t);
+  }
+  return n;
+}
 
 void Connection::MarkEstablished() {
   established_ = true;

@@ -138,9 +138,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   uint64_t bytes_received() const { return bytes_in_; }
   uint64_t bytes_sent() const { return bytes_out_; }
   const FrameDecoder& decoder() const { return decoder_; }
-  // Bytes of read buffers this connection holds (staging and the decoder's metadata buffer):
-  // a few KiB until MarkEstablished(), up to about 128 KiB after.
-  size_t buffer_bytes() const { return staging_allocated_ + decoder_.metadata_capacity(); }
+  // Bytes of buffers this connection holds beyond the frames themselves: read staging, the
+  // decoder's metadata buffer and spare write batches. A few KiB until MarkEstablished(), up
+  // to about 128 KiB plus the batches of a busy connection after.
+  size_t buffer_bytes() const;
 
   // The owner (server or client) learns here that the connection is gone. One hook.
   void SetCloseHook(CloseHook hook) { close_hook_ = std::move(hook); }
