@@ -8,7 +8,7 @@ packages=(
   libuv1-dev libflatbuffers-dev flatbuffers-compiler libboost-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-dev
-  libspdlog-dev libtomlplusplus-dev libssl-dev python3
+  libspdlog-dev libtomlplusplus-dev libssl-dev libcli11-dev python3
   iproute2 nftables procps
 )
 

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "buffer/memory_estimate.h"
+#include "tools/common/cli.h"
 
 namespace sluice::daemon {
 namespace {
@@ -203,36 +204,7 @@ Result<std::string> NodeText(const toml::node& n, const std::string& where) {
 }  // namespace
 
 Result<uint64_t> ParseSize(const std::string& text, const std::string& option) {
-  if (text.empty()) return InvalidArgument(option + " is empty; give a size like 256m");
-  size_t i = 0;
-  uint64_t v = 0;
-  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
-    if (v > (std::numeric_limits<uint64_t>::max() - 9) / 10) {
-      return InvalidArgument(option + " = " + text + " is too large");
-    }
-    v = v * 10 + static_cast<uint64_t>(text[i] - '0');
-    ++i;
-  }
-  if (i == 0) return InvalidArgument(option + " = '" + text + "' is not a size (e.g. 64m, 32k)");
-  std::string suffix = text.substr(i);
-  for (char& c : suffix) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  int shift = 0;
-  if (suffix.empty() || suffix == "b") {
-    shift = 0;
-  } else if (suffix == "k" || suffix == "kb" || suffix == "kib") {
-    shift = 10;
-  } else if (suffix == "m" || suffix == "mb" || suffix == "mib") {
-    shift = 20;
-  } else if (suffix == "g" || suffix == "gb" || suffix == "gib") {
-    shift = 30;
-  } else {
-    return InvalidArgument(option + " = '" + text + "': unknown unit '" + suffix +
-                           "' (use k, m or g)");
-  }
-  if (shift > 0 && v > (std::numeric_limits<uint64_t>::max() >> shift)) {
-    return InvalidArgument(option + " = " + text + " is too large");
-  }
-  return v << shift;
+  return tools::ParseSize(text, option);
 }
 
 Status ApplyToml(const std::string& text, const std::string& origin, DaemonConfig* config) {
