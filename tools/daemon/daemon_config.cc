@@ -157,6 +157,9 @@ const std::map<std::string, Option>& Options() {
                   "producers x record_size_max (plus consumers' reassembly) does not fit in "
                   "what is left is refused (default 64m)",
                   &DaemonConfig::job_memory)},
+      {"metrics_listen",
+       StringOption("serve GET /metrics and /healthz over HTTP on host:port (port 0: any)",
+                    &DaemonConfig::metrics_listen)},
       {"metrics_file", StringOption("rewrite Prometheus metrics into this file periodically",
                                     &DaemonConfig::metrics_file)},
       {"metrics_interval_ms", IntOption("metrics file period (default 5000)",

@@ -43,6 +43,9 @@ struct DaemonConfig {
   // producers, consumers' reassembly of records up to record_size_max): a job that does not
   // fit in what is left is refused at submit.
   uint64_t job_memory = 64ull << 20;
+  // GET /metrics and /healthz over HTTP on this host:port (sluiced's command line defaults to
+  // 127.0.0.1:9470; empty: none, the default for in-process daemons). Not yet served.
+  std::string metrics_listen;
   std::string metrics_file;         // empty: none; else Prometheus text rewritten periodically
   uint32_t metrics_interval_ms = 5000;
   std::string log_level = "info";   // trace, debug, info, warn, error
