@@ -33,6 +33,7 @@
 #include <thread>
 #include <vector>
 
+#include "shuffle/shuffle_client.h"
 #include "shuffle/shuffle_environment.h"
 #include "shuffle/shuffle_server.h"
 #include "tools/control/job_spec.h"
