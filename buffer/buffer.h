@@ -22,7 +22,7 @@
 #include <cstdint>
 #include <span>
 
-#include "buffer/status.h"
+#include "sluice/buffer/status.h"
 
 namespace sluice::buffer {
 

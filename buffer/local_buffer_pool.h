@@ -28,8 +28,8 @@
 #include <string>
 #include <vector>
 
-#include "buffer/buffer.h"
-#include "buffer/status.h"
+#include "sluice/buffer/buffer.h"
+#include "sluice/buffer/status.h"
 
 namespace sluice::buffer {
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "buffer/redistribution.h"
+#include "sluice/buffer/redistribution.h"
 
 namespace sluice::buffer {
 

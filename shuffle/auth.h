@@ -20,7 +20,7 @@
 #include <string>
 #include <string_view>
 
-#include "buffer/status.h"
+#include "sluice/buffer/status.h"
 
 namespace sluice::shuffle::auth {
 

@@ -21,11 +21,11 @@
 #include <string>
 #include <vector>
 
-#include "buffer/buffer.h"
-#include "buffer/local_buffer_pool.h"
-#include "buffer/network_buffer_pool.h"
-#include "buffer/status.h"
-#include "shuffle/shuffle_options.h"
+#include "sluice/buffer/buffer.h"
+#include "sluice/buffer/local_buffer_pool.h"
+#include "sluice/buffer/network_buffer_pool.h"
+#include "sluice/buffer/status.h"
+#include "sluice/shuffle/shuffle_options.h"
 
 namespace sluice::shuffle {
 

@@ -21,8 +21,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "buffer/status.h"
-#include "shuffle/result_partition.h"
+#include "sluice/buffer/status.h"
+#include "sluice/shuffle/result_partition.h"
 
 namespace sluice::shuffle {
 

@@ -9,16 +9,11 @@
 #include <string_view>
 
 #include "schema/messages.h"
+#include "shuffle/shuffle_options.h"
 #include "transport/connection.h"
 #include "transport/transport_options.h"
 
 namespace sluice::shuffle {
-
-struct ConnectionTimeouts {
-  std::chrono::milliseconds heartbeat_interval{5000};
-  std::chrono::milliseconds idle_timeout{30000};
-  std::chrono::milliseconds handshake_timeout{5000};
-};
 
 // Transport options for shuffle connections with payloads of at most `segment_size` bytes.
 // `faults`: the seeded fault shim (tests and sluice-harness only; off by default).

@@ -7,8 +7,8 @@
 #include <span>
 #include <vector>
 
-#include "shuffle/input_gate.h"
-#include "shuffle/record_serializer.h"
+#include "sluice/shuffle/input_gate.h"
+#include "sluice/shuffle/record_serializer.h"
 
 namespace sluice::shuffle {
 

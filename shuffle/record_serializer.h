@@ -18,8 +18,8 @@
 #include <span>
 #include <vector>
 
-#include "buffer/buffer.h"
-#include "buffer/status.h"
+#include "sluice/buffer/buffer.h"
+#include "sluice/buffer/status.h"
 
 namespace sluice::shuffle {
 

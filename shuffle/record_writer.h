@@ -13,8 +13,8 @@
 #include <utility>
 #include <vector>
 
-#include "buffer/status.h"
-#include "shuffle/result_partition.h"
+#include "sluice/buffer/status.h"
+#include "sluice/shuffle/result_partition.h"
 
 namespace sluice::shuffle {
 

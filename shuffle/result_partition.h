@@ -34,14 +34,14 @@
 #include <thread>
 #include <vector>
 
-#include "buffer/buffer.h"
-#include "buffer/local_buffer_pool.h"
-#include "buffer/network_buffer_pool.h"
-#include "buffer/status.h"
-#include "shuffle/function_ref.h"
-#include "shuffle/record_serializer.h"
-#include "shuffle/shuffle_options.h"
-#include "shuffle/subpartition_view.h"
+#include "sluice/buffer/buffer.h"
+#include "sluice/buffer/local_buffer_pool.h"
+#include "sluice/buffer/network_buffer_pool.h"
+#include "sluice/buffer/status.h"
+#include "sluice/shuffle/function_ref.h"
+#include "sluice/shuffle/record_serializer.h"
+#include "sluice/shuffle/shuffle_options.h"
+#include "sluice/shuffle/subpartition_view.h"
 
 namespace sluice::shuffle {
 

@@ -12,6 +12,7 @@
 #include "shuffle/handshake.h"
 #include "shuffle/remote_input_channel.h"
 #include "transport/log.h"
+#include "transport/timer.h"
 
 namespace sluice::shuffle {
 
@@ -48,7 +49,7 @@ class RecentIds {
 
 // A PartitionNotFound retry waiting for its backoff to pass.
 struct ShuffleClient::Retry {
-  uv_timer_t timer;
+  std::unique_ptr<transport::Timer> timer;
   std::weak_ptr<RemoteInputChannel> channel;
   ShuffleClient* client = nullptr;
 };
@@ -67,7 +68,7 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
     SendHelloOnce();
     ch->SetEventBudget(event_budget_);
     channels_[ch->receiver_id()] = ch;
-    retry_[ch->receiver_id()].first_request = uv_now(conn_->loop()->loop());
+    retry_[ch->receiver_id()].first_request = transport::LoopNowMs(conn_->loop());
     if (established_) {
       SendRequest(*ch);
     } else {
@@ -114,7 +115,7 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
     RetryState& r = retry_[receiver_id];
     const ShuffleOptions& o = client_->config_.options;
     if (r.backoff.count() == 0) r.backoff = o.request_backoff_initial;
-    const uint64_t now = uv_now(conn_->loop()->loop());
+    const uint64_t now = transport::LoopNowMs(conn_->loop());
     const uint64_t elapsed = now - r.first_request;
     if (elapsed + static_cast<uint64_t>(r.backoff.count()) >
         static_cast<uint64_t>(o.request_timeout.count())) {
@@ -132,21 +133,15 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
     auto* retry = new Retry;
     retry->channel = ch;
     retry->client = client_;
-    uv_timer_init(conn_->loop()->loop(), &retry->timer);
-    retry->timer.data = retry;
+    retry->timer = std::make_unique<transport::Timer>(conn_->loop());
     client_->retries_.insert(retry);
-    uv_timer_start(
-        &retry->timer,
-        [](uv_timer_t* t) {
-          auto* rt = static_cast<Retry*>(t->data);
-          if (auto c = rt->channel.lock(); c && !c->released()) {
-            if (Handler* h = rt->client->HandlerFor(c->receiver_id())) h->SendRequest(*c);
-          }
-          rt->client->retries_.erase(rt);
-          uv_close(reinterpret_cast<uv_handle_t*>(t),
-                   [](uv_handle_t* h) { delete static_cast<Retry*>(h->data); });
-        },
-        static_cast<uint64_t>(r.backoff.count()), 0);
+    retry->timer->Start(r.backoff, [retry] {
+      if (auto c = retry->channel.lock(); c && !c->released()) {
+        if (Handler* h = retry->client->HandlerFor(c->receiver_id())) h->SendRequest(*c);
+      }
+      retry->client->retries_.erase(retry);
+      delete retry;  // and its timer: allowed from the timer's own callback
+    });
     r.backoff = std::min(r.backoff * 2, o.request_backoff_max);
   }
 
@@ -465,11 +460,7 @@ void ShuffleClient::Stop() {
   auto closed = std::make_shared<std::promise<void>>();
   auto done = closed->get_future();
   auto close_retries = [this, closed] {
-    for (Retry* r : retries_) {
-      uv_timer_stop(&r->timer);
-      uv_close(reinterpret_cast<uv_handle_t*>(&r->timer),
-               [](uv_handle_t* h) { delete static_cast<Retry*>(h->data); });
-    }
+    for (Retry* r : retries_) delete r;  // the Timer closes its handle
     retries_.clear();
     closed->set_value();
   };

@@ -2,6 +2,9 @@
 
 #include "shuffle/local_input_channel.h"
 #include "shuffle/remote_input_channel.h"
+#include "shuffle/shuffle_client.h"
+#include "shuffle/shuffle_server.h"
+#include "transport/event_loop.h"
 
 namespace sluice::shuffle {
 
@@ -59,6 +62,8 @@ Result<std::unique_ptr<ShuffleEnvironment>> ShuffleEnvironment::Start(
 }
 
 ShuffleEnvironment::~ShuffleEnvironment() { Stop(); }
+
+uint16_t ShuffleEnvironment::port() const { return server_ ? server_->port() : 0; }
 
 void ShuffleEnvironment::Stop() {
   if (client_) client_->Stop();

@@ -13,15 +13,25 @@
 #include <string>
 #include <vector>
 
-#include "buffer/network_buffer_pool.h"
-#include "shuffle/input_gate.h"
-#include "shuffle/partition_registry.h"
-#include "shuffle/result_partition.h"
-#include "shuffle/shuffle_client.h"
-#include "shuffle/shuffle_server.h"
-#include "transport/event_loop.h"
+#include "sluice/buffer/network_buffer_pool.h"
+#include "sluice/shuffle/auth.h"
+#include "sluice/shuffle/input_gate.h"
+#include "sluice/shuffle/partition_registry.h"
+#include "sluice/shuffle/result_partition.h"
+#include "sluice/shuffle/shuffle_options.h"
+#include "sluice/transport/endpoint.h"
+
+// The network side stays behind forward declarations: this header (installed) sees neither
+// libuv nor the generated FlatBuffers headers.
+namespace sluice::transport {
+class EventLoop;
+}  // namespace sluice::transport
 
 namespace sluice::shuffle {
+
+class ControlService;  // shuffle/shuffle_server.h (sluiced's control messages)
+class ShuffleClient;   // shuffle/shuffle_client.h (internal)
+class ShuffleServer;   // shuffle/shuffle_server.h (internal)
 
 struct EnvironmentConfig {
   // network_memory and segment_size; options.credit.segment_size is set from it.
@@ -77,10 +87,13 @@ class ShuffleEnvironment {
   Result<std::unique_ptr<InputGate>> CreateInputGate(const std::string& name,
                                                      const std::vector<ChannelSpec>& channels);
 
-  uint16_t port() const { return server_ ? server_->port() : 0; }
+  // The bound data port (0 when not listening).
+  uint16_t port() const;
   transport::Endpoint endpoint() const { return {config_.bind_host, port()}; }
   const std::shared_ptr<buffer::NetworkBufferPool>& pool() const { return pool_; }
   PartitionRegistry& registry() { return registry_; }
+  // Internal (include shuffle/shuffle_server.h and shuffle/shuffle_client.h from the source
+  // tree to use them): for sluiced, tests and the harness, not for embedders.
   ShuffleServer* server() { return server_.get(); }
   ShuffleClient& client() { return *client_; }
   const EnvironmentConfig& config() const { return config_; }

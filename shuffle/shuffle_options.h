@@ -6,10 +6,19 @@
 #include <chrono>
 #include <cstdint>
 
-#include "buffer/memory_estimate.h"
-#include "transport/transport_options.h"
+#include "sluice/buffer/memory_estimate.h"
+#include "sluice/transport/transport_options.h"
 
 namespace sluice::shuffle {
+
+// Deadlines of every shuffle connection (docs/protocol.md): a heartbeat after this long without
+// writing, the peer closed after idle_timeout of silence, the handshake done within
+// handshake_timeout.
+struct ConnectionTimeouts {
+  std::chrono::milliseconds heartbeat_interval{5000};
+  std::chrono::milliseconds idle_timeout{30000};
+  std::chrono::milliseconds handshake_timeout{5000};
+};
 
 struct ShuffleOptions {
   // segment_size, buffers_per_channel (exclusive per remote channel, default 2),

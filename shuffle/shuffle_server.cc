@@ -10,6 +10,7 @@
 #include "shuffle/partition_request_queue.h"
 #include "shuffle/result_partition.h"
 #include "transport/log.h"
+#include "transport/timer.h"
 
 namespace sluice::shuffle {
 
@@ -136,7 +137,7 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
   struct Parked {
     Request request;
     uint64_t token = 0;
-    uv_timer_t* timer = nullptr;
+    std::unique_ptr<transport::Timer> timer;
   };
 
   Admission OnHello(std::span<const uint8_t> meta) {
@@ -399,28 +400,14 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
             Serve(id, partition, parked);  // checks the access proof now
           });
         });
-    p.timer = new uv_timer_t;
-    uv_timer_init(loop->loop(), p.timer);
-    p.timer->data = new std::pair<Handler*, uint64_t>(this, id);
-    uv_timer_start(
-        p.timer,
-        [](uv_timer_t* t) {
-          auto* ctx = static_cast<std::pair<Handler*, uint64_t>*>(t->data);
-          ctx->first->OnParkTimeout(ctx->second);
-        },
-        static_cast<uint64_t>(server_->config_.options.server_park_timeout.count()), 0);
+    p.timer = std::make_unique<transport::Timer>(loop);
+    p.timer->Start(server_->config_.options.server_park_timeout,
+                   [this, id] { OnParkTimeout(id); });
   }
 
   void CloseParkTimer(Parked& p) {
     server_->registry_->CancelCallback(p.token);
-    if (p.timer != nullptr) {
-      uv_timer_stop(p.timer);
-      uv_close(reinterpret_cast<uv_handle_t*>(p.timer), [](uv_handle_t* h) {
-        delete static_cast<std::pair<Handler*, uint64_t>*>(h->data);
-        delete reinterpret_cast<uv_timer_t*>(h);
-      });
-      p.timer = nullptr;
-    }
+    p.timer.reset();  // also from the timer's own callback (OnParkTimeout)
   }
 
   void OnParkTimeout(uint64_t id) {

@@ -24,8 +24,8 @@
 #include <cstdint>
 #include <optional>
 
-#include "buffer/buffer.h"
-#include "buffer/status.h"
+#include "sluice/buffer/buffer.h"
+#include "sluice/buffer/status.h"
 
 namespace sluice::shuffle {
 

@@ -32,8 +32,8 @@
 #include <string_view>
 #include <utility>
 
-#include "buffer/buffer.h"
-#include "buffer/status.h"
+#include "sluice/buffer/buffer.h"
+#include "sluice/buffer/status.h"
 
 namespace sluice::transport {
 

@@ -63,10 +63,6 @@ bool RunOnLoopAndWait(EventLoop* loop, std::function<void()> fn) {
 
 }  // namespace
 
-std::string Endpoint::ToString() const {
-  if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);
-  return host + ":" + std::to_string(port);
-}
 
 // ---------------------------------------------------------------------------------------------
 // TcpServer

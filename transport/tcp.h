@@ -27,19 +27,11 @@
 
 #include "buffer/status.h"
 #include "transport/connection.h"
+#include "transport/endpoint.h"
 #include "transport/event_loop.h"
 #include "transport/transport_options.h"
 
 namespace sluice::transport {
-
-struct Endpoint {
-  std::string host = "127.0.0.1";  // numeric IPv4 or IPv6 address
-  uint16_t port = 0;
-  std::string ToString() const;
-  bool operator<(const Endpoint& o) const {
-    return host < o.host || (host == o.host && port < o.port);
-  }
-};
 
 // Makes the upper layer's handler for a new connection (loop thread).
 using HandlerFactory = std::function<std::unique_ptr<ConnectionHandler>(Connection&)>;

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "transport/frame_codec.h"
+#include "sluice/transport/frame_codec.h"
 
 namespace sluice::transport {
 

@@ -15,7 +15,9 @@
 #include "shuffle/crc32c.h"
 #include "shuffle/record_reader.h"
 #include "shuffle/record_serializer.h"
+#include "shuffle/shuffle_client.h"
 #include "shuffle/shuffle_environment.h"
+#include "shuffle/shuffle_server.h"
 #include "shuffle_test_util.h"
 
 namespace sluice::shuffle {

@@ -23,7 +23,9 @@
 #include "shuffle/record_reader.h"
 #include "shuffle/record_serializer.h"
 #include "shuffle/remote_input_channel.h"
+#include "shuffle/shuffle_client.h"
 #include "shuffle/shuffle_environment.h"
+#include "shuffle/shuffle_server.h"
 #include "shuffle_test_util.h"
 #include "transport/raw_socket.h"
 

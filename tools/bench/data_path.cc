@@ -21,7 +21,9 @@
 #include "shuffle/auth.h"
 #include "shuffle/record_reader.h"
 #include "shuffle/record_writer.h"
+#include "shuffle/shuffle_client.h"
 #include "shuffle/shuffle_environment.h"
+#include "shuffle/shuffle_server.h"
 #include "tools/bench/child_process.h"
 #include "tools/bench/raw_latency.h"
 

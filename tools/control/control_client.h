@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "buffer/status.h"
-#include "tools/control/job_spec.h"
+#include "sluice/buffer/status.h"
+#include "sluice/control/job_spec.h"
 
 namespace sluice::control {
 

@@ -33,7 +33,9 @@
 #include <thread>
 #include <vector>
 
+#include "shuffle/shuffle_client.h"
 #include "shuffle/shuffle_environment.h"
+#include "shuffle/shuffle_server.h"
 #include "tools/control/job_spec.h"
 #include "tools/daemon/daemon_config.h"
 #include "tools/daemon/job_runner.h"

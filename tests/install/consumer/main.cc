@@ -1,8 +1,9 @@
-// An embedder's program: links the installed sluice::buffer and uses the public headers.
+// An embedder's program: links the installed sluice::buffer and uses the public headers as
+// <sluice/...> (headers_alone, next to it, compiles every installed header on its own).
 #include <cstdio>
 
-#include "buffer/local_buffer_pool.h"
-#include "buffer/network_buffer_pool.h"
+#include <sluice/buffer/local_buffer_pool.h>
+#include <sluice/buffer/network_buffer_pool.h>
 
 int main() {
   sluice::buffer::NetworkBufferPoolOptions options;
