@@ -92,16 +92,15 @@ bool Healthy(const Measurement& m) {
 }
 
 int Main(int argc, char** argv) {
-  Result<BenchFlags> parsed = ParseBenchFlags(argc, argv);
-  if (!parsed.ok()) {
-    std::fprintf(stderr, "sluice-bench: %s\n", parsed.status().message().c_str());
-    return 2;
+  BenchFlags parsed;
+  if (const int exit_code = ParseBenchFlags(argc, argv, &parsed); exit_code >= 0) {
+    return exit_code;
   }
-  if (Status s = ResolveBenchSecret(&*parsed); !s.ok()) {
+  if (Status s = ResolveBenchSecret(&parsed); !s.ok()) {
     std::fprintf(stderr, "sluice-bench: %s\n", s.message().c_str());
     return 2;
   }
-  const BenchFlags& flags = *parsed;
+  const BenchFlags& flags = parsed;
   signal(SIGPIPE, SIG_IGN);
   if (flags.sweep_name.empty()) {
     if (!flags.json) {

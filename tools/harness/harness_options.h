@@ -85,11 +85,10 @@ struct Options {
   bool quiet = false;  // no progress line
 };
 
-// Parses argv. A Status with code kCancelled means --help or --version was printed (exit 0).
-Result<Options> ParseOptions(int argc, char** argv);
+// Parses argv with CLI11 (tools/common/cli.h conventions) and checks the combination. Returns
+// -1 when the run should go on (*out filled), else the exit code to return now: 0 after --help
+// or --version (printed), 2 after a usage error (one line on stderr naming the flag).
+int ParseOptions(int argc, char** argv, Options* out);
 std::string UsageText();
-
-// "256m", "32k", "1g", "4096" -> bytes.
-Result<uint64_t> ParseSize(const std::string& text);
 
 }  // namespace sluice::harness

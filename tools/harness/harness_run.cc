@@ -187,6 +187,9 @@ std::vector<std::string> DaemonArgs(const Options& o) {
     args.push_back("--enable-fault-injection");
   }
   if (!o.auth) args.insert(args.end(), {"--auth", "off"});
+  // Several daemons on one host: each serves metrics on a port of its own choosing, never the
+  // default 9470 (in --netns each namespace has its own loopback).
+  args.insert(args.end(), {"--metrics-listen", "127.0.0.1:0"});
   return args;
 }
 
@@ -260,10 +263,7 @@ Status HarnessRun::Setup() {
   run_dir_ = *dir;
   report_.run_dir = run_dir_;
 
-  std::string sluiced = o_.sluiced;
-  if (sluiced.empty()) {
-    sluiced = (std::filesystem::path(SelfDir()) / ".." / "daemon" / "sluiced").lexically_normal();
-  }
+  const std::string sluiced = o_.sluiced.empty() ? FindSluiced() : o_.sluiced;
   DaemonConfig cfg;
   cfg.sluiced = std::filesystem::absolute(sluiced);  // file-job daemons run elsewhere
   cfg.run_dir = run_dir_;
@@ -933,6 +933,7 @@ Report HarnessRun::Run() {
   Status s = Setup();
   if (!s.ok()) {
     r.errors.push_back(s.ToString());
+    r.usage_error = s.code() == StatusCode::kInvalidArgument;
     if (s.code() == StatusCode::kPermissionDenied && o_.netns) r.AddExtra("skipped_reason", s.message());
     if (cluster_) {
       auto errs = cluster_->Shutdown(milliseconds(5000));

@@ -44,6 +44,7 @@ struct Report {
   std::string observed;  // what happened, in words
   std::vector<std::string> errors;
   bool ok = false;
+  bool usage_error = false;  // the options were refused (by the harness or a daemon): exit 2
   std::string run_dir;
   std::vector<NodeReport> node_reports;
   // Extra fields: name and an already-encoded JSON value.
