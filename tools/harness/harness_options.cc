@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <functional>
 #include <map>
+#include <vector>
 
 #include "tools/common/cli.h"
 
@@ -159,7 +160,8 @@ void AddDaemonFlags(CLI::App& app, Options& o, RawFlags& raw) {
   app.add_option("--segment-size", o.segment_size)->check(tools::SizeValue());
   app.add_option("--io-threads", o.io_threads)->check(kNonNegative);
   app.add_option("--log-level", o.log_level);
-  app.add_option("--daemon-arg", o.daemon_args)->expected(1)->allow_extra_args(false);
+  // Values start with "--": JoinDaemonArgs makes each "--daemon-arg=VALUE" first.
+  app.add_option("--daemon-arg", o.daemon_args)->allow_extra_args(false);
   // A bare --auth (older command lines) means on.
   app.add_option("--auth", raw.auth)->expected(0, 1);
   app.add_option("--auth-secret-file", o.auth_secret_file);
@@ -364,6 +366,20 @@ Status CheckPlacement(Options* o) {
   return Status::Ok();
 }
 
+// "--daemon-arg VALUE" -> "--daemon-arg=VALUE": the value is a daemon flag ("--checksums"),
+// which CLI11 would otherwise take for a flag of the harness.
+std::vector<std::string> JoinDaemonArgs(int argc, char** argv) {
+  std::vector<std::string> args;
+  for (int i = 0; i < argc; ++i) {
+    if (std::string(argv[i]) == "--daemon-arg" && i + 1 < argc) {
+      args.push_back(std::string("--daemon-arg=") + argv[++i]);
+    } else {
+      args.emplace_back(argv[i]);
+    }
+  }
+  return args;
+}
+
 }  // namespace
 
 int ParseOptions(int argc, char** argv, Options* out) {
@@ -376,7 +392,12 @@ int ParseOptions(int argc, char** argv, Options* out) {
   AddDaemonFlags(app, o, raw);
   AddJobFlags(app, o, raw);
   AddFaultAndOutputFlags(app, o, raw);
-  if (const int exit_code = tools::ParseOrExit(app, argc, argv); exit_code >= 0) return exit_code;
+  const std::vector<std::string> args = JoinDaemonArgs(argc, argv);
+  std::vector<const char*> joined;
+  for (const std::string& a : args) joined.push_back(a.c_str());
+  const int exit_code =
+      tools::ParseOrExit(app, static_cast<int>(joined.size()), joined.data());
+  if (exit_code >= 0) return exit_code;
   if (app.count("--help") > 0) {
     std::fputs(kUsage, stdout);
     return tools::kExitOk;
