@@ -6,11 +6,10 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <functional>
-#include <map>
 #include <vector>
 
 #include "tools/common/cli.h"
+#include "tools/harness/fault_plan.h"
 
 namespace sluice::harness {
 namespace {
@@ -86,44 +85,7 @@ Flags take --flag value or --flag=value; sizes take k/m/g (64m, 32k). Exit statu
 the options it was given).
 )";
 
-Result<Fault> ParseFault(const std::string& name) {
-  static const std::map<std::string, Fault> kFaults = {
-      {"none", Fault::kNone},
-      {"kill-consumer", Fault::kKillConsumer},
-      {"kill-producer", Fault::kKillProducer},
-      {"stall-consumer", Fault::kStallConsumer},
-      {"cut-connection", Fault::kCutConnection},
-      {"drop", Fault::kDrop},
-      {"slow-consumer", Fault::kSlowConsumer},
-      {"garbage", Fault::kGarbage},
-      {"sigterm", Fault::kSigterm},
-      {"wrong-secret", Fault::kWrongSecret},
-  };
-  auto it = kFaults.find(name);
-  if (it == kFaults.end()) {
-    return InvalidArgument("--fault: unknown fault '" + name +
-                           "' (see --help for the list)");
-  }
-  return it->second;
-}
-
 }  // namespace
-
-const char* FaultName(Fault f) {
-  switch (f) {
-    case Fault::kNone: return "none";
-    case Fault::kKillConsumer: return "kill-consumer";
-    case Fault::kKillProducer: return "kill-producer";
-    case Fault::kStallConsumer: return "stall-consumer";
-    case Fault::kCutConnection: return "cut-connection";
-    case Fault::kDrop: return "drop";
-    case Fault::kSlowConsumer: return "slow-consumer";
-    case Fault::kGarbage: return "garbage";
-    case Fault::kSigterm: return "sigterm";
-    case Fault::kWrongSecret: return "wrong-secret";
-  }
-  return "unknown";
-}
 
 std::string UsageText() { return kUsage; }
 
@@ -270,7 +232,7 @@ Status ApplyRawFlags(const CLI::App& app, const RawFlags& raw, Options* o) {
     return InvalidArgument("--delimiter must be one character (or \\t), got '" + raw.delimiter +
                            "'");
   }
-  auto f = ParseFault(raw.fault);
+  auto f = FaultByName(raw.fault);
   if (!f.ok()) return f.status();
   o->fault = *f;
   return Status::Ok();
@@ -320,8 +282,7 @@ Status CheckNetworkAndFiles(Options* o, bool total_set) {
     return InvalidArgument("--job file-partition runs one producer per --input file");
   }
   o->producers = static_cast<int>(o->inputs.size());
-  if (o->fault != Fault::kNone && o->fault != Fault::kGarbage &&
-      o->fault != Fault::kWrongSecret && o->fault != Fault::kDrop) {
+  if (PlanOf(o->fault).generated_only) {
     return InvalidArgument(std::string("--fault ") + FaultName(o->fault) +
                            " needs the generated job (it triggers on the record count)");
   }
@@ -331,10 +292,8 @@ Status CheckNetworkAndFiles(Options* o, bool total_set) {
 // The fault's placement needs, and the counts derived from them.
 Status CheckPlacement(Options* o) {
   const Fault f = o->fault;
-  const bool needs_victim = f == Fault::kKillConsumer || f == Fault::kKillProducer ||
-                            f == Fault::kStallConsumer || f == Fault::kSigterm ||
-                            f == Fault::kSlowConsumer || f == Fault::kCutConnection;
-  if (needs_victim && o->nodes < 2) {
+  // Every placement but none needs a second node (a victim, or a shifted consumer).
+  if (PlanOf(f).placement != VictimPlacement::kNone && o->nodes < 2) {
     return InvalidArgument(std::string("--fault ") + FaultName(f) + " needs --nodes >= 2");
   }
   if (f == Fault::kSlowConsumer) {
@@ -350,13 +309,14 @@ Status CheckPlacement(Options* o) {
   if (o->pattern == control::Pattern::kPointwise && o->producers != o->consumers) {
     return InvalidArgument("--pattern pointwise needs as many consumers as producers");
   }
-  if ((f == Fault::kKillConsumer || f == Fault::kStallConsumer) && o->consumers < o->nodes) {
+  const VictimPlacement placement = PlanOf(f).placement;
+  if (placement == VictimPlacement::kConsumerOnlyLast && o->consumers < o->nodes) {
     return InvalidArgument(std::string("--fault ") + FaultName(f) +
                            " places a consumer on every node: needs --consumers >= --nodes");
   }
-  if (f == Fault::kKillProducer && o->producers < o->nodes) {
-    return InvalidArgument("--fault kill-producer places a producer on every node: needs "
-                           "--producers >= --nodes");
+  if (placement == VictimPlacement::kProducerOnlyLast && o->producers < o->nodes) {
+    return InvalidArgument(std::string("--fault ") + FaultName(f) +
+                           " places a producer on every node: needs --producers >= --nodes");
   }
   if (o->kind == control::JobKind::kGenerated && o->records_per_producer == 0) {
     const uint64_t avg = (uint64_t{o->record_min} + o->record_max) / 2;

@@ -23,6 +23,7 @@ enum class Fault {
   kSigterm,        // SIGTERM a node mid-shuffle: it must exit 0 with every segment back
   kWrongSecret,    // --auth: a wrong and a missing secret must be refused
 };
+// The --fault value of `f` (tools/harness/fault_plan.cc).
 const char* FaultName(Fault f);
 
 struct Options {
