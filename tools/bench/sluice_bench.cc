@@ -15,6 +15,7 @@
 #include "tools/bench/data_path.h"
 #include "tools/bench/raw_pump.h"
 #include "tools/bench/report.h"
+#include "tools/common/report_util.h"
 
 namespace sluice::bench {
 namespace {
@@ -24,17 +25,8 @@ constexpr uint64_t kMemcpyWorkingSet = 64u << 20;
 // The ceilings need less time than the data path to settle.
 constexpr double kMaxBaselineSeconds = 2;
 
-// The element whose key is the median (the upper one of an even count); T{} when empty.
-template <typename T, typename Key>
-T MedianBy(std::vector<T> v, Key key) {
-  if (v.empty()) return T{};
-  std::sort(v.begin(), v.end(), [&](const T& a, const T& b) { return key(a) < key(b); });
-  return v[v.size() / 2];
-}
-
-double Median(const std::vector<double>& v) {
-  return MedianBy(v, [](double x) { return x; });
-}
+using tools::Median;
+using tools::MedianBy;
 
 Measurement Measure(const BenchFlags& f) {
   Measurement m;

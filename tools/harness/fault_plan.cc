@@ -1,17 +1,11 @@
 #include "tools/harness/fault_plan.h"
 
-#include <cstdio>
-
 #include "tools/harness/report.h"
 
 namespace sluice::harness {
 namespace {
 
-std::string Fixed(double v, int digits) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
-  return buf;
-}
+std::string Fixed(double v, int digits) { return tools::FormatFixed(v, digits); }
 std::string At(const Options& o) { return Fixed(o.fault_at * 100, 0) + "%"; }
 std::string Deadline(const Options& o) { return Fixed(o.fault_deadline_s, 0) + " s"; }
 

@@ -356,12 +356,11 @@ double HarnessRun::Calibrate(MainRun& m) {
       rates.push_back(static_cast<double>(cs.bytes) / kMiB / it->second);
     }
   }
-  std::sort(rates.begin(), rates.end());
   double rate = 0;
   if (!cal.all_succeeded || rates.empty()) {
     r.errors.push_back("the calibration run failed; no rate to throttle against");
   } else {
-    rate = rates[rates.size() / 2];
+    rate = tools::Median(rates);
     m.notes.push_back("calibration: median consumer rate " + Fixed(rate, 1) + " MiB/s over " +
                       Fixed(cal.seconds, 1) + " s");
     r.AddExtra("calibration_mib_per_second", rate);
@@ -396,8 +395,7 @@ void HarnessRun::RunMainJob(MainRun& m) {
   r.reordered = t.reordered;
   r.corrupted = t.corrupted;
   r.seconds = m.out.seconds;
-  r.mib_per_second =
-      m.out.seconds > 0 ? static_cast<double>(t.bytes) / kMiB / m.out.seconds : 0;
+  r.mib_per_second = tools::MiBPerSecond(t.bytes, m.out.seconds);
   if (t.duplicated || t.reordered || t.corrupted) {
     r.errors.push_back("records duplicated, reordered or corrupted: never acceptable");
   }
@@ -531,12 +529,11 @@ void HarnessRun::CheckSlowConsumer(MainRun& m) {
     per += (per.empty() ? "" : ", ") + std::to_string(c) + ": " + Fixed(rate, 1);
     if (static_cast<int>(c) != m.spec.throttled_consumer) rates.push_back(rate);
   }
-  std::sort(rates.begin(), rates.end());
   m.notes.push_back("consumer rates MiB/s {" + per + "}");
   if (rates.empty()) return;
-  const double median = rates[rates.size() / 2];
+  const double median = tools::Median(rates);
   r.AddExtra("unthrottled_median_mib_per_second", median);
-  r.AddExtra("unthrottled_min_mib_per_second", rates.front());
+  r.AddExtra("unthrottled_min_mib_per_second", *std::min_element(rates.begin(), rates.end()));
   if (median < 0.5 * m.calibration_rate) {
     r.errors.push_back("the unthrottled consumers slowed down: median " + Fixed(median, 1) +
                        " MiB/s < 0.5 x calibration " + Fixed(m.calibration_rate, 1) + " MiB/s");

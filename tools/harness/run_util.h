@@ -3,16 +3,16 @@
 #pragma once
 
 #include <chrono>
-#include <cstdio>
 #include <string>
 
+#include "tools/common/report_util.h"
 #include "tools/control/job_spec.h"
 
 namespace sluice::harness {
 
 using Clock = std::chrono::steady_clock;
 
-inline constexpr double kMiB = 1024.0 * 1024.0;
+using tools::kMiB;
 
 // Follow-up job size: small, so that it proves the survivors serve jobs without costing time.
 inline constexpr uint64_t kFollowUpRecords = 20000;
@@ -26,11 +26,7 @@ inline double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
 }
 
-inline std::string Fixed(double v, int digits = 1) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
-  return buf;
-}
+inline std::string Fixed(double v, int digits = 1) { return tools::FormatFixed(v, digits); }
 
 // True once SIGINT or SIGTERM reached the harness (InstallSignalHandlers in harness_run.h).
 bool Interrupted();
