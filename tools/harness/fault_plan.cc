@@ -16,8 +16,8 @@ std::string ExpectNone(const Options&) {
 std::string ExpectKillConsumer(const Options& o) {
   return "SIGKILL of the consumer-only node at " + At(o) +
          " of the records: the job fails cleanly, no hang: the survivors end (by their own "
-         "errors, or cancelled by the harness after 5 s) within " + Deadline(o) +
-         ", return every segment, and then run a follow-up job successfully";
+         "errors, or cancelled by the harness after 5 s) within " +
+         Deadline(o) + ", return every segment, and then run a follow-up job successfully";
 }
 std::string ExpectKillProducer(const Options& o) {
   return "SIGKILL of the producer-only node at " + At(o) +
@@ -55,8 +55,8 @@ std::string ExpectSigterm(const Options& o) {
          Fixed(o.shutdown_deadline_s, 0) +
          " s (after draining or cancelling its tasks within its shutdown grace and "
          "checking every segment is back); either it drained its share and the job succeeds "
-         "on the survivors, or the consumers reading from it fail within " + Deadline(o) +
-         " naming its host:port; the survivors leak nothing and run a follow-up job";
+         "on the survivors, or the consumers reading from it fail within " +
+         Deadline(o) + " naming its host:port; the survivors leak nothing and run a follow-up job";
 }
 std::string ExpectWrongSecret(const Options&) {
   return "a wrong and a missing secret are refused with PermissionDenied at connect; the "
@@ -80,8 +80,7 @@ constexpr FaultPlan kPlans[] = {
      ExpectSlowConsumer},
     {Fault::kGarbage, "garbage", VP::kNone, false, false, false, false, ExpectGarbage},
     {Fault::kSigterm, "sigterm", VP::kLast, true, true, true, true, ExpectSigterm},
-    {Fault::kWrongSecret, "wrong-secret", VP::kNone, false, false, false, false,
-     ExpectWrongSecret},
+    {Fault::kWrongSecret, "wrong-secret", VP::kNone, false, false, false, false, ExpectWrongSecret},
 };
 
 }  // namespace

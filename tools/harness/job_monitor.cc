@@ -73,7 +73,8 @@ void HarnessRun::PrintProgress(const control::JobSpec& spec, const JobView& view
     bytes += cs.bytes;
   }
   const double dt = elapsed - std::max(0.0, last_print_s_);
-  const double rate = dt > 0 ? static_cast<double>(bytes - std::min(bytes, last_print_bytes_)) / kMiB / dt : 0;
+  const double rate =
+      dt > 0 ? static_cast<double>(bytes - std::min(bytes, last_print_bytes_)) / kMiB / dt : 0;
   if (!final && !progress_tty_ && last_print_s_ >= 0 && elapsed - last_print_s_ < 2.0) return;
   last_print_s_ = elapsed;
   last_print_bytes_ = bytes;
@@ -82,18 +83,27 @@ void HarnessRun::PrintProgress(const control::JobSpec& spec, const JobView& view
   for (size_t i = 0; i < stats_.size(); ++i) {
     if (!cluster_->node(static_cast<int>(i)).alive) continue;
     total += stats_[i].total_segments;
-    used += stats_[i].total_segments - std::min(stats_[i].total_segments, stats_[i].available_segments);
+    used +=
+        stats_[i].total_segments - std::min(stats_[i].total_segments, stats_[i].available_segments);
   }
-  const uint64_t expected =
-      spec.kind == control::JobKind::kGenerated ? spec.records_per_producer * spec.producer_nodes.size() : 0;
+  const uint64_t expected = spec.kind == control::JobKind::kGenerated
+                                ? spec.records_per_producer * spec.producer_nodes.size()
+                                : 0;
   char line[256];
-  std::snprintf(line, sizeof line, "[%6.1fs] %s %llu%s%s records  %.1f MiB  %.1f MiB/s  pool %llu/%llu segments (%.0f%%)",
-                elapsed, spec.job_id.c_str(), static_cast<unsigned long long>(records),
-                expected ? ("/" + std::to_string(expected)).c_str() : "",
-                expected ? (" (" + Fixed(100.0 * static_cast<double>(records) / static_cast<double>(expected), 0) + "%)").c_str() : "",
-                static_cast<double>(bytes) / kMiB, final ? static_cast<double>(bytes) / kMiB / std::max(elapsed, 1e-3) : rate,
-                static_cast<unsigned long long>(used), static_cast<unsigned long long>(total),
-                total ? 100.0 * static_cast<double>(used) / static_cast<double>(total) : 0.0);
+  std::snprintf(
+      line, sizeof line,
+      "[%6.1fs] %s %llu%s%s records  %.1f MiB  %.1f MiB/s  pool %llu/%llu segments (%.0f%%)",
+      elapsed, spec.job_id.c_str(), static_cast<unsigned long long>(records),
+      expected ? ("/" + std::to_string(expected)).c_str() : "",
+      expected
+          ? (" (" + Fixed(100.0 * static_cast<double>(records) / static_cast<double>(expected), 0) +
+             "%)")
+                .c_str()
+          : "",
+      static_cast<double>(bytes) / kMiB,
+      final ? static_cast<double>(bytes) / kMiB / std::max(elapsed, 1e-3) : rate,
+      static_cast<unsigned long long>(used), static_cast<unsigned long long>(total),
+      total ? 100.0 * static_cast<double>(used) / static_cast<double>(total) : 0.0);
   if (progress_tty_) {
     std::fprintf(stderr, "\r%-120s%s", line, final ? "\n" : "");
   } else {
@@ -117,8 +127,8 @@ bool HarnessRun::SubmitAll(const control::JobSpec& spec, const std::vector<int>&
                             : IoError(client_errors_[static_cast<size_t>(ids[k])]);
     if (!s.ok()) {
       out->errors.push_back("node " + std::to_string(ids[k]) + " (" +
-                            cluster_->node(ids[k]).address() + ") did not take job " +
-                            spec.job_id + ": " + s.ToString());
+                            cluster_->node(ids[k]).address() + ") did not take job " + spec.job_id +
+                            ": " + s.ToString());
       for (size_t m = 0; m < k; ++m) view.state[m] = JobState::kRunning;
       CancelOn(spec, std::vector<int>(ids.begin(), ids.begin() + static_cast<long>(k)), view,
                "another node refused the job", &out->errors);
@@ -143,8 +153,8 @@ void HarnessRun::PollNodes(JobLoop& l, double now, JobOutcome* out) {
       if (!is_victim) {
         out->errors.push_back("node " + std::to_string(id) + " (" + node.address() +
                               ") died during job " + spec.job_id + " with " +
-                              DescribeWaitStatus(node.wait_status) + "; its log " +
-                              node.log_path + " ends with: " + cluster_->LogTail(id, 3));
+                              DescribeWaitStatus(node.wait_status) + "; its log " + node.log_path +
+                              " ends with: " + cluster_->LogTail(id, 3));
       }
       continue;
     }
@@ -153,8 +163,8 @@ void HarnessRun::PollNodes(JobLoop& l, double now, JobOutcome* out) {
     if (c == nullptr) continue;
     auto st = c->GetJobStatus(spec.job_id, spec.token);
     if (!st.ok()) {
-      const std::string e = "GetJobStatus on node " + std::to_string(id) + " failed: " +
-                            st.status().ToString();
+      const std::string e =
+          "GetJobStatus on node " + std::to_string(id) + " failed: " + st.status().ToString();
       if (l.reported.insert(e).second && !is_victim) out->errors.push_back(e);
       DropClient(id);
       continue;
@@ -228,8 +238,8 @@ void HarnessRun::MaybeFire(JobLoop& l, double now, JobOutcome* out) {
       break;
     case Fault::kCutConnection: {
       auto* c = Client(l.victim);
-      auto r = c != nullptr ? c->CutConnections()
-                            : Result<uint32_t>(IoError("no control connection"));
+      auto r =
+          c != nullptr ? c->CutConnections() : Result<uint32_t>(IoError("no control connection"));
       if (r.ok()) {
         out->notes.push_back("CutConnections closed " + std::to_string(*r) +
                              " data connections of " + where);
@@ -261,8 +271,8 @@ void HarnessRun::WatchVictim(JobLoop& l, double now, JobOutcome* out) {
                          Fixed(now - l.fired_s, 1) + " s after SIGTERM");
     if (how != "exit 0") {
       out->errors.push_back("node " + std::to_string(l.victim) + " ended with " + how +
-                            " after SIGTERM during a job, expected exit 0; its log " +
-                            vn.log_path + " ends with: " + cluster_->LogTail(l.victim, 3));
+                            " after SIGTERM during a job, expected exit 0; its log " + vn.log_path +
+                            " ends with: " + cluster_->LogTail(l.victim, 3));
     }
   } else if (now - l.fired_s > o_.shutdown_deadline_s) {
     l.victim_exit_checked = true;
@@ -373,8 +383,7 @@ void HarnessRun::ReapSigtermVictim(JobLoop& l, JobOutcome* out) {
   }
 }
 
-HarnessRun::JobOutcome HarnessRun::RunJob(const control::JobSpec& spec,
-                                          const std::vector<int>& ids,
+HarnessRun::JobOutcome HarnessRun::RunJob(const control::JobSpec& spec, const std::vector<int>& ids,
                                           const Placement& placement, bool inject) {
   JobOutcome out;
   const size_t n = ids.size();
@@ -429,17 +438,20 @@ std::map<int, int64_t> HarnessRun::CheckLeaks(const std::vector<int>& ids, milli
     int64_t out = -1;
     while (true) {
       auto* c = Client(id);
-      auto st = c != nullptr ? c->GetStats() : Result<control::NodeStats>(IoError(client_errors_[static_cast<size_t>(id)]));
+      auto st = c != nullptr
+                    ? c->GetStats()
+                    : Result<control::NodeStats>(IoError(client_errors_[static_cast<size_t>(id)]));
       if (!st.ok()) {
         DropClient(id);
         if (Clock::now() >= until) {
-          errors->push_back("leak check: GetStats on node " + std::to_string(id) + " failed: " +
-                            st.status().ToString());
+          errors->push_back("leak check: GetStats on node " + std::to_string(id) +
+                            " failed: " + st.status().ToString());
           break;
         }
       } else {
         stats_[static_cast<size_t>(id)] = *st;
-        out = static_cast<int64_t>(st->total_segments) - static_cast<int64_t>(st->available_segments);
+        out =
+            static_cast<int64_t>(st->total_segments) - static_cast<int64_t>(st->available_segments);
         if (out == 0 || Clock::now() >= until) break;
       }
       std::this_thread::sleep_for(milliseconds(100));
@@ -471,8 +483,7 @@ bool HarnessRun::RunFollowUp(const std::vector<int>& ids, std::vector<std::strin
   auto out = RunJob(spec, ids, p, false);
   const Tally t = Count(spec, out.view);
   bool ok = out.all_succeeded && out.errors.empty() && t.lost == 0 && t.duplicated == 0 &&
-            t.reordered == 0 && t.corrupted == 0 &&
-            t.received == kFollowUpRecords * ids.size();
+            t.reordered == 0 && t.corrupted == 0 && t.received == kFollowUpRecords * ids.size();
   for (const auto& e : out.errors) errors->push_back("follow-up job: " + e);
   if (!ok) {
     std::string why;
