@@ -45,6 +45,21 @@ Result<uint64_t> ParseSizeIn(const std::string& name, const std::string& v, uint
   return *r;
 }
 
+// --record-size N or MIN-MAX, each a size with k/m/g.
+Status ApplyRecordSize(BenchFlags* f, const std::string& v) {
+  const size_t dash = v.find('-');
+  const std::string lo = dash == std::string::npos ? v : v.substr(0, dash);
+  const std::string hi = dash == std::string::npos ? v : v.substr(dash + 1);
+  Result<uint64_t> a = ParseSizeIn("record-size", lo, 1, 64u << 20);
+  Result<uint64_t> b = ParseSizeIn("record-size", hi, 1, 64u << 20);
+  if (!a.ok()) return a.status();
+  if (!b.ok()) return b.status();
+  if (*a > *b) return InvalidArgument("--record-size MIN-MAX wants MIN <= MAX, got " + v);
+  f->record_min = static_cast<uint32_t>(*a);
+  f->record_max = static_cast<uint32_t>(*b);
+  return Status::Ok();
+}
+
 Result<bool> ParseOnOff(const std::string& name, const std::string& v) {
   if (v == "on" || v == "true" || v == "1") return true;
   if (v == "off" || v == "false" || v == "0") return false;
@@ -125,16 +140,7 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
   } else if (name == "channels") {
     return set_u32(&f->channels, 1, 100000);
   } else if (name == "record-size") {
-    const size_t dash = v.find('-');
-    const std::string lo = dash == std::string::npos ? v : v.substr(0, dash);
-    const std::string hi = dash == std::string::npos ? v : v.substr(dash + 1);
-    Result<uint64_t> a = ParseSizeIn(name, lo, 1, 64u << 20);
-    Result<uint64_t> b = ParseSizeIn(name, hi, 1, 64u << 20);
-    if (!a.ok()) return a.status();
-    if (!b.ok()) return b.status();
-    if (*a > *b) return InvalidArgument("--record-size MIN-MAX wants MIN <= MAX, got " + v);
-    f->record_min = static_cast<uint32_t>(*a);
-    f->record_max = static_cast<uint32_t>(*b);
+    return ApplyRecordSize(f, v);
   } else if (name == "segment-size") {
     Result<uint64_t> r = ParseSizeIn(name, v, 4096, 1u << 20);
     if (!r.ok()) return r.status();
