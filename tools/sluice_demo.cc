@@ -2,7 +2,7 @@
 // that backpressure is visible: the producer blocks whenever the consumer holds every buffer.
 // Prints pool usage as it goes and ends with the leak check. Exit status 0 only when every
 // record arrived in order and every segment went back.
-//   sluice-demo [--records N] [--segment-size BYTES] [--segments N]
+//   sluice-demo [--records N] [--segment-size SIZE] [--segments N] [--help] [--version]
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -15,6 +15,7 @@
 
 #include "buffer/local_buffer_pool.h"
 #include "buffer/network_buffer_pool.h"
+#include "tools/common/cli.h"
 
 namespace {
 
@@ -26,18 +27,20 @@ struct Args {
   uint32_t segments = 16;
 };
 
-bool ParseArgs(int argc, char** argv, Args* a) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    if (k == "-h" || k == "--help") return false;
-    if (i + 1 >= argc) return false;
-    const unsigned long long v = std::strtoull(argv[++i], nullptr, 10);
-    if (k == "--records") a->records = v;
-    else if (k == "--segment-size") a->segment_size = static_cast<uint32_t>(v);
-    else if (k == "--segments") a->segments = static_cast<uint32_t>(v);
-    else return false;
-  }
-  return true;
+// Parses the flags (tools/common/cli.h conventions). Returns -1 to go on, else the exit code.
+int ParseArgs(int argc, char** argv, Args* a) {
+  CLI::App app("A producer and a consumer passing buffers through a deliberately tiny pool, "
+               "so that backpressure is visible; ends with the leak check.",
+               "sluice-demo");
+  sluice::tools::AddVersionFlag(app, "sluice-demo");
+  app.add_option("--records", a->records, "records of 8 bytes to pass")->capture_default_str();
+  app.add_option("--segment-size", a->segment_size, "bytes per segment (k/m/g), e.g. 4k")
+      ->transform(sluice::tools::SizeValue())
+      ->capture_default_str();
+  app.add_option("--segments", a->segments, "segments in the global pool")
+      ->check(CLI::Range(1u, 1u << 20))
+      ->capture_default_str();
+  return sluice::tools::ParseOrExit(app, argc, argv);
 }
 
 // A bounded hand-off between the two threads (the demo's stand-in for a channel).
@@ -66,10 +69,7 @@ class Handoff {
 
 int main(int argc, char** argv) {
   Args args;
-  if (!ParseArgs(argc, argv, &args)) {
-    std::fprintf(stderr, "usage: sluice-demo [--records N] [--segment-size BYTES] [--segments N]\n");
-    return 2;
-  }
+  if (const int exit_code = ParseArgs(argc, argv, &args); exit_code >= 0) return exit_code;
   sluice::buffer::NetworkBufferPoolOptions o;
   o.segment_size = args.segment_size;
   o.network_memory = static_cast<uint64_t>(args.segments) * args.segment_size;

@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <sstream>
 
 #include "shuffle/auth.h"
+#include "tools/common/cli.h"
 #include "tools/control/control_client.h"
 
 namespace sluice::bench {
@@ -29,6 +31,33 @@ Result<uint64_t> ParseUnsigned(const std::string& name, const std::string& v, ui
                            " to " + std::to_string(max) + ", got '" + v + "'");
   }
   return static_cast<uint64_t>(u);
+}
+
+// A size with k/m/g (tools/common/cli.h) within [min, max].
+Result<uint64_t> ParseSizeIn(const std::string& name, const std::string& v, uint64_t min,
+                             uint64_t max) {
+  Result<uint64_t> r = tools::ParseSize(v, "--" + name);
+  if (!r.ok()) return r.status();
+  if (*r < min || *r > max) {
+    return InvalidArgument("--" + name + " wants a size from " + std::to_string(min) + " to " +
+                           std::to_string(max) + " bytes, got '" + v + "'");
+  }
+  return *r;
+}
+
+// --record-size N or MIN-MAX, each a size with k/m/g.
+Status ApplyRecordSize(BenchFlags* f, const std::string& v) {
+  const size_t dash = v.find('-');
+  const std::string lo = dash == std::string::npos ? v : v.substr(0, dash);
+  const std::string hi = dash == std::string::npos ? v : v.substr(dash + 1);
+  Result<uint64_t> a = ParseSizeIn("record-size", lo, 1, 64u << 20);
+  Result<uint64_t> b = ParseSizeIn("record-size", hi, 1, 64u << 20);
+  if (!a.ok()) return a.status();
+  if (!b.ok()) return b.status();
+  if (*a > *b) return InvalidArgument("--record-size MIN-MAX wants MIN <= MAX, got " + v);
+  f->record_min = static_cast<uint32_t>(*a);
+  f->record_max = static_cast<uint32_t>(*b);
+  return Status::Ok();
 }
 
 Result<bool> ParseOnOff(const std::string& name, const std::string& v) {
@@ -56,8 +85,8 @@ const char* BenchUsage() {
          "  --mode local|remote        one process over local channels, or two processes over one\n"
          "                             loopback TCP connection (default remote)\n"
          "  --channels N               subpartitions = input channels (default 64)\n"
-         "  --record-size N|MIN-MAX    record bytes, fixed or uniform in a range (default 100)\n"
-         "  --segment-size B           buffer size, a power of two 4096..1048576 (default 32768)\n"
+         "  --record-size N|MIN-MAX    record bytes (k/m/g), fixed or uniform in a range (default 100)\n"
+         "  --segment-size SIZE        buffer size, a power of two 4k..1m (default 32k)\n"
          "  --buffers-per-channel N    exclusive buffers per remote channel (default 2)\n"
          "  --floating-per-gate N      floating buffers of the input gate (default 8)\n"
          "  --buffer-timeout-ms T      output flusher period; 0 flush per record, -1 off (100)\n"
@@ -79,8 +108,9 @@ const char* BenchUsage() {
          "                             engine that serializes its record straight into the\n"
          "                             buffer (default off: records are copied from the\n"
          "                             producer's memory)\n"
-         "  --network-memory-mib M     network memory per process (default: the recommended\n"
-         "                             estimate for the topology)\n"
+         "  --network-memory SIZE      network memory per process, e.g. 64m (default: the\n"
+         "                             recommended estimate for the topology)\n"
+         "  --network-memory-mib M     the same in MiB (older spelling)\n"
          "  --rounds N                 repeat baselines and run N times, report medians (1)\n"
          "  --baselines on|off         measure the pump and memcpy ceilings (and the TCP\n"
          "                             latency floor with --latency) (default on)\n"
@@ -91,7 +121,10 @@ const char* BenchUsage() {
          "  --state-dir D              the secret in D/auth_secret (a sluiced state directory)\n"
          "  --json                     print one JSON object instead of the text report\n"
          "  --sweep NAME=v1,v2,...     run once per value of flag NAME, print a table and write\n"
-         "  --sweep-out FILE           an SVG chart (default sluice-bench-sweep.svg)\n";
+         "  --sweep-out FILE           an SVG chart (default sluice-bench-sweep.svg)\n"
+         "  --help, --version\n"
+         "Flags take --flag value or --flag=value. Exit 0 when every run was healthy, 1 when\n"
+         "one failed, 2 for a usage error.\n";
 }
 
 Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
@@ -107,18 +140,11 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
   } else if (name == "channels") {
     return set_u32(&f->channels, 1, 100000);
   } else if (name == "record-size") {
-    const size_t dash = v.find('-');
-    const std::string lo = dash == std::string::npos ? v : v.substr(0, dash);
-    const std::string hi = dash == std::string::npos ? v : v.substr(dash + 1);
-    Result<uint64_t> a = ParseUnsigned(name, lo, 1, 64u << 20);
-    Result<uint64_t> b = ParseUnsigned(name, hi, 1, 64u << 20);
-    if (!a.ok()) return a.status();
-    if (!b.ok()) return b.status();
-    if (*a > *b) return InvalidArgument("--record-size MIN-MAX wants MIN <= MAX, got " + v);
-    f->record_min = static_cast<uint32_t>(*a);
-    f->record_max = static_cast<uint32_t>(*b);
+    return ApplyRecordSize(f, v);
   } else if (name == "segment-size") {
-    if (Status s = set_u32(&f->segment_size, 4096, 1u << 20); !s.ok()) return s;
+    Result<uint64_t> r = ParseSizeIn(name, v, 4096, 1u << 20);
+    if (!r.ok()) return r.status();
+    f->segment_size = static_cast<uint32_t>(*r);
     if ((f->segment_size & (f->segment_size - 1)) != 0) {
       return InvalidArgument("--segment-size must be a power of two, got " + v);
     }
@@ -153,6 +179,10 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
     return set_u32(&f->rate, 1, 10000000);
   } else if (name == "batch") {
     return set_u32(&f->batch, 1, 1u << 16);
+  } else if (name == "network-memory") {
+    Result<uint64_t> r = ParseSizeIn(name, v, 0, uint64_t{1} << 40);
+    if (!r.ok()) return r.status();
+    f->network_memory = *r;
   } else if (name == "network-memory-mib") {
     Result<uint64_t> r = ParseUnsigned(name, v, 0, 1u << 20);
     if (!r.ok()) return r.status();
@@ -173,63 +203,82 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
   return Status::Ok();
 }
 
-Result<BenchFlags> ParseBenchFlags(int argc, char** argv) {
-  BenchFlags f;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "-h" || a == "--help") {
-      std::fputs(BenchUsage(), stdout);
-      std::exit(0);
-    }
-    if (a.rfind("--", 0) != 0) return InvalidArgument("unexpected argument '" + a + "'");
-    a = a.substr(2);
-    std::string value;
-    bool has_value = false;
-    if (const size_t eq = a.find('='); eq != std::string::npos) {
-      value = a.substr(eq + 1);
-      a = a.substr(0, eq);
-      has_value = true;
-    }
-    if (a == "json") {
-      f.json = true;
-      continue;
-    }
-    if (a == "latency") {
-      f.latency = true;
-      continue;
-    }
-    if (!has_value) {
-      if (i + 1 >= argc) return InvalidArgument("missing value after --" + a);
-      value = argv[++i];
-    }
-    if (a == "sweep") {
-      const size_t eq = value.find('=');
-      if (eq == std::string::npos || eq + 1 >= value.size()) {
-        return InvalidArgument("--sweep wants NAME=v1,v2,..., got '" + value + "'");
-      }
-      f.sweep_name = value.substr(0, eq);
-      std::stringstream list(value.substr(eq + 1));
-      std::string item;
-      while (std::getline(list, item, ',')) {
-        if (!item.empty()) f.sweep_values.push_back(item);
-      }
-      if (f.sweep_name == "sweep" || f.sweep_name == "sweep-out" || f.sweep_name == "mode" ||
-          f.sweep_name == "auth-secret-file" || f.sweep_name == "state-dir") {
-        return InvalidArgument("--sweep cannot vary --" + f.sweep_name);
-      }
-      continue;
-    }
-    if (Status s = ApplyFlag(&f, a, value); !s.ok()) return s;
+namespace {
+
+// Every flag that takes a value, by its name without dashes; ApplyFlag gives each its meaning.
+constexpr const char* kValueFlags[] = {
+    "mode",       "channels",          "record-size",     "segment-size",
+    "buffers-per-channel", "floating-per-gate", "buffer-timeout-ms", "seconds",
+    "warmup",     "checksum",          "baselines",       "in-place",
+    "auth",       "auth-secret-file",  "state-dir",       "rate",
+    "batch",      "network-memory",    "network-memory-mib", "rounds",
+    "pump-bufs-per-write", "sweep-out"};
+
+Status ParseSweep(BenchFlags* f, const std::string& value) {
+  const size_t eq = value.find('=');
+  if (eq == std::string::npos || eq + 1 >= value.size()) {
+    return InvalidArgument("--sweep wants NAME=v1,v2,..., got '" + value + "'");
   }
+  f->sweep_name = value.substr(0, eq);
+  std::stringstream list(value.substr(eq + 1));
+  std::string item;
+  while (std::getline(list, item, ',')) {
+    if (!item.empty()) f->sweep_values.push_back(item);
+  }
+  if (f->sweep_name == "sweep" || f->sweep_name == "sweep-out" || f->sweep_name == "mode" ||
+      f->sweep_name == "auth-secret-file" || f->sweep_name == "state-dir") {
+    return InvalidArgument("--sweep cannot vary --" + f->sweep_name);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+int ParseBenchFlags(int argc, char** argv, BenchFlags* out) {
+  BenchFlags f;
+  CLI::App app(BenchUsage(), "sluice-bench");
+  app.set_help_flag("");  // the hand-written usage above lists every flag
+  app.add_flag("-h,--help")->description("print the usage and exit");
+  tools::AddVersionFlag(app, "sluice-bench");
+  std::map<std::string, std::string> values;
+  for (const char* name : kValueFlags) {
+    app.add_option(std::string("--") + name, values[name])
+        ->each([&f, name = std::string(name)](const std::string& v) {
+          Status s = ApplyFlag(&f, name, v);
+          if (s.ok()) return;
+          // CLI11 names the flag in front of the message: do not say it twice.
+          const std::string self = "--" + name + " ";
+          std::string message = s.message();
+          if (message.rfind(self, 0) == 0) message = message.substr(self.size());
+          throw CLI::ValidationError(message);
+        });
+  }
+  app.add_flag("--json", f.json);
+  app.add_flag("--latency", f.latency);
+  std::string sweep;
+  app.add_option("--sweep", sweep, "NAME=v1,v2,...")->each([&f](const std::string& v) {
+    if (Status s = ParseSweep(&f, v); !s.ok()) throw CLI::ValidationError(s.message());
+  });
+  if (const int exit_code = tools::ParseOrExit(app, argc, argv); exit_code >= 0) return exit_code;
+  if (app.count("--help") > 0) {
+    std::fputs(BenchUsage(), stdout);
+    return tools::kExitOk;
+  }
+  Status s = Status::Ok();
   if (!f.auth_secret_file.empty() && !f.state_dir.empty()) {
-    return InvalidArgument("give --auth-secret-file or --state-dir, not both");
+    s = InvalidArgument("give --auth-secret-file or --state-dir, not both");
   }
   // Every sweep value must parse before anything runs.
   for (const std::string& v : f.sweep_values) {
     BenchFlags probe = f;
-    if (Status s = ApplyFlag(&probe, f.sweep_name, v); !s.ok()) return s;
+    if (s.ok()) s = ApplyFlag(&probe, f.sweep_name, v);
   }
-  return f;
+  if (!s.ok()) {
+    std::fprintf(stderr, "sluice-bench: %s\n", s.message().c_str());
+    return tools::kExitUsage;
+  }
+  *out = std::move(f);
+  return -1;
 }
 
 Status ResolveBenchSecret(BenchFlags* f) {

@@ -52,8 +52,10 @@ struct BenchFlags {
   double MeanRecordSize() const { return (record_min + record_max) / 2.0; }
 };
 
-// Parses argv. --help prints the usage and exits 0.
-Result<BenchFlags> ParseBenchFlags(int argc, char** argv);
+// Parses argv with CLI11 (tools/common/cli.h conventions: --flag value and --flag=value, k/m/g
+// sizes). Returns -1 when the run should go on (*out filled), else the exit code to return now:
+// 0 after --help or --version, 2 after a usage error (printed, naming the flag).
+int ParseBenchFlags(int argc, char** argv, BenchFlags* out);
 // Sets one flag by its name without dashes ("channels", "record-size", ...), as --sweep does.
 Status ApplyFlag(BenchFlags* flags, const std::string& name, const std::string& value);
 const char* BenchUsage();

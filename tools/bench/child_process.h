@@ -12,6 +12,8 @@
 #include <string>
 #include <type_traits>
 
+#include "tools/common/fd_io.h"
+
 namespace sluice::bench {
 
 // A forked child with a pipe from it (to_parent) and one to it (to_child).
@@ -27,9 +29,9 @@ Child ForkChild(const std::function<int(int from_parent, int to_parent)>& body);
 // Closes the parent's pipe ends and waits for the child; returns its exit status (or -1).
 int WaitChild(Child& child);
 
-// Whole-message I/O on a pipe (retries short reads/writes and EINTR).
-bool WriteAll(int fd, const void* data, size_t n);
-bool ReadAll(int fd, void* data, size_t n);
+// Whole-message I/O on pipes and sockets: the tools' shared helpers (tools/common/fd_io.h).
+using tools::ReadAll;
+using tools::WriteAll;
 
 template <typename T>
 bool WritePod(int fd, const T& v) {

@@ -169,25 +169,82 @@ Status Produce(shuffle::RecordWriter& writer, const BenchFlags& f, const std::at
   return writer.Finish();
 }
 
+// The consumer's clock: warm-up, the measured window, one interval line per second, and the
+// drain after the producer was told to stop.
+struct ConsumeWindow {
+  Clock::time_point t0, warm_end, end, next_tick, last_tick, stopped_at, warm_at;
+  bool warm = false;
+  bool stopped = false;
+  uint64_t records = 0, bytes = 0;
+  uint64_t tick_records = 0, tick_bytes = 0, tick_buffers = 0;
+  uint64_t warm_records = 0, warm_bytes = 0, warm_buffers = 0;
+};
+
+void PrintInterval(const BenchFlags& f, const buffer::NetworkBufferPool& pool,
+                   const ConsumeWindow& w, Clock::time_point now, uint64_t buffers) {
+  if (f.json) return;
+  const double dt = std::chrono::duration<double>(now - w.last_tick).count();
+  std::printf("[%5.1f-%5.1f s] %9.3f M rec/s %9.1f MiB/s %9.0f buf/s  pool %u/%u%s\n",
+              std::chrono::duration<double>(w.last_tick - w.t0).count(),
+              std::chrono::duration<double>(now - w.t0).count(),
+              (w.records - w.tick_records) / dt / 1e6, (w.bytes - w.tick_bytes) / dt / (1 << 20),
+              (buffers - w.tick_buffers) / dt, pool.used_segments(), pool.total_segments(),
+              w.last_tick < w.warm_end && f.warmup > 0 ? "  (warm-up)" : "");
+  std::fflush(stdout);
+}
+
+// Every 512 records (and on every non-record item): warm-up end, interval line, stop.
+Status AdvanceWindow(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
+                     const BenchFlags& f, const std::function<void()>& stop_producer,
+                     ConsumeWindow& w, RunResult* out) {
+  const Clock::time_point now = Clock::now();
+  if (!w.warm && now >= w.warm_end) {
+    w.warm = true;
+    w.warm_at = now;
+    w.warm_records = w.records;
+    w.warm_bytes = w.bytes;
+    w.warm_buffers = gate->Stats().buffers_in;
+  }
+  const bool stopping = !w.stopped && now >= w.end;
+  if (!w.stopped && (now >= w.next_tick || stopping)) {
+    const uint64_t buffers = gate->Stats().buffers_in;
+    PrintInterval(f, pool, w, now, buffers);
+    w.tick_records = w.records;
+    w.tick_bytes = w.bytes;
+    w.tick_buffers = buffers;
+    w.last_tick = now;
+    w.next_tick = now + std::chrono::seconds(1);
+  }
+  if (stopping) {
+    w.stopped = true;
+    w.stopped_at = now;
+    out->seconds = std::chrono::duration<double>(now - w.warm_at).count();
+    out->records = w.records - w.warm_records;
+    out->bytes = w.bytes - w.warm_bytes;
+    out->buffers = gate->Stats().buffers_in - w.warm_buffers;
+    stop_producer();
+  }
+  if (w.stopped && now - w.stopped_at > kDrainLimit) {
+    return TimeoutError("no end of input within 30 s after the producer was told to stop");
+  }
+  return Status::Ok();
+}
+
 // Reads to the end of input: warm-up, then the measured window, then stops the producer and
 // drains. One interval line per second.
 Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
                const BenchFlags& f, const std::function<void()>& stop_producer, RunResult* out) {
   shuffle::RecordReader reader(gate);
-  const Clock::time_point t0 = Clock::now();
-  const Clock::time_point warm_end =
-      t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(f.warmup));
-  const Clock::time_point end =
-      warm_end + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(f.seconds));
-  Clock::time_point next_tick = t0 + std::chrono::seconds(1);
-  Clock::time_point last_tick = t0;
-  Clock::time_point stopped_at;
-  Clock::time_point warm_at = t0;  // the measured window starts here
-  bool warm = f.warmup <= 0;
-  bool stopped = false;
-  uint64_t records = 0, bytes = 0;
-  uint64_t tick_records = 0, tick_bytes = 0, tick_buffers = 0;
-  uint64_t warm_records = 0, warm_bytes = 0, warm_buffers = 0;
+  ConsumeWindow w;
+  w.t0 = Clock::now();
+  w.warm_end = w.t0 + std::chrono::duration_cast<Clock::duration>(
+                          std::chrono::duration<double>(f.warmup));
+  w.end = w.warm_end + std::chrono::duration_cast<Clock::duration>(
+                           std::chrono::duration<double>(f.seconds));
+  w.next_tick = w.t0 + std::chrono::seconds(1);
+  w.last_tick = w.t0;
+  w.warm_at = w.t0;  // the measured window starts here
+  w.warm = f.warmup <= 0;
   std::vector<uint64_t> expected(f.channels, 0);
   std::vector<uint64_t> latencies;
   if (f.latency) latencies.reserve(static_cast<size_t>(f.rate * (f.seconds + 1)));
@@ -199,8 +256,8 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
     if (item->kind == shuffle::RecordReader::Kind::kEndOfInput) break;
     if (item->kind == shuffle::RecordReader::Kind::kRecord) {
       const std::span<const uint8_t> rec = item->data;
-      ++records;
-      bytes += rec.size();
+      ++w.records;
+      w.bytes += rec.size();
       if (rec.size() >= kSeqBytes) {
         uint64_t seq;
         std::memcpy(&seq, rec.data(), kSeqBytes);
@@ -208,7 +265,7 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
         if (seq != want) ++out->order_errors;
         want = seq + 1;
       }
-      if (f.latency && warm && !stopped && rec.size() >= kStampBytes) {
+      if (f.latency && w.warm && !w.stopped && rec.size() >= kStampBytes) {
         uint64_t sent;
         std::memcpy(&sent, rec.data() + kSeqBytes, 8);
         const uint64_t now = MonotonicNs();
@@ -218,48 +275,9 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
     }
     since_check = 0;
     peak_used = std::max(peak_used, pool.used_segments());
-    const Clock::time_point now = Clock::now();
-    if (!warm && now >= warm_end) {
-      warm = true;
-      warm_at = now;
-      warm_records = records;
-      warm_bytes = bytes;
-      warm_buffers = gate->Stats().buffers_in;
-    }
-    const bool stopping = !stopped && now >= end;
-    if (!stopped && (now >= next_tick || stopping)) {
-      const uint64_t buffers = gate->Stats().buffers_in;
-      const double dt = std::chrono::duration<double>(now - last_tick).count();
-      if (!f.json) {
-        std::printf("[%5.1f-%5.1f s] %9.3f M rec/s %9.1f MiB/s %9.0f buf/s  pool %u/%u%s\n",
-                    std::chrono::duration<double>(last_tick - t0).count(),
-                    std::chrono::duration<double>(now - t0).count(),
-                    (records - tick_records) / dt / 1e6,
-                    (bytes - tick_bytes) / dt / (1 << 20), (buffers - tick_buffers) / dt,
-                    pool.used_segments(), pool.total_segments(),
-                    last_tick < warm_end && f.warmup > 0 ? "  (warm-up)" : "");
-        std::fflush(stdout);
-      }
-      tick_records = records;
-      tick_bytes = bytes;
-      tick_buffers = buffers;
-      last_tick = now;
-      next_tick = now + std::chrono::seconds(1);
-    }
-    if (stopping) {
-      stopped = true;
-      stopped_at = now;
-      out->seconds = std::chrono::duration<double>(now - warm_at).count();
-      out->records = records - warm_records;
-      out->bytes = bytes - warm_bytes;
-      out->buffers = gate->Stats().buffers_in - warm_buffers;
-      stop_producer();
-    }
-    if (stopped && now - stopped_at > kDrainLimit) {
-      return TimeoutError("no end of input within 30 s after the producer was told to stop");
-    }
+    if (Status s = AdvanceWindow(gate, pool, f, stop_producer, w, out); !s.ok()) return s;
   }
-  if (!stopped) return InternalError("the input ended before the measurement did");
+  if (!w.stopped) return InternalError("the input ended before the measurement did");
   // Records after the producer was stopped are only drained; a gap at the very end is fine.
   out->pool_total_segments = pool.total_segments();
   out->pool_peak_used_segments = peak_used;

@@ -5,33 +5,19 @@
 #include <fstream>
 #include <string>
 
+#include "tools/common/report_util.h"
+
 namespace sluice::bench {
 namespace {
 
-constexpr double kMiB = 1 << 20;
+using tools::JsonString;
+using tools::kMiB;
 
 // One number into a format; long enough for every SVG element written below.
 std::string Fmt(const char* format, double v) {
   char buf[512];
   std::snprintf(buf, sizeof(buf), format, v);
   return buf;
-}
-
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (const char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-      out += buf;
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
 }
 
 std::string XmlEscape(const std::string& s) {

@@ -15,6 +15,7 @@
 #include "tools/bench/data_path.h"
 #include "tools/bench/raw_pump.h"
 #include "tools/bench/report.h"
+#include "tools/common/report_util.h"
 
 namespace sluice::bench {
 namespace {
@@ -24,17 +25,8 @@ constexpr uint64_t kMemcpyWorkingSet = 64u << 20;
 // The ceilings need less time than the data path to settle.
 constexpr double kMaxBaselineSeconds = 2;
 
-// The element whose key is the median (the upper one of an even count); T{} when empty.
-template <typename T, typename Key>
-T MedianBy(std::vector<T> v, Key key) {
-  if (v.empty()) return T{};
-  std::sort(v.begin(), v.end(), [&](const T& a, const T& b) { return key(a) < key(b); });
-  return v[v.size() / 2];
-}
-
-double Median(const std::vector<double>& v) {
-  return MedianBy(v, [](double x) { return x; });
-}
+using tools::Median;
+using tools::MedianBy;
 
 Measurement Measure(const BenchFlags& f) {
   Measurement m;
@@ -92,16 +84,15 @@ bool Healthy(const Measurement& m) {
 }
 
 int Main(int argc, char** argv) {
-  Result<BenchFlags> parsed = ParseBenchFlags(argc, argv);
-  if (!parsed.ok()) {
-    std::fprintf(stderr, "sluice-bench: %s\n", parsed.status().message().c_str());
-    return 2;
+  BenchFlags parsed;
+  if (const int exit_code = ParseBenchFlags(argc, argv, &parsed); exit_code >= 0) {
+    return exit_code;
   }
-  if (Status s = ResolveBenchSecret(&*parsed); !s.ok()) {
+  if (Status s = ResolveBenchSecret(&parsed); !s.ok()) {
     std::fprintf(stderr, "sluice-bench: %s\n", s.message().c_str());
     return 2;
   }
-  const BenchFlags& flags = *parsed;
+  const BenchFlags& flags = parsed;
   signal(SIGPIPE, SIG_IGN);
   if (flags.sweep_name.empty()) {
     if (!flags.json) {

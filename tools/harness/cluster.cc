@@ -147,6 +147,12 @@ Status Cluster::Start(int n, std::chrono::milliseconds deadline) {
     // The port file, read twice to be sure it is complete.
     while (true) {
       if (Reap(i, std::chrono::milliseconds(0))) {
+        if (WIFEXITED(node.wait_status) && WEXITSTATUS(node.wait_status) == 2) {
+          // sluiced exits 2 on options it refuses: a usage error, its log names the option.
+          return InvalidArgument("node " + std::to_string(i) + ": sluiced refused its options " +
+                                 "(exit 2; fix the --daemon-arg or daemon flag it names); " +
+                                 "its log " + node.log_path + " ends with:\n" + LogTail(i));
+        }
         return IoError("node " + std::to_string(i) + " (sluiced pid " + std::to_string(node.pid) +
                        ") exited at start with " + DescribeWaitStatus(node.wait_status) +
                        "; its log " + node.log_path + " ends with:\n" + LogTail(i));

@@ -1,11 +1,15 @@
 #include "tools/harness/harness_options.h"
 
+#include <CLI/CLI.hpp>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <functional>
-#include <map>
+#include <vector>
+
+#include "tools/common/cli.h"
+#include "tools/harness/fault_plan.h"
 
 namespace sluice::harness {
 namespace {
@@ -18,7 +22,8 @@ every segment, optionally injects a fault, and stops the daemons (each must exit
 
 Daemons:
   --nodes N                 daemons to start (default 3)
-  --sluiced PATH            the daemon binary (default: ../daemon/sluiced next to this binary)
+  --sluiced PATH            the daemon binary (default: sluiced next to this binary, then
+                            ../daemon/sluiced, then PATH)
   --network-memory SIZE     per daemon, e.g. 64m (default: the daemon's)
   --segment-size SIZE       per daemon, e.g. 32k (default: the daemon's, 32k)
   --io-threads N            per daemon
@@ -44,7 +49,7 @@ Job:
   --job generated|file-partition   (default generated)
   --producers M --consumers K      (default one of each per node)
   --records-per-producer N | --total-bytes SIZE   (default --total-bytes 1g)
-  --record-size MIN[-MAX]          bytes per record, header included (default 100-1000)
+  --record-size MIN[-MAX]          bytes per record (k/m/g), header included (default 100-1000)
   --keys uniform|zipf[:S]          key distribution (default uniform; zipf default s=1.1)
   --partitioner hash|rr            (default hash)
   --pattern all-to-all|pointwise   (default all-to-all)
@@ -75,321 +80,165 @@ Output:
   --json        one JSON object on stdout (progress and the table still go to stderr)
   --quiet       no progress line
   --help, --version
-Exit status 0 only when ok.
+Flags take --flag value or --flag=value; sizes take k/m/g (64m, 32k). Exit status 0 when ok,
+1 when an expected outcome did not happen, 2 for a usage error (also when a daemon refuses
+the options it was given).
 )";
-
-Result<uint64_t> ParseUint(const std::string& flag, const std::string& text) {
-  if (text.empty() || text[0] == '-') return InvalidArgument(flag + ": expected a number, got '" + text + "'");
-  char* end = nullptr;
-  errno = 0;
-  unsigned long long v = std::strtoull(text.c_str(), &end, 10);
-  if (errno != 0 || *end != '\0') {
-    return InvalidArgument(flag + ": expected a number, got '" + text + "'");
-  }
-  return static_cast<uint64_t>(v);
-}
-
-Result<double> ParseDouble(const std::string& flag, const std::string& text) {
-  char* end = nullptr;
-  errno = 0;
-  double v = std::strtod(text.c_str(), &end);
-  if (text.empty() || errno != 0 || *end != '\0' || v < 0) {
-    return InvalidArgument(flag + ": expected a non-negative number, got '" + text + "'");
-  }
-  return v;
-}
-
-Result<Fault> ParseFault(const std::string& name) {
-  static const std::map<std::string, Fault> kFaults = {
-      {"none", Fault::kNone},
-      {"kill-consumer", Fault::kKillConsumer},
-      {"kill-producer", Fault::kKillProducer},
-      {"stall-consumer", Fault::kStallConsumer},
-      {"cut-connection", Fault::kCutConnection},
-      {"drop", Fault::kDrop},
-      {"slow-consumer", Fault::kSlowConsumer},
-      {"garbage", Fault::kGarbage},
-      {"sigterm", Fault::kSigterm},
-      {"wrong-secret", Fault::kWrongSecret},
-  };
-  auto it = kFaults.find(name);
-  if (it == kFaults.end()) {
-    return InvalidArgument("--fault: unknown fault '" + name +
-                           "' (see --help for the list)");
-  }
-  return it->second;
-}
 
 }  // namespace
 
-const char* FaultName(Fault f) {
-  switch (f) {
-    case Fault::kNone: return "none";
-    case Fault::kKillConsumer: return "kill-consumer";
-    case Fault::kKillProducer: return "kill-producer";
-    case Fault::kStallConsumer: return "stall-consumer";
-    case Fault::kCutConnection: return "cut-connection";
-    case Fault::kDrop: return "drop";
-    case Fault::kSlowConsumer: return "slow-consumer";
-    case Fault::kGarbage: return "garbage";
-    case Fault::kSigterm: return "sigterm";
-    case Fault::kWrongSecret: return "wrong-secret";
-  }
-  return "unknown";
-}
-
 std::string UsageText() { return kUsage; }
 
-Result<uint64_t> ParseSize(const std::string& text) {
-  if (text.empty()) return InvalidArgument("empty size");
-  size_t digits = 0;
-  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
-  if (digits == 0) return InvalidArgument("size '" + text + "' does not start with a number");
-  uint64_t v = std::strtoull(text.substr(0, digits).c_str(), nullptr, 10);
-  std::string unit = text.substr(digits);
-  if (!unit.empty() && (unit.back() == 'b' || unit.back() == 'B') && unit.size() > 1) unit.pop_back();
-  uint64_t mult = 1;
-  if (unit.empty() || unit == "b" || unit == "B") {
-    mult = 1;
-  } else if (unit == "k" || unit == "K") {
-    mult = 1ull << 10;
-  } else if (unit == "m" || unit == "M") {
-    mult = 1ull << 20;
-  } else if (unit == "g" || unit == "G") {
-    mult = 1ull << 30;
-  } else {
-    return InvalidArgument("size '" + text + "': unknown unit (use k, m or g)");
-  }
-  return v * mult;
+
+namespace {
+
+// What CLI11 fills before the harness gives it meaning (enums, ranges, cross-checks).
+// A number >= 0 (CLI::NonNegativeNumber prints the largest double as its bound).
+const CLI::Validator kNonNegative(
+    [](std::string& v) -> std::string {
+      char* end = nullptr;
+      const double d = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end != '\0' || !(d >= 0)) return "wants a number >= 0, got '" + v + "'";
+      return {};
+    },
+    "NUMBER >= 0");
+
+struct RawFlags {
+  std::string auth;
+  std::string job = "generated";
+  std::string record_size;
+  std::string keys = "uniform";
+  std::string partitioner = "hash";
+  std::string pattern;
+  std::string delimiter;
+  std::string fault = "none";
+};
+
+void AddDaemonFlags(CLI::App& app, Options& o, RawFlags& raw) {
+  app.add_option("--nodes", o.nodes)->check(CLI::Range(1, 64));
+  app.add_option("--sluiced", o.sluiced);
+  app.add_flag("--keep-logs", o.keep_logs);
+  app.add_option("--network-memory", o.network_memory)->check(tools::SizeValue());
+  app.add_option("--segment-size", o.segment_size)->check(tools::SizeValue());
+  app.add_option("--io-threads", o.io_threads)->check(kNonNegative);
+  app.add_option("--log-level", o.log_level);
+  // Values start with "--": JoinDaemonArgs makes each "--daemon-arg=VALUE" first.
+  app.add_option("--daemon-arg", o.daemon_args)->allow_extra_args(false);
+  // A bare --auth (older command lines) means on.
+  app.add_option("--auth", raw.auth)->expected(0, 1);
+  app.add_option("--auth-secret-file", o.auth_secret_file);
+  app.add_option("--state-dir", o.state_dir);
+  app.add_flag("--netns", o.netns);
+  app.add_option("--rate", o.rate_mbit)->check(kNonNegative);
+  app.add_option("--drop", o.drop_percent)->check(CLI::Range(0.0, 100.0));
+  app.add_option("--delay-ms", o.delay_ms)->check(CLI::Range(0.0, 60000.0));
+  app.add_option("--corrupt-ppm", o.corrupt_ppm)->check(CLI::Range(0.0, 1e6));
 }
 
-Result<Options> ParseOptions(int argc, char** argv) {
-  Options o;
-  bool total_set = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    std::string value;
-    bool has_inline = false;
-    if (auto eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-      has_inline = true;
-    }
-    auto next = [&]() -> Result<std::string> {
-      if (has_inline) return value;
-      if (i + 1 >= argc) return InvalidArgument(arg + " needs a value");
-      return std::string(argv[++i]);
-    };
-#define SLUICE_NEXT(var)                    \
-  auto var##_r = next();                    \
-  if (!var##_r.ok()) return var##_r.status(); \
-  const std::string& var = *var##_r
+void AddJobFlags(CLI::App& app, Options& o, RawFlags& raw) {
+  app.add_option("--job", raw.job)->check(CLI::IsMember({"generated", "file-partition"}));
+  app.add_option("--producers", o.producers)->check(CLI::Range(1, 4096));
+  app.add_option("--consumers", o.consumers)->check(CLI::Range(1, 4096));
+  app.add_option("--records-per-producer", o.records_per_producer);
+  app.add_option("--total-bytes", o.total_bytes)->transform(tools::SizeValue());
+  app.add_option("--record-size", raw.record_size);
+  app.add_option("--keys", raw.keys);
+  app.add_option("--partitioner", raw.partitioner)->check(CLI::IsMember({"hash", "rr"}));
+  app.add_option("--pattern", raw.pattern)->check(CLI::IsMember({"all-to-all", "pointwise"}));
+  app.add_option("--seed", o.seed);
+  app.add_option("--input", o.inputs);
+  app.add_option("--delimiter", raw.delimiter);
+  app.add_option("--key-field", o.key_field);
+  app.add_option("--output-dir", o.output_dir);
+  app.add_flag("--checksums", o.checksums);
+  app.add_option("--timeout", o.timeout_s)->check(CLI::Range(1.0, 1e9));
+}
 
-    // Flags that take a non-negative number; ranges are checked after the loop.
-    const std::map<std::string, double*> doubles = {
-        {"--rate", &o.rate_mbit},
-        {"--drop", &o.drop_percent},
-        {"--timeout", &o.timeout_s},
-        {"--fault-at", &o.fault_at},
-        {"--stall-seconds", &o.stall_seconds},
-        {"--fault-deadline", &o.fault_deadline_s},
-        {"--shutdown-deadline", &o.shutdown_deadline_s},
-        {"--delay-ms", &o.delay_ms},
-        {"--corrupt-ppm", &o.corrupt_ppm},
-    };
-    if (auto d = doubles.find(arg); d != doubles.end()) {
-      SLUICE_NEXT(v);
-      auto num = ParseDouble(arg, v);
-      if (!num.ok()) return num.status();
-      *d->second = *num;
-      continue;
-    }
-    if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
-      return Cancelled("help");
-    } else if (arg == "--version") {
-      std::puts("sluice-harness 0.1.0");
-      return Cancelled("version");
-    } else if (arg == "--nodes") {
-      SLUICE_NEXT(v);
-      auto n = ParseUint(arg, v);
-      if (!n.ok()) return n.status();
-      if (*n < 1 || *n > 64) return InvalidArgument("--nodes must be 1..64, got " + v);
-      o.nodes = static_cast<int>(*n);
-    } else if (arg == "--sluiced") {
-      SLUICE_NEXT(v);
-      o.sluiced = v;
-    } else if (arg == "--keep-logs") {
-      o.keep_logs = true;
-    } else if (arg == "--network-memory") {
-      SLUICE_NEXT(v);
-      auto s = ParseSize(v);
-      if (!s.ok()) return InvalidArgument("--network-memory: " + s.status().message());
-      o.network_memory = v;
-    } else if (arg == "--segment-size") {
-      SLUICE_NEXT(v);
-      auto s = ParseSize(v);
-      if (!s.ok()) return InvalidArgument("--segment-size: " + s.status().message());
-      o.segment_size = v;
-      o.segment_size_bytes = static_cast<uint32_t>(*s);
-    } else if (arg == "--io-threads") {
-      SLUICE_NEXT(v);
-      auto n = ParseUint(arg, v);
-      if (!n.ok()) return n.status();
-      o.io_threads = static_cast<int>(*n);
-    } else if (arg == "--log-level") {
-      SLUICE_NEXT(v);
-      o.log_level = v;
-    } else if (arg == "--daemon-arg") {
-      SLUICE_NEXT(v);
-      o.daemon_args.push_back(v);
-    } else if (arg == "--auth") {
-      // A bare --auth (older command lines) means on.
-      std::string v = has_inline ? value : "on";
-      if (!has_inline && i + 1 < argc &&
-          (std::string(argv[i + 1]) == "on" || std::string(argv[i + 1]) == "off")) {
-        v = argv[++i];
-      }
-      if (v != "on" && v != "off") return InvalidArgument("--auth is on or off, got '" + v + "'");
-      o.auth = v == "on";
-    } else if (arg == "--auth-secret-file") {
-      SLUICE_NEXT(v);
-      o.auth_secret_file = v;
-    } else if (arg == "--state-dir") {
-      SLUICE_NEXT(v);
-      o.state_dir = v;
-    } else if (arg == "--netns") {
-      o.netns = true;
-    } else if (arg == "--job") {
-      SLUICE_NEXT(v);
-      if (v == "generated") {
-        o.kind = control::JobKind::kGenerated;
-      } else if (v == "file-partition") {
-        o.kind = control::JobKind::kFilePartition;
-      } else {
-        return InvalidArgument("--job must be generated or file-partition, got '" + v + "'");
-      }
-    } else if (arg == "--producers" || arg == "--consumers") {
-      SLUICE_NEXT(v);
-      auto n = ParseUint(arg, v);
-      if (!n.ok()) return n.status();
-      if (*n < 1 || *n > 4096) return InvalidArgument(arg + " must be 1..4096, got " + v);
-      (arg == "--producers" ? o.producers : o.consumers) = static_cast<int>(*n);
-    } else if (arg == "--records-per-producer") {
-      SLUICE_NEXT(v);
-      auto n = ParseUint(arg, v);
-      if (!n.ok()) return n.status();
-      o.records_per_producer = *n;
-    } else if (arg == "--total-bytes") {
-      SLUICE_NEXT(v);
-      auto s = ParseSize(v);
-      if (!s.ok()) return InvalidArgument("--total-bytes: " + s.status().message());
-      o.total_bytes = *s;
-      total_set = true;
-    } else if (arg == "--record-size") {
-      SLUICE_NEXT(v);
-      auto dash = v.find('-');
-      auto lo = ParseUint(arg, v.substr(0, dash));
-      if (!lo.ok()) return lo.status();
-      auto hi = dash == std::string::npos ? lo : ParseUint(arg, v.substr(dash + 1));
-      if (!hi.ok()) return hi.status();
-      if (*lo < control::kMinGeneratedRecordSize || *hi < *lo || *hi > (64u << 20)) {
-        return InvalidArgument("--record-size: need " +
-                               std::to_string(control::kMinGeneratedRecordSize) +
-                               " <= MIN <= MAX <= 64m, got '" + v + "'");
-      }
-      o.record_min = static_cast<uint32_t>(*lo);
-      o.record_max = static_cast<uint32_t>(*hi);
-    } else if (arg == "--keys") {
-      SLUICE_NEXT(v);
-      if (v == "uniform") {
-        o.keys = control::KeyDistribution::kUniform;
-      } else if (v.rfind("zipf", 0) == 0) {
-        o.keys = control::KeyDistribution::kZipf;
-        if (v.size() > 4) {
-          if (v[4] != ':') return InvalidArgument("--keys: expected zipf or zipf:S, got '" + v + "'");
-          auto s = ParseDouble(arg, v.substr(5));
-          if (!s.ok()) return s.status();
-          o.zipf_s = *s;
-        }
-      } else {
-        return InvalidArgument("--keys must be uniform or zipf[:S], got '" + v + "'");
-      }
-    } else if (arg == "--partitioner") {
-      SLUICE_NEXT(v);
-      if (v == "hash") {
-        o.partitioner = control::Partitioner::kKeyHash;
-      } else if (v == "rr") {
-        o.partitioner = control::Partitioner::kRoundRobin;
-      } else {
-        return InvalidArgument("--partitioner must be hash or rr, got '" + v + "'");
-      }
-    } else if (arg == "--pattern") {
-      SLUICE_NEXT(v);
-      if (v == "all-to-all") {
-        o.pattern = control::Pattern::kAllToAll;
-      } else if (v == "pointwise") {
-        o.pattern = control::Pattern::kPointwise;
-      } else {
-        return InvalidArgument("--pattern must be all-to-all or pointwise, got '" + v + "'");
-      }
-      o.pattern_set = true;
-    } else if (arg == "--seed") {
-      SLUICE_NEXT(v);
-      auto n = ParseUint(arg, v);
-      if (!n.ok()) return n.status();
-      o.seed = *n;
-    } else if (arg == "--input") {
-      SLUICE_NEXT(v);
-      o.inputs.push_back(v);
-      while (!has_inline && i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) {
-        o.inputs.emplace_back(argv[++i]);
-      }
-    } else if (arg == "--delimiter") {
-      SLUICE_NEXT(v);
-      if (v == "\\t" || v == "tab") {
-        o.delimiter = '\t';
-      } else if (v.size() == 1) {
-        o.delimiter = v[0];
-      } else {
-        return InvalidArgument("--delimiter must be one character (or \\t), got '" + v + "'");
-      }
-    } else if (arg == "--key-field") {
-      SLUICE_NEXT(v);
-      auto n = ParseUint(arg, v);
-      if (!n.ok()) return n.status();
-      o.key_field = static_cast<uint32_t>(*n);
-    } else if (arg == "--output-dir") {
-      SLUICE_NEXT(v);
-      o.output_dir = v;
-    } else if (arg == "--checksums") {
-      o.checksums = true;
-    } else if (arg == "--fault") {
-      SLUICE_NEXT(v);
-      auto f = ParseFault(v);
-      if (!f.ok()) return f.status();
-      o.fault = *f;
-    } else if (arg == "--rss-slack") {
-      SLUICE_NEXT(v);
-      auto s = ParseSize(v);
-      if (!s.ok()) return InvalidArgument("--rss-slack: " + s.status().message());
-      o.rss_slack = *s;
-    } else if (arg == "--json") {
-      o.json = true;
-    } else if (arg == "--quiet") {
-      o.quiet = true;
-    } else {
-      return InvalidArgument("unknown option '" + arg + "' (see --help)");
-    }
-#undef SLUICE_NEXT
+void AddFaultAndOutputFlags(CLI::App& app, Options& o, RawFlags& raw) {
+  app.add_option("--fault", raw.fault);
+  app.add_option("--fault-at", o.fault_at)->check(CLI::Range(0.0, 0.999999));
+  app.add_option("--stall-seconds", o.stall_seconds)->check(kNonNegative);
+  app.add_option("--fault-deadline", o.fault_deadline_s)->check(kNonNegative);
+  app.add_option("--shutdown-deadline", o.shutdown_deadline_s)->check(kNonNegative);
+  app.add_option("--rss-slack", o.rss_slack)->transform(tools::SizeValue());
+  app.add_flag("--json", o.json);
+  app.add_flag("--quiet", o.quiet);
+}
+
+// "--record-size MIN[-MAX]": sizes with k/m/g, header included.
+Status ApplyRecordSize(const std::string& v, Options* o) {
+  const size_t dash = v.find('-');
+  auto lo = tools::ParseSize(v.substr(0, dash), "--record-size");
+  if (!lo.ok()) return lo.status();
+  auto hi = dash == std::string::npos ? lo : tools::ParseSize(v.substr(dash + 1), "--record-size");
+  if (!hi.ok()) return hi.status();
+  if (*lo < control::kMinGeneratedRecordSize || *hi < *lo || *hi > (64u << 20)) {
+    return InvalidArgument("--record-size: need " +
+                           std::to_string(control::kMinGeneratedRecordSize) +
+                           " <= MIN <= MAX <= 64m, got '" + v + "'");
   }
+  o->record_min = static_cast<uint32_t>(*lo);
+  o->record_max = static_cast<uint32_t>(*hi);
+  return Status::Ok();
+}
 
-  // Ranges and cross-checks.
-  if (o.drop_percent > 100) return InvalidArgument("--drop is a percentage 0..100");
-  if (o.delay_ms > 60000) return InvalidArgument("--delay-ms is at most 60000");
-  if (o.corrupt_ppm > 1000000) return InvalidArgument("--corrupt-ppm is parts per million, 0..1000000");
-  if (o.timeout_s < 1) return InvalidArgument("--timeout must be at least 1 second");
-  if (o.fault_at >= 1) return InvalidArgument("--fault-at is a fraction below 1");
+Status ApplyKeys(const std::string& v, Options* o) {
+  if (v == "uniform") {
+    o->keys = control::KeyDistribution::kUniform;
+    return Status::Ok();
+  }
+  if (v.rfind("zipf", 0) != 0 || (v.size() > 4 && v[4] != ':')) {
+    return InvalidArgument("--keys must be uniform or zipf[:S], got '" + v + "'");
+  }
+  o->keys = control::KeyDistribution::kZipf;
+  if (v.size() > 4) {
+    char* end = nullptr;
+    const double s = std::strtod(v.c_str() + 5, &end);
+    if (v.size() == 5 || *end != '\0' || !(s >= 0)) {
+      return InvalidArgument("--keys: zipf:S needs a non-negative number S, got '" + v + "'");
+    }
+    o->zipf_s = s;
+  }
+  return Status::Ok();
+}
+
+// Gives the string flags their meaning.
+Status ApplyRawFlags(const CLI::App& app, const RawFlags& raw, Options* o) {
+  if (app.count("--auth") > 0) {
+    const std::string v = raw.auth.empty() ? "on" : raw.auth;
+    if (v != "on" && v != "off") return InvalidArgument("--auth is on or off, got '" + v + "'");
+    o->auth = v == "on";
+  }
+  if (!o->segment_size.empty()) {
+    auto bytes = tools::ParseSize(o->segment_size, "--segment-size");
+    if (!bytes.ok()) return bytes.status();
+    o->segment_size_bytes = static_cast<uint32_t>(*bytes);
+  }
+  o->kind = raw.job == "file-partition" ? control::JobKind::kFilePartition
+                                        : control::JobKind::kGenerated;
+  if (!raw.record_size.empty()) {
+    if (Status s = ApplyRecordSize(raw.record_size, o); !s.ok()) return s;
+  }
+  if (Status s = ApplyKeys(raw.keys, o); !s.ok()) return s;
+  o->partitioner = raw.partitioner == "rr" ? control::Partitioner::kRoundRobin
+                                           : control::Partitioner::kKeyHash;
+  o->pattern_set = !raw.pattern.empty();
+  if (raw.pattern == "pointwise") o->pattern = control::Pattern::kPointwise;
+  if (raw.delimiter == "\\t" || raw.delimiter == "tab") {
+    o->delimiter = '\t';
+  } else if (raw.delimiter.size() == 1) {
+    o->delimiter = raw.delimiter[0];
+  } else if (app.count("--delimiter") > 0) {
+    return InvalidArgument("--delimiter must be one character (or \\t), got '" + raw.delimiter +
+                           "'");
+  }
+  auto f = FaultByName(raw.fault);
+  if (!f.ok()) return f.status();
+  o->fault = *f;
+  return Status::Ok();
+}
+
+Status CheckAuth(const Options& o) {
   if (!o.auth) {
     if (o.fault == Fault::kWrongSecret) {
       return InvalidArgument("--fault wrong-secret tests authentication: drop --auth off");
@@ -405,70 +254,124 @@ Result<Options> ParseOptions(int argc, char** argv) {
   if (!o.auth_secret_file.empty() && !o.state_dir.empty()) {
     return InvalidArgument("give --auth-secret-file or --state-dir, not both");
   }
-  if (o.fault == Fault::kDrop) {
-    if (!o.netns) {
+  return Status::Ok();
+}
+
+Status CheckNetworkAndFiles(Options* o, bool total_set) {
+  if (o->fault == Fault::kDrop) {
+    if (!o->netns) {
       return InvalidArgument(
           "--fault drop needs --netns: packet loss is injected with nftables inside each "
           "daemon's network namespace, which loopback daemons do not have");
     }
-    if (o.drop_percent < 0) o.drop_percent = 2;
+    if (o->drop_percent < 0) o->drop_percent = 2;
   }
-  if ((o.rate_mbit > 0 || o.drop_percent >= 0) && !o.netns) {
+  if ((o->rate_mbit > 0 || o->drop_percent >= 0) && !o->netns) {
     return InvalidArgument("--rate and --drop need --netns (they shape each daemon's veth)");
   }
-  if (o.records_per_producer > 0 && total_set) {
+  if (o->records_per_producer > 0 && total_set) {
     return InvalidArgument("give --records-per-producer or --total-bytes, not both");
   }
-  if (o.kind == control::JobKind::kFilePartition) {
-    if (o.inputs.empty()) return InvalidArgument("--job file-partition needs --input FILE...");
-    if (o.output_dir.empty()) return InvalidArgument("--job file-partition needs --output-dir DIR");
-    if (o.producers != 0 && o.producers != static_cast<int>(o.inputs.size())) {
-      return InvalidArgument("--job file-partition runs one producer per --input file");
-    }
-    o.producers = static_cast<int>(o.inputs.size());
-    if (o.fault != Fault::kNone && o.fault != Fault::kGarbage && o.fault != Fault::kWrongSecret &&
-        o.fault != Fault::kDrop) {
-      return InvalidArgument(std::string("--fault ") + FaultName(o.fault) +
-                             " needs the generated job (it triggers on the record count)");
-    }
-  } else if (!o.inputs.empty()) {
-    return InvalidArgument("--input is for --job file-partition");
+  if (o->kind != control::JobKind::kFilePartition) {
+    if (!o->inputs.empty()) return InvalidArgument("--input is for --job file-partition");
+    return Status::Ok();
   }
-  const bool needs_victim = o.fault == Fault::kKillConsumer || o.fault == Fault::kKillProducer ||
-                            o.fault == Fault::kStallConsumer || o.fault == Fault::kSigterm ||
-                            o.fault == Fault::kSlowConsumer || o.fault == Fault::kCutConnection;
-  if (needs_victim && o.nodes < 2) {
-    return InvalidArgument(std::string("--fault ") + FaultName(o.fault) + " needs --nodes >= 2");
+  if (o->inputs.empty()) return InvalidArgument("--job file-partition needs --input FILE...");
+  if (o->output_dir.empty()) return InvalidArgument("--job file-partition needs --output-dir DIR");
+  if (o->producers != 0 && o->producers != static_cast<int>(o->inputs.size())) {
+    return InvalidArgument("--job file-partition runs one producer per --input file");
   }
-  if (o.fault == Fault::kSlowConsumer) {
-    if (o.pattern_set && o.pattern != control::Pattern::kPointwise) {
+  o->producers = static_cast<int>(o->inputs.size());
+  if (PlanOf(o->fault).generated_only) {
+    return InvalidArgument(std::string("--fault ") + FaultName(o->fault) +
+                           " needs the generated job (it triggers on the record count)");
+  }
+  return Status::Ok();
+}
+
+// The fault's placement needs, and the counts derived from them.
+Status CheckPlacement(Options* o) {
+  const Fault f = o->fault;
+  // Every placement but none needs a second node (a victim, or a shifted consumer).
+  if (PlanOf(f).placement != VictimPlacement::kNone && o->nodes < 2) {
+    return InvalidArgument(std::string("--fault ") + FaultName(f) + " needs --nodes >= 2");
+  }
+  if (f == Fault::kSlowConsumer) {
+    if (o->pattern_set && o->pattern != control::Pattern::kPointwise) {
       return InvalidArgument("--fault slow-consumer runs the pointwise pattern");
     }
-    o.pattern = control::Pattern::kPointwise;
-    if (o.producers == 0) o.producers = 2 * o.nodes;
-    if (o.consumers == 0) o.consumers = o.producers;
+    o->pattern = control::Pattern::kPointwise;
+    if (o->producers == 0) o->producers = 2 * o->nodes;
+    if (o->consumers == 0) o->consumers = o->producers;
   }
-  if (o.producers == 0) o.producers = o.nodes;
-  if (o.consumers == 0) o.consumers = o.nodes;
-  if (o.pattern == control::Pattern::kPointwise && o.producers != o.consumers) {
+  if (o->producers == 0) o->producers = o->nodes;
+  if (o->consumers == 0) o->consumers = o->nodes;
+  if (o->pattern == control::Pattern::kPointwise && o->producers != o->consumers) {
     return InvalidArgument("--pattern pointwise needs as many consumers as producers");
   }
-  if (o.fault == Fault::kKillConsumer || o.fault == Fault::kStallConsumer) {
-    if (o.consumers < o.nodes) {
-      return InvalidArgument(std::string("--fault ") + FaultName(o.fault) +
-                             " places a consumer on every node: needs --consumers >= --nodes");
+  const VictimPlacement placement = PlanOf(f).placement;
+  if (placement == VictimPlacement::kConsumerOnlyLast && o->consumers < o->nodes) {
+    return InvalidArgument(std::string("--fault ") + FaultName(f) +
+                           " places a consumer on every node: needs --consumers >= --nodes");
+  }
+  if (placement == VictimPlacement::kProducerOnlyLast && o->producers < o->nodes) {
+    return InvalidArgument(std::string("--fault ") + FaultName(f) +
+                           " places a producer on every node: needs --producers >= --nodes");
+  }
+  if (o->kind == control::JobKind::kGenerated && o->records_per_producer == 0) {
+    const uint64_t avg = (uint64_t{o->record_min} + o->record_max) / 2;
+    const uint64_t per_producer = (o->total_bytes + o->producers - 1) / o->producers;
+    o->records_per_producer = std::max<uint64_t>(1, (per_producer + avg - 1) / avg);
+  }
+  return Status::Ok();
+}
+
+// "--daemon-arg VALUE" -> "--daemon-arg=VALUE": the value is a daemon flag ("--checksums"),
+// which CLI11 would otherwise take for a flag of the harness.
+std::vector<std::string> JoinDaemonArgs(int argc, char** argv) {
+  std::vector<std::string> args;
+  for (int i = 0; i < argc; ++i) {
+    if (std::string(argv[i]) == "--daemon-arg" && i + 1 < argc) {
+      args.push_back(std::string("--daemon-arg=") + argv[++i]);
+    } else {
+      args.emplace_back(argv[i]);
     }
   }
-  if (o.fault == Fault::kKillProducer && o.producers < o.nodes) {
-    return InvalidArgument("--fault kill-producer places a producer on every node: needs "
-                           "--producers >= --nodes");
+  return args;
+}
+
+}  // namespace
+
+int ParseOptions(int argc, char** argv, Options* out) {
+  Options o;
+  RawFlags raw;
+  CLI::App app(kUsage, "sluice-harness");
+  app.set_help_flag("");  // kUsage, hand-written, is the help
+  app.add_flag("-h,--help");
+  tools::AddVersionFlag(app, "sluice-harness");
+  AddDaemonFlags(app, o, raw);
+  AddJobFlags(app, o, raw);
+  AddFaultAndOutputFlags(app, o, raw);
+  const std::vector<std::string> args = JoinDaemonArgs(argc, argv);
+  std::vector<const char*> joined;
+  for (const std::string& a : args) joined.push_back(a.c_str());
+  const int exit_code =
+      tools::ParseOrExit(app, static_cast<int>(joined.size()), joined.data());
+  if (exit_code >= 0) return exit_code;
+  if (app.count("--help") > 0) {
+    std::fputs(kUsage, stdout);
+    return tools::kExitOk;
   }
-  if (o.kind == control::JobKind::kGenerated && o.records_per_producer == 0) {
-    const uint64_t avg = (uint64_t{o.record_min} + o.record_max) / 2;
-    const uint64_t per_producer = (o.total_bytes + o.producers - 1) / o.producers;
-    o.records_per_producer = std::max<uint64_t>(1, (per_producer + avg - 1) / avg);
+  Status s = ApplyRawFlags(app, raw, &o);
+  if (s.ok()) s = CheckAuth(o);
+  if (s.ok()) s = CheckNetworkAndFiles(&o, app.count("--total-bytes") > 0);
+  if (s.ok()) s = CheckPlacement(&o);
+  if (!s.ok()) {
+    std::fprintf(stderr, "sluice-harness: %s\n", s.message().c_str());
+    return tools::kExitUsage;
   }
-  return o;
+  *out = std::move(o);
+  return -1;
 }
 
 }  // namespace sluice::harness

@@ -23,6 +23,7 @@ enum class Fault {
   kSigterm,        // SIGTERM a node mid-shuffle: it must exit 0 with every segment back
   kWrongSecret,    // --auth: a wrong and a missing secret must be refused
 };
+// The --fault value of `f` (tools/harness/fault_plan.cc).
 const char* FaultName(Fault f);
 
 struct Options {
@@ -85,11 +86,10 @@ struct Options {
   bool quiet = false;  // no progress line
 };
 
-// Parses argv. A Status with code kCancelled means --help or --version was printed (exit 0).
-Result<Options> ParseOptions(int argc, char** argv);
+// Parses argv with CLI11 (tools/common/cli.h conventions) and checks the combination. Returns
+// -1 when the run should go on (*out filled), else the exit code to return now: 0 after --help
+// or --version (printed), 2 after a usage error (one line on stderr naming the flag).
+int ParseOptions(int argc, char** argv, Options* out);
 std::string UsageText();
-
-// "256m", "32k", "1g", "4096" -> bytes.
-Result<uint64_t> ParseSize(const std::string& text);
 
 }  // namespace sluice::harness

@@ -2,6 +2,9 @@
 // namespaces), runs the job and the fault, checks every expected outcome, stops the daemons and
 // fills a Report. Everything it made is torn down when it is destroyed, also after an error or
 // an interrupt (SIGINT/SIGTERM to the harness set a flag the polling loop checks).
+// Files: harness_run.cc (setup, the run, its report), job_monitor.cc (driving one job:
+// submit, poll, fault trigger, settle, tally, leak check), fault_plan.h (what each fault
+// does and expects).
 //
 // Thread-compatible: one thread drives it.
 #pragma once
@@ -10,11 +13,13 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "tools/control/control_client.h"
 #include "tools/harness/cluster.h"
+#include "tools/harness/fault_plan.h"
 #include "tools/harness/harness_options.h"
 #include "tools/harness/netns.h"
 #include "tools/harness/report.h"
@@ -23,19 +28,6 @@ namespace sluice::harness {
 
 // Installs SIGINT/SIGTERM handlers that ask the run to stop, and ignores SIGPIPE.
 void InstallSignalHandlers();
-
-// Where producers and consumers run, as indexes into the job's node list, and the node a
-// fault targets (-1: none).
-struct Placement {
-  std::vector<uint32_t> producer_nodes;
-  std::vector<uint32_t> consumer_nodes;
-  int victim = -1;
-};
-
-// The layout each fault needs: kill-consumer and stall-consumer put only consumers on the last
-// node, kill-producer only producers, slow-consumer places consumer i on the node after
-// producer i's so that several channels share each connection.
-Placement MakePlacement(const Options& o, int nodes, int producers, int consumers);
 
 class HarnessRun {
  public:
@@ -69,6 +61,53 @@ class HarnessRun {
              corrupted = 0;
   };
 
+  // The state of one RunJob polling loop (job_monitor.cc).
+  struct JobLoop {
+    const control::JobSpec* spec = nullptr;
+    const std::vector<int>* ids = nullptr;  // cluster indexes, in spec.nodes order
+    std::chrono::steady_clock::time_point start;
+    Fault fault = Fault::kNone;
+    uint64_t expected = 0;  // records, generated jobs; 0: unknown
+    int victim_k = -1;      // the victim as a position in ids
+    int victim = -1;        // its cluster index
+    std::vector<bool> gone;
+    std::set<uint32_t> affected;  // AffectedConsumers of the fault
+    std::set<std::string> reported;
+    bool fired = false;
+    double fired_s = -1;
+    double stall_until = -1;
+    bool cancel_sent = false;
+    double cancel_s = -1;
+    double first_failure_s = -1;
+    bool victim_exit_checked = false;
+    double last_stats_s = -1;
+  };
+
+  // What Run() carries from step to step (harness_run.cc).
+  struct MainRun {
+    std::vector<int> all;  // every node
+    Placement placement;
+    std::string id_prefix;
+    double calibration_rate = 0;  // slow-consumer, MiB/s
+    bool skip_main = false;       // the calibration failed
+    control::JobSpec spec;
+    JobOutcome out;
+    std::vector<int> survivors;  // nodes alive after the main job
+    std::map<int, int64_t> leaks;
+    std::vector<std::string> notes;  // what happened, for `observed`
+  };
+
+  // Run()'s steps, in order (harness_run.cc).
+  double Calibrate(MainRun& m);
+  void RunMainJob(MainRun& m);
+  void CheckFaultOutcome(MainRun& m);
+  void CheckJobSucceeded(const MainRun& m);
+  void CheckPeersNamed(MainRun& m);
+  void CheckSlowConsumer(MainRun& m);
+  void CheckFileOutput(MainRun& m);
+  void AddNodeReports(const MainRun& m);
+  void FinishRun(MainRun& m);
+
   Status Setup();
   // The shared secret (o_.secret, or a random one in <run dir>/secret) for daemons and client.
   Status SetupSecret(DaemonConfig* cfg);
@@ -85,6 +124,15 @@ class HarnessRun {
   // until it ended everywhere; with `inject` the configured fault fires on the way.
   JobOutcome RunJob(const control::JobSpec& spec, const std::vector<int>& ids,
                     const Placement& placement, bool inject);
+  // RunJob's steps (job_monitor.cc). SubmitAll: false when a node refused (others cancelled).
+  bool SubmitAll(const control::JobSpec& spec, const std::vector<int>& ids, JobOutcome* out);
+  void PollNodes(JobLoop& l, double now, JobOutcome* out);
+  void PollStats(JobLoop& l, double now, const JobView& view);
+  void MaybeFire(JobLoop& l, double now, JobOutcome* out);
+  void WatchVictim(JobLoop& l, double now, JobOutcome* out);
+  bool SettleAfterFault(JobLoop& l, double now, JobOutcome* out);
+  bool JobSettled(JobLoop& l, double now, JobOutcome* out);
+  void ReapSigtermVictim(JobLoop& l, JobOutcome* out);
   void CancelOn(const control::JobSpec& spec, const std::vector<int>& ids, const JobView& view,
                 const std::string& reason, std::vector<std::string>* errors);
   static Tally Count(const control::JobSpec& spec, const JobView& view);

@@ -3,6 +3,7 @@
 // Exit status 0 only when every expected outcome happened. See tools/harness/README.md.
 #include <cstdio>
 
+#include "tools/common/cli.h"
 #include "tools/control/control_client.h"
 #include "tools/harness/harness_options.h"
 #include "tools/harness/harness_run.h"
@@ -10,18 +11,15 @@
 
 int main(int argc, char** argv) {
   using namespace sluice::harness;
-  auto options = ParseOptions(argc, argv);
-  if (!options.ok()) {
-    if (options.status().code() == sluice::StatusCode::kCancelled) return 0;  // --help
-    std::fprintf(stderr, "sluice-harness: %s\n", options.status().message().c_str());
-    return 2;
-  }
+  Options parsed;
+  if (const int exit_code = ParseOptions(argc, argv, &parsed); exit_code >= 0) return exit_code;
+  Options* options = &parsed;
   if (options->auth && (!options->auth_secret_file.empty() || !options->state_dir.empty())) {
     // As sluicectl and sluiced: a missing or group/other-readable secret is refused, exit 2.
     auto secret = sluice::control::FindSecret({options->auth_secret_file, options->state_dir});
     if (!secret.ok()) {
       std::fprintf(stderr, "sluice-harness: %s\n", secret.status().message().c_str());
-      return 2;
+      return sluice::tools::kExitUsage;
     }
     options->secret = *secret;
   }
@@ -35,5 +33,6 @@ int main(int argc, char** argv) {
   std::fputs(SummaryTable(report).c_str(), stderr);
   if (!report.ok) std::fprintf(stderr, "daemon logs: %s\n", report.run_dir.c_str());
   if (json) std::printf("%s\n", ToJson(report).c_str());
-  return report.ok ? 0 : 1;
+  if (report.usage_error) return sluice::tools::kExitUsage;
+  return report.ok ? sluice::tools::kExitOk : sluice::tools::kExitFailed;
 }

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <vector>
 
 namespace sluice::harness {
 
@@ -129,6 +130,26 @@ std::string SelfDir() {
   if (n <= 0) return ".";
   buf[n] = '\0';
   return std::filesystem::path(buf).parent_path().string();
+}
+
+std::string FindSluiced() {
+  const std::filesystem::path self = SelfDir();
+  std::vector<std::string> candidates = {(self / "sluiced").string(),
+                                         (self / ".." / "daemon" / "sluiced").lexically_normal()};
+  if (const char* path = std::getenv("PATH"); path != nullptr) {
+    std::string dirs = path;
+    size_t start = 0;
+    while (start <= dirs.size()) {
+      size_t end = dirs.find(':', start);
+      if (end == std::string::npos) end = dirs.size();
+      if (end > start) candidates.push_back(dirs.substr(start, end - start) + "/sluiced");
+      start = end + 1;
+    }
+  }
+  for (const std::string& c : candidates) {
+    if (access(c.c_str(), X_OK) == 0) return c;
+  }
+  return candidates.front();
 }
 
 std::string RandomHex(size_t n) {

@@ -32,6 +32,10 @@ void RemoveTree(const std::string& dir);
 
 // Directory of this executable, from /proc/self/exe.
 std::string SelfDir();
+// The sluiced this harness runs when --sluiced is not given: next to this executable (an
+// install tree's bin/), then ../daemon/sluiced (the build tree), then the first sluiced on
+// PATH. When none is executable, the path next to this executable (the error names it).
+std::string FindSluiced();
 
 // 2 * n random bytes from /dev/urandom as hex.
 std::string RandomHex(size_t n);

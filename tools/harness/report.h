@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "tools/common/report_util.h"
+
 namespace sluice::harness {
 
 struct NodeReport {
@@ -44,6 +46,7 @@ struct Report {
   std::string observed;  // what happened, in words
   std::vector<std::string> errors;
   bool ok = false;
+  bool usage_error = false;  // the options were refused (by the harness or a daemon): exit 2
   std::string run_dir;
   std::vector<NodeReport> node_reports;
   // Extra fields: name and an already-encoded JSON value.
@@ -53,9 +56,10 @@ struct Report {
   void AddExtra(const std::string& name, const std::string& v);
 };
 
-std::string JsonString(const std::string& s);
+// Shared with sluice-bench (tools/common/report_util.h).
+using tools::FormatBytes;
+using tools::JsonString;
 std::string ToJson(const Report& r);
 std::string SummaryTable(const Report& r);
-std::string FormatBytes(uint64_t b);
 
 }  // namespace sluice::harness

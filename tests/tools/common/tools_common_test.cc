@@ -9,6 +9,7 @@
 
 #include "tools/common/cli.h"
 #include "tools/common/fd_io.h"
+#include "tools/common/report_util.h"
 
 namespace sluice::tools {
 namespace {
@@ -101,6 +102,20 @@ TEST(FdIoTest, WholeBuffersCrossAPipeAndEndOfStreamIsReported) {
   EXPECT_FALSE(ReadAll(fds[0], more, sizeof(more), &got));
   EXPECT_EQ(got, 0u);
   ::close(fds[0]);
+}
+
+TEST(ReportUtilTest, FormatsSizesRatesAndMedians) {
+  EXPECT_EQ(FormatBytes(512), "512 B");
+  EXPECT_EQ(FormatBytes(1536), "1.5 KiB");
+  EXPECT_EQ(FormatBytes(64ull << 20), "64.0 MiB");
+  EXPECT_EQ(FormatBytes(2ull << 30), "2.00 GiB");
+  EXPECT_EQ(FormatFixed(3.14159, 2), "3.14");
+  EXPECT_DOUBLE_EQ(MiBPerSecond(10ull << 20, 2.0), 5.0);
+  EXPECT_DOUBLE_EQ(MiBPerSecond(10ull << 20, 0.0), 0.0);
+  EXPECT_DOUBLE_EQ(Median({}), 0.0);
+  EXPECT_DOUBLE_EQ(Median({3.0, 1.0, 2.0}), 2.0);
+  EXPECT_DOUBLE_EQ(Median({4.0, 1.0, 3.0, 2.0}), 3.0);  // the upper one of an even count
+  EXPECT_EQ(JsonString("a\"b\\c\n\x01"), "\"a\\\"b\\\\c\\n\\u0001\"");
 }
 
 }  // namespace
