@@ -93,6 +93,9 @@ void Transport(Writer& w, const transport::TransportMetrics* served,
        &transport::TransportMetrics::handshake_timeouts},
       {"fault_shim_corrupted_total", "payloads the testing fault shim corrupted",
        &transport::TransportMetrics::faults_corrupted},
+      {"data_port_http_requests_total",
+       "HTTP requests that reached the data port (answered 400, closed; not protocol errors)",
+       &transport::TransportMetrics::http_requests},
   };
   for (const Field& f : kFields) {
     w.Head(f.name, f.help, "counter");
@@ -139,7 +142,7 @@ std::string RenderPrometheus(const MetricsSnapshot& m) {
   Writer w(Escape(m.node));
   const auto& p = m.pool;
   w.Gauge("segment_size_bytes", "size of one network buffer", p.segment_size);
-  w.Gauge("pool_segments_total", "segments in the network buffer pool", p.total);
+  w.Gauge("pool_segments", "segments in the network buffer pool (its capacity)", p.total);
   w.Gauge("pool_segments_available", "segments in the global free list", p.available);
   w.Gauge("pool_segments_exclusive", "segments held as exclusive buffers by input channels",
           p.exclusive);
@@ -175,6 +178,13 @@ std::string RenderPrometheus(const MetricsSnapshot& m) {
             static_cast<double>(m.jobs.records_consumed));
   w.Counter("record_bytes_consumed_total", "record bytes received by consumers on this daemon",
             static_cast<double>(m.jobs.bytes_consumed));
+  if (const HttpStats* h = m.http) {
+    w.Counter("http_requests_total", "metrics endpoint requests answered 200",
+              static_cast<double>(h->requests.load()));
+    w.Counter("http_rejected_total",
+              "metrics endpoint requests refused (4xx) or dropped (deadline, too many clients)",
+              static_cast<double>(h->rejected.load()));
+  }
   w.Gauge("resident_memory_bytes", "resident set size", static_cast<double>(m.rss_bytes));
   w.Gauge("resident_memory_peak_bytes", "peak resident set size",
           static_cast<double>(m.peak_rss_bytes));

@@ -10,6 +10,7 @@
 
 #include "buffer/network_buffer_pool.h"
 #include "shuffle/shuffle_server.h"
+#include "tools/daemon/http_server.h"
 #include "transport/transport_options.h"
 
 namespace sluice::daemon {
@@ -31,6 +32,7 @@ struct MetricsSnapshot {
   const transport::TransportMetrics* served = nullptr;  // connections accepted
   const transport::TransportMetrics* opened = nullptr;  // connections to other daemons
   JobCounters jobs;
+  const HttpStats* http = nullptr;  // the metrics endpoint, when served
   uint64_t rss_bytes = 0;
   uint64_t peak_rss_bytes = 0;
 };
