@@ -71,7 +71,7 @@ std::shared_ptr<spdlog::logger> MakeLogger(const DaemonConfig& c) {
   auto logger = std::make_shared<spdlog::logger>("sluiced", std::move(sink));
   logger->set_level(spdlog::level::from_str(c.log_level));
   logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [%n] %v");
-  logger->flush_on(spdlog::level::info);
+  logger->flush_on(spdlog::level::trace);  // every line: a daemon logs little, and tail -f shows it
   return logger;
 }
 
