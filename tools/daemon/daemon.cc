@@ -495,6 +495,10 @@ std::string Daemon::Prometheus() {
   MetricsSnapshot m;
   m.node = node_name_;
   if (http_) m.http = &http_->stats();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, r] : running_) m.job_buffers.emplace_back(id, r->BufferMetrics());
+  }
   m.pool = env_->pool()->Stats();
   if (env_->server()) {
     m.server = &env_->server()->stats();
