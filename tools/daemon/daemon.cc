@@ -136,8 +136,14 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config) {
     handlers.metrics = [p = d.get()] { return p->Prometheus(); };
     handlers.healthy = [p = d.get()] { return p->serving(); };
     auto http = HttpServer::Start(config.metrics_listen, std::move(handlers));
-    if (!http.ok()) return http.status();  // ~Daemon stops what started
-    d->http_ = std::move(*http);
+    if (http.ok()) {
+      d->http_ = std::move(*http);
+    } else if (config.metrics_listen_optional) {
+      Log(LogLevel::kWarn, http.status().message() + " (the default address; running without "
+                           "the metrics endpoint)");
+    } else {
+      return http.status();  // ~Daemon stops what started
+    }
   }
   return d;
 }

@@ -400,7 +400,10 @@ bool DiffersOnlyInReloadable(const DaemonConfig& a, const DaemonConfig& b) {
 
 Result<CommandLine> ParseCommandLine(const std::vector<std::string>& args) {
   CommandLine cl;
-  cl.config.metrics_listen = kDefaultMetricsListen;  // in-process daemons default to none
+  // Not given in the file or the flags: the command line's default (in-process daemons have
+  // none), which may be taken by another daemon on the host (see metrics_listen_optional).
+  static const std::string kUnset = "\x01unset";
+  cl.config.metrics_listen = kUnset;
   // The file first, so flags override it wherever they appear.
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--config" || args[i].rfind("--config=", 0) == 0) {
@@ -461,6 +464,10 @@ Result<CommandLine> ParseCommandLine(const std::vector<std::string>& args) {
       }
     }
     if (Status st = it->second.set(value, "--" + name, &cl.config); !st.ok()) return st;
+  }
+  if (cl.config.metrics_listen == kUnset) {
+    cl.config.metrics_listen = kDefaultMetricsListen;
+    cl.config.metrics_listen_optional = true;
   }
   if (Status st = Validate(cl.config); !st.ok()) return st;
   return cl;

@@ -46,6 +46,10 @@ struct DaemonConfig {
   // GET /metrics and /healthz over HTTP on this host:port (sluiced's command line defaults to
   // 127.0.0.1:9470; empty: none, the default for in-process daemons). Port 0 picks one.
   std::string metrics_listen;
+  // Set when metrics_listen is sluiced's default rather than asked for: an address in use is
+  // then a warning (the daemon runs without the endpoint) instead of a start error, so that
+  // several daemons started without the option on one host still start.
+  bool metrics_listen_optional = false;
   std::string metrics_port_file;    // written with the bound metrics port once serving
   std::string metrics_file;         // empty: none; else Prometheus text rewritten periodically
   uint32_t metrics_interval_ms = 5000;

@@ -199,5 +199,30 @@ TEST(DaemonMetricsEndpointTest, ServesWhileRunning) {
   EXPECT_FALSE(d->serving());
 }
 
+// An address in use fails the start when asked for, and is a warning for sluiced's implicit
+// default (several daemons on one host without the option still start).
+TEST(DaemonMetricsEndpointTest, AddressInUseFailsUnlessItIsTheDefault) {
+  auto first = testing::StartDaemon("", 16ull << 20,
+                                    [](DaemonConfig& c) { c.metrics_listen = "127.0.0.1:0"; });
+  ASSERT_NE(first, nullptr);
+  const std::string taken = "127.0.0.1:" + std::to_string(first->metrics_port());
+  DaemonConfig c;
+  c.port = 0;
+  c.network_memory = 16ull << 20;
+  c.auth_secret_file = testing::TestSecretFile();
+  c.metrics_listen = taken;
+  auto refused = Daemon::Start(c);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("metrics_listen = '" + taken + "'"),
+            std::string::npos);
+  c.metrics_listen_optional = true;
+  auto lenient = Daemon::Start(c);
+  ASSERT_TRUE(lenient.ok()) << lenient.status().message();
+  EXPECT_EQ((*lenient)->metrics_port(), 0);
+  EXPECT_EQ((*lenient)->Shutdown(std::chrono::milliseconds(0)).leaked_segments, 0u);
+  EXPECT_EQ(first->Shutdown(std::chrono::milliseconds(0)).leaked_segments, 0u);
+}
+
 }  // namespace
 }  // namespace sluice::daemon
