@@ -615,7 +615,9 @@ ShutdownReport Daemon::Shutdown(std::chrono::milliseconds grace) {
   }
   report.stuck_tasks = AwaitCancelled(rest);
   rest.clear();
-  http_.reset();  // its handlers read env_
+  // Its handlers read env_ and http_: joined before the pointer changes.
+  if (http_) http_->Stop();
+  http_.reset();
   env_->Stop();
   const buffer::NetworkBufferPoolStats p = env_->pool()->Stats();
   report.leaked_segments = p.total - p.available;

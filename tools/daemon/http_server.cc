@@ -109,12 +109,16 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& host_po
 HttpServer::HttpServer(int listen_fd, uint16_t port, HttpHandlers handlers)
     : listen_fd_(listen_fd), port_(port), handlers_(std::move(handlers)) {}
 
-HttpServer::~HttpServer() {
+void HttpServer::Stop() {
   if (thread_.joinable()) {
     const char x = 'x';
     [[maybe_unused]] ssize_t n = ::write(wake_[1], &x, 1);
     thread_.join();
   }
+}
+
+HttpServer::~HttpServer() {
+  Stop();
   for (int fd : {listen_fd_, wake_[0], wake_[1]}) {
     if (fd >= 0) ::close(fd);
   }

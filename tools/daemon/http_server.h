@@ -48,6 +48,10 @@ class HttpServer {
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
 
+  // Stops serving and joins the thread (no handler runs after it returns). Idempotent; the
+  // destructor calls it. Not concurrently with itself.
+  void Stop();
+
   uint16_t port() const { return port_; }
   const HttpStats& stats() const { return stats_; }
 
