@@ -337,6 +337,16 @@ TEST(DaemonTest, CutConnectionsFailsTheJobNamingThePeerAndLeaksNothing) {
     if (!st->consumers.empty() && st->consumers[0].records > 1000) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  // While it runs, the metrics show the job's gates and partitions (issue 12).
+  const std::string metrics = cl.daemons[0]->Prometheus();
+  const std::string node = "node=\"" + cl.daemons[0]->node_name() + "\"";
+  EXPECT_NE(metrics.find("sluice_gate_exclusive_buffers{" + node + ",job=\"cut\",gate=\"cut/c"),
+            std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("sluice_partition_backlog{" + node + ",job=\"cut\",partition=\""),
+            std::string::npos);
+  EXPECT_NE(metrics.find("sluice_partition_backpressure_seconds_total{" + node +
+                         ",job=\"cut\",partition=\""),
+            std::string::npos);
   auto cut = cb->CutConnections();
   ASSERT_TRUE(cut.ok()) << cut.status().ToString();
   EXPECT_GE(*cut, 1u);
