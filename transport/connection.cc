@@ -300,8 +300,32 @@ void Connection::OnRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
       IoError("connection to " + c->peer_ + " failed: " + uv_strerror(static_cast<int>(nread))));
 }
 
+// An HTTP client (a browser, a Prometheus scrape pointed at the wrong port) gets an answer
+// it can show instead of a silent close. The socket is fresh, so one try-write suffices; if it
+// does not take everything the client sees a close, as before.
+void Connection::AnswerHttp() {
+  metrics_->http_requests.fetch_add(1, std::memory_order_relaxed);
+  Log(LogLevel::kDebug, "closing connection from " + peer_ +
+                            ": an HTTP request reached the Sluice data port");
+  static const std::string kBody =
+      "This is the data port of sluiced (the Sluice shuffle daemon); it speaks the Sluice "
+      "binary protocol, not HTTP.\nMetrics and health are served over HTTP on the daemon's "
+      "metrics_listen address (default 127.0.0.1:9470): GET /metrics, GET /healthz.\n";
+  static const std::string kResponse =
+      "HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+      "Content-Length: " + std::to_string(kBody.size()) + "\r\nConnection: close\r\n\r\n" + kBody;
+  uv_buf_t buf = uv_buf_init(const_cast<char*>(kResponse.data()),
+                             static_cast<unsigned>(kResponse.size()));
+  uv_try_write(reinterpret_cast<uv_stream_t*>(tcp_), &buf, 1);
+  Close(ProtocolError("an HTTP request from " + peer_ + " reached the Sluice data port"));
+}
+
 void Connection::HandleDecodeError() {
   if (closing_ || close_after_flush_) return;  // already on its way out
+  if (decoder_.LooksLikeHttp()) {
+    AnswerHttp();
+    return;
+  }
   const FrameError reason = decoder_.error();
   metrics_->protocol_errors[static_cast<size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
   const Status& st = decoder_.status();

@@ -165,6 +165,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void ReadSocket();
   void EndOfStream();
   void CloseHandles();
+  // Answers an HTTP request on the data port with a 400 that names the metrics port; closes.
+  void AnswerHttp();
   void HandleDecodeError();
   void Tick();
   void ScheduleFlush();

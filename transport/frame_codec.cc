@@ -86,6 +86,17 @@ void EncodeFrameHeader(std::span<uint8_t, kFrameHeaderSize> out, uint8_t type,
   StoreBe16(&out[10], metadata_len);
 }
 
+bool FrameDecoder::LooksLikeHttp() const {
+  if (state_ != State::kFailed || error_ != FrameError::kBadMagic || frames_ != 0) return false;
+  static constexpr std::string_view kMethods[] = {"GET ", "POST", "HEAD", "PUT ", "DELE",
+                                                  "OPTI", "PATC", "CONN", "TRAC"};
+  const std::string_view start(reinterpret_cast<const char*>(header_bytes_), 4);
+  for (std::string_view m : kMethods) {
+    if (start == m) return true;
+  }
+  return false;
+}
+
 FrameHeader DecodeFrameHeader(std::span<const uint8_t, kFrameHeaderSize> in) {
   FrameHeader h;
   h.frame_length = LoadBe32(&in[0]);

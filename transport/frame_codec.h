@@ -205,6 +205,10 @@ class FrameDecoder {
   void set_max_metadata(uint32_t bytes) {
     max_metadata_ = std::min<uint32_t>(bytes, kMaxMetadataLength);
   }
+  // Whether the decoder failed on the stream's first header and that header starts with an
+  // HTTP method ("GET ", "POST", "HEAD", "PUT ", ...): a browser or a Prometheus scrape reached
+  // the data port. The connection answers it in HTTP (Connection::HandleDecodeError).
+  bool LooksLikeHttp() const;
   // Bytes held for metadata now (grows with the largest metadata received).
   size_t metadata_capacity() const { return metadata_capacity_; }
 

@@ -72,6 +72,9 @@ struct TransportMetrics {
   std::atomic<uint64_t> idle_timeouts{0};
   std::atomic<uint64_t> handshake_timeouts{0};
   std::array<std::atomic<uint64_t>, kFrameErrorCount> protocol_errors{};
+  // Connections whose first bytes were an HTTP request (answered 400, closed); not counted in
+  // protocol_errors.
+  std::atomic<uint64_t> http_requests{0};
   std::atomic<uint64_t> faults_corrupted{0};  // payloads the fault shim corrupted
 
   uint64_t protocol_errors_total() const {

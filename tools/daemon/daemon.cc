@@ -131,10 +131,38 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config) {
                       ? "sluiced@" + config.listen + ":" + std::to_string(d->env_->port())
                       : config.node_name;
   d->control_thread_ = std::thread([p = d.get()] { p->ControlLoop(); });
+  if (!config.metrics_listen.empty()) {
+    HttpHandlers handlers;
+    handlers.metrics = [p = d.get()] { return p->Prometheus(); };
+    handlers.healthy = [p = d.get()] { return p->serving(); };
+    auto http = HttpServer::Start(config.metrics_listen, std::move(handlers));
+    if (http.ok()) {
+      d->http_ = std::move(*http);
+    } else if (config.metrics_listen_optional) {
+      Log(LogLevel::kWarn, http.status().message() + " (the default address; running without "
+                           "the metrics endpoint)");
+    } else {
+      return http.status();  // ~Daemon stops what started
+    }
+  }
   return d;
 }
 
 Daemon::~Daemon() { Shutdown(std::chrono::milliseconds(0)); }
+
+Status Daemon::Reload(const DaemonConfig& config) {
+  if (Status st = Validate(config); !st.ok()) return st;
+  auto peers = ParseAllowedPeers(config.allowed_peers);
+  if (!peers.ok()) return peers.status();
+  std::lock_guard<std::mutex> lock(mu_);
+  allowed_peers_ = std::move(*peers);
+  config_.allowed_peers = config.allowed_peers;
+  config_.job_memory = config.job_memory;
+  config_.max_line_bytes = config.max_line_bytes;
+  config_.log_level = config.log_level;
+  config_.metrics_interval_ms = config.metrics_interval_ms;
+  return Status::Ok();
+}
 
 void Daemon::OnControlRequest(MessageType type, std::span<const uint8_t> message,
                               const std::string& peer, shuffle::ControlReply reply) {
@@ -273,13 +301,16 @@ void Daemon::ServeSubmit(Request& r) {
   JobRunnerOptions options;
   options.input_dir = config_.input_dir;
   options.output_dir = config_.output_dir;
-  options.max_line_bytes = config_.max_line_bytes;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    options.max_line_bytes = config_.max_line_bytes;
+  }
   if (st.ok() && node >= spec.nodes.size()) {
     st = InvalidArgument("job '" + spec.job_id + "': node index " + std::to_string(node) +
                          " is not in nodes");
   }
   if (st.ok()) {
-    heap = EstimateJobMemory(spec, node, env_->config().options.credit, config_.max_line_bytes)
+    heap = EstimateJobMemory(spec, node, env_->config().options.credit, options.max_line_bytes)
                .heap_bytes;
     std::lock_guard<std::mutex> lock(mu_);
     st = CheckSubmitLocked(spec, node, heap);
@@ -469,6 +500,11 @@ std::string Daemon::CreditDump() {
 std::string Daemon::Prometheus() {
   MetricsSnapshot m;
   m.node = node_name_;
+  if (http_) m.http = &http_->stats();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, r] : running_) m.job_buffers.emplace_back(id, r->BufferMetrics());
+  }
   m.pool = env_->pool()->Stats();
   if (env_->server()) {
     m.server = &env_->server()->stats();
@@ -529,6 +565,7 @@ uint32_t Daemon::AwaitCancelled(std::map<std::string, std::unique_ptr<JobRunner>
 ShutdownReport Daemon::Shutdown(std::chrono::milliseconds grace) {
   std::lock_guard<std::mutex> once(shutdown_mu_);
   if (shutdown_) return *shutdown_;
+  shutting_down_.store(true, std::memory_order_release);
   ShutdownReport report;
   if (!env_) {
     shutdown_ = report;
@@ -578,6 +615,9 @@ ShutdownReport Daemon::Shutdown(std::chrono::milliseconds grace) {
   }
   report.stuck_tasks = AwaitCancelled(rest);
   rest.clear();
+  // Its handlers read env_ and http_: joined before the pointer changes.
+  if (http_) http_->Stop();
+  http_.reset();
   env_->Stop();
   const buffer::NetworkBufferPoolStats p = env_->pool()->Stats();
   report.leaked_segments = p.total - p.available;

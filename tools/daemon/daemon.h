@@ -20,6 +20,7 @@
 // Thread-safe: every public method may be called from any thread.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -38,6 +39,7 @@
 #include "shuffle/shuffle_server.h"
 #include "tools/control/job_spec.h"
 #include "tools/daemon/daemon_config.h"
+#include "tools/daemon/http_server.h"
 #include "tools/daemon/job_runner.h"
 #include "tools/daemon/metrics.h"
 
@@ -73,6 +75,17 @@ class Daemon final : public shuffle::ControlService {
   Daemon& operator=(const Daemon&) = delete;
 
   uint16_t port() const { return env_->port(); }
+  // The port of GET /metrics and /healthz (metrics_listen), 0 when not served.
+  uint16_t metrics_port() const { return http_ ? http_->port() : 0; }
+  // False once Shutdown began (/healthz answers 503 from then on).
+  bool serving() const { return !shutting_down_.load(std::memory_order_acquire); }
+
+  // Applies the reloadable settings of `config` (SIGHUP): allowed_peers, job_memory and
+  // max_line_bytes (jobs submitted afterwards see them; running jobs keep theirs); the caller
+  // applies log_level and metrics_interval_ms. Everything else must equal the running
+  // configuration: InvalidArgument naming the first option that differs (restart to change it),
+  // and nothing is applied.
+  Status Reload(const DaemonConfig& config);
   const std::string& node_name() const { return node_name_; }
 
   void OnControlRequest(schema::MessageType type, std::span<const uint8_t> message,
@@ -123,7 +136,7 @@ class Daemon final : public shuffle::ControlService {
   JobCounters Counters();
   std::string CreditDump();
 
-  const DaemonConfig config_;
+  DaemonConfig config_;  // reloadable fields (see Reload) read and written under mu_
   std::string node_name_;
   std::unique_ptr<shuffle::ShuffleEnvironment> env_;
 
@@ -146,6 +159,9 @@ class Daemon final : public shuffle::ControlService {
   // Runners whose threads did not stop at shutdown: destroyed (joined) with the Daemon.
   std::vector<std::unique_ptr<JobRunner>> stuck_;
   std::thread control_thread_;
+  std::atomic<bool> shutting_down_{false};
+  std::atomic<uint64_t> http_on_data_port_{0};
+  std::unique_ptr<HttpServer> http_;  // last: stopped first, before what its handlers read
 };
 
 }  // namespace sluice::daemon

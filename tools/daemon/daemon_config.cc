@@ -144,29 +144,34 @@ const std::map<std::string, Option>& Options() {
                   &DaemonConfig::enable_fault_injection)},
       {"allowed_peers",
        StringOption("comma-separated CIDRs a job's nodes must be in (default "
-                    "127.0.0.0/8,::1/128)",
+                    "127.0.0.0/8,::1/128) [SIGHUP reloads]",
                     &DaemonConfig::allowed_peers)},
       {"input_dir", StringOption("file jobs read their inputs beneath this directory",
                                  &DaemonConfig::input_dir)},
       {"output_dir", StringOption("file jobs write their outputs beneath this directory",
                                   &DaemonConfig::output_dir)},
-      {"max_line_bytes", SizeOption("longest input line of a file job (default 1m)",
+      {"max_line_bytes", SizeOption("longest input line of a file job (default 1m) [SIGHUP reloads]",
                                     &DaemonConfig::max_line_bytes)},
       {"job_memory",
        SizeOption("heap for jobs' record buffers outside network memory: a job whose "
                   "producers x record_size_max (plus consumers' reassembly) does not fit in "
-                  "what is left is refused (default 64m)",
+                  "what is left is refused (default 64m) [SIGHUP reloads]",
                   &DaemonConfig::job_memory)},
       {"metrics_listen",
-       StringOption("serve GET /metrics and /healthz over HTTP on host:port (port 0: any)",
+       StringOption("serve GET /metrics and /healthz over HTTP on host:port (default 127.0.0.1:9470; "
+                    "port 0: any; \"\": none)",
                     &DaemonConfig::metrics_listen)},
+      {"metrics_port_file",
+       StringOption("written with the bound metrics port once serving (with metrics_listen "
+                    "port 0)",
+                    &DaemonConfig::metrics_port_file)},
       {"metrics_file", StringOption("rewrite Prometheus metrics into this file periodically",
                                     &DaemonConfig::metrics_file)},
-      {"metrics_interval_ms", IntOption("metrics file period (default 5000)",
+      {"metrics_interval_ms", IntOption("metrics file period (default 5000) [SIGHUP reloads]",
                                         &DaemonConfig::metrics_interval_ms, 100, 3600000)},
-      {"log_level", StringOption("trace, debug, info (default), warn or error",
+      {"log_level", StringOption("trace, debug, info (default), warn or error [SIGHUP reloads]",
                                  &DaemonConfig::log_level)},
-      {"log_file", StringOption("log to this file instead of stderr", &DaemonConfig::log_file)},
+      {"log_file", StringOption("log to this file instead of stderr (SIGHUP reopens it)", &DaemonConfig::log_file)},
       {"node_name", StringOption("name in logs and metrics (default sluiced@listen:port)",
                                  &DaemonConfig::node_name)},
       {"max_connections", IntOption("connection limit (default 1024)",
@@ -383,8 +388,22 @@ bool IsLoopbackHost(const std::string& host) {
   return std::equal(addr.address, addr.address + 16, kLoopback6);
 }
 
+bool DiffersOnlyInReloadable(const DaemonConfig& a, const DaemonConfig& b) {
+  DaemonConfig x = b;
+  x.log_level = a.log_level;
+  x.metrics_interval_ms = a.metrics_interval_ms;
+  x.allowed_peers = a.allowed_peers;
+  x.job_memory = a.job_memory;
+  x.max_line_bytes = a.max_line_bytes;
+  return x == a;
+}
+
 Result<CommandLine> ParseCommandLine(const std::vector<std::string>& args) {
   CommandLine cl;
+  // Not given in the file or the flags: the command line's default (in-process daemons have
+  // none), which may be taken by another daemon on the host (see metrics_listen_optional).
+  static const std::string kUnset = "\x01unset";
+  cl.config.metrics_listen = kUnset;
   // The file first, so flags override it wherever they appear.
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--config" || args[i].rfind("--config=", 0) == 0) {
@@ -446,6 +465,10 @@ Result<CommandLine> ParseCommandLine(const std::vector<std::string>& args) {
     }
     if (Status st = it->second.set(value, "--" + name, &cl.config); !st.ok()) return st;
   }
+  if (cl.config.metrics_listen == kUnset) {
+    cl.config.metrics_listen = kDefaultMetricsListen;
+    cl.config.metrics_listen_optional = true;
+  }
   if (Status st = Validate(cl.config); !st.ok()) return st;
   return cl;
 }
@@ -463,7 +486,12 @@ std::string HelpText() {
     s += flag + " " + o.help + "\n";
   }
   s += "\nSignals: SIGTERM or SIGINT stop accepting, let running jobs finish (up to "
-       "shutdown_grace_ms), cancel the rest, check that every buffer is back, exit 0.\n";
+       "shutdown_grace_ms), cancel the rest, check that every buffer is back, exit 0.\n"
+       "SIGHUP reopens log_file (after logrotate) and reloads the options marked [SIGHUP "
+       "reloads] from --config (flags still override); a file that fails to load is logged and "
+       "the running settings stay. Other options need a restart.\n"
+       "Under systemd (NOTIFY_SOCKET set) sluiced sends READY=1 once listening and STOPPING=1 "
+       "when it begins to stop.\n";
   return s;
 }
 

@@ -44,8 +44,13 @@ struct DaemonConfig {
   // fit in what is left is refused at submit.
   uint64_t job_memory = 64ull << 20;
   // GET /metrics and /healthz over HTTP on this host:port (sluiced's command line defaults to
-  // 127.0.0.1:9470; empty: none, the default for in-process daemons). Not yet served.
+  // 127.0.0.1:9470; empty: none, the default for in-process daemons). Port 0 picks one.
   std::string metrics_listen;
+  // Set when metrics_listen is sluiced's default rather than asked for: an address in use is
+  // then a warning (the daemon runs without the endpoint) instead of a start error, so that
+  // several daemons started without the option on one host still start.
+  bool metrics_listen_optional = false;
+  std::string metrics_port_file;    // written with the bound metrics port once serving
   std::string metrics_file;         // empty: none; else Prometheus text rewritten periodically
   uint32_t metrics_interval_ms = 5000;
   std::string log_level = "info";   // trace, debug, info, warn, error
@@ -60,7 +65,15 @@ struct DaemonConfig {
   uint64_t fault_seed = 1;
   uint32_t fault_corrupt_per_million = 0;
   uint32_t fault_delay_ms = 0;
+
+  bool operator==(const DaemonConfig&) const = default;
 };
+
+// Whether `a` and `b` differ only in what SIGHUP reloads: log_level, metrics_interval_ms,
+// allowed_peers, job_memory, max_line_bytes.
+bool DiffersOnlyInReloadable(const DaemonConfig& a, const DaemonConfig& b);
+// The address GET /metrics is served on when sluiced's command line does not say.
+inline constexpr const char* kDefaultMetricsListen = "127.0.0.1:9470";
 
 // One entry of allowed_peers: an IPv4 or IPv6 network.
 struct Cidr {
@@ -94,6 +107,6 @@ Status Validate(const DaemonConfig& config);
 Result<uint64_t> ParseSize(const std::string& text, const std::string& option);
 
 std::string HelpText();
-inline constexpr const char* kVersion = "0.1.0";
+inline constexpr const char* kVersion = "0.2.0";  // == tools::kVersion
 
 }  // namespace sluice::daemon

@@ -659,6 +659,33 @@ Status ValidateFileJob(const JobSpec& spec, const std::string& job) {
 }
 }  // namespace
 
+JobBufferMetrics JobRunner::BufferMetrics() const {
+  JobBufferMetrics m;
+  for (const auto& p : state_->producers) {
+    if (!p->partition) continue;
+    const shuffle::ResultPartitionStats ps = p->partition->Stats();
+    PartitionBufferMetrics pm;
+    pm.partition = p->partition->id();
+    for (const auto& sub : ps.subpartitions) pm.backlog += sub.backlog;
+    pm.buffers_in_use = ps.pool.lent;
+    pm.backpressure_ns = ps.backpressure_ns;
+    m.partitions.push_back(std::move(pm));
+  }
+  for (const auto& c : state_->consumers) {
+    if (!c->gate) continue;
+    GateBufferMetrics gm;
+    gm.gate = c->gate->name();
+    for (const shuffle::ChannelState& ch : c->gate->ChannelStates()) {
+      gm.exclusive += ch.exclusive;
+      gm.floating += ch.floating;
+      gm.queued += ch.queued;
+      gm.sender_backlog += ch.sender_backlog;
+    }
+    m.gates.push_back(std::move(gm));
+  }
+  return m;
+}
+
 Status ValidateJobSpec(const JobSpec& spec) {
   if (!ValidJobId(spec.job_id)) {
     return InvalidArgument("job_id '" + spec.job_id +

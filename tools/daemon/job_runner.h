@@ -58,6 +58,25 @@ struct JobRunnerOptions {
   std::function<void()> task_hook_for_testing;
 };
 
+// Live buffer use of one input gate / result partition of a job on this node (metrics).
+struct GateBufferMetrics {
+  std::string gate;              // "<job>/c<consumer>"
+  uint32_t exclusive = 0;        // exclusive segments owned by its remote channels
+  uint32_t floating = 0;         // floating buffers its channels hold
+  uint32_t queued = 0;           // buffers received, not yet consumed
+  uint32_t sender_backlog = 0;   // backlog the senders announced
+};
+struct PartitionBufferMetrics {
+  std::string partition;         // the partition id
+  uint32_t backlog = 0;          // finished buffers queued over its subpartitions
+  uint32_t buffers_in_use = 0;   // segments of its output pool lent to buffers
+  uint64_t backpressure_ns = 0;  // time its writer waited for buffers
+};
+struct JobBufferMetrics {
+  std::vector<GateBufferMetrics> gates;
+  std::vector<PartitionBufferMetrics> partitions;
+};
+
 class JobRunner {
  public:
   // Validates the spec (node index, placement, sizes, pattern, relative file paths; file jobs
@@ -89,6 +108,9 @@ class JobRunner {
   // Task threads that have not returned yet (for a shutdown that cannot wait for them).
   uint32_t running_tasks() const;
   const control::JobSpec& spec() const;
+  // This node's gates and partitions, live. Thread-safe (reads locked channel states and the
+  // partitions' stats), also while the tasks run.
+  JobBufferMetrics BufferMetrics() const;
 
  private:
   struct State;

@@ -93,6 +93,9 @@ void Transport(Writer& w, const transport::TransportMetrics* served,
        &transport::TransportMetrics::handshake_timeouts},
       {"fault_shim_corrupted_total", "payloads the testing fault shim corrupted",
        &transport::TransportMetrics::faults_corrupted},
+      {"data_port_http_requests_total",
+       "HTTP requests that reached the data port (answered 400, closed; not protocol errors)",
+       &transport::TransportMetrics::http_requests},
   };
   for (const Field& f : kFields) {
     w.Head(f.name, f.help, "counter");
@@ -112,6 +115,60 @@ void Transport(Writer& w, const transport::TransportMetrics* served,
       w.Sample("protocol_errors_total", "side=\"opened\"," + reason,
                static_cast<double>(opened->protocol_errors[i].load()));
     }
+  }
+}
+
+// Per-gate and per-partition buffer use, bounded (see MetricsSnapshot::job_buffers).
+void JobBuffers(Writer& w, const MetricsSnapshot& m) {
+  struct Row {
+    std::string labels;
+    double v[4];
+  };
+  std::vector<Row> gates, parts;
+  Row gate_rest{"job=\"_other\",gate=\"_other\"", {0, 0, 0, 0}};
+  Row part_rest{"job=\"_other\",partition=\"_other\"", {0, 0, 0, 0}};
+  for (const auto& [job, jb] : m.job_buffers) {
+    for (const GateBufferMetrics& g : jb.gates) {
+      const double v[4] = {double(g.exclusive), double(g.floating), double(g.queued),
+                           double(g.sender_backlog)};
+      Row* r = &gate_rest;
+      if (gates.size() < kMaxLabeledBuffers) {
+        gates.push_back({"job=\"" + Escape(job) + "\",gate=\"" + Escape(g.gate) + "\"", {0, 0, 0, 0}});
+        r = &gates.back();
+      }
+      for (int i = 0; i < 4; ++i) r->v[i] += v[i];
+    }
+    for (const PartitionBufferMetrics& p : jb.partitions) {
+      const double v[4] = {double(p.backlog), double(p.buffers_in_use),
+                           double(p.backpressure_ns) / 1e9, 0};
+      Row* r = &part_rest;
+      if (parts.size() < kMaxLabeledBuffers) {
+        parts.push_back({"job=\"" + Escape(job) + "\",partition=\"" + Escape(p.partition) + "\"",
+                         {0, 0, 0, 0}});
+        r = &parts.back();
+      }
+      for (int i = 0; i < 4; ++i) r->v[i] += v[i];
+    }
+  }
+  gates.push_back(gate_rest);
+  parts.push_back(part_rest);
+  static const char* kGate[][3] = {
+      {"gate_exclusive_buffers", "exclusive buffers owned by a gate's remote channels", "gauge"},
+      {"gate_floating_buffers", "floating buffers a gate's channels hold", "gauge"},
+      {"gate_queued_buffers", "buffers a gate received and its consumer has not read", "gauge"},
+      {"gate_sender_backlog", "backlog the senders of a gate announced", "gauge"}};
+  for (int i = 0; i < 4; ++i) {
+    w.Head(kGate[i][0], kGate[i][1], kGate[i][2]);
+    for (const Row& r : gates) w.Sample(kGate[i][0], r.labels, r.v[i]);
+  }
+  static const char* kPart[][3] = {
+      {"partition_backlog", "finished buffers queued in a partition's subpartitions", "gauge"},
+      {"partition_buffers_in_use", "output pool segments a partition has lent", "gauge"},
+      {"partition_backpressure_seconds_total", "time a partition's writer waited for buffers",
+       "counter"}};
+  for (int i = 0; i < 3; ++i) {
+    w.Head(kPart[i][0], kPart[i][1], kPart[i][2]);
+    for (const Row& r : parts) w.Sample(kPart[i][0], r.labels, r.v[i]);
   }
 }
 
@@ -139,7 +196,7 @@ std::string RenderPrometheus(const MetricsSnapshot& m) {
   Writer w(Escape(m.node));
   const auto& p = m.pool;
   w.Gauge("segment_size_bytes", "size of one network buffer", p.segment_size);
-  w.Gauge("pool_segments_total", "segments in the network buffer pool", p.total);
+  w.Gauge("pool_segments", "segments in the network buffer pool (its capacity)", p.total);
   w.Gauge("pool_segments_available", "segments in the global free list", p.available);
   w.Gauge("pool_segments_exclusive", "segments held as exclusive buffers by input channels",
           p.exclusive);
@@ -175,6 +232,14 @@ std::string RenderPrometheus(const MetricsSnapshot& m) {
             static_cast<double>(m.jobs.records_consumed));
   w.Counter("record_bytes_consumed_total", "record bytes received by consumers on this daemon",
             static_cast<double>(m.jobs.bytes_consumed));
+  if (const HttpStats* h = m.http) {
+    w.Counter("http_requests_total", "metrics endpoint requests answered 200",
+              static_cast<double>(h->requests.load()));
+    w.Counter("http_rejected_total",
+              "metrics endpoint requests refused (4xx) or dropped (deadline, too many clients)",
+              static_cast<double>(h->rejected.load()));
+  }
+  JobBuffers(w, m);
   w.Gauge("resident_memory_bytes", "resident set size", static_cast<double>(m.rss_bytes));
   w.Gauge("resident_memory_peak_bytes", "peak resident set size",
           static_cast<double>(m.peak_rss_bytes));

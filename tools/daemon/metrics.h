@@ -7,12 +7,18 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "buffer/network_buffer_pool.h"
 #include "shuffle/shuffle_server.h"
+#include "tools/daemon/http_server.h"
+#include "tools/daemon/job_runner.h"
 #include "transport/transport_options.h"
 
 namespace sluice::daemon {
+
+inline constexpr size_t kMaxLabeledBuffers = 32;
 
 struct JobCounters {
   uint32_t running = 0;
@@ -31,6 +37,11 @@ struct MetricsSnapshot {
   const transport::TransportMetrics* served = nullptr;  // connections accepted
   const transport::TransportMetrics* opened = nullptr;  // connections to other daemons
   JobCounters jobs;
+  const HttpStats* http = nullptr;
+  // Running jobs' gates and partitions: the first kMaxLabeledBuffers of each get their own
+  // series (labels job, gate/partition); the rest are summed under gate/partition="_other", so
+  // a huge job cannot blow up a scrape.
+  std::vector<std::pair<std::string, JobBufferMetrics>> job_buffers;  // (job id, metrics)  // the metrics endpoint, when served
   uint64_t rss_bytes = 0;
   uint64_t peak_rss_bytes = 0;
 };

@@ -13,10 +13,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
+#include "tools/common/cli.h"
 #include "tools/daemon/daemon.h"
+#include "tools/daemon/notify.h"
 #include "transport/log.h"
 
 namespace {
@@ -36,25 +40,52 @@ bool WriteFileAtomically(const std::string& path, const std::string& text) {
   return std::rename(tmp.c_str(), path.c_str()) == 0;
 }
 
-std::shared_ptr<spdlog::logger> MakeLogger(const DaemonConfig& c) {
-  std::shared_ptr<spdlog::logger> logger;
-  if (c.log_file.empty()) {
-    logger = spdlog::stderr_logger_mt("sluiced");
-  } else {
-    logger = spdlog::basic_logger_mt("sluiced", c.log_file);
+// The daemon's logger. SIGHUP replaces it with one on a freshly opened log_file (logrotate moved
+// the old one away), so every user goes through Get(). Thread-safe.
+class LogHolder {
+ public:
+  std::shared_ptr<spdlog::logger> Get() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return logger_;
   }
+  void Set(std::shared_ptr<spdlog::logger> logger) {
+    std::lock_guard<std::mutex> lock(mu_);
+    logger_ = std::move(logger);
+  }
+
+ private:
+  std::mutex mu_;
+  std::shared_ptr<spdlog::logger> logger_;
+};
+
+LogHolder g_log;
+
+// Throws spdlog::spdlog_ex when log_file cannot be opened.
+std::shared_ptr<spdlog::logger> MakeLogger(const DaemonConfig& c) {
+  spdlog::sink_ptr sink;
+  if (c.log_file.empty()) {
+    sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
+  } else {
+    sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(c.log_file, false);
+  }
+  auto logger = std::make_shared<spdlog::logger>("sluiced", std::move(sink));
   logger->set_level(spdlog::level::from_str(c.log_level));
   logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [%n] %v");
-  logger->flush_on(spdlog::level::info);
+  logger->flush_on(spdlog::level::trace);  // every line: a daemon logs little, and tail -f shows it
   return logger;
 }
 
-// The library's log lines go to the daemon's logger.
-void InstallLogSink(const std::shared_ptr<spdlog::logger>& logger, const DaemonConfig& config) {
+void SetLibraryLogLevel(const DaemonConfig& config) {
   sluice::SetLogLevel(config.log_level == "trace" || config.log_level == "debug"
                           ? sluice::LogLevel::kDebug
                           : sluice::LogLevel::kInfo);
-  sluice::SetLogSink([logger](sluice::LogLevel level, std::string_view m) {
+}
+
+// The library's log lines go to the daemon's logger.
+void InstallLogSink(const DaemonConfig& config) {
+  SetLibraryLogLevel(config);
+  sluice::SetLogSink([](sluice::LogLevel level, std::string_view m) {
+    const auto logger = g_log.Get();
     switch (level) {
       case sluice::LogLevel::kDebug: logger->debug("{}", m); break;
       case sluice::LogLevel::kInfo: logger->info("{}", m); break;
@@ -62,6 +93,45 @@ void InstallLogSink(const std::shared_ptr<spdlog::logger>& logger, const DaemonC
       case sluice::LogLevel::kError: logger->error("{}", m); break;
     }
   });
+}
+
+// SIGHUP: reopens log_file, then reloads the reloadable options from the same command line
+// (the file again, flags still override). A configuration that fails to load changes nothing.
+void Reload(const std::vector<std::string>& args, sluice::daemon::Daemon& daemon,
+            DaemonConfig* running) {
+  sluice::daemon::NotifySystemd("RELOADING=1");
+  if (!running->log_file.empty()) {
+    try {
+      g_log.Set(MakeLogger(*running));
+    } catch (const spdlog::spdlog_ex& e) {
+      g_log.Get()->error("SIGHUP: cannot reopen log_file {}: {}; logging to the old file",
+                         running->log_file, e.what());
+    }
+  }
+  const auto logger = g_log.Get();
+  auto cl = sluice::daemon::ParseCommandLine(args);
+  sluice::Status st = cl.ok() ? daemon.Reload(cl->config) : cl.status();
+  if (!st.ok()) {
+    logger->error("SIGHUP: configuration not reloaded, the running settings stay: {}",
+                  st.message());
+  } else {
+    if (!sluice::daemon::DiffersOnlyInReloadable(*running, cl->config)) {
+      logger->warn("SIGHUP: options other than log_level, metrics_interval_ms, allowed_peers, "
+                   "job_memory and max_line_bytes changed; restart sluiced to apply them");
+    }
+    running->log_level = cl->config.log_level;
+    running->metrics_interval_ms = cl->config.metrics_interval_ms;
+    running->allowed_peers = cl->config.allowed_peers;
+    running->job_memory = cl->config.job_memory;
+    running->max_line_bytes = cl->config.max_line_bytes;
+    logger->set_level(spdlog::level::from_str(running->log_level));
+    SetLibraryLogLevel(*running);
+    logger->info("SIGHUP: log file reopened, configuration reloaded (log_level {}, "
+                 "metrics_interval_ms {}, allowed_peers {}, job_memory {}, max_line_bytes {})",
+                 running->log_level, running->metrics_interval_ms, running->allowed_peers,
+                 running->job_memory, running->max_line_bytes);
+  }
+  sluice::daemon::NotifySystemd("READY=1");
 }
 
 std::string AuthLabel(const DaemonConfig& c) {
@@ -78,80 +148,59 @@ int ExitCodeOf(const sluice::Status& st) {
              : 1;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  std::vector<std::string> args(argv + 1, argv + argc);
-  auto cl = sluice::daemon::ParseCommandLine(args);
-  if (!cl.ok()) {
-    std::fprintf(stderr, "sluiced: %s\n", cl.status().message().c_str());
-    return 2;
-  }
-  if (cl->action == CommandLine::Action::kHelp) {
-    std::fputs(sluice::daemon::HelpText().c_str(), stdout);
-    return 0;
-  }
-  if (cl->action == CommandLine::Action::kVersion) {
-    std::printf("sluiced %s\n", sluice::daemon::kVersion);
-    return 0;
-  }
-  const DaemonConfig& config = cl->config;
-
-  std::shared_ptr<spdlog::logger> logger;
-  try {
-    logger = MakeLogger(config);
-  } catch (const spdlog::spdlog_ex& e) {
-    std::fprintf(stderr, "sluiced: log_file %s: %s\n", config.log_file.c_str(), e.what());
-    return 2;
-  }
-  InstallLogSink(logger, config);
-
-  // Signals are taken synchronously by this thread (sigtimedwait); every other thread inherits
-  // the blocked mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-
-  auto daemon = sluice::daemon::Daemon::Start(config);
-  if (!daemon.ok()) {
-    logger->error("cannot start: {}", daemon.status().message());
-    sluice::SetLogSink(nullptr);
-    return ExitCodeOf(daemon.status());
-  }
-  const uint16_t port = (*daemon)->port();
+// Writes the port files and announces readiness. False when a port file cannot be written.
+bool AnnounceListening(sluice::daemon::Daemon& d, const DaemonConfig& config) {
+  const auto logger = g_log.Get();
+  const uint16_t port = d.port();
   logger->info("{} listening on {}:{} (network memory {} MiB in {} KiB segments, auth {}, "
                "{} IO thread(s))",
-               (*daemon)->node_name(), config.listen, port, config.network_memory >> 20,
-               config.segment_size >> 10, AuthLabel(config),
-               config.io_threads);
+               d.node_name(), config.listen, port, config.network_memory >> 20,
+               config.segment_size >> 10, AuthLabel(config), config.io_threads);
+  if (d.metrics_port() != 0) {
+    logger->info("{} serves GET /metrics and /healthz on http://{}:{}/", d.node_name(),
+                 config.metrics_listen.substr(0, config.metrics_listen.rfind(':')),
+                 d.metrics_port());
+  }
   if (!config.port_file.empty() &&
       !WriteFileAtomically(config.port_file, std::to_string(port) + "\n")) {
     logger->error("cannot write port_file {}", config.port_file);
-    (*daemon)->Shutdown(std::chrono::milliseconds(0));
-    return 1;
+    return false;
   }
+  if (!config.metrics_port_file.empty() &&
+      !WriteFileAtomically(config.metrics_port_file, std::to_string(d.metrics_port()) + "\n")) {
+    logger->error("cannot write metrics_port_file {}", config.metrics_port_file);
+    return false;
+  }
+  sluice::daemon::NotifySystemd("READY=1\nSTATUS=listening on port " + std::to_string(port));
+  return true;
+}
 
-  int sig = 0;
+// Serves until SIGTERM or SIGINT (returned); SIGHUP reloads; the metrics file is rewritten.
+int WaitForStop(const std::vector<std::string>& args, const sigset_t& signals,
+                sluice::daemon::Daemon& d, DaemonConfig* config) {
   while (true) {
-    if (!config.metrics_file.empty() &&
-        !WriteFileAtomically(config.metrics_file, (*daemon)->Prometheus())) {
-      logger->warn("cannot write metrics_file {}", config.metrics_file);
+    if (!config->metrics_file.empty() &&
+        !WriteFileAtomically(config->metrics_file, d.Prometheus())) {
+      g_log.Get()->warn("cannot write metrics_file {}", config->metrics_file);
     }
-    const long ms = config.metrics_file.empty() ? 3600000 : config.metrics_interval_ms;
+    const long ms = config->metrics_file.empty() ? 3600000 : config->metrics_interval_ms;
     timespec ts{ms / 1000, (ms % 1000) * 1000000};
-    sig = sigtimedwait(&signals, nullptr, &ts);
-    if (sig == SIGTERM || sig == SIGINT) break;
+    const int sig = sigtimedwait(&signals, nullptr, &ts);
+    if (sig == SIGTERM || sig == SIGINT) return sig;
+    if (sig == SIGHUP) Reload(args, d, config);
   }
+}
+
+// Shuts down and returns the exit code (0, or 3 when segments were still out).
+int Stop(std::unique_ptr<sluice::daemon::Daemon> daemon, int sig, const DaemonConfig& config) {
+  const auto logger = g_log.Get();
+  sluice::daemon::NotifySystemd("STOPPING=1");
   logger->info("{} received {}: no new connections, running jobs get {} ms to finish",
-               (*daemon)->node_name(), sig == SIGTERM ? "SIGTERM" : "SIGINT",
+               daemon->node_name(), sig == SIGTERM ? "SIGTERM" : "SIGINT",
                config.shutdown_grace_ms);
-  const auto report =
-      (*daemon)->Shutdown(std::chrono::milliseconds(config.shutdown_grace_ms));
-  if (!config.metrics_file.empty()) WriteFileAtomically(config.metrics_file, (*daemon)->Prometheus());
-  const std::string name = (*daemon)->node_name();
+  const auto report = daemon->Shutdown(std::chrono::milliseconds(config.shutdown_grace_ms));
+  if (!config.metrics_file.empty()) WriteFileAtomically(config.metrics_file, daemon->Prometheus());
+  const std::string name = daemon->node_name();
   if (report.stuck_tasks > 0) {
     // Destroying the daemon would join threads blocked in system calls: exit without it.
     logger->error("{} stopped with {} job threads blocked (not waited for) and {} segments "
@@ -159,15 +208,66 @@ int main(int argc, char** argv) {
     logger->flush();
     std::_Exit(3);
   }
-  daemon->reset();
+  daemon.reset();
   if (report.leaked_segments != 0) {
     logger->error("{} stopped with {} segments not returned to the pool (a bug)", name,
                   report.leaked_segments);
-    sluice::SetLogSink(nullptr);
     return 3;
   }
   logger->info("{} stopped cleanly: {} jobs finished, {} cancelled, every segment returned",
                name, report.jobs_finished, report.jobs_cancelled);
-  sluice::SetLogSink(nullptr);
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  auto cl = sluice::daemon::ParseCommandLine(args);
+  if (!cl.ok()) {
+    std::fprintf(stderr, "sluiced: %s\n", cl.status().message().c_str());
+    return sluice::tools::kExitUsage;
+  }
+  if (cl->action == CommandLine::Action::kHelp) {
+    std::fputs(sluice::daemon::HelpText().c_str(), stdout);
+    return 0;
+  }
+  if (cl->action == CommandLine::Action::kVersion) {
+    std::printf("sluiced %s\n", sluice::tools::kVersion);
+    return 0;
+  }
+  DaemonConfig config = cl->config;
+  try {
+    g_log.Set(MakeLogger(config));
+  } catch (const spdlog::spdlog_ex& e) {
+    std::fprintf(stderr, "sluiced: log_file %s: %s\n", config.log_file.c_str(), e.what());
+    return sluice::tools::kExitUsage;
+  }
+  InstallLogSink(config);
+
+  // Signals are taken synchronously by this thread (sigtimedwait); every other thread inherits
+  // the blocked mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto daemon = sluice::daemon::Daemon::Start(config);
+  if (!daemon.ok()) {
+    g_log.Get()->error("cannot start: {}", daemon.status().message());
+    sluice::SetLogSink(nullptr);
+    return ExitCodeOf(daemon.status());
+  }
+  if (!AnnounceListening(**daemon, config)) {
+    (*daemon)->Shutdown(std::chrono::milliseconds(0));
+    sluice::SetLogSink(nullptr);
+    return 1;
+  }
+  const int sig = WaitForStop(args, signals, **daemon, &config);
+  const int rc = Stop(std::move(*daemon), sig, config);
+  sluice::SetLogSink(nullptr);
+  return rc;
 }

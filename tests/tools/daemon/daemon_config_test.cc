@@ -178,5 +178,41 @@ TEST(DaemonConfigTest, SecurityOptionsAreInTheHelp) {
   EXPECT_EQ(DaemonConfig().job_memory, 64ull << 20);
 }
 
+// sluiced serves metrics on 127.0.0.1:9470 unless told otherwise; only that implicit default may
+// be taken by another daemon without failing the start. "" turns it off.
+TEST(DaemonConfigTest, MetricsListenDefaultsOnTheCommandLineOnly) {
+  EXPECT_EQ(DaemonConfig().metrics_listen, "");
+  auto def = ParseCommandLine({});
+  ASSERT_TRUE(def.ok());
+  EXPECT_EQ(def->config.metrics_listen, "127.0.0.1:9470");
+  EXPECT_TRUE(def->config.metrics_listen_optional);
+  auto given = ParseCommandLine({"--metrics-listen=127.0.0.1:0"});
+  ASSERT_TRUE(given.ok());
+  EXPECT_EQ(given->config.metrics_listen, "127.0.0.1:0");
+  EXPECT_FALSE(given->config.metrics_listen_optional);
+  auto off = ParseCommandLine({"--metrics-listen", ""});
+  ASSERT_TRUE(off.ok());
+  EXPECT_EQ(off->config.metrics_listen, "");
+  DaemonConfig c;
+  ASSERT_TRUE(ApplyToml("metrics_listen = \"[::1]:9999\"\n", "t.toml", &c).ok());
+  EXPECT_EQ(c.metrics_listen, "[::1]:9999");
+}
+
+// Only log_level, metrics_interval_ms, allowed_peers, job_memory and max_line_bytes are what
+// SIGHUP reloads; any other change needs a restart.
+TEST(DaemonConfigTest, ReloadableOptions) {
+  DaemonConfig a;
+  DaemonConfig b = a;
+  b.log_level = "debug";
+  b.metrics_interval_ms = 100;
+  b.allowed_peers = "10.0.0.0/8";
+  b.job_memory = 1;
+  b.max_line_bytes = 2;
+  EXPECT_TRUE(DiffersOnlyInReloadable(a, b));
+  b.network_memory *= 2;
+  EXPECT_FALSE(DiffersOnlyInReloadable(a, b));
+  EXPECT_NE(HelpText().find("SIGHUP reopens log_file"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace sluice::daemon

@@ -47,7 +47,7 @@ endif()
 file(WRITE ${WORK}/run.sh "
 ${SLUICED} --port 0 --listen 0.0.0.0 --state-dir ${WORK}/state --network-memory 16m \
   --port-file ${WORK}/port --metrics-file ${WORK}/metrics --metrics-interval-ms 100 \
-  --log-file ${WORK}/log &
+  --metrics-listen 127.0.0.1:0 --metrics-port-file ${WORK}/mport --log-file ${WORK}/log &
 pid=$!
 for i in $(seq 1 200); do [ -s ${WORK}/port ] && [ -s ${WORK}/metrics ] && break; sleep 0.05; done
 [ -s ${WORK}/port ] || { echo 'no port file'; kill -9 $pid; exit 1; }
@@ -88,7 +88,7 @@ if(NOT dump MATCHES "no channels")
   message(FATAL_ERROR "sluicectl dump output unexpected:\n${dump}")
 endif()
 file(READ ${WORK}/metrics metrics)
-if(NOT metrics MATCHES "sluice_pool_segments_total\\{node=\"[^\"]+\"\\} 512")
+if(NOT metrics MATCHES "sluice_pool_segments\\{node=\"[^\"]+\"\\} 512")
   message(FATAL_ERROR "metrics file lacks the pool gauge:\n${metrics}")
 endif()
 message(STATUS "sluiced CLI checks passed")
