@@ -25,6 +25,8 @@
 #include "shuffle/remote_input_channel.h"
 #include "shuffle/shuffle_environment.h"
 #include "shuffle_test_util.h"
+#include "testutil/leak_check.h"
+#include "testutil/wait.h"
 #include "transport/raw_socket.h"
 
 namespace sluice::shuffle {
@@ -60,13 +62,7 @@ std::unique_ptr<ShuffleEnvironment> StartEnv(const EnvironmentConfig& c) {
 }
 
 void ExpectNoLeak(ShuffleEnvironment* env) {
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (env->pool()->available_segments() != env->pool()->total_segments() &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(5ms);
-  }
-  EXPECT_EQ(env->pool()->available_segments(), env->pool()->total_segments())
-      << env->config().node_name << ": " << env->pool()->DebugString();
+  testutil::ExpectAllSegmentsBack(*env->pool(), env->config().node_name);
 }
 
 // Counts control requests that get through; none may before authentication.
@@ -184,10 +180,7 @@ struct Producer {
     ExpectGoodClientServed(env.get(), records);
     EXPECT_EQ(control.calls.load(), 0);
     env->ReleasePartition("p0");
-    const auto deadline = std::chrono::steady_clock::now() + 5s;
-    while (env->server()->connection_count() != 0 && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(5ms);
-    }
+    testutil::PollUntil([&] { return env->server()->connection_count() == 0; }, 5s, 5ms);
     EXPECT_EQ(env->server()->connection_count(), 0u);
     env->Stop();
     ExpectNoLeak(env.get());

@@ -16,6 +16,8 @@
 #include "shuffle/remote_input_channel.h"
 #include "shuffle/shuffle_environment.h"
 #include "shuffle_test_util.h"
+#include "testutil/leak_check.h"
+#include "testutil/wait.h"
 
 namespace sluice::shuffle {
 namespace {
@@ -97,14 +99,7 @@ std::map<uint32_t, uint64_t> Consume(InputGate* gate, const std::vector<ChannelS
 uint32_t ProducerOf(const std::string& id) { return static_cast<uint32_t>(std::stoul(id.substr(1))); }
 
 void ExpectNoLeak(ShuffleEnvironment* env) {
-  // Buffers come home asynchronously after the last write completes: allow a moment.
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (env->pool()->available_segments() != env->pool()->total_segments() &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(5ms);
-  }
-  EXPECT_EQ(env->pool()->available_segments(), env->pool()->total_segments())
-      << env->config().node_name << ": " << env->pool()->DebugString();
+  testutil::ExpectAllSegmentsBack(*env->pool(), env->config().node_name);
 }
 
 // Releases the producer's partitions, stops both environments and runs the leak check on both.
