@@ -26,6 +26,7 @@
 #include "shuffle/shuffle_environment.h"
 #include "shuffle_test_util.h"
 #include "testutil/leak_check.h"
+#include "testutil/loopback.h"
 #include "testutil/wait.h"
 #include "transport/raw_socket.h"
 
@@ -345,15 +346,8 @@ TEST(HandshakeHostileTest, StartRefusesAnEmptySecretWithoutAuthOff) {
 class FakeServer {
  public:
   FakeServer() {
-    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-    EXPECT_EQ(::listen(listen_fd_, 4), 0);
-    socklen_t len = sizeof(a);
-    ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
+    listen_fd_ = testutil::ListenOnLoopback(4, &port_);
+    EXPECT_GE(listen_fd_, 0) << "cannot listen on loopback";
   }
   ~FakeServer() {
     if (fd_ >= 0) ::close(fd_);

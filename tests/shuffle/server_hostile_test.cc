@@ -17,6 +17,7 @@
 #include "shuffle/shuffle_environment.h"
 #include "shuffle/shuffle_server.h"
 #include "testutil/leak_check.h"
+#include "testutil/loopback.h"
 #include "testutil/rss.h"
 #include "testutil/wait.h"
 #include "transport/raw_socket.h"
@@ -464,22 +465,8 @@ TEST(ProtocolTest, TryMakeFrameRefusesWhatAFrameCannotCarry) {
 
 // A socket connected from another loopback address (Linux routes all of 127/8 to lo).
 std::unique_ptr<RawSocket> ConnectFrom(const char* local_ip, uint16_t port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in local{};
-  local.sin_family = AF_INET;
-  ::inet_pton(AF_INET, local_ip, &local.sin_addr);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof(local)) != 0) {
-    ::close(fd);
-    return nullptr;
-  }
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-    ::close(fd);
-    return nullptr;
-  }
+  const int fd = testutil::ConnectFromLoopback(local_ip, port);
+  if (fd < 0) return nullptr;
   return std::make_unique<RawSocket>(RawSocket::AdoptFd{fd});
 }
 

@@ -456,18 +456,13 @@ TEST_F(TransportTest, ResetWhileServerStreamsReleasesEverything) {
 // further write in the same flush with EPIPE, which raises SIGPIPE. The transport must turn that
 // into an error value, not let the signal kill the process.
 TEST_F(TransportTest, WritesToAResetPeerDoNotRaiseSigpipe) {
-  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-  ASSERT_EQ(::listen(lfd, 4), 0);
-  socklen_t len = sizeof(a);
-  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
+  uint16_t lport = 0;
+  const int lfd = ::sluice::testutil::ListenOnLoopback(4, &lport);
+  ASSERT_GE(lfd, 0);
   auto rec = std::make_shared<Recorder>();
   TcpClient client(client_loop_.get(), BaseOptions(), Factory(rec, HandlerOptions{}));
   Track(&client);
-  auto conn = Connect(client, ntohs(a.sin_port));
+  auto conn = Connect(client, lport);
   ASSERT_TRUE(conn.ok());
   const int peer = ::accept(lfd, nullptr, nullptr);
   ASSERT_GE(peer, 0);
@@ -855,15 +850,9 @@ TEST_F(TransportTest, ClientStopWhileBackingOffCancels) {
 
 TEST_F(TransportTest, ClientStopWhileConnectIsPendingCancels) {
   // A listener whose accept queue is full: further SYNs are dropped and connect() stays pending.
-  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-  ASSERT_EQ(::listen(lfd, 0), 0);
-  socklen_t len = sizeof(a);
-  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
-  const uint16_t port = ntohs(a.sin_port);
+  uint16_t port = 0;
+  const int lfd = ::sluice::testutil::ListenOnLoopback(0, &port);
+  ASSERT_GE(lfd, 0);
   // With backlog 0 the queue holds one connection: this one.
   std::vector<std::unique_ptr<RawSocket>> fillers;
   fillers.push_back(std::make_unique<RawSocket>(port));
@@ -1009,18 +998,13 @@ TEST_F(TransportTest, DestroyingServerAndClientOnTheirLoopThreadIsSafe) {
   ASSERT_TRUE(Connect(*client, server->port()).ok());
   ASSERT_TRUE(Eventually([&] { return server->connection_count() == 1; }));
   // One attempt still connecting (full accept queue) and one backing off.
-  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-  ASSERT_EQ(::listen(lfd, 0), 0);
-  socklen_t len = sizeof(a);
-  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
-  RawSocket filler(ntohs(a.sin_port));
+  uint16_t lport = 0;
+  const int lfd = ::sluice::testutil::ListenOnLoopback(0, &lport);
+  ASSERT_GE(lfd, 0);
+  RawSocket filler(lport);
   auto pending = std::make_shared<std::promise<ConnectResult>>();
   auto pending_f = pending->get_future();
-  client->GetOrConnect({"127.0.0.1", ntohs(a.sin_port)},
+  client->GetOrConnect({"127.0.0.1", lport},
                        [pending](ConnectResult r) { pending->set_value(std::move(r)); });
   RetryPolicy slow;
   slow.initial_backoff = 10s;
@@ -1094,20 +1078,7 @@ TEST_F(TransportTest, ServerStartFailsWithActionableMessage) {
 
 // A socket connected from another loopback address (Linux routes all of 127/8 to lo).
 int ConnectFrom(const char* local_ip, uint16_t port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in local{};
-  local.sin_family = AF_INET;
-  ::inet_pton(AF_INET, local_ip, &local.sin_addr);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof(local)) != 0 ||
-      ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
+  return ::sluice::testutil::ConnectFromLoopback(local_ip, port);
 }
 
 TEST_F(TransportTest, ServerCapsConnectionsPerPeerAddress) {
