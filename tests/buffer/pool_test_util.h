@@ -15,6 +15,7 @@
 #include "buffer/buffer.h"
 #include "buffer/local_buffer_pool.h"
 #include "buffer/network_buffer_pool.h"
+#include "testutil/pools.h"
 #include "testutil/sanitizer.h"
 
 namespace sluice::buffer::test_util {
@@ -26,12 +27,7 @@ inline constexpr uint32_t kSegment = 4096;
 
 inline std::shared_ptr<NetworkBufferPool> MakeGlobal(uint32_t segments,
                                                      uint32_t segment_size = kSegment) {
-  NetworkBufferPoolOptions o;
-  o.segment_size = segment_size;
-  o.network_memory = static_cast<uint64_t>(segments) * segment_size;
-  Result<std::shared_ptr<NetworkBufferPool>> r = NetworkBufferPool::Create(o);
-  EXPECT_TRUE(r.ok()) << r.status().ToString();
-  return std::move(r).value();
+  return ::sluice::testutil::MakeNetworkBufferPool(segments, segment_size);
 }
 
 inline LocalBufferPoolOptions PoolOptions(std::string name, uint32_t min, uint32_t max) {

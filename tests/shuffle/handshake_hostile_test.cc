@@ -42,24 +42,12 @@ using transport::testutil::RawSocket;
 constexpr uint32_t kSegment = 4096;
 constexpr uint8_t kHeartbeat = static_cast<uint8_t>(MessageType::kHeartbeat);
 
-EnvironmentConfig Config(const std::string& name, bool listen) {
-  EnvironmentConfig c;
-  c.node_name = name;
-  c.listen = listen;
-  c.memory.network_memory = 2u << 20;
-  c.memory.segment_size = kSegment;
-  c.options.buffer_timeout = 5ms;
-  c.options.request_timeout = 5s;
-  c.timeouts.heartbeat_interval = 200ms;
-  c.timeouts.idle_timeout = 10s;
-  c.auth = testing::TestAuth();
-  return c;
-}
+using testing::StartEnv;
 
-std::unique_ptr<ShuffleEnvironment> StartEnv(const EnvironmentConfig& c) {
-  auto env = ShuffleEnvironment::Start(c);
-  EXPECT_TRUE(env.ok()) << env.status().ToString();
-  return env.ok() ? std::move(*env) : nullptr;
+EnvironmentConfig Config(const std::string& name, bool listen) {
+  EnvironmentConfig c = testing::TestEnvironmentConfig(name, 2u << 20, kSegment);
+  c.listen = listen;
+  return c;
 }
 
 void ExpectNoLeak(ShuffleEnvironment* env) {

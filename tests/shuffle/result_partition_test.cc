@@ -19,6 +19,7 @@
 
 #include "buffer/network_buffer_pool.h"
 #include "shuffle/record_serializer.h"
+#include "testutil/pools.h"
 #include "testutil/records.h"
 #include "testutil/sanitizer.h"
 #include "testutil/wait.h"
@@ -205,10 +206,7 @@ class ResultPartitionTest : public ::testing::Test {
   void SetUp() override { global_ = MakeGlobal(64); }
 
   static std::shared_ptr<NetworkBufferPool> MakeGlobal(uint32_t segments) {
-    buffer::NetworkBufferPoolOptions o;
-    o.segment_size = kSegment;
-    o.network_memory = static_cast<uint64_t>(segments) * kSegment;
-    return std::move(NetworkBufferPool::Create(o)).value();
+    return testutil::MakeNetworkBufferPool(segments, kSegment);
   }
 
   std::shared_ptr<ResultPartition> NewPartition(const std::string& id, uint32_t n,

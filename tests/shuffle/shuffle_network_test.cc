@@ -26,24 +26,11 @@ using namespace std::chrono_literals;
 using testing::MakeRecord;
 using testing::ParseRecord;
 
+using testing::StartEnv;
+
 EnvironmentConfig Config(const std::string& name, uint64_t memory = 8u << 20,
                          uint32_t segment = 4096) {
-  EnvironmentConfig c;
-  c.node_name = name;
-  c.memory.network_memory = memory;
-  c.memory.segment_size = segment;
-  c.options.buffer_timeout = 5ms;
-  c.options.request_timeout = 5s;
-  c.timeouts.heartbeat_interval = 200ms;
-  c.timeouts.idle_timeout = 10s;
-  c.auth = testing::TestAuth();
-  return c;
-}
-
-std::unique_ptr<ShuffleEnvironment> StartEnv(const EnvironmentConfig& c) {
-  auto env = ShuffleEnvironment::Start(c);
-  EXPECT_TRUE(env.ok()) << env.status().ToString();
-  return env.ok() ? std::move(*env) : nullptr;
+  return testing::TestEnvironmentConfig(name, memory, segment);
 }
 
 // Writes `records` records to every subpartition of `p` (record i of subpartition s carries

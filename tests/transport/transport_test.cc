@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "buffer/network_buffer_pool.h"
+#include "testutil/pools.h"
 #include "transport/connection.h"
 #include "transport/event_loop.h"
 #include "transport/log.h"
@@ -44,12 +45,7 @@ using testutil::TestHandler;
 using ConnectResult = Result<std::shared_ptr<Connection>>;
 
 std::shared_ptr<NetworkBufferPool> MakePool(uint32_t segments) {
-  buffer::NetworkBufferPoolOptions o;
-  o.segment_size = kSegmentSize;
-  o.network_memory = uint64_t{segments} * kSegmentSize;
-  auto pool = NetworkBufferPool::Create(o);
-  SLUICE_CHECK(pool.ok(), "test pool");
-  return std::move(pool).value();
+  return ::sluice::testutil::MakeNetworkBufferPool(segments, kSegmentSize);
 }
 
 TransportOptions BaseOptions() {

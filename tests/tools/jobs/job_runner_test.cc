@@ -42,16 +42,10 @@ using control::JobStatus;
 constexpr uint32_t kSegment = 4096;
 
 shuffle::EnvironmentConfig NodeConfig(uint32_t i, uint64_t memory) {
-  shuffle::EnvironmentConfig c;
-  c.node_name = "node" + std::to_string(i);
-  c.memory.network_memory = memory;
-  c.memory.segment_size = kSegment;
-  c.options.buffer_timeout = 5ms;
+  shuffle::EnvironmentConfig c =
+      shuffle::testing::TestEnvironmentConfig("node" + std::to_string(i), memory, kSegment);
   c.options.request_backoff_initial = 20ms;
   c.options.request_timeout = 10s;
-  c.timeouts.heartbeat_interval = 200ms;
-  c.timeouts.idle_timeout = 10s;
-  c.auth = shuffle::testing::TestAuth();
   return c;
 }
 
