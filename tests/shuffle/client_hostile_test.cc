@@ -25,9 +25,9 @@ namespace sluice::shuffle {
 namespace {
 
 using namespace std::chrono_literals;
+using ::sluice::testutil::VmRssBytes;
 using testing::Bytes;
 using testing::FakeProducer;
-using ::sluice::testutil::VmRssBytes;
 
 constexpr uint32_t kSegment = 4096;
 const std::string kSecret = "client-hostile-test-shared-secret-0123";

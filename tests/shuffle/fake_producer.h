@@ -44,9 +44,7 @@ class FakeProducer {
     Bytes access_proof;
   };
 
-  FakeProducer() {
-    listen_fd_ = ::sluice::testutil::ListenOnLoopback(16, &port_);
-  }
+  FakeProducer() { listen_fd_ = ::sluice::testutil::ListenOnLoopback(16, &port_); }
   ~FakeProducer() {
     CloseConnection();
     ::close(listen_fd_);

@@ -12,9 +12,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <optional>
-#include <chrono>
 #include <string>
 #include <thread>
 #include <vector>

@@ -21,9 +21,7 @@ using namespace std::chrono_literals;
 
 class PartitionRegistryTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    global_ = testutil::MakeNetworkBufferPool(256, 4096);
-  }
+  void SetUp() override { global_ = testutil::MakeNetworkBufferPool(256, 4096); }
   void TearDown() override {
     const buffer::NetworkBufferPoolStats s = global_->Stats();
     EXPECT_EQ(s.available, s.total) << "leak check: " << global_->DebugString();

@@ -18,9 +18,7 @@ using buffer::NetworkBufferPool;
 
 class RecordSerializerTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    pool_ = testutil::MakeNetworkBufferPool(256, 4096);
-  }
+  void SetUp() override { pool_ = testutil::MakeNetworkBufferPool(256, 4096); }
   void TearDown() override {
     EXPECT_EQ(pool_->available_segments(), pool_->total_segments()) << "segments leaked";
   }

@@ -110,9 +110,7 @@ TEST(KeyHashPartitionerTest, SpreadsKeysEvenly) {
 
 class RecordWriterTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    global_ = testutil::MakeNetworkBufferPool(64, kSegment);
-  }
+  void SetUp() override { global_ = testutil::MakeNetworkBufferPool(64, kSegment); }
   void TearDown() override {
     const buffer::NetworkBufferPoolStats s = global_->Stats();
     EXPECT_EQ(s.available, s.total) << "leak check: " << global_->DebugString();

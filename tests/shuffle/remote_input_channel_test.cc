@@ -2,6 +2,8 @@
 // the test plays the connection (TakeBufferForPayload, OnBuffer, OnSenderBacklog) and the
 // consumer (GetNext, releasing buffers). Checks the credit arithmetic, receiver ids, access
 // proofs and the event budget; every test ends with the leak check.
+#include "shuffle/remote_input_channel.h"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -12,7 +14,6 @@
 #include "buffer/network_buffer_pool.h"
 #include "shuffle/auth.h"
 #include "shuffle/input_gate.h"
-#include "shuffle/remote_input_channel.h"
 #include "testutil/pools.h"
 
 namespace sluice::shuffle {

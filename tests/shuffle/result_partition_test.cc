@@ -458,16 +458,20 @@ TEST_F(ResultPartitionTest, FlusherMakesDataReadable) {
   Doorbell bell;
   Reader r(*p, 1, &bell);
   ASSERT_TRUE(p->Emit(MakeRecord(1, 0, 64), 1).ok());
-  ASSERT_TRUE(testutil::PollUntil([&] {
-    bell.Wait(5ms);
-    return r.Drain().ok() && r.records() == 1;
-  }, 20s));
+  ASSERT_TRUE(testutil::PollUntil(
+      [&] {
+        bell.Wait(5ms);
+        return r.Drain().ok() && r.records() == 1;
+      },
+      20s));
   EXPECT_GE(r.listener().count(), 1);
   ASSERT_TRUE(p->Emit(MakeRecord(1, 1, 64), 1).ok());
-  ASSERT_TRUE(testutil::PollUntil([&] {
-    bell.Wait(5ms);
-    return r.Drain().ok() && r.records() == 2;
-  }, 20s));
+  ASSERT_TRUE(testutil::PollUntil(
+      [&] {
+        bell.Wait(5ms);
+        return r.Drain().ok() && r.records() == 2;
+      },
+      20s));
   p->Release();
   ExpectNoLeaks();
 }
@@ -574,13 +578,15 @@ TEST_F(ResultPartitionTest, ListenerNeverCalledAfterReleaseReturns) {
 bool WaitBlocked(const std::atomic<uint64_t>& progress, ResultPartition& p) {
   uint64_t last = ~0ull;
   int stable = 0;
-  return testutil::PollUntil([&] {
-    std::this_thread::sleep_for(20ms);
-    const uint64_t now = progress.load();
-    stable = now == last ? stable + 1 : 0;
-    last = now;
-    return stable >= 5 && !p.IsAvailable();
-  }, 20s);
+  return testutil::PollUntil(
+      [&] {
+        std::this_thread::sleep_for(20ms);
+        const uint64_t now = progress.load();
+        stable = now == last ? stable + 1 : 0;
+        last = now;
+        return stable >= 5 && !p.IsAvailable();
+      },
+      20s);
 }
 
 // Samples the output pool: it never holds more than max + overdraft segments.

@@ -27,10 +27,10 @@ namespace {
 
 using namespace std::chrono_literals;
 using schema::MessageType;
-using transport::testutil::Bytes;
-using transport::testutil::RawSocket;
 using ::sluice::testutil::ExpectRssGrowthBounded;
 using ::sluice::testutil::VmRssBytes;
+using transport::testutil::Bytes;
+using transport::testutil::RawSocket;
 
 constexpr uint32_t kSegment = 4096;
 constexpr const char* kSecret = "hostile-test-secret-0123456789abcdef";

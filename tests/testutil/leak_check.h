@@ -18,9 +18,8 @@ namespace sluice::testutil {
 inline bool ExpectAllSegmentsBack(const buffer::NetworkBufferPool& pool,
                                   const std::string& owner = "",
                                   std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
-  const bool back = PollUntil(
-      [&] { return pool.available_segments() == pool.total_segments(); }, timeout,
-      std::chrono::milliseconds(5));
+  const bool back = PollUntil([&] { return pool.available_segments() == pool.total_segments(); },
+                              timeout, std::chrono::milliseconds(5));
   EXPECT_EQ(pool.available_segments(), pool.total_segments())
       << (owner.empty() ? "" : owner + ": ") << pool.DebugString();
   return back;

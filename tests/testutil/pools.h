@@ -12,8 +12,9 @@ namespace sluice::testutil {
 
 // A global pool of exactly `segments` segments of `segment_size` bytes (allocated up front when
 // `preallocate`). On failure the test fails with the reason and nullptr is returned.
-inline std::shared_ptr<buffer::NetworkBufferPool> MakeNetworkBufferPool(
-    uint32_t segments, uint32_t segment_size, bool preallocate = false) {
+inline std::shared_ptr<buffer::NetworkBufferPool> MakeNetworkBufferPool(uint32_t segments,
+                                                                        uint32_t segment_size,
+                                                                        bool preallocate = false) {
   buffer::NetworkBufferPoolOptions o;
   o.segment_size = segment_size;
   o.network_memory = static_cast<uint64_t>(segments) * segment_size;

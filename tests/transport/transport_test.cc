@@ -3,8 +3,8 @@
 // the leak check (ExpectClean): every segment back in its NetworkBufferPool, every connection
 // closed, servers and clients stopped, loops stopped with no handle left open, and the process's
 // file descriptors back to where they started.
-#include <gtest/gtest.h>
 #include <arpa/inet.h>
+#include <gtest/gtest.h>
 #include <sys/socket.h>
 
 #include <algorithm>

@@ -25,13 +25,13 @@
 
 #include "buffer/buffer.h"
 #include "buffer/network_buffer_pool.h"
+#include "frame_bytes.h"
+#include "raw_socket.h"
+#include "testutil/loopback.h"
+#include "testutil/wait.h"
 #include "transport/connection.h"
 #include "transport/frame_codec.h"
 #include "transport/transport_options.h"
-#include "testutil/loopback.h"
-#include "testutil/wait.h"
-#include "frame_bytes.h"
-#include "raw_socket.h"
 
 namespace sluice::transport::testutil {
 

@@ -55,7 +55,6 @@ void ExpectHealthy(Daemon& d, uint32_t segment_size = 32u << 10) {
   ExpectAllSegmentsBack(*c);
 }
 
-
 // A daemon with file roots in a fresh directory: <dir>/in and <dir>/out.
 struct FileDaemon {
   testutil::TempDir dir{"sluice-hostile"};

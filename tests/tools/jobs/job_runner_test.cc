@@ -246,8 +246,7 @@ TEST(JobRecordsTest, SequenceTrackerStaysBoundedUnderAdversarialSequences) {
   EXPECT_EQ(t.Observe(uint64_t{1} << 62), O::kInOrder);
   EXPECT_EQ(t.Observe((uint64_t{1} << 62) - 1), O::kReordered);
   const uint64_t rss_after = testutil::VmRssBytes();
-  testutil::ExpectRssGrowthBounded(rss_before, rss_after, "tracking grew with the input",
-                                   4u << 20);
+  testutil::ExpectRssGrowthBounded(rss_before, rss_after, "tracking grew with the input", 4u << 20);
 }
 
 TEST(JobFilesTest, LineReaderBoundsLinesAndTreatsReadErrorsAsErrors) {
