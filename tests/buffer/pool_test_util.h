@@ -15,53 +15,19 @@
 #include "buffer/buffer.h"
 #include "buffer/local_buffer_pool.h"
 #include "buffer/network_buffer_pool.h"
+#include "testutil/pools.h"
+#include "testutil/sanitizer.h"
 
 namespace sluice::buffer::test_util {
 
-#if defined(__SANITIZE_THREAD__)
-inline constexpr bool kUnderTsan = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-inline constexpr bool kUnderTsan = true;
-#else
-inline constexpr bool kUnderTsan = false;
-#endif
-#else
-inline constexpr bool kUnderTsan = false;
-#endif
-
-#if defined(__SANITIZE_ADDRESS__)
-inline constexpr bool kUnderAsan = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-inline constexpr bool kUnderAsan = true;
-#else
-inline constexpr bool kUnderAsan = false;
-#endif
-#else
-inline constexpr bool kUnderAsan = false;
-#endif
-
-inline constexpr bool kUnderSanitizer = kUnderTsan || kUnderAsan;
-
-// Iteration counts for stress tests: full size normally, smaller under sanitizers so that the
-// suites stay within their timeouts on two cores (TSan slows locking code ~10-20x).
-inline int Scaled(int n) {
-  if (kUnderTsan) return std::max(1, n / 2);
-  if (kUnderAsan) return std::max(1, n / 2);
-  return n;
-}
+// Iteration counts for stress tests: halved under a sanitizer (testutil/sanitizer.h).
+inline int Scaled(int n) { return ::sluice::testutil::SanitizerScaled(n, 2); }
 
 inline constexpr uint32_t kSegment = 4096;
 
 inline std::shared_ptr<NetworkBufferPool> MakeGlobal(uint32_t segments,
                                                      uint32_t segment_size = kSegment) {
-  NetworkBufferPoolOptions o;
-  o.segment_size = segment_size;
-  o.network_memory = static_cast<uint64_t>(segments) * segment_size;
-  Result<std::shared_ptr<NetworkBufferPool>> r = NetworkBufferPool::Create(o);
-  EXPECT_TRUE(r.ok()) << r.status().ToString();
-  return std::move(r).value();
+  return ::sluice::testutil::MakeNetworkBufferPool(segments, segment_size);
 }
 
 inline LocalBufferPoolOptions PoolOptions(std::string name, uint32_t min, uint32_t max) {

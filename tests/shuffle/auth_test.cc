@@ -12,15 +12,16 @@
 #include <thread>
 #include <vector>
 
+#include "testutil/temp_dir.h"
+
 namespace sluice::shuffle::auth {
 namespace {
 
 class StateSecretTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/sluice-auth-test-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    dir_ = testutil::MakeTempDir("sluice-auth-test");
+    ASSERT_FALSE(dir_.empty());
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
   std::string dir_;

@@ -19,17 +19,20 @@
 #include "shuffle/shuffle_environment.h"
 #include "shuffle/shuffle_server.h"
 #include "shuffle_test_util.h"
+#include "testutil/leak_check.h"
+#include "testutil/rss.h"
+#include "testutil/wait.h"
 
 namespace sluice::shuffle {
 namespace {
 
 using namespace std::chrono_literals;
+using ::sluice::testutil::VmRssBytes;
 using testing::Bytes;
 using testing::FakeProducer;
 
 constexpr uint32_t kSegment = 4096;
 const std::string kSecret = "client-hostile-test-shared-secret-0123";
-constexpr size_t kRssBoundBytes = 16u << 20;
 constexpr auto kAttackTime = 3s;
 
 std::unique_ptr<ShuffleEnvironment> StartConsumer() {
@@ -64,24 +67,7 @@ Bytes RecordPayload(uint32_t producer, uint64_t seq) {
   return out;
 }
 
-size_t VmRssBytes() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
-  }
-  return 0;
-}
-
-void ExpectNoLeak(ShuffleEnvironment* env) {
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (env->pool()->available_segments() != env->pool()->total_segments() &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(5ms);
-  }
-  EXPECT_EQ(env->pool()->available_segments(), env->pool()->total_segments())
-      << env->pool()->DebugString();
-}
+void ExpectNoLeak(ShuffleEnvironment* env) { testutil::ExpectAllSegmentsBack(*env->pool()); }
 
 // What the fake saw from the client while serving.
 struct Seen {
@@ -257,10 +243,7 @@ void RunErrorScoping(Attack attack) {
                                                                   : std::nullopt);
   bad_id = bad_id_shared;
   // The server hears of the failed channel; the connection stays open.
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (seen.cancelled != bad_id && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(5ms);
-  }
+  testutil::PollUntil([&] { return seen.cancelled == bad_id; }, 5s, 5ms);
   EXPECT_EQ(env->client().connection_count(), 1u);
   EXPECT_EQ(env->client().metrics()->protocol_errors_total(), 0u);
   done = true;
@@ -351,11 +334,7 @@ TEST(ClientHostileTest, FaultShimCorruptionFailsOnlyTheCorruptedChannel) {
       << c.errors[0].message();
   EXPECT_EQ(c.records[1], 0u);
   // The producer released the cancelled reader (and the finished one); the connection stays.
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while ((*producer)->server()->stats().active_readers != 0 &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(5ms);
-  }
+  testutil::PollUntil([&] { return (*producer)->server()->stats().active_readers == 0; }, 5s, 5ms);
   EXPECT_EQ((*producer)->server()->stats().active_readers.load(), 0u);
   EXPECT_GT((*producer)->server()->metrics()->faults_corrupted.load(), 0u);
   EXPECT_EQ(consumer->client().connection_count(), 1u);
@@ -571,8 +550,7 @@ TEST(ClientHostileTest, EventFloodIsRefusedOverTheBudget) {
   }
   const size_t rss_after = VmRssBytes();
   EXPECT_GE(rounds, 3u);
-  EXPECT_LT(rss_after, rss_before + kRssBoundBytes)
-      << "VmRSS grew from " << rss_before << " to " << rss_after;
+  testutil::ExpectRssGrowthBounded(rss_before, rss_after, "event flood");
   env->Stop();
   ExpectNoLeak(env.get());
 }
@@ -628,8 +606,7 @@ TEST(ClientHostileTest, HugeRecordLengthFailsTheChannelWithoutReserving) {
   EXPECT_GE(rounds, 3u);
   EXPECT_FALSE(fake.peer_closed());
   const size_t rss_after = VmRssBytes();
-  EXPECT_LT(rss_after, rss_before + kRssBoundBytes)
-      << "VmRSS grew from " << rss_before << " to " << rss_after;
+  testutil::ExpectRssGrowthBounded(rss_before, rss_after, "1 GiB record lengths");
   env->Stop();
   ExpectNoLeak(env.get());
 }

@@ -20,6 +20,7 @@
 
 #include "schema/messages.h"
 #include "shuffle/auth.h"
+#include "testutil/loopback.h"
 #include "transport/frame_bytes.h"
 
 namespace sluice::shuffle::testing {
@@ -43,19 +44,7 @@ class FakeProducer {
     Bytes access_proof;
   };
 
-  FakeProducer() {
-    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-    ::listen(listen_fd_, 16);
-    socklen_t len = sizeof(a);
-    ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
-  }
+  FakeProducer() { listen_fd_ = ::sluice::testutil::ListenOnLoopback(16, &port_); }
   ~FakeProducer() {
     CloseConnection();
     ::close(listen_fd_);

@@ -12,9 +12,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <optional>
-#include <chrono>
 #include <string>
 #include <thread>
 #include <vector>
@@ -27,6 +27,9 @@
 #include "shuffle/shuffle_environment.h"
 #include "shuffle/shuffle_server.h"
 #include "shuffle_test_util.h"
+#include "testutil/leak_check.h"
+#include "testutil/loopback.h"
+#include "testutil/wait.h"
 #include "transport/raw_socket.h"
 
 namespace sluice::shuffle {
@@ -41,34 +44,16 @@ using transport::testutil::RawSocket;
 constexpr uint32_t kSegment = 4096;
 constexpr uint8_t kHeartbeat = static_cast<uint8_t>(MessageType::kHeartbeat);
 
+using testing::StartEnv;
+
 EnvironmentConfig Config(const std::string& name, bool listen) {
-  EnvironmentConfig c;
-  c.node_name = name;
+  EnvironmentConfig c = testing::TestEnvironmentConfig(name, 2u << 20, kSegment);
   c.listen = listen;
-  c.memory.network_memory = 2u << 20;
-  c.memory.segment_size = kSegment;
-  c.options.buffer_timeout = 5ms;
-  c.options.request_timeout = 5s;
-  c.timeouts.heartbeat_interval = 200ms;
-  c.timeouts.idle_timeout = 10s;
-  c.auth = testing::TestAuth();
   return c;
 }
 
-std::unique_ptr<ShuffleEnvironment> StartEnv(const EnvironmentConfig& c) {
-  auto env = ShuffleEnvironment::Start(c);
-  EXPECT_TRUE(env.ok()) << env.status().ToString();
-  return env.ok() ? std::move(*env) : nullptr;
-}
-
 void ExpectNoLeak(ShuffleEnvironment* env) {
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (env->pool()->available_segments() != env->pool()->total_segments() &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(5ms);
-  }
-  EXPECT_EQ(env->pool()->available_segments(), env->pool()->total_segments())
-      << env->config().node_name << ": " << env->pool()->DebugString();
+  testutil::ExpectAllSegmentsBack(*env->pool(), env->config().node_name);
 }
 
 // Counts control requests that get through; none may before authentication.
@@ -186,10 +171,7 @@ struct Producer {
     ExpectGoodClientServed(env.get(), records);
     EXPECT_EQ(control.calls.load(), 0);
     env->ReleasePartition("p0");
-    const auto deadline = std::chrono::steady_clock::now() + 5s;
-    while (env->server()->connection_count() != 0 && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(5ms);
-    }
+    testutil::PollUntil([&] { return env->server()->connection_count() == 0; }, 5s, 5ms);
     EXPECT_EQ(env->server()->connection_count(), 0u);
     env->Stop();
     ExpectNoLeak(env.get());
@@ -354,15 +336,8 @@ TEST(HandshakeHostileTest, StartRefusesAnEmptySecretWithoutAuthOff) {
 class FakeServer {
  public:
   FakeServer() {
-    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-    EXPECT_EQ(::listen(listen_fd_, 4), 0);
-    socklen_t len = sizeof(a);
-    ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
+    listen_fd_ = testutil::ListenOnLoopback(4, &port_);
+    EXPECT_GE(listen_fd_, 0) << "cannot listen on loopback";
   }
   ~FakeServer() {
     if (fd_ >= 0) ::close(fd_);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "buffer/network_buffer_pool.h"
+#include "testutil/pools.h"
 
 namespace sluice::shuffle {
 namespace {
@@ -20,12 +21,7 @@ using namespace std::chrono_literals;
 
 class PartitionRegistryTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    buffer::NetworkBufferPoolOptions o;
-    o.segment_size = 4096;
-    o.network_memory = 256 * 4096;
-    global_ = std::move(buffer::NetworkBufferPool::Create(o)).value();
-  }
+  void SetUp() override { global_ = testutil::MakeNetworkBufferPool(256, 4096); }
   void TearDown() override {
     const buffer::NetworkBufferPoolStats s = global_->Stats();
     EXPECT_EQ(s.available, s.total) << "leak check: " << global_->DebugString();

@@ -12,6 +12,7 @@
 
 #include "buffer/network_buffer_pool.h"
 #include "shuffle/shuffle_server.h"
+#include "testutil/pools.h"
 
 namespace sluice::shuffle {
 namespace {
@@ -113,10 +114,7 @@ class RecordingOutput final : public QueueOutput {
 class PartitionRequestQueueTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    buffer::NetworkBufferPoolOptions o;
-    o.segment_size = 4096;
-    o.network_memory = 512 * 4096;
-    pool_ = std::move(buffer::NetworkBufferPool::Create(o)).value();
+    pool_ = testutil::MakeNetworkBufferPool(512, 4096);
     queue_ = std::make_unique<PartitionRequestQueue>(
         &out_,
         [this](std::function<void()> task) {

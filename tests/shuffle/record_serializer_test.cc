@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "buffer/network_buffer_pool.h"
+#include "testutil/pools.h"
 
 namespace sluice::shuffle {
 namespace {
@@ -17,12 +18,7 @@ using buffer::NetworkBufferPool;
 
 class RecordSerializerTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    buffer::NetworkBufferPoolOptions o;
-    o.segment_size = 4096;
-    o.network_memory = 256 * 4096;
-    pool_ = std::move(NetworkBufferPool::Create(o)).value();
-  }
+  void SetUp() override { pool_ = testutil::MakeNetworkBufferPool(256, 4096); }
   void TearDown() override {
     EXPECT_EQ(pool_->available_segments(), pool_->total_segments()) << "segments leaked";
   }

@@ -12,6 +12,7 @@
 
 #include "buffer/network_buffer_pool.h"
 #include "shuffle/record_serializer.h"
+#include "testutil/pools.h"
 
 namespace sluice::shuffle {
 namespace {
@@ -109,12 +110,7 @@ TEST(KeyHashPartitionerTest, SpreadsKeysEvenly) {
 
 class RecordWriterTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    buffer::NetworkBufferPoolOptions o;
-    o.segment_size = kSegment;
-    o.network_memory = 64 * kSegment;
-    global_ = std::move(NetworkBufferPool::Create(o)).value();
-  }
+  void SetUp() override { global_ = testutil::MakeNetworkBufferPool(64, kSegment); }
   void TearDown() override {
     const buffer::NetworkBufferPoolStats s = global_->Stats();
     EXPECT_EQ(s.available, s.total) << "leak check: " << global_->DebugString();

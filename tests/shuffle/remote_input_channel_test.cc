@@ -2,6 +2,8 @@
 // the test plays the connection (TakeBufferForPayload, OnBuffer, OnSenderBacklog) and the
 // consumer (GetNext, releasing buffers). Checks the credit arithmetic, receiver ids, access
 // proofs and the event budget; every test ends with the leak check.
+#include "shuffle/remote_input_channel.h"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -12,7 +14,7 @@
 #include "buffer/network_buffer_pool.h"
 #include "shuffle/auth.h"
 #include "shuffle/input_gate.h"
-#include "shuffle/remote_input_channel.h"
+#include "testutil/pools.h"
 
 namespace sluice::shuffle {
 namespace {
@@ -31,10 +33,7 @@ class FakeRequestClient final : public PartitionRequestClient {
 class RemoteInputChannelTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    buffer::NetworkBufferPoolOptions o;
-    o.segment_size = 4096;
-    o.network_memory = 512 * 4096;
-    pool_ = std::move(buffer::NetworkBufferPool::Create(o)).value();
+    pool_ = testutil::MakeNetworkBufferPool(512, 4096);
     options_.credit.segment_size = 4096;
     options_.credit.buffers_per_channel = 2;
     options_.credit.floating_per_gate = 4;

@@ -19,6 +19,10 @@
 
 #include "buffer/network_buffer_pool.h"
 #include "shuffle/record_serializer.h"
+#include "testutil/pools.h"
+#include "testutil/records.h"
+#include "testutil/sanitizer.h"
+#include "testutil/wait.h"
 
 namespace sluice::shuffle {
 namespace {
@@ -27,68 +31,20 @@ using buffer::DataType;
 using buffer::NetworkBufferPool;
 using namespace std::chrono_literals;
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-constexpr bool kUnderSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-constexpr bool kUnderSanitizer = true;
-#else
-constexpr bool kUnderSanitizer = false;
-#endif
-#else
-constexpr bool kUnderSanitizer = false;
-#endif
-
-int Scaled(int n) { return kUnderSanitizer ? std::max(1, n / 3) : n; }
+int Scaled(int n) { return testutil::SanitizerScaled(n, 3); }
 
 constexpr uint32_t kSegment = 4096;
 // A record of this size fills exactly one buffer (4-byte length prefix + payload).
 constexpr uint32_t kOneBufferRecord = kSegment - kRecordLengthBytes;
 
-// --- Test records: [u32 subpartition][u64 seq][u32 size][pattern...], at least 16 bytes ----
+// --- Test records: testutil/records.h's sized records, at least 16 bytes -------------------
 
-// Writes the record into `r` (its whole size, at least 16 bytes), as EmitInPlace's fill would.
-void WriteRecord(std::span<uint8_t> r, uint32_t sp, uint64_t seq) {
-  const auto size = static_cast<uint32_t>(r.size());
-  std::memcpy(r.data(), &sp, 4);
-  std::memcpy(r.data() + 4, &seq, 8);
-  std::memcpy(r.data() + 12, &size, 4);
-  for (uint32_t i = 16; i < size; ++i) r[i] = static_cast<uint8_t>(seq * 131 + i * 7 + sp);
-}
-
-std::vector<uint8_t> MakeRecord(uint32_t sp, uint64_t seq, uint32_t size) {
-  std::vector<uint8_t> r(std::max<uint32_t>(size, 16));
-  WriteRecord(r, sp, seq);
-  return r;
-}
-
-// Checks a record made by MakeRecord; returns its sequence number or ~0 when corrupt.
-uint64_t CheckRecord(std::span<const uint8_t> r, uint32_t sp) {
-  if (r.size() < 16) return ~0ull;
-  uint32_t got_sp, size;
-  uint64_t seq;
-  std::memcpy(&got_sp, r.data(), 4);
-  std::memcpy(&seq, r.data() + 4, 8);
-  std::memcpy(&size, r.data() + 12, 4);
-  if (got_sp != sp || size != r.size()) return ~0ull;
-  for (uint32_t i = 16; i < size; ++i) {
-    if (r[i] != static_cast<uint8_t>(seq * 131 + i * 7 + sp)) return ~0ull;
-  }
-  return seq;
-}
+using testutil::sized::CheckRecord;
+using testutil::sized::MakeRecord;
+using testutil::sized::WriteRecord;
 
 std::span<const uint8_t> Bytes(const std::string& s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
-}
-
-template <typename F>
-bool WaitUntil(F condition, std::chrono::milliseconds timeout = 20s) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!condition()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
 }
 
 // Wakes the consumer thread of a test; every listener of the test rings the same bell.
@@ -250,10 +206,7 @@ class ResultPartitionTest : public ::testing::Test {
   void SetUp() override { global_ = MakeGlobal(64); }
 
   static std::shared_ptr<NetworkBufferPool> MakeGlobal(uint32_t segments) {
-    buffer::NetworkBufferPoolOptions o;
-    o.segment_size = kSegment;
-    o.network_memory = static_cast<uint64_t>(segments) * kSegment;
-    return std::move(NetworkBufferPool::Create(o)).value();
+    return testutil::MakeNetworkBufferPool(segments, kSegment);
   }
 
   std::shared_ptr<ResultPartition> NewPartition(const std::string& id, uint32_t n,
@@ -505,16 +458,20 @@ TEST_F(ResultPartitionTest, FlusherMakesDataReadable) {
   Doorbell bell;
   Reader r(*p, 1, &bell);
   ASSERT_TRUE(p->Emit(MakeRecord(1, 0, 64), 1).ok());
-  ASSERT_TRUE(WaitUntil([&] {
-    bell.Wait(5ms);
-    return r.Drain().ok() && r.records() == 1;
-  }));
+  ASSERT_TRUE(testutil::PollUntil(
+      [&] {
+        bell.Wait(5ms);
+        return r.Drain().ok() && r.records() == 1;
+      },
+      20s));
   EXPECT_GE(r.listener().count(), 1);
   ASSERT_TRUE(p->Emit(MakeRecord(1, 1, 64), 1).ok());
-  ASSERT_TRUE(WaitUntil([&] {
-    bell.Wait(5ms);
-    return r.Drain().ok() && r.records() == 2;
-  }));
+  ASSERT_TRUE(testutil::PollUntil(
+      [&] {
+        bell.Wait(5ms);
+        return r.Drain().ok() && r.records() == 2;
+      },
+      20s));
   p->Release();
   ExpectNoLeaks();
 }
@@ -621,13 +578,15 @@ TEST_F(ResultPartitionTest, ListenerNeverCalledAfterReleaseReturns) {
 bool WaitBlocked(const std::atomic<uint64_t>& progress, ResultPartition& p) {
   uint64_t last = ~0ull;
   int stable = 0;
-  return WaitUntil([&] {
-    std::this_thread::sleep_for(20ms);
-    const uint64_t now = progress.load();
-    stable = now == last ? stable + 1 : 0;
-    last = now;
-    return stable >= 5 && !p.IsAvailable();
-  });
+  return testutil::PollUntil(
+      [&] {
+        std::this_thread::sleep_for(20ms);
+        const uint64_t now = progress.load();
+        stable = now == last ? stable + 1 : 0;
+        last = now;
+        return stable >= 5 && !p.IsAvailable();
+      },
+      20s);
 }
 
 // Samples the output pool: it never holds more than max + overdraft segments.

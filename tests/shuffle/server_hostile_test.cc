@@ -16,6 +16,10 @@
 #include "shuffle/auth.h"
 #include "shuffle/shuffle_environment.h"
 #include "shuffle/shuffle_server.h"
+#include "testutil/leak_check.h"
+#include "testutil/loopback.h"
+#include "testutil/rss.h"
+#include "testutil/wait.h"
 #include "transport/raw_socket.h"
 
 namespace sluice::shuffle {
@@ -23,46 +27,13 @@ namespace {
 
 using namespace std::chrono_literals;
 using schema::MessageType;
+using ::sluice::testutil::ExpectRssGrowthBounded;
+using ::sluice::testutil::VmRssBytes;
 using transport::testutil::Bytes;
 using transport::testutil::RawSocket;
 
 constexpr uint32_t kSegment = 4096;
 constexpr const char* kSecret = "hostile-test-secret-0123456789abcdef";
-constexpr uint64_t kRssBound = 16u << 20;
-
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-constexpr bool kUnderSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-constexpr bool kUnderSanitizer = true;
-#else
-constexpr bool kUnderSanitizer = false;
-#endif
-#else
-constexpr bool kUnderSanitizer = false;
-#endif
-
-uint64_t VmRssBytes() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
-  }
-  return 0;
-}
-
-// VmRSS growth under kRssBound. Not asserted under the sanitizers: their shadow memory and
-// allocator quarantine grow RSS with every allocation, freed or not (the structural checks of
-// each test still run there).
-void ExpectRssGrowthBounded(uint64_t before, uint64_t after, const std::string& what) {
-  const uint64_t growth = after - std::min(after, before);
-  if (kUnderSanitizer) {
-    std::printf("VmRSS growth %s: %llu bytes (not checked under a sanitizer)\n", what.c_str(),
-                static_cast<unsigned long long>(growth));
-    return;
-  }
-  EXPECT_LT(growth, kRssBound) << what << ": VmRSS " << before << " -> " << after;
-}
 
 Bytes ToBytes(std::span<const uint8_t> s) { return Bytes(s.begin(), s.end()); }
 
@@ -138,13 +109,7 @@ class ServerHostileTest : public ::testing::Test {
     loop_->Stop();
     EXPECT_EQ(loop_->open_handles_after_stop(), 0);
     env_->Stop();
-    const auto deadline = std::chrono::steady_clock::now() + 5s;
-    while (env_->pool()->available_segments() != env_->pool()->total_segments() &&
-           std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(5ms);
-    }
-    EXPECT_EQ(env_->pool()->available_segments(), env_->pool()->total_segments())
-        << env_->pool()->DebugString();
+    testutil::ExpectAllSegmentsBack(*env_->pool());
   }
 
   // Hello, HelloAck, AuthResponse: an authenticated connection. False when refused.
@@ -500,22 +465,8 @@ TEST(ProtocolTest, TryMakeFrameRefusesWhatAFrameCannotCarry) {
 
 // A socket connected from another loopback address (Linux routes all of 127/8 to lo).
 std::unique_ptr<RawSocket> ConnectFrom(const char* local_ip, uint16_t port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in local{};
-  local.sin_family = AF_INET;
-  ::inet_pton(AF_INET, local_ip, &local.sin_addr);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof(local)) != 0) {
-    ::close(fd);
-    return nullptr;
-  }
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-    ::close(fd);
-    return nullptr;
-  }
+  const int fd = testutil::ConnectFromLoopback(local_ip, port);
+  if (fd < 0) return nullptr;
   return std::make_unique<RawSocket>(RawSocket::AdoptFd{fd});
 }
 
@@ -544,10 +495,7 @@ TEST_F(ServerHostileTest, PerPeerConnectionCapKeepsOtherPeersServed) {
     // Meanwhile another address is served.
     ExpectServesAGoodClient();
     held.clear();
-    const auto wait = std::chrono::steady_clock::now() + 5s;
-    while (server_->connection_count() > 0 && std::chrono::steady_clock::now() < wait) {
-      std::this_thread::sleep_for(2ms);
-    }
+    testutil::PollUntil([&] { return server_->connection_count() == 0; }, 5s, 2ms);
   }
   EXPECT_EQ(server_->metrics()->connections_refused_per_peer.load(), refused);
   EXPECT_EQ(server_->metrics()->connections_refused.load(), 0u);
@@ -581,10 +529,7 @@ TEST_F(ServerHostileTest, UnauthenticatedConnectionsHoldAFewKiB) {
       std::this_thread::sleep_for(50ms);
     }
   }
-  const auto wait = std::chrono::steady_clock::now() + 5s;
-  while (server_->connection_count() < 400 && std::chrono::steady_clock::now() < wait) {
-    std::this_thread::sleep_for(5ms);
-  }
+  testutil::PollUntil([&] { return server_->connection_count() >= 400; }, 5s, 5ms);
   EXPECT_EQ(server_->connection_count(), 400u);
   size_t largest = 0;
   std::this_thread::sleep_for(100ms);  // let the last Hellos be read

@@ -18,6 +18,8 @@
 #include "shuffle/shuffle_environment.h"
 #include "shuffle/shuffle_server.h"
 #include "shuffle_test_util.h"
+#include "testutil/leak_check.h"
+#include "testutil/wait.h"
 
 namespace sluice::shuffle {
 namespace {
@@ -26,24 +28,11 @@ using namespace std::chrono_literals;
 using testing::MakeRecord;
 using testing::ParseRecord;
 
+using testing::StartEnv;
+
 EnvironmentConfig Config(const std::string& name, uint64_t memory = 8u << 20,
                          uint32_t segment = 4096) {
-  EnvironmentConfig c;
-  c.node_name = name;
-  c.memory.network_memory = memory;
-  c.memory.segment_size = segment;
-  c.options.buffer_timeout = 5ms;
-  c.options.request_timeout = 5s;
-  c.timeouts.heartbeat_interval = 200ms;
-  c.timeouts.idle_timeout = 10s;
-  c.auth = testing::TestAuth();
-  return c;
-}
-
-std::unique_ptr<ShuffleEnvironment> StartEnv(const EnvironmentConfig& c) {
-  auto env = ShuffleEnvironment::Start(c);
-  EXPECT_TRUE(env.ok()) << env.status().ToString();
-  return env.ok() ? std::move(*env) : nullptr;
+  return testing::TestEnvironmentConfig(name, memory, segment);
 }
 
 // Writes `records` records to every subpartition of `p` (record i of subpartition s carries
@@ -99,14 +88,7 @@ std::map<uint32_t, uint64_t> Consume(InputGate* gate, const std::vector<ChannelS
 uint32_t ProducerOf(const std::string& id) { return static_cast<uint32_t>(std::stoul(id.substr(1))); }
 
 void ExpectNoLeak(ShuffleEnvironment* env) {
-  // Buffers come home asynchronously after the last write completes: allow a moment.
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (env->pool()->available_segments() != env->pool()->total_segments() &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(5ms);
-  }
-  EXPECT_EQ(env->pool()->available_segments(), env->pool()->total_segments())
-      << env->config().node_name << ": " << env->pool()->DebugString();
+  testutil::ExpectAllSegmentsBack(*env->pool(), env->config().node_name);
 }
 
 // Releases the producer's partitions, stops both environments and runs the leak check on both.

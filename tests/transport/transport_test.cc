@@ -3,8 +3,8 @@
 // the leak check (ExpectClean): every segment back in its NetworkBufferPool, every connection
 // closed, servers and clients stopped, loops stopped with no handle left open, and the process's
 // file descriptors back to where they started.
-#include <gtest/gtest.h>
 #include <arpa/inet.h>
+#include <gtest/gtest.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "buffer/network_buffer_pool.h"
+#include "testutil/pools.h"
 #include "transport/connection.h"
 #include "transport/event_loop.h"
 #include "transport/log.h"
@@ -44,12 +45,7 @@ using testutil::TestHandler;
 using ConnectResult = Result<std::shared_ptr<Connection>>;
 
 std::shared_ptr<NetworkBufferPool> MakePool(uint32_t segments) {
-  buffer::NetworkBufferPoolOptions o;
-  o.segment_size = kSegmentSize;
-  o.network_memory = uint64_t{segments} * kSegmentSize;
-  auto pool = NetworkBufferPool::Create(o);
-  SLUICE_CHECK(pool.ok(), "test pool");
-  return std::move(pool).value();
+  return ::sluice::testutil::MakeNetworkBufferPool(segments, kSegmentSize);
 }
 
 TransportOptions BaseOptions() {
@@ -456,18 +452,13 @@ TEST_F(TransportTest, ResetWhileServerStreamsReleasesEverything) {
 // further write in the same flush with EPIPE, which raises SIGPIPE. The transport must turn that
 // into an error value, not let the signal kill the process.
 TEST_F(TransportTest, WritesToAResetPeerDoNotRaiseSigpipe) {
-  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-  ASSERT_EQ(::listen(lfd, 4), 0);
-  socklen_t len = sizeof(a);
-  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
+  uint16_t lport = 0;
+  const int lfd = ::sluice::testutil::ListenOnLoopback(4, &lport);
+  ASSERT_GE(lfd, 0);
   auto rec = std::make_shared<Recorder>();
   TcpClient client(client_loop_.get(), BaseOptions(), Factory(rec, HandlerOptions{}));
   Track(&client);
-  auto conn = Connect(client, ntohs(a.sin_port));
+  auto conn = Connect(client, lport);
   ASSERT_TRUE(conn.ok());
   const int peer = ::accept(lfd, nullptr, nullptr);
   ASSERT_GE(peer, 0);
@@ -855,15 +846,9 @@ TEST_F(TransportTest, ClientStopWhileBackingOffCancels) {
 
 TEST_F(TransportTest, ClientStopWhileConnectIsPendingCancels) {
   // A listener whose accept queue is full: further SYNs are dropped and connect() stays pending.
-  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-  ASSERT_EQ(::listen(lfd, 0), 0);
-  socklen_t len = sizeof(a);
-  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
-  const uint16_t port = ntohs(a.sin_port);
+  uint16_t port = 0;
+  const int lfd = ::sluice::testutil::ListenOnLoopback(0, &port);
+  ASSERT_GE(lfd, 0);
   // With backlog 0 the queue holds one connection: this one.
   std::vector<std::unique_ptr<RawSocket>> fillers;
   fillers.push_back(std::make_unique<RawSocket>(port));
@@ -1009,18 +994,13 @@ TEST_F(TransportTest, DestroyingServerAndClientOnTheirLoopThreadIsSafe) {
   ASSERT_TRUE(Connect(*client, server->port()).ok());
   ASSERT_TRUE(Eventually([&] { return server->connection_count() == 1; }));
   // One attempt still connecting (full accept queue) and one backing off.
-  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-  ASSERT_EQ(::listen(lfd, 0), 0);
-  socklen_t len = sizeof(a);
-  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
-  RawSocket filler(ntohs(a.sin_port));
+  uint16_t lport = 0;
+  const int lfd = ::sluice::testutil::ListenOnLoopback(0, &lport);
+  ASSERT_GE(lfd, 0);
+  RawSocket filler(lport);
   auto pending = std::make_shared<std::promise<ConnectResult>>();
   auto pending_f = pending->get_future();
-  client->GetOrConnect({"127.0.0.1", ntohs(a.sin_port)},
+  client->GetOrConnect({"127.0.0.1", lport},
                        [pending](ConnectResult r) { pending->set_value(std::move(r)); });
   RetryPolicy slow;
   slow.initial_backoff = 10s;
@@ -1094,20 +1074,7 @@ TEST_F(TransportTest, ServerStartFailsWithActionableMessage) {
 
 // A socket connected from another loopback address (Linux routes all of 127/8 to lo).
 int ConnectFrom(const char* local_ip, uint16_t port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in local{};
-  local.sin_family = AF_INET;
-  ::inet_pton(AF_INET, local_ip, &local.sin_addr);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof(local)) != 0 ||
-      ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
+  return ::sluice::testutil::ConnectFromLoopback(local_ip, port);
 }
 
 TEST_F(TransportTest, ServerCapsConnectionsPerPeerAddress) {

@@ -25,11 +25,13 @@
 
 #include "buffer/buffer.h"
 #include "buffer/network_buffer_pool.h"
+#include "frame_bytes.h"
+#include "raw_socket.h"
+#include "testutil/loopback.h"
+#include "testutil/wait.h"
 #include "transport/connection.h"
 #include "transport/frame_codec.h"
 #include "transport/transport_options.h"
-#include "frame_bytes.h"
-#include "raw_socket.h"
 
 namespace sluice::transport::testutil {
 
@@ -373,17 +375,7 @@ class TestHandler : public ConnectionHandler {
 };
 
 // A loopback port nothing listens on (bound once, then released).
-inline uint16_t UnusedPort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
+inline uint16_t UnusedPort() { return ::sluice::testutil::UnusedLoopbackPort(); }
 
 inline int CountOpenFds() {
   int n = 0;
@@ -395,15 +387,10 @@ inline int CountOpenFds() {
   return n - 1;  // the directory stream itself
 }
 
-// Polls `pred` until it holds or the timeout passes.
+// Polls `pred` until it holds or the timeout passes (testutil::PollUntil, 30 s by default).
 inline bool Eventually(const std::function<bool()>& pred,
                        std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
-  const auto deadline = Clock::now() + timeout;
-  while (!pred()) {
-    if (Clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  return true;
+  return ::sluice::testutil::PollUntil(pred, timeout);
 }
 
 }  // namespace sluice::transport::testutil

@@ -18,20 +18,13 @@
 
 #include "schema/messages.h"
 #include "shuffle/auth.h"
+#include "testutil/loopback.h"
+#include "testutil/rss.h"
+#include "testutil/temp_dir.h"
 #include "transport/frame_codec.h"
 
 namespace sluice::control {
 namespace {
-
-// VmRSS of this process, in bytes.
-uint64_t RssBytes() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
-  }
-  return 0;
-}
 
 std::vector<uint8_t> Header(uint32_t frame_length, schema::MessageType type, uint16_t meta) {
   std::vector<uint8_t> h(transport::kFrameHeaderSize);
@@ -72,15 +65,8 @@ class HostileDaemon {
       : frames_(std::move(frames)),
         after_request_(std::move(after_request)),
         heartbeats_(heartbeats) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-    EXPECT_EQ(::listen(fd_, 4), 0);
-    socklen_t len = sizeof(a);
-    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
+    fd_ = testutil::ListenOnLoopback(4, &port_);
+    EXPECT_GE(fd_, 0) << "cannot listen on loopback";
     thread_ = std::thread([this] { Serve(); });
   }
   ~HostileDaemon() {
@@ -144,11 +130,11 @@ TEST(ControlClientTest, FrameLengthAboveTheLimitIsRefusedUnread) {
       Header(transport::kFrameHeaderSize + 100000, schema::MessageType::kHeartbeat, 0);
   heartbeat.resize(transport::kFrameHeaderSize + 100000, 0xAB);
   HostileDaemon daemon({heartbeat, Header(0xFFFFFFF0u, schema::MessageType::kHelloAck, 0)});
-  const uint64_t before = RssBytes();
+  const uint64_t before = testutil::VmRssBytes();
   ControlClientOptions o;
   o.timeout = std::chrono::milliseconds(5000);
   auto c = ControlClient::Connect("127.0.0.1", daemon.port(), o);
-  const uint64_t after = RssBytes();
+  const uint64_t after = testutil::VmRssBytes();
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), StatusCode::kProtocolError) << c.status().ToString();
   EXPECT_NE(c.status().message().find("4294967280 bytes, above the"), std::string::npos)
@@ -156,7 +142,7 @@ TEST(ControlClientTest, FrameLengthAboveTheLimitIsRefusedUnread) {
   EXPECT_NE(c.status().message().find("127.0.0.1:" + std::to_string(daemon.port())),
             std::string::npos);
   EXPECT_TRUE(daemon.served());
-  EXPECT_LT(after, before + (16u << 20)) << "RSS grew from " << before << " to " << after;
+  testutil::ExpectRssGrowthBounded(before, after, "a 4 GiB frame announced");
 }
 
 TEST(ControlClientTest, FrameJustAboveTheLargestLegalFrameIsRefused) {
@@ -176,14 +162,14 @@ TEST(ControlClientTest, HugeReplyToARequestIsRefusedUnread) {
                        {Header(0x7FFFFFFFu, schema::MessageType::kStatsResponse, 0)});
   auto c = ControlClient::Connect("127.0.0.1", daemon.port(), {});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
-  const uint64_t before = RssBytes();
+  const uint64_t before = testutil::VmRssBytes();
   auto stats = (*c)->GetStats();
-  const uint64_t after = RssBytes();
+  const uint64_t after = testutil::VmRssBytes();
   ASSERT_FALSE(stats.ok());
   EXPECT_EQ(stats.status().code(), StatusCode::kProtocolError) << stats.status().ToString();
   EXPECT_NE(stats.status().message().find("2147483647 bytes, above the"), std::string::npos)
       << stats.status().ToString();
-  EXPECT_LT(after, before + (16u << 20)) << "RSS grew from " << before << " to " << after;
+  testutil::ExpectRssGrowthBounded(before, after, "a 2 GiB reply announced");
   // The stream position is unknown after that: the client is closed, not confused.
   EXPECT_EQ((*c)->GetStats().status().code(), StatusCode::kClosed);
 }
@@ -207,16 +193,12 @@ TEST(ControlClientTest, EndlessHeartbeatsEndTheCallAtItsTimeout) {
 class FindSecretTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/sluice-find-secret-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    dir_ = testutil::MakeTempDir("sluice-find-secret");
+    ASSERT_FALSE(dir_.empty());
   }
   void TearDown() override { std::system(("rm -rf '" + dir_ + "'").c_str()); }
   std::string Write(const std::string& name, const std::string& text, mode_t mode) {
-    const std::string path = dir_ + "/" + name;
-    std::ofstream(path) << text;
-    ::chmod(path.c_str(), mode);
-    return path;
+    return testutil::WriteFileWithMode(dir_ + "/" + name, text, mode);
   }
   std::string dir_;
 };

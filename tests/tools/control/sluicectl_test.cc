@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "shuffle/auth.h"
+#include "testutil/temp_dir.h"
 #include "tools/control/control_client.h"
 #include "tools/daemon/daemon.h"
 
@@ -39,9 +40,8 @@ std::string ReadFile(const std::string& path) {
 class SluicectlTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/sluicectl-test-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    dir_ = testutil::MakeTempDir("sluicectl-test");
+    ASSERT_FALSE(dir_.empty());
     state_dir_ = dir_ + "/state";
     // What sluiced does on its first start with --state-dir.
     auto secret = shuffle::auth::LoadStateSecret(state_dir_, /*create=*/true);
@@ -113,10 +113,7 @@ class SluicectlTest : public ::testing::Test {
   }
 
   std::string WriteFile(const std::string& name, const std::string& text, mode_t mode) {
-    const std::string path = dir_ + "/" + name;
-    std::ofstream(path) << text;
-    ::chmod(path.c_str(), mode);
-    return path;
+    return testutil::WriteFileWithMode(dir_ + "/" + name, text, mode);
   }
 
   std::unique_ptr<ControlClient> Client() {

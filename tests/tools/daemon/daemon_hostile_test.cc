@@ -23,6 +23,9 @@
 #include "schema/messages.h"
 #include "tests/tools/daemon/daemon_test_util.h"
 #include "tests/transport/raw_socket.h"
+#include "testutil/rss.h"
+#include "testutil/temp_dir.h"
+#include "testutil/wait.h"
 #include "tools/control/control_codec.h"
 #include "tools/daemon/daemon.h"
 
@@ -34,16 +37,8 @@ using control::JobSpec;
 using control::JobState;
 using control::JobStatus;
 using schema::MessageType;
-
-constexpr uint64_t kRssBound = 16ull << 20;
-
-uint64_t VmRssBytes() {
-  std::ifstream in("/proc/self/status");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
-  }
-  return 0;
-}
+using ::sluice::testutil::ExpectRssGrowthBounded;
+using ::sluice::testutil::VmRssBytes;
 
 Status SubmitDirect(Daemon& d, const JobSpec& spec, uint32_t node = 0) {
   return ResultOf(Call(d, MessageType::kSubmitJob, control::EncodeSubmitJob(spec, node)));
@@ -60,25 +55,9 @@ void ExpectHealthy(Daemon& d, uint32_t segment_size = 32u << 10) {
   ExpectAllSegmentsBack(*c);
 }
 
-class TempDir {
- public:
-  TempDir() {
-    path_ = std::filesystem::path(::testing::TempDir()) /
-            ("sluice-hostile-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++));
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string Path(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  static inline int counter_ = 0;
-  std::filesystem::path path_;
-};
-
 // A daemon with file roots in a fresh directory: <dir>/in and <dir>/out.
 struct FileDaemon {
-  TempDir dir;
+  testutil::TempDir dir{"sluice-hostile"};
   std::unique_ptr<Daemon> d;
   explicit FileDaemon(uint64_t max_line = 1u << 20) {
     std::filesystem::create_directories(dir.Path("in"));
@@ -158,10 +137,8 @@ TEST(DaemonHostileTest, ConnectionsFromOnePeerOverTheCapAreClosedAndOthersStillS
     ASSERT_TRUE(held.back()->connected());
   }
   // ...so a fourth from the same address is closed without a byte served.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (d->Stats().connections < 3 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  testutil::PollUntil([&] { return d->Stats().connections >= 3; }, std::chrono::seconds(5),
+                      std::chrono::milliseconds(10));
   transport::testutil::RawSocket extra(d->port());
   ASSERT_TRUE(extra.connected());
   const auto kHeartbeat = static_cast<uint8_t>(MessageType::kHeartbeat);
@@ -391,7 +368,7 @@ TEST(DaemonHostileTest, ALineOverMaxLineBytesFailsTheJobNamingFileAndLine) {
   const JobStatus js = RunFileJob(d, FileJob("long", d, "long.csv"));
   EXPECT_EQ(js.state, JobState::kFailed);
   ExpectContains(js.error, "'long.csv' line 3 is longer than max_line_bytes (1024 bytes)");
-  EXPECT_LT(VmRssBytes(), rss_before + kRssBound) << "the line was read into memory";
+  ExpectRssGrowthBounded(rss_before, VmRssBytes(), "the line was read into memory");
   ExpectHealthy(d);
   ExpectCleanShutdown(d);
 }
@@ -472,11 +449,10 @@ TEST(DaemonHostileTest, AControlRequestFloodIsRefusedBeyondTheQueueAndMemoryStay
   }
   const uint64_t rss_after = VmRssBytes();
   EXPECT_GT(exhausted.load(), 0u) << "the queue took " << sent << " requests";
-  EXPECT_LT(rss_after, rss_before + kRssBound);
+  ExpectRssGrowthBounded(rss_before, rss_after, "Stats flood");
   // Every request is answered (refused at once or served), and Stats still works.
-  for (int i = 0; i < 400 && answered.load() < sent; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
+  testutil::PollUntil([&] { return answered.load() >= sent; }, std::chrono::seconds(10),
+                      std::chrono::milliseconds(25));
   EXPECT_EQ(answered.load(), sent);
   const Status refused = [&] {
     // One more over a full queue gives the message.
@@ -506,7 +482,7 @@ TEST(DaemonHostileTest, ASmallSubmitWithAHugeRecordSizeMaxIsRefusedByJobMemory) 
   ExpectContains(st.message(), "needs " + std::to_string(5ull * (64u << 20)) + " bytes of heap");
   ExpectContains(st.message(), "record_size_max 67108864");
   ExpectContains(st.message(), "--job-memory");
-  EXPECT_LT(VmRssBytes(), rss_before + kRssBound);
+  ExpectRssGrowthBounded(rss_before, VmRssBytes(), "a job's heap estimate");
   EXPECT_EQ(d->Stats().running_jobs, 0u);
   ExpectHealthy(*d);
   ExpectCleanShutdown(*d);
@@ -569,13 +545,13 @@ std::string ThreadLimitChild() {
     return "flusher thread failure: " + st.ToString();
   }
   for (Daemon* x : {d.get(), flushing.get()}) {
-    bool back = false;
     control::NodeStats s;
-    for (int i = 0; i < 200 && !back; ++i) {
-      s = x->Stats();  // Stats still answers
-      back = s.available_segments == s.total_segments && s.running_jobs == 0;
-      if (!back) std::this_thread::sleep_for(std::chrono::milliseconds(25));
-    }
+    const bool back = testutil::PollUntil(
+        [&] {
+          s = x->Stats();  // Stats still answers
+          return s.available_segments == s.total_segments && s.running_jobs == 0;
+        },
+        std::chrono::seconds(5), std::chrono::milliseconds(25));
     if (!back) {
       return "segments not back: " + std::to_string(s.available_segments) + "/" +
              std::to_string(s.total_segments);

@@ -19,6 +19,8 @@
 #include <vector>
 
 #include "schema/control.h"
+#include "testutil/temp_dir.h"
+#include "testutil/wait.h"
 #include "tools/control/control_client.h"
 #include "tools/control/control_codec.h"
 #include "tools/daemon/daemon.h"
@@ -28,11 +30,9 @@ namespace sluice::daemon::testing {
 inline constexpr const char* kTestSecret = "0123456789abcdef-daemon-tests";
 
 inline std::string WriteSecret(const std::string& name, const std::string& secret) {
-  const std::string path = ::testing::TempDir() + "/" + name;
-  ::unlink(path.c_str());
-  std::ofstream(path) << secret << "\n";
-  ::chmod(path.c_str(), 0600);  // group- or world-readable secrets are refused
-  return path;
+  // 0600: group- or world-readable secrets are refused.
+  return ::sluice::testutil::WriteFileWithMode(::testing::TempDir() + "/" + name, secret + "\n",
+                                               0600);
 }
 
 inline const std::string& TestSecretFile() {
@@ -176,11 +176,12 @@ inline void ExpectAllSegmentsBack(control::ControlClient& c) {
 // The same in-process, without a connection.
 inline void ExpectAllSegmentsBack(Daemon& d) {
   control::NodeStats s;
-  for (int i = 0; i < 200; ++i) {
-    s = d.Stats();
-    if (s.available_segments == s.total_segments && s.running_jobs == 0) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
+  ::sluice::testutil::PollUntil(
+      [&] {
+        s = d.Stats();
+        return s.available_segments == s.total_segments && s.running_jobs == 0;
+      },
+      std::chrono::seconds(5), std::chrono::milliseconds(25));
   EXPECT_EQ(s.available_segments, s.total_segments) << s.node_name << "\n" << s.credit_dump;
   EXPECT_EQ(s.running_jobs, 0u);
 }

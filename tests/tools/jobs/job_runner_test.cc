@@ -24,6 +24,10 @@
 
 #include "shuffle/shuffle_environment.h"
 #include "shuffle/shuffle_test_util.h"
+#include "testutil/leak_check.h"
+#include "testutil/rss.h"
+#include "testutil/temp_dir.h"
+#include "testutil/wait.h"
 #include "tools/daemon/job_files.h"
 #include "tools/daemon/job_records.h"
 
@@ -38,16 +42,10 @@ using control::JobStatus;
 constexpr uint32_t kSegment = 4096;
 
 shuffle::EnvironmentConfig NodeConfig(uint32_t i, uint64_t memory) {
-  shuffle::EnvironmentConfig c;
-  c.node_name = "node" + std::to_string(i);
-  c.memory.network_memory = memory;
-  c.memory.segment_size = kSegment;
-  c.options.buffer_timeout = 5ms;
+  shuffle::EnvironmentConfig c =
+      shuffle::testing::TestEnvironmentConfig("node" + std::to_string(i), memory, kSegment);
   c.options.request_backoff_initial = 20ms;
   c.options.request_timeout = 10s;
-  c.timeouts.heartbeat_interval = 200ms;
-  c.timeouts.idle_timeout = 10s;
-  c.auth = shuffle::testing::TestAuth();
   return c;
 }
 
@@ -70,23 +68,10 @@ struct Cluster {
   std::vector<std::string> nodes;
 };
 
-// Polls `done` every few ms until it holds or `timeout` passes; returns its last value.
-template <typename Pred>
-bool Eventually(Pred done, std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(5ms);
-  }
-  return true;
-}
-
 // Every segment back in the pool (buffers in flight come home asynchronously: allow a moment).
 void ExpectNoLeak(const Cluster& cluster) {
   for (const auto& env : cluster.envs) {
-    const auto& pool = *env->pool();
-    EXPECT_TRUE(Eventually([&] { return pool.available_segments() == pool.total_segments(); }, 5s))
-        << env->config().node_name << ": " << pool.DebugString();
+    testutil::ExpectAllSegmentsBack(*env->pool(), env->config().node_name);
     EXPECT_EQ(env->registry().size(), 0u) << env->config().node_name;
   }
 }
@@ -243,13 +228,7 @@ TEST(JobRecordsTest, SequenceTrackerStaysBoundedUnderAdversarialSequences) {
   static_assert(sizeof(SequenceTracker) <= 1024, "a fixed window, not a map");
   using O = SequenceTracker::Outcome;
   SequenceTracker t;
-  const uint64_t rss_before = [] {
-    std::ifstream in("/proc/self/status");
-    for (std::string line; std::getline(in, line);) {
-      if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
-    }
-    return 0ull;
-  }();
+  const uint64_t rss_before = testutil::VmRssBytes();
   constexpr uint64_t kN = 2000000;
   for (uint64_t i = 0; i < kN; ++i) ASSERT_EQ(t.Observe(2 * i), O::kInOrder);
   EXPECT_EQ(t.missing(), kN - 1);
@@ -266,14 +245,8 @@ TEST(JobRecordsTest, SequenceTrackerStaysBoundedUnderAdversarialSequences) {
   // A jump far ahead and huge sequence numbers cost nothing either.
   EXPECT_EQ(t.Observe(uint64_t{1} << 62), O::kInOrder);
   EXPECT_EQ(t.Observe((uint64_t{1} << 62) - 1), O::kReordered);
-  const uint64_t rss_after = [] {
-    std::ifstream in("/proc/self/status");
-    for (std::string line; std::getline(in, line);) {
-      if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
-    }
-    return 0ull;
-  }();
-  EXPECT_LT(rss_after, rss_before + (4u << 20)) << "tracking grew with the input";
+  const uint64_t rss_after = testutil::VmRssBytes();
+  testutil::ExpectRssGrowthBounded(rss_before, rss_after, "tracking grew with the input", 4u << 20);
 }
 
 TEST(JobFilesTest, LineReaderBoundsLinesAndTreatsReadErrorsAsErrors) {
@@ -452,28 +425,16 @@ TEST(JobRunnerTest, RecordsLargerThanASegment) {
 
 // --- File-partition jobs ---
 
-class TempDir {
+// A fresh directory that is both roots of a daemon here.
+class TempDir : public testutil::TempDir {
  public:
-  TempDir() {
-    path_ = std::filesystem::temp_directory_path() /
-            ("sluice-jobs-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++));
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string Path(const std::string& name) const { return (path_ / name).string(); }
-  std::string root() const { return path_.string(); }
-  // Both roots of a daemon here.
+  TempDir() : testutil::TempDir("sluice-jobs") {}
   JobRunnerOptions Roots() const {
     JobRunnerOptions o;
     o.input_dir = root();
     o.output_dir = root();
     return o;
   }
-
- private:
-  static inline int counter_ = 0;
-  std::filesystem::path path_;
 };
 
 std::vector<std::string> ReadLines(const std::string& path) {
@@ -657,8 +618,8 @@ TEST(JobRunnerTest, CancelMidJobReleasesEverything) {
   auto runners = StartAll(c, spec);
   ASSERT_EQ(runners.size(), 2u);
   // Let data flow, and check it does.
-  ASSERT_TRUE(
-      Eventually([&] { return runners[1]->Status().consumers.at(0).records >= 1000; }, 10s));
+  ASSERT_TRUE(testutil::PollUntil(
+      [&] { return runners[1]->Status().consumers.at(0).records >= 1000; }, 10s, 5ms));
   EXPECT_EQ(runners[0]->Status().state, JobState::kRunning);
   EXPECT_GT(c.envs[0]->pool()->used_segments(), 0u);
 
@@ -670,9 +631,7 @@ TEST(JobRunnerTest, CancelMidJobReleasesEverything) {
   for (const auto& p : s0.producers) EXPECT_FALSE(p.done);
   // Node 0's tasks ended: its partitions and gates are released before the runner is gone.
   EXPECT_EQ(c.envs[0]->registry().size(), 0u);
-  const auto& pool0 = *c.envs[0]->pool();
-  EXPECT_TRUE(Eventually([&] { return pool0.available_segments() == pool0.total_segments(); }, 5s))
-      << pool0.DebugString();
+  testutil::ExpectAllSegmentsBack(*c.envs[0]->pool());
   // The consumer on node 1 learns it from the failed partitions, with the reason.
   ASSERT_TRUE(runners[1]->Wait(15s));
   const JobStatus s1 = runners[1]->Status();
@@ -765,7 +724,8 @@ TEST(JobRunnerTest, ProducerNodeDeathFailsConsumersNamingThePeer) {
   JobSpec spec = GeneratedSpec(c, "death", {0}, {1}, 1u << 30);
   auto runners = StartAll(c, spec);
   ASSERT_EQ(runners.size(), 2u);
-  ASSERT_TRUE(Eventually([&] { return runners[1]->Status().consumers.at(0).records >= 500; }, 10s));
+  ASSERT_TRUE(testutil::PollUntil(
+      [&] { return runners[1]->Status().consumers.at(0).records >= 500; }, 10s, 5ms));
   // Node 0's network goes away (as if the process died): its connections close.
   c.envs[0]->Stop();
   ASSERT_TRUE(runners[1]->Wait(20s)) << "the consumer hung after its producer's node died";
