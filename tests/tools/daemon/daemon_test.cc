@@ -304,7 +304,9 @@ TEST(DaemonTest, GarbageClosesOnlyThatConnectionAndTheDaemonKeepsServing) {
     std::string answer;
     while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) answer.append(buf, static_cast<size_t>(n));
     // An HTTP request gets an HTTP answer naming the metrics endpoint (issue 12).
-    if (round == 0) EXPECT_EQ(answer.substr(0, 25), "HTTP/1.0 400 Bad Request\r");
+    if (round == 0) {
+      EXPECT_EQ(answer.substr(0, 25), "HTTP/1.0 400 Bad Request\r");
+    }
     EXPECT_EQ(n, 0) << "the daemon did not close the hostile connection";
     ::close(fd);
   }
