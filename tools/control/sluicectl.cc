@@ -157,7 +157,13 @@ int main(int argc, char** argv) {
     return Refuse(sluice::InvalidArgument("give --token or --token-file, not both"));
   }
   for (const Command& c : commands) {
-    if (c.sub->parsed()) return c.run();
+    if (!c.sub->parsed()) continue;
+    const std::string name = c.sub->get_name();
+    const bool jobbed = name == "status" || name == "watch" || name == "cancel";
+    if (!jobbed && !g.token.empty()) {
+      return Refuse(sluice::InvalidArgument("--token: " + name + " takes no job token"));
+    }
+    return c.run();
   }
   return sluice::tools::kExitUsage;
 }

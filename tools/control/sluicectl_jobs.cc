@@ -74,9 +74,9 @@ Command StatsCommand(CLI::App& app, Globals& g, bool dump) {
 }  // namespace
 
 void PrintJobStatus(const JobStatus& st, const std::string& node) {
-  std::printf("job '%s'%s%s: %s after %.2f s%s%s\n", st.job_id.c_str(),
-              node.empty() ? "" : " on ", node.c_str(), JobStateName(st.state), st.seconds,
-              st.error.empty() ? "" : ": ", st.error.c_str());
+  std::printf("job '%s': %s after %.2f s%s%s%s%s\n", st.job_id.c_str(), JobStateName(st.state),
+              st.seconds, node.empty() ? "" : " on ", node.c_str(), st.error.empty() ? "" : ": ",
+              st.error.c_str());
   const JobTotals& t = st.totals;
   std::printf("  producers %u/%u done: %llu records, %llu bytes; consumers %u/%u done: %llu "
               "records, %llu bytes\n",
