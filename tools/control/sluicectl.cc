@@ -143,7 +143,7 @@ int main(int argc, char** argv) {
   using namespace sluice::control::ctl;
   CLI::App app("sluicectl: run jobs on sluiced daemons and look inside them", "sluicectl");
   sluice::tools::AddVersionFlag(app, "sluicectl");
-  app.require_subcommand(1);
+  app.require_subcommand(0, 1);  // none: said below, naming the commands
   app.fallthrough();
   Globals g;
   AddGlobals(app, g);
@@ -165,5 +165,7 @@ int main(int argc, char** argv) {
     }
     return c.run();
   }
-  return sluice::tools::kExitUsage;
+  return Refuse(sluice::InvalidArgument(
+      "no command; give one of submit, jobs, status, watch, cancel, stats, dump, plan "
+      "(see --help)"));
 }
