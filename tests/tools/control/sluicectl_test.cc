@@ -270,6 +270,51 @@ TEST_F(SluicectlTest, UsageErrorsExit2) {
   EXPECT_NE(r.err.find("--segment-size"), std::string::npos) << r.err;
 }
 
+TEST_F(SluicectlTest, DumpShowsTheClientChannelsCreditNumbers) {
+  // A second daemon with the same secret produces; this one consumes (throttled, so the job
+  // is running while dump looks).
+  daemon::DaemonConfig c;
+  c.port = 0;
+  c.network_memory = 16ull << 20;
+  c.buffer_timeout_ms = 10;
+  c.auth_secret_file = shuffle::auth::StateSecretPath(state_dir_);
+  auto producer = daemon::Daemon::Start(c);
+  ASSERT_TRUE(producer.ok()) << producer.status().ToString();
+  JobSpec spec;
+  spec.job_id = "dump-job";
+  spec.token = shuffle::auth::MakeJobToken();
+  spec.nodes = {"127.0.0.1:" + Port(), "127.0.0.1:" + std::to_string((*producer)->port())};
+  spec.producer_nodes = {1};
+  spec.consumer_nodes = {0};
+  spec.records_per_producer = 10'000'000;
+  spec.throttled_consumer = 0;
+  spec.throttle_mib_per_second = 1;
+  spec.timeout_ms = 60000;
+  auto client = Client();
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->SubmitJob(spec, 0).ok());
+  {
+    ControlClientOptions o;
+    o.secret = secret_;
+    auto pc = ControlClient::Connect("127.0.0.1", (*producer)->port(), o);
+    ASSERT_TRUE(pc.ok()) << pc.status().ToString();
+    ASSERT_TRUE((*pc)->SubmitJob(spec, 1).ok());
+  }
+  CtlRun r;
+  for (int i = 0; i < 250; ++i) {  // until the channel is connected
+    r = Ctl({"--state-dir", state_dir_, "dump"});
+    if (r.out.find("channel peer=") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("partition=dump-job/p0/0 exclusive="), std::string::npos) << r.out;
+  for (const char* field : {" floating=", " unannounced=", " backlog=", " queued="}) {
+    EXPECT_NE(r.out.find(field), std::string::npos) << field << " in " << r.out;
+  }
+  ASSERT_TRUE(client->CancelJob("dump-job", spec.token, "test over").ok());
+  EXPECT_EQ((*producer)->Shutdown(std::chrono::milliseconds(0)).leaked_segments, 0u);
+}
+
 TEST_F(SluicectlTest, VersionAndHelpExit0) {
   CtlRun r = Ctl({"--version"});
   EXPECT_EQ(r.exit_code, 0);
@@ -333,6 +378,19 @@ TEST_F(SluicectlTest, SubmitWaitThenJobsStatusAndTheTokenFile) {
   EXPECT_EQ(r.out.rfind("[{\"job_id\":\"gen-1\"", 0), 0u) << r.out;
   EXPECT_EQ(r.out.find("token"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find(ReadFile(token_path)), std::string::npos) << r.out;
+
+  // watch ends with the job: at once for an ended one, exit 0 for a success.
+  r = Ctl({"--state-dir", state_dir_, "watch", "gen-1", "--interval-ms", "10"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("job 'gen-1': succeeded"), std::string::npos) << r.out;
+  // cancel of an ended job is fine, with the token from the token file.
+  r = Ctl({"--state-dir", state_dir_, "cancel", "gen-1"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  // Without the token (another state dir): refused by the daemon, exit 1.
+  r = Ctl({"--auth-secret-file", shuffle::auth::StateSecretPath(state_dir_), "--state-dir",
+           dir_ + "/other", "status", "gen-1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("PermissionDenied"), std::string::npos) << r.err;
 
   // The same job id again: the token file is not overwritten, nothing is sent.
   r = Ctl({"--state-dir", state_dir_, "submit", job});
