@@ -119,6 +119,21 @@ Result<const fb::ControlResult*> ParseControlResult(std::span<const uint8_t> met
   return VerifyControl<fb::ControlResult>(metadata, "ControlResult");
 }
 
+Result<const fb::ListJobsRequest*> ParseListJobsRequest(std::span<const uint8_t> metadata) {
+  return VerifyControl<fb::ListJobsRequest>(metadata, "ListJobsRequest");
+}
+
+Result<const fb::ListJobsResponse*> ParseListJobsResponse(std::span<const uint8_t> metadata) {
+  auto r = VerifyControl<fb::ListJobsResponse>(metadata, "ListJobsResponse");
+  if (!r.ok()) return r;
+  if ((*r)->jobs() == nullptr) return r;
+  for (const fb::JobSummaryMsg* j : *(*r)->jobs()) {
+    if (Status s = CheckJobId(j->job_id(), "ListJobsResponse"); !s.ok()) return s;
+    if (!EnumInRange(j->state())) return Bad("ListJobsResponse", "state is not a known value");
+  }
+  return r;
+}
+
 Status VerifyControlMessage(MessageType type, std::span<const uint8_t> metadata) {
   switch (type) {
     case MessageType::kSubmitJob: return ParseSubmitJob(metadata).status();
@@ -129,6 +144,8 @@ Status VerifyControlMessage(MessageType type, std::span<const uint8_t> metadata)
     case MessageType::kStatsResponse: return ParseStatsResponse(metadata).status();
     case MessageType::kCutConnections: return ParseCutConnections(metadata).status();
     case MessageType::kControlResult: return ParseControlResult(metadata).status();
+    case MessageType::kListJobsRequest: return ParseListJobsRequest(metadata).status();
+    case MessageType::kListJobsResponse: return ParseListJobsResponse(metadata).status();
     default: break;
   }
   return ProtocolError("message type " + std::to_string(static_cast<int>(type)) +

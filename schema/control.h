@@ -29,6 +29,9 @@ Result<const fb::StatsRequest*> ParseStatsRequest(std::span<const uint8_t> metad
 Result<const fb::StatsResponse*> ParseStatsResponse(std::span<const uint8_t> metadata);
 Result<const fb::CutConnections*> ParseCutConnections(std::span<const uint8_t> metadata);
 Result<const fb::ControlResult*> ParseControlResult(std::span<const uint8_t> metadata);
+Result<const fb::ListJobsRequest*> ParseListJobsRequest(std::span<const uint8_t> metadata);
+// Also checks every job's state and that no job_id exceeds kMaxJobIdLength.
+Result<const fb::ListJobsResponse*> ParseListJobsResponse(std::span<const uint8_t> metadata);
 
 // The Parse function of control `type`, result dropped; ProtocolError for other types.
 Status VerifyControlMessage(MessageType type, std::span<const uint8_t> metadata);

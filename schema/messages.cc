@@ -40,6 +40,8 @@ constexpr MessageType kAllTypes[] = {
     MessageType::kStatsResponse,
     MessageType::kCutConnections,
     MessageType::kControlResult,
+    MessageType::kListJobsRequest,
+    MessageType::kListJobsResponse,
 };
 
 // Error messages are built only on the failure path; a small concatenation helper keeps them
@@ -115,7 +117,12 @@ Result<const T*> ParseHandshake(std::span<const uint8_t> md, std::string_view na
     return Invalid(name, ": protocol_version 0 is not a version (versions start at 1)");
   }
   const uint32_t seg = m->segment_size();
-  if (seg < kMinSegmentSize || seg > kMaxSegmentSize || !std::has_single_bit(seg)) {
+  // A Hello with segment_size 0 comes from a control-only client (sluicectl, the harness's
+  // control client): it learns the daemon's segment size from the HelloAck.
+  constexpr bool kIsHello = std::is_same_v<T, fb::Hello>;
+  if (kIsHello && seg == 0) {
+    // control-only: checked below like any other Hello
+  } else if (seg < kMinSegmentSize || seg > kMaxSegmentSize || !std::has_single_bit(seg)) {
     return Invalid(name, ": segment_size ", seg, " is not a power of two from ", kMinSegmentSize,
                    " to ", kMaxSegmentSize, " bytes");
   }
@@ -182,6 +189,10 @@ std::string_view MessageTypeName(MessageType type) {
       return "CutConnections";
     case MessageType::kControlResult:
       return "ControlResult";
+    case MessageType::kListJobsRequest:
+      return "ListJobsRequest";
+    case MessageType::kListJobsResponse:
+      return "ListJobsResponse";
   }
   return "Unknown";
 }

@@ -49,6 +49,8 @@ enum class MessageType : uint8_t {
   kStatsResponse = 37,
   kCutConnections = 38,
   kControlResult = 39,
+  kListJobsRequest = 40,
+  kListJobsResponse = 41,
 };
 inline constexpr uint8_t kFirstControlMessageType = 32;
 inline constexpr uint8_t kLastControlMessageType = 63;

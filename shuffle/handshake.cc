@@ -55,7 +55,8 @@ HandshakeResult ServerHandshake::OnHello(const fb::Hello& hello, schema::Handsha
                      " is not supported; " + node_name_ + " speaks version " +
                      std::to_string(transport::kProtocolVersion));
   }
-  if (hello.segment_size() != segment_size_) {
+  control_only_ = hello.segment_size() == kControlOnlySegmentSize;
+  if (!control_only_ && hello.segment_size() != segment_size_) {
     return Error(fb::ErrorCode::SegmentSizeMismatch,
                  "client " + peer_ + " segment size " + std::to_string(hello.segment_size()) +
                      " differs from " + node_name_ + "'s " + std::to_string(segment_size_) +
@@ -76,6 +77,15 @@ HandshakeResult ServerHandshake::OnHello(const fb::Hello& hello, schema::Handsha
   ack->nonce = nonce_;
   ack->auth_proof = proof_;
   return std::nullopt;
+}
+
+HandshakeResult ServerHandshake::AdmitPartitionRequest() const {
+  if (!control_only_) return std::nullopt;
+  return Error(fb::ErrorCode::ProtocolViolation,
+               "PartitionRequest from control-only client " + peer_ +
+                   " (its Hello said segment_size 0): a client that reads partitions must send "
+                   "its segment size (" + std::to_string(segment_size_) + " on " + node_name_ +
+                   ") in the Hello");
 }
 
 HandshakeResult ServerHandshake::OnAuthResponse(const fb::AuthResponse& response) {
@@ -123,12 +133,13 @@ HandshakeResult ClientHandshake::OnHelloAck(const fb::HelloAck& ack,
   if (server_proved_) {
     return Error(fb::ErrorCode::ProtocolViolation, "second HelloAck from " + who);
   }
-  if (ack.segment_size() != segment_size_) {
+  if (segment_size_ != kControlOnlySegmentSize && ack.segment_size() != segment_size_) {
     return Error(fb::ErrorCode::SegmentSizeMismatch,
                  who + " uses segment size " + std::to_string(ack.segment_size()) +
                      ", this side " + std::to_string(segment_size_) +
                      "; every node must use the same segment_size");
   }
+  server_segment_size_ = ack.segment_size();
   const std::span<const uint8_t> server_nonce = Bytes(ack.nonce());
   const bool challenged = !server_nonce.empty();
   if (!has_secret_) {

@@ -40,6 +40,10 @@
 
 namespace sluice::shuffle {
 
+// The Hello segment size of a control-only client (sluicectl): it moves no buffers, so it has no
+// segment size of its own, and learns the server's from the HelloAck.
+inline constexpr uint32_t kControlOnlySegmentSize = 0;
+
 // Why a handshake step refused a message; the connection closes after it. `code` goes into the
 // ErrorResponse the server sends; `message` names the peer and the fix.
 struct HandshakeError {
@@ -64,7 +68,9 @@ class ServerHandshake {
   HandshakeResult Admit(schema::MessageType type) const;
   // The client's Hello. On success *ack holds the HelloAck to send (its spans point into this
   // object). Refuses UnsupportedVersion, SegmentSizeMismatch and a second Hello
-  // (ProtocolViolation). A Hello without a nonce is answered as any other (a client without the
+  // (ProtocolViolation). A Hello with segment_size 0 is a control-only client (sluicectl): it is
+  // accepted, answered with this server's real segment size, and control_only() turns true: such
+  // a connection may send control messages but no PartitionRequest. A Hello without a nonce is answered as any other (a client without the
   // secret cannot make the proof either way).
   HandshakeResult OnHello(const fb::Hello& hello, schema::HandshakeFields* ack);
   // The client's proof. AuthenticationFailed when it does not match (or no challenge was made
@@ -74,6 +80,11 @@ class ServerHandshake {
 
   bool hello_seen() const { return hello_seen_; }
   bool authenticated() const { return authenticated_; }
+  // The client said segment_size 0 in its Hello: it reads no data (see OnHello).
+  bool control_only() const { return control_only_; }
+  // A PartitionRequest on a control-only connection: ProtocolViolation naming the reason.
+  // nullopt on a data connection.
+  HandshakeResult AdmitPartitionRequest() const;
 
  private:
   const auth::AuthConfig& auth_;
@@ -81,6 +92,7 @@ class ServerHandshake {
   const std::string node_name_;
   const std::string peer_;
   bool hello_seen_ = false;
+  bool control_only_ = false;
   bool authenticated_ = false;
   auth::Nonce nonce_{};           // ours, sent in the HelloAck (auth on)
   auth::Proof proof_{};           // ours, sent in the HelloAck (auth on)
@@ -112,6 +124,9 @@ class ClientHandshake {
 
   // The HelloAck checked out (and, with a secret, carried the right proof).
   bool server_proved() const { return server_proved_; }
+  // The segment size the server's HelloAck announced (0 before it). A client constructed with
+  // kControlOnlySegmentSize accepts any valid one and learns it here.
+  uint32_t server_segment_size() const { return server_segment_size_; }
 
  private:
   const auth::AuthConfig& auth_;
@@ -121,6 +136,7 @@ class ClientHandshake {
   const std::string peer_role_;
   bool has_secret_ = false;
   bool server_proved_ = false;
+  uint32_t server_segment_size_ = 0;
   auth::Nonce nonce_{};
 };
 

@@ -79,6 +79,17 @@ uint32_t RemoteInputChannel::AvailableBuffers() const {
   return AvailableLocked();
 }
 
+RemoteInputChannel::CreditState RemoteInputChannel::Credit() const {
+  std::lock_guard lock(mu_);
+  CreditState s;
+  s.exclusive_held = static_cast<uint32_t>(exclusive_free_.size());
+  s.floating_held = static_cast<uint32_t>(floating_free_.size());
+  s.unannounced_credit = unannounced_credit_;
+  s.backlog = sender_backlog_;
+  s.queued = static_cast<uint32_t>(received_.size());
+  return s;
+}
+
 std::string RemoteInputChannel::Describe() const {
   return "remote channel " + std::to_string(index_) + " of gate '" + gate_->name() +
          "' (partition '" + partition_id_ + "' subpartition " + std::to_string(subpartition_) +

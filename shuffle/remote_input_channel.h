@@ -130,6 +130,15 @@ class RemoteInputChannel final : public InputChannel,
   // Empty buffers held for the sender (exclusive and floating): an upper bound of the credit
   // the sender may hold. For tests and the credit-state dump.
   uint32_t AvailableBuffers() const;
+  // The channel's half of the credit state, for the credit-state dump (sluicectl dump).
+  struct CreditState {
+    uint32_t exclusive_held = 0;    // empty exclusive buffers held for the sender
+    uint32_t floating_held = 0;     // empty floating buffers held for the sender
+    int32_t unannounced_credit = 0; // gained, not yet sent in an AddCredit
+    uint32_t backlog = 0;           // the sender's last known backlog
+    uint32_t queued = 0;            // received buffers the consumer has not taken yet
+  };
+  CreditState Credit() const;
   // Fails the channel: the consumer's next GetNext returns this error.
   void OnError(Status error);
   bool released() const;

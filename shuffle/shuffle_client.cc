@@ -388,9 +388,15 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
  public:
   void AppendChannelStates(std::vector<std::string>* out) const {
     for (const auto& [id, ch] : channels_) {
+      const RemoteInputChannel::CreditState c = ch->Credit();
       out->push_back("channel peer=" + conn_->peer() + " receiver=" + std::to_string(id) +
                      " partition=" + ch->partition_id() + "/" +
-                     std::to_string(ch->subpartition()));
+                     std::to_string(ch->subpartition()) +
+                     " exclusive=" + std::to_string(c.exclusive_held) +
+                     " floating=" + std::to_string(c.floating_held) +
+                     " unannounced=" + std::to_string(c.unannounced_credit) +
+                     " backlog=" + std::to_string(c.backlog) +
+                     " queued=" + std::to_string(c.queued));
     }
   }
 

@@ -78,7 +78,8 @@ class ShuffleClient final : public PartitionRequestClient {
   size_t connection_count() const { return tcp_.connection_count(); }
   // Closes every connection at once, as a network cut would (fault injection); returns how many.
   uint32_t CutConnections(const std::string& reason);
-  // One line per channel on a connection: peer, receiver id, partition.
+  // One line per channel on a connection: peer, receiver id, partition, and its credit numbers
+  // (exclusive=, floating= held empty buffers, unannounced= credit, backlog=, queued=).
   std::vector<std::string> ChannelStates();
   const ShuffleClientConfig& config() const { return config_; }
 

@@ -283,6 +283,7 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
   }
 
   Admission OnPartitionRequest(std::span<const uint8_t> meta) {
+    if (auto refused = handshake_.AdmitPartitionRequest()) return RefuseHandshake(*refused);
     auto m = schema::ParsePartitionRequest(meta);
     if (!m.ok()) {
       transport::Rejection r = RejectMessage(MessageType::kPartitionRequest, meta, m.status());

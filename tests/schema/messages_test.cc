@@ -39,8 +39,10 @@ TEST(MessageTypeTest, KnownTypesAndPayloads) {
   EXPECT_FALSE(IsKnownMessageType(31));
   EXPECT_TRUE(IsKnownMessageType(11));
   EXPECT_TRUE(IsControlMessageType(32));
-  EXPECT_FALSE(IsControlMessageType(40));
-  EXPECT_FALSE(IsKnownMessageType(40));
+  EXPECT_TRUE(IsControlMessageType(40));   // ListJobsRequest
+  EXPECT_TRUE(IsControlMessageType(41));   // ListJobsResponse
+  EXPECT_FALSE(IsControlMessageType(42));
+  EXPECT_FALSE(IsKnownMessageType(42));
   EXPECT_FALSE(IsKnownMessageType(kLastControlMessageType));
   EXPECT_FALSE(IsKnownMessageType(255));
 
@@ -50,7 +52,7 @@ TEST(MessageTypeTest, KnownTypesAndPayloads) {
 
   const std::bitset<256> known = KnownMessageTypes();
   const std::bitset<256> payload = PayloadMessageTypes();
-  EXPECT_EQ(known.count(), 19u);  // 11 shuffle protocol types, 8 daemon control types
+  EXPECT_EQ(known.count(), 21u);  // 11 shuffle protocol types, 10 daemon control types
   EXPECT_EQ(payload.count(), 1u);
   EXPECT_TRUE(payload.test(static_cast<uint8_t>(MessageType::kBufferResponse)));
   for (size_t t = 0; t < 256; ++t) {
@@ -320,8 +322,8 @@ TEST(MessageFieldTest, VerifyMessageTellsMalformedFromWrongField) {
   ExpectProtocolError(VerifyMessage(MessageType::kAddCredit, garbage), {"malformed AddCredit"});
   ExpectProtocolError(CheckMessage(MessageType::kAddCredit, garbage, kSegment),
                       {"malformed AddCredit"});
-  ExpectProtocolError(CheckMessage(static_cast<MessageType>(40), zero_credit, kSegment),
-                      {"message type 40"});
+  ExpectProtocolError(CheckMessage(static_cast<MessageType>(42), zero_credit, kSegment),
+                      {"message type 42"});
 }
 
 // ---- Malformed input ----

@@ -272,6 +272,28 @@ TEST(HandshakeTest, SegmentSizeMismatchBothWays) {
                 fb::ErrorCode::SegmentSizeMismatch, "uses segment size 4096, this side 8192");
 }
 
+TEST(HandshakeTest, ControlOnlyClientLearnsTheSegmentSizeAndMayNotRequestPartitions) {
+  Exchange x(kOn, kOn, kControlOnlySegmentSize);
+  EXPECT_EQ(x.client.Hello().segment_size, 0u);
+  ASSERT_FALSE(x.SendHello());
+  EXPECT_TRUE(x.server.control_only());
+  EXPECT_EQ(AsHelloAck(x.hello_ack).segment_size(), kSegment);
+  ASSERT_FALSE(x.DeliverAck());
+  EXPECT_EQ(x.client.server_segment_size(), kSegment);
+  ASSERT_FALSE(x.SendResponse());
+  EXPECT_TRUE(x.server.authenticated());
+  ExpectRefused(x.server.AdmitPartitionRequest(), fb::ErrorCode::ProtocolViolation,
+                "PartitionRequest from control-only client 10.0.0.1:40000");
+
+  // A data client (a real segment size) may request partitions.
+  Exchange d(kOn, kOn);
+  ASSERT_FALSE(d.SendHello());
+  EXPECT_FALSE(d.server.control_only());
+  EXPECT_FALSE(d.server.AdmitPartitionRequest().has_value());
+  ASSERT_FALSE(d.DeliverAck());
+  EXPECT_EQ(d.client.server_segment_size(), kSegment);
+}
+
 TEST(HandshakeTest, SecondHelloAndSecondHelloAck) {
   Exchange x(kOn, kOn);
   ASSERT_FALSE(x.SendHello());

@@ -19,6 +19,7 @@
 #include "shuffle/auth.h"
 #include "shuffle/handshake.h"
 #include "tools/control/control_codec.h"
+#include "tools/common/fd_io.h"
 #include "transport/frame_codec.h"
 
 namespace sluice::control {
@@ -30,28 +31,8 @@ Status IoFailure(const std::string& address, const std::string& what) {
   return Status(StatusCode::kIoError, "daemon " + address + ": " + what);
 }
 
-// Writes all of `data`, or fails (SO_SNDTIMEO bounds each write).
-bool WriteAll(int fd, const uint8_t* data, size_t len) {
-  while (len > 0) {
-    const ssize_t n = ::send(fd, data, len, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data += n;
-    len -= static_cast<size_t>(n);
-  }
-  return true;
-}
-
-bool ReadAll(int fd, uint8_t* data, size_t len) {
-  while (len > 0) {
-    const ssize_t n = ::recv(fd, data, len, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data += n;
-    len -= static_cast<size_t>(n);
-  }
-  return true;
-}
+using tools::ReadAll;
+using tools::WriteAll;
 
 Result<int> ConnectSocket(const std::string& host, uint16_t port,
                           std::chrono::milliseconds timeout, const std::string& address) {
@@ -190,12 +171,14 @@ Result<std::pair<uint8_t, std::vector<uint8_t>>> ReadFrame(
 
 // Hello, HelloAck and, when the daemon asks for it, the shared-secret proof (shuffle/handshake.h).
 // *proved: an AuthResponse went out (the daemon does not answer it).
+// A control-only Hello (segment_size 0): the daemon answers its own segment size, kept in
+// *segment_size.
 Status Handshake(int fd, const std::string& address, const ControlClientOptions& options,
-                 bool* proved) {
+                 bool* proved, uint32_t* segment_size) {
   *proved = false;
   const shuffle::auth::AuthConfig auth{options.secret.value_or(""), !options.secret};
-  shuffle::ClientHandshake handshake(auth, options.segment_size, options.client_name, address,
-                                     "daemon");
+  shuffle::ClientHandshake handshake(auth, shuffle::kControlOnlySegmentSize, options.client_name,
+                                     address, "daemon");
   schema::MessageBuilder builder;
   auto hello = builder.Hello(handshake.Hello());
   if (Status st = SendFrame(fd, static_cast<uint8_t>(MessageType::kHello), hello.data(),
@@ -218,6 +201,7 @@ Status Handshake(int fd, const std::string& address, const ControlClientOptions&
   if (auto refused = handshake.OnHelloAck(**ack, &response)) {
     return shuffle::HandshakeStatus(*refused);
   }
+  *segment_size = handshake.server_segment_size();
   if (!response) return Status::Ok();
   auto resp = builder.AuthResponse(*response);
   if (Status st = SendFrame(fd, static_cast<uint8_t>(MessageType::kAuthResponse), resp.data(),
@@ -247,7 +231,9 @@ Result<std::unique_ptr<ControlClient>> ControlClient::Connect(const std::string&
   std::unique_ptr<ControlClient> c(new ControlClient(*fd, address, options));
 
   bool proved = false;
-  if (Status st = Handshake(*fd, address, options, &proved); !st.ok()) return st;
+  if (Status st = Handshake(*fd, address, options, &proved, &c->segment_size_); !st.ok()) {
+    return st;
+  }
   if (proved) {
     // The daemon says nothing on success; one request proves it accepted the proof.
     auto stats = c->GetStats();
@@ -333,6 +319,16 @@ Result<NodeStats> ControlClient::GetStats() {
   auto m = schema::ParseStatsResponse(r->message);
   if (!m.ok()) return m.status();
   return DecodeStats(**m);
+}
+
+Result<JobList> ControlClient::ListJobs() {
+  auto msg = EncodeListJobsRequest();
+  auto r = Call(static_cast<uint8_t>(MessageType::kListJobsRequest), msg.data(), msg.size(),
+                static_cast<uint8_t>(MessageType::kListJobsResponse));
+  if (!r.ok()) return r.status();
+  auto m = schema::ParseListJobsResponse(r->message);
+  if (!m.ok()) return m.status();
+  return DecodeJobList(**m);
 }
 
 }  // namespace sluice::control

@@ -1,7 +1,8 @@
 // ControlClient: a blocking client of sluiced's control messages (schema/control.fbs), for
 // sluice-harness, tests and scripts. One TCP connection to one daemon; the handshake (Hello,
 // HelloAck, and the shared-secret challenge/response when the daemon asks for it) runs in
-// Connect. Requests are answered in order; every call has the connection's timeout.
+// Connect. The client's Hello is control-only (segment_size 0, shuffle::kControlOnlySegmentSize):
+// the daemon answers its segment size, which segment_size() returns. Requests are answered in order; every call has the connection's timeout.
 //
 // A hostile or confused daemon cannot make the client allocate more than one frame's limit
 // (transport::MaxFrameLength of the segment size): longer frames are refused by their header.
@@ -37,7 +38,6 @@ Result<std::string> FindSecret(const SecretSource& source);
 struct ControlClientOptions {
   std::chrono::milliseconds timeout{10000};  // connect, handshake and each request
   std::optional<std::string> secret;         // shared secret, when the daemon requires one
-  uint32_t segment_size = 32 * 1024;         // must match the daemon's (Hello)
   std::string client_name = "sluice-control";
 };
 
@@ -65,13 +65,18 @@ class ControlClient {
   Status CancelJob(const std::string& job_id, const std::string& reason) {
     return CancelJob(job_id, "", reason);
   }
-  // Counters, pool state, the Prometheus text and the credit dump.
+  // Counters, pool state, credit options, the Prometheus text and the credit dump.
   Result<NodeStats> GetStats();
+  // The daemon's jobs (running and remembered ended ones) with state and counts; no tokens.
+  // At most one frame: JobList::note says when the list was cut.
+  Result<JobList> ListJobs();
   // Fault injection for tests: the daemon closes every shuffle data connection it has (both
   // served and client side) at once, as a network cut would. Returns how many it closed.
   Result<uint32_t> CutConnections();
 
   const std::string& address() const { return address_; }
+  // The daemon's segment size, from its HelloAck.
+  uint32_t segment_size() const { return segment_size_; }
 
  private:
   ControlClient(int fd, std::string address, ControlClientOptions options);
@@ -83,6 +88,7 @@ class ControlClient {
   int fd_;
   const std::string address_;
   const ControlClientOptions options_;
+  uint32_t segment_size_ = 0;
 };
 
 }  // namespace sluice::control

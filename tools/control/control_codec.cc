@@ -259,7 +259,7 @@ std::vector<uint8_t> EncodeStats(const NodeStats& s) {
   return Bytes(fbb, fb::CreateStatsResponse(fbb, name, s.total_segments, s.available_segments,
                                             s.segment_size, s.running_jobs, s.rss_bytes,
                                             s.peak_rss_bytes, s.protocol_errors, s.connections,
-                                            p, d));
+                                            p, d, s.buffers_per_channel, s.floating_per_gate));
 }
 
 NodeStats DecodeStats(const fb::StatsResponse& m) {
@@ -275,7 +275,99 @@ NodeStats DecodeStats(const fb::StatsResponse& m) {
   s.connections = m.connections();
   s.prometheus = Str(m.prometheus());
   s.credit_dump = Str(m.credit_dump());
+  s.buffers_per_channel = m.buffers_per_channel();
+  s.floating_per_gate = m.floating_per_gate();
   return s;
+}
+
+namespace {
+
+Offset<fb::JobTotalsMsg> EncodeTotals(FlatBufferBuilder& fbb, const JobTotals& t) {
+  return fb::CreateJobTotalsMsg(fbb, t.producers, t.consumers, t.producers_done, t.consumers_done,
+                                t.records_produced, t.bytes_produced, t.bad_lines,
+                                t.records_consumed, t.bytes_consumed, t.duplicated, t.reordered,
+                                t.corrupted);
+}
+
+JobTotals DecodeTotals(const fb::JobTotalsMsg* t) {
+  JobTotals o;
+  if (t == nullptr) return o;
+  o.producers = t->producers();
+  o.consumers = t->consumers();
+  o.producers_done = t->producers_done();
+  o.consumers_done = t->consumers_done();
+  o.records_produced = t->records_produced();
+  o.bytes_produced = t->bytes_produced();
+  o.bad_lines = t->bad_lines();
+  o.records_consumed = t->records_consumed();
+  o.bytes_consumed = t->bytes_consumed();
+  o.duplicated = t->duplicated();
+  o.reordered = t->reordered();
+  o.corrupted = t->corrupted();
+  return o;
+}
+
+// What one JobSummaryMsg may take in the frame at most: its strings, the totals table and
+// FlatBuffers' offsets and padding.
+size_t SummaryBytes(const JobSummary& j, size_t error_max) {
+  return j.job_id.size() + std::min(j.error.size(), error_max) + 256;
+}
+
+}  // namespace
+
+std::vector<uint8_t> EncodeListJobsRequest() {
+  FlatBufferBuilder fbb(64);
+  return Bytes(fbb, fb::CreateListJobsRequest(fbb));
+}
+
+std::vector<uint8_t> EncodeJobList(const JobList& list) {
+  // Keep the first jobs whose worst-case size fits; errors are cut to 300 bytes each.
+  constexpr size_t kErrorMax = 300;
+  constexpr size_t kBudget = kMaxControlMessageBytes - 2048;  // note, vector and root
+  size_t used = 0;
+  size_t keep = 0;
+  while (keep < list.jobs.size() && used + SummaryBytes(list.jobs[keep], kErrorMax) <= kBudget) {
+    used += SummaryBytes(list.jobs[keep], kErrorMax);
+    ++keep;
+  }
+  std::string note = list.note;
+  if (keep < list.jobs.size()) {
+    note = "listed " + std::to_string(keep) + " of " + std::to_string(list.jobs.size()) +
+           " jobs (the reply holds at most one frame); ask for a job's status by id";
+  }
+  FlatBufferBuilder fbb(used + 1024);
+  std::vector<Offset<fb::JobSummaryMsg>> jobs;
+  jobs.reserve(keep);
+  for (size_t i = 0; i < keep; ++i) {
+    const JobSummary& j = list.jobs[i];
+    auto id = fbb.CreateString(j.job_id);
+    auto err = fbb.CreateString(Cut(j.error, kErrorMax));
+    auto totals = EncodeTotals(fbb, j.totals);
+    jobs.push_back(fb::CreateJobSummaryMsg(fbb, id, static_cast<fb::JobState>(j.state),
+                                           j.seconds, err, totals));
+  }
+  auto v = fbb.CreateVector(jobs);
+  auto n = fbb.CreateString(Cut(note, 1000));
+  const uint32_t total = std::max<uint32_t>(list.total, static_cast<uint32_t>(list.jobs.size()));
+  return Bytes(fbb, fb::CreateListJobsResponse(fbb, v, total, n));
+}
+
+JobList DecodeJobList(const fb::ListJobsResponse& m) {
+  JobList out;
+  if (m.jobs() != nullptr) {
+    for (const fb::JobSummaryMsg* j : *m.jobs()) {
+      JobSummary s;
+      s.job_id = Str(j->job_id());
+      s.state = static_cast<JobState>(j->state());
+      s.seconds = j->seconds();
+      s.error = Str(j->error());
+      s.totals = DecodeTotals(j->totals());
+      out.jobs.push_back(std::move(s));
+    }
+  }
+  out.total = std::max<uint32_t>(m.total(), static_cast<uint32_t>(out.jobs.size()));
+  out.note = Str(m.note());
+  return out;
 }
 
 std::vector<uint8_t> EncodeCutConnections() {

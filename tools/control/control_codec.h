@@ -38,6 +38,12 @@ NodeStats DecodeStats(const fb::StatsResponse& msg);
 
 std::vector<uint8_t> EncodeCutConnections();
 
+std::vector<uint8_t> EncodeListJobsRequest();
+// Fits in one frame's metadata: lists the first jobs that fit (each error cut to 300 bytes)
+// and says in `note` how many were left out; `total` stays the daemon's count.
+std::vector<uint8_t> EncodeJobList(const JobList& list);
+JobList DecodeJobList(const fb::ListJobsResponse& msg);
+
 // `status` Ok -> code 0. `count`: what the request counted (CutConnections).
 std::vector<uint8_t> EncodeControlResult(const Status& status, uint32_t count = 0);
 Status DecodeControlResult(const fb::ControlResult& msg, uint32_t* count = nullptr);

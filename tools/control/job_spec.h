@@ -141,12 +141,29 @@ struct JobStatus {
 // The totals of `status`'s lists.
 JobTotals ComputeTotals(const JobStatus& status);
 
+// One job in a daemon's list (control message ListJobsResponse): no token, no per-task lists.
+struct JobSummary {
+  std::string job_id;
+  JobState state = JobState::kUnknown;
+  double seconds = 0;
+  std::string error;
+  JobTotals totals;
+};
+
+struct JobList {
+  std::vector<JobSummary> jobs;  // running first, then ended (newest first)
+  uint32_t total = 0;            // jobs the daemon has, also when `jobs` was cut to fit
+  std::string note;              // non-empty when `jobs` was cut
+};
+
 // One daemon's health and counters (control message Stats).
 struct NodeStats {
   std::string node_name;
   uint64_t total_segments = 0;
   uint64_t available_segments = 0;  // in the global pool's free list
   uint32_t segment_size = 0;
+  uint32_t buffers_per_channel = 0;  // 0: an older daemon that does not say
+  uint32_t floating_per_gate = 0;
   uint32_t running_jobs = 0;
   uint64_t rss_bytes = 0;
   uint64_t peak_rss_bytes = 0;

@@ -1,222 +1,171 @@
-// sluicectl: an operator's command line for a running sluiced, over its control messages.
+// sluicectl: the operator's command line for running sluiced daemons, over their control
+// messages (schema/control.fbs).
 //
-//   sluicectl [--host H] [--port N] [--state-dir D | --auth-secret-file F | --auth off]
-//             [--timeout-ms N] COMMAND [ARG...]
-//     stats          pool, connections, RSS and every metric (Prometheus text)
-//     dump           the live credit state: one line per server reader and client channel
-//     status JOB --token T | --token-file F
-//                    the job's state and its producers' and consumers' counts on this daemon
-//     cancel JOB --token T | --token-file F [REASON]
+//   sluicectl [--host H] [--port N] [--timeout-ms N] [--auth on|off]
+//             [--auth-secret-file F] [--state-dir D] COMMAND ...
+//     submit JOB.toml [--wait] [--token-file F]  send a job to every node it names
+//     jobs [--json]                              this daemon's jobs, with state and counts
+//     status JOB [--json]                        a job's state and counts on this daemon
+//     watch JOB                                  status, refreshed until the job ends
+//     cancel JOB [REASON]                        cancel the job's tasks on this daemon
+//     stats [--json]                             pool, connections, RSS and every metric
+//     dump                                       the live credit state (both halves)
+//     plan JOB.toml                              network memory each node needs for a job
 //
-// Without a token the request goes out without one, and the daemon refuses it for any job
-// that has a token (all jobs, with the default tools).
-// The secret is found the way sluiced finds it: --auth-secret-file, else
-// <--state-dir>/auth_secret (default /var/lib/sluice). A job's token comes from whoever
-// submitted it (sluice-harness writes <run dir>/<job>.token).
+// The daemon's segment size and credit options come from its handshake and stats, never from a
+// flag. The secret is found the way sluiced finds it: --auth-secret-file, else
+// <--state-dir>/auth_secret (default /var/lib/sluice). A job's token is written by `submit`
+// to <state_dir>/jobs/<job>.token (or --token-file) and found there by the other commands.
 //
-// Exit status: 0 success, 1 the daemon refused or could not be reached, 2 bad usage or no
-// usable secret or token.
+// Exit status: 0 success, 1 the daemon refused, could not be reached or a job failed, 2 bad
+// usage or no usable secret or token.
+#include <sys/stat.h>
+
 #include <cstdio>
-#include <cstring>
-#include <optional>
-#include <string>
+#include <functional>
 #include <vector>
 
 #include "shuffle/auth.h"
-#include "tools/control/control_client.h"
+#include "tools/control/sluicectl_common.h"
+
+namespace sluice::control::ctl {
+
+int Fail(const Status& st) {
+  std::fprintf(stderr, "sluicectl: %s\n", st.ToString().c_str());
+  return tools::kExitFailed;
+}
+
+int Refuse(const Status& st) {
+  std::fprintf(stderr, "sluicectl: %s\n", st.ToString().c_str());
+  return tools::kExitUsage;
+}
+
+Result<ControlClientOptions> ClientOptions(const Globals& g) {
+  ControlClientOptions o;
+  o.client_name = "sluicectl";
+  o.timeout = std::chrono::milliseconds(g.timeout_ms);
+  if (g.auth == "off") {
+    if (!g.auth_secret_file.empty()) {
+      return InvalidArgument("--auth off takes no --auth-secret-file");
+    }
+    return o;
+  }
+  auto secret = FindSecret(SecretSource{g.auth_secret_file, g.state_dir});
+  if (!secret.ok()) return secret.status();
+  o.secret = *secret;
+  return o;
+}
+
+Result<std::unique_ptr<ControlClient>> ConnectTo(const std::string& host_port,
+                                                 const ControlClientOptions& options) {
+  const size_t colon = host_port.rfind(':');
+  if (colon == std::string::npos || colon + 1 == host_port.size()) {
+    return InvalidArgument("node '" + host_port + "' is not host:port");
+  }
+  const std::string port_text = host_port.substr(colon + 1);
+  char* end = nullptr;
+  const unsigned long port = std::strtoul(port_text.c_str(), &end, 10);
+  if (*end != '\0' || port == 0 || port > 65535) {
+    return InvalidArgument("node '" + host_port + "': '" + port_text + "' is not a port");
+  }
+  std::string host = host_port.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return ControlClient::Connect(host, static_cast<uint16_t>(port), options);
+}
+
+std::string JobsDir(const Globals& g) {
+  const std::string dir =
+      g.state_dir.empty() ? std::string(shuffle::auth::kDefaultStateDir) : g.state_dir;
+  return dir + "/jobs";
+}
+
+std::string TokenPath(const Globals& g, const std::string& job_id) {
+  return g.token_file.empty() ? JobsDir(g) + "/" + job_id + ".token" : g.token_file;
+}
+
+Result<std::string> FindToken(const Globals& g, const std::string& job_id) {
+  if (!g.token.empty()) return g.token;
+  const std::string path = TokenPath(g, job_id);
+  struct stat st{};
+  if (g.token_file.empty() && ::stat(path.c_str(), &st) != 0) return std::string();
+  // A token is a secret too: the same checks as a secret file (mode 0600, not empty).
+  return shuffle::auth::ReadSecretFile(path);
+}
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (const char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      case '\r': out += "\\r"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"";
+}
 
 namespace {
 
-using sluice::control::ControlClient;
-using sluice::control::ControlClientOptions;
-
-const char kUsage[] =
-    "usage: sluicectl [--host H] [--port N] [--state-dir D | --auth-secret-file F | --auth off]\n"
-    "                 [--timeout-ms N] [--segment-size BYTES] COMMAND\n"
-    "  stats                      pool, connections, RSS and every metric (Prometheus text)\n"
-    "  dump                       live credit state: server readers and client channels\n"
-    "  status JOB --token T       the job's state and counts on this daemon\n"
-    "  cancel JOB --token T [REASON]\n"
-    "                             cancel the job's tasks on this daemon\n"
-    "  --token-file F             instead of --token: a file (mode 0600) holding the job's token\n"
-    "The daemon's secret: --auth-secret-file F, else DIR/auth_secret of --state-dir DIR (the\n"
-    "daemon's state directory, default /var/lib/sluice). --auth off: for a daemon started with\n"
-    "--auth off (loopback only).\n"
-    "defaults: --host 127.0.0.1 --port 7070 --segment-size 32768\n";
-
-int Usage(const std::string& why) {
-  std::fprintf(stderr, "sluicectl: %s\n%s", why.c_str(), kUsage);
-  return 2;
-}
-
-int Fail(const sluice::Status& st) {
-  std::fprintf(stderr, "sluicectl: %s\n", st.ToString().c_str());
-  return 1;
-}
-
-// A secret or token that cannot be used is the caller's to fix: exit 2.
-int Refuse(const sluice::Status& st) {
-  std::fprintf(stderr, "sluicectl: %s\n", st.ToString().c_str());
-  return 2;
-}
-
-struct Args {
-  std::string host = "127.0.0.1";
-  uint16_t port = 7070;
-  ControlClientOptions options;
-  sluice::control::SecretSource secret;
-  bool auth = true;
-  std::optional<std::string> token;
-  std::string token_file;
-  std::vector<std::string> rest;
-};
-
-// Parses argv into `a`; returns an exit status when the program should end now (-1: go on).
-int ParseArgs(int argc, char** argv, Args* a) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
-    if (arg == "-h" || arg == "--help") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (arg.rfind("--", 0) != 0) {
-      a->rest.push_back(arg);
-      continue;
-    }
-    static const char* const kValued[] = {
-        "--host",      "--port", "--timeout-ms", "--segment-size", "--auth-secret-file",
-        "--state-dir", "--auth", "--token",      "--token-file"};
-    bool known = false;
-    for (const char* k : kValued) known = known || arg == k;
-    if (!known) return Usage("unknown option " + arg);
-    const char* v = value();
-    if (v == nullptr) return Usage(arg + " needs a value");
-    const std::string val = v;
-    if (arg == "--host") {
-      a->host = val;
-    } else if (arg == "--port") {
-      const long p = std::strtol(v, nullptr, 10);
-      if (p <= 0 || p > 65535) return Usage("--port " + val + " is not a port");
-      a->port = static_cast<uint16_t>(p);
-    } else if (arg == "--timeout-ms") {
-      const long ms = std::strtol(v, nullptr, 10);
-      if (ms <= 0) return Usage("--timeout-ms " + val + " is not a positive number of ms");
-      a->options.timeout = std::chrono::milliseconds(ms);
-    } else if (arg == "--segment-size") {
-      a->options.segment_size = static_cast<uint32_t>(std::strtoul(v, nullptr, 10));
-    } else if (arg == "--auth-secret-file") {
-      a->secret.auth_secret_file = val;
-    } else if (arg == "--state-dir") {
-      a->secret.state_dir = val;
-    } else if (arg == "--auth") {
-      if (val != "on" && val != "off") return Usage("--auth is on or off, got " + val);
-      a->auth = val == "on";
-    } else if (arg == "--token") {
-      a->token = val;
-    } else {
-      a->token_file = val;
-    }
-  }
-  return -1;
-}
-
-// Checks the command and its arguments; returns an exit status on a usage error, -1 when fine.
-int CheckCommand(const Args& a) {
-  if (a.rest.empty()) return Usage("no command");
-  const std::string& cmd = a.rest[0];
-  if (cmd != "status" && cmd != "cancel" && cmd != "stats" && cmd != "dump") {
-    return Usage("unknown command " + cmd);
-  }
-  if ((cmd == "status" && a.rest.size() != 2) ||
-      (cmd == "cancel" && (a.rest.size() < 2 || a.rest.size() > 3)) ||
-      ((cmd == "stats" || cmd == "dump") && a.rest.size() != 1)) {
-    return Usage("wrong arguments for " + cmd);
-  }
-  const bool jobbed = cmd == "status" || cmd == "cancel";
-  if (a.token && !a.token_file.empty()) return Usage("give --token or --token-file, not both");
-  if (!jobbed && (a.token || !a.token_file.empty())) return Usage(cmd + " takes no job token");
-  if (!a.auth && (!a.secret.auth_secret_file.empty() || !a.secret.state_dir.empty())) {
-    return Usage("--auth off takes no --auth-secret-file or --state-dir");
-  }
-  return -1;
-}
-
-int PrintStats(const sluice::control::NodeStats& s, bool dump) {
-  if (dump) {
-    std::fputs(s.credit_dump.empty() ? "(no channels)\n" : s.credit_dump.c_str(), stdout);
-    return 0;
-  }
-  std::printf(
-      "# node %s: %llu/%llu segments of %u bytes free, %u jobs running, %llu "
-      "connections, RSS %llu MiB (peak %llu MiB), %llu protocol errors\n",
-      s.node_name.c_str(), static_cast<unsigned long long>(s.available_segments),
-      static_cast<unsigned long long>(s.total_segments), s.segment_size, s.running_jobs,
-      static_cast<unsigned long long>(s.connections),
-      static_cast<unsigned long long>(s.rss_bytes >> 20),
-      static_cast<unsigned long long>(s.peak_rss_bytes >> 20),
-      static_cast<unsigned long long>(s.protocol_errors));
-  std::fputs(s.prometheus.c_str(), stdout);
-  return 0;
-}
-
-int PrintJobStatus(const sluice::control::JobStatus& st) {
-  std::printf("job '%s': %s after %.2f s%s%s\n", st.job_id.c_str(),
-              sluice::control::JobStateName(st.state), st.seconds, st.error.empty() ? "" : ": ",
-              st.error.c_str());
-  for (const auto& p : st.producers) {
-    std::printf("  producer %u: %s, %llu records, %llu bytes%s%s\n", p.index,
-                p.done ? "done" : "running", static_cast<unsigned long long>(p.records),
-                static_cast<unsigned long long>(p.bytes),
-                p.error.empty() ? "" : ", error: ", p.error.c_str());
-  }
-  for (const auto& c : st.consumers) {
-    std::printf(
-        "  consumer %u: %s, %llu records, %llu bytes, %llu duplicated, %llu reordered, "
-        "%llu corrupted%s%s\n",
-        c.index, c.done ? "done" : "running", static_cast<unsigned long long>(c.records),
-        static_cast<unsigned long long>(c.bytes), static_cast<unsigned long long>(c.duplicated),
-        static_cast<unsigned long long>(c.reordered), static_cast<unsigned long long>(c.corrupted),
-        c.error.empty() ? "" : ", error: ", c.error.c_str());
-  }
-  return st.state == sluice::control::JobState::kUnknown ? 1 : 0;
+void AddGlobals(CLI::App& app, Globals& g) {
+  app.add_option("--host", g.host, "the daemon's address (default 127.0.0.1)");
+  app.add_option("--port", g.port, "the daemon's port (default 7070)")
+      ->check(CLI::Range(1, 65535));
+  app.add_option("--timeout-ms", g.timeout_ms, "connect and request timeout (default 10000)")
+      ->check(CLI::Range(1u, 3600000u));
+  app.add_option("--auth", g.auth, "on (default), or off for a daemon started with --auth off")
+      ->check(CLI::IsMember({"on", "off"}));
+  app.add_option("--auth-secret-file", g.auth_secret_file,
+                 "the cluster's shared secret (mode 0600); else <state-dir>/auth_secret");
+  app.add_option("--state-dir", g.state_dir,
+                 "the state directory: auth_secret and jobs/<job>.token (default "
+                 "/var/lib/sluice)");
+  app.add_option("--token", g.token, "a job's token (else the job's token file)");
+  app.add_option("--token-file", g.token_file,
+                 "a job's token file (default <state-dir>/jobs/<job>.token)");
 }
 
 }  // namespace
+}  // namespace sluice::control::ctl
 
 int main(int argc, char** argv) {
-  Args a;
-  a.options.client_name = "sluicectl";
-  if (int rc = ParseArgs(argc, argv, &a); rc >= 0) return rc;
-  if (int rc = CheckCommand(a); rc >= 0) return rc;
-  if (a.auth) {
-    auto secret = sluice::control::FindSecret(a.secret);
-    if (!secret.ok()) return Refuse(secret.status());
-    a.options.secret = *secret;
+  using namespace sluice::control::ctl;
+  CLI::App app("sluicectl: run jobs on sluiced daemons and look inside them", "sluicectl");
+  sluice::tools::AddVersionFlag(app, "sluicectl");
+  app.require_subcommand(0, 1);  // none: said below, naming the commands
+  app.fallthrough();
+  Globals g;
+  AddGlobals(app, g);
+  std::vector<Command> commands;
+  for (auto add : {AddSubmit, AddJobs, AddStatus, AddWatch, AddCancel, AddStats, AddDump,
+                   AddPlan}) {
+    commands.push_back(add(app, g));
   }
-  std::string token = a.token.value_or("");
-  if (!a.token_file.empty()) {
-    // A token is a secret too: the same checks as a secret file (mode 0600, not empty).
-    auto t = sluice::shuffle::auth::ReadSecretFile(a.token_file);
-    if (!t.ok()) return Refuse(t.status());
-    token = *t;
+  if (int rc = sluice::tools::ParseOrExit(app, argc, argv); rc >= 0) return rc;
+  if (!g.token.empty() && !g.token_file.empty()) {
+    return Refuse(sluice::InvalidArgument("give --token or --token-file, not both"));
   }
-  const std::string& cmd = a.rest[0];
-  auto client = ControlClient::Connect(a.host, a.port, a.options);
-  if (!client.ok()) return Fail(client.status());
-  if (cmd == "stats" || cmd == "dump") {
-    auto s = (*client)->GetStats();
-    if (!s.ok()) return Fail(s.status());
-    return PrintStats(*s, cmd == "dump");
+  for (const Command& c : commands) {
+    if (!c.sub->parsed()) continue;
+    const std::string name = c.sub->get_name();
+    const bool jobbed = name == "status" || name == "watch" || name == "cancel";
+    if (!jobbed && !g.token.empty()) {
+      return Refuse(sluice::InvalidArgument("--token: " + name + " takes no job token"));
+    }
+    return c.run();
   }
-  if (cmd == "cancel") {
-    const std::string reason = a.rest.size() == 3 ? a.rest[2] : "sluicectl cancel";
-    sluice::Status st = (*client)->CancelJob(a.rest[1], token, reason);
-    if (!st.ok()) return Fail(st);
-    std::printf("job '%s' cancelled\n", a.rest[1].c_str());
-    return 0;
-  }
-  auto st = (*client)->GetJobStatus(a.rest[1], token);
-  if (!st.ok()) return Fail(st.status());
-  return PrintJobStatus(*st);
+  return Refuse(sluice::InvalidArgument(
+      "no command; give one of submit, jobs, status, watch, cancel, stats, dump, plan "
+      "(see --help)"));
 }

@@ -218,6 +218,8 @@ void Daemon::Serve(Request& r) {
       case MessageType::kStatsRequest:
         return r.reply(MessageType::kStatsResponse, control::EncodeStats(Stats()));
       case MessageType::kCutConnections: return ServeCutConnections(r);
+      case MessageType::kListJobsRequest:
+        return r.reply(MessageType::kListJobsResponse, control::EncodeJobList(ListJobs()));
       default:
         return r.reply(MessageType::kControlResult,
                        control::EncodeControlResult(InvalidArgument(
@@ -516,6 +518,31 @@ std::string Daemon::Prometheus() {
   return RenderPrometheus(m);
 }
 
+namespace {
+control::JobSummary Summarize(const control::JobStatus& st) {
+  control::JobSummary s;
+  s.job_id = st.job_id;
+  s.state = st.state;
+  s.seconds = st.seconds;
+  s.error = st.error;
+  s.totals = st.note.empty() ? control::ComputeTotals(st) : st.totals;
+  return s;
+}
+}  // namespace
+
+control::JobList Daemon::ListJobs() {
+  control::JobList list;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, runner] : running_) list.jobs.push_back(Summarize(runner->Status()));
+  for (auto it = ended_order_.rbegin(); it != ended_order_.rend(); ++it) {
+    if (auto e = ended_.find(*it); e != ended_.end()) {
+      list.jobs.push_back(Summarize(e->second.status));
+    }
+  }
+  list.total = static_cast<uint32_t>(list.jobs.size());
+  return list;
+}
+
 control::NodeStats Daemon::Stats() {
   control::NodeStats s;
   s.node_name = node_name_;
@@ -523,6 +550,8 @@ control::NodeStats Daemon::Stats() {
   s.total_segments = p.total;
   s.available_segments = p.available;
   s.segment_size = p.segment_size;
+  s.buffers_per_channel = env_->config().options.credit.buffers_per_channel;
+  s.floating_per_gate = env_->config().options.credit.floating_per_gate;
   {
     std::lock_guard<std::mutex> lock(mu_);
     s.running_jobs = static_cast<uint32_t>(running_.size());

@@ -92,6 +92,8 @@ class Daemon final : public shuffle::ControlService {
                         const std::string& peer, shuffle::ControlReply reply) override;
 
   control::NodeStats Stats();
+  // Running jobs, then the remembered ended ones (newest first): ids, states, counts, no tokens.
+  control::JobList ListJobs();
   std::string Prometheus();
 
   // Tests only: runs first on every task thread of jobs started afterwards.

@@ -160,7 +160,6 @@ Status HarnessRun::Setup() {
   cfg.sluiced = std::filesystem::absolute(sluiced);  // file-job daemons run elsewhere
   cfg.run_dir = run_dir_;
   cfg.args = DaemonArgs(o_);
-  cfg.client.segment_size = o_.segment_size_bytes;
   cfg.client.client_name = "sluice-harness";
   if (Status s = SetupSecret(&cfg); !s.ok()) return s;
   if (Status s = SetupFileRoot(&cfg); !s.ok()) return s;
@@ -314,7 +313,6 @@ void HarnessRun::SendGarbage(int node, std::vector<std::string>* errors,
 void HarnessRun::CheckAuthRefusal(int node, std::vector<std::string>* errors,
                                   std::vector<std::string>* notes) {
   control::ControlClientOptions opts;
-  opts.segment_size = o_.segment_size_bytes;
   opts.client_name = "sluice-harness-wrong-secret";
   opts.timeout = milliseconds(10000);
   const std::vector<std::pair<std::string, std::optional<std::string>>> tries = {

@@ -21,6 +21,7 @@
 #include "testutil/loopback.h"
 #include "testutil/rss.h"
 #include "testutil/temp_dir.h"
+#include "tools/control/control_codec.h"
 #include "transport/frame_codec.h"
 
 namespace sluice::control {
@@ -172,6 +173,82 @@ TEST(ControlClientTest, HugeReplyToARequestIsRefusedUnread) {
   testutil::ExpectRssGrowthBounded(before, after, "a 2 GiB reply announced");
   // The stream position is unknown after that: the client is closed, not confused.
   EXPECT_EQ((*c)->GetStats().status().code(), StatusCode::kClosed);
+}
+
+TEST(ControlClientTest, ControlOnlyHelloLearnsTheDaemonsSegmentSize) {
+  HostileDaemon daemon({UnauthenticatedHelloAck()});
+  auto c = ControlClient::Connect("127.0.0.1", daemon.port(), {});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ((*c)->segment_size(), 32u * 1024);
+}
+
+TEST(ControlClientTest, ListJobsReplyOverTheFrameIsRefusedUnread) {
+  HostileDaemon daemon({UnauthenticatedHelloAck()},
+                       {Header(0x7FFFFFFFu, schema::MessageType::kListJobsResponse, 0)});
+  auto c = ControlClient::Connect("127.0.0.1", daemon.port(), {});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  const uint64_t before = RssBytes();
+  auto list = (*c)->ListJobs();
+  const uint64_t after = RssBytes();
+  ASSERT_FALSE(list.ok());
+  EXPECT_EQ(list.status().code(), StatusCode::kProtocolError) << list.status().ToString();
+  EXPECT_NE(list.status().message().find("2147483647 bytes, above the"), std::string::npos)
+      << list.status().ToString();
+  EXPECT_LT(after, before + (16u << 20)) << "RSS grew from " << before << " to " << after;
+}
+
+TEST(ControlClientTest, GarbageListJobsReplyIsAProtocolError) {
+  const std::vector<uint8_t> garbage = {0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04,
+                                        0xff, 0xff, 0xff, 0x7f, 0x00, 0x00, 0x00, 0x00};
+  std::vector<uint8_t> frame =
+      Header(static_cast<uint32_t>(transport::kFrameHeaderSize + garbage.size()),
+             schema::MessageType::kListJobsResponse, static_cast<uint16_t>(garbage.size()));
+  frame.insert(frame.end(), garbage.begin(), garbage.end());
+  HostileDaemon daemon({UnauthenticatedHelloAck()}, {frame});
+  auto c = ControlClient::Connect("127.0.0.1", daemon.port(), {});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  auto list = (*c)->ListJobs();
+  ASSERT_FALSE(list.ok());
+  EXPECT_EQ(list.status().code(), StatusCode::kProtocolError) << list.status().ToString();
+  EXPECT_NE(list.status().message().find("ListJobsResponse"), std::string::npos)
+      << list.status().ToString();
+}
+
+TEST(ControlCodecTest, JobListIsCutToOneFrameAndSaysSo) {
+  JobList list;
+  for (int i = 0; i < 5000; ++i) {
+    JobSummary j;
+    j.job_id = std::string(120, 'j') + std::to_string(i);
+    j.state = JobState::kFailed;
+    j.error = std::string(5000, 'e');
+    j.totals.records_consumed = static_cast<uint64_t>(i);
+    list.jobs.push_back(std::move(j));
+  }
+  list.total = 5000;
+  const std::vector<uint8_t> bytes = EncodeJobList(list);
+  ASSERT_LE(bytes.size(), kMaxControlMessageBytes);
+  auto m = schema::ParseListJobsResponse(bytes);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  const JobList back = DecodeJobList(**m);
+  EXPECT_EQ(back.total, 5000u);
+  ASSERT_GT(back.jobs.size(), 10u);
+  ASSERT_LT(back.jobs.size(), 5000u);
+  EXPECT_NE(back.note.find("listed " + std::to_string(back.jobs.size()) + " of 5000 jobs"),
+            std::string::npos)
+      << back.note;
+  EXPECT_EQ(back.jobs[7].job_id, list.jobs[7].job_id);
+  EXPECT_EQ(back.jobs[7].totals.records_consumed, 7u);
+  EXPECT_EQ(back.jobs[7].state, JobState::kFailed);
+  EXPECT_LE(back.jobs[7].error.size(), 300u);
+
+  // A small list goes whole, without a note.
+  list.jobs.resize(3);
+  list.total = 3;
+  auto small = schema::ParseListJobsResponse(EncodeJobList(list));
+  ASSERT_TRUE(small.ok());
+  const JobList three = DecodeJobList(**small);
+  EXPECT_EQ(three.jobs.size(), 3u);
+  EXPECT_EQ(three.note, "");
 }
 
 TEST(ControlClientTest, EndlessHeartbeatsEndTheCallAtItsTimeout) {

@@ -18,6 +18,7 @@
 
 #include "shuffle/auth.h"
 #include "testutil/temp_dir.h"
+#include "buffer/memory_estimate.h"
 #include "tools/control/control_client.h"
 #include "tools/daemon/daemon.h"
 
@@ -212,7 +213,7 @@ TEST_F(SluicectlTest, StatusAndCancelCarryTheJobToken) {
   r = Ctl({"--state-dir", state_dir_, "cancel", "ctl-job", "--token-file", token_file,
            "operator says stop"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(r.out, "job 'ctl-job' cancelled\n");
+  EXPECT_EQ(r.out, "job 'ctl-job' cancelled on 127.0.0.1:" + Port() + "\n");
 
   // The job ends cancelled (with the reason); its segments go home (TearDown checks).
   JobState state = JobState::kRunning;
@@ -234,13 +235,236 @@ TEST_F(SluicectlTest, UsageErrorsExit2) {
       Ctl({"--state-dir", state_dir_, "status", "j", "--token", "t", "--token-file", dir_ + "/t"})
           .exit_code,
       2);
-  EXPECT_EQ(Ctl({"--state-dir", state_dir_, "stats", "--token", "t"}).exit_code, 2);
-  EXPECT_EQ(Ctl({"--auth", "off", "--state-dir", state_dir_, "stats"}).exit_code, 2);
-  EXPECT_EQ(Ctl({"--auth", "maybe", "stats"}).exit_code, 2);
-  EXPECT_EQ(Ctl({"--state-dir", state_dir_, "--timeout-ms", "0", "stats"}).exit_code, 2);
-  CtlRun r = Ctl({"--state-dir", state_dir_, "status"});
+  CtlRun r = Ctl({"--state-dir", state_dir_, "stats", "--token", "t"});
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("wrong arguments for status"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--token: stats takes no job token"), std::string::npos) << r.err;
+  r = Ctl({"--auth", "off", "--auth-secret-file", dir_ + "/s", "stats"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--auth off takes no --auth-secret-file"), std::string::npos) << r.err;
+  r = Ctl({"--auth", "maybe", "stats"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--auth"), std::string::npos) << r.err;
+  r = Ctl({"--state-dir", state_dir_, "--timeout-ms", "0", "stats"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--timeout-ms"), std::string::npos) << r.err;
+  // A number that does not parse names the flag; --flag=value works like --flag value.
+  r = Ctl({"--state-dir", state_dir_, "--timeout-ms=abc", "stats"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--timeout-ms"), std::string::npos) << r.err;
+  EXPECT_EQ(Ctl({"--state-dir=" + state_dir_, "--timeout-ms=5000", "stats"}).exit_code, 0);
+  r = Ctl({"--state-dir", state_dir_, "status"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("job is required"), std::string::npos) << r.err;
+  r = Ctl({"--state-dir", state_dir_, "frobnicate"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("frobnicate"), std::string::npos) << r.err;
+  r = Ctl({"plan", "x.toml", "--segment-size", "64q"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--segment-size"), std::string::npos) << r.err;
+  // The segment size comes from the handshake: sluicectl has no global --segment-size.
+  r = Ctl({"--state-dir", state_dir_, "--segment-size", "32k", "stats"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--segment-size"), std::string::npos) << r.err;
+}
+
+TEST_F(SluicectlTest, DumpShowsTheClientChannelsCreditNumbers) {
+  // A second daemon with the same secret produces; this one consumes (throttled, so the job
+  // is running while dump looks).
+  daemon::DaemonConfig c;
+  c.port = 0;
+  c.network_memory = 16ull << 20;
+  c.buffer_timeout_ms = 10;
+  c.auth_secret_file = shuffle::auth::StateSecretPath(state_dir_);
+  auto producer = daemon::Daemon::Start(c);
+  ASSERT_TRUE(producer.ok()) << producer.status().ToString();
+  JobSpec spec;
+  spec.job_id = "dump-job";
+  spec.token = shuffle::auth::MakeJobToken();
+  spec.nodes = {"127.0.0.1:" + Port(), "127.0.0.1:" + std::to_string((*producer)->port())};
+  spec.producer_nodes = {1};
+  spec.consumer_nodes = {0};
+  spec.records_per_producer = 10'000'000;
+  spec.throttled_consumer = 0;
+  spec.throttle_mib_per_second = 1;
+  spec.timeout_ms = 60000;
+  auto client = Client();
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->SubmitJob(spec, 0).ok());
+  {
+    ControlClientOptions o;
+    o.secret = secret_;
+    auto pc = ControlClient::Connect("127.0.0.1", (*producer)->port(), o);
+    ASSERT_TRUE(pc.ok()) << pc.status().ToString();
+    ASSERT_TRUE((*pc)->SubmitJob(spec, 1).ok());
+  }
+  CtlRun r;
+  for (int i = 0; i < 250; ++i) {  // until the channel is connected
+    r = Ctl({"--state-dir", state_dir_, "dump"});
+    if (r.out.find("channel peer=") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("partition=dump-job/p0/0 exclusive="), std::string::npos) << r.out;
+  for (const char* field : {" floating=", " unannounced=", " backlog=", " queued="}) {
+    EXPECT_NE(r.out.find(field), std::string::npos) << field << " in " << r.out;
+  }
+  ASSERT_TRUE(client->CancelJob("dump-job", spec.token, "test over").ok());
+  EXPECT_EQ((*producer)->Shutdown(std::chrono::milliseconds(0)).leaked_segments, 0u);
+}
+
+TEST_F(SluicectlTest, VersionAndHelpExit0) {
+  CtlRun r = Ctl({"--version"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.out, "sluicectl 0.2.0\n");
+  r = Ctl({"--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* cmd : {"submit", "jobs", "status", "watch", "cancel", "stats", "dump", "plan"}) {
+    EXPECT_NE(r.out.find(cmd), std::string::npos) << cmd << " missing from\n" << r.out;
+  }
+}
+
+TEST_F(SluicectlTest, StatsJsonCarriesTheCreditOptions) {
+  CtlRun r = Ctl({"--state-dir", state_dir_, "stats", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.front(), '{') << r.out;
+  for (const char* field :
+       {"\"segment_size\":32768", "\"total_segments\":512", "\"available_segments\":512",
+        "\"buffers_per_channel\":2", "\"floating_per_gate\":8", "\"running_jobs\":0"}) {
+    EXPECT_NE(r.out.find(field), std::string::npos) << field << " in " << r.out;
+  }
+}
+
+TEST_F(SluicectlTest, SubmitWaitThenJobsStatusAndTheTokenFile) {
+  const std::string job = WriteFile("gen.toml",
+                                    "job_id = \"gen-1\"\n"
+                                    "kind = \"generated\"\n"
+                                    "nodes = [\"127.0.0.1:" + Port() + "\"]\n"
+                                    "producer_nodes = [0, 0]\n"
+                                    "consumer_nodes = [0]\n"
+                                    "records_per_producer = 5000\n"
+                                    "record_size_min = 64\n"
+                                    "record_size_max = 64\n",
+                                    0600);
+  CtlRun r = Ctl({"--state-dir", state_dir_, "submit", job, "--wait", "--interval-ms", "50"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  EXPECT_EQ(r.out.substr(0, r.out.find('\n')), "gen-1");
+  EXPECT_NE(r.out.find("job 'gen-1' succeeded on 1 nodes: 10000 records"), std::string::npos)
+      << r.out;
+  const std::string token_path = state_dir_ + "/jobs/gen-1.token";
+  EXPECT_NE(r.err.find(token_path), std::string::npos) << r.err;
+  struct stat st{};
+  ASSERT_EQ(::stat(token_path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ASSERT_EQ(::stat((state_dir_ + "/jobs").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  EXPECT_EQ(ReadFile(token_path).size(), 64u);
+
+  // status finds the token file by itself.
+  r = Ctl({"--state-dir", state_dir_, "status", "gen-1", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"job_id\":\"gen-1\",\"state\":\"succeeded\""), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("\"records_consumed\":10000"), std::string::npos) << r.out;
+  r = Ctl({"--state-dir", state_dir_, "jobs"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("gen-1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("succeeded"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("1 jobs on 127.0.0.1:" + Port()), std::string::npos) << r.out;
+  r = Ctl({"--state-dir", state_dir_, "jobs", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("[{\"job_id\":\"gen-1\"", 0), 0u) << r.out;
+  EXPECT_EQ(r.out.find("token"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find(ReadFile(token_path)), std::string::npos) << r.out;
+
+  // watch ends with the job: at once for an ended one, exit 0 for a success.
+  r = Ctl({"--state-dir", state_dir_, "watch", "gen-1", "--interval-ms", "10"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("job 'gen-1': succeeded"), std::string::npos) << r.out;
+  // cancel of an ended job is fine, with the token from the token file.
+  r = Ctl({"--state-dir", state_dir_, "cancel", "gen-1"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  // Without the token (another state dir): refused by the daemon, exit 1.
+  r = Ctl({"--auth-secret-file", shuffle::auth::StateSecretPath(state_dir_), "--state-dir",
+           dir_ + "/other", "status", "gen-1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("PermissionDenied"), std::string::npos) << r.err;
+
+  // The same job id again: the token file is not overwritten, nothing is sent.
+  r = Ctl({"--state-dir", state_dir_, "submit", job});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("a job id is used once"), std::string::npos) << r.err;
+}
+
+TEST_F(SluicectlTest, RefusedSubmitExits1WithTheReasonAndLeavesNoToken) {
+  // Node 1 is not a daemon: node 0 accepts, node 1 cannot be reached, node 0 cancels.
+  const std::string job = WriteFile("two.toml",
+                                    "job_id = \"two\"\n"
+                                    "nodes = [\"127.0.0.1:" + Port() + "\", \"127.0.0.1:1\"]\n"
+                                    "producer_nodes = [0]\n"
+                                    "consumer_nodes = [1]\n"
+                                    "records_per_producer = 10\n",
+                                    0600);
+  CtlRun r = Ctl({"--state-dir", state_dir_, "submit", job});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("node 1 (127.0.0.1:1) refused job 'two'"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("cancelled on node 0"), std::string::npos) << r.err;
+  EXPECT_NE(::access((state_dir_ + "/jobs/two.token").c_str(), F_OK), 0);
+  // A bad job file is a usage error naming the key and the file.
+  const std::string bad = WriteFile("bad.toml", "nodes = [\"a:1\"]\nrecord_size = 5\n", 0600);
+  r = Ctl({"--state-dir", state_dir_, "submit", bad});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("unknown key 'record_size'"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(bad), std::string::npos) << r.err;
+}
+
+TEST_F(SluicectlTest, PlanMatchesTheMemoryModel) {
+  const std::string job = WriteFile("plan.toml",
+                                    "job_id = \"p\"\n"
+                                    "nodes = [\"127.0.0.1:" + Port() + "\", \"127.0.0.1:1\"]\n"
+                                    "producer_nodes = [0, 1, 1]\n"
+                                    "consumer_nodes = [0, 1]\n"
+                                    "records_per_producer = 10\n",
+                                    0600);
+  // Node 0 answers (its options: 32k, 2, 8); node 1 does not: the flags' values.
+  CtlRun r = Ctl({"--state-dir", state_dir_, "plan", job, "--segment-size", "64k",
+                  "--buffers-per-channel", "3", "--floating-per-gate", "4"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  EXPECT_NE(r.out.find("node 0 (127.0.0.1:" + Port() + "): credit options from the node "
+                       "(segment size 32768 from its handshake"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("node 1 (127.0.0.1:1): credit options from flags (--segment-size 65536"),
+            std::string::npos)
+      << r.out;
+  // Node 0: partition p/p0 (2 subpartitions), gate p/c0 (1 local channel from p0, 2 remote).
+  buffer::CreditOptions c0;
+  buffer::Topology t0;
+  t0.partitions.push_back({"p/p0", 2});
+  t0.gates.push_back({"p/c0", 2, 1});
+  const buffer::MemoryEstimate e0 = buffer::EstimateNetworkMemory(t0, c0);
+  buffer::CreditOptions c1;
+  c1.segment_size = 64 << 10;
+  c1.buffers_per_channel = 3;
+  c1.floating_per_gate = 4;
+  buffer::Topology t1;
+  t1.partitions.push_back({"p/p1", 2});
+  t1.partitions.push_back({"p/p2", 2});
+  t1.gates.push_back({"p/c1", 1, 2});
+  const buffer::MemoryEstimate e1 = buffer::EstimateNetworkMemory(t1, c1);
+  EXPECT_NE(r.out.find("network memory: minimum " + std::to_string(e0.min_bytes) +
+                       " bytes, recommended " + std::to_string(e0.recommended_bytes)),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("network memory: minimum " + std::to_string(e1.min_bytes) +
+                       " bytes, recommended " + std::to_string(e1.recommended_bytes)),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("all 2 nodes: minimum " + std::to_string(e0.min_bytes + e1.min_bytes)),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("gate p/c0"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("partition p/p2"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("fixed per-process overhead"), std::string::npos) << r.out;
 }
 
 }  // namespace

@@ -50,8 +50,9 @@ void ExpectContains(const std::string& text, const std::string& needle) {
 
 // The daemon still answers Stats and has every segment back.
 void ExpectHealthy(Daemon& d, uint32_t segment_size = 32u << 10) {
-  auto c = Connect(d, std::string(kTestSecret), segment_size);
+  auto c = Connect(d, std::string(kTestSecret));
   ASSERT_TRUE(c) << "the daemon no longer accepts control connections";
+  EXPECT_EQ(c->segment_size(), segment_size);  // from the HelloAck
   ExpectAllSegmentsBack(*c);
 }
 

@@ -58,11 +58,10 @@ inline std::unique_ptr<Daemon> StartDaemon(const std::string& secret_file = "",
 }
 
 inline std::unique_ptr<control::ControlClient> Connect(
-    Daemon& d, std::optional<std::string> secret = std::string(kTestSecret),
-    uint32_t segment_size = 32u << 10) {
+    Daemon& d, std::optional<std::string> secret = std::string(kTestSecret)) {
+  // A control-only client: the daemon's segment size comes from its HelloAck.
   control::ControlClientOptions o;
   o.secret = std::move(secret);
-  o.segment_size = segment_size;
   auto c = control::ControlClient::Connect("127.0.0.1", d.port(), o);
   EXPECT_TRUE(c.ok()) << c.status().ToString();
   return c.ok() ? std::move(*c) : nullptr;
