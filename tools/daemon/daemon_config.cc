@@ -398,73 +398,101 @@ bool DiffersOnlyInReloadable(const DaemonConfig& a, const DaemonConfig& b) {
   return x == a;
 }
 
+namespace {
+
+// Reads --config FILE into `config` (toml++), naming the file in every error.
+Status ApplyConfigFile(const std::string& path, DaemonConfig* config) {
+  std::ifstream in(path);
+  if (!in) return InvalidArgument("--config " + path + ": cannot read the file");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ApplyToml(ss.str(), path, config);
+}
+
+// The flags as a CLI::App over Options(): one option per entry whose callback calls the entry's
+// setter (the same one the TOML file uses). CLI11 runs the callbacks in the order the options
+// were added, so --config (added first) is applied before every flag wherever it appears. The
+// first failing setter's Status lands in `*error`; later callbacks then do nothing.
+void AddOptions(CLI::App& app, DaemonConfig* config, Status* error) {
+  app.add_option_function<std::vector<std::string>>(
+         "--config",
+         [config, error](const std::vector<std::string>& paths) {
+           for (const std::string& path : paths) {
+             if (!error->ok()) return;
+             *error = ApplyConfigFile(path, config);
+           }
+         },
+         "TOML file with the options below; flags override it")
+      ->type_name("FILE")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  for (const auto& [key, option] : Options()) {
+    const std::string flag = "--" + Dashed(key);
+    const Option* o = &option;
+    CLI::Option* opt = app.add_option(
+        flag,
+        [o, flag, config, error](const CLI::results_t& values) {
+          for (const std::string& v : values) {
+            if (!error->ok()) break;
+            *error = o->set(v, flag, config);
+          }
+          return true;
+        },
+        option.help);
+    // A repeated flag: the last one wins, as each is applied in turn.
+    opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+    if (option.is_flag_without_value) opt->expected(0, 1)->default_str("true");
+  }
+}
+
+// A CLI11 usage error as the message sluiced has always given, naming the flag.
+Status UsageError(const CLI::ParseError& e) {
+  std::string what = e.what();
+  // ArgumentMismatch: "--port: 1 required TEXT missing".
+  if (const size_t colon = what.find(": "); dynamic_cast<const CLI::ArgumentMismatch*>(&e) &&
+                                           colon != std::string::npos &&
+                                           what.find("missing") != std::string::npos) {
+    return InvalidArgument(what.substr(0, colon) + " needs a value");
+  }
+  return InvalidArgument(what + " (see --help)");
+}
+
+// Arguments CLI11 did not take: the first one, as an unknown flag or a stray argument.
+Status ExtraArgument(const std::vector<std::string>& extras) {
+  const std::string& a = extras.front();
+  if (a.rfind("--", 0) == 0) {
+    return InvalidArgument("unknown option " + a.substr(0, a.find('=')) + " (see --help)");
+  }
+  return InvalidArgument("unexpected argument '" + a + "' (see --help)");
+}
+
+}  // namespace
+
 Result<CommandLine> ParseCommandLine(const std::vector<std::string>& args) {
   CommandLine cl;
   // Not given in the file or the flags: the command line's default (in-process daemons have
   // none), which may be taken by another daemon on the host (see metrics_listen_optional).
   static const std::string kUnset = "\x01unset";
   cl.config.metrics_listen = kUnset;
-  // The file first, so flags override it wherever they appear.
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--config" || args[i].rfind("--config=", 0) == 0) {
-      std::string path;
-      if (args[i] == "--config") {
-        if (i + 1 >= args.size()) return InvalidArgument("--config needs a file name");
-        path = args[i + 1];
-      } else {
-        path = args[i].substr(9);
-      }
-      std::ifstream in(path);
-      if (!in) return InvalidArgument("--config " + path + ": cannot read the file");
-      std::ostringstream ss;
-      ss << in.rdbuf();
-      if (Status st = ApplyToml(ss.str(), path, &cl.config); !st.ok()) return st;
-    }
+  Status error = Status::Ok();
+  CLI::App app("sluiced: Sluice shuffle daemon", "sluiced");
+  app.allow_extras();
+  tools::AddVersionFlag(app, "sluiced");
+  AddOptions(app, &cl.config, &error);
+  // CLI11 takes its arguments in reverse order.
+  std::vector<std::string> reversed(args.rbegin(), args.rend());
+  try {
+    app.parse(reversed);
+  } catch (const CLI::CallForHelp&) {
+    cl.action = CommandLine::Action::kHelp;
+    return cl;
+  } catch (const CLI::CallForVersion&) {
+    cl.action = CommandLine::Action::kVersion;
+    return cl;
+  } catch (const CLI::ParseError& e) {
+    return UsageError(e);
   }
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a == "--help" || a == "-h") {
-      cl.action = CommandLine::Action::kHelp;
-      return cl;
-    }
-    if (a == "--version") {
-      cl.action = CommandLine::Action::kVersion;
-      return cl;
-    }
-    if (a.rfind("--", 0) != 0) {
-      return InvalidArgument("unexpected argument '" + a + "' (see --help)");
-    }
-    std::string name = a.substr(2);
-    std::string value;
-    bool has_value = false;
-    if (auto eq = name.find('='); eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-      has_value = true;
-    }
-    if (name == "config") {
-      if (!has_value) ++i;
-      continue;
-    }
-    std::string key = name;
-    for (char& c : key) {
-      if (c == '-') c = '_';
-    }
-    auto it = Options().find(key);
-    if (it == Options().end()) {
-      return InvalidArgument("unknown option --" + name + " (see --help)");
-    }
-    if (!has_value) {
-      if (it->second.is_flag_without_value &&
-          (i + 1 >= args.size() || args[i + 1].rfind("--", 0) == 0)) {
-        value = "true";
-      } else {
-        if (i + 1 >= args.size()) return InvalidArgument("--" + name + " needs a value");
-        value = args[++i];
-      }
-    }
-    if (Status st = it->second.set(value, "--" + name, &cl.config); !st.ok()) return st;
-  }
+  if (!error.ok()) return error;
+  if (!app.remaining().empty()) return ExtraArgument(app.remaining());
   if (cl.config.metrics_listen == kUnset) {
     cl.config.metrics_listen = kDefaultMetricsListen;
     cl.config.metrics_listen_optional = true;

@@ -97,7 +97,11 @@ struct CommandLine {
   DaemonConfig config;
 };
 
-// Parses argv (file first, then flags). InvalidArgument with a message for a person.
+// Parses argv with CLI11 (tools/common/cli.h conventions): --config FILE is applied first, then
+// every flag over it, through the same setters as the file; --flag=value and --flag value;
+// boolean flags without a value mean true. --help / -h and --version give kHelp / kVersion.
+// Usage errors (unknown flag, missing value, a value that does not parse) are InvalidArgument
+// naming the flag, with a message for a person.
 Result<CommandLine> ParseCommandLine(const std::vector<std::string>& args);
 // Applies a TOML document (tests use this directly). `origin` names it in errors.
 Status ApplyToml(const std::string& text, const std::string& origin, DaemonConfig* config);

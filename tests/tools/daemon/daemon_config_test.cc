@@ -4,6 +4,8 @@
 
 #include <cstdio>
 #include <fstream>
+#include <string>
+#include <vector>
 
 namespace sluice::daemon {
 namespace {
@@ -103,6 +105,78 @@ TEST(DaemonConfigTest, CommandLineMistakes) {
   ExpectError(ParseCommandLine({"--log-level", "loud"}).status(), "log_level = 'loud'");
   EXPECT_EQ(ParseCommandLine({"--help"})->action, CommandLine::Action::kHelp);
   EXPECT_EQ(ParseCommandLine({"--version"})->action, CommandLine::Action::kVersion);
+}
+
+// Issue 12: sluiced parses with CLI11 like every other tool.
+TEST(DaemonConfigTest, FlagEqualsValueAndFlagSpaceValueAreTheSame) {
+  auto eq = ParseCommandLine({"--port=7071"});
+  auto sp = ParseCommandLine({"--port", "7071"});
+  ASSERT_TRUE(eq.ok()) << eq.status().ToString();
+  ASSERT_TRUE(sp.ok()) << sp.status().ToString();
+  EXPECT_EQ(eq->config.port, 7071);
+  EXPECT_EQ(eq->config, sp->config);
+  EXPECT_EQ(ParseCommandLine({"--buffer-timeout-ms", "-1"})->config.buffer_timeout_ms, -1);
+  EXPECT_EQ(ParseCommandLine({"--port=1", "--port=2"})->config.port, 2) << "the last one wins";
+}
+
+TEST(DaemonConfigTest, UnknownFlagIsNamed) {
+  auto r = ParseCommandLine({"--port", "0", "--no-such-flag=3"});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.status().message(), "unknown option --no-such-flag (see --help)");
+}
+
+TEST(DaemonConfigTest, SizeThatDoesNotParseNamesTheFlagAndTheUnits) {
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"--network-memory=12q"}, {"--network-memory", "12q"}}) {
+    auto r = ParseCommandLine(args);
+    ASSERT_FALSE(r.ok()) << args.size();
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(r.status().message(), "--network-memory = '12q': unknown unit 'q' (use k, m or g)");
+  }
+  ExpectError(ParseCommandLine({"--port", "abc"}).status(), "--port = 'abc' is not a whole number");
+  EXPECT_EQ(ParseCommandLine({"--network-memory", "1g"})->config.network_memory, 1ull << 30);
+}
+
+TEST(DaemonConfigTest, VersionAndHelpWinOverEverythingElse) {
+  auto v = ParseCommandLine({"--port", "0", "--version"});
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  EXPECT_EQ(v->action, CommandLine::Action::kVersion);
+  EXPECT_STREQ(kVersion, "0.2.0");
+  auto h = ParseCommandLine({"-h"});
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->action, CommandLine::Action::kHelp);
+}
+
+TEST(DaemonConfigTest, BooleanFlagsTakeAnOptionalValue) {
+  auto bare = ParseCommandLine({"--checksums", "--preallocate", "--enable-fault-injection"});
+  ASSERT_TRUE(bare.ok()) << bare.status().ToString();
+  EXPECT_TRUE(bare->config.checksums);
+  EXPECT_TRUE(bare->config.preallocate);
+  EXPECT_TRUE(bare->config.enable_fault_injection);
+  EXPECT_FALSE(ParseCommandLine({"--checksums=false"})->config.checksums);
+  EXPECT_FALSE(ParseCommandLine({"--checksums", "off"})->config.checksums);
+  ExpectError(ParseCommandLine({"--checksums=maybe"}).status(),
+              "--checksums = 'maybe' is not true or false");
+}
+
+TEST(DaemonConfigTest, FlagOverridesTheFileWhicheverComesFirst) {
+  const std::string path = ::testing::TempDir() + "/sluiced_flag_over_file.toml";
+  {
+    std::ofstream f(path);
+    f << "port = 7001\nchecksums = true\nlog_level = \"warn\"\n";
+  }
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"--config", path, "--port=7002", "--checksums=false"},
+           {"--port", "7002", "--checksums", "false", "--config=" + path}}) {
+    auto cl = ParseCommandLine(args);
+    ASSERT_TRUE(cl.ok()) << cl.status().ToString();
+    EXPECT_EQ(cl->config.port, 7002) << "the flag, not the file";
+    EXPECT_FALSE(cl->config.checksums);
+    EXPECT_EQ(cl->config.log_level, "warn") << "the file, where no flag says otherwise";
+  }
+  std::remove(path.c_str());
+  ExpectError(ParseCommandLine({"--config"}).status(), "--config needs a value");
 }
 
 TEST(DaemonConfigTest, HelpListsEveryOption) {
