@@ -478,10 +478,21 @@ void HarnessRun::CheckPeersNamed(MainRun& m) {
     m.notes.push_back("no channel failed: node " + std::to_string(victim_k) +
                       " drained its share of the job within its shutdown grace, the "
                       "survivors succeeded");
-  } else {
-    r.errors.push_back("after SIGTERM of node " + std::to_string(victim_k) +
-                       " no consumer failed, yet the survivors did not all succeed");
+    return;
   }
+  // A survivor may see the loss first on its producer side ("consumer N (node K, host:port)
+  // went away"): its job then stops its own consumers (cancelled, no error of their own).
+  // That names the victim as well as a consumer's error would.
+  const std::string& victim = m.spec.nodes[static_cast<size_t>(victim_k)];
+  for (const auto& [p, ps] : view.producers) {
+    if (ps.error.find(victim) == std::string::npos) continue;
+    m.notes.push_back("producer " + std::to_string(p) + " failed naming the stopped node: " +
+                      ps.error);
+    return;
+  }
+  r.errors.push_back("after SIGTERM of node " + std::to_string(victim_k) +
+                     " no consumer or producer failed naming it, yet the survivors did not "
+                     "all succeed");
 }
 
 // The fault plan's verdict on the main job.
