@@ -244,7 +244,8 @@ TEST(ControlCodecTest, JobListIsCutToOneFrameAndSaysSo) {
   // A small list goes whole, without a note.
   list.jobs.resize(3);
   list.total = 3;
-  auto small = schema::ParseListJobsResponse(EncodeJobList(list));
+  const std::vector<uint8_t> small_bytes = EncodeJobList(list);  // outlives the parsed view
+  auto small = schema::ParseListJobsResponse(small_bytes);
   ASSERT_TRUE(small.ok());
   const JobList three = DecodeJobList(**small);
   EXPECT_EQ(three.jobs.size(), 3u);
