@@ -466,47 +466,36 @@ Status RunAgainstFakeServer(FakeScript script, uint64_t* records_delivered) {
   return error;
 }
 
-TEST(HandshakeHostileTest, ConsumerRefusesDataBeforeHelloAck) {
+// Runs `script` against a consumer: nothing is delivered, the channel fails, and its error
+// names `peer` and says `why`.
+void ExpectConsumerRefuses(FakeScript script, const std::string& peer, const std::string& why) {
   uint64_t delivered = 0;
-  const Status error = RunAgainstFakeServer(FakeScript::kDataBeforeHelloAck, &delivered);
+  const Status error = RunAgainstFakeServer(script, &delivered);
   EXPECT_EQ(delivered, 0u);
   ASSERT_FALSE(error.ok()) << "the channel did not fail";
-  EXPECT_NE(error.message().find("producer 127.0.0.1:"), std::string::npos) << error.message();
-  EXPECT_NE(error.message().find("sent BufferResponse before it completed the handshake"),
-            std::string::npos)
-      << error.message();
+  EXPECT_NE(error.message().find(peer), std::string::npos) << error.message();
+  EXPECT_NE(error.message().find(why), std::string::npos) << error.message();
+}
+
+TEST(HandshakeHostileTest, ConsumerRefusesDataBeforeHelloAck) {
+  ExpectConsumerRefuses(FakeScript::kDataBeforeHelloAck, "producer 127.0.0.1:",
+                        "sent BufferResponse before it completed the handshake");
 }
 
 TEST(HandshakeHostileTest, ConsumerRefusesAServerWithTheWrongProof) {
-  uint64_t delivered = 0;
-  const Status error = RunAgainstFakeServer(FakeScript::kDataAfterWrongProof, &delivered);
-  EXPECT_EQ(delivered, 0u);
-  ASSERT_FALSE(error.ok()) << "the channel did not fail";
-  EXPECT_NE(error.message().find("producer 127.0.0.1:"), std::string::npos) << error.message();
-  EXPECT_NE(error.message().find("failed authentication"), std::string::npos)
-      << error.message();
+  ExpectConsumerRefuses(FakeScript::kDataAfterWrongProof, "producer 127.0.0.1:",
+                        "failed authentication");
 }
 
 TEST(HandshakeHostileTest, ConsumerRefusesAServerThatProvesNoSecret) {
-  uint64_t delivered = 0;
-  const Status error = RunAgainstFakeServer(FakeScript::kDataAfterNoProof, &delivered);
-  EXPECT_EQ(delivered, 0u);
-  ASSERT_FALSE(error.ok()) << "the channel did not fail";
-  EXPECT_NE(error.message().find("producer 127.0.0.1:"), std::string::npos) << error.message();
-  EXPECT_NE(error.message().find("did not prove the shared secret"), std::string::npos)
-      << error.message();
+  ExpectConsumerRefuses(FakeScript::kDataAfterNoProof, "producer 127.0.0.1:",
+                        "did not prove the shared secret");
 }
 
 TEST(HandshakeHostileTest, ErrorResponseBeforeHelloAckClosesTheWholeConnection) {
-  uint64_t delivered = 0;
-  const Status error = RunAgainstFakeServer(FakeScript::kChannelErrorBeforeHelloAck, &delivered);
-  EXPECT_EQ(delivered, 0u);
-  ASSERT_FALSE(error.ok()) << "the channel did not fail";
   // Not a PartitionNotFound retry of one channel: the connection is refused as a whole.
-  EXPECT_NE(error.message().find("refused the handshake with PartitionNotFound: go away"),
-            std::string::npos)
-      << error.message();
-  EXPECT_NE(error.message().find("127.0.0.1:"), std::string::npos) << error.message();
+  ExpectConsumerRefuses(FakeScript::kChannelErrorBeforeHelloAck, "127.0.0.1:",
+                        "refused the handshake with PartitionNotFound: go away");
 }
 
 }  // namespace
