@@ -10,6 +10,7 @@ packages=(
   clang libclang-rt-dev
   libspdlog-dev libtomlplusplus-dev libssl-dev libcli11-dev python3
   iproute2 nftables procps
+  libzmq3-dev  # sluice-bench --baselines zmq (optional: built only when found)
 )
 
 missing=()

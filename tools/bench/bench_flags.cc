@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "shuffle/auth.h"
+#include "tools/bench/zmq_baseline.h"
 #include "tools/common/cli.h"
 #include "tools/control/control_client.h"
 
@@ -66,6 +67,37 @@ Result<bool> ParseOnOff(const std::string& name, const std::string& v) {
   return InvalidArgument("--" + name + " wants on or off, got '" + v + "'");
 }
 
+// --baselines: a comma list of on|off (the pump, memcpy and with --latency the TCP floor) and
+// zmq (ZeroMQ as well; alone it means on,zmq). "off,zmq" measures ZeroMQ alone.
+Status ApplyBaselines(BenchFlags* f, const std::string& v) {
+  std::stringstream list(v);
+  std::string item;
+  bool ceilings = true;
+  bool zmq = false;
+  bool any = false;
+  while (std::getline(list, item, ',')) {
+    any = true;
+    if (item == "zmq") {
+      zmq = true;
+      continue;
+    }
+    Result<bool> b = ParseOnOff("baselines", item);
+    if (!b.ok()) {
+      return InvalidArgument("--baselines wants on, off, zmq or a comma list of them (on,zmq), "
+                             "got '" + v + "'");
+    }
+    ceilings = *b;
+  }
+  if (!any) return InvalidArgument("--baselines wants on, off, zmq or on,zmq, got ''");
+  if (zmq && !ZmqAvailable()) {
+    return InvalidArgument("--baselines zmq: this sluice-bench was built without libzmq "
+                           "(install libzmq3-dev, e.g. with tools/setup.sh, and rebuild)");
+  }
+  f->baselines = ceilings;
+  f->zmq_baseline = zmq;
+  return Status::Ok();
+}
+
 }  // namespace
 
 std::string BenchFlags::RecordSizeString() const {
@@ -97,6 +129,8 @@ const char* BenchUsage() {
          "                             percentiles from CLOCK_MONOTONIC stamps in the records,\n"
          "                             next to a raw TCP floor (blocking write/read, same rate)\n"
          "  --rate N                   records per second with --latency (default 10000)\n"
+         "  --events                   with --latency: every 10th send is a user event\n"
+         "                             (EmitEvent), its latency reported on a line of its own\n"
          "  --batch N                  records per emit call to one subpartition (at most 256 KiB\n"
          "                             of records); 1 = plain\n"
          "                             ResultPartition::Emit, >1 = EmitBatch (default 64)\n"
@@ -114,6 +148,10 @@ const char* BenchUsage() {
          "  --rounds N                 repeat baselines and run N times, report medians (1)\n"
          "  --baselines on|off         measure the pump and memcpy ceilings (and the TCP\n"
          "                             latency floor with --latency) (default on)\n"
+         "  --baselines zmq|on,zmq     also ZeroMQ PUSH/PULL between two processes: records\n"
+         "                             packed into segment-sized messages, or with --latency\n"
+         "                             one message per record at --rate (off,zmq: ZeroMQ only;\n"
+         "                             needs a build with libzmq)\n"
          "  --pump-bufs-per-write N    buffers gathered per uv_write by the pump (default 8)\n"
          "  --auth on|off              remote: authenticate the connection and prove a job\n"
          "                             token, as sluiced does (default on)\n"
@@ -164,13 +202,12 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
       return InvalidArgument("--" + name + " wants a positive number of seconds");
     }
     (name == "seconds" ? f->seconds : f->warmup) = *d;
-  } else if (name == "checksum" || name == "baselines" || name == "in-place" || name == "auth") {
+  } else if (name == "baselines") {
+    return ApplyBaselines(f, v);
+  } else if (name == "checksum" || name == "in-place" || name == "auth") {
     Result<bool> b = ParseOnOff(name, v);
     if (!b.ok()) return b.status();
-    (name == "checksum"    ? f->checksum
-     : name == "baselines" ? f->baselines
-     : name == "auth"      ? f->auth
-                           : f->in_place) = *b;
+    (name == "checksum" ? f->checksum : name == "auth" ? f->auth : f->in_place) = *b;
   } else if (name == "auth-secret-file") {
     f->auth_secret_file = v;
   } else if (name == "state-dir") {
@@ -255,6 +292,7 @@ int ParseBenchFlags(int argc, char** argv, BenchFlags* out) {
   }
   app.add_flag("--json", f.json);
   app.add_flag("--latency", f.latency);
+  app.add_flag("--events", f.events);
   std::string sweep;
   app.add_option("--sweep", sweep, "NAME=v1,v2,...")->each([&f](const std::string& v) {
     if (Status s = ParseSweep(&f, v); !s.ok()) throw CLI::ValidationError(s.message());
@@ -267,6 +305,9 @@ int ParseBenchFlags(int argc, char** argv, BenchFlags* out) {
   Status s = Status::Ok();
   if (!f.auth_secret_file.empty() && !f.state_dir.empty()) {
     s = InvalidArgument("give --auth-secret-file or --state-dir, not both");
+  }
+  if (s.ok() && f.events && !f.latency) {
+    s = InvalidArgument("--events measures event latency: give --latency as well");
   }
   // Every sweep value must parse before anything runs.
   for (const std::string& v : f.sweep_values) {

@@ -40,6 +40,12 @@ struct BenchFlags {
   std::string auth_secret_file;
   std::string state_dir;
   std::string secret;  // resolved by ResolveBenchSecret; never printed
+  // Latency measurement (issue 15): --latency --events makes every 10th scheduled send a user
+  // event (ResultPartition::EmitEvent) and reports its latency on a line of its own;
+  // --baselines zmq (or on,zmq) adds ZeroMQ PUSH/PULL between two processes to the baselines
+  // (only when sluice-bench was built with libzmq: ZmqAvailable() in zmq_baseline.h).
+  bool events = false;
+  bool zmq_baseline = false;
 
   std::string sweep_name;  // --sweep NAME=v1,v2,...
   std::vector<std::string> sweep_values;

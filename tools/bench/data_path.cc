@@ -25,7 +25,7 @@
 #include "shuffle/shuffle_environment.h"
 #include "shuffle/shuffle_server.h"
 #include "tools/bench/child_process.h"
-#include "tools/bench/raw_latency.h"
+#include "tools/bench/latency_stats.h"
 
 namespace sluice::bench {
 namespace {
@@ -38,11 +38,10 @@ constexpr size_t kStampBytes = 16;  // sequence number + emit time
 // A consumer that sees no end of input this long after it stopped the producer gives up.
 constexpr auto kDrainLimit = std::chrono::seconds(30);
 
-uint64_t MonotonicNs() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
+// --latency --events: every kEventEvery-th scheduled send is a user event (ResultPartition::
+// EmitEvent) instead of a record; its 16-byte payload is kEventMagic and the scheduled time.
+constexpr uint64_t kEventEvery = 10;
+constexpr uint64_t kEventMagic = 0x534c4556454e5431ull;  // "SLEVENT1"
 
 shuffle::EnvironmentConfig ConfigFor(const BenchFlags& f, const char* name, bool listen) {
   shuffle::EnvironmentConfig c;
@@ -92,23 +91,23 @@ class RecordSource {
     return batch_sizes_;
   }
 
-  // Writes the channel's next sequence number (and with `stamp_time` the emit time) at the
-  // front of `record`; the rest of its bytes are left as they are.
-  void Stamp(uint32_t channel, std::span<uint8_t> record, bool stamp_time) {
+  // Writes the channel's next sequence number (and with --latency, stamp_ns != 0, the
+  // record's scheduled send time) at the front of `record`; the rest of its bytes are left as
+  // they are.
+  void Stamp(uint32_t channel, std::span<uint8_t> record, uint64_t stamp_ns) {
     const uint64_t seq = next_seq_[channel]++;
     std::memcpy(record.data(), &seq, std::min(kSeqBytes, record.size()));
-    if (stamp_time && record.size() >= kStampBytes) {
-      const uint64_t now = MonotonicNs();
-      std::memcpy(record.data() + kSeqBytes, &now, 8);
+    if (stamp_ns != 0 && record.size() >= kStampBytes) {
+      std::memcpy(record.data() + kSeqBytes, &stamp_ns, 8);
     }
   }
 
   // The next batch of records in the arena, stamped. REQUIRES: not --in-place.
-  std::span<const std::span<const uint8_t>> Next(uint32_t channel, bool stamp_time) {
+  std::span<const std::span<const uint8_t>> Next(uint32_t channel, uint64_t stamp_ns) {
     const std::span<const uint32_t> sizes = NextSizes();
     for (uint32_t i = 0; i < batch_; ++i) {
       const std::span<uint8_t> record(arena_.data() + static_cast<size_t>(i) * max_, sizes[i]);
-      Stamp(channel, record, stamp_time);
+      Stamp(channel, record, stamp_ns);
       spans_[i] = record;
     }
     return spans_;
@@ -127,37 +126,43 @@ class RecordSource {
 
 // One batch (one record with --latency or --batch 1) to channel `ch`: copied from the
 // source's arena, or with --in-place filled in the network buffer with only the stamp.
+// `stamp_ns`: the scheduled send time with --latency, else 0.
 Status EmitNext(shuffle::RecordWriter& writer, RecordSource& source, const BenchFlags& f,
-                uint32_t ch) {
+                uint32_t ch, uint64_t stamp_ns = 0) {
   if (!f.in_place) {
-    const auto records = source.Next(ch, f.latency);
+    const auto records = source.Next(ch, stamp_ns);
     return records.size() == 1 ? writer.EmitTo(records[0], ch) : writer.EmitBatchTo(records, ch);
   }
   const std::span<const uint32_t> sizes = source.NextSizes();
   if (sizes.size() == 1) {
     return writer.EmitInPlaceTo(
-        sizes[0], ch, [&](std::span<uint8_t> record) { source.Stamp(ch, record, f.latency); });
+        sizes[0], ch, [&](std::span<uint8_t> record) { source.Stamp(ch, record, stamp_ns); });
   }
   return writer.EmitInPlaceBatchTo(
-      sizes, ch, [&](size_t, std::span<uint8_t> record) { source.Stamp(ch, record, f.latency); });
+      sizes, ch, [&](size_t, std::span<uint8_t> record) { source.Stamp(ch, record, stamp_ns); });
 }
 
 // Emits until `stop`, round-robin over the subpartitions (a batch per subpartition), then
-// finishes the partition. With --latency: one record at a time at flags.rate records/s.
+// finishes the partition. With --latency: one record at a time at flags.rate records/s, each
+// stamped with its scheduled send time (latency_stats.h: a producer that blocks, on credit or
+// on the scheduler, then catches up back to back and its late records count the wait).
 Status Produce(shuffle::RecordWriter& writer, const BenchFlags& f, const std::atomic<bool>& stop) {
   RecordSource source(f);
   const uint32_t channels = f.channels;
   uint32_t ch = 0;
   if (f.latency) {
-    const uint64_t period = 1000000000ull / f.rate;
-    uint64_t next = MonotonicNs();
+    Pacer pacer(MonotonicNowNs(), f.rate);
     while (!stop.load(std::memory_order_relaxed)) {
-      next += period;
-      const timespec at{static_cast<time_t>(next / 1000000000ull),
-                        static_cast<long>(next % 1000000000ull)};
-      while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &at, nullptr) != 0) {
+      const bool event = f.events && pacer.count() % kEventEvery == kEventEvery - 1;
+      const uint64_t scheduled = pacer.Next();
+      if (event) {
+        uint8_t payload[16];
+        std::memcpy(payload, &kEventMagic, 8);
+        std::memcpy(payload + 8, &scheduled, 8);
+        if (Status s = writer.partition().EmitEvent(payload, ch); !s.ok()) return s;
+      } else if (Status s = EmitNext(writer, source, f, ch, scheduled); !s.ok()) {
+        return s;
       }
-      if (Status s = EmitNext(writer, source, f, ch); !s.ok()) return s;
       ch = ch + 1 == channels ? 0 : ch + 1;
     }
   } else {
@@ -230,6 +235,36 @@ Status AdvanceWindow(shuffle::InputGate* gate, const buffer::NetworkBufferPool& 
   return Status::Ok();
 }
 
+// --latency: the one-way latency of records (and with --events of events) in the measured
+// window, from the scheduled send time each carries.
+struct ConsumeLatency {
+  LatencyRecorder records;
+  LatencyRecorder events;
+
+  void OnRecord(std::span<const uint8_t> rec) {
+    if (rec.size() < kStampBytes) return;
+    uint64_t scheduled;
+    std::memcpy(&scheduled, rec.data() + kSeqBytes, 8);
+    records.Record(scheduled, MonotonicNowNs());
+  }
+  void OnEvent(std::span<const uint8_t> payload) {
+    if (payload.size() != 16) return;
+    uint64_t magic, scheduled;
+    std::memcpy(&magic, payload.data(), 8);
+    std::memcpy(&scheduled, payload.data() + 8, 8);
+    if (magic == kEventMagic) events.Record(scheduled, MonotonicNowNs());
+  }
+  void Report(RunResult* out) {
+    const LatencyResult l = records.Summarize();
+    out->latency_samples = l.samples;
+    out->p50_us = l.p50_us;
+    out->p99_us = l.p99_us;
+    out->p999_us = l.p999_us;
+    out->max_us = l.max_us;
+    out->event_latency = events.Summarize();
+  }
+};
+
 // Reads to the end of input: warm-up, then the measured window, then stops the producer and
 // drains. One interval line per second.
 Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
@@ -246,8 +281,8 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
   w.warm_at = w.t0;  // the measured window starts here
   w.warm = f.warmup <= 0;
   std::vector<uint64_t> expected(f.channels, 0);
-  std::vector<uint64_t> latencies;
-  if (f.latency) latencies.reserve(static_cast<size_t>(f.rate * (f.seconds + 1)));
+  ConsumeLatency latency;
+  if (f.latency) latency.records.Reserve(static_cast<size_t>(f.rate * (f.seconds + 1)));
   uint32_t peak_used = pool.used_segments();
   uint32_t since_check = 0;
   while (true) {
@@ -265,13 +300,10 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
         if (seq != want) ++out->order_errors;
         want = seq + 1;
       }
-      if (f.latency && w.warm && !w.stopped && rec.size() >= kStampBytes) {
-        uint64_t sent;
-        std::memcpy(&sent, rec.data() + kSeqBytes, 8);
-        const uint64_t now = MonotonicNs();
-        latencies.push_back(now > sent ? now - sent : 0);
-      }
+      if (f.latency && w.warm && !w.stopped) latency.OnRecord(rec);
       if (++since_check < 512) continue;
+    } else if (item->kind == shuffle::RecordReader::Kind::kEvent && w.warm && !w.stopped) {
+      latency.OnEvent(item->data);
     }
     since_check = 0;
     peak_used = std::max(peak_used, pool.used_segments());
@@ -281,14 +313,7 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
   // Records after the producer was stopped are only drained; a gap at the very end is fine.
   out->pool_total_segments = pool.total_segments();
   out->pool_peak_used_segments = peak_used;
-  if (f.latency) {
-    const LatencyResult l = SummarizeLatencies(latencies);
-    out->latency_samples = l.samples;
-    out->p50_us = l.p50_us;
-    out->p99_us = l.p99_us;
-    out->p999_us = l.p999_us;
-    out->max_us = l.max_us;
-  }
+  if (f.latency) latency.Report(out);
   return Status::Ok();
 }
 

@@ -5,13 +5,15 @@
 // RSS and the leak check belong to that run alone.
 //
 // Records: the first 8 bytes carry the record's sequence number within its channel (checked
-// by the consumer), and with --latency the next 8 the CLOCK_MONOTONIC time of the emit.
+// by the consumer), and with --latency the next 8 the CLOCK_MONOTONIC time the record was
+// scheduled to be sent (start + i / rate: a stalled producer's wait counts, latency_stats.h).
 // Thread-compatible; call from a process with no other threads (it forks).
 #pragma once
 
 #include <cstdint>
 
 #include "tools/bench/bench_flags.h"
+#include "tools/bench/latency_stats.h"
 
 namespace sluice::bench {
 
@@ -36,6 +38,8 @@ struct RunResult {
   double p99_us = 0;
   double p999_us = 0;
   double max_us = 0;
+  // --latency --events: user events from ResultPartition::EmitEvent to the consumer.
+  LatencyResult event_latency;
   char error[512] = {};
 
   double records_per_second() const { return seconds > 0 ? records / seconds : 0; }

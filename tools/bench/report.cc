@@ -31,7 +31,123 @@ std::string XmlEscape(const std::string& s) {
   return out;
 }
 
+// "p50 .. us  p99 .. us  p999 .. us  max .. us".
+std::string LatencyFigures(const LatencyResult& l) {
+  return Fmt("p50 %.1f us  ", l.p50_us) + Fmt("p99 %.1f us  ", l.p99_us) +
+         Fmt("p999 %.1f us  ", l.p999_us) + Fmt("max %.1f us", l.max_us);
+}
+
+double Ratio(double a, double b) { return b > 0 ? a / b : 0; }
+
+std::string LatencyJson(const LatencyResult& l) {
+  return "{\"samples\": " + std::to_string(l.samples) + Fmt(", \"p50_us\": %.2f", l.p50_us) +
+         Fmt(", \"p99_us\": %.2f", l.p99_us) + Fmt(", \"p999_us\": %.2f", l.p999_us) +
+         Fmt(", \"max_us\": %.2f}", l.max_us);
+}
+
+std::string RoundsJson(const std::vector<LatencyResult>& rounds) {
+  std::string out = "[";
+  for (size_t i = 0; i < rounds.size(); ++i) out += (i == 0 ? "" : ", ") + LatencyJson(rounds[i]);
+  return out + "]";
+}
+
+// The latency fields of --json: medians over rounds, ratios of the same run, and per round.
+void AppendLatencyJson(const Measurement& m, std::vector<std::pair<std::string, std::string>>* kv) {
+  const RunResult& r = m.run;
+  const LatencyResult& t = m.raw_latency;
+  const LatencyResult& z = m.zmq_latency;
+  kv->push_back({"baseline_tcp_max_us", Fmt("%.2f", t.max_us)});
+  kv->push_back({"ratio_p50_to_tcp", Fmt("%.4f", Ratio(r.p50_us, t.p50_us))});
+  kv->push_back({"ratio_p99_to_tcp", Fmt("%.4f", Ratio(r.p99_us, t.p99_us))});
+  kv->push_back({"latency_rounds", RoundsJson(m.record_rounds)});
+  kv->push_back({"baseline_tcp_rounds", RoundsJson(m.tcp_rounds)});
+  if (m.flags.zmq_baseline) {
+    kv->push_back({"baseline_zmq_p50_us", Fmt("%.2f", z.p50_us)});
+    kv->push_back({"baseline_zmq_p99_us", Fmt("%.2f", z.p99_us)});
+    kv->push_back({"baseline_zmq_p999_us", Fmt("%.2f", z.p999_us)});
+    kv->push_back({"baseline_zmq_max_us", Fmt("%.2f", z.max_us)});
+    kv->push_back({"ratio_p50_to_zmq", Fmt("%.4f", Ratio(r.p50_us, z.p50_us))});
+    kv->push_back({"ratio_p99_to_zmq", Fmt("%.4f", Ratio(r.p99_us, z.p99_us))});
+    kv->push_back({"baseline_zmq_rounds", RoundsJson(m.zmq_latency_rounds)});
+  }
+  if (m.flags.events) {
+    const LatencyResult& e = m.event_latency;
+    kv->push_back({"event_samples", std::to_string(e.samples)});
+    kv->push_back({"event_p50_us", Fmt("%.2f", e.p50_us)});
+    kv->push_back({"event_p99_us", Fmt("%.2f", e.p99_us)});
+    kv->push_back({"event_p999_us", Fmt("%.2f", e.p999_us)});
+    kv->push_back({"event_max_us", Fmt("%.2f", e.max_us)});
+    kv->push_back({"event_rounds", RoundsJson(m.event_rounds)});
+  }
+}
+
+// The latency part of the text report (medians over rounds, ratios of the same run).
+void PrintLatency(const Measurement& m) {
+  const BenchFlags& f = m.flags;
+  const RunResult& r = m.run;
+  const char* of_rounds = m.rounds > 1 ? "; medians of rounds" : "";
+  std::printf("  latency        %s (%llu samples%s; from the scheduled send time)\n",
+              LatencyFigures(m.run_latency()).c_str(),
+              static_cast<unsigned long long>(r.latency_samples), of_rounds);
+  if (f.events) {
+    std::printf("  event latency  %s (%llu events, EmitEvent to the consumer)\n",
+                LatencyFigures(m.event_latency).c_str(),
+                static_cast<unsigned long long>(m.event_latency.samples));
+  }
+  if (f.baselines) {
+    const LatencyResult& l = m.raw_latency;
+    std::printf("  raw TCP floor  %s  sluice: p50 %.2fx p99 %.2fx\n", LatencyFigures(l).c_str(),
+                Ratio(r.p50_us, l.p50_us), Ratio(r.p99_us, l.p99_us));
+  }
+  if (f.zmq_baseline) {
+    const LatencyResult& z = m.zmq_latency;
+    std::printf("  ZeroMQ         %s  sluice: p50 %.2fx p99 %.2fx\n", LatencyFigures(z).c_str(),
+                Ratio(r.p50_us, z.p50_us), Ratio(r.p99_us, z.p99_us));
+  }
+}
+
 }  // namespace
+
+LatencyResult Measurement::run_latency() const {
+  return {run.latency_samples, run.p50_us, run.p99_us, run.p999_us, run.max_us};
+}
+
+void FinishLatency(Measurement* m) {
+  if (!m->record_rounds.empty()) {
+    const LatencyResult l = MedianOfRounds(m->record_rounds);
+    m->run.latency_samples = l.samples;
+    m->run.p50_us = l.p50_us;
+    m->run.p99_us = l.p99_us;
+    m->run.p999_us = l.p999_us;
+    m->run.max_us = l.max_us;
+  }
+  m->event_latency = MedianOfRounds(m->event_rounds);
+  m->raw_latency = MedianOfRounds(m->tcp_rounds);
+  m->zmq_latency = MedianOfRounds(m->zmq_latency_rounds);
+}
+
+void PrintRound(const Measurement& m, int round, const RunResult& run, double pump,
+                double memcpy_mib) {
+  const BenchFlags& f = m.flags;
+  const size_t i = static_cast<size_t>(round);
+  if (!f.latency) {
+    std::printf("round %d: %.1f MiB/s", round + 1, run.mib_per_second());
+    if (f.baselines) std::printf(", pump %.1f MiB/s, memcpy %.1f MiB/s", pump, memcpy_mib);
+    if (i < m.zmq_mib_rounds.size()) std::printf(", zeromq %.1f MiB/s", m.zmq_mib_rounds[i]);
+    std::printf("\n");
+    return;
+  }
+  std::printf("round %d: sluice %s\n", round + 1, LatencyFigures(m.record_rounds[i]).c_str());
+  if (i < m.event_rounds.size()) {
+    std::printf("         events %s\n", LatencyFigures(m.event_rounds[i]).c_str());
+  }
+  if (i < m.tcp_rounds.size()) {
+    std::printf("         tcp    %s\n", LatencyFigures(m.tcp_rounds[i]).c_str());
+  }
+  if (i < m.zmq_latency_rounds.size()) {
+    std::printf("         zeromq %s\n", LatencyFigures(m.zmq_latency_rounds[i]).c_str());
+  }
+}
 
 double Measurement::RatioToPump() const {
   return pump_mib_per_second > 0 ? run.mib_per_second() / pump_mib_per_second : 0;
@@ -40,6 +156,8 @@ double Measurement::RatioToPump() const {
 double Measurement::RatioToMemcpy() const {
   return memcpy_mib_per_second > 0 ? run.mib_per_second() / memcpy_mib_per_second : 0;
 }
+
+double Measurement::RatioToZmq() const { return Ratio(run.mib_per_second(), zmq_mib_per_second); }
 
 void PrintSummary(const Measurement& m) {
   const BenchFlags& f = m.flags;
@@ -71,24 +189,21 @@ void PrintSummary(const Measurement& m) {
                   kMiB);
   std::printf("  leaked segments %lld; order errors %llu\n", static_cast<long long>(r.leaked_segments),
               static_cast<unsigned long long>(r.order_errors));
-  if (f.latency) {
-    std::printf("  latency        p50 %.1f us  p99 %.1f us  p999 %.1f us  max %.1f us (%llu samples)\n",
-                r.p50_us, r.p99_us, r.p999_us, r.max_us,
-                static_cast<unsigned long long>(r.latency_samples));
-  }
-  if (f.baselines && f.latency) {
-    const LatencyResult& l = m.raw_latency;
-    std::printf("  raw TCP floor  p50 %.1f us  p99 %.1f us  p999 %.1f us  (one wake-up per "
-                "message; p99 ratio %.2f)\n",
-                l.p50_us, l.p99_us, l.p999_us, l.p99_us > 0 ? r.p99_us / l.p99_us : 0.0);
-  }
+  if (f.latency) PrintLatency(m);
   if (f.baselines) {
     std::printf("  raw libuv pump %10.1f MiB/s  ratio %.3f\n", m.pump_mib_per_second,
                 m.RatioToPump());
     std::printf("  memcpy         %10.1f MiB/s  ratio %.3f\n", m.memcpy_mib_per_second,
                 m.RatioToMemcpy());
   }
+  if (f.zmq_baseline && !f.latency) {
+    std::printf("  ZeroMQ         %10.1f MiB/s  ratio %.3f (PUSH/PULL, %.3f M records/s, %u per "
+                "message)\n",
+                m.zmq_mib_per_second, m.RatioToZmq(), m.zmq_records_per_second / 1e6,
+                m.zmq_records_per_message);
+  }
   if (r.error[0] != 0) std::printf("  ERROR: %s\n", r.error);
+  if (!m.zmq_error.empty()) std::printf("  ERROR: %s\n", m.zmq_error.c_str());
 }
 
 std::string ToJson(const Measurement& m) {
@@ -142,8 +257,16 @@ std::string ToJson(const Measurement& m) {
     kv.push_back({"baseline_tcp_p50_us", Fmt("%.2f", m.raw_latency.p50_us)});
     kv.push_back({"baseline_tcp_p99_us", Fmt("%.2f", m.raw_latency.p99_us)});
     kv.push_back({"baseline_tcp_p999_us", Fmt("%.2f", m.raw_latency.p999_us)});
+    AppendLatencyJson(m, &kv);
+  }
+  if (f.zmq_baseline && !f.latency) {
+    kv.push_back({"baseline_zmq_mib_per_second", Fmt("%.2f", m.zmq_mib_per_second)});
+    kv.push_back({"baseline_zmq_records_per_second", Fmt("%.1f", m.zmq_records_per_second)});
+    kv.push_back({"baseline_zmq_records_per_message", std::to_string(m.zmq_records_per_message)});
+    kv.push_back({"ratio_to_zmq", Fmt("%.4f", m.RatioToZmq())});
   }
   if (r.error[0] != 0) kv.push_back({"error", JsonString(r.error)});
+  if (!m.zmq_error.empty()) kv.push_back({"zmq_error", JsonString(m.zmq_error)});
   std::string out = "{";
   for (size_t i = 0; i < kv.size(); ++i) {
     out += (i == 0 ? "\"" : ", \"") + kv[i].first + "\": " + kv[i].second;
@@ -151,7 +274,32 @@ std::string ToJson(const Measurement& m) {
   return out + "}";
 }
 
+namespace {
+
+// --latency: medians of rounds per value, the baselines of the same value's rounds, and p99
+// against the first value's (e.g. --sweep channels=1,64: 64 channels over one).
+void PrintLatencySweepTable(const std::string& name, const std::vector<SweepPoint>& points) {
+  std::printf("\n%-12s %9s %9s %9s %9s %9s %9s %9s %9s %9s %6s\n", name.c_str(), "p50 us",
+              "p99 us", "p999 us", "max us", "tcp p50", "tcp p99", "zmq p50", "zmq p99",
+              "p99/first", "leaks");
+  const double first_p99 = points.empty() ? 0 : points[0].measurement.run.p99_us;
+  for (const SweepPoint& p : points) {
+    const Measurement& m = p.measurement;
+    std::printf("%-12s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.2f %6lld%s\n",
+                p.value.c_str(), m.run.p50_us, m.run.p99_us, m.run.p999_us, m.run.max_us,
+                m.raw_latency.p50_us, m.raw_latency.p99_us, m.zmq_latency.p50_us,
+                m.zmq_latency.p99_us, Ratio(m.run.p99_us, first_p99),
+                static_cast<long long>(m.run.leaked_segments), m.run.error[0] ? "  ERROR" : "");
+  }
+}
+
+}  // namespace
+
 void PrintSweepTable(const std::string& name, const std::vector<SweepPoint>& points) {
+  if (!points.empty() && points[0].measurement.flags.latency) {
+    PrintLatencySweepTable(name, points);
+    return;
+  }
   std::printf("\n%-14s %12s %10s %10s %10s %8s %8s %10s %6s\n", name.c_str(), "M records/s",
               "MiB/s", "pump MiB/s", "memcpy", "x pump", "x memcpy", "RSS MiB", "leaks");
   for (const SweepPoint& p : points) {

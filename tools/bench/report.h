@@ -9,7 +9,7 @@
 #include "buffer/status.h"
 #include "tools/bench/bench_flags.h"
 #include "tools/bench/data_path.h"
-#include "tools/bench/raw_latency.h"
+#include "tools/bench/latency_stats.h"
 
 namespace sluice::bench {
 
@@ -24,9 +24,36 @@ struct Measurement {
   LatencyResult raw_latency;
   int rounds = 0;
 
+  // --latency, per round (index = round) and as medians of each figure over the rounds
+  // (FinishLatency): Sluice's records (run.p50_us... hold the medians), --events' events, the
+  // raw TCP floor (raw_latency above) and ZeroMQ with --baselines zmq.
+  std::vector<LatencyResult> record_rounds;
+  std::vector<LatencyResult> event_rounds;
+  std::vector<LatencyResult> tcp_rounds;
+  std::vector<LatencyResult> zmq_latency_rounds;
+  LatencyResult event_latency;
+  LatencyResult zmq_latency;
+  // --baselines zmq without --latency: ZeroMQ PUSH/PULL throughput, per round and the
+  // medians of rounds.
+  std::vector<double> zmq_mib_rounds;
+  std::vector<double> zmq_records_rounds;
+  double zmq_mib_per_second = 0;
+  double zmq_records_per_second = 0;
+  uint32_t zmq_records_per_message = 0;
+  std::string zmq_error;  // the first failed ZeroMQ round's error, if any
+
   double RatioToPump() const;
   double RatioToMemcpy() const;
+  double RatioToZmq() const;  // throughput, MiB/s over ZeroMQ's
+  LatencyResult run_latency() const;  // run's latency figures as a LatencyResult
 };
+
+// Sets the medians over rounds from the per-round vectors: run's p50/p99/p999/max/samples,
+// event_latency, raw_latency and zmq_latency.
+void FinishLatency(Measurement* m);
+// One line per round (after a round; only with --rounds > 1 and without --json).
+void PrintRound(const Measurement& m, int round, const RunResult& run, double pump,
+                double memcpy_mib);
 
 void PrintSummary(const Measurement& m);
 std::string ToJson(const Measurement& m);

@@ -15,6 +15,7 @@
 #include "tools/bench/data_path.h"
 #include "tools/bench/raw_pump.h"
 #include "tools/bench/report.h"
+#include "tools/bench/zmq_baseline.h"
 #include "tools/common/report_util.h"
 
 namespace sluice::bench {
@@ -28,12 +29,35 @@ constexpr double kMaxBaselineSeconds = 2;
 using tools::Median;
 using tools::MedianBy;
 
+// --baselines zmq, one round: ZeroMQ's latency at the run's rate and record size, or its
+// throughput with the run's records packed into segment-sized messages.
+void MeasureZmq(const BenchFlags& f, Measurement* m) {
+  const double seconds = std::min(f.seconds, kMaxBaselineSeconds);
+  if (f.latency) {
+    const ZmqLatencyResult z =
+        RunZmqLatency(RawLatencyOptions{seconds, f.rate, std::max<uint32_t>(f.record_max, 16)});
+    if (z.error[0] != 0 && m->zmq_error.empty()) m->zmq_error = z.error;
+    m->zmq_latency_rounds.push_back(z.latency);
+    return;
+  }
+  ZmqThroughputOptions zo;
+  zo.seconds = seconds;
+  zo.message_size = f.segment_size;
+  zo.record_size = static_cast<uint32_t>(f.MeanRecordSize());
+  const ZmqThroughputResult z = RunZmqThroughput(zo);
+  if (z.error[0] != 0 && m->zmq_error.empty()) m->zmq_error = z.error;
+  if (z.order_errors != 0 && m->zmq_error.empty()) m->zmq_error = "zeromq: records out of order";
+  m->zmq_mib_rounds.push_back(z.mib_per_second());
+  m->zmq_records_rounds.push_back(z.records_per_second());
+  m->zmq_records_per_message =
+      std::max<uint32_t>(1, f.segment_size / (std::max<uint32_t>(zo.record_size, 8) + 4));
+}
+
 Measurement Measure(const BenchFlags& f) {
   Measurement m;
   m.flags = f;
   m.rounds = f.rounds;
   std::vector<double> pump, copy;
-  std::vector<LatencyResult> floors;
   std::vector<RunResult> runs;
   for (int round = 0; round < f.rounds; ++round) {
     if (f.baselines) {
@@ -50,15 +74,19 @@ Measurement Measure(const BenchFlags& f) {
         lo.seconds = po.seconds;
         lo.rate = f.rate;
         lo.message_size = f.record_max;
-        floors.push_back(RunRawLatency(lo));
+        m.tcp_rounds.push_back(RunRawLatency(lo));
       }
     }
+    if (f.zmq_baseline) MeasureZmq(f, &m);
     runs.push_back(RunDataPath(f));
+    if (f.latency) {
+      const RunResult& r = runs.back();
+      m.record_rounds.push_back({r.latency_samples, r.p50_us, r.p99_us, r.p999_us, r.max_us});
+      if (f.events) m.event_rounds.push_back(r.event_latency);
+    }
     if (!f.json && f.rounds > 1) {
-      std::printf("round %d: %.1f MiB/s%s\n", round + 1, runs.back().mib_per_second(),
-                  f.baselines ? (", pump " + std::to_string(pump.back()) + " MiB/s, memcpy " +
-                                 std::to_string(copy.back()) + " MiB/s").c_str()
-                              : "");
+      PrintRound(m, round, runs.back(), pump.empty() ? 0 : pump.back(),
+                 copy.empty() ? 0 : copy.back());
     }
   }
   // The median round: by throughput, or with --latency by p99 (its throughput is the rate).
@@ -73,14 +101,16 @@ Measurement Measure(const BenchFlags& f) {
     m.run.peak_rss_bytes = std::max(m.run.peak_rss_bytes, r.peak_rss_bytes);
   }
   m.pump_mib_per_second = Median(pump);
-  m.raw_latency = MedianBy(floors, [](const LatencyResult& l) { return l.p99_us; });
   m.memcpy_mib_per_second = Median(copy);
+  m.zmq_mib_per_second = Median(m.zmq_mib_rounds);
+  m.zmq_records_per_second = Median(m.zmq_records_rounds);
+  FinishLatency(&m);
   return m;
 }
 
 bool Healthy(const Measurement& m) {
   return m.run.error[0] == 0 && m.run.leaked_segments == 0 && m.run.order_errors == 0 &&
-         m.run.records > 0;
+         m.run.records > 0 && m.zmq_error.empty();
 }
 
 int Main(int argc, char** argv) {
