@@ -317,10 +317,19 @@ Status WriteSweepSvg(const std::string& path, const std::string& name,
   constexpr double kW = 720, kH = 420, kLeft = 80, kRight = 170, kTop = 40, kBottom = 60;
   const double plot_w = kW - kLeft - kRight;
   const double plot_h = kH - kTop - kBottom;
+  const BenchFlags& f0 = points.empty() ? BenchFlags() : points[0].measurement.flags;
+  // Throughput against the pump, or with --latency p99 against ZeroMQ's (else the TCP floor's).
+  using Value = double (*)(const Measurement&);
+  const bool lat = f0.latency;
+  const Value primary = lat ? +[](const Measurement& m) { return m.run.p99_us; }
+                            : +[](const Measurement& m) { return m.run.mib_per_second(); };
+  const Value baseline = !lat ? +[](const Measurement& m) { return m.pump_mib_per_second; }
+                         : f0.zmq_baseline ? +[](const Measurement& m) { return m.zmq_latency.p99_us; }
+                                           : +[](const Measurement& m) { return m.raw_latency.p99_us; };
+  const std::string baseline_label = !lat ? "raw libuv pump" : f0.zmq_baseline ? "ZeroMQ p99" : "raw TCP p99";
   double y_max = 1;
   for (const SweepPoint& p : points) {
-    const Measurement& m = p.measurement;
-    y_max = std::max({y_max, m.run.mib_per_second(), m.pump_mib_per_second});
+    y_max = std::max({y_max, primary(p.measurement), baseline(p.measurement)});
   }
   y_max *= 1.1;
   const size_t n = points.size();
@@ -337,9 +346,9 @@ Status WriteSweepSvg(const std::string& path, const std::string& name,
   std::string svg = Fmt("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" ", kW) +
                     Fmt("height=\"%.0f\" font-family=\"sans-serif\" font-size=\"12\">\n", kH);
   svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  const BenchFlags& f0 = points.empty() ? BenchFlags() : points[0].measurement.flags;
   svg += "<text x=\"" + Fmt("%.0f", kLeft) + "\" y=\"24\" font-size=\"14\">sluice-bench " +
-         XmlEscape(f0.mode) + ": throughput vs " + XmlEscape(name) + "</text>\n";
+         XmlEscape(f0.mode) + (lat ? ": p99 latency vs " : ": throughput vs ") + XmlEscape(name) +
+         "</text>\n";
   for (int t = 0; t <= 5; ++t) {
     const double v = y_max * t / 5;
     const double y = y_of(v);
@@ -349,25 +358,25 @@ Status WriteSweepSvg(const std::string& path, const std::string& name,
            Fmt("%.0f</text>\n", v);
   }
   svg += Fmt("<text x=\"16\" y=\"%.0f\" ", kTop + plot_h / 2) +
-         Fmt("transform=\"rotate(-90 16 %.0f)\" text-anchor=\"middle\">MiB/s</text>\n",
-             kTop + plot_h / 2);
+         Fmt("transform=\"rotate(-90 16 %.0f)\" text-anchor=\"middle\">", kTop + plot_h / 2) +
+         (lat ? "p99 us" : "MiB/s") + "</text>\n";
   for (size_t i = 0; i < n; ++i) {
     svg += Fmt("<text x=\"%.1f\" ", x_of(i)) + Fmt("y=\"%.0f\" text-anchor=\"middle\">", kTop + plot_h + 18) +
            XmlEscape(points[i].value) + "</text>\n";
   }
   svg += Fmt("<text x=\"%.0f\" ", kLeft + plot_w / 2) +
          Fmt("y=\"%.0f\" text-anchor=\"middle\">--", kH - 16) + XmlEscape(name) + "</text>\n";
-  svg += polyline([](const Measurement& m) { return m.pump_mib_per_second; }, "#888", "6,4");
-  svg += polyline([](const Measurement& m) { return m.run.mib_per_second(); }, "#1f77b4", "none");
+  svg += polyline(baseline, "#888", "6,4");
+  svg += polyline(primary, "#1f77b4", "none");
   for (size_t i = 0; i < n; ++i) {
     svg += Fmt("<circle cx=\"%.1f\" ", x_of(i)) +
-           Fmt("cy=\"%.1f\" r=\"4\" fill=\"#1f77b4\"/>\n", y_of(points[i].measurement.run.mib_per_second()));
+           Fmt("cy=\"%.1f\" r=\"4\" fill=\"#1f77b4\"/>\n", y_of(primary(points[i].measurement)));
   }
   const double lx = kLeft + plot_w + 16;
   svg += Fmt("<line x1=\"%.0f\" y1=\"60\" ", lx) + Fmt("x2=\"%.0f\" y2=\"60\" stroke=\"#1f77b4\" stroke-width=\"2\"/>\n", lx + 24);
   svg += Fmt("<text x=\"%.0f\" y=\"64\">sluice</text>\n", lx + 30);
   svg += Fmt("<line x1=\"%.0f\" y1=\"80\" ", lx) + Fmt("x2=\"%.0f\" y2=\"80\" stroke=\"#888\" stroke-width=\"2\" stroke-dasharray=\"6,4\"/>\n", lx + 24);
-  svg += Fmt("<text x=\"%.0f\" y=\"84\">raw libuv pump</text>\n", lx + 30);
+  svg += Fmt("<text x=\"%.0f\" y=\"84\">", lx + 30) + baseline_label + "</text>\n";
   svg += "</svg>\n";
   std::ofstream out(path);
   out << svg;
