@@ -141,11 +141,18 @@ void PrintRound(const Measurement& m, int round, const RunResult& run, double pu
   if (i < m.event_rounds.size()) {
     std::printf("         events %s\n", LatencyFigures(m.event_rounds[i]).c_str());
   }
+  // The ratios of this round alone: on a loaded machine the baselines of one round were
+  // measured closest in time to its data path.
+  const LatencyResult& s = m.record_rounds[i];
   if (i < m.tcp_rounds.size()) {
-    std::printf("         tcp    %s\n", LatencyFigures(m.tcp_rounds[i]).c_str());
+    const LatencyResult& t = m.tcp_rounds[i];
+    std::printf("         tcp    %s  sluice: p50 %.2fx p99 %.2fx\n", LatencyFigures(t).c_str(),
+                Ratio(s.p50_us, t.p50_us), Ratio(s.p99_us, t.p99_us));
   }
   if (i < m.zmq_latency_rounds.size()) {
-    std::printf("         zeromq %s\n", LatencyFigures(m.zmq_latency_rounds[i]).c_str());
+    const LatencyResult& z = m.zmq_latency_rounds[i];
+    std::printf("         zeromq %s  sluice: p50 %.2fx p99 %.2fx\n", LatencyFigures(z).c_str(),
+                Ratio(s.p50_us, z.p50_us), Ratio(s.p99_us, z.p99_us));
   }
 }
 
