@@ -34,7 +34,7 @@ using Clock = std::chrono::steady_clock;
 using shuffle::ShuffleEnvironment;
 
 constexpr size_t kSeqBytes = 8;
-constexpr size_t kStampBytes = 16;  // sequence number + emit time
+constexpr size_t kStampBytes = 16;  // sequence number + scheduled send time
 // A consumer that sees no end of input this long after it stopped the producer gives up.
 constexpr auto kDrainLimit = std::chrono::seconds(30);
 
