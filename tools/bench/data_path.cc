@@ -35,6 +35,9 @@ using shuffle::ShuffleEnvironment;
 
 constexpr size_t kSeqBytes = 8;
 constexpr size_t kStampBytes = 16;  // sequence number + scheduled send time
+// Records of 24 bytes or more also carry the time the producer actually wrote them (for the
+// coordinated-omission figure: what sluice-bench reported before issue 15).
+constexpr size_t kActualStampBytes = 24;
 // A consumer that sees no end of input this long after it stopped the producer gives up.
 constexpr auto kDrainLimit = std::chrono::seconds(30);
 
@@ -99,6 +102,10 @@ class RecordSource {
     std::memcpy(record.data(), &seq, std::min(kSeqBytes, record.size()));
     if (stamp_ns != 0 && record.size() >= kStampBytes) {
       std::memcpy(record.data() + kSeqBytes, &stamp_ns, 8);
+    }
+    if (stamp_ns != 0 && record.size() >= kActualStampBytes) {
+      const uint64_t now = MonotonicNowNs();
+      std::memcpy(record.data() + kStampBytes, &now, 8);
     }
   }
 
@@ -240,12 +247,18 @@ Status AdvanceWindow(shuffle::InputGate* gate, const buffer::NetworkBufferPool& 
 struct ConsumeLatency {
   LatencyRecorder records;
   LatencyRecorder events;
+  LatencyRecorder from_actual;  // the same records timed from their actual write
 
   void OnRecord(std::span<const uint8_t> rec) {
     if (rec.size() < kStampBytes) return;
+    const uint64_t now = MonotonicNowNs();
     uint64_t scheduled;
     std::memcpy(&scheduled, rec.data() + kSeqBytes, 8);
-    records.Record(scheduled, MonotonicNowNs());
+    records.Record(scheduled, now);
+    if (rec.size() < kActualStampBytes) return;
+    uint64_t actual;
+    std::memcpy(&actual, rec.data() + kStampBytes, 8);
+    from_actual.Record(actual, now);
   }
   void OnEvent(std::span<const uint8_t> payload) {
     if (payload.size() != 16) return;
@@ -262,6 +275,7 @@ struct ConsumeLatency {
     out->p999_us = l.p999_us;
     out->max_us = l.max_us;
     out->event_latency = events.Summarize();
+    out->actual_send_latency = from_actual.Summarize();
   }
 };
 
@@ -282,7 +296,10 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
   w.warm = f.warmup <= 0;
   std::vector<uint64_t> expected(f.channels, 0);
   ConsumeLatency latency;
-  if (f.latency) latency.records.Reserve(static_cast<size_t>(f.rate * (f.seconds + 1)));
+  if (f.latency) {
+    latency.records.Reserve(static_cast<size_t>(f.rate * (f.seconds + 1)));
+    latency.from_actual.Reserve(static_cast<size_t>(f.rate * (f.seconds + 1)));
+  }
   uint32_t peak_used = pool.used_segments();
   uint32_t since_check = 0;
   while (true) {

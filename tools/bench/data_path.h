@@ -40,6 +40,10 @@ struct RunResult {
   double max_us = 0;
   // --latency --events: user events from ResultPartition::EmitEvent to the consumer.
   LatencyResult event_latency;
+  // --latency, records of 24 bytes or more: the same records timed from the moment the
+  // producer wrote them instead of their scheduled time (coordinated omission: a stalled
+  // producer's wait is not counted), as sluice-bench measured before issue 15.
+  LatencyResult actual_send_latency;
   char error[512] = {};
 
   double records_per_second() const { return seconds > 0 ? records / seconds : 0; }

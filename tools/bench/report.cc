@@ -61,6 +61,11 @@ void AppendLatencyJson(const Measurement& m, std::vector<std::pair<std::string, 
   kv->push_back({"ratio_p99_to_tcp", Fmt("%.4f", Ratio(r.p99_us, t.p99_us))});
   kv->push_back({"latency_rounds", RoundsJson(m.record_rounds)});
   kv->push_back({"baseline_tcp_rounds", RoundsJson(m.tcp_rounds)});
+  const LatencyResult& a = m.actual_send_latency;
+  kv->push_back({"actual_send_p50_us", Fmt("%.2f", a.p50_us)});
+  kv->push_back({"actual_send_p99_us", Fmt("%.2f", a.p99_us)});
+  kv->push_back({"actual_send_p999_us", Fmt("%.2f", a.p999_us)});
+  kv->push_back({"actual_send_max_us", Fmt("%.2f", a.max_us)});
   if (m.flags.zmq_baseline) {
     kv->push_back({"baseline_zmq_p50_us", Fmt("%.2f", z.p50_us)});
     kv->push_back({"baseline_zmq_p99_us", Fmt("%.2f", z.p99_us)});
@@ -94,6 +99,11 @@ void PrintLatency(const Measurement& m) {
                 LatencyFigures(m.event_latency).c_str(),
                 static_cast<unsigned long long>(m.event_latency.samples));
   }
+  if (m.actual_send_latency.samples > 0) {
+    std::printf("  from the write %s (the same records from their actual write: coordinated "
+                "omission, as measured before)\n",
+                LatencyFigures(m.actual_send_latency).c_str());
+  }
   if (f.baselines) {
     const LatencyResult& l = m.raw_latency;
     std::printf("  raw TCP floor  %s  sluice: p50 %.2fx p99 %.2fx\n", LatencyFigures(l).c_str(),
@@ -122,6 +132,7 @@ void FinishLatency(Measurement* m) {
     m->run.max_us = l.max_us;
   }
   m->event_latency = MedianOfRounds(m->event_rounds);
+  m->actual_send_latency = MedianOfRounds(m->actual_send_rounds);
   m->raw_latency = MedianOfRounds(m->tcp_rounds);
   m->zmq_latency = MedianOfRounds(m->zmq_latency_rounds);
 }
@@ -140,6 +151,10 @@ void PrintRound(const Measurement& m, int round, const RunResult& run, double pu
   std::printf("round %d: sluice %s\n", round + 1, LatencyFigures(m.record_rounds[i]).c_str());
   if (i < m.event_rounds.size()) {
     std::printf("         events %s\n", LatencyFigures(m.event_rounds[i]).c_str());
+  }
+  if (i < m.actual_send_rounds.size() && m.actual_send_rounds[i].samples > 0) {
+    std::printf("         write  %s (from the actual write)\n",
+                LatencyFigures(m.actual_send_rounds[i]).c_str());
   }
   // The ratios of this round alone: on a loaded machine the baselines of one round were
   // measured closest in time to its data path.

@@ -31,7 +31,9 @@ struct Measurement {
   std::vector<LatencyResult> event_rounds;
   std::vector<LatencyResult> tcp_rounds;
   std::vector<LatencyResult> zmq_latency_rounds;
+  std::vector<LatencyResult> actual_send_rounds;  // RunResult::actual_send_latency
   LatencyResult event_latency;
+  LatencyResult actual_send_latency;
   LatencyResult zmq_latency;
   // --baselines zmq without --latency: ZeroMQ PUSH/PULL throughput, per round and the
   // medians of rounds.
@@ -49,7 +51,7 @@ struct Measurement {
 };
 
 // Sets the medians over rounds from the per-round vectors: run's p50/p99/p999/max/samples,
-// event_latency, raw_latency and zmq_latency.
+// event_latency, actual_send_latency, raw_latency and zmq_latency.
 void FinishLatency(Measurement* m);
 // One line per round (after a round; only with --rounds > 1 and without --json).
 void PrintRound(const Measurement& m, int round, const RunResult& run, double pump,

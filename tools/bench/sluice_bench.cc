@@ -83,6 +83,7 @@ Measurement Measure(const BenchFlags& f) {
       const RunResult& r = runs.back();
       m.record_rounds.push_back({r.latency_samples, r.p50_us, r.p99_us, r.p999_us, r.max_us});
       if (f.events) m.event_rounds.push_back(r.event_latency);
+      m.actual_send_rounds.push_back(r.actual_send_latency);
     }
     if (!f.json && f.rounds > 1) {
       PrintRound(m, round, runs.back(), pump.empty() ? 0 : pump.back(),
