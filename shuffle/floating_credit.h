@@ -7,7 +7,7 @@
 //   channel i still wants more --> back to the tail of the round
 //
 // Fairness: a channel that wants a buffer is granted one within as many grants as there are
-// channels wanting one (it never waits behind a channel that was already served this round).
+// channels waiting when it joined (every channel ahead of it is served at most once first).
 //
 // FloatingCreditScheduler is the policy alone (no buffers, no threads): thread-compatible.
 // FloatingCreditDispatcher moves real buffers: thread-safe; it calls the pool and the channels'
