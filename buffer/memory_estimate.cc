@@ -114,6 +114,8 @@ BandwidthDelayPlan PlanBandwidthDelay(const BandwidthDelayInput& in,
   p.debloat_inflight_bytes =
       std::min<uint64_t>(uint64_t{p.buffers_per_channel} * s,
                          CeilBytes(in.throughput_bytes_per_s * in.debloat_target_s));
+  p.debloat_gate_inflight_bytes = n * p.debloat_inflight_bytes;
+  p.static_gate_inflight_bytes = n * p.buffers_per_channel * s;
   p.debloat_limits_throughput = in.debloat_target_s < in.rtt_s;
   return p;
 }
@@ -128,9 +130,9 @@ std::string BandwidthDelayPlan::ToString(uint32_t segment_size) const {
                 static_cast<unsigned long long>(bdp_bytes), buffers_per_channel, segment_size);
   out += line;
   std::snprintf(line, sizeof(line),
-                "static (exclusive per channel): minimum %llu segments (%.1f MiB), "
+                "static (buffers_per_channel = %u exclusive): minimum %llu segments (%.1f MiB), "
                 "recommended %llu segments (%.1f MiB)\n",
-                static_cast<unsigned long long>(static_min_segments),
+                buffers_per_channel, static_cast<unsigned long long>(static_min_segments),
                 static_min_segments * segment_size / mib,
                 static_cast<unsigned long long>(static_recommended_segments),
                 static_recommended_segments * segment_size / mib);
@@ -144,8 +146,10 @@ std::string BandwidthDelayPlan::ToString(uint32_t segment_size) const {
                 wide_recommended_segments * segment_size / mib);
   out += line;
   std::snprintf(line, sizeof(line),
-                "debloat: at most %llu bytes in flight per channel under backpressure%s\n",
+                "debloat: at most %llu bytes in flight per channel under backpressure (%.1f MiB "
+                "for the gate instead of %.1f MiB); the minimum is unchanged%s\n",
                 static_cast<unsigned long long>(debloat_inflight_bytes),
+                debloat_gate_inflight_bytes / mib, static_gate_inflight_bytes / mib,
                 debloat_limits_throughput
                     ? " (WARNING: debloat_target is below the RTT and limits throughput)"
                     : "");

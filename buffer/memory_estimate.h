@@ -87,7 +87,7 @@ struct BandwidthDelayInput {
 struct BandwidthDelayPlan {
   uint64_t bdp_bytes = 0;                // ceil(R x RTT)
   uint32_t buffers_per_channel = 0;      // ceil(R x RTT / segment_size), at least 1
-  // Static (Flink's rule) with that many exclusive buffers per channel.
+  // Static (Flink's rule) with buffers_per_channel set to the count above.
   uint64_t static_min_segments = 0;          // n x buffers_per_channel + 1
   uint64_t static_recommended_segments = 0;  // n x buffers_per_channel + floating_per_gate
   // Wide gate (n > wide_threshold): channels share a floating budget.
@@ -96,6 +96,8 @@ struct BandwidthDelayPlan {
   uint64_t wide_recommended_segments = 0;  // max(wide_gate_buffers, ceil(n x R x RTT / S))
   // Debloating: under backpressure a channel holds at most R x T bytes in flight.
   uint64_t debloat_inflight_bytes = 0;  // min(buffers_per_channel x S, ceil(R x T)) per channel
+  uint64_t debloat_gate_inflight_bytes = 0;  // n x debloat_inflight_bytes
+  uint64_t static_gate_inflight_bytes = 0;   // n x buffers_per_channel x S (debloat off)
   bool debloat_limits_throughput = false;  // T < RTT: the target is below one round trip
   std::string ToString(uint32_t segment_size) const;
 };
