@@ -1,5 +1,6 @@
 #include "shuffle/remote_input_channel.h"
 
+#include <algorithm>
 #include <cstring>
 #include <unordered_set>
 
@@ -55,6 +56,7 @@ RemoteInputChannel::RemoteInputChannel(InputGate* gate, uint32_t index,
       subpartition_(subpartition),
       receiver_id_(NewReceiverId()),
       num_exclusive_(gate->exclusive_per_channel()),
+      wide_hold_cap_(std::max<uint32_t>(1, gate->options().credit.max_buffers_per_channel)),
       global_(gate->global_pool()),
       floating_pool_(gate->floating_pool()) {
   if (!access_token.empty()) {
@@ -197,18 +199,23 @@ void RemoteInputChannel::OnSenderBacklog(int32_t backlog) {
   RefillFloating();
 }
 
-void RemoteInputChannel::UpdateWantLocked() {
-  if (!floating_credit_) return;
+uint32_t RemoteInputChannel::WantLocked() const {
+  // A sender's backlog beyond its subpartition cap is not believed: one channel (a producer
+  // that announces much and sends nothing) holds at most that many of the shared buffers.
+  const uint32_t target = std::min(required_, wide_hold_cap_);
   const uint32_t available = AvailableLocked();
-  const uint32_t want = released_ || available >= required_ ? 0 : required_ - available;
-  floating_credit_->SetWanted(index_, want);
+  return released_ || available >= target ? 0 : target - available;
+}
+
+void RemoteInputChannel::UpdateWantLocked() {
+  if (floating_credit_) floating_credit_->SetWanted(index_, WantLocked());
 }
 
 bool RemoteInputChannel::OfferFloating(buffer::Buffer& buffer) {
   bool notify = false;
   {
     std::lock_guard lock(mu_);
-    if (released_ || AvailableLocked() >= required_) {
+    if (WantLocked() == 0) {
       UpdateWantLocked();
       return false;  // declined: the dispatcher offers it to the next channel
     }

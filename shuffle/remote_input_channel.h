@@ -12,7 +12,10 @@
 // In a wide gate (buffer::IsWideGate) every channel has zero exclusive buffers and its
 // initial credit is 0: it tells the gate's FloatingCreditDispatcher how many buffers its backlog
 // wants, and the dispatcher grants the gate's floating buffers one at a time, round robin over
-// the channels that want one (shuffle/floating_credit.h).
+// the channels that want one (shuffle/floating_credit.h). Such a channel holds at most
+// max_buffers_per_channel of them (what a producer's subpartition may hold with the same
+// options), so a producer that announces a huge backlog and sends nothing cannot take the
+// whole budget; a larger backlog is served in turns.
 //
 // Every BufferResponse carries a sequence number; a gap or repeat fails the channel with both
 // numbers named. Release() gives every buffer back, including the ones in flight.
@@ -160,7 +163,9 @@ class RemoteInputChannel final : public InputChannel,
   bool OfferFloating(buffer::Buffer& buffer) override;
 
  private:
-  // Wide gate: tells the dispatcher how many more buffers the backlog wants. REQUIRES: mu_.
+  // Wide gate: how many more floating buffers the backlog wants (at most wide_hold_cap_ held),
+  // and telling the dispatcher so. REQUIRES: mu_ held.
+  uint32_t WantLocked() const;
   void UpdateWantLocked();
   // Gains floating buffers from the gate's pool until the channel holds the required count,
   // registering as a listener when the pool is empty. Never called with mu_ held: the pool may
@@ -179,6 +184,7 @@ class RemoteInputChannel final : public InputChannel,
   const uint32_t subpartition_;
   const uint64_t receiver_id_;
   const uint32_t num_exclusive_;
+  const uint32_t wide_hold_cap_;  // wide gate: max_buffers_per_channel
   bool has_proof_ = false;
   auth::Proof proof_{};
   // Held here, not through the gate: exclusive segments may come home after the gate is gone.
