@@ -1,5 +1,7 @@
 #include "shuffle/input_gate.h"
 
+#include "shuffle/floating_credit.h"
+
 namespace sluice::shuffle {
 
 void InputChannel::NotifyNonEmpty() { gate_->QueueChannel(index_); }
@@ -19,17 +21,23 @@ Result<std::unique_ptr<InputGate>> InputGate::Create(
     if (!pool.ok()) return pool.status();
     floating = std::move(*pool);
   }
+  const bool wide = buffer::IsWideGate(remote_channels, options.credit);
   return std::unique_ptr<InputGate>(new InputGate(std::move(name), std::move(global), options,
-                                                  std::move(floating)));
+                                                  std::move(floating), wide));
 }
 
 InputGate::InputGate(std::string name, std::shared_ptr<buffer::NetworkBufferPool> global,
                      const ShuffleOptions& options,
-                     std::shared_ptr<buffer::LocalBufferPool> floating)
+                     std::shared_ptr<buffer::LocalBufferPool> floating, bool wide)
     : name_(std::move(name)),
       global_(std::move(global)),
       options_(options),
-      floating_(std::move(floating)) {}
+      floating_(std::move(floating)),
+      wide_(wide) {}
+
+uint32_t InputGate::exclusive_per_channel() const {
+  return wide_ ? 0 : options_.credit.buffers_per_channel;
+}
 
 InputGate::~InputGate() { Close(); }
 
@@ -44,6 +52,15 @@ void InputGate::AddChannel(std::shared_ptr<InputChannel> channel) {
 }
 
 Status InputGate::Start() {
+  if (wide_ && floating_ && !floating_credit_) {
+    floating_credit_ = std::make_shared<FloatingCreditDispatcher>(
+        floating_, static_cast<uint32_t>(channels_.size()));
+    for (auto& c : channels_) {
+      if (auto* r = dynamic_cast<FloatingCreditReceiver*>(c.get())) {
+        floating_credit_->Register(c->index(), r);
+      }
+    }
+  }
   for (auto& c : channels_) {
     if (Status st = c->Start(); !st.ok()) return st;
   }
@@ -136,6 +153,9 @@ void InputGate::Close() {
     ready_.clear();
     cv_.notify_all();
   }
+  // No grant after this (one running now finishes first), so no buffer is offered to a
+  // channel being released.
+  if (floating_credit_) floating_credit_->Close();
   for (auto& c : channels_) c->Release();
   if (floating_) floating_->Destroy();
 }

@@ -6,6 +6,9 @@
 // Memory: remote channels own `buffers_per_channel` exclusive segments each (admission); the
 // gate owns a floating LocalBufferPool (min 1, max floating_per_gate) that remote channels draw
 // on when their sender announces a backlog. Local channels read the producer's buffers directly.
+// A wide gate (more remote channels than credit.wide_threshold) takes no exclusive segments: its
+// floating pool (min wide_gate_buffers) serves every channel, granted round robin by a
+// FloatingCreditDispatcher, so its memory does not grow with its width.
 //
 // Thread-safety: GetNext/PollNext/Close from one consumer thread; channels notify the gate from
 // any thread. Buffers handed out may be released on any thread.
@@ -30,6 +33,7 @@
 namespace sluice::shuffle {
 
 class InputGate;
+class FloatingCreditDispatcher;
 
 struct BufferOrEvent {
   buffer::Buffer buffer;  // buffer.type(): kData, kEndOfPartition or kEvent
@@ -127,6 +131,12 @@ class InputGate {
   const std::shared_ptr<buffer::NetworkBufferPool>& global_pool() const { return global_; }
   // The floating pool; nullptr for a gate without remote channels.
   const std::shared_ptr<buffer::LocalBufferPool>& floating_pool() const { return floating_; }
+  // More remote channels than options().credit.wide_threshold: no exclusive buffers.
+  bool wide() const { return wide_; }
+  // Exclusive segments each remote channel takes: buffers_per_channel, 0 in a wide gate.
+  uint32_t exclusive_per_channel() const;
+  // A wide gate's round-robin grant of floating buffers (made by Start), else nullptr.
+  std::shared_ptr<FloatingCreditDispatcher> floating_credit() const { return floating_credit_; }
   InputGateStats Stats() const;
   // The longest record a RecordReader over this gate accepts (a longer length prefix fails
   // that channel instead of reserving memory for it): kDefaultMaxRecordSize unless set, e.g.
@@ -141,7 +151,8 @@ class InputGate {
 
  private:
   InputGate(std::string name, std::shared_ptr<buffer::NetworkBufferPool> global,
-            const ShuffleOptions& options, std::shared_ptr<buffer::LocalBufferPool> floating);
+            const ShuffleOptions& options, std::shared_ptr<buffer::LocalBufferPool> floating,
+            bool wide);
   // Closed after Close(), Cancelled after Cancel(), else OK. REQUIRES: mu_ held.
   Status StoppedLocked() const;
 
@@ -149,6 +160,8 @@ class InputGate {
   const std::shared_ptr<buffer::NetworkBufferPool> global_;
   const ShuffleOptions options_;
   std::shared_ptr<buffer::LocalBufferPool> floating_;
+  const bool wide_;
+  std::shared_ptr<FloatingCreditDispatcher> floating_credit_;  // wide: set by Start
   std::vector<std::shared_ptr<InputChannel>> channels_;
   uint32_t max_record_size_ = kDefaultMaxRecordSize;
 

@@ -1,5 +1,6 @@
 #include "shuffle/remote_input_channel.h"
 
+#include <algorithm>
 #include <cstring>
 #include <unordered_set>
 
@@ -54,7 +55,8 @@ RemoteInputChannel::RemoteInputChannel(InputGate* gate, uint32_t index,
       partition_id_(std::move(partition_id)),
       subpartition_(subpartition),
       receiver_id_(NewReceiverId()),
-      num_exclusive_(gate->options().credit.buffers_per_channel),
+      num_exclusive_(gate->exclusive_per_channel()),
+      wide_hold_cap_(std::max<uint32_t>(1, gate->options().credit.max_buffers_per_channel)),
       global_(gate->global_pool()),
       floating_pool_(gate->floating_pool()) {
   if (!access_token.empty()) {
@@ -97,14 +99,19 @@ std::string RemoteInputChannel::Describe() const {
 }
 
 Status RemoteInputChannel::Start() {
-  auto segments = global_->RequestExclusiveSegments(num_exclusive_);
-  if (!segments.ok()) {
-    return Status(segments.status().code(),
-                  Describe() + ": exclusive buffers: " + segments.status().message());
+  std::vector<buffer::MemorySegment*> exclusive;
+  if (num_exclusive_ > 0) {
+    auto segments = global_->RequestExclusiveSegments(num_exclusive_);
+    if (!segments.ok()) {
+      return Status(segments.status().code(),
+                    Describe() + ": exclusive buffers: " + segments.status().message());
+    }
+    exclusive = std::move(*segments);
   }
   {
     std::lock_guard lock(mu_);
-    exclusive_ = std::move(*segments);
+    floating_credit_ = gate_->floating_credit();
+    exclusive_ = std::move(exclusive);
     for (buffer::MemorySegment* s : exclusive_) {
       exclusive_free_.push_back(buffer::Buffer::Wrap(s, this));
     }
@@ -131,7 +138,7 @@ buffer::Buffer RemoteInputChannel::TakeBufferForPayload() {
   std::lock_guard lock(mu_);
   if (released_) return {};
   // Floating first: they go back to the gate sooner, where other channels may need them.
-  std::deque<buffer::Buffer>& from = floating_free_.empty() ? exclusive_free_ : floating_free_;
+  BufferRing& from = floating_free_.empty() ? exclusive_free_ : floating_free_;
   if (from.empty()) return {};
   buffer::Buffer b = std::move(from.front());
   from.pop_front();
@@ -192,7 +199,43 @@ void RemoteInputChannel::OnSenderBacklog(int32_t backlog) {
   RefillFloating();
 }
 
+uint32_t RemoteInputChannel::WantLocked() const {
+  // A sender's backlog beyond its subpartition cap is not believed: one channel (a producer
+  // that announces much and sends nothing) holds at most that many of the shared buffers.
+  const uint32_t target = std::min(required_, wide_hold_cap_);
+  const uint32_t available = AvailableLocked();
+  return released_ || available >= target ? 0 : target - available;
+}
+
+void RemoteInputChannel::UpdateWantLocked() {
+  if (floating_credit_) floating_credit_->SetWanted(index_, WantLocked());
+}
+
+bool RemoteInputChannel::OfferFloating(buffer::Buffer& buffer) {
+  bool notify = false;
+  {
+    std::lock_guard lock(mu_);
+    if (WantLocked() == 0) {
+      UpdateWantLocked();
+      return false;  // declined: the dispatcher offers it to the next channel
+    }
+    floating_free_.push_back(std::move(buffer));
+    notify = unannounced_credit_++ == 0;
+    UpdateWantLocked();
+  }
+  if (notify) client_->NotifyCreditAvailable(shared_from_this());
+  return true;
+}
+
 void RemoteInputChannel::RefillFloating() {
+  if (floating_credit_) {  // wide gate: the dispatcher grants, round robin
+    {
+      std::lock_guard lock(mu_);
+      UpdateWantLocked();
+    }
+    floating_credit_->Pump();
+    return;
+  }
   const auto& pool = floating_pool_;
   if (!pool) return;
   while (true) {
@@ -302,7 +345,7 @@ bool RemoteInputChannel::released() const {
 }
 
 void RemoteInputChannel::Release() {
-  std::deque<buffer::Buffer> drop_exclusive, drop_floating, drop_received;
+  BufferRing drop_exclusive, drop_floating, drop_received;
   bool was_listening;
   std::vector<buffer::MemorySegment*> home;
   {
@@ -312,7 +355,8 @@ void RemoteInputChannel::Release() {
     drop_exclusive.swap(exclusive_free_);
     drop_floating.swap(floating_free_);
     drop_received.swap(received_);
-    for (const buffer::Buffer& b : drop_received) RefundEventLocked(b);
+    for (size_t i = 0; i < drop_received.size(); ++i) RefundEventLocked(drop_received[i]);
+    UpdateWantLocked();  // 0: released
     was_listening = listening_;
     listening_ = false;
     // Exclusive buffers still out (with the consumer or in flight) come home through Recycle;

@@ -9,6 +9,13 @@
 // back here (new credit, or it replaces a surplus floating buffer, which returns to the gate);
 // a consumed floating buffer goes back to the gate's pool. Zero exclusive buffers work: the
 // sender announces its backlog (BacklogAnnouncement) and credit comes from floating buffers.
+// In a wide gate (buffer::IsWideGate) every channel has zero exclusive buffers and its
+// initial credit is 0: it tells the gate's FloatingCreditDispatcher how many buffers its backlog
+// wants, and the dispatcher grants the gate's floating buffers one at a time, round robin over
+// the channels that want one (shuffle/floating_credit.h). Such a channel holds at most
+// max_buffers_per_channel of them (what a producer's subpartition may hold with the same
+// options), so a producer that announces a huge backlog and sends nothing cannot take the
+// whole budget; a larger backlog is served in turns.
 //
 // Every BufferResponse carries a sequence number; a gap or repeat fails the channel with both
 // numbers named. Release() gives every buffer back, including the ones in flight.
@@ -24,7 +31,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -34,6 +40,8 @@
 #include "buffer/buffer.h"
 #include "buffer/local_buffer_pool.h"
 #include "shuffle/auth.h"
+#include "shuffle/buffer_ring.h"
+#include "shuffle/floating_credit.h"
 #include "shuffle/input_gate.h"
 #include "transport/tcp.h"
 
@@ -84,6 +92,7 @@ class EventBudget {
 class RemoteInputChannel final : public InputChannel,
                                  public buffer::BufferRecycler,
                                  public buffer::BufferListener,
+                                 public FloatingCreditReceiver,
                                  public std::enable_shared_from_this<RemoteInputChannel> {
  public:
   // `access_token`: the producer's job token (empty: the partition needs no proof).
@@ -103,7 +112,7 @@ class RemoteInputChannel final : public InputChannel,
   const transport::Endpoint& producer() const { return producer_; }
   const std::string& partition_id() const { return partition_id_; }
   uint32_t subpartition() const { return subpartition_; }
-  // Credit to announce in the PartitionRequest: the exclusive buffers.
+  // Credit to announce in the PartitionRequest: the exclusive buffers (0 in a wide gate).
   int32_t initial_credit() const { return static_cast<int32_t>(num_exclusive_); }
   // The PartitionRequest's access_proof: empty without an access token.
   std::span<const uint8_t> access_proof() const {
@@ -150,8 +159,14 @@ class RemoteInputChannel final : public InputChannel,
   // BufferListener: a floating buffer from the gate's pool. Outside pool locks.
   bool NotifyBufferAvailable(buffer::Buffer& buffer) override;
   void NotifyBufferDestroyed() override;
+  // FloatingCreditReceiver: one floating buffer from a wide gate's dispatcher. Any thread.
+  bool OfferFloating(buffer::Buffer& buffer) override;
 
  private:
+  // Wide gate: how many more floating buffers the backlog wants (at most wide_hold_cap_ held),
+  // and telling the dispatcher so. REQUIRES: mu_ held.
+  uint32_t WantLocked() const;
+  void UpdateWantLocked();
   // Gains floating buffers from the gate's pool until the channel holds the required count,
   // registering as a listener when the pool is empty. Never called with mu_ held: the pool may
   // call listeners (this one included) from inside its methods.
@@ -169,18 +184,21 @@ class RemoteInputChannel final : public InputChannel,
   const uint32_t subpartition_;
   const uint64_t receiver_id_;
   const uint32_t num_exclusive_;
+  const uint32_t wide_hold_cap_;  // wide gate: max_buffers_per_channel
   bool has_proof_ = false;
   auth::Proof proof_{};
   // Held here, not through the gate: exclusive segments may come home after the gate is gone.
   const std::shared_ptr<buffer::NetworkBufferPool> global_;
   const std::shared_ptr<buffer::LocalBufferPool> floating_pool_;
+  // A wide gate's dispatcher (set at Start), else null: then RefillFloating uses the pool.
+  std::shared_ptr<FloatingCreditDispatcher> floating_credit_;
 
   mutable std::mutex mu_;
   std::vector<buffer::MemorySegment*> exclusive_;       // all exclusive segments (Start)
   std::vector<buffer::MemorySegment*> exclusive_home_;  // returned after Release
-  std::deque<buffer::Buffer> exclusive_free_;  // GUARDED_BY(mu_): credited, empty
-  std::deque<buffer::Buffer> floating_free_;   // GUARDED_BY(mu_): credited, empty
-  std::deque<buffer::Buffer> received_;        // GUARDED_BY(mu_): in order, not consumed
+  BufferRing exclusive_free_;                  // GUARDED_BY(mu_): credited, empty
+  BufferRing floating_free_;                   // GUARDED_BY(mu_): credited, empty
+  BufferRing received_;                        // GUARDED_BY(mu_): in order, not consumed
   int32_t unannounced_credit_ = 0;             // GUARDED_BY(mu_)
   uint32_t sender_backlog_ = 0;                // GUARDED_BY(mu_)
   uint32_t required_ = 0;                      // GUARDED_BY(mu_): backlog + exclusive

@@ -23,7 +23,8 @@ struct ConnectionTimeouts {
 struct ShuffleOptions {
   // segment_size, buffers_per_channel (exclusive per remote channel, default 2),
   // floating_per_gate (8), max_buffers_per_channel (output cap per subpartition, 10),
-  // overdraft (5).
+  // overdraft (5), wide_threshold (1024: a gate of more remote channels is wide, no exclusive
+  // buffers) and wide_gate_buffers (512: the floating budget such a gate shares).
   buffer::CreditOptions credit;
   // How long a partly filled buffer may wait before it is made readable:
   // > 0: the output flusher flushes every buffer_timeout; 0: flush after every record;

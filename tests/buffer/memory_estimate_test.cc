@@ -172,5 +172,97 @@ TEST_F(MemoryEstimateAdmissionTest, TheRecommendedAmountLetsEveryPoolReachItsMax
   a.Release(g);
 }
 
+// --- Wide gates (issue 14) -----------------------------------------------------------------
+
+TEST(MemoryEstimateTest, WideGateMemoryDoesNotGrowWithItsWidth) {
+  CreditOptions o;  // wide_threshold 1024, wide_gate_buffers 512, floating_per_gate 8
+  EXPECT_EQ(o.wide_threshold, 1024u);
+  EXPECT_EQ(o.wide_gate_buffers, 512u);
+  EXPECT_FALSE(IsWideGate(1024, o));
+  EXPECT_TRUE(IsWideGate(1025, o));
+  EXPECT_EQ(ExclusivePerChannel(1024, o), 2u);
+  EXPECT_EQ(ExclusivePerChannel(1025, o), 0u);
+  // At the threshold: 1024 x 2 exclusive + pool 1..8.
+  Topology at;
+  at.gates.push_back({"g", 1024, 0});
+  const MemoryEstimate e_at = EstimateNetworkMemory(at, o);
+  EXPECT_EQ(e_at.min_segments, 2049u);
+  EXPECT_EQ(e_at.recommended_segments, 2056u);
+  // Above it the gate needs 512..520 whatever its width.
+  for (uint32_t width : {1025u, 10000u, 1000000u}) {
+    Topology t;
+    t.gates.push_back({"g", width, 3});
+    const MemoryEstimate e = EstimateNetworkMemory(t, o);
+    ASSERT_EQ(e.items.size(), 1u);
+    EXPECT_EQ(e.items[0].name, "gate g (wide)");
+    EXPECT_EQ(e.items[0].exclusive, 0u);
+    EXPECT_EQ(e.min_segments, 512u) << width;
+    EXPECT_EQ(e.recommended_segments, 520u) << width;
+  }
+  // 0 turns it off (Flink's rule): 10000 x 2 + 1.
+  o.wide_threshold = 0;
+  Topology t;
+  t.gates.push_back({"g", 10000, 0});
+  EXPECT_EQ(EstimateNetworkMemory(t, o).min_segments, 20001u);
+}
+
+TEST(MemoryEstimateTest, WidePartitionMinimumIsBounded) {
+  CreditOptions o;
+  EXPECT_EQ(PartitionPoolBounds(1024, o).min, 1025u);  // n + 1 up to the threshold
+  EXPECT_EQ(PartitionPoolBounds(10000, o).min, 512u);  // then min(n + 1, wide_gate_buffers)
+  EXPECT_EQ(PartitionPoolBounds(10000, o).max, 20008u);
+  o.wide_gate_buffers = 1;
+  EXPECT_EQ(PartitionPoolBounds(10000, o).min, 2u);  // a writer needs two to make progress
+  o.wide_threshold = 0;
+  EXPECT_EQ(PartitionPoolBounds(10000, o).min, 10001u);
+}
+
+TEST(MemoryEstimateTest, BandwidthDelaySizingByHand) {
+  CreditOptions o;  // 32 KiB segments
+  BandwidthDelayInput in;
+  in.throughput_bytes_per_s = 100.0 * (1 << 20);  // 100 MiB/s per channel
+  in.rtt_s = 0.002;                                // 2 ms
+  in.channels = 10000;
+  in.debloat_target_s = 1.0;
+  const BandwidthDelayPlan p = PlanBandwidthDelay(in, o);
+  EXPECT_EQ(p.bdp_bytes, 209716u);         // ceil(104857600 x 0.002)
+  EXPECT_EQ(p.buffers_per_channel, 7u);    // ceil(209716 / 32768) = ceil(6.4)
+  EXPECT_EQ(p.static_min_segments, 70001u);
+  EXPECT_EQ(p.static_recommended_segments, 70008u);
+  EXPECT_TRUE(p.wide);
+  EXPECT_EQ(p.wide_min_segments, 512u);
+  EXPECT_EQ(p.wide_recommended_segments, 64000u);  // ceil(10000 x 209715.2 / 32768)
+  EXPECT_EQ(p.debloat_inflight_bytes, 7u * 32768);  // R x T above the credit: the credit caps
+  EXPECT_FALSE(p.debloat_limits_throughput);
+  EXPECT_NE(p.ToString(o.segment_size).find("7 buffers per channel"), std::string::npos);
+}
+
+TEST(MemoryEstimateTest, BandwidthDelaySmallProductsShareSegmentsInAWideGate) {
+  CreditOptions o;
+  BandwidthDelayInput in;
+  in.throughput_bytes_per_s = 1 << 20;  // 1 MiB/s
+  in.rtt_s = 0.001;                     // 1 ms: 1049 bytes in flight
+  in.channels = 2000;
+  in.debloat_target_s = 0.01;  // 10 ms: 10486 bytes, below one segment
+  const BandwidthDelayPlan p = PlanBandwidthDelay(in, o);
+  EXPECT_EQ(p.bdp_bytes, 1049u);
+  EXPECT_EQ(p.buffers_per_channel, 1u);  // never below one
+  EXPECT_EQ(p.static_min_segments, 2001u);
+  // 2000 x 1048.576 bytes = 64 segments, below the budget: the budget is the recommendation.
+  EXPECT_EQ(p.wide_recommended_segments, 512u);
+  EXPECT_EQ(p.debloat_inflight_bytes, 10486u);
+  EXPECT_EQ(p.debloat_gate_inflight_bytes, 2000u * 10486);
+  EXPECT_EQ(p.static_gate_inflight_bytes, 2000u * 32768);
+  // A target below the RTT throttles the channel: reported.
+  in.debloat_target_s = 0.0005;
+  EXPECT_TRUE(PlanBandwidthDelay(in, o).debloat_limits_throughput);
+  EXPECT_NE(PlanBandwidthDelay(in, o).ToString(o.segment_size).find("WARNING"),
+            std::string::npos);
+  // Zero throughput or RTT: one buffer, nothing in flight.
+  in.throughput_bytes_per_s = 0;
+  EXPECT_EQ(PlanBandwidthDelay(in, o).buffers_per_channel, 1u);
+  EXPECT_EQ(PlanBandwidthDelay(in, o).bdp_bytes, 0u);
+}
+
 }  // namespace
 }  // namespace sluice::buffer

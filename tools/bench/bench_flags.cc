@@ -160,6 +160,9 @@ const char* BenchUsage() {
          "  --json                     print one JSON object instead of the text report\n"
          "  --sweep NAME=v1,v2,...     run once per value of flag NAME, print a table and write\n"
          "  --sweep-out FILE           an SVG chart (default sluice-bench-sweep.svg)\n"
+         "  --wide-threshold N         a gate of more remote channels is wide: no exclusive\n"
+         "                             buffers, a shared floating budget (default 1024; 0 never)\n"
+         "  --wide-gate-buffers N      the floating budget of a wide gate (default 512)\n"
          "  --help, --version\n"
          "Flags take --flag value or --flag=value. Exit 0 when every run was healthy, 1 when\n"
          "one failed, 2 for a usage error.\n";
@@ -234,6 +237,10 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
     f->pump_bufs_per_write = static_cast<int>(n);
   } else if (name == "sweep-out") {
     f->sweep_out = v;
+  } else if (name == "wide-threshold") {
+    return set_u32(&f->wide_threshold, 0, 1u << 20);
+  } else if (name == "wide-gate-buffers") {
+    return set_u32(&f->wide_gate_buffers, 1, 1u << 20);
   } else {
     return InvalidArgument("unknown flag --" + name + " (see --help)");
   }
@@ -249,7 +256,8 @@ constexpr const char* kValueFlags[] = {
     "warmup",     "checksum",          "baselines",       "in-place",
     "auth",       "auth-secret-file",  "state-dir",       "rate",
     "batch",      "network-memory",    "network-memory-mib", "rounds",
-    "pump-bufs-per-write", "sweep-out"};
+    "pump-bufs-per-write", "sweep-out",
+    "wide-threshold", "wide-gate-buffers"};
 
 Status ParseSweep(BenchFlags* f, const std::string& value) {
   const size_t eq = value.find('=');

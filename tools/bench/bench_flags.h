@@ -47,6 +47,11 @@ struct BenchFlags {
   bool events = false;
   bool zmq_baseline = false;
 
+  // Wide gates (issue 14): a gate of more remote channels than wide_threshold takes no
+  // exclusive buffers and shares wide_gate_buffers floating ones (0: never wide, Flink's rule).
+  uint32_t wide_threshold = 1024;
+  uint32_t wide_gate_buffers = 512;
+
   std::string sweep_name;  // --sweep NAME=v1,v2,...
   std::vector<std::string> sweep_values;
   std::string sweep_out = "sluice-bench-sweep.svg";

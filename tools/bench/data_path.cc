@@ -55,6 +55,8 @@ shuffle::EnvironmentConfig ConfigFor(const BenchFlags& f, const char* name, bool
   c.options.credit.segment_size = f.segment_size;
   c.options.credit.buffers_per_channel = f.buffers_per_channel;
   c.options.credit.floating_per_gate = f.floating_per_gate;
+  c.options.credit.wide_threshold = f.wide_threshold;
+  c.options.credit.wide_gate_buffers = f.wide_gate_buffers;
   if (f.latency || f.buffer_timeout_ms == 0) {
     c.options.buffer_timeout = std::chrono::milliseconds(0);
   } else if (f.buffer_timeout_ms < 0) {
@@ -457,6 +459,7 @@ int RunRemoteConsumer(const BenchFlags& f, int to_parent) {
       specs.push_back({"p0", c, transport::Endpoint{"127.0.0.1", port}, token});
     }
     auto gate = (*env)->CreateInputGate("bench", specs);
+    std::vector<shuffle::ChannelSpec>().swap(specs);  // ~200 bytes a channel, not needed now
     if (!gate.ok()) return Report(to_parent, r, gate.status());
     auto stop_producer = [&] {
       const char b = 's';
@@ -494,6 +497,8 @@ uint64_t NetworkMemoryFor(const BenchFlags& f) {
   credit.segment_size = f.segment_size;
   credit.buffers_per_channel = f.buffers_per_channel;
   credit.floating_per_gate = f.floating_per_gate;
+  credit.wide_threshold = f.wide_threshold;
+  credit.wide_gate_buffers = f.wide_gate_buffers;
   buffer::Topology producer;
   producer.partitions.push_back({"p0", f.channels});
   buffer::Topology consumer;

@@ -96,6 +96,8 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config) {
   ec.memory.preallocate = config.preallocate;
   ec.options.credit.buffers_per_channel = config.buffers_per_channel;
   ec.options.credit.floating_per_gate = config.floating_per_gate;
+  ec.options.credit.wide_threshold = config.wide_threshold;
+  ec.options.credit.wide_gate_buffers = config.wide_gate_buffers;
   ec.options.buffer_timeout = std::chrono::milliseconds(config.buffer_timeout_ms);
   ec.options.checksums = config.checksums;
   ec.options.faults.seed = config.fault_seed;

@@ -191,6 +191,13 @@ const std::map<std::string, Option>& Options() {
                  &DaemonConfig::fault_corrupt_per_million, 0, 1000000)},
       {"fault_delay_ms", IntOption("testing only: hold every scheduled write this long",
                                    &DaemonConfig::fault_delay_ms, 0, 60000)},
+      {"wide_threshold",
+       IntOption("a gate of more remote channels than this takes no exclusive buffers and "
+                 "shares wide_gate_buffers floating ones (default 1024; 0 = never)",
+                 &DaemonConfig::wide_threshold, 0, 1 << 20)},
+      {"wide_gate_buffers",
+       IntOption("floating buffers a wide gate shares among its channels (default 512)",
+                 &DaemonConfig::wide_gate_buffers, 1, 1 << 20)},
   };
   return *options;
 }
@@ -252,6 +259,8 @@ Status Validate(const DaemonConfig& c) {
   credit.segment_size = seg;
   credit.buffers_per_channel = c.buffers_per_channel;
   credit.floating_per_gate = c.floating_per_gate;
+  credit.wide_threshold = c.wide_threshold;
+  credit.wide_gate_buffers = c.wide_gate_buffers;
   buffer::Topology req;
   req.gates.push_back({"smallest job", 1, 0});
   req.partitions.push_back({"smallest job", 1});

@@ -67,6 +67,10 @@ struct DaemonConfig {
   uint32_t fault_delay_ms = 0;
 
   bool operator==(const DaemonConfig&) const = default;
+  // Wide gates (issue 14): a gate of more remote channels than wide_threshold takes no
+  // exclusive buffers and shares wide_gate_buffers floating ones (0: never wide).
+  uint32_t wide_threshold = 1024;
+  uint32_t wide_gate_buffers = 512;
 };
 
 // Whether `a` and `b` differ only in what SIGHUP reloads: log_level, metrics_interval_ms,

@@ -469,3 +469,51 @@ TEST_F(SluicectlTest, PlanMatchesTheMemoryModel) {
 
 }  // namespace
 }  // namespace sluice::control
+
+namespace sluice::control {
+namespace {
+
+// sluicectl plan --rtt --throughput: bandwidth-delay sizing without a job file (issue 14), the
+// figures from buffer::PlanBandwidthDelay, and the usage errors naming the flags.
+TEST_F(SluicectlTest, PlanBandwidthDelaySizesBuffersPerChannelWideAndDebloat) {
+  CtlRun r = Ctl({"plan", "--rtt", "2ms", "--throughput", "100m", "--channels", "10000"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  buffer::BandwidthDelayInput in;
+  in.throughput_bytes_per_s = 100.0 * (1 << 20);
+  in.rtt_s = 0.002;
+  in.channels = 10000;
+  const buffer::BandwidthDelayPlan p = buffer::PlanBandwidthDelay(in, buffer::CreditOptions{});
+  EXPECT_NE(r.out.find(p.ToString(32768)), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("-> 7 buffers per channel"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("wide gate (shared floating budget): minimum 512 segments"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("recommended buffers_per_channel = 7"), std::string::npos) << r.out;
+  // Narrow gate, other segment size and budget: "if it were wide".
+  r = Ctl({"plan", "--rtt", "250us", "--throughput", "1g", "--segment-size", "64k",
+           "--wide-gate-buffers", "64"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  // 1 GiB/s x 250 us = 268436 bytes -> ceil(/65536) = 5 buffers.
+  EXPECT_NE(r.out.find("268436 bytes per channel -> 5 buffers per channel"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("if it were wide: minimum 64 segments"), std::string::npos) << r.out;
+}
+
+TEST_F(SluicectlTest, PlanBandwidthDelayUsageErrorsNameTheFlag) {
+  CtlRun r = Ctl({"plan", "--rtt", "2ms"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--rtt and --throughput go together"), std::string::npos) << r.err;
+  r = Ctl({"plan"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("plan needs a job file, or --rtt and --throughput"), std::string::npos)
+      << r.err;
+  r = Ctl({"plan", "--rtt", "2 fortnights", "--throughput", "1m"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--rtt wants a duration such as 2ms"), std::string::npos) << r.err;
+  r = Ctl({"plan", "--rtt", "1ms", "--throughput", "1m", "--debloat-target", "-1s"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--debloat-target wants a duration"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace sluice::control

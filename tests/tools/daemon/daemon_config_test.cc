@@ -288,5 +288,16 @@ TEST(DaemonConfigTest, ReloadableOptions) {
   EXPECT_NE(HelpText().find("SIGHUP reopens log_file"), std::string::npos);
 }
 
+// Wide gates (issue 14): the keys, their range, and --flag spelling.
+TEST(DaemonConfigTest, WideGateKeys) {
+  DaemonConfig c;
+  EXPECT_EQ(c.wide_threshold, 1024u);
+  EXPECT_EQ(c.wide_gate_buffers, 512u);
+  ASSERT_TRUE(ApplyToml("wide_threshold = 0\nwide_gate_buffers = 64\n", "w.toml", &c).ok());
+  EXPECT_EQ(c.wide_threshold, 0u);
+  EXPECT_EQ(c.wide_gate_buffers, 64u);
+  ExpectError(ApplyToml("wide_gate_buffers = 0\n", "w.toml", &c), "wide_gate_buffers");
+}
+
 }  // namespace
 }  // namespace sluice::daemon
