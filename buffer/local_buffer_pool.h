@@ -19,6 +19,7 @@
 // Thread-safe. BufferListener callbacks run outside every lock.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -29,6 +30,7 @@
 #include <vector>
 
 #include "sluice/buffer/buffer.h"
+#include "sluice/buffer/redistribution.h"
 #include "sluice/buffer/status.h"
 
 namespace sluice::buffer {
@@ -75,6 +77,11 @@ struct LocalBufferPoolStats {
   uint32_t listeners = 0;  // registered BufferListeners
   bool available = false;
   bool destroyed = false;
+  // Usage-driven redistribution (redistribution.h): the smoothed demand of the last sample,
+  // the backlog the owner reported, and the time requests waited at the pool's size.
+  uint64_t demand = 0;
+  uint32_t backlog = 0;
+  uint64_t starved_wait_ns = 0;  // since creation
 };
 
 class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_this<LocalBufferPool> {
@@ -125,6 +132,10 @@ class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_th
   // Buffers currently counted against a subpartition. REQUIRES: valid index.
   uint32_t SubpartitionBuffers(uint32_t subpartition) const;
 
+  // Demand the owner knows of (e.g. an input gate's announced sender backlog, in buffers): added
+  // to the pool's measured demand at the next redistribution. Any thread; cheap (one store).
+  void SetBacklog(uint32_t buffers) { backlog_.store(buffers, std::memory_order_relaxed); }
+
   // BufferRecycler: where this pool's Buffers come home. Any thread.
   void Recycle(MemorySegment* segment) override;
 
@@ -153,6 +164,13 @@ class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_th
   // caller to return after it unlocks. Returns true when the pool grew. Called under the
   // NetworkBufferPool's mutex.
   bool Resize(uint32_t size, std::vector<MemorySegment*>* surplus);
+  // The pool's usage for RedistributeByUsage. With `sample`, first folds this window's demand
+  // (peak in use, backlog, starvation) into the smoothed demand and opens a new window. Called
+  // under the NetworkBufferPool's mutex.
+  PoolUsage Usage(bool sample, const UsagePolicy& policy);
+  // A request found no segment with the pool at its size: marks the window starved. Returns
+  // true when the caller should tell the global pool (after unlocking). REQUIRES: mu_ held.
+  bool NoteStarvedLocked();
   // The global free list has segments again, or the pool grew: refill, wake waiters and serve
   // listeners. Outside every lock.
   void OnGlobalAvailable();
@@ -198,6 +216,13 @@ class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_th
   bool cancelled_ = false;               // GUARDED_BY(mu_)
   bool destroyed_ = false;               // GUARDED_BY(mu_)
   bool orphaned_ = false;                // GUARDED_BY(mu_): no shared_ptr left; delete when drained
+  // Demand measurement (usage-driven redistribution).
+  std::atomic<uint32_t> backlog_{0};
+  uint32_t peak_lent_ = 0;               // GUARDED_BY(mu_): this window
+  bool starved_ = false;                 // GUARDED_BY(mu_): this window
+  int64_t starved_since_ns_ = 0;         // GUARDED_BY(mu_): 0 when not waiting
+  uint64_t starved_wait_ns_ = 0;         // GUARDED_BY(mu_): in all
+  uint64_t demand_ = 0;                  // GUARDED_BY(mu_): smoothed
 };
 
 }  // namespace sluice::buffer
