@@ -119,6 +119,15 @@ const char* BenchUsage() {
          "                             token, as sluiced does (default on)\n"
          "  --auth-secret-file F       the secret (mode 0600); default: a random one per run\n"
          "  --state-dir D              the secret in D/auth_secret (a sluiced state directory)\n"
+         "  --redistribution static|usage  how the node's pool shares spare floating buffers:\n"
+         "                             Flink's capacity rule or by measured demand (default usage)\n"
+         "  --idle-gates N             remote: N more gates (and partitions) of --channels\n"
+         "                             channels each share the consumer's pool; their producers\n"
+         "                             send nothing until the end (default 0)\n"
+         "  --delay-ms D               remote: every write of both processes waits D ms (the\n"
+         "                             fault shim's delay line): credit limits throughput as\n"
+         "                             between hosts (default 0)\n"
+         "  --series NAME=a,b          with --sweep: one chart line per value of flag NAME\n"
          "  --json                     print one JSON object instead of the text report\n"
          "  --sweep NAME=v1,v2,...     run once per value of flag NAME, print a table and write\n"
          "  --sweep-out FILE           an SVG chart (default sluice-bench-sweep.svg)\n"
@@ -197,6 +206,14 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
     f->pump_bufs_per_write = static_cast<int>(n);
   } else if (name == "sweep-out") {
     f->sweep_out = v;
+  } else if (name == "redistribution") {
+    if (!buffer::ParseRedistributionPolicy(v, &f->redistribution)) {
+      return InvalidArgument("--redistribution wants static or usage, got '" + v + "'");
+    }
+  } else if (name == "idle-gates") {
+    return set_u32(&f->idle_gates, 0, 1024);
+  } else if (name == "delay-ms") {
+    return set_u32(&f->delay_ms, 0, 10000);
   } else {
     return InvalidArgument("unknown flag --" + name + " (see --help)");
   }
@@ -212,7 +229,8 @@ constexpr const char* kValueFlags[] = {
     "warmup",     "checksum",          "baselines",       "in-place",
     "auth",       "auth-secret-file",  "state-dir",       "rate",
     "batch",      "network-memory",    "network-memory-mib", "rounds",
-    "pump-bufs-per-write", "sweep-out"};
+    "pump-bufs-per-write", "sweep-out",
+    "redistribution", "idle-gates", "delay-ms"};
 
 Status ParseSweep(BenchFlags* f, const std::string& value) {
   const size_t eq = value.find('=');
