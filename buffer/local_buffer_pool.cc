@@ -27,6 +27,7 @@ LocalBufferPool::LocalBufferPool(std::shared_ptr<NetworkBufferPool> global,
       per_subpartition_(options.num_subpartitions, 0) {
   // Room for every segment this pool can ever hold, so recycling never allocates.
   queue_.reserve(static_cast<size_t>(max_) + max_overdraft_);
+  want_ = min_;
 }
 
 LocalBufferPool::~LocalBufferPool() = default;
@@ -96,10 +97,11 @@ PoolUsage LocalBufferPool::Usage(bool sample, const UsagePolicy& policy) {
     const uint64_t now = SampleDemand(peak_lent_, backlog_.load(std::memory_order_relaxed),
                                       starved, size_);
     demand_ = SmoothDemand(demand_, now, policy);
+    want_ = NextWant(want_, WantFor(demand_, min_, max_, policy), policy);
     peak_lent_ = lent_;
     starved_ = false;
   }
-  return PoolUsage{min_, max_, size_, demand_};
+  return PoolUsage{min_, max_, want_};
 }
 
 void LocalBufferPool::MarkReturnedLocked(MemorySegment* segment, const char* what) {
@@ -433,6 +435,7 @@ LocalBufferPoolStats LocalBufferPool::Stats() const {
   s.available = AvailableLocked();
   s.destroyed = destroyed_;
   s.demand = demand_;
+  s.want = want_;
   s.backlog = backlog_.load(std::memory_order_relaxed);
   s.starved_wait_ns = starved_wait_ns_;
   return s;

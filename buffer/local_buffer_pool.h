@@ -78,8 +78,10 @@ struct LocalBufferPoolStats {
   bool available = false;
   bool destroyed = false;
   // Usage-driven redistribution (redistribution.h): the smoothed demand of the last sample,
-  // the backlog the owner reported, and the time requests waited at the pool's size.
+  // the want it gives, the backlog the owner reported, and the time requests waited at the
+  // pool's size.
   uint64_t demand = 0;
+  uint32_t want = 0;
   uint32_t backlog = 0;
   uint64_t starved_wait_ns = 0;  // since creation
 };
@@ -223,6 +225,7 @@ class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_th
   int64_t starved_since_ns_ = 0;         // GUARDED_BY(mu_): 0 when not waiting
   uint64_t starved_wait_ns_ = 0;         // GUARDED_BY(mu_): in all
   uint64_t demand_ = 0;                  // GUARDED_BY(mu_): smoothed
+  uint32_t want_ = 0;                    // GUARDED_BY(mu_): NextWant of the demand
 };
 
 }  // namespace sluice::buffer

@@ -289,7 +289,7 @@ void NetworkBufferPool::RedistributeLocked(std::vector<std::shared_ptr<LocalBuff
     std::vector<PoolUsage> usage;
     usage.reserve(pools_.size());
     for (LocalBufferPool* p : pools_) usage.push_back(p->Usage(/*sample=*/false, usage_));
-    sizes = RedistributeByUsage(usage, total_ - required_, usage_);
+    sizes = RedistributeByUsage(usage, total_ - required_);
   } else {
     std::vector<PoolBounds> bounds;
     bounds.reserve(pools_.size());
