@@ -191,6 +191,17 @@ const std::map<std::string, Option>& Options() {
                  &DaemonConfig::fault_corrupt_per_million, 0, 1000000)},
       {"fault_delay_ms", IntOption("testing only: hold every scheduled write this long",
                                    &DaemonConfig::fault_delay_ms, 0, 60000)},
+      {"redistribution",
+       {"how spare floating buffers move between pools: usage (by measured demand, default) "
+        "or static (Flink's capacity rule)",
+        [](const std::string& v, const std::string& where, DaemonConfig* c) -> Status {
+          buffer::RedistributionPolicy policy;
+          if (!buffer::ParseRedistributionPolicy(v, &policy)) {
+            return InvalidArgument(where + " = '" + v + "': use usage or static");
+          }
+          c->redistribution = v;
+          return Status::Ok();
+        }}},
   };
   return *options;
 }
