@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "shuffle/auth.h"
+#include "tools/bench/sweep_chart.h"
 #include "tools/common/cli.h"
 #include "tools/control/control_client.h"
 
@@ -277,6 +278,8 @@ int ParseBenchFlags(int argc, char** argv, BenchFlags* out) {
   app.add_option("--sweep", sweep, "NAME=v1,v2,...")->each([&f](const std::string& v) {
     if (Status s = ParseSweep(&f, v); !s.ok()) throw CLI::ValidationError(s.message());
   });
+  std::string series;  // --series NAME=a,b (sweep_chart.h)
+  app.add_option("--series", series, "NAME=a,b,...");
   if (const int exit_code = tools::ParseOrExit(app, argc, argv); exit_code >= 0) return exit_code;
   if (app.count("--help") > 0) {
     std::fputs(BenchUsage(), stdout);
@@ -290,6 +293,10 @@ int ParseBenchFlags(int argc, char** argv, BenchFlags* out) {
   for (const std::string& v : f.sweep_values) {
     BenchFlags probe = f;
     if (s.ok()) s = ApplyFlag(&probe, f.sweep_name, v);
+  }
+  if (s.ok() && !series.empty()) {
+    s = f.sweep_name.empty() ? InvalidArgument("--series needs --sweep (the x axis)")
+                             : ParseSeries(&f, series);
   }
   if (!s.ok()) {
     std::fprintf(stderr, "sluice-bench: %s\n", s.message().c_str());
