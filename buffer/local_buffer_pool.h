@@ -119,7 +119,9 @@ class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_th
   // now (request it instead) or the pool is destroyed. REQUIRES: the listener outlives its
   // registration (until notified or RemoveBufferListener). A listener may call this pool from
   // inside its callbacks, but one that declines a buffer must not re-register from there (the
-  // buffer would be offered to it again and again).
+  // buffer would be offered to it again and again). A registration may be served before this
+  // returns true (the global pool had a segment, or the pool starved and a usage-driven
+  // rebalance grew it): set the listener's state before registering.
   bool AddBufferListener(BufferListener* listener);
   // Unregisters; returns false when it was not registered (already notified or never added).
   bool RemoveBufferListener(BufferListener* listener);

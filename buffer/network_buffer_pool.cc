@@ -142,9 +142,11 @@ NetworkBufferPool::NetworkBufferPool(const NetworkBufferPoolOptions& options, ui
       free_(std::make_unique<FreeList>(total)),
       policy_(options.redistribution),
       usage_(options.usage),
-      rebalance_interval_ns_(
+      // At least 1 ms: a rebalance serves listeners, which may starve again (no recursion).
+      rebalance_interval_ns_(std::max<int64_t>(
           std::chrono::duration_cast<std::chrono::nanoseconds>(options.redistribution_interval)
-              .count()) {
+              .count(),
+          1000000)) {
   direct_recycler_.pool = this;
   // Push in reverse so that the lowest segments are handed out first.
   for (uint32_t i = total; i-- > 0;) {

@@ -43,7 +43,7 @@ struct NetworkBufferPoolOptions {
   // (a request finds it at its size) and on every pool or exclusive change. kStatic: Flink's
   // capacity rule, only on pool or exclusive changes.
   RedistributionPolicy redistribution = RedistributionPolicy::kUsage;
-  std::chrono::milliseconds redistribution_interval{10};
+  std::chrono::milliseconds redistribution_interval{10};  // at least 1 ms
   UsagePolicy usage;
 };
 
