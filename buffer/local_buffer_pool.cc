@@ -6,6 +6,14 @@
 
 namespace sluice::buffer {
 
+namespace {
+int64_t SteadyNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
 LocalBufferPool::LocalBufferPool(std::shared_ptr<NetworkBufferPool> global,
                                  const LocalBufferPoolOptions& options)
     : global_(std::move(global)),
@@ -19,6 +27,7 @@ LocalBufferPool::LocalBufferPool(std::shared_ptr<NetworkBufferPool> global,
       per_subpartition_(options.num_subpartitions, 0) {
   // Room for every segment this pool can ever hold, so recycling never allocates.
   queue_.reserve(static_cast<size_t>(max_) + max_overdraft_);
+  want_ = min_;
 }
 
 LocalBufferPool::~LocalBufferPool() = default;
@@ -66,7 +75,33 @@ void LocalBufferPool::MarkLentLocked(MemorySegment* segment) {
   SLUICE_CHECK(segment->holder_.load(std::memory_order_relaxed) == MemorySegment::kHolderTaken,
                "LocalBufferPool lent out a segment it does not hold");
   segment->holder_.store(MemorySegment::kHolderLent, std::memory_order_relaxed);
-  ++lent_;
+  peak_lent_ = std::max(peak_lent_, ++lent_);
+  if (starved_since_ns_ != 0) {
+    starved_wait_ns_ += static_cast<uint64_t>(std::max<int64_t>(SteadyNs() - starved_since_ns_, 0));
+    starved_since_ns_ = 0;
+  }
+}
+
+bool LocalBufferPool::NoteStarvedLocked() {
+  if (destroyed_ || !queue_.empty()) return false;
+  starved_ = true;
+  if (starved_since_ns_ == 0) starved_since_ns_ = SteadyNs();
+  // At its max with the global pool serving it, no redistribution can help.
+  return size_ < max_ || owned_ < size_;
+}
+
+PoolUsage LocalBufferPool::Usage(bool sample, const UsagePolicy& policy) {
+  std::lock_guard lock(mu_);
+  if (sample) {
+    const bool starved = starved_ || starved_since_ns_ != 0;  // still waiting counts
+    const uint64_t now = SampleDemand(peak_lent_, backlog_.load(std::memory_order_relaxed),
+                                      starved, size_);
+    demand_ = SmoothDemand(demand_, now, policy);
+    want_ = NextWant(want_, WantFor(demand_, min_, max_, policy), policy);
+    peak_lent_ = lent_;
+    starved_ = false;
+  }
+  return PoolUsage{min_, max_, want_};
 }
 
 void LocalBufferPool::MarkReturnedLocked(MemorySegment* segment, const char* what) {
@@ -84,12 +119,14 @@ bool LocalBufferPool::AvailableLocked() const {
 Buffer LocalBufferPool::Request(int32_t subpartition, Take take) {
   MemorySegment* s = nullptr;
   bool must_register = false;
+  bool starved = false;
   {
     std::lock_guard lock(mu_);
     if (destroyed_) return Buffer();
     SLUICE_CHECK(subpartition < 0 || static_cast<size_t>(subpartition) < per_subpartition_.size(),
                  "LocalBufferPool::RequestBuffer with a subpartition the pool does not have");
     must_register = RefillLocked();
+    starved = NoteStarvedLocked();
     if (!queue_.empty()) {
       s = queue_.back();
       queue_.pop_back();
@@ -112,6 +149,7 @@ Buffer LocalBufferPool::Request(int32_t subpartition, Take take) {
     }
   }
   if (must_register) RegisterForGlobal();
+  if (starved) global_->OnPoolStarved();
   if (s == nullptr) return Buffer();
   return Buffer::Wrap(s, this);
 }
@@ -171,6 +209,7 @@ bool LocalBufferPool::IsAvailable() {
 Status LocalBufferPool::WaitAvailable(std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   std::unique_lock lock(mu_);
+  bool told = false;  // the global pool heard of this wait's starvation
   while (true) {
     if (destroyed_) return ClosedError("local buffer pool '" + name_ + "' was destroyed");
     if (cancelled_) return Cancelled("wait on pool '" + name_ + "' was cancelled");
@@ -181,6 +220,14 @@ Status LocalBufferPool::WaitAvailable(std::chrono::milliseconds timeout) {
       continue;
     }
     if (AvailableLocked()) return Status::Ok();
+    if (!told && NoteStarvedLocked()) {
+      told = true;
+      lock.unlock();
+      global_->OnPoolStarved();
+      lock.lock();
+      continue;
+    }
+    told = false;
     ++blocked_;
     bool timed_out;
     if (wake_batch_ > 1) {
@@ -217,14 +264,18 @@ void LocalBufferPool::WakeOnQueuedLocked() {
 
 bool LocalBufferPool::AddBufferListener(BufferListener* listener) {
   bool must_register;
+  bool starved;
   {
     std::lock_guard lock(mu_);
     if (destroyed_) return false;
     must_register = RefillLocked();
     if (!queue_.empty()) return false;
     listeners_.push_back(listener);
+    starved = NoteStarvedLocked();
   }
   if (must_register) RegisterForGlobal();
+  // May serve the listener (the pool grew) before this returns true: listeners allow that.
+  if (starved) global_->OnPoolStarved();
   return true;
 }
 
@@ -383,6 +434,10 @@ LocalBufferPoolStats LocalBufferPool::Stats() const {
   s.listeners = static_cast<uint32_t>(listeners_.size());
   s.available = AvailableLocked();
   s.destroyed = destroyed_;
+  s.demand = demand_;
+  s.want = want_;
+  s.backlog = backlog_.load(std::memory_order_relaxed);
+  s.starved_wait_ns = starved_wait_ns_;
   return s;
 }
 

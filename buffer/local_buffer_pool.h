@@ -19,6 +19,7 @@
 // Thread-safe. BufferListener callbacks run outside every lock.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -29,6 +30,7 @@
 #include <vector>
 
 #include "sluice/buffer/buffer.h"
+#include "sluice/buffer/redistribution.h"
 #include "sluice/buffer/status.h"
 
 namespace sluice::buffer {
@@ -75,6 +77,13 @@ struct LocalBufferPoolStats {
   uint32_t listeners = 0;  // registered BufferListeners
   bool available = false;
   bool destroyed = false;
+  // Usage-driven redistribution (redistribution.h): the smoothed demand of the last sample,
+  // the want it gives, the backlog the owner reported, and the time requests waited at the
+  // pool's size.
+  uint64_t demand = 0;
+  uint32_t want = 0;
+  uint32_t backlog = 0;
+  uint64_t starved_wait_ns = 0;  // since creation
 };
 
 class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_this<LocalBufferPool> {
@@ -110,7 +119,9 @@ class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_th
   // now (request it instead) or the pool is destroyed. REQUIRES: the listener outlives its
   // registration (until notified or RemoveBufferListener). A listener may call this pool from
   // inside its callbacks, but one that declines a buffer must not re-register from there (the
-  // buffer would be offered to it again and again).
+  // buffer would be offered to it again and again). A registration may be served before this
+  // returns true (the global pool had a segment, or the pool starved and a usage-driven
+  // rebalance grew it): set the listener's state before registering.
   bool AddBufferListener(BufferListener* listener);
   // Unregisters; returns false when it was not registered (already notified or never added).
   bool RemoveBufferListener(BufferListener* listener);
@@ -124,6 +135,10 @@ class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_th
   uint32_t max_segments() const { return max_; }
   // Buffers currently counted against a subpartition. REQUIRES: valid index.
   uint32_t SubpartitionBuffers(uint32_t subpartition) const;
+
+  // Demand the owner knows of (e.g. an input gate's announced sender backlog, in buffers): added
+  // to the pool's measured demand at the next redistribution. Any thread; cheap (one store).
+  void SetBacklog(uint32_t buffers) { backlog_.store(buffers, std::memory_order_relaxed); }
 
   // BufferRecycler: where this pool's Buffers come home. Any thread.
   void Recycle(MemorySegment* segment) override;
@@ -153,6 +168,13 @@ class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_th
   // caller to return after it unlocks. Returns true when the pool grew. Called under the
   // NetworkBufferPool's mutex.
   bool Resize(uint32_t size, std::vector<MemorySegment*>* surplus);
+  // The pool's usage for RedistributeByUsage. With `sample`, first folds this window's demand
+  // (peak in use, backlog, starvation) into the smoothed demand and opens a new window. Called
+  // under the NetworkBufferPool's mutex.
+  PoolUsage Usage(bool sample, const UsagePolicy& policy);
+  // A request found no segment with the pool at its size: marks the window starved. Returns
+  // true when the caller should tell the global pool (after unlocking). REQUIRES: mu_ held.
+  bool NoteStarvedLocked();
   // The global free list has segments again, or the pool grew: refill, wake waiters and serve
   // listeners. Outside every lock.
   void OnGlobalAvailable();
@@ -198,6 +220,14 @@ class LocalBufferPool : public BufferRecycler, public std::enable_shared_from_th
   bool cancelled_ = false;               // GUARDED_BY(mu_)
   bool destroyed_ = false;               // GUARDED_BY(mu_)
   bool orphaned_ = false;                // GUARDED_BY(mu_): no shared_ptr left; delete when drained
+  // Demand measurement (usage-driven redistribution).
+  std::atomic<uint32_t> backlog_{0};
+  uint32_t peak_lent_ = 0;               // GUARDED_BY(mu_): this window
+  bool starved_ = false;                 // GUARDED_BY(mu_): this window
+  int64_t starved_since_ns_ = 0;         // GUARDED_BY(mu_): 0 when not waiting
+  uint64_t starved_wait_ns_ = 0;         // GUARDED_BY(mu_): in all
+  uint64_t demand_ = 0;                  // GUARDED_BY(mu_): smoothed
+  uint32_t want_ = 0;                    // GUARDED_BY(mu_): NextWant of the demand
 };
 
 }  // namespace sluice::buffer

@@ -139,7 +139,14 @@ NetworkBufferPool::NetworkBufferPool(const NetworkBufferPoolOptions& options, ui
       slab_bytes_(static_cast<uint64_t>(total) * options.segment_size),
       slab_(slab),
       segments_(new MemorySegment[total]),
-      free_(std::make_unique<FreeList>(total)) {
+      free_(std::make_unique<FreeList>(total)),
+      policy_(options.redistribution),
+      usage_(options.usage),
+      // At least 1 ms: a rebalance serves listeners, which may starve again (no recursion).
+      rebalance_interval_ns_(std::max<int64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(options.redistribution_interval)
+              .count(),
+          1000000)) {
   direct_recycler_.pool = this;
   // Push in reverse so that the lowest segments are handed out first.
   for (uint32_t i = total; i-- > 0;) {
@@ -189,6 +196,7 @@ NetworkBufferPoolStats NetworkBufferPool::Stats() const {
   std::lock_guard lock(mu_);
   s.required = required_;
   s.local_pools = static_cast<uint32_t>(pools_.size());
+  s.rebalances = rebalances_.load(std::memory_order_relaxed);
   return s;
 }
 
@@ -278,10 +286,18 @@ Status NetworkBufferPool::Admit(uint32_t extra, const char* what) const {
 
 void NetworkBufferPool::RedistributeLocked(std::vector<std::shared_ptr<LocalBufferPool>>* grown,
                                            const LocalBufferPool* created) {
-  std::vector<PoolBounds> bounds;
-  bounds.reserve(pools_.size());
-  for (LocalBufferPool* p : pools_) bounds.push_back({p->min_, p->max_});
-  const std::vector<uint32_t> sizes = RedistributeSpare(bounds, total_ - required_);
+  std::vector<uint32_t> sizes;
+  if (policy_ == RedistributionPolicy::kUsage) {
+    std::vector<PoolUsage> usage;
+    usage.reserve(pools_.size());
+    for (LocalBufferPool* p : pools_) usage.push_back(p->Usage(/*sample=*/false, usage_));
+    sizes = RedistributeByUsage(usage, total_ - required_);
+  } else {
+    std::vector<PoolBounds> bounds;
+    bounds.reserve(pools_.size());
+    for (LocalBufferPool* p : pools_) bounds.push_back({p->min_, p->max_});
+    sizes = RedistributeSpare(bounds, total_ - required_);
+  }
   std::vector<MemorySegment*> surplus;
   for (size_t i = 0; i < pools_.size(); ++i) {
     // A pool just created did not grow: it has nobody waiting, and takes segments lazily.
@@ -311,6 +327,34 @@ void NetworkBufferPool::Redistribute() {
     RedistributeLocked(&grown);
   }
   ServeGrown(grown);
+}
+
+void NetworkBufferPool::Rebalance() {
+  std::vector<std::shared_ptr<LocalBufferPool>> grown;
+  {
+    std::lock_guard lock(mu_);
+    if (policy_ == RedistributionPolicy::kUsage) {
+      // Closes every pool's window; RedistributeLocked then reads the new smoothed demand.
+      for (LocalBufferPool* p : pools_) p->Usage(/*sample=*/true, usage_);
+      rebalances_.fetch_add(1, std::memory_order_relaxed);
+    }
+    RedistributeLocked(&grown);
+  }
+  ServeGrown(grown);
+}
+
+void NetworkBufferPool::OnPoolStarved() {
+  if (policy_ != RedistributionPolicy::kUsage) return;
+  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
+  int64_t next = next_rebalance_ns_.load(std::memory_order_relaxed);
+  // One thread wins the window; the others (and nested calls from listeners) return.
+  if (now < next || !next_rebalance_ns_.compare_exchange_strong(next, now + rebalance_interval_ns_,
+                                                                std::memory_order_relaxed)) {
+    return;
+  }
+  Rebalance();
 }
 
 Result<std::vector<MemorySegment*>> NetworkBufferPool::RequestExclusiveSegments(

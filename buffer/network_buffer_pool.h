@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "sluice/buffer/buffer.h"
+#include "sluice/buffer/redistribution.h"
 #include "sluice/buffer/status.h"
 
 namespace sluice::buffer {
@@ -37,6 +38,13 @@ struct NetworkBufferPoolOptions {
   uint32_t segment_size = 32u << 10;      // power of two, 4 KiB .. 1 MiB
   bool preallocate = false;               // touch every page at start (MAP_POPULATE)
   bool huge_pages = false;                // madvise(MADV_HUGEPAGE) on the slab
+  // How spare floating segments are shared among LocalBufferPools (redistribution.h). kUsage:
+  // by measured demand, re-run at most every `redistribution_interval` when a pool starves
+  // (a request finds it at its size) and on every pool or exclusive change. kStatic: Flink's
+  // capacity rule, only on pool or exclusive changes.
+  RedistributionPolicy redistribution = RedistributionPolicy::kUsage;
+  std::chrono::milliseconds redistribution_interval{10};  // at least 1 ms
+  UsagePolicy usage;
 };
 
 // Validates options (power of two, range, at least one segment) with actionable messages.
@@ -51,6 +59,7 @@ struct NetworkBufferPoolStats {
   uint32_t pooled = 0;      // held by LocalBufferPools (queued there or lent out as Buffers)
   uint32_t required = 0;    // admitted: sum of pool minimums + exclusive reservations
   uint32_t local_pools = 0; // live (not destroyed) LocalBufferPools
+  uint64_t rebalances = 0;  // usage-driven redistributions run (starvation or Rebalance())
 };
 
 class NetworkBufferPool : public std::enable_shared_from_this<NetworkBufferPool> {
@@ -95,6 +104,13 @@ class NetworkBufferPool : public std::enable_shared_from_this<NetworkBufferPool>
   // wraps around segments taken with TryRequestSegment).
   BufferRecycler* direct_recycler() { return &direct_recycler_; }
 
+  // --- Usage-driven redistribution ---
+  RedistributionPolicy redistribution() const { return policy_; }
+  // Samples every pool's demand (closing its measurement window) and redistributes the spare
+  // segments by usage; with kStatic only recomputes Flink's rule. The owner may call it from a
+  // timer; starving pools call it themselves (rate-limited). Any thread, no lock held.
+  void Rebalance();
+
   // Human-readable one-line summary for logs.
   std::string DebugString() const;
 
@@ -124,6 +140,9 @@ class NetworkBufferPool : public std::enable_shared_from_this<NetworkBufferPool>
   // must then try again itself, as the recycler of that segment may have missed it.
   bool AddAvailabilityWaiter(const std::shared_ptr<LocalBufferPool>& pool);
   void NotifyAvailable();
+  // A pool found itself at its size with a request waiting (kUsage): Rebalance() unless one
+  // ran within the redistribution interval. No lock held.
+  void OnPoolStarved();
 
   const uint32_t segment_size_;
   const uint32_t total_;
@@ -135,6 +154,11 @@ class NetworkBufferPool : public std::enable_shared_from_this<NetworkBufferPool>
   alignas(64) std::atomic<uint32_t> exclusive_out_{0};
   std::atomic<uint32_t> waiters_present_{0};  // exclusive waiters + availability waiters
   DirectRecycler direct_recycler_;
+  const RedistributionPolicy policy_ = RedistributionPolicy::kStatic;
+  const UsagePolicy usage_;
+  const int64_t rebalance_interval_ns_ = 0;
+  std::atomic<int64_t> next_rebalance_ns_{0};  // steady clock; starvation rebalances not before
+  std::atomic<uint64_t> rebalances_{0};
 
   mutable std::mutex mu_;
   std::condition_variable segment_freed_;  // exclusive requests wait on it

@@ -48,7 +48,8 @@ TEST_F(BufferConcurrencyTest, RequestRecycleAcrossPoolsWhilePoolsComeAndGo) {
   constexpr int kWorkers = 8;
   constexpr int kPools = 16;
   const int iterations = test_util::Scaled(100000);
-  NetworkBufferPool& g = NewGlobal(320);
+  // Flink's rule: the sizes at the end are checked against RedistributeSpare.
+  NetworkBufferPool& g = NewGlobalWith(320, RedistributionPolicy::kStatic);
 
   struct PoolInfo {
     std::shared_ptr<LocalBufferPool> pool;

@@ -48,6 +48,18 @@ class PoolTest : public ::testing::Test {
     return *globals_.back();
   }
   std::shared_ptr<NetworkBufferPool> SharedGlobal(size_t i = 0) { return globals_.at(i); }
+  // A global pool with a given redistribution policy (the default is kUsage).
+  NetworkBufferPool& NewGlobalWith(uint32_t segments, RedistributionPolicy policy,
+                                   uint32_t segment_size = kSegment) {
+    NetworkBufferPoolOptions o;
+    o.segment_size = segment_size;
+    o.network_memory = static_cast<uint64_t>(segments) * segment_size;
+    o.redistribution = policy;
+    auto pool = NetworkBufferPool::Create(o);
+    EXPECT_TRUE(pool.ok()) << pool.status().ToString();
+    globals_.push_back(std::move(pool).value());
+    return *globals_.back();
+  }
 
   void TearDown() override {
     for (const auto& g : globals_) ExpectNoLeaks(*g);

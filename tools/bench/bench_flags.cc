@@ -8,6 +8,7 @@
 
 #include "shuffle/auth.h"
 #include "tools/bench/zmq_baseline.h"
+#include "tools/bench/sweep_chart.h"
 #include "tools/common/cli.h"
 #include "tools/control/control_client.h"
 
@@ -157,6 +158,15 @@ const char* BenchUsage() {
          "                             token, as sluiced does (default on)\n"
          "  --auth-secret-file F       the secret (mode 0600); default: a random one per run\n"
          "  --state-dir D              the secret in D/auth_secret (a sluiced state directory)\n"
+         "  --redistribution static|usage  how the node's pool shares spare floating buffers:\n"
+         "                             Flink's capacity rule or by measured demand (default usage)\n"
+         "  --idle-gates N             remote: N more gates (and partitions) of --channels\n"
+         "                             channels each share the consumer's pool; their producers\n"
+         "                             send nothing until the end (default 0)\n"
+         "  --delay-ms D               remote: every write of both processes waits D ms (the\n"
+         "                             fault shim's delay line): credit limits throughput as\n"
+         "                             between hosts (default 0)\n"
+         "  --series NAME=a,b          with --sweep: one chart line per value of flag NAME\n"
          "  --json                     print one JSON object instead of the text report\n"
          "  --sweep NAME=v1,v2,...     run once per value of flag NAME, print a table and write\n"
          "  --sweep-out FILE           an SVG chart (default sluice-bench-sweep.svg)\n"
@@ -241,6 +251,14 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
     return set_u32(&f->wide_threshold, 0, 1u << 20);
   } else if (name == "wide-gate-buffers") {
     return set_u32(&f->wide_gate_buffers, 1, 1u << 20);
+  } else if (name == "redistribution") {
+    if (!buffer::ParseRedistributionPolicy(v, &f->redistribution)) {
+      return InvalidArgument("--redistribution wants static or usage, got '" + v + "'");
+    }
+  } else if (name == "idle-gates") {
+    return set_u32(&f->idle_gates, 0, 1024);
+  } else if (name == "delay-ms") {
+    return set_u32(&f->delay_ms, 0, 10000);
   } else {
     return InvalidArgument("unknown flag --" + name + " (see --help)");
   }
@@ -257,7 +275,7 @@ constexpr const char* kValueFlags[] = {
     "auth",       "auth-secret-file",  "state-dir",       "rate",
     "batch",      "network-memory",    "network-memory-mib", "rounds",
     "pump-bufs-per-write", "sweep-out",
-    "wide-threshold", "wide-gate-buffers"};
+    "wide-threshold", "wide-gate-buffers", "redistribution", "idle-gates", "delay-ms"};
 
 Status ParseSweep(BenchFlags* f, const std::string& value) {
   const size_t eq = value.find('=');
@@ -305,6 +323,8 @@ int ParseBenchFlags(int argc, char** argv, BenchFlags* out) {
   app.add_option("--sweep", sweep, "NAME=v1,v2,...")->each([&f](const std::string& v) {
     if (Status s = ParseSweep(&f, v); !s.ok()) throw CLI::ValidationError(s.message());
   });
+  std::string series;  // --series NAME=a,b (sweep_chart.h)
+  app.add_option("--series", series, "NAME=a,b,...");
   if (const int exit_code = tools::ParseOrExit(app, argc, argv); exit_code >= 0) return exit_code;
   if (app.count("--help") > 0) {
     std::fputs(BenchUsage(), stdout);
@@ -321,6 +341,10 @@ int ParseBenchFlags(int argc, char** argv, BenchFlags* out) {
   for (const std::string& v : f.sweep_values) {
     BenchFlags probe = f;
     if (s.ok()) s = ApplyFlag(&probe, f.sweep_name, v);
+  }
+  if (s.ok() && !series.empty()) {
+    s = f.sweep_name.empty() ? InvalidArgument("--series needs --sweep (the x axis)")
+                             : ParseSeries(&f, series);
   }
   if (!s.ok()) {
     std::fprintf(stderr, "sluice-bench: %s\n", s.message().c_str());

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "buffer/redistribution.h"
 #include "buffer/status.h"
 
 namespace sluice::bench {
@@ -55,6 +56,14 @@ struct BenchFlags {
   std::string sweep_name;  // --sweep NAME=v1,v2,...
   std::vector<std::string> sweep_values;
   std::string sweep_out = "sluice-bench-sweep.svg";
+
+  // Issue 14 (usage-driven redistribution): the policy of both processes' pools; N idle gates
+  // (and partitions) beside the busy one; a delay line on every connection.
+  buffer::RedistributionPolicy redistribution = buffer::RedistributionPolicy::kUsage;
+  uint32_t idle_gates = 0;
+  uint32_t delay_ms = 0;
+  std::string series_name;  // --series NAME=a,b: one chart line per value (sweep_chart.h)
+  std::vector<std::string> series_values;
 
   std::string RecordSizeString() const;
   // Records per emit call: 1 with --latency, else --batch capped so that one batch of records

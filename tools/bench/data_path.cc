@@ -67,6 +67,9 @@ shuffle::EnvironmentConfig ConfigFor(const BenchFlags& f, const char* name, bool
   c.options.checksums = f.checksum;
   c.auth.secret = f.auth ? f.secret : std::string();
   c.auth.off = !f.auth;
+  // Issue 14: the pool's redistribution policy; the delay line on every connection.
+  c.memory.redistribution = f.redistribution;
+  c.options.faults.delay_ms = f.delay_ms;
   return c;
 }
 
@@ -388,6 +391,73 @@ int RunLocalChild(const BenchFlags& f, int to_parent) {
 
 // --- remote: the producer is a forked child serving its partition over loopback TCP --------
 
+// --idle-gates N (issue 14): partitions i1..iN of --channels subpartitions each, which get no
+// records until the end, and one gate per partition in the consumer, sharing its pool with the
+// busy gate. Their channels are requested (exclusive buffers, a floating pool each) but idle.
+using PartitionPtr = std::shared_ptr<shuffle::ResultPartition>;
+using GatePtr = std::unique_ptr<shuffle::InputGate>;
+
+std::string IdleName(uint32_t i) {
+  std::string name = std::to_string(i + 1);
+  name.insert(name.begin(), 'i');  // not "i" + ...: GCC 12's -Wrestrict false positive
+  return name;
+}
+
+Result<std::vector<PartitionPtr>> CreateIdlePartitions(ShuffleEnvironment& env,
+                                                       const BenchFlags& f,
+                                                       const std::string& token) {
+  std::vector<PartitionPtr> parts;
+  for (uint32_t i = 0; i < f.idle_gates; ++i) {
+    auto part = env.CreatePartition(IdleName(i), f.channels, token);
+    if (!part.ok()) return part.status();
+    parts.push_back(std::move(*part));
+  }
+  return parts;
+}
+
+void FinishIdlePartitions(const std::vector<PartitionPtr>& parts) {
+  for (const PartitionPtr& p : parts) {
+    if (Status s = p->Finish(); !s.ok()) p->Fail(s);
+  }
+}
+
+void ReleaseIdlePartitions(ShuffleEnvironment& env, std::vector<PartitionPtr>& parts) {
+  for (uint32_t i = 0; i < parts.size(); ++i) env.ReleasePartition(IdleName(i));
+  parts.clear();
+}
+
+Result<std::vector<GatePtr>> CreateIdleGates(ShuffleEnvironment& env, const BenchFlags& f,
+                                             uint16_t port, const std::string& token) {
+  std::vector<GatePtr> gates;
+  for (uint32_t i = 0; i < f.idle_gates; ++i) {
+    std::vector<shuffle::ChannelSpec> specs;
+    for (uint32_t c = 0; c < f.channels; ++c) {
+      specs.push_back({IdleName(i), c, transport::Endpoint{"127.0.0.1", port}, token});
+    }
+    std::string name = IdleName(i);
+    name.insert(0, "idle-");
+    auto gate = env.CreateInputGate(name, specs);
+    if (!gate.ok()) return gate.status();
+    gates.push_back(std::move(*gate));
+  }
+  return gates;
+}
+
+// Reads every idle gate to its end (the producer finishes their partitions when it stops).
+Status DrainIdleGates(std::vector<GatePtr>& gates) {
+  const Clock::time_point limit = Clock::now() + kDrainLimit;
+  for (GatePtr& g : gates) {
+    shuffle::RecordReader reader(g.get());
+    while (true) {
+      Result<shuffle::RecordReader::Item> item = reader.Next(std::chrono::milliseconds(100));
+      if (!item.ok()) return item.status();
+      if (item->kind == shuffle::RecordReader::Kind::kEndOfInput) break;
+      if (Clock::now() > limit) return TimeoutError("an idle gate did not end within 30 s");
+    }
+  }
+  return Status::Ok();
+}
+
 struct ProducerReport {
   int64_t leaked_segments = 0;
   uint64_t peak_rss_bytes = 0;
@@ -405,6 +475,8 @@ int RunRemoteProducer(const BenchFlags& f, const std::string& token, int from_co
     if (!env.ok()) Die(env.status().ToString());
     auto part = (*env)->CreatePartition("p0", f.channels, token);
     if (!part.ok()) Die(part.status().ToString());
+    auto idle = CreateIdlePartitions(**env, f, token);
+    if (!idle.ok()) Die(idle.status().ToString());
     const uint16_t port = (*env)->port();
     if (!WritePod(to_consumer, port)) return 1;
     std::atomic<bool> stop{false};
@@ -420,6 +492,7 @@ int RunRemoteProducer(const BenchFlags& f, const std::string& token, int from_co
       if (!error.ok()) (*part)->Fail(error);
     }
     watcher.join();
+    FinishIdlePartitions(*idle);
     // The consumer closes its connection once it has read everything.
     const Clock::time_point limit = Clock::now() + kDrainLimit;
     while ((*env)->server()->connection_count() > 0 && Clock::now() < limit) {
@@ -429,6 +502,7 @@ int RunRemoteProducer(const BenchFlags& f, const std::string& token, int from_co
     report.backpressure_ms = static_cast<double>((*part)->Stats().backpressure_ns) / 1e6;
     part->reset();
     (*env)->ReleasePartition("p0");
+    ReleaseIdlePartitions(**env, *idle);
     (*env)->Stop();
     report.leaked_segments = LeakedSegments(**env);
   }
@@ -461,12 +535,17 @@ int RunRemoteConsumer(const BenchFlags& f, int to_parent) {
     auto gate = (*env)->CreateInputGate("bench", specs);
     std::vector<shuffle::ChannelSpec>().swap(specs);  // ~200 bytes a channel, not needed now
     if (!gate.ok()) return Report(to_parent, r, gate.status());
+    auto idle = CreateIdleGates(**env, f, port, token);
+    if (!idle.ok()) return Report(to_parent, r, idle.status());
     auto stop_producer = [&] {
       const char b = 's';
       WriteAll(producer.to_child, &b, 1);
     };
     error = Consume(gate->get(), *(*env)->pool(), f, stop_producer, &r);
     stop_producer();
+    if (error.ok()) error = DrainIdleGates(*idle);
+    for (auto& g : *idle) g->Close();
+    idle->clear();
     (*gate)->Close();
     gate->reset();
     (*env)->client().Stop();  // closes the connection: the producer tears down
@@ -505,6 +584,10 @@ uint64_t NetworkMemoryFor(const BenchFlags& f) {
   buffer::GateSpec gate{"bench", 0, 0};
   (f.mode == "local" ? gate.local_channels : gate.remote_channels) = f.channels;
   consumer.gates.push_back(gate);
+  for (uint32_t i = 0; i < (f.mode == "local" ? 0 : f.idle_gates); ++i) {
+    consumer.gates.push_back({"idle", f.channels, 0});
+    producer.partitions.push_back({"idle", f.channels});
+  }
   if (f.mode == "local") consumer.partitions.push_back({"p0", f.channels});
   const uint64_t need = std::max(buffer::EstimateNetworkMemory(producer, credit).recommended_bytes,
                                  buffer::EstimateNetworkMemory(consumer, credit).recommended_bytes);

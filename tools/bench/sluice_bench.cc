@@ -16,6 +16,7 @@
 #include "tools/bench/raw_pump.h"
 #include "tools/bench/report.h"
 #include "tools/bench/zmq_baseline.h"
+#include "tools/bench/sweep_chart.h"
 #include "tools/common/report_util.h"
 
 namespace sluice::bench {
@@ -142,6 +143,7 @@ int Main(int argc, char** argv) {
     }
     return Healthy(m) ? 0 : 1;
   }
+  if (!flags.series_name.empty()) return RunSeriesSweep(flags, Measure, Healthy);
   std::vector<SweepPoint> points;
   bool healthy = true;
   for (const std::string& value : flags.sweep_values) {

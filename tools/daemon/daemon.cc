@@ -94,6 +94,8 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config) {
   ec.memory.network_memory = config.network_memory;
   ec.memory.segment_size = config.segment_size;
   ec.memory.preallocate = config.preallocate;
+  // Validated when the config was read; anything else keeps the default (usage).
+  (void)buffer::ParseRedistributionPolicy(config.redistribution, &ec.memory.redistribution);
   ec.options.credit.buffers_per_channel = config.buffers_per_channel;
   ec.options.credit.floating_per_gate = config.floating_per_gate;
   ec.options.credit.wide_threshold = config.wide_threshold;

@@ -198,6 +198,17 @@ const std::map<std::string, Option>& Options() {
       {"wide_gate_buffers",
        IntOption("floating buffers a wide gate shares among its channels (default 512)",
                  &DaemonConfig::wide_gate_buffers, 1, 1 << 20)},
+      {"redistribution",
+       {"how spare floating buffers move between pools: usage (by measured demand, default) "
+        "or static (Flink's capacity rule)",
+        [](const std::string& v, const std::string& where, DaemonConfig* c) -> Status {
+          buffer::RedistributionPolicy policy;
+          if (!buffer::ParseRedistributionPolicy(v, &policy)) {
+            return InvalidArgument(where + " = '" + v + "': use usage or static");
+          }
+          c->redistribution = v;
+          return Status::Ok();
+        }}},
   };
   return *options;
 }

@@ -65,6 +65,9 @@ struct DaemonConfig {
   uint64_t fault_seed = 1;
   uint32_t fault_corrupt_per_million = 0;
   uint32_t fault_delay_ms = 0;
+  // Issue 14: how spare floating buffers move between the node's pools: "usage" (by measured
+  // demand, the default) or "static" (Flink's capacity rule). See docs/architecture.md.
+  std::string redistribution = "usage";
 
   bool operator==(const DaemonConfig&) const = default;
   // Wide gates (issue 14): a gate of more remote channels than wide_threshold takes no
