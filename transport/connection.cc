@@ -389,24 +389,24 @@ Connection::SendPath Connection::SendFromAnyThread(OutFrame frame) {
     Send(std::move(frame));
     return SendPath::kQueued;
   }
-  bool direct = false;
+  bool partly_written = false;  // a direct write took part of the frame
   {
     std::lock_guard lock(write_mu_);
     if (closing_ || close_after_flush_) return SendPath::kDropped;
     size_t written = 0;
-    direct = direct_enabled_ && established_ && pending_.empty() && inflight_writes_ == 0;
-    if (direct) {
+    if (direct_enabled_ && established_ && pending_.empty() && inflight_writes_ == 0) {
       written = WriteDirectLocked(frame);
       // Complete: `frame` (and its payload Buffer) is released on return, after the lock.
       if (written == frame.total_bytes()) return SendPath::kDirect;
       if (written > 0) metrics_->direct_partial_writes.fetch_add(1, std::memory_order_relaxed);
       pending_skip_ = written;  // the loop writes the rest first
+      partly_written = written > 0;
     }
     pending_bytes_ += frame.total_bytes() - written;
     pending_.push_back(std::move(frame));
   }
   PostFlush();
-  return direct ? SendPath::kDirect : SendPath::kQueued;
+  return partly_written ? SendPath::kDirect : SendPath::kQueued;
 }
 
 bool Connection::DirectWritable() const {

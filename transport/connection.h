@@ -129,10 +129,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Queues a frame; it is written at the end of this loop iteration or at Flush(). Frames to a
   // closing connection are dropped (their payload Buffers released at once).
   void Send(OutFrame frame);
-  // Any thread. On the loop thread: Send(). On another thread: written at once on the calling
-  // thread when DirectWritable() (kDirect; a partial write queues the rest, also kDirect), else
-  // queued with a flush posted to the loop (kQueued); dropped when closing (kDropped). The
-  // payload Buffer is released on the calling thread once the kernel has the bytes.
+  // Any thread. On the loop thread: Send() (kQueued). On another thread: written at once on
+  // the calling thread when DirectWritable() (kDirect; when the socket takes only part of it,
+  // the rest is queued ahead of everything else and the loop writes it, also kDirect), else
+  // queued with a flush posted to the loop (kQueued, also when the socket would block); dropped
+  // when closing (kDropped). After a complete direct write the payload Buffer is released on
+  // the calling thread.
   enum class SendPath { kDirect, kQueued, kDropped };
   SendPath SendFromAnyThread(OutFrame frame);
   // Any thread: whether a frame sent now from a thread other than the loop's would be written
