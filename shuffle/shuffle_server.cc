@@ -34,7 +34,8 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
                    server->config_.node_name, conn->peer()),
         queue_(
             this,
-            [loop = conn->loop()](std::function<void()> task) {
+            [loop = conn->loop(), stats = server->stats_.get()](std::function<void()> task) {
+              stats->notifications_posted.fetch_add(1, std::memory_order_relaxed);
               return loop->Post(std::move(task));
             },
             server->stats_.get(), server->config_.options.checksums) {}

@@ -94,6 +94,9 @@ struct ShuffleServerStats {
   std::atomic<uint64_t> auth_failures{0};
   std::atomic<uint64_t> control_requests{0};
   std::atomic<uint64_t> control_peers_closed{0};  // over the unread reply or request bound
+  // Producer notifications handed to the IO loop (Post: a wake-up of a sleeping loop each);
+  // the ones served on the producer's thread instead (write-through) need none.
+  std::atomic<uint64_t> notifications_posted{0};
 };
 
 class ShuffleServer {
