@@ -17,15 +17,22 @@ uint64_t NowNs() {
 }  // namespace
 
 // Serves one receiver id from one subpartition view (Flink's
-// CreditBasedSequenceNumberingViewReader). Loop thread, except NotifyDataAvailable.
+// CreditBasedSequenceNumberingViewReader). Fields: under the queue's mutex.
 class PartitionRequestQueue::Reader final : public SubpartitionListener,
                                             public std::enable_shared_from_this<Reader> {
  public:
   Reader(PartitionRequestQueue* queue, uint64_t id, int32_t initial_credit, std::string desc)
       : queue_(queue), receiver_id(id), credit(initial_credit), description(std::move(desc)) {}
 
-  // Producer or flusher thread: one post until the loop has looked.
+  // Producer or flusher thread: served here when the queue allows (write-through), else one
+  // post until the loop has looked.
   void NotifyDataAvailable() override {
+    if (notify_pending_.load(std::memory_order_acquire)) return;  // the loop looks soon
+    {
+      // Alive through the call: serving may release this reader (end of partition).
+      std::shared_ptr<Reader> self = shared_from_this();
+      if (queue_->TryServeDirect(this)) return;
+    }
     if (notify_pending_.exchange(true)) return;
     std::weak_ptr<Reader> weak = weak_from_this();
     PartitionRequestQueue* queue = queue_;
@@ -33,7 +40,7 @@ class PartitionRequestQueue::Reader final : public SubpartitionListener,
       auto r = weak.lock();
       if (!r) return;  // released, and the queue may be gone with it
       r->notify_pending_.store(false);
-      if (!r->released) queue->NotifyReaderNonEmpty(r->receiver_id);
+      queue->NotifyReaderNonEmpty(r->receiver_id);  // nothing when released meanwhile
     });
   }
 
@@ -60,6 +67,7 @@ PartitionRequestQueue::~PartitionRequestQueue() { ReleaseAll(); }
 
 Status PartitionRequestQueue::AddReader(uint64_t receiver_id, int32_t initial_credit,
                                         std::string description, ViewFactory create_view) {
+  std::lock_guard lock(mu_);
   if (readers_.count(receiver_id) != 0) {
     return InvalidArgument("PartitionRequest reuses active receiver id " +
                            std::to_string(receiver_id));
@@ -71,11 +79,12 @@ Status PartitionRequestQueue::AddReader(uint64_t receiver_id, int32_t initial_cr
   readers_[receiver_id] = reader;
   stats_->active_readers.fetch_add(1, std::memory_order_relaxed);
   Enqueue(reader.get());
-  WriteMore();
+  WriteMoreLocked();
   return Status::Ok();
 }
 
 Status PartitionRequestQueue::AddCredit(uint64_t receiver_id, int32_t credit) {
+  std::lock_guard lock(mu_);
   auto it = readers_.find(receiver_id);
   if (it == readers_.end()) return Status::Ok();  // finished or cancelled meanwhile
   Reader* r = it->second.get();
@@ -90,31 +99,79 @@ Status PartitionRequestQueue::AddCredit(uint64_t receiver_id, int32_t credit) {
   r->backlog_announced = false;  // the next stall is a new one
   EndStall(r);
   Enqueue(r);
-  WriteMore();
+  WriteMoreLocked();
   return Status::Ok();
 }
 
 void PartitionRequestQueue::NotifyReaderNonEmpty(uint64_t receiver_id) {
+  std::lock_guard lock(mu_);
+  EnqueueAndWriteLocked(receiver_id);
+}
+
+void PartitionRequestQueue::EnqueueAndWriteLocked(uint64_t receiver_id) {
   auto it = readers_.find(receiver_id);
   if (it == readers_.end()) return;
   Enqueue(it->second.get());
-  WriteMore();
+  WriteMoreLocked();
 }
 
-void PartitionRequestQueue::CancelReader(uint64_t receiver_id) { Release(receiver_id); }
+bool PartitionRequestQueue::TryServeDirect(Reader* r) {
+  if (output_->OnLoopThread()) return false;
+  const std::thread::id me = std::this_thread::get_id();
+  if (direct_thread_.load(std::memory_order_relaxed) == me) return false;  // re-entered
+  if (!output_->DirectWritable()) return false;  // a hint before taking the lock
+  std::unique_lock lock(mu_, std::try_to_lock);
+  if (!lock.owns_lock()) return false;  // the loop is in the queue: it gets a post
+  // Round robin: readers waiting on the loop go first.
+  if (r->released || r->queued || writing_ || !ready_.empty()) return false;
+  direct_thread_.store(me, std::memory_order_relaxed);
+  bool done = true;
+  while (true) {
+    if (!r->view->IsAvailable(static_cast<int32_t>(std::min<int64_t>(r->credit, kMaxCredit)))) {
+      done = !Sendable(*r);  // a backlog announcement is left to the loop
+      break;
+    }
+    if (!output_->DirectWritable() || !output_->CanSend()) {
+      done = false;  // the connection got busy: the loop sends the rest
+      break;
+    }
+    // False: released (end of partition, failure) or nothing readable (the view re-armed).
+    if (!SendOne(r)) break;
+  }
+  direct_thread_.store(std::thread::id(), std::memory_order_relaxed);
+  return done;
+}
+
+void PartitionRequestQueue::CancelReader(uint64_t receiver_id) {
+  std::lock_guard lock(mu_);
+  Release(receiver_id);
+}
+
+bool PartitionRequestQueue::HasReader(uint64_t receiver_id) const {
+  std::lock_guard lock(mu_);
+  return readers_.count(receiver_id) != 0;
+}
+
+size_t PartitionRequestQueue::reader_count() const {
+  std::lock_guard lock(mu_);
+  return readers_.size();
+}
 
 void PartitionRequestQueue::ReleaseAll() {
+  std::lock_guard lock(mu_);
   while (!readers_.empty()) Release(readers_.begin()->first);
   ready_.clear();
 }
 
 int64_t PartitionRequestQueue::credit(uint64_t receiver_id) const {
+  std::lock_guard lock(mu_);
   auto it = readers_.find(receiver_id);
   return it == readers_.end() ? -1 : it->second->credit;
 }
 
 void PartitionRequestQueue::AppendReaderStates(const std::string& peer,
                                                std::vector<std::string>* out) const {
+  std::lock_guard lock(mu_);
   for (const auto& [id, r] : readers_) {
     out->push_back("reader peer=" + peer + " receiver=" + std::to_string(id) +
                    " partition=" + r->description + " credit=" + std::to_string(r->credit) +
@@ -139,6 +196,11 @@ void PartitionRequestQueue::Enqueue(Reader* r) {
 }
 
 void PartitionRequestQueue::WriteMore() {
+  std::lock_guard lock(mu_);
+  WriteMoreLocked();
+}
+
+void PartitionRequestQueue::WriteMoreLocked() {
   if (writing_) return;  // the running loop below picks up what was queued meanwhile
   writing_ = true;
   while (!ready_.empty() && output_->CanSend()) {

@@ -17,14 +17,25 @@
 // (producer threads) come back to the loop through a Post function. Handler code parses frames
 // and calls the queue; tests drive it with fake views.
 //
-// Loop-thread only (the thread that runs Post's tasks), except the listeners the views call.
+// Write-through: a view's notification on a producer (or flusher) thread serves its reader on
+// that thread when nothing else is waiting (the ready queue is empty, no WriteMore runs) and
+// the output says it writes at once (QueueOutput::DirectWritable): it sends what credit
+// allows, as WriteMore would, and posts to the loop only for what is left. The notification
+// never blocks on the queue: when the loop holds it, it posts as before.
+//
+// Thread-safe: every method takes the queue's mutex (so a producer's direct send and the loop
+// never interleave); the notifications come from the views on any thread. The output's
+// methods are called under it: they must not call back into the queue.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -45,11 +56,17 @@ class QueueOutput {
   // and not closing). When it says no, the queue waits for the next WriteMore().
   virtual bool CanSend() const = 0;
   // A BufferResponse (data or event) with its payload; ownership of the payload passes.
+  // Called on the loop thread, or on a producer thread after DirectWritable() said yes.
   virtual void SendBuffer(const schema::BufferResponseFields& fields, buffer::Buffer payload) = 0;
   virtual void SendBacklogAnnouncement(uint64_t receiver_id, int32_t backlog) = 0;
   // Fails one channel (ErrorResponse with the receiver id); the connection goes on.
   virtual void SendChannelError(uint64_t receiver_id, fb::ErrorCode code,
                                 const std::string& message) = 0;
+  // Any thread: a frame sent now from this thread (not the loop's) would be written at once
+  // (a hint). The default (no write-through) keeps every send on the loop.
+  virtual bool DirectWritable() const { return false; }
+  // Whether the calling thread is the one that runs Post's tasks.
+  virtual bool OnLoopThread() const { return true; }
 };
 
 class PartitionRequestQueue {
@@ -91,9 +108,9 @@ class PartitionRequestQueue {
   // Sends from the ready queue while the output takes frames (call when it becomes writable).
   void WriteMore();
 
-  bool HasReader(uint64_t receiver_id) const { return readers_.count(receiver_id) != 0; }
-  size_t reader_count() const { return readers_.size(); }
-  bool empty() const { return readers_.empty(); }
+  bool HasReader(uint64_t receiver_id) const;
+  size_t reader_count() const;
+  bool empty() const { return reader_count() == 0; }
   // The reader's credit, or -1 when there is none (tests, dumps).
   int64_t credit(uint64_t receiver_id) const;
   // One line per reader: receiver id, partition, credit, backlog, next sequence, stalled.
@@ -109,14 +126,23 @@ class PartitionRequestQueue {
   bool SendOne(Reader* r);
   void Release(uint64_t receiver_id);
   void EndStall(Reader* r);
+  void WriteMoreLocked();
+  void EnqueueAndWriteLocked(uint64_t receiver_id);
+  // A producer thread's notification: serves `r` here when the loop is not busy with this
+  // queue and the output writes at once. True when nothing is left for the loop to do.
+  bool TryServeDirect(Reader* r);
 
   QueueOutput* const output_;
   const Post post_;
   ShuffleServerStats* const stats_;
   const bool checksums_;
-  std::unordered_map<uint64_t, std::shared_ptr<Reader>> readers_;
-  std::deque<uint64_t> ready_;
-  bool writing_ = false;  // WriteMore is running (outputs may call back into the queue)
+  mutable std::mutex mu_;
+  // The producer thread serving a reader directly (under mu_): a notification that reaches it
+  // again on that thread (from a buffer it released) posts instead of locking mu_ twice.
+  std::atomic<std::thread::id> direct_thread_{};
+  std::unordered_map<uint64_t, std::shared_ptr<Reader>> readers_;  // GUARDED_BY(mu_)
+  std::deque<uint64_t> ready_;                                     // GUARDED_BY(mu_)
+  bool writing_ = false;  // GUARDED_BY(mu_): WriteMore is running
 };
 
 }  // namespace sluice::shuffle

@@ -34,7 +34,8 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
                    server->config_.node_name, conn->peer()),
         queue_(
             this,
-            [loop = conn->loop()](std::function<void()> task) {
+            [loop = conn->loop(), stats = server->stats_.get()](std::function<void()> task) {
+              stats->notifications_posted.fetch_add(1, std::memory_order_relaxed);
               return loop->Post(std::move(task));
             },
             server->stats_.get(), server->config_.options.checksums) {}
@@ -109,23 +110,26 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
                      builder_.ErrorResponse(code, status.message(), std::nullopt));
   }
 
-  // QueueOutput
+  // QueueOutput: called under the queue's mutex, on the loop thread or (write-through) on a
+  // producer thread; queue_builder_ is theirs alone.
   bool CanSend() const override {
     return !conn_->closing() && conn_->queued_bytes() < server_->config_.write_high_water_bytes;
   }
   void SendBuffer(const schema::BufferResponseFields& f, buffer::Buffer payload) override {
-    conn_->Send(MakeFrame(MessageType::kBufferResponse, builder_.BufferResponse(f),
-                          std::move(payload)));
+    conn_->SendFromAnyThread(MakeFrame(MessageType::kBufferResponse,
+                                       queue_builder_.BufferResponse(f), std::move(payload)));
   }
   void SendBacklogAnnouncement(uint64_t receiver_id, int32_t backlog) override {
-    conn_->Send(MakeFrame(MessageType::kBacklogAnnouncement,
-                          builder_.BacklogAnnouncement(receiver_id, backlog)));
+    conn_->SendFromAnyThread(MakeFrame(MessageType::kBacklogAnnouncement,
+                                       queue_builder_.BacklogAnnouncement(receiver_id, backlog)));
   }
   void SendChannelError(uint64_t receiver_id, fb::ErrorCode code,
                         const std::string& message) override {
-    conn_->Send(MakeFrame(MessageType::kErrorResponse,
-                          builder_.ErrorResponse(code, message, receiver_id)));
+    conn_->SendFromAnyThread(MakeFrame(MessageType::kErrorResponse,
+                                       queue_builder_.ErrorResponse(code, message, receiver_id)));
   }
+  bool DirectWritable() const override { return conn_->DirectWritable(); }
+  bool OnLoopThread() const override { return conn_->loop()->IsLoopThread(); }
 
  private:
   struct Request {
@@ -252,6 +256,12 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
   }
 
  private:
+  // A channel error from the handler itself (loop thread, outside the queue).
+  void ChannelError(uint64_t receiver_id, fb::ErrorCode code, const std::string& message) {
+    conn_->Send(MakeFrame(MessageType::kErrorResponse,
+                          builder_.ErrorResponse(code, message, receiver_id)));
+  }
+
   void SendFatal(fb::ErrorCode code, const std::string& message) {
     Log(LogLevel::kWarn, "refusing client " + conn_->peer() + ": " + message);
     conn_->Send(MakeFrame(MessageType::kErrorResponse,
@@ -319,7 +329,7 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
     } else if (parked_.size() >= server_->config_.max_parked_requests) {
       // Each parked request holds a timer and a registry callback: bounded per connection.
       server_->stats_->requests_not_found.fetch_add(1, std::memory_order_relaxed);
-      SendChannelError(id, fb::ErrorCode::PartitionNotFound,
+      ChannelError(id, fb::ErrorCode::PartitionNotFound,
                        "partition '" + req.partition_id + "' is not registered on " +
                            server_->config_.node_name + ", and this connection already waits "
                            "for " + std::to_string(parked_.size()) +
@@ -349,7 +359,7 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
                                     ? " (further refusals on this connection are not logged)"
                                     : ""));
     }
-    SendChannelError(id, fb::ErrorCode::AuthenticationFailed,
+    ChannelError(id, fb::ErrorCode::AuthenticationFailed,
                      "access to " + what + " on " + server_->config_.node_name +
                          " denied: the request carries " +
                          (req.proof.empty() ? "no" : "a wrong") +
@@ -362,7 +372,7 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
     if (!MayRead(id, req)) return;
     const uint32_t sp = req.subpartition;
     if (sp >= partition->num_subpartitions()) {
-      SendChannelError(id, fb::ErrorCode::PartitionNotFound,
+      ChannelError(id, fb::ErrorCode::PartitionNotFound,
                        "partition '" + partition->id() + "' has " +
                            std::to_string(partition->num_subpartitions()) +
                            " subpartitions, not " + std::to_string(sp + 1) + " or more");
@@ -378,7 +388,7 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
       // the partition's failure.
       const bool taken =
           st.code() == StatusCode::kInvalidArgument || st.code() == StatusCode::kClosed;
-      SendChannelError(id, taken ? fb::ErrorCode::ProtocolViolation : fb::ErrorCode::ProducerFailed,
+      ChannelError(id, taken ? fb::ErrorCode::ProtocolViolation : fb::ErrorCode::ProducerFailed,
                        st.message());
     }
   }
@@ -419,7 +429,7 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
     CloseParkTimer(it->second);
     parked_.erase(it);
     server_->stats_->requests_not_found.fetch_add(1, std::memory_order_relaxed);
-    SendChannelError(id, fb::ErrorCode::PartitionNotFound,
+    ChannelError(id, fb::ErrorCode::PartitionNotFound,
                      "partition '" + pid + "' subpartition " + std::to_string(sp) +
                          " is not registered on " + server_->config_.node_name);
   }
@@ -442,7 +452,8 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
   ShuffleServer* const server_;
   transport::Connection* const conn_;
   std::shared_ptr<bool> alive_;
-  schema::MessageBuilder builder_;
+  schema::MessageBuilder builder_;        // loop thread
+  schema::MessageBuilder queue_builder_;  // the QueueOutput methods (under the queue's mutex)
   ServerHandshake handshake_;
   std::unordered_map<uint64_t, Parked> parked_;
   PartitionRequestQueue queue_;

@@ -8,7 +8,9 @@
 // is parked for `server_park_timeout`, then answered with PartitionNotFound (the client retries).
 //
 // The credit arithmetic lives in PartitionRequestQueue (one per connection); the handler here
-// parses frames, checks access, and sends what the queue says.
+// parses frames, checks access, and sends what the queue says. A buffer a producer flushes to
+// an idle connection is written on the producer's thread (write-through: no wake-up of the
+// loop; see PartitionRequestQueue and Connection::SendFromAnyThread).
 //
 // Errors are scoped: a failed partition fails its reader (ErrorResponse with the receiver id),
 // and so does a PartitionRequest without the job's access proof (AuthenticationFailed) or for
@@ -92,6 +94,9 @@ struct ShuffleServerStats {
   std::atomic<uint64_t> auth_failures{0};
   std::atomic<uint64_t> control_requests{0};
   std::atomic<uint64_t> control_peers_closed{0};  // over the unread reply or request bound
+  // Producer notifications handed to the IO loop (Post: a wake-up of a sleeping loop each);
+  // the ones served on the producer's thread instead (write-through) need none.
+  std::atomic<uint64_t> notifications_posted{0};
 };
 
 class ShuffleServer {

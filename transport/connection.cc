@@ -1,10 +1,13 @@
 #include "transport/connection.h"
 
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <string_view>
 
 #include "transport/log.h"
 
@@ -18,6 +21,18 @@ constexpr size_t kMaxStaging = kFrameHeaderSize + kMaxMetadataLength;
 constexpr size_t kStagingTailBytes = 512;
 // libuv's own limit of reads per readiness event.
 constexpr int kReadsPerWakeup = 32;
+
+// SLUICE_DIRECT_WRITES=off (or 0) turns write-through off process-wide, so that one binary can
+// be measured with and without it.
+bool DirectWritesOffByEnvironment() {
+  static const bool off = [] {
+    const char* v = std::getenv("SLUICE_DIRECT_WRITES");
+    if (v == nullptr) return false;
+    const std::string_view s(v);
+    return s == "off" || s == "0" || s == "false";
+  }();
+  return off;
+}
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -91,7 +106,10 @@ class Connection::DecoderSink final : public FrameSink {
   Admission OnFrame(const FrameHeader& h, std::span<const uint8_t> metadata) override {
     // The handler may close the connection while one read holds several frames: the rest of
     // that read is dropped, the handler sees nothing after its Close.
-    if (c_->closing_ || c_->close_after_flush_) return Admission::Discard();
+    if (c_->closing_.load(std::memory_order_relaxed) ||
+        c_->close_after_flush_.load(std::memory_order_relaxed)) {
+      return Admission::Discard();
+    }
     c_->metrics_->frames_in.fetch_add(1, std::memory_order_relaxed);
     return c_->handler_->OnFrame(h, metadata);
   }
@@ -125,6 +143,8 @@ Connection::Connection(EventLoop* loop, uv_tcp_t* tcp, const TransportOptions& o
       peer_(std::move(peer)),
       id_(g_next_connection_id.fetch_add(1)),
       client_side_(client_side),
+      direct_enabled_(options.direct_writes && !options.faults.active() &&
+                      !DirectWritesOffByEnvironment()),
       sink_(std::make_unique<DecoderSink>(this)),
       decoder_(sink_.get(), options.limits) {
   staging_capacity_ = std::clamp<size_t>(options.staging_read_bytes, kFrameHeaderSize, kMaxStaging);
@@ -147,6 +167,8 @@ std::shared_ptr<Connection> Connection::Adopt(EventLoop* loop, uv_tcp_t* tcp,
   c->self_ = c;
   c->metrics_->connections_opened.fetch_add(1, std::memory_order_relaxed);
   tcp->data = c.get();
+  uv_os_fd_t fd = -1;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(tcp), &fd) == 0) c->fd_ = fd;
   uv_tcp_nodelay(tcp, 1);
   if (options.send_buffer_bytes > 0) {
     int v = options.send_buffer_bytes;
@@ -345,14 +367,94 @@ void Connection::HandleDecodeError() {
 }
 
 void Connection::Send(OutFrame frame) {
-  if (closing_ || close_after_flush_) return;  // dropped: the payload Buffer is released here
-  pending_bytes_ += frame.total_bytes();
-  pending_.push_back(std::move(frame));
-  if (pending_.size() >= options_.max_frames_per_write) {
+  size_t queued = 0;
+  {
+    std::lock_guard lock(write_mu_);
+    // Dropped: the payload Buffer is released when `frame` goes, after the lock.
+    if (closing_ || close_after_flush_) return;
+    pending_bytes_ += frame.total_bytes();
+    pending_.push_back(std::move(frame));
+    queued = pending_.size();
+  }
+  if (queued >= options_.max_frames_per_write) {
     Flush();
   } else {
     ScheduleFlush();
   }
+}
+
+Connection::SendPath Connection::SendFromAnyThread(OutFrame frame) {
+  if (loop_->IsLoopThread()) {
+    if (closing_ || close_after_flush_) return SendPath::kDropped;
+    Send(std::move(frame));
+    return SendPath::kQueued;
+  }
+  bool partly_written = false;  // a direct write took part of the frame
+  {
+    std::lock_guard lock(write_mu_);
+    if (closing_ || close_after_flush_) return SendPath::kDropped;
+    size_t written = 0;
+    if (direct_enabled_ && established_ && pending_.empty() && inflight_writes_ == 0) {
+      written = WriteDirectLocked(frame);
+      // Complete: `frame` (and its payload Buffer) is released on return, after the lock.
+      if (written == frame.total_bytes()) return SendPath::kDirect;
+      if (written > 0) metrics_->direct_partial_writes.fetch_add(1, std::memory_order_relaxed);
+      pending_skip_ = written;  // the loop writes the rest first
+      partly_written = written > 0;
+    }
+    pending_bytes_ += frame.total_bytes() - written;
+    pending_.push_back(std::move(frame));
+  }
+  PostFlush();
+  return partly_written ? SendPath::kDirect : SendPath::kQueued;
+}
+
+bool Connection::DirectWritable() const {
+  if (!direct_enabled_ || !established_.load(std::memory_order_acquire)) return false;
+  std::lock_guard lock(write_mu_);
+  return !closing_ && !close_after_flush_ && pending_.empty() && inflight_writes_ == 0;
+}
+
+size_t Connection::WriteDirectLocked(const OutFrame& frame) {
+  iovec iov[2];
+  int iovcnt = 0;
+  const std::span<const uint8_t> head = frame.head();
+  iov[iovcnt++] = {const_cast<uint8_t*>(head.data()), head.size()};
+  if (frame.payload() && frame.payload().size() > 0) {
+    iov[iovcnt++] = {frame.payload().data(), frame.payload().size()};
+  }
+  msghdr msg{};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = static_cast<size_t>(iovcnt);
+  ssize_t got = 0;
+  do {
+    // MSG_NOSIGNAL: this thread is not the loop's, which blocks SIGPIPE.
+    got = ::sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (got < 0 && errno == EINTR);
+  // Would block, or failed: the loop's own write of the queued frame meets the error and
+  // closes the connection as usual.
+  if (got <= 0) return 0;
+  const auto n = static_cast<size_t>(got);
+  bytes_out_.fetch_add(n, std::memory_order_relaxed);
+  metrics_->bytes_out.fetch_add(n, std::memory_order_relaxed);
+  direct_wrote_.store(true, std::memory_order_relaxed);
+  if (n == frame.total_bytes()) {
+    metrics_->direct_writes.fetch_add(1, std::memory_order_relaxed);
+    metrics_->writes.fetch_add(1, std::memory_order_relaxed);
+    metrics_->frames_out.fetch_add(1, std::memory_order_relaxed);
+  }
+  return n;
+}
+
+void Connection::PostFlush() {
+  if (flush_posted_.exchange(true)) return;
+  std::weak_ptr<Connection> weak = weak_from_this();
+  loop_->Post([weak] {
+    auto c = weak.lock();
+    if (!c) return;
+    c->flush_posted_.store(false);
+    c->ScheduleFlush();  // as for Send: the fault shim's delay applies
+  });
 }
 
 void Connection::ScheduleFlush() {
@@ -402,9 +504,19 @@ Connection::WriteBatch* Connection::TakeBatch() {
 
 void Connection::Flush() {
   if (closing_) return;
+  Status failed;
+  {
+    std::lock_guard lock(write_mu_);
+    failed = FlushLocked();
+  }
+  // Closed outside the lock: Close takes it.
+  if (!failed.ok()) Close(std::move(failed));
+}
+
+Status Connection::FlushLocked() {
   // Drains pending_ completely, so it is a vector that keeps its capacity: queueing a frame
   // allocates nothing once the connection has warmed up. (uv_write never calls back from
-  // inside itself, so nothing appends while this runs.)
+  // inside itself, so nothing appends while this runs: direct writers wait for write_mu_.)
   size_t next = 0;
   while (next < pending_.size()) {
     WriteBatch* b = TakeBatch();
@@ -416,20 +528,27 @@ void Connection::Flush() {
       b->bufs.reserve(2 * b->frames.capacity());
     }
     for (size_t i = 0; i < n; ++i) b->frames.push_back(std::move(pending_[next + i]));
+    // A direct write took the first bytes of the first frame: the rest goes first.
+    size_t skip = next == 0 ? pending_skip_ : 0;
+    pending_skip_ = 0;
     next += n;
     // The frames no longer move: point the iovecs at their bytes.
+    auto add = [&](const uint8_t* data, size_t len) {
+      const size_t s = std::min(skip, len);
+      skip -= s;
+      if (len == s) return;
+      b->bufs.push_back(uv_buf_init(const_cast<char*>(reinterpret_cast<const char*>(data + s)),
+                                    static_cast<unsigned>(len - s)));
+      b->bytes += len - s;
+    };
     for (const OutFrame& f : b->frames) {
       std::span<const uint8_t> h = f.head();
-      b->bufs.push_back(uv_buf_init(const_cast<char*>(reinterpret_cast<const char*>(h.data())),
-                                    static_cast<unsigned>(h.size())));
-      b->bytes += h.size();
+      add(h.data(), h.size());
       if (f.payload() && f.payload().size() > 0) {
         if (options_.faults.corrupt_per_million > 0) {
           MaybeCorrupt(f.payload());
         }
-        b->bufs.push_back(
-            uv_buf_init(reinterpret_cast<char*>(f.payload().data()), f.payload().size()));
-        b->bytes += f.payload().size();
+        add(f.payload().data(), f.payload().size());
       }
     }
     pending_bytes_ -= b->bytes;
@@ -440,9 +559,8 @@ void Connection::Flush() {
       b->frames.clear();
       b->bufs.clear();
       spare_batches_.emplace_back(b);
-      Close(close_after_flush_ ? close_reason_
-                               : IoError("write to " + peer_ + " failed: " + uv_strerror(rc)));
-      return;
+      return close_after_flush_ ? close_reason_
+                                : IoError("write to " + peer_ + " failed: " + uv_strerror(rc));
     }
     inflight_bytes_ += b->bytes;
     ++inflight_writes_;
@@ -450,6 +568,7 @@ void Connection::Flush() {
     metrics_->frames_out.fetch_add(n, std::memory_order_relaxed);
   }
   pending_.clear();
+  return Status::Ok();
 }
 
 void Connection::OnWrite(uv_write_t* req, int status) {
@@ -459,10 +578,15 @@ void Connection::OnWrite(uv_write_t* req, int status) {
   b->frames.clear();  // releases the payload Buffers
   b->bufs.clear();
   c->spare_batches_.emplace_back(b);
-  c->inflight_bytes_ -= bytes;
-  --c->inflight_writes_;
+  bool idle = false;
+  {
+    std::lock_guard lock(c->write_mu_);
+    c->inflight_bytes_ -= bytes;
+    --c->inflight_writes_;
+    idle = c->inflight_writes_ == 0 && c->pending_.empty();
+  }
   if (status == 0) {
-    c->bytes_out_ += bytes;
+    c->bytes_out_.fetch_add(bytes, std::memory_order_relaxed);
     c->metrics_->bytes_out.fetch_add(bytes, std::memory_order_relaxed);
     c->last_write_ms_ = uv_now(c->loop_->loop());
   }
@@ -479,17 +603,23 @@ void Connection::OnWrite(uv_write_t* req, int status) {
     return;
   }
   if (c->close_after_flush_) {
-    if (c->inflight_writes_ == 0 && c->pending_.empty()) c->Close(c->close_reason_);
+    if (idle) c->Close(c->close_reason_);
     return;
   }
-  if (c->inflight_writes_ == 0 && c->pending_.empty() && c->handler_) c->handler_->OnWritable();
+  if (idle && c->handler_) c->handler_->OnWritable();
 }
 
-size_t Connection::queued_bytes() const { return pending_bytes_ + inflight_bytes_; }
+size_t Connection::queued_bytes() const {
+  std::lock_guard lock(write_mu_);
+  return pending_bytes_ + inflight_bytes_;
+}
 
 size_t Connection::buffer_bytes() const {
-  size_t n =
-      staging_allocated_ + decoder_.metadata_capacity() + pending_.capacity() * sizeof(OutFrame);
+  size_t n = staging_allocated_ + decoder_.metadata_capacity();
+  {
+    std::lock_guard lock(write_mu_);
+    n += pending_.capacity() * sizeof(OutFrame);
+  }
   for (const auto& b : spare_batches_) {
     n += sizeof(WriteBatch) + b->frames.capacity() * sizeof(OutFrame) +
          b->bufs.capacity() * sizeof(uv_buf_t);
@@ -498,7 +628,7 @@ size_t Connection::buffer_bytes() const {
 }
 
 void Connection::MarkEstablished() {
-  established_ = true;
+  established_.store(true, std::memory_order_release);
   decoder_.set_max_metadata(kMaxMetadataLength);
 }
 
@@ -531,6 +661,8 @@ void Connection::Tick() {
                        std::to_string(options_.idle_timeout.count()) + " ms)"));
     return;
   }
+  // A producer thread's direct write counts as a write (no heartbeat needed after it).
+  if (direct_wrote_.exchange(false, std::memory_order_relaxed)) last_write_ms_ = now;
   // Heartbeat only when nothing is queued: a peer that is not reading (backpressure) keeps our
   // writes pending, and that is not a failure on either side.
   if (options_.heartbeat_interval.count() > 0 && !options_.heartbeat_frame.empty() &&
@@ -544,8 +676,11 @@ void Connection::Tick() {
 
 void Connection::CloseAfterFlush(Status reason) {
   if (closing_ || close_after_flush_) return;
-  close_after_flush_ = true;
   close_reason_ = std::move(reason);
+  {
+    std::lock_guard lock(write_mu_);
+    close_after_flush_ = true;  // direct writers stop here
+  }
   if (in_socket_read_) {
     stop_reading_deferred_ = true;  // see OnAlloc
   } else {
@@ -556,15 +691,28 @@ void Connection::CloseAfterFlush(Status reason) {
   // Frames queued before this call still go out (Flush ignores close_after_flush_; only Send
   // drops new frames).
   Flush();
-  if (!closing_ && inflight_writes_ == 0 && pending_.empty()) Close(close_reason_);
+  bool idle = false;
+  {
+    std::lock_guard lock(write_mu_);
+    idle = inflight_writes_ == 0 && pending_.empty();
+  }
+  if (!closing_ && idle) Close(close_reason_);
 }
 
 void Connection::Close(Status reason) {
   if (closing_) return;
-  closing_ = true;
+  std::vector<OutFrame> dropped;
+  {
+    // Under the lock: a direct writer either finished its write already or sees closing_ and
+    // stops, so the socket is closed (CloseHandles) only after the last direct write.
+    std::lock_guard lock(write_mu_);
+    closing_ = true;
+    dropped.swap(pending_);
+    pending_bytes_ = 0;
+    pending_skip_ = 0;
+  }
   close_reason_ = std::move(reason);
-  pending_.clear();  // releases queued payload Buffers
-  pending_bytes_ = 0;
+  dropped.clear();  // releases queued payload Buffers, outside the lock
   // Inside a read pass the handles are closed by OnRead, right after it (see OnAlloc).
   if (!in_socket_read_) CloseHandles();
 }
@@ -594,7 +742,11 @@ void Connection::OnHandleClosed(uv_handle_t* h) {
 }
 
 void Connection::FinishClose() {
-  if (open_handles_ > 0 || inflight_writes_ > 0) return;
+  if (open_handles_ > 0) return;
+  {
+    std::lock_guard lock(write_mu_);
+    if (inflight_writes_ > 0) return;
+  }
   if (!self_) return;  // already finished
   metrics_->connections_closed.fetch_add(1, std::memory_order_relaxed);
   std::shared_ptr<Connection> keep = std::move(self_);

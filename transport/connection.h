@@ -14,17 +14,29 @@
 // nothing at all (a backpressured peer still sends heartbeats, so it is never declared dead),
 // and a handshake deadline until the upper layer calls MarkEstablished().
 //
-// Loop-thread only, except the thread-safe counters in TransportMetrics. Held by shared_ptr; it
-// keeps itself alive until its handles are closed, then calls OnClosed exactly once.
+// Direct writes (write-through): SendFromAnyThread() lets a producer thread write a frame to
+// the socket itself when the connection is idle (established, nothing queued or in flight, no
+// fault shim), so a flushed buffer does not wait for a wake-up of the loop. The write state
+// (queued frames, writes in flight, the closing flags) is shared with the loop under one
+// mutex, a leaf lock held only around the queue, uv_write and the direct writev; the socket
+// is closed only after `closing` was set under it, so a direct write never meets a closed or
+// reused descriptor. When the socket would block (EAGAIN, or a partial write), the rest of the
+// frame is queued first and the loop writes it (a flush is posted), so frames keep their order.
+//
+// Loop-thread only, except SendFromAnyThread, DirectWritable, closing(), queued_bytes(),
+// bytes_sent() and the thread-safe counters in TransportMetrics. Held by shared_ptr; it keeps
+// itself alive until its handles are closed, then calls OnClosed exactly once.
 #pragma once
 
 #include <uv.h>
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -117,6 +129,19 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Queues a frame; it is written at the end of this loop iteration or at Flush(). Frames to a
   // closing connection are dropped (their payload Buffers released at once).
   void Send(OutFrame frame);
+  // Any thread. On the loop thread: Send() (kQueued). On another thread: written at once on
+  // the calling thread when DirectWritable() (kDirect; when the socket takes only part of it,
+  // the rest is queued ahead of everything else and the loop writes it, also kDirect), else
+  // queued with a flush posted to the loop (kQueued, also when the socket would block); dropped
+  // when closing (kDropped). After a complete direct write the payload Buffer is released on
+  // the calling thread.
+  enum class SendPath { kDirect, kQueued, kDropped };
+  SendPath SendFromAnyThread(OutFrame frame);
+  // Any thread: whether a frame sent now from a thread other than the loop's would be written
+  // at once (a hint: it may change before the send). False on a connection whose direct
+  // writes are off (TransportOptions::direct_writes, the fault shim).
+  bool DirectWritable() const;
+  bool direct_writes_enabled() const { return direct_enabled_; }
   void Flush();
   // Closes now: pending and in-flight writes are cancelled and their Buffers released.
   void Close(Status reason);
@@ -126,8 +151,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // (TransportOptions::handshake_max_metadata) no longer apply.
   void MarkEstablished();
 
-  bool established() const { return established_; }
-  bool closing() const { return closing_; }
+  bool established() const { return established_.load(std::memory_order_acquire); }
+  bool closing() const { return closing_.load(std::memory_order_acquire); }
   // "127.0.0.1:40000" (the remote address).
   const std::string& peer() const { return peer_; }
   uint64_t id() const { return id_; }
@@ -136,7 +161,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Bytes queued or in flight.
   size_t queued_bytes() const;
   uint64_t bytes_received() const { return bytes_in_; }
-  uint64_t bytes_sent() const { return bytes_out_; }
+  uint64_t bytes_sent() const { return bytes_out_.load(std::memory_order_relaxed); }
   const FrameDecoder& decoder() const { return decoder_; }
   // Bytes of buffers this connection holds beyond the frames themselves: read staging, the
   // decoder's metadata buffer and spare write batches. A few KiB until MarkEstablished(), up
@@ -170,8 +195,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void HandleDecodeError();
   void Tick();
   void ScheduleFlush();
+  // Hands pending_ to uv_write; the error to close with when a write cannot start.
+  // REQUIRES: write_mu_ held.
+  Status FlushLocked();
   WriteBatch* TakeBatch();
   void FinishClose();
+  // Writes `frame` on the calling thread. REQUIRES: write_mu_ held, the connection idle.
+  // Returns the bytes written (a partial write leaves the rest for the loop).
+  size_t WriteDirectLocked(const OutFrame& frame);
+  void PostFlush();
 
   EventLoop* const loop_;
   uv_tcp_t* const tcp_;
@@ -184,6 +216,23 @@ class Connection : public std::enable_shared_from_this<Connection> {
   const std::string peer_;
   const uint64_t id_;
   const bool client_side_;
+  const bool direct_enabled_;  // direct writes allowed (options, no fault shim)
+  int fd_ = -1;                // the socket, for direct writes
+
+  // The write state shared with direct writers. Declared before handler_: a handler's readers
+  // may still write while it is destroyed.
+  mutable std::mutex write_mu_;
+  std::vector<OutFrame> pending_;  // GUARDED_BY(write_mu_): not yet handed to uv_write
+  size_t pending_skip_ = 0;        // GUARDED_BY(write_mu_): bytes of pending_[0] already written
+  size_t pending_bytes_ = 0;       // GUARDED_BY(write_mu_)
+  size_t inflight_bytes_ = 0;      // GUARDED_BY(write_mu_)
+  uint32_t inflight_writes_ = 0;   // GUARDED_BY(write_mu_)
+  std::atomic<bool> closing_{false};            // written under write_mu_
+  std::atomic<bool> close_after_flush_{false};  // written under write_mu_
+  std::atomic<bool> established_{false};
+  std::atomic<bool> flush_posted_{false};  // a direct writer posted a Flush to the loop
+  std::atomic<bool> direct_wrote_{false};  // a direct write since the last Tick (heartbeats)
+  std::atomic<uint64_t> bytes_out_{0};
 
   std::unique_ptr<ConnectionHandler> handler_;
   std::unique_ptr<DecoderSink> sink_;
@@ -194,17 +243,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool in_socket_read_ = false;         // between OnAlloc and its OnRead (see OnAlloc)
   bool stop_reading_deferred_ = false;  // CloseAfterFlush during a read pass
 
-  std::vector<OutFrame> pending_;  // not yet handed to uv_write; Flush takes all of it
-  size_t pending_bytes_ = 0;
-  size_t inflight_bytes_ = 0;
-  uint32_t inflight_writes_ = 0;
   std::vector<std::unique_ptr<WriteBatch>> spare_batches_;
   bool flush_scheduled_ = false;
 
   bool started_ = false;
-  bool established_ = false;
-  bool closing_ = false;
-  bool close_after_flush_ = false;
   int open_handles_ = 0;
   Status close_reason_;
   uint64_t created_ms_ = 0;
@@ -212,7 +254,6 @@ class Connection : public std::enable_shared_from_this<Connection> {
   uint64_t last_write_ms_ = 0;
   uint64_t flush_deadline_ms_ = 0;
   uint64_t bytes_in_ = 0;
-  uint64_t bytes_out_ = 0;
   CloseHook close_hook_;
   std::shared_ptr<Connection> self_;  // alive until every handle is closed
 };

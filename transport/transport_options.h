@@ -55,6 +55,12 @@ struct TransportOptions {
   // CloseAfterFlush waits at most this long for the last frames to leave.
   std::chrono::milliseconds close_flush_timeout{1000};
   FaultShim faults;
+  // Write-through: a frame sent from a thread other than the loop's (a producer's flush) is
+  // written on that thread when the connection is idle, saving the loop's wake-up (see
+  // Connection::SendFromAnyThread). Off here, with an active fault shim, or with the
+  // environment variable SLUICE_DIRECT_WRITES=off (for side-by-side measurements): every frame
+  // goes through the loop.
+  bool direct_writes = true;
 };
 
 struct TransportMetrics {
@@ -76,6 +82,10 @@ struct TransportMetrics {
   // protocol_errors.
   std::atomic<uint64_t> http_requests{0};
   std::atomic<uint64_t> faults_corrupted{0};  // payloads the fault shim corrupted
+  // Frames a producer thread wrote to the socket itself (write-through), and those of them the
+  // socket took only in part (the loop wrote the rest).
+  std::atomic<uint64_t> direct_writes{0};
+  std::atomic<uint64_t> direct_partial_writes{0};
 
   uint64_t protocol_errors_total() const {
     uint64_t n = 0;

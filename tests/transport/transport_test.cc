@@ -8,6 +8,8 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstring>
 #include <atomic>
 #include <future>
 #include <latch>
@@ -1161,6 +1163,241 @@ TEST(OutFrameTest, FramesOverTheLimitAreAnErrorNotAnAbort) {
   EXPECT_NE(g.status().message().find("65536 bytes of metadata"), std::string::npos)
       << g.status().message();
   EXPECT_NE(g.status().message().find("65535"), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Write-through: Connection::SendFromAnyThread from threads other than the loop's.
+
+// Frame `index` of stream `stream` for the write-through tests: 8 bytes of metadata naming it,
+// and (every other frame) a payload of 1..32 KiB with the stream's pattern.
+OutFrame DirectFrame(NetworkBufferPool* pool, uint32_t stream, uint32_t index) {
+  buffer::Buffer payload;
+  if (index % 2 == 0) {
+    buffer::MemorySegment* seg = nullptr;
+    while ((seg = pool->TryRequestSegment()) == nullptr) std::this_thread::yield();
+    payload = buffer::Buffer::Wrap(seg, pool->direct_recycler());
+    const uint32_t size = 1 + static_cast<uint32_t>(testutil::Mix(stream * 7919 + index) %
+                                                    kSegmentSize);
+    testutil::FillPattern(stream, index, 0xC3, payload.data(), size);
+    payload.SetSize(size);
+  }
+  return OutFrame::Make(payload ? kDataType : kControlType, testutil::MetadataFor(stream, index, 8),
+                        std::move(payload));
+}
+
+// Reads `total` frames from `raw`, checking per stream order and every payload byte. Returns
+// frames read per stream; `errors` counts order and byte mismatches.
+std::map<uint32_t, uint32_t> ReadDirectFrames(RawSocket& raw, uint32_t total, int* errors) {
+  std::map<uint32_t, uint32_t> next;
+  for (uint32_t n = 0; n < total; ++n) {
+    auto f = raw.ReadFrame(30s);
+    if (!f) {
+      ++*errors;
+      break;
+    }
+    uint32_t stream = 0, index = 0;
+    std::memcpy(&stream, f->metadata.data(), 4);
+    std::memcpy(&index, f->metadata.data() + 4, 4);
+    if (index != next[stream]) ++*errors;
+    next[stream] = index + 1;
+    if (!f->payload.empty() &&
+        testutil::FindPatternMismatch(stream, index, 0xC3, f->payload.data(), f->payload.size()) >=
+            0) {
+      ++*errors;
+    }
+  }
+  return next;
+}
+
+std::shared_ptr<Connection> OnlyConnection(Recorder& rec) {
+  std::shared_ptr<Connection> c;
+  Eventually([&] { return (c = rec.connection(0)) != nullptr; });
+  return c;
+}
+
+// Two producer threads write directly while the loop sends a stream of its own on the same
+// connection (a flush racing the loop's write); the reader's small receive buffer makes the
+// socket block now and then, so partial writes hand the rest to the loop. Every stream arrives
+// complete, in order, byte for byte.
+TEST_F(TransportTest, DirectWritesRacingLoopWritesKeepEveryStreamInOrder) {
+  constexpr uint32_t kPerStream = 600;
+  auto rec = std::make_shared<Recorder>();
+  auto server = StartServer(DefaultServerOptions(), rec, HandlerOptions{});
+  Track(server.get());
+  RawSocket raw(server->port(), /*rcvbuf=*/16 * 1024);
+  ASSERT_TRUE(raw.connected());
+  std::shared_ptr<Connection> c = OnlyConnection(*rec);
+  ASSERT_TRUE(c);
+  ASSERT_TRUE(c->direct_writes_enabled());
+  int errors = 0;
+  std::map<uint32_t, uint32_t> got;
+  std::thread reader([&] { got = ReadDirectFrames(raw, 3 * kPerStream, &errors); });
+  std::latch go(3);
+  std::vector<std::thread> threads;
+  std::atomic<uint64_t> dropped{0};
+  for (uint32_t t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      go.arrive_and_wait();
+      for (uint32_t i = 0; i < kPerStream; ++i) {
+        // Now and then wait for an idle moment, so that direct writes surely take part.
+        if (i % 16 == 0) Eventually([&] { return c->DirectWritable(); }, 2s);
+        if (c->SendFromAnyThread(DirectFrame(send_pool_.get(), t, i)) ==
+            Connection::SendPath::kDropped) {
+          dropped.fetch_add(1);
+        }
+      }
+    });
+  }
+  threads.emplace_back([&] {  // stream 2: the loop's own writes
+    go.arrive_and_wait();
+    for (uint32_t i = 0; i < kPerStream; ++i) {
+      auto frame = std::make_shared<OutFrame>(DirectFrame(send_pool_.get(), 2, i));
+      ASSERT_TRUE(server_loop_->Post([c, frame] { c->Send(std::move(*frame)); }));
+    }
+  });
+  for (auto& t : threads) t.join();
+  reader.join();
+  EXPECT_EQ(errors, 0);
+  EXPECT_EQ(dropped.load(), 0u);
+  for (uint32_t s = 0; s < 3; ++s) EXPECT_EQ(got[s], kPerStream) << "stream " << s;
+  const auto& m = *server->metrics();
+  EXPECT_GT(m.direct_writes.load(), 0u);
+  EXPECT_LE(m.direct_writes.load(), 2u * kPerStream);
+  std::printf("direct writes %llu, partial %llu of %u frames from producer threads\n",
+              static_cast<unsigned long long>(m.direct_writes.load()),
+              static_cast<unsigned long long>(m.direct_partial_writes.load()), 2 * kPerStream);
+  ASSERT_TRUE(Eventually([&] { return c->queued_bytes() == 0; }));
+  EXPECT_EQ(c->bytes_sent(), m.bytes_out.load());
+  raw.Close();
+  c.reset();
+  ExpectClean();
+}
+
+// A peer that does not read: the first frames go out directly, the socket fills, and a frame
+// the socket takes only in part (or not at all) is queued ahead of the rest for the loop. When
+// the peer reads, every frame arrives whole and in order.
+TEST_F(TransportTest, DirectWriteThatWouldBlockLeavesTheRestToTheLoopInOrder) {
+  constexpr uint32_t kFrames = 120;  // ~2 MiB of payloads: more than the socket buffers hold
+  auto rec = std::make_shared<Recorder>();
+  ServerOptions so = DefaultServerOptions();
+  so.transport.send_buffer_bytes = 64 * 1024;  // no autotuning: the socket fills
+  auto server = StartServer(so, rec, HandlerOptions{});
+  Track(server.get());
+  RawSocket raw(server->port(), /*rcvbuf=*/8 * 1024);
+  ASSERT_TRUE(raw.connected());
+  std::shared_ptr<Connection> c = OnlyConnection(*rec);
+  ASSERT_TRUE(c);
+  std::map<Connection::SendPath, uint32_t> paths;
+  std::thread producer([&] {
+    for (uint32_t i = 0; i < kFrames; ++i) {
+      // Even frames only: each carries a payload.
+      ++paths[c->SendFromAnyThread(DirectFrame(send_pool_.get(), 0, 2 * i))];
+    }
+  });
+  producer.join();
+  EXPECT_GE(paths[Connection::SendPath::kDirect], 1u);
+  EXPECT_GE(paths[Connection::SendPath::kQueued], 1u) << "the socket never blocked";
+  EXPECT_EQ(paths[Connection::SendPath::kDropped], 0u);
+  EXPECT_GT(c->queued_bytes(), 0u);
+  uint32_t next = 0;
+  for (uint32_t n = 0; n < kFrames; ++n) {
+    auto f = raw.ReadFrame(30s);
+    ASSERT_TRUE(f) << "frame " << n << " missing";
+    uint32_t index = 0;
+    std::memcpy(&index, f->metadata.data() + 4, 4);
+    ASSERT_EQ(index, next) << "frame " << n;
+    next += 2;
+    ASSERT_EQ(testutil::FindPatternMismatch(0, index, 0xC3, f->payload.data(), f->payload.size()),
+              -1)
+        << "frame " << index;
+  }
+  ASSERT_TRUE(Eventually([&] { return c->queued_bytes() == 0; }));
+  EXPECT_EQ(send_pool_->available_segments(), send_pool_->total_segments());
+  raw.Close();
+  c.reset();
+  ExpectClean();
+}
+
+// The loop closes the connection while producer threads write to it directly: they see
+// kDropped from then on, the close completes, and every payload Buffer goes back to the pool.
+TEST_F(TransportTest, CloseDuringDirectWritesReleasesEveryBuffer) {
+  auto rec = std::make_shared<Recorder>();
+  auto server = StartServer(DefaultServerOptions(), rec, HandlerOptions{});
+  Track(server.get());
+  RawSocket raw(server->port());
+  ASSERT_TRUE(raw.connected());
+  std::shared_ptr<Connection> c = OnlyConnection(*rec);
+  ASSERT_TRUE(c);
+  std::atomic<bool> reading{true};
+  std::thread drain([&] {
+    while (reading.load()) {
+      if (raw.Drain() < 0) break;
+      std::this_thread::sleep_for(100us);
+    }
+  });
+  std::atomic<uint64_t> sent{0};
+  std::vector<std::thread> producers;
+  std::vector<int> saw_dropped(3, 0);
+  for (uint32_t t = 0; t < 3; ++t) {
+    producers.emplace_back([&, t] {
+      for (uint32_t i = 0;; ++i) {
+        if (c->SendFromAnyThread(DirectFrame(send_pool_.get(), t, i)) ==
+            Connection::SendPath::kDropped) {
+          saw_dropped[t] = 1;
+          return;
+        }
+        sent.fetch_add(1);
+      }
+    });
+  }
+  ASSERT_TRUE(Eventually([&] { return sent.load() > 2000; }));
+  RunOnLoop(server_loop_.get(), [&] { c->Close(ClosedError("test closes during direct writes")); });
+  for (auto& t : producers) t.join();
+  for (uint32_t t = 0; t < 3; ++t) EXPECT_EQ(saw_dropped[t], 1) << "producer " << t;
+  ASSERT_TRUE(rec->WaitFor([&] { return !rec->closed.empty(); }));
+  {
+    std::lock_guard lock(rec->mu);
+    EXPECT_EQ(rec->closed[0].message(), "test closes during direct writes");
+  }
+  EXPECT_GT(server->metrics()->direct_writes.load(), 0u);
+  reading.store(false);
+  drain.join();
+  EXPECT_EQ(send_pool_->available_segments(), send_pool_->total_segments());
+  raw.Close();
+  c.reset();
+  ExpectClean();
+}
+
+// With the fault shim on (its delay line and corruption see every frame), and on the loop
+// thread itself, nothing is written directly.
+TEST_F(TransportTest, FaultShimAndLoopThreadKeepWritesOnTheLoop) {
+  auto rec = std::make_shared<Recorder>();
+  ServerOptions so = DefaultServerOptions();
+  so.transport.faults.delay_ms = 1;
+  auto server = StartServer(so, rec, HandlerOptions{});
+  Track(server.get());
+  RawSocket raw(server->port());
+  ASSERT_TRUE(raw.connected());
+  std::shared_ptr<Connection> c = OnlyConnection(*rec);
+  ASSERT_TRUE(c);
+  EXPECT_FALSE(c->direct_writes_enabled());
+  EXPECT_FALSE(c->DirectWritable());
+  for (uint32_t i = 0; i < 10; ++i) {
+    EXPECT_EQ(c->SendFromAnyThread(DirectFrame(send_pool_.get(), 0, i)),
+              Connection::SendPath::kQueued);
+  }
+  Connection::SendPath on_loop = Connection::SendPath::kDropped;
+  RunOnLoop(server_loop_.get(),
+            [&] { on_loop = c->SendFromAnyThread(DirectFrame(send_pool_.get(), 0, 10)); });
+  EXPECT_EQ(on_loop, Connection::SendPath::kQueued);
+  int errors = 0;
+  auto got = ReadDirectFrames(raw, 11, &errors);
+  EXPECT_EQ(errors, 0);
+  EXPECT_EQ(got[0], 11u);
+  EXPECT_EQ(server->metrics()->direct_writes.load(), 0u);
+  raw.Close();
+  c.reset();
+  ExpectClean();
 }
 
 }  // namespace

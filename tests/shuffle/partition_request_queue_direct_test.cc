@@ -1,0 +1,400 @@
+// PartitionRequestQueue write-through without sockets: a view notified on a producer thread
+// is served on that thread when the output writes at once, within credit, in sequence, and
+// falls back to a post when the output is busy, other readers wait, or the loop holds the
+// queue. The test thread plays the loop. Every test ends with the leak check.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+#include "buffer/network_buffer_pool.h"
+#include "shuffle/partition_request_queue.h"
+#include "shuffle/shuffle_server.h"
+#include "testutil/pools.h"
+
+namespace sluice::shuffle {
+namespace {
+
+using buffer::Buffer;
+using buffer::DataType;
+
+// A view the test fills from any thread (a mutex, as the real subpartition has).
+class LockedView final : public SubpartitionView {
+ public:
+  explicit LockedView(SubpartitionListener* listener) : listener_(listener) {}
+
+  void Push(Buffer b) {
+    std::lock_guard lock(mu_);
+    items_.push_back(std::move(b));
+  }
+  void Fail(Status st) {
+    std::lock_guard lock(mu_);
+    failure_ = std::move(st);
+  }
+  // The producer's notification, outside the view's lock.
+  void Notify() { listener_->NotifyDataAvailable(); }
+
+  Result<std::optional<BufferAndBacklog>> PollNext() override {
+    std::lock_guard lock(mu_);
+    if (released_) return ClosedError("view released");
+    if (!failure_.ok()) return failure_;
+    if (items_.empty()) return std::optional<BufferAndBacklog>();
+    BufferAndBacklog out;
+    out.buffer = std::move(items_.front());
+    items_.pop_front();
+    out.backlog = BacklogLocked();
+    out.next_is_event = !items_.empty() && items_.front().type() != DataType::kData;
+    return std::optional<BufferAndBacklog>(std::move(out));
+  }
+  bool IsAvailable(int32_t credit) const override {
+    std::lock_guard lock(mu_);
+    if (released_ || !failure_.ok()) return true;
+    if (items_.empty()) return false;
+    return items_.front().type() != DataType::kData || credit > 0;
+  }
+  uint32_t backlog() const override {
+    std::lock_guard lock(mu_);
+    return BacklogLocked();
+  }
+  void Release() override {
+    std::deque<Buffer> drop;
+    {
+      std::lock_guard lock(mu_);
+      released_ = true;
+      drop.swap(items_);
+    }
+  }
+  bool IsReleased() const override {
+    std::lock_guard lock(mu_);
+    return released_;
+  }
+
+ private:
+  uint32_t BacklogLocked() const {
+    uint32_t n = 0;
+    for (const Buffer& b : items_) n += b.type() == DataType::kData ? 1 : 0;
+    return n;
+  }
+  SubpartitionListener* const listener_;
+  mutable std::mutex mu_;
+  std::deque<Buffer> items_;
+  Status failure_;
+  bool released_ = false;
+};
+
+struct Sent {
+  enum Kind { kBuffer, kBacklog, kError } kind;
+  uint64_t receiver_id = 0;
+  int32_t sequence = -1;
+  int32_t backlog = -1;
+  DataType data_type = DataType::kData;
+  uint32_t item = 0;
+  bool on_loop = false;  // sent on the test's loop thread
+  fb::ErrorCode code = fb::ErrorCode::Unknown;
+};
+
+// Records frames with the thread they were sent on. The test thread is the loop.
+class ThreadOutput final : public QueueOutput {
+ public:
+  bool CanSend() const override { return can_send.load(); }
+  bool DirectWritable() const override { return direct_writable.load(); }
+  bool OnLoopThread() const override { return std::this_thread::get_id() == loop_thread; }
+  void SendBuffer(const schema::BufferResponseFields& f, Buffer payload) override {
+    Sent s{Sent::kBuffer};
+    s.receiver_id = f.receiver_id;
+    s.sequence = f.sequence_number;
+    s.backlog = f.backlog;
+    s.data_type = f.data_type;
+    std::memcpy(&s.item, payload.data(), sizeof(s.item));
+    Record(s);
+    if (on_send) on_send();
+  }
+  void SendBacklogAnnouncement(uint64_t receiver_id, int32_t backlog) override {
+    Sent s{Sent::kBacklog};
+    s.receiver_id = receiver_id;
+    s.backlog = backlog;
+    Record(s);
+  }
+  void SendChannelError(uint64_t receiver_id, fb::ErrorCode code, const std::string&) override {
+    Sent s{Sent::kError};
+    s.receiver_id = receiver_id;
+    s.code = code;
+    Record(s);
+  }
+  std::vector<Sent> frames() {
+    std::lock_guard lock(mu);
+    return frames_;
+  }
+
+  std::thread::id loop_thread = std::this_thread::get_id();
+  std::atomic<bool> can_send{true};
+  std::atomic<bool> direct_writable{true};
+  std::function<void()> on_send;  // after each SendBuffer (set before use)
+
+ private:
+  void Record(Sent s) {
+    s.on_loop = OnLoopThread();
+    std::lock_guard lock(mu);
+    frames_.push_back(s);
+  }
+  std::mutex mu;
+  std::vector<Sent> frames_;
+};
+
+class QueueDirectTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    pool_ = testutil::MakeNetworkBufferPool(1024, 4096);
+    queue_ = std::make_unique<PartitionRequestQueue>(
+        &out_,
+        [this](std::function<void()> task) {
+          std::lock_guard lock(post_mu_);
+          posted_.push_back(std::move(task));
+          return true;
+        },
+        &stats_, /*checksums=*/false);
+  }
+  void TearDown() override {
+    queue_.reset();
+    posted_.clear();
+    EXPECT_EQ(stats_.active_readers.load(), 0u);
+    EXPECT_EQ(pool_->available_segments(), pool_->total_segments()) << pool_->DebugString();
+  }
+
+  LockedView* AddReader(uint64_t id, int32_t credit) {
+    LockedView* view = nullptr;
+    Status st = queue_->AddReader(
+        id, credit, "p/" + std::to_string(id),
+        [&](SubpartitionListener* l) -> Result<std::unique_ptr<SubpartitionView>> {
+          auto v = std::make_unique<LockedView>(l);
+          view = v.get();
+          return std::unique_ptr<SubpartitionView>(std::move(v));
+        });
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    return view;
+  }
+  Buffer Item(DataType type) {
+    buffer::MemorySegment* seg = pool_->TryRequestSegment();
+    SLUICE_CHECK(seg != nullptr, "test pool exhausted");
+    Buffer b = Buffer::Wrap(seg, pool_->direct_recycler(), type);
+    const uint32_t n = next_item_.fetch_add(1);
+    std::memcpy(b.data(), &n, sizeof(n));
+    b.SetSize(type == DataType::kData ? 100 : 8);
+    return b;
+  }
+  // On a producer thread: push the items, then one notification (as a flush would).
+  void ProduceOnThread(LockedView* v, std::vector<DataType> types) {
+    std::thread producer([&] {
+      for (DataType t : types) v->Push(Item(t));
+      v->Notify();
+    });
+    producer.join();
+  }
+  size_t PostedCount() {
+    std::lock_guard lock(post_mu_);
+    return posted_.size();
+  }
+  void RunPosted() {
+    while (true) {
+      std::vector<std::function<void()>> tasks;
+      {
+        std::lock_guard lock(post_mu_);
+        tasks.swap(posted_);
+      }
+      if (tasks.empty()) return;
+      for (auto& t : tasks) t();
+    }
+  }
+
+  std::shared_ptr<buffer::NetworkBufferPool> pool_;
+  ThreadOutput out_;
+  ShuffleServerStats stats_;
+  std::mutex post_mu_;
+  std::vector<std::function<void()>> posted_;
+  std::unique_ptr<PartitionRequestQueue> queue_;
+  std::atomic<uint32_t> next_item_{0};
+};
+
+// Credit 2, five buffers flushed: two go out on the producer's thread (sequence 0 and 1), the
+// backlog announcement is left to the loop (one post), the rest follows the loop's AddCredit.
+TEST_F(QueueDirectTest, ProducerThreadSendsWithinCreditAndLeavesTheRestToTheLoop) {
+  LockedView* v = AddReader(1, 2);
+  ProduceOnThread(v, std::vector<DataType>(5, DataType::kData));
+  auto f = out_.frames();
+  ASSERT_EQ(f.size(), 2u);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(f[i].kind, Sent::kBuffer);
+    EXPECT_FALSE(f[i].on_loop) << "frame " << i << " should go out on the producer thread";
+    EXPECT_EQ(f[i].sequence, i);
+    EXPECT_EQ(f[i].item, static_cast<uint32_t>(i));
+    EXPECT_EQ(f[i].backlog, 4 - i);
+  }
+  EXPECT_EQ(queue_->credit(1), 0);
+  EXPECT_EQ(PostedCount(), 1u);
+  RunPosted();
+  f = out_.frames();
+  ASSERT_EQ(f.size(), 3u);
+  EXPECT_EQ(f[2].kind, Sent::kBacklog);
+  EXPECT_EQ(f[2].backlog, 3);
+  EXPECT_TRUE(f[2].on_loop);
+  ASSERT_TRUE(queue_->AddCredit(1, 3).ok());
+  f = out_.frames();
+  ASSERT_EQ(f.size(), 6u);
+  for (int i = 3; i < 6; ++i) {
+    EXPECT_TRUE(f[i].on_loop);
+    EXPECT_EQ(f[i].sequence, i - 1);
+    EXPECT_EQ(f[i].item, static_cast<uint32_t>(i - 1));
+  }
+  EXPECT_EQ(stats_.buffers_out.load(), 5u);
+  queue_->ReleaseAll();
+}
+
+// An output that would not write at once (frames queued, fault shim): nothing is sent on the
+// producer thread; one post, and the loop sends.
+TEST_F(QueueDirectTest, BusyOutputLeavesEverythingToTheLoop) {
+  LockedView* v = AddReader(1, 2);
+  out_.direct_writable = false;
+  ProduceOnThread(v, {DataType::kData, DataType::kData});
+  EXPECT_TRUE(out_.frames().empty());
+  EXPECT_EQ(PostedCount(), 1u);
+  RunPosted();
+  auto f = out_.frames();
+  ASSERT_EQ(f.size(), 2u);
+  EXPECT_TRUE(f[0].on_loop && f[1].on_loop);
+  EXPECT_EQ(f[0].sequence, 0);
+  EXPECT_EQ(f[1].sequence, 1);
+  queue_->ReleaseAll();
+}
+
+// Round robin: a reader waiting in the ready queue (the output was full) goes before a reader
+// a producer notifies; that producer posts instead of sending ahead of it.
+TEST_F(QueueDirectTest, ReadersWaitingOnTheLoopGoFirst) {
+  out_.can_send = false;
+  LockedView* a = AddReader(1, 5);
+  a->Push(Item(DataType::kData));
+  a->Notify();  // on the loop thread: a post
+  RunPosted();  // queued for sending, but the output takes nothing
+  EXPECT_TRUE(out_.frames().empty());
+  LockedView* b = AddReader(2, 5);
+  out_.can_send = true;  // reader 1 still waits in the ready queue
+  ProduceOnThread(b, {DataType::kData});
+  EXPECT_TRUE(out_.frames().empty()) << "reader 2 overtook reader 1";
+  EXPECT_EQ(PostedCount(), 1u);
+  queue_->WriteMore();
+  RunPosted();
+  auto f = out_.frames();
+  ASSERT_EQ(f.size(), 2u);
+  EXPECT_EQ(f[0].receiver_id, 1u);
+  EXPECT_EQ(f[1].receiver_id, 2u);
+  queue_->ReleaseAll();
+}
+
+// The end of partition served on the producer thread releases the reader there, once.
+TEST_F(QueueDirectTest, EndOfPartitionOnTheProducerThreadReleasesTheReader) {
+  LockedView* v = AddReader(7, 1);
+  ProduceOnThread(v, {DataType::kData, DataType::kEndOfPartition});
+  auto f = out_.frames();
+  ASSERT_EQ(f.size(), 2u);
+  EXPECT_EQ(f[0].data_type, DataType::kData);
+  EXPECT_EQ(f[1].data_type, DataType::kEndOfPartition);
+  EXPECT_EQ(f[1].sequence, 1);
+  EXPECT_FALSE(f[1].on_loop);
+  EXPECT_FALSE(queue_->HasReader(7));
+  EXPECT_EQ(stats_.active_readers.load(), 0u);
+  EXPECT_EQ(stats_.events_out.load(), 1u);
+  EXPECT_EQ(PostedCount(), 0u);
+}
+
+// A failed partition found on the producer thread fails its channel there (ProducerFailed)
+// and releases the reader.
+TEST_F(QueueDirectTest, FailureOnTheProducerThreadFailsTheChannel) {
+  LockedView* v = AddReader(3, 2);
+  std::thread producer([&] {
+    v->Fail(IoError("disk gone"));
+    v->Notify();
+  });
+  producer.join();
+  auto f = out_.frames();
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].kind, Sent::kError);
+  EXPECT_EQ(f[0].code, fb::ErrorCode::ProducerFailed);
+  EXPECT_EQ(f[0].receiver_id, 3u);
+  EXPECT_FALSE(queue_->HasReader(3));
+}
+
+// A producer's notification while the loop holds the queue (here: in the middle of sending)
+// does not wait for it: it posts, and the loop serves it afterwards. No deadlock, no frame lost.
+TEST_F(QueueDirectTest, NotificationWhileTheLoopHoldsTheQueuePosts) {
+  LockedView* a = AddReader(1, 0);
+  LockedView* b = AddReader(2, 1);
+  a->Push(Item(DataType::kData));
+  bool raced = false;
+  out_.on_send = [&] {
+    if (raced) return;
+    raced = true;
+    ProduceOnThread(b, {DataType::kData});  // joins: the notification ran while we hold it
+  };
+  ASSERT_TRUE(queue_->AddCredit(1, 1).ok());  // the loop sends a's buffer, holding the queue
+  EXPECT_TRUE(raced);
+  auto f = out_.frames();
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].receiver_id, 1u);
+  EXPECT_EQ(PostedCount(), 1u);
+  RunPosted();
+  f = out_.frames();
+  ASSERT_EQ(f.size(), 2u);
+  EXPECT_EQ(f[1].receiver_id, 2u);
+  EXPECT_TRUE(f[1].on_loop);
+  out_.on_send = nullptr;
+  queue_->ReleaseAll();
+}
+
+// Many producer threads flushing into their readers while the loop adds credit: per reader,
+// sequence numbers without gaps and never more data than credit.
+TEST_F(QueueDirectTest, ConcurrentProducersAndLoopCreditKeepSequenceAndCredit) {
+  constexpr uint32_t kReaders = 4;
+  constexpr uint32_t kItems = 200;
+  std::vector<LockedView*> views;
+  for (uint32_t r = 0; r < kReaders; ++r) views.push_back(AddReader(r + 1, 2));
+  std::vector<std::thread> producers;
+  for (uint32_t r = 0; r < kReaders; ++r) {
+    producers.emplace_back([&, r] {
+      for (uint32_t i = 0; i < kItems; ++i) {
+        views[r]->Push(Item(DataType::kData));
+        views[r]->Notify();
+        if (i % 8 == 0) std::this_thread::yield();
+      }
+    });
+  }
+  // The loop: answers every buffer with one credit, and runs the posts, until all arrived.
+  std::vector<uint32_t> seen(kReaders, 0);
+  size_t handled = 0;
+  while (true) {
+    RunPosted();
+    auto f = out_.frames();
+    for (; handled < f.size(); ++handled) {
+      if (f[handled].kind != Sent::kBuffer) continue;
+      const uint32_t r = static_cast<uint32_t>(f[handled].receiver_id - 1);
+      EXPECT_EQ(f[handled].sequence, static_cast<int32_t>(seen[r])) << "reader " << r + 1;
+      ++seen[r];
+      ASSERT_TRUE(queue_->AddCredit(r + 1, 1).ok());
+    }
+    uint32_t total = 0;
+    for (uint32_t s : seen) total += s;
+    if (total == kReaders * kItems) break;
+    std::this_thread::yield();
+  }
+  for (auto& t : producers) t.join();
+  for (uint32_t r = 0; r < kReaders; ++r) {
+    EXPECT_EQ(seen[r], kItems);
+    EXPECT_EQ(queue_->credit(r + 1), 2) << "reader " << r + 1;  // 2 + kItems given - kItems used
+  }
+  queue_->ReleaseAll();
+}
+
+}  // namespace
+}  // namespace sluice::shuffle
