@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <unordered_set>
+#include <utility>
 
 namespace sluice::shuffle {
 
@@ -285,6 +286,21 @@ int32_t RemoteInputChannel::TakeUnannouncedCredit() {
   const int32_t c = unannounced_credit_;
   unannounced_credit_ = 0;
   return released_ ? 0 : c;
+}
+
+void RemoteInputChannel::AnnounceBufferSize(uint32_t bytes) {
+  {
+    std::lock_guard lock(mu_);
+    if (released_ || finished_ || bytes == 0) return;
+    pending_buffer_size_ = bytes;
+  }
+  // Sent with the next credit flush (SendCredit sends a pending size too); outside mu_.
+  client_->NotifyCreditAvailable(shared_from_this());
+}
+
+uint32_t RemoteInputChannel::TakeBufferSizeAnnouncement() {
+  std::lock_guard lock(mu_);
+  return std::exchange(pending_buffer_size_, 0);
 }
 
 void RemoteInputChannel::OnError(Status error) {

@@ -96,6 +96,15 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
     if (credit > 0) {
       conn_->Send(MakeFrame(MessageType::kAddCredit, builder_.AddCredit(ch.receiver_id(), credit)));
     }
+    SendBufferSize(ch);
+  }
+
+  // Buffer debloating: a size the channel's gate asked for since the last flush.
+  void SendBufferSize(RemoteInputChannel& ch) {
+    if (const uint32_t size = ch.TakeBufferSizeAnnouncement(); size != 0) {
+      conn_->Send(MakeFrame(MessageType::kBufferSizeAnnouncement,
+                            builder_.BufferSizeAnnouncement(ch.receiver_id(), size)));
+    }
   }
 
   void SendRequest(RemoteInputChannel& ch) {
@@ -105,6 +114,7 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
                           builder_.PartitionRequest(ch.partition_id(), ch.subpartition(),
                                                     ch.receiver_id(), credit,
                                                     ch.access_proof())));
+    SendBufferSize(ch);
   }
 
   // PartitionNotFound: retry with backoff until the request timeout, then fail.
