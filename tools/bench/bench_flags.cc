@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "shuffle/auth.h"
+#include "tools/bench/debloat_bench.h"
 #include "tools/common/cli.h"
 #include "tools/control/control_client.h"
 
@@ -119,6 +120,12 @@ const char* BenchUsage() {
          "                             token, as sluiced does (default on)\n"
          "  --auth-secret-file F       the secret (mode 0600); default: a random one per run\n"
          "  --state-dir D              the secret in D/auth_secret (a sluiced state directory)\n"
+         "  --debloat on|off           the consumer's gate sizes buffers by its throughput x\n"
+         "                             --debloat-target-ms (default off, target 1000)\n"
+         "  --consumer-rate-mib R      throttle the consumer to R MiB/s of records (default 0: off)\n"
+         "  --event-interval-ms T      a timed user event every T ms, to each channel in turn\n"
+         "                             (default 100 when debloated or throttled); reports\n"
+         "                             inflight_bytes, producer segments and event crossing time\n"
          "  --json                     print one JSON object instead of the text report\n"
          "  --sweep NAME=v1,v2,...     run once per value of flag NAME, print a table and write\n"
          "  --sweep-out FILE           an SVG chart (default sluice-bench-sweep.svg)\n"
@@ -197,6 +204,8 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
     f->pump_bufs_per_write = static_cast<int>(n);
   } else if (name == "sweep-out") {
     f->sweep_out = v;
+  } else if (IsDebloatFlag(name)) {
+    return ApplyDebloatFlag(f, name, v);
   } else {
     return InvalidArgument("unknown flag --" + name + " (see --help)");
   }
@@ -212,7 +221,8 @@ constexpr const char* kValueFlags[] = {
     "warmup",     "checksum",          "baselines",       "in-place",
     "auth",       "auth-secret-file",  "state-dir",       "rate",
     "batch",      "network-memory",    "network-memory-mib", "rounds",
-    "pump-bufs-per-write", "sweep-out"};
+    "pump-bufs-per-write", "sweep-out",
+    "debloat", "debloat-target-ms", "consumer-rate-mib", "event-interval-ms"};
 
 Status ParseSweep(BenchFlags* f, const std::string& value) {
   const size_t eq = value.find('=');

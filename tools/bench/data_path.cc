@@ -25,6 +25,7 @@
 #include "shuffle/shuffle_environment.h"
 #include "shuffle/shuffle_server.h"
 #include "tools/bench/child_process.h"
+#include "tools/bench/debloat_bench.h"
 #include "tools/bench/raw_latency.h"
 
 namespace sluice::bench {
@@ -63,6 +64,7 @@ shuffle::EnvironmentConfig ConfigFor(const BenchFlags& f, const char* name, bool
   c.options.checksums = f.checksum;
   c.auth.secret = f.auth ? f.secret : std::string();
   c.auth.off = !f.auth;
+  ApplyDebloatOptions(f, &c.options);  // --debloat, --debloat-target-ms
   return c;
 }
 
@@ -161,8 +163,10 @@ Status Produce(shuffle::RecordWriter& writer, const BenchFlags& f, const std::at
       ch = ch + 1 == channels ? 0 : ch + 1;
     }
   } else {
+    EventEmitter events(EventIntervalMs(f), channels);  // debloating: timed events
     while (!stop.load(std::memory_order_relaxed)) {
       if (Status s = EmitNext(writer, source, f, ch); !s.ok()) return s;
+      if (Status s = events.MaybeEmit(writer.partition()); !s.ok()) return s;
       ch = ch + 1 == channels ? 0 : ch + 1;
     }
   }
@@ -250,12 +254,17 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
   if (f.latency) latencies.reserve(static_cast<size_t>(f.rate * (f.seconds + 1)));
   uint32_t peak_used = pool.used_segments();
   uint32_t since_check = 0;
+  DebloatConsumer debloat(f, DebloatProbe::Shared());  // throttle, in-flight bytes, events
   while (true) {
     Result<shuffle::RecordReader::Item> item = reader.Next(std::chrono::milliseconds(100));
     if (!item.ok()) return item.status();
     if (item->kind == shuffle::RecordReader::Kind::kEndOfInput) break;
+    if (item->kind == shuffle::RecordReader::Kind::kEvent) {
+      debloat.OnEvent(item->data, w.warm && !w.stopped);
+    }
     if (item->kind == shuffle::RecordReader::Kind::kRecord) {
       const std::span<const uint8_t> rec = item->data;
+      debloat.OnRecord(rec.size());
       ++w.records;
       w.bytes += rec.size();
       if (rec.size() >= kSeqBytes) {
@@ -274,6 +283,7 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
       if (++since_check < 512) continue;
     }
     since_check = 0;
+    if (w.warm && !w.stopped) debloat.Sample(gate->Stats().bytes_in);
     peak_used = std::max(peak_used, pool.used_segments());
     if (Status s = AdvanceWindow(gate, pool, f, stop_producer, w, out); !s.ok()) return s;
   }
@@ -281,6 +291,7 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
   // Records after the producer was stopped are only drained; a gap at the very end is fine.
   out->pool_total_segments = pool.total_segments();
   out->pool_peak_used_segments = peak_used;
+  debloat.Fill(out);
   if (f.latency) {
     const LatencyResult l = SummarizeLatencies(latencies);
     out->latency_samples = l.samples;
@@ -320,6 +331,7 @@ int RunLocalChild(const BenchFlags& f, int to_parent) {
     if (!gate.ok()) return Report(to_parent, r, gate.status());
     std::atomic<bool> stop{false};
     Status produced;
+    std::optional<ProducerSampler> sampler(std::in_place, DebloatProbe::Shared(), *part);
     std::thread producer([&, partition = *part] {
       shuffle::RecordWriter writer(partition, std::make_unique<shuffle::RoundRobinPartitioner>());
       produced = Produce(writer, f, stop);
@@ -329,6 +341,7 @@ int RunLocalChild(const BenchFlags& f, int to_parent) {
     stop = true;
     if (!error.ok()) (*part)->Cancel();
     producer.join();
+    sampler.reset();
     if (error.ok() && !produced.ok()) error = produced;
     r.backpressure_ms = static_cast<double>((*part)->Stats().backpressure_ns) / 1e6;
     (*gate)->Close();
@@ -364,6 +377,7 @@ int RunRemoteProducer(const BenchFlags& f, const std::string& token, int from_co
     const uint16_t port = (*env)->port();
     if (!WritePod(to_consumer, port)) return 1;
     std::atomic<bool> stop{false};
+    std::optional<ProducerSampler> sampler(std::in_place, DebloatProbe::Shared(), *part);
     // The consumer writes one byte when it has measured enough (or exits: EOF).
     std::thread watcher([&] {
       char b;
@@ -376,6 +390,7 @@ int RunRemoteProducer(const BenchFlags& f, const std::string& token, int from_co
       if (!error.ok()) (*part)->Fail(error);
     }
     watcher.join();
+    sampler.reset();
     // The consumer closes its connection once it has read everything.
     const Clock::time_point limit = Clock::now() + kDrainLimit;
     while ((*env)->server()->connection_count() > 0 && Clock::now() < limit) {
@@ -465,6 +480,7 @@ uint64_t NetworkMemoryFor(const BenchFlags& f) {
 }
 
 RunResult RunDataPath(const BenchFlags& f) {
+  if (DebloatProbe* probe = DebloatProbe::Shared()) probe->Reset();  // before the fork
   Child child = ForkChild([&](int, int to_parent) {
     return f.mode == "local" ? RunLocalChild(f, to_parent) : RunRemoteConsumer(f, to_parent);
   });

@@ -88,6 +88,13 @@ void PrintSummary(const Measurement& m) {
     std::printf("  memcpy         %10.1f MiB/s  ratio %.3f\n", m.memcpy_mib_per_second,
                 m.RatioToMemcpy());
   }
+  if (f.debloat || f.consumer_rate_mib > 0) {
+    std::printf("  debloat %-3s    inflight %.0f B/channel, producer %.1f segments, event crossing "
+                "%.0f us (%llu events), buffer size %u\n",
+                f.debloat ? "on" : "off", r.inflight_bytes, r.producer_segments,
+                r.event_crossing_us, static_cast<unsigned long long>(r.event_samples),
+                r.debloat_buffer_size);
+  }
   if (r.error[0] != 0) std::printf("  ERROR: %s\n", r.error);
 }
 
@@ -143,6 +150,15 @@ std::string ToJson(const Measurement& m) {
     kv.push_back({"baseline_tcp_p99_us", Fmt("%.2f", m.raw_latency.p99_us)});
     kv.push_back({"baseline_tcp_p999_us", Fmt("%.2f", m.raw_latency.p999_us)});
   }
+  // Buffer debloating (tools/bench/debloat_bench.h).
+  kv.push_back({"debloat", f.debloat ? "true" : "false"});
+  kv.push_back({"debloat_target_ms", Fmt("%.1f", f.debloat_target_ms)});
+  kv.push_back({"consumer_rate_mib", Fmt("%.1f", f.consumer_rate_mib)});
+  kv.push_back({"inflight_bytes", Fmt("%.0f", r.inflight_bytes)});
+  kv.push_back({"producer_segments", Fmt("%.1f", r.producer_segments)});
+  kv.push_back({"event_crossing_us", Fmt("%.1f", r.event_crossing_us)});
+  kv.push_back({"event_samples", std::to_string(r.event_samples)});
+  kv.push_back({"debloat_buffer_size", std::to_string(r.debloat_buffer_size)});
   if (r.error[0] != 0) kv.push_back({"error", JsonString(r.error)});
   std::string out = "{";
   for (size_t i = 0; i < kv.size(); ++i) {
