@@ -51,7 +51,8 @@ struct ShuffleOptions {
   // buffers_per_channel), within [debloat_min_buffer_size, segment_size]. Producers always
   // honour an announcement, whatever this flag says on their side.
   bool debloat = false;
-  std::chrono::milliseconds debloat_target{1000};  // Flink's buffer-debloat.target
+  // Flink's buffer-debloat.target; microseconds, as fast consumers want sub-millisecond ones.
+  std::chrono::microseconds debloat_target{std::chrono::seconds(1)};
   std::chrono::milliseconds debloat_period{100};   // how often the gate recomputes
   uint32_t debloat_min_buffer_size = 1024;         // never below schema::kMinDebloatBufferSize
   // A new size is announced only when it differs from the last by more than this share (or

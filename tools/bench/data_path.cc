@@ -90,9 +90,14 @@ class RecordSource {
 
   // The sizes of the next batch of records.
   std::span<const uint32_t> NextSizes() {
-    for (uint32_t& n : batch_sizes_) n = sizes_[cursor_++ & (sizes_.size() - 1)];
+    for (uint32_t& n : batch_sizes_) {
+      n = sizes_[cursor_++ & (sizes_.size() - 1)];
+      bytes_ += n + 4;  // with the length prefix, as in the buffers
+    }
     return batch_sizes_;
   }
+  // Bytes of the records handed out so far, length prefixes included.
+  uint64_t bytes() const { return bytes_; }
 
   // Writes the channel's next sequence number (and with `stamp_time` the emit time) at the
   // front of `record`; the rest of its bytes are left as they are.
@@ -125,6 +130,7 @@ class RecordSource {
   std::vector<uint32_t> sizes_;
   size_t cursor_ = 0;
   std::vector<uint64_t> next_seq_;
+  uint64_t bytes_ = 0;
 };
 
 // One batch (one record with --latency or --batch 1) to channel `ch`: copied from the
@@ -164,8 +170,10 @@ Status Produce(shuffle::RecordWriter& writer, const BenchFlags& f, const std::at
     }
   } else {
     EventEmitter events(EventIntervalMs(f), channels);  // debloating: timed events
+    DebloatProbe* const probe = DebloatProbe::Shared();  // bytes written, for inflight_bytes
     while (!stop.load(std::memory_order_relaxed)) {
       if (Status s = EmitNext(writer, source, f, ch); !s.ok()) return s;
+      if (probe != nullptr) probe->producer_bytes.store(source.bytes(), std::memory_order_relaxed);
       if (Status s = events.MaybeEmit(writer.partition()); !s.ok()) return s;
       ch = ch + 1 == channels ? 0 : ch + 1;
     }

@@ -16,6 +16,8 @@ namespace sluice::bench {
 namespace {
 
 constexpr double kDefaultEventIntervalMs = 100;
+// A throttled consumer that fell behind by more than this (it had no data) does not catch up.
+constexpr uint64_t kMaxBurstNs = 5000000;
 
 Result<double> ParseNonNegative(const std::string& name, const std::string& v) {
   char* end = nullptr;
@@ -53,8 +55,8 @@ Status ApplyDebloatFlag(BenchFlags* f, const std::string& name, const std::strin
   Result<double> d = ParseNonNegative(name, v);
   if (!d.ok()) return d.status();
   if (name == "debloat-target-ms") {
-    if (*d < 1 || *d > 60000) {
-      return InvalidArgument("--debloat-target-ms wants 1 to 60000 ms, got '" + v + "'");
+    if (*d < 0.001 || *d > 60000) {
+      return InvalidArgument("--debloat-target-ms wants 0.001 to 60000 ms, got '" + v + "'");
     }
     f->debloat_target_ms = *d;
   } else if (name == "consumer-rate-mib") {
@@ -69,8 +71,8 @@ Status ApplyDebloatFlag(BenchFlags* f, const std::string& name, const std::strin
 
 void ApplyDebloatOptions(const BenchFlags& f, shuffle::ShuffleOptions* o) {
   o->debloat = f.debloat;
-  o->debloat_target = std::chrono::milliseconds(
-      std::max<int64_t>(1, static_cast<int64_t>(f.debloat_target_ms + 0.5)));
+  o->debloat_target = std::chrono::microseconds(
+      std::max<int64_t>(1, static_cast<int64_t>(f.debloat_target_ms * 1000 + 0.5)));
 }
 
 double EventIntervalMs(const BenchFlags& f) {
@@ -100,7 +102,6 @@ ProducerSampler::ProducerSampler(DebloatProbe* probe,
   thread_ = std::thread([this, probe, partition = std::move(partition)] {
     while (!stop_.load(std::memory_order_relaxed)) {
       const shuffle::ResultPartitionStats s = partition->Stats();
-      probe->producer_bytes.store(s.bytes_out, std::memory_order_relaxed);
       probe->producer_segments.store(s.pool.lent, std::memory_order_relaxed);
       if (!s.subpartitions.empty()) {
         probe->buffer_size.store(s.subpartitions[0].buffer_size, std::memory_order_relaxed);
@@ -138,9 +139,14 @@ DebloatConsumer::DebloatConsumer(const BenchFlags& f, DebloatProbe* probe)
 
 void DebloatConsumer::Throttle(size_t bytes) {
   const uint64_t now = MonotonicNowNs();
-  if (start_ns_ == 0) start_ns_ = now;
+  auto due = start_ns_ + static_cast<uint64_t>(taken_ / rate_bytes_per_ns_);
+  if (start_ns_ == 0 || now > due + kMaxBurstNs) {
+    // Starved for a while (no data): start over rather than catch up above the rate.
+    start_ns_ = now;
+    taken_ = 0;
+  }
   taken_ += static_cast<double>(bytes);
-  const auto due = start_ns_ + static_cast<uint64_t>(taken_ / rate_bytes_per_ns_);
+  due = start_ns_ + static_cast<uint64_t>(taken_ / rate_bytes_per_ns_);
   // Sleep in steps of at least 200 us (shorter sleeps cost more than they hold back).
   if (due > now + 200000) {
     const timespec at{static_cast<time_t>(due / 1000000000ull),

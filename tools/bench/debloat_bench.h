@@ -2,9 +2,10 @@
 // --consumer-rate-mib and --event-interval-ms flags, and what a run measures with them:
 //
 //   inflight_bytes     the median, over the measured window, of the bytes queued for or in
-//                      flight on one channel: (data bytes the producer's partition finished -
-//                      data bytes the consumer's gate handed out) / channels, sampled by the
-//                      consumer about every 512 records;
+//                      flight on one channel: (record bytes the producer wrote, prefixes
+//                      included, published by its writer after every batch - data bytes the
+//                      consumer's gate handed out) / channels, sampled by the consumer about
+//                      every 512 records;
 //   producer_segments  the median of the segments the producer's output pool lends (queued,
 //                      being filled, or being written): what debloating really frees;
 //   event_crossing_us  the median time a user event takes from EmitEvent on the producer to
@@ -46,7 +47,7 @@ double EventIntervalMs(const BenchFlags& flags);
 
 // Figures the producer publishes for the consumer; lives in a MAP_SHARED page. Thread-safe.
 struct DebloatProbe {
-  std::atomic<uint64_t> producer_bytes{0};  // ResultPartitionStats::bytes_out
+  std::atomic<uint64_t> producer_bytes{0};  // record bytes the writer wrote, prefixes included
   std::atomic<uint32_t> producer_segments{0};  // the output pool's lent segments
   std::atomic<uint32_t> buffer_size{0};  // subpartition 0's debloated buffer size
 

@@ -152,7 +152,7 @@ std::string ToJson(const Measurement& m) {
   }
   // Buffer debloating (tools/bench/debloat_bench.h).
   kv.push_back({"debloat", f.debloat ? "true" : "false"});
-  kv.push_back({"debloat_target_ms", Fmt("%.1f", f.debloat_target_ms)});
+  kv.push_back({"debloat_target_ms", Fmt("%.3f", f.debloat_target_ms)});
   kv.push_back({"consumer_rate_mib", Fmt("%.1f", f.consumer_rate_mib)});
   kv.push_back({"inflight_bytes", Fmt("%.0f", r.inflight_bytes)});
   kv.push_back({"producer_segments", Fmt("%.1f", r.producer_segments)});

@@ -65,6 +65,11 @@ struct DaemonConfig {
   uint64_t fault_seed = 1;
   uint32_t fault_corrupt_per_million = 0;
   uint32_t fault_delay_ms = 0;
+  // Buffer debloating (issue 14; docs/protocol.md "Buffer debloating"): this daemon's input
+  // gates size their senders' buffers by throughput x debloat_target_ms. Producers always
+  // honour announcements.
+  bool debloat = false;
+  uint32_t debloat_target_ms = 1000;
 
   bool operator==(const DaemonConfig&) const = default;
 };
