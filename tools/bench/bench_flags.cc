@@ -124,7 +124,7 @@ const char* BenchUsage() {
          "                             --debloat-target-ms (default off, target 1000)\n"
          "  --consumer-rate-mib R      throttle the consumer to R MiB/s of records (default 0: off)\n"
          "  --event-interval-ms T      a timed user event every T ms, to each channel in turn\n"
-         "                             (default 100 when debloated or throttled); reports\n"
+         "                             (default 100 when debloated, throttled or swept); reports\n"
          "                             inflight_bytes, producer segments and event crossing time\n"
          "  --json                     print one JSON object instead of the text report\n"
          "  --sweep NAME=v1,v2,...     run once per value of flag NAME, print a table and write\n"

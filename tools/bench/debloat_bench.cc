@@ -77,7 +77,9 @@ void ApplyDebloatOptions(const BenchFlags& f, shuffle::ShuffleOptions* o) {
 
 double EventIntervalMs(const BenchFlags& f) {
   if (f.event_interval_ms > 0) return f.event_interval_ms;
-  return f.debloat || f.consumer_rate_mib > 0 ? kDefaultEventIntervalMs : 0;
+  return f.debloat || f.consumer_rate_mib > 0 || f.sweep_name == "debloat"
+             ? kDefaultEventIntervalMs
+             : 0;
 }
 
 DebloatProbe* DebloatProbe::Shared() {

@@ -41,8 +41,8 @@ bool IsDebloatFlag(const std::string& name);
 Status ApplyDebloatFlag(BenchFlags* flags, const std::string& name, const std::string& value);
 // The shuffle options a run uses: debloat on/off and its target.
 void ApplyDebloatOptions(const BenchFlags& flags, shuffle::ShuffleOptions* options);
-// The event interval in effect: --event-interval-ms, else 100 ms when the run is debloated or
-// the consumer throttled, else 0 (no events).
+// The event interval in effect: --event-interval-ms, else 100 ms when the run is debloated,
+// the consumer throttled or the sweep is over debloat, else 0 (no events).
 double EventIntervalMs(const BenchFlags& flags);
 
 // Figures the producer publishes for the consumer; lives in a MAP_SHARED page. Thread-safe.
