@@ -292,15 +292,17 @@ void RemoteInputChannel::AnnounceBufferSize(uint32_t bytes) {
   {
     std::lock_guard lock(mu_);
     if (released_ || finished_ || bytes == 0) return;
-    pending_buffer_size_ = bytes;
+    buffer_size_ = bytes;
+    buffer_size_pending_ = true;
   }
   // Sent with the next credit flush (SendCredit sends a pending size too); outside mu_.
   client_->NotifyCreditAvailable(shared_from_this());
 }
 
-uint32_t RemoteInputChannel::TakeBufferSizeAnnouncement() {
+uint32_t RemoteInputChannel::TakeBufferSizeAnnouncement(bool again) {
   std::lock_guard lock(mu_);
-  return std::exchange(pending_buffer_size_, 0);
+  if (!std::exchange(buffer_size_pending_, false) && !again) return 0;
+  return buffer_size_;
 }
 
 void RemoteInputChannel::OnError(Status error) {

@@ -99,9 +99,10 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
     SendBufferSize(ch);
   }
 
-  // Buffer debloating: a size the channel's gate asked for since the last flush.
-  void SendBufferSize(RemoteInputChannel& ch) {
-    if (const uint32_t size = ch.TakeBufferSizeAnnouncement(); size != 0) {
+  // Buffer debloating: a size the channel's gate asked for since the last flush (`again`:
+  // the last one, after a PartitionRequest).
+  void SendBufferSize(RemoteInputChannel& ch, bool again = false) {
+    if (const uint32_t size = ch.TakeBufferSizeAnnouncement(again); size != 0) {
       conn_->Send(MakeFrame(MessageType::kBufferSizeAnnouncement,
                             builder_.BufferSizeAnnouncement(ch.receiver_id(), size)));
     }
@@ -114,7 +115,7 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
                           builder_.PartitionRequest(ch.partition_id(), ch.subpartition(),
                                                     ch.receiver_id(), credit,
                                                     ch.access_proof())));
-    SendBufferSize(ch);
+    SendBufferSize(ch, /*again=*/true);
   }
 
   // PartitionNotFound: retry with backoff until the request timeout, then fail.
