@@ -32,6 +32,7 @@ constexpr MessageType kAllTypes[] = {
     MessageType::kErrorResponse,
     MessageType::kHeartbeat,
     MessageType::kAuthResponse,
+    MessageType::kBufferSizeAnnouncement,
     MessageType::kSubmitJob,
     MessageType::kJobStatusRequest,
     MessageType::kJobStatusResponse,
@@ -173,6 +174,8 @@ std::string_view MessageTypeName(MessageType type) {
       return "Heartbeat";
     case MessageType::kAuthResponse:
       return "AuthResponse";
+    case MessageType::kBufferSizeAnnouncement:
+      return "BufferSizeAnnouncement";
     case MessageType::kSubmitJob:
       return "SubmitJob";
     case MessageType::kJobStatusRequest:
@@ -251,6 +254,18 @@ Result<const fb::AddCredit*> ParseAddCredit(std::span<const uint8_t> metadata) {
   if (m->credit() <= 0) {
     return Invalid("AddCredit for receiver ", m->receiver_id(), ": credit ", m->credit(),
                    " is not positive (credit must be > 0)");
+  }
+  return m;
+}
+
+Result<const fb::BufferSizeAnnouncement*> ParseBufferSizeAnnouncement(
+    std::span<const uint8_t> metadata) {
+  auto r = Verify<fb::BufferSizeAnnouncement>(metadata, "BufferSizeAnnouncement");
+  if (!r.ok()) return r;
+  const fb::BufferSizeAnnouncement* m = r.value();
+  if (m->buffer_size() == 0) {
+    return Invalid("BufferSizeAnnouncement for receiver ", m->receiver_id(),
+                   ": buffer_size 0 is not a size (sizes are > 0 bytes)");
   }
   return m;
 }
@@ -355,6 +370,8 @@ Status CheckMessage(MessageType type, std::span<const uint8_t> metadata, uint32_
       return ParseHeartbeat(metadata).status();
     case MessageType::kAuthResponse:
       return ParseAuthResponse(metadata).status();
+    case MessageType::kBufferSizeAnnouncement:
+      return ParseBufferSizeAnnouncement(metadata).status();
     default:
       break;
   }
@@ -385,6 +402,8 @@ Status VerifyMessage(MessageType type, std::span<const uint8_t> metadata) {
       return Verify<fb::Heartbeat>(metadata, "Heartbeat").status();
     case MessageType::kAuthResponse:
       return Verify<fb::AuthResponse>(metadata, "AuthResponse").status();
+    case MessageType::kBufferSizeAnnouncement:
+      return Verify<fb::BufferSizeAnnouncement>(metadata, "BufferSizeAnnouncement").status();
     default:
       if (IsControlMessageType(static_cast<uint8_t>(type))) {
         return VerifyControlMessage(type, metadata);
@@ -487,6 +506,12 @@ std::span<const uint8_t> MessageBuilder::AuthResponse(std::span<const uint8_t> a
   fbb_.Clear();
   auto proof = fbb_.CreateVector(auth_proof.data(), auth_proof.size());
   return Finish(fb::CreateAuthResponse(fbb_, proof));
+}
+
+std::span<const uint8_t> MessageBuilder::BufferSizeAnnouncement(uint64_t receiver_id,
+                                                                uint32_t buffer_size) {
+  fbb_.Clear();
+  return Finish(fb::CreateBufferSizeAnnouncement(fbb_, receiver_id, buffer_size));
 }
 
 }  // namespace sluice::schema

@@ -40,6 +40,8 @@ enum class MessageType : uint8_t {
   kErrorResponse = 9,
   kHeartbeat = 10,
   kAuthResponse = 11,
+  // Buffer debloating (issue 14): client -> server, the buffer size a receiver asks for.
+  kBufferSizeAnnouncement = 12,
   // Daemon control (schema/control.fbs).
   kSubmitJob = 32,
   kJobStatusRequest = 33,
@@ -78,6 +80,9 @@ inline constexpr size_t kMaxErrorMessageLength = 4096;
 // Segment sizes a Hello may announce: a power of two in this range (DESIGN.md "Memory model").
 inline constexpr uint32_t kMinSegmentSize = 4 * 1024;
 inline constexpr uint32_t kMaxSegmentSize = 1024 * 1024;
+// The smallest buffer a BufferSizeAnnouncement can make the sender cut (smaller values are
+// raised to it): below this, frame headers and per-buffer work outweigh the data.
+inline constexpr uint32_t kMinDebloatBufferSize = 1024;
 
 // BufferResponse.flags bits; any other bit set is a protocol error.
 inline constexpr uint8_t kFlagCompressed = 1u << 0;
@@ -105,6 +110,10 @@ Result<const fb::CloseRequest*> ParseCloseRequest(std::span<const uint8_t> metad
 Result<const fb::ErrorResponse*> ParseErrorResponse(std::span<const uint8_t> metadata);
 Result<const fb::Heartbeat*> ParseHeartbeat(std::span<const uint8_t> metadata);
 Result<const fb::AuthResponse*> ParseAuthResponse(std::span<const uint8_t> metadata);
+// Rejects buffer_size 0 (kInvalidField); any other value passes (the server clamps it to
+// [kMinDebloatBufferSize, its segment size]).
+Result<const fb::BufferSizeAnnouncement*> ParseBufferSizeAnnouncement(
+    std::span<const uint8_t> metadata);
 
 // The Parse function of `type`, result dropped. ProtocolError for an unknown type. Control
 // types are only verified here (schema/control.h checks their fields).
@@ -159,6 +168,7 @@ class MessageBuilder {
                                          std::optional<uint64_t> receiver_id = std::nullopt);
   std::span<const uint8_t> Heartbeat(uint64_t timestamp_ns);
   std::span<const uint8_t> AuthResponse(std::span<const uint8_t> auth_proof);
+  std::span<const uint8_t> BufferSizeAnnouncement(uint64_t receiver_id, uint32_t buffer_size);
 
  private:
   template <typename T>

@@ -61,6 +61,18 @@ Status InputGate::Start() {
       }
     }
   }
+  if (options_.debloat && !channels_.empty()) {
+    BufferDebloaterOptions o;
+    o.target = options_.debloat_target;
+    o.min_buffer_size = options_.debloat_min_buffer_size;
+    o.segment_size = options_.credit.segment_size;
+    o.channels = static_cast<uint32_t>(channels_.size());
+    o.buffers_per_channel = std::max<uint32_t>(options_.credit.buffers_per_channel, 1);
+    o.threshold_percent = options_.debloat_threshold_percent;
+    debloater_ = std::make_unique<BufferDebloater>(o);
+    debloat_window_start_ = std::chrono::steady_clock::now();
+    stats_.debloat_buffer_size = debloater_->buffer_size();
+  }
   for (auto& c : channels_) {
     if (Status st = c->Start(); !st.ok()) return st;
   }
@@ -80,6 +92,7 @@ void InputGate::QueueChannel(uint32_t index) {
 
 Result<std::optional<BufferOrEvent>> InputGate::GetNext(std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
+  if (debloater_) MaybeEndDebloatWindow(std::chrono::steady_clock::now());
   while (true) {
     uint32_t index;
     {
@@ -87,9 +100,13 @@ Result<std::optional<BufferOrEvent>> InputGate::GetNext(std::chrono::millisecond
       if (Status s = StoppedLocked(); !s.ok()) return s;
       if (finished_count_ == channels_.size()) return std::optional<BufferOrEvent>();
       ++waiting_;
+      const bool idle = debloater_ && ready_.empty();
+      const auto wait_start = idle ? std::chrono::steady_clock::now()
+                                   : std::chrono::steady_clock::time_point{};
       const bool ready = cv_.wait_until(lock, deadline, [&] {
         return !ready_.empty() || cancelled_ || closed_;
       });
+      if (idle) debloater_->OnIdle(std::chrono::steady_clock::now() - wait_start);
       --waiting_;
       if (Status s = StoppedLocked(); !s.ok()) return s;
       if (!ready) return std::optional<BufferOrEvent>();
@@ -111,6 +128,7 @@ Result<std::optional<BufferOrEvent>> InputGate::GetNext(std::chrono::millisecond
     if (n.buffer.type() == buffer::DataType::kData) {
       ++stats_.buffers_in;
       stats_.bytes_in += n.buffer.size();
+      if (debloater_) debloater_->OnConsumed(n.buffer.size());
     } else {
       ++stats_.events_in;
       if (n.buffer.type() == buffer::DataType::kEndOfPartition && !finished_[index]) {
@@ -121,6 +139,18 @@ Result<std::optional<BufferOrEvent>> InputGate::GetNext(std::chrono::millisecond
     }
     return std::optional<BufferOrEvent>(BufferOrEvent{std::move(n.buffer), index});
   }
+}
+
+void InputGate::MaybeEndDebloatWindow(std::chrono::steady_clock::time_point now) {
+  const auto elapsed = now - debloat_window_start_;
+  if (elapsed < options_.debloat_period) return;
+  debloat_window_start_ = now;
+  const std::optional<uint32_t> size = debloater_->EndWindow(elapsed);
+  stats_.debloat_throughput = debloater_->throughput();
+  if (!size) return;
+  stats_.debloat_buffer_size = *size;
+  ++stats_.debloat_announcements;
+  for (auto& c : channels_) c->AnnounceBufferSize(*size);
 }
 
 Status InputGate::StoppedLocked() const {

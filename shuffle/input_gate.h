@@ -28,6 +28,7 @@
 #include "sluice/buffer/local_buffer_pool.h"
 #include "sluice/buffer/network_buffer_pool.h"
 #include "sluice/buffer/status.h"
+#include "sluice/shuffle/buffer_debloater.h"
 #include "sluice/shuffle/shuffle_options.h"
 
 namespace sluice::shuffle {
@@ -72,6 +73,9 @@ class InputChannel {
   // Gives back everything the channel holds; idempotent. Any thread.
   virtual void Release() = 0;
   virtual ChannelState State() const = 0;
+  // Buffer debloating: ask the sender for data buffers of about `bytes` (remote channels send
+  // a BufferSizeAnnouncement; the default does nothing). Consumer thread.
+  virtual void AnnounceBufferSize(uint32_t bytes) { (void)bytes; }
 
   uint32_t index() const { return index_; }
 
@@ -89,6 +93,11 @@ struct InputGateStats {
   uint32_t channels = 0;
   uint32_t finished_channels = 0;
   buffer::LocalBufferPoolStats floating_pool;
+  // Buffer debloating (ShuffleOptions::debloat): the size last asked of the senders (0: off)
+  // and the consumer's smoothed throughput it came from, and how many times it was asked.
+  uint32_t debloat_buffer_size = 0;
+  double debloat_throughput = 0;
+  uint64_t debloat_announcements = 0;
 };
 
 class InputGate {
@@ -155,6 +164,9 @@ class InputGate {
             bool wide);
   // Closed after Close(), Cancelled after Cancel(), else OK. REQUIRES: mu_ held.
   Status StoppedLocked() const;
+  // Debloating: ends the debloater's window when debloat_period has passed, and announces a
+  // new size to every channel. Consumer thread.
+  void MaybeEndDebloatWindow(std::chrono::steady_clock::time_point now);
 
   const std::string name_;
   const std::shared_ptr<buffer::NetworkBufferPool> global_;
@@ -164,6 +176,9 @@ class InputGate {
   std::shared_ptr<FloatingCreditDispatcher> floating_credit_;  // wide: set by Start
   std::vector<std::shared_ptr<InputChannel>> channels_;
   uint32_t max_record_size_ = kDefaultMaxRecordSize;
+  // Buffer debloating (options_.debloat, made at Start): consumer thread only.
+  std::unique_ptr<BufferDebloater> debloater_;
+  std::chrono::steady_clock::time_point debloat_window_start_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -103,6 +103,12 @@ Status PartitionRequestQueue::AddCredit(uint64_t receiver_id, int32_t credit) {
   return Status::Ok();
 }
 
+uint32_t PartitionRequestQueue::AnnounceBufferSize(uint64_t receiver_id, uint32_t buffer_size) {
+  auto it = readers_.find(receiver_id);
+  if (it == readers_.end() || it->second->released) return 0;
+  return it->second->view->SetBufferSize(buffer_size);
+}
+
 void PartitionRequestQueue::NotifyReaderNonEmpty(uint64_t receiver_id) {
   std::lock_guard lock(mu_);
   EnqueueAndWriteLocked(receiver_id);

@@ -101,6 +101,11 @@ class PartitionRequestQueue {
   // The view of `receiver_id` has something readable (also called by the readers' listeners,
   // through Post).
   void NotifyReaderNonEmpty(uint64_t receiver_id);
+  // Buffer debloating: the receiver asks for data buffers of about `buffer_size` bytes
+  // (BufferSizeAnnouncement, > 0, checked by the parser). The view clamps it to [1 KiB, its
+  // segment size]; returns the size in effect, or 0 when the id has no reader (released
+  // meanwhile: ignored, like credit).
+  uint32_t AnnounceBufferSize(uint64_t receiver_id, uint32_t buffer_size);
   // The receiver cancelled: releases the reader and its view. Unknown ids are ignored.
   void CancelReader(uint64_t receiver_id);
   // Releases every reader.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <unordered_set>
+#include <utility>
 
 namespace sluice::shuffle {
 
@@ -328,6 +329,23 @@ int32_t RemoteInputChannel::TakeUnannouncedCredit() {
   const int32_t c = unannounced_credit_;
   unannounced_credit_ = 0;
   return released_ ? 0 : c;
+}
+
+void RemoteInputChannel::AnnounceBufferSize(uint32_t bytes) {
+  {
+    std::lock_guard lock(mu_);
+    if (released_ || finished_ || bytes == 0) return;
+    buffer_size_ = bytes;
+    buffer_size_pending_ = true;
+  }
+  // Sent with the next credit flush (SendCredit sends a pending size too); outside mu_.
+  client_->NotifyCreditAvailable(shared_from_this());
+}
+
+uint32_t RemoteInputChannel::TakeBufferSizeAnnouncement(bool again) {
+  std::lock_guard lock(mu_);
+  if (!std::exchange(buffer_size_pending_, false) && !again) return 0;
+  return buffer_size_;
 }
 
 void RemoteInputChannel::OnError(Status error) {

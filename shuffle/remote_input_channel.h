@@ -148,6 +148,14 @@ class RemoteInputChannel final : public InputChannel,
     uint32_t queued = 0;            // received buffers the consumer has not taken yet
   };
   CreditState Credit() const;
+  // Buffer debloating: remembers `bytes` and asks the client to send it (with the next credit
+  // flush, as a BufferSizeAnnouncement). Any thread.
+  void AnnounceBufferSize(uint32_t bytes) override;
+  // The size to announce, 0 when none is pending; resets it. With `again`, the last size asked
+  // for even when it was announced already (a PartitionRequest, also a retried one, is
+  // followed by it: an announcement for a request the server had not found was ignored).
+  // Loop thread.
+  uint32_t TakeBufferSizeAnnouncement(bool again = false);
   // Fails the channel: the consumer's next GetNext returns this error.
   void OnError(Status error);
   bool released() const;
@@ -207,6 +215,8 @@ class RemoteInputChannel final : public InputChannel,
   bool released_ = false;                      // GUARDED_BY(mu_)
   bool notify_pending_ = false;                // GUARDED_BY(mu_): OnBuffer held a notify back
   bool finished_ = false;                      // GUARDED_BY(mu_)
+  uint32_t buffer_size_ = 0;                   // GUARDED_BY(mu_): debloating, 0 = never asked
+  bool buffer_size_pending_ = false;           // GUARDED_BY(mu_): not announced yet
   Status error_;                               // GUARDED_BY(mu_)
   std::shared_ptr<EventBudget> event_budget_;  // GUARDED_BY(mu_)
   // Keeps the channel alive after Release until its last exclusive segment came home.

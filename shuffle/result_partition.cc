@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "buffer/memory_estimate.h"
+#include "schema/messages.h"
 
 namespace sluice::shuffle {
 
@@ -85,13 +86,30 @@ class ItemQueue {
   size_t size_ = 0;
 };
 
+// How many of `records` (length prefixes included) fit in `room` bytes; at least one, so a
+// record larger than a debloated buffer still goes into a fresh one (and ends it).
+size_t RecordsWithin(std::span<const std::span<const uint8_t>> records, size_t room) {
+  size_t n = 0;
+  size_t used = 0;
+  for (const std::span<const uint8_t>& r : records) {
+    used += kRecordLengthBytes + r.size();
+    if (used > room) break;
+    ++n;
+  }
+  return std::max<size_t>(n, std::min<size_t>(1, records.size()));
+}
+
 }  // namespace
+
+static_assert(schema::kMinDebloatBufferSize == ResultPartition::kMinBufferSize,
+              "the wire's minimum debloated buffer is the partition's");
 
 // One pipelined subpartition: the writer's current buffer and the queue the consumer reads.
 // Buffers are never released under mu (recycling may run pool listeners, i.e. foreign code).
 class ResultPartition::Subpartition {
  public:
-  explicit Subpartition(size_t queue_capacity) : queue(queue_capacity) {}
+  Subpartition(size_t queue_capacity, uint32_t segment_size)
+      : queue(queue_capacity), buffer_size(segment_size) {}
 
   // Queues an item; returns true when the listener must be notified (outside mu).
   // REQUIRES: mu held.
@@ -126,6 +144,7 @@ class ResultPartition::Subpartition {
     while (!queue.empty()) garbage->push_back(queue.pop_front().buffer);
     backlog = 0;
     queued_bytes = 0;
+    room_cv.notify_all();  // a writer waiting for queue room sees the drop
   }
 
   // Calls the listener outside mu. notify_mu is held during the call so that a view's
@@ -167,6 +186,14 @@ class ResultPartition::Subpartition {
   uint64_t events = 0;
   uint64_t dropped_records = 0;
   uint64_t polled = 0;
+  // Buffer debloating (SetBufferSize): the writer finishes data buffers at about buffer_size
+  // bytes (the segment size: not debloated) and waits before starting a record while
+  // `queue_cap` finished buffers are queued, so the subpartition holds fewer segments.
+  uint32_t buffer_size;
+  uint32_t queue_cap = kNoQueueCap;
+  bool room_waiter = false;         // the writer waits on room_cv
+  std::condition_variable room_cv;  // signalled when backlog drops below queue_cap
+  static constexpr uint32_t kNoQueueCap = 0xFFFFFFFFu;
 };
 
 // The view handed to a consumer. Keeps the partition alive.
@@ -198,6 +225,7 @@ class ResultPartition::View final : public SubpartitionView {
     Item item = sp_.queue.pop_front();
     const DataType type = item.buffer.type();
     if (type == DataType::kData) --sp_.backlog;
+    if (sp_.room_waiter && sp_.backlog < sp_.queue_cap) sp_.room_cv.notify_one();
     sp_.queued_bytes -= item.buffer.size();
     ++sp_.polled;
     if (type == DataType::kEndOfPartition) {
@@ -249,6 +277,10 @@ class ResultPartition::View final : public SubpartitionView {
   bool IsReleased() const override {
     std::lock_guard lock(sp_.mu);
     return sp_.view_released;
+  }
+
+  uint32_t SetBufferSize(uint32_t bytes) override {
+    return partition_->SetBufferSize(index_, bytes);
   }
 
  private:
@@ -322,7 +354,7 @@ ResultPartition::ResultPartition(std::string id, uint32_t num_subpartitions,
       static_cast<size_t>(options.credit.max_buffers_per_channel) + options.credit.overdraft + 4;
   subpartitions_.reserve(num_subpartitions);
   for (uint32_t i = 0; i < num_subpartitions; ++i) {
-    subpartitions_.push_back(std::make_unique<Subpartition>(capacity));
+    subpartitions_.push_back(std::make_unique<Subpartition>(capacity, pool_->segment_size()));
   }
 }
 
@@ -422,16 +454,21 @@ Status ResultPartition::WriteRecords(uint32_t index,
         outcome = Outcome::kDropped;
       } else {
         if (!sp.current.valid() && fresh.valid()) sp.current = std::move(fresh);
+        // Debloated: buffers end at about this size (a segment otherwise).
+        const uint32_t limit = sp.buffer_size;
         while (sp.current.valid()) {
           if (!serializer_.HasPending()) {
             // Whole records first, in one tight loop (one per buffer when flushing per record).
-            const auto rest = records.subspan(done, flush_every_record_
-                                                        ? std::min<size_t>(1, records.size() - done)
-                                                        : records.size() - done);
+            auto rest = records.subspan(done, flush_every_record_
+                                                  ? std::min<size_t>(1, records.size() - done)
+                                                  : records.size() - done);
+            if (limit < sp.current.capacity()) {
+              rest = rest.first(RecordsWithin(rest, limit - std::min(limit, sp.current.size())));
+            }
             if (const size_t n = serializer_.AppendWhole(sp.current, rest); n > 0) {
               done += n;
               sp.records += n;
-              if (sp.current.size() == sp.current.capacity() || flush_every_record_) {
+              if (sp.current.size() >= limit || flush_every_record_) {
                 notify = sp.FinishCurrentLocked() || notify;
               }
               if (done == records.size()) break;
@@ -441,7 +478,8 @@ Status ResultPartition::WriteRecords(uint32_t index,
             serializer_.BeginChecked(records[done]);
           }
           const RecordSerializer::Progress p = serializer_.CopyTo(sp.current);
-          if (p != RecordSerializer::Progress::kRecordDoneBufferHasRoom || flush_every_record_) {
+          if (p != RecordSerializer::Progress::kRecordDoneBufferHasRoom || flush_every_record_ ||
+              sp.current.size() >= limit) {
             notify = sp.FinishCurrentLocked() || notify;
           }
           if (p != RecordSerializer::Progress::kBufferFullRecordPending) {
@@ -498,6 +536,7 @@ Status ResultPartition::WriteInPlace(uint32_t index, std::span<const uint32_t> s
   uint32_t claimed_size = 0;  // claimed's size with the records filled into it
   size_t filled = 0;          // records filled into `claimed`, not yet put back
   size_t done = 0;            // records complete (or dropped)
+  uint32_t limit = capacity;  // debloated buffer size (sp.buffer_size), read under the lock
   auto report = [&] {
     if (written != nullptr) *written = done;
   };
@@ -508,6 +547,7 @@ Status ResultPartition::WriteInPlace(uint32_t index, std::span<const uint32_t> s
     {
       std::lock_guard lock(sp.mu);
       sp.claimed = false;
+      limit = sp.buffer_size;
       const bool flush_requested = std::exchange(sp.flush_requested, false);
       if ((state_.load(std::memory_order_acquire) & (kFailed | kReleased)) != 0) {
         garbage = claimed.valid() ? std::move(claimed) : std::move(fresh);
@@ -524,7 +564,7 @@ Status ResultPartition::WriteInPlace(uint32_t index, std::span<const uint32_t> s
           sp.current = std::move(claimed);
           sp.records += filled;
           done += filled;
-          if (claimed_size == capacity || flush_every_record_ || flush_requested) {
+          if (claimed_size >= limit || flush_every_record_ || flush_requested) {
             notify = sp.FinishCurrentLocked();
           }
         } else if (fresh.valid()) {
@@ -537,12 +577,14 @@ Status ResultPartition::WriteInPlace(uint32_t index, std::span<const uint32_t> s
           step = Step::kScratch;
         } else if (!sp.current.valid()) {
           step = Step::kNeedBuffer;
-        } else if (const uint32_t tail = capacity - sp.current.size(); tail >= need) {
+        } else if (const uint32_t used = sp.current.size(), tail = capacity - used;
+                   tail >= need && (used == 0 || used + need <= limit)) {
           claimed = std::move(sp.current);
           sp.claimed = true;
           step = Step::kFill;
-        } else if (tail <= max_waste) {
-          notify = sp.FinishCurrentLocked() || notify;  // the tail stays unused
+        } else if (tail <= max_waste || limit < capacity) {
+          // The tail stays unused; debloated, the buffer ends here rather than split a record.
+          notify = sp.FinishCurrentLocked() || notify;
           step = Step::kNeedBuffer;
         } else {
           step = Step::kScratch;  // split across the tail and the next buffer
@@ -567,6 +609,7 @@ Status ResultPartition::WriteInPlace(uint32_t index, std::span<const uint32_t> s
         do {
           const uint32_t n = sizes[i];
           if (capacity - size < kRecordLengthBytes + n) break;
+          if (size > 0 && size + kRecordLengthBytes + n > limit) break;  // debloated
           StoreRecordLength(out + size, n);
           fill(i, std::span<uint8_t>(out + size + kRecordLengthBytes, n));
           size += static_cast<uint32_t>(kRecordLengthBytes) + n;
@@ -624,9 +667,30 @@ Result<Buffer> ResultPartition::RequestOutputBuffer(uint32_t index, RecordPositi
     if (pool_->IsAvailable()) return pool_->RequestBuffer(sp);
     return Buffer();
   };
-  if (Buffer b = try_request()) return b;
-  const Clock::time_point start = Clock::now();
-  const Clock::time_point deadline = DeadlineAfter(start, options_.emit_timeout);
+  Clock::time_point start{};
+  Clock::time_point deadline{};
+  if (!mid_record && QueueCapped(index)) {
+    start = Clock::now();
+    deadline = DeadlineAfter(start, options_.emit_timeout);
+    if (Status s = WaitQueueRoom(index, deadline); !s.ok()) {
+      backpressure_ns_.fetch_add(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count(),
+          std::memory_order_relaxed);
+      return s;
+    }
+  }
+  if (Buffer b = try_request()) {
+    if (start != Clock::time_point{}) {
+      backpressure_ns_.fetch_add(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count(),
+          std::memory_order_relaxed);
+    }
+    return b;
+  }
+  if (start == Clock::time_point{}) {
+    start = Clock::now();
+    deadline = DeadlineAfter(start, options_.emit_timeout);
+  }
   Result<Buffer> result = InternalError("unreachable");
   while (true) {
     if (Status s = WritableStatus(); !s.ok()) {
@@ -664,6 +728,56 @@ Result<Buffer> ResultPartition::RequestOutputBuffer(uint32_t index, RecordPositi
       std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count(),
       std::memory_order_relaxed);
   return result;
+}
+
+bool ResultPartition::QueueCapped(uint32_t index) const {
+  Subpartition& sp = *subpartitions_[index];
+  std::lock_guard lock(sp.mu);
+  return sp.backlog >= sp.queue_cap;
+}
+
+Status ResultPartition::WaitQueueRoom(uint32_t index, Clock::time_point deadline) {
+  Subpartition& sp = *subpartitions_[index];
+  {
+    std::unique_lock lock(sp.mu);
+    while (sp.backlog >= sp.queue_cap && !sp.view_released &&
+           (state_.load(std::memory_order_acquire) & (kFailed | kReleased | kCancelled)) == 0) {
+      const Clock::time_point now = Clock::now();
+      if (now >= deadline) {
+        sp.room_waiter = false;
+        lock.unlock();
+        return BackpressureTimeout(index, "before the record started (its debloated queue is full)");
+      }
+      sp.room_waiter = true;
+      sp.room_cv.wait_for(lock, SliceUntil(now, deadline));
+    }
+    sp.room_waiter = false;
+  }
+  return WritableStatus();
+}
+
+uint32_t ResultPartition::SetBufferSize(uint32_t subpartition, uint32_t bytes) {
+  const uint32_t segment = pool_->segment_size();
+  if (subpartition >= num_subpartitions_) return segment;
+  const uint32_t size = std::clamp(bytes, std::min(kMinBufferSize, segment), segment);
+  const uint32_t per_channel = std::max<uint32_t>(options_.credit.max_buffers_per_channel, 1);
+  // The bytes Flink's debloated queue would hold (per_channel buffers of `size`), in whole
+  // segments: the subpartition keeps that many, the rest stay in (or go back to) the pools.
+  const uint64_t cap = (uint64_t{per_channel} * size + segment - 1) / segment;
+  Subpartition& sp = *subpartitions_[subpartition];
+  std::lock_guard lock(sp.mu);
+  sp.buffer_size = size;
+  sp.queue_cap = size == segment ? Subpartition::kNoQueueCap
+                                 : static_cast<uint32_t>(std::clamp<uint64_t>(
+                                       cap, kMinDebloatQueue, per_channel));
+  sp.room_cv.notify_all();
+  return size;
+}
+
+uint32_t ResultPartition::buffer_size(uint32_t subpartition) const {
+  if (subpartition >= num_subpartitions_) return pool_->segment_size();
+  std::lock_guard lock(subpartitions_[subpartition]->mu);
+  return subpartitions_[subpartition]->buffer_size;
 }
 
 Status ResultPartition::BackpressureTimeout(uint32_t index, const char* when) const {
@@ -792,6 +906,10 @@ void ResultPartition::Cancel() {
     state_.fetch_or(kCancelled, std::memory_order_acq_rel);
   }
   pool_->CancelBlockingRequests();
+  for (const std::unique_ptr<Subpartition>& sp : subpartitions_) {
+    std::lock_guard lock(sp->mu);
+    sp->room_cv.notify_all();  // a writer waiting for debloated queue room
+  }
 }
 
 void ResultPartition::Release() {
@@ -885,6 +1003,8 @@ ResultPartitionStats ResultPartition::Stats() const {
       s.has_view = sp->has_view;
       s.view_released = sp->view_released;
       s.consumed = sp->consumed;
+      s.buffer_size = sp->buffer_size;
+      s.queue_cap = sp->queue_cap == Subpartition::kNoQueueCap ? 0 : sp->queue_cap;
     }
     out.buffers_out += s.buffers_out;
     out.bytes_out += s.bytes_out;

@@ -26,6 +26,8 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -58,6 +60,11 @@ struct SubpartitionStats {
   bool has_view = false;         // a consumer is attached
   bool view_released = false;    // the consumer released its view: writes here are dropped
   bool consumed = false;         // the consumer has polled the end-of-partition event
+  // Buffer debloating (SetBufferSize): the size data buffers are cut at (the segment size when
+  // not debloated) and the most finished data buffers queued before the writer waits (0: no
+  // bound beyond the pool's max_buffers_per_channel).
+  uint32_t buffer_size = 0;
+  uint32_t queue_cap = 0;
 };
 
 struct ResultPartitionStats {
@@ -191,6 +198,25 @@ class ResultPartition : public std::enable_shared_from_this<ResultPartition> {
 
   ResultPartitionStats Stats() const;
 
+  // --- Buffer debloating (any thread; docs/protocol.md "Buffer debloating") ---
+  // The smallest buffer size SetBufferSize sets (schema::kMinDebloatBufferSize on the wire).
+  static constexpr uint32_t kMinBufferSize = 1024;
+  // The fewest finished data buffers a debloated subpartition may queue.
+  static constexpr uint32_t kMinDebloatQueue = 2;
+  // The consumer of `subpartition` asks for data buffers of about `bytes`: clamped to
+  // [kMinBufferSize, segment size], returned. From the next buffer on, the writer finishes a
+  // data buffer once it holds that many bytes (a record larger than that still fills one
+  // buffer of up to a segment, in place records are never split for it), and, below a
+  // segment, it starts a record only while fewer than
+  //   queue_cap = clamp(ceil(max_buffers_per_channel x size / segment_size), 2,
+  //                     max_buffers_per_channel)
+  // finished data buffers are queued: the bytes Flink's debloated queue holds, but in whole
+  // segments, so the subpartition really holds fewer segments and its output pool lends
+  // fewer (the writer's wait counts as backpressure). The segment size ends debloating.
+  // An unknown subpartition is ignored (returns the segment size).
+  uint32_t SetBufferSize(uint32_t subpartition, uint32_t bytes);
+  uint32_t buffer_size(uint32_t subpartition) const;
+
   // --- Watching the consumers (any thread) ---
   // A counter that moves whenever a subpartition's end-of-partition is consumed, a view is
   // released, or the partition fails or is released: wait on it (then look at Stats()) instead
@@ -237,6 +263,11 @@ class ResultPartition : public std::enable_shared_from_this<ResultPartition> {
   // A buffer for subpartition `index`, waiting at most emit_timeout (backpressure).
   Result<buffer::Buffer> RequestOutputBuffer(uint32_t index, RecordPosition position);
   Status BackpressureTimeout(uint32_t index, const char* when) const;
+  // Debloating: whether subpartition `index` has its queue cap of finished buffers, and the
+  // wait until it has room (or the deadline: Timeout; Cancel/Fail/Release/view released end
+  // the wait, and the partition's state is returned).
+  bool QueueCapped(uint32_t index) const;
+  Status WaitQueueRoom(uint32_t index, std::chrono::steady_clock::time_point deadline);
   Status AddEvent(uint32_t index, buffer::DataType type, std::span<const uint8_t> payload);
   // Recycles every queued and current buffer (outside the subpartition locks) and notifies
   // listeners waiting for data, so they poll and see the error.

@@ -96,6 +96,16 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
     if (credit > 0) {
       conn_->Send(MakeFrame(MessageType::kAddCredit, builder_.AddCredit(ch.receiver_id(), credit)));
     }
+    SendBufferSize(ch);
+  }
+
+  // Buffer debloating: a size the channel's gate asked for since the last flush (`again`:
+  // the last one, after a PartitionRequest).
+  void SendBufferSize(RemoteInputChannel& ch, bool again = false) {
+    if (const uint32_t size = ch.TakeBufferSizeAnnouncement(again); size != 0) {
+      conn_->Send(MakeFrame(MessageType::kBufferSizeAnnouncement,
+                            builder_.BufferSizeAnnouncement(ch.receiver_id(), size)));
+    }
   }
 
   void SendRequest(RemoteInputChannel& ch) {
@@ -105,6 +115,7 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
                           builder_.PartitionRequest(ch.partition_id(), ch.subpartition(),
                                                     ch.receiver_id(), credit,
                                                     ch.access_proof())));
+    SendBufferSize(ch, /*again=*/true);
   }
 
   // PartitionNotFound: retry with backoff until the request timeout, then fail.

@@ -44,6 +44,21 @@ struct ShuffleOptions {
   // The transport's seeded fault shim on every connection (corruption, delay); tests and
   // sluice-harness only.
   transport::FaultShim faults;
+
+  // --- Buffer debloating (issue 14; docs/protocol.md "Buffer debloating") ---
+  // On: each input gate measures how fast its consumer takes data and asks every remote
+  // channel's sender (BufferSizeAnnouncement) to cut buffers so that the data in flight lasts
+  // about debloat_target: buffer size = throughput x target / (channels x
+  // buffers_per_channel), within [debloat_min_buffer_size, segment_size]. Producers always
+  // honour an announcement, whatever this flag says on their side.
+  bool debloat = false;
+  // Flink's buffer-debloat.target; microseconds, as fast consumers want sub-millisecond ones.
+  std::chrono::microseconds debloat_target{std::chrono::seconds(1)};
+  std::chrono::milliseconds debloat_period{100};   // how often the gate recomputes
+  uint32_t debloat_min_buffer_size = 1024;         // never below schema::kMinDebloatBufferSize
+  // A new size is announced only when it differs from the last by more than this share (or
+  // reaches a bound), so the size does not flap on noise (Flink's threshold-percentages).
+  uint32_t debloat_threshold_percent = 25;
 };
 
 inline constexpr std::chrono::milliseconds kBufferTimeoutOff{-1};

@@ -51,6 +51,14 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
       case MessageType::kAuthResponse: return OnAuthResponse(meta);
       case MessageType::kPartitionRequest: return OnPartitionRequest(meta);
       case MessageType::kAddCredit: return OnAddCredit(meta);
+      case MessageType::kBufferSizeAnnouncement: {
+        // Debloating: 0 is refused by the parser (ProtocolViolation, closed); other sizes are
+        // clamped by the partition; an unknown receiver is ignored.
+        auto m = schema::ParseBufferSizeAnnouncement(meta);
+        if (!m.ok()) return RejectMessage(type, meta, m.status());
+        queue_.AnnounceBufferSize((*m)->receiver_id(), (*m)->buffer_size());
+        return Admission();
+      }
       case MessageType::kCancelPartitionRequest: {
         auto m = schema::ParseCancelPartitionRequest(meta);
         if (!m.ok()) return RejectMessage(type, meta, m.status());

@@ -60,6 +60,13 @@ class SubpartitionView {
   // subpartition are dropped, no more notifications. Idempotent.
   virtual void Release() = 0;
   virtual bool IsReleased() const = 0;
+  // Buffer debloating: the consumer asks for data buffers of about `bytes`. Returns the size
+  // in effect (the view clamps it to what it can cut); the default cannot cut buffers and
+  // returns 0. Any thread.
+  virtual uint32_t SetBufferSize(uint32_t bytes) {
+    (void)bytes;
+    return 0;
+  }
 };
 
 }  // namespace sluice::shuffle

@@ -35,7 +35,8 @@ void ExpectProtocolError(const Status& s, std::initializer_list<std::string_view
 TEST(MessageTypeTest, KnownTypesAndPayloads) {
   EXPECT_FALSE(IsKnownMessageType(0));
   for (uint8_t t = 1; t <= 10; ++t) EXPECT_TRUE(IsKnownMessageType(t)) << int{t};
-  EXPECT_FALSE(IsKnownMessageType(12));
+  EXPECT_TRUE(IsKnownMessageType(12));  // BufferSizeAnnouncement
+  EXPECT_FALSE(IsKnownMessageType(13));
   EXPECT_FALSE(IsKnownMessageType(31));
   EXPECT_TRUE(IsKnownMessageType(11));
   EXPECT_TRUE(IsControlMessageType(32));
@@ -52,7 +53,7 @@ TEST(MessageTypeTest, KnownTypesAndPayloads) {
 
   const std::bitset<256> known = KnownMessageTypes();
   const std::bitset<256> payload = PayloadMessageTypes();
-  EXPECT_EQ(known.count(), 21u);  // 11 shuffle protocol types, 10 daemon control types
+  EXPECT_EQ(known.count(), 22u);  // 12 shuffle protocol types, 10 daemon control types
   EXPECT_EQ(payload.count(), 1u);
   EXPECT_TRUE(payload.test(static_cast<uint8_t>(MessageType::kBufferResponse)));
   for (size_t t = 0; t < 256; ++t) {
@@ -414,6 +415,36 @@ TEST(MessageBuilderTest, ParsingAllocatesNothing) {
   }
   g_counting = false;
   EXPECT_EQ(g_allocations.load(), 0u);
+}
+
+}  // namespace
+}  // namespace sluice::schema
+
+namespace sluice::schema {
+namespace {
+
+// Buffer debloating's announcement (MessageType 12): round trip, and 0 refused as a wrong field
+// (the Verifier passes it) with the receiver and the value named.
+TEST(MessageRoundTripTest, BufferSizeAnnouncement) {
+  MessageBuilder b;
+  Bytes msg = Copy(b.BufferSizeAnnouncement(0x1234567890ull, 4096));
+  auto r = ParseBufferSizeAnnouncement(msg);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r.value()->receiver_id(), 0x1234567890ull);
+  EXPECT_EQ(r.value()->buffer_size(), 4096u);
+  EXPECT_TRUE(CheckMessage(MessageType::kBufferSizeAnnouncement, msg, 0).ok());
+  EXPECT_EQ(MessageTypeName(MessageType::kBufferSizeAnnouncement), "BufferSizeAnnouncement");
+
+  msg = Copy(b.BufferSizeAnnouncement(0xFFFFFFFFull, UINT32_MAX));  // huge: the server clamps
+  EXPECT_TRUE(ParseBufferSizeAnnouncement(msg).ok());
+
+  msg = Copy(b.BufferSizeAnnouncement(7, 0));
+  r = ParseBufferSizeAnnouncement(msg);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), sluice::StatusCode::kProtocolError);
+  EXPECT_NE(r.status().message().find("receiver 7: buffer_size 0"), std::string::npos)
+      << r.status().message();
+  EXPECT_TRUE(VerifyMessage(MessageType::kBufferSizeAnnouncement, msg).ok());  // a field error
 }
 
 }  // namespace

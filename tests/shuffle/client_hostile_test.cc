@@ -611,5 +611,43 @@ TEST(ClientHostileTest, HugeRecordLengthFailsTheChannelWithoutReserving) {
   ExpectNoLeak(env.get());
 }
 
+// BufferSizeAnnouncement (buffer debloating) goes client -> server only: a server that sends
+// one breaks the protocol, and the client closes the connection with ProtocolViolation.
+TEST(ClientHostileTest, BufferSizeAnnouncementFromTheServerClosesTheConnection) {
+  FakeProducer fake;
+  auto env = StartConsumer();
+  ASSERT_TRUE(env);
+  std::optional<FakeProducer::Frame> answer;
+  std::jthread server([&] {
+    if (!fake.Accept(5s) || !fake.Handshake(kSegment, kSecret)) return;
+    auto r = fake.ReadRequest(5s);
+    if (!r) return;
+    fake.Send(schema::MessageType::kBufferSizeAnnouncement,
+              fake.builder().BufferSizeAnnouncement(r->receiver_id, 4096));
+    answer = fake.ReadFrame(5s);
+    fake.WaitClosed(5s);
+  });
+  auto gate = env->CreateInputGate("debloat", {Remote(fake, "p")});
+  ASSERT_TRUE(gate.ok());
+  auto next = (*gate)->GetNext(10s);
+  server.join();
+  ASSERT_FALSE(next.ok());
+  EXPECT_NE(next.status().message().find("connection to producer " + fake.name() + " lost"),
+            std::string::npos)
+      << next.status().message();
+  ASSERT_TRUE(answer.has_value());
+  ASSERT_EQ(answer->type, schema::MessageType::kErrorResponse);
+  auto m = schema::ParseErrorResponse(answer->metadata);
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ((*m)->code(), fb::ErrorCode::ProtocolViolation);
+  EXPECT_NE((*m)->message()->str().find("unexpected BufferSizeAnnouncement from server"),
+            std::string::npos)
+      << (*m)->message()->str();
+  EXPECT_TRUE(fake.peer_closed());
+  (*gate)->Close();
+  env->Stop();
+  ExpectNoLeak(env.get());
+}
+
 }  // namespace
 }  // namespace sluice::shuffle

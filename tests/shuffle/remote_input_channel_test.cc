@@ -263,5 +263,30 @@ TEST_F(RemoteInputChannelTest, ReleaseGivesBackBuffersStillWithTheConsumer) {
   held.clear();  // now every segment is home (TearDown checks)
 }
 
+// Buffer debloating: a size asked by the gate is kept pending and announced once (with the
+// credit flush the client is notified for); after a (retried) PartitionRequest the last size
+// is announced again; nothing after Release.
+TEST_F(RemoteInputChannelTest, BufferSizeIsAnnouncedOnceAndAgainAfterARequest) {
+  StartGate(1);
+  RemoteInputChannel& ch = *channels_[0];
+  EXPECT_EQ(ch.TakeBufferSizeAnnouncement(), 0u);
+  EXPECT_EQ(ch.TakeBufferSizeAnnouncement(/*again=*/true), 0u) << "never asked: nothing";
+  const int notes = client_.credit_notes.load();
+  ch.AnnounceBufferSize(3000);
+  EXPECT_EQ(client_.credit_notes.load(), notes + 1);
+  ch.AnnounceBufferSize(0);  // not a size: ignored
+  EXPECT_EQ(client_.credit_notes.load(), notes + 1);
+  EXPECT_EQ(ch.TakeBufferSizeAnnouncement(), 3000u);
+  EXPECT_EQ(ch.TakeBufferSizeAnnouncement(), 0u) << "announced once";
+  EXPECT_EQ(ch.TakeBufferSizeAnnouncement(/*again=*/true), 3000u);
+  ch.AnnounceBufferSize(5000);
+  EXPECT_EQ(ch.TakeBufferSizeAnnouncement(/*again=*/true), 5000u);
+  EXPECT_EQ(ch.TakeBufferSizeAnnouncement(), 0u) << "taken with the request";
+  ch.Release();
+  ch.AnnounceBufferSize(7000);
+  EXPECT_EQ(client_.credit_notes.load(), notes + 2);
+  EXPECT_EQ(ch.TakeBufferSizeAnnouncement(), 0u);
+}
+
 }  // namespace
 }  // namespace sluice::shuffle

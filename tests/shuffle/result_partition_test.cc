@@ -1543,4 +1543,110 @@ TEST_F(ResultPartitionTest, InPlaceFillRacingAFailureReturnsItAndRecyclesTheBuff
   ExpectNoLeaks();
 }
 
+// --- Buffer debloating (SetBufferSize) -----------------------------------------------------
+
+// Every data buffer of subpartition 0 still queued, by size (events are skipped).
+std::vector<uint32_t> QueuedDataSizes(SubpartitionView& view) {
+  std::vector<uint32_t> sizes;
+  while (true) {
+    auto item = view.PollNext();
+    EXPECT_TRUE(item.ok()) << item.status().ToString();
+    if (!item.ok() || !item->has_value()) return sizes;
+    if ((*item)->buffer.type() == DataType::kData) sizes.push_back((*item)->buffer.size());
+  }
+}
+
+// Sizes are clamped to [1 KiB, segment]; Emit and EmitInPlace finish a buffer at the first
+// record that reaches the size; the queue cap is ceil(10 x size / segment).
+TEST_F(ResultPartitionTest, DebloatedBuffersAreCutAtTheAnnouncedSize) {
+  std::shared_ptr<ResultPartition> p = NewPartition("debloat-cut", 1, Options());
+  auto view = p->CreateView(0, nullptr);
+  ASSERT_TRUE(view.ok());
+  EXPECT_EQ(p->SetBufferSize(0, 1), ResultPartition::kMinBufferSize);
+  EXPECT_EQ(p->SetBufferSize(0, UINT32_MAX), kSegment);
+  EXPECT_EQ(p->Stats().subpartitions[0].queue_cap, 0u) << "a segment: no cap";
+  EXPECT_EQ(p->SetBufferSize(7, 100), kSegment) << "unknown subpartition: ignored";
+  EXPECT_EQ((*view)->SetBufferSize(2000), 2000u);
+  EXPECT_EQ(p->buffer_size(0), 2000u);
+  EXPECT_EQ(p->Stats().subpartitions[0].queue_cap, 5u);  // ceil(10 x 2000 / 4096)
+  // Ten copied records of 500 bytes with the prefix: two buffers of 2000, 1000 left current.
+  const std::vector<uint8_t> record(496, 9);
+  std::vector<std::span<const uint8_t>> batch(10, std::span<const uint8_t>(record));
+  ASSERT_TRUE(p->EmitBatch(batch, 0).ok());
+  EXPECT_EQ((*view)->backlog(), 2u);
+  // Four in place: the current buffer reaches 2000 after two, the last two start another.
+  Filler fill(0);
+  const std::vector<uint32_t> sizes(4, 496);
+  ASSERT_TRUE(p->EmitInPlaceBatch(0, sizes, fill.Batch()).ok());
+  EXPECT_EQ((*view)->backlog(), 3u);
+  ASSERT_TRUE(p->Finish().ok());
+  EXPECT_EQ(QueuedDataSizes(**view), (std::vector<uint32_t>{2000, 2000, 2000, 1000}));
+  (*view)->Release();
+  p->Release();
+  ExpectNoLeaks();
+}
+
+// Debloated, the writer starts a record only while fewer than queue_cap finished buffers are
+// queued: it waits (backpressure) until the consumer polls one, or until a segment-sized
+// announcement lifts the cap; Cancel wakes a writer waiting for room.
+class DebloatCapTest : public ResultPartitionTest {
+ protected:
+  // A writer of 1020-byte records (1024 with the prefix: one debloated buffer each) into
+  // subpartition 0 of a partition debloated to 1 KiB, blocked with three buffers queued.
+  void StartBlockedWriter() {
+    p_ = NewPartition("debloat-cap", 1, Options());
+    auto view = p_->CreateView(0, nullptr);
+    ASSERT_TRUE(view.ok());
+    view_ = std::move(*view);
+    ASSERT_EQ(p_->SetBufferSize(0, 1024), 1024u);
+    ASSERT_EQ(p_->Stats().subpartitions[0].queue_cap, 3u);  // ceil(10 x 1024 / 4096)
+    writer_ = std::async(std::launch::async, [this] {
+      const std::vector<uint8_t> record(1020, 5);
+      while (true) {
+        Status s = p_->Emit(record, 0);
+        if (!s.ok()) return s;
+        emitted_.fetch_add(1);
+      }
+    });
+    ASSERT_TRUE(testutil::PollUntil([&] { return emitted_.load() == 3; }, 10s, 1ms));
+    std::this_thread::sleep_for(50ms);
+    ASSERT_EQ(emitted_.load(), 3u) << "the writer must wait for queue room";
+    EXPECT_EQ(view_->backlog(), 3u);
+    EXPECT_EQ(p_->pool().Stats().lent, 3u) << "three segments, not the pool's ten";
+  }
+  void CancelAndEnd() {
+    p_->Cancel();
+    ASSERT_EQ(writer_.wait_for(20s), std::future_status::ready);
+    const Status s = writer_.get();
+    EXPECT_EQ(s.code(), StatusCode::kCancelled) << s.ToString();
+    EXPECT_GT(p_->Stats().backpressure_ns, 0u);
+    view_->Release();
+    p_->Release();
+    p_.reset();
+    ExpectNoLeaks();
+  }
+
+  std::shared_ptr<ResultPartition> p_;
+  std::unique_ptr<SubpartitionView> view_;
+  std::atomic<uint64_t> emitted_{0};
+  std::future<Status> writer_;
+};
+
+TEST_F(DebloatCapTest, PollMakesRoomAndASegmentSizeLiftsTheCap) {
+  StartBlockedWriter();
+  ASSERT_TRUE(view_->PollNext().ok());  // one polled: room for one more record
+  ASSERT_TRUE(testutil::PollUntil([&] { return emitted_.load() == 4; }, 10s, 1ms));
+  EXPECT_EQ(view_->backlog(), 3u);
+  p_->SetBufferSize(0, kSegment);  // debloating ends: the writer goes on to the pool's limits
+  ASSERT_TRUE(testutil::PollUntil([&] { return emitted_.load() > 5; }, 10s, 1ms));
+  EXPECT_EQ(p_->Stats().subpartitions[0].queue_cap, 0u);
+  CancelAndEnd();
+}
+
+TEST_F(DebloatCapTest, CancelWakesAWriterWaitingForRoom) {
+  StartBlockedWriter();
+  CancelAndEnd();
+  EXPECT_EQ(emitted_.load(), 3u);
+}
+
 }  // namespace sluice::shuffle

@@ -554,5 +554,65 @@ TEST_F(ServerHostileTest, UnauthenticatedConnectionsHoldAFewKiB) {
   ExpectServesAGoodClient();
 }
 
+
+// --- Buffer debloating's BufferSizeAnnouncement (MessageType 12) ---------------------------
+
+// BufferResponse payload sizes of `id` up to its end of partition (BacklogAnnouncements are
+// passed over); empty on anything else.
+std::vector<uint32_t> DataSizesToEnd(RawSocket& s, uint64_t id) {
+  std::vector<uint32_t> sizes;
+  while (auto f = s.ReadFrame(5s, static_cast<uint8_t>(MessageType::kHeartbeat))) {
+    if (f->header.type == static_cast<uint8_t>(MessageType::kBacklogAnnouncement)) continue;
+    if (f->header.type != static_cast<uint8_t>(MessageType::kBufferResponse)) return {};
+    auto m = schema::ParseBufferResponse(f->metadata, kSegment);
+    if (!m.ok() || (*m)->receiver_id() != id) return {};
+    if ((*m)->data_type() == fb::DataType::EndOfPartition) return sizes;
+    sizes.push_back(static_cast<uint32_t>(f->payload.size()));
+  }
+  return {};
+}
+
+// Sizes are clamped into [1 KiB, segment] (never refused), an unknown receiver is ignored, the
+// sender then cuts buffers at the size; 0 is a ProtocolViolation that closes the connection.
+TEST_F(ServerHostileTest, BufferSizeAnnouncementIsClampedAndZeroCloses) {
+  StartServer();
+  auto p = Partition("debloat", 1);
+  ASSERT_NE(p, nullptr);
+  RawSocket s(server_->port());
+  ASSERT_TRUE(Handshake(s));
+  ASSERT_TRUE(Request(s, "debloat", 0, 31, 0));
+  schema::MessageBuilder b;
+  auto announce = [&](uint64_t id, uint32_t size) {
+    return s.SendFrame(static_cast<uint8_t>(MessageType::kBufferSizeAnnouncement),
+                       ToBytes(b.BufferSizeAnnouncement(id, size)));
+  };
+  ASSERT_TRUE(announce(31, 1));  // below the minimum: raised to 1 KiB
+  ASSERT_TRUE(testutil::PollUntil([&] { return p->buffer_size(0) == 1024; }, 5s, 1ms));
+  // ceil(max_buffers_per_channel 10 x 1024 / 4096) = 3 queued buffers at most.
+  EXPECT_EQ(p->Stats().subpartitions[0].queue_cap, 3u);
+  ASSERT_TRUE(announce(31, UINT32_MAX));  // above a segment: the segment (debloating off)
+  ASSERT_TRUE(testutil::PollUntil([&] { return p->buffer_size(0) == kSegment; }, 5s, 1ms));
+  EXPECT_EQ(p->Stats().subpartitions[0].queue_cap, 0u);
+  ASSERT_TRUE(announce(999, 1500));  // no such receiver: ignored
+  ASSERT_TRUE(announce(31, 2000));
+  ASSERT_TRUE(testutil::PollUntil([&] { return p->buffer_size(0) == 2000; }, 5s, 1ms));
+  // Six records of 600 bytes (604 with the prefix) in one batch: the buffer ends at the first
+  // record that reaches 2000 bytes (4 records, 2416), the rest (1208) with Finish.
+  const Bytes record(600, 3);
+  std::vector<std::span<const uint8_t>> batch(6, std::span<const uint8_t>(record));
+  ASSERT_TRUE(p->EmitBatch(batch, 0).ok());
+  ASSERT_TRUE(p->Finish().ok());
+  ASSERT_TRUE(s.SendFrame(static_cast<uint8_t>(MessageType::kAddCredit), ToBytes(b.AddCredit(31, 4))));
+  EXPECT_EQ(DataSizesToEnd(s, 31), (std::vector<uint32_t>{2416, 1208}));
+  // Zero: refused, and the connection closes.
+  ASSERT_TRUE(announce(31, 0));
+  auto [code, rid, text] = NextError(s);
+  EXPECT_EQ(code, fb::ErrorCode::ProtocolViolation) << text;
+  EXPECT_EQ(rid, -1);
+  EXPECT_NE(text.find("buffer_size 0"), std::string::npos) << text;
+  EXPECT_FALSE(Next(s, 2s).has_value());  // closed
+  ExpectServesAGoodClient();
+}
+
 }  // namespace
 }  // namespace sluice::shuffle

@@ -9,6 +9,7 @@
 #include "shuffle/auth.h"
 #include "tools/bench/zmq_baseline.h"
 #include "tools/bench/sweep_chart.h"
+#include "tools/bench/debloat_bench.h"
 #include "tools/common/cli.h"
 #include "tools/control/control_client.h"
 
@@ -167,6 +168,12 @@ const char* BenchUsage() {
          "                             fault shim's delay line): credit limits throughput as\n"
          "                             between hosts (default 0)\n"
          "  --series NAME=a,b          with --sweep: one chart line per value of flag NAME\n"
+         "  --debloat on|off           the consumer's gate sizes buffers by its throughput x\n"
+         "                             --debloat-target-ms (default off, target 1000)\n"
+         "  --consumer-rate-mib R      throttle the consumer to R MiB/s of records (default 0: off)\n"
+         "  --event-interval-ms T      a timed user event every T ms, to each channel in turn\n"
+         "                             (default 100 when debloated, throttled or swept); reports\n"
+         "                             inflight_bytes, producer segments and event crossing time\n"
          "  --json                     print one JSON object instead of the text report\n"
          "  --sweep NAME=v1,v2,...     run once per value of flag NAME, print a table and write\n"
          "  --sweep-out FILE           an SVG chart (default sluice-bench-sweep.svg)\n"
@@ -259,6 +266,8 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
     return set_u32(&f->idle_gates, 0, 1024);
   } else if (name == "delay-ms") {
     return set_u32(&f->delay_ms, 0, 10000);
+  } else if (IsDebloatFlag(name)) {
+    return ApplyDebloatFlag(f, name, v);
   } else {
     return InvalidArgument("unknown flag --" + name + " (see --help)");
   }
@@ -275,7 +284,8 @@ constexpr const char* kValueFlags[] = {
     "auth",       "auth-secret-file",  "state-dir",       "rate",
     "batch",      "network-memory",    "network-memory-mib", "rounds",
     "pump-bufs-per-write", "sweep-out",
-    "wide-threshold", "wide-gate-buffers", "redistribution", "idle-gates", "delay-ms"};
+    "wide-threshold", "wide-gate-buffers", "redistribution", "idle-gates", "delay-ms",
+    "debloat", "debloat-target-ms", "consumer-rate-mib", "event-interval-ms"};
 
 Status ParseSweep(BenchFlags* f, const std::string& value) {
   const size_t eq = value.find('=');

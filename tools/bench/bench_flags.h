@@ -53,6 +53,14 @@ struct BenchFlags {
   uint32_t wide_threshold = 1024;
   uint32_t wide_gate_buffers = 512;
 
+  // Buffer debloating (tools/bench/debloat_bench.h): --debloat on|off, its target,
+  // --consumer-rate-mib (0: the consumer is not throttled), --event-interval-ms (0: 100 ms
+  // when debloated or throttled, else no events).
+  bool debloat = false;
+  double debloat_target_ms = 1000;
+  double consumer_rate_mib = 0;
+  double event_interval_ms = 0;
+
   std::string sweep_name;  // --sweep NAME=v1,v2,...
   std::vector<std::string> sweep_values;
   std::string sweep_out = "sluice-bench-sweep.svg";

@@ -26,6 +26,8 @@
 #include "shuffle/shuffle_server.h"
 #include "tools/bench/child_process.h"
 #include "tools/bench/latency_stats.h"
+#include "tools/bench/debloat_bench.h"
+#include "tools/bench/raw_latency.h"
 
 namespace sluice::bench {
 namespace {
@@ -70,6 +72,7 @@ shuffle::EnvironmentConfig ConfigFor(const BenchFlags& f, const char* name, bool
   // Issue 14: the pool's redistribution policy; the delay line on every connection.
   c.memory.redistribution = f.redistribution;
   c.options.faults.delay_ms = f.delay_ms;
+  ApplyDebloatOptions(f, &c.options);  // --debloat, --debloat-target-ms
   return c;
 }
 
@@ -95,9 +98,14 @@ class RecordSource {
 
   // The sizes of the next batch of records.
   std::span<const uint32_t> NextSizes() {
-    for (uint32_t& n : batch_sizes_) n = sizes_[cursor_++ & (sizes_.size() - 1)];
+    for (uint32_t& n : batch_sizes_) {
+      n = sizes_[cursor_++ & (sizes_.size() - 1)];
+      bytes_ += n + 4;  // with the length prefix, as in the buffers
+    }
     return batch_sizes_;
   }
+  // Bytes of the records handed out so far, length prefixes included.
+  uint64_t bytes() const { return bytes_; }
 
   // Writes the channel's next sequence number (and with --latency, stamp_ns != 0, the
   // record's scheduled send time) at the front of `record`; the rest of its bytes are left as
@@ -134,6 +142,7 @@ class RecordSource {
   std::vector<uint32_t> sizes_;
   size_t cursor_ = 0;
   std::vector<uint64_t> next_seq_;
+  uint64_t bytes_ = 0;
 };
 
 // One batch (one record with --latency or --batch 1) to channel `ch`: copied from the
@@ -178,8 +187,12 @@ Status Produce(shuffle::RecordWriter& writer, const BenchFlags& f, const std::at
       ch = ch + 1 == channels ? 0 : ch + 1;
     }
   } else {
+    EventEmitter events(EventIntervalMs(f), channels);  // debloating: timed events
+    DebloatProbe* const probe = DebloatProbe::Shared();  // bytes written, for inflight_bytes
     while (!stop.load(std::memory_order_relaxed)) {
       if (Status s = EmitNext(writer, source, f, ch); !s.ok()) return s;
+      if (probe != nullptr) probe->producer_bytes.store(source.bytes(), std::memory_order_relaxed);
+      if (Status s = events.MaybeEmit(writer.partition()); !s.ok()) return s;
       ch = ch + 1 == channels ? 0 : ch + 1;
     }
   }
@@ -307,12 +320,17 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
   }
   uint32_t peak_used = pool.used_segments();
   uint32_t since_check = 0;
+  DebloatConsumer debloat(f, DebloatProbe::Shared());  // throttle, in-flight bytes, events
   while (true) {
     Result<shuffle::RecordReader::Item> item = reader.Next(std::chrono::milliseconds(100));
     if (!item.ok()) return item.status();
     if (item->kind == shuffle::RecordReader::Kind::kEndOfInput) break;
+    if (item->kind == shuffle::RecordReader::Kind::kEvent) {
+      debloat.OnEvent(item->data, w.warm && !w.stopped);
+    }
     if (item->kind == shuffle::RecordReader::Kind::kRecord) {
       const std::span<const uint8_t> rec = item->data;
+      debloat.OnRecord(rec.size());
       ++w.records;
       w.bytes += rec.size();
       if (rec.size() >= kSeqBytes) {
@@ -328,6 +346,7 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
       latency.OnEvent(item->data);
     }
     since_check = 0;
+    if (w.warm && !w.stopped) debloat.Sample(gate->Stats().bytes_in);
     peak_used = std::max(peak_used, pool.used_segments());
     if (Status s = AdvanceWindow(gate, pool, f, stop_producer, w, out); !s.ok()) return s;
   }
@@ -335,6 +354,7 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
   // Records after the producer was stopped are only drained; a gap at the very end is fine.
   out->pool_total_segments = pool.total_segments();
   out->pool_peak_used_segments = peak_used;
+  debloat.Fill(out);
   if (f.latency) latency.Report(out);
   return Status::Ok();
 }
@@ -367,6 +387,7 @@ int RunLocalChild(const BenchFlags& f, int to_parent) {
     if (!gate.ok()) return Report(to_parent, r, gate.status());
     std::atomic<bool> stop{false};
     Status produced;
+    std::optional<ProducerSampler> sampler(std::in_place, DebloatProbe::Shared(), *part);
     std::thread producer([&, partition = *part] {
       shuffle::RecordWriter writer(partition, std::make_unique<shuffle::RoundRobinPartitioner>());
       produced = Produce(writer, f, stop);
@@ -376,6 +397,7 @@ int RunLocalChild(const BenchFlags& f, int to_parent) {
     stop = true;
     if (!error.ok()) (*part)->Cancel();
     producer.join();
+    sampler.reset();
     if (error.ok() && !produced.ok()) error = produced;
     r.backpressure_ms = static_cast<double>((*part)->Stats().backpressure_ns) / 1e6;
     (*gate)->Close();
@@ -480,6 +502,7 @@ int RunRemoteProducer(const BenchFlags& f, const std::string& token, int from_co
     const uint16_t port = (*env)->port();
     if (!WritePod(to_consumer, port)) return 1;
     std::atomic<bool> stop{false};
+    std::optional<ProducerSampler> sampler(std::in_place, DebloatProbe::Shared(), *part);
     // The consumer writes one byte when it has measured enough (or exits: EOF).
     std::thread watcher([&] {
       char b;
@@ -493,6 +516,7 @@ int RunRemoteProducer(const BenchFlags& f, const std::string& token, int from_co
     }
     watcher.join();
     FinishIdlePartitions(*idle);
+    sampler.reset();
     // The consumer closes its connection once it has read everything.
     const Clock::time_point limit = Clock::now() + kDrainLimit;
     while ((*env)->server()->connection_count() > 0 && Clock::now() < limit) {
@@ -595,6 +619,7 @@ uint64_t NetworkMemoryFor(const BenchFlags& f) {
 }
 
 RunResult RunDataPath(const BenchFlags& f) {
+  if (DebloatProbe* probe = DebloatProbe::Shared()) probe->Reset();  // before the fork
   Child child = ForkChild([&](int, int to_parent) {
     return f.mode == "local" ? RunLocalChild(f, to_parent) : RunRemoteConsumer(f, to_parent);
   });

@@ -44,6 +44,12 @@ struct RunResult {
   // producer wrote them instead of their scheduled time (coordinated omission: a stalled
   // producer's wait is not counted), as sluice-bench measured before issue 15.
   LatencyResult actual_send_latency;
+  // Buffer debloating (tools/bench/debloat_bench.h): medians over the measured window.
+  double inflight_bytes = 0;        // bytes queued for or in flight on one channel
+  double producer_segments = 0;     // segments the producer's output pool lends
+  double event_crossing_us = 0;     // a user event from the producer to the consumer
+  uint64_t event_samples = 0;
+  uint32_t debloat_buffer_size = 0;  // subpartition 0's buffer size at the end
   char error[512] = {};
 
   double records_per_second() const { return seconds > 0 ? records / seconds : 0; }

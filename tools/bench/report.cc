@@ -224,6 +224,13 @@ void PrintSummary(const Measurement& m) {
                 m.zmq_mib_per_second, m.RatioToZmq(), m.zmq_records_per_second / 1e6,
                 m.zmq_records_per_message);
   }
+  if (f.debloat || f.consumer_rate_mib > 0) {
+    std::printf("  debloat %-3s    inflight %.0f B/channel, producer %.1f segments, event crossing "
+                "%.0f us (%llu events), buffer size %u\n",
+                f.debloat ? "on" : "off", r.inflight_bytes, r.producer_segments,
+                r.event_crossing_us, static_cast<unsigned long long>(r.event_samples),
+                r.debloat_buffer_size);
+  }
   if (r.error[0] != 0) std::printf("  ERROR: %s\n", r.error);
   if (!m.zmq_error.empty()) std::printf("  ERROR: %s\n", m.zmq_error.c_str());
 }
@@ -287,6 +294,15 @@ std::string ToJson(const Measurement& m) {
     kv.push_back({"baseline_zmq_records_per_message", std::to_string(m.zmq_records_per_message)});
     kv.push_back({"ratio_to_zmq", Fmt("%.4f", m.RatioToZmq())});
   }
+  // Buffer debloating (tools/bench/debloat_bench.h).
+  kv.push_back({"debloat", f.debloat ? "true" : "false"});
+  kv.push_back({"debloat_target_ms", Fmt("%.3f", f.debloat_target_ms)});
+  kv.push_back({"consumer_rate_mib", Fmt("%.1f", f.consumer_rate_mib)});
+  kv.push_back({"inflight_bytes", Fmt("%.0f", r.inflight_bytes)});
+  kv.push_back({"producer_segments", Fmt("%.1f", r.producer_segments)});
+  kv.push_back({"event_crossing_us", Fmt("%.1f", r.event_crossing_us)});
+  kv.push_back({"event_samples", std::to_string(r.event_samples)});
+  kv.push_back({"debloat_buffer_size", std::to_string(r.debloat_buffer_size)});
   if (r.error[0] != 0) kv.push_back({"error", JsonString(r.error)});
   if (!m.zmq_error.empty()) kv.push_back({"zmq_error", JsonString(m.zmq_error)});
   std::string out = "{";

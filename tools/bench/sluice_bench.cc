@@ -13,6 +13,7 @@
 
 #include "tools/bench/bench_flags.h"
 #include "tools/bench/data_path.h"
+#include "tools/bench/debloat_bench.h"
 #include "tools/bench/raw_pump.h"
 #include "tools/bench/report.h"
 #include "tools/bench/zmq_baseline.h"
@@ -162,6 +163,9 @@ int Main(int argc, char** argv) {
     }
   }
   if (!flags.json) PrintSweepTable(flags.sweep_name, points);
+  if (!flags.json && (flags.debloat || flags.sweep_name == "debloat")) {
+    PrintDebloatTable(flags.sweep_name, points);
+  }
   if (Status s = WriteSweepSvg(flags.sweep_out, flags.sweep_name, points); !s.ok()) {
     std::fprintf(stderr, "sluice-bench: %s\n", s.message().c_str());
     return 1;

@@ -102,6 +102,8 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config) {
   ec.options.credit.wide_gate_buffers = config.wide_gate_buffers;
   ec.options.buffer_timeout = std::chrono::milliseconds(config.buffer_timeout_ms);
   ec.options.checksums = config.checksums;
+  ec.options.debloat = config.debloat;  // buffer debloating
+  ec.options.debloat_target = std::chrono::milliseconds(config.debloat_target_ms);
   ec.options.faults.seed = config.fault_seed;
   ec.options.faults.corrupt_per_million = config.fault_corrupt_per_million;
   ec.options.faults.delay_ms = config.fault_delay_ms;

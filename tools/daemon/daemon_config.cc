@@ -209,6 +209,14 @@ const std::map<std::string, Option>& Options() {
           c->redistribution = v;
           return Status::Ok();
         }}},
+      {"debloat", BoolOption("on: input gates ask senders for buffers sized by the consumer's "
+                             "throughput x debloat_target_ms, so less data waits in flight "
+                             "(default off)",
+                             &DaemonConfig::debloat)},
+      {"debloat_target_ms",
+       IntOption("buffer debloating: how long the data in flight on a channel should last "
+                 "(default 1000, as Flink's buffer-debloat.target)",
+                 &DaemonConfig::debloat_target_ms, 1, 600000)},
   };
   return *options;
 }

@@ -68,6 +68,11 @@ struct DaemonConfig {
   // Issue 14: how spare floating buffers move between the node's pools: "usage" (by measured
   // demand, the default) or "static" (Flink's capacity rule). See docs/architecture.md.
   std::string redistribution = "usage";
+  // Buffer debloating (issue 14; docs/protocol.md "Buffer debloating"): this daemon's input
+  // gates size their senders' buffers by throughput x debloat_target_ms. Producers always
+  // honour announcements.
+  bool debloat = false;
+  uint32_t debloat_target_ms = 1000;
 
   bool operator==(const DaemonConfig&) const = default;
   // Wide gates (issue 14): a gate of more remote channels than wide_threshold takes no

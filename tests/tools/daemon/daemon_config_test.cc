@@ -299,5 +299,21 @@ TEST(DaemonConfigTest, WideGateKeys) {
   ExpectError(ApplyToml("wide_gate_buffers = 0\n", "w.toml", &c), "wide_gate_buffers");
 }
 
+// Buffer debloating: debloat = on|off (file and flag) and its target; off by default.
+TEST(DaemonConfigTest, DebloatOnOffAndTarget) {
+  DaemonConfig c;
+  EXPECT_FALSE(c.debloat);
+  EXPECT_EQ(c.debloat_target_ms, 1000u);
+  ASSERT_TRUE(ApplyToml("debloat = \"on\"\ndebloat_target_ms = 50\n", "t.toml", &c).ok());
+  EXPECT_TRUE(c.debloat);
+  EXPECT_EQ(c.debloat_target_ms, 50u);
+  ExpectError(ApplyToml("debloat = \"sometimes\"\n", "t.toml", &c), "debloat");
+  ExpectError(ApplyToml("debloat_target_ms = 0\n", "t.toml", &c), "debloat_target_ms");
+  auto cl = ParseCommandLine({"--debloat=off", "--debloat-target-ms", "20"});
+  ASSERT_TRUE(cl.ok()) << cl.status().ToString();
+  EXPECT_FALSE(cl->config.debloat);
+  EXPECT_EQ(cl->config.debloat_target_ms, 20u);
+}
+
 }  // namespace
 }  // namespace sluice::daemon
