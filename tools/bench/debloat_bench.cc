@@ -30,12 +30,6 @@ Result<double> ParseNonNegative(const std::string& name, const std::string& v) {
 
 }  // namespace
 
-uint64_t MonotonicNowNs() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
 bool IsDebloatFlag(const std::string& name) {
   return name == "debloat" || name == "debloat-target-ms" || name == "consumer-rate-mib" ||
          name == "event-interval-ms";

@@ -30,6 +30,7 @@
 #include "shuffle/result_partition.h"
 #include "shuffle/shuffle_options.h"
 #include "tools/bench/bench_flags.h"
+#include "tools/bench/latency_stats.h"  // MonotonicNowNs
 
 namespace sluice::bench {
 
@@ -115,8 +116,6 @@ class DebloatConsumer {
   std::vector<double> segments_;
   std::vector<double> crossings_us_;
 };
-
-uint64_t MonotonicNowNs();
 
 // After a --sweep over debloat (or with --debloat in the points): one line per point with
 // inflight_bytes, producer segments, event crossing time and throughput, and for off/on the
