@@ -301,7 +301,7 @@ std::string ToJson(const Measurement& m) {
   kv.push_back({"inflight_bytes", Fmt("%.0f", r.inflight_bytes)});
   kv.push_back({"producer_segments", Fmt("%.1f", r.producer_segments)});
   kv.push_back({"event_crossing_us", Fmt("%.1f", r.event_crossing_us)});
-  kv.push_back({"event_samples", std::to_string(r.event_samples)});
+  kv.push_back({"event_crossing_samples", std::to_string(r.event_samples)});
   kv.push_back({"debloat_buffer_size", std::to_string(r.debloat_buffer_size)});
   if (r.error[0] != 0) kv.push_back({"error", JsonString(r.error)});
   if (!m.zmq_error.empty()) kv.push_back({"zmq_error", JsonString(m.zmq_error)});
