@@ -37,6 +37,7 @@
 #include "sluice/buffer/network_buffer_pool.h"
 #include "sluice/buffer/status.h"
 #include "sluice/client/map_output.h"
+#include "sluice/shuffle/partition_registry.h"
 
 namespace sluice::store {
 
@@ -77,10 +78,24 @@ struct PartitionStoreOptions {
   uint32_t max_subpartitions = 65536;
   uint32_t max_read_set_entries = 65536;
   uint32_t max_read_sets_per_job = 4096;
-  // Segments to read spilled data into (views take them from this pool, one at a time per
-  // view in flight). Null: spilled data cannot be read (tests without spill).
+  // Segments to read spilled data into: `read_segments` are reserved from this pool at Create
+  // (admission) and shared by every view, at most two per view at a time. Null: spilled data
+  // cannot be read (tests without spill).
   std::shared_ptr<buffer::NetworkBufferPool> read_pool;
+  uint32_t read_segments = 16;
+  // How often the maintenance thread expires retention and retries spills held at the quota.
+  std::chrono::milliseconds maintenance_interval{1000};
 };
+
+// One map output named by a reader.
+struct MapOutputRef {
+  uint32_t partition = 0;
+  uint32_t attempt = 0;
+  bool operator==(const MapOutputRef&) const = default;
+};
+
+// The partition id readers request for a registered read set: "ext/<job>/<32 hex digits>".
+inline constexpr std::string_view kExternalPartitionPrefix = "ext/";
 
 struct MapOutputInfo {
   std::string job;
@@ -106,12 +121,12 @@ struct PartitionStoreStats {
   uint64_t readers = 0;            // live views
 };
 
-class PartitionStore {
+class PartitionStore final : public shuffle::SubpartitionViewProvider {
  public:
   // Creates spill_dir and removes spill files left there by a crashed daemon (documented in
   // docs/external-shuffle.md). IoError naming the directory when it cannot be used.
   static Result<std::unique_ptr<PartitionStore>> Create(PartitionStoreOptions options);
-  ~PartitionStore();
+  ~PartitionStore() override;
   PartitionStore(const PartitionStore&) = delete;
   PartitionStore& operator=(const PartitionStore&) = delete;
 
@@ -146,12 +161,29 @@ class PartitionStore {
   // The job's token, or NotFound.
   Result<std::string> JobToken(const std::string& job) const;
 
+  // --- Readers (docs/protocol.md "External partitions") ---
+  // Registers the map outputs a reader wants, in order, and returns the partition id to
+  // request ("ext/<job>/<id>", the id a digest of the list, so the same list gives the same id
+  // and registering again is free). Every named (partition, attempt) must exist in the job
+  // (NotFound naming the first that does not; an aborted one may be named: its readers get
+  // ProducerFailed). PermissionDenied for a wrong token or an unknown job (the same answer);
+  // InvalidArgument for an empty list, duplicates or more than max_read_set_entries;
+  // ResourceExhausted past max_read_sets_per_job.
+  Result<std::string> RegisterReadSet(const std::string& job, const std::string& token,
+                                      const std::vector<MapOutputRef>& outputs);
+  // SubpartitionViewProvider: a view over a registered read set. The proof is
+  // MakePartitionProof(job token, partition_id, subpartition).
+  Result<std::unique_ptr<shuffle::SubpartitionView>> CreateView(
+      const std::string& partition_id, uint32_t subpartition,
+      std::span<const uint8_t> access_proof, shuffle::SubpartitionListener* listener) override;
+
+  const PartitionStoreOptions& options() const;
+
   class Impl;
 
  private:
-  explicit PartitionStore(std::unique_ptr<Impl> impl);
-  friend class StoreViews;
-  std::unique_ptr<Impl> impl_;
+  explicit PartitionStore(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;
 };
 
 }  // namespace sluice::store
