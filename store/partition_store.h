@@ -123,8 +123,10 @@ struct PartitionStoreStats {
 
 class PartitionStore final : public shuffle::SubpartitionViewProvider {
  public:
-  // Creates spill_dir and removes spill files left there by a crashed daemon (documented in
-  // docs/external-shuffle.md). IoError naming the directory when it cannot be used.
+  // Creates spill_dir and spills into <spill_dir>/node-<host>-<port> (from options.node), locked
+  // with flock for the store's life; removes the spill files a crashed or stopped daemon left
+  // (any node directory whose lock is free, and stray files in the root). IoError naming the
+  // directory when it cannot be used or another live store holds it.
   static Result<std::unique_ptr<PartitionStore>> Create(PartitionStoreOptions options);
   ~PartitionStore() override;
   PartitionStore(const PartitionStore&) = delete;

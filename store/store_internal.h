@@ -135,6 +135,8 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
   std::vector<std::weak_ptr<ViewCore>> read_waiters;
   std::unordered_map<buffer::MemorySegment*, std::weak_ptr<ViewCore>> read_owner;
 
+  int spill_lock_fd = -1;  // flock on <spill dir>/lock, held for the store's life
+
   std::mutex maintenance_mu;
   std::condition_variable maintenance_cv;
   bool stopping = false;  // GUARDED_BY(maintenance_mu)

@@ -30,7 +30,7 @@ const std::string kToken = "job-token-0123456789abcdef0123456789abcdef";
 
 size_t SpillFilesIn(const std::string& dir) {
   size_t n = 0;
-  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
     n += e.path().filename().string().starts_with(kSpillFilePrefix) ? 1 : 0;
   }
   return n;
@@ -289,7 +289,7 @@ TEST_F(PartitionStoreTest, CorruptSpillFileIsNamedInTheError) {
   ASSERT_TRUE(w.Write(0, 0, 0, 0, 3000, 20).ok());
   ASSERT_TRUE(store_->Commit(w.id()).ok());
   std::string data;
-  for (const auto& e : std::filesystem::directory_iterator(dir_.Path("spill"))) {
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir_.Path("spill"))) {
     if (e.path().extension() == ".data") data = e.path().string();
   }
   ASSERT_FALSE(data.empty());
@@ -409,9 +409,21 @@ TEST_F(PartitionStoreTest, LeftoverSpillFilesAreRemovedAtStart) {
   std::ofstream(dir_.Path("spill") + "/sluice-spill-j1-p0-a0.data") << "crash";
   std::ofstream(dir_.Path("spill") + "/sluice-spill-j1-p0-a0.index") << "crash";
   std::ofstream(dir_.Path("spill") + "/keep.txt") << "not ours";
+  // A crashed daemon's node directory (its lock is free) and a live one's (locked).
+  const std::string crashed = dir_.Path("spill") + "/node-127.0.0.1-7001";
+  std::filesystem::create_directories(crashed);
+  std::ofstream(crashed + "/lock");
+  std::ofstream(crashed + "/sluice-spill-j9-p0-a0.data") << "crash";
   MakeStore(4 * kSegment);
   EXPECT_EQ(SpillFilesIn(dir_.Path("spill")), 0u);
   EXPECT_TRUE(std::filesystem::exists(dir_.Path("spill") + "/keep.txt"));
+  // A second store for the same node cannot take the directory the first one holds.
+  PartitionStoreOptions o;
+  o.node = "127.0.0.1:7000";
+  o.spill_dir = dir_.Path("spill");
+  auto second = PartitionStore::Create(o);
+  ASSERT_FALSE(second.ok());
+  EXPECT_NE(second.status().message().find("is in use by another daemon"), std::string::npos);
 }
 
 }  // namespace

@@ -65,6 +65,13 @@ struct DaemonConfig {
   uint64_t fault_seed = 1;
   uint32_t fault_corrupt_per_million = 0;
   uint32_t fault_delay_ms = 0;
+  // The external shuffle store (issue 13, docs/external-shuffle.md).
+  std::string spill_dir;             // empty: <state_dir>/spill
+  uint64_t spill_max_bytes = 0;      // disk quota for spill files; 0: none (ENOSPC still fails
+                                     // the writer cleanly)
+  uint64_t store_memory = 0;         // bytes the store keeps in memory before it spills; 0:
+                                     // half of network_memory
+  uint32_t retention = 3600;         // seconds a job's data outlives its last activity
 
   bool operator==(const DaemonConfig&) const = default;
 };
