@@ -128,16 +128,16 @@ void NotifyViews(std::vector<std::shared_ptr<ViewCore>>& cores, bool force) {
 
 PartitionStore::Impl::~Impl() {
   if (spill_lock_fd >= 0) ::close(spill_lock_fd);
-  if (options.read_pool && !read_reserved.empty()) {
-    options.read_pool->RecycleExclusiveSegments(read_reserved);
-  }
 }
 
+// Read segments are taken from the pool's free list when a view reads spilled data and go
+// straight back when the buffer is released (sent), so an idle store holds none.
 void PartitionStore::Impl::Recycle(buffer::MemorySegment* segment) {
   std::vector<std::shared_ptr<ViewCore>> notify;
   {
     std::lock_guard<std::mutex> lock(mu);
-    read_free.push_back(segment);
+    options.read_pool->RecycleSegment(segment);
+    --read_out;
     auto it = read_owner.find(segment);
     if (it != read_owner.end()) {
       if (auto core = it->second.lock()) core->read_held.fetch_sub(1);
@@ -151,13 +151,31 @@ void PartitionStore::Impl::Recycle(buffer::MemorySegment* segment) {
   NotifyViews(notify, false);
 }
 
+void PartitionStore::Impl::NotifyReadWaiters() {
+  std::vector<std::shared_ptr<ViewCore>> notify;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (auto& w : read_waiters) {
+      if (auto core = w.lock()) notify.push_back(std::move(core));
+    }
+    read_waiters.clear();
+  }
+  NotifyViews(notify, false);
+}
+
 buffer::Buffer PartitionStore::Impl::TakeReadBufferLocked(const std::shared_ptr<ViewCore>& core) {
-  if (read_free.empty() || core->read_held.load() >= kMaxReadBuffersPerView) {
+  buffer::MemorySegment* seg = nullptr;
+  if (options.read_pool && read_out < options.read_segments &&
+      core->read_held.load() < kMaxReadBuffersPerView) {
+    seg = options.read_pool->TryRequestSegment();
+  }
+  if (seg == nullptr) {
+    // Notified when one of ours comes back, or by the maintenance tick (the pool's free list
+    // may be empty while local pools hold its spare segments).
     read_waiters.push_back(core);
     return buffer::Buffer();
   }
-  buffer::MemorySegment* seg = read_free.back();
-  read_free.pop_back();
+  ++read_out;
   read_owner[seg] = core;
   core->read_held.fetch_add(1);
   return buffer::Buffer::Wrap(seg, this);
@@ -382,21 +400,13 @@ Result<std::unique_ptr<PartitionStore>> PartitionStore::Create(PartitionStoreOpt
   }
   auto impl = std::make_shared<Impl>(std::move(options));
   impl->spill_lock_fd = lock_fd;
-  if (impl->options.read_pool && impl->options.read_segments > 0) {
-    auto segs = impl->options.read_pool->RequestExclusiveSegments(impl->options.read_segments);
-    if (!segs.ok()) {
-      return Status(segs.status().code(),
-                    "the external store's read segments: " + segs.status().message());
-    }
-    impl->read_reserved = *segs;
-    impl->read_free = *segs;
-  }
   std::unique_ptr<PartitionStore> store(new PartitionStore(impl));
   PartitionStore* raw = store.get();
   impl->maintenance = std::thread([raw] {
     raw->impl_->MaintenanceLoop([raw] {
       raw->ExpireRetention(Clock::now());
       (void)raw->impl_->SpillIfNeeded(0);  // held at the quota: space may have been freed
+      raw->impl_->NotifyReadWaiters();
     });
   });
   return store;

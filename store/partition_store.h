@@ -78,12 +78,13 @@ struct PartitionStoreOptions {
   uint32_t max_subpartitions = 65536;
   uint32_t max_read_set_entries = 65536;
   uint32_t max_read_sets_per_job = 4096;
-  // Segments to read spilled data into: `read_segments` are reserved from this pool at Create
-  // (admission) and shared by every view, at most two per view at a time. Null: spilled data
-  // cannot be read (tests without spill).
+  // Segments to read spilled data into: taken from this pool's free list while a view reads
+  // spilled data (at most `read_segments` at once, two per view) and returned when sent; an
+  // idle store holds none. Null: spilled data cannot be read (tests without spill).
   std::shared_ptr<buffer::NetworkBufferPool> read_pool;
   uint32_t read_segments = 16;
-  // How often the maintenance thread expires retention and retries spills held at the quota.
+  // How often the maintenance thread expires retention, retries spills held at the quota and
+  // wakes views that found no read segment.
   std::chrono::milliseconds maintenance_interval{1000};
 };
 

@@ -94,8 +94,10 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
   explicit Impl(PartitionStoreOptions o) : options(std::move(o)) {}
   ~Impl() override;
 
-  // BufferRecycler of the read segments: back to the free list, waiting views notified.
+  // BufferRecycler of the read segments: back to the pool, waiting views notified.
   void Recycle(buffer::MemorySegment* segment) override;
+  // Views waiting for a read segment try again (maintenance tick). Takes mu.
+  void NotifyReadWaiters();
   // A read buffer for `core` (at most kMaxReadBuffersPerView out per view), or an empty one
   // after registering `core` to be notified when one comes back. mu held.
   buffer::Buffer TakeReadBufferLocked(const std::shared_ptr<ViewCore>& core);
@@ -129,9 +131,8 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
   uint64_t readers = 0;
   bool quota_blocked = false;
   std::atomic<uint64_t> spill_bytes_total{0};
-  // Read segments (reserved from options.read_pool at Create).
-  std::vector<buffer::MemorySegment*> read_reserved;
-  std::vector<buffer::MemorySegment*> read_free;
+  // Read segments out (taken from options.read_pool's free list, at most read_segments).
+  uint32_t read_out = 0;
   std::vector<std::weak_ptr<ViewCore>> read_waiters;
   std::unordered_map<buffer::MemorySegment*, std::weak_ptr<ViewCore>> read_owner;
 

@@ -223,6 +223,7 @@ Status Daemon::StartStore(const DaemonConfig& config) {
       config.store_memory != 0 ? config.store_memory : config.network_memory / 2;
   o.retention = std::chrono::seconds(config.retention);
   o.read_pool = env_->pool();
+  o.maintenance_interval = std::chrono::milliseconds(200);
   o.read_segments = std::max<uint32_t>(
       2, std::min<uint64_t>(16, config.network_memory / config.segment_size / 16));
   auto s = store::PartitionStore::Create(o);
