@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "shuffle/auth.h"
 #include "store/spill_file.h"
@@ -381,6 +382,77 @@ TEST_F(PartitionStoreTest, AReaderThatNeverComesLeavesMemoryBounded) {
   Drained d = ReadAll(Register({{0, 0}}), 2);
   EXPECT_TRUE(d.ended) << d.error.ToString();
   EXPECT_EQ(Stripped(d.records), Expected(0, 0, 2, 4000));
+  EXPECT_TRUE(store_->Release("j1", kToken).ok());
+}
+
+TEST_F(PartitionStoreTest, PipelinedReaderKeepsItsPlaceAcrossSpills) {
+  MakeStore(6 * kSegment);
+  TestWriter w = Open(0, 0, 2, PartitionMode::kPipelined);
+  const std::string id = Register({{0, 0}});
+  CountingListener l;
+  auto v = View(id, 1, &l);
+  ASSERT_TRUE(v.ok());
+  Drained d;
+  uint64_t next = 0;
+  for (int round = 0; round < 12; ++round) {
+    // Subpartition 0 has no reader: it fills memory and forces spills of the whole output,
+    // while the reader of subpartition 1 is part way through what is in memory.
+    ASSERT_TRUE(w.Write(0, 0, 0, round * 300, 300, 30).ok());
+    ASSERT_TRUE(w.Write(0, 0, 1, next, 150, 30).ok());
+    next += 150;
+    if (round % 3 == 0) DrainAvailable(v->get(), &d);
+  }
+  ASSERT_TRUE(store_->Commit(w.id()).ok());
+  EXPECT_GT(store_->Stats().spill_bytes_total, 0u);
+  DrainAvailable(v->get(), &d);
+  EXPECT_TRUE(d.ended) << d.error.ToString();
+  EXPECT_EQ(Stripped(d.records), Expected(0, 0, 1, next));
+  v->reset();
+  EXPECT_TRUE(store_->Release("j1", kToken).ok());
+}
+
+TEST_F(PartitionStoreTest, ConcurrentWritersAndReadersWithSpills) {
+  MakeStore(16 * kSegment);
+  constexpr uint32_t kWriters = 4, kRecords = 3000;
+  std::vector<TestWriter> writers;
+  std::vector<MapOutputRef> refs;
+  for (uint32_t p = 0; p < kWriters; ++p) {
+    writers.push_back(Open(p, 0, 2, PartitionMode::kBlocking));
+    refs.push_back({p, 0});
+  }
+  const std::string id = Register(refs);
+  std::vector<std::thread> threads;
+  for (uint32_t p = 0; p < kWriters; ++p) {
+    threads.emplace_back([&, p] {
+      for (uint32_t sp = 0; sp < 2; ++sp) {
+        EXPECT_TRUE(writers[p].Write(p, 0, sp, 0, kRecords, 20).ok());
+      }
+      EXPECT_TRUE(store_->Commit(writers[p].id()).ok());
+    });
+  }
+  // Two readers of subpartition 1 poll while the writers write and the store spills.
+  std::vector<Drained> got(2);
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      CountingListener l;
+      auto v = View(id, 1, &l);
+      ASSERT_TRUE(v.ok());
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+      while (!got[r].ended && got[r].error.ok() && std::chrono::steady_clock::now() < deadline) {
+        DrainAvailable(v->get(), &got[r]);
+        std::this_thread::yield();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::vector<std::string> want;
+  for (uint32_t p = 0; p < kWriters; ++p) {
+    for (auto& rec : Expected(p, 0, 1, kRecords)) want.push_back(rec);
+  }
+  for (const Drained& d : got) {
+    EXPECT_TRUE(d.ended) << d.error.ToString();
+    EXPECT_EQ(Stripped(d.records), want);
+  }
   EXPECT_TRUE(store_->Release("j1", kToken).ok());
 }
 
