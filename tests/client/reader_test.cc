@@ -11,6 +11,7 @@
 
 #include "client/ext_control.h"
 #include "shuffle/auth.h"
+#include "shuffle/shuffle_environment.h"
 #include "store/spill_file.h"
 #include "store/store_test_util.h"
 #include "testutil/leak_check.h"
@@ -246,6 +247,53 @@ TEST_F(ReaderTest, HostileReadSetsAreRefusedAndTheDaemonGoesOn) {
             StatusCode::kInvalidArgument);
   // The daemon still serves: the good read works.
   auto good = Reader::OpenSubpartition(Options(1, {m}));
+  ASSERT_TRUE(good.ok()) << good.status().ToString();
+  Status error;
+  auto got = ReadAll(**good, &error);
+  EXPECT_TRUE(error.ok()) << error.ToString();
+  EXPECT_EQ(got["p1a0"].size(), 10u);
+  good->reset();
+  ReleaseEverywhere();
+  cluster_->End();
+}
+
+// PartitionRequests for "ext/..." ids straight through a ShuffleEnvironment (no Reader): a
+// wrong proof, an unregistered read set, a pipelined subpartition twice. Each fails its channel
+// with the ErrorCode's text; the daemon goes on serving.
+TEST_F(ReaderTest, HostilePartitionRequestsFailTheirChannelOnly) {
+  StartCluster(1, 8ull << 20);
+  WriteOutput(0, 1, 0, 2, 10);
+  auto id = RegisterReadSet(*cluster_->clients[0], "job", kToken, {{1, 0}});
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  shuffle::EnvironmentConfig ec;
+  ec.listen = false;
+  ec.memory.segment_size = kSegment;
+  ec.memory.network_memory = 64ull * kSegment;
+  ec.auth.secret = daemon::testing::kTestSecret;
+  ec.options.request_timeout = std::chrono::milliseconds(500);
+  auto env = shuffle::ShuffleEnvironment::Start(ec);
+  ASSERT_TRUE(env.ok()) << env.status().ToString();
+  const transport::Endpoint ep{"127.0.0.1", cluster_->daemons[0]->port()};
+  auto expect_channel_error = [&](shuffle::ChannelSpec spec, const std::string& fragment) {
+    spec.remote = ep;
+    auto gate = (*env)->CreateInputGate("hostile", {spec});
+    ASSERT_TRUE(gate.ok()) << gate.status().ToString();
+    Status error;
+    for (int i = 0; i < 100 && error.ok(); ++i) {
+      auto item = (*gate)->GetNext(std::chrono::milliseconds(100));
+      if (!item.ok()) error = item.status();
+    }
+    EXPECT_NE(error.message().find(fragment), std::string::npos) << error.ToString();
+  };
+  expect_channel_error({*id, 0, std::nullopt, "wrong-token"}, "denied");
+  expect_channel_error({"ext/job/ffffffffffffffffffffffffffffffff", 0, std::nullopt, kToken},
+                       "not registered");
+  expect_channel_error({"ext/", 0, std::nullopt, kToken}, "not");
+  expect_channel_error({*id, 5, std::nullopt, kToken}, "subpartitions");
+  (*env)->Stop();
+  env->reset();
+  // Still serving: the good read works.
+  auto good = Reader::OpenSubpartition(Options(1, {{Node(0), "job", 1, 0, 2, 0, 0}}));
   ASSERT_TRUE(good.ok()) << good.status().ToString();
   Status error;
   auto got = ReadAll(**good, &error);
