@@ -323,7 +323,10 @@ Status PartitionStore::Impl::SpillIfNeeded(WriterId failing_writer) {
         for (size_t k = 0; k < regions.size(); ++k) {
           SpillRegion& r = regions[k];
           SubpartitionData& s = victim->subs[r.subpartition];
-          s.extents[r.first_ordinal].offsets = std::move(r.offsets);
+          Extent& e = s.extents[r.first_ordinal];
+          e.offsets = std::move(r.offsets);
+          e.sizes.reserve(r.buffers.size());
+          for (const buffer::Buffer& b : r.buffers) e.sizes.push_back(b.size());
           // Drop the skipped (already read) and the spilled buffers from memory.
           const size_t drop = taken[k] + r.buffers.size();
           for (size_t i = 0; i < drop; ++i) {

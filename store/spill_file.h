@@ -3,12 +3,13 @@
 //
 //   <stem>.data:  | spill 1: region sp0 | region sp1 | ... | spill 2: region sp0 | ... |
 //                  a region is the subpartition's buffers of that spill, in order:
-//                  | size u32 LE | crc32c(bytes) u32 LE | bytes ... | size | crc | bytes | ...
+//                  | size u32 LE | crc32c of stripes 0..3, 4 x u32 LE | bytes ... | size | ...
+//                  (stripe k: bytes [k*q, (k+1)*q), q = size/4 rounded up to a multiple of 8)
 //   <stem>.index: one 32-byte record per region: subpartition u32, buffers u32,
 //                 first ordinal u64, data offset u64, length u64 (all little-endian).
 //
-// Each spill appends one region per subpartition that had buffers (writev, in order). Reads
-// verify the CRC32C of every buffer and name the file and offset when it does not match.
+// Each spill appends one region per subpartition that had buffers (pwritev, in order). Reads
+// verify the checksums of every buffer and name the file and offset when one does not match.
 // Files are named "<kSpillFilePrefix><stem>.{data,index}" so a starting daemon can remove
 // what a crashed one left (RemoveLeftovers).
 //
@@ -29,7 +30,8 @@
 namespace sluice::store {
 
 inline constexpr std::string_view kSpillFilePrefix = "sluice-spill-";
-inline constexpr uint32_t kSpillBufferHeaderBytes = 8;
+// size u32 + CRC32C of each of the buffer's four stripes (see spill_file.cc).
+inline constexpr uint32_t kSpillBufferHeaderBytes = 20;
 inline constexpr uint32_t kSpillIndexRecordBytes = 32;
 
 struct SpillRegion {
@@ -54,10 +56,11 @@ class SpillFile {
   // files are cut back to their previous length and IoError names the file and errno text
   // (ENOSPC: "No space left on device").
   Status AppendRegions(std::span<SpillRegion> regions);
-  // Reads the buffer whose header is at `offset` into `dst`, verifying its size and CRC32C;
-  // returns its size. IoError naming the data file and offset on a short read, a size over
-  // `dst`'s capacity or a checksum mismatch.
-  Result<uint32_t> ReadBuffer(uint64_t offset, std::span<uint8_t> dst) const;
+  // Reads the buffer whose header is at `offset` into `dst` (one preadv of header and bytes),
+  // verifying its size (`size`, from the store's index) and CRC32C; returns its size. IoError
+  // naming the data file and offset on a short read, a size that differs or exceeds `dst`, or
+  // a checksum mismatch.
+  Result<uint32_t> ReadBuffer(uint64_t offset, uint32_t size, std::span<uint8_t> dst) const;
   // Unlinks both files (idempotent).
   void Remove();
 

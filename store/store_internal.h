@@ -23,6 +23,7 @@ namespace sluice::store {
 // Spilled buffers of one subpartition from one spill: header offsets in the data file.
 struct Extent {
   std::vector<uint64_t> offsets;  // ordinal first_ordinal + i is at offsets[i]
+  std::vector<uint32_t> sizes;    // and has sizes[i] bytes
 };
 
 struct SubpartitionData {

@@ -106,6 +106,7 @@ Result<std::optional<shuffle::BufferAndBacklog>> StoreView::PollNext() {
   if (released_.load()) return Status(StatusCode::kClosed, set_->partition_id + ": view released");
   std::shared_ptr<SpillFile> file;
   uint64_t offset = 0;
+  uint32_t disk_size = 0;
   buffer::Buffer out;
   shuffle::BufferAndBacklog item;
   {
@@ -149,6 +150,7 @@ Result<std::optional<shuffle::BufferAndBacklog>> StoreView::PollNext() {
           return std::optional<shuffle::BufferAndBacklog>();
         }
         offset = ext->second.offsets[i];
+        disk_size = ext->second.sizes[i];
         file = o.spill;
         break;
       }
@@ -160,7 +162,7 @@ Result<std::optional<shuffle::BufferAndBacklog>> StoreView::PollNext() {
     if (item.backlog == 0 && !item.next_is_event) core_->armed.store(true);
   }
   if (file) {
-    auto size = file->ReadBuffer(offset, out.writable());
+    auto size = file->ReadBuffer(offset, disk_size, out.writable());
     if (!size.ok()) return size.status();  // `out` goes back to the store's read segments
     out.SetSize(*size);
     out.SetType(buffer::DataType::kData);

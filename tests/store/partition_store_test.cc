@@ -294,14 +294,14 @@ TEST_F(PartitionStoreTest, CorruptSpillFileIsNamedInTheError) {
     if (e.path().extension() == ".data") data = e.path().string();
   }
   ASSERT_FALSE(data.empty());
+  // One flipped bit in the last stripe of the first buffer (a 4 KiB segment).
   {
     std::fstream f(data, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(100);
     char c = 0;
-    f.seekg(100);
+    f.seekg(kSpillBufferHeaderBytes + 4000);
     f.get(c);
-    f.seekp(100);
-    f.put(static_cast<char>(c ^ 0x5a));
+    f.seekp(kSpillBufferHeaderBytes + 4000);
+    f.put(static_cast<char>(c ^ 0x01));
   }
   Drained d = ReadAll(Register({{0, 0}}), 0);
   EXPECT_FALSE(d.ended);
@@ -313,7 +313,7 @@ TEST_F(PartitionStoreTest, CorruptSpillFileIsNamedInTheError) {
 }
 
 TEST_F(PartitionStoreTest, AtTheQuotaWritersWaitAndNothingGoesOverIt) {
-  const uint64_t quota = 40 * (kSegment + 8) + 32 * 4;
+  const uint64_t quota = 40 * (kSegment + kSpillBufferHeaderBytes) + 32 * 4;
   MakeStore(8 * kSegment, quota);
   TestWriter w = Open(0, 0, 1, PartitionMode::kBlocking);
   // ~120 segments of records: more than budget + quota.
@@ -331,7 +331,7 @@ TEST_F(PartitionStoreTest, AtTheQuotaWritersWaitAndNothingGoesOverIt) {
 }
 
 TEST_F(PartitionStoreTest, QuotaFreedByReleaseLetsHeldDataSpill) {
-  const uint64_t quota = 20 * (kSegment + 8) + 32 * 4;
+  const uint64_t quota = 20 * (kSegment + kSpillBufferHeaderBytes) + 32 * 4;
   MakeStore(4 * kSegment, quota);
   TestWriter old = Open(0, 0, 1, PartitionMode::kBlocking, "old");
   ASSERT_TRUE(old.Write(0, 0, 0, 0, 30 * 100, 30).ok());
