@@ -135,7 +135,7 @@ PartitionStore::Impl::~Impl() {
 void PartitionStore::Impl::Recycle(buffer::MemorySegment* segment) {
   std::vector<std::shared_ptr<ViewCore>> notify;
   {
-    std::lock_guard<std::mutex> lock(mu);
+    StoreLock lock(*this);
     options.read_pool->RecycleSegment(segment);
     --read_out;
     auto it = read_owner.find(segment);
@@ -154,7 +154,7 @@ void PartitionStore::Impl::Recycle(buffer::MemorySegment* segment) {
 void PartitionStore::Impl::NotifyReadWaiters() {
   std::vector<std::shared_ptr<ViewCore>> notify;
   {
-    std::lock_guard<std::mutex> lock(mu);
+    StoreLock lock(*this);
     for (auto& w : read_waiters) {
       if (auto core = w.lock()) notify.push_back(std::move(core));
     }
@@ -188,6 +188,7 @@ void PartitionStore::Impl::FailLocked(MapOutputData& o, OutputState state, const
   o.state = state;
   o.failure = why;
   for (SubpartitionData& s : o.subs) {
+    for (buffer::Buffer& b : s.memory) dropped.push_back(std::move(b));
     s.memory.clear();
     s.memory_first = s.total;
   }
@@ -227,7 +228,8 @@ void PartitionStore::Impl::TrimLocked(MapOutputData& o, uint32_t sub) {
   while (!s.memory.empty() && s.memory_first < s.consumed) {
     const uint64_t cap = s.memory.front().capacity();
     const uint64_t size = s.memory.front().size();
-    s.memory.pop_front();  // the reader's share keeps it until sent
+    dropped.push_back(std::move(s.memory.front()));  // the reader's share keeps it until sent
+    s.memory.pop_front();
     ++s.memory_first;
     o.memory_bytes -= cap;
     o.memory_data_bytes -= size;
@@ -244,7 +246,7 @@ Status PartitionStore::Impl::SpillIfNeeded(WriterId failing_writer) {
     std::vector<uint64_t> taken;  // buffers taken per region
     uint64_t batch_bytes = 0;
     {
-      std::lock_guard<std::mutex> lock(mu);
+      StoreLock lock(*this);
       if (options.spill_dir.empty() || memory_bytes <= options.memory_budget_bytes) {
         quota_blocked = false;
         return result;
@@ -305,7 +307,7 @@ Status PartitionStore::Impl::SpillIfNeeded(WriterId failing_writer) {
     if (st.ok()) st = file->AppendRegions(regions);
     std::vector<std::shared_ptr<ViewCore>> notify;
     {
-      std::lock_guard<std::mutex> lock(mu);
+      StoreLock lock(*this);
       victim->spilling = false;
       disk_bytes -= batch_bytes;
       const bool alive = victim->state == OutputState::kWriting ||
@@ -334,6 +336,7 @@ Status PartitionStore::Impl::SpillIfNeeded(WriterId failing_writer) {
             victim->memory_data_bytes -= s.memory.front().size();
             memory_bytes -= s.memory.front().capacity();
             memory_data_bytes -= s.memory.front().size();
+            dropped.push_back(std::move(s.memory.front()));
             s.memory.pop_front();
           }
           s.memory_first += drop;
@@ -383,7 +386,7 @@ PartitionStore::~PartitionStore() {
   if (impl_->maintenance.joinable()) impl_->maintenance.join();
   std::vector<std::shared_ptr<ViewCore>> notify;
   {
-    std::lock_guard<std::mutex> lock(impl_->mu);
+    StoreLock lock(*impl_);
     for (auto& [name, job] : impl_->jobs) {
       impl_->ReleaseJobLocked(*job, "the daemon is shutting down", &notify);
     }
@@ -430,7 +433,7 @@ Result<WriterId> PartitionStore::OpenWriter(const WriterSpec& spec) {
                            std::to_string(im.options.max_subpartitions) +
                            " (max_subpartitions)");
   }
-  std::lock_guard<std::mutex> lock(im.mu);
+  StoreLock lock(im);
   auto it = im.jobs.find(spec.job);
   if (it == im.jobs.end()) {
     if (im.jobs.size() >= im.options.max_jobs) {
@@ -482,7 +485,7 @@ Status PartitionStore::Append(WriterId writer, uint32_t subpartition, buffer::Bu
   std::vector<std::shared_ptr<ViewCore>> notify;
   bool over = false;
   {
-    std::lock_guard<std::mutex> lock(im.mu);
+    StoreLock lock(im);
     auto it = im.writers.find(writer);
     if (it == im.writers.end()) {
       return Status(StatusCode::kClosed, "writer " + std::to_string(writer) +
@@ -521,7 +524,7 @@ Result<client::MapOutput> PartitionStore::Commit(WriterId writer) {
   std::vector<std::shared_ptr<ViewCore>> notify;
   client::MapOutput out;
   {
-    std::lock_guard<std::mutex> lock(im.mu);
+    StoreLock lock(im);
     auto it = im.writers.find(writer);
     if (it == im.writers.end()) {
       return Status(StatusCode::kClosed, "writer " + std::to_string(writer) +
@@ -548,7 +551,7 @@ void PartitionStore::Abort(WriterId writer, std::string reason) {
   Impl& im = *impl_;
   std::vector<std::shared_ptr<ViewCore>> notify;
   {
-    std::lock_guard<std::mutex> lock(im.mu);
+    StoreLock lock(im);
     auto it = im.writers.find(writer);
     if (it == im.writers.end()) return;
     std::shared_ptr<MapOutputData> o = it->second;
@@ -562,7 +565,7 @@ Status PartitionStore::Release(const std::string& job, const std::string& token)
   Impl& im = *impl_;
   std::vector<std::shared_ptr<ViewCore>> notify;
   {
-    std::lock_guard<std::mutex> lock(im.mu);
+    StoreLock lock(im);
     auto it = im.jobs.find(job);
     if (it == im.jobs.end()) {
       return NotFound("job '" + job + "' has no external partitions on " + im.options.node);
@@ -585,7 +588,7 @@ uint32_t PartitionStore::ExpireRetention(std::chrono::steady_clock::time_point n
   std::vector<std::shared_ptr<ViewCore>> notify;
   uint32_t n = 0;
   {
-    std::lock_guard<std::mutex> lock(im.mu);
+    StoreLock lock(im);
     for (auto it = im.jobs.begin(); it != im.jobs.end();) {
       Job& job = *it->second;
       bool writing = false;
@@ -609,7 +612,7 @@ uint32_t PartitionStore::ExpireRetention(std::chrono::steady_clock::time_point n
 std::vector<MapOutputInfo> PartitionStore::List(const std::string& job) const {
   const Impl& im = *impl_;
   std::vector<MapOutputInfo> out;
-  std::lock_guard<std::mutex> lock(im.mu);
+  StoreLock lock(im);
   for (const auto& [name, j] : im.jobs) {
     if (!job.empty() && name != job) continue;
     for (const auto& [key, o] : j->outputs) {
@@ -633,7 +636,7 @@ std::vector<MapOutputInfo> PartitionStore::List(const std::string& job) const {
 PartitionStoreStats PartitionStore::Stats() const {
   const Impl& im = *impl_;
   PartitionStoreStats s;
-  std::lock_guard<std::mutex> lock(im.mu);
+  StoreLock lock(im);
   s.jobs = im.jobs.size();
   s.map_outputs = im.map_outputs;
   s.bytes_in_memory = im.memory_data_bytes;
@@ -648,7 +651,7 @@ PartitionStoreStats PartitionStore::Stats() const {
 }
 
 Status PartitionStore::CheckToken(const std::string& job, const std::string& token) const {
-  std::lock_guard<std::mutex> lock(impl_->mu);
+  StoreLock lock(*impl_);
   auto it = impl_->jobs.find(job);
   if (it == impl_->jobs.end() || !TokensEqual(it->second->token, token)) {
     return Status(StatusCode::kPermissionDenied,
@@ -659,7 +662,7 @@ Status PartitionStore::CheckToken(const std::string& job, const std::string& tok
 }
 
 Result<std::string> PartitionStore::JobToken(const std::string& job) const {
-  std::lock_guard<std::mutex> lock(impl_->mu);
+  StoreLock lock(*impl_);
   auto it = impl_->jobs.find(job);
   if (it == impl_->jobs.end()) return NotFound("job '" + job + "' is not in the store");
   return it->second->token;
@@ -689,7 +692,7 @@ Result<std::string> PartitionStore::RegisterReadSet(const std::string& job,
   }
   if (Status st = CheckToken(job, token); !st.ok()) return st;
   const std::string id = std::string(kExternalPartitionPrefix) + job + "/" + ReadSetDigest(outputs);
-  std::lock_guard<std::mutex> lock(im.mu);
+  StoreLock lock(im);
   auto jt = im.jobs.find(job);
   if (jt == im.jobs.end()) return NotFound("job '" + job + "' was released meanwhile");
   Job& j = *jt->second;
@@ -729,7 +732,7 @@ Result<std::unique_ptr<shuffle::SubpartitionView>> PartitionStore::CreateView(
   std::shared_ptr<ReadSet> set;
   std::string token;
   {
-    std::lock_guard<std::mutex> lock(im.mu);
+    StoreLock lock(im);
     auto jt = im.jobs.find(job);
     if (jt != im.jobs.end()) {
       token = jt->second->token;

@@ -138,6 +138,9 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
   std::unordered_map<buffer::MemorySegment*, std::weak_ptr<ViewCore>> read_owner;
 
   int spill_lock_fd = -1;  // flock on <spill dir>/lock, held for the store's life
+  // Buffers the store let go of under mu: released only after mu is unlocked (StoreLock), so a
+  // writer's recycler never runs under the store's lock.
+  std::vector<buffer::Buffer> dropped;
 
   std::mutex maintenance_mu;
   std::condition_variable maintenance_cv;
@@ -146,6 +149,26 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
 };
 
 inline constexpr uint32_t kMaxReadBuffersPerView = 2;
+
+// Holds the store's mutex; on destruction unlocks it first and then releases the buffers
+// dropped meanwhile (their recyclers may take locks of their own).
+class StoreLock {
+ public:
+  explicit StoreLock(PartitionStore::Impl& impl) : impl_(impl), lock_(impl.mu) {}
+  explicit StoreLock(const PartitionStore::Impl& impl)
+      : StoreLock(const_cast<PartitionStore::Impl&>(impl)) {}
+  ~StoreLock() {
+    std::vector<buffer::Buffer> trash;
+    trash.swap(impl_.dropped);
+    lock_.unlock();
+  }
+  StoreLock(const StoreLock&) = delete;
+  StoreLock& operator=(const StoreLock&) = delete;
+
+ private:
+  PartitionStore::Impl& impl_;
+  std::unique_lock<std::mutex> lock_;
+};
 
 // Calls the listeners of `cores` (outside the store's lock). `force`: also the ones not armed
 // (failures).

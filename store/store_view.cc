@@ -110,7 +110,7 @@ Result<std::optional<shuffle::BufferAndBacklog>> StoreView::PollNext() {
   buffer::Buffer out;
   shuffle::BufferAndBacklog item;
   {
-    std::lock_guard<std::mutex> lock(impl_->mu);
+    StoreLock lock(*impl_);
     const Next n = PeekLocked(true);
     switch (n) {
       case Next::kFailed: {
@@ -174,7 +174,7 @@ Result<std::optional<shuffle::BufferAndBacklog>> StoreView::PollNext() {
 
 bool StoreView::IsAvailable(int32_t credit) const {
   if (released_.load()) return false;
-  std::lock_guard<std::mutex> lock(impl_->mu);
+  StoreLock lock(*impl_);
   switch (PeekConstLocked()) {
     case Next::kFailed:
     case Next::kEnd: return true;
@@ -186,7 +186,7 @@ bool StoreView::IsAvailable(int32_t credit) const {
 }
 
 uint32_t StoreView::backlog() const {
-  std::lock_guard<std::mutex> lock(impl_->mu);
+  StoreLock lock(*impl_);
   return BacklogLocked();
 }
 
@@ -196,7 +196,7 @@ void StoreView::Release() {
     std::lock_guard<std::mutex> lock(core_->mu);  // waits for a notification in flight
     core_->released = true;
   }
-  std::lock_guard<std::mutex> lock(impl_->mu);
+  StoreLock lock(*impl_);
   for (auto& o : set_->outputs) {
     std::erase(o->watchers, core_);
   }
@@ -211,7 +211,7 @@ Result<std::unique_ptr<shuffle::SubpartitionView>> MakeStoreView(
   auto core = std::make_shared<ViewCore>();
   core->listener = listener;
   {
-    std::lock_guard<std::mutex> lock(impl->mu);
+    StoreLock lock(*impl);
     uint32_t max_subs = 0;
     for (auto& o : set->outputs) {
       max_subs = std::max(max_subs, o->subpartitions);

@@ -8,6 +8,8 @@
 #include <fstream>
 #include <thread>
 
+#include "shuffle/record_serializer.h"
+
 #include "shuffle/auth.h"
 #include "store/spill_file.h"
 #include "testutil/leak_check.h"
@@ -454,6 +456,58 @@ TEST_F(PartitionStoreTest, ConcurrentWritersAndReadersWithSpills) {
     EXPECT_EQ(Stripped(d.records), want);
   }
   EXPECT_TRUE(store_->Release("j1", kToken).ok());
+}
+
+// A writer's recycler may take locks and call the store (the local writer service returns the
+// segment as credit): the store never releases a writer's buffer under its own lock. This
+// recycler calls the store; under the store's lock it would deadlock (the test times out).
+class CallingRecycler : public buffer::BufferRecycler {
+ public:
+  CallingRecycler(PartitionStore** store, buffer::NetworkBufferPool* pool)
+      : store_(store), pool_(pool) {}
+  void Recycle(buffer::MemorySegment* segment) override {
+    if (*store_ != nullptr) (void)(*store_)->Stats();
+    calls.fetch_add(1);
+    pool_->RecycleSegment(segment);
+  }
+  std::atomic<int> calls{0};
+
+ private:
+  PartitionStore** store_;
+  buffer::NetworkBufferPool* pool_;
+};
+
+TEST_F(PartitionStoreTest, WritersBuffersAreReleasedOutsideTheStoresLock) {
+  MakeStore(2 * kSegment);
+  PartitionStore* raw = store_.get();
+  CallingRecycler recycler(&raw, writer_pool_.get());
+  auto append = [&](WriterId w, uint32_t sp) {
+    buffer::Buffer b = buffer::Buffer::Wrap(writer_pool_->TryRequestSegment(), &recycler);
+    shuffle::StoreRecordLength(b.data(), 3);
+    std::memcpy(b.data() + 4, "abc", 3);
+    b.SetSize(7);
+    return store_->Append(w, sp, std::move(b), 1);
+  };
+  auto piped = store_->OpenWriter({"j1", kToken, 0, 0, 1, PartitionMode::kPipelined});
+  auto spilled = store_->OpenWriter({"j1", kToken, 1, 0, 1, PartitionMode::kBlocking});
+  auto aborted = store_->OpenWriter({"j1", kToken, 2, 0, 1, PartitionMode::kBlocking});
+  ASSERT_TRUE(piped.ok() && spilled.ok() && aborted.ok());
+  const std::string id = Register({{0, 0}});
+  CountingListener l;
+  auto v = View(id, 0, &l);
+  ASSERT_TRUE(v.ok());
+  ASSERT_TRUE(append(*piped, 0).ok());
+  Drained d;
+  DrainAvailable(v->get(), &d);  // trimmed after it was read
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(append(*spilled, 0).ok());  // over budget: spilled
+  ASSERT_TRUE(append(*aborted, 0).ok());
+  store_->Abort(*aborted, "test");
+  EXPECT_EQ(d.records, std::vector<std::string>{"abc"});
+  EXPECT_GE(recycler.calls.load(), 2);
+  v->reset();
+  EXPECT_TRUE(store_->Release("j1", kToken).ok());
+  EXPECT_EQ(recycler.calls.load(), 6);
+  raw = nullptr;
 }
 
 TEST_F(PartitionStoreTest, RetentionReleasesIdleJobs) {
