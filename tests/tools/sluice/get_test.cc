@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+
 #include <cstdio>
 
 #include "client/ext_control.h"
@@ -104,6 +106,27 @@ TEST(SluiceGet, ReadsCommittedWritersFromADaemon) {
   std::fclose(out);
   o.from = "nowhere";
   EXPECT_EQ(RunGet(o, common, stdout), kExitUsage);
+  // The binary in a process of its own: lines on stdout, exit 0; a failure exits 1 with the
+  // reason on stderr and nothing on stdout.
+  const std::string base = std::string(SLUICE_BIN) + " get --from 127.0.0.1:" +
+                           std::to_string(d->port()) + " --job j --subpartition 1 " +
+                           "--auth-secret-file " + daemon::testing::TestSecretFile() +
+                           " --token " + token;
+  auto run = [](const std::string& cmd, std::string* output) {
+    std::FILE* p = ::popen((cmd + " 2>/dev/null").c_str(), "r");
+    char buf[256];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) output->append(buf, n);
+    const int status = ::pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  std::string text;
+  EXPECT_EQ(run(base + " --partition 4", &text), 0);
+  EXPECT_EQ(text, "p4a0s1#0\np4a0s1#1\np4a0s1#2\n");
+  text.clear();
+  EXPECT_EQ(run(base + " --partition 9", &text), 1);
+  EXPECT_EQ(text, "");
+  EXPECT_EQ(run(std::string(SLUICE_BIN) + " get --job j --subpartition 1", &text), 2);
   auto c = daemon::testing::Connect(*d);
   ASSERT_TRUE(c);
   EXPECT_TRUE(client::ReleaseExternalJob(*c, "j", token).ok());
