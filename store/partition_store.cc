@@ -238,7 +238,19 @@ void PartitionStore::Impl::TrimLocked(MapOutputData& o, uint32_t sub) {
   }
 }
 
-Status PartitionStore::Impl::SpillIfNeeded(WriterId failing_writer) {
+std::shared_ptr<MapOutputData> PartitionStore::Impl::LargestInMemoryLocked() {
+  std::shared_ptr<MapOutputData> victim;
+  for (auto& [id, j] : jobs) {
+    for (auto& [key, o] : j->outputs) {
+      if (o->spilling || o->memory_bytes == 0) continue;
+      if (o->state != OutputState::kWriting && o->state != OutputState::kCommitted) continue;
+      if (!victim || o->memory_bytes > victim->memory_bytes) victim = o;
+    }
+  }
+  return victim;
+}
+
+Status PartitionStore::Impl::SpillIfNeeded(WriterId failing_writer, WriterId forced) {
   Status result;
   while (true) {
     std::shared_ptr<MapOutputData> victim;
@@ -247,17 +259,20 @@ Status PartitionStore::Impl::SpillIfNeeded(WriterId failing_writer) {
     uint64_t batch_bytes = 0;
     {
       StoreLock lock(*this);
-      if (options.spill_dir.empty() || memory_bytes <= options.memory_budget_bytes) {
+      if (forced != 0) {
+        // A writer whose every segment the store holds: spill its output whatever the budget.
+        auto w = writers.find(forced);
+        forced = 0;
+        if (w != writers.end() && !w->second->spilling && w->second->memory_bytes > 0) {
+          victim = w->second;
+        }
+      }
+      if (!victim && (options.spill_dir.empty() || memory_bytes <= options.memory_budget_bytes)) {
         quota_blocked = false;
         return result;
       }
-      for (auto& [id, j] : jobs) {
-        for (auto& [key, o] : j->outputs) {
-          if (o->spilling || o->memory_bytes == 0) continue;
-          if (o->state != OutputState::kWriting && o->state != OutputState::kCommitted) continue;
-          if (!victim || o->memory_bytes > victim->memory_bytes) victim = o;
-        }
-      }
+      if (options.spill_dir.empty()) return result;
+      if (!victim) victim = LargestInMemoryLocked();
       if (!victim) return result;
       // Take whole subpartition prefixes while they fit in the quota.
       uint64_t room = options.spill_max_bytes == 0
@@ -411,7 +426,7 @@ Result<std::unique_ptr<PartitionStore>> PartitionStore::Create(PartitionStoreOpt
   impl->maintenance = std::thread([raw] {
     raw->impl_->MaintenanceLoop([raw] {
       raw->ExpireRetention(Clock::now());
-      (void)raw->impl_->SpillIfNeeded(0);  // held at the quota: space may have been freed
+      (void)raw->impl_->SpillIfNeeded(0, 0);  // held at the quota: space may have been freed
       raw->impl_->NotifyReadWaiters();
     });
   });
@@ -515,8 +530,12 @@ Status PartitionStore::Append(WriterId writer, uint32_t subpartition, buffer::Bu
     over = !im.options.spill_dir.empty() && im.memory_bytes > im.options.memory_budget_bytes;
   }
   NotifyViews(notify, false);
-  if (over) return im.SpillIfNeeded(writer);
+  if (over) return im.SpillIfNeeded(writer, 0);
   return Status::Ok();
+}
+
+Status PartitionStore::WriterWaiting(WriterId writer) {
+  return impl_->SpillIfNeeded(writer, writer);
 }
 
 Result<client::MapOutput> PartitionStore::Commit(WriterId writer) {
@@ -579,7 +598,7 @@ Status PartitionStore::Release(const std::string& job, const std::string& token)
     im.jobs.erase(it);
   }
   NotifyViews(notify, true);
-  (void)im.SpillIfNeeded(0);  // space freed: outputs held at the quota may spill now
+  (void)im.SpillIfNeeded(0, 0);  // space freed: outputs held at the quota may spill now
   return Status::Ok();
 }
 
@@ -605,7 +624,7 @@ uint32_t PartitionStore::ExpireRetention(std::chrono::steady_clock::time_point n
     }
   }
   NotifyViews(notify, true);
-  if (n > 0) (void)im.SpillIfNeeded(0);
+  if (n > 0) (void)im.SpillIfNeeded(0, 0);
   return n;
 }
 

@@ -144,6 +144,11 @@ class PartitionStore final : public shuffle::SubpartitionViewProvider {
   // failed (IoError naming the file; the writer is aborted).
   Status Append(WriterId writer, uint32_t subpartition, buffer::Buffer filled,
                 uint32_t records = 0);
+  // The writer has no free segment left: the store holds all of its credit (a blocking output
+  // without a reader, a pipelined one whose reader is slow or absent). Spills that output now,
+  // whatever the memory budget, so the writer's segments come back; at the quota (or without
+  // spill_dir) the writer waits. An IoError is the spill's failure (the writer is aborted).
+  Status WriterWaiting(WriterId writer);
   // Atomic: visible to readers after this. The MapOutput names this node.
   Result<client::MapOutput> Commit(WriterId writer);
   // The writer aborted or died: readers of this map output get ProducerFailed naming job and

@@ -104,9 +104,12 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
   buffer::Buffer TakeReadBufferLocked(const std::shared_ptr<ViewCore>& core);
 
   // Spills the map outputs with the most bytes in memory until the store is under budget, the
-  // quota stops it, or nothing is left to spill. Takes mu. Returns the error of a spill of
-  // `failing_writer`'s output when that one failed (the caller's Append reports it).
-  Status SpillIfNeeded(WriterId failing_writer);
+  // quota stops it, or nothing is left to spill; `forced` (non-zero): that writer's output
+  // first, whatever the budget. Takes mu. Returns the error of a spill of `failing_writer`'s
+  // output when that one failed (the caller's Append reports it).
+  Status SpillIfNeeded(WriterId failing_writer, WriterId forced);
+  // The spillable output with the most bytes in memory, or null. mu held.
+  std::shared_ptr<MapOutputData> LargestInMemoryLocked();
   // Marks the output aborted/released, drops its memory and notifies its views. mu held;
   // `notify` collects the views to notify outside the lock.
   void FailLocked(MapOutputData& o, OutputState state, const std::string& why,

@@ -510,6 +510,24 @@ TEST_F(PartitionStoreTest, WritersBuffersAreReleasedOutsideTheStoresLock) {
   raw = nullptr;
 }
 
+TEST_F(PartitionStoreTest, AWaitingWriterIsSpilledWhateverTheBudget) {
+  MakeStore(64u << 20);  // far from the budget
+  TestWriter w = Open(0, 0, 2, PartitionMode::kBlocking);
+  ASSERT_TRUE(w.Write(0, 0, 1, 0, 400, 30).ok());
+  const uint32_t held = writer_pool_->used_segments();
+  EXPECT_GT(held, 2u);
+  EXPECT_EQ(store_->Stats().spill_bytes_total, 0u);
+  ASSERT_TRUE(store_->WriterWaiting(w.id()).ok());  // the writer service: no credit left
+  EXPECT_EQ(writer_pool_->used_segments(), 0u);      // every segment back as credit
+  EXPECT_GT(store_->Stats().spill_bytes_total, 0u);
+  ASSERT_TRUE(w.Write(0, 0, 1, 400, 100, 30).ok());
+  ASSERT_TRUE(store_->Commit(w.id()).ok());
+  Drained d = ReadAll(Register({{0, 0}}), 1);
+  EXPECT_TRUE(d.ended) << d.error.ToString();
+  EXPECT_EQ(Stripped(d.records), Expected(0, 0, 1, 500));
+  EXPECT_TRUE(store_->Release("j1", kToken).ok());
+}
+
 TEST_F(PartitionStoreTest, RetentionReleasesIdleJobs) {
   MakeStore(4 * kSegment);
   WriterSpec spec{"short", kToken, 0, 0, 1, PartitionMode::kBlocking, std::chrono::seconds(5)};
