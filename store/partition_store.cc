@@ -408,6 +408,20 @@ PartitionStore::~PartitionStore() {
     impl_->jobs.clear();
   }
   NotifyViews(notify, true);
+  // Read buffers still in flight name the Impl as their recycler: they come home when their
+  // connections close (the daemon stops its server first). Wait a little for them.
+  for (int i = 0; i < 500; ++i) {
+    {
+      StoreLock lock(*impl_);
+      if (impl_->read_out == 0) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  StoreLock lock(*impl_);
+  if (impl_->read_out != 0) {
+    // Never free a recycler that buffers still name: keep the Impl (a leak, not a crash).
+    new std::shared_ptr<Impl>(impl_);
+  }
 }
 
 const PartitionStoreOptions& PartitionStore::options() const { return impl_->options; }
