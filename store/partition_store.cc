@@ -250,13 +250,112 @@ std::shared_ptr<MapOutputData> PartitionStore::Impl::LargestInMemoryLocked() {
   return victim;
 }
 
+bool PartitionStore::Impl::TakeBatchLocked(SpillBatch* batch) {
+  MapOutputData& victim = *batch->victim;
+  // Take whole subpartition prefixes while they fit in the quota.
+  const uint64_t room =
+      options.spill_max_bytes == 0
+          ? UINT64_MAX
+          : options.spill_max_bytes - std::min(options.spill_max_bytes, disk_bytes);
+  for (uint32_t sp = 0; sp < victim.subpartitions; ++sp) {
+    SubpartitionData& s = victim.subs[sp];
+    // Pipelined: buffers its reader already has are not written again.
+    size_t skip = 0;
+    if (victim.mode == PartitionMode::kPipelined && s.consumed > s.memory_first) {
+      skip = static_cast<size_t>(std::min<uint64_t>(s.consumed - s.memory_first,
+                                                    s.memory.size()));
+    }
+    if (s.memory.size() <= skip) continue;
+    SpillRegion r;
+    r.subpartition = sp;
+    r.first_ordinal = s.memory_first + skip;
+    uint64_t need = kSpillIndexRecordBytes;
+    for (size_t i = skip; i < s.memory.size(); ++i) {
+      const uint64_t b = kSpillBufferHeaderBytes + s.memory[i].size();
+      if (batch->bytes + need + b > room) break;
+      need += b;
+      r.buffers.push_back(s.memory[i].Share());
+    }
+    if (r.buffers.empty()) break;
+    batch->bytes += need;
+    batch->taken.push_back(skip);
+    batch->regions.push_back(std::move(r));
+  }
+  return !batch->regions.empty();
+}
+
+Status PartitionStore::Impl::WriteBatch(SpillBatch& batch) {
+  if (!batch.file) {  // batch.file: the victim's file, taken under mu, or none yet
+    auto created = SpillFile::Create(options.spill_dir, batch.victim->spill_stem);
+    if (!created.ok()) return created.status();
+    batch.file = std::shared_ptr<SpillFile>(std::move(*created));
+  }
+  return batch.file->AppendRegions(batch.regions);
+}
+
+void PartitionStore::Impl::CommitBatchLocked(SpillBatch& batch) {
+  MapOutputData& victim = *batch.victim;
+  disk_bytes += batch.bytes;
+  victim.disk_bytes += batch.bytes;
+  spill_bytes_total.fetch_add(batch.bytes);
+  for (size_t k = 0; k < batch.regions.size(); ++k) {
+    SpillRegion& r = batch.regions[k];
+    SubpartitionData& s = victim.subs[r.subpartition];
+    Extent& e = s.extents[r.first_ordinal];
+    e.offsets = std::move(r.offsets);
+    e.sizes.reserve(r.buffers.size());
+    for (const buffer::Buffer& b : r.buffers) e.sizes.push_back(b.size());
+    // Drop the skipped (already read) and the spilled buffers from memory.
+    const size_t drop = batch.taken[k] + r.buffers.size();
+    for (size_t i = 0; i < drop; ++i) {
+      victim.memory_bytes -= s.memory.front().capacity();
+      victim.memory_data_bytes -= s.memory.front().size();
+      memory_bytes -= s.memory.front().capacity();
+      memory_data_bytes -= s.memory.front().size();
+      dropped.push_back(std::move(s.memory.front()));
+      s.memory.pop_front();
+    }
+    s.memory_first += drop;
+  }
+}
+
+// What a spill's outcome does to the store; returns the error for `failing_writer`'s caller.
+Status PartitionStore::Impl::FinishSpillLocked(SpillBatch& batch, const Status& st,
+                                               WriterId failing_writer,
+                                               std::vector<std::shared_ptr<ViewCore>>* notify) {
+  MapOutputData& victim = *batch.victim;
+  victim.spilling = false;
+  disk_bytes -= batch.bytes;  // the reservation
+  const bool alive =
+      victim.state == OutputState::kWriting || victim.state == OutputState::kCommitted;
+  if (batch.file && alive && !victim.spill) {
+    victim.spill = batch.file;
+    spill_files += 2;
+  } else if (batch.file && !alive) {
+    batch.file->Remove();  // failed or released meanwhile (FailLocked removed an older one)
+  }
+  if (st.ok()) {
+    if (alive) CommitBatchLocked(batch);
+    return Status::Ok();
+  }
+  if (victim.state == OutputState::kWriting) {
+    // The writer's data cannot be kept: it fails; committed data stays in memory.
+    FailLocked(victim, OutputState::kAborted, st.message(), notify);
+    return victim.writer == failing_writer ? st : Status::Ok();
+  }
+  if (victim.state == OutputState::kCommitted) {
+    quota_blocked = true;
+    if (auto w = writers.find(failing_writer); failing_writer != 0 && w != writers.end()) {
+      FailLocked(*w->second, OutputState::kAborted, st.message(), notify);
+      return st;
+    }
+  }
+  return Status::Ok();
+}
+
 Status PartitionStore::Impl::SpillIfNeeded(WriterId failing_writer, WriterId forced) {
-  Status result;
   while (true) {
-    std::shared_ptr<MapOutputData> victim;
-    std::vector<SpillRegion> regions;
-    std::vector<uint64_t> taken;  // buffers taken per region
-    uint64_t batch_bytes = 0;
+    SpillBatch batch;
     {
       StoreLock lock(*this);
       if (forced != 0) {
@@ -264,113 +363,33 @@ Status PartitionStore::Impl::SpillIfNeeded(WriterId failing_writer, WriterId for
         auto w = writers.find(forced);
         forced = 0;
         if (w != writers.end() && !w->second->spilling && w->second->memory_bytes > 0) {
-          victim = w->second;
+          batch.victim = w->second;
         }
       }
-      if (!victim && (options.spill_dir.empty() || memory_bytes <= options.memory_budget_bytes)) {
+      if (!batch.victim &&
+          (options.spill_dir.empty() || memory_bytes <= options.memory_budget_bytes)) {
         quota_blocked = false;
-        return result;
+        return Status::Ok();
       }
-      if (options.spill_dir.empty()) return result;
-      if (!victim) victim = LargestInMemoryLocked();
-      if (!victim) return result;
-      // Take whole subpartition prefixes while they fit in the quota.
-      uint64_t room = options.spill_max_bytes == 0
-                          ? UINT64_MAX
-                          : options.spill_max_bytes - std::min(options.spill_max_bytes, disk_bytes);
-      for (uint32_t sp = 0; sp < victim->subpartitions; ++sp) {
-        SubpartitionData& s = victim->subs[sp];
-        // Pipelined: buffers its reader already has are not written again.
-        size_t skip = 0;
-        if (victim->mode == PartitionMode::kPipelined && s.consumed > s.memory_first) {
-          skip = static_cast<size_t>(std::min<uint64_t>(s.consumed - s.memory_first,
-                                                        s.memory.size()));
-        }
-        if (s.memory.size() <= skip) continue;
-        SpillRegion r;
-        r.subpartition = sp;
-        r.first_ordinal = s.memory_first + skip;
-        uint64_t need = kSpillIndexRecordBytes;
-        for (size_t i = skip; i < s.memory.size(); ++i) {
-          const uint64_t b = kSpillBufferHeaderBytes + s.memory[i].size();
-          if (batch_bytes + need + b > room) break;
-          need += b;
-          r.buffers.push_back(s.memory[i].Share());
-        }
-        if (r.buffers.empty()) break;
-        batch_bytes += need;
-        taken.push_back(skip);
-        regions.push_back(std::move(r));
-      }
-      if (regions.empty()) {
+      if (options.spill_dir.empty()) return Status::Ok();
+      if (!batch.victim) batch.victim = LargestInMemoryLocked();
+      if (!batch.victim) return Status::Ok();
+      if (!TakeBatchLocked(&batch)) {
         quota_blocked = true;  // at the quota: writers wait until space is freed
-        return result;
+        return Status::Ok();
       }
-      victim->spilling = true;
-      disk_bytes += batch_bytes;  // reserved; corrected below on failure
+      batch.victim->spilling = true;
+      batch.file = batch.victim->spill;
+      disk_bytes += batch.bytes;  // reserved until the write is done
     }
-    Status st;
-    std::shared_ptr<SpillFile> file = victim->spill;
-    if (!file) {
-      auto created = SpillFile::Create(options.spill_dir, victim->spill_stem);
-      if (created.ok()) {
-        file = std::shared_ptr<SpillFile>(std::move(*created));
-      } else {
-        st = created.status();
-      }
-    }
-    if (st.ok()) st = file->AppendRegions(regions);
+    Status st = WriteBatch(batch);
     std::vector<std::shared_ptr<ViewCore>> notify;
+    Status result;
     {
       StoreLock lock(*this);
-      victim->spilling = false;
-      disk_bytes -= batch_bytes;
-      const bool alive = victim->state == OutputState::kWriting ||
-                         victim->state == OutputState::kCommitted;
-      if (file && alive && !victim->spill) {
-        victim->spill = file;
-        spill_files += 2;
-      } else if (file && !alive) {
-        file->Remove();  // failed or released meanwhile (FailLocked removed an older one)
-      }
-      if (st.ok() && alive) {
-        disk_bytes += batch_bytes;
-        victim->disk_bytes += batch_bytes;
-        spill_bytes_total.fetch_add(batch_bytes);
-        for (size_t k = 0; k < regions.size(); ++k) {
-          SpillRegion& r = regions[k];
-          SubpartitionData& s = victim->subs[r.subpartition];
-          Extent& e = s.extents[r.first_ordinal];
-          e.offsets = std::move(r.offsets);
-          e.sizes.reserve(r.buffers.size());
-          for (const buffer::Buffer& b : r.buffers) e.sizes.push_back(b.size());
-          // Drop the skipped (already read) and the spilled buffers from memory.
-          const size_t drop = taken[k] + r.buffers.size();
-          for (size_t i = 0; i < drop; ++i) {
-            victim->memory_bytes -= s.memory.front().capacity();
-            victim->memory_data_bytes -= s.memory.front().size();
-            memory_bytes -= s.memory.front().capacity();
-            memory_data_bytes -= s.memory.front().size();
-            dropped.push_back(std::move(s.memory.front()));
-            s.memory.pop_front();
-          }
-          s.memory_first += drop;
-        }
-      } else if (victim->state == OutputState::kWriting) {
-        // The writer's data cannot be kept: it fails; committed data stays in memory.
-        FailLocked(*victim, OutputState::kAborted, st.message(), &notify);
-        if (victim->writer == failing_writer) result = st;
-      } else if (victim->state == OutputState::kCommitted) {
-        quota_blocked = true;
-        if (failing_writer != 0) {
-          if (auto w = writers.find(failing_writer); w != writers.end()) {
-            FailLocked(*w->second, OutputState::kAborted, st.message(), &notify);
-            result = st;
-          }
-        }
-      }
+      result = FinishSpillLocked(batch, st, failing_writer, &notify);
     }
-    regions.clear();  // our shares go; the spilled segments return to their writers
+    batch.regions.clear();  // our shares go; the spilled segments return to their writers
     NotifyViews(notify, true);
     if (!st.ok()) return result.ok() ? st : result;
   }

@@ -110,6 +110,23 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
   Status SpillIfNeeded(WriterId failing_writer, WriterId forced);
   // The spillable output with the most bytes in memory, or null. mu held.
   std::shared_ptr<MapOutputData> LargestInMemoryLocked();
+
+  // One spill: the victim's buffers (shares) per subpartition region, written outside mu.
+  struct SpillBatch {
+    std::shared_ptr<MapOutputData> victim;
+    std::vector<SpillRegion> regions;
+    std::vector<uint64_t> taken;  // per region: memory buffers skipped (already read)
+    uint64_t bytes = 0;           // data + index bytes the batch adds on disk
+    std::shared_ptr<SpillFile> file;
+  };
+  // Fills the batch within the quota; false when nothing fits. mu held.
+  bool TakeBatchLocked(SpillBatch* batch);
+  // Creates the file if needed and appends the regions. Without mu.
+  Status WriteBatch(SpillBatch& batch);
+  // Indexes the spilled buffers and drops them from memory. mu held.
+  void CommitBatchLocked(SpillBatch& batch);
+  Status FinishSpillLocked(SpillBatch& batch, const Status& st, WriterId failing_writer,
+                           std::vector<std::shared_ptr<ViewCore>>* notify);
   // Marks the output aborted/released, drops its memory and notifies its views. mu held;
   // `notify` collects the views to notify outside the lock.
   void FailLocked(MapOutputData& o, OutputState state, const std::string& why,
