@@ -134,6 +134,61 @@ Result<const fb::ListJobsResponse*> ParseListJobsResponse(std::span<const uint8_
   return r;
 }
 
+// --- The external store (issue 13) ---
+
+Result<const fb::ExtReleaseJob*> ParseExtReleaseJob(std::span<const uint8_t> metadata) {
+  auto r = VerifyControl<fb::ExtReleaseJob>(metadata, "ExtReleaseJob");
+  if (!r.ok()) return r;
+  if (Status s = CheckJobId((*r)->job_id(), "ExtReleaseJob"); !s.ok()) return s;
+  if (Status s = CheckToken((*r)->token(), "ExtReleaseJob"); !s.ok()) return s;
+  return r;
+}
+
+Result<const fb::ExtRegisterReadSet*> ParseExtRegisterReadSet(std::span<const uint8_t> metadata) {
+  auto r = VerifyControl<fb::ExtRegisterReadSet>(metadata, "ExtRegisterReadSet");
+  if (!r.ok()) return r;
+  if (Status s = CheckJobId((*r)->job_id(), "ExtRegisterReadSet"); !s.ok()) return s;
+  if (Status s = CheckToken((*r)->token(), "ExtRegisterReadSet"); !s.ok()) return s;
+  if (Status s = CheckCount((*r)->outputs(), kMaxReadSetEntries, "ExtRegisterReadSet",
+                            "outputs");
+      !s.ok()) {
+    return s;
+  }
+  return r;
+}
+
+Result<const fb::ExtReadSetResponse*> ParseExtReadSetResponse(std::span<const uint8_t> metadata) {
+  auto r = VerifyControl<fb::ExtReadSetResponse>(metadata, "ExtReadSetResponse");
+  if (!r.ok()) return r;
+  const auto* id = (*r)->partition_id();
+  if (id == nullptr || id->size() == 0 || id->size() > kMaxPartitionIdLength) {
+    return Bad("ExtReadSetResponse", "partition_id is missing or longer than " +
+                                         std::to_string(kMaxPartitionIdLength));
+  }
+  return r;
+}
+
+Result<const fb::ExtListRequest*> ParseExtListRequest(std::span<const uint8_t> metadata) {
+  auto r = VerifyControl<fb::ExtListRequest>(metadata, "ExtListRequest");
+  if (!r.ok()) return r;
+  const auto* id = (*r)->job_id();
+  if (id != nullptr && id->size() > kMaxJobIdLength) {
+    return Bad("ExtListRequest", "job_id is longer than " + std::to_string(kMaxJobIdLength));
+  }
+  return r;
+}
+
+Result<const fb::ExtListResponse*> ParseExtListResponse(std::span<const uint8_t> metadata) {
+  auto r = VerifyControl<fb::ExtListResponse>(metadata, "ExtListResponse");
+  if (!r.ok()) return r;
+  if (const auto* v = (*r)->partitions()) {
+    for (const auto* p : *v) {
+      if (Status s = CheckJobId(p->job_id(), "ExtListResponse"); !s.ok()) return s;
+    }
+  }
+  return r;
+}
+
 Status VerifyControlMessage(MessageType type, std::span<const uint8_t> metadata) {
   switch (type) {
     case MessageType::kSubmitJob: return ParseSubmitJob(metadata).status();
@@ -146,6 +201,11 @@ Status VerifyControlMessage(MessageType type, std::span<const uint8_t> metadata)
     case MessageType::kControlResult: return ParseControlResult(metadata).status();
     case MessageType::kListJobsRequest: return ParseListJobsRequest(metadata).status();
     case MessageType::kListJobsResponse: return ParseListJobsResponse(metadata).status();
+    case MessageType::kExtReleaseJob: return ParseExtReleaseJob(metadata).status();
+    case MessageType::kExtRegisterReadSet: return ParseExtRegisterReadSet(metadata).status();
+    case MessageType::kExtReadSetResponse: return ParseExtReadSetResponse(metadata).status();
+    case MessageType::kExtListRequest: return ParseExtListRequest(metadata).status();
+    case MessageType::kExtListResponse: return ParseExtListResponse(metadata).status();
     default: break;
   }
   return ProtocolError("message type " + std::to_string(static_cast<int>(type)) +

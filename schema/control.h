@@ -33,6 +33,15 @@ Result<const fb::ListJobsRequest*> ParseListJobsRequest(std::span<const uint8_t>
 // Also checks every job's state and that no job_id exceeds kMaxJobIdLength.
 Result<const fb::ListJobsResponse*> ParseListJobsResponse(std::span<const uint8_t> metadata);
 
+// The external store's messages (issue 13). A read set names at most kMaxReadSetEntries map
+// outputs (what fits in one frame's 64 KiB metadata).
+inline constexpr size_t kMaxReadSetEntries = 8000;
+Result<const fb::ExtReleaseJob*> ParseExtReleaseJob(std::span<const uint8_t> metadata);
+Result<const fb::ExtRegisterReadSet*> ParseExtRegisterReadSet(std::span<const uint8_t> metadata);
+Result<const fb::ExtReadSetResponse*> ParseExtReadSetResponse(std::span<const uint8_t> metadata);
+Result<const fb::ExtListRequest*> ParseExtListRequest(std::span<const uint8_t> metadata);
+Result<const fb::ExtListResponse*> ParseExtListResponse(std::span<const uint8_t> metadata);
+
 // The Parse function of control `type`, result dropped; ProtocolError for other types.
 Status VerifyControlMessage(MessageType type, std::span<const uint8_t> metadata);
 

@@ -43,6 +43,11 @@ constexpr MessageType kAllTypes[] = {
     MessageType::kControlResult,
     MessageType::kListJobsRequest,
     MessageType::kListJobsResponse,
+    MessageType::kExtReleaseJob,
+    MessageType::kExtRegisterReadSet,
+    MessageType::kExtReadSetResponse,
+    MessageType::kExtListRequest,
+    MessageType::kExtListResponse,
 };
 
 // Error messages are built only on the failure path; a small concatenation helper keeps them
@@ -196,6 +201,16 @@ std::string_view MessageTypeName(MessageType type) {
       return "ListJobsRequest";
     case MessageType::kListJobsResponse:
       return "ListJobsResponse";
+    case MessageType::kExtReleaseJob:
+      return "ExtReleaseJob";
+    case MessageType::kExtRegisterReadSet:
+      return "ExtRegisterReadSet";
+    case MessageType::kExtReadSetResponse:
+      return "ExtReadSetResponse";
+    case MessageType::kExtListRequest:
+      return "ExtListRequest";
+    case MessageType::kExtListResponse:
+      return "ExtListResponse";
   }
   return "Unknown";
 }

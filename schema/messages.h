@@ -53,6 +53,12 @@ enum class MessageType : uint8_t {
   kControlResult = 39,
   kListJobsRequest = 40,
   kListJobsResponse = 41,
+  // The external shuffle store (issue 13): 42..47.
+  kExtReleaseJob = 42,
+  kExtRegisterReadSet = 43,
+  kExtReadSetResponse = 44,
+  kExtListRequest = 45,
+  kExtListResponse = 46,
 };
 inline constexpr uint8_t kFirstControlMessageType = 32;
 inline constexpr uint8_t kLastControlMessageType = 63;

@@ -121,4 +121,19 @@ size_t PartitionRegistry::pending_callbacks() const {
   return pending_ids_.size();
 }
 
+void PartitionRegistry::SetViewProvider(const std::string& prefix,
+                                        SubpartitionViewProvider* provider) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::erase_if(providers_, [&](const auto& p) { return p.first == prefix; });
+  if (provider != nullptr) providers_.emplace_back(prefix, provider);
+}
+
+SubpartitionViewProvider* PartitionRegistry::FindViewProvider(const std::string& id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [prefix, provider] : providers_) {
+    if (id.starts_with(prefix)) return provider;
+  }
+  return nullptr;
+}
+
 }  // namespace sluice::shuffle

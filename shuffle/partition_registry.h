@@ -17,14 +17,33 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "sluice/buffer/status.h"
 #include "sluice/shuffle/result_partition.h"
+#include "sluice/shuffle/subpartition_view.h"
 
 namespace sluice::shuffle {
+
+// Serves partitions that are not ResultPartitions of this process (the external shuffle
+// store, store/partition_store.h): the network server asks it for a view when a request's
+// partition id starts with the prefix it was registered under. Thread-safe; called on the
+// server's loop thread, so it must not block.
+class SubpartitionViewProvider {
+ public:
+  virtual ~SubpartitionViewProvider() = default;
+  // The view for a remote reader that presented `access_proof` (shuffle/auth.h
+  // MakePartitionProof over this id and subpartition). Errors, as the reader sees them:
+  // PermissionDenied -> AuthenticationFailed; NotFound -> PartitionNotFound; InvalidArgument
+  // (e.g. the subpartition already has its one pipelined reader) -> ProtocolViolation;
+  // anything else -> ProducerFailed.
+  virtual Result<std::unique_ptr<SubpartitionView>> CreateView(
+      const std::string& partition_id, uint32_t subpartition,
+      std::span<const uint8_t> access_proof, SubpartitionListener* listener) = 0;
+};
 
 class PartitionRegistry {
  public:
@@ -59,6 +78,12 @@ class PartitionRegistry {
 
   size_t size() const;
   std::vector<std::string> Ids() const;
+
+  // Partition ids starting with `prefix` are served by `provider` (not owned; it must outlive
+  // its registration). A null provider removes the prefix.
+  void SetViewProvider(const std::string& prefix, SubpartitionViewProvider* provider);
+  // The provider whose prefix `id` starts with, or null.
+  SubpartitionViewProvider* FindViewProvider(const std::string& id) const;
   size_t pending_callbacks() const;
 
  private:
@@ -74,6 +99,7 @@ class PartitionRegistry {
   std::unordered_map<std::string, std::vector<Pending>> pending_;  // GUARDED_BY(mu_), by id
   std::unordered_map<uint64_t, std::string> pending_ids_;          // GUARDED_BY(mu_), by token
   uint64_t next_token_ = 1;                                        // GUARDED_BY(mu_)
+  std::vector<std::pair<std::string, SubpartitionViewProvider*>> providers_;  // GUARDED_BY(mu_)
 };
 
 }  // namespace sluice::shuffle

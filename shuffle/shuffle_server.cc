@@ -332,7 +332,9 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
     req.subpartition = (*m)->subpartition();
     req.credit = (*m)->initial_credit();
     if (const auto* proof = (*m)->access_proof()) req.proof.assign(proof->begin(), proof->end());
-    if (auto partition = server_->registry_->Lookup(req.partition_id)) {
+    if (auto* provider = server_->registry_->FindViewProvider(req.partition_id)) {
+      ServeProvided(id, provider, req);
+    } else if (auto partition = server_->registry_->Lookup(req.partition_id)) {
       Serve(id, partition, req);
     } else if (parked_.size() >= server_->config_.max_parked_requests) {
       // Each parked request holds a timer and a registry callback: bounded per connection.
@@ -399,6 +401,24 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
       ChannelError(id, taken ? fb::ErrorCode::ProtocolViolation : fb::ErrorCode::ProducerFailed,
                        st.message());
     }
+  }
+
+  // A partition of a SubpartitionViewProvider (the external store): it checks the proof.
+  void ServeProvided(uint64_t id, SubpartitionViewProvider* provider, const Request& req) {
+    Status st = queue_.AddReader(
+        id, req.credit, req.partition_id + "/" + std::to_string(req.subpartition),
+        [&](SubpartitionListener* l) {
+          return provider->CreateView(req.partition_id, req.subpartition, req.proof, l);
+        });
+    if (st.ok()) return;
+    fb::ErrorCode code = fb::ErrorCode::ProducerFailed;
+    if (st.code() == StatusCode::kPermissionDenied) {
+      server_->stats_->auth_failures.fetch_add(1, std::memory_order_relaxed);
+      code = fb::ErrorCode::AuthenticationFailed;
+    }
+    if (st.code() == StatusCode::kNotFound) code = fb::ErrorCode::PartitionNotFound;
+    if (st.code() == StatusCode::kInvalidArgument) code = fb::ErrorCode::ProtocolViolation;
+    SendChannelError(id, code, st.message());
   }
 
   void Park(uint64_t id, Request req) {

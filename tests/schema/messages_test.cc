@@ -42,8 +42,9 @@ TEST(MessageTypeTest, KnownTypesAndPayloads) {
   EXPECT_TRUE(IsControlMessageType(32));
   EXPECT_TRUE(IsControlMessageType(40));   // ListJobsRequest
   EXPECT_TRUE(IsControlMessageType(41));   // ListJobsResponse
-  EXPECT_FALSE(IsControlMessageType(42));
-  EXPECT_FALSE(IsKnownMessageType(42));
+  EXPECT_TRUE(IsControlMessageType(42));   // ExtReleaseJob (issue 13: 42..46)
+  EXPECT_TRUE(IsKnownMessageType(46));     // ExtListResponse
+  EXPECT_FALSE(IsKnownMessageType(60));
   EXPECT_FALSE(IsKnownMessageType(kLastControlMessageType));
   EXPECT_FALSE(IsKnownMessageType(255));
 
@@ -53,7 +54,7 @@ TEST(MessageTypeTest, KnownTypesAndPayloads) {
 
   const std::bitset<256> known = KnownMessageTypes();
   const std::bitset<256> payload = PayloadMessageTypes();
-  EXPECT_EQ(known.count(), 22u);  // 12 shuffle protocol types, 10 daemon control types
+  EXPECT_EQ(known.count(), 27u);  // 12 shuffle protocol types, 15 daemon control types
   EXPECT_EQ(payload.count(), 1u);
   EXPECT_TRUE(payload.test(static_cast<uint8_t>(MessageType::kBufferResponse)));
   for (size_t t = 0; t < 256; ++t) {
@@ -323,8 +324,8 @@ TEST(MessageFieldTest, VerifyMessageTellsMalformedFromWrongField) {
   ExpectProtocolError(VerifyMessage(MessageType::kAddCredit, garbage), {"malformed AddCredit"});
   ExpectProtocolError(CheckMessage(MessageType::kAddCredit, garbage, kSegment),
                       {"malformed AddCredit"});
-  ExpectProtocolError(CheckMessage(static_cast<MessageType>(42), zero_credit, kSegment),
-                      {"message type 42"});
+  ExpectProtocolError(CheckMessage(static_cast<MessageType>(60), zero_credit, kSegment),
+                      {"message type 60"});
 }
 
 // ---- Malformed input ----

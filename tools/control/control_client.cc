@@ -277,6 +277,25 @@ Status ControlClient::Command(uint8_t type, const std::vector<uint8_t>& msg, uin
   return DecodeControlResult(**m, count);
 }
 
+Result<std::vector<uint8_t>> ControlClient::Request(uint8_t type,
+                                                    const std::vector<uint8_t>& message,
+                                                    uint8_t expect_type) {
+  if (message.size() > kMaxControlMessageBytes) {
+    return InvalidArgument("a " +
+                           std::string(schema::MessageTypeName(static_cast<MessageType>(type))) +
+                           " of " + std::to_string(message.size()) +
+                           " bytes is more than a control message carries (64 KiB)");
+  }
+  auto r = Call(type, message.data(), message.size(), expect_type);
+  if (!r.ok()) return r.status();
+  if (expect_type == static_cast<uint8_t>(MessageType::kControlResult)) {
+    auto m = schema::ParseControlResult(r->message);
+    if (!m.ok()) return m.status();
+    if (Status st = DecodeControlResult(**m); !st.ok()) return st;
+  }
+  return std::move(r->message);
+}
+
 Status ControlClient::SubmitJob(const JobSpec& spec, uint32_t node_index) {
   auto msg = EncodeSubmitJob(spec, node_index);
   if (msg.size() > kMaxControlMessageBytes) {

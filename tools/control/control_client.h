@@ -74,6 +74,13 @@ class ControlClient {
   // served and client side) at once, as a network cut would. Returns how many it closed.
   Result<uint32_t> CutConnections();
 
+  // A request whose codec lives outside tools/control (the external store's messages,
+  // client/ext_messages.h): sends `message` as frame `type` and returns the reply's metadata
+  // when it is of `expect_type`; a ControlResult error becomes its Status. With expect_type
+  // kControlResult, an OK result gives its (empty) bytes back.
+  Result<std::vector<uint8_t>> Request(uint8_t type, const std::vector<uint8_t>& message,
+                                       uint8_t expect_type);
+
   const std::string& address() const { return address_; }
   // The daemon's segment size, from its HelloAck.
   uint32_t segment_size() const { return segment_size_; }

@@ -11,6 +11,7 @@
 //     stats [--json]                             pool, connections, RSS and every metric
 //     dump                                       the live credit state (both halves)
 //     plan JOB.toml                              network memory each node needs for a job
+//     release JOB                                free a job's external partitions here
 //
 // The daemon's segment size and credit options come from its handshake and stats, never from a
 // flag. The secret is found the way sluiced finds it: --auth-secret-file, else
@@ -149,7 +150,7 @@ int main(int argc, char** argv) {
   AddGlobals(app, g);
   std::vector<Command> commands;
   for (auto add : {AddSubmit, AddJobs, AddStatus, AddWatch, AddCancel, AddStats, AddDump,
-                   AddPlan}) {
+                   AddPlan, AddRelease}) {
     commands.push_back(add(app, g));
   }
   if (int rc = sluice::tools::ParseOrExit(app, argc, argv); rc >= 0) return rc;
@@ -159,13 +160,14 @@ int main(int argc, char** argv) {
   for (const Command& c : commands) {
     if (!c.sub->parsed()) continue;
     const std::string name = c.sub->get_name();
-    const bool jobbed = name == "status" || name == "watch" || name == "cancel";
+    const bool jobbed =
+        name == "status" || name == "watch" || name == "cancel" || name == "release";
     if (!jobbed && !g.token.empty()) {
       return Refuse(sluice::InvalidArgument("--token: " + name + " takes no job token"));
     }
     return c.run();
   }
   return Refuse(sluice::InvalidArgument(
-      "no command; give one of submit, jobs, status, watch, cancel, stats, dump, plan "
+      "no command; give one of submit, jobs, status, watch, cancel, stats, dump, plan, release "
       "(see --help)"));
 }

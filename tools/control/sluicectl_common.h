@@ -60,6 +60,9 @@ Command AddCancel(CLI::App& app, Globals& g);
 Command AddJobs(CLI::App& app, Globals& g);
 Command AddSubmit(CLI::App& app, Globals& g);
 Command AddPlan(CLI::App& app, Globals& g);
+// The external store (issue 13, sluicectl_ext.cc): release JOB; the external section of jobs.
+Command AddRelease(CLI::App& app, Globals& g);
+void PrintExternal(ControlClient& client);
 
 // Shared by status, watch and submit --wait.
 void PrintJobStatus(const JobStatus& st, const std::string& node);

@@ -224,6 +224,7 @@ Command AddJobs(CLI::App& app, Globals& g) {
             }
             std::printf("%u jobs on %s%s%s\n", list->total, client->address().c_str(),
                         list->note.empty() ? "" : "; ", list->note.c_str());
+            PrintExternal(*client);
             return tools::kExitOk;
           }};
 }

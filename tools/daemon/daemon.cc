@@ -1,5 +1,7 @@
 #include "tools/daemon/daemon.h"
 
+#include "store/store_control.h"
+
 #include "schema/control.h"
 #include "shuffle/auth.h"
 #include "tools/control/control_codec.h"
@@ -136,6 +138,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config) {
   d->node_name_ = config.node_name.empty()
                       ? "sluiced@" + config.listen + ":" + std::to_string(d->env_->port())
                       : config.node_name;
+  if (Status st = d->StartStore(config); !st.ok()) return st;
   d->control_thread_ = std::thread([p = d.get()] { p->ControlLoop(); });
   if (!config.metrics_listen.empty()) {
     HttpHandlers handlers;
@@ -215,8 +218,32 @@ void Daemon::SetTaskHookForTesting(std::function<void()> hook) {
   task_hook_ = std::move(hook);
 }
 
+// The external shuffle store: spill_dir (default <state_dir>/spill) is created and cleared of
+// a crashed daemon's spill files; its views are served for "ext/..." partition ids.
+Status Daemon::StartStore(const DaemonConfig& config) {
+  store::PartitionStoreOptions o;
+  o.node = config.listen + ":" + std::to_string(env_->port());
+  o.spill_dir = config.spill_dir.empty() ? config.state_dir + "/spill" : config.spill_dir;
+  o.spill_max_bytes = config.spill_max_bytes;
+  o.memory_budget_bytes =
+      config.store_memory != 0 ? config.store_memory : config.network_memory / 2;
+  o.retention = std::chrono::seconds(config.retention);
+  o.read_pool = env_->pool();
+  o.maintenance_interval = std::chrono::milliseconds(200);
+  o.read_segments = std::max<uint32_t>(
+      2, std::min<uint64_t>(16, config.network_memory / config.segment_size / 16));
+  auto s = store::PartitionStore::Create(o);
+  if (!s.ok()) return s.status();
+  store_ = std::move(*s);
+  env_->registry().SetViewProvider(std::string(store::kExternalPartitionPrefix), store_.get());
+  return Status::Ok();
+}
+
 void Daemon::Serve(Request& r) {
   try {
+    if (store_ && store::IsStoreControlRequest(r.type)) {
+      return store::ServeStoreControl(*store_, r.type, r.message, r.reply);
+    }
     switch (r.type) {
       case MessageType::kSubmitJob: return ServeSubmit(r);
       case MessageType::kJobStatusRequest: return ServeJobStatus(r);
@@ -521,7 +548,9 @@ std::string Daemon::Prometheus() {
   m.opened = env_->client().metrics().get();
   m.jobs = Counters();
   ReadRss(&m.rss_bytes, &m.peak_rss_bytes);
-  return RenderPrometheus(m);
+  std::string text = RenderPrometheus(m);
+  if (store_) text += RenderStoreMetrics(node_name_, store_->Stats());
+  return text;
 }
 
 namespace {
@@ -654,6 +683,9 @@ ShutdownReport Daemon::Shutdown(std::chrono::milliseconds grace) {
   if (http_) http_->Stop();
   http_.reset();
   env_->Stop();
+  // Connections are closed (their views released): the store's buffers go home now.
+  env_->registry().SetViewProvider(std::string(store::kExternalPartitionPrefix), nullptr);
+  store_.reset();
   const buffer::NetworkBufferPoolStats p = env_->pool()->Stats();
   report.leaked_segments = p.total - p.available;
   shutdown_ = report;

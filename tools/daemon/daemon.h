@@ -37,6 +37,7 @@
 #include "shuffle/shuffle_client.h"
 #include "shuffle/shuffle_environment.h"
 #include "shuffle/shuffle_server.h"
+#include "store/partition_store.h"
 #include "tools/control/job_spec.h"
 #include "tools/daemon/daemon_config.h"
 #include "tools/daemon/http_server.h"
@@ -96,6 +97,10 @@ class Daemon final : public shuffle::ControlService {
   control::JobList ListJobs();
   std::string Prometheus();
 
+  // The external shuffle store (issue 13): writers append to it, readers are served from it
+  // through the server ("ext/..." partition ids). Null after Shutdown.
+  store::PartitionStore* store() { return store_.get(); }
+
   // Tests only: runs first on every task thread of jobs started afterwards.
   void SetTaskHookForTesting(std::function<void()> hook);
 
@@ -120,6 +125,7 @@ class Daemon final : public shuffle::ControlService {
   explicit Daemon(const DaemonConfig& config);
   void ControlLoop();
   void Serve(Request& r);
+  Status StartStore(const DaemonConfig& config);  // external store (issue 13)
   void ServeSubmit(Request& r);
   void ServeJobStatus(Request& r);
   void ServeCancel(Request& r);
@@ -163,6 +169,7 @@ class Daemon final : public shuffle::ControlService {
   std::thread control_thread_;
   std::atomic<bool> shutting_down_{false};
   std::atomic<uint64_t> http_on_data_port_{0};
+  std::unique_ptr<store::PartitionStore> store_;  // external store; destroyed in Shutdown
   std::unique_ptr<HttpServer> http_;  // last: stopped first, before what its handlers read
 };
 

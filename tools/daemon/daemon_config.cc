@@ -217,6 +217,21 @@ const std::map<std::string, Option>& Options() {
        IntOption("buffer debloating: how long the data in flight on a channel should last "
                  "(default 1000, as Flink's buffer-debloat.target)",
                  &DaemonConfig::debloat_target_ms, 1, 600000)},
+      // The external shuffle store (issue 13).
+      {"spill_dir", StringOption("where the external store spills partitions (default "
+                                 "<state_dir>/spill; leftovers are removed at start)",
+                                 &DaemonConfig::spill_dir)},
+      {"spill_max_bytes",
+       SizeOption("disk quota for spill files, e.g. 100g; at the quota writers wait (default 0: "
+                  "no quota)",
+                  &DaemonConfig::spill_max_bytes)},
+      {"store_memory",
+       SizeOption("network memory the external store keeps partitions in before it spills "
+                  "(default 0: half of network_memory)",
+                  &DaemonConfig::store_memory)},
+      {"retention", IntOption("seconds an external job's data is kept after its last write or "
+                              "read, unless released first (default 3600)",
+                              &DaemonConfig::retention, 1, 365 * 24 * 3600)},
   };
   return *options;
 }

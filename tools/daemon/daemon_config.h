@@ -73,6 +73,13 @@ struct DaemonConfig {
   // honour announcements.
   bool debloat = false;
   uint32_t debloat_target_ms = 1000;
+  // The external shuffle store (issue 13, docs/external-shuffle.md).
+  std::string spill_dir;             // empty: <state_dir>/spill
+  uint64_t spill_max_bytes = 0;      // disk quota for spill files; 0: none (ENOSPC still fails
+                                     // the writer cleanly)
+  uint64_t store_memory = 0;         // bytes the store keeps in memory before it spills; 0:
+                                     // half of network_memory
+  uint32_t retention = 3600;         // seconds a job's data outlives its last activity
 
   bool operator==(const DaemonConfig&) const = default;
   // Wide gates (issue 14): a gate of more remote channels than wide_threshold takes no

@@ -246,4 +246,20 @@ std::string RenderPrometheus(const MetricsSnapshot& m) {
   return w.Take();
 }
 
+std::string RenderStoreMetrics(const std::string& node, const store::PartitionStoreStats& s) {
+  Writer w(Escape(node));
+  w.Gauge("store_bytes_in_memory", "external partition bytes held in memory",
+          static_cast<double>(s.bytes_in_memory));
+  w.Counter("spill_bytes_total", "bytes the external store wrote to spill files",
+            static_cast<double>(s.spill_bytes_total));
+  w.Gauge("spill_files", "spill files (data and index) on disk", static_cast<double>(s.spill_files));
+  w.Gauge("spill_disk_bytes", "bytes of spill files on disk", static_cast<double>(s.disk_bytes));
+  w.Gauge("store_writers_waiting", "writers whose buffers are held at the spill quota",
+          static_cast<double>(s.writers_waiting));
+  w.Gauge("store_jobs", "jobs with external partitions", static_cast<double>(s.jobs));
+  w.Gauge("store_map_outputs", "external map outputs", static_cast<double>(s.map_outputs));
+  w.Gauge("store_readers", "readers of external partitions", static_cast<double>(s.readers));
+  return w.Take();
+}
+
 }  // namespace sluice::daemon

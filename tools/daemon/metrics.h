@@ -12,6 +12,7 @@
 
 #include "buffer/network_buffer_pool.h"
 #include "shuffle/shuffle_server.h"
+#include "store/partition_store.h"
 #include "tools/daemon/http_server.h"
 #include "tools/daemon/job_runner.h"
 #include "transport/transport_options.h"
@@ -53,5 +54,9 @@ uint64_t ProtocolErrors(const transport::TransportMetrics& t);
 
 // This process's resident set and its peak (VmRSS, VmHWM of /proc/self/status), in bytes.
 void ReadRss(uint64_t* rss, uint64_t* peak);
+
+// The external store (issue 13): bytes in memory, sluice_spill_bytes_total, spill files, disk
+// in use, writers waiting at the quota, jobs, map outputs and readers.
+std::string RenderStoreMetrics(const std::string& node, const store::PartitionStoreStats& s);
 
 }  // namespace sluice::daemon

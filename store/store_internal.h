@@ -1,0 +1,202 @@
+// Internal state of the PartitionStore, shared by partition_store.cc and store_view.cc. Not
+// installed. Everything here is guarded by PartitionStore::Impl::mu_ unless said otherwise.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "store/partition_store.h"
+#include "store/spill_file.h"
+
+namespace sluice::store {
+
+// Spilled buffers of one subpartition from one spill: header offsets in the data file.
+struct Extent {
+  std::vector<uint64_t> offsets;  // ordinal first_ordinal + i is at offsets[i]
+  std::vector<uint32_t> sizes;    // and has sizes[i] bytes
+};
+
+struct SubpartitionData {
+  std::map<uint64_t, Extent> extents;  // by first ordinal; all below memory_first
+  std::deque<buffer::Buffer> memory;   // ordinals [memory_first, total)
+  uint64_t memory_first = 0;
+  uint64_t total = 0;            // buffers appended
+  bool pipelined_claimed = false;  // pipelined: its one reader came
+  uint64_t consumed = 0;           // pipelined: the reader's cursor; memory below it is trimmed
+};
+
+// A view's notification state. `mu` is held while its listener runs, so Release can wait for
+// a call in flight. `armed` is written under the store's mutex, read anywhere.
+struct ViewCore {
+  std::mutex mu;
+  shuffle::SubpartitionListener* listener = nullptr;  // GUARDED_BY(mu)
+  bool released = false;                             // GUARDED_BY(mu)
+  std::atomic<bool> armed{true};
+  std::atomic<uint32_t> read_held{0};  // read segments this view has out
+  std::string failure;  // GUARDED_BY(store mu): an output of its read set failed or was released
+};
+
+enum class OutputState : uint8_t { kWriting, kCommitted, kAborted, kReleased };
+
+struct MapOutputData {
+  std::string job;
+  uint32_t partition = 0;
+  uint32_t attempt = 0;
+  uint32_t subpartitions = 0;
+  PartitionMode mode = PartitionMode::kPipelined;
+  OutputState state = OutputState::kWriting;
+  std::string failure;  // why it was aborted / released
+  WriterId writer = 0;
+  std::vector<SubpartitionData> subs;
+  uint64_t bytes = 0;
+  uint64_t records = 0;
+  uint64_t memory_bytes = 0;  // capacity of the segments held (the budget's unit)
+  uint64_t memory_data_bytes = 0;
+  uint64_t disk_bytes = 0;
+  std::shared_ptr<SpillFile> spill;  // created at the first spill
+  std::string spill_stem;
+  bool spilling = false;
+  std::vector<std::shared_ptr<ViewCore>> watchers;
+
+  std::string Name() const {
+    return "job '" + job + "' partition " + std::to_string(partition) + " attempt " +
+           std::to_string(attempt);
+  }
+};
+
+struct ReadSet {
+  std::string partition_id;
+  std::vector<std::shared_ptr<MapOutputData>> outputs;
+};
+
+struct Job {
+  std::string name;
+  std::string token;
+  uint64_t seq = 0;
+  std::chrono::seconds retention{0};
+  std::chrono::steady_clock::time_point last_activity;
+  std::map<std::pair<uint32_t, uint32_t>, std::shared_ptr<MapOutputData>> outputs;
+  std::map<std::string, std::shared_ptr<ReadSet>> read_sets;  // by partition id
+};
+
+class PartitionStore::Impl final : public buffer::BufferRecycler,
+                                   public std::enable_shared_from_this<Impl> {
+ public:
+  explicit Impl(PartitionStoreOptions o) : options(std::move(o)) {}
+  ~Impl() override;
+
+  // BufferRecycler of the read segments: back to the pool, waiting views notified.
+  void Recycle(buffer::MemorySegment* segment) override;
+  // Views waiting for a read segment try again (maintenance tick). Takes mu.
+  void NotifyReadWaiters();
+  // A read buffer for `core` (at most kMaxReadBuffersPerView out per view), or an empty one
+  // after registering `core` to be notified when one comes back. mu held.
+  buffer::Buffer TakeReadBufferLocked(const std::shared_ptr<ViewCore>& core);
+
+  // Spills the map outputs with the most bytes in memory until the store is under budget, the
+  // quota stops it, or nothing is left to spill; `forced` (non-zero): that writer's output
+  // first, whatever the budget. Takes mu. Returns the error of a spill of `failing_writer`'s
+  // output when that one failed (the caller's Append reports it).
+  Status SpillIfNeeded(WriterId failing_writer, WriterId forced);
+  // The spillable output with the most bytes in memory, or null. mu held.
+  std::shared_ptr<MapOutputData> LargestInMemoryLocked();
+
+  // One spill: the victim's buffers (shares) per subpartition region, written outside mu.
+  struct SpillBatch {
+    std::shared_ptr<MapOutputData> victim;
+    std::vector<SpillRegion> regions;
+    std::vector<uint64_t> taken;  // per region: memory buffers skipped (already read)
+    uint64_t bytes = 0;           // data + index bytes the batch adds on disk
+    std::shared_ptr<SpillFile> file;
+  };
+  // Fills the batch within the quota; false when nothing fits. mu held.
+  bool TakeBatchLocked(SpillBatch* batch);
+  // Creates the file if needed and appends the regions. Without mu.
+  Status WriteBatch(SpillBatch& batch);
+  // Indexes the spilled buffers and drops them from memory. mu held.
+  void CommitBatchLocked(SpillBatch& batch);
+  Status FinishSpillLocked(SpillBatch& batch, const Status& st, WriterId failing_writer,
+                           std::vector<std::shared_ptr<ViewCore>>* notify);
+  // Marks the output aborted/released, drops its memory and notifies its views. mu held;
+  // `notify` collects the views to notify outside the lock.
+  void FailLocked(MapOutputData& o, OutputState state, const std::string& why,
+                  std::vector<std::shared_ptr<ViewCore>>* notify);
+  void ReleaseJobLocked(Job& job, const std::string& why,
+                        std::vector<std::shared_ptr<ViewCore>>* notify);
+  // Pipelined: drops memory buffers every reader has passed. mu held.
+  void TrimLocked(MapOutputData& o, uint32_t sub);
+  // Runs `tick` every maintenance_interval until stopping.
+  void MaintenanceLoop(const std::function<void()>& tick);
+
+  const PartitionStoreOptions options;
+  mutable std::mutex mu;
+  std::map<std::string, std::unique_ptr<Job>> jobs;
+  std::unordered_map<WriterId, std::shared_ptr<MapOutputData>> writers;
+  WriterId next_writer = 1;
+  uint64_t next_job_seq = 1;
+  uint64_t memory_bytes = 0;
+  uint64_t memory_data_bytes = 0;
+  uint64_t disk_bytes = 0;
+  uint64_t spill_files = 0;
+  uint64_t map_outputs = 0;
+  uint64_t readers = 0;
+  bool quota_blocked = false;
+  std::atomic<uint64_t> spill_bytes_total{0};
+  // Read segments out (taken from options.read_pool's free list, at most read_segments).
+  uint32_t read_out = 0;
+  std::vector<std::weak_ptr<ViewCore>> read_waiters;
+  std::unordered_map<buffer::MemorySegment*, std::weak_ptr<ViewCore>> read_owner;
+
+  int spill_lock_fd = -1;  // flock on <spill dir>/lock, held for the store's life
+  // Buffers the store let go of under mu: released only after mu is unlocked (StoreLock), so a
+  // writer's recycler never runs under the store's lock.
+  std::vector<buffer::Buffer> dropped;
+
+  std::mutex maintenance_mu;
+  std::condition_variable maintenance_cv;
+  bool stopping = false;  // GUARDED_BY(maintenance_mu)
+  std::thread maintenance;
+};
+
+inline constexpr uint32_t kMaxReadBuffersPerView = 2;
+
+// Holds the store's mutex; on destruction unlocks it first and then releases the buffers
+// dropped meanwhile (their recyclers may take locks of their own).
+class StoreLock {
+ public:
+  explicit StoreLock(PartitionStore::Impl& impl) : impl_(impl), lock_(impl.mu) {}
+  explicit StoreLock(const PartitionStore::Impl& impl)
+      : StoreLock(const_cast<PartitionStore::Impl&>(impl)) {}
+  ~StoreLock() {
+    std::vector<buffer::Buffer> trash;
+    trash.swap(impl_.dropped);
+    lock_.unlock();
+  }
+  StoreLock(const StoreLock&) = delete;
+  StoreLock& operator=(const StoreLock&) = delete;
+
+ private:
+  PartitionStore::Impl& impl_;
+  std::unique_lock<std::mutex> lock_;
+};
+
+// Calls the listeners of `cores` (outside the store's lock). `force`: also the ones not armed
+// (failures).
+void NotifyViews(std::vector<std::shared_ptr<ViewCore>>& cores, bool force);
+
+// The view over one subpartition of a read set (store_view.cc).
+Result<std::unique_ptr<shuffle::SubpartitionView>> MakeStoreView(
+    std::shared_ptr<PartitionStore::Impl> impl, std::shared_ptr<ReadSet> set, uint32_t sub,
+    shuffle::SubpartitionListener* listener);
+
+}  // namespace sluice::store
