@@ -348,6 +348,9 @@ Result<size_t> FrameReader::ReceiveSome(bool wait) {
   } while (n < 0 && errno == EINTR);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return size_t{0};
+    if (errno == ECONNRESET) {
+      return ClosedError("local writer socket " + peer_ + ": the peer reset the connection");
+    }
     return IoError("local writer socket " + peer_ + ": receive failed: " + std::strerror(errno));
   }
   bool stray = false;

@@ -127,7 +127,7 @@ class RecordFraming {
   bool AtBoundary() const { return need_ == 0 && have_ == 0; }
 
  private:
-  const uint32_t max_record_;
+  uint32_t max_record_;
   uint64_t need_ = 0;  // bytes of the current record still to come
   uint32_t have_ = 0;  // bytes of a split length prefix seen so far
   uint8_t prefix_[4] = {};
