@@ -65,6 +65,15 @@ struct DaemonConfig {
   uint64_t fault_seed = 1;
   uint32_t fault_corrupt_per_million = 0;
   uint32_t fault_delay_ms = 0;
+  // External shuffle, the local write path (issue 13): writers on this host connect to this
+  // Unix socket (empty: <state_dir>/sluiced.sock; "off": no local writers). Only the daemon's
+  // uid may connect unless local_socket_any_uid. A writer gets writer_credit segments of
+  // shared memory (at most writer_max_credit when it asks for more), reserved from
+  // network_memory.
+  std::string local_socket;
+  bool local_socket_any_uid = false;
+  uint32_t writer_credit = 8;
+  uint32_t writer_max_credit = 64;
 
   bool operator==(const DaemonConfig&) const = default;
 };
