@@ -1,0 +1,27 @@
+// The `sluice` tool's subcommands (put, get): each adds itself to the app and returns the
+// function to run when it was chosen. Exit codes as tools/common/cli.h: 0 ok, 1 failed,
+// 2 usage or configuration.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <string>
+
+namespace sluice::tools::sluice_cli {
+
+struct Command {
+  CLI::App* sub = nullptr;
+  std::function<int()> run;
+};
+
+// Flags every subcommand shares: where the secret and the job tokens are.
+struct CommonFlags {
+  std::string state_dir;         // empty: /var/lib/sluice
+  std::string auth_secret_file;  // wins over <state_dir>/auth_secret
+  std::string auth = "on";       // "off": a daemon without authentication
+  std::string token;             // the job's token
+  std::string token_file;        // else <state_dir>/jobs/<job>.token
+};
+
+}  // namespace sluice::tools::sluice_cli
