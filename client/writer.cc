@@ -212,7 +212,7 @@ Status Writer::Write(uint32_t subpartition, std::span<const uint8_t> record) {
   return Status::Ok();
 }
 
-Result<std::span<uint8_t>> Writer::Claim(uint32_t subpartition, uint32_t size) {
+Result<std::span<uint8_t>> Writer::ClaimSlow(uint32_t subpartition, uint32_t size) {
   if (Status s = CheckUsable(subpartition); !s.ok()) return s;
   if (size > max_claim()) {
     return InvalidArgument("Claim of " + std::to_string(size) + " bytes: at most " +
@@ -224,28 +224,13 @@ Result<std::span<uint8_t>> Writer::Claim(uint32_t subpartition, uint32_t size) {
   if (!b) {
     if (Status s = AcquireSlot(subpartition); !s.ok()) return s;
   }
-  claimed_ = true;
-  claim_subpartition_ = subpartition;
-  claim_size_ = size;
-  return std::span<uint8_t>(b.data() + b.size() + shuffle::kRecordLengthBytes, size);
+  return StartClaim(b, subpartition, size);
 }
 
-Status Writer::CommitClaim() { return CommitClaim(claim_size_); }
-
-Status Writer::CommitClaim(uint32_t used) {
+Status Writer::CommitClaimError(uint32_t used) const {
   if (!claimed_) return InvalidArgument("CommitClaim without a Claim");
-  if (used > claim_size_) {
-    return InvalidArgument("CommitClaim of " + std::to_string(used) + " bytes after a Claim of " +
-                           std::to_string(claim_size_));
-  }
-  claimed_ = false;
-  buffer::Buffer& b = current_[claim_subpartition_];
-  shuffle::StoreRecordLength(b.data() + b.size(), used);
-  b.SetSize(b.size() + static_cast<uint32_t>(shuffle::kRecordLengthBytes) + used);
-  ++stats_.records;
-  stats_.bytes += used;
-  if (b.size() == b.capacity()) HandOver(claim_subpartition_);
-  return Status::Ok();
+  return InvalidArgument("CommitClaim of " + std::to_string(used) + " bytes after a Claim of " +
+                         std::to_string(claim_size_));
 }
 
 Status Writer::AcquireSlot(uint32_t subpartition) {

@@ -97,9 +97,29 @@ class Writer {
   // In place: `size` bytes of the current segment of `subpartition` to write a record into;
   // CommitClaim() makes it a record of `size` bytes, CommitClaim(n) one of n <= size bytes.
   // REQUIRES: size <= max_claim() (InvalidArgument otherwise: use Write); one claim at a time.
-  Result<std::span<uint8_t>> Claim(uint32_t subpartition, uint32_t size);
-  Status CommitClaim();
-  Status CommitClaim(uint32_t used);
+  Result<std::span<uint8_t>> Claim(uint32_t subpartition, uint32_t size) {
+    // Fast path: an open writer whose current segment of `subpartition` has room.
+    if (state_ == State::kOpen && !claimed_ && subpartition < current_.size() &&
+        size <= max_claim()) {
+      buffer::Buffer& b = current_[subpartition];
+      if (b && b.capacity() - b.size() >= shuffle::kRecordLengthBytes + size) {
+        return StartClaim(b, subpartition, size);
+      }
+    }
+    return ClaimSlow(subpartition, size);
+  }
+  Status CommitClaim() { return CommitClaim(claim_size_); }
+  Status CommitClaim(uint32_t used) {
+    if (!claimed_ || used > claim_size_) return CommitClaimError(used);
+    claimed_ = false;
+    buffer::Buffer& b = current_[claim_subpartition_];
+    shuffle::StoreRecordLength(b.data() + b.size(), used);
+    b.SetSize(b.size() + static_cast<uint32_t>(shuffle::kRecordLengthBytes) + used);
+    ++stats_.records;
+    stats_.bytes += used;
+    if (b.size() == b.capacity()) HandOver(claim_subpartition_);
+    return Status::Ok();
+  }
   // The largest Claim: a segment minus the length prefix.
   uint32_t max_claim() const { return segment_size_ - 4; }
 
@@ -121,6 +141,14 @@ class Writer {
   enum class State { kOpen, kCommitted, kAborted, kFailed };
 
   Writer(const WriterOptions& options, std::string path, int fd);
+  std::span<uint8_t> StartClaim(buffer::Buffer& b, uint32_t subpartition, uint32_t size) {
+    claimed_ = true;
+    claim_subpartition_ = subpartition;
+    claim_size_ = size;
+    return {b.data() + b.size() + shuffle::kRecordLengthBytes, size};
+  }
+  Result<std::span<uint8_t>> ClaimSlow(uint32_t subpartition, uint32_t size);
+  Status CommitClaimError(uint32_t used) const;
   Status Handshake(const std::string& secret);
   Status OpenRemote();
   Status Fail(Status status);
