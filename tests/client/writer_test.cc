@@ -111,6 +111,11 @@ TEST_F(WriterTest, WritesClaimsAndCommitsEveryRecordInOrder) {
   EXPECT_EQ(o.records, expected);
   EXPECT_EQ(o.buffers, (*w)->stats().buffers);
   EXPECT_EQ(service_->Stats().writers_committed, 1u);
+  const std::string metrics = daemon::RenderLocalWriterMetrics("n\"1", service_->Stats());
+  EXPECT_NE(metrics.find("sluice_local_writers_committed_total{node=\"n\\\"1\"} 1\n"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("# TYPE sluice_local_writer_arenas gauge"), std::string::npos);
   // A committed writer refuses more work.
   EXPECT_EQ((*w)->Write(0, "late").code(), StatusCode::kInvalidArgument);
 }

@@ -516,7 +516,9 @@ std::string Daemon::Prometheus() {
   m.opened = env_->client().metrics().get();
   m.jobs = Counters();
   ReadRss(&m.rss_bytes, &m.peak_rss_bytes);
-  return RenderPrometheus(m);
+  std::string text = RenderPrometheus(m);
+  if (local_writers_) text += RenderLocalWriterMetrics(node_name_, local_writers_->Stats());
+  return text;
 }
 
 namespace {

@@ -636,6 +636,40 @@ Result<std::unique_ptr<LocalWriterService>> LocalWriterService::Start(
   return std::unique_ptr<LocalWriterService>(new LocalWriterService(std::move(impl)));
 }
 
+std::string RenderLocalWriterMetrics(const std::string& node, const LocalWriterStats& stats) {
+  std::string label;
+  for (const char c : node) {
+    if (c == '\\' || c == '"') label += '\\';
+    if (c == '\n') {
+      label += "\\n";
+      continue;
+    }
+    label += c;
+  }
+  std::string out;
+  auto add = [&](const char* name, const char* type, const char* help, uint64_t v) {
+    out += std::string("# HELP sluice_") + name + " " + help + "\n# TYPE sluice_" + name + " " +
+           type + "\nsluice_" + name + "{node=\"" + label + "\"} " + std::to_string(v) + "\n";
+  };
+  add("local_writer_connections", "gauge", "open local writer connections", stats.connections);
+  add("local_writers_opened_total", "counter", "local writers opened", stats.writers_opened);
+  add("local_writers_committed_total", "counter", "local writers committed",
+      stats.writers_committed);
+  add("local_writers_aborted_total", "counter",
+      "local writers aborted (Abort, disconnect before Commit, failure)", stats.writers_aborted);
+  add("local_writers_failed_total", "counter", "local writers failed for breaking a rule",
+      stats.writers_failed);
+  add("local_writer_refused_total", "counter", "local connections refused (uid, limit)",
+      stats.refused);
+  add("local_writer_buffers_total", "counter", "buffers handed over by local writers",
+      stats.buffers);
+  add("local_writer_bytes_total", "counter", "bytes handed over by local writers", stats.bytes);
+  add("local_writer_arenas", "gauge", "live writer arenas (shared memory)", stats.arenas);
+  add("local_writers_waiting", "gauge", "local writers with every segment of credit in the store",
+      stats.writers_waiting);
+  return out;
+}
+
 LocalWriterService::LocalWriterService(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 LocalWriterService::~LocalWriterService() { Stop(); }
 void LocalWriterService::Stop() { impl_->Stop(); }

@@ -76,6 +76,9 @@ struct LocalWriterStats {
   uint64_t writers_waiting = 0;  // open writers whose every slot is held by the sink
 };
 
+// Prometheus text of `stats` (sluice_local_writer_* series, labelled with `node`).
+std::string RenderLocalWriterMetrics(const std::string& node, const LocalWriterStats& stats);
+
 class LocalWriterService {
  public:
   // Binds the socket and starts the service thread. InvalidArgument when the path exists and
