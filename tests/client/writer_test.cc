@@ -189,6 +189,7 @@ TEST_F(WriterTest, CreditIsBackpressureAndMemoryStaysBounded) {
                                   std::chrono::seconds(10)));
   EXPECT_FALSE(done.load());
   EXPECT_EQ(sink_.held(), 4u);  // never more than the credit
+  EXPECT_EQ(sink_.waiting_calls(), 1);  // the sink was told once that the writer waits
   // 4 reserved for the arena, nothing else taken from the pool.
   EXPECT_EQ(pool_->Stats().exclusive, 4u);
   sink_.hold(false);

@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <string>
@@ -89,6 +90,9 @@ class RecordingSink final : public daemon::WriterSink {
     for (auto& r : st.readers) r.Clear();
   }
 
+  void WriterWaiting(store::WriterId) override { ++waiting_calls_; }
+  int waiting_calls() const { return waiting_calls_.load(); }
+
   void hold(bool on) {
     std::lock_guard<std::mutex> lock(mu_);
     hold_ = on;
@@ -143,6 +147,7 @@ class RecordingSink final : public daemon::WriterSink {
   }
 
   mutable std::mutex mu_;
+  std::atomic<int> waiting_calls_{0};
   bool hold_ = false;
   std::string deny_token_;
   store::WriterId next_ = 1;

@@ -46,6 +46,8 @@ class StoreSink final : public WriterSink {
   void Abort(store::WriterId writer, std::string reason) override {
     store_->Abort(writer, std::move(reason));
   }
+  // INTEGRATION: forward to the store's "spill this writer's buffers" once it has one; until
+  // then a blocking-mode writer relies on the store's memory budget to release its segments.
 
  private:
   store::PartitionStore* const store_;
@@ -213,6 +215,7 @@ class LocalWriterService::Impl {
     uint32_t slots_in_sink = 0;
     std::vector<local::RecordFraming> framing;
     bool closing = false;
+    bool waiting = false;  // every slot in the sink (told to the sink once per transition)
   };
 
   void Accept();
@@ -367,7 +370,13 @@ void LocalWriterService::Impl::Run() {
                              std::to_string(options_.handshake_timeout.count()) + " ms"),
              true);
       }
-      if (c.phase == Phase::kWriting && c.slots_in_sink == c.in_sink.size()) ++waiting;
+      const bool starved = c.phase == Phase::kWriting && c.writer_open &&
+                           c.slots_in_sink == c.in_sink.size();
+      if (starved) {
+        ++waiting;
+        if (!c.waiting) sink_->WriterWaiting(c.writer);
+      }
+      c.waiting = starved;
       if (c.closing) {
         Close(c);
         it = conns_.erase(it);

@@ -44,6 +44,10 @@ class WriterSink {
                         uint32_t records) = 0;
   virtual Result<client::MapOutput> Commit(store::WriterId writer) = 0;
   virtual void Abort(store::WriterId writer, std::string reason) = 0;
+  // Every segment of the writer's credit is held by the sink: the writer waits until one is
+  // released. A sink that retains buffers (blocking mode, no reader yet) must spill or copy
+  // some now, or the writer waits for ever. Called once per transition into that state.
+  virtual void WriterWaiting(store::WriterId /*writer*/) {}
 };
 
 // `store` as a sink; the store must outlive the sink.
