@@ -203,6 +203,24 @@ TEST_F(WriterTest, CreditIsBackpressureAndMemoryStaysBounded) {
   for (uint32_t i = 0; i < 2000; ++i) ASSERT_EQ(o.records[0][i], Rec(0, i, 100));
 }
 
+TEST_F(WriterTest, CreditTimeoutFailsTheWriterAndCommitsNothing) {
+  sink_.hold(true);
+  WriterOptions o = Options("job-timeout", 5, 1);
+  o.credit_timeout = std::chrono::milliseconds(200);
+  auto w = Writer::Open(o);
+  ASSERT_TRUE(w.ok());
+  Status s;
+  for (uint32_t i = 0; i < 2000 && s.ok(); ++i) s = (*w)->Write(0, Rec(0, i, 100));
+  EXPECT_EQ(s.code(), StatusCode::kTimeout) << s.ToString();
+  EXPECT_NE(s.message().find("waited 200 ms for write credit"), std::string::npos) << s.ToString();
+  EXPECT_EQ(sink_.held(), 4u);
+  EXPECT_EQ((*w)->Commit().status().code(), StatusCode::kTimeout);  // failed: stays failed
+  w->reset();
+  ASSERT_TRUE(testutil::PollUntil([&] { return service_->Stats().writers_aborted == 1; },
+                                  std::chrono::seconds(5)));
+  EXPECT_FALSE(sink_.outputs().begin()->second.committed);
+}
+
 TEST_F(WriterTest, ManySubpartitionsOnFewSegmentsDoNotDeadlock) {
   auto w = Writer::Open(Options("job-wide", 1, 64));  // 64 subpartitions, 4 segments
   ASSERT_TRUE(w.ok());
