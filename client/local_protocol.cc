@@ -211,45 +211,57 @@ Result<ErrorMsg> ParseError(std::span<const uint8_t> body) {
 
 Status ToStatus(const ErrorMsg& m) { return Status(m.code, m.message); }
 
+namespace {
+uint32_t LoadBigEndian32(const uint8_t* p) {
+  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
+}
+}  // namespace
+
+Status RecordFraming::TooLong(uint32_t len, size_t offset) const {
+  return ProtocolError("record length prefix " + std::to_string(len) + " at offset " +
+                       std::to_string(offset) + " is over the limit of " +
+                       std::to_string(max_record_) + " bytes (records must be framed as "
+                       "RecordSerializer frames them)");
+}
+
 Result<uint32_t> RecordFraming::Check(std::span<const uint8_t> buffer) {
   const uint8_t* const p = buffer.data();
   const size_t size = buffer.size();
   size_t pos = 0;
   uint32_t records = 0;
-  // The walk's next position depends on each length read: prefetch ahead so that the
-  // buffer's lines (just written by the writer's core) arrive in parallel, not one by one.
-  for (size_t ahead = 0; ahead < std::min<size_t>(size, 1024); ahead += 64) {
-    __builtin_prefetch(p + ahead);
-  }
-  while (pos < size) {
-    __builtin_prefetch(p + pos + 1024);
-    if (need_ > 0) {
-      const size_t n = std::min<uint64_t>(need_, size - pos);
-      pos += n;
-      need_ -= n;
-      continue;
-    }
-    uint32_t len;
-    if (have_ == 0 && size - pos >= 4) {
-      len = (uint32_t{p[pos]} << 24) | (uint32_t{p[pos + 1]} << 16) |
-            (uint32_t{p[pos + 2]} << 8) | uint32_t{p[pos + 3]};
-      pos += 4;
-    } else {
-      while (have_ < 4 && pos < size) prefix_[have_++] = p[pos++];
-      if (have_ < 4) break;
-      have_ = 0;
-      len = (uint32_t{prefix_[0]} << 24) | (uint32_t{prefix_[1]} << 16) |
-            (uint32_t{prefix_[2]} << 8) | uint32_t{prefix_[3]};
-    }
-    if (len > max_record_) {
-      return ProtocolError("record length prefix " + std::to_string(len) + " at offset " +
-                           std::to_string(pos - 4) + " is over the limit of " +
-                           std::to_string(max_record_) + " bytes (records must be framed as "
-                           "RecordSerializer frames them)");
-    }
+  if (have_ > 0) {  // a length prefix split across buffers
+    while (have_ < 4 && pos < size) prefix_[have_++] = p[pos++];
+    if (have_ < 4) return records;
+    have_ = 0;
+    const uint32_t len = LoadBigEndian32(prefix_);
+    if (len > max_record_) return TooLong(len, 0);
     ++records;
     need_ = len;
   }
+  if (need_ > 0) {  // the rest of a record that began in an earlier buffer
+    const size_t n = std::min<uint64_t>(need_, size - pos);
+    pos += n;
+    need_ -= n;
+    if (need_ > 0) return records;
+  }
+  // Whole prefixes: one step per record. The next position depends on each length read, so
+  // prefetch ahead: the lines (just written on the writer's core) then arrive in parallel.
+  for (size_t ahead = pos; ahead < std::min<size_t>(size, pos + 1024); ahead += 64) {
+    __builtin_prefetch(p + ahead);
+  }
+  while (size - pos >= 4) {
+    __builtin_prefetch(p + pos + 1024);
+    const uint32_t len = LoadBigEndian32(p + pos);
+    if (len > max_record_) return TooLong(len, pos);
+    ++records;
+    const uint64_t end = pos + 4 + uint64_t{len};
+    if (end > size) {
+      need_ = end - size;
+      return records;
+    }
+    pos = end;
+  }
+  while (pos < size && have_ < 4) prefix_[have_++] = p[pos++];  // 1..3 bytes of a prefix
   return records;
 }
 

@@ -127,6 +127,7 @@ class RecordFraming {
   bool AtBoundary() const { return need_ == 0 && have_ == 0; }
 
  private:
+  Status TooLong(uint32_t len, size_t offset) const;
   uint32_t max_record_;
   uint64_t need_ = 0;  // bytes of the current record still to come
   uint32_t have_ = 0;  // bytes of a split length prefix seen so far

@@ -162,6 +162,26 @@ TEST(RecordFramingTest, AcceptsWhatRecordSerializerWritesAcrossBuffers) {
   }
 }
 
+TEST(RecordFramingTest, EveryCutOfAStreamCountsTheSameRecords) {
+  const std::vector<std::string> records{"", "a", "bcdefgh", std::string(300, 'x'), "yz", ""};
+  const auto buffers = Serialize(records, 1u << 16);  // one buffer: the whole stream
+  ASSERT_EQ(buffers.size(), 1u);
+  const std::vector<uint8_t>& stream = buffers[0];
+  for (size_t a = 0; a <= stream.size(); a += 1) {
+    for (size_t b = a; b <= stream.size(); b += 7) {
+      RecordFraming framing;
+      uint64_t counted = 0;
+      for (auto [from, to] : {std::pair{size_t{0}, a}, std::pair{a, b}, std::pair{b, stream.size()}}) {
+        auto n = framing.Check(std::span<const uint8_t>(stream).subspan(from, to - from));
+        ASSERT_TRUE(n.ok()) << a << " " << b;
+        counted += *n;
+      }
+      ASSERT_EQ(counted, records.size()) << "cuts at " << a << " and " << b;
+      ASSERT_TRUE(framing.AtBoundary()) << a << " " << b;
+    }
+  }
+}
+
 TEST(RecordFramingTest, RefusesOverlongPrefixesAndReportsAnUnfinishedRecord) {
   RecordFraming framing(1000);
   uint8_t buf[12] = {};
