@@ -159,22 +159,34 @@ Result<FilledMsg> ParseFilled(std::span<const uint8_t> body) {
 }
 
 std::vector<uint8_t> EncodeCredit(std::span<const uint32_t> slots) {
-  std::vector<uint8_t> out(kLocalHeaderBytes + 4 + 4 * slots.size());
-  PutHeader(out.data(), LocalType::kCredit, static_cast<uint32_t>(out.size() - kLocalHeaderBytes));
-  Put32(out.data() + kLocalHeaderBytes, static_cast<uint32_t>(slots.size()));
-  for (size_t i = 0; i < slots.size(); ++i) Put32(out.data() + kLocalHeaderBytes + 4 + 4 * i, slots[i]);
+  std::vector<uint8_t> out;
+  EncodeCreditInto(slots, &out);
   return out;
 }
 
+void EncodeCreditInto(std::span<const uint32_t> slots, std::vector<uint8_t>* out) {
+  out->resize(kLocalHeaderBytes + 4 + 4 * slots.size());
+  uint8_t* p = out->data();
+  PutHeader(p, LocalType::kCredit, static_cast<uint32_t>(out->size() - kLocalHeaderBytes));
+  Put32(p + kLocalHeaderBytes, static_cast<uint32_t>(slots.size()));
+  for (size_t i = 0; i < slots.size(); ++i) Put32(p + kLocalHeaderBytes + 4 + 4 * i, slots[i]);
+}
+
 Result<std::vector<uint32_t>> ParseCredit(std::span<const uint8_t> body) {
+  std::vector<uint32_t> slots;
+  if (Status s = ParseCreditInto(body, &slots); !s.ok()) return s;
+  return slots;
+}
+
+Status ParseCreditInto(std::span<const uint8_t> body, std::vector<uint32_t>* out) {
   if (body.size() < 4) return Malformed("Credit", "no count");
   const uint32_t n = Get32(body.data());
   if (n == 0 || n > kMaxWriterCredit || body.size() != 4 + size_t{n} * 4) {
     return Malformed("Credit", "count " + std::to_string(n) + " does not match the body");
   }
-  std::vector<uint32_t> slots(n);
-  for (uint32_t i = 0; i < n; ++i) slots[i] = Get32(body.data() + 4 + 4 * i);
-  return slots;
+  out->resize(n);
+  for (uint32_t i = 0; i < n; ++i) (*out)[i] = Get32(body.data() + 4 + 4 * i);
+  return Status::Ok();
 }
 
 std::vector<uint8_t> EncodeText(LocalType type, std::string_view text) {

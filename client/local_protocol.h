@@ -99,6 +99,8 @@ std::vector<uint8_t> EncodeGrant(const GrantMsg& m);
 inline constexpr size_t kFilledFrameBytes = kLocalHeaderBytes + 12;
 void EncodeFilled(const FilledMsg& m, uint8_t out[kFilledFrameBytes]);
 std::vector<uint8_t> EncodeCredit(std::span<const uint32_t> slots);
+// The same into `out` (replaced; no allocation once it has grown).
+void EncodeCreditInto(std::span<const uint32_t> slots, std::vector<uint8_t>* out);
 // Commit (empty), CommitAck (the encoded MapOutput), Abort (the reason, cut to
 // kMaxReasonLength).
 std::vector<uint8_t> EncodeText(LocalType type, std::string_view text);
@@ -109,6 +111,8 @@ Result<OpenWriterMsg> ParseOpenWriter(std::span<const uint8_t> body);
 Result<GrantMsg> ParseGrant(std::span<const uint8_t> body);
 Result<FilledMsg> ParseFilled(std::span<const uint8_t> body);
 Result<std::vector<uint32_t>> ParseCredit(std::span<const uint8_t> body);
+// The same into `out` (replaced; no allocation once it has grown).
+Status ParseCreditInto(std::span<const uint8_t> body, std::vector<uint32_t>* out);
 Result<std::string> ParseText(LocalType type, std::span<const uint8_t> body, size_t max_length);
 Result<ErrorMsg> ParseError(std::span<const uint8_t> body);
 // The Status an Error message stands for.

@@ -335,9 +335,8 @@ Status Writer::ReadMessages(bool wait) {
 }
 
 Status Writer::OnCredit(std::span<const uint8_t> body) {
-  auto slots = local::ParseCredit(body);
-  if (!slots.ok()) return slots.status();
-  for (uint32_t slot : *slots) {
+  if (Status s = local::ParseCreditInto(body, &credit_scratch_); !s.ok()) return s;
+  for (uint32_t slot : credit_scratch_) {
     if (slot >= slots_ || at_daemon_[slot] == 0) {
       return ProtocolError("daemon " + path_ + " returned slot " + std::to_string(slot) +
                            " that this writer did not hand over");

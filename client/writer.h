@@ -179,6 +179,7 @@ class Writer {
   std::vector<buffer::Buffer> current_; // per subpartition: the segment being filled
   std::vector<uint32_t> open_;          // subpartitions with a current segment
   std::vector<uint8_t> pending_;        // queued Filled frames
+  std::vector<uint32_t> credit_scratch_;  // slots of the Credit being read
   uint32_t pending_count_ = 0;
   shuffle::RecordSerializer serializer_;
   bool claimed_ = false;

@@ -11,7 +11,8 @@ function(sluice_install build_dir prefix)
   run(${CMAKE_COMMAND} --install ${build_dir} --prefix ${prefix})
 endfunction()
 
-# The installed headers: only under include/sluice/{buffer,transport,shuffle,control}; none
+# The installed headers: only under include/sluice/{buffer,transport,shuffle,control,client,
+# store} (client and store: issue 13); none
 # includes <uv.h> or a generated FlatBuffers header, and every quoted or angled include of a
 # Sluice header carries the sluice/ prefix.
 function(sluice_check_install_tree prefix)
@@ -21,7 +22,7 @@ function(sluice_check_install_tree prefix)
   endif()
   file(GLOB _modules RELATIVE ${prefix}/include/sluice ${prefix}/include/sluice/*)
   list(SORT _modules)
-  if(NOT _modules STREQUAL "buffer;control;shuffle;transport")
+  if(NOT _modules STREQUAL "buffer;client;control;shuffle;store;transport")
     message(FATAL_ERROR "install tree: unexpected include/sluice folders: ${_modules}")
   endif()
   file(GLOB_RECURSE _headers ${prefix}/include/*)

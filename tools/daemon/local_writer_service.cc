@@ -240,7 +240,8 @@ class LocalWriterService::Impl {
   std::atomic<bool> stop_{false};
   std::thread thread_;
   std::list<Conn> conns_;  // service thread only
-  std::vector<uint32_t> scratch_;
+  std::vector<uint32_t> scratch_;      // slots returned by one arena (service thread)
+  std::vector<uint8_t> credit_frame_;  // the Credit frame being sent (service thread)
   schema::MessageBuilder mb_;
 
   std::atomic<uint64_t> connections_{0}, opened_{0}, committed_{0}, aborted_{0}, failed_{0},
@@ -567,7 +568,8 @@ void LocalWriterService::Impl::SendCredits() {
       --c.slots_in_sink;
     }
     if (c.closing || c.phase == Phase::kCommitted) continue;
-    if (!local::SendFrame(c.fd, local::EncodeCredit(scratch_), c.peer).ok()) c.closing = true;
+    local::EncodeCreditInto(scratch_, &credit_frame_);
+    if (!local::SendFrame(c.fd, credit_frame_, c.peer).ok()) c.closing = true;
   }
 }
 
