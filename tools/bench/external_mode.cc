@@ -37,7 +37,8 @@ uint64_t NetworkMemory(const BenchFlags& f) {
 }
 
 uint32_t WriterCredit(const BenchFlags& f) {
-  return std::clamp<uint32_t>(f.channels * std::max<uint32_t>(1, f.buffers_per_channel), 8, 1024);
+  // At least the daemon's default writer_credit (16).
+  return std::clamp<uint32_t>(f.channels * std::max<uint32_t>(1, f.buffers_per_channel), 16, 1024);
 }
 
 // Writes records for warmup + seconds with `emit(subpartition, count, first_seq)`; counts the

@@ -200,7 +200,7 @@ const std::map<std::string, Option>& Options() {
        BoolOption("let local writers of other uids connect (they still need the secret)",
                   &DaemonConfig::local_socket_any_uid)},
       {"writer_credit", IntOption("segments of shared memory granted to a local writer "
-                                  "(default 8)",
+                                  "(default 16)",
                                   &DaemonConfig::writer_credit, 1, 1024)},
       {"writer_max_credit", IntOption("most segments a local writer may ask for (default 64)",
                                       &DaemonConfig::writer_max_credit, 1, 1024)},

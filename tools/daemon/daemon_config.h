@@ -72,7 +72,7 @@ struct DaemonConfig {
   // network_memory.
   std::string local_socket;
   bool local_socket_any_uid = false;
-  uint32_t writer_credit = 8;
+  uint32_t writer_credit = 16;
   uint32_t writer_max_credit = 64;
 
   bool operator==(const DaemonConfig&) const = default;

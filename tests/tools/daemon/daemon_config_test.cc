@@ -293,7 +293,7 @@ TEST(DaemonConfigTest, ReloadableOptions) {
 TEST(DaemonConfigTest, LocalWriterOptions) {
   DaemonConfig c;
   EXPECT_EQ(c.local_socket, "");
-  EXPECT_EQ(c.writer_credit, 8u);
+  EXPECT_EQ(c.writer_credit, 16u);
   EXPECT_EQ(c.writer_max_credit, 64u);
   ASSERT_TRUE(ApplyToml("local_socket = \"/run/sluice/w.sock\"\nlocal_socket_any_uid = true\n"
                         "writer_credit = 16\nwriter_max_credit = 128\n",
