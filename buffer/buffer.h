@@ -69,6 +69,7 @@ class alignas(64) MemorySegment {
   friend class Buffer;
   friend class NetworkBufferPool;
   friend class LocalBufferPool;
+  friend class SegmentArena;  // MemorySegments over external memory (buffer/segment_arena.h)
   friend Buffer AllocateUnpooled(uint32_t capacity, DataType type);
 
   // Values of holder_, checked on every hand-over so that a double recycle aborts.

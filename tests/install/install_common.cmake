@@ -11,7 +11,8 @@ function(sluice_install build_dir prefix)
   run(${CMAKE_COMMAND} --install ${build_dir} --prefix ${prefix})
 endfunction()
 
-# The installed headers: only under include/sluice/{buffer,transport,shuffle,control,client,store}; none
+# The installed headers: only under include/sluice/{buffer,transport,shuffle,control,client,
+# store} (client and store: issue 13); none
 # includes <uv.h> or a generated FlatBuffers header, and every quoted or angled include of a
 # Sluice header carries the sluice/ prefix.
 function(sluice_check_install_tree prefix)

@@ -118,6 +118,9 @@ const char* BenchUsage() {
          "\n"
          "  --mode local|remote        one process over local channels, or two processes over one\n"
          "                             loopback TCP connection (default remote)\n"
+         "  --mode external            a local writer process (client::Writer, in place) through\n"
+         "                             the daemon's local writer service, against in-process\n"
+         "                             EmitInPlace into a pool, same run (issue 13)\n"
          "  --channels N               subpartitions = input channels (default 64)\n"
          "  --record-size N|MIN-MAX    record bytes (k/m/g), fixed or uniform in a range (default 100)\n"
          "  --segment-size SIZE        buffer size, a power of two 4k..1m (default 32k)\n"
@@ -193,7 +196,9 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
     return Status::Ok();
   };
   if (name == "mode") {
-    if (v != "local" && v != "remote") return InvalidArgument("--mode wants local or remote");
+    if (v != "local" && v != "remote" && v != "external") {
+      return InvalidArgument("--mode wants local, remote or external");
+    }
     f->mode = v;
   } else if (name == "channels") {
     return set_u32(&f->channels, 1, 100000);

@@ -14,6 +14,7 @@
 #include "tools/bench/bench_flags.h"
 #include "tools/bench/data_path.h"
 #include "tools/bench/debloat_bench.h"
+#include "tools/bench/external_mode.h"
 #include "tools/bench/raw_pump.h"
 #include "tools/bench/report.h"
 #include "tools/bench/zmq_baseline.h"
@@ -127,6 +128,7 @@ int Main(int argc, char** argv) {
   }
   const BenchFlags& flags = parsed;
   signal(SIGPIPE, SIG_IGN);
+  if (flags.mode == "external") return RunExternalBench(flags);  // issue 13: its own report
   if (flags.sweep_name.empty()) {
     if (!flags.json) {
       std::printf("sluice-bench %s: %u channels, %s-byte records, %u-byte segments, warm-up %.1f s, "

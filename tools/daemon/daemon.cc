@@ -2,6 +2,7 @@
 
 #include "store/store_control.h"
 
+#include "client/writer.h"
 #include "schema/control.h"
 #include "shuffle/auth.h"
 #include "tools/control/control_codec.h"
@@ -139,6 +140,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config) {
                       ? "sluiced@" + config.listen + ":" + std::to_string(d->env_->port())
                       : config.node_name;
   if (Status st = d->StartStore(config); !st.ok()) return st;
+  if (Status st = d->StartLocalWriters(config, d->store_.get()); !st.ok()) return st;
   d->control_thread_ = std::thread([p = d.get()] { p->ControlLoop(); });
   if (!config.metrics_listen.empty()) {
     HttpHandlers handlers;
@@ -550,6 +552,7 @@ std::string Daemon::Prometheus() {
   ReadRss(&m.rss_bytes, &m.peak_rss_bytes);
   std::string text = RenderPrometheus(m);
   if (store_) text += RenderStoreMetrics(node_name_, store_->Stats());
+  if (local_writers_) text += RenderLocalWriterMetrics(node_name_, local_writers_->Stats());
   return text;
 }
 
@@ -626,6 +629,36 @@ uint32_t Daemon::AwaitCancelled(std::map<std::string, std::unique_ptr<JobRunner>
   return stuck;
 }
 
+// --- External shuffle: the local write path (issue 13, extwrite) ---
+Status Daemon::StartLocalWriters(const DaemonConfig& config, store::PartitionStore* store) {
+  if (config.local_socket == "off" || store == nullptr) return Status::Ok();
+  LocalWriterServiceOptions o;
+  o.socket_path = config.local_socket.empty() ? client::LocalSocketPath(config.state_dir)
+                                              : config.local_socket;
+  o.auth = env_->config().auth;
+  o.any_uid = config.local_socket_any_uid;
+  o.writer_credit = config.writer_credit;
+  o.max_writer_credit = config.writer_max_credit;
+  o.node_name = node_name_;
+  writer_sink_ = MakeStoreSink(store);
+  auto service = LocalWriterService::Start(o, env_->pool(), writer_sink_.get());
+  if (!service.ok()) {
+    return Status(service.status().code(), "local writers: " + service.status().message());
+  }
+  local_writers_ = std::move(*service);
+  Log(LogLevel::kInfo, "local writers on " + o.socket_path + " (credit " +
+                           std::to_string(o.writer_credit) + " segments per writer)");
+  return Status::Ok();
+}
+
+LocalWriterStats Daemon::LocalWriters() const {
+  return local_writers_ ? local_writers_->Stats() : LocalWriterStats{};
+}
+
+std::string Daemon::local_socket() const {
+  return local_writers_ ? local_writers_->socket_path() : std::string();
+}
+
 ShutdownReport Daemon::Shutdown(std::chrono::milliseconds grace) {
   std::lock_guard<std::mutex> once(shutdown_mu_);
   if (shutdown_) return *shutdown_;
@@ -640,6 +673,7 @@ ShutdownReport Daemon::Shutdown(std::chrono::milliseconds grace) {
     accepting_jobs_ = false;
   }
   if (env_->server()) env_->server()->StopListening();
+  if (local_writers_) local_writers_->Stop();  // uncommitted local writers are aborted
   // Let running jobs end on their own; the control thread reaps them meanwhile.
   const auto deadline = std::chrono::steady_clock::now() + grace;
   uint32_t at_start = 0;

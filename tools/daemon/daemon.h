@@ -42,6 +42,7 @@
 #include "tools/daemon/daemon_config.h"
 #include "tools/daemon/http_server.h"
 #include "tools/daemon/job_runner.h"
+#include "tools/daemon/local_writer_service.h"
 #include "tools/daemon/metrics.h"
 
 namespace sluice::daemon {
@@ -103,6 +104,17 @@ class Daemon final : public shuffle::ControlService {
 
   // Tests only: runs first on every task thread of jobs started afterwards.
   void SetTaskHookForTesting(std::function<void()> hook);
+
+  // --- External shuffle: the local write path (issue 13, extwrite) ---
+  // Starts the local writer service (config.local_socket, default <state_dir>/sluiced.sock)
+  // over `store`, which must outlive the daemon's Shutdown. Call after the store exists; a
+  // local_socket of "off" starts nothing. Shutdown stops it first (writers not committed are
+  // aborted), before the store goes.
+  Status StartLocalWriters(const DaemonConfig& config, store::PartitionStore* store);
+  // Counters of the local writer service (zeros when it does not run).
+  LocalWriterStats LocalWriters() const;
+  // The local socket's path, "" when the service does not run.
+  std::string local_socket() const;
 
   // Stops accepting connections, lets running jobs end within `grace`, cancels the rest
   // (reason "daemon shutting down"), closes every connection and checks the pool. Idempotent:
@@ -170,6 +182,9 @@ class Daemon final : public shuffle::ControlService {
   std::atomic<bool> shutting_down_{false};
   std::atomic<uint64_t> http_on_data_port_{0};
   std::unique_ptr<store::PartitionStore> store_;  // external store; destroyed in Shutdown
+  // External shuffle, local write path (issue 13, extwrite): the service and its sink.
+  std::unique_ptr<WriterSink> writer_sink_;
+  std::unique_ptr<LocalWriterService> local_writers_;
   std::unique_ptr<HttpServer> http_;  // last: stopped first, before what its handlers read
 };
 

@@ -232,6 +232,19 @@ const std::map<std::string, Option>& Options() {
       {"retention", IntOption("seconds an external job's data is kept after its last write or "
                               "read, unless released first (default 3600)",
                               &DaemonConfig::retention, 1, 365 * 24 * 3600)},
+      // External shuffle: the local write path (issue 13).
+      {"local_socket",
+       StringOption("Unix socket local writers (sluice put, client::Writer) connect to (default "
+                    "<state_dir>/sluiced.sock; \"off\": none)",
+                    &DaemonConfig::local_socket)},
+      {"local_socket_any_uid",
+       BoolOption("let local writers of other uids connect (they still need the secret)",
+                  &DaemonConfig::local_socket_any_uid)},
+      {"writer_credit", IntOption("segments of shared memory granted to a local writer "
+                                  "(default 16)",
+                                  &DaemonConfig::writer_credit, 1, 1024)},
+      {"writer_max_credit", IntOption("most segments a local writer may ask for (default 64)",
+                                      &DaemonConfig::writer_max_credit, 1, 1024)},
   };
   return *options;
 }
@@ -332,6 +345,10 @@ Status Validate(const DaemonConfig& c) {
                            "--state-dir), or --listen 127.0.0.1");
   }
   if (c.max_line_bytes == 0) return InvalidArgument("max_line_bytes must be at least 1");
+  if (c.writer_credit > c.writer_max_credit) {
+    return InvalidArgument("writer_credit = " + std::to_string(c.writer_credit) +
+                           " is above writer_max_credit = " + std::to_string(c.writer_max_credit));
+  }
   if (auto peers = ParseAllowedPeers(c.allowed_peers); !peers.ok()) return peers.status();
   return Status::Ok();
 }

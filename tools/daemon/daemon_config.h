@@ -80,6 +80,15 @@ struct DaemonConfig {
   uint64_t store_memory = 0;         // bytes the store keeps in memory before it spills; 0:
                                      // half of network_memory
   uint32_t retention = 3600;         // seconds a job's data outlives its last activity
+  // External shuffle, the local write path (issue 13): writers on this host connect to this
+  // Unix socket (empty: <state_dir>/sluiced.sock; "off": no local writers). Only the daemon's
+  // uid may connect unless local_socket_any_uid. A writer gets writer_credit segments of
+  // shared memory (at most writer_max_credit when it asks for more), reserved from
+  // network_memory.
+  std::string local_socket;
+  bool local_socket_any_uid = false;
+  uint32_t writer_credit = 16;
+  uint32_t writer_max_credit = 64;
 
   bool operator==(const DaemonConfig&) const = default;
   // Wide gates (issue 14): a gate of more remote channels than wide_threshold takes no

@@ -2,6 +2,7 @@
 //
 //   sluice [--state-dir D] [--auth-secret-file F] [--auth on|off]
 //          [--token T | --token-file F] COMMAND ...
+//     put ...   lines from stdin into one map output through the local sluiced (put.h)
 //     get ...   one subpartition of a job from one daemon, as lines on stdout (get.h)
 //
 // Exit status: 0 success, 1 the run failed (nothing committed), 2 bad usage or configuration.
@@ -9,6 +10,7 @@
 
 #include "tools/common/cli.h"
 #include "tools/sluice/command.h"
+#include "tools/sluice/put.h"
 #include "tools/sluice/get.h"
 
 int main(int argc, char** argv) {
@@ -30,6 +32,7 @@ int main(int argc, char** argv) {
   app.add_option("--token-file", common.token_file,
                  "file holding the job's token (default <state-dir>/jobs/<job>.token)");
   std::vector<Command> commands;
+  commands.push_back(AddPut(app, common));
   commands.push_back(AddGet(app, common));
   if (const int code = ParseOrExit(app, argc, argv); code >= 0) return code;
   for (const Command& c : commands) {

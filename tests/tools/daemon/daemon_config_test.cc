@@ -315,5 +315,31 @@ TEST(DaemonConfigTest, DebloatOnOffAndTarget) {
   EXPECT_EQ(cl->config.debloat_target_ms, 20u);
 }
 
+// External shuffle, local writers (issue 13, extwrite): the keys parse from TOML and flags,
+// and a default credit above the maximum is refused naming both.
+TEST(DaemonConfigTest, LocalWriterOptions) {
+  DaemonConfig c;
+  EXPECT_EQ(c.local_socket, "");
+  EXPECT_EQ(c.writer_credit, 16u);
+  EXPECT_EQ(c.writer_max_credit, 64u);
+  ASSERT_TRUE(ApplyToml("local_socket = \"/run/sluice/w.sock\"\nlocal_socket_any_uid = true\n"
+                        "writer_credit = 16\nwriter_max_credit = 128\n",
+                        "w.toml", &c)
+                  .ok());
+  EXPECT_EQ(c.local_socket, "/run/sluice/w.sock");
+  EXPECT_TRUE(c.local_socket_any_uid);
+  EXPECT_EQ(c.writer_credit, 16u);
+  EXPECT_EQ(c.writer_max_credit, 128u);
+  EXPECT_TRUE(Validate(c).ok());
+  auto cl = ParseCommandLine({"--writer-credit", "32", "--writer-max-credit", "16"});
+  ASSERT_FALSE(cl.ok());  // the command line is validated as a whole
+  const Status st = cl.status();
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("writer_credit = 32 is above writer_max_credit = 16"),
+            std::string::npos)
+      << st.message();
+  EXPECT_FALSE(ApplyToml("writer_credit = 0\n", "w.toml", &c).ok());
+}
+
 }  // namespace
 }  // namespace sluice::daemon

@@ -1,0 +1,175 @@
+#include "tools/sluice/put.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+
+#include "client/writer.h"
+#include "shuffle/auth.h"
+#include "tools/common/cli.h"
+#include "tools/control/control_client.h"
+
+namespace sluice::tools::sluice_cli {
+
+namespace {
+
+int Fail(const Status& s, int code = kExitFailed) {
+  std::fprintf(stderr, "sluice put: %s\n", s.ToString().c_str());
+  return code;
+}
+
+std::string StateDir(const CommonFlags& c) {
+  return c.state_dir.empty() ? std::string(shuffle::auth::kDefaultStateDir) : c.state_dir;
+}
+
+// The job's token: given, read from its file, or made and stored for the next writers.
+Result<std::string> JobToken(const CommonFlags& c, const std::string& job) {
+  if (!c.token.empty()) return c.token;
+  if (!c.token_file.empty()) return shuffle::auth::ReadSecretFile(c.token_file);
+  const std::string dir = StateDir(c) + "/jobs";
+  const std::string path = dir + "/" + job + ".token";
+  if (job.find('/') != std::string::npos || job == "." || job == "..") {
+    return InvalidArgument("job '" + job + "' cannot name a token file; give --token or "
+                           "--token-file");
+  }
+  struct stat st{};
+  if (::stat(path.c_str(), &st) == 0) return shuffle::auth::ReadSecretFile(path);
+  ::mkdir(dir.c_str(), 0700);
+  const std::string token = shuffle::auth::MakeJobToken();
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    if (errno == EEXIST) return shuffle::auth::ReadSecretFile(path);  // another put won
+    return InvalidArgument("cannot create the job token file " + path + ": " +
+                           std::strerror(errno) + " (give --token or --token-file)");
+  }
+  const bool ok = ::write(fd, token.data(), token.size()) == static_cast<ssize_t>(token.size());
+  ::close(fd);
+  if (!ok) return IoError("cannot write the job token file " + path);
+  return token;
+}
+
+Result<client::WriterOptions> WriterOptionsFor(const PutOptions& o, const CommonFlags& c) {
+  client::WriterOptions w;
+  w.state_dir = StateDir(c);
+  w.socket_path = o.daemon;
+  if (c.auth == "off") {
+    w.auth_off = true;
+  } else if (c.auth != "on") {
+    return InvalidArgument("--auth '" + c.auth + "' is not on or off");
+  } else {
+    auto secret = control::FindSecret({c.auth_secret_file, c.state_dir});
+    if (!secret.ok()) return secret.status();
+    w.secret = *secret;
+  }
+  auto token = JobToken(c, o.job);
+  if (!token.ok()) return token.status();
+  w.token = *token;
+  w.job = o.job;
+  w.partition = o.partition;
+  w.attempt = o.attempt;
+  w.subpartitions = o.subpartitions;
+  auto mode = client::ParseWriteMode(o.mode);
+  if (!mode.ok()) return mode.status();
+  w.mode = *mode;
+  w.credit = o.credit;
+  return w;
+}
+
+}  // namespace
+
+uint64_t Fnv1a(std::string_view bytes) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (const char ch : bytes) {
+    h ^= static_cast<uint8_t>(ch);
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+uint32_t RouteLine(const PutOptions& o, std::string_view line, uint64_t* next) {
+  if (o.key_field == 0) return static_cast<uint32_t>((*next)++ % o.subpartitions);
+  std::string_view field;
+  size_t start = 0;
+  for (uint32_t k = 1;; ++k) {
+    const size_t end = line.find(o.delimiter, start);
+    if (k == o.key_field) {
+      field = line.substr(start, end == std::string_view::npos ? std::string_view::npos
+                                                               : end - start);
+      break;
+    }
+    if (end == std::string_view::npos) break;  // fewer fields: the empty key
+    start = end + o.delimiter.size();
+  }
+  return static_cast<uint32_t>(Fnv1a(field) % o.subpartitions);
+}
+
+int RunPut(const PutOptions& o, const CommonFlags& common, std::FILE* in, std::FILE* out) {
+  if (o.key_field > 0 && o.round_robin) {
+    return Fail(InvalidArgument("--key-field and --round-robin exclude each other"), kExitUsage);
+  }
+  if (o.key_field > 0 && o.delimiter.empty()) {
+    return Fail(InvalidArgument("--delimiter is empty"), kExitUsage);
+  }
+  auto options = WriterOptionsFor(o, common);
+  if (!options.ok()) return Fail(options.status(), kExitUsage);
+  auto writer = client::Writer::Open(*options);
+  if (!writer.ok()) return Fail(writer.status());
+  char* line = nullptr;
+  size_t cap = 0;
+  uint64_t next = 0;
+  Status failed;
+  while (true) {
+    const ssize_t n = ::getline(&line, &cap, in);
+    if (n < 0) break;
+    std::string_view record(line, static_cast<size_t>(n));
+    if (!record.empty() && record.back() == '\n') record.remove_suffix(1);
+    failed = (*writer)->Write(RouteLine(o, record, &next), record);
+    if (!failed.ok()) break;
+  }
+  std::free(line);
+  if (failed.ok() && std::ferror(in)) failed = IoError("reading stdin failed");
+  if (!failed.ok()) {
+    (void)(*writer)->Abort(failed.message());
+    return Fail(Status(failed.code(), failed.message() + "; nothing was committed"));
+  }
+  auto committed = (*writer)->Commit();
+  if (!committed.ok()) {
+    return Fail(Status(committed.status().code(),
+                       committed.status().message() + "; nothing was committed"));
+  }
+  std::fprintf(out, "%s\n", client::EncodeMapOutput(*committed).c_str());
+  std::fflush(out);
+  return kExitOk;
+}
+
+Command AddPut(CLI::App& app, CommonFlags& common) {
+  auto o = std::make_shared<PutOptions>();
+  CLI::App* sub = app.add_subcommand(
+      "put", "write stdin's lines into one map output through the local sluiced; print the "
+             "committed MapOutput");
+  sub->add_option("--daemon", o->daemon,
+                  "the daemon's local socket (default <state-dir>/sluiced.sock)");
+  sub->add_option("--job", o->job, "the job (created by its first writer)")->required();
+  sub->add_option("--partition", o->partition, "this map output's partition (map task)")
+      ->required();
+  sub->add_option("--attempt", o->attempt, "the map task's attempt (default 0)");
+  sub->add_option("--subpartitions", o->subpartitions, "number of subpartitions (reducers)")
+      ->required()
+      ->check(CLI::Range(1u, 65536u));
+  sub->add_option("--key-field", o->key_field,
+                  "route by FNV-1a of this field (counted from 1) modulo subpartitions")
+      ->check(CLI::Range(1u, 1u << 20));
+  sub->add_option("--delimiter", o->delimiter, "field delimiter for --key-field (default tab)");
+  sub->add_flag("--round-robin", o->round_robin, "route lines round robin (the default)");
+  sub->add_option("--mode", o->mode, "pipelined (default) or blocking")
+      ->check(CLI::IsMember({"pipelined", "blocking"}));
+  sub->add_option("--credit", o->credit, "segments of write credit to ask for (default: the "
+                                         "daemon's writer_credit)");
+  return {sub, [o, &common] { return RunPut(*o, common, stdin, stdout); }};
+}
+
+}  // namespace sluice::tools::sluice_cli
