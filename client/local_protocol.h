@@ -1,5 +1,5 @@
 // The local writer protocol: how a writer process talks to the sluiced on its host over the
-// Unix domain socket in the state directory (<state_dir>/sluiced.sock). docs/protocol.md,
+// Unix domain socket in the state directory (<state_dir>/sluiced-<port>.sock). docs/protocol.md,
 // "Local writer protocol", is the reference; this header is its codec.
 //
 // Every message is one frame, integers little-endian (both ends are on one host):

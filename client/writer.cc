@@ -27,8 +27,8 @@ Result<WriteMode> ParseWriteMode(std::string_view text) {
                          "' is unknown: use pipelined or blocking");
 }
 
-std::string LocalSocketPath(const std::string& state_dir) {
-  return state_dir + "/" + std::string(kLocalSocketFileName);
+std::string LocalSocketPath(const std::string& state_dir, uint32_t port) {
+  return state_dir + "/sluiced-" + std::to_string(port) + ".sock";
 }
 
 namespace {
@@ -69,7 +69,7 @@ Result<std::unique_ptr<Writer>> Writer::Open(const WriterOptions& options) {
     if (options.state_dir.empty()) {
       return InvalidArgument("Writer::Open: give the daemon's socket_path or its state_dir");
     }
-    path = LocalSocketPath(options.state_dir);
+    path = LocalSocketPath(options.state_dir, options.port);
   }
   std::string secret = options.secret;
   if (secret.empty() && !options.auth_off) {

@@ -1,6 +1,6 @@
 // Writer: one map task's output, written through the sluiced on this host (issue 13).
 //
-// The writer connects to the daemon's local socket (<state_dir>/sluiced.sock), authenticates
+// The writer connects to the daemon's local socket (<state_dir>/sluiced-<port>.sock), authenticates
 // with the cluster secret (the shuffle handshake), opens (job, partition, attempt) and receives
 // its write credit: K segments of a shared-memory arena the daemon made for this writer alone
 // (a memfd passed with SCM_RIGHTS). Records are framed straight into those segments exactly as
@@ -45,14 +45,15 @@ enum class WriteMode : uint8_t {
 // "pipelined" / "blocking" -> WriteMode; InvalidArgument naming the value otherwise.
 Result<WriteMode> ParseWriteMode(std::string_view text);
 
-// The local socket's file name inside a state directory.
-inline constexpr std::string_view kLocalSocketFileName = "sluiced.sock";
-// "<state_dir>/sluiced.sock".
-std::string LocalSocketPath(const std::string& state_dir);
+// The local socket of the daemon whose data port is `port`: "<state_dir>/sluiced-<port>.sock",
+// so that daemons sharing a state directory on one host each have their own.
+inline constexpr uint32_t kDefaultDaemonPort = 7070;
+std::string LocalSocketPath(const std::string& state_dir, uint32_t port = kDefaultDaemonPort);
 
 struct WriterOptions {
-  // The daemon's local socket. Empty: <state_dir>/sluiced.sock.
+  // The daemon's local socket. Empty: <state_dir>/sluiced-<port>.sock.
   std::string socket_path;
+  uint32_t port = kDefaultDaemonPort;  // the daemon's data port, naming its default socket
   // The daemon's state directory: the socket's default place and, when `secret` is empty and
   // auth is on, where the secret is read from (<state_dir>/auth_secret).
   std::string state_dir;

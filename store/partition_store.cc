@@ -117,7 +117,7 @@ void NotifyViews(std::vector<std::shared_ptr<ViewCore>>& cores, bool force) {
     if (!c) continue;
     const bool was_armed = c->armed.exchange(false);
     if (!was_armed && !force) continue;
-    std::lock_guard<std::mutex> lock(c->mu);
+    std::lock_guard<std::recursive_mutex> lock(c->mu);
     if (!c->released && c->listener != nullptr) c->listener->NotifyDataAvailable();
   }
   cores.clear();

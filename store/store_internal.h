@@ -38,7 +38,10 @@ struct SubpartitionData {
 // A view's notification state. `mu` is held while its listener runs, so Release can wait for
 // a call in flight. `armed` is written under the store's mutex, read anywhere.
 struct ViewCore {
-  std::mutex mu;
+  // Held while the listener is called. Recursive: the listener may release its own view from
+  // inside the callback (the server's write-through serves the reader on the notifying thread
+  // and releases a failed view there).
+  std::recursive_mutex mu;
   shuffle::SubpartitionListener* listener = nullptr;  // GUARDED_BY(mu)
   bool released = false;                             // GUARDED_BY(mu)
   std::atomic<bool> armed{true};

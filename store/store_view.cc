@@ -193,7 +193,8 @@ uint32_t StoreView::backlog() const {
 void StoreView::Release() {
   if (released_.exchange(true)) return;
   {
-    std::lock_guard<std::mutex> lock(core_->mu);  // waits for a notification in flight
+    // Waits for a notification in flight on another thread (recursive: this thread's own).
+    std::lock_guard<std::recursive_mutex> lock(core_->mu);
     core_->released = true;
   }
   StoreLock lock(*impl_);

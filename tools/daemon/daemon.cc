@@ -266,8 +266,8 @@ void Daemon::Serve(Request& r) {
                               " from " + r.peer + " failed: " + e.what());
     r.reply(MessageType::kControlResult,
             control::EncodeControlResult(InternalError(
-                node_name_ + " could not serve " + std::string(schema::MessageTypeName(r.type)) + ": " +
-                e.what())));
+                node_name_ + " could not serve " +
+                std::string(schema::MessageTypeName(r.type)) + ": " + e.what())));
   }
 }
 
@@ -633,8 +633,9 @@ uint32_t Daemon::AwaitCancelled(std::map<std::string, std::unique_ptr<JobRunner>
 Status Daemon::StartLocalWriters(const DaemonConfig& config, store::PartitionStore* store) {
   if (config.local_socket == "off" || store == nullptr) return Status::Ok();
   LocalWriterServiceOptions o;
-  o.socket_path = config.local_socket.empty() ? client::LocalSocketPath(config.state_dir)
-                                              : config.local_socket;
+  o.socket_path = config.local_socket.empty()
+                      ? client::LocalSocketPath(config.state_dir, env_->port())
+                      : config.local_socket;
   o.auth = env_->config().auth;
   o.any_uid = config.local_socket_any_uid;
   o.writer_credit = config.writer_credit;

@@ -106,7 +106,7 @@ class Daemon final : public shuffle::ControlService {
   void SetTaskHookForTesting(std::function<void()> hook);
 
   // --- External shuffle: the local write path (issue 13, extwrite) ---
-  // Starts the local writer service (config.local_socket, default <state_dir>/sluiced.sock)
+  // Starts the local writer service (config.local_socket, default <state_dir>/sluiced-<port>.sock)
   // over `store`, which must outlive the daemon's Shutdown. Call after the store exists; a
   // local_socket of "off" starts nothing. Shutdown stops it first (writers not committed are
   // aborted), before the store goes.

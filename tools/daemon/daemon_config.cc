@@ -235,7 +235,7 @@ const std::map<std::string, Option>& Options() {
       // External shuffle: the local write path (issue 13).
       {"local_socket",
        StringOption("Unix socket local writers (sluice put, client::Writer) connect to (default "
-                    "<state_dir>/sluiced.sock; \"off\": none)",
+                    "<state_dir>/sluiced-<port>.sock; \"off\": none)",
                     &DaemonConfig::local_socket)},
       {"local_socket_any_uid",
        BoolOption("let local writers of other uids connect (they still need the secret)",

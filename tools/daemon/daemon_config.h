@@ -81,8 +81,8 @@ struct DaemonConfig {
                                      // half of network_memory
   uint32_t retention = 3600;         // seconds a job's data outlives its last activity
   // External shuffle, the local write path (issue 13): writers on this host connect to this
-  // Unix socket (empty: <state_dir>/sluiced.sock; "off": no local writers). Only the daemon's
-  // uid may connect unless local_socket_any_uid. A writer gets writer_credit segments of
+  // Unix socket (empty: <state_dir>/sluiced-<port>.sock; "off": no local writers). Only the
+  // daemon's uid may connect unless local_socket_any_uid. A writer gets writer_credit segments of
   // shared memory (at most writer_max_credit when it asks for more), reserved from
   // network_memory.
   std::string local_socket;

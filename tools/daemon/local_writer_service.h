@@ -1,6 +1,6 @@
 // LocalWriterService: the daemon side of the local write path (issue 13). Writers on this host
-// connect to a Unix domain socket (<state_dir>/sluiced.sock, mode 0600), authenticate with the
-// cluster secret (the shuffle handshake, plus SO_PEERCRED: the daemon's own uid unless
+// connect to a Unix domain socket (<state_dir>/sluiced-<port>.sock, mode 0600), authenticate
+// with the cluster secret (the shuffle handshake, plus SO_PEERCRED: the daemon's own uid unless
 // any_uid), open (job, partition, attempt) and receive their write credit:
 //
 //   per writer: memfd arena of K segments (K = its credit), sealed against resizing,

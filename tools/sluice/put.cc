@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <string>
 
 #include "client/writer.h"
 #include "shuffle/auth.h"
@@ -55,7 +56,20 @@ Result<std::string> JobToken(const CommonFlags& c, const std::string& job) {
 Result<client::WriterOptions> WriterOptionsFor(const PutOptions& o, const CommonFlags& c) {
   client::WriterOptions w;
   w.state_dir = StateDir(c);
-  w.socket_path = o.daemon;
+  if (o.daemon.find('/') != std::string::npos) {
+    w.socket_path = o.daemon;  // a socket path
+  } else if (!o.daemon.empty()) {
+    // PORT or HOST:PORT of a daemon on this host: its socket in the state directory.
+    const std::string port = o.daemon.substr(o.daemon.rfind(':') + 1);
+    const bool digits = !port.empty() && port.size() <= 5 &&
+                        port.find_first_not_of("0123456789") == std::string::npos;
+    const unsigned long p = digits ? std::stoul(port) : 0;
+    if (p == 0 || p > 65535) {
+      return InvalidArgument("--daemon '" + o.daemon +
+                             "' is not a socket path, a port or HOST:PORT of the local sluiced");
+    }
+    w.port = static_cast<uint32_t>(p);
+  }
   if (c.auth == "off") {
     w.auth_off = true;
   } else if (c.auth != "on") {
@@ -152,7 +166,8 @@ Command AddPut(CLI::App& app, CommonFlags& common) {
       "put", "write stdin's lines into one map output through the local sluiced; print the "
              "committed MapOutput");
   sub->add_option("--daemon", o->daemon,
-                  "the daemon's local socket (default <state-dir>/sluiced.sock)");
+                  "the local sluiced: its data port or HOST:PORT (its socket is "
+                  "<state-dir>/sluiced-<port>.sock; default 7070), or a socket path");
   sub->add_option("--job", o->job, "the job (created by its first writer)")->required();
   sub->add_option("--partition", o->partition, "this map output's partition (map task)")
       ->required();

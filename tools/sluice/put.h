@@ -25,7 +25,7 @@
 namespace sluice::tools::sluice_cli {
 
 struct PutOptions {
-  std::string daemon;  // the local socket; empty: <state_dir>/sluiced.sock
+  std::string daemon;  // the local socket; empty: <state_dir>/sluiced-<port>.sock
   std::string job;
   uint32_t partition = 0;
   uint32_t attempt = 0;

@@ -50,6 +50,7 @@ inline std::unique_ptr<Daemon> StartDaemon(const std::string& secret_file = "",
   c.network_memory = memory;
   c.auth_secret_file = secret_file.empty() ? TestSecretFile() : secret_file;
   c.state_dir = ::testing::TempDir() + "/sluice-state-unused";
+  c.local_socket = "off";  // several daemons share the state dir here; no local writers
   c.buffer_timeout_ms = 10;
   if (tweak) tweak(c);
   auto d = Daemon::Start(c);

@@ -42,7 +42,7 @@ class SluicePutTest : public ::testing::Test {
     pool_ = buffer::NetworkBufferPool::Create({64 * 4096, 4096}).value();
     testutil::WriteFileWithMode(dir_.Path("auth_secret"), testutil::kWriterSecret, 0600);
     daemon::LocalWriterServiceOptions o;
-    o.socket_path = dir_.Path("sluiced.sock");
+    o.socket_path = dir_.Path("sluiced-7070.sock");
     o.auth.secret = testutil::kWriterSecret;
     o.writer_credit = 4;
     auto s = daemon::LocalWriterService::Start(o, pool_, &sink_);
@@ -55,7 +55,7 @@ class SluicePutTest : public ::testing::Test {
     testutil::ExpectAllSegmentsBack(*pool_, "sluice put");
     EXPECT_TRUE(testutil::PollUntil([&] { return service_->Stats().arenas == 0; },
                                     std::chrono::seconds(5)));
-    EXPECT_FALSE(std::filesystem::exists(dir_.Path("sluiced.sock")));
+    EXPECT_FALSE(std::filesystem::exists(dir_.Path("sluiced-7070.sock")));
   }
   // Runs `sluice put ARGS` with `input` on stdin; returns the exit code, stdout and stderr.
   int Run(const std::vector<std::string>& args, const std::string& input, std::string* out,
