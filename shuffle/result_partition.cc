@@ -691,6 +691,10 @@ Result<Buffer> ResultPartition::RequestOutputBuffer(uint32_t index, RecordPositi
     start = Clock::now();
     deadline = DeadlineAfter(start, options_.emit_timeout);
   }
+  // A partition with more subpartitions than its pool's minimum (a wide one) can have every
+  // segment parked as a partly filled buffer of some subpartition: send those now (they go out
+  // as credit allows and come back) rather than wait for the output flusher's next round.
+  if (num_subpartitions_ > pool_->min_segments()) FlushAll();
   Result<Buffer> result = InternalError("unreachable");
   while (true) {
     if (Status s = WritableStatus(); !s.ok()) {
