@@ -15,7 +15,10 @@
 // (PollNext returns the error). When items are queued already, the first notification comes
 // from inside CreateView(), before it returns. After Release() has returned the listener is
 // never called again: Release() waits for a call in flight on another thread, so do not call
-// it while holding a lock that the listener takes.
+// it while holding a lock that the listener takes. The listener may call PollNext() and
+// Release() of the same view from inside NotifyDataAvailable() (the server's write-through
+// serves its reader on the notifying thread): an implementation calls the listener outside its
+// own locks, or under a recursive one that Release() also takes.
 //
 // Thread-safe: PollNext and the getters may be called from the consumer's thread while the
 // producer adds buffers. Release() is idempotent and may be called from any thread.
