@@ -184,7 +184,12 @@ buffer::Buffer PartitionStore::Impl::TakeReadBufferLocked(const std::shared_ptr<
 void PartitionStore::Impl::FailLocked(MapOutputData& o, OutputState state, const std::string& why,
                                       std::vector<std::shared_ptr<ViewCore>>* notify) {
   if (o.state == OutputState::kAborted || o.state == OutputState::kReleased) return;
-  if (o.state == OutputState::kWriting) writers.erase(o.writer);
+  if (o.state == OutputState::kWriting) {
+    writers.erase(o.writer);
+    if (state == OutputState::kAborted && writer_failures.size() < kMaxWriterFailures) {
+      writer_failures.emplace(o.writer, why);
+    }
+  }
   o.state = state;
   o.failure = why;
   for (SubpartitionData& s : o.subs) {
@@ -319,10 +324,10 @@ void PartitionStore::Impl::CommitBatchLocked(SpillBatch& batch) {
   }
 }
 
-// What a spill's outcome does to the store; returns the error for `failing_writer`'s caller.
-Status PartitionStore::Impl::FinishSpillLocked(SpillBatch& batch, const Status& st,
-                                               WriterId failing_writer,
-                                               std::vector<std::shared_ptr<ViewCore>>* notify) {
+// What a spill's outcome does to the store: a writing victim fails (its writer's next Append or
+// Commit gets the reason); a committed one stays in memory and the store waits at the quota.
+void PartitionStore::Impl::FinishSpillLocked(SpillBatch& batch, const Status& st,
+                                             std::vector<std::shared_ptr<ViewCore>>* notify) {
   MapOutputData& victim = *batch.victim;
   victim.spilling = false;
   disk_bytes -= batch.bytes;  // the reservation
@@ -336,24 +341,14 @@ Status PartitionStore::Impl::FinishSpillLocked(SpillBatch& batch, const Status& 
   }
   if (st.ok()) {
     if (alive) CommitBatchLocked(batch);
-    return Status::Ok();
-  }
-  if (victim.state == OutputState::kWriting) {
-    // The writer's data cannot be kept: it fails; committed data stays in memory.
+  } else if (victim.state == OutputState::kWriting) {
     FailLocked(victim, OutputState::kAborted, st.message(), notify);
-    return victim.writer == failing_writer ? st : Status::Ok();
+  } else if (victim.state == OutputState::kCommitted) {
+    quota_blocked = true;  // its writers wait; a starved one is spilled (and failed) on its own
   }
-  if (victim.state == OutputState::kCommitted) {
-    quota_blocked = true;
-    if (auto w = writers.find(failing_writer); failing_writer != 0 && w != writers.end()) {
-      FailLocked(*w->second, OutputState::kAborted, st.message(), notify);
-      return st;
-    }
-  }
-  return Status::Ok();
 }
 
-Status PartitionStore::Impl::SpillIfNeeded(WriterId failing_writer, WriterId forced) {
+Status PartitionStore::Impl::SpillIfNeeded(WriterId forced) {
   while (true) {
     SpillBatch batch;
     {
@@ -384,26 +379,62 @@ Status PartitionStore::Impl::SpillIfNeeded(WriterId failing_writer, WriterId for
     }
     Status st = WriteBatch(batch);
     std::vector<std::shared_ptr<ViewCore>> notify;
-    Status result;
     {
       StoreLock lock(*this);
-      result = FinishSpillLocked(batch, st, failing_writer, &notify);
+      FinishSpillLocked(batch, st, &notify);
     }
     batch.regions.clear();  // our shares go; the spilled segments return to their writers
     NotifyViews(notify, true);
-    if (!st.ok()) return result.ok() ? st : result;
+    if (!st.ok()) return st;
   }
 }
 
 void PartitionStore::Impl::MaintenanceLoop(const std::function<void()>& tick) {
   std::unique_lock<std::mutex> lock(maintenance_mu);
+  auto next_tick = Clock::now() + options.maintenance_interval;
   while (!stopping) {
-    maintenance_cv.wait_for(lock, options.maintenance_interval);
+    maintenance_cv.wait_until(lock, next_tick, [this] { return stopping || spill_wanted; });
     if (stopping) break;
+    std::vector<WriterId> forced;
+    const bool spill = spill_wanted;
+    const uint64_t serving = spill_asked;
+    forced.swap(spill_requests);
+    spill_wanted = false;
     lock.unlock();
-    tick();
+    // A failed spill fails its writer in the store (FinishSpillLocked): nothing to report here.
+    for (WriterId w : forced) (void)SpillIfNeeded(w);
+    if (spill) (void)SpillIfNeeded(0);
+    if (Clock::now() >= next_tick) {
+      tick();
+      next_tick = Clock::now() + options.maintenance_interval;
+    }
     lock.lock();
+    spill_done = serving;
+    spill_done_cv.notify_all();
   }
+  spill_done = spill_asked;  // stopping: nobody waits for spills that will not run
+  spill_done_cv.notify_all();
+}
+
+void PartitionStore::Impl::RequestSpill(WriterId forced) {
+  {
+    std::lock_guard<std::mutex> lock(maintenance_mu);
+    if (forced != 0 && std::find(spill_requests.begin(), spill_requests.end(), forced) ==
+                           spill_requests.end()) {
+      spill_requests.push_back(forced);
+    }
+    spill_wanted = true;
+    ++spill_asked;
+  }
+  maintenance_cv.notify_all();
+}
+
+Status PartitionStore::Impl::WriterGoneLocked(WriterId writer) const {
+  if (auto f = writer_failures.find(writer); f != writer_failures.end()) {
+    return Status(StatusCode::kIoError, f->second);
+  }
+  return Status(StatusCode::kClosed, "writer " + std::to_string(writer) +
+                                         " is not open (committed, aborted or released)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -459,7 +490,7 @@ Result<std::unique_ptr<PartitionStore>> PartitionStore::Create(PartitionStoreOpt
   impl->maintenance = std::thread([raw] {
     raw->impl_->MaintenanceLoop([raw] {
       raw->ExpireRetention(Clock::now());
-      (void)raw->impl_->SpillIfNeeded(0, 0);  // held at the quota: space may have been freed
+      (void)raw->impl_->SpillIfNeeded(0);  // held at the quota: space may have been freed
       raw->impl_->NotifyReadWaiters();
     });
   });
@@ -535,10 +566,7 @@ Status PartitionStore::Append(WriterId writer, uint32_t subpartition, buffer::Bu
   {
     StoreLock lock(im);
     auto it = im.writers.find(writer);
-    if (it == im.writers.end()) {
-      return Status(StatusCode::kClosed, "writer " + std::to_string(writer) +
-                                             " is not open (committed, aborted or released)");
-    }
+    if (it == im.writers.end()) return im.WriterGoneLocked(writer);
     MapOutputData& o = *it->second;
     if (subpartition >= o.subpartitions) {
       return InvalidArgument(o.Name() + ": subpartition " + std::to_string(subpartition) +
@@ -563,12 +591,17 @@ Status PartitionStore::Append(WriterId writer, uint32_t subpartition, buffer::Bu
     over = !im.options.spill_dir.empty() && im.memory_bytes > im.options.memory_budget_bytes;
   }
   NotifyViews(notify, false);
-  if (over) return im.SpillIfNeeded(writer, 0);
+  if (over) im.RequestSpill(0);
   return Status::Ok();
 }
 
-Status PartitionStore::WriterWaiting(WriterId writer) {
-  return impl_->SpillIfNeeded(writer, writer);
+void PartitionStore::WriterWaiting(WriterId writer) { impl_->RequestSpill(writer); }
+
+void PartitionStore::WaitForSpills() {
+  Impl& im = *impl_;
+  std::unique_lock<std::mutex> lock(im.maintenance_mu);
+  const uint64_t asked = im.spill_asked;
+  im.spill_done_cv.wait(lock, [&] { return im.stopping || im.spill_done >= asked; });
 }
 
 Result<client::MapOutput> PartitionStore::Commit(WriterId writer) {
@@ -578,10 +611,7 @@ Result<client::MapOutput> PartitionStore::Commit(WriterId writer) {
   {
     StoreLock lock(im);
     auto it = im.writers.find(writer);
-    if (it == im.writers.end()) {
-      return Status(StatusCode::kClosed, "writer " + std::to_string(writer) +
-                                             " is not open (committed, aborted or released)");
-    }
+    if (it == im.writers.end()) return im.WriterGoneLocked(writer);
     MapOutputData& o = *it->second;
     o.state = OutputState::kCommitted;
     im.writers.erase(it);
@@ -605,10 +635,12 @@ void PartitionStore::Abort(WriterId writer, std::string reason) {
   {
     StoreLock lock(im);
     auto it = im.writers.find(writer);
-    if (it == im.writers.end()) return;
-    std::shared_ptr<MapOutputData> o = it->second;
-    im.FailLocked(*o, OutputState::kAborted,
-                  o->Name() + " failed on " + im.options.node + ": " + reason, &notify);
+    if (it != im.writers.end()) {
+      std::shared_ptr<MapOutputData> o = it->second;
+      im.FailLocked(*o, OutputState::kAborted,
+                    o->Name() + " failed on " + im.options.node + ": " + reason, &notify);
+    }
+    im.writer_failures.erase(writer);  // the writer knows it is done
   }
   NotifyViews(notify, true);
 }
@@ -631,7 +663,7 @@ Status PartitionStore::Release(const std::string& job, const std::string& token)
     im.jobs.erase(it);
   }
   NotifyViews(notify, true);
-  (void)im.SpillIfNeeded(0, 0);  // space freed: outputs held at the quota may spill now
+  im.RequestSpill(0);  // space freed: outputs held at the quota may spill now
   return Status::Ok();
 }
 
@@ -657,7 +689,7 @@ uint32_t PartitionStore::ExpireRetention(std::chrono::steady_clock::time_point n
     }
   }
   NotifyViews(notify, true);
-  if (n > 0) (void)im.SpillIfNeeded(0, 0);
+  if (n > 0) im.RequestSpill(0);
   return n;
 }
 

@@ -140,15 +140,21 @@ class PartitionStore final : public shuffle::SubpartitionViewProvider {
   // Takes a filled data buffer (records framed as shuffle's RecordSerializer writes them, every
   // record complete at the end of a subpartition's stream). `records`: how many records start
   // in it (statistics only). The buffer is released when sent (pipelined), spilled, released
-  // or aborted. Errors: unknown writer, bad subpartition, committed/aborted writer, a spill that
-  // failed (IoError naming the file; the writer is aborted).
+  // or aborted. Over the memory budget, asks the store's thread to spill (it does not wait).
+  // Errors: unknown writer, bad subpartition, committed/aborted writer, a writer the store
+  // failed (IoError with the reason: the spill that failed, naming the file).
   Status Append(WriterId writer, uint32_t subpartition, buffer::Buffer filled,
                 uint32_t records = 0);
   // The writer has no free segment left: the store holds all of its credit (a blocking output
-  // without a reader, a pipelined one whose reader is slow or absent). Spills that output now,
-  // whatever the memory budget, so the writer's segments come back; at the quota (or without
-  // spill_dir) the writer waits. An IoError is the spill's failure (the writer is aborted).
-  Status WriterWaiting(WriterId writer);
+  // without a reader, a pipelined one whose reader is slow or absent). Asks the store's thread
+  // to spill that output now, whatever the memory budget, so the writer's segments come back
+  // (their recycler runs on the store's thread); at the quota (or without spill_dir) the writer
+  // waits. A spill that fails aborts the writer: its next Append or Commit returns the reason.
+  // Does not wait; any thread.
+  void WriterWaiting(WriterId writer);
+  // Waits until the store's thread has served every spill asked for before this call (by
+  // Append over the budget or WriterWaiting). For tests and tools that check spill figures.
+  void WaitForSpills();
   // Atomic: visible to readers after this. The MapOutput names this node.
   Result<client::MapOutput> Commit(WriterId writer);
   // The writer aborted or died: readers of this map output get ProducerFailed naming job and

@@ -108,9 +108,9 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
 
   // Spills the map outputs with the most bytes in memory until the store is under budget, the
   // quota stops it, or nothing is left to spill; `forced` (non-zero): that writer's output
-  // first, whatever the budget. Takes mu. Returns the error of a spill of `failing_writer`'s
-  // output when that one failed (the caller's Append reports it).
-  Status SpillIfNeeded(WriterId failing_writer, WriterId forced);
+  // first, whatever the budget. Takes mu. Runs on the store's thread only. Returns the error of
+  // the spill that failed, if one did (FinishSpillLocked has dealt with it).
+  Status SpillIfNeeded(WriterId forced);
   // The spillable output with the most bytes in memory, or null. mu held.
   std::shared_ptr<MapOutputData> LargestInMemoryLocked();
 
@@ -128,7 +128,7 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
   Status WriteBatch(SpillBatch& batch);
   // Indexes the spilled buffers and drops them from memory. mu held.
   void CommitBatchLocked(SpillBatch& batch);
-  Status FinishSpillLocked(SpillBatch& batch, const Status& st, WriterId failing_writer,
+  void FinishSpillLocked(SpillBatch& batch, const Status& st,
                            std::vector<std::shared_ptr<ViewCore>>* notify);
   // Marks the output aborted/released, drops its memory and notifies its views. mu held;
   // `notify` collects the views to notify outside the lock.
@@ -138,13 +138,23 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
                         std::vector<std::shared_ptr<ViewCore>>* notify);
   // Pipelined: drops memory buffers every reader has passed. mu held.
   void TrimLocked(MapOutputData& o, uint32_t sub);
-  // Runs `tick` every maintenance_interval until stopping.
+  // The store's thread: runs `tick` every maintenance_interval and the spills asked for with
+  // RequestSpill as soon as they are asked, until stopping. Spills never run on a caller's
+  // thread, so the local writer service's loop does no disk IO.
   void MaintenanceLoop(const std::function<void()>& tick);
+  // Any thread: asks the store's thread to spill (`forced`: that writer's output first, whatever
+  // the budget; 0: only down to the budget). Does not wait. Takes maintenance_mu.
+  void RequestSpill(WriterId forced);
+  // The error an unknown writer gets: why it was failed, if the store failed it. mu held.
+  Status WriterGoneLocked(WriterId writer) const;
 
   const PartitionStoreOptions options;
   mutable std::mutex mu;
   std::map<std::string, std::unique_ptr<Job>> jobs;
   std::unordered_map<WriterId, std::shared_ptr<MapOutputData>> writers;
+  // Writers the store failed (a spill that failed) and why, until they Abort: their next Append
+  // or Commit names the reason. At most kMaxWriterFailures are kept.
+  std::unordered_map<WriterId, std::string> writer_failures;
   WriterId next_writer = 1;
   uint64_t next_job_seq = 1;
   uint64_t memory_bytes = 0;
@@ -168,10 +178,16 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
   std::mutex maintenance_mu;
   std::condition_variable maintenance_cv;
   bool stopping = false;  // GUARDED_BY(maintenance_mu)
+  bool spill_wanted = false;               // GUARDED_BY(maintenance_mu)
+  uint64_t spill_asked = 0;                // GUARDED_BY(maintenance_mu); requests made
+  uint64_t spill_done = 0;                 // GUARDED_BY(maintenance_mu); requests served
+  std::condition_variable spill_done_cv;
+  std::vector<WriterId> spill_requests;    // GUARDED_BY(maintenance_mu); forced writers
   std::thread maintenance;
 };
 
 inline constexpr uint32_t kMaxReadBuffersPerView = 2;
+inline constexpr size_t kMaxWriterFailures = 4096;
 
 // Holds the store's mutex; on destruction unlocks it first and then releases the buffers
 // dropped meanwhile (their recyclers may take locks of their own).

@@ -10,6 +10,7 @@
 #include <map>
 
 #include "client/ext_control.h"
+#include "client/writer.h"
 #include "shuffle/auth.h"
 #include "shuffle/shuffle_environment.h"
 #include "store/spill_file.h"
@@ -152,6 +153,55 @@ TEST_F(ReaderTest, SixtyFourWritersPerHostOnThreeHostsOneChannelPerHost) {
     }
     EXPECT_EQ((*reader)->records(), 3u * kWriters * kRecords + 7);
   }
+  ReleaseEverywhere();
+  cluster_->End();
+}
+
+// A local writer process's blocking output that nobody reads fills its whole credit; the store's
+// thread spills it and the credit comes back, again and again, until 16x the store's memory has
+// gone to disk. Then every record reads back exactly once, in order. (A service that stopped
+// returning credit after a spill, or that missed a second starvation, hangs here.)
+TEST_F(ReaderTest, ALocalWriterSpillsWhatNobodyReadsAndItIsReadBackExactly) {
+  cluster_ = std::make_unique<Cluster>(1, [&](daemon::DaemonConfig& c) {
+    c.spill_dir = spill_.root();
+    c.store_memory = 1ull << 20;
+    c.local_socket = spill_.Path("w.sock");
+  });
+  ASSERT_TRUE(cluster_->ok());
+  WriterOptions wo;
+  wo.socket_path = spill_.Path("w.sock");
+  wo.secret = daemon::testing::kTestSecret;
+  wo.job = "job";
+  wo.token = kToken;
+  wo.partition = 3;
+  wo.subpartitions = 2;
+  wo.mode = WriteMode::kBlocking;
+  wo.credit = 4;
+  auto w = Writer::Open(wo);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  constexpr uint64_t kRecords = 160000;  // ~16 MiB with the padding
+  const std::string pad(90, '.');
+  for (uint64_t i = 0; i < kRecords; ++i) {
+    const uint32_t sp = static_cast<uint32_t>(i % 2);
+    const std::string rec = store::testing::RecordText(3, 0, sp, i / 2) + pad;
+    ASSERT_TRUE((*w)->Write(sp, rec).ok()) << i;
+  }
+  auto out = (*w)->Commit();
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_GT((*w)->stats().credit_waits, 0u) << "the writer did wait for credit";
+  const auto st = cluster_->daemons[0]->store()->Stats();
+  EXPECT_GE(st.spill_bytes_total, 15ull << 20) << "almost everything went to disk";
+  for (uint32_t sp = 0; sp < 2; ++sp) {
+    auto reader = Reader::OpenSubpartition(Options(sp, {*out}));
+    ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+    Status error;
+    auto got = ReadAll(**reader, &error);
+    ASSERT_TRUE(error.ok()) << error.ToString();
+    std::vector<uint64_t> want(kRecords / 2);
+    for (uint64_t i = 0; i < want.size(); ++i) want[i] = i;
+    EXPECT_EQ(got["p3a0"], want) << "subpartition " << sp;
+  }
+  w->reset();
   ReleaseEverywhere();
   cluster_->End();
 }

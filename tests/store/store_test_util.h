@@ -40,7 +40,7 @@ class TestWriter {
       std::string rec = RecordText(partition, attempt, sub, i) + std::string(pad, '.');
       const size_t need = shuffle::kRecordLengthBytes + rec.size();
       if (b.valid() && b.size() + need > b.capacity()) {
-        if (Status st = store_->Append(id_, sub, std::move(b), in_buffer); !st.ok()) return st;
+        if (Status st = Append(sub, std::move(b), in_buffer); !st.ok()) return st;
         b = buffer::Buffer();
         in_buffer = 0;
       }
@@ -55,12 +55,20 @@ class TestWriter {
       b.SetSize(static_cast<uint32_t>(b.size() + need));
       ++in_buffer;
     }
-    if (b.valid()) return store_->Append(id_, sub, std::move(b), in_buffer);
+    if (b.valid()) return Append(sub, std::move(b), in_buffer);
     return Status::Ok();
   }
   WriterId id() const { return id_; }
 
  private:
+  // Appends and waits for the spill it may have asked for (the store spills on its own thread),
+  // so a test sees the same memory and disk figures after every buffer.
+  Status Append(uint32_t sub, buffer::Buffer b, uint32_t records) {
+    Status st = store_->Append(id_, sub, std::move(b), records);
+    store_->WaitForSpills();
+    return st;
+  }
+
   PartitionStore* store_;
   std::shared_ptr<buffer::NetworkBufferPool> pool_;
   WriterId id_;

@@ -47,18 +47,18 @@ class StoreSink final : public WriterSink {
   void Abort(store::WriterId writer, std::string reason) override {
     store_->Abort(writer, std::move(reason));
   }
-  // The store holds all of this writer's segments: it spills that output now (whatever its
-  // memory budget), so the segments come back as credit; at the quota the writer waits. A
+  // The store holds all of this writer's segments: its thread spills that output (whatever
+  // its memory budget), so the segments come back as credit; at the quota the writer waits. A
   // failed spill aborts the writer in the store, and its next message gets the error.
-  void WriterWaiting(store::WriterId writer) override {
-    if (Status st = store_->WriterWaiting(writer); !st.ok()) {
-      Log(LogLevel::kWarn, "local writer: " + st.ToString());
-    }
-  }
+  void WriterWaiting(store::WriterId writer) override { store_->WriterWaiting(writer); }
 
  private:
   store::PartitionStore* const store_;
 };
+
+// The service's poll timeout, and how often a writer that stays starved is reported again.
+constexpr int kPollMs = 100;
+constexpr auto kWaitingRepeat = std::chrono::milliseconds(200);
 
 std::string Errno(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
 
@@ -222,7 +222,8 @@ class LocalWriterService::Impl {
     uint32_t slots_in_sink = 0;
     std::vector<local::RecordFraming> framing;
     bool closing = false;
-    bool waiting = false;  // every slot in the sink (told to the sink once per transition)
+    bool waiting = false;  // every slot in the sink
+    std::chrono::steady_clock::time_point asked;  // when the sink was last told it waits
   };
 
   void Accept();
@@ -234,6 +235,10 @@ class LocalWriterService::Impl {
   Status OnFilled(Conn& c, std::span<const uint8_t> body);
   Status OnCommit(Conn& c);
   void SendCredits();
+  // Tells the sink about writers whose every slot it holds (once per starvation, and again every
+  // kWaitingRepeat while it lasts: space under the quota may have been freed); closes the
+  // connections marked closing; updates the waiting gauge.
+  void CheckConnections();
   // Fails the writer (the sink aborts it with `why`), tells it, and marks the connection closed.
   void Fail(Conn& c, const Status& why, bool tell);
   void Close(Conn& c);
@@ -356,7 +361,7 @@ void LocalWriterService::Impl::Run() {
       fds.push_back({c.fd, POLLIN, 0});
       order.push_back(&c);
     }
-    if (::poll(fds.data(), fds.size(), 500) < 0 && errno != EINTR) break;
+    if (::poll(fds.data(), fds.size(), kPollMs) < 0 && errno != EINTR) break;
     if (fds[1].revents != 0) {
       uint64_t n;
       (void)!::read(wake_fd_, &n, sizeof(n));
@@ -368,31 +373,9 @@ void LocalWriterService::Impl::Run() {
     }
     SendCredits();
     if (fds[0].revents != 0) Accept();
-    const auto now = std::chrono::steady_clock::now();
-    uint64_t waiting = 0;
-    for (auto it = conns_.begin(); it != conns_.end();) {
-      Conn& c = *it;
-      if ((c.phase == Phase::kHandshake || c.phase == Phase::kOpen) &&
-          now - c.since > options_.handshake_timeout) {
-        Fail(c, TimeoutError(Who(c) + " did not authenticate and open a writer within " +
-                             std::to_string(options_.handshake_timeout.count()) + " ms"),
-             true);
-      }
-      const bool starved = c.phase == Phase::kWriting && c.writer_open &&
-                           c.slots_in_sink == c.in_sink.size();
-      if (starved) {
-        ++waiting;
-        if (!c.waiting) sink_->WriterWaiting(c.writer);
-      }
-      c.waiting = starved;
-      if (c.closing) {
-        Close(c);
-        it = conns_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    waiting_.store(waiting, std::memory_order_relaxed);
+    CheckConnections();
+    // Slots released on this thread meanwhile (an abort) wrote no wake-up: send them now.
+    SendCredits();
   }
   for (Conn& c : conns_) {
     Fail(c, Status(StatusCode::kClosed, "daemon " + options_.node_name + " is shutting down: "
@@ -401,6 +384,37 @@ void LocalWriterService::Impl::Run() {
     Close(c);
   }
   conns_.clear();
+}
+
+void LocalWriterService::Impl::CheckConnections() {
+  const auto now = std::chrono::steady_clock::now();
+  uint64_t waiting = 0;
+  for (auto it = conns_.begin(); it != conns_.end();) {
+    Conn& c = *it;
+    if ((c.phase == Phase::kHandshake || c.phase == Phase::kOpen) &&
+        now - c.since > options_.handshake_timeout) {
+      Fail(c, TimeoutError(Who(c) + " did not authenticate and open a writer within " +
+                           std::to_string(options_.handshake_timeout.count()) + " ms"),
+           true);
+    }
+    const bool starved = c.phase == Phase::kWriting && c.writer_open &&
+                         c.slots_in_sink == c.in_sink.size();
+    if (starved) {
+      ++waiting;
+      if (!c.waiting || now - c.asked >= kWaitingRepeat) {
+        sink_->WriterWaiting(c.writer);
+        c.asked = now;
+      }
+    }
+    c.waiting = starved;
+    if (c.closing) {
+      Close(c);
+      it = conns_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  waiting_.store(waiting, std::memory_order_relaxed);
 }
 
 bool LocalWriterService::Impl::ServeReadable(Conn& c) {
@@ -574,6 +588,7 @@ void LocalWriterService::Impl::SendCredits() {
       c.in_sink[slot] = 0;
       --c.slots_in_sink;
     }
+    c.waiting = false;  // a later starvation is a new one
     if (c.closing || c.phase == Phase::kCommitted) continue;
     local::EncodeCreditInto(scratch_, &credit_frame_);
     if (!local::SendFrame(c.fd, credit_frame_, c.peer).ok()) c.closing = true;
