@@ -70,11 +70,13 @@ std::vector<uint8_t> EncodeFrame(LocalType type, std::span<const uint8_t> body) 
 }
 
 // OpenWriter body: partition u32, attempt u32, subpartitions u32, mode u8, 3 zero bytes,
-// credit u32, job length u16, token length u16, job bytes, token bytes.
+// credit u32, job length u16, token length u16, job bytes, token bytes, then (optional)
+// retention seconds u32: sent only when not 0, so a body without it means the daemon's default.
 std::vector<uint8_t> EncodeOpenWriter(const OpenWriterMsg& m) {
   const std::string_view job = CutText(m.job, 0xFFFF);
   const std::string_view token = CutText(m.token, 0xFFFF);
-  std::vector<uint8_t> body(24 + job.size() + token.size(), 0);
+  const size_t tail = m.retention_s != 0 ? 4 : 0;
+  std::vector<uint8_t> body(24 + job.size() + token.size() + tail, 0);
   uint8_t* p = body.data();
   Put32(p, m.partition);
   Put32(p + 4, m.attempt);
@@ -85,6 +87,7 @@ std::vector<uint8_t> EncodeOpenWriter(const OpenWriterMsg& m) {
   Put16(p + 22, static_cast<uint16_t>(token.size()));
   std::memcpy(p + 24, job.data(), job.size());
   std::memcpy(p + 24 + job.size(), token.data(), token.size());
+  if (tail != 0) Put32(p + 24 + job.size() + token.size(), m.retention_s);
   return EncodeFrame(LocalType::kOpenWriter, body);
 }
 
@@ -104,8 +107,17 @@ Result<OpenWriterMsg> ParseOpenWriter(std::span<const uint8_t> body) {
   m.credit = Get32(p + 16);
   const size_t job_len = Get16(p + 20);
   const size_t token_len = Get16(p + 22);
-  if (24 + job_len + token_len != body.size()) {
+  const size_t fixed = 24 + job_len + token_len;
+  if (fixed != body.size() && fixed + 4 != body.size()) {
     return Malformed("OpenWriter", "job and token lengths do not match the body size");
+  }
+  if (fixed + 4 == body.size()) {
+    m.retention_s = Get32(p + fixed);
+    if (m.retention_s == 0 || m.retention_s > kMaxRetentionSeconds) {
+      return Malformed("OpenWriter", "retention of " + std::to_string(m.retention_s) +
+                                         " s (1.." + std::to_string(kMaxRetentionSeconds) +
+                                         "; leave it out for the daemon's retention)");
+    }
   }
   if (job_len == 0 || job_len > kMaxJobIdLength) {
     return Malformed("OpenWriter", "job id of " + std::to_string(job_len) +

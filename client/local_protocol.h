@@ -63,6 +63,7 @@ inline constexpr size_t kMaxTokenLength = 256;
 inline constexpr size_t kMaxReasonLength = 4096;
 // Write credit (arena slots) a writer may ask for; 0 asks for the daemon's default.
 inline constexpr uint32_t kMaxWriterCredit = 1024;
+inline constexpr uint32_t kMaxRetentionSeconds = 365 * 24 * 3600;  // as the daemon's key
 inline constexpr uint32_t kMaxSubpartitions = 1u << 16;
 
 // The partition mode a writer opens (the store's PartitionMode on the daemon side).
@@ -76,6 +77,9 @@ struct OpenWriterMsg {
   uint32_t subpartitions = 0;
   WireMode mode = WireMode::kPipelined;
   uint32_t credit = 0;  // slots asked for; 0 = the daemon's default
+  // The job's retention in seconds (its first writer sets it); 0 = the daemon's `retention`.
+  // Optional on the wire: a trailing u32 after the token.
+  uint32_t retention_s = 0;
 };
 struct GrantMsg {
   uint32_t segment_size = 0;

@@ -123,7 +123,7 @@ Status Writer::OpenRemote() {
   local::OpenWriterMsg m{options_.job,      options_.token,
                          options_.partition, options_.attempt,
                          options_.subpartitions, static_cast<local::WireMode>(options_.mode),
-                         options_.credit};
+                         options_.credit, static_cast<uint32_t>(options_.retention.count())};
   if (Status s = local::SendFrame(fd_, local::EncodeOpenWriter(m), path_); !s.ok()) return s;
   auto frame = reader_->Next(/*wait=*/true);
   if (!frame.ok()) return frame.status();

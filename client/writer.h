@@ -65,6 +65,9 @@ struct WriterOptions {
   uint32_t attempt = 0;    // its attempt: readers read exactly the committed attempts named
   uint32_t subpartitions = 1;
   WriteMode mode = WriteMode::kPipelined;
+  // How long the daemon keeps the job's data after its last write or read (blocking outputs);
+  // the job's first writer sets it. 0: the daemon's `retention` (default 1 h). At most 365 days.
+  std::chrono::seconds retention{0};
   // Segments of write credit to ask for; 0: the daemon's default (writer_credit).
   uint32_t credit = 0;
   // How long to wait for credit before failing with Timeout; 0: wait as long as it takes.

@@ -47,6 +47,32 @@ TEST(LocalProtocolTest, OpenWriterRoundTripsAndRefusesBadFields) {
   f = EncodeOpenWriter(m);
   EXPECT_FALSE(ParseOpenWriter(Body(f).first(Body(f).size() - 1)).ok());  // lengths disagree
   EXPECT_FALSE(ParseOpenWriter(Body(f).first(10)).ok());
+  EXPECT_EQ(back->retention_s, 0u) << "no trailing retention: the daemon's";
+}
+
+TEST(LocalProtocolTest, OpenWriterCarriesAnOptionalRetention) {
+  OpenWriterMsg m{"job-1", "tok", 5, 2, 16, WireMode::kBlocking, 8, 90};
+  auto f = EncodeOpenWriter(m);
+  EXPECT_EQ(Body(f).size(), 24u + 5 + 3 + 4);
+  auto back = ParseOpenWriter(Body(f));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->retention_s, 90u);
+  EXPECT_EQ(back->token, "tok");
+  // A hostile trailing retention: 0 (it must be left out instead) and over a year.
+  for (const uint32_t bad : {0u, kMaxRetentionSeconds + 1}) {
+    auto g = EncodeOpenWriter(m);
+    const size_t at = kLocalHeaderBytes + 24 + 5 + 3;
+    for (int i = 0; i < 4; ++i) g[at + i] = static_cast<uint8_t>(bad >> (8 * i));
+    auto r = ParseOpenWriter(Body(g));
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.status().code(), StatusCode::kProtocolError);
+    EXPECT_NE(r.status().message().find("retention of " + std::to_string(bad) + " s"),
+              std::string::npos)
+        << r.status().message();
+  }
+  // Neither the plain length nor the length with the retention: refused.
+  f.push_back(0);
+  EXPECT_FALSE(ParseOpenWriter(Body(f)).ok());
 }
 
 TEST(LocalProtocolTest, GrantFilledCreditErrorAndText) {

@@ -206,6 +206,42 @@ TEST_F(ReaderTest, ALocalWriterSpillsWhatNobodyReadsAndItIsReadBackExactly) {
   cluster_->End();
 }
 
+// The job's first writer sets its retention through the local protocol: a blocking output kept
+// for 1 s is released by the daemon on its own (spill files gone), another job stays.
+TEST_F(ReaderTest, AWritersRetentionReleasesItsJob) {
+  cluster_ = std::make_unique<Cluster>(1, [&](daemon::DaemonConfig& c) {
+    c.spill_dir = spill_.root();
+    c.store_memory = 256 * 1024;
+    c.local_socket = spill_.Path("w.sock");
+  });
+  ASSERT_TRUE(cluster_->ok());
+  auto write = [&](const std::string& job, std::chrono::seconds retention) {
+    WriterOptions wo;
+    wo.socket_path = spill_.Path("w.sock");
+    wo.secret = daemon::testing::kTestSecret;
+    wo.job = job;
+    wo.token = kToken;
+    wo.mode = WriteMode::kBlocking;
+    wo.retention = retention;
+    auto w = Writer::Open(wo);
+    ASSERT_TRUE(w.ok()) << w.status().ToString();
+    for (int i = 0; i < 20000; ++i) ASSERT_TRUE((*w)->Write(0, std::string(100, 'r')).ok());
+    ASSERT_TRUE((*w)->Commit().ok());
+  };
+  write("short", std::chrono::seconds(1));
+  write("job", std::chrono::seconds(0));  // the daemon's retention (1 h)
+  store::PartitionStore* s = cluster_->daemons[0]->store();
+  EXPECT_EQ(s->Stats().jobs, 2u);
+  EXPECT_GT(SpillFilesUnder(spill_.root()), 2u) << "both jobs spilled";
+  EXPECT_TRUE(testutil::PollUntil([&] { return s->Stats().jobs == 1u; },
+                                  std::chrono::seconds(20)));
+  EXPECT_EQ(s->List("short").size(), 0u);
+  EXPECT_EQ(s->List("job").size(), 1u);
+  EXPECT_EQ(SpillFilesUnder(spill_.root()), 2u) << "only the kept job's data and index";
+  ReleaseEverywhere();
+  cluster_->End();
+}
+
 TEST_F(ReaderTest, PipelinedReaderStreamsAndAWriterAbortIsProducerFailed) {
   StartCluster(1, 8ull << 20);
   store::PartitionStore* s = cluster_->daemons[0]->store();

@@ -506,6 +506,7 @@ Status LocalWriterService::Impl::OnOpenWriter(Conn& c, std::span<const uint8_t> 
   c.spec.subpartitions = m->subpartitions;
   c.spec.mode = m->mode == local::WireMode::kBlocking ? store::PartitionMode::kBlocking
                                                       : store::PartitionMode::kPipelined;
+  c.spec.retention = std::chrono::seconds(m->retention_s);
   auto id = sink_->OpenWriter(c.spec);
   if (!id.ok()) return id.status();
   c.phase = Phase::kWriting;

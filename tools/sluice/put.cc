@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "client/local_protocol.h"
 #include "client/writer.h"
 #include "shuffle/auth.h"
 #include "tools/common/cli.h"
@@ -90,6 +91,7 @@ Result<client::WriterOptions> WriterOptionsFor(const PutOptions& o, const Common
   if (!mode.ok()) return mode.status();
   w.mode = *mode;
   w.credit = o.credit;
+  w.retention = std::chrono::seconds(o.retention_s);
   return w;
 }
 
@@ -184,6 +186,10 @@ Command AddPut(CLI::App& app, CommonFlags& common) {
       ->check(CLI::IsMember({"pipelined", "blocking"}));
   sub->add_option("--credit", o->credit, "segments of write credit to ask for (default: the "
                                          "daemon's writer_credit)");
+  sub->add_option("--retention", o->retention_s,
+                  "seconds the daemon keeps the job's data after its last write or read (set by "
+                  "the job's first writer; default: the daemon's retention)")
+      ->check(CLI::Range(1u, client::local::kMaxRetentionSeconds));
   return {sub, [o, &common] { return RunPut(*o, common, stdin, stdout); }};
 }
 

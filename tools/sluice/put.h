@@ -35,6 +35,7 @@ struct PutOptions {
   bool round_robin = false;
   std::string mode = "pipelined";
   uint32_t credit = 0;  // 0: the daemon's writer_credit
+  uint32_t retention_s = 0;  // 0: the daemon's retention
 };
 
 // FNV-1a, 64 bits: stable across builds and platforms (std::hash is not).
