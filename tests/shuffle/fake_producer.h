@@ -149,10 +149,15 @@ class FakeProducer {
     return true;
   }
 
-  // The next frame other than a Heartbeat; nullopt on timeout, end of stream or error.
+  // The next frame other than a Heartbeat; nullopt on timeout, end of stream or error. The
+  // timeout bounds the wait for a frame to start: once its first byte is here, the frame is read
+  // whole (up to kFrameCompletion more), so a short timeout never splits a frame and leaves the
+  // stream out of step (which a loaded machine made happen).
   std::optional<Frame> ReadFrame(std::chrono::milliseconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    const auto start_by = std::chrono::steady_clock::now() + timeout;
     while (true) {
+      if (!WaitReadable(start_by)) return std::nullopt;
+      const auto deadline = std::chrono::steady_clock::now() + kFrameCompletion;
       uint8_t head[transport::kFrameHeaderSize];
       if (!ReadExactly(head, sizeof(head), deadline)) return std::nullopt;
       const transport::FrameHeader h = transport::DecodeFrameHeader(
@@ -194,6 +199,17 @@ class FakeProducer {
     return std::max(std::chrono::milliseconds(0),
                     std::chrono::duration_cast<std::chrono::milliseconds>(
                         deadline - std::chrono::steady_clock::now()));
+  }
+  static constexpr auto kFrameCompletion = std::chrono::seconds(10);
+  // True once the socket is readable (data or end of stream) before `deadline`.
+  bool WaitReadable(std::chrono::steady_clock::time_point deadline) {
+    while (true) {
+      const auto left = Left(deadline);
+      pollfd pfd{fd_, POLLIN, 0};
+      const int r = ::poll(&pfd, 1, static_cast<int>(left.count()));
+      if (r > 0) return true;
+      if (r == 0 || left.count() <= 0) return false;
+    }
   }
   bool ReadExactly(uint8_t* p, size_t n, std::chrono::steady_clock::time_point deadline) {
     while (n > 0) {

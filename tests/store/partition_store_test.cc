@@ -505,6 +505,7 @@ TEST_F(PartitionStoreTest, WritersBuffersAreReleasedOutsideTheStoresLock) {
   Drained d;
   DrainAvailable(v->get(), &d);  // trimmed after it was read
   for (int i = 0; i < 4; ++i) ASSERT_TRUE(append(*spilled, 0).ok());  // over budget: spilled
+  store_->WaitForSpills();  // on the store's thread: its releases call the recycler there
   ASSERT_TRUE(append(*aborted, 0).ok());
   store_->Abort(*aborted, "test");
   EXPECT_EQ(d.records, std::vector<std::string>{"abc"});

@@ -80,10 +80,15 @@ class RawSocket {
   };
   // The next whole frame within `timeout`, passing over frames of type `skip_type` (the upper
   // layer's heartbeats, say); nullopt when the stream ended, failed or timed out first.
+  // The timeout bounds the wait for a frame to start; once its first byte is here it is read
+  // whole (up to 10 s more), so a short timeout never splits a frame and desynchronises the
+  // stream.
   std::optional<Frame> ReadFrame(std::chrono::milliseconds timeout,
                                  std::optional<uint8_t> skip_type = std::nullopt) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    const auto start_by = std::chrono::steady_clock::now() + timeout;
     while (true) {
+      if (!WaitReadable(start_by)) return std::nullopt;
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
       uint8_t head[kFrameHeaderSize];
       if (!ReadExactly(head, sizeof(head), deadline)) return std::nullopt;
       Frame f;
@@ -144,6 +149,17 @@ class RawSocket {
   }
 
  private:
+  // True once the socket is readable (data or end of stream) before `deadline`.
+  bool WaitReadable(std::chrono::steady_clock::time_point deadline) {
+    while (true) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      pollfd pfd{fd_, POLLIN, 0};
+      const int r = ::poll(&pfd, 1, static_cast<int>(std::max<int64_t>(left.count(), 0)));
+      if (r > 0) return true;
+      if (r == 0 || left.count() <= 0) return false;
+    }
+  }
   bool ReadExactly(uint8_t* p, size_t n, std::chrono::steady_clock::time_point deadline) {
     while (n > 0) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
