@@ -341,6 +341,7 @@ void PartitionStore::Impl::FinishSpillLocked(SpillBatch& batch, const Status& st
   }
   if (st.ok()) {
     if (alive) CommitBatchLocked(batch);
+    quota_blocked = false;  // a spill got through: whoever waited at the quota moves again
   } else if (victim.state == OutputState::kWriting) {
     FailLocked(victim, OutputState::kAborted, st.message(), notify);
   } else if (victim.state == OutputState::kCommitted) {
@@ -348,7 +349,60 @@ void PartitionStore::Impl::FinishSpillLocked(SpillBatch& batch, const Status& st
   }
 }
 
+void PartitionStore::Impl::CopyRecycler::Recycle(buffer::MemorySegment* segment) {
+  {
+    StoreLock lock(*impl);
+    impl->copies.erase(segment);
+  }
+  buffer::MemorySegment* one[] = {segment};
+  impl->options.read_pool->RecycleExclusiveSegments(one);
+}
+
+bool PartitionStore::Impl::CopyUnderBudget(WriterId writer) {
+  std::shared_ptr<MapOutputData> o;
+  uint32_t n = 0;
+  {
+    StoreLock lock(*this);
+    auto w = writers.find(writer);
+    if (!options.read_pool || w == writers.end() || memory_bytes > options.memory_budget_bytes) {
+      return false;
+    }
+    o = w->second;
+    for (const SubpartitionData& s : o->subs) {
+      for (const buffer::Buffer& b : s.memory) n += copies.contains(b.segment()) ? 0 : 1;
+    }
+  }
+  if (n == 0) return false;
+  auto segs = options.read_pool->RequestExclusiveSegments(n, std::chrono::milliseconds(0));
+  if (!segs.ok()) return false;
+  size_t next = 0;
+  {
+    StoreLock lock(*this);
+    if (o->state == OutputState::kWriting && memory_bytes <= options.memory_budget_bytes) {
+      for (SubpartitionData& s : o->subs) {
+        for (buffer::Buffer& b : s.memory) {
+          if (next == segs->size() || copies.contains(b.segment())) continue;
+          buffer::MemorySegment* seg = (*segs)[next++];
+          buffer::Buffer copy = buffer::Buffer::Wrap(seg, &copy_recycler, b.type());
+          std::memcpy(copy.data(), b.data(), b.size());
+          copy.SetSize(b.size());
+          copies.insert(seg);
+          copied_bytes_total.fetch_add(b.size(), std::memory_order_relaxed);
+          dropped.push_back(std::move(b));  // the writer's segment: back as credit after unlock
+          b = std::move(copy);
+        }
+      }
+    }
+  }
+  if (next < segs->size()) {
+    options.read_pool->RecycleExclusiveSegments(std::span(*segs).subspan(next));
+  }
+  return next > 0;
+}
+
 Status PartitionStore::Impl::SpillIfNeeded(WriterId forced) {
+  // A starved writer under the budget keeps its data in memory (copied); else it is spilled.
+  if (forced != 0 && CopyUnderBudget(forced)) forced = 0;
   while (true) {
     SpillBatch batch;
     {
@@ -363,8 +417,7 @@ Status PartitionStore::Impl::SpillIfNeeded(WriterId forced) {
       }
       if (!batch.victim &&
           (options.spill_dir.empty() || memory_bytes <= options.memory_budget_bytes)) {
-        quota_blocked = false;
-        return Status::Ok();
+        return Status::Ok();  // under the budget: a refusal at the quota still stands
       }
       if (options.spill_dir.empty()) return Status::Ok();
       if (!batch.victim) batch.victim = LargestInMemoryLocked();
@@ -463,12 +516,12 @@ PartitionStore::~PartitionStore() {
   for (int i = 0; i < 500; ++i) {
     {
       StoreLock lock(*impl_);
-      if (impl_->read_out == 0) break;
+      if (impl_->read_out == 0 && impl_->copies.empty()) break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   StoreLock lock(*impl_);
-  if (impl_->read_out != 0) {
+  if (impl_->read_out != 0 || !impl_->copies.empty()) {
     // Never free a recycler that buffers still name: keep the Impl (a leak, not a crash).
     new std::shared_ptr<Impl>(impl_);
   }
@@ -725,6 +778,7 @@ PartitionStoreStats PartitionStore::Stats() const {
   s.map_outputs = im.map_outputs;
   s.bytes_in_memory = im.memory_data_bytes;
   s.spill_bytes_total = im.spill_bytes_total.load();
+  s.copied_bytes_total = im.copied_bytes_total.load();
   s.spill_files = im.spill_files;
   s.disk_bytes = im.disk_bytes;
   s.readers = im.readers;

@@ -116,6 +116,9 @@ struct PartitionStoreStats {
   uint64_t map_outputs = 0;
   uint64_t bytes_in_memory = 0;
   uint64_t spill_bytes_total = 0;  // bytes written to spill files since start
+  // Bytes of starved writers' buffers copied into the store's own segments (under the budget)
+  // instead of spilled, since start.
+  uint64_t copied_bytes_total = 0;
   uint64_t spill_files = 0;        // data + index files on disk now
   uint64_t disk_bytes = 0;         // bytes of spill files on disk now
   uint64_t writers_waiting = 0;    // writers whose buffers are held at the disk quota

@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "store/partition_store.h"
@@ -111,6 +112,10 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
   // first, whatever the budget. Takes mu. Runs on the store's thread only. Returns the error of
   // the spill that failed, if one did (FinishSpillLocked has dealt with it).
   Status SpillIfNeeded(WriterId forced);
+  // Under the memory budget, copies a starved writer's buffers into segments the store reserves
+  // from options.read_pool, so its credit comes back without a spill. False (spill it) when over
+  // the budget, without a pool, or when the pool has no segments to spare now. Takes mu.
+  bool CopyUnderBudget(WriterId writer);
   // The spillable output with the most bytes in memory, or null. mu held.
   std::shared_ptr<MapOutputData> LargestInMemoryLocked();
 
@@ -169,6 +174,16 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
   uint32_t read_out = 0;
   std::vector<std::weak_ptr<ViewCore>> read_waiters;
   std::unordered_map<buffer::MemorySegment*, std::weak_ptr<ViewCore>> read_owner;
+
+  // Gives a copy's segment back to options.read_pool (outside mu) and forgets it.
+  struct CopyRecycler final : buffer::BufferRecycler {
+    explicit CopyRecycler(Impl* i) : impl(i) {}
+    void Recycle(buffer::MemorySegment* segment) override;
+    Impl* const impl;
+  };
+  CopyRecycler copy_recycler{this};
+  std::unordered_set<const buffer::MemorySegment*> copies;  // GUARDED_BY(mu): segments out
+  std::atomic<uint64_t> copied_bytes_total{0};
 
   int spill_lock_fd = -1;  // flock on <spill dir>/lock, held for the store's life
   // Buffers the store let go of under mu: released only after mu is unlocked (StoreLock), so a

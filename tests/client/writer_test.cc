@@ -189,7 +189,11 @@ TEST_F(WriterTest, CreditIsBackpressureAndMemoryStaysBounded) {
                                   std::chrono::seconds(10)));
   EXPECT_FALSE(done.load());
   EXPECT_EQ(sink_.held(), 4u);  // never more than the credit
-  EXPECT_EQ(sink_.waiting_calls(), 1);  // the sink was told once that the writer waits
+  // A pipelined writer waits for its reader first; after the service's patience (1 s) the sink
+  // is told it waits (and again while it lasts), so a store can keep its output instead.
+  EXPECT_TRUE(testutil::PollUntil([&] { return sink_.waiting_calls() >= 1; },
+                                  std::chrono::seconds(10)));
+  EXPECT_EQ(sink_.held(), 4u);
   // 4 reserved for the arena, nothing else taken from the pool.
   EXPECT_EQ(pool_->Stats().exclusive, 4u);
   sink_.hold(false);

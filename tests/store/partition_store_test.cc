@@ -516,18 +516,44 @@ TEST_F(PartitionStoreTest, WritersBuffersAreReleasedOutsideTheStoresLock) {
   raw = nullptr;
 }
 
-TEST_F(PartitionStoreTest, AWaitingWriterIsSpilledWhateverTheBudget) {
+// A writer whose every segment the store holds (WriterWaiting) gets its credit back either way:
+// under the budget its buffers are copied into the store's own segments (no disk IO), and when
+// the store cannot take segments for them they are spilled, whatever the budget.
+TEST_F(PartitionStoreTest, AWaitingWriterUnderTheBudgetIsCopiedNotSpilled) {
   MakeStore(64u << 20);  // far from the budget
   TestWriter w = Open(0, 0, 2, PartitionMode::kBlocking);
   ASSERT_TRUE(w.Write(0, 0, 1, 0, 400, 30).ok());
   const uint32_t held = writer_pool_->used_segments();
   EXPECT_GT(held, 2u);
-  EXPECT_EQ(store_->Stats().spill_bytes_total, 0u);
   store_->WriterWaiting(w.id());  // the writer service: no credit left
-  // The store's thread spills it: every segment comes back as credit.
   EXPECT_TRUE(testutil::PollUntil([&] { return writer_pool_->used_segments() == 0u; },
-                        std::chrono::seconds(10)));
+                                  std::chrono::seconds(10)));
+  PartitionStoreStats st = store_->Stats();
+  EXPECT_EQ(st.spill_bytes_total, 0u);
+  EXPECT_GT(st.copied_bytes_total, 0u);
+  EXPECT_EQ(read_pool_->used_segments(), held) << "the copies live in the store's segments";
+  ASSERT_TRUE(w.Write(0, 0, 1, 400, 100, 30).ok());
+  ASSERT_TRUE(store_->Commit(w.id()).ok());
+  Drained d = ReadAll(Register({{0, 0}}), 1);
+  EXPECT_TRUE(d.ended) << d.error.ToString();
+  EXPECT_EQ(Stripped(d.records), Expected(0, 0, 1, 500));
+  EXPECT_TRUE(store_->Release("j1", kToken).ok());
+  EXPECT_EQ(read_pool_->used_segments(), 0u) << "the release gives the copies back";
+}
+
+TEST_F(PartitionStoreTest, AWaitingWriterIsSpilledWhenTheStoreCannotCopy) {
+  MakeStore(64u << 20);
+  auto hog = read_pool_->RequestExclusiveSegments(read_pool_->total_segments());
+  ASSERT_TRUE(hog.ok()) << hog.status().ToString();
+  TestWriter w = Open(0, 0, 2, PartitionMode::kBlocking);
+  ASSERT_TRUE(w.Write(0, 0, 1, 0, 400, 30).ok());
+  EXPECT_EQ(store_->Stats().spill_bytes_total, 0u);
+  store_->WriterWaiting(w.id());
+  EXPECT_TRUE(testutil::PollUntil([&] { return writer_pool_->used_segments() == 0u; },
+                                  std::chrono::seconds(10)));
   EXPECT_GT(store_->Stats().spill_bytes_total, 0u);
+  EXPECT_EQ(store_->Stats().copied_bytes_total, 0u);
+  read_pool_->RecycleExclusiveSegments(*hog);
   ASSERT_TRUE(w.Write(0, 0, 1, 400, 100, 30).ok());
   ASSERT_TRUE(store_->Commit(w.id()).ok());
   Drained d = ReadAll(Register({{0, 0}}), 1);

@@ -59,6 +59,7 @@ class StoreSink final : public WriterSink {
 // The service's poll timeout, and how often a writer that stays starved is reported again.
 constexpr int kPollMs = 100;
 constexpr auto kWaitingRepeat = std::chrono::milliseconds(200);
+constexpr auto kPipelinedPatience = std::chrono::milliseconds(1000);
 
 std::string Errno(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
 
@@ -224,6 +225,7 @@ class LocalWriterService::Impl {
     bool closing = false;
     bool waiting = false;  // every slot in the sink
     std::chrono::steady_clock::time_point asked;  // when the sink was last told it waits
+    std::chrono::steady_clock::time_point starved_since;
   };
 
   void Accept();
@@ -236,8 +238,9 @@ class LocalWriterService::Impl {
   Status OnCommit(Conn& c);
   void SendCredits();
   // Tells the sink about writers whose every slot it holds (once per starvation, and again every
-  // kWaitingRepeat while it lasts: space under the quota may have been freed); closes the
-  // connections marked closing; updates the waiting gauge.
+  // kWaitingRepeat while it lasts: space under the quota may have been freed; a pipelined
+  // writer only after kPipelinedPatience, so that a reading consumer backpressures it); closes
+  // the connections marked closing; updates the waiting gauge.
   void CheckConnections();
   // Fails the writer (the sink aborts it with `why`), tells it, and marks the connection closed.
   void Fail(Conn& c, const Status& why, bool tell);
@@ -401,7 +404,12 @@ void LocalWriterService::Impl::CheckConnections() {
                          c.slots_in_sink == c.in_sink.size();
     if (starved) {
       ++waiting;
-      if (!c.waiting || now - c.asked >= kWaitingRepeat) {
+      if (!c.waiting) c.starved_since = now;
+      // A pipelined writer waits for its readers first (backpressure); only when they do not
+      // free a segment within kPipelinedPatience is its output kept by the store instead.
+      const bool patient = c.spec.mode == store::PartitionMode::kPipelined &&
+                           now - c.starved_since < kPipelinedPatience;
+      if (!patient && (c.asked < c.starved_since || now - c.asked >= kWaitingRepeat)) {
         sink_->WriterWaiting(c.writer);
         c.asked = now;
       }
