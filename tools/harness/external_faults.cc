@@ -205,6 +205,19 @@ void ExternalJob::DiskQuotaFault(uint32_t partition) {
 
 void ExternalJob::ReleaseAndCheck(const std::vector<int>& nodes) {
   Report& r = run_.report_;
+  uint64_t on_disk = 0, in_memory = 0;
+  for (int node : nodes) {
+    control::ControlClient* c = run_.Client(node);
+    if (c == nullptr) continue;
+    auto list = client::ListExternal(*c, job_);
+    if (!list.ok()) continue;
+    for (const auto& p : list->partitions) {
+      on_disk += p.bytes_on_disk;
+      in_memory += p.bytes_in_memory;
+    }
+  }
+  r.AddExtra("bytes_on_disk_before_release", static_cast<double>(on_disk));
+  r.AddExtra("bytes_in_memory_before_release", static_cast<double>(in_memory));
   for (int node : nodes) {
     control::ControlClient* c = run_.Client(node);
     Status s = c != nullptr ? client::ReleaseExternalJob(*c, job_, token_)
@@ -232,7 +245,9 @@ void ExternalJob::ReleaseAndCheck(const std::vector<int>& nodes) {
   r.AddExtra("spill_files_left", static_cast<double>(left));
   leaks_ = run_.CheckLeaks(nodes, milliseconds(10000), &r.errors);
   for (auto& [id, l] : leaks_) r.leaked_segments += l > 0 ? static_cast<uint64_t>(l) : 0;
-  notes_.push_back("released on " + std::to_string(nodes.size()) + " daemons: " +
+  notes_.push_back("released on " + std::to_string(nodes.size()) + " daemons (held " +
+                   FormatBytes(in_memory) + " in memory, " + FormatBytes(on_disk) +
+                   " on disk): " +
                    std::to_string(left) + " spill files left, " +
                    std::to_string(r.leaked_segments) + " segments not back");
 }
@@ -246,7 +261,9 @@ void ExternalJob::AddNodeReports(const std::vector<WriterSpec>& specs) {
     nr.address = node.address();
     nr.pid = node.pid;
     for (const auto& w : specs) {
-      if (w.node == i) nr.tasks += (nr.tasks.empty() ? "W" : " W") + std::to_string(w.partition);
+      if (w.node != i) continue;
+      nr.tasks += (nr.tasks.empty() ? "W" : " W") + std::to_string(w.partition);
+      if (w.attempt > 0) nr.tasks += "." + std::to_string(w.attempt);
     }
     if (nr.tasks.size() > 14) nr.tasks = nr.tasks.substr(0, 12) + "..";
     nr.state = node.alive ? "up" : "killed";
@@ -294,6 +311,10 @@ void ExternalJob::Run(std::vector<std::string>* notes) {
     writers = RunWriters(specs);
   }
   const std::vector<WriterResult> named = Named(writers);
+  if (o_.attempts > 1) {
+    notes_.push_back("map 0 committed attempts 0 to " + std::to_string(o_.attempts - 1) +
+                     "; the readers name attempt " + std::to_string(named.front().spec.attempt));
+  }
   uint64_t sent = 0;
   for (const auto& w : named) {
     for (uint64_t n : w.records) sent += n;
