@@ -262,8 +262,9 @@ void ExternalJob::AddNodeReports(const std::vector<WriterSpec>& specs) {
     nr.pid = node.pid;
     for (const auto& w : specs) {
       if (w.node != i) continue;
-      nr.tasks += (nr.tasks.empty() ? "W" : " W") + std::to_string(w.partition);
-      if (w.attempt > 0) nr.tasks += "." + std::to_string(w.attempt);
+      // Appends only (GCC 12 at -O3: a false -Wrestrict on "W" + string&&).
+      nr.tasks.append(nr.tasks.empty() ? "W" : " W").append(std::to_string(w.partition));
+      if (w.attempt > 0) nr.tasks.append(".").append(std::to_string(w.attempt));
     }
     if (nr.tasks.size() > 14) nr.tasks = nr.tasks.substr(0, 12) + "..";
     nr.state = node.alive ? "up" : "killed";

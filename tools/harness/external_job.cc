@@ -50,7 +50,7 @@ std::string Mode(const Options& o) { return o.ext_pipelined ? "pipelined" : "blo
 ExternalJob::ExternalJob(HarnessRun& run) : run_(run), o_(run.o_) {
   std::error_code ec;
   self_ = std::filesystem::read_symlink("/proc/self/exe", ec).string();
-  job_ = "h" + std::to_string(getpid()) + "-ext";
+  job_ = std::string("h").append(std::to_string(getpid())).append("-ext");
   subpartitions_ = static_cast<uint32_t>(o_.readers);
 }
 
