@@ -190,8 +190,10 @@ ExternalJob::Task ExternalJob::StartWriter(const WriterSpec& w) {
                      std::to_string(o_.seed), "--credit-timeout-ms",
                      std::to_string(w.credit_timeout_ms)});
   if (w.pause_after != ~0ull) {
+    // Paused before the first record: until the readers are there (pipelined). Mid-way: until
+    // it is killed (kill-writer).
     a.insert(a.end(), {"--pause-after", std::to_string(w.pause_after), "--go-file",
-                       run_.run_dir_ + "/never"});
+                       run_.run_dir_ + (w.pause_after == 0 ? "/go-writers" : "/never")});
   }
   return Spawn("writer of partition " + std::to_string(w.partition) + " attempt " +
                    std::to_string(w.attempt) + " on node " + std::to_string(w.node),
@@ -319,12 +321,17 @@ void ExternalJob::RunPipelined(const std::vector<WriterSpec>& specs,
                                std::vector<ReaderResult>* readers) {
   std::vector<Task> wt;
   std::vector<std::string> outputs;
-  for (const auto& w : specs) wt.push_back(StartWriter(w));
-  // A reader's read set names map outputs the daemon must know: wait until each writer opened.
+  // Each writer opens its map output and waits before its first record: a reader's read set
+  // names map outputs the daemon must know, and the records should stream to readers that
+  // are there (a writer whose segments are all held has its output spilled at once).
+  for (WriterSpec w : specs) {
+    w.pause_after = 0;
+    wt.push_back(StartWriter(w));
+  }
   for (size_t i = 0; i < specs.size(); ++i) {
-    if (!WaitForLine(wt[i], "opened", o_.fault_deadline_s)) {
+    if (!WaitForLine(wt[i], "paused", o_.fault_deadline_s)) {
       run_.report_.errors.push_back(wt[i].name + " did not open within " +
-                                    Fixed(o_.fault_deadline_s, 0) + " s");
+                                    Fixed(o_.fault_deadline_s, 0) + " s: " + Describe(wt[i]));
     }
   }
   std::map<uint32_t, std::string> last;  // partition -> its highest attempt
@@ -332,6 +339,13 @@ void ExternalJob::RunPipelined(const std::vector<WriterSpec>& specs,
   for (const auto& [p, m] : last) outputs.push_back(m);
   std::vector<Task> rt;
   for (uint32_t k = 0; k < subpartitions_; ++k) rt.push_back(StartReader(k, outputs));
+  for (Task& t : rt) {
+    if (!WaitForLine(t, "opened", o_.fault_deadline_s)) {
+      run_.report_.errors.push_back(t.name + " did not open within " +
+                                    Fixed(o_.fault_deadline_s, 0) + " s: " + Describe(t));
+    }
+  }
+  (void)WriteWholeFile(run_.run_dir_ + "/go-writers", "go\n");
   WaitAll(wt, o_.timeout_s);
   WaitAll(rt, o_.timeout_s);
   for (size_t i = 0; i < specs.size(); ++i) {
