@@ -300,6 +300,16 @@ int ExtTaskMain(int argc, char** argv) {
     std::fprintf(stderr, "sluice-harness %s: %s\n", kExtTaskFlag, f.error.c_str());
     return 2;
   }
+  // Numbers first, before any file or socket is touched.
+  for (const char* key : {"partition", "attempt", "subpartitions", "records", "record-min",
+                          "record-max", "seed", "pause-after", "credit-timeout-ms",
+                          "subpartition", "timeout-ms"}) {
+    (void)f.Num(key);
+  }
+  if (!f.error.empty()) {
+    std::fprintf(stderr, "sluice-harness %s %s: %s\n", kExtTaskFlag, argv[0], f.error.c_str());
+    return 2;
+  }
   const std::string_view task = argv[0];
   int rc = 2;
   if (task == "write") rc = RunWriter(f);
