@@ -23,6 +23,21 @@ bool Contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
 }
 
+// The value of metric `name` in Prometheus text (its first sample), or -1.
+double Metric(const std::string& text, const std::string& name) {
+  size_t pos = 0;
+  while ((pos = text.find(name, pos)) != std::string::npos) {
+    const bool line_start = pos == 0 || text[pos - 1] == '\n';
+    const size_t after = pos + name.size();
+    if (line_start && after < text.size() && (text[after] == '{' || text[after] == ' ')) {
+      const size_t space = text.find(' ', text[after] == '{' ? text.find('}', after) : after);
+      if (space != std::string::npos) return std::strtod(text.c_str() + space + 1, nullptr);
+    }
+    pos = after;
+  }
+  return -1;
+}
+
 }  // namespace
 
 uint64_t ExternalJob::SpillFileBytes(int node, int* files) const {
@@ -173,9 +188,19 @@ void ExternalJob::DiskQuotaFault(uint32_t partition) {
   big.credit_timeout_ms = 2000;
   Task t = StartWriter(big);
   uint64_t peak = 0;
+  double waiting = 0, disk_metric = 0;  // the daemon's own view (sluice_store_writers_waiting)
   const auto start = Clock::now();
   while (!Reap(t, 0) && Seconds(start) < o_.timeout_s) {
     peak = std::max(peak, SpillFileBytes(0, nullptr));
+    if (control::ControlClient* c = run_.Client(0); c != nullptr) {
+      auto st = c->GetStats();
+      if (st.ok()) {
+        waiting = std::max(waiting, Metric(st->prometheus, "sluice_store_writers_waiting"));
+        disk_metric = std::max(disk_metric, Metric(st->prometheus, "sluice_spill_disk_bytes"));
+      } else {
+        run_.DropClient(0);
+      }
+    }
     std::this_thread::sleep_for(milliseconds(20));
   }
   if (!t.done) {
@@ -187,6 +212,17 @@ void ExternalJob::DiskQuotaFault(uint32_t partition) {
                    (w.committed ? "COMMITTED" : "failed: " + w.error) + "; spill files peaked at " +
                    FormatBytes(peak) + " of the " + FormatBytes(o_.spill_quota) + " quota");
   r.AddExtra("spill_peak_bytes", static_cast<double>(peak));
+  r.AddExtra("writers_waiting_peak", waiting);
+  notes_.push_back("node 0's metrics: sluice_store_writers_waiting peaked at " + Fixed(waiting, 0) +
+                   ", sluice_spill_disk_bytes at " + FormatBytes(static_cast<uint64_t>(disk_metric)));
+  if (waiting < 1) {
+    r.errors.push_back("disk-quota: node 0 never reported a writer waiting at the quota "
+                       "(sluice_store_writers_waiting stayed " + Fixed(waiting, 0) + ")");
+  }
+  if (disk_metric > static_cast<double>(o_.spill_quota)) {
+    r.errors.push_back("disk-quota: node 0 reported sluice_spill_disk_bytes " +
+                       Fixed(disk_metric, 0) + " above the quota");
+  }
   if (w.committed) {
     r.errors.push_back("disk-quota: a writer of 4x the quota committed: the quota held nothing");
   } else if (!Contains(w.error, "write credit") && !Contains(w.error, "No space left") &&
