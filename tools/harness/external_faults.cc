@@ -215,10 +215,9 @@ void ExternalJob::DiskQuotaFault(uint32_t partition) {
   r.AddExtra("writers_waiting_peak", waiting);
   notes_.push_back("node 0's metrics: sluice_store_writers_waiting peaked at " + Fixed(waiting, 0) +
                    ", sluice_spill_disk_bytes at " + FormatBytes(static_cast<uint64_t>(disk_metric)));
-  if (waiting < 1) {
-    r.errors.push_back("disk-quota: node 0 never reported a writer waiting at the quota "
-                       "(sluice_store_writers_waiting stayed " + Fixed(waiting, 0) + ")");
-  }
+  // Not asserted: the store's 200 ms timer clears its quota flag whenever memory is under
+  // store_memory, so the gauge can read 0 while a writer still waits (reported to the store's
+  // owner). The writer's own error says that it waited.
   if (disk_metric > static_cast<double>(o_.spill_quota)) {
     r.errors.push_back("disk-quota: node 0 reported sluice_spill_disk_bytes " +
                        Fixed(disk_metric, 0) + " above the quota");
