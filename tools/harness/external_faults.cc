@@ -58,7 +58,9 @@ uint64_t ExternalJob::SpillFileBytes(int node, int* files) const {
   return bytes;
 }
 
-std::string ExternalJob::ListState(int node, uint32_t partition, uint32_t attempt) {
+std::string ExternalJob::ListState(int node, uint32_t partition, uint32_t attempt,
+                                   uint64_t* held) {
+  if (held != nullptr) *held = 0;
   control::ControlClient* c = run_.Client(node);
   if (c == nullptr) return "unreachable";
   auto list = client::ListExternal(*c, job_);
@@ -67,7 +69,9 @@ std::string ExternalJob::ListState(int node, uint32_t partition, uint32_t attemp
     return "error " + list.status().ToString();
   }
   for (const auto& p : list->partitions) {
-    if (p.job == job_ && p.partition == partition && p.attempt == attempt) return p.state;
+    if (p.job != job_ || p.partition != partition || p.attempt != attempt) continue;
+    if (held != nullptr) *held = p.bytes_in_memory + p.bytes_on_disk;
+    return p.state;
   }
   return "absent";
 }
@@ -91,17 +95,24 @@ void ExternalJob::KillWriterFault(std::vector<WriterSpec>* specs) {
   notes_.push_back("SIGKILL " + t.name + " after " + std::to_string(victim.pause_after) + " of " +
                    std::to_string(victim.records) + " records");
   // The daemon sees the socket close: the map output fails (not committed, never served).
+  // Its memory and spill files are freed at once.
   std::string state;
+  uint64_t held = 0;
   const auto start = Clock::now();
   do {
-    state = ListState(victim.node, victim.partition, victim.attempt);
-    if (state != "writing" && state != "open") break;
+    state = ListState(victim.node, victim.partition, victim.attempt, &held);
+    if (state != "writing" && state != "open" && held == 0) break;
     std::this_thread::sleep_for(milliseconds(50));
   } while (Seconds(start) < o_.fault_deadline_s);
-  notes_.push_back("node " + std::to_string(victim.node) + " lists it as " + state);
+  notes_.push_back("node " + std::to_string(victim.node) + " lists it as " + state + ", holding " +
+                   FormatBytes(held));
   if (state == "committed" || state == "writing" || state == "open") {
     r.errors.push_back("kill-writer: the killed writer's map output is " + state +
                        " on node " + std::to_string(victim.node) + ", expected failed");
+  }
+  if (held > 0) {
+    r.errors.push_back("kill-writer: the killed writer's map output still holds " +
+                       std::to_string(held) + " bytes in memory or on disk");
   }
   Task probe = StartReader(0, {PlannedOutput(victim)});
   Reap(probe, o_.fault_deadline_s + 10);

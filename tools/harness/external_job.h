@@ -105,7 +105,10 @@ class ExternalJob {
   // Releases the job on `nodes`, then checks spill files and segments.
   void ReleaseAndCheck(const std::vector<int>& nodes);
   uint64_t SpillFileBytes(int node, int* files) const;
-  std::string ListState(int node, uint32_t partition, uint32_t attempt);
+  // The map output's state on `node` ("absent", "unreachable", "error ..." otherwise); *held:
+  // its bytes in memory and on disk.
+  std::string ListState(int node, uint32_t partition, uint32_t attempt,
+                        uint64_t* held = nullptr);
   void AddNodeReports(const std::vector<WriterSpec>& specs);
 
   HarnessRun& run_;
