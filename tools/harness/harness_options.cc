@@ -75,8 +75,8 @@ External shuffle service (--external; tools/harness/README.md):
   --fault kill-writer       SIGKILL map 0's writer at --fault-at of its records, then re-run it
   --fault kill-daemon       blocking: SIGKILL the last daemon while the readers read from it
   --fault disk-quota        blocking: --spill-max-bytes (default 2m unless given with
-                            --daemon-arg) is reached; a writer waits and fails, committed data
-                            stays readable
+                            --daemon-arg; --store-memory 256k unless given) is reached; a
+                            writer waits and fails, committed data stays readable
 
 Faults (--fault NAME; the harness checks the stated expected outcome, ok = it happened):
   kill-consumer    SIGKILL a consumer-only node at --fault-at of the records
@@ -414,6 +414,13 @@ Status CheckExternal(const CLI::App& app, const RawFlags& raw, Options* o) {
   if (o->fault == Fault::kDiskQuota && o->spill_quota == 0) {
     o->spill_quota = 2ull << 20;
     o->daemon_args.insert(o->daemon_args.begin(), {"--spill-max-bytes", "2m"});
+  }
+  // The fault needs spilling whatever the store's spill policy: a small memory budget.
+  const bool store_memory_given = std::any_of(
+      o->daemon_args.begin(), o->daemon_args.end(),
+      [](const std::string& a) { return a.rfind("--store-memory", 0) == 0; });
+  if (o->fault == Fault::kDiskQuota && !store_memory_given) {
+    o->daemon_args.insert(o->daemon_args.begin(), {"--store-memory", "256k"});
   }
   return Status::Ok();
 }

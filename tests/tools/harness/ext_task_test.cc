@@ -113,16 +113,23 @@ TEST(ExtOptionsTest, DiskQuotaSetsOrReadsTheQuota) {
   Options o;
   ASSERT_EQ(Parse({"--external", "--fault", "disk-quota"}, &o), -1);
   EXPECT_EQ(o.spill_quota, 2ull << 20);
-  ASSERT_GE(o.daemon_args.size(), 2u);
-  EXPECT_EQ(o.daemon_args[0], "--spill-max-bytes");
-  EXPECT_EQ(o.daemon_args[1], "2m");
+  EXPECT_EQ(o.daemon_args, (std::vector<std::string>{"--store-memory", "256k",
+                                                      "--spill-max-bytes", "2m"}));
   Options given;
   ASSERT_EQ(Parse({"--external", "--fault", "disk-quota", "--daemon-arg",
                    "--spill-max-bytes=3m"},
                   &given),
             -1);
   EXPECT_EQ(given.spill_quota, 3ull << 20);
-  EXPECT_EQ(given.daemon_args, std::vector<std::string>{"--spill-max-bytes=3m"});
+  EXPECT_EQ(given.daemon_args, (std::vector<std::string>{"--store-memory", "256k",
+                                                          "--spill-max-bytes=3m"}));
+  Options both;
+  ASSERT_EQ(Parse({"--external", "--fault", "disk-quota", "--daemon-arg", "--store-memory=1m",
+                   "--daemon-arg", "--spill-max-bytes=3m"},
+                  &both),
+            -1);
+  EXPECT_EQ(both.daemon_args,
+            (std::vector<std::string>{"--store-memory=1m", "--spill-max-bytes=3m"}));
 }
 
 TEST(ExtOptionsTest, Refusals) {
