@@ -9,7 +9,13 @@ std::string Fixed(double v, int digits) { return tools::FormatFixed(v, digits); 
 std::string At(const Options& o) { return Fixed(o.fault_at * 100, 0) + "%"; }
 std::string Deadline(const Options& o) { return Fixed(o.fault_deadline_s, 0) + " s"; }
 
-std::string ExpectNone(const Options&) {
+std::string ExpectNone(const Options& o) {
+  if (o.external) {
+    return std::string(o.ext_pipelined ? "pipelined" : "blocking") +
+           ": every writer process commits, every reader process reads every record of the "
+           "named attempts exactly once and in order per writer per subpartition, release "
+           "leaves no spill file, every segment returns, every daemon exits 0 on SIGTERM";
+  }
   return "every record arrives exactly once and in order, every segment returns, every "
          "daemon exits 0 on SIGTERM";
 }
@@ -63,6 +69,26 @@ std::string ExpectWrongSecret(const Options&) {
          "right secret runs the job successfully";
 }
 
+std::string ExpectKillWriter(const Options& o) {
+  return "SIGKILL of map 0's writer after " + At(o) +
+         " of its records: its daemon lists the map output as failed, a reader naming that "
+         "attempt fails with ProducerFailed naming the job and partition (never a short "
+         "partition as complete), a re-run attempt commits and the readers naming it read "
+         "every record exactly once; release leaves no spill file and every segment returns";
+}
+std::string ExpectKillDaemon(const Options& o) {
+  return "blocking: SIGKILL of the last daemon while every reader is paused after its first "
+         "record: every reader fails within " + Deadline(o) +
+         " naming that daemon's host:port; readers of the survivors' map outputs read every "
+         "record exactly once; the survivors leak nothing and keep no spill file after release";
+}
+std::string ExpectDiskQuota(const Options& o) {
+  return "blocking, spill_max_bytes " + FormatBytes(o.spill_quota) +
+         ": a writer needing 4x the quota waits for credit and fails with the credit (or "
+         "quota) error without committing, the spill files never exceed the quota, and the "
+         "committed map outputs stay readable exactly once";
+}
+
 using VP = VictimPlacement;
 // fault, name, placement, mid_shuffle, ends_channels, victim_leaves, generated_only, expected
 constexpr FaultPlan kPlans[] = {
@@ -81,6 +107,9 @@ constexpr FaultPlan kPlans[] = {
     {Fault::kGarbage, "garbage", VP::kNone, false, false, false, false, ExpectGarbage},
     {Fault::kSigterm, "sigterm", VP::kLast, true, true, true, true, ExpectSigterm},
     {Fault::kWrongSecret, "wrong-secret", VP::kNone, false, false, false, false, ExpectWrongSecret},
+    {Fault::kKillWriter, "kill-writer", VP::kNone, false, false, false, false, ExpectKillWriter},
+    {Fault::kKillDaemon, "kill-daemon", VP::kLast, false, false, true, false, ExpectKillDaemon},
+    {Fault::kDiskQuota, "disk-quota", VP::kNone, false, false, false, false, ExpectDiskQuota},
 };
 
 }  // namespace
@@ -100,6 +129,10 @@ Result<Fault> FaultByName(const std::string& name) {
 }
 
 const char* FaultName(Fault f) { return PlanOf(f).name; }
+
+bool ExternalFault(Fault f) {
+  return f == Fault::kKillWriter || f == Fault::kKillDaemon || f == Fault::kDiskQuota;
+}
 
 Placement MakePlacement(const Options& o, int nodes, int producers, int consumers) {
   Placement p;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "tools/common/cli.h"
+#include "tools/harness/ext_task.h"
 #include "tools/harness/fault_plan.h"
 
 namespace sluice::harness {
@@ -59,6 +60,23 @@ Job:
   --output-dir DIR                 file-partition: where consumers write their part files
   --checksums                      CRC32C on every buffer in transit
   --timeout SECONDS                the whole job (default 600)
+
+External shuffle service (--external; tools/harness/README.md):
+  --external                writer processes (map tasks, sluice::client::Writer through their
+                            host's daemon) then reader processes (sluice::client::Reader, one
+                            subpartition each, from every daemon), verified exactly once and
+                            in order per writer per subpartition; then release, no spill file
+                            left, every segment back. Sizes: --total-bytes (default 32m),
+                            --record-size (default 100-1000, at least 32)
+  --mode blocking|pipelined (default blocking)
+  --writers N               map tasks, writer i on node i mod nodes (default 2 per node)
+  --readers K               reduce tasks = subpartitions (default one per node)
+  --attempts A              map 0 commits A attempts; the readers name the last (default 1)
+  --fault kill-writer       SIGKILL map 0's writer at --fault-at of its records, then re-run it
+  --fault kill-daemon       blocking: SIGKILL the last daemon while the readers read from it
+  --fault disk-quota        blocking: --spill-max-bytes (default 2m unless given with
+                            --daemon-arg; --store-memory 256k unless given) is reached; a
+                            writer waits and fails, committed data stays readable
 
 Faults (--fault NAME; the harness checks the stated expected outcome, ok = it happened):
   kill-consumer    SIGKILL a consumer-only node at --fault-at of the records
@@ -112,6 +130,7 @@ struct RawFlags {
   std::string pattern;
   std::string delimiter;
   std::string fault = "none";
+  std::string mode;
 };
 
 void AddDaemonFlags(CLI::App& app, Options& o, RawFlags& raw) {
@@ -152,6 +171,14 @@ void AddJobFlags(CLI::App& app, Options& o, RawFlags& raw) {
   app.add_option("--output-dir", o.output_dir);
   app.add_flag("--checksums", o.checksums);
   app.add_option("--timeout", o.timeout_s)->check(CLI::Range(1.0, 1e9));
+}
+
+void AddExternalFlags(CLI::App& app, Options& o, RawFlags& raw) {
+  app.add_flag("--external", o.external);
+  app.add_option("--mode", raw.mode)->check(CLI::IsMember({"blocking", "pipelined"}));
+  app.add_option("--writers", o.writers)->check(CLI::Range(1, 4096));
+  app.add_option("--readers", o.readers)->check(CLI::Range(1, 4096));
+  app.add_option("--attempts", o.attempts)->check(CLI::Range(1, 16));
 }
 
 void AddFaultAndOutputFlags(CLI::App& app, Options& o, RawFlags& raw) {
@@ -326,6 +353,78 @@ Status CheckPlacement(Options* o) {
   return Status::Ok();
 }
 
+// The daemons' spill_max_bytes from --daemon-arg (0: not given).
+Result<uint64_t> QuotaFromDaemonArgs(const std::vector<std::string>& args) {
+  uint64_t quota = 0;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string v;
+    if (args[i] == "--spill-max-bytes" && i + 1 < args.size()) {
+      v = args[i + 1];
+    } else if (args[i].rfind("--spill-max-bytes=", 0) == 0) {
+      v = args[i].substr(18);
+    } else {
+      continue;
+    }
+    auto bytes = tools::ParseSize(v, "--spill-max-bytes");
+    if (!bytes.ok()) return bytes.status();
+    quota = *bytes;
+  }
+  return quota;
+}
+
+// --external and its flags and faults; the defaults that follow from them.
+Status CheckExternal(const CLI::App& app, const RawFlags& raw, Options* o) {
+  const bool ext_flags = !raw.mode.empty() || app.count("--writers") > 0 ||
+                         app.count("--readers") > 0 || app.count("--attempts") > 0;
+  if (!o->external) {
+    if (ext_flags) return InvalidArgument("--mode, --writers, --readers and --attempts need --external");
+    if (ExternalFault(o->fault)) {
+      return InvalidArgument(std::string("--fault ") + FaultName(o->fault) + " needs --external");
+    }
+    return Status::Ok();
+  }
+  if (o->fault != Fault::kNone && !ExternalFault(o->fault)) {
+    return InvalidArgument(std::string("--fault ") + FaultName(o->fault) +
+                           " is not a fault of --external (kill-writer, kill-daemon, disk-quota)");
+  }
+  if (o->kind != control::JobKind::kGenerated || o->netns || app.count("--producers") > 0 ||
+      app.count("--consumers") > 0 || app.count("--records-per-producer") > 0) {
+    return InvalidArgument("--external runs writer and reader processes on loopback: it takes "
+                           "--writers and --readers, not --job, --netns, --producers, "
+                           "--consumers or --records-per-producer");
+  }
+  o->ext_pipelined = raw.mode == "pipelined";
+  if (o->ext_pipelined && (o->fault == Fault::kKillDaemon || o->fault == Fault::kDiskQuota)) {
+    return InvalidArgument(std::string("--fault ") + FaultName(o->fault) +
+                           " needs --mode blocking (data retained after the writers exit)");
+  }
+  if (o->fault == Fault::kKillDaemon && o->nodes < 2) {
+    return InvalidArgument("--fault kill-daemon needs --nodes >= 2");
+  }
+  if (o->record_min < kRecordHeader) {
+    return InvalidArgument("--record-size: --external records are at least " +
+                           std::to_string(kRecordHeader) + " bytes (their header)");
+  }
+  if (app.count("--total-bytes") == 0) o->total_bytes = 32ull << 20;
+  if (o->writers == 0) o->writers = 2 * o->nodes;
+  if (o->readers == 0) o->readers = o->nodes;
+  auto quota = QuotaFromDaemonArgs(o->daemon_args);
+  if (!quota.ok()) return quota.status();
+  o->spill_quota = *quota;
+  if (o->fault == Fault::kDiskQuota && o->spill_quota == 0) {
+    o->spill_quota = 2ull << 20;
+    o->daemon_args.insert(o->daemon_args.begin(), {"--spill-max-bytes", "2m"});
+  }
+  // The fault needs spilling whatever the store's spill policy: a small memory budget.
+  const bool store_memory_given = std::any_of(
+      o->daemon_args.begin(), o->daemon_args.end(),
+      [](const std::string& a) { return a.rfind("--store-memory", 0) == 0; });
+  if (o->fault == Fault::kDiskQuota && !store_memory_given) {
+    o->daemon_args.insert(o->daemon_args.begin(), {"--store-memory", "256k"});
+  }
+  return Status::Ok();
+}
+
 // "--daemon-arg VALUE" -> "--daemon-arg=VALUE": the value is a daemon flag ("--checksums"),
 // which CLI11 would otherwise take for a flag of the harness.
 std::vector<std::string> JoinDaemonArgs(int argc, char** argv) {
@@ -352,6 +451,7 @@ int ParseOptions(int argc, char** argv, Options* out) {
   AddDaemonFlags(app, o, raw);
   AddJobFlags(app, o, raw);
   AddFaultAndOutputFlags(app, o, raw);
+  AddExternalFlags(app, o, raw);
   const std::vector<std::string> args = JoinDaemonArgs(argc, argv);
   std::vector<const char*> joined;
   for (const std::string& a : args) joined.push_back(a.c_str());
@@ -364,8 +464,9 @@ int ParseOptions(int argc, char** argv, Options* out) {
   }
   Status s = ApplyRawFlags(app, raw, &o);
   if (s.ok()) s = CheckAuth(o);
-  if (s.ok()) s = CheckNetworkAndFiles(&o, app.count("--total-bytes") > 0);
-  if (s.ok()) s = CheckPlacement(&o);
+  if (s.ok()) s = CheckExternal(app, raw, &o);
+  if (s.ok() && !o.external) s = CheckNetworkAndFiles(&o, app.count("--total-bytes") > 0);
+  if (s.ok() && !o.external) s = CheckPlacement(&o);
   if (!s.ok()) {
     std::fprintf(stderr, "sluice-harness: %s\n", s.message().c_str());
     return tools::kExitUsage;

@@ -22,7 +22,13 @@ enum class Fault {
   kGarbage,        // hostile client: garbage bytes to a daemon before the job
   kSigterm,        // SIGTERM a node mid-shuffle: it must exit 0 with every segment back
   kWrongSecret,    // --auth: a wrong and a missing secret must be refused
+  // --external only (the external shuffle service, tools/harness/external_job.h):
+  kKillWriter,     // SIGKILL map 0's writer mid-partition; a re-run attempt then commits
+  kKillDaemon,     // blocking: SIGKILL the last daemon while readers read from it
+  kDiskQuota,      // blocking: a writer needing more than spill_max_bytes waits and fails
 };
+// True for the faults of --external.
+bool ExternalFault(Fault f);
 // The --fault value of `f` (tools/harness/fault_plan.cc).
 const char* FaultName(Fault f);
 
@@ -72,6 +78,14 @@ struct Options {
   std::string output_dir;
   bool checksums = false;
   double timeout_s = 600;
+
+  // External shuffle service job (--external): writer and reader processes.
+  bool external = false;
+  bool ext_pipelined = false;  // --mode pipelined (default blocking)
+  int writers = 0;             // map tasks; 0 = two per node
+  int readers = 0;             // reduce tasks = subpartitions; 0 = one per node
+  int attempts = 1;            // map 0 commits this many attempts; readers name the last
+  uint64_t spill_quota = 0;    // disk-quota: the daemons' spill_max_bytes
 
   // Faults.
   Fault fault = Fault::kNone;

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "shuffle/auth.h"
+#include "tools/harness/external_job.h"
 #include "tools/harness/file_check.h"
 #include "tools/harness/process_util.h"
 #include "tools/harness/run_util.h"
@@ -120,6 +121,7 @@ Status HarnessRun::SetupSecret(DaemonConfig* cfg) {
     if (!s.ok()) return s;
   }
   cfg->client.secret = secret_;
+  secret_file_ = cfg->secret_file;
   return Status::Ok();
 }
 
@@ -677,6 +679,15 @@ Report HarnessRun::Run() {
                  run_dir_.c_str());
   }
   MainRun m;
+  if (o_.external) {
+    {
+      ExternalJob job(*this);
+      job.Run(&m.notes);
+    }  // every task process reaped
+    FinishRun(m);
+    r.ok = r.errors.empty();
+    return r;
+  }
   for (int i = 0; i < o_.nodes; ++i) m.all.push_back(i);
   m.placement = MakePlacement(o_, o_.nodes, o_.producers, o_.consumers);
   m.id_prefix = "h" + std::to_string(getpid());

@@ -4,7 +4,7 @@
 // an interrupt (SIGINT/SIGTERM to the harness set a flag the polling loop checks).
 // Files: harness_run.cc (setup, the run, its report), job_monitor.cc (driving one job:
 // submit, poll, fault trigger, settle, tally, leak check), fault_plan.h (what each fault
-// does and expects).
+// does and expects), external_job.h (--external: writer and reader processes).
 //
 // Thread-compatible: one thread drives it.
 #pragma once
@@ -28,6 +28,8 @@ namespace sluice::harness {
 
 // Installs SIGINT/SIGTERM handlers that ask the run to stop, and ignores SIGPIPE.
 void InstallSignalHandlers();
+
+class ExternalJob;
 
 class HarnessRun {
  public:
@@ -149,9 +151,13 @@ class HarnessRun {
                      bool final);
   std::string ExpectedOutcome() const;
 
+  // --external: drives writer and reader processes on this run's daemons (external_job.h).
+  friend class ExternalJob;
+
   Options o_;
   std::string run_dir_;
   std::string secret_;
+  std::string secret_file_;  // the daemons' --auth-secret-file (absolute); empty with auth off
   // File jobs: the root of every input and of the output directory (absolute, canonical).
   std::filesystem::path file_root_;
   std::vector<std::filesystem::path> input_paths_;  // canonical, in --input order

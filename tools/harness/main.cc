@@ -2,15 +2,21 @@
 // optional fault, prints a summary table (stderr) and with --json one JSON object (stdout).
 // Exit status 0 only when every expected outcome happened. See tools/harness/README.md.
 #include <cstdio>
+#include <string_view>
 
 #include "tools/common/cli.h"
 #include "tools/control/control_client.h"
 #include "tools/harness/harness_options.h"
+#include "tools/harness/ext_task.h"
 #include "tools/harness/harness_run.h"
 #include "tools/harness/report.h"
 
 int main(int argc, char** argv) {
   using namespace sluice::harness;
+  // The external job's writer and reader tasks: this binary, re-executed (ext_task.h).
+  if (argc > 1 && std::string_view(argv[1]) == kExtTaskFlag) {
+    return ExtTaskMain(argc - 2, argv + 2);
+  }
   Options parsed;
   if (const int exit_code = ParseOptions(argc, argv, &parsed); exit_code >= 0) return exit_code;
   Options* options = &parsed;
