@@ -358,6 +358,16 @@ void PartitionStore::Impl::CopyRecycler::Recycle(buffer::MemorySegment* segment)
   impl->options.read_pool->RecycleExclusiveSegments(one);
 }
 
+bool PartitionStore::Impl::ReaderStreamingLocked(MapOutputData& o) {
+  if (o.mode != PartitionMode::kPipelined) return false;
+  bool streaming = false;
+  for (SubpartitionData& s : o.subs) {
+    if (!s.memory.empty() && s.consumed > s.consumed_seen) streaming = true;
+    s.consumed_seen = s.consumed;
+  }
+  return streaming;
+}
+
 bool PartitionStore::Impl::CopyUnderBudget(WriterId writer) {
   std::shared_ptr<MapOutputData> o;
   uint32_t n = 0;
@@ -401,6 +411,12 @@ bool PartitionStore::Impl::CopyUnderBudget(WriterId writer) {
 }
 
 Status PartitionStore::Impl::SpillIfNeeded(WriterId forced) {
+  if (forced != 0) {
+    StoreLock lock(*this);
+    auto w = writers.find(forced);
+    // Pipelined and its reader reads on: the reader's pace is the writer's (backpressure).
+    if (w == writers.end() || ReaderStreamingLocked(*w->second)) forced = 0;
+  }
   // A starved writer under the budget keeps its data in memory (copied); else it is spilled.
   if (forced != 0 && CopyUnderBudget(forced)) forced = 0;
   while (true) {

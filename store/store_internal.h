@@ -34,6 +34,7 @@ struct SubpartitionData {
   uint64_t total = 0;            // buffers appended
   bool pipelined_claimed = false;  // pipelined: its one reader came
   uint64_t consumed = 0;           // pipelined: the reader's cursor; memory below it is trimmed
+  uint64_t consumed_seen = 0;      // pipelined: `consumed` when its writer last said it waits
 };
 
 // A view's notification state. `mu` is held while its listener runs, so Release can wait for
@@ -116,6 +117,9 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
   // from options.read_pool, so its credit comes back without a spill. False (spill it) when over
   // the budget, without a pool, or when the pool has no segments to spare now. Takes mu.
   bool CopyUnderBudget(WriterId writer);
+  // A starved pipelined writer whose reader is streaming its output (it read on since the
+  // writer last said it waits): it is backpressured, not kept. mu held.
+  bool ReaderStreamingLocked(MapOutputData& o);
   // The spillable output with the most bytes in memory, or null. mu held.
   std::shared_ptr<MapOutputData> LargestInMemoryLocked();
 

@@ -189,8 +189,8 @@ TEST_F(WriterTest, CreditIsBackpressureAndMemoryStaysBounded) {
                                   std::chrono::seconds(10)));
   EXPECT_FALSE(done.load());
   EXPECT_EQ(sink_.held(), 4u);  // never more than the credit
-  // A pipelined writer waits for its reader first; after the service's patience (1 s) the sink
-  // is told it waits (and again while it lasts), so a store can keep its output instead.
+  // The sink is told the writer waits (and again every 200 ms while it lasts): a store then
+  // keeps its output, unless a reader is streaming it.
   EXPECT_TRUE(testutil::PollUntil([&] { return sink_.waiting_calls() >= 1; },
                                   std::chrono::seconds(10)));
   EXPECT_EQ(sink_.held(), 4u);

@@ -562,6 +562,53 @@ TEST_F(PartitionStoreTest, AWaitingWriterIsSpilledWhenTheStoreCannotCopy) {
   EXPECT_TRUE(store_->Release("j1", kToken).ok());
 }
 
+// A starved pipelined writer whose reader reads on is backpressured (the store keeps nothing);
+// once that reader stalls, or for a writer whose output nobody is reading, the store keeps it.
+TEST_F(PartitionStoreTest, APipelinedWriterIsBackpressuredWhileItsReaderReadsOn) {
+  MakeStore(64u << 20);
+  TestWriter read = Open(0, 0, 1, PartitionMode::kPipelined);
+  TestWriter unread = Open(1, 0, 1, PartitionMode::kPipelined);
+  CountingListener l;
+  auto v = View(Register({{0, 0}, {1, 0}}), 0, &l);  // reads partition 0 first, then 1
+  ASSERT_TRUE(v.ok());
+  ASSERT_TRUE(read.Write(0, 0, 0, 0, 300, 30).ok());
+  ASSERT_TRUE(unread.Write(1, 0, 0, 0, 300, 30).ok());
+  auto take_one = [&] {
+    auto item = (*v)->PollNext();
+    ASSERT_TRUE(item.ok() && item->has_value());
+  };
+  take_one();  // the reader is on partition 0
+  store_->WriterWaiting(read.id());
+  store_->WriterWaiting(unread.id());
+  store_->WaitForSpills();
+  PartitionStoreStats st = store_->Stats();
+  EXPECT_EQ(st.spill_bytes_total, 0u);
+  const uint64_t kept_unread = st.copied_bytes_total;
+  EXPECT_GT(kept_unread, 0u) << "nobody reads partition 1 yet: kept";
+  take_one();  // still reading on: backpressure again
+  store_->WriterWaiting(read.id());
+  store_->WaitForSpills();
+  EXPECT_EQ(store_->Stats().copied_bytes_total, kept_unread);
+  store_->WriterWaiting(read.id());  // the reader stalled since the last call: kept now
+  store_->WaitForSpills();
+  EXPECT_GT(store_->Stats().copied_bytes_total, kept_unread);
+  ASSERT_TRUE(store_->Commit(read.id()).ok());
+  ASSERT_TRUE(store_->Commit(unread.id()).ok());
+  Drained d;
+  DrainAvailable(v->get(), &d);
+  EXPECT_TRUE(d.ended) << d.error.ToString();
+  // Every record after the two buffers taken above, in order per writer, nothing lost.
+  const auto got = Stripped(d.records);
+  const auto p0 = Expected(0, 0, 0, 300), p1 = Expected(1, 0, 0, 300);
+  ASSERT_GT(got.size(), 300u);
+  const size_t rest0 = got.size() - 300;
+  EXPECT_EQ(std::vector<std::string>(got.begin(), got.begin() + rest0),
+            std::vector<std::string>(p0.end() - rest0, p0.end()));
+  EXPECT_EQ(std::vector<std::string>(got.begin() + rest0, got.end()), p1);
+  v->reset();
+  EXPECT_TRUE(store_->Release("j1", kToken).ok());
+}
+
 TEST_F(PartitionStoreTest, RetentionReleasesIdleJobs) {
   MakeStore(4 * kSegment);
   WriterSpec spec{"short", kToken, 0, 0, 1, PartitionMode::kBlocking, std::chrono::seconds(5)};

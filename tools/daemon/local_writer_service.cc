@@ -59,7 +59,6 @@ class StoreSink final : public WriterSink {
 // The service's poll timeout, and how often a writer that stays starved is reported again.
 constexpr int kPollMs = 100;
 constexpr auto kWaitingRepeat = std::chrono::milliseconds(200);
-constexpr auto kPipelinedPatience = std::chrono::milliseconds(1000);
 
 std::string Errno(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
 
@@ -238,9 +237,9 @@ class LocalWriterService::Impl {
   Status OnCommit(Conn& c);
   void SendCredits();
   // Tells the sink about writers whose every slot it holds (once per starvation, and again every
-  // kWaitingRepeat while it lasts: space under the quota may have been freed; a pipelined
-  // writer only after kPipelinedPatience, so that a reading consumer backpressures it); closes
-  // the connections marked closing; updates the waiting gauge.
+  // kWaitingRepeat while it lasts: space under the quota may have been freed, a pipelined
+  // writer's reader may have stalled); closes the connections marked closing; updates the
+  // waiting gauge.
   void CheckConnections();
   // Fails the writer (the sink aborts it with `why`), tells it, and marks the connection closed.
   void Fail(Conn& c, const Status& why, bool tell);
@@ -405,11 +404,7 @@ void LocalWriterService::Impl::CheckConnections() {
     if (starved) {
       ++waiting;
       if (!c.waiting) c.starved_since = now;
-      // A pipelined writer waits for its readers first (backpressure); only when they do not
-      // free a segment within kPipelinedPatience is its output kept by the store instead.
-      const bool patient = c.spec.mode == store::PartitionMode::kPipelined &&
-                           now - c.starved_since < kPipelinedPatience;
-      if (!patient && (c.asked < c.starved_since || now - c.asked >= kWaitingRepeat)) {
+      if (c.asked < c.starved_since || now - c.asked >= kWaitingRepeat) {
         sink_->WriterWaiting(c.writer);
         c.asked = now;
       }
