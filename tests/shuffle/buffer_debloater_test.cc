@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 
 namespace sluice::shuffle {
 namespace {
@@ -109,6 +110,42 @@ TEST(BufferDebloaterTest, ConstantLoadDoesNotFlap) {
   }
   EXPECT_EQ(announcements, 1);  // the first one only
   EXPECT_NEAR(d.buffer_size(), 10000, 1500);
+}
+
+TEST(BufferDebloaterTest, CountedBuffersInFlightReplaceTheCreditAsDivisor) {
+  BufferDebloater d(Options());
+  EXPECT_DOUBLE_EQ(d.in_flight_buffers(), 2);  // buffers_per_channel until counted
+  EXPECT_EQ(d.BufferSizeFor(8e6), 10000u);    // 80,000 / (4 x 2)
+  // Backpressure: 2 received + a backlog of 2 per channel, + the producer's partial buffer.
+  d.OnInFlightBuffers(4);
+  EXPECT_DOUBLE_EQ(d.in_flight_buffers(), 5);
+  EXPECT_EQ(d.BufferSizeFor(8e6), 4000u);  // 80,000 / (4 x 5)
+  // Smoothed like the throughput: 4 then 0 -> 2 (+1).
+  d.OnInFlightBuffers(0);
+  EXPECT_DOUBLE_EQ(d.in_flight_buffers(), 3);
+  // Nothing in flight anywhere: at least one buffer, never a division by zero.
+  for (int i = 0; i < 60; ++i) d.OnInFlightBuffers(0);
+  EXPECT_NEAR(d.in_flight_buffers(), 1, 1e-9);
+  EXPECT_EQ(d.BufferSizeFor(8e6), 20000u);
+  // Nonsense counts are ignored.
+  d.OnInFlightBuffers(-1);
+  d.OnInFlightBuffers(std::nan(""));
+  EXPECT_NEAR(d.in_flight_buffers(), 1, 1e-9);
+}
+
+// The closed loop the gate runs: the bytes in flight per channel (buffers counted x size)
+// settle near throughput x target / channels, whatever the producer queues per channel.
+TEST(BufferDebloaterTest, BytesInFlightSettleAtTheTargetWhateverTheQueueDepth) {
+  for (const double queued : {1.0, 4.0, 9.0}) {
+    BufferDebloater d(Options());
+    for (int i = 0; i < 20; ++i) {
+      d.OnConsumed(800000);  // 8 MB/s: target 80,000 bytes in flight over 4 channels
+      d.OnInFlightBuffers(queued);
+      d.EndWindow(milliseconds(100));
+    }
+    const double in_flight = (queued + 1) * d.buffer_size();
+    EXPECT_NEAR(in_flight, 20000, 20000 * 0.26) << queued << " buffers queued per channel";
+  }
 }
 
 }  // namespace
