@@ -27,7 +27,7 @@ double BufferDebloater::in_flight_buffers() const {
 
 uint32_t BufferDebloater::BufferSizeFor(double bytes_per_second) const {
   const double seconds = std::chrono::duration<double>(options_.target).count();
-  const double in_flight = std::max(0.0, bytes_per_second) * std::max(0.0, seconds);
+  const double in_flight = std::max(0.0, bytes_per_second) * std::max(0.0, seconds) * boost_;
   const double per_buffer =
       in_flight / (static_cast<double>(options_.channels) * in_flight_buffers());
   if (!(per_buffer < options_.segment_size)) return options_.segment_size;  // also NaN, inf
@@ -40,6 +40,9 @@ std::optional<uint32_t> BufferDebloater::EndWindow(std::chrono::nanoseconds elap
   bytes_ = 0;
   idle_ = std::chrono::nanoseconds(0);
   if (busy.count() <= 0) return std::nullopt;
+  const double idle_share = 1.0 - static_cast<double>(busy.count()) / elapsed.count();
+  boost_ = idle_share > kStarvedIdleShare ? std::min(kMaxStarvationBoost, boost_ * kStarvationStep)
+                                          : std::max(1.0, boost_ * kStarvationDecay);
   const double rate = static_cast<double>(bytes) / std::chrono::duration<double>(busy).count();
   throughput_ = measured_ ? kSmoothing * rate + (1 - kSmoothing) * throughput_ : rate;
   measured_ = true;
