@@ -60,7 +60,7 @@ class BufferDebloater {
   // The starvation factor (see above).
   static constexpr double kStarvedIdleShare = 0.10;
   static constexpr double kStarvationStep = 1.5;
-  static constexpr double kStarvationDecay = 0.9;
+  static constexpr double kStarvationDecay = 0.95;
   static constexpr double kMaxStarvationBoost = 2.0;
 
   // Bounds are normalised: min_buffer_size in [1, segment_size], channels and

@@ -94,7 +94,7 @@ TEST(BufferDebloaterTest, StarvationGrowsTheSizeBoundedAndDecaysBack) {
   ASSERT_TRUE(sizes[1].has_value());
   EXPECT_NEAR(*sizes[1], 20000, 300);
   EXPECT_FALSE(sizes[2].has_value());
-  // Never idle again: the factor decays by 0.9 a window back to 1, and the size follows.
+  // Never idle again: the factor decays by 0.95 a window back to 1, and the size follows.
   for (int i = 0; i < 20; ++i) {
     d.OnConsumed(800000);
     d.EndWindow(milliseconds(100));
