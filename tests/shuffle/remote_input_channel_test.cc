@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <set>
@@ -306,6 +307,26 @@ TEST_F(RemoteInputChannelTest, InFlightBuffersAreReceivedPlusTheSendersBacklog) 
   held.clear();
   ch.Release();
   EXPECT_EQ(ch.InFlightBuffers(), std::nullopt);
+}
+
+// The gate's half: at the end of each debloating window it averages its remote channels'
+// counts and the debloater divides by that (+1 for the producer's partly filled buffer).
+TEST_F(RemoteInputChannelTest, GateSplitsTheDebloatedSizeOverTheCountedBuffers) {
+  options_.debloat = true;
+  options_.debloat_period = std::chrono::milliseconds(0);  // every GetNext ends a window
+  StartGate(2);
+  EXPECT_EQ(gate_->Stats().debloat_in_flight_buffers, 0) << "nothing counted yet";
+  ASSERT_TRUE(Deliver(0, 0, 3).ok());
+  ASSERT_TRUE(Deliver(0, 1, 3).ok());
+  ASSERT_TRUE(Deliver(1, 0, 0).ok());
+  // Channel 0: 2 received + backlog 3; channel 1: 1 received. (5 + 1) / 2 + 1 = 4.
+  auto first = gate_->PollNext();
+  ASSERT_TRUE(first.ok() && first->has_value());
+  EXPECT_DOUBLE_EQ(gate_->Stats().debloat_in_flight_buffers, 4);
+  // One taken (from either channel): 5 left over 2 channels -> 2.5, smoothed with 3 -> 2.75.
+  auto second = gate_->PollNext();
+  ASSERT_TRUE(second.ok() && second->has_value());
+  EXPECT_DOUBLE_EQ(gate_->Stats().debloat_in_flight_buffers, 3.75);
 }
 
 // Redistribution's demand signal: the floating buffers the channels' backlogs want and do not
