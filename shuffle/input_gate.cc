@@ -1,5 +1,8 @@
 #include "shuffle/input_gate.h"
 
+#include <algorithm>
+#include <cstdint>
+
 #include "shuffle/floating_credit.h"
 
 namespace sluice::shuffle {
@@ -90,6 +93,15 @@ void InputGate::QueueChannel(uint32_t index) {
   if (waiting_ > 0) cv_.notify_one();
 }
 
+void InputGate::AddFloatingDemand(int64_t delta) {
+  const int64_t total = floating_demand_.fetch_add(delta, std::memory_order_relaxed) + delta;
+  // Two channels reporting at once may store their sums out of order; the next report (every
+  // buffer received carries one) sets it right.
+  if (floating_) {
+    floating_->SetBacklog(static_cast<uint32_t>(std::clamp<int64_t>(total, 0, UINT32_MAX)));
+  }
+}
+
 Result<std::optional<BufferOrEvent>> InputGate::GetNext(std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   if (debloater_) MaybeEndDebloatWindow(std::chrono::steady_clock::now());
@@ -145,12 +157,28 @@ void InputGate::MaybeEndDebloatWindow(std::chrono::steady_clock::time_point now)
   const auto elapsed = now - debloat_window_start_;
   if (elapsed < options_.debloat_period) return;
   debloat_window_start_ = now;
+  CountInFlightBuffers();
   const std::optional<uint32_t> size = debloater_->EndWindow(elapsed);
   stats_.debloat_throughput = debloater_->throughput();
   if (!size) return;
   stats_.debloat_buffer_size = *size;
   ++stats_.debloat_announcements;
   for (auto& c : channels_) c->AnnounceBufferSize(*size);
+}
+
+void InputGate::CountInFlightBuffers() {
+  uint64_t buffers = 0;
+  uint32_t counted = 0;
+  for (const auto& c : channels_) {
+    if (const std::optional<uint32_t> n = c->InFlightBuffers()) {
+      buffers += *n;
+      ++counted;
+    }
+  }
+  if (counted == 0) return;
+  const double per_channel = static_cast<double>(buffers) / counted;
+  debloater_->OnInFlightBuffers(per_channel);
+  stats_.debloat_in_flight_buffers = debloater_->in_flight_buffers();
 }
 
 Status InputGate::StoppedLocked() const {

@@ -14,6 +14,7 @@
 // any thread. Buffers handed out may be released on any thread.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -76,6 +77,10 @@ class InputChannel {
   // Buffer debloating: ask the sender for data buffers of about `bytes` (remote channels send
   // a BufferSizeAnnouncement; the default does nothing). Consumer thread.
   virtual void AnnounceBufferSize(uint32_t bytes) { (void)bytes; }
+  // Buffer debloating: the data buffers of this channel in flight as the consumer knows them
+  // (received and not consumed, plus the sender's last reported backlog), or nullopt for a
+  // channel debloating does not size (a local one). Any thread.
+  virtual std::optional<uint32_t> InFlightBuffers() const { return std::nullopt; }
 
   uint32_t index() const { return index_; }
 
@@ -98,6 +103,8 @@ struct InputGateStats {
   uint32_t debloat_buffer_size = 0;
   double debloat_throughput = 0;
   uint64_t debloat_announcements = 0;
+  // The buffers in flight per channel the size was split over (BufferDebloater).
+  double debloat_in_flight_buffers = 0;
 };
 
 class InputGate {
@@ -157,6 +164,13 @@ class InputGate {
   std::vector<ChannelState> ChannelStates() const;
   // Called by channels, any thread.
   void QueueChannel(uint32_t index);
+  // Called by remote channels, any thread (under the channel's lock, so the gate is alive):
+  // the floating buffers the channels' backlogs want and do not hold changed by `delta`. The
+  // sum goes to the floating pool as its reported backlog (LocalBufferPool::SetBacklog), part
+  // of the demand usage-driven redistribution sizes the pool by.
+  void AddFloatingDemand(int64_t delta);
+  // The sum, for tests and metrics.
+  int64_t floating_demand() const { return floating_demand_.load(std::memory_order_relaxed); }
 
  private:
   InputGate(std::string name, std::shared_ptr<buffer::NetworkBufferPool> global,
@@ -164,9 +178,11 @@ class InputGate {
             bool wide);
   // Closed after Close(), Cancelled after Cancel(), else OK. REQUIRES: mu_ held.
   Status StoppedLocked() const;
-  // Debloating: ends the debloater's window when debloat_period has passed, and announces a
-  // new size to every channel. Consumer thread.
+  // Debloating: ends the debloater's window when debloat_period has passed (after counting
+  // the buffers in flight per channel), and announces a new size to every channel. Consumer
+  // thread.
   void MaybeEndDebloatWindow(std::chrono::steady_clock::time_point now);
+  void CountInFlightBuffers();
 
   const std::string name_;
   const std::shared_ptr<buffer::NetworkBufferPool> global_;
@@ -176,6 +192,7 @@ class InputGate {
   std::shared_ptr<FloatingCreditDispatcher> floating_credit_;  // wide: set by Start
   std::vector<std::shared_ptr<InputChannel>> channels_;
   uint32_t max_record_size_ = kDefaultMaxRecordSize;
+  std::atomic<int64_t> floating_demand_{0};  // AddFloatingDemand's sum
   // Buffer debloating (options_.debloat, made at Start): consumer thread only.
   std::unique_ptr<BufferDebloater> debloater_;
   std::chrono::steady_clock::time_point debloat_window_start_;

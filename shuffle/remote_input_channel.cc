@@ -177,6 +177,7 @@ Status RemoteInputChannel::OnBuffer(buffer::Buffer buffer, int32_t sequence_numb
     }
   }
   RefillFloating();
+  ReportBacklogDemand();
   return Status::Ok();
 }
 
@@ -198,6 +199,19 @@ void RemoteInputChannel::OnSenderBacklog(int32_t backlog) {
     required_ = sender_backlog_ + num_exclusive_;
   }
   RefillFloating();
+  ReportBacklogDemand();
+}
+
+void RemoteInputChannel::ReportBacklogDemandLocked() {
+  const uint32_t now = WantLocked();  // 0 once released
+  if (now == reported_demand_) return;
+  gate_->AddFloatingDemand(static_cast<int64_t>(now) - static_cast<int64_t>(reported_demand_));
+  reported_demand_ = now;
+}
+
+void RemoteInputChannel::ReportBacklogDemand() {
+  std::lock_guard lock(mu_);
+  ReportBacklogDemandLocked();
 }
 
 uint32_t RemoteInputChannel::WantLocked() const {
@@ -223,6 +237,7 @@ bool RemoteInputChannel::OfferFloating(buffer::Buffer& buffer) {
     floating_free_.push_back(std::move(buffer));
     notify = unannounced_credit_++ == 0;
     UpdateWantLocked();
+    ReportBacklogDemandLocked();
   }
   if (notify) client_->NotifyCreditAvailable(shared_from_this());
   return true;
@@ -282,6 +297,7 @@ bool RemoteInputChannel::NotifyBufferAvailable(buffer::Buffer& buffer) {
     floating_free_.push_back(std::move(buffer));
     notify = unannounced_credit_++ == 0;
     want_more = AvailableLocked() < required_;
+    ReportBacklogDemandLocked();
   }
   if (notify) client_->NotifyCreditAvailable(shared_from_this());
   if (want_more) RefillFloating();
@@ -342,6 +358,12 @@ void RemoteInputChannel::AnnounceBufferSize(uint32_t bytes) {
   client_->NotifyCreditAvailable(shared_from_this());
 }
 
+std::optional<uint32_t> RemoteInputChannel::InFlightBuffers() const {
+  std::lock_guard lock(mu_);
+  if (released_ || finished_) return std::nullopt;
+  return static_cast<uint32_t>(received_.size()) + sender_backlog_;
+}
+
 uint32_t RemoteInputChannel::TakeBufferSizeAnnouncement(bool again) {
   std::lock_guard lock(mu_);
   if (!std::exchange(buffer_size_pending_, false) && !again) return 0;
@@ -375,6 +397,7 @@ void RemoteInputChannel::Release() {
     drop_received.swap(received_);
     for (size_t i = 0; i < drop_received.size(); ++i) RefundEventLocked(drop_received[i]);
     UpdateWantLocked();  // 0: released
+    ReportBacklogDemandLocked();  // takes this channel's share back (the gate is alive)
     was_listening = listening_;
     listening_ = false;
     // Exclusive buffers still out (with the consumer or in flight) come home through Recycle;

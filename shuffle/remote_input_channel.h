@@ -151,6 +151,8 @@ class RemoteInputChannel final : public InputChannel,
   // Buffer debloating: remembers `bytes` and asks the client to send it (with the next credit
   // flush, as a BufferSizeAnnouncement). Any thread.
   void AnnounceBufferSize(uint32_t bytes) override;
+  // Received and not consumed, plus the sender's last reported backlog.
+  std::optional<uint32_t> InFlightBuffers() const override;
   // The size to announce, 0 when none is pending; resets it. With `again`, the last size asked
   // for even when it was announced already (a PartitionRequest, also a retried one, is
   // followed by it: an announcement for a request the server had not found was ignored).
@@ -175,6 +177,10 @@ class RemoteInputChannel final : public InputChannel,
   // and telling the dispatcher so. REQUIRES: mu_ held.
   uint32_t WantLocked() const;
   void UpdateWantLocked();
+  // Redistribution: tells the gate how WantLocked() changed since the last report, so the
+  // floating pool's demand includes the backlog it cannot cover yet. REQUIRES: mu_ held.
+  void ReportBacklogDemandLocked();
+  void ReportBacklogDemand();
   // Gains floating buffers from the gate's pool until the channel holds the required count,
   // registering as a listener when the pool is empty. Never called with mu_ held: the pool may
   // call listeners (this one included) from inside its methods.
@@ -210,6 +216,7 @@ class RemoteInputChannel final : public InputChannel,
   int32_t unannounced_credit_ = 0;             // GUARDED_BY(mu_)
   uint32_t sender_backlog_ = 0;                // GUARDED_BY(mu_)
   uint32_t required_ = 0;                      // GUARDED_BY(mu_): backlog + exclusive
+  uint32_t reported_demand_ = 0;               // GUARDED_BY(mu_): last ReportBacklogDemand
   int32_t expected_sequence_ = 0;              // GUARDED_BY(mu_)
   bool listening_ = false;                     // GUARDED_BY(mu_): registered as listener
   bool released_ = false;                      // GUARDED_BY(mu_)

@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
+#include <optional>
 #include <set>
 #include <vector>
 
@@ -286,6 +288,75 @@ TEST_F(RemoteInputChannelTest, BufferSizeIsAnnouncedOnceAndAgainAfterARequest) {
   ch.AnnounceBufferSize(7000);
   EXPECT_EQ(client_.credit_notes.load(), notes + 2);
   EXPECT_EQ(ch.TakeBufferSizeAnnouncement(), 0u);
+}
+
+// Debloating's divisor: a channel's data buffers in flight are the ones received and not yet
+// taken plus the sender's last reported backlog; a finished or released channel has none.
+TEST_F(RemoteInputChannelTest, InFlightBuffersAreReceivedPlusTheSendersBacklog) {
+  StartGate(1);
+  RemoteInputChannel& ch = *channels_[0];
+  EXPECT_EQ(ch.InFlightBuffers(), std::optional<uint32_t>(0));
+  ASSERT_TRUE(Deliver(0, 0, 3).ok());
+  ASSERT_TRUE(Deliver(0, 1, 2).ok());
+  EXPECT_EQ(ch.InFlightBuffers(), std::optional<uint32_t>(4));  // 2 received + backlog 2
+  std::vector<buffer::Buffer> held = ConsumeAll();
+  ASSERT_EQ(held.size(), 2u);
+  EXPECT_EQ(ch.InFlightBuffers(), std::optional<uint32_t>(2));  // taken: only the backlog
+  ch.OnSenderBacklog(0);
+  EXPECT_EQ(ch.InFlightBuffers(), std::optional<uint32_t>(0));
+  held.clear();
+  ch.Release();
+  EXPECT_EQ(ch.InFlightBuffers(), std::nullopt);
+}
+
+// The gate's half: at the end of each debloating window it averages its remote channels'
+// counts and the debloater divides by that (+1 for the producer's partly filled buffer).
+TEST_F(RemoteInputChannelTest, GateSplitsTheDebloatedSizeOverTheCountedBuffers) {
+  options_.debloat = true;
+  options_.debloat_period = std::chrono::milliseconds(0);  // every GetNext ends a window
+  StartGate(2);
+  EXPECT_EQ(gate_->Stats().debloat_in_flight_buffers, 0) << "nothing counted yet";
+  ASSERT_TRUE(Deliver(0, 0, 3).ok());
+  ASSERT_TRUE(Deliver(0, 1, 3).ok());
+  ASSERT_TRUE(Deliver(1, 0, 0).ok());
+  // Channel 0: 2 received + backlog 3; channel 1: 1 received. (5 + 1) / 2 + 1 = 4.
+  auto first = gate_->PollNext();
+  ASSERT_TRUE(first.ok() && first->has_value());
+  EXPECT_DOUBLE_EQ(gate_->Stats().debloat_in_flight_buffers, 4);
+  // One taken (from either channel): 5 left over 2 channels -> 2.5, smoothed with 3 -> 2.75.
+  auto second = gate_->PollNext();
+  ASSERT_TRUE(second.ok() && second->has_value());
+  EXPECT_DOUBLE_EQ(gate_->Stats().debloat_in_flight_buffers, 3.75);
+}
+
+// Redistribution's demand signal: the floating buffers the channels' backlogs want and do not
+// hold reach the gate's floating pool as its reported backlog, and go away when the buffers
+// are granted, the backlog is gone or the channel is released.
+TEST_F(RemoteInputChannelTest, UncoveredBacklogIsTheFloatingPoolsReportedBacklog) {
+  StartGate(2);
+  const auto& floating = gate_->floating_pool();
+  EXPECT_EQ(floating->Stats().backlog, 0u);
+  // Backlog 3 on channel 0: the pool (4 floating) covers it; nothing is left wanting.
+  channels_[0]->OnSenderBacklog(3);
+  EXPECT_EQ(floating->Stats().lent, 3u);
+  EXPECT_EQ(gate_->floating_demand(), 0);
+  EXPECT_EQ(floating->Stats().backlog, 0u);
+  // Backlog 8 on channel 1 (at most max_buffers_per_channel = 10 with its 2 exclusive): the
+  // one floating buffer left covers 1 of 8, so 7 are wanted.
+  channels_[1]->OnSenderBacklog(8);
+  EXPECT_EQ(floating->Stats().lent, 4u);
+  EXPECT_EQ(gate_->floating_demand(), 7);
+  EXPECT_EQ(floating->Stats().backlog, 7u);
+  // Channel 0's sender drained: its surplus stays until consumed, its want is still 0; channel
+  // 1's backlog shrinks to 2 (it holds 3 free, wants 4: 1 wanted).
+  channels_[0]->OnSenderBacklog(0);
+  channels_[1]->OnSenderBacklog(2);
+  EXPECT_EQ(gate_->floating_demand(), 1);
+  EXPECT_EQ(floating->Stats().backlog, 1u);
+  // Released: its share is taken back.
+  channels_[1]->Release();
+  EXPECT_EQ(gate_->floating_demand(), 0);
+  EXPECT_EQ(floating->Stats().backlog, 0u);
 }
 
 }  // namespace

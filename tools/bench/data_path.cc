@@ -76,6 +76,15 @@ shuffle::EnvironmentConfig ConfigFor(const BenchFlags& f, const char* name, bool
   return c;
 }
 
+// A stamped user event (--latency --events, and debloating's timed events): kEventMagic and
+// `stamp_ns` (the scheduled or actual send time), timed by the consumer's LatencyRecorder.
+Status EmitStampedEvent(shuffle::ResultPartition& partition, uint32_t ch, uint64_t stamp_ns) {
+  uint8_t payload[16];
+  std::memcpy(payload, &kEventMagic, 8);
+  std::memcpy(payload + 8, &stamp_ns, 8);
+  return partition.EmitEvent(payload, ch);
+}
+
 // Generated records: a cycle of sizes (fixed or uniform in the range, seeded), written into an
 // arena so a batch is `n` distinct records, each stamped with its channel sequence number.
 // With --in-place only the sizes and the stamps are used: the records are filled in place.
@@ -177,22 +186,23 @@ Status Produce(shuffle::RecordWriter& writer, const BenchFlags& f, const std::at
       const bool event = f.events && pacer.count() % kEventEvery == kEventEvery - 1;
       const uint64_t scheduled = pacer.Next();
       if (event) {
-        uint8_t payload[16];
-        std::memcpy(payload, &kEventMagic, 8);
-        std::memcpy(payload + 8, &scheduled, 8);
-        if (Status s = writer.partition().EmitEvent(payload, ch); !s.ok()) return s;
+        if (Status s = EmitStampedEvent(writer.partition(), ch, scheduled); !s.ok()) return s;
       } else if (Status s = EmitNext(writer, source, f, ch, scheduled); !s.ok()) {
         return s;
       }
       ch = ch + 1 == channels ? 0 : ch + 1;
     }
   } else {
-    EventEmitter events(EventIntervalMs(f), channels);  // debloating: timed events
+    EventSchedule events(EventIntervalMs(f), channels);  // debloating: timed events
     DebloatProbe* const probe = DebloatProbe::Shared();  // bytes written, for inflight_bytes
     while (!stop.load(std::memory_order_relaxed)) {
       if (Status s = EmitNext(writer, source, f, ch); !s.ok()) return s;
       if (probe != nullptr) probe->producer_bytes.store(source.bytes(), std::memory_order_relaxed);
-      if (Status s = events.MaybeEmit(writer.partition()); !s.ok()) return s;
+      if (const std::optional<uint32_t> to = events.Due()) {
+        if (Status s = EmitStampedEvent(writer.partition(), *to, MonotonicNowNs()); !s.ok()) {
+          return s;
+        }
+      }
       ch = ch + 1 == channels ? 0 : ch + 1;
     }
   }
@@ -261,7 +271,8 @@ Status AdvanceWindow(shuffle::InputGate* gate, const buffer::NetworkBufferPool& 
 }
 
 // --latency: the one-way latency of records (and with --events of events) in the measured
-// window, from the scheduled send time each carries.
+// window, from the scheduled send time each carries. Debloating's timed events (stamped with
+// the time they were emitted) are timed by the same `events` recorder.
 struct ConsumeLatency {
   LatencyRecorder records;
   LatencyRecorder events;
@@ -320,14 +331,11 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
   }
   uint32_t peak_used = pool.used_segments();
   uint32_t since_check = 0;
-  DebloatConsumer debloat(f, DebloatProbe::Shared());  // throttle, in-flight bytes, events
+  DebloatConsumer debloat(f, DebloatProbe::Shared());  // throttle, in-flight bytes
   while (true) {
     Result<shuffle::RecordReader::Item> item = reader.Next(std::chrono::milliseconds(100));
     if (!item.ok()) return item.status();
     if (item->kind == shuffle::RecordReader::Kind::kEndOfInput) break;
-    if (item->kind == shuffle::RecordReader::Kind::kEvent) {
-      debloat.OnEvent(item->data, w.warm && !w.stopped);
-    }
     if (item->kind == shuffle::RecordReader::Kind::kRecord) {
       const std::span<const uint8_t> rec = item->data;
       debloat.OnRecord(rec.size());
@@ -354,7 +362,7 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
   // Records after the producer was stopped are only drained; a gap at the very end is fine.
   out->pool_total_segments = pool.total_segments();
   out->pool_peak_used_segments = peak_used;
-  debloat.Fill(out);
+  debloat.Fill(latency.events.Summarize(), out);  // events: --events' or debloating's
   if (f.latency) latency.Report(out);
   return Status::Ok();
 }

@@ -5,11 +5,11 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstring>
 #include <new>
 
 #include "tools/bench/data_path.h"
 #include "tools/bench/report.h"
+#include "tools/bench/sweep_chart.h"
 #include "tools/common/report_util.h"
 
 namespace sluice::bench {
@@ -112,20 +112,18 @@ ProducerSampler::~ProducerSampler() {
   if (thread_.joinable()) thread_.join();
 }
 
-EventEmitter::EventEmitter(double interval_ms, uint32_t channels)
+EventSchedule::EventSchedule(double interval_ms, uint32_t channels)
     : interval_ns_(static_cast<uint64_t>(interval_ms * 1e6)), channels_(std::max(channels, 1u)) {}
 
-Status EventEmitter::MaybeEmit(shuffle::ResultPartition& partition) {
-  if (interval_ns_ == 0 || (++calls_ & 15) != 0) return Status::Ok();
+std::optional<uint32_t> EventSchedule::Due() {
+  if (interval_ns_ == 0 || (++calls_ & 15) != 0) return std::nullopt;
   const uint64_t now = MonotonicNowNs();
   if (next_ns_ == 0) next_ns_ = now + interval_ns_;
-  if (now < next_ns_) return Status::Ok();
+  if (now < next_ns_) return std::nullopt;
   next_ns_ = now + interval_ns_;
-  uint8_t stamp[8];
-  std::memcpy(stamp, &now, sizeof(stamp));
-  const Status s = partition.EmitEvent(stamp, channel_);
+  const uint32_t channel = channel_;
   channel_ = channel_ + 1 == channels_ ? 0 : channel_ + 1;
-  return s;
+  return channel;
 }
 
 DebloatConsumer::DebloatConsumer(const BenchFlags& f, DebloatProbe* probe)
@@ -152,14 +150,6 @@ void DebloatConsumer::Throttle(size_t bytes) {
   }
 }
 
-void DebloatConsumer::OnEvent(std::span<const uint8_t> payload, bool measuring) {
-  if (!measuring || payload.size() != 8) return;
-  uint64_t sent;
-  std::memcpy(&sent, payload.data(), sizeof(sent));
-  const uint64_t now = MonotonicNowNs();
-  crossings_us_.push_back(now > sent ? static_cast<double>(now - sent) / 1e3 : 0);
-}
-
 void DebloatConsumer::Sample(uint64_t consumed_bytes) {
   if (probe_ == nullptr) return;
   const uint64_t produced = probe_->producer_bytes.load(std::memory_order_relaxed);
@@ -169,11 +159,11 @@ void DebloatConsumer::Sample(uint64_t consumed_bytes) {
   segments_.push_back(probe_->producer_segments.load(std::memory_order_relaxed));
 }
 
-void DebloatConsumer::Fill(RunResult* out) const {
+void DebloatConsumer::Fill(const LatencyResult& events, RunResult* out) const {
   out->inflight_bytes = tools::Median(inflight_);
   out->producer_segments = tools::Median(segments_);
-  out->event_crossing_us = tools::Median(crossings_us_);
-  out->event_samples = crossings_us_.size();
+  out->event_crossing_us = events.p50_us;
+  out->event_samples = events.samples;
   if (probe_ != nullptr) out->debloat_buffer_size = probe_->buffer_size.load();
 }
 
@@ -196,6 +186,37 @@ void PrintDebloatTable(const std::string& name, const std::vector<SweepPoint>& p
               ratio(off.producer_segments, on.producer_segments),
               ratio(off.event_crossing_us, on.event_crossing_us),
               ratio(on.mib_per_second(), off.mib_per_second()));
+}
+
+bool HasDebloatFigures(const BenchFlags& f) {
+  return f.series_name == "debloat" || f.sweep_name == "debloat" || f.debloat ||
+         f.consumer_rate_mib > 0;
+}
+
+void PrintSeriesDebloatTable(const SeriesSweep& sw) {
+  auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
+  std::printf("\nin flight (B/channel) and event crossing (us, p50) by --%s and --%s\n",
+              sw.sweep_name.c_str(), sw.series_name.c_str());
+  for (size_t i = 0; i < sw.x_values.size(); ++i) {
+    std::printf("%-12s", sw.x_values[i].c_str());
+    for (size_t k = 0; k < sw.points.size(); ++k) {
+      const RunResult& r = sw.points[k][i].run;
+      std::printf("  %s: %.0f B, %.0f us, %.1f MiB/s, size %u", sw.series_values[k].c_str(),
+                  r.inflight_bytes, r.event_crossing_us, r.mib_per_second(),
+                  r.debloat_buffer_size);
+    }
+    std::printf("\n");
+    const RunResult& first = sw.points[0][i].run;
+    for (size_t k = 1; k < sw.points.size(); ++k) {
+      const RunResult& r = sw.points[k][i].run;
+      std::printf("%-12s  %s vs %s: inflight_bytes %.1fx smaller, event crossing %.1fx shorter, "
+                  "throughput %.3fx\n",
+                  "", sw.series_values[k].c_str(), sw.series_values[0].c_str(),
+                  ratio(first.inflight_bytes, r.inflight_bytes),
+                  ratio(first.event_crossing_us, r.event_crossing_us),
+                  ratio(r.mib_per_second(), first.mib_per_second()));
+    }
+  }
 }
 
 }  // namespace sluice::bench

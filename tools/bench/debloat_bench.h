@@ -9,9 +9,11 @@
 //   producer_segments  the median of the segments the producer's output pool lends (queued,
 //                      being filled, or being written): what debloating really frees;
 //   event_crossing_us  the median time a user event takes from EmitEvent on the producer to
-//                      the consumer's RecordReader (CLOCK_MONOTONIC stamps in the payload), one
-//                      event every --event-interval-ms to the next channel in turn: behind the
-//                      queued data of a backpressured channel.
+//                      the consumer's RecordReader, one event every --event-interval-ms to the
+//                      next channel in turn: behind the queued data of a backpressured channel.
+//                      The events are --latency --events' stamped events (data_path.cc), timed
+//                      by the same LatencyRecorder (latency_stats.h); this file only schedules
+//                      them (EventSchedule) and reports the recorder's p50.
 //
 // The producer's figures cross the process boundary through a small MAP_SHARED page made
 // before the run forks (DebloatProbe). Thread-compatible unless said otherwise.
@@ -21,7 +23,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
-#include <span>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -30,11 +32,12 @@
 #include "shuffle/result_partition.h"
 #include "shuffle/shuffle_options.h"
 #include "tools/bench/bench_flags.h"
-#include "tools/bench/latency_stats.h"  // MonotonicNowNs
+#include "tools/bench/latency_stats.h"  // MonotonicNowNs, LatencyResult
 
 namespace sluice::bench {
 
 struct RunResult;
+struct SeriesSweep;
 struct SweepPoint;
 
 // The flags of this file; ApplyDebloatFlag parses one of them (name without dashes).
@@ -72,13 +75,13 @@ class ProducerSampler {
   std::thread thread_;
 };
 
-// Producer side (the writer's thread): emits a stamped event to the next channel in turn
-// every interval. Cheap to call per batch.
-class EventEmitter {
+// Producer side (the writer's thread): when the next event is due, one every interval to the
+// next channel in turn. Cheap to call per batch (it reads the clock every 16th call).
+class EventSchedule {
  public:
-  EventEmitter(double interval_ms, uint32_t channels);
-  // Emits one when due; OK when none is.
-  Status MaybeEmit(shuffle::ResultPartition& partition);
+  EventSchedule(double interval_ms, uint32_t channels);
+  // The channel an event is due for now, else nullopt (also with an interval of 0).
+  std::optional<uint32_t> Due();
 
  private:
   const uint64_t interval_ns_;
@@ -88,7 +91,7 @@ class EventEmitter {
   uint32_t calls_ = 0;
 };
 
-// Consumer side: throttles to a rate, samples in-flight bytes and the probe, times events.
+// Consumer side: throttles to a rate, samples in-flight bytes and the probe.
 class DebloatConsumer {
  public:
   DebloatConsumer(const BenchFlags& flags, DebloatProbe* probe);
@@ -96,13 +99,11 @@ class DebloatConsumer {
   void OnRecord(size_t bytes) {
     if (rate_bytes_per_ns_ > 0) Throttle(bytes + 4);
   }
-  // A user event arrived (payload: the producer's CLOCK_MONOTONIC stamp); counted only while
-  // `measuring`.
-  void OnEvent(std::span<const uint8_t> payload, bool measuring);
   // One sample of the in-flight bytes: the gate has handed out `consumed_bytes` of data.
   void Sample(uint64_t consumed_bytes);
-  // Medians into `out`.
-  void Fill(RunResult* out) const;
+  // Medians into `out`; the event crossing is the p50 of `events` (the run's stamped events,
+  // from its LatencyRecorder).
+  void Fill(const LatencyResult& events, RunResult* out) const;
 
  private:
   void Throttle(size_t bytes);
@@ -114,12 +115,19 @@ class DebloatConsumer {
   double taken_ = 0;  // bytes since start_ns_
   std::vector<double> inflight_;
   std::vector<double> segments_;
-  std::vector<double> crossings_us_;
 };
 
 // After a --sweep over debloat (or with --debloat in the points): one line per point with
 // inflight_bytes, producer segments, event crossing time and throughput, and for off/on the
 // ratios the issue asks for.
 void PrintDebloatTable(const std::string& name, const std::vector<SweepPoint>& points);
+
+// After a --sweep X --series Y run with debloating figures (Y = debloat, or a throttled or
+// debloated run): per X, every series' inflight_bytes and event crossing, and each series'
+// ratios to the first (in flight and crossing: first / series, "x smaller"; throughput:
+// series / first).
+void PrintSeriesDebloatTable(const SeriesSweep& sweep);
+// Whether a series sweep over these flags has debloating figures worth that table.
+bool HasDebloatFigures(const BenchFlags& flags);
 
 }  // namespace sluice::bench

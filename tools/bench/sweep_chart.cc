@@ -5,6 +5,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "tools/bench/debloat_bench.h"
+
 namespace sluice::bench {
 namespace {
 
@@ -87,6 +89,7 @@ int RunSeriesSweep(const BenchFlags& flags,
     }
   }
   if (!flags.json) PrintSeriesTable(sweep);
+  if (!flags.json && HasDebloatFigures(flags)) PrintSeriesDebloatTable(sweep);
   if (Status s = WriteSeriesSvg(flags.sweep_out, sweep); !s.ok()) {
     std::fprintf(stderr, "sluice-bench: %s\n", s.message().c_str());
     return 1;
