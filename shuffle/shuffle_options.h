@@ -48,9 +48,10 @@ struct ShuffleOptions {
   // --- Buffer debloating (issue 14; docs/protocol.md "Buffer debloating") ---
   // On: each input gate measures how fast its consumer takes data and asks every remote
   // channel's sender (BufferSizeAnnouncement) to cut buffers so that the data in flight lasts
-  // about debloat_target: buffer size = throughput x target / (channels x
-  // buffers_per_channel), within [debloat_min_buffer_size, segment_size]. Producers always
-  // honour an announcement, whatever this flag says on their side.
+  // about debloat_target: buffer size = throughput x target x starvation / (channels x buffers
+  // in flight per channel, counted by the gate), within [debloat_min_buffer_size,
+  // segment_size] (docs/protocol.md has the whole rule). Producers always honour an
+  // announcement, whatever this flag says on their side.
   bool debloat = false;
   // Flink's buffer-debloat.target; microseconds, as fast consumers want sub-millisecond ones.
   std::chrono::microseconds debloat_target{std::chrono::seconds(1)};
