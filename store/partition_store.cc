@@ -378,6 +378,8 @@ bool PartitionStore::Impl::CopyUnderBudget(WriterId writer) {
       return false;
     }
     o = w->second;
+    // An output spilled once outgrew the budget: copying more of it would only be spilled too.
+    if (o->spill) return false;
     for (const SubpartitionData& s : o->subs) {
       for (const buffer::Buffer& b : s.memory) n += copies.contains(b.segment()) ? 0 : 1;
     }

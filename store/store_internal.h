@@ -115,7 +115,8 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
   Status SpillIfNeeded(WriterId forced);
   // Under the memory budget, copies a starved writer's buffers into segments the store reserves
   // from options.read_pool, so its credit comes back without a spill. False (spill it) when over
-  // the budget, without a pool, or when the pool has no segments to spare now. Takes mu.
+  // the budget, without a pool, when the pool has no segments to spare now, or when the output
+  // was spilled before (it outgrew the budget once; more copies would be spilled too). Takes mu.
   bool CopyUnderBudget(WriterId writer);
   // A starved pipelined writer whose reader is streaming its output (it read on since the
   // writer last said it waits): it is backpressured, not kept. mu held.

@@ -252,6 +252,10 @@ std::string RenderStoreMetrics(const std::string& node, const store::PartitionSt
           static_cast<double>(s.bytes_in_memory));
   w.Counter("spill_bytes_total", "bytes the external store wrote to spill files",
             static_cast<double>(s.spill_bytes_total));
+  w.Counter("store_copied_bytes_total",
+            "bytes of starved writers' buffers the store copied into its own segments "
+            "(under store_memory) instead of spilling",
+            static_cast<double>(s.copied_bytes_total));
   w.Gauge("spill_files", "spill files (data and index) on disk", static_cast<double>(s.spill_files));
   w.Gauge("spill_disk_bytes", "bytes of spill files on disk", static_cast<double>(s.disk_bytes));
   w.Gauge("store_writers_waiting", "writers whose buffers are held at the spill quota",
