@@ -128,8 +128,36 @@ class ResultPartition::Subpartition {
   }
   // Queues the current buffer if it holds anything. REQUIRES: mu held.
   bool FinishCurrentLocked() {
+    current_flushed = false;
     if (!current.valid() || current.size() == 0) return false;
     return EnqueueLocked(std::move(current));
+  }
+  // Flush: the current buffer becomes readable as it is; the writer keeps appending to it
+  // until the reader takes it (or it is full). Returns true when the listener must be
+  // notified. REQUIRES: mu held, !claimed.
+  bool MarkFlushedLocked() {
+    if (!current.valid() || current.size() == 0) return false;
+    current_flushed = true;
+    return TakeNotificationLocked();
+  }
+  // The reader may take the current buffer now. REQUIRES: mu held.
+  bool CurrentReadableLocked() const {
+    return current_flushed && current.valid() && current.size() > 0;
+  }
+  // The data buffers the reader sees: the finished ones and a flushed current one (also while
+  // the writer fills it in place: the backlog a consumer was told never shrinks behind it).
+  // REQUIRES: mu held.
+  uint32_t ReaderBacklogLocked() const {
+    const bool flushed = current_flushed && (claimed || (current.valid() && current.size() > 0));
+    return backlog + (flushed ? 1 : 0);
+  }
+  // Takes the flushed current buffer as the next item (the writer starts a new one).
+  // REQUIRES: mu held, CurrentReadableLocked().
+  Item TakeCurrentLocked() {
+    current_flushed = false;
+    ++buffers_out;
+    bytes_out += current.size();
+    return Item{std::move(current), next_sequence++};
   }
   // Something became readable: notify once per "nothing readable -> readable" transition.
   // REQUIRES: mu held.
@@ -141,6 +169,7 @@ class ResultPartition::Subpartition {
   // Moves every buffer out (to be released after unlocking). REQUIRES: mu held.
   void DrainLocked(std::vector<Buffer>* garbage) {
     if (current.valid()) garbage->push_back(std::move(current));
+    current_flushed = false;
     while (!queue.empty()) garbage->push_back(queue.pop_front().buffer);
     backlog = 0;
     queued_bytes = 0;
@@ -171,6 +200,12 @@ class ResultPartition::Subpartition {
   // flush_requested and the writer finishes the buffer when it puts it back.
   bool claimed = false;
   bool flush_requested = false;
+  // A flush made `current` readable (Flink's flushRequested): the reader takes it as it is
+  // when the queue before it is empty, the writer appends to it until then.
+  bool current_flushed = false;
+  // The subpartition is on the partition's flush list (it holds unflushed data, or did when
+  // it was listed): FlushAll visits only listed subpartitions.
+  bool in_flush_list = false;
   ItemQueue queue;
   uint32_t backlog = 0;  // data buffers in queue
   uint64_t queued_bytes = 0;
@@ -218,15 +253,19 @@ class ResultPartition::View final : public SubpartitionView {
         (state & (kFailed | kReleased)) != 0) {
       return ClosedStatus(state);
     }
-    if (sp_.queue.empty()) {
+    Item item;
+    if (!sp_.queue.empty()) {
+      item = sp_.queue.pop_front();
+      if (item.buffer.type() == DataType::kData) --sp_.backlog;
+      if (sp_.room_waiter && sp_.backlog < sp_.queue_cap) sp_.room_cv.notify_one();
+      sp_.queued_bytes -= item.buffer.size();
+    } else if (sp_.CurrentReadableLocked()) {
+      item = sp_.TakeCurrentLocked();  // flushed: what the writer wrote so far
+    } else {
       sp_.armed = true;
       return std::optional<BufferAndBacklog>();
     }
-    Item item = sp_.queue.pop_front();
     const DataType type = item.buffer.type();
-    if (type == DataType::kData) --sp_.backlog;
-    if (sp_.room_waiter && sp_.backlog < sp_.queue_cap) sp_.room_cv.notify_one();
-    sp_.queued_bytes -= item.buffer.size();
     ++sp_.polled;
     if (type == DataType::kEndOfPartition) {
       sp_.consumed = true;
@@ -235,10 +274,10 @@ class ResultPartition::View final : public SubpartitionView {
     std::optional<BufferAndBacklog> out(std::in_place);
     out->buffer = std::move(item.buffer);
     out->sequence_number = item.sequence;
-    out->backlog = sp_.backlog;
+    out->backlog = sp_.ReaderBacklogLocked();
     out->next_is_event = !sp_.queue.empty() && buffer::IsEvent(sp_.queue.front().buffer.type());
     // The consumer can tell from this item that nothing else is readable: re-arm.
-    if (sp_.queue.empty() && !sp_.consumed) sp_.armed = true;
+    if (sp_.queue.empty() && !sp_.CurrentReadableLocked() && !sp_.consumed) sp_.armed = true;
     return out;
   }
 
@@ -248,13 +287,13 @@ class ResultPartition::View final : public SubpartitionView {
     if ((partition_->state_.load(std::memory_order_acquire) & (kFailed | kReleased)) != 0) {
       return true;  // PollNext returns the error
     }
-    if (sp_.queue.empty()) return false;
+    if (sp_.queue.empty()) return credit > 0 && sp_.CurrentReadableLocked();
     return credit > 0 || buffer::IsEvent(sp_.queue.front().buffer.type());
   }
 
   uint32_t backlog() const override {
     std::lock_guard lock(sp_.mu);
-    return sp_.backlog;
+    return sp_.ReaderBacklogLocked();
   }
 
   void Release() override {
@@ -458,19 +497,17 @@ Status ResultPartition::WriteRecords(uint32_t index,
         const uint32_t limit = sp.buffer_size;
         while (sp.current.valid()) {
           if (!serializer_.HasPending()) {
-            // Whole records first, in one tight loop (one per buffer when flushing per record).
-            auto rest = records.subspan(done, flush_every_record_
-                                                  ? std::min<size_t>(1, records.size() - done)
-                                                  : records.size() - done);
+            // Whole records first, in one tight loop. Flushing per record, they go into the
+            // same (flushed) buffer as long as the reader has not taken it: a writer that
+            // fell behind catches up a buffer at a time, not a buffer per record.
+            auto rest = records.subspan(done);
             if (limit < sp.current.capacity()) {
               rest = rest.first(RecordsWithin(rest, limit - std::min(limit, sp.current.size())));
             }
             if (const size_t n = serializer_.AppendWhole(sp.current, rest); n > 0) {
               done += n;
               sp.records += n;
-              if (sp.current.size() >= limit || flush_every_record_) {
-                notify = sp.FinishCurrentLocked() || notify;
-              }
+              if (sp.current.size() >= limit) notify = sp.FinishCurrentLocked() || notify;
               if (done == records.size()) break;
               continue;
             }
@@ -478,7 +515,7 @@ Status ResultPartition::WriteRecords(uint32_t index,
             serializer_.BeginChecked(records[done]);
           }
           const RecordSerializer::Progress p = serializer_.CopyTo(sp.current);
-          if (p != RecordSerializer::Progress::kRecordDoneBufferHasRoom || flush_every_record_ ||
+          if (p != RecordSerializer::Progress::kRecordDoneBufferHasRoom ||
               sp.current.size() >= limit) {
             notify = sp.FinishCurrentLocked() || notify;
           }
@@ -488,6 +525,9 @@ Status ResultPartition::WriteRecords(uint32_t index,
           }
         }
         if (done == records.size()) outcome = Outcome::kDone;
+        // The current buffer ends on a record boundary here (a split record's first part went
+        // out with its full buffer): readable at once, or listed for the next flush.
+        notify = AfterAppendLocked(index, sp) || notify;
       }
     }
     if (notify) sp.Notify();
@@ -564,8 +604,11 @@ Status ResultPartition::WriteInPlace(uint32_t index, std::span<const uint32_t> s
           sp.current = std::move(claimed);
           sp.records += filled;
           done += filled;
-          if (claimed_size >= limit || flush_every_record_ || flush_requested) {
+          if (claimed_size >= limit) {
             notify = sp.FinishCurrentLocked();
+          } else {
+            if (flush_requested) sp.current_flushed = true;  // a Flush() during the fill
+            notify = AfterAppendLocked(index, sp);
           }
         } else if (fresh.valid()) {
           sp.current = std::move(fresh);  // sp.current is empty: only the writer fills it
@@ -614,7 +657,7 @@ Status ResultPartition::WriteInPlace(uint32_t index, std::span<const uint32_t> s
           fill(i, std::span<uint8_t>(out + size + kRecordLengthBytes, n));
           size += static_cast<uint32_t>(kRecordLengthBytes) + n;
           ++i;
-        } while (i < sizes.size() && !flush_every_record_);
+        } while (i < sizes.size());
         claimed_size = size;
         filled = i - done;
         break;
@@ -872,18 +915,56 @@ void ResultPartition::Flush(uint32_t subpartition) {
   bool notify = false;
   {
     std::lock_guard lock(sp.mu);
-    if (sp.claimed) {
-      sp.flush_requested = true;  // the writer is filling it in place: it finishes it after
-    } else if (!sp.view_released &&
-               (state_.load(std::memory_order_acquire) & (kFailed | kReleased)) == 0) {
-      notify = sp.FinishCurrentLocked();
-    }
+    notify = FlushLocked(sp);
   }
   if (notify) sp.Notify();
 }
 
+bool ResultPartition::FlushLocked(Subpartition& sp) {
+  if (sp.claimed) {
+    sp.flush_requested = true;  // the writer is filling it in place: it flushes it after
+    return false;
+  }
+  if (sp.view_released || (state_.load(std::memory_order_acquire) & (kFailed | kReleased)) != 0) {
+    return false;
+  }
+  return sp.MarkFlushedLocked();
+}
+
+bool ResultPartition::AfterAppendLocked(uint32_t index, Subpartition& sp) {
+  if (!sp.current.valid() || sp.current.size() == 0) return false;
+  if (flush_every_record_ || sp.current_flushed) return sp.MarkFlushedLocked();
+  if (!sp.in_flush_list) {
+    sp.in_flush_list = true;
+    std::lock_guard lock(flush_list_mu_);  // lock order: sp.mu -> flush_list_mu_
+    flush_list_.push_back(index);
+  }
+  return false;
+}
+
 void ResultPartition::FlushAll() {
-  for (uint32_t i = 0; i < num_subpartitions_; ++i) Flush(i);
+  std::vector<uint32_t> listed;
+  {
+    std::lock_guard lock(flush_list_mu_);
+    listed.swap(flush_list_);
+  }
+  // Only the subpartitions that wrote since they were last flushed by this list: the flush
+  // costs what it flushes, not the partition's width.
+  for (const uint32_t i : listed) {
+    Subpartition& sp = *subpartitions_[i];
+    bool notify;
+    {
+      std::lock_guard lock(sp.mu);
+      sp.in_flush_list = false;  // data appended from now on lists it again
+      notify = FlushLocked(sp);
+    }
+    if (notify) sp.Notify();
+  }
+  if (!listed.empty()) {
+    listed.clear();
+    std::lock_guard lock(flush_list_mu_);
+    if (flush_list_.empty()) flush_list_.swap(listed);  // keep the capacity
+  }
 }
 
 bool ResultPartition::IsAvailable() {
@@ -980,7 +1061,7 @@ Result<std::unique_ptr<SubpartitionView>> ResultPartition::CreateView(
     }
     sp.has_view = true;
     sp.listener = listener;
-    readable = !sp.queue.empty();
+    readable = !sp.queue.empty() || sp.CurrentReadableLocked();
     sp.armed = !readable;
   }
   std::unique_ptr<SubpartitionView> view = std::make_unique<View>(shared_from_this(), subpartition);

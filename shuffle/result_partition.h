@@ -126,7 +126,7 @@ class ResultPartition : public std::enable_shared_from_this<ResultPartition> {
   // `fill` gets a span of exactly `size` bytes (the length prefix is written for it) and must
   // write the whole record into it; the span's bytes are whatever the memory held before.
   //
-  // Errors, backpressure, drops and buffer_timeout 0 (one buffer per record) are as Emit's.
+  // Errors, backpressure, drops and buffer_timeout 0 (a flush per record) are as Emit's.
   // `fill` runs on the calling (writer) thread, at most once per record, and never under a
   // lock: the current buffer is taken out of the subpartition while it is filled, so neither
   // the IO thread nor the flusher waits for it, and a Flush() meanwhile cannot publish
@@ -170,7 +170,13 @@ class ResultPartition : public std::enable_shared_from_this<ResultPartition> {
   Status Finish();
 
   // --- Any thread ---
-  // Makes the partly filled current buffer(s) readable (finishes and queues them).
+  // Makes the partly filled current buffer(s) readable (Flink's flush): the buffer is not
+  // finished, the reader takes it as it is when it reaches it, and until then the writer keeps
+  // appending records to it (they are readable too). So a writer that falls behind its reader
+  // packs its records into the buffer the reader has not taken yet instead of a buffer each.
+  // A buffer is finished (queued) when full, before an event, or by the reader taking it.
+  // FlushAll visits only the subpartitions that wrote since their last FlushAll (a list kept
+  // by the writer): its cost is what it flushes, not the number of subpartitions.
   void Flush(uint32_t subpartition);
   void FlushAll();
   // The backpressure signal: true when a new buffer can be had without waiting.
@@ -269,6 +275,13 @@ class ResultPartition : public std::enable_shared_from_this<ResultPartition> {
   bool QueueCapped(uint32_t index) const;
   Status WaitQueueRoom(uint32_t index, std::chrono::steady_clock::time_point deadline);
   Status AddEvent(uint32_t index, buffer::DataType type, std::span<const uint8_t> payload);
+  // Flush of one subpartition (see Flush); true when its listener must be notified.
+  // REQUIRES: sp.mu held.
+  bool FlushLocked(Subpartition& sp);
+  // After the writer appended to sp.current (sp.mu held): flushing per record or appending to
+  // a flushed buffer makes it readable (true: notify), else the subpartition goes on the flush
+  // list. REQUIRES: sp.mu held, sp.current ends on a record boundary.
+  bool AfterAppendLocked(uint32_t index, Subpartition& sp);
   // Recycles every queued and current buffer (outside the subpartition locks) and notifies
   // listeners waiting for data, so they poll and see the error.
   void DropAll();
@@ -297,6 +310,11 @@ class ResultPartition : public std::enable_shared_from_this<ResultPartition> {
   mutable std::mutex consumer_mu_;
   mutable std::condition_variable consumer_cv_;
   uint64_t consumer_events_ = 0;  // GUARDED_BY(consumer_mu_)
+
+  // Subpartitions holding data written since their last FlushAll (each at most once: its
+  // in_flush_list flag). Lock order: a subpartition's mu -> flush_list_mu_.
+  std::mutex flush_list_mu_;
+  std::vector<uint32_t> flush_list_;  // GUARDED_BY(flush_list_mu_)
 
   std::mutex flusher_mu_;                    // Finish vs Release stopping the flusher
   std::shared_ptr<FlusherControl> flusher_;  // GUARDED_BY(flusher_mu_), null without flusher

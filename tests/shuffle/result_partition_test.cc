@@ -423,16 +423,27 @@ TEST_F(ResultPartitionTest, FinishMakesPartialBuffersReadable) {
 
 // --- Buffer timeout -------------------------------------------------------------------------
 
+// Flushed per record, records go into the buffer the reader has not taken yet (Flink's flush:
+// the buffer stays appendable): readable at once, one notification, one buffer for the three.
 TEST_F(ResultPartitionTest, BufferTimeoutZeroFlushesEveryRecord) {
   std::shared_ptr<ResultPartition> p = NewPartition("timeout-zero", 1, Options(0ms));
   Reader r(*p, 0);
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(p->Emit(MakeRecord(0, i, 40), 0).ok());
-    EXPECT_EQ(r.view().backlog(), static_cast<uint32_t>(i + 1)) << "readable at once";
+    EXPECT_EQ(r.view().backlog(), 1u) << "readable at once, in the one flushed buffer";
+    EXPECT_TRUE(r.view().IsAvailable(1));
+    EXPECT_FALSE(r.view().IsAvailable(0)) << "a data buffer needs credit";
   }
+  EXPECT_EQ(r.listener().count(), 1);
   ASSERT_TRUE(r.Drain().ok());
   EXPECT_EQ(r.records(), 3u);
-  EXPECT_EQ(r.data_buffers(), 3u);
+  EXPECT_EQ(r.data_buffers(), 1u);
+  // Taken by the reader: the next record starts a new buffer, readable at once again.
+  ASSERT_TRUE(p->Emit(MakeRecord(0, 3, 40), 0).ok());
+  EXPECT_EQ(r.listener().count(), 2);
+  ASSERT_TRUE(r.Drain().ok());
+  EXPECT_EQ(r.records(), 4u);
+  EXPECT_EQ(r.data_buffers(), 2u);
 }
 
 TEST_F(ResultPartitionTest, BufferTimeoutOffKeepsPartialBufferUntilFlush) {
@@ -484,9 +495,8 @@ TEST_F(ResultPartitionTest, NotifiesOnEmptyToReadableTransitionsOnly) {
   auto view = std::move(p->CreateView(0, &listener)).value();
   EXPECT_EQ(listener.count(), 0);
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(p->Emit(MakeRecord(0, i, 30), 0).ok());
-  EXPECT_EQ(listener.count(), 1) << "one notification for three buffers";
-
-  ASSERT_TRUE(view->PollNext().value().has_value());  // two left
+  EXPECT_EQ(listener.count(), 1) << "one notification for three flushes";
+  ASSERT_TRUE(p->EmitEvent(Bytes("e0"), 0).ok());  // finishes the buffer, queues the event
   ASSERT_TRUE(p->Emit(MakeRecord(0, 3, 30), 0).ok());
   EXPECT_EQ(listener.count(), 1) << "still readable: no new notification";
 
@@ -497,7 +507,7 @@ TEST_F(ResultPartitionTest, NotifiesOnEmptyToReadableTransitionsOnly) {
     if (!r.value().has_value()) break;
     ++polled;
   }
-  EXPECT_EQ(polled, 3);
+  EXPECT_EQ(polled, 3) << "buffer, event, flushed buffer";
   ASSERT_TRUE(p->Emit(MakeRecord(0, 4, 30), 0).ok());
   EXPECT_EQ(listener.count(), 2) << "readable again after a poll found nothing";
 
@@ -1125,16 +1135,18 @@ TEST_F(ResultPartitionTest, EmitBatchToReleasedViewIsDroppedAndCounted) {
   EXPECT_EQ(p->EmitBatch(Spans(batch), 1).code(), StatusCode::kClosed);
 }
 
-// buffer_timeout 0 keeps its meaning inside a batch: every record is its own readable buffer.
+// buffer_timeout 0 inside a batch: every record is readable when the call returns, packed into
+// the flushed buffer the reader has not taken.
 TEST_F(ResultPartitionTest, EmitBatchFlushesPerRecordWithTimeoutZero) {
   std::shared_ptr<ResultPartition> p = NewPartition("batch-flush", 1, Options(0ms));
   Reader r(*p, 0);
   std::vector<std::vector<uint8_t>> batch;
   for (uint64_t i = 0; i < 3; ++i) batch.push_back(MakeRecord(0, i, 50));
   ASSERT_TRUE(p->EmitBatch(Spans(batch), 0).ok());
+  EXPECT_EQ(r.listener().count(), 1);
   ASSERT_TRUE(r.Drain().ok());
   EXPECT_EQ(r.records(), 3u);
-  EXPECT_EQ(r.data_buffers(), 3u);
+  EXPECT_EQ(r.data_buffers(), 1u);
 }
 
 // --- In-place records (EmitInPlace, EmitInPlaceBatch) ---------------------------------------
@@ -1484,17 +1496,19 @@ TEST_F(ResultPartitionTest, InPlaceWithAConcurrentFlusher) {
   ExpectNoLeaks();
 }
 
-// In place with buffer_timeout 0: every record is its own readable buffer.
+// In place with buffer_timeout 0: every record is readable at once, and records filled before
+// the reader takes the flushed buffer go into it (in place still).
 TEST_F(ResultPartitionTest, InPlaceFlushesPerRecordWithTimeoutZero) {
   std::shared_ptr<ResultPartition> p = NewPartition("in-place-per-record", 1, Options(0ms));
   Reader r(*p, 0);
   Filler fill(0);
   ASSERT_TRUE(p->EmitInPlace(0, 40, fill.One()).ok());
   EXPECT_EQ(r.view().backlog(), 1u);
+  EXPECT_EQ(r.listener().count(), 1);
   const std::vector<uint32_t> sizes = {50, 60, 70};
   ASSERT_TRUE(p->EmitInPlaceBatch(0, sizes, fill.Batch()).ok());
-  EXPECT_EQ(r.view().backlog(), 4u);
-  ExpectReadInPlace(r, fill, 4, 4);
+  EXPECT_EQ(r.view().backlog(), 1u) << "appended to the flushed buffer";
+  ExpectReadInPlace(r, fill, 4, 1);
 }
 
 // Records for a released view are dropped and counted; fill is not even called. A record
@@ -1647,6 +1661,218 @@ TEST_F(DebloatCapTest, CancelWakesAWriterWaitingForRoom) {
   StartBlockedWriter();
   CancelAndEnd();
   EXPECT_EQ(emitted_.load(), 3u);
+}
+
+// --- Flush keeps the buffer appendable (Flink's flush) --------------------------------------
+
+// Records written after a flush go into the flushed buffer the reader has not taken: read in
+// order, once, byte-exact (the buffer holds exactly the records' bytes), and only one
+// notification for the flush.
+TEST_F(ResultPartitionTest, RecordsAppendedAfterAFlushAreReadWithIt) {
+  std::shared_ptr<ResultPartition> p = NewPartition("append-after-flush", 1, Options());
+  {
+    Reader r(*p, 0);
+    ASSERT_TRUE(p->Emit(MakeRecord(0, 0, 100), 0).ok());
+    p->Flush(0);
+    EXPECT_EQ(r.listener().count(), 1);
+    EXPECT_EQ(p->Stats().subpartitions[0].backlog, 0u) << "flushed, not finished";
+    EXPECT_EQ(r.view().backlog(), 1u) << "the reader sees the flushed buffer";
+    ASSERT_TRUE(p->Emit(MakeRecord(0, 1, 200), 0).ok());
+    ASSERT_TRUE(p->Emit(MakeRecord(0, 2, 300), 0).ok());
+    EXPECT_EQ(r.listener().count(), 1) << "one notification per readable transition";
+    EXPECT_EQ(r.view().backlog(), 1u);
+    Result<std::optional<BufferAndBacklog>> item = r.view().PollNext();
+    ASSERT_TRUE(item.ok() && item.value().has_value());
+    const buffer::Buffer& taken = item.value()->buffer;
+    EXPECT_EQ(taken.size(), 3 * kRecordLengthBytes + 600) << "no byte twice";
+    EXPECT_EQ(item.value()->backlog, 0u);
+    EXPECT_EQ(item.value()->sequence_number, 0u);
+    // Taken: the writer starts a new buffer (not flushed: not readable until a flush).
+    ASSERT_TRUE(p->Emit(MakeRecord(0, 3, 50), 0).ok());
+    EXPECT_EQ(taken.size(), 3 * kRecordLengthBytes + 600) << "the taken buffer is not written";
+    EXPECT_EQ(r.view().backlog(), 0u);
+    EXPECT_FALSE(r.view().IsAvailable(1));
+    Result<std::optional<BufferAndBacklog>> none = r.view().PollNext();
+    ASSERT_TRUE(none.ok());
+    EXPECT_FALSE(none.value().has_value());
+    p->FlushAll();
+    EXPECT_EQ(r.listener().count(), 2) << "re-armed by the poll that found nothing";
+    Result<std::optional<BufferAndBacklog>> second = r.view().PollNext();
+    ASSERT_TRUE(second.ok() && second.value().has_value());
+    EXPECT_NE(second.value()->buffer.data(), taken.data()) << "a new segment";
+    EXPECT_EQ(second.value()->sequence_number, 1u);
+    EXPECT_EQ(second.value()->buffer.size(), kRecordLengthBytes + 50);
+    const ResultPartitionStats s = p->Stats();
+    EXPECT_EQ(s.buffers_out, 2u);
+    EXPECT_EQ(s.bytes_out, 4 * kRecordLengthBytes + 650);
+    EXPECT_EQ(s.subpartitions[0].polled, 2u);
+  }
+  p->Release();
+  p.reset();
+  ExpectNoLeaks();
+}
+
+// A flushed buffer that fills up is finished (queued) as before; an event finishes it too, so
+// records and events stay in order; the reader reads everything exactly once.
+TEST_F(ResultPartitionTest, AFlushedBufferIsFinishedWhenFullOrByAnEvent) {
+  std::shared_ptr<ResultPartition> p = NewPartition("flushed-full", 1, Options(0ms));
+  Reader r(*p, 0);
+  constexpr uint32_t kRecord = kSegment / 4 - kRecordLengthBytes;  // four fill a buffer
+  for (uint64_t i = 0; i < 4; ++i) ASSERT_TRUE(p->Emit(MakeRecord(0, i, kRecord), 0).ok());
+  EXPECT_EQ(p->Stats().subpartitions[0].backlog, 1u) << "full: finished";
+  EXPECT_EQ(r.view().backlog(), 1u);
+  ASSERT_TRUE(p->Emit(MakeRecord(0, 4, 40), 0).ok());
+  EXPECT_EQ(r.view().backlog(), 2u) << "the full one and the new flushed one";
+  ASSERT_TRUE(p->EmitEvent(Bytes("mark"), 0).ok());
+  ASSERT_TRUE(p->Emit(MakeRecord(0, 5, 40), 0).ok());
+  ASSERT_TRUE(p->Finish().ok());
+  ASSERT_TRUE(r.Drain().ok());
+  EXPECT_EQ(r.records(), 6u);
+  EXPECT_EQ(r.data_buffers(), 3u);
+  EXPECT_EQ(r.events(), std::vector<std::string>{"mark"});
+  EXPECT_TRUE(r.eop());
+}
+
+// The late producer of issue 15: with a flush per record, a writer that runs ahead of its
+// reader packs its records into the buffer the reader has not taken, instead of one buffer
+// (segment) per record; with few segments it does not even wait for one.
+TEST_F(ResultPartitionTest, AWriterAheadOfItsReaderPacksRecordsIntoOneBuffer) {
+  ShuffleOptions o = TinyOptions();
+  o.buffer_timeout = 0ms;
+  std::shared_ptr<ResultPartition> p = NewPartition("late-writer", 2, o);
+  Reader r(*p, 0);
+  constexpr int kRecords = 30;  // 30 x 104 bytes: one 4 KiB buffer
+  for (int i = 0; i < kRecords; ++i) ASSERT_TRUE(p->Emit(MakeRecord(0, i, 100), 0).ok());
+  EXPECT_EQ(p->Stats().pool.lent, 1u) << "one segment for all of them";
+  EXPECT_EQ(r.listener().count(), 1);
+  ASSERT_TRUE(r.Drain().ok());
+  EXPECT_EQ(r.records(), static_cast<uint64_t>(kRecords));
+  EXPECT_EQ(r.data_buffers(), 1u);
+}
+
+// An in-place fill of the flushed buffer hides it from the reader only while the fill runs:
+// the reader polls nothing meanwhile (and is re-armed), the backlog it was told stays, and
+// putting the buffer back notifies it.
+TEST_F(ResultPartitionTest, AnInPlaceFillOfTheFlushedBufferNotifiesWhenPutBack) {
+  std::shared_ptr<ResultPartition> p = NewPartition("flushed-in-place", 1, Options(0ms));
+  Reader r(*p, 0);
+  Filler fill(0);
+  ASSERT_TRUE(p->EmitInPlace(0, 40, fill.One()).ok());
+  EXPECT_EQ(r.listener().count(), 1);
+  bool polled_during_fill = true;
+  uint32_t backlog_during_fill = 0;
+  ASSERT_TRUE(p->EmitInPlace(0, 60, [&](std::span<uint8_t> out) {
+                 std::thread([&] {
+                   Result<std::optional<BufferAndBacklog>> item = r.view().PollNext();
+                   polled_during_fill = !item.ok() || item.value().has_value();
+                   backlog_during_fill = r.view().backlog();
+                 }).join();
+                 fill.One()(out);
+               }).ok());
+  EXPECT_FALSE(polled_during_fill) << "the buffer being filled is not readable";
+  EXPECT_EQ(backlog_during_fill, 1u);
+  EXPECT_EQ(r.listener().count(), 2) << "put back: readable again";
+  ExpectReadInPlace(r, fill, 2, 1);
+}
+
+// FlushAll visits only subpartitions written since their last FlushAll: the listeners of the
+// others are not notified, and a subpartition written again is flushed again.
+TEST_F(ResultPartitionTest, FlushAllFlushesOnlyTheSubpartitionsWritten) {
+  constexpr uint32_t kN = 200;
+  global_ = MakeGlobal(kN + 64);
+  std::shared_ptr<ResultPartition> p = NewPartition("flush-list", kN, Options());
+  {
+    std::vector<std::unique_ptr<Reader>> readers;
+    for (uint32_t i = 0; i < kN; ++i) readers.push_back(std::make_unique<Reader>(*p, i));
+    for (const uint32_t i : {7u, 199u, 3u}) ASSERT_TRUE(p->Emit(MakeRecord(i, 0, 64), i).ok());
+    ASSERT_TRUE(p->Emit(MakeRecord(7, 1, 64), 7).ok());  // listed once
+    p->FlushAll();
+    for (uint32_t i = 0; i < kN; ++i) {
+      const int expected = (i == 3 || i == 7 || i == 199) ? 1 : 0;
+      EXPECT_EQ(readers[i]->listener().count(), expected) << "subpartition " << i;
+      ASSERT_TRUE(readers[i]->Drain().ok());
+    }
+    EXPECT_EQ(readers[7]->records(), 2u);
+    p->FlushAll();  // nothing written since: nobody notified
+    ASSERT_TRUE(p->Emit(MakeRecord(199, 1, 64), 199).ok());
+    p->FlushAll();
+    EXPECT_EQ(readers[199]->listener().count(), 2);
+    EXPECT_EQ(readers[7]->listener().count(), 1);
+    ASSERT_TRUE(readers[199]->Drain().ok());
+    EXPECT_EQ(readers[199]->records(), 2u);
+    // Flushed by Flush(i) alone, then by FlushAll: flushed once, read once.
+    ASSERT_TRUE(p->Emit(MakeRecord(3, 1, 64), 3).ok());
+    p->Flush(3);
+    p->FlushAll();
+    EXPECT_EQ(readers[3]->listener().count(), 2);
+    ASSERT_TRUE(readers[3]->Drain().ok());
+    EXPECT_EQ(readers[3]->records(), 2u);
+  }
+  p->Release();
+  p.reset();
+  ExpectNoLeaks();
+}
+
+// Concurrency (ThreadSanitizer): a writer flushing per record (copied, batched and in-place
+// records, some spanning buffers), a consumer polling on its own thread and another thread
+// calling Flush/FlushAll: every record exactly once, in order, byte-exact, then the leak check.
+TEST_F(ResultPartitionTest, FlushedBufferAppendsRaceTheReaderAndFlushers) {
+  constexpr uint32_t kN = 3;
+  std::shared_ptr<ResultPartition> p = NewPartition("flush-race", kN, Options(0ms));
+  {
+    Doorbell bell;
+    std::vector<std::unique_ptr<Reader>> readers;
+    for (uint32_t i = 0; i < kN; ++i) readers.push_back(std::make_unique<Reader>(*p, i, &bell));
+    std::thread consumer = DrainUntilEndOfPartition(readers, bell);
+    std::atomic<bool> stop{false};
+    std::thread flusher([&] {
+      uint32_t i = 0;
+      while (!stop.load()) {
+        if (++i % 2 == 0) {
+          p->FlushAll();
+        } else {
+          p->Flush(i % kN);
+        }
+        std::this_thread::yield();
+      }
+    });
+    std::mt19937 rng(15);
+    std::vector<uint64_t> sent(kN, 0);
+    std::vector<std::vector<uint8_t>> batch;
+    for (int round = 0; round < Scaled(3000); ++round) {
+      const uint32_t sp = rng() % kN;
+      switch (round % 3) {
+        case 0: {
+          const uint32_t size = rng() % 30 == 0 ? kSegment + rng() % kSegment : 16 + rng() % 200;
+          ASSERT_TRUE(p->Emit(MakeRecord(sp, sent[sp]++, size), sp).ok());
+          break;
+        }
+        case 1: {
+          batch.clear();
+          for (uint32_t k = rng() % 8; k > 0; --k) {
+            batch.push_back(MakeRecord(sp, sent[sp]++, 16 + rng() % 300));
+          }
+          ASSERT_TRUE(p->EmitBatch(Spans(batch), sp).ok());
+          break;
+        }
+        default:
+          ASSERT_TRUE(p->EmitInPlace(sp, 16 + rng() % 500, [&](std::span<uint8_t> out) {
+                         WriteRecord(out, sp, sent[sp]++);
+                       }).ok());
+      }
+    }
+    ASSERT_TRUE(p->Finish().ok());
+    consumer.join();
+    stop = true;
+    flusher.join();
+    for (uint32_t i = 0; i < kN; ++i) {
+      EXPECT_TRUE(readers[i]->eop()) << "subpartition " << i;
+      EXPECT_EQ(readers[i]->records(), sent[i]) << "subpartition " << i;
+    }
+  }
+  p->Release();
+  p.reset();
+  ExpectNoLeaks();
 }
 
 }  // namespace sluice::shuffle

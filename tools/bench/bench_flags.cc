@@ -136,6 +136,10 @@ const char* BenchUsage() {
          "  --rate N                   records per second with --latency (default 10000)\n"
          "  --events                   with --latency: every 10th send is a user event\n"
          "                             (EmitEvent), its latency reported on a line of its own\n"
+         "  --direct on|off            remote: the producer's write-through (a flush to an idle\n"
+         "                             connection writes on the producer's thread); off sends\n"
+         "                             every frame through the IO loop (default: on, unless\n"
+         "                             SLUICE_DIRECT_WRITES=off); --sweep direct=off,on\n"
          "  --batch N                  records per emit call to one subpartition (at most 256 KiB\n"
          "                             of records); 1 = plain\n"
          "                             ResultPartition::Emit, >1 = EmitBatch (default 64)\n"
@@ -271,6 +275,10 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
     return set_u32(&f->idle_gates, 0, 1024);
   } else if (name == "delay-ms") {
     return set_u32(&f->delay_ms, 0, 10000);
+  } else if (name == "direct") {
+    Result<bool> b = ParseOnOff(name, v);
+    if (!b.ok()) return b.status();
+    f->direct = *b ? 1 : 0;
   } else if (IsDebloatFlag(name)) {
     return ApplyDebloatFlag(f, name, v);
   } else {
@@ -290,7 +298,8 @@ constexpr const char* kValueFlags[] = {
     "batch",      "network-memory",    "network-memory-mib", "rounds",
     "pump-bufs-per-write", "sweep-out",
     "wide-threshold", "wide-gate-buffers", "redistribution", "idle-gates", "delay-ms",
-    "debloat", "debloat-target-ms", "consumer-rate-mib", "event-interval-ms"};
+    "debloat", "debloat-target-ms", "consumer-rate-mib", "event-interval-ms",
+    "direct"};
 
 Status ParseSweep(BenchFlags* f, const std::string& value) {
   const size_t eq = value.find('=');

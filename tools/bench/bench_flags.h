@@ -47,6 +47,10 @@ struct BenchFlags {
   // (only when sluice-bench was built with libzmq: ZmqAvailable() in zmq_baseline.h).
   bool events = false;
   bool zmq_baseline = false;
+  // --direct on|off: the producer's write-through (TransportOptions::direct_writes) in the
+  // data path's processes, set through SLUICE_DIRECT_WRITES before they are forked; -1 (not
+  // given): as the environment says. --sweep direct=off,on compares both in one run.
+  int direct = -1;
 
   // Wide gates (issue 14): a gate of more remote channels than wide_threshold takes no
   // exclusive buffers and shares wide_gate_buffers floating ones (0: never wide, Flink's rule).

@@ -185,10 +185,11 @@ void PrintSummary(const Measurement& m) {
   const BenchFlags& f = m.flags;
   const RunResult& r = m.run;
   std::printf("- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -\n");
-  std::printf("sluice-bench %s: %u channels, %s-byte records, %u-byte segments, %.1f s%s%s%s%s\n",
+  std::printf("sluice-bench %s: %u channels, %s-byte records, %u-byte segments, %.1f s%s%s%s%s%s\n",
               f.mode.c_str(), f.channels, f.RecordSizeString().c_str(), f.segment_size, r.seconds,
               f.checksum ? ", checksums" : "", f.in_place ? ", in place" : "",
               f.mode == "remote" && !f.auth ? ", auth off" : "",
+              f.mode == "remote" && f.direct == 0 ? ", write-through off" : "",
               m.rounds > 1 ? " (median round)" : "");
   std::printf("  records        %12llu   %10.3f M records/s\n",
               static_cast<unsigned long long>(r.records), r.records_per_second() / 1e6);
@@ -253,6 +254,7 @@ std::string ToJson(const Measurement& m) {
       {"checksum", f.checksum ? "true" : "false"},
       {"in_place", f.in_place ? "true" : "false"},
       {"auth", f.auth && f.mode == "remote" ? "true" : "false"},
+      {"direct", f.direct < 0 ? "\"env\"" : f.direct != 0 ? "true" : "false"},
       {"rounds", std::to_string(m.rounds)},
       {"seconds", Fmt("%.3f", r.seconds)},
       {"records", std::to_string(r.records)},

@@ -243,6 +243,21 @@ std::string RenderPrometheus(const MetricsSnapshot& m) {
   w.Gauge("resident_memory_bytes", "resident set size", static_cast<double>(m.rss_bytes));
   w.Gauge("resident_memory_peak_bytes", "peak resident set size",
           static_cast<double>(m.peak_rss_bytes));
+  // Write-through (issue 15; docs/architecture.md "Write-through"): frames a producer thread
+  // wrote to the socket itself, those the socket took only in part (the loop wrote the rest),
+  // and producer notifications handed to the IO loop instead (a loop wake-up each).
+  if (m.served != nullptr) {
+    w.Counter("direct_writes_total", "frames a producer thread wrote to the socket itself",
+              static_cast<double>(m.served->direct_writes.load()));
+    w.Counter("direct_partial_writes_total",
+              "direct writes the socket took only in part (the IO loop wrote the rest)",
+              static_cast<double>(m.served->direct_partial_writes.load()));
+  }
+  if (const shuffle::ShuffleServerStats* s = m.server) {
+    w.Counter("notifications_posted_total",
+              "producer notifications handed to the IO loop (not written through)",
+              static_cast<double>(s->notifications_posted.load()));
+  }
   return w.Take();
 }
 

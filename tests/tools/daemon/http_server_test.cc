@@ -224,5 +224,26 @@ TEST(DaemonMetricsEndpointTest, AddressInUseFailsUnlessItIsTheDefault) {
   EXPECT_EQ(first->Shutdown(std::chrono::milliseconds(0)).leaked_segments, 0u);
 }
 
+// Write-through counters (issue 15): the served transport's direct and partial writes and the
+// server's notifications posted to the loop, as counters with their values; absent without a
+// server or transport.
+TEST(WriteThroughMetricsTest, DirectWritesAndPostedNotificationsAreRendered) {
+  MetricsSnapshot m;
+  m.node = "n";
+  EXPECT_EQ(RenderPrometheus(m).find("sluice_direct_writes_total"), std::string::npos);
+  transport::TransportMetrics served;
+  served.direct_writes = 41;
+  served.direct_partial_writes = 2;
+  shuffle::ShuffleServerStats server;
+  server.notifications_posted = 7;
+  m.served = &served;
+  m.server = &server;
+  const std::string text = RenderPrometheus(m);
+  EXPECT_NE(text.find("# TYPE sluice_direct_writes_total counter\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("sluice_direct_writes_total{node=\"n\"} 41\n"), std::string::npos);
+  EXPECT_NE(text.find("sluice_direct_partial_writes_total{node=\"n\"} 2\n"), std::string::npos);
+  EXPECT_NE(text.find("sluice_notifications_posted_total{node=\"n\"} 7\n"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace sluice::daemon
