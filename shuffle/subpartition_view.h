@@ -1,9 +1,10 @@
 // SubpartitionView: how a consumer reads one subpartition of a ResultPartition, whether it is
 // a LocalInputChannel in the same process or the server-side reader of a remote channel.
 //
-// Items come out in the order the writer queued them: finished data buffers and events
+// Items come out in the order the writer queued them: readable data buffers (finished ones,
+// and a flushed one the writer may still append to until the reader takes it) and events
 // (end of partition, user events). Data costs the consumer one credit per buffer; events need
-// none. `backlog` is the number of finished data buffers still queued: the remote receiver
+// none. `backlog` is the number of readable data buffers still queued: the remote receiver
 // uses it to ask for floating buffers.
 //
 // Notifications: the listener's NotifyDataAvailable() is called (on the producer's or the
@@ -34,7 +35,7 @@ namespace sluice::shuffle {
 
 struct BufferAndBacklog {
   buffer::Buffer buffer;         // data (buffer.type() == kData) or an event
-  uint32_t backlog = 0;          // finished data buffers still queued after this one
+  uint32_t backlog = 0;          // readable data buffers still queued after this one
   bool next_is_event = false;    // the next queued item is an event (sendable without credit)
   uint32_t sequence_number = 0;  // position of this item in the subpartition, from 0
 };
@@ -57,7 +58,7 @@ class SubpartitionView {
   // Whether PollNext would return an item that `credit` allows: an event always, data when
   // credit > 0. Also true when PollNext would return an error (failed or released partition).
   virtual bool IsAvailable(int32_t credit) const = 0;
-  // Finished data buffers queued.
+  // Readable data buffers queued (finished, or flushed and still appendable).
   virtual uint32_t backlog() const = 0;
   // The consumer is gone: queued buffers are recycled now, the writer's later buffers for this
   // subpartition are dropped, no more notifications. Idempotent.

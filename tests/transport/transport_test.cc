@@ -332,7 +332,8 @@ TEST_F(TransportTest, CloseAfterFlushDeliversQueuedFrames) {
   Track(&client);
   ASSERT_TRUE(Connect(client, server->port()).ok());
   ASSERT_TRUE(Eventually([&] { return server->connection_count() == 1; }));
-
+  // The server counts the connection before its handler's recorder has it: wait for both.
+  ASSERT_TRUE(Eventually([&] { return server_rec->connection() != nullptr; }));
   std::shared_ptr<Connection> sc = server_rec->connection();
   ASSERT_NE(sc, nullptr);
   RunOnLoop(server_loop_.get(), [&] {

@@ -95,14 +95,18 @@ void DebloatProbe::Reset() {
 ProducerSampler::ProducerSampler(DebloatProbe* probe,
                                  std::shared_ptr<shuffle::ResultPartition> partition) {
   if (probe == nullptr) return;
-  thread_ = std::thread([this, probe, partition = std::move(partition)] {
+  // Stats() walks every subpartition under the partition's lock: sample a wide partition less
+  // often (about 1,000 subpartitions per millisecond) so the probe does not slow its producer.
+  const auto period = std::chrono::milliseconds(
+      std::max<uint32_t>(1, partition->num_subpartitions() / 1024));
+  thread_ = std::thread([this, probe, period, partition = std::move(partition)] {
     while (!stop_.load(std::memory_order_relaxed)) {
       const shuffle::ResultPartitionStats s = partition->Stats();
       probe->producer_segments.store(s.pool.lent, std::memory_order_relaxed);
       if (!s.subpartitions.empty()) {
         probe->buffer_size.store(s.subpartitions[0].buffer_size, std::memory_order_relaxed);
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      std::this_thread::sleep_for(period);
     }
   });
 }

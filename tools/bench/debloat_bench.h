@@ -62,7 +62,7 @@ struct DebloatProbe {
 };
 
 // Producer side: a thread publishing the partition's figures into the probe every millisecond
-// until destroyed.
+// (every subpartitions/1024 ms for a wide partition) until destroyed.
 class ProducerSampler {
  public:
   ProducerSampler(DebloatProbe* probe, std::shared_ptr<shuffle::ResultPartition> partition);
