@@ -24,7 +24,6 @@ namespace {
 using namespace std::chrono_literals;
 using testing::MakeRecord;
 using testing::ParseRecord;
-using testing::StartEnv;
 
 constexpr uint64_t kRecords = 300;
 constexpr uint32_t kPayload = 80;  // about 36 records per 4 KiB buffer
@@ -59,48 +58,36 @@ uint64_t ConsumeInOrder(InputGate* gate) {
 }
 
 TEST(AppendableFlushTest, AProducerAheadOfAnIdleConsumerPacksItsRecords) {
-  auto prod = StartEnv(Config("prod"));
-  auto cons = StartEnv(Config("cons"));
-  ASSERT_TRUE(prod && cons);
-  auto part = prod->CreatePartition("p0", 1);
-  ASSERT_TRUE(part.ok()) << part.status().ToString();
-  std::vector<ChannelSpec> specs = {{"p0", 0, prod->endpoint()}};
-  auto gate = cons->CreateInputGate("g0", specs);
-  ASSERT_TRUE(gate.ok()) << gate.status().ToString();
+  testing::LoopbackShuffle sh;
+  ASSERT_TRUE(sh.Start(Config("prod"), Config("cons"), 1, "g0"));
+  ResultPartition* part = sh.part.get();
   std::atomic<bool> produced{false};
   std::thread producer([&] {
     for (uint64_t i = 0; i < kRecords; ++i) {
-      const Status s = (*part)->Emit(MakeRecord(0, 0, i, kPayload), 0);
+      const Status s = part->Emit(MakeRecord(0, 0, i, kPayload), 0);
       if (!s.ok()) {
         ADD_FAILURE() << "emit " << i << ": " << s.ToString();
         return;
       }
     }
-    EXPECT_TRUE((*part)->Finish().ok());
+    EXPECT_TRUE(part->Finish().ok());
     produced = true;
   });
   // Nobody reads yet: the producer finishes within the consumer's buffers and its own output
   // pool only because its records share buffers.
   const bool finished_alone = testutil::PollUntil([&] { return produced.load(); }, 20s, 1ms);
   EXPECT_TRUE(finished_alone) << "the producer stopped on backpressure: a buffer per record";
-  const uint64_t got = ConsumeInOrder(gate->get());
+  const uint64_t got = ConsumeInOrder(sh.gate.get());
   producer.join();
   EXPECT_EQ(got, kRecords);
-  EXPECT_TRUE((*gate)->IsFinished());
-  const uint64_t buffers = prod->server()->stats().buffers_out.load();
+  EXPECT_TRUE(sh.gate->IsFinished());
+  const uint64_t buffers = sh.prod->server()->stats().buffers_out.load();
   // At most one buffer per credit the consumer had while it was idle (its 10 buffers), then
   // full ones: far fewer than a buffer per record.
   EXPECT_LE(buffers, 30u) << "data buffers sent for " << kRecords << " records";
   EXPECT_GE(buffers, kRecords * (kPayload + 24) / 4096);
-  EXPECT_EQ(prod->server()->metrics()->protocol_errors_total(), 0u);
-  (*gate)->Close();
-  gate->reset();
-  part->reset();
-  prod->ReleasePartition("p0");
-  cons->Stop();
-  prod->Stop();
-  testutil::ExpectAllSegmentsBack(*prod->pool(), "prod");
-  testutil::ExpectAllSegmentsBack(*cons->pool(), "cons");
+  EXPECT_EQ(sh.prod->server()->metrics()->protocol_errors_total(), 0u);
+  sh.End();
 }
 
 }  // namespace

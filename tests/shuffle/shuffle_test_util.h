@@ -15,6 +15,7 @@
 #include "shuffle/auth.h"
 #include "shuffle/crc32c.h"
 #include "shuffle/shuffle_environment.h"
+#include "testutil/leak_check.h"
 #include "testutil/records.h"
 
 namespace sluice::shuffle::testing {
@@ -46,6 +47,44 @@ inline std::unique_ptr<ShuffleEnvironment> StartEnv(const EnvironmentConfig& c) 
   EXPECT_TRUE(env.ok()) << env.status().ToString();
   return env.ok() ? std::move(*env) : nullptr;
 }
+
+// A producer and a consumer environment over loopback: partition "p0" of `channels`
+// subpartitions on the producer, one gate reading every subpartition on the consumer. Start
+// fails the test (and returns false) on any step; End closes the gate, releases the partition,
+// stops both sides and checks every segment of both pools is back.
+struct LoopbackShuffle {
+  std::unique_ptr<ShuffleEnvironment> prod, cons;
+  std::shared_ptr<ResultPartition> part;
+  std::unique_ptr<InputGate> gate;
+
+  bool Start(const EnvironmentConfig& prod_config, const EnvironmentConfig& cons_config,
+             uint32_t channels, const std::string& gate_name) {
+    prod = StartEnv(prod_config);
+    cons = StartEnv(cons_config);
+    if (!prod || !cons) return false;
+    auto p = prod->CreatePartition("p0", channels);
+    EXPECT_TRUE(p.ok()) << p.status().ToString();
+    if (!p.ok()) return false;
+    part = *p;
+    std::vector<ChannelSpec> specs;
+    for (uint32_t c = 0; c < channels; ++c) specs.push_back({"p0", c, prod->endpoint()});
+    auto g = cons->CreateInputGate(gate_name, specs);
+    EXPECT_TRUE(g.ok()) << g.status().ToString();
+    if (!g.ok()) return false;
+    gate = std::move(*g);
+    return true;
+  }
+  void End() {
+    if (gate) gate->Close();
+    gate.reset();
+    part.reset();
+    if (prod) prod->ReleasePartition("p0");
+    if (cons) cons->Stop();
+    if (prod) prod->Stop();
+    if (prod) testutil::ExpectAllSegmentsBack(*prod->pool(), "prod");
+    if (cons) testutil::ExpectAllSegmentsBack(*cons->pool(), "cons");
+  }
+};
 
 // Stamped, CRC-checked records (testutil/records.h).
 using ::sluice::testutil::stamped::MakeRecord;
