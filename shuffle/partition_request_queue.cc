@@ -53,6 +53,7 @@ class PartitionRequestQueue::Reader final : public SubpartitionListener,
   bool queued = false;
   bool released = false;
   bool backlog_announced = false;  // this zero-credit stall was announced
+  bool last_full = false;          // the last data buffer sent was (nearly) full
   uint64_t stall_since_ns = 0;
 
  private:
@@ -130,6 +131,11 @@ bool PartitionRequestQueue::TryServeDirect(Reader* r) {
   if (!lock.owns_lock()) return false;  // the loop is in the queue: it gets a post
   // Round robin: readers waiting on the loop go first.
   if (r->released || r->queued || writing_ || !ready_.empty()) return false;
+  // A reader just sent a full buffer is streaming: its producer fills the next buffer while the
+  // loop writes this one, on the other core; writing here would serialise both on the
+  // producer's thread (32 KiB in place: 0.74x the pump with it, 0.90x without, same machine).
+  // Direct writes serve flushed, partly filled buffers: the latency path.
+  if (r->last_full) return false;
   direct_thread_.store(me, std::memory_order_relaxed);
   bool done = true;
   while (true) {
@@ -249,6 +255,7 @@ bool PartitionRequestQueue::SendOne(Reader* r) {
     --r->credit;
     stats_->buffers_out.fetch_add(1, std::memory_order_relaxed);
     stats_->bytes_out.fetch_add(b.buffer.size(), std::memory_order_relaxed);
+    r->last_full = b.buffer.size() >= b.buffer.capacity() - b.buffer.capacity() / 8;
     if (r->credit == 0 && b.backlog > 0 && r->stall_since_ns == 0) r->stall_since_ns = NowNs();
   } else {
     stats_->events_out.fetch_add(1, std::memory_order_relaxed);

@@ -253,6 +253,30 @@ TEST_F(QueueDirectTest, ProducerThreadSendsWithinCreditAndLeavesTheRestToTheLoop
   queue_->ReleaseAll();
 }
 
+// A reader just sent a full buffer is streaming: its next buffers go through the loop (the
+// producer fills while the loop writes); after a partly filled one, direct writes resume.
+TEST_F(QueueDirectTest, AfterAFullBufferTheLoopWritesAfterAPartialOneTheProducer) {
+  LockedView* v = AddReader(1, 10);
+  std::thread([&] {
+    Buffer full = Item(DataType::kData);
+    full.SetSize(full.capacity());
+    v->Push(std::move(full));
+    v->Notify();
+  }).join();
+  ASSERT_EQ(out_.frames().size(), 1u);
+  EXPECT_FALSE(out_.frames()[0].on_loop) << "the first buffer goes direct";
+  ProduceOnThread(v, {DataType::kData});  // 100 bytes, after a full one
+  EXPECT_EQ(out_.frames().size(), 1u) << "not written on the producer thread";
+  EXPECT_EQ(PostedCount(), 1u);
+  RunPosted();
+  ASSERT_EQ(out_.frames().size(), 2u);
+  EXPECT_TRUE(out_.frames()[1].on_loop);
+  ProduceOnThread(v, {DataType::kData});  // after a partly filled one: direct again
+  ASSERT_EQ(out_.frames().size(), 3u);
+  EXPECT_FALSE(out_.frames()[2].on_loop);
+  queue_->ReleaseAll();
+}
+
 // An output that would not write at once (frames queued, fault shim): nothing is sent on the
 // producer thread; one post, and the loop sends.
 TEST_F(QueueDirectTest, BusyOutputLeavesEverythingToTheLoop) {
