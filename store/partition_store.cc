@@ -368,16 +368,14 @@ bool PartitionStore::Impl::ReaderStreamingLocked(MapOutputData& o) {
   return streaming;
 }
 
-bool PartitionStore::Impl::CopyUnderBudget(WriterId writer) {
-  std::shared_ptr<MapOutputData> o;
+bool PartitionStore::Impl::CopyUnderBudget(const std::shared_ptr<MapOutputData>& o) {
   uint32_t n = 0;
   {
     StoreLock lock(*this);
-    auto w = writers.find(writer);
-    if (!options.read_pool || w == writers.end() || memory_bytes > options.memory_budget_bytes) {
+    if (!options.read_pool || o->state != OutputState::kWriting ||
+        memory_bytes > options.memory_budget_bytes) {
       return false;
     }
-    o = w->second;
     // An output spilled once outgrew the budget: copying more of it would only be spilled too.
     if (o->spill) return false;
     for (const SubpartitionData& s : o->subs) {
@@ -414,13 +412,16 @@ bool PartitionStore::Impl::CopyUnderBudget(WriterId writer) {
 
 Status PartitionStore::Impl::SpillIfNeeded(WriterId forced) {
   if (forced != 0) {
-    StoreLock lock(*this);
-    auto w = writers.find(forced);
-    // Pipelined and its reader reads on: the reader's pace is the writer's (backpressure).
-    if (w == writers.end() || ReaderStreamingLocked(*w->second)) forced = 0;
+    std::shared_ptr<MapOutputData> o;
+    {
+      StoreLock lock(*this);
+      auto w = writers.find(forced);
+      // Pipelined and its reader reads on: the reader's pace is the writer's (backpressure).
+      if (w != writers.end() && !ReaderStreamingLocked(*w->second)) o = w->second;
+    }
+    // A starved writer under the budget keeps its data in memory (copied); else it is spilled.
+    if (!o || CopyUnderBudget(o)) forced = 0;
   }
-  // A starved writer under the budget keeps its data in memory (copied); else it is spilled.
-  if (forced != 0 && CopyUnderBudget(forced)) forced = 0;
   while (true) {
     SpillBatch batch;
     {
@@ -474,8 +475,9 @@ void PartitionStore::Impl::MaintenanceLoop(const std::function<void()>& tick) {
     lock.unlock();
     // A failed spill fails its writer in the store (FinishSpillLocked): nothing to report here.
     for (WriterId w : forced) (void)SpillIfNeeded(w);
-    if (spill) (void)SpillIfNeeded(0);
-    if (Clock::now() >= next_tick) {
+    const bool tick_due = Clock::now() >= next_tick;
+    if (spill && !tick_due) (void)SpillIfNeeded(0);  // the tick spills down to the budget too
+    if (tick_due) {
       tick();
       next_tick = Clock::now() + options.maintenance_interval;
     }

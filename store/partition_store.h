@@ -150,10 +150,12 @@ class PartitionStore final : public shuffle::SubpartitionViewProvider {
                 uint32_t records = 0);
   // The writer has no free segment left: the store holds all of its credit (a blocking output
   // without a reader, a pipelined one whose reader is slow or absent). Asks the store's thread
-  // to spill that output now, whatever the memory budget, so the writer's segments come back
-  // (their recycler runs on the store's thread); at the quota (or without spill_dir) the writer
-  // waits. A spill that fails aborts the writer: its next Append or Commit returns the reason.
-  // Does not wait; any thread.
+  // to give the writer's segments back (their recycler runs on that thread): a pipelined output
+  // whose reader read on since the last call is left alone (backpressure); under the memory
+  // budget the buffers are copied into the store's own segments; otherwise the output is
+  // spilled, whatever the budget. At the quota (or without spill_dir) the writer waits. A spill
+  // that fails aborts the writer: its next Append or Commit returns the reason. Does not wait;
+  // any thread.
   void WriterWaiting(WriterId writer);
   // Waits until the store's thread has served every spill asked for before this call (by
   // Append over the budget or WriterWaiting). For tests and tools that check spill figures.

@@ -117,7 +117,7 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
   // from options.read_pool, so its credit comes back without a spill. False (spill it) when over
   // the budget, without a pool, when the pool has no segments to spare now, or when the output
   // was spilled before (it outgrew the budget once; more copies would be spilled too). Takes mu.
-  bool CopyUnderBudget(WriterId writer);
+  bool CopyUnderBudget(const std::shared_ptr<MapOutputData>& o);
   // A starved pipelined writer whose reader is streaming its output (it read on since the
   // writer last said it waits): it is backpressured, not kept. mu held.
   bool ReaderStreamingLocked(MapOutputData& o);

@@ -224,7 +224,6 @@ class LocalWriterService::Impl {
     bool closing = false;
     bool waiting = false;  // every slot in the sink
     std::chrono::steady_clock::time_point asked;  // when the sink was last told it waits
-    std::chrono::steady_clock::time_point starved_since;
   };
 
   void Accept();
@@ -403,8 +402,7 @@ void LocalWriterService::Impl::CheckConnections() {
                          c.slots_in_sink == c.in_sink.size();
     if (starved) {
       ++waiting;
-      if (!c.waiting) c.starved_since = now;
-      if (c.asked < c.starved_since || now - c.asked >= kWaitingRepeat) {
+      if (!c.waiting || now - c.asked >= kWaitingRepeat) {
         sink_->WriterWaiting(c.writer);
         c.asked = now;
       }
