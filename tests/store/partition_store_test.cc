@@ -100,6 +100,17 @@ class PartitionStoreTest : public ::testing::Test {
     return d;
   }
 
+  // The end of a WriterWaiting test: `w` (partition 0, 400 records in subpartition 1) writes
+  // 100 more, commits, all 500 read back in order, and the job is released.
+  void WriteOnCommitAndReadBack(TestWriter& w) {
+    ASSERT_TRUE(w.Write(0, 0, 1, 400, 100, 30).ok());
+    ASSERT_TRUE(store_->Commit(w.id()).ok());
+    Drained d = ReadAll(Register({{0, 0}}), 1);
+    EXPECT_TRUE(d.ended) << d.error.ToString();
+    EXPECT_EQ(Stripped(d.records), Expected(0, 0, 1, 500));
+    EXPECT_TRUE(store_->Release("j1", kToken).ok());
+  }
+
   sluice::testutil::TempDir dir_{"store"};
   std::shared_ptr<buffer::NetworkBufferPool> writer_pool_;
   std::shared_ptr<buffer::NetworkBufferPool> read_pool_;
@@ -532,12 +543,7 @@ TEST_F(PartitionStoreTest, AWaitingWriterUnderTheBudgetIsCopiedNotSpilled) {
   EXPECT_EQ(st.spill_bytes_total, 0u);
   EXPECT_GT(st.copied_bytes_total, 0u);
   EXPECT_EQ(read_pool_->used_segments(), held) << "the copies live in the store's segments";
-  ASSERT_TRUE(w.Write(0, 0, 1, 400, 100, 30).ok());
-  ASSERT_TRUE(store_->Commit(w.id()).ok());
-  Drained d = ReadAll(Register({{0, 0}}), 1);
-  EXPECT_TRUE(d.ended) << d.error.ToString();
-  EXPECT_EQ(Stripped(d.records), Expected(0, 0, 1, 500));
-  EXPECT_TRUE(store_->Release("j1", kToken).ok());
+  WriteOnCommitAndReadBack(w);
   EXPECT_EQ(read_pool_->used_segments(), 0u) << "the release gives the copies back";
 }
 
@@ -554,12 +560,7 @@ TEST_F(PartitionStoreTest, AWaitingWriterIsSpilledWhenTheStoreCannotCopy) {
   EXPECT_GT(store_->Stats().spill_bytes_total, 0u);
   EXPECT_EQ(store_->Stats().copied_bytes_total, 0u);
   read_pool_->RecycleExclusiveSegments(*hog);
-  ASSERT_TRUE(w.Write(0, 0, 1, 400, 100, 30).ok());
-  ASSERT_TRUE(store_->Commit(w.id()).ok());
-  Drained d = ReadAll(Register({{0, 0}}), 1);
-  EXPECT_TRUE(d.ended) << d.error.ToString();
-  EXPECT_EQ(Stripped(d.records), Expected(0, 0, 1, 500));
-  EXPECT_TRUE(store_->Release("j1", kToken).ok());
+  WriteOnCommitAndReadBack(w);
 }
 
 // A starved pipelined writer whose reader reads on is backpressured (the store keeps nothing);
