@@ -242,6 +242,7 @@ class LocalWriterService::Impl {
   void CheckConnections();
   // Fails the writer (the sink aborts it with `why`), tells it, and marks the connection closed.
   void Fail(Conn& c, const Status& why, bool tell);
+  void AbortGone(Conn& c);
   void Close(Conn& c);
   std::string Who(const Conn& c) const;
 
@@ -423,12 +424,7 @@ bool LocalWriterService::Impl::ServeReadable(Conn& c) {
     auto frame = c.reader->Next(/*wait=*/false);
     if (!frame.ok()) {
       if (frame.status().code() == StatusCode::kClosed) {
-        if (c.writer_open) {
-          sink_->Abort(c.writer, Who(c) + " closed its local connection before Commit (the "
-                                          "writer process exited or was killed)");
-          c.writer_open = false;
-          ++aborted_;
-        }
+        AbortGone(c);
         return false;
       }
       Fail(c, Status(frame.status().code(), Who(c) + ": " + frame.status().message()), true);
@@ -608,12 +604,18 @@ void LocalWriterService::Impl::Fail(Conn& c, const Status& why, bool tell) {
   c.closing = true;
 }
 
+// The peer went away with its writer open: seen as end of stream on a read, or as a failed
+// send of credit (the same death, whichever the loop noticed first).
+void LocalWriterService::Impl::AbortGone(Conn& c) {
+  if (!c.writer_open) return;
+  sink_->Abort(c.writer, Who(c) + " closed its local connection before Commit (the writer "
+                                  "process exited or was killed)");
+  c.writer_open = false;
+  ++aborted_;
+}
+
 void LocalWriterService::Impl::Close(Conn& c) {
-  if (c.writer_open) {
-    sink_->Abort(c.writer, Who(c) + ": connection closed before Commit");
-    c.writer_open = false;
-    ++aborted_;
-  }
+  AbortGone(c);
   if (c.arena != nullptr) c.arena->Detach();
   c.arena = nullptr;
   c.reader.reset();
