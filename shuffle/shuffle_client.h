@@ -24,12 +24,12 @@
 
 #include <chrono>
 #include <cstdint>
-#include <map>
-#include <set>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "shuffle/auth.h"
@@ -98,7 +98,7 @@ class ShuffleClient final : public PartitionRequestClient {
   const ShuffleClientConfig config_;
   transport::TcpClient tcp_;
   // Loop thread: which connection serves a receiver; PartitionNotFound retries waiting.
-  std::map<uint64_t, std::weak_ptr<transport::Connection>> routes_;
+  std::unordered_map<uint64_t, std::weak_ptr<transport::Connection>> routes_;
   std::set<Retry*> retries_;
   bool in_read_pass_ = false;  // loop thread
 
