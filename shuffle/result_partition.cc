@@ -99,6 +99,26 @@ size_t RecordsWithin(std::span<const std::span<const uint8_t>> records, size_t r
   return std::max<size_t>(n, std::min<size_t>(1, records.size()));
 }
 
+// Fills records sizes[*next..] in place into `out`, after its first `size` bytes, while they
+// fit in `capacity` and (after the buffer's first record) in the debloated `limit`. Returns
+// the buffer's new size; *next is the first record not filled.
+uint32_t FillRecords(uint8_t* out, uint32_t size, uint32_t capacity, uint32_t limit,
+                     std::span<const uint32_t> sizes, ResultPartition::BatchFillFn fill,
+                     size_t* next) {
+  size_t i = *next;
+  do {
+    const uint32_t n = sizes[i];
+    if (capacity - size < kRecordLengthBytes + n) break;
+    if (size > 0 && size + kRecordLengthBytes + n > limit) break;  // debloated
+    StoreRecordLength(out + size, n);
+    fill(i, std::span<uint8_t>(out + size + kRecordLengthBytes, n));
+    size += static_cast<uint32_t>(kRecordLengthBytes) + n;
+    ++i;
+  } while (i < sizes.size());
+  *next = i;
+  return size;
+}
+
 }  // namespace
 
 static_assert(schema::kMinDebloatBufferSize == ResultPartition::kMinBufferSize,
@@ -646,20 +666,10 @@ Status ResultPartition::WriteInPlace(uint32_t index, std::span<const uint32_t> s
       case Step::kFill: {
         // No lock: `claimed` is not reachable from the subpartition (see Subpartition::claimed),
         // and its new bytes are published only when it is put back under the lock.
-        uint8_t* const out = claimed.data();
-        uint32_t size = claimed.size();
-        size_t i = done;
-        do {
-          const uint32_t n = sizes[i];
-          if (capacity - size < kRecordLengthBytes + n) break;
-          if (size > 0 && size + kRecordLengthBytes + n > limit) break;  // debloated
-          StoreRecordLength(out + size, n);
-          fill(i, std::span<uint8_t>(out + size + kRecordLengthBytes, n));
-          size += static_cast<uint32_t>(kRecordLengthBytes) + n;
-          ++i;
-        } while (i < sizes.size());
-        claimed_size = size;
-        filled = i - done;
+        size_t next = done;
+        claimed_size = FillRecords(claimed.data(), claimed.size(), capacity, limit, sizes,
+                                   fill, &next);
+        filled = next - done;
         break;
       }
       case Step::kNeedBuffer: {
@@ -672,16 +682,9 @@ Status ResultPartition::WriteInPlace(uint32_t index, std::span<const uint32_t> s
         break;
       }
       case Step::kScratch: {
-        const std::span<uint8_t> area = Scratch(sizes[done]);
-        fill(done, area);
-        const std::span<const uint8_t> record(area);
         size_t n = 0;
-        const Status s = WriteRecords(index, std::span(&record, 1), &n);
+        const Status s = WriteFromScratch(index, sizes[done], done, fill, &n);
         done += n;
-        if (scratch_capacity_ > kScratchKeepBytes) {
-          scratch_.reset();
-          scratch_capacity_ = 0;
-        }
         if (!s.ok()) {
           report();
           return s;
@@ -690,6 +693,19 @@ Status ResultPartition::WriteInPlace(uint32_t index, std::span<const uint32_t> s
       }
     }
   }
+}
+
+Status ResultPartition::WriteFromScratch(uint32_t index, uint32_t size, size_t at,
+                                         BatchFillFn fill, size_t* written) {
+  const std::span<uint8_t> area = Scratch(size);
+  fill(at, area);
+  const std::span<const uint8_t> record(area);
+  const Status s = WriteRecords(index, std::span(&record, 1), written);
+  if (scratch_capacity_ > kScratchKeepBytes) {
+    scratch_.reset();
+    scratch_capacity_ = 0;
+  }
+  return s;
 }
 
 std::span<uint8_t> ResultPartition::Scratch(uint32_t size) {

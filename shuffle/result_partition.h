@@ -259,6 +259,10 @@ class ResultPartition : public std::enable_shared_from_this<ResultPartition> {
   // Fills records of `sizes` (checked) in place into subpartition `index` (see EmitInPlace).
   Status WriteInPlace(uint32_t index, std::span<const uint32_t> sizes, BatchFillFn fill,
                       size_t* written);
+  // A record of `size` bytes that is not filled in place (too large, or split across a
+  // buffer's tail): filled (as record `at` of the batch) into the scratch area, then copied.
+  Status WriteFromScratch(uint32_t index, uint32_t size, size_t at, BatchFillFn fill,
+                          size_t* written);
   // The scratch area for a record that is not filled in place, at least `size` bytes.
   std::span<uint8_t> Scratch(uint32_t size);
 
