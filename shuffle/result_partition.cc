@@ -408,9 +408,13 @@ ResultPartition::ResultPartition(std::string id, uint32_t num_subpartitions,
       options_(options),
       flush_every_record_(options.buffer_timeout == std::chrono::milliseconds::zero()),
       pool_(std::move(pool)) {
-  // Room for a subpartition at its cap plus overdraft and a few events before any growth.
+  // Room for a subpartition at its cap plus overdraft and a few events before any growth; a
+  // wide partition's queues start small (most hold a buffer or two: the pool is shared by
+  // thousands) and double when a consumer falls behind.
   const size_t capacity =
-      static_cast<size_t>(options.credit.max_buffers_per_channel) + options.credit.overdraft + 4;
+      IsWide() ? 4
+               : static_cast<size_t>(options.credit.max_buffers_per_channel) +
+                     options.credit.overdraft + 4;
   subpartitions_.reserve(num_subpartitions);
   for (uint32_t i = 0; i < num_subpartitions; ++i) {
     subpartitions_.push_back(std::make_unique<Subpartition>(capacity, pool_->segment_size()));
@@ -418,6 +422,8 @@ ResultPartition::ResultPartition(std::string id, uint32_t num_subpartitions,
 }
 
 ResultPartition::~ResultPartition() { Release(); }
+
+bool ResultPartition::IsWide() const { return num_subpartitions_ > pool_->min_segments(); }
 
 Status ResultPartition::WritableStatus() const {
   const uint32_t state = state_.load(std::memory_order_acquire);
@@ -753,7 +759,7 @@ Result<Buffer> ResultPartition::RequestOutputBuffer(uint32_t index, RecordPositi
   // A partition with more subpartitions than its pool's minimum (a wide one) can have every
   // segment parked as a partly filled buffer of some subpartition: send those now (they go out
   // as credit allows and come back) rather than wait for the output flusher's next round.
-  if (num_subpartitions_ > pool_->min_segments()) FlushAll();
+  if (IsWide()) FlushAll();
   Result<Buffer> result = InternalError("unreachable");
   while (true) {
     if (Status s = WritableStatus(); !s.ok()) {

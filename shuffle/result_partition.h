@@ -247,6 +247,9 @@ class ResultPartition : public std::enable_shared_from_this<ResultPartition> {
   ResultPartition(std::string id, uint32_t num_subpartitions,
                   std::shared_ptr<buffer::LocalBufferPool> pool, const ShuffleOptions& options);
 
+  // More subpartitions than the output pool's minimum segments (memory_estimate.h: a wide
+  // partition): not every subpartition can hold a buffer at once.
+  bool IsWide() const;
   // OK, or why the writer may not write (failure, released, cancelled, finished).
   Status WritableStatus() const;
   Status BadSubpartition(const char* what, uint32_t subpartition) const;

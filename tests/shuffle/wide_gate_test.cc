@@ -15,6 +15,7 @@
 #include "buffer/network_buffer_pool.h"
 #include "shuffle/input_gate.h"
 #include "shuffle/remote_input_channel.h"
+#include "shuffle/result_partition.h"
 #include "testutil/pools.h"
 
 namespace sluice::shuffle {
@@ -211,6 +212,29 @@ TEST(WideGateHeapTest, HeapPerChannelUnderOneKiB) {
     EXPECT_LT(per_channel, 1024.0);
     EXPECT_EQ(pool->used_segments(), 0u);  // no exclusive segment, no floating one yet
     gate->Close();
+  }
+  EXPECT_EQ(pool->available_segments(), pool->total_segments()) << pool->DebugString();
+}
+
+// The producer's side of the same width: a partition of several thousand subpartitions (queue,
+// locks, counters, flush-list slot each) stays under 1 KiB of heap per subpartition while its
+// queues are empty; a queue grows only while a consumer falls behind.
+TEST(WideGateHeapTest, HeapPerSubpartitionUnderOneKiB) {
+  constexpr uint32_t kSubpartitions = 5000;
+  auto pool = testutil::MakeNetworkBufferPool(1024, 4096);
+  ShuffleOptions options;
+  options.credit.segment_size = 4096;
+  options.credit.wide_gate_buffers = 256;
+  const size_t before = mallinfo2().uordblks;
+  {
+    auto part = ResultPartition::Create("wide", kSubpartitions, pool, options);
+    ASSERT_TRUE(part.ok()) << part.status().ToString();
+    const size_t after = mallinfo2().uordblks;
+    const double per_subpartition = (static_cast<double>(after) - before) / kSubpartitions;
+    RecordProperty("heap_bytes_per_subpartition", std::to_string(per_subpartition));
+    std::printf("heap per subpartition: %.0f bytes\n", per_subpartition);
+    EXPECT_LT(per_subpartition, 1024.0);
+    (*part)->Release();
   }
   EXPECT_EQ(pool->available_segments(), pool->total_segments()) << pool->DebugString();
 }
