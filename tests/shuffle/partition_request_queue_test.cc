@@ -4,6 +4,7 @@
 #include "shuffle/partition_request_queue.h"
 
 #include <gtest/gtest.h>
+#include <malloc.h>
 
 #include <cstring>
 #include <deque>
@@ -11,6 +12,7 @@
 #include <random>
 
 #include "buffer/network_buffer_pool.h"
+#include "shuffle/result_partition.h"
 #include "shuffle/shuffle_server.h"
 #include "testutil/pools.h"
 
@@ -410,6 +412,35 @@ TEST_F(PartitionRequestQueueTest, ANotificationAfterTheQueueIsGoneDoesNothing) {
   queue_.reset();       // releases the reader and its view (the item is recycled)
   RunPosted();          // the stale task finds no reader
   EXPECT_TRUE(out_.frames.empty());
+}
+
+// The producer's whole side of a wide shuffle, per channel: a subpartition of a partition of
+// several thousand, its view, and the server's reader serving it (credit, queue slot, the
+// receiver-id map) stay under 1 KiB of heap together before data flows.
+TEST_F(PartitionRequestQueueTest, HeapPerWideChannelWithItsReaderUnderOneKiB) {
+  constexpr uint32_t kChannels = 4000;
+  ShuffleOptions options;
+  options.credit.segment_size = 4096;
+  options.credit.wide_gate_buffers = 256;
+  const size_t before = mallinfo2().uordblks;
+  auto part = ResultPartition::Create("wide", kChannels, pool_, options);
+  ASSERT_TRUE(part.ok()) << part.status().ToString();
+  for (uint32_t i = 0; i < kChannels; ++i) {
+    Status st = queue_->AddReader(
+        i + 1, 2, "wide/" + std::to_string(i),
+        [&](SubpartitionListener* l) { return (*part)->CreateView(i, l); });
+    ASSERT_TRUE(st.ok()) << st.ToString();
+  }
+  const double per_channel =
+      (static_cast<double>(mallinfo2().uordblks) - before) / kChannels;
+  RecordProperty("heap_bytes_per_producer_channel", std::to_string(per_channel));
+  std::printf("heap per producer channel (subpartition, view, reader): %.0f bytes\n",
+              per_channel);
+  EXPECT_LT(per_channel, 1024.0);
+  for (uint32_t i = 0; i < kChannels; ++i) queue_->CancelReader(i + 1);
+  for (auto& task : posted_) task();
+  posted_.clear();
+  (*part)->Release();
 }
 
 }  // namespace
