@@ -307,7 +307,15 @@ class ResultPartition::View final : public SubpartitionView {
     if ((partition_->state_.load(std::memory_order_acquire) & (kFailed | kReleased)) != 0) {
       return true;  // PollNext returns the error
     }
-    if (sp_.queue.empty()) return credit > 0 && sp_.CurrentReadableLocked();
+    if (sp_.queue.empty()) {
+      if (sp_.CurrentReadableLocked()) return credit > 0;
+      // Nothing readable (the writer may hold the flushed buffer, filling it in place): the
+      // consumer stops here, so the next readable item must notify it, as after a poll that
+      // found nothing. Without this a reader notified for a flushed buffer that the writer
+      // claimed before the reader looked was never woken again (issue-15 in-place hang).
+      sp_.armed = true;
+      return false;
+    }
     return credit > 0 || buffer::IsEvent(sp_.queue.front().buffer.type());
   }
 

@@ -57,6 +57,9 @@ class SubpartitionView {
   virtual Result<std::optional<BufferAndBacklog>> PollNext() = 0;
   // Whether PollNext would return an item that `credit` allows: an event always, data when
   // credit > 0. Also true when PollNext would return an error (failed or released partition).
+  // When nothing at all is readable the view arms its listener, as a PollNext returning
+  // nullopt does: a consumer that stops on false is notified when something becomes readable
+  // (false only for lack of credit arms nothing: the consumer's credit brings it back).
   virtual bool IsAvailable(int32_t credit) const = 0;
   // Readable data buffers queued (finished, or flushed and still appendable).
   virtual uint32_t backlog() const = 0;

@@ -180,7 +180,9 @@ bool StoreView::IsAvailable(int32_t credit) const {
     case Next::kEnd: return true;
     case Next::kMemory:
     case Next::kDisk: return credit > 0;
-    case Next::kNothing: return false;
+    case Next::kNothing:
+      core_->armed.store(true);  // the consumer stops here: what comes next notifies it
+      return false;
   }
   return false;
 }

@@ -1193,6 +1193,37 @@ void ExpectReadInPlace(Reader& r, const Filler& fill, uint64_t records, uint64_t
 
 }  // namespace
 
+// The lost wake-up behind sluice-bench's in-place hang: a record flushed per record notifies
+// the consumer; before the consumer looks, the writer claims that flushed buffer to fill the
+// next record in place, so the consumer finds nothing available and stops. Putting the buffer
+// back must notify it again; it did not (the consumer had not polled, so nothing re-armed the
+// notification) and a server reader with credit and ten queued buffers waited forever.
+TEST_F(ResultPartitionTest, AConsumerThatFindsTheFlushedBufferClaimedIsNotifiedWhenItIsBack) {
+  std::shared_ptr<ResultPartition> p = NewPartition("claimed", 1, Options(0ms));
+  CountingListener listener;
+  auto view = std::move(p->CreateView(0, &listener)).value();
+  Filler fill(0);
+  ASSERT_TRUE(p->EmitInPlace(0, 40, fill.One()).ok());
+  ASSERT_EQ(listener.count(), 1) << "flushed per record: readable, one notification";
+  bool seen_available = true;
+  ASSERT_TRUE(p->EmitInPlace(0, 40, [&](std::span<uint8_t> out) {
+                 // The writer holds the flushed buffer: the consumer, notified, looks now.
+                 seen_available = view->IsAvailable(/*credit=*/2);
+                 fill.One()(out);
+               }).ok());
+  EXPECT_FALSE(seen_available) << "the buffer was claimed while the consumer looked";
+  EXPECT_EQ(listener.count(), 2) << "the consumer stopped on 'not available': it must hear "
+                                    "when the buffer is back";
+  EXPECT_TRUE(view->IsAvailable(2));
+  auto item = view->PollNext();
+  ASSERT_TRUE(item.ok() && item->has_value());
+  EXPECT_EQ((*item)->buffer.size(), 2u * (kRecordLengthBytes + 40));
+  (*item)->buffer.Release();
+  view->Release();
+  p->Release();
+  ExpectNoLeaks();
+}
+
 // Records that fit are filled where the consumer reads them (zero copy), in order, byte-exact,
 // across several buffers.
 TEST_F(ResultPartitionTest, InPlaceRecordsAreReadWhereTheyWereFilled) {
