@@ -17,6 +17,7 @@
 #include "shuffle/remote_input_channel.h"
 #include "shuffle/result_partition.h"
 #include "testutil/pools.h"
+#include "testutil/sanitizer.h"
 
 namespace sluice::shuffle {
 namespace {
@@ -190,6 +191,9 @@ TEST_F(WideGateTest, ReleasedChannelIsNoLongerGranted) {
 // Heap per channel: a gate of several thousand remote channels, started (channel objects,
 // receiver ids, the gate's and the dispatcher's per-channel state), stays under 1 KiB each.
 TEST(WideGateHeapTest, HeapPerChannelUnderOneKiB) {
+  if (testutil::kUnderSanitizer) {
+    GTEST_SKIP() << "mallinfo2() reads 0 under a sanitizer's allocator: measured in the plain build";
+  }
   constexpr uint32_t kChannels = 5000;
   auto pool = testutil::MakeNetworkBufferPool(1024, 4096);
   ShuffleOptions options;
@@ -220,6 +224,9 @@ TEST(WideGateHeapTest, HeapPerChannelUnderOneKiB) {
 // locks, counters, flush-list slot each) stays under 1 KiB of heap per subpartition while its
 // queues are empty; a queue grows only while a consumer falls behind.
 TEST(WideGateHeapTest, HeapPerSubpartitionUnderOneKiB) {
+  if (testutil::kUnderSanitizer) {
+    GTEST_SKIP() << "mallinfo2() reads 0 under a sanitizer's allocator: measured in the plain build";
+  }
   constexpr uint32_t kSubpartitions = 5000;
   auto pool = testutil::MakeNetworkBufferPool(1024, 4096);
   ShuffleOptions options;
