@@ -420,7 +420,8 @@ TEST_F(PartitionRequestQueueTest, ANotificationAfterTheQueueIsGoneDoesNothing) {
 // receiver-id map) stay under 1 KiB of heap together before data flows.
 TEST_F(PartitionRequestQueueTest, HeapPerWideChannelWithItsReaderUnderOneKiB) {
   if (testutil::kUnderSanitizer) {
-    GTEST_SKIP() << "mallinfo2() reads 0 under a sanitizer's allocator: measured in the plain build";
+    GTEST_SKIP() << "mallinfo2() reads 0 under a sanitizer's allocator: "
+                    "measured in the plain build";
   }
   constexpr uint32_t kChannels = 4000;
   ShuffleOptions options;

@@ -192,7 +192,8 @@ TEST_F(WideGateTest, ReleasedChannelIsNoLongerGranted) {
 // receiver ids, the gate's and the dispatcher's per-channel state), stays under 1 KiB each.
 TEST(WideGateHeapTest, HeapPerChannelUnderOneKiB) {
   if (testutil::kUnderSanitizer) {
-    GTEST_SKIP() << "mallinfo2() reads 0 under a sanitizer's allocator: measured in the plain build";
+    GTEST_SKIP() << "mallinfo2() reads 0 under a sanitizer's allocator: "
+                    "measured in the plain build";
   }
   constexpr uint32_t kChannels = 5000;
   auto pool = testutil::MakeNetworkBufferPool(1024, 4096);
@@ -225,7 +226,8 @@ TEST(WideGateHeapTest, HeapPerChannelUnderOneKiB) {
 // queues are empty; a queue grows only while a consumer falls behind.
 TEST(WideGateHeapTest, HeapPerSubpartitionUnderOneKiB) {
   if (testutil::kUnderSanitizer) {
-    GTEST_SKIP() << "mallinfo2() reads 0 under a sanitizer's allocator: measured in the plain build";
+    GTEST_SKIP() << "mallinfo2() reads 0 under a sanitizer's allocator: "
+                    "measured in the plain build";
   }
   constexpr uint32_t kSubpartitions = 5000;
   auto pool = testutil::MakeNetworkBufferPool(1024, 4096);
