@@ -9,8 +9,11 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
+#include <optional>
 #include <thread>
 
+#include "tests/client/forked_writer.h"
 #include "testutil/leak_check.h"
 #include "testutil/temp_dir.h"
 #include "testutil/wait.h"
@@ -42,6 +45,14 @@ class WriterTest : public ::testing::Test {
     auto s = daemon::LocalWriterService::Start(o, pool_, &sink_);
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     service_ = std::move(*s);
+  }
+  // Stops the service (its thread), runs `fork_child` while the process is single-threaded
+  // (see forked_writer.h), and starts the service again with the same options.
+  void Restart(const std::function<void()>& fork_child) {
+    service_->Stop();
+    service_.reset();
+    fork_child();
+    Start();
   }
   void TearDown() override {
     service_->Stop();
@@ -136,34 +147,29 @@ TEST_F(WriterTest, ClaimLargerThanASegmentIsRefused) {
 }
 
 TEST_F(WriterTest, WriterInAnotherProcessCommits) {
-  int pipefd[2];
-  ASSERT_EQ(::pipe(pipefd), 0);
   const WriterOptions opts = Options("job-fork", 3, 2);
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    ::close(pipefd[0]);
-    auto w = Writer::Open(opts);
-    if (!w.ok()) ::_exit(2);
-    for (uint32_t i = 0; i < 20000; ++i) {
-      if (!(*w)->Write(i % 2, Rec(i % 2, i, 100)).ok()) ::_exit(3);
-    }
-    auto out = (*w)->Commit();
-    if (!out.ok()) ::_exit(4);
-    const std::string text = EncodeMapOutput(*out);
-    (void)!::write(pipefd[1], text.data(), text.size());
-    ::_exit(0);
-  }
-  ::close(pipefd[1]);
-  char buf[512];
-  const ssize_t n = ::read(pipefd[0], buf, sizeof(buf));
-  ::close(pipefd[0]);
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  std::optional<testing::ForkedWriter> child;
+  Restart([&] {
+    child.emplace([&](int report_fd) {
+      auto w = Writer::Open(opts);
+      if (!w.ok()) return 2;
+      for (uint32_t i = 0; i < 20000; ++i) {
+        if (!(*w)->Write(i % 2, Rec(i % 2, i, 100)).ok()) return 3;
+      }
+      auto out = (*w)->Commit();
+      if (!out.ok()) return 4;
+      const std::string text = EncodeMapOutput(*out);
+      (void)!::write(report_fd, text.data(), text.size());
+      return 0;
+    });
+  });
+  child->Go();
+  const std::string report = child->ReadReport(std::chrono::seconds(60));
+  const int status = child->Wait();
   ASSERT_TRUE(WIFEXITED(status));
   ASSERT_EQ(WEXITSTATUS(status), 0);
-  ASSERT_GT(n, 0);
-  auto out = DecodeMapOutput(std::string_view(buf, static_cast<size_t>(n)));
+  ASSERT_FALSE(report.empty());
+  auto out = DecodeMapOutput(report);
   ASSERT_TRUE(out.ok()) << out.status().ToString();
   EXPECT_EQ(out->records, 20000u);
   auto outputs = sink_.outputs();
@@ -237,18 +243,20 @@ TEST_F(WriterTest, ManySubpartitionsOnFewSegmentsDoNotDeadlock) {
 
 TEST_F(WriterTest, WriterKilledMidWriteIsAbortedWithTheReason) {
   const WriterOptions opts = Options("job-kill", 9, 1);
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    auto w = Writer::Open(opts);
-    if (!w.ok()) ::_exit(2);
-    for (uint32_t i = 0;; ++i) (void)(*w)->Write(0, Rec(0, i, 100));
-  }
+  std::optional<testing::ForkedWriter> child;
+  Restart([&] {
+    child.emplace([&](int) {
+      auto w = Writer::Open(opts);
+      if (!w.ok()) return 2;
+      for (uint32_t i = 0;; ++i) (void)(*w)->Write(0, Rec(0, i, 100));
+    });
+  });
+  child->Go();
+  const pid_t pid = child->pid();
   ASSERT_TRUE(testutil::PollUntil([&] { return service_->Stats().buffers >= 10; },
                                   std::chrono::seconds(10)));
   ASSERT_EQ(::kill(pid, SIGKILL), 0);
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  (void)child->Wait();
   ASSERT_TRUE(testutil::PollUntil([&] { return service_->Stats().writers_aborted == 1; },
                                   std::chrono::seconds(10)));
   auto o = sink_.outputs().begin()->second;
