@@ -180,14 +180,17 @@ TEST_F(WriterHostileTest, CommitInsideARecordCommitsNothing) {
 // OpenWriter's optional retention: a hostile value (0, or over a year) closes that connection
 // with the reason and opens nothing; a valid one reaches the store's spec.
 TEST_F(WriterHostileTest, HostileRetentionIsRefusedAndAValidOneReachesTheStore) {
+  auto open_msg = [](const std::string& job) {
+    local::OpenWriterMsg m;
+    m.job = job;
+    m.subpartitions = 1;
+    m.retention_s = 90;
+    return m;
+  };
   for (const uint32_t bad : {0u, local::kMaxRetentionSeconds + 1}) {
     RawLocalClient c(dir_.Path("sluiced.sock"));
     ASSERT_TRUE(c.Handshake(kWriterSecret).ok());
-    local::OpenWriterMsg m;
-    m.job = "h-retention";
-    m.subpartitions = 1;
-    m.retention_s = 90;
-    auto frame = local::EncodeOpenWriter(m);
+    auto frame = local::EncodeOpenWriter(open_msg("h-retention"));
     const size_t at = frame.size() - 4;  // the trailing retention
     for (int i = 0; i < 4; ++i) frame[at + i] = static_cast<uint8_t>(bad >> (8 * i));
     ASSERT_TRUE(c.Send(frame).ok());
@@ -196,11 +199,7 @@ TEST_F(WriterHostileTest, HostileRetentionIsRefusedAndAValidOneReachesTheStore) 
   for (auto& [id, o] : sink_.outputs()) EXPECT_NE(o.spec.job, "h-retention") << "nothing opened";
   RawLocalClient ok(dir_.Path("sluiced.sock"));
   ASSERT_TRUE(ok.Handshake(kWriterSecret).ok());
-  local::OpenWriterMsg m;
-  m.job = "h-retention-ok";
-  m.subpartitions = 1;
-  m.retention_s = 90;
-  ASSERT_TRUE(ok.Open(m).ok());
+  ASSERT_TRUE(ok.Open(open_msg("h-retention-ok")).ok());
   bool seen = false;
   for (auto& [id, o] : sink_.outputs()) {
     if (o.spec.job != "h-retention-ok") continue;

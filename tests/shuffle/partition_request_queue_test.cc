@@ -4,7 +4,6 @@
 #include "shuffle/partition_request_queue.h"
 
 #include <gtest/gtest.h>
-#include <malloc.h>
 
 #include <cstring>
 #include <deque>
@@ -15,7 +14,7 @@
 #include "shuffle/result_partition.h"
 #include "shuffle/shuffle_server.h"
 #include "testutil/pools.h"
-#include "testutil/sanitizer.h"
+#include "testutil/heap.h"
 
 namespace sluice::shuffle {
 namespace {
@@ -419,15 +418,12 @@ TEST_F(PartitionRequestQueueTest, ANotificationAfterTheQueueIsGoneDoesNothing) {
 // several thousand, its view, and the server's reader serving it (credit, queue slot, the
 // receiver-id map) stay under 1 KiB of heap together before data flows.
 TEST_F(PartitionRequestQueueTest, HeapPerWideChannelWithItsReaderUnderOneKiB) {
-  if (testutil::kUnderSanitizer) {
-    GTEST_SKIP() << "mallinfo2() reads 0 under a sanitizer's allocator: "
-                    "measured in the plain build";
-  }
+  if (testutil::kHeapUnmeasurable) GTEST_SKIP() << testutil::kHeapUnmeasurableReason;
   constexpr uint32_t kChannels = 4000;
   ShuffleOptions options;
   options.credit.segment_size = 4096;
   options.credit.wide_gate_buffers = 256;
-  const size_t before = mallinfo2().uordblks;
+  const size_t before = testutil::HeapInUse();
   auto part = ResultPartition::Create("wide", kChannels, pool_, options);
   ASSERT_TRUE(part.ok()) << part.status().ToString();
   for (uint32_t i = 0; i < kChannels; ++i) {
@@ -436,12 +432,8 @@ TEST_F(PartitionRequestQueueTest, HeapPerWideChannelWithItsReaderUnderOneKiB) {
         [&](SubpartitionListener* l) { return (*part)->CreateView(i, l); });
     ASSERT_TRUE(st.ok()) << st.ToString();
   }
-  const double per_channel =
-      (static_cast<double>(mallinfo2().uordblks) - before) / kChannels;
-  RecordProperty("heap_bytes_per_producer_channel", std::to_string(per_channel));
-  std::printf("heap per producer channel (subpartition, view, reader): %.0f bytes\n",
-              per_channel);
-  EXPECT_LT(per_channel, 1024.0);
+  // Subpartition, view and reader together.
+  testutil::ExpectHeapPerItemBelow(before, kChannels, 1024.0, "heap_bytes_per_producer_channel");
   for (uint32_t i = 0; i < kChannels; ++i) queue_->CancelReader(i + 1);
   for (auto& task : posted_) task();
   posted_.clear();

@@ -3,7 +3,6 @@
 // Checks: no exclusive buffers and initial credit 0, backlog-driven round-robin grants of the
 // bounded floating budget, the credit the sender holds never above the buffers held, and heap
 // per channel (mallinfo2) under 1 KiB. Every test ends with the leak check.
-#include <malloc.h>
 
 #include <gtest/gtest.h>
 
@@ -17,7 +16,7 @@
 #include "shuffle/remote_input_channel.h"
 #include "shuffle/result_partition.h"
 #include "testutil/pools.h"
-#include "testutil/sanitizer.h"
+#include "testutil/heap.h"
 
 namespace sluice::shuffle {
 namespace {
@@ -191,10 +190,7 @@ TEST_F(WideGateTest, ReleasedChannelIsNoLongerGranted) {
 // Heap per channel: a gate of several thousand remote channels, started (channel objects,
 // receiver ids, the gate's and the dispatcher's per-channel state), stays under 1 KiB each.
 TEST(WideGateHeapTest, HeapPerChannelUnderOneKiB) {
-  if (testutil::kUnderSanitizer) {
-    GTEST_SKIP() << "mallinfo2() reads 0 under a sanitizer's allocator: "
-                    "measured in the plain build";
-  }
+  if (testutil::kHeapUnmeasurable) GTEST_SKIP() << testutil::kHeapUnmeasurableReason;
   constexpr uint32_t kChannels = 5000;
   auto pool = testutil::MakeNetworkBufferPool(1024, 4096);
   ShuffleOptions options;
@@ -202,7 +198,7 @@ TEST(WideGateHeapTest, HeapPerChannelUnderOneKiB) {
   options.credit.wide_threshold = 1024;
   options.credit.wide_gate_buffers = 256;
   FakeRequestClient client;
-  const size_t before = mallinfo2().uordblks;
+  const size_t before = testutil::HeapInUse();
   {
     auto gate = std::move(InputGate::Create("wide", pool, options, kChannels)).value();
     for (uint32_t i = 0; i < kChannels; ++i) {
@@ -210,11 +206,7 @@ TEST(WideGateHeapTest, HeapPerChannelUnderOneKiB) {
           gate.get(), i, &client, transport::Endpoint{"127.0.0.1", 4000}, "p0", i));
     }
     ASSERT_TRUE(gate->Start().ok());
-    const size_t after = mallinfo2().uordblks;
-    const double per_channel = (static_cast<double>(after) - before) / kChannels;
-    RecordProperty("heap_bytes_per_channel", std::to_string(per_channel));
-    std::printf("heap per channel: %.0f bytes\n", per_channel);
-    EXPECT_LT(per_channel, 1024.0);
+    testutil::ExpectHeapPerItemBelow(before, kChannels, 1024.0, "heap_bytes_per_channel");
     EXPECT_EQ(pool->used_segments(), 0u);  // no exclusive segment, no floating one yet
     gate->Close();
   }
@@ -225,24 +217,18 @@ TEST(WideGateHeapTest, HeapPerChannelUnderOneKiB) {
 // locks, counters, flush-list slot each) stays under 1 KiB of heap per subpartition while its
 // queues are empty; a queue grows only while a consumer falls behind.
 TEST(WideGateHeapTest, HeapPerSubpartitionUnderOneKiB) {
-  if (testutil::kUnderSanitizer) {
-    GTEST_SKIP() << "mallinfo2() reads 0 under a sanitizer's allocator: "
-                    "measured in the plain build";
-  }
+  if (testutil::kHeapUnmeasurable) GTEST_SKIP() << testutil::kHeapUnmeasurableReason;
   constexpr uint32_t kSubpartitions = 5000;
   auto pool = testutil::MakeNetworkBufferPool(1024, 4096);
   ShuffleOptions options;
   options.credit.segment_size = 4096;
   options.credit.wide_gate_buffers = 256;
-  const size_t before = mallinfo2().uordblks;
+  const size_t before = testutil::HeapInUse();
   {
     auto part = ResultPartition::Create("wide", kSubpartitions, pool, options);
     ASSERT_TRUE(part.ok()) << part.status().ToString();
-    const size_t after = mallinfo2().uordblks;
-    const double per_subpartition = (static_cast<double>(after) - before) / kSubpartitions;
-    RecordProperty("heap_bytes_per_subpartition", std::to_string(per_subpartition));
-    std::printf("heap per subpartition: %.0f bytes\n", per_subpartition);
-    EXPECT_LT(per_subpartition, 1024.0);
+    testutil::ExpectHeapPerItemBelow(before, kSubpartitions, 1024.0,
+                                     "heap_bytes_per_subpartition");
     (*part)->Release();
   }
   EXPECT_EQ(pool->available_segments(), pool->total_segments()) << pool->DebugString();
