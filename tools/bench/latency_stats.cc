@@ -1,5 +1,6 @@
 #include "tools/bench/latency_stats.h"
 
+#include <sys/prctl.h>
 #include <time.h>
 
 #include <algorithm>
@@ -9,6 +10,11 @@ namespace sluice::bench {
 namespace {
 
 void ClockSleepUntil(uint64_t until_ns) {
+  // The kernel may end a sleep up to the thread's timer slack late (50 us by default), and
+  // that lateness counts as latency from the scheduled time: wake on time instead. Every
+  // paced sender (Sluice's producer, the TCP floor, ZeroMQ) sleeps here, so all three get it.
+  static thread_local const bool slack_set = prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0) == 0;
+  (void)slack_set;
   const timespec at{static_cast<time_t>(until_ns / 1000000000ull),
                     static_cast<long>(until_ns % 1000000000ull)};
   while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &at, nullptr) != 0) {
