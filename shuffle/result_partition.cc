@@ -823,7 +823,8 @@ Status ResultPartition::WaitQueueRoom(uint32_t index, Clock::time_point deadline
       if (now >= deadline) {
         sp.room_waiter = false;
         lock.unlock();
-        return BackpressureTimeout(index, "before the record started (its debloated queue is full)");
+        return BackpressureTimeout(index,
+                                   "before the record started (its debloated queue is full)");
       }
       sp.room_waiter = true;
       sp.room_cv.wait_for(lock, SliceUntil(now, deadline));
@@ -1052,7 +1053,8 @@ uint64_t ResultPartition::consumer_events() const {
   return consumer_events_;
 }
 
-uint64_t ResultPartition::WaitConsumerEvent(uint64_t seen, std::chrono::milliseconds timeout) const {
+uint64_t ResultPartition::WaitConsumerEvent(uint64_t seen,
+                                            std::chrono::milliseconds timeout) const {
   std::unique_lock lock(consumer_mu_);
   consumer_cv_.wait_for(lock, timeout, [&] { return consumer_events_ != seen; });
   return consumer_events_;

@@ -9,11 +9,14 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
+#include <optional>
 
 #include "client/writer.h"
 #include "testutil/leak_check.h"
 #include "testutil/temp_dir.h"
 #include "testutil/wait.h"
+#include "tests/client/forked_writer.h"
 #include "tests/client/writer_test_util.h"
 
 namespace sluice::client {
@@ -30,6 +33,9 @@ class WriterHostileTest : public ::testing::Test {
     po.network_memory = 64 * 4096;
     po.segment_size = 4096;
     pool_ = buffer::NetworkBufferPool::Create(po).value();
+    StartServiceAndGoodWriter();
+  }
+  void StartServiceAndGoodWriter() {
     daemon::LocalWriterServiceOptions o;
     o.socket_path = dir_.Path("sluiced.sock");
     o.auth.secret = kWriterSecret;
@@ -48,6 +54,15 @@ class WriterHostileTest : public ::testing::Test {
     auto good = Writer::Open(w);
     ASSERT_TRUE(good.ok()) << good.status().ToString();
     good_ = std::move(*good);
+  }
+  // Stops the good writer and the service (its thread), runs `fork_child` while the process is
+  // single-threaded (see forked_writer.h), then starts both again.
+  void Restart(const std::function<void()>& fork_child) {
+    good_.reset();
+    service_->Stop();
+    service_.reset();
+    fork_child();
+    StartServiceAndGoodWriter();
   }
   void TearDown() override {
     // The well-behaved writer still works after every attack.
@@ -303,27 +318,22 @@ TEST_F(WriterHostileTest, ArenaIsSealedAndHoldsOnlyTheGrantedSegments) {
 TEST_F(WriterHostileTest, AnotherUidIsRefusedUnlessAllowed) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to switch to another uid";
   ::chmod(dir_.root().c_str(), 0755);
-  ::chmod(dir_.Path("sluiced.sock").c_str(), 0666);
-  int pipefd[2];
-  ASSERT_EQ(::pipe(pipefd), 0);
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::close(pipefd[0]);
-    if (::setuid(65534) != 0) ::_exit(2);
-    RawLocalClient c(dir_.Path("sluiced.sock"));
-    const Status s = c.ExpectError();
-    const std::string text = s.ToString();
-    (void)!::write(pipefd[1], text.data(), text.size());
-    ::_exit(0);
-  }
-  ::close(pipefd[1]);
-  char buf[1024];
-  const ssize_t n = ::read(pipefd[0], buf, sizeof(buf));
-  ::close(pipefd[0]);
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_GT(n, 0);
-  const std::string text(buf, static_cast<size_t>(n));
+  const std::string socket_path = dir_.Path("sluiced.sock");
+  std::optional<testing::ForkedWriter> child;
+  Restart([&] {
+    child.emplace([&](int report_fd) {
+      if (::setuid(65534) != 0) return 2;
+      RawLocalClient c(socket_path);
+      const std::string text = c.ExpectError().ToString();
+      (void)!::write(report_fd, text.data(), text.size());
+      return 0;
+    });
+  });
+  ::chmod(socket_path.c_str(), 0666);  // the restarted service's socket
+  child->Go();
+  const std::string text = child->ReadReport(std::chrono::seconds(60));
+  const int status = child->Wait();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   EXPECT_NE(text.find("PermissionDenied"), std::string::npos) << text;
   EXPECT_NE(text.find("uid 65534"), std::string::npos) << text;
   EXPECT_NE(text.find("local_socket_any_uid"), std::string::npos) << text;

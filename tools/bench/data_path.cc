@@ -395,7 +395,8 @@ int RunLocalChild(const BenchFlags& f, int to_parent) {
     if (!gate.ok()) return Report(to_parent, r, gate.status());
     std::atomic<bool> stop{false};
     Status produced;
-    std::optional<ProducerSampler> sampler(std::in_place, DebloatProbe::Shared(), *part);
+    std::optional<ProducerSampler> sampler;
+    if (ProducerSampler::Wanted(f)) sampler.emplace(DebloatProbe::Shared(), *part);
     std::thread producer([&, partition = *part] {
       shuffle::RecordWriter writer(partition, std::make_unique<shuffle::RoundRobinPartitioner>());
       produced = Produce(writer, f, stop);
@@ -510,7 +511,8 @@ int RunRemoteProducer(const BenchFlags& f, const std::string& token, int from_co
     const uint16_t port = (*env)->port();
     if (!WritePod(to_consumer, port)) return 1;
     std::atomic<bool> stop{false};
-    std::optional<ProducerSampler> sampler(std::in_place, DebloatProbe::Shared(), *part);
+    std::optional<ProducerSampler> sampler;
+    if (ProducerSampler::Wanted(f)) sampler.emplace(DebloatProbe::Shared(), *part);
     // The consumer writes one byte when it has measured enough (or exits: EOF).
     std::thread watcher([&] {
       char b;

@@ -62,9 +62,13 @@ struct DebloatProbe {
 };
 
 // Producer side: a thread publishing the partition's figures into the probe every millisecond
-// (every subpartitions/1024 ms for a wide partition) until destroyed.
+// (every subpartitions/1024 ms for a wide partition) until destroyed. Only in runs that report
+// those figures (EventIntervalMs > 0, see ProducerSampler::Wanted): elsewhere its thousand
+// wake-ups a second, each walking the subpartitions under their locks, would share the two
+// cores with what is measured (latency runs: its wake-ups are on the records' path).
 class ProducerSampler {
  public:
+  static bool Wanted(const BenchFlags& flags) { return EventIntervalMs(flags) > 0; }
   ProducerSampler(DebloatProbe* probe, std::shared_ptr<shuffle::ResultPartition> partition);
   ~ProducerSampler();
   ProducerSampler(const ProducerSampler&) = delete;
