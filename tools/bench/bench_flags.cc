@@ -143,13 +143,14 @@ const char* BenchUsage() {
          "  --batch N                  records per emit call to one subpartition (at most 256 KiB\n"
          "                             of records); 1 = plain\n"
          "                             ResultPartition::Emit, >1 = EmitBatch (default 64)\n"
-         "  --in-place on|off          fill each record in place in the network buffer\n"
+         "  --in-place on|off|fill     fill each record in place in the network buffer\n"
          "                             (EmitInPlace; EmitInPlaceBatch with --batch > 1): the\n"
          "                             producer writes only the 8-byte sequence number (and the\n"
          "                             16-byte stamp with --latency) and leaves the rest of the\n"
-         "                             record's bytes as the segment held them, which models an\n"
-         "                             engine that serializes its record straight into the\n"
-         "                             buffer (default off: records are copied from the\n"
+         "                             record's bytes as the segment held them; fill writes\n"
+         "                             every byte (a pattern after the stamp), as an engine\n"
+         "                             that serializes its record straight into the buffer\n"
+         "                             does (default off: records are copied from the\n"
          "                             producer's memory)\n"
          "  --network-memory SIZE      network memory per process, e.g. 64m (default: the\n"
          "                             recommended estimate for the topology)\n"
@@ -233,10 +234,13 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
     (name == "seconds" ? f->seconds : f->warmup) = *d;
   } else if (name == "baselines") {
     return ApplyBaselines(f, v);
+  } else if (name == "in-place" && v == "fill") {
+    f->in_place = f->in_place_fill = true;
   } else if (name == "checksum" || name == "in-place" || name == "auth") {
     Result<bool> b = ParseOnOff(name, v);
     if (!b.ok()) return b.status();
     (name == "checksum" ? f->checksum : name == "auth" ? f->auth : f->in_place) = *b;
+    if (name == "in-place") f->in_place_fill = false;
   } else if (name == "auth-secret-file") {
     f->auth_secret_file = v;
   } else if (name == "state-dir") {

@@ -27,6 +27,9 @@ struct BenchFlags {
   uint32_t rate = 10000;  // --latency: records per second
   uint32_t batch = 64;    // records per emit call to one subpartition (1: plain Emit)
   bool in_place = false;  // fill records in place (EmitInPlace*), writing only the stamp
+  // --in-place fill: in place, and every byte of each record written (a pattern after the
+  // stamp), as an engine serialising straight into the buffer writes its whole record.
+  bool in_place_fill = false;
   uint64_t network_memory = 0;  // bytes per process; 0: the recommended estimate
   int rounds = 1;
   bool baselines = true;

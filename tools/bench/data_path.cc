@@ -40,6 +40,7 @@ constexpr size_t kStampBytes = 16;  // sequence number + scheduled send time
 // Records of 24 bytes or more also carry the time the producer actually wrote them (for the
 // coordinated-omission figure: what sluice-bench reported before issue 15).
 constexpr size_t kActualStampBytes = 24;
+constexpr uint8_t kFillByte = 0x5A;  // --in-place fill
 // A consumer that sees no end of input this long after it stopped the producer gives up.
 constexpr auto kDrainLimit = std::chrono::seconds(30);
 
@@ -131,6 +132,19 @@ class RecordSource {
     }
   }
 
+  // --in-place fill: writes every byte of `record` after what Stamp wrote (a pattern), as a
+  // serialiser writing its record into the buffer would.
+  static void FillAfterStamp(std::span<uint8_t> record, bool stamped) {
+    const size_t from = std::min(record.size(), stamped ? kActualStampBytes : kSeqBytes);
+    std::memset(record.data() + from, kFillByte, record.size() - from);
+  }
+  // The consumer's check of FillAfterStamp: the record's last byte (when it has one past the
+  // stamp) is the pattern.
+  static bool FilledAfterStamp(std::span<const uint8_t> record, bool stamped) {
+    const size_t from = std::min(record.size(), stamped ? kActualStampBytes : kSeqBytes);
+    return record.size() == from || record.back() == kFillByte;
+  }
+
   // The next batch of records in the arena, stamped. REQUIRES: not --in-place.
   std::span<const std::span<const uint8_t>> Next(uint32_t channel, uint64_t stamp_ns) {
     const std::span<const uint32_t> sizes = NextSizes();
@@ -155,7 +169,8 @@ class RecordSource {
 };
 
 // One batch (one record with --latency or --batch 1) to channel `ch`: copied from the
-// source's arena, or with --in-place filled in the network buffer with only the stamp.
+// source's arena, or with --in-place filled in the network buffer with only the stamp (with
+// --in-place fill, the stamp and a pattern in every other byte).
 // `stamp_ns`: the scheduled send time with --latency, else 0.
 Status EmitNext(shuffle::RecordWriter& writer, RecordSource& source, const BenchFlags& f,
                 uint32_t ch, uint64_t stamp_ns = 0) {
@@ -164,12 +179,13 @@ Status EmitNext(shuffle::RecordWriter& writer, RecordSource& source, const Bench
     return records.size() == 1 ? writer.EmitTo(records[0], ch) : writer.EmitBatchTo(records, ch);
   }
   const std::span<const uint32_t> sizes = source.NextSizes();
-  if (sizes.size() == 1) {
-    return writer.EmitInPlaceTo(
-        sizes[0], ch, [&](std::span<uint8_t> record) { source.Stamp(ch, record, stamp_ns); });
-  }
-  return writer.EmitInPlaceBatchTo(
-      sizes, ch, [&](size_t, std::span<uint8_t> record) { source.Stamp(ch, record, stamp_ns); });
+  auto fill = [&](std::span<uint8_t> record) {
+    source.Stamp(ch, record, stamp_ns);
+    if (f.in_place_fill) RecordSource::FillAfterStamp(record, stamp_ns != 0);
+  };
+  if (sizes.size() == 1) return writer.EmitInPlaceTo(sizes[0], ch, fill);
+  return writer.EmitInPlaceBatchTo(sizes, ch,
+                                   [&](size_t, std::span<uint8_t> record) { fill(record); });
 }
 
 // Emits until `stop`, round-robin over the subpartitions (a batch per subpartition), then
@@ -348,6 +364,7 @@ Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
         if (seq != want) ++out->order_errors;
         want = seq + 1;
       }
+      if (f.in_place_fill && !RecordSource::FilledAfterStamp(rec, f.latency)) ++out->fill_errors;
       if (f.latency && w.warm && !w.stopped) latency.OnRecord(rec);
       if (++since_check < 512) continue;
     } else if (item->kind == shuffle::RecordReader::Kind::kEvent && w.warm && !w.stopped) {

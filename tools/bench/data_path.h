@@ -33,6 +33,7 @@ struct RunResult {
   double credit_stall_ms = 0;   // remote: server readers with data but no credit
   double backpressure_ms = 0;   // producer waiting for output buffers
   uint64_t order_errors = 0;    // records out of order or missing
+  uint64_t fill_errors = 0;     // --in-place fill: records whose last byte is not the pattern
   uint64_t latency_samples = 0;
   double p50_us = 0;
   double p99_us = 0;

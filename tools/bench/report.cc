@@ -187,7 +187,7 @@ void PrintSummary(const Measurement& m) {
   std::printf("- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -\n");
   std::printf("sluice-bench %s: %u channels, %s-byte records, %u-byte segments, %.1f s%s%s%s%s%s\n",
               f.mode.c_str(), f.channels, f.RecordSizeString().c_str(), f.segment_size, r.seconds,
-              f.checksum ? ", checksums" : "", f.in_place ? ", in place" : "",
+              f.checksum ? ", checksums" : "", f.in_place_fill ? ", in place (every byte written)" : f.in_place ? ", in place" : "",
               f.mode == "remote" && !f.auth ? ", auth off" : "",
               f.mode == "remote" && f.direct == 0 ? ", write-through off" : "",
               m.rounds > 1 ? " (median round)" : "");
@@ -210,8 +210,10 @@ void PrintSummary(const Measurement& m) {
               static_cast<double>(r.producer_peak_rss_bytes) / kMiB,
               (static_cast<double>(r.peak_rss_bytes) - static_cast<double>(r.network_memory_bytes)) /
                   kMiB);
-  std::printf("  leaked segments %lld; order errors %llu\n", static_cast<long long>(r.leaked_segments),
-              static_cast<unsigned long long>(r.order_errors));
+  std::printf("  leaked segments %lld; order errors %llu%s\n",
+              static_cast<long long>(r.leaked_segments),
+              static_cast<unsigned long long>(r.order_errors),
+              f.in_place_fill ? ("; fill errors " + std::to_string(r.fill_errors)).c_str() : "");
   if (f.latency) PrintLatency(m);
   if (f.baselines) {
     std::printf("  raw libuv pump %10.1f MiB/s  ratio %.3f\n", m.pump_mib_per_second,
@@ -253,6 +255,7 @@ std::string ToJson(const Measurement& m) {
       {"batch", std::to_string(f.EffectiveBatch())},
       {"checksum", f.checksum ? "true" : "false"},
       {"in_place", f.in_place ? "true" : "false"},
+      {"in_place_fill", f.in_place_fill ? "true" : "false"},
       {"auth", f.auth && f.mode == "remote" ? "true" : "false"},
       {"direct", f.direct < 0 ? "\"env\"" : f.direct != 0 ? "true" : "false"},
       {"rounds", std::to_string(m.rounds)},
@@ -273,6 +276,7 @@ std::string ToJson(const Measurement& m) {
       {"producer_peak_rss_bytes", std::to_string(r.producer_peak_rss_bytes)},
       {"leaked_segments", std::to_string(r.leaked_segments)},
       {"order_errors", std::to_string(r.order_errors)},
+      {"fill_errors", std::to_string(r.fill_errors)},
       {"baseline_pump_mib_per_second", Fmt("%.2f", m.pump_mib_per_second)},
       {"baseline_memcpy_mib_per_second", Fmt("%.2f", m.memcpy_mib_per_second)},
       {"ratio_to_pump", Fmt("%.4f", m.RatioToPump())},

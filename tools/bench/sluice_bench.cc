@@ -106,6 +106,7 @@ Measurement Measure(const BenchFlags& f) {
     if (r.error[0] != 0 && m.run.error[0] == 0) std::copy(r.error, r.error + sizeof(r.error), m.run.error);
     m.run.leaked_segments = std::max(m.run.leaked_segments, r.leaked_segments);
     m.run.order_errors = std::max(m.run.order_errors, r.order_errors);
+    m.run.fill_errors = std::max(m.run.fill_errors, r.fill_errors);
     m.run.peak_rss_bytes = std::max(m.run.peak_rss_bytes, r.peak_rss_bytes);
   }
   m.pump_mib_per_second = Median(pump);
@@ -118,7 +119,7 @@ Measurement Measure(const BenchFlags& f) {
 
 bool Healthy(const Measurement& m) {
   return m.run.error[0] == 0 && m.run.leaked_segments == 0 && m.run.order_errors == 0 &&
-         m.run.records > 0 && m.zmq_error.empty();
+         m.run.fill_errors == 0 && m.run.records > 0 && m.zmq_error.empty();
 }
 
 int Main(int argc, char** argv) {

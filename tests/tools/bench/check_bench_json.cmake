@@ -1,7 +1,7 @@
 # Runs sluice-bench with --json and checks the object it prints: every documented field is
 # there, records > 0, and nothing leaked. No timing assertions.
 #   cmake -DBENCH=<sluice-bench> "-DARGS=--mode local ..." -DLATENCY=ON|OFF -DIN_PLACE=true|false
-#     -DAUTH=true|false
+#     -DIN_PLACE_FILL=true|false -DAUTH=true|false
 #     -P check_bench_json.cmake
 separate_arguments(args UNIX_COMMAND "${ARGS}")
 execute_process(COMMAND ${BENCH} ${args} --json
@@ -12,7 +12,8 @@ endif()
 set(fields mode channels record_size segment_size seconds records bytes records_per_second
   mib_per_second buffers_per_second credit_stall_ms network_memory_bytes peak_rss_bytes
   leaked_segments pool_total_segments pool_peak_used_segments baseline_pump_mib_per_second
-  baseline_memcpy_mib_per_second ratio_to_pump ratio_to_memcpy in_place auth)
+  baseline_memcpy_mib_per_second ratio_to_pump ratio_to_memcpy in_place in_place_fill
+  fill_errors auth)
 if(LATENCY)
   list(APPEND fields p50_us p99_us p999_us baseline_tcp_p50_us baseline_tcp_p99_us
     baseline_tcp_p999_us)
@@ -37,6 +38,15 @@ if(DEFINED AUTH AND ((auth AND NOT AUTH) OR (NOT auth AND AUTH)))
 endif()
 if(DEFINED IN_PLACE AND ((in_place AND NOT IN_PLACE) OR (NOT in_place AND IN_PLACE)))
   message(FATAL_ERROR "in_place is ${in_place}, expected ${IN_PLACE}: ${out}")
+endif()
+string(JSON in_place_fill GET "${out}" in_place_fill)
+if(DEFINED IN_PLACE_FILL AND ((in_place_fill AND NOT IN_PLACE_FILL) OR
+                              (NOT in_place_fill AND IN_PLACE_FILL)))
+  message(FATAL_ERROR "in_place_fill is ${in_place_fill}, expected ${IN_PLACE_FILL}: ${out}")
+endif()
+string(JSON fill_errors GET "${out}" fill_errors)
+if(NOT fill_errors EQUAL 0)
+  message(FATAL_ERROR "fill errors ${fill_errors}: records lost their filled bytes: ${out}")
 endif()
 if(NOT records GREATER 0)
   message(FATAL_ERROR "no records were measured: ${out}")
