@@ -17,19 +17,12 @@
 #include "shuffle/result_partition.h"
 #include "testutil/pools.h"
 #include "testutil/heap.h"
+#include "tests/shuffle/fake_request_client.h"
 
 namespace sluice::shuffle {
 namespace {
 
-class FakeRequestClient final : public PartitionRequestClient {
- public:
-  void RequestPartition(std::shared_ptr<RemoteInputChannel>) override { ++requests; }
-  void NotifyCreditAvailable(std::shared_ptr<RemoteInputChannel>) override { ++credit_notes; }
-  void Cancel(std::shared_ptr<RemoteInputChannel>) override { ++cancels; }
-  std::atomic<int> requests{0};
-  std::atomic<int> credit_notes{0};
-  std::atomic<int> cancels{0};
-};
+using testing::FakeRequestClient;
 
 class WideGateTest : public ::testing::Test {
  protected:
