@@ -234,13 +234,19 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
     (name == "seconds" ? f->seconds : f->warmup) = *d;
   } else if (name == "baselines") {
     return ApplyBaselines(f, v);
-  } else if (name == "in-place" && v == "fill") {
-    f->in_place = f->in_place_fill = true;
-  } else if (name == "checksum" || name == "in-place" || name == "auth") {
+  } else if (name == "in-place") {
+    f->in_place_fill = v == "fill";
+    if (f->in_place_fill) {
+      f->in_place = true;
+    } else {
+      Result<bool> b = ParseOnOff(name, v);
+      if (!b.ok()) return InvalidArgument("--in-place wants on, off or fill, got '" + v + "'");
+      f->in_place = *b;
+    }
+  } else if (name == "checksum" || name == "auth") {
     Result<bool> b = ParseOnOff(name, v);
     if (!b.ok()) return b.status();
-    (name == "checksum" ? f->checksum : name == "auth" ? f->auth : f->in_place) = *b;
-    if (name == "in-place") f->in_place_fill = false;
+    (name == "checksum" ? f->checksum : f->auth) = *b;
   } else if (name == "auth-secret-file") {
     f->auth_secret_file = v;
   } else if (name == "state-dir") {

@@ -132,17 +132,23 @@ class RecordSource {
     }
   }
 
+  // The bytes Stamp writes at the front of a record of `size` bytes (stamped: --latency).
+  static size_t StampedBytes(size_t size, bool stamped) {
+    if (stamped && size >= kActualStampBytes) return kActualStampBytes;
+    if (stamped && size >= kStampBytes) return kStampBytes;
+    return std::min(size, kSeqBytes);
+  }
   // --in-place fill: writes every byte of `record` after what Stamp wrote (a pattern), as a
   // serialiser writing its record into the buffer would.
   static void FillAfterStamp(std::span<uint8_t> record, bool stamped) {
-    const size_t from = std::min(record.size(), stamped ? kActualStampBytes : kSeqBytes);
+    const size_t from = StampedBytes(record.size(), stamped);
     std::memset(record.data() + from, kFillByte, record.size() - from);
   }
   // The consumer's check of FillAfterStamp: the record's last byte (when it has one past the
   // stamp) is the pattern.
   static bool FilledAfterStamp(std::span<const uint8_t> record, bool stamped) {
-    const size_t from = std::min(record.size(), stamped ? kActualStampBytes : kSeqBytes);
-    return record.size() == from || record.back() == kFillByte;
+    return record.size() == StampedBytes(record.size(), stamped) ||
+           record.back() == kFillByte;
   }
 
   // The next batch of records in the arena, stamped. REQUIRES: not --in-place.

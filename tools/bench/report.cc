@@ -187,7 +187,8 @@ void PrintSummary(const Measurement& m) {
   std::printf("- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -\n");
   std::printf("sluice-bench %s: %u channels, %s-byte records, %u-byte segments, %.1f s%s%s%s%s%s\n",
               f.mode.c_str(), f.channels, f.RecordSizeString().c_str(), f.segment_size, r.seconds,
-              f.checksum ? ", checksums" : "", f.in_place_fill ? ", in place (every byte written)" : f.in_place ? ", in place" : "",
+              f.checksum ? ", checksums" : "",
+              f.in_place_fill ? ", in place (every byte written)" : f.in_place ? ", in place" : "",
               f.mode == "remote" && !f.auth ? ", auth off" : "",
               f.mode == "remote" && f.direct == 0 ? ", write-through off" : "",
               m.rounds > 1 ? " (median round)" : "");
