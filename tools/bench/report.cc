@@ -5,6 +5,9 @@
 #include <fstream>
 #include <string>
 
+#include <sys/utsname.h>
+#include <unistd.h>
+
 #include "tools/common/report_util.h"
 
 namespace sluice::bench {
@@ -181,6 +184,23 @@ double Measurement::RatioToMemcpy() const {
 
 double Measurement::RatioToZmq() const { return Ratio(run.mib_per_second(), zmq_mib_per_second); }
 
+HostInfo ReadHostInfo() {
+  HostInfo h;
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.rfind("model name", 0) != 0) continue;
+    const size_t colon = line.find(':');
+    if (colon != std::string::npos) h.cpu = line.substr(line.find_first_not_of(' ', colon + 1));
+    break;
+  }
+  if (h.cpu.empty()) h.cpu = "unknown";
+  const long online = sysconf(_SC_NPROCESSORS_ONLN);
+  h.cpus = online > 0 ? static_cast<unsigned>(online) : 0;
+  utsname u{};
+  h.kernel = uname(&u) == 0 ? u.release : "unknown";
+  return h;
+}
+
 void PrintSummary(const Measurement& m) {
   const BenchFlags& f = m.flags;
   const RunResult& r = m.run;
@@ -192,6 +212,9 @@ void PrintSummary(const Measurement& m) {
               f.mode == "remote" && !f.auth ? ", auth off" : "",
               f.mode == "remote" && f.direct == 0 ? ", write-through off" : "",
               m.rounds > 1 ? " (median round)" : "");
+  const HostInfo host = ReadHostInfo();
+  std::printf("  host           %s, %u CPUs online, Linux %s\n", host.cpu.c_str(), host.cpus,
+              host.kernel.c_str());
   std::printf("  records        %12llu   %10.3f M records/s\n",
               static_cast<unsigned long long>(r.records), r.records_per_second() / 1e6);
   std::printf("  bytes          %12llu   %10.1f MiB/s\n",
@@ -241,9 +264,13 @@ void PrintSummary(const Measurement& m) {
 
 std::string ToJson(const Measurement& m) {
   const BenchFlags& f = m.flags;
+  const HostInfo host = ReadHostInfo();
   const RunResult& r = m.run;
   std::vector<std::pair<std::string, std::string>> kv = {
       {"mode", JsonString(f.mode)},
+      {"host_cpu", JsonString(host.cpu)},
+      {"host_cpus", std::to_string(host.cpus)},
+      {"host_kernel", JsonString(host.kernel)},
       {"channels", std::to_string(f.channels)},
       // The size, or the mean of a --record-size MIN-MAX range (then see _min and _max).
       {"record_size", std::to_string(static_cast<uint64_t>(f.MeanRecordSize()))},

@@ -57,6 +57,15 @@ void FinishLatency(Measurement* m);
 void PrintRound(const Measurement& m, int round, const RunResult& run, double pump,
                 double memcpy_mib);
 
+// The machine a run measured, for telling hosts apart across sessions: the CPU's model name
+// (/proc/cpuinfo, "unknown" when absent), the CPUs online and the kernel release.
+struct HostInfo {
+  std::string cpu;
+  unsigned cpus = 0;
+  std::string kernel;
+};
+HostInfo ReadHostInfo();
+
 void PrintSummary(const Measurement& m);
 std::string ToJson(const Measurement& m);
 

@@ -13,7 +13,7 @@ set(fields mode channels record_size segment_size seconds records bytes records_
   mib_per_second buffers_per_second credit_stall_ms network_memory_bytes peak_rss_bytes
   leaked_segments pool_total_segments pool_peak_used_segments baseline_pump_mib_per_second
   baseline_memcpy_mib_per_second ratio_to_pump ratio_to_memcpy in_place in_place_fill
-  fill_errors auth)
+  fill_errors auth host_cpu host_cpus host_kernel)
 if(LATENCY)
   list(APPEND fields p50_us p99_us p999_us baseline_tcp_p50_us baseline_tcp_p99_us
     baseline_tcp_p999_us)
@@ -25,6 +25,11 @@ foreach(field IN LISTS fields)
   endif()
 endforeach()
 string(JSON records GET "${out}" records)
+string(JSON host_cpus GET "${out}" host_cpus)
+string(JSON host_cpu GET "${out}" host_cpu)
+if(NOT host_cpus GREATER 0 OR host_cpu STREQUAL "")
+  message(FATAL_ERROR "host figures missing (host_cpus ${host_cpus}, host_cpu '${host_cpu}'): ${out}")
+endif()
 string(JSON leaked GET "${out}" leaked_segments)
 string(JSON order_errors GET "${out}" order_errors)
 string(JSON network GET "${out}" network_memory_bytes)
