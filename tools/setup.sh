@@ -9,6 +9,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-dev
   libspdlog-dev libtomlplusplus-dev libssl-dev libcli11-dev python3
+  python3-prometheus-client  # the sluiced service test parses /metrics with it
   iproute2 nftables procps
   libzmq3-dev  # sluice-bench --baselines zmq (optional: built only when found)
 )
