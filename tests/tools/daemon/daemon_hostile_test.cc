@@ -383,8 +383,11 @@ TEST(DaemonHostileTest, AHugeJobStatusIsSummarisedNotAborted) {
   spec.producer_nodes.assign(kTasks, 0);
   spec.consumer_nodes.assign(kTasks, 0);
   spec.record_size_max = 64;
+  // 1,600 tasks run for over 70 s under TSan on a slow two-core machine: past the job's
+  // default 60 s deadline, which then fails it.
+  spec.timeout_ms = 240000;
   ASSERT_TRUE(SubmitDirect(*d, spec).ok());
-  auto ended = WaitEnded(spec, {d.get()}, std::chrono::seconds(120));
+  auto ended = WaitEnded(spec, {d.get()}, std::chrono::seconds(240));
   ASSERT_EQ(ended.size(), 1u);
   EXPECT_EQ(ended[0].state, JobState::kSucceeded) << ended[0].error;
   // The raw reply: a JobStatusResponse within the frame's metadata, totals complete.

@@ -100,15 +100,16 @@ struct DirectReply {
   std::vector<uint8_t> message;
 };
 
-// One control request through Daemon::OnControlRequest, answered within 60 s. A submit replies
-// once the job's threads run: 1,600 of them take over 10 s to start under TSan on two cores.
+// One control request through Daemon::OnControlRequest, answered within 180 s. A submit replies
+// once the job's threads run: 1,600 of them took over 60 s to start under TSan on a slow
+// two-core machine (10 s on a faster one). The bound only keeps a lost reply from hanging.
 inline DirectReply Call(Daemon& d, schema::MessageType type, const std::vector<uint8_t>& msg) {
   auto p = std::make_shared<std::promise<DirectReply>>();
   auto f = p->get_future();
   d.OnControlRequest(type, msg, "test-peer", [p](schema::MessageType t, std::vector<uint8_t> m) {
     p->set_value(DirectReply{t, std::move(m)});
   });
-  EXPECT_EQ(f.wait_for(std::chrono::seconds(60)), std::future_status::ready) << "no reply";
+  EXPECT_EQ(f.wait_for(std::chrono::seconds(180)), std::future_status::ready) << "no reply";
   return f.get();
 }
 
