@@ -190,7 +190,9 @@ HostInfo ReadHostInfo() {
   for (std::string line; std::getline(cpuinfo, line);) {
     if (line.rfind("model name", 0) != 0) continue;
     const size_t colon = line.find(':');
-    if (colon != std::string::npos) h.cpu = line.substr(line.find_first_not_of(' ', colon + 1));
+    const size_t value =
+        colon == std::string::npos ? colon : line.find_first_not_of(" \t", colon + 1);
+    if (value != std::string::npos) h.cpu = line.substr(value);  // else "unknown" below
     break;
   }
   if (h.cpu.empty()) h.cpu = "unknown";
