@@ -1,16 +1,11 @@
 #include "store/partition_store.h"
 
-#include <fcntl.h>
-#include <sys/file.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
+#include <cstdio>
 #include <cstring>
-#include <filesystem>
 
 #include "shuffle/auth.h"
+#include "store/spill_dir.h"
 #include "store/store_internal.h"
 
 namespace sluice::store {
@@ -68,48 +63,6 @@ std::string ReadSetDigest(const std::vector<MapOutputRef>& outputs) {
   return out;
 }
 
-// Each daemon spills into <spill_dir>/node-<host>-<port>, holding an flock on its "lock" file
-// for its lifetime. At start it removes the spill files of every node directory whose lock is
-// free (a daemon that crashed or stopped), its own included, and stray spill files in the root.
-Result<std::string> ClaimSpillDir(const std::string& root, const std::string& node, int* lock_fd) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  fs::create_directories(root, ec);
-  if (ec) {
-    return IoError("spill_dir " + root + " cannot be created: " + ec.message() +
-                   " (set spill_dir to a writable directory)");
-  }
-  SpillFile::RemoveLeftovers(root);
-  std::string name = "node-" + node;
-  for (char& c : name) {
-    if (c == '/' || c == ':' || c == '[' || c == ']') c = '-';
-  }
-  for (const auto& e : fs::directory_iterator(root, ec)) {
-    const std::string n = e.path().filename().string();
-    if (!e.is_directory() || !n.starts_with("node-") || n == name) continue;
-    int fd = ::open((e.path() / "lock").c_str(), O_RDWR | O_CLOEXEC);
-    if (fd < 0) continue;
-    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
-      SpillFile::RemoveLeftovers(e.path().string());  // its daemon is gone
-    }
-    ::close(fd);
-  }
-  const std::string dir = (fs::path(root) / name).string();
-  fs::create_directories(dir, ec);
-  if (ec) return IoError("spill directory " + dir + " cannot be created: " + ec.message());
-  const std::string lock = dir + "/lock";
-  int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) return IoError("cannot open " + lock + ": " + std::strerror(errno));
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    ::close(fd);
-    return IoError("spill directory " + dir + " is in use by another daemon for node " + node +
-                   " (give each daemon its own port or spill_dir)");
-  }
-  SpillFile::RemoveLeftovers(dir);
-  *lock_fd = fd;
-  return dir;
-}
-
 }  // namespace
 
 void NotifyViews(std::vector<std::shared_ptr<ViewCore>>& cores, bool force) {
@@ -126,9 +79,7 @@ void NotifyViews(std::vector<std::shared_ptr<ViewCore>>& cores, bool force) {
 // ---------------------------------------------------------------------------------------------
 // Impl
 
-PartitionStore::Impl::~Impl() {
-  if (spill_lock_fd >= 0) ::close(spill_lock_fd);
-}
+PartitionStore::Impl::~Impl() { ReleaseSpillDir(spill_claim); }
 
 // Read segments are taken from the pool's free list when a view reads spilled data and go
 // straight back when the buffer is released (sent), so an idle store holds none.
@@ -550,14 +501,15 @@ PartitionStore::~PartitionStore() {
 const PartitionStoreOptions& PartitionStore::options() const { return impl_->options; }
 
 Result<std::unique_ptr<PartitionStore>> PartitionStore::Create(PartitionStoreOptions options) {
-  int lock_fd = -1;
+  SpillDirClaim claim;
   if (!options.spill_dir.empty()) {
-    auto dir = ClaimSpillDir(options.spill_dir, options.node, &lock_fd);
-    if (!dir.ok()) return dir.status();
-    options.spill_dir = *dir;
+    auto claimed = ClaimSpillDir(options.spill_dir, options.node);
+    if (!claimed.ok()) return claimed.status();
+    claim = std::move(*claimed);
+    options.spill_dir = claim.dir;
   }
   auto impl = std::make_shared<Impl>(std::move(options));
-  impl->spill_lock_fd = lock_fd;
+  impl->spill_claim = std::move(claim);
   std::unique_ptr<PartitionStore> store(new PartitionStore(impl));
   PartitionStore* raw = store.get();
   impl->maintenance = std::thread([raw] {

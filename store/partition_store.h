@@ -128,9 +128,10 @@ struct PartitionStoreStats {
 class PartitionStore final : public shuffle::SubpartitionViewProvider {
  public:
   // Creates spill_dir and spills into <spill_dir>/node-<host>-<port> (from options.node), locked
-  // with flock for the store's life; removes the spill files a crashed or stopped daemon left
-  // (any node directory whose lock is free, and stray files in the root). IoError naming the
-  // directory when it cannot be used or another live store holds it.
+  // with flock for the store's life; removes what a crashed or stopped daemon left (any node
+  // directory whose lock is free, and stray spill files in the root). The store's destruction
+  // removes its node directory (spill files, lock, directory). IoError naming the directory
+  // when it cannot be used or another live store holds it.
   static Result<std::unique_ptr<PartitionStore>> Create(PartitionStoreOptions options);
   ~PartitionStore() override;
   PartitionStore(const PartitionStore&) = delete;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "store/partition_store.h"
+#include "store/spill_dir.h"
 #include "store/spill_file.h"
 
 namespace sluice::store {
@@ -190,7 +191,7 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
   std::unordered_set<const buffer::MemorySegment*> copies;  // GUARDED_BY(mu): segments out
   std::atomic<uint64_t> copied_bytes_total{0};
 
-  int spill_lock_fd = -1;  // flock on <spill dir>/lock, held for the store's life
+  SpillDirClaim spill_claim;  // <spill dir>/lock's flock, held for the store's life
   // Buffers the store let go of under mu: released only after mu is unlocked (StoreLock), so a
   // writer's recycler never runs under the store's lock.
   std::vector<buffer::Buffer> dropped;

@@ -42,4 +42,15 @@ export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}"
 ctest_args=(--test-dir "$build_dir" --output-on-failure -j2 --timeout 600)
 [ -n "$label" ] && ctest_args+=(-L "$label")
-ctest "${ctest_args[@]}"
+# The tests get a scratch TMPDIR of their own, which must be empty when they end: no secret,
+# spill file, socket or run directory may outlive the test that made it.
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/sluice-tests.XXXXXX")
+status=0
+TMPDIR="$scratch" TEST_TMPDIR="$scratch" ctest "${ctest_args[@]}" || status=$?
+if [ -n "$(ls -A "$scratch")" ]; then
+  echo "test.sh: the tests left files in their TMPDIR; each test must remove what it makes:" >&2
+  find "$scratch" -mindepth 1 | head -20 >&2
+  status=1
+fi
+rm -rf "$scratch"
+exit "$status"

@@ -2,8 +2,12 @@
 // network server drains them. Every test ends with the leak check and no spill file left.
 #include "store/partition_store.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -11,6 +15,7 @@
 #include "shuffle/record_serializer.h"
 
 #include "shuffle/auth.h"
+#include "store/spill_dir.h"
 #include "store/spill_file.h"
 #include "testutil/leak_check.h"
 #include "testutil/pools.h"
@@ -640,9 +645,24 @@ TEST_F(PartitionStoreTest, LeftoverSpillFilesAreRemovedAtStart) {
   std::filesystem::create_directories(crashed);
   std::ofstream(crashed + "/lock");
   std::ofstream(crashed + "/sluice-spill-j9-p0-a0.data") << "crash";
+  // A release cut short: the lock file went, the empty directory stayed.
+  const std::string unlocked = dir_.Path("spill") + "/node-127.0.0.1-7002";
+  std::filesystem::create_directories(unlocked);
+  // A live daemon's directory with a file that is not Sluice's.
+  const std::string live = dir_.Path("spill") + "/node-127.0.0.1-7003";
+  std::filesystem::create_directories(live);
+  std::ofstream(live + "/notes.txt") << "not ours";
+  int live_lock = ::open((live + "/lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  ASSERT_GE(live_lock, 0);
+  ASSERT_EQ(::flock(live_lock, LOCK_EX | LOCK_NB), 0);
   MakeStore(4 * kSegment);
   EXPECT_EQ(SpillFilesIn(dir_.Path("spill")), 0u);
   EXPECT_TRUE(std::filesystem::exists(dir_.Path("spill") + "/keep.txt"));
+  EXPECT_FALSE(std::filesystem::exists(crashed)) << "a dead node's directory is removed";
+  EXPECT_FALSE(std::filesystem::exists(unlocked));
+  EXPECT_TRUE(std::filesystem::exists(live + "/lock")) << "a live node's directory stays";
+  EXPECT_TRUE(std::filesystem::exists(live + "/notes.txt"));
+  ::close(live_lock);
   // A second store for the same node cannot take the directory the first one holds.
   PartitionStoreOptions o;
   o.node = "127.0.0.1:7000";
@@ -650,6 +670,60 @@ TEST_F(PartitionStoreTest, LeftoverSpillFilesAreRemovedAtStart) {
   auto second = PartitionStore::Create(o);
   ASSERT_FALSE(second.ok());
   EXPECT_NE(second.status().message().find("is in use by another daemon"), std::string::npos);
+}
+
+// A stopped store leaves nothing in spill_dir: its spill files, lock file and node directory go;
+// a file that is not Sluice's keeps the directory (and its lock, for the next start to decide).
+TEST_F(PartitionStoreTest, AStoppedStoreRemovesItsNodeDirectory) {
+  MakeStore(4 * kSegment);
+  const std::string own = dir_.Path("spill") + "/node-127.0.0.1-7000";
+  ASSERT_TRUE(std::filesystem::exists(own + "/lock"));
+  TestWriter w = Open(0, 0, 1, PartitionMode::kBlocking);
+  ASSERT_TRUE(w.Write(0, 0, 0, 0, 3000, 20).ok());
+  ASSERT_TRUE(store_->Commit(w.id()).ok());
+  ASSERT_EQ(SpillFilesIn(own), 2u) << "the over-budget output spilled";
+  store_.reset();  // a committed job still held: the shutdown releases it
+  EXPECT_FALSE(std::filesystem::exists(own)) << "spill files, lock and directory are removed";
+  EXPECT_TRUE(std::filesystem::exists(dir_.Path("spill"))) << "spill_dir itself stays";
+
+  MakeStore(2 * kSegment);
+  std::ofstream(own + "/notes.txt") << "not ours";
+  store_.reset();
+  EXPECT_TRUE(std::filesystem::exists(own + "/notes.txt"));
+  EXPECT_TRUE(std::filesystem::exists(own + "/lock"));
+}
+
+// Stores for two nodes start and stop over and over in one spill_dir: each start removes the
+// other's directory whenever that one is stopped, racing its next claim. Every claim succeeds
+// (a claimer that opened a lock file being removed starts again) and nothing is left.
+TEST(SpillDirTest, ClaimsRacingRemovalsAllSucceed) {
+  sluice::testutil::TempDir dir("sluice-spill-race");
+  const std::string root = dir.Path("spill");
+  auto loop = [&](const std::string& node, std::atomic<int>* failures) {
+    for (int i = 0; i < 200; ++i) {
+      auto claim = ClaimSpillDir(root, node);
+      if (!claim.ok()) {
+        ADD_FAILURE() << node << ": " << claim.status().ToString();
+        failures->fetch_add(1);
+        return;
+      }
+      // The claim is live: its lock file is the one named in its directory, which takes files.
+      std::ofstream spill(claim->dir + "/sluice-spill-x.data");
+      spill << i << std::flush;
+      if (!spill.good() || !std::filesystem::exists(claim->dir + "/lock")) {
+        ADD_FAILURE() << node << ": claimed " << claim->dir << " but another store removed it";
+        failures->fetch_add(1);
+      }
+      ReleaseSpillDir(*claim);
+    }
+  };
+  std::atomic<int> failures{0};
+  std::thread a(loop, "127.0.0.1:1", &failures);
+  std::thread b(loop, "127.0.0.1:2", &failures);
+  a.join();
+  b.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_TRUE(std::filesystem::is_empty(root)) << "no node directory is left";
 }
 
 }  // namespace

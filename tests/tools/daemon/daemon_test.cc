@@ -181,8 +181,7 @@ TEST(DaemonTest, SharedSecretIsRequiredAndChecked) {
 }
 
 TEST(DaemonTest, WithoutASecretFileTheStateDirSecretIsCreated0600AndUsed) {
-  const std::string dir = ::testing::TempDir() + "/sluice-state-" + std::to_string(::getpid());
-  std::filesystem::remove_all(dir);
+  const std::string dir = Scratch().Path("own-state");
   auto in_state_dir = [&](DaemonConfig& c) {
     c.auth_secret_file.clear();
     c.state_dir = dir;
@@ -214,6 +213,8 @@ TEST(DaemonTest, WithoutASecretFileTheStateDirSecretIsCreated0600AndUsed) {
   c.reset();
   ExpectCleanShutdown(*d);
   d.reset();
+  // A stopped daemon leaves its secret and an empty spill root: no node directory, no lock.
+  EXPECT_TRUE(std::filesystem::is_empty(dir + "/spill"));
   // Readable by others: refused at start, naming the file and the chmod.
   ::chmod(file.c_str(), 0644);
   DaemonConfig cfg;

@@ -29,15 +29,20 @@ namespace sluice::daemon::testing {
 
 inline constexpr const char* kTestSecret = "0123456789abcdef-daemon-tests";
 
+// The test process's scratch directory, removed with everything in it at exit: secret files
+// and the daemons' shared state dir (a test leaves nothing in /tmp).
+inline const ::sluice::testutil::TempDir& Scratch() {
+  static const ::sluice::testutil::TempDir dir("sluice-daemon-test");
+  return dir;
+}
+
 inline std::string WriteSecret(const std::string& name, const std::string& secret) {
   // 0600: group- or world-readable secrets are refused.
-  return ::sluice::testutil::WriteFileWithMode(::testing::TempDir() + "/" + name, secret + "\n",
-                                               0600);
+  return ::sluice::testutil::WriteFileWithMode(Scratch().Path(name), secret + "\n", 0600);
 }
 
 inline const std::string& TestSecretFile() {
-  static const std::string path =
-      WriteSecret("sluice_test_secret_" + std::to_string(::getpid()), kTestSecret);
+  static const std::string path = WriteSecret("test_secret", kTestSecret);
   return path;
 }
 
@@ -49,7 +54,7 @@ inline std::unique_ptr<Daemon> StartDaemon(const std::string& secret_file = "",
   c.port = 0;
   c.network_memory = memory;
   c.auth_secret_file = secret_file.empty() ? TestSecretFile() : secret_file;
-  c.state_dir = ::testing::TempDir() + "/sluice-state-unused";
+  c.state_dir = Scratch().Path("state");
   c.local_socket = "off";  // several daemons share the state dir here; no local writers
   c.buffer_timeout_ms = 10;
   if (tweak) tweak(c);

@@ -21,6 +21,7 @@ reordered, corrupted records and leaked segments. Options:
 Exit: 0 pass, 1 fail, 77 skipped (ctest SKIP_RETURN_CODE).
 """
 import argparse
+import atexit
 import collections
 import json
 import os
@@ -29,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 
 SKIP = 77
 
@@ -172,9 +174,15 @@ def main():
 
     if a.expect_exit is None:
         args = args + ["--json"]
+    # The harness makes its run directory under $TMPDIR: a scratch one per test, so a run that
+    # keeps its logs (a failure, by design) leaves nothing behind and a pass can be checked to
+    # have removed its directory.
+    scratch = tempfile.mkdtemp(prefix="sluice-harness-test-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     cmd = [a.harness, *args]
     print("running:", " ".join(cmd), flush=True)
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, TMPDIR=scratch))
     try:
         out, err = p.communicate(timeout=a.timeout)
     except subprocess.TimeoutExpired:
@@ -226,6 +234,9 @@ def main():
         evaluate(report, c)
     if a.file_job:
         check_file_outputs(inputs, report.get("output_files", []))
+    left = os.listdir(scratch)
+    if left and "--keep-logs" not in args:
+        fail(f"a passing run left {left} in its TMPDIR (the run directory is removed on success)")
     print(f"PASS: {report['fault']}: {report.get('observed', '')}")
 
 
