@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -21,6 +22,7 @@
 #include "shuffle/shuffle_server.h"
 #include "shuffle_test_util.h"
 #include "testutil/leak_check.h"
+#include "testutil/watchdog.h"
 
 namespace sluice::shuffle {
 namespace {
@@ -35,9 +37,40 @@ EnvironmentConfig WideConfig(const std::string& name, uint32_t segments) {
   return c;
 }
 
+// What a wide gate's channels are doing, for a watchdog's report.
+std::string DescribeGate(InputGate* gate) {
+  if (gate == nullptr) return "no gate yet";
+  const InputGateStats s = gate->Stats();
+  uint32_t queued = 0, available = 0, floating = 0, backlog = 0, unannounced = 0, failed = 0;
+  for (const ChannelState& c : gate->ChannelStates()) {
+    queued += c.queued > 0;
+    available += c.available > 0;
+    floating += c.floating > 0;
+    backlog += c.sender_backlog > 0;
+    unannounced += c.unannounced_credit != 0;
+    failed += !c.error.empty();
+  }
+  char out[512];
+  std::snprintf(out, sizeof(out),
+                "gate: %llu buffers in, %u of %u channels finished, floating pool %u lent; "
+                "channels with queued buffers %u, empty buffers %u, floating %u, sender "
+                "backlog %u, unannounced credit %u, an error %u",
+                static_cast<unsigned long long>(s.buffers_in), s.finished_channels, s.channels,
+                s.floating_pool.lent, queued, available, floating, backlog, unannounced, failed);
+  return out;
+}
+
 TEST(WideShuffleTest, ThousandsOfChannelsFinishWithASmallBudget) {
   constexpr uint32_t kChannels = 3000;
   constexpr uint64_t kRecords = 12;  // per channel
+  // Once (1 in ~50 runs under TSan) this test hung with nothing printed: a hang now reports its
+  // stage and the gate's state. Normal runs take 1 s (6 s under TSan).
+  std::atomic<InputGate*> watched{nullptr};
+  std::atomic<uint64_t> emitted{0}, received{0};
+  testutil::Watchdog watchdog("WideShuffleTest.ThousandsOfChannels", 200s, [&] {
+    return "emitted " + std::to_string(emitted.load()) + ", received " +
+           std::to_string(received.load()) + "; " + DescribeGate(watched.load());
+  });
   auto prod = testing::StartEnv(WideConfig("prod", 96));
   auto cons = testing::StartEnv(WideConfig("cons", 24));
   ASSERT_TRUE(prod && cons);
@@ -47,9 +80,11 @@ TEST(WideShuffleTest, ThousandsOfChannelsFinishWithASmallBudget) {
   std::vector<ChannelSpec> specs;
   for (uint32_t c = 0; c < kChannels; ++c) specs.push_back({"p0", c, prod->endpoint()});
   const size_t heap_before = mallinfo2().uordblks;
+  watchdog.Stage("creating the gate");
   auto gate = cons->CreateInputGate("wide", specs);
   ASSERT_TRUE(gate.ok()) << gate.status().ToString();
   ASSERT_TRUE((*gate)->wide());
+  watched = gate->get();
   EXPECT_EQ(cons->pool()->total_segments(), 24u);  // 16 for the gate: fits whatever the width
   std::thread producer([&] {
     for (uint64_t i = 0; i < kRecords; ++i) {
@@ -60,6 +95,7 @@ TEST(WideShuffleTest, ThousandsOfChannelsFinishWithASmallBudget) {
           ADD_FAILURE() << "emit: " << st.ToString();
           return;
         }
+        emitted.fetch_add(1, std::memory_order_relaxed);
       }
     }
     Status st = (*part)->Finish();
@@ -69,11 +105,16 @@ TEST(WideShuffleTest, ThousandsOfChannelsFinishWithASmallBudget) {
   std::vector<uint64_t> next(kChannels, 0);
   size_t heap_peak = 0;
   uint64_t records = 0;
+  watchdog.Stage("reading");
   const auto deadline = std::chrono::steady_clock::now() + 90s;
+  bool ended = false;
   while (std::chrono::steady_clock::now() < deadline) {
     auto item = reader.Next(10s);
     ASSERT_TRUE(item.ok()) << item.status().ToString();
-    if (item->kind == RecordReader::Kind::kEndOfInput) break;
+    if (item->kind == RecordReader::Kind::kEndOfInput) {
+      ended = true;
+      break;
+    }
     ASSERT_NE(item->kind, RecordReader::Kind::kTimeout) << "no channel made progress for 10 s";
     if (item->kind != RecordReader::Kind::kRecord) continue;
     auto rec = testing::ParseRecord(item->data.data(), item->data.size());
@@ -81,8 +122,12 @@ TEST(WideShuffleTest, ThousandsOfChannelsFinishWithASmallBudget) {
     ASSERT_EQ(rec.subpartition, item->channel);
     ASSERT_EQ(rec.seq, next[item->channel]) << "channel " << item->channel;
     ++next[item->channel];
+    received.fetch_add(1, std::memory_order_relaxed);
     if (++records % 4096 == 0) heap_peak = std::max<size_t>(heap_peak, mallinfo2().uordblks);
   }
+  EXPECT_TRUE(ended) << "no end of input within 90 s: " << records << " records read; "
+                     << DescribeGate(gate->get());
+  watchdog.Stage("joining the producer");
   producer.join();
   for (uint32_t c = 0; c < kChannels; ++c) ASSERT_EQ(next[c], kRecords) << "channel " << c;
   EXPECT_TRUE((*gate)->IsFinished());
@@ -92,6 +137,8 @@ TEST(WideShuffleTest, ThousandsOfChannelsFinishWithASmallBudget) {
   EXPECT_EQ((*gate)->Stats().floating_pool.lent, 0u);
   EXPECT_EQ(prod->server()->metrics()->protocol_errors_total(), 0u);
   EXPECT_EQ(cons->client().metrics()->protocol_errors_total(), 0u);
+  watchdog.Stage("closing and stopping");
+  watched = nullptr;
   (*gate)->Close();
   gate->reset();
   part->reset();
