@@ -45,6 +45,7 @@ ctest_args=(--test-dir "$build_dir" --output-on-failure -j2 --timeout 600)
 # The tests get a scratch TMPDIR of their own, which must be empty when they end: no secret,
 # spill file, socket or run directory may outlive the test that made it.
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/sluice-tests.XXXXXX")
+chmod 1777 "$scratch"  # like /tmp: hostile-peer tests reach sockets in it as another uid
 status=0
 TMPDIR="$scratch" TEST_TMPDIR="$scratch" ctest "${ctest_args[@]}" || status=$?
 if [ -n "$(ls -A "$scratch")" ]; then
