@@ -104,7 +104,6 @@ TEST(WideShuffleTest, ThousandsOfChannelsFinishWithASmallBudget) {
   RecordReader reader(gate->get());
   std::vector<uint64_t> next(kChannels, 0);
   size_t heap_peak = 0;
-  uint64_t records = 0;
   watchdog.Stage("reading");
   const auto deadline = std::chrono::steady_clock::now() + 90s;
   bool ended = false;
@@ -122,10 +121,10 @@ TEST(WideShuffleTest, ThousandsOfChannelsFinishWithASmallBudget) {
     ASSERT_EQ(rec.subpartition, item->channel);
     ASSERT_EQ(rec.seq, next[item->channel]) << "channel " << item->channel;
     ++next[item->channel];
-    received.fetch_add(1, std::memory_order_relaxed);
-    if (++records % 4096 == 0) heap_peak = std::max<size_t>(heap_peak, mallinfo2().uordblks);
+    const uint64_t records = received.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (records % 4096 == 0) heap_peak = std::max<size_t>(heap_peak, mallinfo2().uordblks);
   }
-  EXPECT_TRUE(ended) << "no end of input within 90 s: " << records << " records read; "
+  EXPECT_TRUE(ended) << "no end of input within 90 s: " << received << " records read; "
                      << DescribeGate(gate->get());
   watchdog.Stage("joining the producer");
   producer.join();
