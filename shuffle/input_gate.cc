@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "shuffle/floating_credit.h"
+#include "shuffle/gate_listener.h"
 
 namespace sluice::shuffle {
 
@@ -82,15 +83,27 @@ Status InputGate::Start() {
   return Status::Ok();
 }
 
+void InputGate::SetListener(std::shared_ptr<GateListener> listener) {
+  SLUICE_CHECK(!listener_, "InputGate::SetListener called twice");
+  listener_ = std::move(listener);
+}
+
 void InputGate::QueueChannel(uint32_t index) {
-  std::lock_guard lock(mu_);
-  if (closed_ || queued_[index]) return;
-  queued_[index] = 1;
-  ready_.push_back(index);
-  // Skipped when nobody waits, the usual case while the consumer keeps up. The gate is alive
-  // through this call because every caller holds its channel's lock (remote) or is a view
-  // notification (local), and Close() releases each channel, which waits for both.
-  if (waiting_ > 0) cv_.notify_one();
+  // The gate is alive through this call because every caller holds its channel's lock
+  // (remote) or is a view notification (local), and Close() releases each channel, which
+  // waits for both.
+  {
+    std::lock_guard lock(mu_);
+    if (closed_ || queued_[index]) return;
+    queued_[index] = 1;
+    ready_.push_back(index);
+    // Skipped when nobody waits, the usual case while the consumer keeps up.
+    if (!listener_) {
+      if (waiting_ > 0) cv_.notify_one();
+      return;
+    }
+  }
+  listener_->Request();  // outside mu_: it may post to the IO thread
 }
 
 void InputGate::AddFloatingDemand(int64_t delta) {
@@ -204,6 +217,8 @@ bool InputGate::IsCancelled() const {
 }
 
 void InputGate::Close() {
+  // Push mode: a run in progress on the IO thread ends first, and none starts after this.
+  if (listener_) listener_->Close();
   {
     std::lock_guard lock(mu_);
     if (closed_) return;

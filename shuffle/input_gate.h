@@ -11,7 +11,9 @@
 // FloatingCreditDispatcher, so its memory does not grow with its width.
 //
 // Thread-safety: GetNext/PollNext/Close from one consumer thread; channels notify the gate from
-// any thread. Buffers handed out may be released on any thread.
+// any thread. Buffers handed out may be released on any thread. A gate in push mode (a
+// listener, ShuffleEnvironment::CreateInputGate) is read by its listener on the IO thread
+// instead; Close may then come from the listener or from any one other thread.
 #pragma once
 
 #include <atomic>
@@ -36,6 +38,7 @@ namespace sluice::shuffle {
 
 class InputGate;
 class FloatingCreditDispatcher;
+class GateListener;  // shuffle/gate_listener.h (internal): push mode
 
 struct BufferOrEvent {
   buffer::Buffer buffer;  // buffer.type(): kData, kEndOfPartition or kEvent
@@ -118,6 +121,10 @@ class InputGate {
   InputGate(const InputGate&) = delete;
   InputGate& operator=(const InputGate&) = delete;
 
+  // Push mode: `listener` is asked to run whenever a channel queues something (see
+  // shuffle/gate_listener.h); no consumer thread is woken. Set by ShuffleEnvironment before
+  // Start; at most once.
+  void SetListener(std::shared_ptr<GateListener> listener);
   // Takes ownership of a channel whose index() == number of channels added so far.
   void AddChannel(std::shared_ptr<InputChannel> channel);
   // Starts every channel; the first error is returned (the gate should then be closed).
@@ -190,6 +197,7 @@ class InputGate {
   std::shared_ptr<buffer::LocalBufferPool> floating_;
   const bool wide_;
   std::shared_ptr<FloatingCreditDispatcher> floating_credit_;  // wide: set by Start
+  std::shared_ptr<GateListener> listener_;                     // push mode: set before Start
   std::vector<std::shared_ptr<InputChannel>> channels_;
   uint32_t max_record_size_ = kDefaultMaxRecordSize;
   std::atomic<int64_t> floating_demand_{0};  // AddFloatingDemand's sum

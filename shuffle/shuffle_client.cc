@@ -9,6 +9,7 @@
 #include <unordered_set>
 
 #include "shuffle/crc32c.h"
+#include "shuffle/gate_listener.h"
 #include "shuffle/handshake.h"
 #include "shuffle/remote_input_channel.h"
 #include "transport/log.h"
@@ -244,14 +245,15 @@ class ShuffleClient::Handler final : public transport::ConnectionHandler {
 
   // The consumers hear of this pass's buffers now: one wake-up for all of them, after the
   // reads rather than between them.
+  // Push-mode gates consume them right here, on this thread, before the pass's credit goes out.
   void OnReadPassEnd() override {
     NotifyDeferred();
-    client_->FlushCredit();  // one AddCredit per channel for the whole pass
+    client_->EndReadPass();  // one AddCredit per channel for the whole pass
   }
 
   void OnClosed(const Status& reason) override {
     NotifyDeferred();
-    client_->FlushCredit();  // a pass that closed the connection had no OnReadPassEnd
+    client_->EndReadPass();  // a pass that closed the connection had no OnReadPassEnd
     const Status& why = fatal_.ok() ? reason : fatal_;
     auto channels = std::move(channels_);
     channels_.clear();
@@ -532,6 +534,44 @@ void ShuffleClient::FlushCredit() {
     if (Handler* h = HandlerFor(ch->receiver_id())) h->SendCredit(*ch);
   }
   credit_batch_.clear();
+}
+
+void ShuffleClient::EndReadPass() {
+  RunListeners();  // consumers that return buffers here add to this pass's credit
+  FlushCredit();
+}
+
+void ShuffleClient::ScheduleListener(std::shared_ptr<GateListener> listener) {
+  bool post = false;
+  {
+    std::lock_guard lock(listener_mu_);
+    listeners_pending_.push_back(std::move(listener));
+    if (listeners_scheduled_) return;
+    listeners_scheduled_ = true;
+    // As for credit: inside a read pass on the IO thread, the pass's end runs it.
+    post = !(loop_->IsLoopThread() && in_read_pass_);
+  }
+  if (post) {
+    loop_->Post([this] {
+      BeginReadPass();  // buffers the consumers return now: one credit flush after them
+      EndReadPass();
+    });
+  }
+}
+
+void ShuffleClient::RunListeners() {
+  // Until none is left: one scheduled on this thread during a run (in_read_pass_ is still set,
+  // so nothing was posted for it) runs in the next round.
+  while (true) {
+    {
+      std::lock_guard lock(listener_mu_);
+      if (!listeners_scheduled_) return;
+      listener_batch_.swap(listeners_pending_);
+      listeners_scheduled_ = false;
+    }
+    for (const auto& l : listener_batch_) l->Run();
+    listener_batch_.clear();
+  }
 }
 
 size_t ShuffleClient::EventBudgetBytes() const {

@@ -41,6 +41,8 @@
 
 namespace sluice::shuffle {
 
+class GateListener;
+
 struct ShuffleClientConfig {
   ShuffleOptions options;
   std::string node_name = "sluice";
@@ -71,6 +73,10 @@ class ShuffleClient final : public PartitionRequestClient {
   void NotifyCreditAvailable(std::shared_ptr<RemoteInputChannel> channel) override;
   // The channel was released: stop its subpartition on the server. Any thread.
   void Cancel(std::shared_ptr<RemoteInputChannel> channel) override;
+  // Push-mode gates (shuffle/gate_listener.h): runs `listener` on the IO thread, at the end of
+  // the read pass that queued its buffers when called inside one, else in one posted task for
+  // every listener scheduled meanwhile. Any thread. Dropped once the loop is stopping.
+  void ScheduleListener(std::shared_ptr<GateListener> listener);
 
   // Closes every connection; channels still open fail with Cancelled. Idempotent.
   void Stop();
@@ -92,6 +98,11 @@ class ShuffleClient final : public PartitionRequestClient {
   void BeginReadPass() { in_read_pass_ = true; }
   // Sends one AddCredit for each channel that gained credit since the last flush. Loop thread.
   void FlushCredit();
+  // The end of a read pass: the push-mode listeners it scheduled run (their consumers return
+  // buffers), then the pass's credit goes out. Loop thread.
+  void EndReadPass();
+  // Runs the scheduled listeners. Loop thread.
+  void RunListeners();
   size_t EventBudgetBytes() const;
 
   transport::EventLoop* const loop_;
@@ -107,6 +118,12 @@ class ShuffleClient final : public PartitionRequestClient {
   std::vector<std::shared_ptr<RemoteInputChannel>> credit_pending_;  // GUARDED_BY(credit_mu_)
   bool credit_flush_scheduled_ = false;                              // GUARDED_BY(credit_mu_)
   std::vector<std::shared_ptr<RemoteInputChannel>> credit_batch_;    // loop thread
+
+  // Push-mode listeners to run, from any thread; one run is scheduled at a time.
+  std::mutex listener_mu_;
+  std::vector<std::shared_ptr<GateListener>> listeners_pending_;  // GUARDED_BY(listener_mu_)
+  bool listeners_scheduled_ = false;                              // GUARDED_BY(listener_mu_)
+  std::vector<std::shared_ptr<GateListener>> listener_batch_;     // loop thread
 };
 
 }  // namespace sluice::shuffle

@@ -1,5 +1,6 @@
 #include "shuffle/shuffle_environment.h"
 
+#include "shuffle/gate_listener.h"
 #include "shuffle/local_input_channel.h"
 #include "shuffle/remote_input_channel.h"
 #include "shuffle/shuffle_client.h"
@@ -92,11 +93,23 @@ void ShuffleEnvironment::ReleasePartition(const std::string& id) {
 
 Result<std::unique_ptr<InputGate>> ShuffleEnvironment::CreateInputGate(
     const std::string& name, const std::vector<ChannelSpec>& channels) {
+  return CreateInputGate(name, channels, nullptr);
+}
+
+Result<std::unique_ptr<InputGate>> ShuffleEnvironment::CreateInputGate(
+    const std::string& name, const std::vector<ChannelSpec>& channels,
+    std::function<void(InputGate&)> on_available) {
   uint32_t remote = 0;
   for (const ChannelSpec& c : channels) remote += c.remote.has_value() ? 1 : 0;
   auto gate = InputGate::Create(name, pool_, config_.options, remote);
   if (!gate.ok()) return gate.status();
   InputGate* g = gate->get();
+  if (on_available) {
+    ShuffleClient* client = client_.get();
+    g->SetListener(std::make_shared<GateListener>(
+        [g, fn = std::move(on_available)] { fn(*g); },  // g outlives every call (Close)
+        [client](std::shared_ptr<GateListener> l) { client->ScheduleListener(std::move(l)); }));
+  }
   for (uint32_t i = 0; i < channels.size(); ++i) {
     const ChannelSpec& c = channels[i];
     if (c.remote) {

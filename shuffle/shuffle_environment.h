@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -86,6 +87,21 @@ class ShuffleEnvironment {
   // for remote channels, partition requests. Errors name the channel.
   Result<std::unique_ptr<InputGate>> CreateInputGate(const std::string& name,
                                                      const std::vector<ChannelSpec>& channels);
+  // Push mode: the same gate, but no consumer thread waits on it. `on_available(gate)` runs
+  // on the environment's receiving IO thread whenever the gate has something new (buffers,
+  // events, the end, a channel's error), right after the IO thread read it: a record reaches
+  // its consumer without a wake-up of another thread. Each call must drain the gate: PollNext
+  // (or RecordReader::Next with a zero timeout) until it returns nothing, the end or an
+  // error; what a call leaves is offered again only when more arrives. Calls never overlap.
+  // The function holds up the IO thread, and with it every connection of this environment,
+  // for as long as it runs: it must not block (no waiting on the gate, on a lock an IO
+  // callback holds, or on a slow sink). The gate may be closed from inside the function (at
+  // the end of input) or from one other thread; no call starts after Close returns. After
+  // Stop() the function is not called again.
+  Result<std::unique_ptr<InputGate>> CreateInputGate(const std::string& name,
+                                                     const std::vector<ChannelSpec>& channels,
+                                                     std::function<void(InputGate&)>
+                                                         on_available);
 
   // The bound data port (0 when not listening).
   uint16_t port() const;

@@ -140,6 +140,10 @@ const char* BenchUsage() {
          "                             connection writes on the producer's thread); off sends\n"
          "                             every frame through the IO loop (default: on, unless\n"
          "                             SLUICE_DIRECT_WRITES=off); --sweep direct=off,on\n"
+         "  --consume-on consumer|io   where the consumer's work runs: a consumer thread\n"
+         "                             woken by the IO thread (default), or io: the IO thread\n"
+         "                             that read the buffer runs it (the gate's push mode, one\n"
+         "                             thread hop fewer); --sweep consume-on=consumer,io\n"
          "  --batch N                  records per emit call to one subpartition (at most 256 KiB\n"
          "                             of records); 1 = plain\n"
          "                             ResultPartition::Emit, >1 = EmitBatch (default 64)\n"
@@ -289,6 +293,11 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
     Result<bool> b = ParseOnOff(name, v);
     if (!b.ok()) return b.status();
     f->direct = *b ? 1 : 0;
+  } else if (name == "consume-on") {
+    if (v != "consumer" && v != "io") {
+      return InvalidArgument("--consume-on wants consumer or io, got '" + v + "'");
+    }
+    f->consume_on_io = v == "io";
   } else if (IsDebloatFlag(name)) {
     return ApplyDebloatFlag(f, name, v);
   } else {
@@ -298,6 +307,14 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
 }
 
 namespace {
+
+// --consume-on io runs the consumer on the IO thread, which must never sleep.
+Status CheckConsumeOn(const BenchFlags& f) {
+  if (!f.consume_on_io || f.consumer_rate_mib <= 0) return Status::Ok();
+  return InvalidArgument(
+      "--consume-on io cannot throttle the consumer (--consumer-rate-mib sleeps, and the IO "
+      "thread must not): use --consume-on consumer");
+}
 
 // Every flag that takes a value, by its name without dashes; ApplyFlag gives each its meaning.
 constexpr const char* kValueFlags[] = {
@@ -309,7 +326,7 @@ constexpr const char* kValueFlags[] = {
     "pump-bufs-per-write", "sweep-out",
     "wide-threshold", "wide-gate-buffers", "redistribution", "idle-gates", "delay-ms",
     "debloat", "debloat-target-ms", "consumer-rate-mib", "event-interval-ms",
-    "direct"};
+    "direct", "consume-on"};
 
 Status ParseSweep(BenchFlags* f, const std::string& value) {
   const size_t eq = value.find('=');
@@ -375,7 +392,9 @@ int ParseBenchFlags(int argc, char** argv, BenchFlags* out) {
   for (const std::string& v : f.sweep_values) {
     BenchFlags probe = f;
     if (s.ok()) s = ApplyFlag(&probe, f.sweep_name, v);
+    if (s.ok()) s = CheckConsumeOn(probe);
   }
+  if (s.ok()) s = CheckConsumeOn(f);
   if (s.ok() && !series.empty()) {
     s = f.sweep_name.empty() ? InvalidArgument("--series needs --sweep (the x axis)")
                              : ParseSeries(&f, series);

@@ -54,6 +54,11 @@ struct BenchFlags {
   // data path's processes, set through SLUICE_DIRECT_WRITES before they are forked; -1 (not
   // given): as the environment says. --sweep direct=off,on compares both in one run.
   int direct = -1;
+  // --consume-on consumer|io: where the consumer's work runs. consumer (default): a consumer
+  // thread blocks in the gate (RecordReader::Next) and the IO thread wakes it. io: push mode
+  // (ShuffleEnvironment::CreateInputGate with a listener): the IO thread that read a buffer
+  // runs the consumer's work on it, one thread hop fewer. --sweep consume-on=consumer,io.
+  bool consume_on_io = false;
 
   // Wide gates (issue 14): a gate of more remote channels than wide_threshold takes no
   // exclusive buffers and shares wide_gate_buffers floating ones (0: never wide, Flink's rule).

@@ -6,10 +6,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <span>
@@ -25,8 +27,8 @@
 #include "shuffle/shuffle_environment.h"
 #include "shuffle/shuffle_server.h"
 #include "tools/bench/child_process.h"
-#include "tools/bench/latency_stats.h"
 #include "tools/bench/debloat_bench.h"
+#include "tools/bench/latency_stats.h"
 #include "tools/bench/raw_latency.h"
 
 namespace sluice::bench {
@@ -147,8 +149,7 @@ class RecordSource {
   // The consumer's check of FillAfterStamp: the record's last byte (when it has one past the
   // stamp) is the pattern.
   static bool FilledAfterStamp(std::span<const uint8_t> record, bool stamped) {
-    return record.size() == StampedBytes(record.size(), stamped) ||
-           record.back() == kFillByte;
+    return record.size() == StampedBytes(record.size(), stamped) || record.back() == kFillByte;
   }
 
   // The next batch of records in the arena, stamped. REQUIRES: not --in-place.
@@ -330,64 +331,180 @@ struct ConsumeLatency {
   }
 };
 
-// Reads to the end of input: warm-up, then the measured window, then stops the producer and
-// drains. One interval line per second.
-Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
-               const BenchFlags& f, const std::function<void()>& stop_producer, RunResult* out) {
-  shuffle::RecordReader reader(gate);
-  ConsumeWindow w;
-  w.t0 = Clock::now();
-  w.warm_end = w.t0 + std::chrono::duration_cast<Clock::duration>(
-                          std::chrono::duration<double>(f.warmup));
-  w.end = w.warm_end + std::chrono::duration_cast<Clock::duration>(
-                           std::chrono::duration<double>(f.seconds));
-  w.next_tick = w.t0 + std::chrono::seconds(1);
-  w.last_tick = w.t0;
-  w.warm_at = w.t0;  // the measured window starts here
-  w.warm = f.warmup <= 0;
-  std::vector<uint64_t> expected(f.channels, 0);
-  ConsumeLatency latency;
-  if (f.latency) {
-    latency.records.Reserve(static_cast<size_t>(f.rate * (f.seconds + 1)));
-    latency.from_actual.Reserve(static_cast<size_t>(f.rate * (f.seconds + 1)));
-  }
-  uint32_t peak_used = pool.used_segments();
-  uint32_t since_check = 0;
-  DebloatConsumer debloat(f, DebloatProbe::Shared());  // throttle, in-flight bytes
-  while (true) {
-    Result<shuffle::RecordReader::Item> item = reader.Next(std::chrono::milliseconds(100));
-    if (!item.ok()) return item.status();
-    if (item->kind == shuffle::RecordReader::Kind::kEndOfInput) break;
-    if (item->kind == shuffle::RecordReader::Kind::kRecord) {
-      const std::span<const uint8_t> rec = item->data;
-      debloat.OnRecord(rec.size());
-      ++w.records;
-      w.bytes += rec.size();
-      if (rec.size() >= kSeqBytes) {
-        uint64_t seq;
-        std::memcpy(&seq, rec.data(), kSeqBytes);
-        uint64_t& want = expected[item->channel];
-        if (seq != want) ++out->order_errors;
-        want = seq + 1;
-      }
-      if (f.in_place_fill && !RecordSource::FilledAfterStamp(rec, f.latency)) ++out->fill_errors;
-      if (f.latency && w.warm && !w.stopped) latency.OnRecord(rec);
-      if (++since_check < 512) continue;
-    } else if (item->kind == shuffle::RecordReader::Kind::kEvent && w.warm && !w.stopped) {
-      latency.OnEvent(item->data);
+// The consumer's work on each item of the gate: order check, fill check, latency, the window
+// (warm-up, measured time, interval lines, stopping the producer). Runs on the consumer
+// thread (Consume) or, in push mode, on the IO thread (ConsumeOnIoThread).
+class RecordConsumer {
+ public:
+  RecordConsumer(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool,
+                 const BenchFlags& f, std::function<void()> stop_producer, Clock::time_point t0,
+                 RunResult* out)
+      : gate_(gate),
+        pool_(pool),
+        f_(f),
+        stop_producer_(std::move(stop_producer)),
+        out_(out),
+        reader_(gate),
+        expected_(f.channels, 0),
+        peak_used_(pool.used_segments()),
+        debloat_(f, DebloatProbe::Shared()) {  // throttle, in-flight bytes
+    w_.t0 = t0;
+    w_.warm_end =
+        t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(f.warmup));
+    w_.end = w_.warm_end +
+             std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(f.seconds));
+    w_.next_tick = t0 + std::chrono::seconds(1);
+    w_.last_tick = t0;
+    w_.warm_at = t0;  // the measured window starts here
+    w_.warm = f.warmup <= 0;
+    if (f.latency) {
+      latency_.records.Reserve(static_cast<size_t>(f.rate * (f.seconds + 1)));
+      latency_.from_actual.Reserve(static_cast<size_t>(f.rate * (f.seconds + 1)));
     }
-    since_check = 0;
-    if (w.warm && !w.stopped) debloat.Sample(gate->Stats().bytes_in);
-    peak_used = std::max(peak_used, pool.used_segments());
-    if (Status s = AdvanceWindow(gate, pool, f, stop_producer, w, out); !s.ok()) return s;
   }
-  if (!w.stopped) return InternalError("the input ended before the measurement did");
-  // Records after the producer was stopped are only drained; a gap at the very end is fine.
-  out->pool_total_segments = pool.total_segments();
-  out->pool_peak_used_segments = peak_used;
-  debloat.Fill(latency.events.Summarize(), out);  // events: --events' or debloating's
-  if (f.latency) latency.Report(out);
-  return Status::Ok();
+
+  shuffle::RecordReader& reader() { return reader_; }
+
+  // One item (a timeout too: it advances the window). True at the end of input.
+  Result<bool> Take(const shuffle::RecordReader::Item& item) {
+    using Kind = shuffle::RecordReader::Kind;
+    if (item.kind == Kind::kEndOfInput) return true;
+    if (item.kind == Kind::kRecord) {
+      OnRecord(item);
+      if (++since_check_ < 512) return false;
+    } else if (item.kind == Kind::kEvent && w_.warm && !w_.stopped) {
+      latency_.OnEvent(item.data);
+    }
+    since_check_ = 0;
+    if (w_.warm && !w_.stopped) debloat_.Sample(gate_->Stats().bytes_in);
+    peak_used_ = std::max(peak_used_, pool_.used_segments());
+    if (Status s = AdvanceWindow(gate_, pool_, f_, stop_producer_, w_, out_); !s.ok()) return s;
+    return false;
+  }
+
+  // After the end of input: the figures into `out`.
+  Status Finish() {
+    if (!w_.stopped) return InternalError("the input ended before the measurement did");
+    // Records after the producer was stopped are only drained; a gap at the very end is fine.
+    out_->pool_total_segments = pool_.total_segments();
+    out_->pool_peak_used_segments = peak_used_;
+    debloat_.Fill(latency_.events.Summarize(), out_);  // events: --events' or debloating's
+    if (f_.latency) latency_.Report(out_);
+    return Status::Ok();
+  }
+
+ private:
+  void OnRecord(const shuffle::RecordReader::Item& item) {
+    const std::span<const uint8_t> rec = item.data;
+    debloat_.OnRecord(rec.size());
+    ++w_.records;
+    w_.bytes += rec.size();
+    if (rec.size() >= kSeqBytes) {
+      uint64_t seq;
+      std::memcpy(&seq, rec.data(), kSeqBytes);
+      uint64_t& want = expected_[item.channel];
+      if (seq != want) ++out_->order_errors;
+      want = seq + 1;
+    }
+    if (f_.in_place_fill && !RecordSource::FilledAfterStamp(rec, f_.latency)) {
+      ++out_->fill_errors;
+    }
+    if (f_.latency && w_.warm && !w_.stopped) latency_.OnRecord(rec);
+  }
+
+  shuffle::InputGate* const gate_;
+  const buffer::NetworkBufferPool& pool_;
+  const BenchFlags& f_;
+  const std::function<void()> stop_producer_;
+  RunResult* const out_;
+  shuffle::RecordReader reader_;
+  ConsumeWindow w_;
+  std::vector<uint64_t> expected_;
+  ConsumeLatency latency_;
+  uint32_t peak_used_;
+  uint32_t since_check_ = 0;
+  DebloatConsumer debloat_;
+};
+
+// Reads to the end of input on this thread: warm-up, then the measured window, then stops the
+// producer and drains. One interval line per second.
+Status Consume(shuffle::InputGate* gate, const buffer::NetworkBufferPool& pool, const BenchFlags& f,
+               const std::function<void()>& stop_producer, RunResult* out) {
+  RecordConsumer consumer(gate, pool, f, stop_producer, Clock::now(), out);
+  while (true) {
+    Result<shuffle::RecordReader::Item> item =
+        consumer.reader().Next(std::chrono::milliseconds(100));
+    if (!item.ok()) return item.status();
+    Result<bool> end = consumer.Take(*item);
+    if (!end.ok()) return end.status();
+    if (*end) break;
+  }
+  return consumer.Finish();
+}
+
+// --consume-on io: the same work in the gate's push mode. The listener drains the gate on the
+// IO thread each time it has something; this thread only waits for the end (or an error).
+class PushConsumer {
+ public:
+  PushConsumer(const buffer::NetworkBufferPool& pool, const BenchFlags& f,
+               std::function<void()> stop_producer, RunResult* out)
+      : pool_(pool), f_(f), stop_producer_(std::move(stop_producer)), out_(out) {}
+
+  // The gate's listener (IO thread): drains what is queued.
+  void OnAvailable(shuffle::InputGate& gate) {
+    if (finished_) return;  // the end or an error was seen; Close follows
+    if (!consumer_) {
+      consumer_.emplace(&gate, pool_, f_, stop_producer_, t0_, out_);
+    }
+    while (true) {
+      Result<shuffle::RecordReader::Item> item = consumer_->reader().Next({});
+      Result<bool> end = item.ok() ? consumer_->Take(*item) : Result<bool>(item.status());
+      if (!end.ok() || *end) return Done(end.ok() ? consumer_->Finish() : end.status());
+      if (item->kind == shuffle::RecordReader::Kind::kTimeout) return;  // drained
+    }
+  }
+
+  // Waits for the end of input, at most the run's length plus the drain limit and a margin.
+  Status Wait() {
+    const auto limit = std::chrono::duration<double>(f_.warmup + f_.seconds) + kDrainLimit +
+                       std::chrono::seconds(10);
+    std::unique_lock lock(mu_);
+    if (!cv_.wait_for(lock, limit, [&] { return done_; })) {
+      return TimeoutError("push mode: no end of input within " +
+                          std::to_string(static_cast<int>(limit.count())) + " s (--consume-on io)");
+    }
+    return status_;
+  }
+
+ private:
+  void Done(Status status) {
+    finished_ = true;
+    std::lock_guard lock(mu_);
+    done_ = true;
+    status_ = std::move(status);
+    cv_.notify_all();
+  }
+
+  const buffer::NetworkBufferPool& pool_;
+  const BenchFlags& f_;
+  const std::function<void()> stop_producer_;
+  RunResult* const out_;
+  const Clock::time_point t0_ = Clock::now();
+  std::optional<RecordConsumer> consumer_;  // IO thread (made at the first call)
+  bool finished_ = false;                   // IO thread
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;  // GUARDED_BY(mu_)
+  Status status_;      // GUARDED_BY(mu_)
+};
+
+// The bench gate, in push mode (its listener feeding `push`) when `push` is set.
+Result<std::unique_ptr<shuffle::InputGate>> CreateBenchGate(
+    ShuffleEnvironment& env, const std::vector<shuffle::ChannelSpec>& specs,
+    std::optional<PushConsumer>& push) {
+  if (!push) return env.CreateInputGate("bench", specs);
+  return env.CreateInputGate("bench", specs,
+                             [&push](shuffle::InputGate& g) { push->OnAvailable(g); });
 }
 
 int64_t LeakedSegments(const ShuffleEnvironment& env) {
@@ -414,9 +531,13 @@ int RunLocalChild(const BenchFlags& f, int to_parent) {
     if (!part.ok()) return Report(to_parent, r, part.status());
     std::vector<shuffle::ChannelSpec> specs;
     for (uint32_t c = 0; c < f.channels; ++c) specs.push_back({"p0", c, std::nullopt});
-    auto gate = (*env)->CreateInputGate("bench", specs);
-    if (!gate.ok()) return Report(to_parent, r, gate.status());
     std::atomic<bool> stop{false};
+    std::optional<PushConsumer> push;  // --consume-on io
+    if (f.consume_on_io)
+      push.emplace(
+          *(*env)->pool(), f, [&] { stop = true; }, &r);
+    auto gate = CreateBenchGate(**env, specs, push);
+    if (!gate.ok()) return Report(to_parent, r, gate.status());
     Status produced;
     std::optional<ProducerSampler> sampler;
     if (ProducerSampler::Wanted(f)) sampler.emplace(DebloatProbe::Shared(), *part);
@@ -425,7 +546,9 @@ int RunLocalChild(const BenchFlags& f, int to_parent) {
       produced = Produce(writer, f, stop);
       if (!produced.ok()) partition->Fail(produced);
     });
-    error = Consume(gate->get(), *(*env)->pool(), f, [&] { stop = true; }, &r);
+    error = push ? push->Wait()
+                 : Consume(
+                       gate->get(), *(*env)->pool(), f, [&] { stop = true; }, &r);
     stop = true;
     if (!error.ok()) (*part)->Cancel();
     producer.join();
@@ -434,6 +557,7 @@ int RunLocalChild(const BenchFlags& f, int to_parent) {
     r.backpressure_ms = static_cast<double>((*part)->Stats().backpressure_ns) / 1e6;
     (*gate)->Close();
     gate->reset();
+    push.reset();  // its reader holds the last buffer it read from
     part->reset();
     (*env)->ReleasePartition("p0");
     (*env)->Stop();
@@ -457,8 +581,7 @@ std::string IdleName(uint32_t i) {
   return name;
 }
 
-Result<std::vector<PartitionPtr>> CreateIdlePartitions(ShuffleEnvironment& env,
-                                                       const BenchFlags& f,
+Result<std::vector<PartitionPtr>> CreateIdlePartitions(ShuffleEnvironment& env, const BenchFlags& f,
                                                        const std::string& token) {
   std::vector<PartitionPtr> parts;
   for (uint32_t i = 0; i < f.idle_gates; ++i) {
@@ -589,22 +712,25 @@ int RunRemoteConsumer(const BenchFlags& f, int to_parent) {
     for (uint32_t c = 0; c < f.channels; ++c) {
       specs.push_back({"p0", c, transport::Endpoint{"127.0.0.1", port}, token});
     }
-    auto gate = (*env)->CreateInputGate("bench", specs);
-    std::vector<shuffle::ChannelSpec>().swap(specs);  // ~200 bytes a channel, not needed now
-    if (!gate.ok()) return Report(to_parent, r, gate.status());
-    auto idle = CreateIdleGates(**env, f, port, token);
-    if (!idle.ok()) return Report(to_parent, r, idle.status());
     auto stop_producer = [&] {
       const char b = 's';
       WriteAll(producer.to_child, &b, 1);
     };
-    error = Consume(gate->get(), *(*env)->pool(), f, stop_producer, &r);
+    std::optional<PushConsumer> push;  // --consume-on io
+    if (f.consume_on_io) push.emplace(*(*env)->pool(), f, stop_producer, &r);
+    auto gate = CreateBenchGate(**env, specs, push);
+    std::vector<shuffle::ChannelSpec>().swap(specs);  // ~200 bytes a channel, not needed now
+    if (!gate.ok()) return Report(to_parent, r, gate.status());
+    auto idle = CreateIdleGates(**env, f, port, token);
+    if (!idle.ok()) return Report(to_parent, r, idle.status());
+    error = push ? push->Wait() : Consume(gate->get(), *(*env)->pool(), f, stop_producer, &r);
     stop_producer();
     if (error.ok()) error = DrainIdleGates(*idle);
     for (auto& g : *idle) g->Close();
     idle->clear();
     (*gate)->Close();
     gate->reset();
+    push.reset();  // its reader holds the last buffer it read from
     (*env)->client().Stop();  // closes the connection: the producer tears down
     (*env)->Stop();
     r.leaked_segments = LeakedSegments(**env);

@@ -207,12 +207,13 @@ void PrintSummary(const Measurement& m) {
   const BenchFlags& f = m.flags;
   const RunResult& r = m.run;
   std::printf("- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -\n");
-  std::printf("sluice-bench %s: %u channels, %s-byte records, %u-byte segments, %.1f s%s%s%s%s%s\n",
+  std::printf("sluice-bench %s: %u channels, %s-byte records, %u-byte segments, %.1f s%s%s%s%s%s%s\n",
               f.mode.c_str(), f.channels, f.RecordSizeString().c_str(), f.segment_size, r.seconds,
               f.checksum ? ", checksums" : "",
               f.in_place_fill ? ", in place (every byte written)" : f.in_place ? ", in place" : "",
               f.mode == "remote" && !f.auth ? ", auth off" : "",
               f.mode == "remote" && f.direct == 0 ? ", write-through off" : "",
+              f.consume_on_io ? ", consumed on the IO thread" : "",
               m.rounds > 1 ? " (median round)" : "");
   const HostInfo host = ReadHostInfo();
   std::printf("  host           %s, %u CPUs online, Linux %s\n", host.cpu.c_str(), host.cpus,
@@ -288,6 +289,7 @@ std::string ToJson(const Measurement& m) {
       {"in_place_fill", f.in_place_fill ? "true" : "false"},
       {"auth", f.auth && f.mode == "remote" ? "true" : "false"},
       {"direct", f.direct < 0 ? "\"env\"" : f.direct != 0 ? "true" : "false"},
+      {"consume_on", f.consume_on_io ? "\"io\"" : "\"consumer\""},
       {"rounds", std::to_string(m.rounds)},
       {"seconds", Fmt("%.3f", r.seconds)},
       {"records", std::to_string(r.records)},
