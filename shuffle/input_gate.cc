@@ -206,9 +206,12 @@ bool InputGate::IsFinished() const {
 }
 
 void InputGate::Cancel() {
-  std::lock_guard lock(mu_);
-  cancelled_ = true;
-  cv_.notify_all();  // under the lock, as in QueueChannel
+  {
+    std::lock_guard lock(mu_);
+    cancelled_ = true;
+    cv_.notify_all();  // under the lock, as in QueueChannel
+  }
+  if (listener_) listener_->Request();  // push mode: a call follows that reads Cancelled
 }
 
 bool InputGate::IsCancelled() const {

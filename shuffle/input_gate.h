@@ -143,7 +143,8 @@ class InputGate {
   void Close();
   // Any thread: wakes a GetNext blocked now and makes every later one return Cancelled (what
   // is queued stays queued; Close still releases it). Idempotent. For stopping a consumer
-  // without polling a flag. REQUIRES: the gate outlives the call (Close does not end it).
+  // without polling a flag; in push mode a listener call follows that reads Cancelled.
+  // REQUIRES: the gate outlives the call (Close does not end it).
   void Cancel();
   bool IsCancelled() const;
 

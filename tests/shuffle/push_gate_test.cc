@@ -224,6 +224,32 @@ TEST(PushGateTest, LocalChannelsAndCloseFromInsideAtTheEnd) {
   testutil::ExpectAllSegmentsBack(*env->pool(), "local");
 }
 
+// Cancel from another thread reaches a quiet push gate's listener as Cancelled, as it wakes
+// a reader blocked in GetNext.
+TEST(PushGateTest, CancelReachesTheListener) {
+  auto env = StartEnv(Config("cancel"));
+  ASSERT_TRUE(env);
+  auto part = env->CreatePartition("p0", 1);
+  ASSERT_TRUE(part.ok());
+  PushReader reader;
+  reader.SetSubpartitions({0});
+  auto gate = env->CreateInputGate("push-cancel", {{"p0", 0, std::nullopt}}, Listen(reader));
+  ASSERT_TRUE(gate.ok()) << gate.status().ToString();
+  EXPECT_FALSE(reader.Wait(50ms).has_value()) << "nothing was written: no end, no error";
+  (*gate)->Cancel();
+  const std::optional<Status> end = reader.Wait(10s);
+  ASSERT_TRUE(end.has_value()) << "the listener was not called after Cancel";
+  EXPECT_EQ(end->code(), StatusCode::kCancelled) << end->ToString();
+  (*gate)->Close();
+  reader.MarkClosed();
+  reader.Drop();
+  (*part)->Cancel();
+  part->reset();
+  env->ReleasePartition("p0");
+  env->Stop();
+  testutil::ExpectAllSegmentsBack(*env->pool(), "cancel");
+}
+
 // The consumer closes its gate from its own thread while the IO thread is delivering: Close
 // waits for a call in progress, no call starts after it, and the producer is released.
 TEST(PushGateTest, CloseFromAnotherThreadWhileRecordsFlow) {
