@@ -2,8 +2,9 @@
 // thread that read a buffer runs the consumer's work. Records arrive exactly once and in
 // order on remote and local channels, every call is on the one IO thread and none overlaps,
 // the gate closes from another thread while records flow (no call after Close returns) or
-// from inside the listener at the end of input, a lost producer reaches the listener as an
-// error, and every test ends with the leak check.
+// from inside the listener at the end of input, Cancel, a lost producer and a hostile
+// producer's sequence gap reach the listener as errors, and every test ends with the leak
+// check.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -18,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "shuffle/fake_producer.h"
 #include "shuffle/record_reader.h"
 #include "shuffle/shuffle_environment.h"
 #include "shuffle/shuffle_test_util.h"
@@ -327,6 +329,47 @@ TEST(PushGateTest, ALostProducerReachesTheListenerAsAnError) {
   EXPECT_NE(end->message().find(peer), std::string::npos) << end->ToString();
   EXPECT_FALSE((*gate)->IsFinished());
   CloseAndCheck(**gate, reader, *part, prod.get(), cons.get());
+}
+
+// A hostile producer against a push gate: a sequence gap on one channel reaches the listener
+// as that channel's error, naming the gap and the peer, on the IO thread; nothing leaks.
+TEST(PushGateTest, AHostileProducersSequenceGapReachesTheListener) {
+  testing::FakeProducer fake;
+  EnvironmentConfig config = Config("cons");
+  config.listen = false;
+  auto cons = StartEnv(config);
+  ASSERT_TRUE(cons);
+  std::atomic<bool> served{false};
+  std::thread server([&] {
+    if (!fake.Accept(5s) || !fake.Handshake(4096, std::string(testing::kTestSecret))) return;
+    auto r0 = fake.ReadRequest(5s);
+    auto r1 = fake.ReadRequest(5s);
+    if (!r0 || !r1) return;
+    const uint64_t id1 = r0->subpartition == 1 ? r0->receiver_id : r1->receiver_id;
+    served = fake.SendBuffer(id1, /*sequence=*/1, 0, testing::Bytes(64, 0x5A));  // 0 expected
+    std::this_thread::sleep_for(200ms);  // the client reads it before the socket closes
+  });
+  PushReader reader;
+  reader.SetSubpartitions({0, 1});
+  ChannelSpec c0{"p0", 0, transport::Endpoint{"127.0.0.1", fake.port()}};
+  ChannelSpec c1{"p0", 1, transport::Endpoint{"127.0.0.1", fake.port()}};
+  auto gate = cons->CreateInputGate("push-hostile", {c0, c1}, Listen(reader));
+  ASSERT_TRUE(gate.ok()) << gate.status().ToString();
+  const std::optional<Status> end = reader.Wait(10s);
+  server.join();
+  ASSERT_TRUE(served) << "the fake producer could not send";
+  ASSERT_TRUE(end.has_value()) << "the listener heard nothing of the gap";
+  EXPECT_EQ(end->code(), StatusCode::kProtocolError) << end->ToString();
+  EXPECT_NE(end->message().find("expected buffer sequence number 0 but got 1 (a gap)"),
+            std::string::npos)
+      << end->message();
+  EXPECT_NE(end->message().find(fake.name()), std::string::npos) << end->message();
+  EXPECT_FALSE(reader.ran_on(std::this_thread::get_id()));
+  (*gate)->Close();
+  reader.MarkClosed();
+  reader.Drop();
+  cons->Stop();
+  testutil::ExpectAllSegmentsBack(*cons->pool(), "cons");
 }
 
 }  // namespace
