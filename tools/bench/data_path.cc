@@ -532,10 +532,9 @@ int RunLocalChild(const BenchFlags& f, int to_parent) {
     std::vector<shuffle::ChannelSpec> specs;
     for (uint32_t c = 0; c < f.channels; ++c) specs.push_back({"p0", c, std::nullopt});
     std::atomic<bool> stop{false};
+    const std::function<void()> stop_producer = [&] { stop = true; };
     std::optional<PushConsumer> push;  // --consume-on io
-    if (f.consume_on_io)
-      push.emplace(
-          *(*env)->pool(), f, [&] { stop = true; }, &r);
+    if (f.consume_on_io) push.emplace(*(*env)->pool(), f, stop_producer, &r);
     auto gate = CreateBenchGate(**env, specs, push);
     if (!gate.ok()) return Report(to_parent, r, gate.status());
     Status produced;
@@ -546,9 +545,7 @@ int RunLocalChild(const BenchFlags& f, int to_parent) {
       produced = Produce(writer, f, stop);
       if (!produced.ok()) partition->Fail(produced);
     });
-    error = push ? push->Wait()
-                 : Consume(
-                       gate->get(), *(*env)->pool(), f, [&] { stop = true; }, &r);
+    error = push ? push->Wait() : Consume(gate->get(), *(*env)->pool(), f, stop_producer, &r);
     stop = true;
     if (!error.ok()) (*part)->Cancel();
     producer.join();
@@ -730,7 +727,7 @@ int RunRemoteConsumer(const BenchFlags& f, int to_parent) {
     idle->clear();
     (*gate)->Close();
     gate->reset();
-    push.reset();  // its reader holds the last buffer it read from
+    push.reset();             // its reader holds the last buffer it read from
     (*env)->client().Stop();  // closes the connection: the producer tears down
     (*env)->Stop();
     r.leaked_segments = LeakedSegments(**env);
