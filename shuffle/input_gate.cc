@@ -117,7 +117,16 @@ void InputGate::AddFloatingDemand(int64_t delta) {
 
 Result<std::optional<BufferOrEvent>> InputGate::GetNext(std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  if (debloater_) MaybeEndDebloatWindow(std::chrono::steady_clock::now());
+  if (debloater_) {
+    const auto now = std::chrono::steady_clock::now();
+    // Push mode: the time since a call found nothing is the consumer's idle time (its calls
+    // never wait), counted before the window it fell in ends.
+    if (push_idle_since_ != std::chrono::steady_clock::time_point{}) {
+      debloater_->OnIdle(now - push_idle_since_);
+      push_idle_since_ = {};
+    }
+    MaybeEndDebloatWindow(now);
+  }
   while (true) {
     uint32_t index;
     {
@@ -134,7 +143,10 @@ Result<std::optional<BufferOrEvent>> InputGate::GetNext(std::chrono::millisecond
       if (idle) debloater_->OnIdle(std::chrono::steady_clock::now() - wait_start);
       --waiting_;
       if (Status s = StoppedLocked(); !s.ok()) return s;
-      if (!ready) return std::optional<BufferOrEvent>();
+      if (!ready) {
+        if (debloater_ && listener_) push_idle_since_ = std::chrono::steady_clock::now();
+        return std::optional<BufferOrEvent>();
+      }
       index = ready_.front();
       ready_.pop_front();
       queued_[index] = 0;

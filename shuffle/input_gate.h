@@ -205,6 +205,8 @@ class InputGate {
   // Buffer debloating (options_.debloat, made at Start): consumer thread only.
   std::unique_ptr<BufferDebloater> debloater_;
   std::chrono::steady_clock::time_point debloat_window_start_;
+  // Push mode: when a call last found nothing (zero: busy); the gap to the next call is idle.
+  std::chrono::steady_clock::time_point push_idle_since_{};
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -3,8 +3,8 @@
 // order on remote and local channels, every call is on the one IO thread and none overlaps,
 // the gate closes from another thread while records flow (no call after Close returns) or
 // from inside the listener at the end of input, Cancel, a lost producer and a hostile
-// producer's sequence gap reach the listener as errors, and every test ends with the leak
-// check.
+// producer's sequence gap reach the listener as errors, debloating counts the push consumer's
+// idle time, and every test ends with the leak check.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -250,6 +250,52 @@ TEST(PushGateTest, CancelReachesTheListener) {
   env->ReleasePartition("p0");
   env->Stop();
   testutil::ExpectAllSegmentsBack(*env->pool(), "cancel");
+}
+
+// Debloating in push mode: the consumer's calls never wait, so its idle time is the gap
+// between a call that found nothing and the next one. A slow producer (a record every 2 ms)
+// leaves the consumer idle nearly all the time, and the busy rate the debloater derives must
+// be far above the average rate (counted as busy, both would be equal and the gate would ask
+// its senders for needlessly small buffers).
+TEST(PushGateTest, DebloatingCountsThePushConsumersIdleTime) {
+  EnvironmentConfig config = Config("debloat");
+  config.options.debloat = true;
+  config.options.debloat_period = 20ms;
+  auto env = StartEnv(config);
+  ASSERT_TRUE(env);
+  auto part = env->CreatePartition("p0", 1);
+  ASSERT_TRUE(part.ok());
+  PushReader reader;
+  reader.SetSubpartitions({0});
+  auto gate = env->CreateInputGate("push-debloat", {{"p0", 0, std::nullopt}}, Listen(reader));
+  ASSERT_TRUE(gate.ok()) << gate.status().ToString();
+  const auto start = std::chrono::steady_clock::now();
+  std::thread producer([&] {
+    for (uint64_t i = 0; i < 200; ++i) {
+      if (!(*part)->Emit(MakeRecord(0, 0, i, 100), 0).ok()) return;
+      (*part)->Flush(0);
+      std::this_thread::sleep_for(2ms);
+    }
+    EXPECT_TRUE((*part)->Finish().ok());
+  });
+  const std::optional<Status> end = reader.Wait(30s);
+  producer.join();
+  ASSERT_TRUE(end.has_value() && end->ok()) << (end ? end->ToString() : "no end");
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const InputGateStats stats = (*gate)->Stats();
+  const double average = static_cast<double>(stats.bytes_in) / seconds;
+  EXPECT_EQ(reader.records(), 200u);
+  EXPECT_GT(stats.debloat_throughput, 5 * average)
+      << "busy rate " << stats.debloat_throughput << " B/s, average " << average
+      << " B/s: idle time between calls was not counted";
+  (*gate)->Close();
+  reader.MarkClosed();
+  reader.Drop();
+  part->reset();
+  env->ReleasePartition("p0");
+  env->Stop();
+  testutil::ExpectAllSegmentsBack(*env->pool(), "debloat");
 }
 
 // The consumer closes its gate from its own thread while the IO thread is delivering: Close
