@@ -148,19 +148,22 @@ void Produce(ResultPartition* p, uint64_t records, uint32_t max_payload) {
   EXPECT_TRUE(st.ok()) << st.ToString();
 }
 
-// Closes the gate (idempotent), drops the reader's last buffer, releases partition "p0",
-// stops both environments (again: idempotent) and checks every segment of both is back.
-void CloseAndCheck(InputGate& gate, PushReader& reader, std::shared_ptr<ResultPartition>& part,
-                   ShuffleEnvironment* prod, ShuffleEnvironment* cons) {
+// Closes the gate (idempotent), drops the reader's last buffer, releases partition "p0" of
+// envs[0] (the producer's) when `part` is given, stops every environment, consumers first
+// (idempotent), and checks every segment of each is back.
+void CloseAndCheck(InputGate& gate, PushReader& reader, std::shared_ptr<ResultPartition>* part,
+                   const std::vector<ShuffleEnvironment*>& envs) {
   gate.Close();
   reader.MarkClosed();
   reader.Drop();
-  part.reset();
-  prod->ReleasePartition("p0");
-  cons->Stop();
-  prod->Stop();
-  testutil::ExpectAllSegmentsBack(*prod->pool(), "prod");
-  testutil::ExpectAllSegmentsBack(*cons->pool(), "cons");
+  if (part != nullptr) {
+    part->reset();
+    envs.front()->ReleasePartition("p0");
+  }
+  for (auto it = envs.rbegin(); it != envs.rend(); ++it) (*it)->Stop();
+  for (ShuffleEnvironment* env : envs) {
+    testutil::ExpectAllSegmentsBack(*env->pool(), env->config().node_name);
+  }
 }
 
 std::function<void(InputGate&)> Listen(PushReader& r) {
@@ -197,7 +200,7 @@ TEST(PushGateTest, RemoteRecordsExactlyOnceInOrderOnTheIoThread) {
   EXPECT_EQ(reader.threads(), 1u) << "every call on the one IO thread";
   EXPECT_FALSE(reader.ran_on(std::this_thread::get_id()));
   EXPECT_GE(reader.calls(), 1u);
-  CloseAndCheck(**gate, reader, *part, prod.get(), cons.get());
+  CloseAndCheck(**gate, reader, &*part, {prod.get(), cons.get()});
 }
 
 TEST(PushGateTest, LocalChannelsAndCloseFromInsideAtTheEnd) {
@@ -219,11 +222,7 @@ TEST(PushGateTest, LocalChannelsAndCloseFromInsideAtTheEnd) {
   EXPECT_EQ(reader.records(), 2 * kRecords);
   EXPECT_EQ(reader.threads(), 1u);
   // Closed by the listener: a later Close is a no-op, and the buffers are home.
-  (*gate)->Close();
-  part->reset();
-  env->ReleasePartition("p0");
-  env->Stop();
-  testutil::ExpectAllSegmentsBack(*env->pool(), "local");
+  CloseAndCheck(**gate, reader, &*part, {env.get()});
 }
 
 // Cancel from another thread reaches a quiet push gate's listener as Cancelled, as it wakes
@@ -242,14 +241,8 @@ TEST(PushGateTest, CancelReachesTheListener) {
   const std::optional<Status> end = reader.Wait(10s);
   ASSERT_TRUE(end.has_value()) << "the listener was not called after Cancel";
   EXPECT_EQ(end->code(), StatusCode::kCancelled) << end->ToString();
-  (*gate)->Close();
-  reader.MarkClosed();
-  reader.Drop();
   (*part)->Cancel();
-  part->reset();
-  env->ReleasePartition("p0");
-  env->Stop();
-  testutil::ExpectAllSegmentsBack(*env->pool(), "cancel");
+  CloseAndCheck(**gate, reader, &*part, {env.get()});
 }
 
 // Debloating in push mode: the consumer's calls never wait, so its idle time is the gap
@@ -289,13 +282,7 @@ TEST(PushGateTest, DebloatingCountsThePushConsumersIdleTime) {
   EXPECT_GT(stats.debloat_throughput, 5 * average)
       << "busy rate " << stats.debloat_throughput << " B/s, average " << average
       << " B/s: idle time between calls was not counted";
-  (*gate)->Close();
-  reader.MarkClosed();
-  reader.Drop();
-  part->reset();
-  env->ReleasePartition("p0");
-  env->Stop();
-  testutil::ExpectAllSegmentsBack(*env->pool(), "debloat");
+  CloseAndCheck(**gate, reader, &*part, {env.get()});
 }
 
 // The consumer closes its gate from its own thread while the IO thread is delivering: Close
@@ -336,7 +323,7 @@ TEST(PushGateTest, CloseFromAnotherThreadWhileRecordsFlow) {
     stop = true;
     (*part)->Cancel();
     producer.join();
-    CloseAndCheck(**gate, reader, *part, prod.get(), cons.get());
+    CloseAndCheck(**gate, reader, &*part, {prod.get(), cons.get()});
   }
 }
 
@@ -374,7 +361,7 @@ TEST(PushGateTest, ALostProducerReachesTheListenerAsAnError) {
   EXPECT_FALSE(end->ok()) << "a lost producer must not look like the end of input";
   EXPECT_NE(end->message().find(peer), std::string::npos) << end->ToString();
   EXPECT_FALSE((*gate)->IsFinished());
-  CloseAndCheck(**gate, reader, *part, prod.get(), cons.get());
+  CloseAndCheck(**gate, reader, &*part, {prod.get(), cons.get()});
 }
 
 // A hostile producer against a push gate: a sequence gap on one channel reaches the listener
@@ -411,11 +398,7 @@ TEST(PushGateTest, AHostileProducersSequenceGapReachesTheListener) {
       << end->message();
   EXPECT_NE(end->message().find(fake.name()), std::string::npos) << end->message();
   EXPECT_FALSE(reader.ran_on(std::this_thread::get_id()));
-  (*gate)->Close();
-  reader.MarkClosed();
-  reader.Drop();
-  cons->Stop();
-  testutil::ExpectAllSegmentsBack(*cons->pool(), "cons");
+  CloseAndCheck(**gate, reader, nullptr, {cons.get()});
 }
 
 }  // namespace
