@@ -133,15 +133,7 @@ Result<std::optional<BufferOrEvent>> InputGate::GetNext(std::chrono::millisecond
       std::unique_lock lock(mu_);
       if (Status s = StoppedLocked(); !s.ok()) return s;
       if (finished_count_ == channels_.size()) return std::optional<BufferOrEvent>();
-      ++waiting_;
-      const bool idle = debloater_ && ready_.empty();
-      const auto wait_start = idle ? std::chrono::steady_clock::now()
-                                   : std::chrono::steady_clock::time_point{};
-      const bool ready = cv_.wait_until(lock, deadline, [&] {
-        return !ready_.empty() || cancelled_ || closed_;
-      });
-      if (idle) debloater_->OnIdle(std::chrono::steady_clock::now() - wait_start);
-      --waiting_;
+      const bool ready = !ready_.empty() || (timeout.count() > 0 && WaitLocked(lock, deadline));
       if (Status s = StoppedLocked(); !s.ok()) return s;
       if (!ready) {
         if (debloater_ && listener_) push_idle_since_ = std::chrono::steady_clock::now();
@@ -176,6 +168,18 @@ Result<std::optional<BufferOrEvent>> InputGate::GetNext(std::chrono::millisecond
     }
     return std::optional<BufferOrEvent>(BufferOrEvent{std::move(n.buffer), index});
   }
+}
+
+bool InputGate::WaitLocked(std::unique_lock<std::mutex>& lock,
+                           std::chrono::steady_clock::time_point deadline) {
+  ++waiting_;
+  const auto wait_start = debloater_ ? std::chrono::steady_clock::now()
+                                     : std::chrono::steady_clock::time_point{};
+  const bool ready =
+      cv_.wait_until(lock, deadline, [&] { return !ready_.empty() || cancelled_ || closed_; });
+  if (debloater_) debloater_->OnIdle(std::chrono::steady_clock::now() - wait_start);
+  --waiting_;
+  return ready;
 }
 
 void InputGate::MaybeEndDebloatWindow(std::chrono::steady_clock::time_point now) {

@@ -186,6 +186,11 @@ class InputGate {
             bool wide);
   // Closed after Close(), Cancelled after Cancel(), else OK. REQUIRES: mu_ held.
   Status StoppedLocked() const;
+  // Waits until a channel is ready, the gate stops or `deadline` passes; true when one is
+  // ready. The wait counts as the consumer's idle time for debloating. A poll (timeout 0) never
+  // calls it: a wait whose deadline has passed still costs a futex call and a contended relock
+  // (two system calls on the IO thread per push-mode pass). REQUIRES: mu_ held via `lock`.
+  bool WaitLocked(std::unique_lock<std::mutex>& lock, std::chrono::steady_clock::time_point deadline);
   // Debloating: ends the debloater's window when debloat_period has passed (after counting
   // the buffers in flight per channel), and announces a new size to every channel. Consumer
   // thread.

@@ -4,9 +4,11 @@
 #include <sys/uio.h>
 
 #include <algorithm>
+#include <climits>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <string_view>
 
 #include "transport/log.h"
@@ -470,7 +472,7 @@ void Connection::ScheduleFlush() {
 void Connection::OnDelayFlush(uv_timer_t* t) {
   auto* c = static_cast<Connection*>(t->data);
   c->flush_scheduled_ = false;
-  c->Flush();
+  c->FlushFromLoop();
 }
 
 void Connection::MaybeCorrupt(const buffer::Buffer& payload) {
@@ -489,7 +491,7 @@ void Connection::OnIdleFlush(uv_idle_t* i) {
   auto* c = static_cast<Connection*>(i->data);
   uv_idle_stop(i);
   c->flush_scheduled_ = false;
-  c->Flush();
+  c->FlushFromLoop();
 }
 
 Connection::WriteBatch* Connection::TakeBatch() {
@@ -502,18 +504,86 @@ Connection::WriteBatch* Connection::TakeBatch() {
   return b;
 }
 
-void Connection::Flush() {
-  if (closing_) return;
-  Status failed;
-  {
-    std::lock_guard lock(write_mu_);
-    failed = FlushLocked();
+void Connection::Flush() { (void)FlushNow(); }
+
+void Connection::FlushFromLoop() {
+  if (!FlushNow() || closing_) return;
+  if (close_after_flush_) {
+    Close(close_reason_);
+  } else if (handler_) {
+    handler_->OnWritable();
   }
-  // Closed outside the lock: Close takes it.
-  if (!failed.ok()) Close(std::move(failed));
 }
 
-Status Connection::FlushLocked() {
+bool Connection::FlushNow() {
+  if (closing_) return false;
+  Status failed;
+  bool idle = false;
+  std::vector<OutFrame> written;
+  written.swap(written_spare_);  // keeps its capacity; a nested flush finds an empty spare
+  {
+    std::lock_guard lock(write_mu_);
+    failed = FlushLocked(written);
+    idle = !written.empty() && pending_.empty() && inflight_writes_ == 0;
+  }
+  written.clear();  // payload Buffers released after the lock (their recyclers may call in)
+  if (written.capacity() > written_spare_.capacity()) written_spare_.swap(written);
+  // Closed outside the lock: Close takes it.
+  if (!failed.ok()) {
+    Close(std::move(failed));
+    return false;
+  }
+  return idle;
+}
+
+void Connection::WritePendingNowLocked(std::vector<OutFrame>& written) {
+  // At most IOV_MAX iovecs (two per frame); what is left goes to uv_write.
+  const size_t frames = std::min<size_t>(pending_.size(), IOV_MAX / 2);
+  now_iov_.clear();
+  size_t skip = pending_skip_;
+  auto add = [&](const uint8_t* data, size_t len) {
+    const size_t s = std::min(skip, len);
+    skip -= s;
+    if (len > s) now_iov_.push_back({const_cast<uint8_t*>(data + s), len - s});
+  };
+  for (size_t i = 0; i < frames; ++i) {
+    const OutFrame& f = pending_[i];
+    add(f.head().data(), f.head().size());
+    if (f.payload() && f.payload().size() > 0) add(f.payload().data(), f.payload().size());
+  }
+  msghdr msg{};
+  msg.msg_iov = now_iov_.data();
+  msg.msg_iovlen = now_iov_.size();
+  ssize_t got = 0;
+  do {
+    got = ::sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (got < 0 && errno == EINTR);
+  // Would block, or failed: uv_write meets the error and the connection closes as usual.
+  if (got <= 0) return;
+  const auto n = static_cast<size_t>(got);
+  size_t left = n + pending_skip_;  // bytes of pending_ from its first frame's start
+  size_t done = 0;
+  while (done < frames && pending_[done].total_bytes() <= left) {
+    left -= pending_[done].total_bytes();
+    ++done;
+  }
+  std::move(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(done),
+            std::back_inserter(written));
+  pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(done));
+  pending_skip_ = left;
+  pending_bytes_ -= n;
+  bytes_out_.fetch_add(n, std::memory_order_relaxed);
+  metrics_->bytes_out.fetch_add(n, std::memory_order_relaxed);
+  metrics_->writes.fetch_add(1, std::memory_order_relaxed);
+  metrics_->loop_direct_writes.fetch_add(1, std::memory_order_relaxed);
+  metrics_->frames_out.fetch_add(done, std::memory_order_relaxed);
+  last_write_ms_ = uv_now(loop_->loop());
+}
+
+Status Connection::FlushLocked(std::vector<OutFrame>& written) {
+  if (direct_enabled_ && inflight_writes_ == 0 && !pending_.empty()) {
+    WritePendingNowLocked(written);
+  }
   // Drains pending_ completely, so it is a vector that keeps its capacity: queueing a frame
   // allocates nothing once the connection has warmed up. (uv_write never calls back from
   // inside itself, so nothing appends while this runs: direct writers wait for write_mu_.)

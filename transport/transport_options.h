@@ -86,6 +86,9 @@ struct TransportMetrics {
   // socket took only in part (the loop wrote the rest).
   std::atomic<uint64_t> direct_writes{0};
   std::atomic<uint64_t> direct_partial_writes{0};
+  // Writes the loop thread made with one sendmsg of its own (an idle connection's queued
+  // frames; Connection::Flush) instead of through uv_write.
+  std::atomic<uint64_t> loop_direct_writes{0};
 
   uint64_t protocol_errors_total() const {
     uint64_t n = 0;

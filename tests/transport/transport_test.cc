@@ -148,6 +148,15 @@ class TransportTest : public ::testing::Test {
     return c;
   }
 
+  // A server connection to a raw peer that does not read yet: small socket buffers (no
+  // autotuning), so a couple of MiB sent fill them and writes would block.
+  struct StalledPeer {
+    std::unique_ptr<TcpServer> server;
+    std::unique_ptr<RawSocket> raw;
+    std::shared_ptr<Connection> conn;  // null when the setup failed
+  };
+  StalledPeer StartStalledPeer();
+
   int fds_at_start_ = 0;
   bool cleaned_ = false;
   std::unique_ptr<EventLoop> server_loop_;
@@ -1210,10 +1219,40 @@ std::map<uint32_t, uint32_t> ReadDirectFrames(RawSocket& raw, uint32_t total, in
   return next;
 }
 
+// Reads `frames` frames of stream 0 with indices 0, 2, 4, ... (DirectFrame's frames with a
+// payload), checking their order and every payload byte.
+void ReadEvenFramesOfStreamZero(RawSocket& raw, uint32_t frames) {
+  uint32_t next = 0;
+  for (uint32_t n = 0; n < frames; ++n) {
+    auto f = raw.ReadFrame(30s);
+    ASSERT_TRUE(f) << "frame " << n << " missing";
+    uint32_t index = 0;
+    std::memcpy(&index, f->metadata.data() + 4, 4);
+    ASSERT_EQ(index, next) << "frame " << n;
+    next += 2;
+    ASSERT_EQ(testutil::FindPatternMismatch(0, index, 0xC3, f->payload.data(), f->payload.size()),
+              -1)
+        << "frame " << index;
+  }
+}
+
 std::shared_ptr<Connection> OnlyConnection(Recorder& rec) {
   std::shared_ptr<Connection> c;
   Eventually([&] { return (c = rec.connection(0)) != nullptr; });
   return c;
+}
+
+TransportTest::StalledPeer TransportTest::StartStalledPeer() {
+  StalledPeer p;
+  auto rec = std::make_shared<Recorder>();
+  ServerOptions so = DefaultServerOptions();
+  so.transport.send_buffer_bytes = 64 * 1024;
+  p.server = StartServer(so, rec, HandlerOptions{});
+  Track(p.server.get());
+  p.raw = std::make_unique<RawSocket>(p.server->port(), /*rcvbuf=*/8 * 1024);
+  EXPECT_TRUE(p.raw->connected());
+  if (p.raw->connected()) p.conn = OnlyConnection(*rec);
+  return p;
 }
 
 // Two producer threads write directly while the loop sends a stream of its own on the same
@@ -1279,15 +1318,11 @@ TEST_F(TransportTest, DirectWritesRacingLoopWritesKeepEveryStreamInOrder) {
 // the peer reads, every frame arrives whole and in order.
 TEST_F(TransportTest, DirectWriteThatWouldBlockLeavesTheRestToTheLoopInOrder) {
   constexpr uint32_t kFrames = 120;  // ~2 MiB of payloads: more than the socket buffers hold
-  auto rec = std::make_shared<Recorder>();
-  ServerOptions so = DefaultServerOptions();
-  so.transport.send_buffer_bytes = 64 * 1024;  // no autotuning: the socket fills
-  auto server = StartServer(so, rec, HandlerOptions{});
-  Track(server.get());
-  RawSocket raw(server->port(), /*rcvbuf=*/8 * 1024);
-  ASSERT_TRUE(raw.connected());
-  std::shared_ptr<Connection> c = OnlyConnection(*rec);
-  ASSERT_TRUE(c);
+  StalledPeer peer = StartStalledPeer();
+  ASSERT_TRUE(peer.conn);
+  TcpServer* server = peer.server.get();
+  RawSocket& raw = *peer.raw;
+  std::shared_ptr<Connection> c = std::move(peer.conn);
   std::map<Connection::SendPath, uint32_t> paths;
   std::thread producer([&] {
     for (uint32_t i = 0; i < kFrames; ++i) {
@@ -1300,18 +1335,7 @@ TEST_F(TransportTest, DirectWriteThatWouldBlockLeavesTheRestToTheLoopInOrder) {
   EXPECT_GE(paths[Connection::SendPath::kQueued], 1u) << "the socket never blocked";
   EXPECT_EQ(paths[Connection::SendPath::kDropped], 0u);
   EXPECT_GT(c->queued_bytes(), 0u);
-  uint32_t next = 0;
-  for (uint32_t n = 0; n < kFrames; ++n) {
-    auto f = raw.ReadFrame(30s);
-    ASSERT_TRUE(f) << "frame " << n << " missing";
-    uint32_t index = 0;
-    std::memcpy(&index, f->metadata.data() + 4, 4);
-    ASSERT_EQ(index, next) << "frame " << n;
-    next += 2;
-    ASSERT_EQ(testutil::FindPatternMismatch(0, index, 0xC3, f->payload.data(), f->payload.size()),
-              -1)
-        << "frame " << index;
-  }
+  ASSERT_NO_FATAL_FAILURE(ReadEvenFramesOfStreamZero(raw, kFrames));
   ASSERT_TRUE(Eventually([&] { return c->queued_bytes() == 0; }));
   EXPECT_EQ(send_pool_->available_segments(), send_pool_->total_segments());
   raw.Close();
@@ -1396,6 +1420,70 @@ TEST_F(TransportTest, FaultShimAndLoopThreadKeepWritesOnTheLoop) {
   EXPECT_EQ(errors, 0);
   EXPECT_EQ(got[0], 11u);
   EXPECT_EQ(server->metrics()->direct_writes.load(), 0u);
+  EXPECT_EQ(server->metrics()->loop_direct_writes.load(), 0u);
+  raw.Close();
+  c.reset();
+  ExpectClean();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loop's own direct writes: Flush of an idle connection's queued frames with one sendmsg.
+
+// A handler that keeps one frame queued at a time (send_window 1 byte) sends its next frame
+// only from OnWritable: every write finds the connection idle, goes out in one sendmsg, and
+// must be followed by OnWritable as a completed uv_write is, or the stream stops after a frame.
+TEST_F(TransportTest, LoopWritesToAnIdleConnectionAtOnceAndCallOnWritable) {
+  constexpr uint32_t kFrames = 300;
+  auto server_rec = std::make_shared<Recorder>();
+  auto client_rec = std::make_shared<Recorder>();
+  HandlerOptions sh;
+  sh.send_pool = send_pool_.get();
+  sh.send_count = kFrames;
+  sh.send_window = 1;
+  auto server = StartServer(DefaultServerOptions(), server_rec, sh);
+  Track(server.get());
+  HandlerOptions ch;
+  ch.receive_pool = recv_pool_.get();
+  ch.verify = true;
+  TcpClient client(client_loop_.get(), BaseOptions(), Factory(client_rec, ch));
+  Track(&client);
+  ASSERT_TRUE(Connect(client, server->port()).ok());
+  ASSERT_TRUE(client_rec->WaitFor([&] { return client_rec->frames == kFrames; }))
+      << "the stream stopped at frame " << client_rec->frames;
+  {
+    std::lock_guard lock(client_rec->mu);
+    EXPECT_EQ(client_rec->mismatches, 0u) << client_rec->first_mismatch;
+  }
+  const TransportMetrics& m = *server->metrics();
+  // Each frame was written alone, nearly always by the loop's sendmsg (a full socket would
+  // hand one to uv_write; on loopback with one small frame in flight it does not happen).
+  EXPECT_GE(m.loop_direct_writes.load(), kFrames - 10);
+  EXPECT_LE(m.loop_direct_writes.load(), m.writes.load());
+  EXPECT_EQ(m.frames_out.load(), kFrames);
+  ExpectClean();
+}
+
+// A peer that does not read: the loop's sendmsg takes what the socket holds (part of a frame,
+// the rest queued ahead of everything), uv_write writes the rest when the socket drains, and
+// every frame arrives whole, in order, byte for byte.
+TEST_F(TransportTest, LoopWriteThatWouldBlockLeavesTheRestToUvWriteInOrder) {
+  constexpr uint32_t kFrames = 120;  // ~2 MiB of payloads: more than the socket buffers hold
+  StalledPeer peer = StartStalledPeer();
+  ASSERT_TRUE(peer.conn);
+  TcpServer* server = peer.server.get();
+  RawSocket& raw = *peer.raw;
+  std::shared_ptr<Connection> c = std::move(peer.conn);
+  RunOnLoop(server_loop_.get(), [&] {
+    for (uint32_t i = 0; i < kFrames; ++i) c->Send(DirectFrame(send_pool_.get(), 0, 2 * i));
+  });
+  const TransportMetrics& m = *server->metrics();
+  ASSERT_TRUE(Eventually([&] { return m.loop_direct_writes.load() == 1; }));
+  ASSERT_TRUE(Eventually([&] { return m.writes.load() >= 2; })) << "no uv_write for the rest";
+  EXPECT_GT(c->queued_bytes(), 0u) << "the socket took everything";
+  ASSERT_NO_FATAL_FAILURE(ReadEvenFramesOfStreamZero(raw, kFrames));
+  ASSERT_TRUE(Eventually([&] { return c->queued_bytes() == 0; }));
+  EXPECT_EQ(m.loop_direct_writes.load(), 1u);
+  EXPECT_EQ(c->bytes_sent(), m.bytes_out.load());
   raw.Close();
   c.reset();
   ExpectClean();

@@ -637,6 +637,9 @@ struct ProducerReport {
   uint64_t peak_rss_bytes = 0;
   double credit_stall_ms = 0;
   double backpressure_ms = 0;
+  uint64_t frames_out = 0;
+  uint64_t direct_writes = 0;
+  uint64_t notifications_posted = 0;
   char error[512] = {};
 };
 
@@ -677,6 +680,10 @@ int RunRemoteProducer(const BenchFlags& f, const std::string& token, int from_co
     }
     report.credit_stall_ms = static_cast<double>((*env)->server()->stats().credit_stall_ns) / 1e6;
     report.backpressure_ms = static_cast<double>((*part)->Stats().backpressure_ns) / 1e6;
+    const transport::TransportMetrics& m = *(*env)->server()->metrics();
+    report.frames_out = m.frames_out.load();
+    report.direct_writes = m.direct_writes.load();
+    report.notifications_posted = (*env)->server()->stats().notifications_posted.load();
     part->reset();
     (*env)->ReleasePartition("p0");
     ReleaseIdlePartitions(**env, *idle);
@@ -729,6 +736,7 @@ int RunRemoteConsumer(const BenchFlags& f, int to_parent) {
     gate->reset();
     push.reset();             // its reader holds the last buffer it read from
     (*env)->client().Stop();  // closes the connection: the producer tears down
+    r.client_frames_out = (*env)->client().metrics()->frames_out.load();
     (*env)->Stop();
     r.leaked_segments = LeakedSegments(**env);
   }
@@ -742,6 +750,9 @@ int RunRemoteConsumer(const BenchFlags& f, int to_parent) {
   r.leaked_segments += pr.leaked_segments;
   r.credit_stall_ms = pr.credit_stall_ms;
   r.backpressure_ms = pr.backpressure_ms;
+  r.server_frames_out = pr.frames_out;
+  r.server_direct_writes = pr.direct_writes;
+  r.server_notifications_posted = pr.notifications_posted;
   r.producer_peak_rss_bytes = pr.peak_rss_bytes;
   r.consumer_peak_rss_bytes = PeakRssBytes();
   r.peak_rss_bytes = std::max(r.producer_peak_rss_bytes, r.consumer_peak_rss_bytes);

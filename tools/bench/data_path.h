@@ -32,6 +32,14 @@ struct RunResult {
   uint32_t pool_peak_used_segments = 0;  // consumer's global pool (local: the only one)
   double credit_stall_ms = 0;   // remote: server readers with data but no credit
   double backpressure_ms = 0;   // producer waiting for output buffers
+  // Remote, whole run (warm-up included): the write path. Frames the producer's connection
+  // sent, those written on the producer's thread (write-through), the producer notifications
+  // posted to its IO loop instead (a loop wake-up each), and the frames the consumer's
+  // connection sent (AddCredits, almost all).
+  uint64_t server_frames_out = 0;
+  uint64_t server_direct_writes = 0;
+  uint64_t server_notifications_posted = 0;
+  uint64_t client_frames_out = 0;
   uint64_t order_errors = 0;    // records out of order or missing
   uint64_t fill_errors = 0;     // --in-place fill: records whose last byte is not the pattern
   uint64_t latency_samples = 0;

@@ -228,6 +228,14 @@ void PrintSummary(const Measurement& m) {
               r.credit_stall_ms);
   std::printf("  backpressure   %12.1f ms (producer waiting for output buffers)\n",
               r.backpressure_ms);
+  if (f.mode == "remote") {
+    std::printf("  write path     %llu frames out, %llu written on the producer's thread, %llu "
+                "notifications posted to its loop; consumer sent %llu (AddCredits)\n",
+                static_cast<unsigned long long>(r.server_frames_out),
+                static_cast<unsigned long long>(r.server_direct_writes),
+                static_cast<unsigned long long>(r.server_notifications_posted),
+                static_cast<unsigned long long>(r.client_frames_out));
+  }
   std::printf("  pool usage     peak %u of %u segments; network memory %.1f MiB per process\n",
               r.pool_peak_used_segments, r.pool_total_segments,
               static_cast<double>(r.network_memory_bytes) / kMiB);
@@ -300,6 +308,10 @@ std::string ToJson(const Measurement& m) {
       {"buffers_per_second", Fmt("%.1f", r.buffers_per_second())},
       {"credit_stall_ms", Fmt("%.3f", r.credit_stall_ms)},
       {"backpressure_ms", Fmt("%.3f", r.backpressure_ms)},
+      {"server_frames_out", std::to_string(r.server_frames_out)},
+      {"server_direct_writes", std::to_string(r.server_direct_writes)},
+      {"server_notifications_posted", std::to_string(r.server_notifications_posted)},
+      {"client_frames_out", std::to_string(r.client_frames_out)},
       {"network_memory_bytes", std::to_string(r.network_memory_bytes)},
       {"pool_total_segments", std::to_string(r.pool_total_segments)},
       {"pool_peak_used_segments", std::to_string(r.pool_peak_used_segments)},
