@@ -581,7 +581,8 @@ void Connection::WritePendingNowLocked(std::vector<OutFrame>& written) {
 }
 
 Status Connection::FlushLocked(std::vector<OutFrame>& written) {
-  if (direct_enabled_ && inflight_writes_ == 0 && !pending_.empty()) {
+  if (direct_enabled_ && inflight_writes_ == 0 && !pending_.empty() &&
+      pending_bytes_ <= options_.loop_direct_max_bytes) {
     WritePendingNowLocked(written);
   }
   // Drains pending_ completely, so it is a vector that keeps its capacity: queueing a frame

@@ -142,10 +142,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // writes are off (TransportOptions::direct_writes, the fault shim).
   bool DirectWritable() const;
   bool direct_writes_enabled() const { return direct_enabled_; }
-  // Loop thread: writes what is queued now. When nothing is in flight and direct writes are on,
-  // the frames go out in one sendmsg on this thread (what the socket does not take goes to
-  // uv_write): a small frame such as an AddCredit then costs no extra loop iteration and no
-  // epoll_ctl, which a uv_write's completion does.
+  // Loop thread: writes what is queued now. When nothing is in flight, direct writes are on and
+  // the frames come to at most TransportOptions::loop_direct_max_bytes, they go out in one
+  // sendmsg on this thread (what the socket does not take goes to uv_write): a small frame such
+  // as an AddCredit then costs no extra loop iteration and no epoll_ctl, which a uv_write's
+  // completion does.
   void Flush();
   // Closes now: pending and in-flight writes are cancelled and their Buffers released.
   void Close(Status reason);

@@ -61,6 +61,10 @@ struct TransportOptions {
   // environment variable SLUICE_DIRECT_WRITES=off (for side-by-side measurements): every frame
   // goes through the loop.
   bool direct_writes = true;
+  // With direct writes on, the loop writes an idle connection's queued frames with one sendmsg
+  // of its own when they come to at most this many bytes (an AddCredit, a flushed record);
+  // larger flushes, which the socket often takes only in part, go through uv_write as before.
+  size_t loop_direct_max_bytes = 64 * 1024;
 };
 
 struct TransportMetrics {

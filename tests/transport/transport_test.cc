@@ -155,7 +155,7 @@ class TransportTest : public ::testing::Test {
     std::unique_ptr<RawSocket> raw;
     std::shared_ptr<Connection> conn;  // null when the setup failed
   };
-  StalledPeer StartStalledPeer();
+  StalledPeer StartStalledPeer(size_t loop_direct_max_bytes = TransportOptions{}.loop_direct_max_bytes);
 
   int fds_at_start_ = 0;
   bool cleaned_ = false;
@@ -1242,11 +1242,12 @@ std::shared_ptr<Connection> OnlyConnection(Recorder& rec) {
   return c;
 }
 
-TransportTest::StalledPeer TransportTest::StartStalledPeer() {
+TransportTest::StalledPeer TransportTest::StartStalledPeer(size_t loop_direct_max_bytes) {
   StalledPeer p;
   auto rec = std::make_shared<Recorder>();
   ServerOptions so = DefaultServerOptions();
   so.transport.send_buffer_bytes = 64 * 1024;
+  so.transport.loop_direct_max_bytes = loop_direct_max_bytes;
   p.server = StartServer(so, rec, HandlerOptions{});
   Track(p.server.get());
   p.raw = std::make_unique<RawSocket>(p.server->port(), /*rcvbuf=*/8 * 1024);
@@ -1463,12 +1464,30 @@ TEST_F(TransportTest, LoopWritesToAnIdleConnectionAtOnceAndCallOnWritable) {
   ExpectClean();
 }
 
+// A flush of more than loop_direct_max_bytes (here 2 MiB against the default 64 KiB) goes
+// through uv_write as before: the loop makes no sendmsg of its own, and every frame arrives.
+TEST_F(TransportTest, LoopFlushOverTheLimitGoesThroughUvWrite) {
+  constexpr uint32_t kFrames = 120;
+  StalledPeer peer = StartStalledPeer();
+  ASSERT_TRUE(peer.conn);
+  std::shared_ptr<Connection> c = std::move(peer.conn);
+  RunOnLoop(server_loop_.get(), [&] {
+    for (uint32_t i = 0; i < kFrames; ++i) c->Send(DirectFrame(send_pool_.get(), 0, 2 * i));
+  });
+  ASSERT_NO_FATAL_FAILURE(ReadEvenFramesOfStreamZero(*peer.raw, kFrames));
+  ASSERT_TRUE(Eventually([&] { return c->queued_bytes() == 0; }));
+  EXPECT_EQ(peer.server->metrics()->loop_direct_writes.load(), 0u);
+  peer.raw->Close();
+  c.reset();
+  ExpectClean();
+}
+
 // A peer that does not read: the loop's sendmsg takes what the socket holds (part of a frame,
 // the rest queued ahead of everything), uv_write writes the rest when the socket drains, and
 // every frame arrives whole, in order, byte for byte.
 TEST_F(TransportTest, LoopWriteThatWouldBlockLeavesTheRestToUvWriteInOrder) {
   constexpr uint32_t kFrames = 120;  // ~2 MiB of payloads: more than the socket buffers hold
-  StalledPeer peer = StartStalledPeer();
+  StalledPeer peer = StartStalledPeer(/*loop_direct_max_bytes=*/8u << 20);
   ASSERT_TRUE(peer.conn);
   TcpServer* server = peer.server.get();
   RawSocket& raw = *peer.raw;
