@@ -1321,7 +1321,6 @@ TEST_F(TransportTest, DirectWriteThatWouldBlockLeavesTheRestToTheLoopInOrder) {
   constexpr uint32_t kFrames = 120;  // ~2 MiB of payloads: more than the socket buffers hold
   StalledPeer peer = StartStalledPeer();
   ASSERT_TRUE(peer.conn);
-  TcpServer* server = peer.server.get();
   RawSocket& raw = *peer.raw;
   std::shared_ptr<Connection> c = std::move(peer.conn);
   std::map<Connection::SendPath, uint32_t> paths;
