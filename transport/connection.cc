@@ -4,8 +4,8 @@
 #include <sys/uio.h>
 
 #include <algorithm>
-#include <climits>
 #include <cerrno>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <iterator>

@@ -28,6 +28,7 @@
 // itself alive until its handles are closed, then calls OnClosed exactly once.
 #pragma once
 
+#include <sys/uio.h>
 #include <uv.h>
 
 #include <array>

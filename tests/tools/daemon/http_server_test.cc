@@ -245,5 +245,26 @@ TEST(WriteThroughMetricsTest, DirectWritesAndPostedNotificationsAreRendered) {
   EXPECT_NE(text.find("sluice_notifications_posted_total{node=\"n\"} 7\n"), std::string::npos);
 }
 
+// The IO loops' own writes (Connection::Flush of an idle connection): one counter per side,
+// like the other transport counters.
+TEST(WriteThroughMetricsTest, LoopDirectWritesAreRenderedPerSide) {
+  MetricsSnapshot m;
+  m.node = "n";
+  transport::TransportMetrics served;
+  transport::TransportMetrics opened;
+  served.loop_direct_writes = 5;
+  opened.loop_direct_writes = 9;
+  m.served = &served;
+  m.opened = &opened;
+  const std::string text = RenderPrometheus(m);
+  EXPECT_NE(text.find("# TYPE sluice_loop_direct_writes_total counter\n"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("sluice_loop_direct_writes_total{node=\"n\",side=\"served\"} 5\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("sluice_loop_direct_writes_total{node=\"n\",side=\"opened\"} 9\n"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace sluice::daemon
