@@ -106,7 +106,13 @@ TEST(DebloatNetworkTest, SlowConsumerShrinksBuffersAndFastConsumerGrowsThemBack)
     return true;
   };
   EXPECT_TRUE(testutil::PollUntil(settled, 20s, 5ms));
-  std::this_thread::sleep_for(100ms);
+  // Every buffer made before the shrink is out before the window opens: at most cap + 1
+  // (11) queued per subpartition and the writer's current one. Waiting a fixed 100 ms instead
+  // let a slow (ASan) run count a full 32 KiB buffer still queued in the window.
+  const uint64_t settled_at = sh.prod->server()->stats().buffers_out.load();
+  EXPECT_TRUE(testutil::PollUntil(
+      [&] { return sh.prod->server()->stats().buffers_out.load() >= settled_at + kChannels * 12; },
+      20s, 5ms));
   const uint64_t buffers0 = sh.prod->server()->stats().buffers_out.load();
   const uint64_t bytes0 = sh.prod->server()->stats().bytes_out.load();
   uint32_t max_size = 0;
