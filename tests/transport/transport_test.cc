@@ -1463,6 +1463,45 @@ TEST_F(TransportTest, LoopWritesToAnIdleConnectionAtOnceAndCallOnWritable) {
   ExpectClean();
 }
 
+// Hostile peer: it resets the connection while the loop writes to it frame by frame with its
+// own sendmsg (send_window 1: each frame alone). The failed sendmsg leaves the frame to
+// uv_write, which meets the error: the connection closes naming the peer, the other side's
+// loop goes on, and every payload Buffer is back.
+TEST_F(TransportTest, PeerResettingDuringLoopDirectWritesClosesOnlyThatConnection) {
+  auto rec = std::make_shared<Recorder>();
+  HandlerOptions h;
+  h.send_pool = send_pool_.get();
+  h.send_count = 1000000;  // more than the peer will ever read
+  h.send_window = 1;
+  auto server = StartServer(DefaultServerOptions(), rec, h);
+  Track(server.get());
+  std::string peer;
+  {
+    RawSocket raw(server->port());
+    ASSERT_TRUE(raw.connected());
+    peer = raw.LocalName();
+    ASSERT_TRUE(Eventually([&] { return raw.Drain() > 0; }));
+    ASSERT_TRUE(Eventually([&] { return server->metrics()->loop_direct_writes.load() > 10; }));
+    raw.Reset();
+  }
+  ASSERT_TRUE(rec->WaitFor([&] { return !rec->closed.empty(); }));
+  {
+    std::lock_guard lock(rec->mu);
+    const StatusCode code = rec->closed[0].code();
+    EXPECT_TRUE(code == StatusCode::kIoError || code == StatusCode::kClosed)
+        << rec->closed[0].ToString();
+    EXPECT_NE(rec->closed[0].message().find(peer), std::string::npos) << rec->closed[0].ToString();
+  }
+  // The server still serves: a new peer gets frames.
+  RawSocket again(server->port());
+  ASSERT_TRUE(again.connected());
+  EXPECT_TRUE(Eventually([&] { return again.Drain() > 0; }));
+  again.Close();
+  ASSERT_TRUE(Eventually([&] { return server->connection_count() == 0; }));
+  EXPECT_EQ(send_pool_->available_segments(), send_pool_->total_segments());
+  ExpectClean();
+}
+
 // A flush of more than loop_direct_max_bytes (here 2 MiB against the default 64 KiB) goes
 // through uv_write as before: the loop makes no sendmsg of its own, and every frame arrives.
 TEST_F(TransportTest, LoopFlushOverTheLimitGoesThroughUvWrite) {
