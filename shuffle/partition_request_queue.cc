@@ -105,6 +105,9 @@ Status PartitionRequestQueue::AddCredit(uint64_t receiver_id, int32_t credit) {
 }
 
 uint32_t PartitionRequestQueue::AnnounceBufferSize(uint64_t receiver_id, uint32_t buffer_size) {
+  // Under mu_: a producer thread writing through may release a reader (end of partition)
+  // and erase it from readers_ while the loop looks it up here.
+  std::lock_guard lock(mu_);
   auto it = readers_.find(receiver_id);
   if (it == readers_.end() || it->second->released) return 0;
   return it->second->view->SetBufferSize(buffer_size);

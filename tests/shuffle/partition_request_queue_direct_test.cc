@@ -72,6 +72,11 @@ class LockedView final : public SubpartitionView {
     std::lock_guard lock(mu_);
     return released_;
   }
+  uint32_t SetBufferSize(uint32_t bytes) override {
+    std::lock_guard lock(mu_);
+    buffer_size_ = bytes;
+    return bytes;
+  }
 
  private:
   uint32_t BacklogLocked() const {
@@ -84,6 +89,7 @@ class LockedView final : public SubpartitionView {
   std::deque<Buffer> items_;
   Status failure_;
   bool released_ = false;
+  uint32_t buffer_size_ = 0;
 };
 
 struct Sent {
@@ -418,6 +424,56 @@ TEST_F(QueueDirectTest, ConcurrentProducersAndLoopCreditKeepSequenceAndCredit) {
     EXPECT_EQ(queue_->credit(r + 1), 2) << "reader " << r + 1;  // 2 + kItems given - kItems used
   }
   queue_->ReleaseAll();
+}
+
+// Debloating's BufferSizeAnnouncement reaches the queue on the loop while producer threads
+// write their end of partition through, which releases their readers (the reader map shrinks
+// on those threads). Each announcement finds its reader alive (the size comes back) or gone
+// (0), never a reader half removed; every reader ends with its data and end of partition in
+// sequence. Run under ThreadSanitizer in CI (label concurrency): an announcement that looked
+// the reader up without the queue's mutex raced the producers' erase.
+TEST_F(QueueDirectTest, BufferSizeAnnouncementsRaceProducersReleasingTheirReaders) {
+  constexpr uint32_t kReaders = 16;
+  std::vector<LockedView*> views;
+  for (uint32_t r = 0; r < kReaders; ++r) views.push_back(AddReader(r + 1, 1));
+  for (uint32_t r = 0; r < kReaders; ++r) {
+    EXPECT_EQ(queue_->AnnounceBufferSize(r + 1, 4096), 4096u) << "reader " << r + 1;
+  }
+  std::atomic<bool> go{false};
+  std::vector<std::thread> producers;
+  for (uint32_t r = 0; r < kReaders; ++r) {
+    producers.emplace_back([&, r] {
+      while (!go.load()) std::this_thread::yield();
+      views[r]->Push(Item(DataType::kData));
+      views[r]->Push(Item(DataType::kEndOfPartition));
+      views[r]->Notify();
+    });
+  }
+  go.store(true);
+  uint64_t alive = 0, gone = 0;
+  while (queue_->reader_count() > 0) {  // the loop: announcements, and what was posted to it
+    for (uint32_t r = 0; r < kReaders; ++r) {
+      const uint32_t size = queue_->AnnounceBufferSize(r + 1, 2048 + r);
+      EXPECT_TRUE(size == 0 || size == 2048 + r) << size;
+      ++(size == 0 ? gone : alive);
+    }
+    RunPosted();
+  }
+  for (auto& t : producers) t.join();
+  RunPosted();
+  EXPECT_GT(gone, 0u);
+  for (uint32_t r = 0; r < kReaders; ++r) EXPECT_EQ(queue_->AnnounceBufferSize(r + 1, 4096), 0u);
+  std::vector<int32_t> data_seq(kReaders, -1), end_seq(kReaders, -1);
+  for (const Sent& f : out_.frames()) {
+    ASSERT_EQ(f.kind, Sent::kBuffer);
+    const uint32_t r = static_cast<uint32_t>(f.receiver_id - 1);
+    (f.data_type == DataType::kData ? data_seq : end_seq)[r] = f.sequence;
+  }
+  for (uint32_t r = 0; r < kReaders; ++r) {
+    EXPECT_EQ(data_seq[r], 0) << "reader " << r + 1;
+    EXPECT_EQ(end_seq[r], 1) << "reader " << r + 1;
+  }
+  EXPECT_EQ(stats_.active_readers.load(), 0u);
 }
 
 }  // namespace
