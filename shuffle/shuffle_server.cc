@@ -418,7 +418,9 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
     }
     if (st.code() == StatusCode::kNotFound) code = fb::ErrorCode::PartitionNotFound;
     if (st.code() == StatusCode::kInvalidArgument) code = fb::ErrorCode::ProtocolViolation;
-    SendChannelError(id, code, st.message());
+    // The handler's own builder: queue_builder_ belongs to the queue's mutex, and a producer
+    // thread writing through may be building a BufferResponse in it now.
+    ChannelError(id, code, st.message());
   }
 
   void Park(uint64_t id, Request req) {

@@ -84,6 +84,14 @@ void ExpectNoLeak(ShuffleEnvironment* env) {
   testutil::ExpectAllSegmentsBack(*env->pool(), env->config().node_name);
 }
 
+// The end of every scenario: both environments stop, then the leak check on each.
+void StopAndExpectNoLeak(ShuffleEnvironment* prod, ShuffleEnvironment* cons) {
+  cons->Stop();
+  prod->Stop();
+  ExpectNoLeak(prod);
+  ExpectNoLeak(cons);
+}
+
 struct Outcome {
   uint64_t direct_writes = 0;
   uint64_t items_out = 0;  // data buffers and events the server sent
@@ -135,10 +143,7 @@ Outcome RunShuffle(uint32_t producers, uint32_t consumers, uint64_t records,
               static_cast<unsigned long long>(out.direct_writes),
               static_cast<unsigned long long>(out.items_out));
   for (uint32_t p = 0; p < producers; ++p) prod->ReleasePartition("p" + std::to_string(p));
-  cons->Stop();
-  prod->Stop();
-  ExpectNoLeak(prod.get());
-  ExpectNoLeak(cons.get());
+  StopAndExpectNoLeak(prod.get(), cons.get());
   return out;
 }
 
@@ -252,10 +257,77 @@ TEST(WriteThroughTest, ConnectionCutDuringDirectWrites) {
   (*gate2)->Close();
   prod->ReleasePartition("p0");
   prod->ReleasePartition("p1");
-  cons->Stop();
-  prod->Stop();
-  ExpectNoLeak(prod.get());
-  ExpectNoLeak(cons.get());
+  StopAndExpectNoLeak(prod.get(), cons.get());
+}
+
+// A provider (the external store's place in the registry) that refuses every view with a long
+// message: the server's handler answers each refusal with an ErrorResponse on the loop.
+class RefusingProvider final : public SubpartitionViewProvider {
+ public:
+  Result<std::unique_ptr<SubpartitionView>> CreateView(const std::string& partition_id,
+                                                       uint32_t, std::span<const uint8_t>,
+                                                       SubpartitionListener*) override {
+    calls.fetch_add(1);
+    return IoError("provider refuses " + partition_id + ": " + std::string(600, 'x'));
+  }
+  std::atomic<uint64_t> calls{0};
+};
+
+// Refused provider requests are answered on the loop while a producer writes its flushed
+// buffers through on the same connection. The loop's answer must not use the builder the
+// producer's BufferResponses are built in (it is the queue's, under the queue's mutex): under
+// ThreadSanitizer (label concurrency) that was a data race, and in a plain build a frame could
+// carry the other message's fields. Every refused gate fails naming the provider's message,
+// the pipelined channel gets every record once and in order, and the leak check passes.
+TEST(WriteThroughTest, ProviderRefusalsOnTheLoopRaceDirectWrites) {
+  RefusingProvider provider;  // outlives both environments
+  auto prod = StartEnv(Config("prod"));
+  auto cons = StartEnv(Config("cons"));
+  ASSERT_TRUE(prod && cons);
+  prod->registry().SetViewProvider("ext/", &provider);
+  auto part = prod->CreatePartition("p0", 1);
+  ASSERT_TRUE(part.ok()) << part.status().ToString();
+  std::vector<ChannelSpec> specs = {{"p0", 0, prod->endpoint()}};
+  auto gate = cons->CreateInputGate("data", specs);
+  ASSERT_TRUE(gate.ok()) << gate.status().ToString();
+  // Paced (a record every 200 us, flush per record): the connection is idle at almost every
+  // flush, so the producer builds and writes its BufferResponses on its own thread.
+  std::atomic<bool> refusals_done{false};
+  uint64_t records = 0;
+  std::thread producer([&] {
+    for (; records < 500 || !refusals_done.load(); ++records) {
+      Status st = (*part)->Emit(MakeRecord(0, 0, records, 64), 0);
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      std::this_thread::sleep_for(200us);
+    }
+    ASSERT_TRUE((*part)->Finish().ok());
+  });
+  std::thread refused([&] {
+    for (int i = 0; i < 100; ++i) {
+      std::vector<ChannelSpec> bad = {{"ext/r" + std::to_string(i), 0, prod->endpoint()}};
+      auto g = cons->CreateInputGate("refused" + std::to_string(i), bad);
+      ASSERT_TRUE(g.ok()) << g.status().ToString();
+      RecordReader reader(g->get());
+      auto item = reader.Next(10s);
+      ASSERT_FALSE(item.ok()) << "a refused view delivered something";
+      EXPECT_NE(item.status().message().find("provider refuses ext/r" + std::to_string(i)),
+                std::string::npos)
+          << item.status().ToString();
+      (*g)->Close();
+    }
+    refusals_done.store(true);
+  });
+  auto got = Consume(gate->get(), 0);
+  producer.join();
+  refused.join();
+  EXPECT_EQ(got[0], records);
+  EXPECT_EQ(provider.calls.load(), 100u);
+  std::printf("refusals: %llu; direct writes: %llu\n",
+              static_cast<unsigned long long>(provider.calls.load()),
+              static_cast<unsigned long long>(prod->server()->metrics()->direct_writes.load()));
+  (*gate)->Close();
+  prod->ReleasePartition("p0");
+  StopAndExpectNoLeak(prod.get(), cons.get());
 }
 
 // A paced producer (a record every 200 us, flush per record) finds the connection idle almost
@@ -298,10 +370,7 @@ TEST(WriteThroughTest, PacedFlushesGoDirect) {
   EXPECT_LT(posted, kRecords / 2);
   (*gate)->Close();
   prod->ReleasePartition("p0");
-  cons->Stop();
-  prod->Stop();
-  ExpectNoLeak(prod.get());
-  ExpectNoLeak(cons.get());
+  StopAndExpectNoLeak(prod.get(), cons.get());
 }
 
 }  // namespace
