@@ -627,6 +627,8 @@ Status Connection::FlushLocked(std::vector<OutFrame>& written) {
     const int rc = uv_write(&b->req, reinterpret_cast<uv_stream_t*>(tcp_), b->bufs.data(),
                             static_cast<unsigned>(b->bufs.size()), &Connection::OnWrite);
     if (rc != 0) {
+      // Their payload Buffers are released by the caller after write_mu_, as written ones are.
+      std::move(b->frames.begin(), b->frames.end(), std::back_inserter(written));
       b->frames.clear();
       b->bufs.clear();
       spare_batches_.emplace_back(b);

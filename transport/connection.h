@@ -208,8 +208,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Flush(); true when the socket took everything at once and the connection is idle.
   bool FlushNow();
   // Writes pending_ (a direct write first when idle, see Flush), then hands the rest to
-  // uv_write; the error to close with when a write cannot start. Frames written at once move
-  // to `written` (released by the caller after the lock). REQUIRES: write_mu_ held.
+  // uv_write; the error to close with when a write cannot start. Frames written at once (and
+  // those of a uv_write that could not start) move to `written`, released by the caller after
+  // the lock. REQUIRES: write_mu_ held.
   Status FlushLocked(std::vector<OutFrame>& written);
   // One gathered sendmsg of pending_ on the loop thread. Fully written frames move to
   // `written`; a partly written one stays first with pending_skip_ set. REQUIRES: write_mu_
