@@ -450,18 +450,17 @@ TEST_F(QueueDirectTest, BufferSizeAnnouncementsRaceProducersReleasingTheirReader
     });
   }
   go.store(true);
-  uint64_t alive = 0, gone = 0;
-  while (queue_->reader_count() > 0) {  // the loop: announcements, and what was posted to it
+  // The loop: announcements, and what was posted to it. (How many find their reader gone
+  // depends on the scheduler; the race is what ThreadSanitizer looks for.)
+  while (queue_->reader_count() > 0) {
     for (uint32_t r = 0; r < kReaders; ++r) {
       const uint32_t size = queue_->AnnounceBufferSize(r + 1, 2048 + r);
       EXPECT_TRUE(size == 0 || size == 2048 + r) << size;
-      ++(size == 0 ? gone : alive);
     }
     RunPosted();
   }
   for (auto& t : producers) t.join();
   RunPosted();
-  EXPECT_GT(gone, 0u);
   for (uint32_t r = 0; r < kReaders; ++r) EXPECT_EQ(queue_->AnnounceBufferSize(r + 1, 4096), 0u);
   std::vector<int32_t> data_seq(kReaders, -1), end_seq(kReaders, -1);
   for (const Sent& f : out_.frames()) {
