@@ -103,6 +103,21 @@ class TransportTest : public ::testing::Test {
     return std::move(s).value();
   }
 
+  // A client whose handler checks every frame it receives against the test pattern
+  // (Recorder::mismatches), connected to `port`. The fixture owns it (and checks it for
+  // leaks); null, with a test failure, when it could not connect.
+  TcpClient* ConnectVerifyingClient(std::shared_ptr<Recorder> rec, uint16_t port) {
+    HandlerOptions h;
+    h.receive_pool = recv_pool_.get();
+    h.verify = true;
+    owned_clients_.push_back(
+        std::make_unique<TcpClient>(client_loop_.get(), BaseOptions(), Factory(std::move(rec), h)));
+    TcpClient* client = Track(owned_clients_.back().get());
+    const ConnectResult connected = Connect(*client, port);
+    EXPECT_TRUE(connected.ok()) << connected.status().ToString();
+    return connected.ok() ? client : nullptr;
+  }
+
   ServerOptions DefaultServerOptions() {
     ServerOptions o;
     o.transport = BaseOptions();
@@ -163,6 +178,7 @@ class TransportTest : public ::testing::Test {
   std::unique_ptr<EventLoop> client_loop_;
   std::shared_ptr<NetworkBufferPool> recv_pool_;
   std::shared_ptr<NetworkBufferPool> send_pool_;
+  std::vector<std::unique_ptr<TcpClient>> owned_clients_;  // before the loops go
   std::vector<TcpServer*> servers_;
   std::vector<TcpClient*> clients_;
 };
@@ -334,12 +350,8 @@ TEST_F(TransportTest, CloseAfterFlushDeliversQueuedFrames) {
   sh.receive_pool = recv_pool_.get();
   auto server = StartServer(DefaultServerOptions(), server_rec, sh);
   Track(server.get());
-  HandlerOptions ch;
-  ch.receive_pool = recv_pool_.get();
-  ch.verify = true;
-  TcpClient client(client_loop_.get(), BaseOptions(), Factory(client_rec, ch));
-  Track(&client);
-  ASSERT_TRUE(Connect(client, server->port()).ok());
+  auto client = ConnectVerifyingClient(client_rec, server->port());
+  ASSERT_TRUE(client);
   ASSERT_TRUE(Eventually([&] { return server->connection_count() == 1; }));
   // The server counts the connection before its handler's recorder has it: wait for both.
   ASSERT_TRUE(Eventually([&] { return server_rec->connection() != nullptr; }));
@@ -1442,12 +1454,8 @@ TEST_F(TransportTest, LoopWritesToAnIdleConnectionAtOnceAndCallOnWritable) {
   sh.send_window = 1;
   auto server = StartServer(DefaultServerOptions(), server_rec, sh);
   Track(server.get());
-  HandlerOptions ch;
-  ch.receive_pool = recv_pool_.get();
-  ch.verify = true;
-  TcpClient client(client_loop_.get(), BaseOptions(), Factory(client_rec, ch));
-  Track(&client);
-  ASSERT_TRUE(Connect(client, server->port()).ok());
+  auto client = ConnectVerifyingClient(client_rec, server->port());
+  ASSERT_TRUE(client);
   ASSERT_TRUE(client_rec->WaitFor([&] { return client_rec->frames == kFrames; }))
       << "the stream stopped at frame " << client_rec->frames;
   {
