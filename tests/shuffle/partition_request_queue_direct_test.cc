@@ -72,11 +72,7 @@ class LockedView final : public SubpartitionView {
     std::lock_guard lock(mu_);
     return released_;
   }
-  uint32_t SetBufferSize(uint32_t bytes) override {
-    std::lock_guard lock(mu_);
-    buffer_size_ = bytes;
-    return bytes;
-  }
+  uint32_t SetBufferSize(uint32_t bytes) override { return bytes; }  // takes any size
 
  private:
   uint32_t BacklogLocked() const {
@@ -89,7 +85,6 @@ class LockedView final : public SubpartitionView {
   std::deque<Buffer> items_;
   Status failure_;
   bool released_ = false;
-  uint32_t buffer_size_ = 0;
 };
 
 struct Sent {
