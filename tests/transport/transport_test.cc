@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <atomic>
+#include <functional>
 #include <future>
 #include <latch>
 #include <map>
@@ -116,6 +117,28 @@ class TransportTest : public ::testing::Test {
     const ConnectResult connected = Connect(*client, port);
     EXPECT_TRUE(connected.ok()) << connected.status().ToString();
     return connected.ok() ? client : nullptr;
+  }
+
+  // A raw peer connects to `server` (streaming to it), reads something, waits for `ready`,
+  // then resets: the connection closes with IoError, or Closed when a failed write consumed
+  // the reset first and the read saw EOF, and the reason names the peer.
+  void ResetWhileStreamingClosesNamingThePeer(TcpServer& server, Recorder& rec,
+                                              const std::function<bool()>& ready) {
+    std::string peer;
+    {
+      RawSocket raw(server.port());
+      ASSERT_TRUE(raw.connected());
+      peer = raw.LocalName();
+      ASSERT_TRUE(Eventually([&] { return raw.Drain() > 0; }));
+      ASSERT_TRUE(Eventually(ready));
+      raw.Reset();
+    }
+    ASSERT_TRUE(rec.WaitFor([&] { return !rec.closed.empty(); }));
+    std::lock_guard lock(rec.mu);
+    const StatusCode code = rec.closed[0].code();
+    EXPECT_TRUE(code == StatusCode::kIoError || code == StatusCode::kClosed)
+        << rec.closed[0].ToString();
+    EXPECT_NE(rec.closed[0].message().find(peer), std::string::npos) << rec.closed[0].ToString();
   }
 
   ServerOptions DefaultServerOptions() {
@@ -456,23 +479,7 @@ TEST_F(TransportTest, ResetWhileServerStreamsReleasesEverything) {
   h.send_window = 2u << 20;
   auto server = StartServer(DefaultServerOptions(), rec, h);
   Track(server.get());
-  std::string peer;
-  {
-    RawSocket raw(server->port());
-    ASSERT_TRUE(raw.connected());
-    peer = raw.LocalName();
-    ASSERT_TRUE(Eventually([&] { return raw.Drain() > 0; }));
-    raw.Reset();
-  }
-  ASSERT_TRUE(rec->WaitFor([&] { return !rec->closed.empty(); }));
-  {
-    std::lock_guard lock(rec->mu);
-    // A failed write may consume the reset before the read sees it; the read then sees EOF.
-    const StatusCode code = rec->closed[0].code();
-    EXPECT_TRUE(code == StatusCode::kIoError || code == StatusCode::kClosed)
-        << rec->closed[0].ToString();
-    EXPECT_NE(rec->closed[0].message().find(peer), std::string::npos) << rec->closed[0].ToString();
-  }
+  ResetWhileStreamingClosesNamingThePeer(*server, *rec, [] { return true; });
   EXPECT_EQ(send_pool_->available_segments(), send_pool_->total_segments());
   ExpectClean();
 }
@@ -1483,23 +1490,8 @@ TEST_F(TransportTest, PeerResettingDuringLoopDirectWritesClosesOnlyThatConnectio
   h.send_window = 1;
   auto server = StartServer(DefaultServerOptions(), rec, h);
   Track(server.get());
-  std::string peer;
-  {
-    RawSocket raw(server->port());
-    ASSERT_TRUE(raw.connected());
-    peer = raw.LocalName();
-    ASSERT_TRUE(Eventually([&] { return raw.Drain() > 0; }));
-    ASSERT_TRUE(Eventually([&] { return server->metrics()->loop_direct_writes.load() > 10; }));
-    raw.Reset();
-  }
-  ASSERT_TRUE(rec->WaitFor([&] { return !rec->closed.empty(); }));
-  {
-    std::lock_guard lock(rec->mu);
-    const StatusCode code = rec->closed[0].code();
-    EXPECT_TRUE(code == StatusCode::kIoError || code == StatusCode::kClosed)
-        << rec->closed[0].ToString();
-    EXPECT_NE(rec->closed[0].message().find(peer), std::string::npos) << rec->closed[0].ToString();
-  }
+  ResetWhileStreamingClosesNamingThePeer(
+      *server, *rec, [&] { return server->metrics()->loop_direct_writes.load() > 10; });
   // The server still serves: a new peer gets frames.
   RawSocket again(server->port());
   ASSERT_TRUE(again.connected());
