@@ -261,20 +261,23 @@ TEST(WriteThroughTest, ConnectionCutDuringDirectWrites) {
 }
 
 // A provider (the external store's place in the registry) that refuses every view with a long
-// message: the server's handler answers each refusal with an ErrorResponse on the loop.
+// message: the server's handler answers each refusal with an ErrorResponse on the loop. Every
+// other request is refused as a hostile peer's would be, for a wrong access proof.
 class RefusingProvider final : public SubpartitionViewProvider {
  public:
   Result<std::unique_ptr<SubpartitionView>> CreateView(const std::string& partition_id,
                                                        uint32_t, std::span<const uint8_t>,
                                                        SubpartitionListener*) override {
-    calls.fetch_add(1);
-    return IoError("provider refuses " + partition_id + ": " + std::string(600, 'x'));
+    const std::string why = "provider refuses " + partition_id + ": " + std::string(600, 'x');
+    if (calls.fetch_add(1) % 2 == 1) return Status(StatusCode::kPermissionDenied, why + " (wrong access proof)");
+    return IoError(why);
   }
   std::atomic<uint64_t> calls{0};
 };
 
-// Refused provider requests are answered on the loop while a producer writes its flushed
-// buffers through on the same connection. The loop's answer must not use the builder the
+// Refused provider requests (half of them a hostile peer's, with wrong access proofs) are
+// answered on the loop while a producer writes its flushed buffers through on the same
+// connection. The loop's answer must not use the builder the
 // producer's BufferResponses are built in (it is the queue's, under the queue's mutex): under
 // ThreadSanitizer (label concurrency) that was a data race, and in a plain build a frame could
 // carry the other message's fields. Every refused gate fails naming the provider's message,
@@ -322,6 +325,8 @@ TEST(WriteThroughTest, ProviderRefusalsOnTheLoopRaceDirectWrites) {
   refused.join();
   EXPECT_EQ(got[0], records);
   EXPECT_EQ(provider.calls.load(), 100u);
+  // The wrong proofs were counted as authentication failures, one each, nothing else was.
+  EXPECT_EQ(prod->server()->stats().auth_failures.load(), 50u);
   std::printf("refusals: %llu; direct writes: %llu\n",
               static_cast<unsigned long long>(provider.calls.load()),
               static_cast<unsigned long long>(prod->server()->metrics()->direct_writes.load()));
