@@ -17,6 +17,9 @@
 namespace sluice::bench {
 namespace {
 
+// A message is [scheduled send time][actual write time, when the message has room].
+constexpr size_t kActualStampEnd = 2 * sizeof(uint64_t);
+
 void CheckSys(bool ok, const char* what) {
   if (!ok) Die(std::string("raw latency: ") + what + ": " + std::strerror(errno));
 }
@@ -26,21 +29,27 @@ int RunReceiver(int listen_fd, uint32_t message_size, int to_parent) {
   const int fd = ::accept(listen_fd, nullptr, nullptr);
   if (fd < 0) return 1;
   std::vector<uint8_t> message(message_size);
-  LatencyRecorder latencies;
+  LatencyRecorder latencies, from_actual;
+  const bool actual_stamped = message_size >= kActualStampEnd;
   while (ReadAll(fd, message.data(), message.size())) {
     const uint64_t now = MonotonicNowNs();
     uint64_t scheduled;
     std::memcpy(&scheduled, message.data(), sizeof(scheduled));
     latencies.Record(scheduled, now);
+    if (actual_stamped) {
+      uint64_t actual;
+      std::memcpy(&actual, message.data() + sizeof(scheduled), sizeof(actual));
+      from_actual.Record(actual, now);
+    }
   }
   ::close(fd);
-  const LatencyResult r = latencies.Summarize();
+  const RawLatencyResult r{latencies.Summarize(), from_actual.Summarize()};
   return WritePod(to_parent, r) ? 0 : 1;
 }
 
 }  // namespace
 
-LatencyResult RunRawLatency(const RawLatencyOptions& o) {
+RawLatencyResult RunRawLatency(const RawLatencyOptions& o) {
   const uint32_t size = std::max<uint32_t>(o.message_size, sizeof(uint64_t));
   const int listen_fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   CheckSys(listen_fd >= 0, "socket");
@@ -68,10 +77,14 @@ LatencyResult RunRawLatency(const RawLatencyOptions& o) {
     // and their latency shows it.
     const uint64_t scheduled = pacer.Next();
     std::memcpy(message.data(), &scheduled, sizeof(scheduled));
+    if (size >= kActualStampEnd) {
+      const uint64_t actual = MonotonicNowNs();
+      std::memcpy(message.data() + sizeof(scheduled), &actual, sizeof(actual));
+    }
     CheckSys(WriteAll(fd, message.data(), message.size()), "write");
   }
   ::close(fd);
-  LatencyResult out;
+  RawLatencyResult out;
   if (!ReadPod(child.from_child, &out)) Die("raw latency receiver failed");
   WaitChild(child);
   return out;

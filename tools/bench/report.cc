@@ -69,6 +69,10 @@ void AppendLatencyJson(const Measurement& m, std::vector<std::pair<std::string, 
   kv->push_back({"actual_send_p99_us", Fmt("%.2f", a.p99_us)});
   kv->push_back({"actual_send_p999_us", Fmt("%.2f", a.p999_us)});
   kv->push_back({"actual_send_max_us", Fmt("%.2f", a.max_us)});
+  if (m.raw_actual_latency.samples > 0) {
+    kv->push_back({"baseline_tcp_actual_p50_us", Fmt("%.2f", m.raw_actual_latency.p50_us)});
+    kv->push_back({"baseline_tcp_actual_p99_us", Fmt("%.2f", m.raw_actual_latency.p99_us)});
+  }
   if (m.flags.zmq_baseline) {
     kv->push_back({"baseline_zmq_p50_us", Fmt("%.2f", z.p50_us)});
     kv->push_back({"baseline_zmq_p99_us", Fmt("%.2f", z.p99_us)});
@@ -77,6 +81,12 @@ void AppendLatencyJson(const Measurement& m, std::vector<std::pair<std::string, 
     kv->push_back({"ratio_p50_to_zmq", Fmt("%.4f", Ratio(r.p50_us, z.p50_us))});
     kv->push_back({"ratio_p99_to_zmq", Fmt("%.4f", Ratio(r.p99_us, z.p99_us))});
     kv->push_back({"baseline_zmq_rounds", RoundsJson(m.zmq_latency_rounds)});
+    if (m.zmq_actual_latency.samples > 0) {
+      const LatencyResult& za = m.zmq_actual_latency;
+      kv->push_back({"baseline_zmq_actual_p50_us", Fmt("%.2f", za.p50_us)});
+      kv->push_back({"baseline_zmq_actual_p99_us", Fmt("%.2f", za.p99_us)});
+      kv->push_back({"ratio_actual_p99_to_zmq", Fmt("%.4f", Ratio(a.p99_us, za.p99_us))});
+    }
   }
   if (m.flags.events) {
     const LatencyResult& e = m.event_latency;
@@ -86,6 +96,37 @@ void AppendLatencyJson(const Measurement& m, std::vector<std::pair<std::string, 
     kv->push_back({"event_p999_us", Fmt("%.2f", e.p999_us)});
     kv->push_back({"event_max_us", Fmt("%.2f", e.max_us)});
     kv->push_back({"event_rounds", RoundsJson(m.event_rounds)});
+  }
+}
+
+// One round's p99 of each path from its sender's actual send, when every path has the figure.
+void PrintRoundFromActualSend(const Measurement& m, size_t i) {
+  if (i >= m.actual_send_rounds.size() || m.actual_send_rounds[i].samples == 0) return;
+  std::string line = Fmt("         sent   sluice p99 %.1f us", m.actual_send_rounds[i].p99_us);
+  if (i < m.tcp_actual_rounds.size() && m.tcp_actual_rounds[i].samples > 0) {
+    line += Fmt(", tcp p99 %.1f us", m.tcp_actual_rounds[i].p99_us);
+  }
+  if (i < m.zmq_actual_rounds.size() && m.zmq_actual_rounds[i].samples > 0) {
+    const double z = m.zmq_actual_rounds[i].p99_us;
+    line += Fmt(", zeromq p99 %.1f us", z) +
+            Fmt("  sluice: p99 %.2fx", Ratio(m.actual_send_rounds[i].p99_us, z));
+  }
+  std::printf("%s (each from its actual send)\n", line.c_str());
+}
+
+// The baselines from their actual send (text report): what each path adds once its sender has
+// woken, next to Sluice's own figure from the write.
+void PrintBaselinesFromActualSend(const Measurement& m) {
+  const LatencyResult& a = m.actual_send_latency;
+  if (m.flags.baselines && m.raw_actual_latency.samples > 0) {
+    const LatencyResult& t = m.raw_actual_latency;
+    std::printf("  floor, sent    %s  sluice from its write: p50 %.2fx p99 %.2fx\n",
+                LatencyFigures(t).c_str(), Ratio(a.p50_us, t.p50_us), Ratio(a.p99_us, t.p99_us));
+  }
+  if (m.flags.zmq_baseline && m.zmq_actual_latency.samples > 0) {
+    const LatencyResult& z = m.zmq_actual_latency;
+    std::printf("  ZeroMQ, sent   %s  sluice from its write: p50 %.2fx p99 %.2fx\n",
+                LatencyFigures(z).c_str(), Ratio(a.p50_us, z.p50_us), Ratio(a.p99_us, z.p99_us));
   }
 }
 
@@ -117,6 +158,7 @@ void PrintLatency(const Measurement& m) {
     std::printf("  ZeroMQ         %s  sluice: p50 %.2fx p99 %.2fx\n", LatencyFigures(z).c_str(),
                 Ratio(r.p50_us, z.p50_us), Ratio(r.p99_us, z.p99_us));
   }
+  if (m.actual_send_latency.samples > 0) PrintBaselinesFromActualSend(m);
 }
 
 }  // namespace
@@ -138,6 +180,8 @@ void FinishLatency(Measurement* m) {
   m->actual_send_latency = MedianOfRounds(m->actual_send_rounds);
   m->raw_latency = MedianOfRounds(m->tcp_rounds);
   m->zmq_latency = MedianOfRounds(m->zmq_latency_rounds);
+  m->raw_actual_latency = MedianOfRounds(m->tcp_actual_rounds);
+  m->zmq_actual_latency = MedianOfRounds(m->zmq_actual_rounds);
 }
 
 void PrintRound(const Measurement& m, int round, const RunResult& run, double pump,
@@ -172,6 +216,7 @@ void PrintRound(const Measurement& m, int round, const RunResult& run, double pu
     std::printf("         zeromq %s  sluice: p50 %.2fx p99 %.2fx\n", LatencyFigures(z).c_str(),
                 Ratio(s.p50_us, z.p50_us), Ratio(s.p99_us, z.p99_us));
   }
+  PrintRoundFromActualSend(m, i);
 }
 
 double Measurement::RatioToPump() const {

@@ -32,9 +32,15 @@ struct Measurement {
   std::vector<LatencyResult> tcp_rounds;
   std::vector<LatencyResult> zmq_latency_rounds;
   std::vector<LatencyResult> actual_send_rounds;  // RunResult::actual_send_latency
+  // The baselines' messages timed from their actual send (no samples: records under 16 bytes
+  // for the floor, 24 for ZeroMQ): what each path adds once its sender is awake.
+  std::vector<LatencyResult> tcp_actual_rounds;
+  std::vector<LatencyResult> zmq_actual_rounds;
   LatencyResult event_latency;
   LatencyResult actual_send_latency;
   LatencyResult zmq_latency;
+  LatencyResult raw_actual_latency;
+  LatencyResult zmq_actual_latency;
   // --baselines zmq without --latency: ZeroMQ PUSH/PULL throughput, per round and the
   // medians of rounds.
   std::vector<double> zmq_mib_rounds;
@@ -51,7 +57,8 @@ struct Measurement {
 };
 
 // Sets the medians over rounds from the per-round vectors: run's p50/p99/p999/max/samples,
-// event_latency, actual_send_latency, raw_latency and zmq_latency.
+// event_latency, actual_send_latency, raw_latency, zmq_latency and the baselines' from-actual
+// figures.
 void FinishLatency(Measurement* m);
 // One line per round (after a round; only with --rounds > 1 and without --json).
 void PrintRound(const Measurement& m, int round, const RunResult& run, double pump,

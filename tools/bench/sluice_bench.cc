@@ -42,6 +42,7 @@ void MeasureZmq(const BenchFlags& f, Measurement* m) {
         RunZmqLatency(RawLatencyOptions{seconds, f.rate, std::max<uint32_t>(f.record_max, 16)});
     if (z.error[0] != 0 && m->zmq_error.empty()) m->zmq_error = z.error;
     m->zmq_latency_rounds.push_back(z.latency);
+    m->zmq_actual_rounds.push_back(z.from_actual);
     return;
   }
   ZmqThroughputOptions zo;
@@ -78,7 +79,9 @@ Measurement Measure(const BenchFlags& f) {
         lo.seconds = po.seconds;
         lo.rate = f.rate;
         lo.message_size = f.record_max;
-        m.tcp_rounds.push_back(RunRawLatency(lo));
+        const RawLatencyResult t = RunRawLatency(lo);
+        m.tcp_rounds.push_back(t.latency);
+        m.tcp_actual_rounds.push_back(t.from_actual);
       }
     }
     if (f.zmq_baseline) MeasureZmq(f, &m);

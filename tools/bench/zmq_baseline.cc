@@ -37,9 +37,11 @@ namespace {
 constexpr int kReceiveTimeoutMs = 30000;
 // What the sender waits at the end for its queued messages to leave.
 constexpr int kLingerMs = 30000;
-// Latency messages: the scheduled send time, then a kind.
+// Latency messages: the scheduled send time, then a kind, then (when the message has room) the
+// time the sender actually handed it to zmq_send.
 enum : uint64_t { kMeasured = 0, kWarmup = 1, kEnd = 2 };
 constexpr size_t kLatencyHeader = 16;
+constexpr size_t kActualStampEnd = 24;
 
 std::string ZmqError(const char* what) {
   return std::string("zeromq: ") + what + ": " + zmq_strerror(zmq_errno());
@@ -131,8 +133,9 @@ ZmqLatencyResult RunZmqLatency(const RawLatencyOptions& o) {
   const uint64_t measured = static_cast<uint64_t>(o.seconds * rate);
   auto receive = [&](void* pull, ZmqLatencyResult* r) {
     std::vector<uint8_t> message(size);
-    LatencyRecorder latencies;
+    LatencyRecorder latencies, from_actual;
     latencies.Reserve(measured);
+    if (size >= kActualStampEnd) from_actual.Reserve(measured);
     while (true) {
       const int n = zmq_recv(pull, message.data(), message.size(), 0);
       const uint64_t now = MonotonicNowNs();
@@ -144,9 +147,16 @@ ZmqLatencyResult RunZmqLatency(const RawLatencyOptions& o) {
       std::memcpy(&scheduled, message.data(), 8);
       std::memcpy(&kind, message.data() + 8, 8);
       if (kind == kEnd) break;
-      if (kind == kMeasured) latencies.Record(scheduled, now);
+      if (kind != kMeasured) continue;
+      latencies.Record(scheduled, now);
+      if (size >= kActualStampEnd) {
+        uint64_t actual;
+        std::memcpy(&actual, message.data() + kLatencyHeader, 8);
+        from_actual.Record(actual, now);
+      }
     }
     r->latency = latencies.Summarize();
+    r->from_actual = from_actual.Summarize();
   };
   auto send = [&](void* push) {
     std::vector<uint8_t> message(size, 0x5A);
@@ -158,6 +168,10 @@ ZmqLatencyResult RunZmqLatency(const RawLatencyOptions& o) {
       const uint64_t kind = i < warmup ? kWarmup : i < warmup + measured ? kMeasured : kEnd;
       std::memcpy(message.data(), &scheduled, 8);
       std::memcpy(message.data() + 8, &kind, 8);
+      if (size >= kActualStampEnd) {
+        const uint64_t actual = MonotonicNowNs();
+        std::memcpy(message.data() + kLatencyHeader, &actual, 8);
+      }
       if (zmq_send(push, message.data(), message.size(), 0) < 0) return false;
     }
     return true;

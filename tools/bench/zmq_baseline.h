@@ -28,11 +28,13 @@ bool ZmqAvailable();
 
 // Plain data: it crosses a pipe from the receiving child.
 struct ZmqLatencyResult {
-  LatencyResult latency;
+  LatencyResult latency;      // from the scheduled send time
+  LatencyResult from_actual;  // the same messages from their zmq_send (no samples: < 24 B)
   char error[256] = {};
 };
 // One-way latency of options.seconds * options.rate messages of options.message_size bytes
-// (at least 16: the scheduled time and a kind), after 0.1 s of unmeasured warm-up messages.
+// (at least 16: the scheduled time and a kind; from 24, the actual send time too), after 0.1 s
+// of unmeasured warm-up messages.
 ZmqLatencyResult RunZmqLatency(const RawLatencyOptions& options);
 
 struct ZmqThroughputOptions {

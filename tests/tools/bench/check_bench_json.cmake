@@ -75,11 +75,14 @@ endif()
 # Latency measurement (issue 15): -DZMQ=ON (ZeroMQ fields, latency or throughput),
 # -DEVENTS=ON (event latency), -DROUNDS=N (the per-round arrays hold N entries).
 if(LATENCY)
+  # The smoke runs send 100-byte records: room for the floor's and ZeroMQ's actual-send stamps.
   set(extra max_us baseline_tcp_max_us ratio_p50_to_tcp ratio_p99_to_tcp actual_send_p50_us
-    actual_send_p99_us actual_send_p999_us actual_send_max_us)
+    actual_send_p99_us actual_send_p999_us actual_send_max_us baseline_tcp_actual_p50_us
+    baseline_tcp_actual_p99_us)
   if(ZMQ)
     list(APPEND extra baseline_zmq_p50_us baseline_zmq_p99_us baseline_zmq_p999_us
-      baseline_zmq_max_us ratio_p50_to_zmq ratio_p99_to_zmq)
+      baseline_zmq_max_us ratio_p50_to_zmq ratio_p99_to_zmq baseline_zmq_actual_p50_us
+      baseline_zmq_actual_p99_us ratio_actual_p99_to_zmq)
   endif()
   if(EVENTS)
     list(APPEND extra event_samples event_p50_us event_p99_us event_p999_us event_max_us)
