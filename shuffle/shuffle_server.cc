@@ -340,10 +340,10 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
       // Each parked request holds a timer and a registry callback: bounded per connection.
       server_->stats_->requests_not_found.fetch_add(1, std::memory_order_relaxed);
       ChannelError(id, fb::ErrorCode::PartitionNotFound,
-                       "partition '" + req.partition_id + "' is not registered on " +
-                           server_->config_.node_name + ", and this connection already waits "
-                           "for " + std::to_string(parked_.size()) +
-                           " partitions (max_parked_requests); retry later");
+                   "partition '" + req.partition_id + "' is not registered on " +
+                       server_->config_.node_name + ", and this connection already waits for " +
+                       std::to_string(parked_.size()) +
+                       " partitions (max_parked_requests); retry later");
     } else {
       Park(id, std::move(req));
     }
@@ -360,8 +360,8 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
       return true;
     }
     server_->stats_->auth_failures.fetch_add(1, std::memory_order_relaxed);
-    const std::string what = "partition '" + req.partition_id + "' subpartition " +
-                             std::to_string(req.subpartition);
+    const std::string what =
+        "partition '" + req.partition_id + "' subpartition " + std::to_string(req.subpartition);
     if (++access_denials_ <= kLoggedDenials) {  // counted always, logged a few times
       Log(LogLevel::kWarn, "refusing PartitionRequest from " + conn_->peer() + " for " + what +
                                ": " + (req.proof.empty() ? "no" : "a wrong") + " access proof" +
@@ -370,11 +370,10 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
                                     : ""));
     }
     ChannelError(id, fb::ErrorCode::AuthenticationFailed,
-                     "access to " + what + " on " + server_->config_.node_name +
-                         " denied: the request carries " +
-                         (req.proof.empty() ? "no" : "a wrong") +
-                         " access proof for the job that owns it (the consumer needs the job's "
-                         "token)");
+                 "access to " + what + " on " + server_->config_.node_name +
+                     " denied: the request carries " + (req.proof.empty() ? "no" : "a wrong") +
+                     " access proof for the job that owns it (the consumer needs the job's "
+                     "token)");
     return false;
   }
 
@@ -383,9 +382,9 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
     const uint32_t sp = req.subpartition;
     if (sp >= partition->num_subpartitions()) {
       ChannelError(id, fb::ErrorCode::PartitionNotFound,
-                       "partition '" + partition->id() + "' has " +
-                           std::to_string(partition->num_subpartitions()) +
-                           " subpartitions, not " + std::to_string(sp + 1) + " or more");
+                   "partition '" + partition->id() + "' has " +
+                       std::to_string(partition->num_subpartitions()) + " subpartitions, not " +
+                       std::to_string(sp + 1) + " or more");
       return;
     }
     // CreateView refuses a subpartition that has (or had) a consumer, so a second request can
@@ -399,7 +398,7 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
       const bool taken =
           st.code() == StatusCode::kInvalidArgument || st.code() == StatusCode::kClosed;
       ChannelError(id, taken ? fb::ErrorCode::ProtocolViolation : fb::ErrorCode::ProducerFailed,
-                       st.message());
+                   st.message());
     }
   }
 
@@ -442,8 +441,7 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
           });
         });
     p.timer = std::make_unique<transport::Timer>(loop);
-    p.timer->Start(server_->config_.options.server_park_timeout,
-                   [this, id] { OnParkTimeout(id); });
+    p.timer->Start(server_->config_.options.server_park_timeout, [this, id] { OnParkTimeout(id); });
   }
 
   void CloseParkTimer(Parked& p) {
@@ -460,8 +458,8 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
     parked_.erase(it);
     server_->stats_->requests_not_found.fetch_add(1, std::memory_order_relaxed);
     ChannelError(id, fb::ErrorCode::PartitionNotFound,
-                     "partition '" + pid + "' subpartition " + std::to_string(sp) +
-                         " is not registered on " + server_->config_.node_name);
+                 "partition '" + pid + "' subpartition " + std::to_string(sp) +
+                     " is not registered on " + server_->config_.node_name);
   }
 
   void CancelParked(uint64_t id) {
