@@ -23,7 +23,19 @@ trap 'rm -f "$OUT"' EXIT
 "$BENCH" --mode remote --latency --channels 1 --rate "$RATE" --rounds 1 --warmup 1 \
   --seconds $((SAMPLED + 3)) --baselines off "$@" > "$OUT" 2>&1 &
 RUN=$!
-sleep 2.5
+# Sample inside the measured window: it starts when the warm-up's interval line is printed
+# (the consumer flushes each line), however long start-up took on a loaded machine.
+for _ in $(seq 600); do
+  grep -q '(warm-up)' "$OUT" && break
+  if ! kill -0 "$RUN" 2>/dev/null; then break; fi
+  sleep 0.1
+done
+if ! grep -q '(warm-up)' "$OUT"; then
+  echo "thread_cpu.sh: sluice-bench printed no warm-up line within 60 s:" >&2
+  cat "$OUT" >&2
+  exit 1
+fi
+sleep 0.5
 snapshot() {
   for p in $(pgrep -f "^$BENCH"); do
     for t in /proc/"$p"/task/*; do
