@@ -99,7 +99,7 @@ void AppendLatencyJson(const Measurement& m, std::vector<std::pair<std::string, 
   }
 }
 
-// One round's p99 of each path from its sender's actual send, when every path has the figure.
+// One round's p99 from each sender's actual send: Sluice's, and the baselines' that have one.
 void PrintRoundFromActualSend(const Measurement& m, size_t i) {
   if (i >= m.actual_send_rounds.size() || m.actual_send_rounds[i].samples == 0) return;
   std::string line = Fmt("         sent   sluice p99 %.1f us", m.actual_send_rounds[i].p99_us);
