@@ -384,7 +384,7 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
       ChannelError(id, fb::ErrorCode::PartitionNotFound,
                    "partition '" + partition->id() + "' has " +
                        std::to_string(partition->num_subpartitions()) + " subpartitions, not " +
-                       std::to_string(sp + 1) + " or more");
+                       std::to_string(uint64_t{sp} + 1) + " or more");
       return;
     }
     // CreateView refuses a subpartition that has (or had) a consumer, so a second request can
