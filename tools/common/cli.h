@@ -5,6 +5,7 @@
 //   - sizes take k/m/g (powers of 1024), e.g. 64k, 256m, 1g;
 //   - exit 0 for success, 1 for a run that failed, 2 for a usage or configuration error, with
 //     one line on stderr naming the flag and what would be accepted.
+// The exit codes, the version and ParseSize are in tools/common/conventions.h (included here).
 // Thread-safe (pure functions).
 #pragma once
 
@@ -15,19 +16,9 @@
 #include <string_view>
 
 #include "buffer/status.h"
+#include "tools/common/conventions.h"
 
 namespace sluice::tools {
-
-inline constexpr int kExitOk = 0;
-inline constexpr int kExitFailed = 1;
-inline constexpr int kExitUsage = 2;
-
-// The version of every tool of this build.
-inline constexpr const char* kVersion = "0.2.0";
-
-// "1g" -> 1073741824; "32k", "64m", "100" (bytes), "4KiB". InvalidArgument naming `option`
-// when `text` is not a size or does not fit in 64 bits.
-Result<uint64_t> ParseSize(const std::string& text, const std::string& option);
 
 // A CLI11 validator and transform for size flags: accepts what ParseSize accepts and rewrites
 // the value to its byte count, so the option's variable (any unsigned integer type) receives

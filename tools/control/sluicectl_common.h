@@ -26,6 +26,9 @@ struct Globals {
   bool json = false;              // status, stats, jobs: JSON instead of text
 };
 
+// printf's %llu takes unsigned long long, which uint64_t is not on every platform.
+using ULL = unsigned long long;
+
 // What went wrong, as the exit code and the line printed on stderr.
 int Fail(const Status& st);    // prints, returns kExitFailed
 int Refuse(const Status& st);  // prints, returns kExitUsage

@@ -6,9 +6,6 @@
 #include "tools/control/sluicectl_common.h"
 
 namespace sluice::control::ctl {
-namespace {
-unsigned long long ULL(uint64_t v) { return static_cast<unsigned long long>(v); }
-}  // namespace
 
 void PrintExternal(ControlClient& client) {
   auto list = client::ListExternal(client, "");

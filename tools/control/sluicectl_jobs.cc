@@ -10,8 +10,6 @@
 namespace sluice::control::ctl {
 namespace {
 
-using ULL = unsigned long long;
-
 // Connects to the daemon of --host/--port; an exit code in *rc when it cannot.
 std::unique_ptr<ControlClient> Connect(const Globals& g, int* rc) {
   auto options = ClientOptions(g);

@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "tools/common/cli.h"
+#include "tools/common/conventions.h"
 #include "tools/daemon/daemon.h"
 #include "tools/daemon/notify.h"
 #include "transport/log.h"

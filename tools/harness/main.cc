@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <string_view>
 
-#include "tools/common/cli.h"
+#include "tools/common/conventions.h"
 #include "tools/control/control_client.h"
 #include "tools/harness/harness_options.h"
 #include "tools/harness/ext_task.h"

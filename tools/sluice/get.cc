@@ -14,7 +14,7 @@
 namespace sluice::tools::sluice_cli {
 namespace {
 
-int Fail(const Status& s, int code = kExitFailed) {
+int GetFailed(const Status& s, int code = kExitFailed) {
   std::fprintf(stderr, "sluice get: %s\n", s.ToString().c_str());
   return code;
 }
@@ -87,28 +87,28 @@ Result<std::vector<client::MapOutput>> SelectOutputs(const client::ExternalList&
 
 int RunGet(const GetOptions& o, const CommonFlags& common, std::FILE* out) {
   auto from = HostPort(o.from, "--from");
-  if (!from.ok()) return Fail(from.status(), kExitUsage);
+  if (!from.ok()) return GetFailed(from.status(), kExitUsage);
   auto listing = HostPort(o.daemon.empty() ? o.from : o.daemon, "--daemon");
-  if (!listing.ok()) return Fail(listing.status(), kExitUsage);
+  if (!listing.ok()) return GetFailed(listing.status(), kExitUsage);
   auto token = GetToken(common, o.job);
-  if (!token.ok()) return Fail(token.status(), kExitUsage);
+  if (!token.ok()) return GetFailed(token.status(), kExitUsage);
   control::ControlClientOptions co;
   co.client_name = "sluice-get";
   co.timeout = std::chrono::milliseconds(o.timeout_ms);
   std::string secret;
   if (common.auth != "off") {
     auto s = control::FindSecret({common.auth_secret_file, common.state_dir});
-    if (!s.ok()) return Fail(s.status(), kExitUsage);
+    if (!s.ok()) return GetFailed(s.status(), kExitUsage);
     secret = *s;
     co.secret = secret;
   }
   auto daemon = control::ControlClient::Connect(listing->first, listing->second, co);
-  if (!daemon.ok()) return Fail(daemon.status());
+  if (!daemon.ok()) return GetFailed(daemon.status());
   auto list = client::ListExternal(**daemon, o.job);
-  if (!list.ok()) return Fail(list.status());
+  if (!list.ok()) return GetFailed(list.status());
   daemon->reset();
   auto outputs = SelectOutputs(*list, o.from, o.job, o.partitions);
-  if (!outputs.ok()) return Fail(outputs.status());
+  if (!outputs.ok()) return GetFailed(outputs.status());
   client::ReaderOptions ro;
   ro.job = o.job;
   ro.token = *token;
@@ -118,17 +118,17 @@ int RunGet(const GetOptions& o, const CommonFlags& common, std::FILE* out) {
   ro.auth_off = common.auth == "off";
   ro.timeout = std::chrono::milliseconds(o.timeout_ms);
   auto reader = client::Reader::OpenSubpartition(ro);
-  if (!reader.ok()) return Fail(reader.status());
+  if (!reader.ok()) return GetFailed(reader.status());
   while (true) {
     auto rec = (*reader)->Next();
-    if (!rec.ok()) return Fail(rec.status());
+    if (!rec.ok()) return GetFailed(rec.status());
     if (!rec->has_value()) break;
     if (std::fwrite((*rec)->data(), 1, (*rec)->size(), out) != (*rec)->size() ||
         std::fputc('\n', out) == EOF) {
-      return Fail(IoError("cannot write to stdout"));
+      return GetFailed(IoError("cannot write to stdout"));
     }
   }
-  if (std::fflush(out) != 0) return Fail(IoError("cannot write to stdout"));
+  if (std::fflush(out) != 0) return GetFailed(IoError("cannot write to stdout"));
   return kExitOk;
 }
 

@@ -19,7 +19,7 @@ namespace sluice::tools::sluice_cli {
 
 namespace {
 
-int Fail(const Status& s, int code = kExitFailed) {
+int PutFailed(const Status& s, int code = kExitFailed) {
   std::fprintf(stderr, "sluice put: %s\n", s.ToString().c_str());
   return code;
 }
@@ -125,15 +125,15 @@ uint32_t RouteLine(const PutOptions& o, std::string_view line, uint64_t* next) {
 
 int RunPut(const PutOptions& o, const CommonFlags& common, std::FILE* in, std::FILE* out) {
   if (o.key_field > 0 && o.round_robin) {
-    return Fail(InvalidArgument("--key-field and --round-robin exclude each other"), kExitUsage);
+    return PutFailed(InvalidArgument("--key-field and --round-robin exclude each other"), kExitUsage);
   }
   if (o.key_field > 0 && o.delimiter.empty()) {
-    return Fail(InvalidArgument("--delimiter is empty"), kExitUsage);
+    return PutFailed(InvalidArgument("--delimiter is empty"), kExitUsage);
   }
   auto options = WriterOptionsFor(o, common);
-  if (!options.ok()) return Fail(options.status(), kExitUsage);
+  if (!options.ok()) return PutFailed(options.status(), kExitUsage);
   auto writer = client::Writer::Open(*options);
-  if (!writer.ok()) return Fail(writer.status());
+  if (!writer.ok()) return PutFailed(writer.status());
   char* line = nullptr;
   size_t cap = 0;
   uint64_t next = 0;
@@ -150,11 +150,11 @@ int RunPut(const PutOptions& o, const CommonFlags& common, std::FILE* in, std::F
   if (failed.ok() && std::ferror(in)) failed = IoError("reading stdin failed");
   if (!failed.ok()) {
     (void)(*writer)->Abort(failed.message());
-    return Fail(Status(failed.code(), failed.message() + "; nothing was committed"));
+    return PutFailed(Status(failed.code(), failed.message() + "; nothing was committed"));
   }
   auto committed = (*writer)->Commit();
   if (!committed.ok()) {
-    return Fail(Status(committed.status().code(),
+    return PutFailed(Status(committed.status().code(),
                        committed.status().message() + "; nothing was committed"));
   }
   std::fprintf(out, "%s\n", client::EncodeMapOutput(*committed).c_str());
