@@ -24,6 +24,7 @@
 #include "tests/tools/daemon/daemon_test_util.h"
 #include "tests/transport/raw_socket.h"
 #include "testutil/rss.h"
+#include "testutil/sanitizer.h"
 #include "testutil/temp_dir.h"
 #include "testutil/wait.h"
 #include "tools/control/control_codec.h"
@@ -375,6 +376,12 @@ TEST(DaemonHostileTest, ALineOverMaxLineBytesFailsTheJobNamingFileAndLine) {
 }
 
 TEST(DaemonHostileTest, AHugeJobStatusIsSummarisedNotAborted) {
+  if (testutil::kUnderTsan) {
+    // Its 1,600 task threads ran 129 s under TSan in CI (1.2 s plain, 6 s under ASan) and held
+    // the TSan stage open on their own; what it checks is the reply's size and summary, which
+    // the plain and ASan runs cover. The daemon's threads get TSan in the other daemon tests.
+    GTEST_SKIP() << "the reply's summary is checked in the plain and ASan builds";
+  }
   auto d = StartDaemon("", 16ull << 20, [](DaemonConfig& c) { c.segment_size = 4096; });
   ASSERT_TRUE(d);
   JobSpec spec = Job("huge-status", {d.get()}, 10);
@@ -383,8 +390,8 @@ TEST(DaemonHostileTest, AHugeJobStatusIsSummarisedNotAborted) {
   spec.producer_nodes.assign(kTasks, 0);
   spec.consumer_nodes.assign(kTasks, 0);
   spec.record_size_max = 64;
-  // 1,600 tasks run for over 70 s under TSan on a slow two-core machine: past the job's
-  // default 60 s deadline, which then fails it.
+  // 1,600 tasks on a slow two-core machine (under ASan) must not meet the job's default 60 s
+  // deadline, which would fail it.
   spec.timeout_ms = 240000;
   ASSERT_TRUE(SubmitDirect(*d, spec).ok());
   auto ended = WaitEnded(spec, {d.get()}, std::chrono::seconds(240));
