@@ -44,126 +44,97 @@ bool StampIntact(const Held& h) {
 
 class BufferConcurrencyTest : public test_util::PoolTest {};
 
-TEST_F(BufferConcurrencyTest, RequestRecycleAcrossPoolsWhilePoolsComeAndGo) {
-  constexpr int kWorkers = 8;
-  constexpr int kPools = 16;
-  const int iterations = test_util::Scaled(100000);
-  // Flink's rule: the sizes at the end are checked against RedistributeSpare.
-  NetworkBufferPool& g = NewGlobalWith(320, RedistributionPolicy::kStatic);
+// The stress below: workers requesting and recycling across pools (some of each other's
+// buffers through bounded mailboxes), while other threads create and drop pools, take and
+// return exclusive segments and block for buffers. Members are shared by those threads.
+class CrossPoolStress {
+ public:
+  static constexpr int kWorkers = 8;
+  static constexpr int kPools = 16;
 
   struct PoolInfo {
     std::shared_ptr<LocalBufferPool> pool;
     uint32_t subpartitions = 0;
     bool overdraft = false;
   };
-  std::vector<PoolInfo> pools;
-  for (int i = 0; i < kPools; ++i) {
-    LocalBufferPoolOptions o = PoolOptions("pool-" + std::to_string(i), 2 + i % 3, 6 + 3 * i);
-    PoolInfo info;
-    if (i % 4 == 1) {
-      o.num_subpartitions = info.subpartitions = 4;
-      o.max_buffers_per_subpartition = 3;
-    }
-    if (i % 4 == 2) {
-      o.max_overdraft = 2;
-      info.overdraft = true;
-    }
-    info.pool = g.CreateLocalBufferPool(o).value();
-    pools.push_back(std::move(info));
-  }
-
   struct Mailbox {
     std::mutex mu;
     std::vector<Held> items;
   };
-  std::vector<Mailbox> mailboxes(kWorkers);
-  std::atomic<uint64_t> ok{0}, empty{0}, handed_off{0}, corrupt{0};
-  std::atomic<bool> stop{false};
 
-  auto release = [&](Held& h) {
-    if (!StampIntact(h)) corrupt.fetch_add(1);
-    h.buffer.Release();
-  };
-  auto drain = [&](Mailbox& box) {
-    std::vector<Held> mine;
-    {
-      std::lock_guard lock(box.mu);
-      mine.swap(box.items);
-    }
-    for (Held& h : mine) release(h);
-  };
-
-  // Each worker completes `iterations` request/recycle pairs; an empty request (the pool is
-  // lent out: backpressure) releases what the worker holds and tries another pool.
-  std::vector<std::thread> workers;
-  for (int w = 0; w < kWorkers; ++w) {
-    workers.emplace_back([&, w] {
-      std::mt19937 rng(1000 + w);
-      std::vector<Held> held;
-      uint64_t local_ok = 0, local_empty = 0, local_handed = 0;
-      auto release_held = [&] {
-        for (Held& h : held) release(h);
-        held.clear();
-      };
-      for (uint64_t attempt = 0; local_ok < static_cast<uint64_t>(iterations); ++attempt) {
-        if ((attempt & 1) == 0) drain(mailboxes[w]);
-        const PoolInfo& info = pools[rng() % kPools];
-        const int32_t sp = info.subpartitions > 0 ? static_cast<int32_t>(rng() % 4) : -1;
-        Held h;
-        h.buffer = (info.overdraft && rng() % 2 == 0) ? info.pool->RequestBufferOrOverdraft(sp)
-                                                      : info.pool->RequestBuffer(sp);
-        if (!h.buffer) {
-          ++local_empty;
-          release_held();
-          drain(mailboxes[w]);
-          std::this_thread::yield();
-          continue;
-        }
-        ++local_ok;
-        Stamp(h, (static_cast<uint64_t>(w) << 32) | static_cast<uint32_t>(local_ok));
-        switch (rng() % 8) {
-          case 0:
-          case 1: {  // recycled by another thread (mailboxes are bounded: on two cores the
-                     // receiver may be descheduled for a whole time slice)
-            Mailbox& box = mailboxes[(w + 1 + rng() % (kWorkers - 1)) % kWorkers];
-            std::unique_lock lock(box.mu);
-            if (box.items.size() < 16) {
-              box.items.push_back(std::move(h));
-              ++local_handed;
-              break;
-            }
-            lock.unlock();
-            release(h);
-            break;
-          }
-          case 2:
-          case 3:  // kept a while
-            if (held.size() >= 4) {
-              release(held.front());
-              held.erase(held.begin());
-            }
-            held.push_back(std::move(h));
-            break;
-          default:
-            release(h);
-        }
+  explicit CrossPoolStress(NetworkBufferPool& g) : g_(g), mailboxes_(kWorkers) {
+    for (int i = 0; i < kPools; ++i) {
+      LocalBufferPoolOptions o = PoolOptions("pool-" + std::to_string(i), 2 + i % 3, 6 + 3 * i);
+      PoolInfo info;
+      if (i % 4 == 1) {
+        o.num_subpartitions = info.subpartitions = 4;
+        o.max_buffers_per_subpartition = 3;
       }
-      release_held();
-      drain(mailboxes[w]);
-      ok.fetch_add(local_ok);
-      empty.fetch_add(local_empty);
-      handed_off.fetch_add(local_handed);
-    });
+      if (i % 4 == 2) {
+        o.max_overdraft = 2;
+        info.overdraft = true;
+      }
+      info.pool = g.CreateLocalBufferPool(o).value();
+      pools_.push_back(std::move(info));
+    }
+  }
+
+  // Worker `w` completes `iterations` request/recycle pairs; an empty request (the pool is lent
+  // out: backpressure) releases what the worker holds and tries another pool.
+  void Work(int w, int iterations) {
+    std::mt19937 rng(1000 + w);
+    std::vector<Held> held;
+    uint64_t local_ok = 0, local_empty = 0, local_handed = 0;
+    auto release_held = [&] {
+      for (Held& h : held) Release(h);
+      held.clear();
+    };
+    for (uint64_t attempt = 0; local_ok < static_cast<uint64_t>(iterations); ++attempt) {
+      if ((attempt & 1) == 0) Drain(mailboxes_[w]);
+      const PoolInfo& info = pools_[rng() % kPools];
+      const int32_t sp = info.subpartitions > 0 ? static_cast<int32_t>(rng() % 4) : -1;
+      Held h;
+      h.buffer = (info.overdraft && rng() % 2 == 0) ? info.pool->RequestBufferOrOverdraft(sp)
+                                                    : info.pool->RequestBuffer(sp);
+      if (!h.buffer) {
+        ++local_empty;
+        release_held();
+        Drain(mailboxes_[w]);
+        std::this_thread::yield();
+        continue;
+      }
+      ++local_ok;
+      Stamp(h, (static_cast<uint64_t>(w) << 32) | static_cast<uint32_t>(local_ok));
+      switch (rng() % 8) {
+        case 0:
+        case 1:  // recycled by another thread
+          if (HandOff((w + 1 + rng() % (kWorkers - 1)) % kWorkers, h)) ++local_handed;
+          break;
+        case 2:
+        case 3:  // kept a while
+          if (held.size() >= 4) {
+            Release(held.front());
+            held.erase(held.begin());
+          }
+          held.push_back(std::move(h));
+          break;
+        default:
+          Release(h);
+      }
+    }
+    release_held();
+    Drain(mailboxes_[w]);
+    ok.fetch_add(local_ok);
+    empty.fetch_add(local_empty);
+    handed_off.fetch_add(local_handed);
   }
 
   // Pools created and destroyed (redistribution), sometimes dropped with buffers in flight.
-  std::atomic<int> churn_cycles{0};
-  std::atomic<int> churn_failures{0};
-  std::thread churn([&] {
+  void Churn() {
     std::mt19937 rng(7);
     while (!stop.load()) {
       const uint32_t min = 1 + rng() % 4;
-      auto p = g.CreateLocalBufferPool(PoolOptions("churn", min, min + rng() % 40));
+      auto p = g_.CreateLocalBufferPool(PoolOptions("churn", min, min + rng() % 40));
       if (!p.ok()) {
         churn_failures.fetch_add(1);
         continue;
@@ -189,33 +160,30 @@ TEST_F(BufferConcurrencyTest, RequestRecycleAcrossPoolsWhilePoolsComeAndGo) {
       churn_cycles.fetch_add(1);
       std::this_thread::sleep_for(20us);  // leave the cores to the workers
     }
-  });
+  }
 
-  // Channels taking and returning exclusive segments (pools shrink and grow around them).
-  std::atomic<int> exclusive_cycles{0};
-  std::atomic<int> exclusive_failures{0};
-  std::thread exclusive([&] {
+  // A channel taking and returning exclusive segments (pools shrink and grow around it).
+  void Exclusive() {
     std::mt19937 rng(11);
     while (!stop.load()) {
-      auto ex = g.RequestExclusiveSegments(1 + rng() % 3, 60s);
+      auto ex = g_.RequestExclusiveSegments(1 + rng() % 3, 60s);
       if (!ex.ok()) {
         ADD_FAILURE() << ex.status().ToString();
         exclusive_failures.fetch_add(1);
         return;
       }
       for (MemorySegment* s : *ex) std::memset(s->data(), 0x5A, 64);
-      g.RecycleExclusiveSegments(*ex);
+      g_.RecycleExclusiveSegments(*ex);
       exclusive_cycles.fetch_add(1);
       std::this_thread::sleep_for(20us);
     }
-  });
+  }
 
   // A consumer blocking for buffers on the pools in turn.
-  std::atomic<int> blocking_ok{0};
-  std::thread blocking([&] {
+  void Blocking() {
     int i = 0;
     while (!stop.load()) {
-      LocalBufferPool& p = *pools[i++ % kPools].pool;
+      LocalBufferPool& p = *pools_[i++ % kPools].pool;
       Result<Buffer> r = p.RequestBufferBlocking(-1, 60s);
       if (!r.ok()) {
         ADD_FAILURE() << r.status().ToString();
@@ -224,53 +192,112 @@ TEST_F(BufferConcurrencyTest, RequestRecycleAcrossPoolsWhilePoolsComeAndGo) {
       blocking_ok.fetch_add(1);
       std::this_thread::sleep_for(20us);
     }
-  });
+  }
+
+  // After every thread stopped: nothing lent, exact accounting per pool and globally, and the
+  // pools' sizes are what RedistributeSpare gives (Flink's rule). Drops the pools.
+  void ExpectQuiescent() {
+    const NetworkBufferPoolStats gs = g_.Stats();
+    EXPECT_EQ(gs.local_pools, static_cast<uint32_t>(kPools));
+    EXPECT_EQ(gs.exclusive, 0u);
+    uint32_t owned = 0, required = 0;
+    std::vector<PoolBounds> bounds;
+    for (const PoolInfo& info : pools_) {
+      const LocalBufferPoolStats s = info.pool->Stats();
+      test_util::ExpectPoolAccounting(*info.pool);
+      EXPECT_EQ(s.lent, 0u) << info.pool->name();
+      EXPECT_EQ(s.overdraft, 0u) << info.pool->name();
+      EXPECT_EQ(s.listeners, 0u) << info.pool->name();
+      EXPECT_LE(s.owned, s.size) << info.pool->name();
+      owned += s.owned;
+      required += s.min;
+      bounds.push_back({s.min, s.max});
+      for (uint32_t sp = 0; sp < info.subpartitions; ++sp) {
+        EXPECT_EQ(info.pool->SubpartitionBuffers(sp), 0u);
+      }
+    }
+    EXPECT_EQ(gs.required, required);
+    EXPECT_EQ(gs.available + owned, gs.total);
+    const std::vector<uint32_t> sizes = RedistributeSpare(bounds, gs.total - required);
+    for (size_t i = 0; i < pools_.size(); ++i) EXPECT_EQ(pools_[i].pool->Stats().size, sizes[i]);
+    pools_.clear();
+  }
+
+  // Every mailbox emptied: before joining threads that may wait for its buffers.
+  void DrainAll() {
+    for (Mailbox& box : mailboxes_) Drain(box);
+  }
+
+  std::atomic<uint64_t> ok{0}, empty{0}, handed_off{0}, corrupt{0};
+  std::atomic<int> churn_cycles{0}, churn_failures{0};
+  std::atomic<int> exclusive_cycles{0}, exclusive_failures{0};
+  std::atomic<int> blocking_ok{0};
+  std::atomic<bool> stop{false};
+
+ private:
+  void Release(Held& h) {
+    if (!StampIntact(h)) corrupt.fetch_add(1);
+    h.buffer.Release();
+  }
+  void Drain(Mailbox& box) {
+    std::vector<Held> mine;
+    {
+      std::lock_guard lock(box.mu);
+      mine.swap(box.items);
+    }
+    for (Held& h : mine) Release(h);
+  }
+  // Into worker `to`'s mailbox; released here when it is full (mailboxes are bounded: on two
+  // cores the receiver may be descheduled for a whole time slice). True when handed off.
+  bool HandOff(int to, Held& h) {
+    Mailbox& box = mailboxes_[to];
+    std::unique_lock lock(box.mu);
+    if (box.items.size() < 16) {
+      box.items.push_back(std::move(h));
+      return true;
+    }
+    lock.unlock();
+    Release(h);
+    return false;
+  }
+
+  NetworkBufferPool& g_;
+  std::vector<PoolInfo> pools_;
+  std::vector<Mailbox> mailboxes_;
+};
+
+TEST_F(BufferConcurrencyTest, RequestRecycleAcrossPoolsWhilePoolsComeAndGo) {
+  const int iterations = test_util::Scaled(100000);
+  // Flink's rule: the sizes at the end are checked against RedistributeSpare.
+  CrossPoolStress st(NewGlobalWith(320, RedistributionPolicy::kStatic));
+  std::vector<std::thread> workers;
+  for (int w = 0; w < CrossPoolStress::kWorkers; ++w) {
+    workers.emplace_back([&st, w, iterations] { st.Work(w, iterations); });
+  }
+  std::thread churn([&st] { st.Churn(); });
+  std::thread exclusive([&st] { st.Exclusive(); });
+  std::thread blocking([&st] { st.Blocking(); });
 
   for (auto& t : workers) t.join();
-  for (Mailbox& box : mailboxes) drain(box);  // before joining threads that may wait for them
-  stop.store(true);
+  st.DrainAll();  // before joining threads that may wait for those buffers
+  st.stop.store(true);
   churn.join();
   exclusive.join();
   blocking.join();
 
-  EXPECT_EQ(corrupt.load(), 0u);
-  EXPECT_EQ(ok.load(), static_cast<uint64_t>(kWorkers) * iterations);
-  EXPECT_GT(handed_off.load(), 0u);
-  EXPECT_GT(churn_cycles.load(), 0);
-  EXPECT_EQ(churn_failures.load(), 0);
-  EXPECT_GT(exclusive_cycles.load(), 0);
-  EXPECT_GT(blocking_ok.load(), 0);
+  EXPECT_EQ(st.corrupt.load(), 0u);
+  EXPECT_EQ(st.ok.load(), static_cast<uint64_t>(CrossPoolStress::kWorkers) * iterations);
+  EXPECT_GT(st.handed_off.load(), 0u);
+  EXPECT_GT(st.churn_cycles.load(), 0);
+  EXPECT_EQ(st.churn_failures.load(), 0);
+  EXPECT_GT(st.exclusive_cycles.load(), 0);
+  EXPECT_GT(st.blocking_ok.load(), 0);
   std::printf("ok=%llu empty=%llu handed_off=%llu churn=%d exclusive=%d blocking=%d\n",
-              static_cast<unsigned long long>(ok.load()),
-              static_cast<unsigned long long>(empty.load()),
-              static_cast<unsigned long long>(handed_off.load()), churn_cycles.load(),
-              exclusive_cycles.load(), blocking_ok.load());
-
-  // Quiescent: exact accounting, per pool and globally.
-  const NetworkBufferPoolStats gs = g.Stats();
-  EXPECT_EQ(gs.local_pools, static_cast<uint32_t>(kPools));
-  EXPECT_EQ(gs.exclusive, 0u);
-  uint32_t owned = 0, required = 0;
-  std::vector<PoolBounds> bounds;
-  for (const PoolInfo& info : pools) {
-    const LocalBufferPoolStats s = info.pool->Stats();
-    test_util::ExpectPoolAccounting(*info.pool);
-    EXPECT_EQ(s.lent, 0u) << info.pool->name();
-    EXPECT_EQ(s.overdraft, 0u) << info.pool->name();
-    EXPECT_EQ(s.listeners, 0u) << info.pool->name();
-    EXPECT_LE(s.owned, s.size) << info.pool->name();
-    owned += s.owned;
-    required += s.min;
-    bounds.push_back({s.min, s.max});
-    for (uint32_t sp = 0; sp < info.subpartitions; ++sp) {
-      EXPECT_EQ(info.pool->SubpartitionBuffers(sp), 0u);
-    }
-  }
-  EXPECT_EQ(gs.required, required);
-  EXPECT_EQ(gs.available + owned, gs.total);
-  const std::vector<uint32_t> sizes = RedistributeSpare(bounds, gs.total - required);
-  for (size_t i = 0; i < pools.size(); ++i) EXPECT_EQ(pools[i].pool->Stats().size, sizes[i]);
-  pools.clear();
+              static_cast<unsigned long long>(st.ok.load()),
+              static_cast<unsigned long long>(st.empty.load()),
+              static_cast<unsigned long long>(st.handed_off.load()), st.churn_cycles.load(),
+              st.exclusive_cycles.load(), st.blocking_ok.load());
+  st.ExpectQuiescent();
 }
 
 // The last two buffers of a pool the user dropped come back on two threads at once: one of them
