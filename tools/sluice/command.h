@@ -5,8 +5,13 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdio>
 #include <functional>
 #include <string>
+
+#include "buffer/status.h"
+#include "shuffle/auth.h"
+#include "tools/common/conventions.h"
 
 namespace sluice::tools::sluice_cli {
 
@@ -23,5 +28,16 @@ struct CommonFlags {
   std::string token;             // the job's token
   std::string token_file;        // else <state_dir>/jobs/<job>.token
 };
+
+// --state-dir, else /var/lib/sluice.
+inline std::string StateDir(const CommonFlags& c) {
+  return c.state_dir.empty() ? std::string(shuffle::auth::kDefaultStateDir) : c.state_dir;
+}
+
+// Prints "sluice <command>: <what went wrong>" on stderr and returns `code`.
+inline int CommandFailed(const char* command, const Status& s, int code = kExitFailed) {
+  std::fprintf(stderr, "sluice %s: %s\n", command, s.ToString().c_str());
+  return code;
+}
 
 }  // namespace sluice::tools::sluice_cli

@@ -14,18 +14,11 @@
 namespace sluice::tools::sluice_cli {
 namespace {
 
-int GetFailed(const Status& s, int code = kExitFailed) {
-  std::fprintf(stderr, "sluice get: %s\n", s.ToString().c_str());
-  return code;
-}
-
 // The job's token: --token, --token-file, else <state_dir>/jobs/<job>.token when it exists.
 Result<std::string> GetToken(const CommonFlags& c, const std::string& job) {
   if (!c.token.empty()) return c.token;
   if (!c.token_file.empty()) return shuffle::auth::ReadSecretFile(c.token_file);
-  const std::string dir =
-      c.state_dir.empty() ? std::string(shuffle::auth::kDefaultStateDir) : c.state_dir;
-  const std::string path = dir + "/jobs/" + job + ".token";
+  const std::string path = StateDir(c) + "/jobs/" + job + ".token";
   struct stat st{};
   if (job.find('/') != std::string::npos || ::stat(path.c_str(), &st) != 0) {
     return std::string();
@@ -87,28 +80,28 @@ Result<std::vector<client::MapOutput>> SelectOutputs(const client::ExternalList&
 
 int RunGet(const GetOptions& o, const CommonFlags& common, std::FILE* out) {
   auto from = HostPort(o.from, "--from");
-  if (!from.ok()) return GetFailed(from.status(), kExitUsage);
+  if (!from.ok()) return CommandFailed("get", from.status(), kExitUsage);
   auto listing = HostPort(o.daemon.empty() ? o.from : o.daemon, "--daemon");
-  if (!listing.ok()) return GetFailed(listing.status(), kExitUsage);
+  if (!listing.ok()) return CommandFailed("get", listing.status(), kExitUsage);
   auto token = GetToken(common, o.job);
-  if (!token.ok()) return GetFailed(token.status(), kExitUsage);
+  if (!token.ok()) return CommandFailed("get", token.status(), kExitUsage);
   control::ControlClientOptions co;
   co.client_name = "sluice-get";
   co.timeout = std::chrono::milliseconds(o.timeout_ms);
   std::string secret;
   if (common.auth != "off") {
     auto s = control::FindSecret({common.auth_secret_file, common.state_dir});
-    if (!s.ok()) return GetFailed(s.status(), kExitUsage);
+    if (!s.ok()) return CommandFailed("get", s.status(), kExitUsage);
     secret = *s;
     co.secret = secret;
   }
   auto daemon = control::ControlClient::Connect(listing->first, listing->second, co);
-  if (!daemon.ok()) return GetFailed(daemon.status());
+  if (!daemon.ok()) return CommandFailed("get", daemon.status());
   auto list = client::ListExternal(**daemon, o.job);
-  if (!list.ok()) return GetFailed(list.status());
+  if (!list.ok()) return CommandFailed("get", list.status());
   daemon->reset();
   auto outputs = SelectOutputs(*list, o.from, o.job, o.partitions);
-  if (!outputs.ok()) return GetFailed(outputs.status());
+  if (!outputs.ok()) return CommandFailed("get", outputs.status());
   client::ReaderOptions ro;
   ro.job = o.job;
   ro.token = *token;
@@ -118,17 +111,17 @@ int RunGet(const GetOptions& o, const CommonFlags& common, std::FILE* out) {
   ro.auth_off = common.auth == "off";
   ro.timeout = std::chrono::milliseconds(o.timeout_ms);
   auto reader = client::Reader::OpenSubpartition(ro);
-  if (!reader.ok()) return GetFailed(reader.status());
+  if (!reader.ok()) return CommandFailed("get", reader.status());
   while (true) {
     auto rec = (*reader)->Next();
-    if (!rec.ok()) return GetFailed(rec.status());
+    if (!rec.ok()) return CommandFailed("get", rec.status());
     if (!rec->has_value()) break;
     if (std::fwrite((*rec)->data(), 1, (*rec)->size(), out) != (*rec)->size() ||
         std::fputc('\n', out) == EOF) {
-      return GetFailed(IoError("cannot write to stdout"));
+      return CommandFailed("get", IoError("cannot write to stdout"));
     }
   }
-  if (std::fflush(out) != 0) return GetFailed(IoError("cannot write to stdout"));
+  if (std::fflush(out) != 0) return CommandFailed("get", IoError("cannot write to stdout"));
   return kExitOk;
 }
 

@@ -19,15 +19,6 @@ namespace sluice::tools::sluice_cli {
 
 namespace {
 
-int PutFailed(const Status& s, int code = kExitFailed) {
-  std::fprintf(stderr, "sluice put: %s\n", s.ToString().c_str());
-  return code;
-}
-
-std::string StateDir(const CommonFlags& c) {
-  return c.state_dir.empty() ? std::string(shuffle::auth::kDefaultStateDir) : c.state_dir;
-}
-
 // The job's token: given, read from its file, or made and stored for the next writers.
 Result<std::string> JobToken(const CommonFlags& c, const std::string& job) {
   if (!c.token.empty()) return c.token;
@@ -125,15 +116,16 @@ uint32_t RouteLine(const PutOptions& o, std::string_view line, uint64_t* next) {
 
 int RunPut(const PutOptions& o, const CommonFlags& common, std::FILE* in, std::FILE* out) {
   if (o.key_field > 0 && o.round_robin) {
-    return PutFailed(InvalidArgument("--key-field and --round-robin exclude each other"), kExitUsage);
+    return CommandFailed("put", InvalidArgument("--key-field and --round-robin exclude each other"),
+                         kExitUsage);
   }
   if (o.key_field > 0 && o.delimiter.empty()) {
-    return PutFailed(InvalidArgument("--delimiter is empty"), kExitUsage);
+    return CommandFailed("put", InvalidArgument("--delimiter is empty"), kExitUsage);
   }
   auto options = WriterOptionsFor(o, common);
-  if (!options.ok()) return PutFailed(options.status(), kExitUsage);
+  if (!options.ok()) return CommandFailed("put", options.status(), kExitUsage);
   auto writer = client::Writer::Open(*options);
-  if (!writer.ok()) return PutFailed(writer.status());
+  if (!writer.ok()) return CommandFailed("put", writer.status());
   char* line = nullptr;
   size_t cap = 0;
   uint64_t next = 0;
@@ -150,12 +142,13 @@ int RunPut(const PutOptions& o, const CommonFlags& common, std::FILE* in, std::F
   if (failed.ok() && std::ferror(in)) failed = IoError("reading stdin failed");
   if (!failed.ok()) {
     (void)(*writer)->Abort(failed.message());
-    return PutFailed(Status(failed.code(), failed.message() + "; nothing was committed"));
+    return CommandFailed("put",
+                         Status(failed.code(), failed.message() + "; nothing was committed"));
   }
   auto committed = (*writer)->Commit();
   if (!committed.ok()) {
-    return PutFailed(Status(committed.status().code(),
-                       committed.status().message() + "; nothing was committed"));
+    return CommandFailed("put", Status(committed.status().code(),
+                                       committed.status().message() + "; nothing was committed"));
   }
   std::fprintf(out, "%s\n", client::EncodeMapOutput(*committed).c_str());
   std::fflush(out);
