@@ -265,6 +265,10 @@ TEST_F(TransportTest, ManyFramesBothDirectionsInOrderByteForByte) {
     RunOnLoop(client_loop_.get(), [&] { decoded = conn.value()->decoder().frames_decoded(); });
     return decoded == kFrames;
   }));
+  // A frame written by a loop's own sendmsg is counted after the call returns: a task run on
+  // each loop starts after those counts.
+  RunOnLoop(server_loop_.get(), [] {});
+  RunOnLoop(client_loop_.get(), [] {});
   for (const auto* m : {server->metrics().get(), client.metrics().get()}) {
     EXPECT_EQ(m->frames_in.load(), kFrames);
     EXPECT_EQ(m->frames_out.load(), kFrames);
@@ -1474,6 +1478,9 @@ TEST_F(TransportTest, LoopWritesToAnIdleConnectionAtOnceAndCallOnWritable) {
     std::lock_guard lock(client_rec->mu);
     EXPECT_EQ(client_rec->mismatches, 0u) << client_rec->first_mismatch;
   }
+  // The loop counts a frame after its sendmsg returns, which may be after the client read it:
+  // a task run on the server's loop starts after that write's callback has ended.
+  RunOnLoop(server_loop_.get(), [] {});
   const TransportMetrics& m = *server->metrics();
   // Each frame was written alone, nearly always by the loop's sendmsg (a full socket would
   // hand one to uv_write; on loopback with one small frame in flight it does not happen).
