@@ -86,23 +86,54 @@ Status PartitionRequestQueue::AddReader(uint64_t receiver_id, int32_t initial_cr
 
 Status PartitionRequestQueue::AddCredit(uint64_t receiver_id, int32_t credit) {
   std::lock_guard lock(mu_);
-  auto it = readers_.find(receiver_id);
-  if (it == readers_.end()) return Status::Ok();  // finished or cancelled meanwhile
-  Reader* r = it->second.get();
-  if (r->credit + credit > kMaxCredit) {
-    return ProtocolError("AddCredit of " + std::to_string(credit) + " for receiver " +
-                         std::to_string(receiver_id) + " (partition " + r->description +
-                         ") makes its credit " + std::to_string(r->credit + credit) +
-                         ", above the bound of " + std::to_string(kMaxCredit));
-  }
-  stats_->credits_in.fetch_add(static_cast<uint64_t>(credit), std::memory_order_relaxed);
-  r->credit += credit;
-  r->backlog_announced = false;  // the next stall is a new one
-  EndStall(r);
+  if (Status st = CheckCreditLocked(receiver_id, credit); !st.ok()) return st;
+  Reader* r = ApplyCreditLocked(receiver_id, credit);
+  if (r == nullptr) return Status::Ok();  // finished or cancelled meanwhile
   Enqueue(r);
   WriteMoreLocked();
   return Status::Ok();
 }
+
+Status PartitionRequestQueue::CheckCreditLocked(uint64_t receiver_id, int32_t credit) const {
+  auto it = readers_.find(receiver_id);
+  if (it == readers_.end()) return Status::Ok();  // ignored: see ApplyCreditLocked
+  const Reader* r = it->second.get();
+  if (r->credit + credit <= kMaxCredit) return Status::Ok();
+  return ProtocolError("AddCredit of " + std::to_string(credit) + " for receiver " +
+                       std::to_string(receiver_id) + " (partition " + r->description +
+                       ") makes its credit " + std::to_string(r->credit + credit) +
+                       ", above the bound of " + std::to_string(kMaxCredit));
+}
+
+PartitionRequestQueue::Reader* PartitionRequestQueue::ApplyCreditLocked(uint64_t receiver_id,
+                                                                        int32_t credit) {
+  auto it = readers_.find(receiver_id);
+  if (it == readers_.end()) return nullptr;  // credit can cross a release
+  Reader* r = it->second.get();
+  stats_->credits_in.fetch_add(static_cast<uint64_t>(credit), std::memory_order_relaxed);
+  r->credit += credit;
+  r->backlog_announced = false;  // the next stall is a new one
+  EndStall(r);
+  return r;
+}
+
+// Credit read on the producer's thread while it serves `serving` (TryServeDirect): applied as
+// AddCredit applies it; other readers it revives are queued for the loop.
+class PartitionRequestQueue::DirectCredit final : public CreditSink {
+ public:
+  DirectCredit(PartitionRequestQueue* queue, Reader* serving) : queue_(queue), serving_(serving) {}
+  bool Accepts(uint64_t receiver_id, int32_t credit) override {
+    return queue_->CheckCreditLocked(receiver_id, credit).ok();
+  }
+  void Apply(uint64_t receiver_id, int32_t credit) override {
+    Reader* r = queue_->ApplyCreditLocked(receiver_id, credit);
+    if (r != nullptr && r != serving_) queue_->Enqueue(r);
+  }
+
+ private:
+  PartitionRequestQueue* const queue_;
+  Reader* const serving_;
+};
 
 uint32_t PartitionRequestQueue::AnnounceBufferSize(uint64_t receiver_id, uint32_t buffer_size) {
   // Under mu_: a producer thread writing through may release a reader (end of partition)
@@ -141,8 +172,14 @@ bool PartitionRequestQueue::TryServeDirect(Reader* r) {
   if (r->last_full) return false;
   direct_thread_.store(me, std::memory_order_relaxed);
   bool done = true;
+  DirectCredit credit_here(this, r);
   while (true) {
     if (!r->view->IsAvailable(static_cast<int32_t>(std::min<int64_t>(r->credit, kMaxCredit)))) {
+      // Data waits for credit: the AddCredits already on the socket, read here, may give it.
+      if (r->credit <= 0 && r->view->backlog() > 0 && output_->ReadCredits(credit_here) > 0 &&
+          !r->released && r->credit > 0) {
+        continue;
+      }
       done = !Sendable(*r);  // a backlog announcement is left to the loop
       break;
     }
@@ -154,7 +191,8 @@ bool PartitionRequestQueue::TryServeDirect(Reader* r) {
     if (!SendOne(r)) break;
   }
   direct_thread_.store(std::thread::id(), std::memory_order_relaxed);
-  return done;
+  // Credit read here for other readers queued them: the loop serves them.
+  return done && ready_.empty();
 }
 
 void PartitionRequestQueue::CancelReader(uint64_t receiver_id) {

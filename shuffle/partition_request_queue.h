@@ -23,6 +23,12 @@
 // allows, as WriteMore would, and posts to the loop only for what is left. The notification
 // never blocks on the queue: when the loop holds it, it posts as before.
 //
+// Read-through: a reader served there that runs out of credit with data waiting asks the output
+// for the AddCredits already on the socket (QueueOutput::ReadCredits) and applies them as
+// AddCredit would, so the producer's next buffer does not wait for the loop to wake up and read
+// them. Credit the queue would refuse (above kMaxCredit) is left on the socket for the loop,
+// which refuses it as before.
+//
 // Thread-safe: every method takes the queue's mutex (so a producer's direct send and the loop
 // never interleave); the notifications come from the views on any thread. The output's
 // methods are called under it: they must not call back into the queue.
@@ -48,6 +54,17 @@ namespace sluice::shuffle {
 
 struct ShuffleServerStats;
 
+// Credit a QueueOutput reads on a producer's thread (read-through), one AddCredit at a time.
+class CreditSink {
+ public:
+  virtual ~CreditSink() = default;
+  // Whether this credit may be applied (false: it would exceed kMaxCredit; it is left to the
+  // loop, which refuses it).
+  virtual bool Accepts(uint64_t receiver_id, int32_t credit) = 0;
+  // Applies credit that Accepts said yes to and that was read off the connection.
+  virtual void Apply(uint64_t receiver_id, int32_t credit) = 0;
+};
+
 // Where the queue's frames go. Loop thread.
 class QueueOutput {
  public:
@@ -67,6 +84,13 @@ class QueueOutput {
   virtual bool DirectWritable() const { return false; }
   // Whether the calling thread is the one that runs Post's tasks.
   virtual bool OnLoopThread() const { return true; }
+  // A producer thread, under the queue's mutex: reads the AddCredits waiting whole on the
+  // connection now (never blocking on the loop), offering each to `sink` in stream order;
+  // returns how many it applied. The default (no read-through) reads nothing.
+  virtual size_t ReadCredits(CreditSink& sink) {
+    (void)sink;
+    return 0;
+  }
 };
 
 class PartitionRequestQueue {
@@ -123,6 +147,7 @@ class PartitionRequestQueue {
 
  private:
   class Reader;
+  class DirectCredit;
 
   bool Sendable(const Reader& r) const;
   void Enqueue(Reader* r);
@@ -133,6 +158,10 @@ class PartitionRequestQueue {
   void EndStall(Reader* r);
   void WriteMoreLocked();
   void EnqueueAndWriteLocked(uint64_t receiver_id);
+  // ProtocolError when `credit` would take the reader of `receiver_id` above kMaxCredit.
+  Status CheckCreditLocked(uint64_t receiver_id, int32_t credit) const;
+  // Adds checked credit; the reader, or null when the id has none (released meanwhile).
+  Reader* ApplyCreditLocked(uint64_t receiver_id, int32_t credit);
   // A producer thread's notification: serves `r` here when the loop is not busy with this
   // queue and the output writes at once. True when nothing is left for the loop to do.
   bool TryServeDirect(Reader* r);

@@ -21,6 +21,27 @@ using transport::Rejection;
 
 namespace {
 Rejection Reject(FrameError reason, Status st) { return Rejection{reason, std::move(st)}; }
+
+// AddCredit frames a producer thread reads off the connection (read-through), parsed as the
+// loop parses them (OnAddCredit). One that does not parse, or credit the queue would refuse,
+// stays on the socket: the loop reads it and closes the connection as before.
+class CreditFrames final : public transport::FrameTaker {
+ public:
+  explicit CreditFrames(CreditSink& sink) : sink_(sink) {}
+  bool Accepts(std::span<const uint8_t> meta) override {
+    auto m = schema::ParseAddCredit(meta);
+    if (!m.ok()) return false;
+    receiver_id_ = (*m)->receiver_id();
+    credit_ = (*m)->credit();
+    return sink_.Accepts(receiver_id_, credit_);
+  }
+  void Take(std::span<const uint8_t>) override { sink_.Apply(receiver_id_, credit_); }
+
+ private:
+  CreditSink& sink_;
+  uint64_t receiver_id_ = 0;  // of the frame Accepts said yes to last
+  int32_t credit_ = 0;
+};
 }  // namespace
 
 // The server's side of one connection. Loop thread only.
@@ -138,6 +159,10 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
   }
   bool DirectWritable() const override { return conn_->DirectWritable(); }
   bool OnLoopThread() const override { return conn_->loop()->IsLoopThread(); }
+  size_t ReadCredits(CreditSink& sink) override {
+    CreditFrames frames(sink);
+    return conn_->ReadFramesFromAnyThread(static_cast<uint8_t>(MessageType::kAddCredit), frames);
+  }
 
  private:
   struct Request {

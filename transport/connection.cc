@@ -24,15 +24,22 @@ constexpr size_t kStagingTailBytes = 512;
 // libuv's own limit of reads per readiness event.
 constexpr int kReadsPerWakeup = 32;
 
-// SLUICE_DIRECT_WRITES=off (or 0) turns write-through off process-wide, so that one binary can
-// be measured with and without it.
+// Whether the environment variable `name` says off ("off", "0" or "false").
+bool OffByEnvironment(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr) return false;
+  const std::string_view s(v);
+  return s == "off" || s == "0" || s == "false";
+}
+
+// SLUICE_DIRECT_WRITES=off turns write-through off process-wide, and SLUICE_DIRECT_READS=off
+// read-through, so that one binary can be measured with and without them (read once).
 bool DirectWritesOffByEnvironment() {
-  static const bool off = [] {
-    const char* v = std::getenv("SLUICE_DIRECT_WRITES");
-    if (v == nullptr) return false;
-    const std::string_view s(v);
-    return s == "off" || s == "0" || s == "false";
-  }();
+  static const bool off = OffByEnvironment("SLUICE_DIRECT_WRITES");
+  return off;
+}
+bool DirectReadsOffByEnvironment() {
+  static const bool off = OffByEnvironment("SLUICE_DIRECT_READS");
   return off;
 }
 }  // namespace
@@ -147,6 +154,8 @@ Connection::Connection(EventLoop* loop, uv_tcp_t* tcp, const TransportOptions& o
       client_side_(client_side),
       direct_enabled_(options.direct_writes && !options.faults.active() &&
                       !DirectWritesOffByEnvironment()),
+      direct_reads_enabled_(options.direct_reads && !options.faults.active() &&
+                            !DirectReadsOffByEnvironment()),
       sink_(std::make_unique<DecoderSink>(this)),
       decoder_(sink_.get(), options.limits) {
   staging_capacity_ = std::clamp<size_t>(options.staging_read_bytes, kFrameHeaderSize, kMaxStaging);
@@ -232,6 +241,20 @@ void Connection::OnAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
 }
 
 void Connection::ReadSocket() {
+  // Read-through: no other thread reads during the pass; after it, one may take whole frames
+  // when the decoder holds no part of one (ReadFramesFromAnyThread).
+  SetReadIdle(false);
+  ReadPasses();
+  SetReadIdle(direct_reads_enabled_ && established_ && !closing_ && !close_after_flush_ &&
+              decoder_.at_frame_boundary());
+}
+
+void Connection::SetReadIdle(bool idle) {
+  std::lock_guard lock(read_mu_);
+  read_idle_ = idle;
+}
+
+void Connection::ReadPasses() {
   uv_os_fd_t fd = -1;
   if (uv_fileno(reinterpret_cast<uv_handle_t*>(tcp_), &fd) != 0) return;
   // As many passes per wake-up as libuv allows itself, so one busy socket cannot starve the
@@ -273,7 +296,7 @@ void Connection::ReadSocket() {
       return;
     }
     const auto n = static_cast<size_t>(got);
-    bytes_in_ += n;
+    bytes_in_.fetch_add(n, std::memory_order_relaxed);
     metrics_->bytes_in.fetch_add(n, std::memory_order_relaxed);
     last_read_ms_ = uv_now(loop_->loop());
     const size_t into_window = std::min(n, window.size());
@@ -415,6 +438,69 @@ bool Connection::DirectWritable() const {
   if (!direct_enabled_ || !established_.load(std::memory_order_acquire)) return false;
   std::lock_guard lock(write_mu_);
   return !closing_ && !close_after_flush_ && pending_.empty() && inflight_writes_ == 0;
+}
+
+size_t Connection::ReadFramesFromAnyThread(uint8_t type, FrameTaker& taker) {
+  if (!direct_reads_enabled_ || loop_->IsLoopThread()) return 0;
+  std::unique_lock lock(read_mu_, std::try_to_lock);
+  // Not idle: the loop is reading, holds part of a frame, or closed the socket.
+  if (!lock.owns_lock() || !read_idle_) return 0;
+  std::array<uint8_t, kDirectReadBytes> peeked;
+  ssize_t got = 0;
+  do {
+    got = ::recv(fd_, peeked.data(), peeked.size(), MSG_PEEK | MSG_DONTWAIT);
+  } while (got < 0 && errno == EINTR);
+  if (got <= 0) return 0;  // nothing waiting, or an error or end the loop will meet
+  const auto n = static_cast<size_t>(got);
+  size_t taken = 0;
+  size_t offset = 0;
+  while (n - offset >= kFrameHeaderSize) {
+    const FrameHeader h = DecodeFrameHeader(
+        std::span<const uint8_t, kFrameHeaderSize>(peeked.data() + offset, kFrameHeaderSize));
+    // Only a whole frame of `type` without payload, within the limits the decoder checks; any
+    // other (a data frame, a heartbeat, a refused header) stays for the loop, as do all after.
+    if (h.type != type || CheckFrameHeader(h, options_.limits).has_value() ||
+        h.frame_length != kFrameHeaderSize + h.metadata_length || h.frame_length > n - offset) {
+      break;
+    }
+    const std::span<const uint8_t> meta(peeked.data() + offset + kFrameHeaderSize,
+                                        h.metadata_length);
+    if (!taker.Accepts(meta)) break;  // the loop reads it and refuses it as usual
+    if (!ConsumePeeked(h.frame_length)) break;
+    taker.Take(meta);
+    offset += h.frame_length;
+    ++taken;
+  }
+  if (taken > 0) {
+    bytes_in_.fetch_add(offset, std::memory_order_relaxed);
+    metrics_->bytes_in.fetch_add(offset, std::memory_order_relaxed);
+    metrics_->frames_in.fetch_add(taken, std::memory_order_relaxed);
+    metrics_->direct_read_frames.fetch_add(taken, std::memory_order_relaxed);
+    direct_read_.store(true, std::memory_order_relaxed);
+  }
+  return taken;
+}
+
+bool Connection::ConsumePeeked(size_t bytes) {
+  std::array<uint8_t, kDirectReadBytes> discard;
+  ssize_t got = 0;
+  do {
+    got = ::recv(fd_, discard.data(), bytes, MSG_DONTWAIT);
+  } while (got < 0 && errno == EINTR);
+  if (got == static_cast<ssize_t>(bytes)) return true;
+  // Peeked bytes stay in the socket until read, and no other thread reads under read_mu_, so
+  // only a failing socket gets here. Nothing read: the loop meets the error. Part of a frame
+  // read: the stream lost its place, and the connection closes.
+  if (got > 0) {
+    read_idle_ = false;
+    std::weak_ptr<Connection> weak = weak_from_this();
+    loop_->Post([weak, peer = peer_] {
+      if (auto c = weak.lock()) {
+        c->Close(IoError("connection to " + peer + " failed: a read-through read only part of a frame"));
+      }
+    });
+  }
+  return false;
 }
 
 size_t Connection::WriteDirectLocked(const OutFrame& frame) {
@@ -723,6 +809,8 @@ void Connection::Tick() {
                        std::to_string(options_.handshake_timeout.count()) + " ms"));
     return;
   }
+  // A frame another thread read through counts as a read (the peer is alive).
+  if (direct_read_.exchange(false, std::memory_order_relaxed)) last_read_ms_ = now;
   if (options_.idle_timeout.count() > 0 &&
       now - last_read_ms_ >= static_cast<uint64_t>(options_.idle_timeout.count())) {
     metrics_->idle_timeouts.fetch_add(1, std::memory_order_relaxed);
@@ -750,6 +838,7 @@ void Connection::Tick() {
 void Connection::CloseAfterFlush(Status reason) {
   if (closing_ || close_after_flush_) return;
   close_reason_ = std::move(reason);
+  SetReadIdle(false);  // the loop stops reading, and so do other threads
   {
     std::lock_guard lock(write_mu_);
     close_after_flush_ = true;  // direct writers stop here
@@ -791,6 +880,8 @@ void Connection::Close(Status reason) {
 }
 
 void Connection::CloseHandles() {
+  // A thread reading through finishes first; none starts after this (uv_close closes the fd).
+  SetReadIdle(false);
   uv_read_stop(reinterpret_cast<uv_stream_t*>(tcp_));
   // In-flight writes are cancelled by uv_close and their callbacks (UV_ECANCELED) run first.
   uv_close(reinterpret_cast<uv_handle_t*>(tcp_), &Connection::OnHandleClosed);

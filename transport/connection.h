@@ -23,8 +23,17 @@
 // reused descriptor. When the socket would block (EAGAIN, or a partial write), the rest of the
 // frame is queued first and the loop writes it (a flush is posted), so frames keep their order.
 //
-// Loop-thread only, except SendFromAnyThread, DirectWritable, closing(), queued_bytes(),
-// bytes_sent() and the thread-safe counters in TransportMetrics. Held by shared_ptr; it keeps
+// Direct reads (read-through): ReadFramesFromAnyThread() lets a producer thread that waits for
+// a small control frame (an AddCredit) take it off the socket itself instead of waiting for the
+// loop to wake up and read it. It reads only between the loop's read passes, when the decoder
+// holds no part of a frame, under a mutex (read_mu_) the loop takes around each pass; it peeks
+// first and takes only whole frames of one type without payload that its caller accepts, so
+// everything else, refusals included, is still read and handled by the loop in stream order.
+// The socket is closed only after read_mu_ said no more reads (CloseHandles).
+//
+// Loop-thread only, except SendFromAnyThread, DirectWritable, ReadFramesFromAnyThread,
+// closing(), queued_bytes(), bytes_sent(), bytes_received() and the thread-safe counters in
+// TransportMetrics. Held by shared_ptr; it keeps
 // itself alive until its handles are closed, then calls OnClosed exactly once.
 #pragma once
 
@@ -108,8 +117,22 @@ class ConnectionHandler : public FrameSink {
   }
 };
 
+// What ReadFramesFromAnyThread asks of its caller, on the caller's thread, frame by frame.
+class FrameTaker {
+ public:
+  virtual ~FrameTaker() = default;
+  // Whether to take the frame with this metadata (valid during the call). False leaves it, and
+  // every frame after it, to the loop, which handles (or refuses) it as it would have anyway.
+  virtual bool Accepts(std::span<const uint8_t> metadata) = 0;
+  // The frame Accepts said yes to was read off the socket: act on it.
+  virtual void Take(std::span<const uint8_t> metadata) = 0;
+};
+
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
+  // The most bytes of frames one ReadFramesFromAnyThread looks at.
+  static constexpr size_t kDirectReadBytes = 512;
+
   using CloseHook = std::function<void(Connection*)>;
 
   // Adopts an initialized, connected uv_tcp_t (heap-allocated; ownership passes; freed after
@@ -143,6 +166,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // writes are off (TransportOptions::direct_writes, the fault shim).
   bool DirectWritable() const;
   bool direct_writes_enabled() const { return direct_enabled_; }
+  // Any thread but the loop's: reads the whole frames of `type` without payload waiting at the
+  // front of the socket (at most kDirectReadBytes of them), offering each to `taker`, and
+  // returns how many it took. Reads only while the loop is between read passes with no partial
+  // frame, the connection established and open, and direct reads on
+  // (TransportOptions::direct_reads); otherwise, or when the loop holds read_mu_, returns 0 at
+  // once. Never blocks on the loop. A taken frame counts in frames_in, bytes_in,
+  // direct_read_frames and as a read for the idle timeout.
+  size_t ReadFramesFromAnyThread(uint8_t type, FrameTaker& taker);
+  bool direct_reads_enabled() const { return direct_reads_enabled_; }
   // Loop thread: writes what is queued now. When nothing is in flight, direct writes are on and
   // the frames come to at most TransportOptions::loop_direct_max_bytes, they go out in one
   // sendmsg on this thread (what the socket does not take goes to uv_write): a small frame such
@@ -166,7 +198,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   EventLoop* loop() const { return loop_; }
   // Bytes queued or in flight.
   size_t queued_bytes() const;
-  uint64_t bytes_received() const { return bytes_in_; }
+  uint64_t bytes_received() const { return bytes_in_.load(std::memory_order_relaxed); }
   uint64_t bytes_sent() const { return bytes_out_.load(std::memory_order_relaxed); }
   const FrameDecoder& decoder() const { return decoder_; }
   // Bytes of buffers this connection holds beyond the frames themselves: read staging, the
@@ -193,7 +225,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void MaybeCorrupt(const buffer::Buffer& payload);
   static void OnHandleClosed(uv_handle_t* h);
 
+  // One read pass (ReadPasses) with read_idle_ off during it and set after it.
   void ReadSocket();
+  void ReadPasses();
+  void SetReadIdle(bool idle);
+  // Reads `bytes` already peeked. REQUIRES: read_mu_ held.
+  bool ConsumePeeked(size_t bytes);
   void EndOfStream();
   void CloseHandles();
   // Answers an HTTP request on the data port with a 400 that names the metrics port; closes.
@@ -235,7 +272,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
   const uint64_t id_;
   const bool client_side_;
   const bool direct_enabled_;  // direct writes allowed (options, no fault shim)
-  int fd_ = -1;                // the socket, for direct writes
+  const bool direct_reads_enabled_;  // direct reads allowed (options, no fault shim)
+  int fd_ = -1;                // the socket, for direct writes and reads
+
+  // The read state shared with direct readers (see ReadFramesFromAnyThread).
+  std::mutex read_mu_;
+  bool read_idle_ = false;                 // GUARDED_BY(read_mu_): a direct read may start
+  std::atomic<bool> direct_read_{false};   // a direct read since the last Tick (idle timeout)
 
   // The write state shared with direct writers. Declared before handler_: a handler's readers
   // may still write while it is destroyed.
@@ -273,7 +316,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   uint64_t last_read_ms_ = 0;
   uint64_t last_write_ms_ = 0;
   uint64_t flush_deadline_ms_ = 0;
-  uint64_t bytes_in_ = 0;
+  std::atomic<uint64_t> bytes_in_{0};
   CloseHook close_hook_;
   std::shared_ptr<Connection> self_;  // alive until every handle is closed
 };

@@ -61,6 +61,10 @@ struct TransportOptions {
   // environment variable SLUICE_DIRECT_WRITES=off (for side-by-side measurements): every frame
   // goes through the loop.
   bool direct_writes = true;
+  // Read-through: a producer thread that finds no credit reads the AddCredit frames waiting
+  // on the socket itself (Connection::ReadFramesFromAnyThread) instead of leaving its buffer to
+  // the loop. Off here, with an active fault shim, or with SLUICE_DIRECT_READS=off.
+  bool direct_reads = true;
   // With direct writes on, the loop writes an idle connection's queued frames with one sendmsg
   // of its own when they come to at most this many bytes (an AddCredit, a flushed record);
   // larger flushes, which the socket often takes only in part, go through uv_write as before.
@@ -93,6 +97,8 @@ struct TransportMetrics {
   // Writes the loop thread made with one sendmsg of its own (an idle connection's queued
   // frames; Connection::Flush) instead of through uv_write.
   std::atomic<uint64_t> loop_direct_writes{0};
+  // Frames a thread other than the loop's read off the socket itself (read-through).
+  std::atomic<uint64_t> direct_read_frames{0};
 
   uint64_t protocol_errors_total() const {
     uint64_t n = 0;

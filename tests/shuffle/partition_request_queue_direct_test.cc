@@ -1,7 +1,8 @@
 // PartitionRequestQueue write-through without sockets: a view notified on a producer thread
 // is served on that thread when the output writes at once, within credit, in sequence, and
 // falls back to a post when the output is busy, other readers wait, or the loop holds the
-// queue. The test thread plays the loop. Every test ends with the leak check.
+// queue; and that a producer out of credit reads the AddCredits waiting on its connection
+// (read-through). The test thread plays the loop. Every test ends with the leak check.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -130,11 +131,46 @@ class ThreadOutput final : public QueueOutput {
     std::lock_guard lock(mu);
     return frames_;
   }
+  // Read-through: AddCredits "on the socket", taken in order while the sink accepts them. The
+  // socket's mutex is only tried, as the connection's read mutex is.
+  size_t ReadCredits(CreditSink& sink) override {
+    std::unique_lock lock(socket_mu, std::try_to_lock);
+    if (!lock.owns_lock()) return 0;
+    ++read_calls;
+    size_t n = 0;
+    while (!socket.empty() && sink.Accepts(socket.front().first, socket.front().second)) {
+      const auto [id, credit] = socket.front();
+      socket.pop_front();
+      sink.Apply(id, credit);
+      ++n;
+    }
+    return n;
+  }
+  void PutCredit(uint64_t receiver_id, int32_t credit) {
+    std::lock_guard lock(socket_mu);
+    socket.emplace_back(receiver_id, credit);
+  }
+  size_t SocketCredits() {
+    std::lock_guard lock(socket_mu);
+    return socket.size();
+  }
+  // The loop reads the socket: every AddCredit waiting goes through AddCredit.
+  std::vector<Status> LoopReadsCredits(PartitionRequestQueue& queue) {
+    std::lock_guard lock(socket_mu);
+    std::vector<Status> out;
+    for (; !socket.empty(); socket.pop_front()) {
+      out.push_back(queue.AddCredit(socket.front().first, socket.front().second));
+    }
+    return out;
+  }
 
   std::thread::id loop_thread = std::this_thread::get_id();
   std::atomic<bool> can_send{true};
   std::atomic<bool> direct_writable{true};
   std::function<void()> on_send;  // after each SendBuffer (set before use)
+  std::mutex socket_mu;
+  std::deque<std::pair<uint64_t, int32_t>> socket;  // GUARDED_BY(socket_mu)
+  std::atomic<uint32_t> read_calls{0};
 
  private:
   void Record(Sent s) {
@@ -209,6 +245,47 @@ class QueueDirectTest : public ::testing::Test {
       if (tasks.empty()) return;
       for (auto& t : tasks) t();
     }
+  }
+
+  // Readers 1..readers with credit 2 each; a producer thread per reader flushes `items`
+  // buffers one by one, while this thread plays the loop: it runs the posts, checks each
+  // reader's sequence numbers (no gaps: never more data than credit), calls `credit` for every
+  // buffer sent (the index of the frame, the receiver) and `each_turn` (if set) once a turn,
+  // until every buffer arrived.
+  void RaceProducersAgainstTheLoop(uint32_t readers, uint32_t items,
+                                   const std::function<void(size_t, uint64_t)>& credit,
+                                   const std::function<void(uint32_t)>& each_turn) {
+    std::vector<LockedView*> views;
+    for (uint32_t r = 0; r < readers; ++r) views.push_back(AddReader(r + 1, 2));
+    std::vector<std::thread> producers;
+    for (uint32_t r = 0; r < readers; ++r) {
+      producers.emplace_back([&, r] {
+        for (uint32_t i = 0; i < items; ++i) {
+          views[r]->Push(Item(DataType::kData));
+          views[r]->Notify();
+          if (i % 8 == 0) std::this_thread::yield();
+        }
+      });
+    }
+    std::vector<uint32_t> seen(readers, 0);
+    size_t handled = 0;
+    uint32_t total = 0;
+    for (uint32_t turn = 0; total < readers * items && !HasFatalFailure(); ++turn) {
+      RunPosted();
+      auto f = out_.frames();
+      for (; handled < f.size(); ++handled) {
+        if (f[handled].kind != Sent::kBuffer) continue;
+        const uint32_t r = static_cast<uint32_t>(f[handled].receiver_id - 1);
+        EXPECT_EQ(f[handled].sequence, static_cast<int32_t>(seen[r])) << "reader " << r + 1;
+        ++seen[r];
+        ++total;
+        credit(handled, r + 1);
+      }
+      if (each_turn) each_turn(turn);
+      std::this_thread::yield();
+    }
+    for (auto& t : producers) t.join();
+    for (uint32_t r = 0; r < readers; ++r) EXPECT_EQ(seen[r], items) << "reader " << r + 1;
   }
 
   std::shared_ptr<buffer::NetworkBufferPool> pool_;
@@ -383,39 +460,11 @@ TEST_F(QueueDirectTest, NotificationWhileTheLoopHoldsTheQueuePosts) {
 TEST_F(QueueDirectTest, ConcurrentProducersAndLoopCreditKeepSequenceAndCredit) {
   constexpr uint32_t kReaders = 4;
   constexpr uint32_t kItems = 200;
-  std::vector<LockedView*> views;
-  for (uint32_t r = 0; r < kReaders; ++r) views.push_back(AddReader(r + 1, 2));
-  std::vector<std::thread> producers;
+  // The loop answers every buffer with one credit.
+  RaceProducersAgainstTheLoop(kReaders, kItems, [&](size_t, uint64_t id) {
+    ASSERT_TRUE(queue_->AddCredit(id, 1).ok());
+  }, nullptr);
   for (uint32_t r = 0; r < kReaders; ++r) {
-    producers.emplace_back([&, r] {
-      for (uint32_t i = 0; i < kItems; ++i) {
-        views[r]->Push(Item(DataType::kData));
-        views[r]->Notify();
-        if (i % 8 == 0) std::this_thread::yield();
-      }
-    });
-  }
-  // The loop: answers every buffer with one credit, and runs the posts, until all arrived.
-  std::vector<uint32_t> seen(kReaders, 0);
-  size_t handled = 0;
-  while (true) {
-    RunPosted();
-    auto f = out_.frames();
-    for (; handled < f.size(); ++handled) {
-      if (f[handled].kind != Sent::kBuffer) continue;
-      const uint32_t r = static_cast<uint32_t>(f[handled].receiver_id - 1);
-      EXPECT_EQ(f[handled].sequence, static_cast<int32_t>(seen[r])) << "reader " << r + 1;
-      ++seen[r];
-      ASSERT_TRUE(queue_->AddCredit(r + 1, 1).ok());
-    }
-    uint32_t total = 0;
-    for (uint32_t s : seen) total += s;
-    if (total == kReaders * kItems) break;
-    std::this_thread::yield();
-  }
-  for (auto& t : producers) t.join();
-  for (uint32_t r = 0; r < kReaders; ++r) {
-    EXPECT_EQ(seen[r], kItems);
     EXPECT_EQ(queue_->credit(r + 1), 2) << "reader " << r + 1;  // 2 + kItems given - kItems used
   }
   queue_->ReleaseAll();
@@ -468,6 +517,130 @@ TEST_F(QueueDirectTest, BufferSizeAnnouncementsRaceProducersReleasingTheirReader
     EXPECT_EQ(end_seq[r], 1) << "reader " << r + 1;
   }
   EXPECT_EQ(stats_.active_readers.load(), 0u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Read-through: credit read on the producer's thread.
+
+// Credit 1, four buffers flushed, two AddCredits waiting on the socket: the producer sends one,
+// runs out, reads both AddCredits itself and sends two more on its own thread; the last buffer
+// waits (its backlog announcement is left to the loop). Nothing waited for the loop to read.
+TEST_F(QueueDirectTest, ProducerOutOfCreditReadsTheCreditWaitingOnTheSocket) {
+  LockedView* v = AddReader(1, 1);
+  out_.PutCredit(1, 1);
+  out_.PutCredit(1, 1);
+  ProduceOnThread(v, std::vector<DataType>(4, DataType::kData));
+  auto f = out_.frames();
+  ASSERT_EQ(f.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(f[i].kind, Sent::kBuffer);
+    EXPECT_FALSE(f[i].on_loop) << "frame " << i;
+    EXPECT_EQ(f[i].sequence, i);
+  }
+  EXPECT_EQ(out_.SocketCredits(), 0u);
+  EXPECT_EQ(stats_.credits_in.load(), 2u);
+  EXPECT_EQ(queue_->credit(1), 0);
+  EXPECT_EQ(PostedCount(), 1u);
+  RunPosted();
+  f = out_.frames();
+  ASSERT_EQ(f.size(), 4u);
+  EXPECT_EQ(f[3].kind, Sent::kBacklog);
+  EXPECT_TRUE(f[3].on_loop);
+  ASSERT_TRUE(queue_->AddCredit(1, 1).ok());
+  EXPECT_EQ(out_.frames().size(), 5u);
+  queue_->ReleaseAll();
+}
+
+// A reader with credit in hand never reads the socket; one with no data waiting neither.
+TEST_F(QueueDirectTest, OnlyAReaderOutOfCreditWithDataWaitingReadsTheSocket) {
+  LockedView* v = AddReader(1, 5);
+  out_.PutCredit(1, 1);
+  ProduceOnThread(v, std::vector<DataType>(2, DataType::kData));
+  EXPECT_EQ(out_.frames().size(), 2u);
+  EXPECT_EQ(out_.read_calls.load(), 0u);
+  EXPECT_EQ(out_.SocketCredits(), 1u);
+  EXPECT_EQ(queue_->credit(1), 3);
+  EXPECT_EQ(PostedCount(), 0u);
+  queue_->ReleaseAll();
+}
+
+// Hostile credit: an AddCredit that would take the reader above kMaxCredit is not applied on
+// the producer's thread; it stays on the socket, and the loop, reading it, refuses it with the
+// ProtocolError the connection closes with (CreditViolation), as without read-through.
+TEST_F(QueueDirectTest, CreditOverTheBoundIsLeftToTheLoopWhichRefusesIt) {
+  LockedView* v = AddReader(1, 1);
+  out_.PutCredit(1, static_cast<int32_t>(PartitionRequestQueue::kMaxCredit + 1));
+  out_.PutCredit(1, 1);  // behind it: not read either
+  ProduceOnThread(v, std::vector<DataType>(2, DataType::kData));
+  EXPECT_EQ(out_.frames().size(), 1u);
+  EXPECT_EQ(out_.SocketCredits(), 2u);
+  EXPECT_EQ(queue_->credit(1), 0);
+  EXPECT_EQ(stats_.credits_in.load(), 0u);
+  const std::vector<Status> loop = out_.LoopReadsCredits(*queue_);
+  ASSERT_EQ(loop.size(), 2u);
+  EXPECT_EQ(loop[0].code(), StatusCode::kProtocolError) << loop[0].ToString();
+  EXPECT_NE(loop[0].message().find("above the bound"), std::string::npos) << loop[0].ToString();
+  queue_->ReleaseAll();
+  RunPosted();
+}
+
+// Credit read for other readers (one waiting with data, one unknown: released meanwhile) is
+// applied as the loop would apply it: the waiting reader is queued and served by the loop (the
+// producer posts), the unknown id is ignored.
+TEST_F(QueueDirectTest, CreditReadForOtherReadersQueuesThemForTheLoop) {
+  LockedView* v1 = AddReader(1, 1);
+  LockedView* v2 = AddReader(2, 0);
+  v2->Push(Item(DataType::kData));
+  v2->Notify();  // on the loop: a post, then the backlog announcement
+  RunPosted();
+  ASSERT_EQ(out_.frames().size(), 1u);
+  EXPECT_EQ(out_.frames()[0].kind, Sent::kBacklog);
+  out_.PutCredit(99, 4);
+  out_.PutCredit(2, 1);
+  out_.PutCredit(1, 1);
+  ProduceOnThread(v1, std::vector<DataType>(2, DataType::kData));
+  auto f = out_.frames();
+  ASSERT_EQ(f.size(), 3u);
+  EXPECT_EQ(f[1].receiver_id, 1u);
+  EXPECT_EQ(f[2].receiver_id, 1u);
+  EXPECT_FALSE(f[2].on_loop);
+  EXPECT_EQ(out_.SocketCredits(), 0u);
+  EXPECT_EQ(PostedCount(), 1u) << "reader 2 is left to the loop";
+  RunPosted();
+  f = out_.frames();
+  ASSERT_EQ(f.size(), 4u);
+  EXPECT_EQ(f[3].receiver_id, 2u);
+  EXPECT_TRUE(f[3].on_loop);
+  EXPECT_EQ(stats_.credits_in.load(), 2u);  // reader 99's was ignored
+  queue_->ReleaseAll();
+}
+
+// Producer threads read credit off the "socket" while the loop adds credit and reads the socket
+// too: per reader, sequence numbers without gaps and never more data than credit (TSan).
+TEST_F(QueueDirectTest, CreditReadOnProducerThreadsRacesTheLoopsCredit) {
+  constexpr uint32_t kReaders = 4;
+  constexpr uint32_t kItems = 300;
+  // The loop answers every buffer with one credit, half of them through the socket, and now
+  // and then reads the socket itself.
+  RaceProducersAgainstTheLoop(
+      kReaders, kItems,
+      [&](size_t handled, uint64_t id) {
+        if (handled % 2 == 0) {
+          out_.PutCredit(id, 1);
+        } else {
+          ASSERT_TRUE(queue_->AddCredit(id, 1).ok());
+        }
+      },
+      [&](uint32_t turn) {
+        if (turn % 4 != 0) return;
+        for (const Status& st : out_.LoopReadsCredits(*queue_)) ASSERT_TRUE(st.ok());
+      });
+  for (const Status& st : out_.LoopReadsCredits(*queue_)) ASSERT_TRUE(st.ok());
+  for (uint32_t r = 0; r < kReaders; ++r) {
+    EXPECT_EQ(queue_->credit(r + 1), 2) << "reader " << r + 1;
+  }
+  EXPECT_GT(out_.read_calls.load(), 0u);
+  queue_->ReleaseAll();
 }
 
 }  // namespace

@@ -140,6 +140,10 @@ const char* BenchUsage() {
          "                             connection writes on the producer's thread); off sends\n"
          "                             every frame through the IO loop (default: on, unless\n"
          "                             SLUICE_DIRECT_WRITES=off); --sweep direct=off,on\n"
+         "  --direct-reads on|off      remote: the producer's read-through (out of credit, it\n"
+         "                             reads the AddCredits waiting on its connection itself);\n"
+         "                             off leaves them to its IO loop (default: on, unless\n"
+         "                             SLUICE_DIRECT_READS=off); --sweep direct-reads=off,on\n"
          "  --consume-on consumer|io   where the consumer's work runs: a consumer thread\n"
          "                             woken by the IO thread (default), or io: the IO thread\n"
          "                             that read the buffer runs it (the gate's push mode, one\n"
@@ -293,6 +297,10 @@ Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
     Result<bool> b = ParseOnOff(name, v);
     if (!b.ok()) return b.status();
     f->direct = *b ? 1 : 0;
+  } else if (name == "direct-reads") {
+    Result<bool> b = ParseOnOff(name, v);
+    if (!b.ok()) return b.status();
+    f->direct_reads = *b ? 1 : 0;
   } else if (name == "consume-on") {
     if (v != "consumer" && v != "io") {
       return InvalidArgument("--consume-on wants consumer or io, got '" + v + "'");
@@ -326,7 +334,7 @@ constexpr const char* kValueFlags[] = {
     "pump-bufs-per-write", "sweep-out",
     "wide-threshold", "wide-gate-buffers", "redistribution", "idle-gates", "delay-ms",
     "debloat", "debloat-target-ms", "consumer-rate-mib", "event-interval-ms",
-    "direct", "consume-on"};
+    "direct", "direct-reads", "consume-on"};
 
 Status ParseSweep(BenchFlags* f, const std::string& value) {
   const size_t eq = value.find('=');

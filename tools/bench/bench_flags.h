@@ -54,6 +54,10 @@ struct BenchFlags {
   // data path's processes, set through SLUICE_DIRECT_WRITES before they are forked; -1 (not
   // given): as the environment says. --sweep direct=off,on compares both in one run.
   int direct = -1;
+  // --direct-reads on|off: the producer's read-through (TransportOptions::direct_reads: out of
+  // credit, it reads the AddCredits waiting on its connection itself), through
+  // SLUICE_DIRECT_READS likewise. --sweep direct-reads=off,on.
+  int direct_reads = -1;
   // --consume-on consumer|io: where the consumer's work runs. consumer (default): a consumer
   // thread blocks in the gate (RecordReader::Next) and the IO thread wakes it. io: push mode
   // (ShuffleEnvironment::CreateInputGate with a listener): the IO thread that read a buffer

@@ -639,6 +639,7 @@ struct ProducerReport {
   double backpressure_ms = 0;
   uint64_t frames_out = 0;
   uint64_t direct_writes = 0;
+  uint64_t direct_read_frames = 0;
   uint64_t notifications_posted = 0;
   char error[512] = {};
 };
@@ -683,6 +684,7 @@ int RunRemoteProducer(const BenchFlags& f, const std::string& token, int from_co
     const transport::TransportMetrics& m = *(*env)->server()->metrics();
     report.frames_out = m.frames_out.load();
     report.direct_writes = m.direct_writes.load();
+    report.direct_read_frames = m.direct_read_frames.load();
     report.notifications_posted = (*env)->server()->stats().notifications_posted.load();
     part->reset();
     (*env)->ReleasePartition("p0");
@@ -752,6 +754,7 @@ int RunRemoteConsumer(const BenchFlags& f, int to_parent) {
   r.backpressure_ms = pr.backpressure_ms;
   r.server_frames_out = pr.frames_out;
   r.server_direct_writes = pr.direct_writes;
+  r.server_direct_read_frames = pr.direct_read_frames;
   r.server_notifications_posted = pr.notifications_posted;
   r.producer_peak_rss_bytes = pr.peak_rss_bytes;
   r.consumer_peak_rss_bytes = PeakRssBytes();

@@ -35,9 +35,11 @@ struct RunResult {
   // Remote, whole run (warm-up included): the write path. Frames the producer's connection
   // sent, those written on the producer's thread (write-through), the producer notifications
   // posted to its IO loop instead (a loop wake-up each), and the frames the consumer's
-  // connection sent (AddCredits, almost all).
+  // connection sent (AddCredits, almost all), and those of them the producer read off its
+  // connection itself (read-through).
   uint64_t server_frames_out = 0;
   uint64_t server_direct_writes = 0;
+  uint64_t server_direct_read_frames = 0;
   uint64_t server_notifications_posted = 0;
   uint64_t client_frames_out = 0;
   uint64_t order_errors = 0;    // records out of order or missing

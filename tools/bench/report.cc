@@ -252,12 +252,13 @@ void PrintSummary(const Measurement& m) {
   const BenchFlags& f = m.flags;
   const RunResult& r = m.run;
   std::printf("- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -\n");
-  std::printf("sluice-bench %s: %u channels, %s-byte records, %u-byte segments, %.1f s%s%s%s%s%s%s\n",
+  std::printf("sluice-bench %s: %u channels, %s-byte records, %u-byte segments, %.1f s%s%s%s%s%s%s%s\n",
               f.mode.c_str(), f.channels, f.RecordSizeString().c_str(), f.segment_size, r.seconds,
               f.checksum ? ", checksums" : "",
               f.in_place_fill ? ", in place (every byte written)" : f.in_place ? ", in place" : "",
               f.mode == "remote" && !f.auth ? ", auth off" : "",
               f.mode == "remote" && f.direct == 0 ? ", write-through off" : "",
+              f.mode == "remote" && f.direct_reads == 0 ? ", read-through off" : "",
               f.consume_on_io ? ", consumed on the IO thread" : "",
               m.rounds > 1 ? " (median round)" : "");
   const HostInfo host = ReadHostInfo();
@@ -275,11 +276,13 @@ void PrintSummary(const Measurement& m) {
               r.backpressure_ms);
   if (f.mode == "remote") {
     std::printf("  write path     %llu frames out, %llu written on the producer's thread, %llu "
-                "notifications posted to its loop; consumer sent %llu (AddCredits)\n",
+                "notifications posted to its loop; consumer sent %llu (AddCredits), %llu read "
+                "on the producer's thread\n",
                 static_cast<unsigned long long>(r.server_frames_out),
                 static_cast<unsigned long long>(r.server_direct_writes),
                 static_cast<unsigned long long>(r.server_notifications_posted),
-                static_cast<unsigned long long>(r.client_frames_out));
+                static_cast<unsigned long long>(r.client_frames_out),
+                static_cast<unsigned long long>(r.server_direct_read_frames));
   }
   std::printf("  pool usage     peak %u of %u segments; network memory %.1f MiB per process\n",
               r.pool_peak_used_segments, r.pool_total_segments,
@@ -342,6 +345,7 @@ std::string ToJson(const Measurement& m) {
       {"in_place_fill", f.in_place_fill ? "true" : "false"},
       {"auth", f.auth && f.mode == "remote" ? "true" : "false"},
       {"direct", f.direct < 0 ? "\"env\"" : f.direct != 0 ? "true" : "false"},
+      {"direct_reads", f.direct_reads < 0 ? "\"env\"" : f.direct_reads != 0 ? "true" : "false"},
       {"consume_on", f.consume_on_io ? "\"io\"" : "\"consumer\""},
       {"rounds", std::to_string(m.rounds)},
       {"seconds", Fmt("%.3f", r.seconds)},
@@ -355,6 +359,7 @@ std::string ToJson(const Measurement& m) {
       {"backpressure_ms", Fmt("%.3f", r.backpressure_ms)},
       {"server_frames_out", std::to_string(r.server_frames_out)},
       {"server_direct_writes", std::to_string(r.server_direct_writes)},
+      {"server_direct_read_frames", std::to_string(r.server_direct_read_frames)},
       {"server_notifications_posted", std::to_string(r.server_notifications_posted)},
       {"client_frames_out", std::to_string(r.client_frames_out)},
       {"network_memory_bytes", std::to_string(r.network_memory_bytes)},

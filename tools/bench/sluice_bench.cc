@@ -88,6 +88,9 @@ Measurement Measure(const BenchFlags& f) {
     // --direct: the forked data path reads SLUICE_DIRECT_WRITES once per process (this
     // orchestrating process opens no connection, so each child reads the value set here).
     if (f.direct >= 0) ::setenv("SLUICE_DIRECT_WRITES", f.direct != 0 ? "on" : "off", 1);
+    if (f.direct_reads >= 0) {
+      ::setenv("SLUICE_DIRECT_READS", f.direct_reads != 0 ? "on" : "off", 1);
+    }
     runs.push_back(RunDataPath(f));
     if (f.latency) {
       const RunResult& r = runs.back();
