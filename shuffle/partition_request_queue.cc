@@ -25,9 +25,16 @@ class PartitionRequestQueue::Reader final : public SubpartitionListener,
       : queue_(queue), receiver_id(id), credit(initial_credit), description(std::move(desc)) {}
 
   // Producer or flusher thread: served here when the queue allows (write-through), else one
-  // post until the loop has looked.
+  // post until the loop has looked. With a post pending, a streaming reader (full buffers,
+  // which the loop writes) leaves it to the loop; one sending flushed buffers still tries to
+  // serve itself, so a loop slow to wake up does not hold back every record behind the one it
+  // was posted for (with read-through the producer also finds the credit the loop has not
+  // read yet).
   void NotifyDataAvailable() override {
-    if (notify_pending_.load(std::memory_order_acquire)) return;  // the loop looks soon
+    if (notify_pending_.load(std::memory_order_acquire) &&
+        last_full.load(std::memory_order_relaxed)) {
+      return;  // the loop looks soon
+    }
     {
       // Alive through the call: serving may release this reader (end of partition).
       std::shared_ptr<Reader> self = shared_from_this();
@@ -53,7 +60,9 @@ class PartitionRequestQueue::Reader final : public SubpartitionListener,
   bool queued = false;
   bool released = false;
   bool backlog_announced = false;  // this zero-credit stall was announced
-  bool last_full = false;          // the last data buffer sent was (nearly) full
+  // The last data buffer sent was (nearly) full. Written under the queue's mutex; atomic
+  // because NotifyDataAvailable reads it without the mutex (a hint).
+  std::atomic<bool> last_full{false};
   uint64_t stall_since_ns = 0;
 
  private:
@@ -169,7 +178,7 @@ bool PartitionRequestQueue::TryServeDirect(Reader* r) {
   // loop writes this one, on the other core; writing here would serialise both on the
   // producer's thread (32 KiB in place: 0.74x the pump with it, 0.90x without, same machine).
   // Direct writes serve flushed, partly filled buffers: the latency path.
-  if (r->last_full) return false;
+  if (r->last_full.load(std::memory_order_relaxed)) return false;
   direct_thread_.store(me, std::memory_order_relaxed);
   bool done = true;
   DirectCredit credit_here(this, r);
@@ -296,7 +305,8 @@ bool PartitionRequestQueue::SendOne(Reader* r) {
     --r->credit;
     stats_->buffers_out.fetch_add(1, std::memory_order_relaxed);
     stats_->bytes_out.fetch_add(b.buffer.size(), std::memory_order_relaxed);
-    r->last_full = b.buffer.size() >= b.buffer.capacity() - b.buffer.capacity() / 8;
+    r->last_full.store(b.buffer.size() >= b.buffer.capacity() - b.buffer.capacity() / 8,
+                       std::memory_order_relaxed);
     if (r->credit == 0 && b.backlog > 0 && r->stall_since_ns == 0) r->stall_since_ns = NowNs();
   } else {
     stats_->events_out.fetch_add(1, std::memory_order_relaxed);

@@ -615,6 +615,31 @@ TEST_F(QueueDirectTest, CreditReadForOtherReadersQueuesThemForTheLoop) {
   queue_->ReleaseAll();
 }
 
+// A post is pending (the loop has not woken up for the buffer that found no credit) when the
+// consumer's AddCredit reaches the socket: the producer's next flush reads it and sends both
+// buffers itself instead of leaving every buffer behind the post to the slow loop. The post,
+// when the loop runs it at last, finds nothing to do.
+TEST_F(QueueDirectTest, WhileAPostIsPendingFlushedBuffersStillGoOutOnTheProducersThread) {
+  LockedView* v = AddReader(1, 0);
+  ProduceOnThread(v, {DataType::kData});
+  EXPECT_EQ(PostedCount(), 1u);  // no credit: left to the loop, which does not run yet
+  EXPECT_TRUE(out_.frames().empty());
+  out_.PutCredit(1, 2);
+  ProduceOnThread(v, {DataType::kData});
+  auto f = out_.frames();
+  ASSERT_EQ(f.size(), 2u);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(f[i].kind, Sent::kBuffer);
+    EXPECT_FALSE(f[i].on_loop) << "frame " << i;
+    EXPECT_EQ(f[i].sequence, i);
+  }
+  EXPECT_EQ(PostedCount(), 1u) << "no second post";
+  RunPosted();
+  EXPECT_EQ(out_.frames().size(), 2u);
+  EXPECT_EQ(queue_->credit(1), 0);
+  queue_->ReleaseAll();
+}
+
 // Producer threads read credit off the "socket" while the loop adds credit and reads the socket
 // too: per reader, sequence numbers without gaps and never more data than credit (TSan).
 TEST_F(QueueDirectTest, CreditReadOnProducerThreadsRacesTheLoopsCredit) {
