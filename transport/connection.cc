@@ -496,7 +496,8 @@ bool Connection::ConsumePeeked(size_t bytes) {
     std::weak_ptr<Connection> weak = weak_from_this();
     loop_->Post([weak, peer = peer_] {
       if (auto c = weak.lock()) {
-        c->Close(IoError("connection to " + peer + " failed: a read-through read only part of a frame"));
+        c->Close(IoError("connection to " + peer +
+                         " failed: a read-through read only part of a frame"));
       }
     });
   }
