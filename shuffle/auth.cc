@@ -179,4 +179,23 @@ Result<std::string> LoadStateSecret(const std::string& state_dir, bool create) {
   return ReadSecretFile(path);
 }
 
+Result<std::string> JobTokenPath(const std::string& state_dir, const std::string& job) {
+  if (job.empty() || job == "." || job == ".." || job.find('/') != std::string::npos) {
+    return InvalidArgument("job '" + job + "' cannot name a token file; give --token or "
+                           "--token-file");
+  }
+  return state_dir + "/jobs/" + job + ".token";
+}
+
+Result<std::string> FindJobToken(const std::string& token, const std::string& token_file,
+                                 const std::string& state_dir, const std::string& job) {
+  if (!token.empty()) return token;
+  // A token is a secret too: the same checks as a secret file (mode 0600, long enough).
+  if (!token_file.empty()) return ReadSecretFile(token_file);
+  auto path = JobTokenPath(state_dir, job);
+  struct stat st{};
+  if (!path.ok() || ::stat(path->c_str(), &st) != 0) return std::string();
+  return ReadSecretFile(*path);
+}
+
 }  // namespace sluice::shuffle::auth

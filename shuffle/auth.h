@@ -74,4 +74,14 @@ std::string StateSecretPath(const std::string& state_dir);
 // 0600 holding 32 random bytes as 64 hex characters. Errors name the path and the fix.
 Result<std::string> LoadStateSecret(const std::string& state_dir, bool create);
 
+// Job tokens on disk: "<state_dir>/jobs/<job>.token" (mode 0600), written by whoever submits
+// the job (sluicectl submit, sluice put) and read by the tools that act for it. InvalidArgument
+// naming the job when it cannot name a file there (empty, ".", ".." or with a '/').
+Result<std::string> JobTokenPath(const std::string& state_dir, const std::string& job);
+// The token a tool uses for `job`: `token` when given, else the file `token_file` when given
+// (ReadSecretFile), else the job's token file in `state_dir` when it exists, else an empty
+// string (no token: a daemon without auth, or a job that cannot name a token file).
+Result<std::string> FindJobToken(const std::string& token, const std::string& token_file,
+                                 const std::string& state_dir, const std::string& job);
+
 }  // namespace sluice::shuffle::auth

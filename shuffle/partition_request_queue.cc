@@ -35,11 +35,15 @@ class PartitionRequestQueue::Reader final : public SubpartitionListener,
         last_full.load(std::memory_order_relaxed)) {
       return;  // the loop looks soon
     }
-    {
-      // Alive through the call: serving may release this reader (end of partition).
-      std::shared_ptr<Reader> self = shared_from_this();
-      if (queue_->TryServeDirect(this)) return;
-    }
+    // Alive through the whole call: serving may release this reader (end of partition), and
+    // the post below still touches it.
+    std::shared_ptr<Reader> self = shared_from_this();
+    if (queue_->TryServeDirect(this)) return;
+    PostToLoop();
+  }
+
+  // One post until the loop has looked: the loop serves this reader (and the ready queue).
+  void PostToLoop() {
     if (notify_pending_.exchange(true)) return;
     std::weak_ptr<Reader> weak = weak_from_this();
     PartitionRequestQueue* queue = queue_;
@@ -127,7 +131,8 @@ PartitionRequestQueue::Reader* PartitionRequestQueue::ApplyCreditLocked(uint64_t
 }
 
 // Credit read on the producer's thread while it serves `serving` (TryServeDirect): applied as
-// AddCredit applies it; other readers it revives are queued for the loop.
+// AddCredit applies it. Other readers it revives are queued, and posted to the loop (each by
+// its own post, which keeps it alive) once the queue's mutex is released: `revived`.
 class PartitionRequestQueue::DirectCredit final : public CreditSink {
  public:
   DirectCredit(PartitionRequestQueue* queue, Reader* serving) : queue_(queue), serving_(serving) {}
@@ -136,8 +141,11 @@ class PartitionRequestQueue::DirectCredit final : public CreditSink {
   }
   void Apply(uint64_t receiver_id, int32_t credit) override {
     Reader* r = queue_->ApplyCreditLocked(receiver_id, credit);
-    if (r != nullptr && r != serving_) queue_->Enqueue(r);
+    if (r == nullptr || r == serving_) return;
+    queue_->Enqueue(r);
+    if (r->queued) revived.push_back(r->shared_from_this());
   }
+  std::vector<std::shared_ptr<Reader>> revived;
 
  private:
   PartitionRequestQueue* const queue_;
@@ -200,8 +208,10 @@ bool PartitionRequestQueue::TryServeDirect(Reader* r) {
     if (!SendOne(r)) break;
   }
   direct_thread_.store(std::thread::id(), std::memory_order_relaxed);
+  lock.unlock();
   // Credit read here for other readers queued them: the loop serves them.
-  return done && ready_.empty();
+  for (const auto& other : credit_here.revived) other->PostToLoop();
+  return done;
 }
 
 void PartitionRequestQueue::CancelReader(uint64_t receiver_id) {

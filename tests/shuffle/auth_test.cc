@@ -103,6 +103,49 @@ TEST_F(StateSecretTest, ShortOrNonRegularSecretsAreRefused) {
       << d.status().message();
 }
 
+// A job's token file is <state_dir>/jobs/<job>.token; a job that would name a path outside
+// jobs/ has none (InvalidArgument naming the job and the flags to use instead).
+TEST_F(StateSecretTest, JobTokenPathStaysInsideJobs) {
+  auto ok = JobTokenPath("/s", "wordcount-1");
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(*ok, "/s/jobs/wordcount-1.token");
+  for (const char* bad : {"", ".", "..", "../x", "a/b", "/etc/passwd"}) {
+    auto r = JobTokenPath("/s", bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find("--token-file"), std::string::npos);
+  }
+}
+
+// The order a tool looks for a job's token in: the flag, the flag's file, the state directory's
+// file, else none; a token file others may read is refused like a secret.
+TEST_F(StateSecretTest, FindJobTokenTakesTheFlagThenTheFileThenTheStateDirectory) {
+  const std::string token(64, 'a');
+  EXPECT_EQ(*FindJobToken("given-token", "/nonexistent", dir_, "j"), "given-token");
+  auto none = FindJobToken("", "", dir_, "j");
+  ASSERT_TRUE(none.ok()) << none.status().ToString();
+  EXPECT_EQ(*none, "");
+  EXPECT_EQ(*FindJobToken("", "", dir_, "../j"), "") << "no file looked up outside jobs/";
+  ASSERT_TRUE(std::filesystem::create_directory(dir_ + "/jobs"));
+  const std::string path = dir_ + "/jobs/j.token";
+  {
+    std::ofstream f(path);
+    f << token << "\n";
+  }
+  ::chmod(path.c_str(), 0600);
+  auto found = FindJobToken("", "", dir_, "j");
+  ASSERT_TRUE(found.ok()) << found.status().ToString();
+  EXPECT_EQ(*found, token);
+  auto from_flag = FindJobToken("", path, "/nonexistent", "other");
+  ASSERT_TRUE(from_flag.ok()) << from_flag.status().ToString();
+  EXPECT_EQ(*from_flag, token);
+  EXPECT_FALSE(FindJobToken("", dir_ + "/missing", dir_, "j").ok()) << "a named file must exist";
+  ::chmod(path.c_str(), 0644);
+  auto open = FindJobToken("", "", dir_, "j");
+  ASSERT_FALSE(open.ok());
+  EXPECT_EQ(open.status().code(), StatusCode::kPermissionDenied) << open.status().ToString();
+}
+
 TEST(JobTokenTest, TokensAreRandomHexAndProofsBindPartitionAndSubpartition) {
   const std::string a = MakeJobToken();
   const std::string b = MakeJobToken();

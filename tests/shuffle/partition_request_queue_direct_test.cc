@@ -615,6 +615,36 @@ TEST_F(QueueDirectTest, CreditReadForOtherReadersQueuesThemForTheLoop) {
   queue_->ReleaseAll();
 }
 
+// The reader served on the producer's thread reads credit that revives another reader, then
+// sends its end of partition, which releases it: the notification must not touch the released
+// reader afterwards (a use-after-free the example's two-process shuffle met, 2 runs in 100
+// under load), and the revived reader still gets to the loop through its own post.
+TEST_F(QueueDirectTest, EndOfPartitionAfterCreditForAnotherReaderLeavesThatReaderToTheLoop) {
+  LockedView* v1 = AddReader(1, 0);
+  LockedView* v2 = AddReader(2, 0);
+  v2->Push(Item(DataType::kData));
+  v2->Notify();
+  RunPosted();  // reader 2's backlog announcement, on the loop
+  ASSERT_EQ(out_.frames().size(), 1u);
+  out_.PutCredit(2, 1);
+  out_.PutCredit(1, 1);
+  ProduceOnThread(v1, {DataType::kData, DataType::kEndOfPartition});
+  auto f = out_.frames();
+  ASSERT_EQ(f.size(), 3u);
+  EXPECT_EQ(f[1].receiver_id, 1u);
+  EXPECT_EQ(f[2].receiver_id, 1u);
+  EXPECT_EQ(f[2].data_type, DataType::kEndOfPartition);
+  EXPECT_FALSE(f[2].on_loop);
+  EXPECT_FALSE(queue_->HasReader(1));
+  EXPECT_EQ(PostedCount(), 1u) << "reader 2's own post";
+  RunPosted();
+  f = out_.frames();
+  ASSERT_EQ(f.size(), 4u);
+  EXPECT_EQ(f[3].receiver_id, 2u);
+  EXPECT_TRUE(f[3].on_loop);
+  queue_->ReleaseAll();
+}
+
 // A post is pending (the loop has not woken up for the buffer that found no credit) when the
 // consumer's AddCredit reaches the socket: the producer's next flush reads it and sends both
 // buffers itself instead of leaving every buffer behind the post to the slow loop. The post,

@@ -76,23 +76,18 @@ Result<std::unique_ptr<ControlClient>> ConnectTo(const std::string& host_port,
   return ControlClient::Connect(host, static_cast<uint16_t>(port), options);
 }
 
-std::string JobsDir(const Globals& g) {
-  const std::string dir =
-      g.state_dir.empty() ? std::string(shuffle::auth::kDefaultStateDir) : g.state_dir;
-  return dir + "/jobs";
+std::string StateDir(const Globals& g) {
+  return g.state_dir.empty() ? std::string(shuffle::auth::kDefaultStateDir) : g.state_dir;
 }
+
+std::string JobsDir(const Globals& g) { return StateDir(g) + "/jobs"; }
 
 std::string TokenPath(const Globals& g, const std::string& job_id) {
   return g.token_file.empty() ? JobsDir(g) + "/" + job_id + ".token" : g.token_file;
 }
 
 Result<std::string> FindToken(const Globals& g, const std::string& job_id) {
-  if (!g.token.empty()) return g.token;
-  const std::string path = TokenPath(g, job_id);
-  struct stat st{};
-  if (g.token_file.empty() && ::stat(path.c_str(), &st) != 0) return std::string();
-  // A token is a secret too: the same checks as a secret file (mode 0600, not empty).
-  return shuffle::auth::ReadSecretFile(path);
+  return shuffle::auth::FindJobToken(g.token, g.token_file, StateDir(g), job_id);
 }
 
 std::string JsonString(const std::string& s) {

@@ -38,6 +38,8 @@ Result<ControlClientOptions> ClientOptions(const Globals& g);
 // Connects to "host:port" (a job's node address) with `options`.
 Result<std::unique_ptr<ControlClient>> ConnectTo(const std::string& host_port,
                                                  const ControlClientOptions& options);
+// --state-dir, else /var/lib/sluice.
+std::string StateDir(const Globals& g);
 // The directory tokens live in: <state_dir>/jobs.
 std::string JobsDir(const Globals& g);
 // Where `job_id`'s token is kept: --token-file, else <state_dir>/jobs/<job_id>.token.

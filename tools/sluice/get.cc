@@ -14,18 +14,6 @@
 namespace sluice::tools::sluice_cli {
 namespace {
 
-// The job's token: --token, --token-file, else <state_dir>/jobs/<job>.token when it exists.
-Result<std::string> GetToken(const CommonFlags& c, const std::string& job) {
-  if (!c.token.empty()) return c.token;
-  if (!c.token_file.empty()) return shuffle::auth::ReadSecretFile(c.token_file);
-  const std::string path = StateDir(c) + "/jobs/" + job + ".token";
-  struct stat st{};
-  if (job.find('/') != std::string::npos || ::stat(path.c_str(), &st) != 0) {
-    return std::string();
-  }
-  return shuffle::auth::ReadSecretFile(path);
-}
-
 Result<std::pair<std::string, uint16_t>> HostPort(const std::string& text, const char* flag) {
   const size_t colon = text.rfind(':');
   if (colon == std::string::npos || colon == 0) {
@@ -83,7 +71,8 @@ int RunGet(const GetOptions& o, const CommonFlags& common, std::FILE* out) {
   if (!from.ok()) return CommandFailed("get", from.status(), kExitUsage);
   auto listing = HostPort(o.daemon.empty() ? o.from : o.daemon, "--daemon");
   if (!listing.ok()) return CommandFailed("get", listing.status(), kExitUsage);
-  auto token = GetToken(common, o.job);
+  auto token =
+      shuffle::auth::FindJobToken(common.token, common.token_file, StateDir(common), o.job);
   if (!token.ok()) return CommandFailed("get", token.status(), kExitUsage);
   control::ControlClientOptions co;
   co.client_name = "sluice-get";

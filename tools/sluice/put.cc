@@ -24,11 +24,9 @@ Result<std::string> JobToken(const CommonFlags& c, const std::string& job) {
   if (!c.token.empty()) return c.token;
   if (!c.token_file.empty()) return shuffle::auth::ReadSecretFile(c.token_file);
   const std::string dir = StateDir(c) + "/jobs";
-  const std::string path = dir + "/" + job + ".token";
-  if (job.find('/') != std::string::npos || job == "." || job == "..") {
-    return InvalidArgument("job '" + job + "' cannot name a token file; give --token or "
-                           "--token-file");
-  }
+  auto named = shuffle::auth::JobTokenPath(StateDir(c), job);
+  if (!named.ok()) return named.status();
+  const std::string& path = *named;
   struct stat st{};
   if (::stat(path.c_str(), &st) == 0) return shuffle::auth::ReadSecretFile(path);
   ::mkdir(dir.c_str(), 0700);
