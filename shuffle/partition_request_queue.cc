@@ -99,35 +99,34 @@ Status PartitionRequestQueue::AddReader(uint64_t receiver_id, int32_t initial_cr
 
 Status PartitionRequestQueue::AddCredit(uint64_t receiver_id, int32_t credit) {
   std::lock_guard lock(mu_);
-  if (Status st = CheckCreditLocked(receiver_id, credit); !st.ok()) return st;
-  Reader* r = ApplyCreditLocked(receiver_id, credit);
+  Reader* r = FindLocked(receiver_id);
+  if (Status st = CheckCreditLocked(r, receiver_id, credit); !st.ok()) return st;
   if (r == nullptr) return Status::Ok();  // finished or cancelled meanwhile
+  ApplyCreditLocked(r, credit);
   Enqueue(r);
   WriteMoreLocked();
   return Status::Ok();
 }
 
-Status PartitionRequestQueue::CheckCreditLocked(uint64_t receiver_id, int32_t credit) const {
+PartitionRequestQueue::Reader* PartitionRequestQueue::FindLocked(uint64_t receiver_id) const {
   auto it = readers_.find(receiver_id);
-  if (it == readers_.end()) return Status::Ok();  // ignored: see ApplyCreditLocked
-  const Reader* r = it->second.get();
-  if (r->credit + credit <= kMaxCredit) return Status::Ok();
+  return it == readers_.end() ? nullptr : it->second.get();
+}
+
+Status PartitionRequestQueue::CheckCreditLocked(const Reader* r, uint64_t receiver_id,
+                                                int32_t credit) const {
+  if (r == nullptr || r->credit + credit <= kMaxCredit) return Status::Ok();
   return ProtocolError("AddCredit of " + std::to_string(credit) + " for receiver " +
                        std::to_string(receiver_id) + " (partition " + r->description +
                        ") makes its credit " + std::to_string(r->credit + credit) +
                        ", above the bound of " + std::to_string(kMaxCredit));
 }
 
-PartitionRequestQueue::Reader* PartitionRequestQueue::ApplyCreditLocked(uint64_t receiver_id,
-                                                                        int32_t credit) {
-  auto it = readers_.find(receiver_id);
-  if (it == readers_.end()) return nullptr;  // credit can cross a release
-  Reader* r = it->second.get();
+void PartitionRequestQueue::ApplyCreditLocked(Reader* r, int32_t credit) {
   stats_->credits_in.fetch_add(static_cast<uint64_t>(credit), std::memory_order_relaxed);
   r->credit += credit;
   r->backlog_announced = false;  // the next stall is a new one
   EndStall(r);
-  return r;
 }
 
 // Credit read on the producer's thread while it serves `serving` (TryServeDirect): applied as
@@ -137,11 +136,13 @@ class PartitionRequestQueue::DirectCredit final : public CreditSink {
  public:
   DirectCredit(PartitionRequestQueue* queue, Reader* serving) : queue_(queue), serving_(serving) {}
   bool Accepts(uint64_t receiver_id, int32_t credit) override {
-    return queue_->CheckCreditLocked(receiver_id, credit).ok();
+    return queue_->CheckCreditLocked(queue_->FindLocked(receiver_id), receiver_id, credit).ok();
   }
   void Apply(uint64_t receiver_id, int32_t credit) override {
-    Reader* r = queue_->ApplyCreditLocked(receiver_id, credit);
-    if (r == nullptr || r == serving_) return;
+    Reader* r = queue_->FindLocked(receiver_id);
+    if (r == nullptr) return;  // credit can cross a release
+    queue_->ApplyCreditLocked(r, credit);
+    if (r == serving_) return;
     queue_->Enqueue(r);
     if (r->queued) revived.push_back(r->shared_from_this());
   }
@@ -156,9 +157,9 @@ uint32_t PartitionRequestQueue::AnnounceBufferSize(uint64_t receiver_id, uint32_
   // Under mu_: a producer thread writing through may release a reader (end of partition)
   // and erase it from readers_ while the loop looks it up here.
   std::lock_guard lock(mu_);
-  auto it = readers_.find(receiver_id);
-  if (it == readers_.end() || it->second->released) return 0;
-  return it->second->view->SetBufferSize(buffer_size);
+  Reader* r = FindLocked(receiver_id);
+  if (r == nullptr || r->released) return 0;
+  return r->view->SetBufferSize(buffer_size);
 }
 
 void PartitionRequestQueue::NotifyReaderNonEmpty(uint64_t receiver_id) {
@@ -167,9 +168,9 @@ void PartitionRequestQueue::NotifyReaderNonEmpty(uint64_t receiver_id) {
 }
 
 void PartitionRequestQueue::EnqueueAndWriteLocked(uint64_t receiver_id) {
-  auto it = readers_.find(receiver_id);
-  if (it == readers_.end()) return;
-  Enqueue(it->second.get());
+  Reader* r = FindLocked(receiver_id);
+  if (r == nullptr) return;
+  Enqueue(r);
   WriteMoreLocked();
 }
 
@@ -177,7 +178,10 @@ bool PartitionRequestQueue::TryServeDirect(Reader* r) {
   if (output_->OnLoopThread()) return false;
   const std::thread::id me = std::this_thread::get_id();
   if (direct_thread_.load(std::memory_order_relaxed) == me) return false;  // re-entered
-  if (!output_->DirectWritable()) return false;  // a hint before taking the lock
+  // Hints before taking the lock (both checked again under it): a streaming reader is left to
+  // the loop (below), and a busy connection as well.
+  if (r->last_full.load(std::memory_order_relaxed)) return false;
+  if (!output_->DirectWritable()) return false;
   std::unique_lock lock(mu_, std::try_to_lock);
   if (!lock.owns_lock()) return false;  // the loop is in the queue: it gets a post
   // Round robin: readers waiting on the loop go first.
@@ -237,8 +241,8 @@ void PartitionRequestQueue::ReleaseAll() {
 
 int64_t PartitionRequestQueue::credit(uint64_t receiver_id) const {
   std::lock_guard lock(mu_);
-  auto it = readers_.find(receiver_id);
-  return it == readers_.end() ? -1 : it->second->credit;
+  const Reader* r = FindLocked(receiver_id);
+  return r == nullptr ? -1 : r->credit;
 }
 
 void PartitionRequestQueue::AppendReaderStates(const std::string& peer,
@@ -278,9 +282,8 @@ void PartitionRequestQueue::WriteMoreLocked() {
   while (!ready_.empty() && output_->CanSend()) {
     const uint64_t id = ready_.front();
     ready_.pop_front();
-    auto it = readers_.find(id);
-    if (it == readers_.end()) continue;
-    Reader* r = it->second.get();
+    Reader* r = FindLocked(id);
+    if (r == nullptr) continue;
     r->queued = false;
     if (!SendOne(r)) continue;
     Enqueue(r);  // round robin: back of the queue when it has more

@@ -158,10 +158,12 @@ class PartitionRequestQueue {
   void EndStall(Reader* r);
   void WriteMoreLocked();
   void EnqueueAndWriteLocked(uint64_t receiver_id);
-  // ProtocolError when `credit` would take the reader of `receiver_id` above kMaxCredit.
-  Status CheckCreditLocked(uint64_t receiver_id, int32_t credit) const;
-  // Adds checked credit; the reader, or null when the id has none (released meanwhile).
-  Reader* ApplyCreditLocked(uint64_t receiver_id, int32_t credit);
+  // The reader of `receiver_id`, or null (credit can cross a release: it is ignored).
+  Reader* FindLocked(uint64_t receiver_id) const;
+  // ProtocolError when `credit` would take `r` (null: none) above kMaxCredit.
+  Status CheckCreditLocked(const Reader* r, uint64_t receiver_id, int32_t credit) const;
+  // Adds checked credit to `r`.
+  void ApplyCreditLocked(Reader* r, int32_t credit);
   // A producer thread's notification: serves `r` here when the loop is not busy with this
   // queue and the output writes at once. True when nothing is left for the loop to do.
   bool TryServeDirect(Reader* r);

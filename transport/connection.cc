@@ -242,9 +242,19 @@ void Connection::OnAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
 
 void Connection::ReadSocket() {
   // Read-through: no other thread reads during the pass; after it, one may take whole frames
-  // when the decoder holds no part of one (ReadFramesFromAnyThread).
+  // when the decoder holds no part of one (ReadFramesFromAnyThread). Until a direct reader
+  // first asks, read_idle_ stays false and the pass takes no lock (a client's connection never
+  // reads through); that first ask finds the connection busy and posts MarkReadIdle.
+  if (!direct_reader_asked_.load(std::memory_order_acquire)) {
+    ReadPasses();
+    return;
+  }
   SetReadIdle(false);
   ReadPasses();
+  MarkReadIdle();
+}
+
+void Connection::MarkReadIdle() {
   SetReadIdle(direct_reads_enabled_ && established_ && !closing_ && !close_after_flush_ &&
               decoder_.at_frame_boundary());
 }
@@ -436,12 +446,26 @@ Connection::SendPath Connection::SendFromAnyThread(OutFrame frame) {
 
 bool Connection::DirectWritable() const {
   if (!direct_enabled_ || !established_.load(std::memory_order_acquire)) return false;
-  std::lock_guard lock(write_mu_);
+  // Only tried: a writer holding the mutex (the loop in a write of up to max_frames_per_write
+  // frames, or another producer) makes the connection busy, and waiting for it would put the
+  // asking producer to sleep for the length of that write.
+  std::unique_lock lock(write_mu_, std::try_to_lock);
+  if (!lock.owns_lock()) return false;
   return !closing_ && !close_after_flush_ && pending_.empty() && inflight_writes_ == 0;
 }
 
 size_t Connection::ReadFramesFromAnyThread(uint8_t type, FrameTaker& taker) {
   if (!direct_reads_enabled_ || loop_->IsLoopThread()) return 0;
+  if (!direct_reader_asked_.load(std::memory_order_relaxed) &&
+      !direct_reader_asked_.exchange(true, std::memory_order_acq_rel)) {
+    // The first ask: the loop, between two passes, says whether the stream is at a frame
+    // boundary; from then on every pass does.
+    std::weak_ptr<Connection> weak = weak_from_this();
+    loop_->Post([weak] {
+      if (auto c = weak.lock(); c && !c->in_socket_read_) c->MarkReadIdle();
+    });
+    return 0;
+  }
   std::unique_lock lock(read_mu_, std::try_to_lock);
   // Not idle: the loop is reading, holds part of a frame, or closed the socket.
   if (!lock.owns_lock() || !read_idle_) return 0;

@@ -163,7 +163,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   SendPath SendFromAnyThread(OutFrame frame);
   // Any thread: whether a frame sent now from a thread other than the loop's would be written
   // at once (a hint: it may change before the send). False on a connection whose direct
-  // writes are off (TransportOptions::direct_writes, the fault shim).
+  // writes are off (TransportOptions::direct_writes, the fault shim), and while another thread
+  // is writing to it (never waits for that write).
   bool DirectWritable() const;
   bool direct_writes_enabled() const { return direct_enabled_; }
   // Any thread but the loop's: reads the whole frames of `type` without payload waiting at the
@@ -225,10 +226,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void MaybeCorrupt(const buffer::Buffer& payload);
   static void OnHandleClosed(uv_handle_t* h);
 
-  // One read pass (ReadPasses) with read_idle_ off during it and set after it.
+  // One read pass (ReadPasses) with read_idle_ off during it and set after it, once a direct
+  // reader has asked (before, no read_mu_ at all: a client's connection never reads through).
   void ReadSocket();
   void ReadPasses();
   void SetReadIdle(bool idle);
+  // After a pass, or between passes: read_idle_ when a direct read may start.
+  void MarkReadIdle();
   // Reads `bytes` already peeked. REQUIRES: read_mu_ held.
   bool ConsumePeeked(size_t bytes);
   void EndOfStream();
@@ -278,6 +282,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // The read state shared with direct readers (see ReadFramesFromAnyThread).
   std::mutex read_mu_;
   bool read_idle_ = false;                 // GUARDED_BY(read_mu_): a direct read may start
+  std::atomic<bool> direct_reader_asked_{false};  // set once; the loop then keeps read_idle_
   std::atomic<bool> direct_read_{false};   // a direct read since the last Tick (idle timeout)
 
   // The write state shared with direct writers. Declared before handler_: a handler's readers

@@ -103,7 +103,10 @@ struct Sent {
 class ThreadOutput final : public QueueOutput {
  public:
   bool CanSend() const override { return can_send.load(); }
-  bool DirectWritable() const override { return direct_writable.load(); }
+  bool DirectWritable() const override {
+    direct_writable_calls.fetch_add(1);
+    return direct_writable.load();
+  }
   bool OnLoopThread() const override { return std::this_thread::get_id() == loop_thread; }
   void SendBuffer(const schema::BufferResponseFields& f, Buffer payload) override {
     Sent s{Sent::kBuffer};
@@ -171,6 +174,7 @@ class ThreadOutput final : public QueueOutput {
   std::mutex socket_mu;
   std::deque<std::pair<uint64_t, int32_t>> socket;  // GUARDED_BY(socket_mu)
   std::atomic<uint32_t> read_calls{0};
+  mutable std::atomic<uint32_t> direct_writable_calls{0};
 
  private:
   void Record(Sent s) {
@@ -343,8 +347,12 @@ TEST_F(QueueDirectTest, AfterAFullBufferTheLoopWritesAfterAPartialOneTheProducer
   }).join();
   ASSERT_EQ(out_.frames().size(), 1u);
   EXPECT_FALSE(out_.frames()[0].on_loop) << "the first buffer goes direct";
+  const uint32_t asked = out_.direct_writable_calls.load();
   ProduceOnThread(v, {DataType::kData});  // 100 bytes, after a full one
   EXPECT_EQ(out_.frames().size(), 1u) << "not written on the producer thread";
+  // Nor does the producer ask the connection (whose write mutex the loop holds while it
+  // writes): a streaming reader's notification costs it no wait on the loop.
+  EXPECT_EQ(out_.direct_writable_calls.load(), asked);
   EXPECT_EQ(PostedCount(), 1u);
   RunPosted();
   ASSERT_EQ(out_.frames().size(), 2u);

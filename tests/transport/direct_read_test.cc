@@ -74,14 +74,15 @@ Bytes Control(uint32_t index) { return EncodeFrame(kControlType, MetadataFor(1, 
 
 class DirectReadTest : public TransportTest {
  protected:
-  // A server connection to a raw peer after one read pass of the loop (reads through may start
-  // only after one: the loop has seen the stream start at a frame boundary).
+  // A server connection to a raw peer after one read pass of the loop, whose first read-through
+  // (which takes nothing, and has the loop mark the stream's frame boundary) has been asked
+  // when `prime`: from then on reads through may start.
   struct Peer {
     std::unique_ptr<TcpServer> server;
     std::unique_ptr<RawSocket> raw;
     std::shared_ptr<Connection> conn;
   };
-  Peer Connected(std::shared_ptr<Recorder> rec, ServerOptions so) {
+  Peer Connected(std::shared_ptr<Recorder> rec, ServerOptions so, bool prime = true) {
     Peer p;
     p.server = StartServer(so, rec, HandlerOptions{});
     Track(p.server.get());
@@ -90,6 +91,11 @@ class DirectReadTest : public TransportTest {
     EXPECT_TRUE(Eventually([&] { return (p.conn = rec->connection(0)) != nullptr; }));
     EXPECT_TRUE(p.raw->Send(EncodeFrame(kControlType, MetadataFor(9, 0, 16))));
     EXPECT_TRUE(rec->WaitFor([&] { return rec->frames == 1; }));
+    if (prime && p.conn) {
+      IndexTaker none;
+      EXPECT_EQ(p.conn->ReadFramesFromAnyThread(kControlType, none), 0u);
+      RunOnLoop(server_loop_.get(), [] {});  // the loop ran what the first ask posted
+    }
     return p;
   }
   Peer Connected(std::shared_ptr<Recorder> rec) { return Connected(rec, DefaultServerOptions()); }
@@ -428,4 +434,37 @@ TEST_F(DirectReadTest, ReadersRacingTheLoopConsumeEveryFrameOnceInOrder) {
 }
 
 }  // namespace
+// Until a thread first asks to read through, the loop's read passes take no read mutex and the
+// connection is never idle for it (a client's connection never reads through): the first ask
+// takes nothing, even with a frame of its type waiting, and has the loop mark the stream's
+// frame boundary; the loop reads that frame itself, and the next ask takes the next one.
+TEST_F(DirectReadTest, TheFirstAskTakesNothingAndTheNextOnesRead) {
+  auto rec = std::make_shared<Recorder>();
+  Peer p = Connected(rec, DefaultServerOptions(), /*prime=*/false);
+  ASSERT_TRUE(p.conn);
+  IndexTaker taker;
+  {
+    LoopHold hold(server_loop_.get());
+    ASSERT_TRUE(p.raw->Send(Control(0)));
+    std::this_thread::sleep_for(20ms);  // in the socket: a later ask would take it
+    EXPECT_EQ(p.conn->ReadFramesFromAnyThread(kControlType, taker), 0u) << "the first ask";
+  }
+  ASSERT_TRUE(rec->WaitFor([&] { return rec->frames == 2; })) << "the loop reads frame 0";
+  RunOnLoop(server_loop_.get(), [] {});
+  {
+    LoopHold hold(server_loop_.get());
+    ASSERT_TRUE(p.raw->Send(Control(1)));
+    EXPECT_EQ(TakeUntil(*p.conn, taker, 1), 1u);
+  }
+  EXPECT_EQ(taker.taken, (std::vector<uint32_t>{1}));
+  EXPECT_EQ(p.server->metrics()->direct_read_frames.load(), 1u);
+  {
+    std::lock_guard lock(rec->mu);
+    EXPECT_EQ(rec->frames, 2u) << "frame 1 went to the taker only";
+  }
+  p.raw.reset();
+  p.conn.reset();
+  ExpectClean();
+}
+
 }  // namespace sluice::transport
