@@ -291,6 +291,7 @@ TEST_F(BufferConcurrencyTest, RequestRecycleAcrossPoolsWhilePoolsComeAndGo) {
   EXPECT_GT(st.churn_cycles.load(), 0);
   EXPECT_EQ(st.churn_failures.load(), 0);
   EXPECT_GT(st.exclusive_cycles.load(), 0);
+  EXPECT_EQ(st.exclusive_failures.load(), 0);
   EXPECT_GT(st.blocking_ok.load(), 0);
   std::printf("ok=%llu empty=%llu handed_off=%llu churn=%d exclusive=%d blocking=%d\n",
               static_cast<unsigned long long>(st.ok.load()),

@@ -641,6 +641,7 @@ struct ProducerReport {
   uint64_t direct_writes = 0;
   uint64_t direct_read_frames = 0;
   uint64_t notifications_posted = 0;
+  uint64_t backlog_announcements = 0;
   char error[512] = {};
 };
 
@@ -686,6 +687,7 @@ int RunRemoteProducer(const BenchFlags& f, const std::string& token, int from_co
     report.direct_writes = m.direct_writes.load();
     report.direct_read_frames = m.direct_read_frames.load();
     report.notifications_posted = (*env)->server()->stats().notifications_posted.load();
+    report.backlog_announcements = (*env)->server()->stats().backlog_announcements.load();
     part->reset();
     (*env)->ReleasePartition("p0");
     ReleaseIdlePartitions(**env, *idle);
@@ -756,6 +758,7 @@ int RunRemoteConsumer(const BenchFlags& f, int to_parent) {
   r.server_direct_writes = pr.direct_writes;
   r.server_direct_read_frames = pr.direct_read_frames;
   r.server_notifications_posted = pr.notifications_posted;
+  r.server_backlog_announcements = pr.backlog_announcements;
   r.producer_peak_rss_bytes = pr.peak_rss_bytes;
   r.consumer_peak_rss_bytes = PeakRssBytes();
   r.peak_rss_bytes = std::max(r.producer_peak_rss_bytes, r.consumer_peak_rss_bytes);

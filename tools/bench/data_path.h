@@ -36,8 +36,10 @@ struct RunResult {
   // sent, those written on the producer's thread (write-through), the producer notifications
   // posted to its IO loop instead (a loop wake-up each), and the frames the consumer's
   // connection sent (AddCredits, almost all), and those of them the producer read off its
-  // connection itself (read-through).
+  // connection itself (read-through); of the frames out, the backlog announcements (a reader
+  // out of credit telling its receiver the buffers waiting).
   uint64_t server_frames_out = 0;
+  uint64_t server_backlog_announcements = 0;
   uint64_t server_direct_writes = 0;
   uint64_t server_direct_read_frames = 0;
   uint64_t server_notifications_posted = 0;

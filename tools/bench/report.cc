@@ -275,10 +275,11 @@ void PrintSummary(const Measurement& m) {
   std::printf("  backpressure   %12.1f ms (producer waiting for output buffers)\n",
               r.backpressure_ms);
   if (f.mode == "remote") {
-    std::printf("  write path     %llu frames out, %llu written on the producer's thread, %llu "
-                "notifications posted to its loop; consumer sent %llu (AddCredits), %llu read "
-                "on the producer's thread\n",
+    std::printf("  write path     %llu frames out (%llu backlog announcements), %llu written on "
+                "the producer's thread, %llu notifications posted to its loop; consumer sent "
+                "%llu (AddCredits), %llu read on the producer's thread\n",
                 static_cast<unsigned long long>(r.server_frames_out),
+                static_cast<unsigned long long>(r.server_backlog_announcements),
                 static_cast<unsigned long long>(r.server_direct_writes),
                 static_cast<unsigned long long>(r.server_notifications_posted),
                 static_cast<unsigned long long>(r.client_frames_out),
@@ -360,6 +361,7 @@ std::string ToJson(const Measurement& m) {
       {"server_frames_out", std::to_string(r.server_frames_out)},
       {"server_direct_writes", std::to_string(r.server_direct_writes)},
       {"server_direct_read_frames", std::to_string(r.server_direct_read_frames)},
+      {"server_backlog_announcements", std::to_string(r.server_backlog_announcements)},
       {"server_notifications_posted", std::to_string(r.server_notifications_posted)},
       {"client_frames_out", std::to_string(r.client_frames_out)},
       {"network_memory_bytes", std::to_string(r.network_memory_bytes)},
