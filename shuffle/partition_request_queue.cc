@@ -64,6 +64,9 @@ class PartitionRequestQueue::Reader final : public SubpartitionListener,
   bool queued = false;
   bool released = false;
   bool backlog_announced = false;  // this zero-credit stall was announced
+  // The backlog the receiver last heard of (in the last BufferResponse or announcement): an
+  // announcement of no more than that tells it nothing.
+  uint32_t told_backlog = 0;
   // The last data buffer sent was (nearly) full. Written under the queue's mutex; atomic
   // because NotifyDataAvailable reads it without the mutex (a hint).
   std::atomic<bool> last_full{false};
@@ -262,7 +265,11 @@ bool PartitionRequestQueue::Sendable(const Reader& r) const {
   if (r.view->IsAvailable(static_cast<int32_t>(std::min<int64_t>(r.credit, kMaxCredit)))) {
     return true;
   }
-  return r.credit <= 0 && !r.backlog_announced && r.view->backlog() > 0;
+  return NeedsAnnouncement(r, r.view->backlog());
+}
+
+bool PartitionRequestQueue::NeedsAnnouncement(const Reader& r, uint32_t backlog) {
+  return r.credit <= 0 && !r.backlog_announced && backlog > r.told_backlog;
 }
 
 void PartitionRequestQueue::Enqueue(Reader* r) {
@@ -295,10 +302,12 @@ bool PartitionRequestQueue::SendOne(Reader* r) {
   const uint64_t id = r->receiver_id;
   if (r->released) return false;
   if (!r->view->IsAvailable(static_cast<int32_t>(std::min<int64_t>(r->credit, kMaxCredit)))) {
-    // Data waits without credit: tell the receiver its backlog, once per stall.
+    // Data waits without credit: tell the receiver its backlog, once per stall, when it grew
+    // since the receiver last heard of it (the last buffer sent carried it).
     const uint32_t backlog = r->view->backlog();
-    if (r->credit <= 0 && backlog > 0 && !r->backlog_announced) {
+    if (NeedsAnnouncement(*r, backlog)) {
       r->backlog_announced = true;
+      r->told_backlog = backlog;
       if (r->stall_since_ns == 0) r->stall_since_ns = NowNs();
       stats_->backlog_announcements.fetch_add(1, std::memory_order_relaxed);
       output_->SendBacklogAnnouncement(id, static_cast<int32_t>(backlog));
@@ -328,6 +337,7 @@ bool PartitionRequestQueue::SendOne(Reader* r) {
   f.receiver_id = id;
   f.sequence_number = r->next_sequence++;
   f.backlog = static_cast<int32_t>(b.backlog);
+  r->told_backlog = b.backlog;
   f.data_type = type;
   f.payload_size = b.buffer.size();
   if (checksums_) {

@@ -150,6 +150,8 @@ class PartitionRequestQueue {
   class DirectCredit;
 
   bool Sendable(const Reader& r) const;
+  // Whether `r`, out of credit with `backlog` buffers waiting, announces it now.
+  static bool NeedsAnnouncement(const Reader& r, uint32_t backlog);
   void Enqueue(Reader* r);
   // Sends one item of `r` (or its backlog announcement). False when the reader was released
   // or had nothing after all (it is not queued again until notified).
