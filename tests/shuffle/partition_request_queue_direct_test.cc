@@ -218,6 +218,18 @@ class QueueDirectTest : public ::testing::Test {
     EXPECT_TRUE(st.ok()) << st.ToString();
     return view;
   }
+  // A reader without credit holding one data buffer, its backlog announced on the loop (the
+  // last frame sent).
+  void AddAnnouncedReader(uint64_t id) {
+    LockedView* v = AddReader(id, 0);
+    v->Push(Item(DataType::kData));
+    v->Notify();  // on the loop: a post, then the backlog announcement
+    RunPosted();
+    const auto f = out_.frames();
+    ASSERT_FALSE(f.empty());
+    EXPECT_EQ(f.back().kind, Sent::kBacklog);
+    EXPECT_EQ(f.back().receiver_id, id);
+  }
   Buffer Item(DataType type) {
     buffer::MemorySegment* seg = pool_->TryRequestSegment();
     SLUICE_CHECK(seg != nullptr, "test pool exhausted");
@@ -594,12 +606,8 @@ TEST_F(QueueDirectTest, CreditOverTheBoundIsLeftToTheLoopWhichRefusesIt) {
 // producer posts), the unknown id is ignored.
 TEST_F(QueueDirectTest, CreditReadForOtherReadersQueuesThemForTheLoop) {
   LockedView* v1 = AddReader(1, 1);
-  LockedView* v2 = AddReader(2, 0);
-  v2->Push(Item(DataType::kData));
-  v2->Notify();  // on the loop: a post, then the backlog announcement
-  RunPosted();
+  AddAnnouncedReader(2);
   ASSERT_EQ(out_.frames().size(), 1u);
-  EXPECT_EQ(out_.frames()[0].kind, Sent::kBacklog);
   out_.PutCredit(99, 4);
   out_.PutCredit(2, 1);
   out_.PutCredit(1, 1);
@@ -626,10 +634,7 @@ TEST_F(QueueDirectTest, CreditReadForOtherReadersQueuesThemForTheLoop) {
 // under load), and the revived reader still gets to the loop through its own post.
 TEST_F(QueueDirectTest, EndOfPartitionAfterCreditForAnotherReaderLeavesThatReaderToTheLoop) {
   LockedView* v1 = AddReader(1, 0);
-  LockedView* v2 = AddReader(2, 0);
-  v2->Push(Item(DataType::kData));
-  v2->Notify();
-  RunPosted();  // reader 2's backlog announcement, on the loop
+  AddAnnouncedReader(2);
   ASSERT_EQ(out_.frames().size(), 1u);
   out_.PutCredit(2, 1);
   out_.PutCredit(1, 1);
