@@ -42,6 +42,22 @@ std::string LatencyFigures(const LatencyResult& l) {
 
 double Ratio(double a, double b) { return b > 0 ? a / b : 0; }
 
+// A ZeroMQ round whose p99 is above this held one of ZeroMQ's own stalls (docs/benchmarks.md,
+// session U: about 100 ms in transit, at 10,000 messages/s a run of a thousand late messages),
+// not its steady tail: said next to the ratio, which such a median round makes no figure.
+constexpr double kZmqStallP99Us = 20000;
+
+// ", N of M rounds stalled ..." for the ZeroMQ line, or empty when none did.
+std::string ZmqStallNote(const std::vector<LatencyResult>& rounds, double median_p99_us) {
+  size_t stalled = 0;
+  for (const LatencyResult& r : rounds) stalled += r.p99_us > kZmqStallP99Us ? 1 : 0;
+  if (stalled == 0) return "";
+  std::string note = "; " + std::to_string(stalled) + " of " + std::to_string(rounds.size()) +
+                     " ZeroMQ rounds stalled (p99 over 20 ms)";
+  if (median_p99_us > kZmqStallP99Us) note += ": the median round is one, its p99 ratio no figure";
+  return note;
+}
+
 std::string LatencyJson(const LatencyResult& l) {
   return "{\"samples\": " + std::to_string(l.samples) + Fmt(", \"p50_us\": %.2f", l.p50_us) +
          Fmt(", \"p99_us\": %.2f", l.p99_us) + Fmt(", \"p999_us\": %.2f", l.p999_us) +
@@ -155,8 +171,9 @@ void PrintLatency(const Measurement& m) {
   }
   if (f.zmq_baseline) {
     const LatencyResult& z = m.zmq_latency;
-    std::printf("  ZeroMQ         %s  sluice: p50 %.2fx p99 %.2fx\n", LatencyFigures(z).c_str(),
-                Ratio(r.p50_us, z.p50_us), Ratio(r.p99_us, z.p99_us));
+    std::printf("  ZeroMQ         %s  sluice: p50 %.2fx p99 %.2fx%s\n", LatencyFigures(z).c_str(),
+                Ratio(r.p50_us, z.p50_us), Ratio(r.p99_us, z.p99_us),
+                ZmqStallNote(m.zmq_latency_rounds, z.p99_us).c_str());
   }
   if (m.actual_send_latency.samples > 0) PrintBaselinesFromActualSend(m);
 }
