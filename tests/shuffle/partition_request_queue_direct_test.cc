@@ -188,8 +188,11 @@ class ThreadOutput final : public QueueOutput {
 
 class QueueDirectTest : public ::testing::Test {
  protected:
+  static constexpr uint32_t kPoolSegments = 2048;
   void SetUp() override {
-    pool_ = testutil::MakeNetworkBufferPool(1024, 4096);
+    // Producers here are not held back by a pool of their own (LockedView takes any buffer):
+    // a race may hold all its items at once, so the pool has room for every one of them.
+    pool_ = testutil::MakeNetworkBufferPool(kPoolSegments, 4096);
     queue_ = std::make_unique<PartitionRequestQueue>(
         &out_,
         [this](std::function<void()> task) {
@@ -271,6 +274,7 @@ class QueueDirectTest : public ::testing::Test {
   void RaceProducersAgainstTheLoop(uint32_t readers, uint32_t items,
                                    const std::function<void(size_t, uint64_t)>& credit,
                                    const std::function<void(uint32_t)>& each_turn) {
+    ASSERT_LE(readers * items, kPoolSegments) << "a race must fit the pool at once";
     std::vector<LockedView*> views;
     for (uint32_t r = 0; r < readers; ++r) views.push_back(AddReader(r + 1, 2));
     std::vector<std::thread> producers;
