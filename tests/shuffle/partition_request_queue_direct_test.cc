@@ -250,6 +250,16 @@ class QueueDirectTest : public ::testing::Test {
     });
     producer.join();
   }
+  // Reader `id`, revived by credit read on a producer's thread, was left to the loop through
+  // one post: running it sends reader `id`'s buffer there, as frame number `frame`.
+  void ExpectTheLoopServesRevived(uint64_t id, size_t frame) {
+    EXPECT_EQ(PostedCount(), 1u) << "reader " << id << "'s own post";
+    RunPosted();
+    const auto f = out_.frames();
+    ASSERT_EQ(f.size(), frame + 1);
+    EXPECT_EQ(f[frame].receiver_id, id);
+    EXPECT_TRUE(f[frame].on_loop);
+  }
   size_t PostedCount() {
     std::lock_guard lock(post_mu_);
     return posted_.size();
@@ -622,12 +632,7 @@ TEST_F(QueueDirectTest, CreditReadForOtherReadersQueuesThemForTheLoop) {
   EXPECT_EQ(f[2].receiver_id, 1u);
   EXPECT_FALSE(f[2].on_loop);
   EXPECT_EQ(out_.SocketCredits(), 0u);
-  EXPECT_EQ(PostedCount(), 1u) << "reader 2 is left to the loop";
-  RunPosted();
-  f = out_.frames();
-  ASSERT_EQ(f.size(), 4u);
-  EXPECT_EQ(f[3].receiver_id, 2u);
-  EXPECT_TRUE(f[3].on_loop);
+  ExpectTheLoopServesRevived(2, 3);
   EXPECT_EQ(stats_.credits_in.load(), 2u);  // reader 99's was ignored
   queue_->ReleaseAll();
 }
@@ -650,12 +655,7 @@ TEST_F(QueueDirectTest, EndOfPartitionAfterCreditForAnotherReaderLeavesThatReade
   EXPECT_EQ(f[2].data_type, DataType::kEndOfPartition);
   EXPECT_FALSE(f[2].on_loop);
   EXPECT_FALSE(queue_->HasReader(1));
-  EXPECT_EQ(PostedCount(), 1u) << "reader 2's own post";
-  RunPosted();
-  f = out_.frames();
-  ASSERT_EQ(f.size(), 4u);
-  EXPECT_EQ(f[3].receiver_id, 2u);
-  EXPECT_TRUE(f[3].on_loop);
+  ExpectTheLoopServesRevived(2, 3);
   queue_->ReleaseAll();
 }
 

@@ -467,4 +467,40 @@ TEST_F(DirectReadTest, TheFirstAskTakesNothingAndTheNextOnesRead) {
   ExpectClean();
 }
 
+// A hostile peer at a connection's first ask: its bad header waits in the socket when a
+// producer first asks to read through. The ask takes nothing; the loop reads the header and
+// closes the connection with the protocol error; the task the ask posted runs on the closing
+// connection and leaves it closed to reads through (later asks take nothing, not even a valid
+// frame the peer sent after), and every handle closes.
+TEST_F(DirectReadTest, AHostileHeaderAtTheFirstAskClosesTheConnectionAndNothingIsReadAfter) {
+  auto rec = std::make_shared<Recorder>();
+  Peer p = Connected(rec, DefaultServerOptions(), /*prime=*/false);
+  ASSERT_TRUE(p.conn);
+  IndexTaker taker;
+  {
+    LoopHold hold(server_loop_.get());
+    Bytes bytes = RawHeader(28, 0xDEADBEEF, kProtocolVersion, kControlType, 16);
+    bytes.resize(bytes.size() + 16, 0x5A);
+    const Bytes valid = Control(1);
+    bytes.insert(bytes.end(), valid.begin(), valid.end());
+    ASSERT_TRUE(p.raw->Send(bytes));
+    std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(p.conn->ReadFramesFromAnyThread(kControlType, taker), 0u) << "the first ask";
+  }
+  ASSERT_TRUE(rec->WaitFor([&] { return !rec->closed.empty(); }));
+  RunOnLoop(server_loop_.get(), [] {});  // the first ask's task has run
+  EXPECT_EQ(p.conn->ReadFramesFromAnyThread(kControlType, taker), 0u) << "closed";
+  EXPECT_TRUE(taker.taken.empty());
+  {
+    std::lock_guard lock(rec->mu);
+    ASSERT_EQ(rec->protocol_errors.size(), 1u);
+    EXPECT_EQ(rec->protocol_errors[0], FrameError::kBadMagic);
+    EXPECT_EQ(rec->frames, 1u) << "only the warm-up frame was delivered";
+  }
+  EXPECT_EQ(p.server->metrics()->direct_read_frames.load(), 0u);
+  p.raw.reset();
+  p.conn.reset();
+  ExpectClean();
+}
+
 }  // namespace sluice::transport
