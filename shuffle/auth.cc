@@ -141,29 +141,40 @@ std::string StateSecretPath(const std::string& state_dir) {
 
 namespace {
 
-// Creates <path> holding a fresh secret, atomically: the secret is written to a private
-// temporary file first and then linked to <path>, so a process starting at the same moment
-// never reads a half-written file. Ok also when another process created <path> first.
-Status CreateSecretFile(const std::string& state_dir, const std::string& path) {
-  std::string tmp = state_dir + "/.auth_secret.XXXXXX";
+// Writes `content` to a new file at `path`, mode 0600, atomically: a private temporary file in
+// the same directory, synced, then linked to `path` (a link never replaces a file), so a reader
+// never sees half a file. Returns 0, or the errno of the step that failed (EEXIST: `path`
+// exists).
+int LinkNewFile(const std::string& path, std::string_view content) {
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
+  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  std::string tmp = dir + "/." + name + ".XXXXXX";
   const int fd = ::mkostemp(tmp.data(), O_CLOEXEC);  // mode 0600
-  if (fd < 0) {
-    return InvalidArgument("auth secret file '" + path + "' cannot be created (" +
-                           std::strerror(errno) + "); give a writable --state-dir (state_dir)");
-  }
-  const std::string secret = MakeJobToken() + "\n";
-  bool ok = ::write(fd, secret.data(), secret.size()) == static_cast<ssize_t>(secret.size());
+  if (fd < 0) return errno;
+  bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size());
   ok = ok && ::fsync(fd) == 0;
-  int e = errno;
+  int e = ok ? 0 : (errno != 0 ? errno : EIO);
   ::close(fd);
-  if (ok && ::link(tmp.c_str(), path.c_str()) != 0) {
-    ok = false;
-    e = errno;
-  }
+  if (ok && ::link(tmp.c_str(), path.c_str()) != 0) e = errno;
   ::unlink(tmp.c_str());
-  if (ok || e == EEXIST) return Status::Ok();  // EEXIST: another process made it meanwhile
+  return e;
+}
+
+// Creates <path> holding a fresh secret (LinkNewFile). Ok also when another process created
+// <path> first.
+Status CreateSecretFile(const std::string& path) {
+  const int e = LinkNewFile(path, MakeJobToken() + "\n");
+  if (e == 0 || e == EEXIST) return Status::Ok();
   return InvalidArgument("auth secret file '" + path + "' cannot be written (" +
                          std::strerror(e) + "); give a writable --state-dir (state_dir)");
+}
+
+Status MakePrivateDir(const std::string& dir) {
+  if (::mkdir(dir.c_str(), 0700) == 0 || errno == EEXIST) return Status::Ok();
+  return InvalidArgument("directory '" + dir + "' cannot be created (" + std::strerror(errno) +
+                         "); give a writable --state-dir, or the token with --token or "
+                         "--token-file");
 }
 
 }  // namespace
@@ -175,7 +186,7 @@ Result<std::string> LoadStateSecret(const std::string& state_dir, bool create) {
     return InvalidArgument("state directory '" + state_dir + "' cannot be created (" +
                            std::strerror(errno) + "); give a writable --state-dir (state_dir)");
   }
-  if (Status st = CreateSecretFile(state_dir, path); !st.ok()) return st;
+  if (Status st = CreateSecretFile(path); !st.ok()) return st;
   return ReadSecretFile(path);
 }
 
@@ -196,6 +207,43 @@ Result<std::string> FindJobToken(const std::string& token, const std::string& to
   struct stat st{};
   if (!path.ok() || ::stat(path->c_str(), &st) != 0) return std::string();
   return ReadSecretFile(*path);
+}
+
+Status CreateTokenFile(const std::string& path, const std::string& token, bool* existed) {
+  const int e = LinkNewFile(path, token);
+  if (existed != nullptr) *existed = e == EEXIST;
+  if (e == EEXIST) {
+    return InvalidArgument("token file '" + path + "' already exists: a job id is used once, "
+                           "and its token made once (give another job id, or this token with "
+                           "--token-file)");
+  }
+  if (e != 0) {
+    return InvalidArgument("token file '" + path + "' cannot be created (" + std::strerror(e) +
+                           "); give a writable --state-dir or --token-file");
+  }
+  return Status::Ok();
+}
+
+Result<std::string> CreateJobTokenFile(const std::string& state_dir, const std::string& job,
+                                       const std::string& token, bool* existed) {
+  if (existed != nullptr) *existed = false;
+  auto path = JobTokenPath(state_dir, job);
+  if (!path.ok()) return path.status();
+  if (Status st = MakePrivateDir(state_dir); !st.ok()) return st;
+  if (Status st = MakePrivateDir(state_dir + "/jobs"); !st.ok()) return st;
+  if (Status st = CreateTokenFile(*path, token, existed); !st.ok()) return st;
+  return *path;
+}
+
+Result<std::string> LoadOrCreateJobToken(const std::string& state_dir, const std::string& job) {
+  auto found = FindJobToken("", "", state_dir, job);
+  if (!found.ok() || !found->empty()) return found;
+  const std::string token = MakeJobToken();
+  bool existed = false;
+  auto made = CreateJobTokenFile(state_dir, job, token, &existed);
+  if (existed) return FindJobToken("", "", state_dir, job);  // another writer stored it first
+  if (!made.ok()) return made.status();
+  return token;
 }
 
 }  // namespace sluice::shuffle::auth

@@ -84,4 +84,19 @@ Result<std::string> JobTokenPath(const std::string& state_dir, const std::string
 Result<std::string> FindJobToken(const std::string& token, const std::string& token_file,
                                  const std::string& state_dir, const std::string& job);
 
+// Writes a new token file at `path` holding `token`, mode 0600: whole or not at all (written
+// to a temporary file in the same directory, synced, then linked to `path`), never following
+// or replacing an existing file. InvalidArgument naming the path and the fix when `path`
+// exists (then `*existed` is set, when given) or cannot be written.
+Status CreateTokenFile(const std::string& path, const std::string& token,
+                       bool* existed = nullptr);
+// CreateTokenFile at JobTokenPath(state_dir, job), making <state_dir> and <state_dir>/jobs
+// (mode 0700) when missing. Returns the path; JobTokenPath's error for a job that cannot name
+// a file there, and nothing written.
+Result<std::string> CreateJobTokenFile(const std::string& state_dir, const std::string& job,
+                                       const std::string& token, bool* existed = nullptr);
+// The token in the job's token file in `state_dir`, or a new one (MakeJobToken) stored there
+// first. Writers starting together all get the token of the one that stored it first.
+Result<std::string> LoadOrCreateJobToken(const std::string& state_dir, const std::string& job);
+
 }  // namespace sluice::shuffle::auth

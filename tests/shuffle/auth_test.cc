@@ -46,25 +46,34 @@ TEST_F(StateSecretTest, FirstStartCreatesA0600SecretInA0700Directory) {
   EXPECT_EQ(files, 1u);
 }
 
+// Runs `load` on 8 threads at once and checks each got the same 64-character secret, without
+// an error. Returns that secret.
+template <typename Load>
+std::string ExpectAllGetOneSecret(Load load, const std::string& what) {
+  std::vector<std::string> got(8);
+  std::vector<std::string> errors(8);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < got.size(); ++i) {
+    threads.emplace_back([&, i] {
+      Result<std::string> s = load();
+      if (s.ok()) got[i] = *s;
+      else errors[i] = s.status().ToString();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(errors[i], "") << what;
+    EXPECT_EQ(got[i].size(), 64u) << what;
+    EXPECT_EQ(got[i], got[0]) << what;
+  }
+  return got[0];
+}
+
 TEST_F(StateSecretTest, DaemonsStartingTogetherAllReadTheSameWholeSecret) {
   for (int round = 0; round < 20; ++round) {
     const std::string state = dir_ + "/state" + std::to_string(round);
-    std::vector<std::string> got(8);
-    std::vector<std::string> errors(8);
-    std::vector<std::thread> threads;
-    for (size_t i = 0; i < got.size(); ++i) {
-      threads.emplace_back([&, i] {
-        auto s = LoadStateSecret(state, /*create=*/true);
-        if (s.ok()) got[i] = *s;
-        else errors[i] = s.status().ToString();
-      });
-    }
-    for (auto& t : threads) t.join();
-    for (size_t i = 0; i < got.size(); ++i) {
-      EXPECT_EQ(errors[i], "") << "round " << round;
-      EXPECT_EQ(got[i].size(), 64u) << "round " << round;
-      EXPECT_EQ(got[i], got[0]) << "round " << round;
-    }
+    ExpectAllGetOneSecret([&] { return LoadStateSecret(state, /*create=*/true); },
+                          "round " + std::to_string(round));
   }
 }
 
@@ -144,6 +153,73 @@ TEST_F(StateSecretTest, FindJobTokenTakesTheFlagThenTheFileThenTheStateDirectory
   auto open = FindJobToken("", "", dir_, "j");
   ASSERT_FALSE(open.ok());
   EXPECT_EQ(open.status().code(), StatusCode::kPermissionDenied) << open.status().ToString();
+}
+
+// Every entry of `dir`, by name.
+std::vector<std::string> Entries(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    out.push_back(e.path().filename().string());
+  }
+  return out;
+}
+
+// A submitter's token file: the directories made private, the file 0600 and whole, never
+// replaced, and nothing written for a job that would name a file outside jobs/.
+TEST_F(StateSecretTest, CreateJobTokenFileMakesOnePrivateFileAndNeverReplacesIt) {
+  const std::string state = dir_ + "/state";
+  const std::string token(64, 'c');
+  auto made = CreateJobTokenFile(state, "wc-1", token);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  EXPECT_EQ(*made, state + "/jobs/wc-1.token");
+  struct stat st {};
+  for (const std::string& d : {state, state + "/jobs"}) {
+    ASSERT_EQ(::stat(d.c_str(), &st), 0) << d;
+    EXPECT_EQ(st.st_mode & 0777, 0700u) << d;
+  }
+  ASSERT_EQ(::stat(made->c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(*FindJobToken("", "", state, "wc-1"), token);
+  EXPECT_EQ(Entries(state + "/jobs"), std::vector<std::string>{"wc-1.token"}) << "no temporary left";
+
+  bool existed = false;
+  auto again = CreateJobTokenFile(state, "wc-1", std::string(64, 'd'), &existed);
+  ASSERT_FALSE(again.ok());
+  EXPECT_TRUE(existed);
+  EXPECT_NE(again.status().message().find(state + "/jobs/wc-1.token"), std::string::npos)
+      << again.status().ToString();
+  EXPECT_NE(again.status().message().find("another job id"), std::string::npos);
+  EXPECT_EQ(*FindJobToken("", "", state, "wc-1"), token) << "the first token stays";
+
+  for (const char* bad : {"../escape", "..", ".", "a/b", ""}) {
+    existed = true;
+    auto r = CreateJobTokenFile(state, bad, token, &existed);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_FALSE(existed) << bad;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_EQ(Entries(state + "/jobs"), std::vector<std::string>{"wc-1.token"});
+  EXPECT_EQ(Entries(state).size(), 1u) << "nothing beside jobs/ (no escape.token)";
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/escape.token"));
+
+  // A directory that cannot be made is named, with the fix.
+  auto blocked = CreateJobTokenFile(*made + "/state", "j", token);
+  ASSERT_FALSE(blocked.ok());
+  EXPECT_NE(blocked.status().message().find("--state-dir"), std::string::npos)
+      << blocked.status().ToString();
+}
+
+// Writers of one job starting together (sluice put on several hosts' shells): one stores its
+// token, every one of them gets that token, and the file is whole when any of them reads it.
+TEST_F(StateSecretTest, WritersStartingTogetherAllGetTheFirstStoredToken) {
+  for (int round = 0; round < 20; ++round) {
+    const std::string state = dir_ + "/state" + std::to_string(round);
+    const std::string token = ExpectAllGetOneSecret(
+        [&] { return LoadOrCreateJobToken(state, "job"); }, "round " + std::to_string(round));
+    EXPECT_EQ(*FindJobToken("", "", state, "job"), token);
+    EXPECT_EQ(Entries(state + "/jobs").size(), 1u) << "no temporary left";
+  }
+  EXPECT_FALSE(LoadOrCreateJobToken(dir_, "../job").ok());
 }
 
 TEST(JobTokenTest, TokensAreRandomHexAndProofsBindPartitionAndSubpartition) {

@@ -80,12 +80,6 @@ std::string StateDir(const Globals& g) {
   return g.state_dir.empty() ? std::string(shuffle::auth::kDefaultStateDir) : g.state_dir;
 }
 
-std::string JobsDir(const Globals& g) { return StateDir(g) + "/jobs"; }
-
-std::string TokenPath(const Globals& g, const std::string& job_id) {
-  return g.token_file.empty() ? JobsDir(g) + "/" + job_id + ".token" : g.token_file;
-}
-
 Result<std::string> FindToken(const Globals& g, const std::string& job_id) {
   return shuffle::auth::FindJobToken(g.token, g.token_file, StateDir(g), job_id);
 }

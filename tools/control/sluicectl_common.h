@@ -40,10 +40,6 @@ Result<std::unique_ptr<ControlClient>> ConnectTo(const std::string& host_port,
                                                  const ControlClientOptions& options);
 // --state-dir, else /var/lib/sluice.
 std::string StateDir(const Globals& g);
-// The directory tokens live in: <state_dir>/jobs.
-std::string JobsDir(const Globals& g);
-// Where `job_id`'s token is kept: --token-file, else <state_dir>/jobs/<job_id>.token.
-std::string TokenPath(const Globals& g, const std::string& job_id);
 // The token for `job_id`: --token, else the token file (which must be mode 0600). With neither
 // given and no default file, "" (the daemon then refuses a job that has a token).
 Result<std::string> FindToken(const Globals& g, const std::string& job_id);

@@ -1,50 +1,28 @@
 // sluicectl submit: a job file to every node it names, its token to a 0600 file, and --wait.
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <chrono>
-#include <cstring>
 #include <map>
 #include <thread>
 
 #include "shuffle/auth.h"
-#include "tools/common/fd_io.h"
 #include "tools/control/job_file.h"
 #include "tools/control/sluicectl_common.h"
+#include "tools/daemon/job_runner.h"
 
 namespace sluice::control::ctl {
 namespace {
 
 using ULL = unsigned long long;
 
-Status MakeDir(const std::string& dir) {
-  if (::mkdir(dir.c_str(), 0700) == 0 || errno == EEXIST) return Status::Ok();
-  return InvalidArgument("directory '" + dir + "' cannot be created (" + std::strerror(errno) +
-                         "); give a writable --state-dir or a --token-file");
-}
-
-// Writes `token` to a new file `path` with mode 0600 (its directory 0700 when sluicectl makes
-// it). An existing file is not overwritten: a job id is used once.
-Status WriteTokenFile(const Globals& g, const std::string& path, const std::string& token) {
-  if (g.token_file.empty()) {
-    const std::string jobs = JobsDir(g);
-    if (Status st = MakeDir(jobs.substr(0, jobs.rfind('/'))); !st.ok()) return st;
-    if (Status st = MakeDir(jobs); !st.ok()) return st;
-  }
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    return InvalidArgument("token file '" + path + "' cannot be created (" +
-                           std::strerror(errno) +
-                           (errno == EEXIST ? "; a job id is used once: give another job_id"
-                                            : "") +
-                           ")");
-  }
-  const bool ok = tools::WriteAll(fd, token.data(), token.size());
-  ::close(fd);
-  if (!ok) return IoError("token file '" + path + "': write failed");
-  return Status::Ok();
+// Writes `token` to a new 0600 file: --token-file when given, else the job's file in the state
+// directory (auth::CreateJobTokenFile). Returns its path. An existing file is not overwritten:
+// a job id is used once.
+Result<std::string> WriteTokenFile(const Globals& g, const std::string& job_id,
+                                   const std::string& token) {
+  if (g.token_file.empty()) return shuffle::auth::CreateJobTokenFile(StateDir(g), job_id, token);
+  if (Status st = shuffle::auth::CreateTokenFile(g.token_file, token); !st.ok()) return st;
+  return g.token_file;
 }
 
 // Sends the job to every node; on any refusal, cancels it on the nodes that took it. Prints
@@ -179,11 +157,14 @@ int RunSubmit(const Globals& g, const SubmitArgs& a) {
                                   "sluiced as \"host:port\""));
   }
   if (spec->job_id.empty()) spec->job_id = MakeJobId();
+  // Refused here, before a token file is written, as every node would refuse it.
+  if (Status st = daemon::ValidateJobSpec(*spec); !st.ok()) return Refuse(st);
   spec->token = shuffle::auth::MakeJobToken();
   auto options = ClientOptions(g);
   if (!options.ok()) return Refuse(options.status());
-  const std::string token_path = TokenPath(g, spec->job_id);
-  if (Status st = WriteTokenFile(g, token_path, spec->token); !st.ok()) return Refuse(st);
+  auto written = WriteTokenFile(g, spec->job_id, spec->token);
+  if (!written.ok()) return Refuse(written.status());
+  const std::string& token_path = *written;
   if (!SubmitAll(*spec, *options)) {
     ::unlink(token_path.c_str());
     return tools::kExitFailed;

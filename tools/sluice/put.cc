@@ -1,11 +1,5 @@
 #include "tools/sluice/put.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
 #include <memory>
 #include <string>
 
@@ -19,28 +13,13 @@ namespace sluice::tools::sluice_cli {
 
 namespace {
 
-// The job's token: given, read from its file, or made and stored for the next writers.
+// The job's token: given, read from its file, or the one in the state directory, made and
+// stored there for the next writers when there is none.
 Result<std::string> JobToken(const CommonFlags& c, const std::string& job) {
-  if (!c.token.empty()) return c.token;
-  if (!c.token_file.empty()) return shuffle::auth::ReadSecretFile(c.token_file);
-  const std::string dir = StateDir(c) + "/jobs";
-  auto named = shuffle::auth::JobTokenPath(StateDir(c), job);
-  if (!named.ok()) return named.status();
-  const std::string& path = *named;
-  struct stat st{};
-  if (::stat(path.c_str(), &st) == 0) return shuffle::auth::ReadSecretFile(path);
-  ::mkdir(dir.c_str(), 0700);
-  const std::string token = shuffle::auth::MakeJobToken();
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    if (errno == EEXIST) return shuffle::auth::ReadSecretFile(path);  // another put won
-    return InvalidArgument("cannot create the job token file " + path + ": " +
-                           std::strerror(errno) + " (give --token or --token-file)");
+  if (!c.token.empty() || !c.token_file.empty()) {
+    return shuffle::auth::FindJobToken(c.token, c.token_file, StateDir(c), job);
   }
-  const bool ok = ::write(fd, token.data(), token.size()) == static_cast<ssize_t>(token.size());
-  ::close(fd);
-  if (!ok) return IoError("cannot write the job token file " + path);
-  return token;
+  return shuffle::auth::LoadOrCreateJobToken(StateDir(c), job);
 }
 
 Result<client::WriterOptions> WriterOptionsFor(const PutOptions& o, const CommonFlags& c) {

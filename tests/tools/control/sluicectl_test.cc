@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -393,6 +394,41 @@ TEST_F(SluicectlTest, SubmitWaitThenJobsStatusAndTheTokenFile) {
   r = Ctl({"--state-dir", state_dir_, "submit", job});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("a job id is used once"), std::string::npos) << r.err;
+}
+
+// A job file whose job_id would name a token file outside <state_dir>/jobs is refused before
+// anything is written or sent; so is a --token-file that exists.
+TEST_F(SluicectlTest, SubmitRefusesAJobIdThatEscapesTheStateDirectory) {
+  const std::string body = "kind = \"generated\"\n"
+                           "nodes = [\"127.0.0.1:" + Port() + "\"]\n"
+                           "producer_nodes = [0]\n"
+                           "consumer_nodes = [0]\n";
+  const std::string job = WriteFile("escape.toml", "job_id = \"../escape\"\n" + body, 0600);
+  CtlRun r = Ctl({"--state-dir", state_dir_, "submit", job});
+  EXPECT_EQ(r.exit_code, 2) << r.err << r.out;
+  EXPECT_NE(r.err.find("job_id '../escape' must be 1 to 128 characters of [A-Za-z0-9._-]"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(r.out, "");
+  const std::string dotdot = WriteFile("dotdot.toml", "job_id = \"..\"\n" + body, 0600);
+  r = Ctl({"--state-dir", state_dir_, "submit", dotdot});
+  EXPECT_EQ(r.exit_code, 2) << r.err << r.out;
+  EXPECT_NE(r.err.find("cannot name a token file"), std::string::npos) << r.err;
+  // No token file anywhere: not beside the state directory, not in jobs/.
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir_)) {
+    EXPECT_NE(e.path().extension(), ".token") << e.path();
+  }
+
+  const std::string taken = WriteFile("taken.token", std::string(64, 'e'), 0600);
+  const std::string ok_job = WriteFile("ok.toml", "job_id = \"fresh-1\"\n" + body, 0600);
+  r = Ctl({"--state-dir", state_dir_, "submit", ok_job, "--token-file", taken});
+  EXPECT_EQ(r.exit_code, 2) << r.err << r.out;
+  EXPECT_NE(r.err.find("token file '" + taken + "' already exists"), std::string::npos) << r.err;
+  EXPECT_EQ(ReadFile(taken), std::string(64, 'e')) << "not overwritten";
+  r = Ctl({"--state-dir", state_dir_, "jobs"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.find("fresh-1"), std::string::npos) << "nothing was sent: " << r.out;
+  EXPECT_EQ(r.out.find("escape"), std::string::npos) << r.out;
 }
 
 TEST_F(SluicectlTest, RefusedSubmitExits1WithTheReasonAndLeavesNoToken) {
