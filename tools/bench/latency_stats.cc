@@ -63,6 +63,16 @@ LatencyResult MedianOfRounds(const std::vector<LatencyResult>& rounds) {
   return m;
 }
 
+LatencyResult MedianOfRoundsUpTo(const std::vector<LatencyResult>& rounds, double p99_limit_us,
+                                 size_t* kept) {
+  std::vector<LatencyResult> below;
+  for (const LatencyResult& r : rounds) {
+    if (r.p99_us <= p99_limit_us) below.push_back(r);
+  }
+  *kept = below.size();
+  return MedianOfRounds(below);
+}
+
 uint64_t MonotonicNowNs() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -37,6 +37,10 @@ LatencyResult SummarizeLatencies(std::vector<uint64_t>& latencies_ns);
 // the round with the median p50; the upper one of an even count, as tools::Median); samples
 // is the median too. All zero when `rounds` is empty.
 LatencyResult MedianOfRounds(const std::vector<LatencyResult>& rounds);
+// MedianOfRounds of the rounds whose p99 is at most `p99_limit_us` (a baseline's rounds without
+// a stall); `*kept` is how many there are.
+LatencyResult MedianOfRoundsUpTo(const std::vector<LatencyResult>& rounds, double p99_limit_us,
+                                 size_t* kept);
 
 // The clock sluice-bench stamps with: CLOCK_MONOTONIC in nanoseconds (the same clock in every
 // process on the machine).

@@ -47,10 +47,11 @@ double Ratio(double a, double b) { return b > 0 ? a / b : 0; }
 // not its steady tail: said next to the ratio, which such a median round makes no figure.
 constexpr double kZmqStallP99Us = 20000;
 
+bool ZmqStalled(const LatencyResult& r) { return r.p99_us > kZmqStallP99Us; }
+
 // ", N of M rounds stalled ..." for the ZeroMQ line, or empty when none did.
 std::string ZmqStallNote(const std::vector<LatencyResult>& rounds, double median_p99_us) {
-  size_t stalled = 0;
-  for (const LatencyResult& r : rounds) stalled += r.p99_us > kZmqStallP99Us ? 1 : 0;
+  const size_t stalled = std::count_if(rounds.begin(), rounds.end(), ZmqStalled);
   if (stalled == 0) return "";
   std::string note = "; " + std::to_string(stalled) + " of " + std::to_string(rounds.size()) +
                      " ZeroMQ rounds stalled (p99 over 20 ms)";
@@ -97,6 +98,12 @@ void AppendLatencyJson(const Measurement& m, std::vector<std::pair<std::string, 
     kv->push_back({"ratio_p50_to_zmq", Fmt("%.4f", Ratio(r.p50_us, z.p50_us))});
     kv->push_back({"ratio_p99_to_zmq", Fmt("%.4f", Ratio(r.p99_us, z.p99_us))});
     kv->push_back({"baseline_zmq_rounds", RoundsJson(m.zmq_latency_rounds)});
+    if (m.zmq_whole_latency.samples > 0) {
+      kv->push_back({"baseline_zmq_whole_rounds", std::to_string(m.zmq_whole_rounds)});
+      kv->push_back({"baseline_zmq_whole_p99_us", Fmt("%.2f", m.zmq_whole_latency.p99_us)});
+      kv->push_back({"ratio_p99_to_zmq_whole",
+                     Fmt("%.4f", Ratio(r.p99_us, m.zmq_whole_latency.p99_us))});
+    }
     if (m.zmq_actual_latency.samples > 0) {
       const LatencyResult& za = m.zmq_actual_latency;
       kv->push_back({"baseline_zmq_actual_p50_us", Fmt("%.2f", za.p50_us)});
@@ -174,6 +181,13 @@ void PrintLatency(const Measurement& m) {
     std::printf("  ZeroMQ         %s  sluice: p50 %.2fx p99 %.2fx%s\n", LatencyFigures(z).c_str(),
                 Ratio(r.p50_us, z.p50_us), Ratio(r.p99_us, z.p99_us),
                 ZmqStallNote(m.zmq_latency_rounds, z.p99_us).c_str());
+    const LatencyResult& w = m.zmq_whole_latency;
+    if (w.samples > 0) {
+      std::printf("  ZeroMQ, whole  %s  sluice: p50 %.2fx p99 %.2fx (medians of its %zu rounds "
+                  "without a stall)\n",
+                  LatencyFigures(w).c_str(), Ratio(r.p50_us, w.p50_us), Ratio(r.p99_us, w.p99_us),
+                  m.zmq_whole_rounds);
+    }
   }
   if (m.actual_send_latency.samples > 0) PrintBaselinesFromActualSend(m);
 }
@@ -197,6 +211,10 @@ void FinishLatency(Measurement* m) {
   m->actual_send_latency = MedianOfRounds(m->actual_send_rounds);
   m->raw_latency = MedianOfRounds(m->tcp_rounds);
   m->zmq_latency = MedianOfRounds(m->zmq_latency_rounds);
+  const LatencyResult whole =
+      MedianOfRoundsUpTo(m->zmq_latency_rounds, kZmqStallP99Us, &m->zmq_whole_rounds);
+  const bool some_stalled = m->zmq_whole_rounds < m->zmq_latency_rounds.size();
+  m->zmq_whole_latency = some_stalled ? whole : LatencyResult{};
   m->raw_actual_latency = MedianOfRounds(m->tcp_actual_rounds);
   m->zmq_actual_latency = MedianOfRounds(m->zmq_actual_rounds);
 }

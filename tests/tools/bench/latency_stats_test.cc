@@ -73,6 +73,29 @@ TEST(LatencyStatsTest, MedianOfRoundsTakesEachFigureSeparately) {
   EXPECT_DOUBLE_EQ(MedianOfRounds({}).p99_us, 0);
 }
 
+// A baseline's rounds without a stall: those at or under the p99 limit, their medians taken
+// as MedianOfRounds does; none kept is all zero.
+TEST(LatencyStatsTest, MedianOfRoundsUpToLeavesOutTheStalledRounds) {
+  const std::vector<LatencyResult> rounds = {
+      {100, 70, 80000, 98000, 100000},  // stalled
+      {100, 70, 200, 2000, 3000},
+      {100, 72, 90000, 99000, 100500},  // stalled
+      {100, 68, 150, 1500, 2500},
+      {100, 71, 300, 2500, 3500},
+  };
+  size_t kept = 0;
+  const LatencyResult m = MedianOfRoundsUpTo(rounds, 20000, &kept);
+  EXPECT_EQ(kept, 3u);
+  EXPECT_DOUBLE_EQ(m.p99_us, 200);
+  EXPECT_DOUBLE_EQ(m.p50_us, 70);
+  EXPECT_DOUBLE_EQ(m.max_us, 3000);
+  EXPECT_DOUBLE_EQ(MedianOfRounds(rounds).p99_us, 300) << "all rounds: the stalls pull it up";
+  EXPECT_EQ(MedianOfRoundsUpTo(rounds, 100, &kept).samples, 0u);
+  EXPECT_EQ(kept, 0u);
+  EXPECT_DOUBLE_EQ(MedianOfRoundsUpTo(rounds, 1e9, &kept).p99_us, 300);
+  EXPECT_EQ(kept, 5u);
+}
+
 TEST(PacerTest, ScheduleIsStartPlusIndexOverRateWithoutDrift) {
   const Pacer pacer(5 * kMs, 3, [](uint64_t) {});
   EXPECT_EQ(pacer.ScheduledNs(0), 5 * kMs + 333333333);
