@@ -8,7 +8,8 @@
 #   RATE=10000 SECONDS_SAMPLED=3 tools/bench/thread_cpu.sh build-rel/tools/bench/sluice-bench \
 #     --consume-on io
 #
-# Prints one line per thread name with its microseconds of CPU per record (threads under
+# Prints one line per thread name with its microseconds of CPU per record and its context
+# switches per record (voluntary and not: a sleep and its wake-up count one; threads under
 # 0.05 us are left out). Thread names: `sluice-bench` is the producer thread (and the
 # consumer's main thread, idle in push mode), `bench-producer-` the producer's IO loop,
 # `bench-consumer-` the consumer's IO thread. Linux only.
@@ -39,7 +40,8 @@ sleep 0.5
 snapshot() {
   for p in $(pgrep -f "^$BENCH"); do
     for t in /proc/"$p"/task/*; do
-      echo "$(basename "$t") $(cat "$t/comm") $(cut -d' ' -f1 "$t/schedstat")"
+      switches=$(awk '/ctxt_switches/ { n += $2 } END { print n + 0 }' "$t/status")
+      echo "$(basename "$t") $(cat "$t/comm") $(cut -d' ' -f1 "$t/schedstat") $switches"
     done 2>/dev/null
   done
 }
@@ -47,7 +49,10 @@ BEFORE=$(snapshot | sort)
 sleep "$SAMPLED"
 AFTER=$(snapshot | sort)
 join <(echo "$BEFORE") <(echo "$AFTER") |
-  awk -v n=$((RATE * SAMPLED)) '{ us = ($5 - $3) / 1e3 / n; if (us > 0.05) printf "  %-16s %6.1f us/record\n", $2, us }'
+  awk -v n=$((RATE * SAMPLED)) '{
+    us = ($6 - $3) / 1e3 / n
+    if (us > 0.05) printf "  %-16s %6.1f us/record %5.2f switches/record\n", $2, us, ($7 - $4) / n
+  }'
 if ! wait "$RUN"; then
   echo "sluice-bench failed:" >&2
   cat "$OUT" >&2
