@@ -39,7 +39,8 @@ fi
 
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
-export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}"
+# tests/tsan.supp: a descriptor false positive of the uninstrumented libuv (see the file).
+export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$root/tests/tsan.supp}"
 ctest_args=(--test-dir "$build_dir" --output-on-failure -j2 --timeout 600)
 [ -n "$label" ] && ctest_args+=(-L "$label")
 # The tests get a scratch TMPDIR of their own, which must be empty when they end: no secret,

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "shuffle/auth.h"
@@ -201,117 +202,144 @@ const char* BenchUsage() {
          "one failed, 2 for a usage error.\n";
 }
 
-Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
-  auto set_u32 = [&](uint32_t* out, uint64_t min, uint64_t max) -> Status {
-    Result<uint64_t> r = ParseUnsigned(name, v, min, max);
-    if (!r.ok()) return r.status();
-    *out = static_cast<uint32_t>(*r);
-    return Status::Ok();
-  };
+namespace {
+
+// A group of flags: its Status when `name` is one of them, nullopt when it is not.
+using FlagResult = std::optional<Status>;
+
+Status SetU32(const std::string& name, const std::string& v, uint32_t* out, uint64_t min,
+              uint64_t max) {
+  Result<uint64_t> r = ParseUnsigned(name, v, min, max);
+  if (!r.ok()) return r.status();
+  *out = static_cast<uint32_t>(*r);
+  return Status::Ok();
+}
+
+Status SetOnOff(const std::string& name, const std::string& v, int* out) {
+  Result<bool> b = ParseOnOff(name, v);
+  if (!b.ok()) return b.status();
+  *out = *b ? 1 : 0;
+  return Status::Ok();
+}
+
+// The data path's shape: mode, channels, record and segment sizes, credit and wide gates.
+FlagResult ApplyShapeFlag(BenchFlags* f, const std::string& name, const std::string& v) {
   if (name == "mode") {
     if (v != "local" && v != "remote" && v != "external") {
       return InvalidArgument("--mode wants local, remote or external");
     }
     f->mode = v;
-  } else if (name == "channels") {
-    return set_u32(&f->channels, 1, 100000);
-  } else if (name == "record-size") {
-    return ApplyRecordSize(f, v);
-  } else if (name == "segment-size") {
+    return Status::Ok();
+  }
+  if (name == "channels") return SetU32(name, v, &f->channels, 1, 100000);
+  if (name == "record-size") return ApplyRecordSize(f, v);
+  if (name == "segment-size") {
     Result<uint64_t> r = ParseSizeIn(name, v, 4096, 1u << 20);
     if (!r.ok()) return r.status();
     f->segment_size = static_cast<uint32_t>(*r);
     if ((f->segment_size & (f->segment_size - 1)) != 0) {
       return InvalidArgument("--segment-size must be a power of two, got " + v);
     }
-  } else if (name == "buffers-per-channel") {
-    return set_u32(&f->buffers_per_channel, 0, 1024);
-  } else if (name == "floating-per-gate") {
-    return set_u32(&f->floating_per_gate, 1, 1u << 20);
-  } else if (name == "buffer-timeout-ms") {
+    return Status::Ok();
+  }
+  if (name == "buffers-per-channel") return SetU32(name, v, &f->buffers_per_channel, 0, 1024);
+  if (name == "floating-per-gate") return SetU32(name, v, &f->floating_per_gate, 1, 1u << 20);
+  if (name == "buffer-timeout-ms") {
     Result<double> d = ParseDouble(name, v);
     if (!d.ok()) return d.status();
     if (*d < -1) return InvalidArgument("--buffer-timeout-ms wants -1 (off), 0 or more");
     f->buffer_timeout_ms = static_cast<int>(*d);
-  } else if (name == "seconds" || name == "warmup") {
+    return Status::Ok();
+  }
+  if (name == "wide-threshold") return SetU32(name, v, &f->wide_threshold, 0, 1u << 20);
+  if (name == "wide-gate-buffers") return SetU32(name, v, &f->wide_gate_buffers, 1, 1u << 20);
+  return std::nullopt;
+}
+
+// How a run is measured: its length, rounds, rate, batch, baselines and sweep chart.
+FlagResult ApplyRunFlag(BenchFlags* f, const std::string& name, const std::string& v) {
+  if (name == "seconds" || name == "warmup") {
     Result<double> d = ParseDouble(name, v);
     if (!d.ok()) return d.status();
     if (*d < 0 || (name == "seconds" && *d <= 0)) {
       return InvalidArgument("--" + name + " wants a positive number of seconds");
     }
     (name == "seconds" ? f->seconds : f->warmup) = *d;
-  } else if (name == "baselines") {
-    return ApplyBaselines(f, v);
-  } else if (name == "in-place") {
+    return Status::Ok();
+  }
+  if (name == "baselines") return ApplyBaselines(f, v);
+  if (name == "rate") return SetU32(name, v, &f->rate, 1, 10000000);
+  if (name == "batch") return SetU32(name, v, &f->batch, 1, 1u << 16);
+  if (name == "rounds" || name == "pump-bufs-per-write") {
+    uint32_t n = 0;
+    const bool rounds = name == "rounds";
+    if (Status s = SetU32(name, v, &n, 1, rounds ? 100 : 1024); !s.ok()) return s;
+    (rounds ? f->rounds : f->pump_bufs_per_write) = static_cast<int>(n);
+    return Status::Ok();
+  }
+  if (name == "sweep-out") {
+    f->sweep_out = v;
+    return Status::Ok();
+  }
+  return std::nullopt;
+}
+
+// What the data path does: records in place, checksums, authentication, network memory, its
+// pool's redistribution, the link's delay, write- and read-through, where the consumer runs.
+FlagResult ApplyPathFlag(BenchFlags* f, const std::string& name, const std::string& v) {
+  if (name == "in-place") {
     f->in_place_fill = v == "fill";
-    if (f->in_place_fill) {
-      f->in_place = true;
-    } else {
-      Result<bool> b = ParseOnOff(name, v);
-      if (!b.ok()) return InvalidArgument("--in-place wants on, off or fill, got '" + v + "'");
-      f->in_place = *b;
-    }
-  } else if (name == "checksum" || name == "auth") {
+    Result<bool> b = f->in_place_fill ? Result<bool>(true) : ParseOnOff(name, v);
+    if (!b.ok()) return InvalidArgument("--in-place wants on, off or fill, got '" + v + "'");
+    f->in_place = *b;
+    return Status::Ok();
+  }
+  if (name == "checksum" || name == "auth") {
     Result<bool> b = ParseOnOff(name, v);
     if (!b.ok()) return b.status();
     (name == "checksum" ? f->checksum : f->auth) = *b;
-  } else if (name == "auth-secret-file") {
-    f->auth_secret_file = v;
-  } else if (name == "state-dir") {
-    f->state_dir = v;
-  } else if (name == "rate") {
-    return set_u32(&f->rate, 1, 10000000);
-  } else if (name == "batch") {
-    return set_u32(&f->batch, 1, 1u << 16);
-  } else if (name == "network-memory") {
-    Result<uint64_t> r = ParseSizeIn(name, v, 0, uint64_t{1} << 40);
+    return Status::Ok();
+  }
+  if (name == "auth-secret-file" || name == "state-dir") {
+    (name == "state-dir" ? f->state_dir : f->auth_secret_file) = v;
+    return Status::Ok();
+  }
+  if (name == "network-memory" || name == "network-memory-mib") {
+    const bool mib = name == "network-memory-mib";
+    Result<uint64_t> r = mib ? ParseUnsigned(name, v, 0, 1u << 20)
+                             : ParseSizeIn(name, v, 0, uint64_t{1} << 40);
     if (!r.ok()) return r.status();
-    f->network_memory = *r;
-  } else if (name == "network-memory-mib") {
-    Result<uint64_t> r = ParseUnsigned(name, v, 0, 1u << 20);
-    if (!r.ok()) return r.status();
-    f->network_memory = *r << 20;
-  } else if (name == "rounds") {
-    uint32_t r = 0;
-    if (Status s = set_u32(&r, 1, 100); !s.ok()) return s;
-    f->rounds = static_cast<int>(r);
-  } else if (name == "pump-bufs-per-write") {
-    uint32_t n = 0;
-    if (Status s = set_u32(&n, 1, 1024); !s.ok()) return s;
-    f->pump_bufs_per_write = static_cast<int>(n);
-  } else if (name == "sweep-out") {
-    f->sweep_out = v;
-  } else if (name == "wide-threshold") {
-    return set_u32(&f->wide_threshold, 0, 1u << 20);
-  } else if (name == "wide-gate-buffers") {
-    return set_u32(&f->wide_gate_buffers, 1, 1u << 20);
-  } else if (name == "redistribution") {
+    f->network_memory = mib ? *r << 20 : *r;
+    return Status::Ok();
+  }
+  if (name == "redistribution") {
     if (!buffer::ParseRedistributionPolicy(v, &f->redistribution)) {
       return InvalidArgument("--redistribution wants static or usage, got '" + v + "'");
     }
-  } else if (name == "idle-gates") {
-    return set_u32(&f->idle_gates, 0, 1024);
-  } else if (name == "delay-ms") {
-    return set_u32(&f->delay_ms, 0, 10000);
-  } else if (name == "direct") {
-    Result<bool> b = ParseOnOff(name, v);
-    if (!b.ok()) return b.status();
-    f->direct = *b ? 1 : 0;
-  } else if (name == "direct-reads") {
-    Result<bool> b = ParseOnOff(name, v);
-    if (!b.ok()) return b.status();
-    f->direct_reads = *b ? 1 : 0;
-  } else if (name == "consume-on") {
+    return Status::Ok();
+  }
+  if (name == "idle-gates") return SetU32(name, v, &f->idle_gates, 0, 1024);
+  if (name == "delay-ms") return SetU32(name, v, &f->delay_ms, 0, 10000);
+  if (name == "direct") return SetOnOff(name, v, &f->direct);
+  if (name == "direct-reads") return SetOnOff(name, v, &f->direct_reads);
+  if (name == "consume-on") {
     if (v != "consumer" && v != "io") {
       return InvalidArgument("--consume-on wants consumer or io, got '" + v + "'");
     }
     f->consume_on_io = v == "io";
-  } else if (IsDebloatFlag(name)) {
-    return ApplyDebloatFlag(f, name, v);
-  } else {
-    return InvalidArgument("unknown flag --" + name + " (see --help)");
+    return Status::Ok();
   }
-  return Status::Ok();
+  return std::nullopt;
+}
+
+}  // namespace
+
+Status ApplyFlag(BenchFlags* f, const std::string& name, const std::string& v) {
+  for (auto apply : {ApplyShapeFlag, ApplyRunFlag, ApplyPathFlag}) {
+    if (FlagResult r = apply(f, name, v)) return *r;
+  }
+  if (IsDebloatFlag(name)) return ApplyDebloatFlag(f, name, v);
+  return InvalidArgument("unknown flag --" + name + " (see --help)");
 }
 
 namespace {
