@@ -170,21 +170,26 @@ Status CreateSecretFile(const std::string& path) {
                          std::strerror(e) + "); give a writable --state-dir (state_dir)");
 }
 
-Status MakePrivateDir(const std::string& dir) {
+// Makes `dir` (mode 0700) unless it exists. `what` names it and `fix` says what to do instead
+// in the error.
+Status MakePrivateDir(const std::string& dir, const char* what, const char* fix) {
   if (::mkdir(dir.c_str(), 0700) == 0 || errno == EEXIST) return Status::Ok();
-  return InvalidArgument("directory '" + dir + "' cannot be created (" + std::strerror(errno) +
-                         "); give a writable --state-dir, or the token with --token or "
-                         "--token-file");
+  return InvalidArgument(std::string(what) + " '" + dir + "' cannot be created (" +
+                         std::strerror(errno) + "); " + fix);
 }
+
+constexpr const char* kTokenDirFix =
+    "give a writable --state-dir, or the token with --token or --token-file";
 
 }  // namespace
 
 Result<std::string> LoadStateSecret(const std::string& state_dir, bool create) {
   const std::string path = StateSecretPath(state_dir);
   if (!create || ::access(path.c_str(), F_OK) == 0) return ReadSecretFile(path);
-  if (::mkdir(state_dir.c_str(), 0700) != 0 && errno != EEXIST) {
-    return InvalidArgument("state directory '" + state_dir + "' cannot be created (" +
-                           std::strerror(errno) + "); give a writable --state-dir (state_dir)");
+  if (Status st = MakePrivateDir(state_dir, "state directory",
+                                 "give a writable --state-dir (state_dir)");
+      !st.ok()) {
+    return st;
   }
   if (Status st = CreateSecretFile(path); !st.ok()) return st;
   return ReadSecretFile(path);
@@ -229,8 +234,11 @@ Result<std::string> CreateJobTokenFile(const std::string& state_dir, const std::
   if (existed != nullptr) *existed = false;
   auto path = JobTokenPath(state_dir, job);
   if (!path.ok()) return path.status();
-  if (Status st = MakePrivateDir(state_dir); !st.ok()) return st;
-  if (Status st = MakePrivateDir(state_dir + "/jobs"); !st.ok()) return st;
+  if (Status st = MakePrivateDir(state_dir, "state directory", kTokenDirFix); !st.ok()) return st;
+  if (Status st = MakePrivateDir(state_dir + "/jobs", "job token directory", kTokenDirFix);
+      !st.ok()) {
+    return st;
+  }
   if (Status st = CreateTokenFile(*path, token, existed); !st.ok()) return st;
   return *path;
 }

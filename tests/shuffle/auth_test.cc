@@ -84,6 +84,30 @@ TEST_F(StateSecretTest, MissingSecretIsNotCreatedWhenNotAsked) {
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/none"));
 }
 
+// A state directory that cannot be made (here: under a regular file, which root cannot get
+// around either) is named, with the flag that fixes it, and nothing is written.
+TEST_F(StateSecretTest, AStateDirectoryThatCannotBeMadeIsNamedWithTheFix) {
+  const std::string file = dir_ + "/not-a-directory";
+  std::ofstream(file) << "x";
+  const std::string state = file + "/state";
+  auto secret = LoadStateSecret(state, /*create=*/true);
+  ASSERT_FALSE(secret.ok());
+  EXPECT_NE(secret.status().message().find("state directory '" + state + "' cannot be created"),
+            std::string::npos)
+      << secret.status().ToString();
+  EXPECT_NE(secret.status().message().find("--state-dir"), std::string::npos);
+  bool existed = true;
+  auto token = CreateJobTokenFile(state, "job-1", MakeJobToken(), &existed);
+  ASSERT_FALSE(token.ok());
+  EXPECT_FALSE(existed);
+  EXPECT_NE(token.status().message().find("state directory '" + state + "'"), std::string::npos)
+      << token.status().ToString();
+  EXPECT_NE(token.status().message().find("--token-file"), std::string::npos);
+  size_t files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir_)) files += e.exists();
+  EXPECT_EQ(files, 1u);  // only the file this test made
+}
+
 TEST_F(StateSecretTest, GroupReadableSecretIsRefusedNamingTheChmod) {
   const std::string path = dir_ + "/secret";
   std::ofstream(path) << "0123456789abcdef0123\n";
