@@ -23,7 +23,8 @@ struct MapOutput {
   uint32_t partition = 0;
   uint32_t attempt = 0;
   uint32_t subpartitions = 0;
-  uint64_t bytes = 0;    // record bytes committed (all subpartitions)
+  uint64_t bytes = 0;    // bytes committed as stored: records with their 4-byte length prefixes
+                         // (all subpartitions; WriterStats::bytes counts records alone)
   uint64_t records = 0;  // records committed (all subpartitions)
 
   bool operator==(const MapOutput&) const = default;

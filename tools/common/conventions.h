@@ -17,7 +17,7 @@ inline constexpr int kExitFailed = 1;
 inline constexpr int kExitUsage = 2;
 
 // The version of every tool of this build.
-inline constexpr const char* kVersion = "0.2.0";
+inline constexpr const char* kVersion = SLUICE_VERSION;  // project(VERSION) in CMakeLists.txt
 
 // "1g" -> 1073741824; "32k", "64m", "100" (bytes), "4KiB". InvalidArgument naming `option`
 // when `text` is not a size or does not fit in 64 bits.

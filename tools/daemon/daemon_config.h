@@ -139,6 +139,5 @@ Status Validate(const DaemonConfig& config);
 Result<uint64_t> ParseSize(const std::string& text, const std::string& option);
 
 std::string HelpText();
-inline constexpr const char* kVersion = "0.2.0";  // == tools::kVersion
 
 }  // namespace sluice::daemon

@@ -80,8 +80,10 @@ Result<transport::Endpoint> ParseEndpoint(const std::string& s) {
   return transport::Endpoint{host, static_cast<uint16_t>(port)};
 }
 
+// 1 to 128 characters of [A-Za-z0-9._-], and not "." or "..": job ids name files (token files,
+// consumer output files), so none may be a directory's own name.
 bool ValidJobId(const std::string& id) {
-  if (id.empty() || id.size() > 128) return false;
+  if (id.empty() || id.size() > 128 || id == "." || id == "..") return false;
   return std::all_of(id.begin(), id.end(), [](char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
            c == '_' || c == '-';
@@ -689,7 +691,7 @@ JobBufferMetrics JobRunner::BufferMetrics() const {
 Status ValidateJobSpec(const JobSpec& spec) {
   if (!ValidJobId(spec.job_id)) {
     return InvalidArgument("job_id '" + spec.job_id +
-                           "' must be 1 to 128 characters of [A-Za-z0-9._-]");
+                           "' must be 1 to 128 characters of [A-Za-z0-9._-], and not . or ..");
   }
   const std::string job = "job '" + spec.job_id + "': ";
   if (spec.nodes.empty())

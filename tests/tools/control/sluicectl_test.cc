@@ -316,7 +316,7 @@ TEST_F(SluicectlTest, DumpShowsTheClientChannelsCreditNumbers) {
 TEST_F(SluicectlTest, VersionAndHelpExit0) {
   CtlRun r = Ctl({"--version"});
   EXPECT_EQ(r.exit_code, 0);
-  EXPECT_EQ(r.out, "sluicectl 0.2.0\n");
+  EXPECT_EQ(r.out, std::string("sluicectl ") + SLUICE_VERSION + "\n");  // project(VERSION)
   r = Ctl({"--help"});
   EXPECT_EQ(r.exit_code, 0);
   for (const char* cmd : {"submit", "jobs", "status", "watch", "cancel", "stats", "dump", "plan"}) {
@@ -411,9 +411,19 @@ TEST_F(SluicectlTest, SubmitRefusesAJobIdThatEscapesTheStateDirectory) {
       << r.err;
   EXPECT_EQ(r.out, "");
   const std::string dotdot = WriteFile("dotdot.toml", "job_id = \"..\"\n" + body, 0600);
-  r = Ctl({"--state-dir", state_dir_, "submit", dotdot});
-  EXPECT_EQ(r.exit_code, 2) << r.err << r.out;
-  EXPECT_NE(r.err.find("cannot name a token file"), std::string::npos) << r.err;
+  // ".." is refused by the job id rule itself, with a --token-file too (no token path needed).
+  const std::string dotdot_token = dir_ + "/dotdot.token";
+  for (const std::vector<std::string>& extra :
+       {std::vector<std::string>{}, std::vector<std::string>{"--token-file", dotdot_token}}) {
+    std::vector<std::string> args = {"--state-dir", state_dir_, "submit", dotdot};
+    args.insert(args.end(), extra.begin(), extra.end());
+    r = Ctl(args);
+    EXPECT_EQ(r.exit_code, 2) << r.err << r.out;
+    EXPECT_NE(r.err.find("job_id '..' must be 1 to 128 characters of [A-Za-z0-9._-], and not . "
+                         "or .."),
+              std::string::npos)
+        << r.err;
+  }
   // No token file anywhere: not beside the state directory, not in jobs/.
   for (const auto& e : std::filesystem::recursive_directory_iterator(dir_)) {
     EXPECT_NE(e.path().extension(), ".token") << e.path();

@@ -142,7 +142,6 @@ TEST(DaemonConfigTest, VersionAndHelpWinOverEverythingElse) {
   auto v = ParseCommandLine({"--port", "0", "--version"});
   ASSERT_TRUE(v.ok()) << v.status().ToString();
   EXPECT_EQ(v->action, CommandLine::Action::kVersion);
-  EXPECT_STREQ(kVersion, "0.2.0");
   auto h = ParseCommandLine({"-h"});
   ASSERT_TRUE(h.ok());
   EXPECT_EQ(h->action, CommandLine::Action::kHelp);

@@ -44,7 +44,7 @@ if(NOT rc EQUAL 0 OR NOT out MATCHES "--network-memory")
   message(FATAL_ERROR "sluiced --help: exit ${rc}\n${out}")
 endif()
 execute_process(COMMAND ${SLUICED} --version RESULT_VARIABLE rc OUTPUT_VARIABLE out)
-if(NOT rc EQUAL 0 OR NOT out STREQUAL "sluiced 0.2.0\n")
+if(NOT rc EQUAL 0 OR NOT out STREQUAL "sluiced ${VERSION}\n")
   message(FATAL_ERROR "sluiced --version: exit ${rc}\n${out}")
 endif()
 

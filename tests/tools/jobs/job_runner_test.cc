@@ -541,6 +541,12 @@ TEST(JobRunnerTest, ValidationErrorsNameTheField) {
   s = good;
   s.job_id = "bad id!";
   expect_invalid(s, 0, "job_id");
+  for (const char* dots : {".", ".."}) {
+    s.job_id = dots;
+    expect_invalid(s, 0, "job_id '" + std::string(dots) + "' must be 1 to 128 characters");
+  }
+  s.job_id = "..a";  // dots inside a name are fine
+  EXPECT_TRUE(ValidateJobSpec(s).ok());
   s = good;
   s.nodes[1] = "no-port";
   expect_invalid(s, 0, "no-port");
