@@ -253,18 +253,27 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
       // A reply the wire cannot carry: the request fails, the connection goes on.
       Log(LogLevel::kError, "control reply to " + conn_->peer() + " dropped: " +
                                 frame.status().message());
-      conn_->Send(MakeFrame(MessageType::kErrorResponse,
-                            builder_.ErrorResponse(fb::ErrorCode::Internal,
-                                                   "the reply to this control request is too "
-                                                   "large to send: " + frame.status().message(),
-                                                   std::nullopt)));
+      SendReply(MakeFrame(MessageType::kErrorResponse,
+                          builder_.ErrorResponse(fb::ErrorCode::Internal,
+                                                 "the reply to this control request is too "
+                                                 "large to send: " + frame.status().message(),
+                                                 std::nullopt)));
       return;
     }
+    SendReply(std::move(*frame));
+  }
+
+  // Queues a reply the peer asked for (a control reply, an error for one of its requests). A
+  // peer that does not read them is closed once its queued bytes would pass
+  // write_high_water_bytes + max_unread_control_bytes (its queued bytes are freed): requests
+  // that are answered at once cannot grow the daemon's memory.
+  void SendReply(transport::OutFrame frame) {
+    if (conn_->closing()) return;
     const size_t bound =
         server_->config_.write_high_water_bytes + server_->config_.max_unread_control_bytes;
-    if (conn_->queued_bytes() + frame->total_bytes() > bound) {
+    if (conn_->queued_bytes() + frame.total_bytes() > bound) {
       server_->stats_->control_peers_closed.fetch_add(1, std::memory_order_relaxed);
-      const std::string why = "client " + conn_->peer() + " does not read its control replies: " +
+      const std::string why = "client " + conn_->peer() + " does not read its replies: " +
                               std::to_string(conn_->queued_bytes()) +
                               " bytes are queued (max_unread_control_bytes " +
                               std::to_string(server_->config_.max_unread_control_bytes) + ")";
@@ -272,7 +281,7 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
       conn_->Close(Status(StatusCode::kResourceExhausted, why));
       return;
     }
-    conn_->Send(std::move(*frame));
+    conn_->Send(std::move(frame));
   }
 
  public:
@@ -291,8 +300,8 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
  private:
   // A channel error from the handler itself (loop thread, outside the queue).
   void ChannelError(uint64_t receiver_id, fb::ErrorCode code, const std::string& message) {
-    conn_->Send(MakeFrame(MessageType::kErrorResponse,
-                          builder_.ErrorResponse(code, message, receiver_id)));
+    SendReply(MakeFrame(MessageType::kErrorResponse,
+                        builder_.ErrorResponse(code, message, receiver_id)));
   }
 
   void SendFatal(fb::ErrorCode code, const std::string& message) {

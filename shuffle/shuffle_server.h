@@ -68,8 +68,9 @@ struct ShuffleServerConfig {
   // PartitionRequests for unregistered partitions one connection may park at once (each
   // waits up to options.server_park_timeout); more are answered with PartitionNotFound.
   uint32_t max_parked_requests = 4096;
-  // Control replies a peer has not read yet, beyond write_high_water_bytes: a peer whose queued
-  // bytes pass write_high_water_bytes + max_unread_control_bytes is closed.
+  // Replies a peer has not read yet (control replies, and errors answering its
+  // PartitionRequests), beyond write_high_water_bytes: a peer whose queued bytes would pass
+  // write_high_water_bytes + max_unread_control_bytes is closed.
   size_t max_unread_control_bytes = 4u << 20;
   // Control requests a connection may have unanswered at once; one more closes it.
   uint32_t max_outstanding_control_requests = 64;

@@ -432,6 +432,30 @@ TEST_F(ServerHostileTest, UnreadControlRepliesAreCappedAndThePeerClosed) {
   ExpectServesAGoodClient();
 }
 
+// Refused PartitionRequests are answered at once with an ErrorResponse each. A peer that
+// sends them in a loop and never reads the answers is closed once its unread replies pass the
+// same bound as control replies, instead of growing the server's memory; other peers are
+// served.
+TEST_F(ServerHostileTest, UnreadErrorRepliesToRefusedRequestsAreCappedAndThePeerClosed) {
+  config_.write_high_water_bytes = 64u << 10;
+  config_.max_unread_control_bytes = 256u << 10;
+  StartServer();
+  ASSERT_NE(Partition("victim", 1), nullptr);
+  RawSocket s(server_->port(), /*rcvbuf=*/4096);
+  ASSERT_TRUE(Handshake(s));
+  // Subpartition 7 of a one-subpartition partition: PartitionNotFound, about 150 bytes each;
+  // 40,000 of them would queue about 6 MB.
+  int sent = 0;
+  for (; sent < 40000; ++sent) {
+    if (!Request(s, "victim", 7, 1, 1)) break;  // the server closed us: that is the answer
+  }
+  bool eof = false;
+  s.ReadUntilClosed(10s, &eof);
+  EXPECT_TRUE(eof) << "the server kept a peer open that left " << sent << " replies unread";
+  EXPECT_EQ(server_->stats().control_peers_closed.load(), 1u);
+  ExpectServesAGoodClient();
+}
+
 TEST_F(ServerHostileTest, TooManyOutstandingControlRequestsCloseThePeer) {
   config_.max_outstanding_control_requests = 8;
   StartServer();
