@@ -53,6 +53,9 @@ bool ProofMatches(const Proof& expected, std::span<const uint8_t> got);
 // Job-scoped authority (see schema/messages.fbs PartitionRequest.access_proof): a random
 // 32-byte token, hex-encoded (64 characters), made by whoever submits a job.
 std::string MakeJobToken();
+// A job's token is at least this long: sluiced refuses shorter ones for daemon jobs (SubmitJob)
+// and for external store jobs (a local writer's OpenWriter).
+inline constexpr size_t kMinJobTokenLength = 32;
 // HMAC-SHA256(job_token, "sluice-partition" | partition_id | subpartition as u32 big-endian).
 Proof MakePartitionProof(std::string_view job_token, std::string_view partition_id,
                          uint32_t subpartition);

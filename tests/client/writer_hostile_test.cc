@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "client/writer.h"
+#include "shuffle/auth.h"
 #include "testutil/leak_check.h"
 #include "testutil/temp_dir.h"
 #include "testutil/wait.h"
@@ -50,6 +51,7 @@ class WriterHostileTest : public ::testing::Test {
     w.socket_path = o.socket_path;
     w.secret = kWriterSecret;
     w.job = "good";
+    w.token = testutil::TokenOf("good");
     w.subpartitions = 1;
     auto good = Writer::Open(w);
     ASSERT_TRUE(good.ok()) << good.status().ToString();
@@ -85,6 +87,7 @@ class WriterHostileTest : public ::testing::Test {
     EXPECT_TRUE(c->Handshake(kWriterSecret).ok());
     local::OpenWriterMsg m;
     m.job = job;
+    m.token = testutil::TokenOf(job);
     m.subpartitions = subpartitions;
     const Status s = c->Open(m);
     EXPECT_TRUE(s.ok()) << s.ToString();
@@ -198,6 +201,7 @@ TEST_F(WriterHostileTest, HostileRetentionIsRefusedAndAValidOneReachesTheStore) 
   auto open_msg = [](const std::string& job) {
     local::OpenWriterMsg m;
     m.job = job;
+    m.token = testutil::TokenOf(job);
     m.subpartitions = 1;
     m.retention_s = 90;
     return m;
@@ -222,6 +226,31 @@ TEST_F(WriterHostileTest, HostileRetentionIsRefusedAndAValidOneReachesTheStore) 
     EXPECT_EQ(o.spec.retention, std::chrono::seconds(90));
   }
   EXPECT_TRUE(seen);
+}
+
+// A store job is guarded by its first writer's token: a writer with no token, or a short one,
+// would open a job any holder of the cluster secret could read or release. Refused naming the
+// rule, before anything reaches the store; a writer with a real token of the same job opens.
+TEST_F(WriterHostileTest, AMissingOrShortJobTokenIsRefused) {
+  for (const size_t len : {size_t{0}, size_t{1}, shuffle::auth::kMinJobTokenLength - 1}) {
+    RawLocalClient c(dir_.Path("sluiced.sock"));
+    ASSERT_TRUE(c.Handshake(kWriterSecret).ok());
+    local::OpenWriterMsg m;
+    m.job = "h-short-token";
+    m.token = std::string(len, 'k');
+    m.subpartitions = 1;
+    ASSERT_TRUE(c.Send(local::EncodeOpenWriter(m)).ok());
+    ExpectFailed(c, "", "token is " + std::to_string(len) + " characters; a job needs a random "
+                 "token of at least 32", StatusCode::kPermissionDenied);
+  }
+  for (auto& [id, o] : sink_.outputs()) EXPECT_NE(o.spec.job, "h-short-token") << "nothing opened";
+  RawLocalClient ok(dir_.Path("sluiced.sock"));
+  ASSERT_TRUE(ok.Handshake(kWriterSecret).ok());
+  local::OpenWriterMsg m;
+  m.job = "h-short-token";
+  m.token = std::string(shuffle::auth::kMinJobTokenLength, 'k');
+  m.subpartitions = 1;
+  ASSERT_TRUE(ok.Open(m).ok());
 }
 
 TEST_F(WriterHostileTest, FramesBeforeAuthentication) {

@@ -68,7 +68,7 @@ class WriterTest : public ::testing::Test {
     w.socket_path = dir_.Path("sluiced.sock");
     w.secret = kWriterSecret;
     w.job = job;
-    w.token = "token-of-" + job;
+    w.token = testutil::TokenOf(job);
     w.partition = partition;
     w.subpartitions = subpartitions;
     return w;
@@ -117,7 +117,7 @@ TEST_F(WriterTest, WritesClaimsAndCommitsEveryRecordInOrder) {
   const auto& o = outputs.begin()->second;
   EXPECT_TRUE(o.committed);
   EXPECT_FALSE(o.aborted);
-  EXPECT_EQ(o.spec.token, "token-of-job-a");
+  EXPECT_EQ(o.spec.token, testutil::TokenOf("job-a"));
   EXPECT_EQ(o.counted, 3100u);  // the service's framing walk counted every record
   EXPECT_EQ(o.records, expected);
   EXPECT_EQ(o.buffers, (*w)->stats().buffers);
@@ -295,9 +295,10 @@ TEST_F(WriterTest, WrongSecretAndWrongTokenAreRefused) {
   auto w = Writer::Open(bad);
   ASSERT_FALSE(w.ok());
   EXPECT_EQ(w.status().code(), StatusCode::kPermissionDenied) << w.status().ToString();
-  sink_.deny_token("wrong");
+  const std::string wrong(40, 'w');
+  sink_.deny_token(wrong);
   WriterOptions tok = Options("job-auth", 1, 1);
-  tok.token = "wrong";
+  tok.token = wrong;
   w = Writer::Open(tok);
   ASSERT_FALSE(w.ok());
   EXPECT_EQ(w.status().code(), StatusCode::kPermissionDenied);

@@ -23,6 +23,10 @@
 namespace sluice::testutil {
 
 inline constexpr char kWriterSecret[] = "local-writer-test-secret-0123456789";
+// A job token the service takes (at least shuffle::auth::kMinJobTokenLength), one per job.
+inline std::string TokenOf(const std::string& job) {
+  return "token-of-" + job + "-" + std::string(32, 't');
+}
 
 // Records every writer's records per subpartition (decoded with RecordDeserializer), its
 // commit or abort reason. With hold(true) buffers are kept (the writer runs out of credit)

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "client/writer.h"
+#include "shuffle/auth.h"
 #include "shuffle/result_partition.h"
 #include "tools/bench/child_process.h"
 #include "tools/common/report_util.h"
@@ -166,6 +167,7 @@ SideResult WriteThroughService(const BenchFlags& f, const std::string& socket) {
   o.socket_path = socket;
   o.secret = f.secret.empty() ? std::string(32, 'x') : f.secret;
   o.job = "bench";
+  o.token = shuffle::auth::MakeJobToken();
   o.subpartitions = f.channels;
   o.credit = WriterCredit(f);
   auto w = client::Writer::Open(o);

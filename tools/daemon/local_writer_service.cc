@@ -20,6 +20,7 @@
 
 #include "client/local_protocol.h"
 #include "schema/messages.h"
+#include "shuffle/auth.h"
 #include "shuffle/handshake.h"
 #include "transport/log.h"
 #include "sluice/buffer/segment_arena.h"
@@ -490,6 +491,16 @@ Status LocalWriterService::Impl::OnHandshake(Conn& c, uint8_t type,
 Status LocalWriterService::Impl::OnOpenWriter(Conn& c, std::span<const uint8_t> body) {
   auto m = local::ParseOpenWriter(body);
   if (!m.ok()) return m.status();
+  if (!options_.auth.off && m->token.size() < shuffle::auth::kMinJobTokenLength) {
+    // The first writer's token guards the job: readers, read sets and release need it. (With
+    // auth off nothing is guarded, and no token is needed.)
+    return Status(StatusCode::kPermissionDenied,
+                  Who(c) + ": job '" + m->job + "' token is " + std::to_string(m->token.size()) +
+                      " characters; a job needs a random token of at least " +
+                      std::to_string(shuffle::auth::kMinJobTokenLength) +
+                      " (WriterOptions::token, e.g. shuffle::auth::MakeJobToken(); sluice put "
+                      "makes one)");
+  }
   const uint32_t credit = m->credit == 0 ? options_.writer_credit : m->credit;
   if (credit > options_.max_writer_credit) {
     return InvalidArgument(Who(c) + " asked for " + std::to_string(credit) +
