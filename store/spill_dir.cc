@@ -22,9 +22,10 @@ namespace fs = std::filesystem;
 // nothing else is in it. A claimer that opened the old lock file sees it unlinked and retries.
 void RemoveHeldDir(const std::string& dir) {
   SpillFile::RemoveLeftovers(dir);
+  // No exceptions (this runs in destructors): the error_code forms of the iterator only.
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    if (e.path().filename() != "lock") return;  // not ours: keep the directory and its lock
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->path().filename() != "lock") return;  // not ours: keep the directory and its lock
   }
   if (ec) return;
   ::unlink((dir + "/lock").c_str());
@@ -34,10 +35,11 @@ void RemoveHeldDir(const std::string& dir) {
 // Removes the node directories whose daemon is gone (lock free, or no lock file and empty).
 void RemoveDeadNodeDirs(const std::string& root, const std::string& own) {
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(root, ec)) {
-    const std::string n = e.path().filename().string();
-    if (!e.is_directory() || !n.starts_with("node-") || n == own) continue;
-    const std::string dir = e.path().string();
+  for (fs::directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string n = it->path().filename().string();
+    std::error_code type_ec;
+    if (!it->is_directory(type_ec) || !n.starts_with("node-") || n == own) continue;
+    const std::string dir = it->path().string();
     int fd = ::open((dir + "/lock").c_str(), O_RDWR | O_CLOEXEC);
     if (fd < 0) {
       if (errno == ENOENT) ::rmdir(dir.c_str());  // only if empty: a release cut short
