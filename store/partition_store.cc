@@ -173,6 +173,7 @@ void PartitionStore::Impl::ReleaseJobLocked(Job& job, const std::string& why,
   for (auto& [key, o] : job.outputs) {
     FailLocked(*o, OutputState::kReleased, why, notify);
     --map_outputs;
+    held_subpartitions -= o->subpartitions;
   }
   job.outputs.clear();
   job.read_sets.clear();
@@ -538,6 +539,13 @@ Result<WriterId> PartitionStore::OpenWriter(const WriterSpec& spec) {
                            " (max_subpartitions)");
   }
   StoreLock lock(im);
+  if (im.held_subpartitions + spec.subpartitions > im.options.max_held_subpartitions) {
+    return ResourceExhausted(
+        what + ": its " + std::to_string(spec.subpartitions) + " subpartitions would pass the " +
+        std::to_string(im.options.max_held_subpartitions) + " the store holds at most (" +
+        std::to_string(im.held_subpartitions) + " held; store_max_subpartitions); release "
+        "finished jobs (sluicectl release JOB) first, or raise store_max_subpartitions");
+  }
   auto it = im.jobs.find(spec.job);
   if (it == im.jobs.end()) {
     if (im.jobs.size() >= im.options.max_jobs) {
@@ -580,6 +588,7 @@ Result<WriterId> PartitionStore::OpenWriter(const WriterSpec& spec) {
   job.last_activity = Clock::now();
   im.writers[o->writer] = o;
   ++im.map_outputs;
+  im.held_subpartitions += spec.subpartitions;
   return o->writer;
 }
 
@@ -748,6 +757,7 @@ PartitionStoreStats PartitionStore::Stats() const {
   StoreLock lock(im);
   s.jobs = im.jobs.size();
   s.map_outputs = im.map_outputs;
+  s.subpartitions = im.held_subpartitions;
   s.bytes_in_memory = im.memory_data_bytes;
   s.spill_bytes_total = im.spill_bytes_total.load();
   s.copied_bytes_total = im.copied_bytes_total.load();

@@ -76,6 +76,11 @@ struct PartitionStoreOptions {
   uint32_t max_jobs = 1024;
   uint32_t max_map_outputs_per_job = 65536;
   uint32_t max_subpartitions = 65536;
+  // Subpartitions of all map outputs the store holds, until their jobs are released or expire:
+  // each costs about 700 bytes of bookkeeping whatever it holds, and a writer names how many
+  // it wants, so they are budgeted (262,144: about 180 MiB). More: OpenWriter is
+  // ResourceExhausted naming the limit.
+  uint64_t max_held_subpartitions = 1u << 18;
   uint32_t max_read_set_entries = 65536;
   uint32_t max_read_sets_per_job = 4096;
   // Segments to read spilled data into: taken from this pool's free list while a view reads
@@ -114,6 +119,7 @@ struct MapOutputInfo {
 struct PartitionStoreStats {
   uint64_t jobs = 0;
   uint64_t map_outputs = 0;
+  uint64_t subpartitions = 0;  // of the map outputs held (max_held_subpartitions)
   uint64_t bytes_in_memory = 0;
   uint64_t spill_bytes_total = 0;  // bytes written to spill files since start
   // Bytes of starved writers' buffers copied into the store's own segments (under the budget)

@@ -68,6 +68,7 @@ class PartitionStoreTest : public ::testing::Test {
     o.read_pool = read_pool_;
     o.read_segments = 8;
     o.maintenance_interval = std::chrono::milliseconds(20);
+    o.max_held_subpartitions = max_held_subpartitions_;
     auto s = PartitionStore::Create(o);
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     store_ = std::move(*s);
@@ -116,6 +117,7 @@ class PartitionStoreTest : public ::testing::Test {
     EXPECT_TRUE(store_->Release("j1", kToken).ok());
   }
 
+  uint64_t max_held_subpartitions_ = PartitionStoreOptions{}.max_held_subpartitions;
   sluice::testutil::TempDir dir_{"store"};
   std::shared_ptr<buffer::NetworkBufferPool> writer_pool_;
   std::shared_ptr<buffer::NetworkBufferPool> read_pool_;
@@ -271,6 +273,36 @@ TEST_F(PartitionStoreTest, HostileReadSetsAndRequests) {
   EXPECT_EQ(store_->Release("j1", "bad").code(), StatusCode::kPermissionDenied);
   EXPECT_EQ(store_->Release("nope", kToken).code(), StatusCode::kNotFound);
   EXPECT_TRUE(store_->Release("j1", kToken).ok());
+}
+
+// A writer names how many subpartitions it wants, and each costs bookkeeping while the store
+// holds its output (released or expired with the job): they are budgeted across jobs. A writer
+// past the budget is refused naming the option, and its job is not created; a release makes
+// room again.
+TEST_F(PartitionStoreTest, HeldSubpartitionsAreBudgetedAcrossJobs) {
+  max_held_subpartitions_ = 100;
+  MakeStore(64u << 20);
+  TestWriter a = Open(0, 0, 60, PartitionMode::kBlocking, "j1");
+  ASSERT_TRUE(store_->Commit(a.id()).ok());
+  EXPECT_EQ(store_->Stats().subpartitions, 60u);
+  auto over = store_->OpenWriter({"j2", kToken, 0, 0, 41, PartitionMode::kBlocking});
+  ASSERT_FALSE(over.ok());
+  EXPECT_EQ(over.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(over.status().message().find("its 41 subpartitions would pass the 100 the store "
+                                         "holds at most (60 held; store_max_subpartitions)"),
+            std::string::npos)
+      << over.status().message();
+  EXPECT_EQ(store_->Stats().jobs, 1u) << "the refused writer's job was not created";
+  TestWriter b = Open(0, 0, 40, PartitionMode::kPipelined, "j2");  // exactly up to the budget
+  store_->Abort(b.id(), "test");  // an aborted output is held until its job goes
+  EXPECT_EQ(store_->Stats().subpartitions, 100u);
+  EXPECT_FALSE(store_->OpenWriter({"j1", kToken, 1, 0, 1, PartitionMode::kBlocking}).ok());
+  ASSERT_TRUE(store_->Release("j1", kToken).ok());
+  EXPECT_EQ(store_->Stats().subpartitions, 40u);
+  TestWriter c = Open(1, 0, 60, PartitionMode::kBlocking, "j2");
+  ASSERT_TRUE(store_->Commit(c.id()).ok());
+  ASSERT_TRUE(store_->Release("j2", kToken).ok());
+  EXPECT_EQ(store_->Stats().subpartitions, 0u);
 }
 
 TEST_F(PartitionStoreTest, SpillsOverBudgetAndReadsBackWithChecksums) {

@@ -229,6 +229,10 @@ const std::map<std::string, Option>& Options() {
        SizeOption("network memory the external store keeps partitions in before it spills "
                   "(default 0: half of network_memory)",
                   &DaemonConfig::store_memory)},
+      {"store_max_subpartitions",
+       IntOption("subpartitions of external map outputs the store holds at once, about 700 "
+                 "bytes of bookkeeping each; a writer past it is refused (default 262144)",
+                 &DaemonConfig::store_max_subpartitions, 1, 1 << 24)},
       {"retention", IntOption("seconds an external job's data is kept after its last write or "
                               "read, unless released first (default 3600)",
                               &DaemonConfig::retention, 1, 365 * 24 * 3600)},

@@ -283,6 +283,8 @@ std::string RenderStoreMetrics(const std::string& node, const store::PartitionSt
           static_cast<double>(s.writers_waiting));
   w.Gauge("store_jobs", "jobs with external partitions", static_cast<double>(s.jobs));
   w.Gauge("store_map_outputs", "external map outputs", static_cast<double>(s.map_outputs));
+  w.Gauge("store_subpartitions", "subpartitions of the external map outputs held "
+          "(store_max_subpartitions)", static_cast<double>(s.subpartitions));
   w.Gauge("store_readers", "readers of external partitions", static_cast<double>(s.readers));
   return w.Take();
 }

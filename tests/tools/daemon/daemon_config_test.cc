@@ -340,5 +340,16 @@ TEST(DaemonConfigTest, LocalWriterOptions) {
   EXPECT_FALSE(ApplyToml("writer_credit = 0\n", "w.toml", &c).ok());
 }
 
+TEST(DaemonConfigTest, StoreMaxSubpartitions) {
+  DaemonConfig c;
+  EXPECT_EQ(c.store_max_subpartitions, 262144u);
+  ASSERT_TRUE(ApplyToml("store_max_subpartitions = 1000000\n", "s.toml", &c).ok());
+  EXPECT_EQ(c.store_max_subpartitions, 1000000u);
+  auto cl = ParseCommandLine({"--store-max-subpartitions", "0"});
+  ASSERT_FALSE(cl.ok());
+  EXPECT_NE(cl.status().message().find("store-max-subpartitions"), std::string::npos)
+      << cl.status().message();
+}
+
 }  // namespace
 }  // namespace sluice::daemon
