@@ -162,9 +162,10 @@ void PartitionStore::Impl::FailLocked(MapOutputData& o, OutputState state, const
     o.disk_bytes = 0;
   }
   for (SubpartitionData& s : o.subs) s.extents.clear();
-  for (auto& w : o.watchers) {
-    if (w->failure.empty()) w->failure = why;
-    notify->push_back(w);
+  const size_t first = notify->size();
+  o.CollectViews(notify);
+  for (size_t i = first; i < notify->size(); ++i) {
+    if ((*notify)[i]->failure.empty()) (*notify)[i]->failure = why;
   }
 }
 
@@ -621,7 +622,7 @@ Status PartitionStore::Append(WriterId writer, uint32_t subpartition, buffer::Bu
     o.memory_data_bytes += size;
     im.memory_bytes += cap;
     im.memory_data_bytes += size;
-    if (o.mode == PartitionMode::kPipelined) notify = o.watchers;
+    if (o.mode == PartitionMode::kPipelined) o.CollectViews(&notify);
     over = !im.options.spill_dir.empty() && im.memory_bytes > im.options.memory_budget_bytes;
   }
   NotifyViews(notify, false);
@@ -650,7 +651,7 @@ Result<client::MapOutput> PartitionStore::Commit(WriterId writer) {
     o.state = OutputState::kCommitted;
     im.writers.erase(it);
     if (auto j = im.jobs.find(o.job); j != im.jobs.end()) j->second->last_activity = Clock::now();
-    notify = o.watchers;
+    o.CollectViews(&notify);
     out.node = im.options.node;
     out.job = o.job;
     out.partition = o.partition;
@@ -832,6 +833,7 @@ Result<std::string> PartitionStore::RegisterReadSet(const std::string& job,
     }
     set->outputs.push_back(o->second);
   }
+  for (auto& o : set->outputs) o->read_sets.push_back(set);
   j.read_sets[id] = std::move(set);
   j.last_activity = Clock::now();
   return id;

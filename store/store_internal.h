@@ -54,6 +54,8 @@ struct ViewCore {
 
 enum class OutputState : uint8_t { kWriting, kCommitted, kAborted, kReleased };
 
+struct ReadSet;
+
 struct MapOutputData {
   std::string job;
   uint32_t partition = 0;
@@ -72,7 +74,12 @@ struct MapOutputData {
   std::shared_ptr<SpillFile> spill;  // created at the first spill
   std::string spill_stem;
   bool spilling = false;
-  std::vector<std::shared_ptr<ViewCore>> watchers;
+  // The read sets that name this output: their views are told of its appends, commit and
+  // failure. Weak: a read set goes with its job (or its last view); one entry per set.
+  std::vector<std::weak_ptr<ReadSet>> read_sets;
+
+  // Appends the live views of every read set naming this output (store lock held).
+  void CollectViews(std::vector<std::shared_ptr<ViewCore>>* out) const;
 
   std::string Name() const {
     return "job '" + job + "' partition " + std::to_string(partition) + " attempt " +
@@ -83,7 +90,18 @@ struct MapOutputData {
 struct ReadSet {
   std::string partition_id;
   std::vector<std::shared_ptr<MapOutputData>> outputs;
+  // Its live views (store lock): registered once per view, not once per output, so a view
+  // costs the same whatever the set's size, and releasing one is O(views of the set).
+  std::vector<std::shared_ptr<ViewCore>> views;
 };
+
+inline void MapOutputData::CollectViews(std::vector<std::shared_ptr<ViewCore>>* out) const {
+  for (const std::weak_ptr<ReadSet>& w : read_sets) {
+    if (std::shared_ptr<ReadSet> set = w.lock()) {
+      out->insert(out->end(), set->views.begin(), set->views.end());
+    }
+  }
+}
 
 struct Job {
   std::string name;

@@ -8,6 +8,9 @@
 namespace sluice::store {
 namespace {
 
+// Live views a read set may have beyond two per subpartition.
+constexpr size_t kSpareViewsPerReadSet = 16;
+
 class StoreView final : public shuffle::SubpartitionView {
  public:
   StoreView(std::shared_ptr<PartitionStore::Impl> impl, std::shared_ptr<ReadSet> set, uint32_t sub,
@@ -200,9 +203,7 @@ void StoreView::Release() {
     core_->released = true;
   }
   StoreLock lock(*impl_);
-  for (auto& o : set_->outputs) {
-    std::erase(o->watchers, core_);
-  }
+  std::erase(set_->views, core_);
   --impl_->readers;
 }
 
@@ -228,15 +229,25 @@ Result<std::unique_ptr<shuffle::SubpartitionView>> MakeStoreView(
       return NotFound("read set '" + set->partition_id + "' has " + std::to_string(max_subs) +
                       " subpartitions, not " + std::to_string(sub + 1) + " or more");
     }
+    // A reducer reads each subpartition once (again after a failure): more live views than
+    // that, with room for retries that overlap, are a runaway or hostile reader.
+    const size_t max_views = 2 * size_t{max_subs} + kSpareViewsPerReadSet;
+    if (set->views.size() >= max_views) {
+      return ResourceExhausted("read set '" + set->partition_id + "' already has " +
+                               std::to_string(set->views.size()) + " readers, its limit (" +
+                               "twice its " + std::to_string(max_subs) + " subpartitions, +" +
+                               std::to_string(kSpareViewsPerReadSet) +
+                               "); release readers before opening more");
+    }
     for (auto& o : set->outputs) {
       if (o->mode == PartitionMode::kPipelined && sub < o->subpartitions) {
         o->subs[sub].pipelined_claimed = true;
       }
-      o->watchers.push_back(core);
       if (o->state == OutputState::kAborted || o->state == OutputState::kReleased) {
         if (core->failure.empty()) core->failure = o->failure;
       }
     }
+    set->views.push_back(core);
     ++impl->readers;
     if (auto j = impl->jobs.find(set->outputs.front()->job); j != impl->jobs.end()) {
       j->second->last_activity = std::chrono::steady_clock::now();

@@ -305,6 +305,41 @@ TEST_F(PartitionStoreTest, HeldSubpartitionsAreBudgetedAcrossJobs) {
   EXPECT_EQ(store_->Stats().subpartitions, 0u);
 }
 
+// A blocking subpartition may be read again, but a read set's live readers are capped (twice
+// its subpartitions, +16): a reader opening views in a loop gets ResourceExhausted, and a
+// released view makes room. Views register with their read set, not with each output.
+TEST_F(PartitionStoreTest, LiveViewsOfAReadSetAreCapped) {
+  MakeStore(64u << 20);
+  TestWriter w = Open(0, 0, 2, PartitionMode::kBlocking);
+  ASSERT_TRUE(w.Write(0, 0, 0, 0, 3).ok());
+  ASSERT_TRUE(store_->Commit(w.id()).ok());
+  const std::string id = Register({{0, 0}});
+  CountingListener l;
+  std::vector<std::unique_ptr<shuffle::SubpartitionView>> views;
+  for (int i = 0; i < 20; ++i) {
+    auto v = View(id, i % 2, &l);
+    ASSERT_TRUE(v.ok()) << i << ": " << v.status().ToString();
+    views.push_back(std::move(*v));
+  }
+  auto over = View(id, 0, &l);
+  ASSERT_FALSE(over.ok());
+  EXPECT_EQ(over.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(over.status().message().find("already has 20 readers, its limit (twice its 2 "
+                                         "subpartitions, +16)"),
+            std::string::npos)
+      << over.status().message();
+  EXPECT_EQ(store_->Stats().readers, 20u);
+  views.back()->Release();
+  views.pop_back();
+  Drained d = ReadAll(id, 0);  // room again: a whole read
+  EXPECT_TRUE(d.ended) << d.error.ToString();
+  EXPECT_EQ(Stripped(d.records), Expected(0, 0, 0, 3));
+  for (auto& v : views) v->Release();
+  views.clear();
+  EXPECT_EQ(store_->Stats().readers, 0u);
+  EXPECT_TRUE(store_->Release("j1", kToken).ok());
+}
+
 TEST_F(PartitionStoreTest, SpillsOverBudgetAndReadsBackWithChecksums) {
   MakeStore(16 * kSegment);  // 16 segments in memory at most
   TestWriter w = Open(0, 0, 3, PartitionMode::kBlocking);
