@@ -107,6 +107,14 @@ Result<std::string> ReadSecretFile(const std::string& path) {
                   "auth secret file '" + path + "' has mode " + mode +
                       ": group or others may read it; run `chmod 600 " + path + "`");
   }
+  if (st.st_uid != ::geteuid() && st.st_uid != 0) {
+    // Someone else's file: in a directory others can write to, it may have been planted.
+    ::close(fd);
+    return Status(StatusCode::kPermissionDenied,
+                  "auth secret file '" + path + "' belongs to uid " + std::to_string(st.st_uid) +
+                      ", not to this process (uid " + std::to_string(::geteuid()) +
+                      ") or root; run `chown " + std::to_string(::geteuid()) + " " + path + "`");
+  }
   std::string s;
   char chunk[4096];
   while (true) {

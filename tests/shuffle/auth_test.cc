@@ -108,6 +108,24 @@ TEST_F(StateSecretTest, AStateDirectoryThatCannotBeMadeIsNamedWithTheFix) {
   EXPECT_EQ(files, 1u);  // only the file this test made
 }
 
+// A secret file of another user (which could have been planted in a directory others can
+// write to) is refused naming the chown; root's and this process's own are read.
+TEST_F(StateSecretTest, AnotherUsersSecretIsRefusedNamingTheChown) {
+  const std::string path = dir_ + "/secret";
+  std::ofstream(path) << "0123456789abcdef0123\n";
+  ::chmod(path.c_str(), 0600);
+  ASSERT_TRUE(ReadSecretFile(path).ok());
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to give the file to another uid";
+  ASSERT_EQ(::chown(path.c_str(), 12345, 12345), 0);
+  auto s = ReadSecretFile(path);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_NE(s.status().message().find("belongs to uid 12345, not to this process (uid 0) or "
+                                      "root; run `chown 0 " + path + "`"),
+            std::string::npos)
+      << s.status().message();
+}
+
 TEST_F(StateSecretTest, GroupReadableSecretIsRefusedNamingTheChmod) {
   const std::string path = dir_ + "/secret";
   std::ofstream(path) << "0123456789abcdef0123\n";
