@@ -323,7 +323,10 @@ Result<std::optional<LocalFrameParser::Frame>> LocalFrameParser::Next() {
   return std::optional<Frame>(Frame{type, {p + kLocalHeaderBytes, body}});
 }
 
-Status SendFrame(int fd, std::span<const uint8_t> frame, const std::string& peer, int pass_fd) {
+namespace {
+
+Status SendFrameWaiting(int fd, std::span<const uint8_t> frame, const std::string& peer,
+                        int pass_fd, int wait_ms) {
   size_t off = 0;
   bool fd_sent = pass_fd < 0;
   while (off < frame.size()) {
@@ -346,10 +349,16 @@ Status SendFrame(int fd, std::span<const uint8_t> frame, const std::string& peer
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        if (wait_ms == 0) {
+          return ResourceExhausted("local writer socket " + peer + ": the peer does not read "
+                                   "what it was sent (its socket has no room for " +
+                                   std::to_string(frame.size() - off) + " more bytes)");
+        }
         // A non-blocking socket whose peer does not read: wait for room (bounded by the peer).
         pollfd pfd{fd, POLLOUT, 0};
-        if (::poll(&pfd, 1, 10000) <= 0) {
-          return IoError("local writer socket " + peer + ": the peer reads nothing for 10 s");
+        if (::poll(&pfd, 1, wait_ms) <= 0) {
+          return IoError("local writer socket " + peer + ": the peer reads nothing for " +
+                         std::to_string(wait_ms / 1000) + " s");
         }
         continue;
       }
@@ -359,6 +368,17 @@ Status SendFrame(int fd, std::span<const uint8_t> frame, const std::string& peer
     off += static_cast<size_t>(n);
   }
   return Status::Ok();
+}
+
+}  // namespace
+
+Status SendFrame(int fd, std::span<const uint8_t> frame, const std::string& peer, int pass_fd) {
+  return SendFrameWaiting(fd, frame, peer, pass_fd, 10000);
+}
+
+Status SendFrameNoWait(int fd, std::span<const uint8_t> frame, const std::string& peer,
+                       int pass_fd) {
+  return SendFrameWaiting(fd, frame, peer, pass_fd, 0);
 }
 
 FrameReader::FrameReader(int fd, std::string peer, bool accept_fds)

@@ -165,8 +165,14 @@ class LocalFrameParser {
 };
 
 // Sends one frame on a stream socket (MSG_NOSIGNAL, retrying EINTR and short writes), with
-// `pass_fd` attached as SCM_RIGHTS when >= 0. IoError naming `peer` on failure.
+// `pass_fd` attached as SCM_RIGHTS when >= 0. On a full non-blocking socket it waits up to
+// 10 s for room. IoError naming `peer` on failure.
 Status SendFrame(int fd, std::span<const uint8_t> frame, const std::string& peer, int pass_fd = -1);
+// The same without waiting: a socket without room for the whole frame is ResourceExhausted
+// naming `peer` (what is left of the stream is then unusable: close it). For a server thread
+// that serves many peers, whose peers each have only a few small frames unread at a time.
+Status SendFrameNoWait(int fd, std::span<const uint8_t> frame, const std::string& peer,
+                       int pass_fd = -1);
 
 // Reads frames from a stream socket into a reused buffer (a few frames per recvmsg).
 // Descriptors passed with SCM_RIGHTS are kept for TakeFd() when `accept_fds`, otherwise closed

@@ -158,6 +158,32 @@ TEST_F(WriterHostileTest, SlotHandedOverTwice) {
   sink_.hold(false);
 }
 
+// A writer that hands its slot over again and again but never reads the credit frames: its
+// socket fills up. The service thread serves every writer on the host, so it never waits for
+// room: the writer is failed at once, naming why, and the good writer goes on (TearDown).
+TEST_F(WriterHostileTest, AWriterThatDoesNotReadItsCreditIsFailedWithoutStallingOthers) {
+  auto c = OpenRaw("h-noread");
+  const uint32_t slots = c->grant().slots;
+  ASSERT_GE(slots, 2u);
+  for (uint32_t s = 0; s < slots; ++s) FrameRecord(*c, s, 10, 10);
+  const uint64_t base = service_->Stats().buffers;
+  uint64_t sent = 0;
+  for (; sent < 20000; ++sent) {
+    // The slots in turn: each came back as credit long before its next turn (the sink lets go
+    // of a buffer at once), and the credit frames pile up unread.
+    if (!c->Send(Filled(0, static_cast<uint32_t>(sent % slots), 14)).ok()) break;
+    if (!testutil::PollUntil([&] { return service_->Stats().buffers >= base + sent + 1; },
+                             std::chrono::seconds(2))) {
+      break;  // failed: not counted
+    }
+  }
+  const std::string reason = AbortReason("h-noread");
+  EXPECT_NE(reason.find("does not read its credit"), std::string::npos)
+      << reason << " (after " << sent << " hand-overs)";
+  EXPECT_NE(reason.find("the peer does not read what it was sent"), std::string::npos) << reason;
+  EXPECT_TRUE(c->ClosedByPeer());
+}
+
 TEST_F(WriterHostileTest, OversizedBuffer) {
   auto c = OpenRaw("h-size");
   ASSERT_TRUE(c->Send(Filled(0, 1, 4097)).ok());

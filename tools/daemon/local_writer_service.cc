@@ -336,7 +336,7 @@ void LocalWriterService::Impl::Accept() {
     }
     if (!refuse.ok()) {
       ++refused_;
-      (void)local::SendFrame(fd, local::EncodeError(refuse), peer);
+      (void)local::SendFrameNoWait(fd, local::EncodeError(refuse), peer);
       ::close(fd);
       continue;
     }
@@ -473,7 +473,7 @@ Status LocalWriterService::Impl::OnHandshake(Conn& c, uint8_t type,
     schema::HandshakeFields ack;
     if (auto e = c.hs->OnHello(**hello, &ack)) return shuffle::HandshakeStatus(*e);
     auto frame = local::EncodeFrame(LocalType::kHelloAck, mb_.HelloAck(ack));
-    if (Status s = local::SendFrame(c.fd, frame, c.peer); !s.ok()) return s;
+    if (Status s = local::SendFrameNoWait(c.fd, frame, c.peer); !s.ok()) return s;
   } else if (t == LocalType::kAuthResponse) {
     auto response = schema::ParseAuthResponse(body);
     if (!response.ok()) return response.status();
@@ -527,7 +527,7 @@ Status LocalWriterService::Impl::OnOpenWriter(Conn& c, std::span<const uint8_t> 
   c.in_sink.assign(credit, 0);
   c.framing.assign(m->subpartitions, local::RecordFraming(options_.max_record));
   const auto grant = local::EncodeGrant({pool_->segment_size(), credit});
-  Status s = local::SendFrame(c.fd, grant, c.peer, c.arena->memfd());
+  Status s = local::SendFrameNoWait(c.fd, grant, c.peer, c.arena->memfd());
   c.arena->CloseMemfd();
   return s;
 }
@@ -584,7 +584,7 @@ Status LocalWriterService::Impl::OnCommit(Conn& c) {
   c.phase = Phase::kCommitted;
   ++committed_;
   const auto ack = local::EncodeText(LocalType::kCommitAck, client::EncodeMapOutput(*out));
-  if (!local::SendFrame(c.fd, ack, c.peer).ok()) c.closing = true;
+  if (!local::SendFrameNoWait(c.fd, ack, c.peer).ok()) c.closing = true;
   return Status::Ok();
 }
 
@@ -600,7 +600,16 @@ void LocalWriterService::Impl::SendCredits() {
     c.waiting = false;  // a later starvation is a new one
     if (c.closing || c.phase == Phase::kCommitted) continue;
     local::EncodeCreditInto(scratch_, &credit_frame_);
-    if (!local::SendFrame(c.fd, credit_frame_, c.peer).ok()) c.closing = true;
+    // Never waits: a writer has at most its granted slots' credit unread, a few hundred bytes,
+    // so a full socket means a writer that does not read; waiting for it would stall every
+    // other writer on this thread.
+    const Status sent = local::SendFrameNoWait(c.fd, credit_frame_, c.peer);
+    if (sent.code() == StatusCode::kResourceExhausted) {
+      Fail(c, Status(sent.code(), Who(c) + " does not read its credit: " + sent.message()),
+           /*tell=*/false);
+    } else if (!sent.ok()) {
+      c.closing = true;  // gone: AbortGone names it
+    }
   }
 }
 
@@ -611,7 +620,7 @@ void LocalWriterService::Impl::Fail(Conn& c, const Status& why, bool tell) {
     ++aborted_;
   }
   ++failed_;
-  if (tell) (void)local::SendFrame(c.fd, local::EncodeError(why), c.peer);
+  if (tell) (void)local::SendFrameNoWait(c.fd, local::EncodeError(why), c.peer);
   c.closing = true;
 }
 
