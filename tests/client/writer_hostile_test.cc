@@ -44,6 +44,7 @@ class WriterHostileTest : public ::testing::Test {
     o.node_name = "test-node";
     o.handshake_timeout = std::chrono::milliseconds(500);
     o.max_record = 1u << 20;
+    o.max_reserved_segments = max_reserved_segments_;
     auto s = daemon::LocalWriterService::Start(o, pool_, &sink_);
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     service_ = std::move(*s);
@@ -135,6 +136,7 @@ class WriterHostileTest : public ::testing::Test {
     }
   }
 
+  uint64_t max_reserved_segments_ = 0;
   testutil::TempDir dir_{"writer-hostile"};
   std::shared_ptr<buffer::NetworkBufferPool> pool_;
   testutil::RecordingSink sink_;
@@ -182,6 +184,38 @@ TEST_F(WriterHostileTest, AWriterThatDoesNotReadItsCreditIsFailedWithoutStalling
       << reason << " (after " << sent << " hand-overs)";
   EXPECT_NE(reason.find("the peer does not read what it was sent"), std::string::npos) << reason;
   EXPECT_TRUE(c->ClosedByPeer());
+}
+
+// Writers together reserve at most max_reserved_segments of the pool (sluiced: half), so
+// that many writers asking for the most credit cannot take the memory the daemon's jobs need.
+// One past it is refused naming the count; when writers finish, their segments count again.
+TEST_F(WriterHostileTest, WritersTogetherReserveAtMostTheirShareOfThePool) {
+  max_reserved_segments_ = 6;
+  Restart([] {});  // the good writer takes 4
+  auto open = [&](RawLocalClient& c, const std::string& job, uint32_t credit) {
+    EXPECT_TRUE(c.Handshake(kWriterSecret).ok());
+    local::OpenWriterMsg m;
+    m.job = job;
+    m.token = testutil::TokenOf(job);
+    m.subpartitions = 1;
+    m.credit = credit;
+    return c.Open(m);
+  };
+  RawLocalClient over(dir_.Path("sluiced.sock"));
+  const Status refused = open(over, "h-share", 3);
+  EXPECT_EQ(refused.code(), StatusCode::kResourceExhausted) << refused.ToString();
+  EXPECT_NE(refused.message().find("local writers hold 4 of the 6 they may"), std::string::npos)
+      << refused.ToString();
+  for (auto& [id, o] : sink_.outputs()) EXPECT_NE(o.spec.job, "h-share") << "nothing opened";
+  {
+    RawLocalClient fits(dir_.Path("sluiced.sock"));
+    ASSERT_TRUE(open(fits, "h-share", 2).ok());
+    EXPECT_EQ(service_->Stats().reserved_segments, 6u);
+  }  // closed before Commit: aborted, its arena's segments come home
+  ASSERT_TRUE(testutil::PollUntil([&] { return service_->Stats().reserved_segments == 4; },
+                                  std::chrono::seconds(5)));
+  RawLocalClient again(dir_.Path("sluiced.sock"));
+  EXPECT_TRUE(open(again, "h-share-2", 2).ok());
 }
 
 TEST_F(WriterHostileTest, OversizedBuffer) {

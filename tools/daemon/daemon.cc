@@ -641,6 +641,7 @@ Status Daemon::StartLocalWriters(const DaemonConfig& config, store::PartitionSto
   o.any_uid = config.local_socket_any_uid;
   o.writer_credit = config.writer_credit;
   o.max_writer_credit = config.writer_max_credit;
+  o.max_reserved_segments = std::max<uint64_t>(env_->pool()->total_segments() / 2, 1);
   o.node_name = node_name_;
   writer_sink_ = MakeStoreSink(store);
   auto service = LocalWriterService::Start(o, env_->pool(), writer_sink_.get());

@@ -75,9 +75,11 @@ std::unique_ptr<WriterSink> MakeStoreSink(store::PartitionStore* store) {
 // to return as credit while the connection is attached.
 class WriterArena final : public buffer::SlotListener {
  public:
+  // `live` counts arenas and `reserved` their segments (both outlive every arena).
   static Result<WriterArena*> Create(std::shared_ptr<buffer::NetworkBufferPool> pool,
                                      uint32_t slots, std::chrono::milliseconds reserve_timeout,
-                                     int wake_fd, std::atomic<uint64_t>* live);
+                                     int wake_fd, std::atomic<uint64_t>* live,
+                                     std::atomic<uint64_t>* reserved);
 
   int memfd() const { return memfd_; }
   void CloseMemfd() {
@@ -120,6 +122,7 @@ class WriterArena final : public buffer::SlotListener {
   size_t bytes_ = 0;
   std::unique_ptr<buffer::SegmentArena> segments_;
   std::atomic<uint64_t>* live_ = nullptr;
+  std::atomic<uint64_t>* reserved_count_ = nullptr;
   std::atomic<int64_t> refs_{1};
   std::mutex mu_;
   int wake_fd_ = -1;                // GUARDED_BY(mu_); -1 once detached
@@ -130,7 +133,8 @@ thread_local bool WriterArena::on_service_thread = false;
 
 Result<WriterArena*> WriterArena::Create(std::shared_ptr<buffer::NetworkBufferPool> pool,
                                          uint32_t slots, std::chrono::milliseconds reserve_timeout,
-                                         int wake_fd, std::atomic<uint64_t>* live) {
+                                         int wake_fd, std::atomic<uint64_t>* live,
+                                         std::atomic<uint64_t>* reserved_count) {
   auto reserved = pool->RequestExclusiveSegments(slots, reserve_timeout);
   if (!reserved.ok()) {
     return Status(reserved.status().code(),
@@ -142,6 +146,8 @@ Result<WriterArena*> WriterArena::Create(std::shared_ptr<buffer::NetworkBufferPo
   a->reserved_ = std::move(*reserved);
   a->live_ = live;
   live->fetch_add(1, std::memory_order_relaxed);
+  a->reserved_count_ = reserved_count;
+  reserved_count->fetch_add(a->reserved_.size(), std::memory_order_relaxed);
   const uint32_t seg = a->pool_->segment_size();
   a->bytes_ = size_t{slots} * seg;
   a->memfd_ = ::memfd_create("sluice-writer-arena", MFD_CLOEXEC | MFD_ALLOW_SEALING);
@@ -171,6 +177,7 @@ WriterArena::~WriterArena() {
   segments_.reset();
   if (base_ != nullptr) ::munmap(base_, bytes_);
   CloseMemfd();
+  reserved_count_->fetch_sub(reserved_.size(), std::memory_order_relaxed);
   if (!reserved_.empty()) pool_->RecycleExclusiveSegments(reserved_);
   live_->fetch_sub(1, std::memory_order_relaxed);
 }
@@ -260,7 +267,7 @@ class LocalWriterService::Impl {
   schema::MessageBuilder mb_;
 
   std::atomic<uint64_t> connections_{0}, opened_{0}, committed_{0}, aborted_{0}, failed_{0},
-      refused_{0}, buffers_{0}, bytes_{0}, arenas_{0}, waiting_{0};
+      refused_{0}, buffers_{0}, bytes_{0}, arenas_{0}, waiting_{0}, reserved_segments_{0};
 };
 
 Status LocalWriterService::Impl::Bind() {
@@ -507,6 +514,15 @@ Status LocalWriterService::Impl::OnOpenWriter(Conn& c, std::span<const uint8_t> 
                            " segments of write credit; this daemon grants at most " +
                            std::to_string(options_.max_writer_credit) + " (writer_max_credit)");
   }
+  const uint64_t reserved = reserved_segments_.load(std::memory_order_relaxed);
+  if (options_.max_reserved_segments != 0 && reserved + credit > options_.max_reserved_segments) {
+    return ResourceExhausted(Who(c) + " asked for " + std::to_string(credit) +
+                             " segments of write credit; local writers hold " +
+                             std::to_string(reserved) + " of the " +
+                             std::to_string(options_.max_reserved_segments) +
+                             " they may (half of network_memory); retry when writers finish, or "
+                             "raise network_memory");
+  }
   c.spec.job = m->job;
   c.spec.token = m->token;
   c.spec.partition = m->partition;
@@ -521,7 +537,8 @@ Status LocalWriterService::Impl::OnOpenWriter(Conn& c, std::span<const uint8_t> 
   c.writer = *id;
   c.writer_open = true;
   ++opened_;
-  auto arena = WriterArena::Create(pool_, credit, options_.reserve_timeout, wake_fd_, &arenas_);
+  auto arena = WriterArena::Create(pool_, credit, options_.reserve_timeout, wake_fd_, &arenas_,
+                                   &reserved_segments_);
   if (!arena.ok()) return Status(arena.status().code(), Who(c) + ": " + arena.status().message());
   c.arena = *arena;
   c.in_sink.assign(credit, 0);
@@ -671,6 +688,7 @@ LocalWriterStats LocalWriterService::Impl::Stats() const {
   s.buffers = buffers_.load();
   s.bytes = bytes_.load();
   s.arenas = arenas_.load();
+  s.reserved_segments = reserved_segments_.load();
   s.writers_waiting = waiting_.load();
   return s;
 }
@@ -722,6 +740,9 @@ std::string RenderLocalWriterMetrics(const std::string& node, const LocalWriterS
       stats.buffers);
   add("local_writer_bytes_total", "counter", "bytes handed over by local writers", stats.bytes);
   add("local_writer_arenas", "gauge", "live writer arenas (shared memory)", stats.arenas);
+  add("local_writer_reserved_segments", "gauge",
+      "network memory segments the writer arenas reserve (at most half of the pool)",
+      stats.reserved_segments);
   add("local_writers_waiting", "gauge", "local writers with every segment of credit in the store",
       stats.writers_waiting);
   return out;

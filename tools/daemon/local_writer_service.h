@@ -65,6 +65,10 @@ struct LocalWriterServiceOptions {
   std::chrono::milliseconds handshake_timeout{10000};
   std::chrono::milliseconds reserve_timeout{2000};
   uint32_t max_record = 1u << 30;    // the longest record a writer may frame
+  // Segments all writers' arenas may reserve together (an arena lives until its last slot
+  // comes home); 0: no cap beyond the pool. sluiced: half of its network memory, so that local
+  // writers cannot take the memory its own jobs need.
+  uint64_t max_reserved_segments = 0;
 };
 
 struct LocalWriterStats {
@@ -77,6 +81,7 @@ struct LocalWriterStats {
   uint64_t buffers = 0;          // Filled buffers handed to the sink
   uint64_t bytes = 0;            // their bytes
   uint64_t arenas = 0;           // live arenas (a committed writer's lives until its slots return)
+  uint64_t reserved_segments = 0;  // the segments those arenas reserve
   uint64_t writers_waiting = 0;  // open writers whose every slot is held by the sink
 };
 
