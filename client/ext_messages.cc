@@ -62,15 +62,15 @@ std::vector<uint8_t> EncodeExtList(const ExternalList& list) {
                                               p.blocking, s, p.bytes, p.records,
                                               p.bytes_in_memory, p.bytes_on_disk));
   }
+  const uint32_t total =
+      std::max(list.total, static_cast<uint32_t>(list.partitions.size()));
   std::string note = list.note;
-  if (parts.size() < list.partitions.size()) {
-    note = "listing the first " + std::to_string(parts.size()) + " of " +
-           std::to_string(list.partitions.size()) + " map outputs (ask for one job)";
+  if (parts.size() < total) {
+    note = "listing the first " + std::to_string(parts.size()) + " of " + std::to_string(total) +
+           " map outputs (ask for one job)";
   }
   auto v = fbb.CreateVector(parts);
   auto n = fbb.CreateString(note);
-  const uint32_t total =
-      list.total != 0 ? list.total : static_cast<uint32_t>(list.partitions.size());
   return Bytes(fbb, fb::CreateExtListResponse(fbb, v, total, n));
 }
 

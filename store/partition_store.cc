@@ -728,13 +728,17 @@ uint32_t PartitionStore::ExpireRetention(std::chrono::steady_clock::time_point n
   return n;
 }
 
-std::vector<MapOutputInfo> PartitionStore::List(const std::string& job) const {
+std::vector<MapOutputInfo> PartitionStore::List(const std::string& job, size_t max_entries,
+                                                size_t* total) const {
   const Impl& im = *impl_;
   std::vector<MapOutputInfo> out;
+  size_t count = 0;
   StoreLock lock(im);
   for (const auto& [name, j] : im.jobs) {
     if (!job.empty() && name != job) continue;
+    count += j->outputs.size();
     for (const auto& [key, o] : j->outputs) {
+      if (out.size() >= max_entries) break;
       MapOutputInfo i;
       i.job = o->job;
       i.partition = o->partition;
@@ -749,6 +753,7 @@ std::vector<MapOutputInfo> PartitionStore::List(const std::string& job) const {
       out.push_back(std::move(i));
     }
   }
+  if (total != nullptr) *total = count;
   return out;
 }
 

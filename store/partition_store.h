@@ -180,7 +180,10 @@ class PartitionStore final : public shuffle::SubpartitionViewProvider {
   uint32_t ExpireRetention(std::chrono::steady_clock::time_point now);
 
   // The map outputs of one job ("" = every job), for listings.
-  std::vector<MapOutputInfo> List(const std::string& job) const;
+  // At most `max_entries` of them (the store's lock is held while they are copied); `total`,
+  // when given, gets how many there are.
+  std::vector<MapOutputInfo> List(const std::string& job, size_t max_entries = SIZE_MAX,
+                                  size_t* total = nullptr) const;
   PartitionStoreStats Stats() const;
   // Whether the job exists and has `token` (for read access checks).
   Status CheckToken(const std::string& job, const std::string& token) const;

@@ -14,6 +14,9 @@ bool IsStoreControlRequest(MessageType type) {
 
 namespace {
 
+// More map outputs than one ExtListResponse can carry (about 600 fit in its frame).
+constexpr size_t kMaxListEntries = 1024;
+
 std::string Str(const flatbuffers::String* s) { return s ? s->str() : std::string(); }
 
 void ServeRegister(PartitionStore& store, std::span<const uint8_t> message,
@@ -34,7 +37,10 @@ void ServeList(PartitionStore& store, std::span<const uint8_t> message,
   auto m = schema::ParseExtListRequest(message);
   if (!m.ok()) return reply(MessageType::kControlResult, client::EncodeResult(m.status()));
   client::ExternalList list;
-  for (const MapOutputInfo& i : store.List(Str((*m)->job_id()))) {
+  // A reply carries a few hundred entries (EncodeExtList cuts it to one frame): copy no more
+  // than that, however many map outputs the store holds.
+  size_t total = 0;
+  for (const MapOutputInfo& i : store.List(Str((*m)->job_id()), kMaxListEntries, &total)) {
     client::ExternalPartition p;
     p.job = i.job;
     p.partition = i.partition;
@@ -48,7 +54,7 @@ void ServeList(PartitionStore& store, std::span<const uint8_t> message,
     p.bytes_on_disk = i.bytes_on_disk;
     list.partitions.push_back(std::move(p));
   }
-  list.total = static_cast<uint32_t>(list.partitions.size());
+  list.total = static_cast<uint32_t>(total);
   reply(MessageType::kExtListResponse, client::EncodeExtList(list));
 }
 

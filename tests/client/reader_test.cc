@@ -341,6 +341,24 @@ TEST_F(ReaderTest, HostileReadSetsAreRefusedAndTheDaemonGoesOn) {
   auto r = daemon::testing::Call(*cluster_->daemons[0], schema::MessageType::kExtRegisterReadSet,
                                  EncodeExtRegisterReadSet("job", kToken, huge));
   EXPECT_EQ(daemon::testing::ResultOf(r).code(), StatusCode::kProtocolError);
+  // Releases with a wrong token or of an unknown job, and malformed store requests, change
+  // nothing; the job's output stays listed.
+  daemon::Daemon& d = *cluster_->daemons[0];
+  EXPECT_EQ(ReleaseExternalJob(c, "job", "x" + kToken.substr(1)).code(),
+            StatusCode::kPermissionDenied);
+  EXPECT_EQ(ReleaseExternalJob(c, "nojob", kToken).code(), StatusCode::kNotFound);
+  const std::vector<uint8_t> garbage = {0xff, 0xff, 0xff, 0x7f, 1, 2, 3};
+  for (const auto type : {schema::MessageType::kExtReleaseJob, schema::MessageType::kExtListRequest,
+                          schema::MessageType::kExtRegisterReadSet}) {
+    EXPECT_EQ(daemon::testing::ResultOf(daemon::testing::Call(d, type, garbage)).code(),
+              StatusCode::kProtocolError)
+        << schema::MessageTypeName(type);
+  }
+  auto listed = ListExternal(c, "");
+  ASSERT_TRUE(listed.ok()) << listed.status().ToString();
+  ASSERT_EQ(listed->partitions.size(), 1u);
+  EXPECT_EQ(listed->total, 1u);
+  EXPECT_EQ(listed->partitions[0].state, "committed");
   // A PartitionRequest with a wrong proof for a registered read set: AuthenticationFailed.
   ReaderOptions o = Options(0, {m});
   auto id = RegisterReadSet(c, "job", kToken, {{1, 0}});

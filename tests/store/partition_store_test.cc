@@ -340,6 +340,23 @@ TEST_F(PartitionStoreTest, LiveViewsOfAReadSetAreCapped) {
   EXPECT_TRUE(store_->Release("j1", kToken).ok());
 }
 
+// A listing copies at most what its caller can send, and says how many there are.
+TEST_F(PartitionStoreTest, ListingsAreCutAndCounted) {
+  MakeStore(64u << 20);
+  for (uint32_t p = 0; p < 5; ++p) {
+    TestWriter w = Open(p, 0, 1, PartitionMode::kBlocking, p < 3 ? "j1" : "j2");
+    ASSERT_TRUE(store_->Commit(w.id()).ok());
+  }
+  size_t total = 0;
+  EXPECT_EQ(store_->List("", 2, &total).size(), 2u);
+  EXPECT_EQ(total, 5u);
+  EXPECT_EQ(store_->List("j2", 10, &total).size(), 2u);
+  EXPECT_EQ(total, 2u);
+  EXPECT_EQ(store_->List("").size(), 5u);
+  ASSERT_TRUE(store_->Release("j1", kToken).ok());
+  ASSERT_TRUE(store_->Release("j2", kToken).ok());
+}
+
 TEST_F(PartitionStoreTest, SpillsOverBudgetAndReadsBackWithChecksums) {
   MakeStore(16 * kSegment);  // 16 segments in memory at most
   TestWriter w = Open(0, 0, 3, PartitionMode::kBlocking);
