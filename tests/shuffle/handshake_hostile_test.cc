@@ -91,6 +91,8 @@ std::vector<PreAuthCase> PreAuthCases() {
   out.push_back({"ErrorResponse", MessageType::kErrorResponse,
                  Copy(b.ErrorResponse(fb::ErrorCode::ProtocolViolation, "hostile", 7))});
   out.push_back({"CloseRequest", MessageType::kCloseRequest, Copy(b.CloseRequest())});
+  out.push_back({"BufferSizeAnnouncement", MessageType::kBufferSizeAnnouncement,
+                 Copy(b.BufferSizeAnnouncement(7, 4096))});
   return out;
 }
 
@@ -224,7 +226,8 @@ TEST_P(PreAuthMessageTest, AfterHelloWithoutProofGetsAuthenticationFailedAndClos
   prod.FinishAndCheck();
 }
 
-INSTANTIATE_TEST_SUITE_P(EachType, PreAuthMessageTest, ::testing::Range(0, 6),
+INSTANTIATE_TEST_SUITE_P(EachType, PreAuthMessageTest,
+                         ::testing::Range(0, static_cast<int>(PreAuthCases().size())),
                          [](const ::testing::TestParamInfo<int>& i) {
                            return std::string(PreAuthCases()[static_cast<size_t>(i.param)].name);
                          });

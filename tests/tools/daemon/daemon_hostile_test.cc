@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "client/ext_messages.h"
 #include "schema/control.h"
 #include "schema/messages.h"
 #include "tests/tools/daemon/daemon_test_util.h"
@@ -94,14 +95,12 @@ JobStatus RunFileJob(Daemon& d, const JobSpec& spec) {
   return ended.empty() ? JobStatus{} : ended[0];
 }
 
-TEST(DaemonHostileTest, ControlWithoutTheSecretGetsAuthenticationFailedAndNothingRuns) {
-  auto d = StartDaemon();
-  ASSERT_TRUE(d);
-  auto none = control::ControlClient::Connect("127.0.0.1", d->port(), {});
-  ASSERT_FALSE(none.ok());
-  EXPECT_EQ(none.status().code(), StatusCode::kPermissionDenied);
-  // A raw peer skips the proof and submits a job anyway.
-  transport::testutil::RawSocket peer(d->port());
+// A raw peer says Hello, skips the proof and sends `message` of `type` anyway: it must get
+// AuthenticationFailed and a close.
+void ExpectRefusedWithoutTheProof(Daemon& d, MessageType type,
+                                  const std::vector<uint8_t>& message) {
+  SCOPED_TRACE(schema::MessageTypeName(type));
+  transport::testutil::RawSocket peer(d.port());
   ASSERT_TRUE(peer.connected());
   schema::MessageBuilder b;
   schema::HandshakeFields f;
@@ -112,10 +111,8 @@ TEST(DaemonHostileTest, ControlWithoutTheSecretGetsAuthenticationFailedAndNothin
   const auto kHeartbeat = static_cast<uint8_t>(MessageType::kHeartbeat);
   auto ack = peer.ReadFrame(std::chrono::seconds(5), kHeartbeat);
   ASSERT_TRUE(ack.has_value());
-  const JobSpec spec = Job("unauthenticated", {d.get()}, 1000000);
-  const auto submit = control::EncodeSubmitJob(spec, 0);
-  ASSERT_TRUE(peer.SendFrame(static_cast<uint8_t>(MessageType::kSubmitJob),
-                             transport::testutil::Bytes(submit.begin(), submit.end())));
+  ASSERT_TRUE(peer.SendFrame(static_cast<uint8_t>(type),
+                             transport::testutil::Bytes(message.begin(), message.end())));
   auto reply = peer.ReadFrame(std::chrono::seconds(5), kHeartbeat);
   ASSERT_TRUE(reply.has_value());
   ASSERT_EQ(reply->header.type, static_cast<uint8_t>(MessageType::kErrorResponse));
@@ -124,6 +121,29 @@ TEST(DaemonHostileTest, ControlWithoutTheSecretGetsAuthenticationFailedAndNothin
   EXPECT_EQ((*err)->code(), fb::ErrorCode::AuthenticationFailed);
   EXPECT_FALSE(peer.ReadFrame(std::chrono::seconds(5), kHeartbeat).has_value())
       << "the connection stayed open";
+}
+
+TEST(DaemonHostileTest, ControlWithoutTheSecretGetsAuthenticationFailedAndNothingRuns) {
+  auto d = StartDaemon();
+  ASSERT_TRUE(d);
+  auto none = control::ControlClient::Connect("127.0.0.1", d->port(), {});
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), StatusCode::kPermissionDenied);
+  // Raw peers skip the proof and send every control request anyway, each well formed.
+  const JobSpec spec = Job("unauthenticated", {d.get()}, 1000000);
+  const std::vector<std::pair<MessageType, std::vector<uint8_t>>> requests = {
+      {MessageType::kSubmitJob, control::EncodeSubmitJob(spec, 0)},
+      {MessageType::kJobStatusRequest, control::EncodeJobStatusRequest(spec.job_id, spec.token)},
+      {MessageType::kCancelJob, control::EncodeCancelJob(spec.job_id, "hostile", spec.token)},
+      {MessageType::kStatsRequest, control::EncodeStatsRequest()},
+      {MessageType::kCutConnections, control::EncodeCutConnections()},
+      {MessageType::kListJobsRequest, control::EncodeListJobsRequest()},
+      {MessageType::kExtReleaseJob, client::EncodeExtReleaseJob("job", spec.token)},
+      {MessageType::kExtRegisterReadSet,
+       client::EncodeExtRegisterReadSet("job", spec.token, {{0, 0}})},
+      {MessageType::kExtListRequest, client::EncodeExtListRequest("")},
+  };
+  for (const auto& [type, message] : requests) ExpectRefusedWithoutTheProof(*d, type, message);
   EXPECT_EQ(d->Stats().running_jobs, 0u);
   ExpectHealthy(*d);
   ExpectCleanShutdown(*d);
