@@ -44,6 +44,12 @@ size_t SpillFilesIn(const std::string& dir) {
   return n;
 }
 
+// `s` is an error of `code` whose message contains `text`.
+void ExpectRefused(const Status& s, StatusCode code, const std::string& text) {
+  EXPECT_EQ(s.code(), code) << s.ToString();
+  EXPECT_NE(s.message().find(text), std::string::npos) << s.ToString();
+}
+
 class PartitionStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -285,13 +291,10 @@ TEST_F(PartitionStoreTest, HeldSubpartitionsAreBudgetedAcrossJobs) {
   TestWriter a = Open(0, 0, 60, PartitionMode::kBlocking, "j1");
   ASSERT_TRUE(store_->Commit(a.id()).ok());
   EXPECT_EQ(store_->Stats().subpartitions, 60u);
-  auto over = store_->OpenWriter({"j2", kToken, 0, 0, 41, PartitionMode::kBlocking});
-  ASSERT_FALSE(over.ok());
-  EXPECT_EQ(over.status().code(), StatusCode::kResourceExhausted);
-  EXPECT_NE(over.status().message().find("its 41 subpartitions would pass the 100 the store "
-                                         "holds at most (60 held; store_max_subpartitions)"),
-            std::string::npos)
-      << over.status().message();
+  ExpectRefused(store_->OpenWriter({"j2", kToken, 0, 0, 41, PartitionMode::kBlocking}).status(),
+                StatusCode::kResourceExhausted,
+                "its 41 subpartitions would pass the 100 the store holds at most (60 held; "
+                "store_max_subpartitions)");
   EXPECT_EQ(store_->Stats().jobs, 1u) << "the refused writer's job was not created";
   TestWriter b = Open(0, 0, 40, PartitionMode::kPipelined, "j2");  // exactly up to the budget
   store_->Abort(b.id(), "test");  // an aborted output is held until its job goes
@@ -321,13 +324,8 @@ TEST_F(PartitionStoreTest, LiveViewsOfAReadSetAreCapped) {
     ASSERT_TRUE(v.ok()) << i << ": " << v.status().ToString();
     views.push_back(std::move(*v));
   }
-  auto over = View(id, 0, &l);
-  ASSERT_FALSE(over.ok());
-  EXPECT_EQ(over.status().code(), StatusCode::kResourceExhausted);
-  EXPECT_NE(over.status().message().find("already has 20 readers, its limit (twice its 2 "
-                                         "subpartitions, +16)"),
-            std::string::npos)
-      << over.status().message();
+  ExpectRefused(View(id, 0, &l).status(), StatusCode::kResourceExhausted,
+                "already has 20 readers, its limit (twice its 2 subpartitions, +16)");
   EXPECT_EQ(store_->Stats().readers, 20u);
   views.back()->Release();
   views.pop_back();

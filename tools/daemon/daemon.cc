@@ -278,10 +278,10 @@ Status Daemon::CheckSubmitLocked(const control::JobSpec& spec, uint32_t node,
   if (!accepting_jobs_) {
     return Status(StatusCode::kClosed, node_name_ + " is shutting down; submit elsewhere");
   }
-  if (spec.token.size() < kMinJobTokenLength) {
+  if (spec.token.size() < shuffle::auth::kMinJobTokenLength) {
     return InvalidArgument(job + "token is " + std::to_string(spec.token.size()) +
                            " characters; every job needs a random token of at least " +
-                           std::to_string(kMinJobTokenLength) +
+                           std::to_string(shuffle::auth::kMinJobTokenLength) +
                            " (JobSpec.token, e.g. auth::MakeJobToken())");
   }
   if (running_.count(spec.job_id) != 0 || ended_.count(spec.job_id) != 0) {

@@ -59,8 +59,6 @@ struct ShutdownReport {
 
 // Control requests queued for the control thread at most; more are refused at once.
 inline constexpr size_t kMaxQueuedRequests = 64;
-// A job's token is at least this long (auth::MakeJobToken makes 64 hex characters).
-inline constexpr size_t kMinJobTokenLength = shuffle::auth::kMinJobTokenLength;
 
 // Wraps a control reply so that a message over the frame's 64 KiB metadata
 // (control::kMaxControlMessageBytes) is sent as a ControlResult error naming the sizes instead
