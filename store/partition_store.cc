@@ -622,7 +622,7 @@ Status PartitionStore::Append(WriterId writer, uint32_t subpartition, buffer::Bu
     o.memory_data_bytes += size;
     im.memory_bytes += cap;
     im.memory_data_bytes += size;
-    if (o.mode == PartitionMode::kPipelined) o.CollectViews(&notify);
+    if (o.mode == PartitionMode::kPipelined) o.CollectViewsOf(subpartition, &notify);
     over = !im.options.spill_dir.empty() && im.memory_bytes > im.options.memory_budget_bytes;
   }
   NotifyViews(notify, false);

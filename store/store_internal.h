@@ -41,6 +41,8 @@ struct SubpartitionData {
 // A view's notification state. `mu` is held while its listener runs, so Release can wait for
 // a call in flight. `armed` is written under the store's mutex, read anywhere.
 struct ViewCore {
+  explicit ViewCore(uint32_t sub) : subpartition(sub) {}
+  const uint32_t subpartition;  // what the view reads: appends to other subpartitions skip it
   // Held while the listener is called. Recursive: the listener may release its own view from
   // inside the callback (the server's write-through serves the reader on the notifying thread
   // and releases a failed view there).
@@ -78,8 +80,11 @@ struct MapOutputData {
   // failure. Weak: a read set goes with its job (or its last view); one entry per set.
   std::vector<std::weak_ptr<ReadSet>> read_sets;
 
-  // Appends the live views of every read set naming this output (store lock held).
+  // Appends the live views of every read set naming this output (store lock held): for its
+  // commit and failure.
   void CollectViews(std::vector<std::shared_ptr<ViewCore>>* out) const;
+  // The same, only the views reading subpartition `sub`: the ones an append to it concerns.
+  void CollectViewsOf(uint32_t sub, std::vector<std::shared_ptr<ViewCore>>* out) const;
 
   std::string Name() const {
     return "job '" + job + "' partition " + std::to_string(partition) + " attempt " +
@@ -90,16 +95,41 @@ struct MapOutputData {
 struct ReadSet {
   std::string partition_id;
   std::vector<std::shared_ptr<MapOutputData>> outputs;
-  // Its live views (store lock): registered once per view, not once per output, so a view
-  // costs the same whatever the set's size, and releasing one is O(views of the set).
-  std::vector<std::shared_ptr<ViewCore>> views;
+  // Its live views by the subpartition each reads (store lock): registered once per view, not
+  // once per output, so a view costs the same whatever the set's size. An append wakes only
+  // the views of its subpartition, and releasing a view is O(views of that subpartition).
+  std::unordered_map<uint32_t, std::vector<std::shared_ptr<ViewCore>>> views;
+  size_t view_count = 0;  // the sum of views' vector sizes
+
+  void AddView(std::shared_ptr<ViewCore> core) {
+    views[core->subpartition].push_back(std::move(core));
+    ++view_count;
+  }
+  void RemoveView(const std::shared_ptr<ViewCore>& core) {
+    auto it = views.find(core->subpartition);
+    if (it == views.end()) return;
+    view_count -= std::erase(it->second, core);
+    if (it->second.empty()) views.erase(it);
+  }
 };
 
 inline void MapOutputData::CollectViews(std::vector<std::shared_ptr<ViewCore>>* out) const {
   for (const std::weak_ptr<ReadSet>& w : read_sets) {
     if (std::shared_ptr<ReadSet> set = w.lock()) {
-      out->insert(out->end(), set->views.begin(), set->views.end());
+      for (const auto& [sub, cores] : set->views) {
+        out->insert(out->end(), cores.begin(), cores.end());
+      }
     }
+  }
+}
+
+inline void MapOutputData::CollectViewsOf(uint32_t sub,
+                                          std::vector<std::shared_ptr<ViewCore>>* out) const {
+  for (const std::weak_ptr<ReadSet>& w : read_sets) {
+    std::shared_ptr<ReadSet> set = w.lock();
+    if (!set) continue;
+    auto it = set->views.find(sub);
+    if (it != set->views.end()) out->insert(out->end(), it->second.begin(), it->second.end());
   }
 }
 

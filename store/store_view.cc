@@ -203,7 +203,7 @@ void StoreView::Release() {
     core_->released = true;
   }
   StoreLock lock(*impl_);
-  std::erase(set_->views, core_);
+  set_->RemoveView(core_);
   --impl_->readers;
 }
 
@@ -212,7 +212,7 @@ void StoreView::Release() {
 Result<std::unique_ptr<shuffle::SubpartitionView>> MakeStoreView(
     std::shared_ptr<PartitionStore::Impl> impl, std::shared_ptr<ReadSet> set, uint32_t sub,
     shuffle::SubpartitionListener* listener) {
-  auto core = std::make_shared<ViewCore>();
+  auto core = std::make_shared<ViewCore>(sub);
   core->listener = listener;
   {
     StoreLock lock(*impl);
@@ -232,9 +232,9 @@ Result<std::unique_ptr<shuffle::SubpartitionView>> MakeStoreView(
     // A reducer reads each subpartition once (again after a failure): more live views than
     // that, with room for retries that overlap, are a runaway or hostile reader.
     const size_t max_views = 2 * size_t{max_subs} + kSpareViewsPerReadSet;
-    if (set->views.size() >= max_views) {
+    if (set->view_count >= max_views) {
       return ResourceExhausted("read set '" + set->partition_id + "' already has " +
-                               std::to_string(set->views.size()) + " readers, its limit (" +
+                               std::to_string(set->view_count) + " readers, its limit (" +
                                "twice its " + std::to_string(max_subs) + " subpartitions, +" +
                                std::to_string(kSpareViewsPerReadSet) +
                                "); release readers before opening more");
@@ -247,7 +247,7 @@ Result<std::unique_ptr<shuffle::SubpartitionView>> MakeStoreView(
         if (core->failure.empty()) core->failure = o->failure;
       }
     }
-    set->views.push_back(core);
+    set->AddView(core);
     ++impl->readers;
     if (auto j = impl->jobs.find(set->outputs.front()->job); j != impl->jobs.end()) {
       j->second->last_activity = std::chrono::steady_clock::now();

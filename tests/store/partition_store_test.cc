@@ -191,6 +191,42 @@ TEST_F(PartitionStoreTest, PipelinedStreamsWhileWritingAndFreesWhatWasSent) {
   EXPECT_TRUE(store_->Release("j1", kToken).ok());
 }
 
+// An append wakes the readers of its subpartition only: with a reader per subpartition, a
+// buffer appended used to notify every one of them (each a wake-up of the server's loop).
+TEST_F(PartitionStoreTest, AnAppendWakesOnlyTheReadersOfItsSubpartition) {
+  MakeStore(64u << 20);
+  TestWriter w = Open(0, 0, 3, PartitionMode::kPipelined);
+  const std::string id = Register({{0, 0}});
+  CountingListener l0, l1, l2;
+  auto v0 = View(id, 0, &l0);
+  auto v1 = View(id, 1, &l1);
+  auto v2 = View(id, 2, &l2);
+  ASSERT_TRUE(v0.ok() && v1.ok() && v2.ok());
+  ASSERT_TRUE(w.Write(0, 0, 1, 0, 20).ok());
+  EXPECT_EQ(l1.notifications.load(), 1);  // armed until it polls
+  EXPECT_EQ(l0.notifications.load(), 0);
+  EXPECT_EQ(l2.notifications.load(), 0);
+  ASSERT_TRUE(w.Write(0, 0, 0, 0, 20).ok());
+  EXPECT_EQ(l0.notifications.load(), 1);
+  EXPECT_EQ(l2.notifications.load(), 0);
+  Drained d0, d1;
+  DrainAvailable(v0->get(), &d0);
+  DrainAvailable(v1->get(), &d1);
+  EXPECT_EQ(d0.records, Expected(0, 0, 0, 20));
+  EXPECT_EQ(d1.records, Expected(0, 0, 1, 20));
+  // The commit concerns every reader: each is told (the end of partition is readable).
+  ASSERT_TRUE(store_->Commit(w.id()).ok());
+  EXPECT_GE(l2.notifications.load(), 1);
+  Drained d2;
+  DrainAvailable(v2->get(), &d2);
+  EXPECT_TRUE(d2.ended);
+  EXPECT_TRUE(d2.records.empty());
+  v0->reset();
+  v1->reset();
+  v2->reset();
+  EXPECT_TRUE(store_->Release("j1", kToken).ok());
+}
+
 TEST_F(PartitionStoreTest, AbortFailsReadersNamingJobAndPartition) {
   MakeStore(64u << 20);
   TestWriter a = Open(0, 0, 1, PartitionMode::kBlocking);
