@@ -34,14 +34,15 @@ class WriterTest : public ::testing::Test {
     pool_ = buffer::NetworkBufferPool::Create(po).value();
     Start();
   }
-  void Start(uint32_t credit = 4) {
+  void Start(uint32_t credit = 4,
+             std::chrono::milliseconds reserve_timeout = std::chrono::milliseconds(200)) {
     daemon::LocalWriterServiceOptions o;
     o.socket_path = dir_.Path("sluiced.sock");
     o.auth.secret = kWriterSecret;
     o.writer_credit = credit;
     o.node_name = "test-node";
     o.handshake_timeout = std::chrono::milliseconds(3000);
-    o.reserve_timeout = std::chrono::milliseconds(200);
+    o.reserve_timeout = reserve_timeout;
     auto s = daemon::LocalWriterService::Start(o, pool_, &sink_);
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     service_ = std::move(*s);
@@ -333,6 +334,64 @@ TEST_F(WriterTest, CreditBeyondThePoolIsResourceExhausted) {
   EXPECT_TRUE(outs[2].aborted);
   ASSERT_TRUE(testutil::PollUntil([&] { return service_->Stats().connections == 0; },
                                   std::chrono::seconds(5)));
+}
+
+// A writer whose credit has to wait for free segments waits on the reserver's thread: the
+// writers already open go on writing and committing meanwhile (the service thread used to
+// wait in the reservation, up to reserve_timeout, and every writer with it), and it opens as
+// soon as segments come back.
+TEST_F(WriterTest, AnOpenWaitingForSegmentsDoesNotHoldUpTheOtherWriters) {
+  service_->Stop();
+  Start(4, std::chrono::seconds(20));
+  auto a = Writer::Open(Options("job-a", 1, 1));
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  std::vector<buffer::MemorySegment*> held;  // every free segment: a new arena has to wait
+  while (buffer::MemorySegment* seg = pool_->TryRequestSegment()) held.push_back(seg);
+  std::atomic<bool> b_returned{false};
+  Result<std::unique_ptr<Writer>> b = Status(StatusCode::kInternal, "not opened");
+  std::thread opener([&] {
+    b = Writer::Open(Options("job-b", 2, 1));
+    b_returned = true;
+  });
+  ASSERT_TRUE(testutil::PollUntil([&] { return service_->Stats().writers_opened == 2; },
+                                  std::chrono::seconds(10)));
+  // 200 records of 100 bytes through 4 segments of 4 KiB: A needs its credit back many times.
+  for (uint32_t i = 0; i < 200; ++i) ASSERT_TRUE((*a)->Write(0, Rec(0, i, 100)).ok());
+  ASSERT_TRUE((*a)->Commit().ok());
+  EXPECT_FALSE(b_returned.load());  // B still waits for its segments
+  for (buffer::MemorySegment* seg : held) pool_->RecycleSegment(seg);
+  opener.join();
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  ASSERT_TRUE((*b)->Write(0, Rec(0, 0, 100)).ok());
+  ASSERT_TRUE((*b)->Commit().ok());
+  a->reset();
+  b->reset();
+  auto outs = sink_.outputs();
+  EXPECT_TRUE(outs[1].committed);
+  EXPECT_EQ(outs[1].records[0].size(), 200u);
+  EXPECT_TRUE(outs[2].committed);
+}
+
+// An open that waits longer than reserve_timeout fails with Timeout naming the fix, is aborted
+// in the sink, and a writer that comes after it opens normally once segments are back.
+TEST_F(WriterTest, AnOpenThatCannotGetItsSegmentsInTimeFailsAlone) {
+  std::vector<buffer::MemorySegment*> held;
+  while (buffer::MemorySegment* seg = pool_->TryRequestSegment()) held.push_back(seg);
+  auto w = Writer::Open(Options("job-late", 3, 1));
+  ASSERT_FALSE(w.ok());
+  EXPECT_EQ(w.status().code(), StatusCode::kTimeout) << w.status().ToString();
+  EXPECT_NE(w.status().message().find("write credit of 4 segments"), std::string::npos)
+      << w.status().ToString();
+  EXPECT_NE(w.status().message().find("network_memory"), std::string::npos);
+  for (buffer::MemorySegment* seg : held) pool_->RecycleSegment(seg);
+  auto next = Writer::Open(Options("job-late", 4, 1));
+  ASSERT_TRUE(next.ok()) << next.status().ToString();
+  ASSERT_TRUE((*next)->Commit().ok());
+  next->reset();
+  auto outs = sink_.outputs();
+  ASSERT_EQ(outs.size(), 2u);
+  EXPECT_TRUE(outs[1].aborted);
+  EXPECT_TRUE(outs[2].committed);
 }
 
 TEST(WriterServiceStartTest, RefusesAPathThatIsNotASocketAndReplacesAStaleOne) {

@@ -9,9 +9,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <list>
 #include <mutex>
 #include <thread>
@@ -199,6 +203,102 @@ void WriterArena::SlotRecycled(uint32_t slot) {
 
 // ---------------------------------------------------------------------------------------------
 
+// Reserves writer arenas on a thread of its own, so that a writer whose credit waits for free
+// segments (up to reserve_timeout) does not hold up the writers the service thread serves
+// meanwhile. Requests are served in order, each within reserve_timeout of its own request;
+// results wait for the service thread (Take), which is woken through its eventfd.
+// Thread-safe; Stop() before the pool, the counters and the eventfd go.
+class ArenaReserver {
+ public:
+  struct Done {
+    uint64_t conn;   // the connection that asked
+    uint32_t slots;  // what it asked for
+    Result<WriterArena*> arena;
+  };
+
+  ArenaReserver(std::shared_ptr<buffer::NetworkBufferPool> pool,
+                std::chrono::milliseconds timeout, int wake_fd, std::atomic<uint64_t>* live,
+                std::atomic<uint64_t>* reserved)
+      : pool_(std::move(pool)), timeout_(timeout), wake_fd_(wake_fd), live_(live),
+        reserved_(reserved), thread_([this] { Run(); }) {}
+  ~ArenaReserver() { Stop(); }
+  ArenaReserver(const ArenaReserver&) = delete;
+  ArenaReserver& operator=(const ArenaReserver&) = delete;
+
+  void Request(uint64_t conn, uint32_t slots) {
+    std::lock_guard<std::mutex> lock(mu_);
+    todo_.push_back({conn, slots, std::chrono::steady_clock::now() + timeout_});
+    pending_segments_ += slots;
+    cv_.notify_one();
+  }
+  // The results so far; their segments no longer count in pending_segments().
+  std::vector<Done> Take() {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<Done> out;
+    out.swap(done_);
+    for (const Done& d : out) pending_segments_ -= d.slots;
+    return out;
+  }
+  // Segments asked for and not taken yet (not in the arenas' reserved count until then).
+  uint64_t pending_segments() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return pending_segments_;
+  }
+  // Waits for a reservation in progress (at most reserve_timeout), drops the requests not
+  // started and frees the arenas not taken. Idempotent.
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+      cv_.notify_one();
+    }
+    if (thread_.joinable()) thread_.join();
+    for (Done& d : done_) {
+      if (d.arena.ok()) (*d.arena)->Detach();
+    }
+    done_.clear();
+  }
+
+ private:
+  struct Todo {
+    uint64_t conn;
+    uint32_t slots;
+    std::chrono::steady_clock::time_point deadline;
+  };
+
+  void Run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      cv_.wait(lock, [&] { return stop_ || !todo_.empty(); });
+      if (stop_) return;
+      const Todo t = todo_.front();
+      todo_.pop_front();
+      lock.unlock();
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(
+          t.deadline - std::chrono::steady_clock::now());
+      Result<WriterArena*> arena = WriterArena::Create(
+          pool_, t.slots, std::max(left, std::chrono::milliseconds(0)), wake_fd_, live_, reserved_);
+      lock.lock();
+      done_.push_back({t.conn, t.slots, std::move(arena)});
+      const uint64_t one = 1;
+      (void)!::write(wake_fd_, &one, sizeof(one));
+    }
+  }
+
+  const std::shared_ptr<buffer::NetworkBufferPool> pool_;
+  const std::chrono::milliseconds timeout_;
+  const int wake_fd_;
+  std::atomic<uint64_t>* const live_;
+  std::atomic<uint64_t>* const reserved_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Todo> todo_;          // GUARDED_BY(mu_)
+  std::vector<Done> done_;         // GUARDED_BY(mu_)
+  uint64_t pending_segments_ = 0;  // GUARDED_BY(mu_)
+  bool stop_ = false;              // GUARDED_BY(mu_)
+  std::thread thread_;             // last: starts after the fields above
+};
+
 class LocalWriterService::Impl {
  public:
   Impl(const LocalWriterServiceOptions& options, std::shared_ptr<buffer::NetworkBufferPool> pool,
@@ -211,11 +311,17 @@ class LocalWriterService::Impl {
   void Stop();
   LocalWriterStats Stats() const;
   const std::string& path() const { return options_.socket_path; }
-  void StartThread() { thread_ = std::thread([this] { Run(); }); }
+  void StartThread() {
+    reserver_ = std::make_unique<ArenaReserver>(pool_, options_.reserve_timeout, wake_fd_,
+                                                &arenas_, &reserved_segments_);
+    thread_ = std::thread([this] { Run(); });
+  }
 
  private:
-  enum class Phase { kHandshake, kOpen, kWriting, kCommitted };
+  // kReserving: opened in the sink, its arena asked of the reserver, no grant sent yet.
+  enum class Phase { kHandshake, kOpen, kReserving, kWriting, kCommitted };
   struct Conn {
+    uint64_t id = 0;  // for the reserver's results
     int fd = -1;
     std::string peer;  // "pid P uid U" for messages
     std::unique_ptr<shuffle::ServerHandshake> hs;
@@ -240,6 +346,10 @@ class LocalWriterService::Impl {
   Status Serve(Conn& c, uint8_t type, std::span<const uint8_t> body);
   Status OnHandshake(Conn& c, uint8_t type, std::span<const uint8_t> body);
   Status OnOpenWriter(Conn& c, std::span<const uint8_t> body);
+  // The reserver's results: a grant to each connection still waiting for one (an arena whose
+  // connection went is freed), or its failure.
+  void TakeReservations();
+  Status Grant(Conn& c, WriterArena* arena);
   Status OnFilled(Conn& c, std::span<const uint8_t> body);
   Status OnCommit(Conn& c);
   void SendCredits();
@@ -262,6 +372,8 @@ class LocalWriterService::Impl {
   std::atomic<bool> stop_{false};
   std::thread thread_;
   std::list<Conn> conns_;  // service thread only
+  uint64_t next_conn_id_ = 1;  // service thread only
+  std::unique_ptr<ArenaReserver> reserver_;  // started before, stopped after the thread
   std::vector<uint32_t> scratch_;      // slots returned by one arena (service thread)
   std::vector<uint8_t> credit_frame_;  // the Credit frame being sent (service thread)
   schema::MessageBuilder mb_;
@@ -312,7 +424,8 @@ Status LocalWriterService::Impl::Bind() {
 
 std::string LocalWriterService::Impl::Who(const Conn& c) const {
   std::string s = "local writer (" + c.peer + ")";
-  if (c.phase == Phase::kWriting || c.phase == Phase::kCommitted) {
+  if (c.phase == Phase::kReserving || c.phase == Phase::kWriting ||
+      c.phase == Phase::kCommitted) {
     s += " of job " + c.spec.job + " partition " + std::to_string(c.spec.partition) +
          " attempt " + std::to_string(c.spec.attempt);
   }
@@ -348,6 +461,7 @@ void LocalWriterService::Impl::Accept() {
       continue;
     }
     Conn& c = conns_.emplace_back();
+    c.id = next_conn_id_++;
     c.fd = fd;
     c.peer = peer;
     c.hs = std::make_unique<shuffle::ServerHandshake>(options_.auth, pool_->segment_size(),
@@ -381,6 +495,7 @@ void LocalWriterService::Impl::Run() {
         order[i]->closing = true;
       }
     }
+    TakeReservations();
     SendCredits();
     if (fds[0].revents != 0) Accept();
     CheckConnections();
@@ -467,6 +582,7 @@ Status LocalWriterService::Impl::Serve(Conn& c, uint8_t type, std::span<const ui
   }
   return ProtocolError(Who(c) + " sent " + name + " " +
                        (c.phase == Phase::kOpen        ? "before OpenWriter"
+                        : c.phase == Phase::kReserving ? "before its credit was granted"
                         : c.phase == Phase::kCommitted ? "after Commit"
                                                        : "which a writer never sends"));
 }
@@ -514,7 +630,9 @@ Status LocalWriterService::Impl::OnOpenWriter(Conn& c, std::span<const uint8_t> 
                            " segments of write credit; this daemon grants at most " +
                            std::to_string(options_.max_writer_credit) + " (writer_max_credit)");
   }
-  const uint64_t reserved = reserved_segments_.load(std::memory_order_relaxed);
+  // Arenas held, and those the reserver is still getting (not counted in the former yet).
+  const uint64_t reserved =
+      reserved_segments_.load(std::memory_order_relaxed) + reserver_->pending_segments();
   if (options_.max_reserved_segments != 0 && reserved + credit > options_.max_reserved_segments) {
     return ResourceExhausted(Who(c) + " asked for " + std::to_string(credit) +
                              " segments of write credit; local writers hold " +
@@ -533,16 +651,38 @@ Status LocalWriterService::Impl::OnOpenWriter(Conn& c, std::span<const uint8_t> 
   c.spec.retention = std::chrono::seconds(m->retention_s);
   auto id = sink_->OpenWriter(c.spec);
   if (!id.ok()) return id.status();
-  c.phase = Phase::kWriting;
+  c.phase = Phase::kReserving;
   c.writer = *id;
   c.writer_open = true;
   ++opened_;
-  auto arena = WriterArena::Create(pool_, credit, options_.reserve_timeout, wake_fd_, &arenas_,
-                                   &reserved_segments_);
-  if (!arena.ok()) return Status(arena.status().code(), Who(c) + ": " + arena.status().message());
-  c.arena = *arena;
+  // The segments may have to be waited for: on the reserver's thread, not this one.
+  reserver_->Request(c.id, credit);
+  return Status::Ok();
+}
+
+void LocalWriterService::Impl::TakeReservations() {
+  for (ArenaReserver::Done& d : reserver_->Take()) {
+    auto it = std::find_if(conns_.begin(), conns_.end(),
+                           [&](const Conn& c) { return c.id == d.conn; });
+    const bool waiting = it != conns_.end() && !it->closing && it->phase == Phase::kReserving;
+    if (!waiting) {
+      if (d.arena.ok()) (*d.arena)->Detach();  // the writer went (or failed) meanwhile
+      continue;
+    }
+    Conn& c = *it;
+    const Status s = d.arena.ok() ? Grant(c, *d.arena)
+                                  : Status(d.arena.status().code(),
+                                           Who(c) + ": " + d.arena.status().message());
+    if (!s.ok()) Fail(c, s, true);
+  }
+}
+
+Status LocalWriterService::Impl::Grant(Conn& c, WriterArena* arena) {
+  c.arena = arena;
+  const uint32_t credit = arena->segments().slots();
   c.in_sink.assign(credit, 0);
-  c.framing.assign(m->subpartitions, local::RecordFraming(options_.max_record));
+  c.framing.assign(c.spec.subpartitions, local::RecordFraming(options_.max_record));
+  c.phase = Phase::kWriting;
   const auto grant = local::EncodeGrant({pool_->segment_size(), credit});
   Status s = local::SendFrameNoWait(c.fd, grant, c.peer, c.arena->memfd());
   c.arena->CloseMemfd();
@@ -668,6 +808,8 @@ void LocalWriterService::Impl::Stop() {
     (void)!::write(wake_fd_, &one, sizeof(one));
     thread_.join();
   }
+  // After the thread (which failed the writers still waiting) and before the eventfd goes.
+  if (reserver_) reserver_->Stop();
   if (listen_fd_ >= 0) {
     ::close(listen_fd_);
     ::unlink(options_.socket_path.c_str());

@@ -15,9 +15,11 @@
 // fails alone (Error naming the rule, the sink aborts its map output, the connection closes);
 // a writer that disconnects before Commit is aborted with a reason naming its pid.
 //
-// One poll() thread serves every connection (no libuv here). Thread-safe: Start/Stop/Stats
-// from any thread; the sink is called on the service thread only, and its releases may come
-// from any thread.
+// One poll() thread serves every connection (no libuv here). A writer's arena is reserved on
+// a second thread: when the pool has no free segments for it, the writer waits there (up to
+// reserve_timeout) and the others go on being served. Thread-safe: Start/Stop/Stats from any
+// thread; the sink is called on the service thread only, and its releases may come from any
+// thread. Stop waits for a reservation in progress (at most reserve_timeout).
 #pragma once
 
 #include <chrono>
@@ -61,7 +63,8 @@ struct LocalWriterServiceOptions {
   uint32_t max_writer_credit = 64;   // the most a writer may ask for
   uint32_t max_connections = 1024;   // open local connections at most
   std::string node_name;             // for the handshake and messages
-  // How long an unauthenticated connection may stay, and how long to wait for reserved segments.
+  // How long an unauthenticated connection may stay, and how long a writer's open may wait for
+  // the segments of its credit (counted from its OpenWriter; opens are served in order).
   std::chrono::milliseconds handshake_timeout{10000};
   std::chrono::milliseconds reserve_timeout{2000};
   uint32_t max_record = 1u << 30;    // the longest record a writer may frame
