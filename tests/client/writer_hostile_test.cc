@@ -150,6 +150,28 @@ TEST_F(WriterHostileTest, SlotNeverGranted) {
   ExpectFailed(*c, "h-slot", "only 4 slots (0..3) were granted");
 }
 
+// A writer still waiting for its grant (the pool has no free segment for its arena yet) that
+// hands over a slot anyway: refused, that writer fails alone, the arena reserved for it when
+// segments come back is freed, and the good writer goes on (TearDown).
+TEST_F(WriterHostileTest, FramesBeforeTheGrantAreRefused) {
+  std::vector<buffer::MemorySegment*> held;  // every free segment: the open has to wait
+  while (buffer::MemorySegment* seg = pool_->TryRequestSegment()) held.push_back(seg);
+  RawLocalClient c(dir_.Path("sluiced.sock"));
+  ASSERT_TRUE(c.Handshake(kWriterSecret).ok());
+  local::OpenWriterMsg m;
+  m.job = "h-early";
+  m.token = testutil::TokenOf("h-early");
+  m.subpartitions = 1;
+  ASSERT_TRUE(c.Send(local::EncodeOpenWriter(m)).ok());
+  ASSERT_TRUE(testutil::PollUntil([&] { return service_->Stats().writers_opened == 2; },
+                                  std::chrono::seconds(5)));
+  ASSERT_TRUE(c.Send(Filled(0, 0, 10)).ok());
+  ExpectFailed(c, "h-early", "sent Filled before its credit was granted");
+  for (buffer::MemorySegment* seg : held) pool_->RecycleSegment(seg);
+  EXPECT_TRUE(testutil::PollUntil([&] { return service_->Stats().arenas == 1; },
+                                  std::chrono::seconds(5)));  // the good writer's alone
+}
+
 TEST_F(WriterHostileTest, SlotHandedOverTwice) {
   sink_.hold(true);  // keep slot 0 in the sink
   auto c = OpenRaw("h-twice");
