@@ -77,10 +77,10 @@ struct PartitionStoreOptions {
   uint32_t max_map_outputs_per_job = 65536;
   uint32_t max_subpartitions = 65536;
   // Subpartitions of all map outputs the store holds, until their jobs are released or expire:
-  // each costs about 700 bytes of bookkeeping whatever it holds, and a writer names how many
-  // it wants, so they are budgeted (262,144: about 180 MiB). More: OpenWriter is
+  // each costs about 100 bytes of bookkeeping whatever it holds, and a writer names how many
+  // it wants, so they are budgeted (1,048,576: about 100 MiB). More: OpenWriter is
   // ResourceExhausted naming the limit.
-  uint64_t max_held_subpartitions = 1u << 18;
+  uint64_t max_held_subpartitions = 1u << 20;
   uint32_t max_read_set_entries = 65536;
   uint32_t max_read_sets_per_job = 4096;
   // Segments to read spilled data into: taken from this pool's free list while a view reads

@@ -28,9 +28,39 @@ struct Extent {
   std::vector<uint32_t> sizes;    // and has sizes[i] bytes
 };
 
+// A deque that allocates nothing until its first element. An empty std::deque allocates
+// about 600 bytes, and the store keeps one per subpartition of every map output, most of which
+// may never hold a buffer (a writer names how many it has).
+template <typename T>
+class LazyDeque {
+ public:
+  using iterator = typename std::deque<T>::iterator;
+  using const_iterator = typename std::deque<T>::const_iterator;
+
+  bool empty() const { return !d_ || d_->empty(); }
+  size_t size() const { return d_ ? d_->size() : 0; }
+  // REQUIRES (front, pop_front, []): an element there.
+  T& front() { return d_->front(); }
+  T& operator[](size_t i) { return (*d_)[i]; }
+  const T& operator[](size_t i) const { return (*d_)[i]; }
+  void push_back(T v) {
+    if (!d_) d_ = std::make_unique<std::deque<T>>();
+    d_->push_back(std::move(v));
+  }
+  void pop_front() { d_->pop_front(); }
+  void clear() { d_.reset(); }  // and its memory
+  iterator begin() { return d_ ? d_->begin() : iterator(); }
+  iterator end() { return d_ ? d_->end() : iterator(); }
+  const_iterator begin() const { return d_ ? d_->cbegin() : const_iterator(); }
+  const_iterator end() const { return d_ ? d_->cend() : const_iterator(); }
+
+ private:
+  std::unique_ptr<std::deque<T>> d_;
+};
+
 struct SubpartitionData {
   std::map<uint64_t, Extent> extents;  // by first ordinal; all below memory_first
-  std::deque<buffer::Buffer> memory;   // ordinals [memory_first, total)
+  LazyDeque<buffer::Buffer> memory;    // ordinals [memory_first, total)
   uint64_t memory_first = 0;
   uint64_t total = 0;            // buffers appended
   bool pipelined_claimed = false;  // pipelined: its one reader came

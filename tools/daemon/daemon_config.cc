@@ -230,8 +230,8 @@ const std::map<std::string, Option>& Options() {
                   "(default 0: half of network_memory)",
                   &DaemonConfig::store_memory)},
       {"store_max_subpartitions",
-       IntOption("subpartitions of external map outputs the store holds at once, about 700 "
-                 "bytes of bookkeeping each; a writer past it is refused (default 262144)",
+       IntOption("subpartitions of external map outputs the store holds at once, about 100 "
+                 "bytes of bookkeeping each; a writer past it is refused (default 1048576)",
                  &DaemonConfig::store_max_subpartitions, 1, 1 << 24)},
       {"retention", IntOption("seconds an external job's data is kept after its last write or "
                               "read, unless released first (default 3600)",

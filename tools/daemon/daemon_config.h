@@ -80,7 +80,7 @@ struct DaemonConfig {
   uint64_t store_memory = 0;         // bytes the store keeps in memory before it spills; 0:
                                      // half of network_memory
   uint32_t retention = 3600;         // seconds a job's data outlives its last activity
-  uint32_t store_max_subpartitions = 1u << 18;  // subpartitions of map outputs held at once
+  uint32_t store_max_subpartitions = 1u << 20;  // subpartitions of map outputs held at once
   // External shuffle, the local write path (issue 13): writers on this host connect to this
   // Unix socket (empty: <state_dir>/sluiced-<port>.sock; "off": no local writers). Only the
   // daemon's uid may connect unless local_socket_any_uid. A writer gets writer_credit segments of

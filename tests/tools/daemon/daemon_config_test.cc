@@ -342,9 +342,9 @@ TEST(DaemonConfigTest, LocalWriterOptions) {
 
 TEST(DaemonConfigTest, StoreMaxSubpartitions) {
   DaemonConfig c;
-  EXPECT_EQ(c.store_max_subpartitions, 262144u);
-  ASSERT_TRUE(ApplyToml("store_max_subpartitions = 1000000\n", "s.toml", &c).ok());
-  EXPECT_EQ(c.store_max_subpartitions, 1000000u);
+  EXPECT_EQ(c.store_max_subpartitions, 1048576u);
+  ASSERT_TRUE(ApplyToml("store_max_subpartitions = 4000000\n", "s.toml", &c).ok());
+  EXPECT_EQ(c.store_max_subpartitions, 4000000u);
   auto cl = ParseCommandLine({"--store-max-subpartitions", "0"});
   ASSERT_FALSE(cl.ok());
   EXPECT_NE(cl.status().message().find("store-max-subpartitions"), std::string::npos)
