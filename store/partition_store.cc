@@ -177,6 +177,7 @@ void PartitionStore::Impl::ReleaseJobLocked(Job& job, const std::string& why,
     held_subpartitions -= o->subpartitions;
   }
   job.outputs.clear();
+  for (const auto& [id, set] : job.read_sets) held_read_set_entries -= set->outputs.size();
   job.read_sets.clear();
 }
 
@@ -764,6 +765,7 @@ PartitionStoreStats PartitionStore::Stats() const {
   s.jobs = im.jobs.size();
   s.map_outputs = im.map_outputs;
   s.subpartitions = im.held_subpartitions;
+  s.read_set_entries = im.held_read_set_entries;
   s.bytes_in_memory = im.memory_data_bytes;
   s.spill_bytes_total = im.spill_bytes_total.load();
   s.copied_bytes_total = im.copied_bytes_total.load();
@@ -828,6 +830,14 @@ Result<std::string> PartitionStore::RegisterReadSet(const std::string& job,
                              " read sets on " + im.options.node +
                              ", the limit (max_read_sets_per_job)");
   }
+  if (im.held_read_set_entries + outputs.size() > im.options.max_held_read_set_entries) {
+    return ResourceExhausted(
+        "job '" + job + "': a read set of " + std::to_string(outputs.size()) +
+        " map outputs would pass the " + std::to_string(im.options.max_held_read_set_entries) +
+        " read set entries the store holds at most (" + std::to_string(im.held_read_set_entries) +
+        " held; store_max_read_set_entries); release finished jobs (sluicectl release JOB) "
+        "first, or raise store_max_read_set_entries");
+  }
   auto set = std::make_shared<ReadSet>();
   set->partition_id = id;
   for (const MapOutputRef& r : outputs) {
@@ -839,6 +849,7 @@ Result<std::string> PartitionStore::RegisterReadSet(const std::string& job,
     set->outputs.push_back(o->second);
   }
   for (auto& o : set->outputs) o->read_sets.push_back(set);
+  im.held_read_set_entries += set->outputs.size();
   j.read_sets[id] = std::move(set);
   j.last_activity = Clock::now();
   return id;

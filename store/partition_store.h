@@ -83,6 +83,11 @@ struct PartitionStoreOptions {
   uint64_t max_held_subpartitions = 1u << 20;
   uint32_t max_read_set_entries = 65536;
   uint32_t max_read_sets_per_job = 4096;
+  // Map outputs named by all registered read sets together (each entry costs about 32 bytes
+  // until its job goes; per job up to 4,096 sets of 65,536 would be 8 GiB), so they are
+  // budgeted too (2,097,152: about 64 MiB). More: RegisterReadSet is ResourceExhausted naming
+  // the limit.
+  uint64_t max_held_read_set_entries = 1u << 21;
   // Segments to read spilled data into: taken from this pool's free list while a view reads
   // spilled data (at most `read_segments` at once, two per view) and returned when sent; an
   // idle store holds none. Null: spilled data cannot be read (tests without spill).
@@ -120,6 +125,7 @@ struct PartitionStoreStats {
   uint64_t jobs = 0;
   uint64_t map_outputs = 0;
   uint64_t subpartitions = 0;  // of the map outputs held (max_held_subpartitions)
+  uint64_t read_set_entries = 0;  // of the read sets registered (max_held_read_set_entries)
   uint64_t bytes_in_memory = 0;
   uint64_t spill_bytes_total = 0;  // bytes written to spill files since start
   // Bytes of starved writers' buffers copied into the store's own segments (under the budget)
@@ -197,7 +203,7 @@ class PartitionStore final : public shuffle::SubpartitionViewProvider {
   // (NotFound naming the first that does not; an aborted one may be named: its readers get
   // ProducerFailed). PermissionDenied for a wrong token or an unknown job (the same answer);
   // InvalidArgument for an empty list, duplicates or more than max_read_set_entries;
-  // ResourceExhausted past max_read_sets_per_job.
+  // ResourceExhausted past max_read_sets_per_job or max_held_read_set_entries.
   Result<std::string> RegisterReadSet(const std::string& job, const std::string& token,
                                       const std::vector<MapOutputRef>& outputs);
   // SubpartitionViewProvider: a view over a registered read set. The proof is

@@ -252,6 +252,7 @@ class PartitionStore::Impl final : public buffer::BufferRecycler,
   uint64_t spill_files = 0;
   uint64_t map_outputs = 0;
   uint64_t held_subpartitions = 0;  // of map_outputs, against options.max_held_subpartitions
+  uint64_t held_read_set_entries = 0;  // of all jobs' read sets, against its option
   uint64_t readers = 0;
   bool quota_blocked = false;
   std::atomic<uint64_t> spill_bytes_total{0};

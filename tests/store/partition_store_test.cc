@@ -75,6 +75,7 @@ class PartitionStoreTest : public ::testing::Test {
     o.read_segments = 8;
     o.maintenance_interval = std::chrono::milliseconds(20);
     o.max_held_subpartitions = max_held_subpartitions_;
+    o.max_held_read_set_entries = max_held_read_set_entries_;
     auto s = PartitionStore::Create(o);
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     store_ = std::move(*s);
@@ -124,6 +125,7 @@ class PartitionStoreTest : public ::testing::Test {
   }
 
   uint64_t max_held_subpartitions_ = PartitionStoreOptions{}.max_held_subpartitions;
+  uint64_t max_held_read_set_entries_ = PartitionStoreOptions{}.max_held_read_set_entries;
   sluice::testutil::TempDir dir_{"store"};
   std::shared_ptr<buffer::NetworkBufferPool> writer_pool_;
   std::shared_ptr<buffer::NetworkBufferPool> read_pool_;
@@ -321,6 +323,39 @@ TEST_F(PartitionStoreTest, HostileReadSetsAndRequests) {
 // holds its output (released or expired with the job): they are budgeted across jobs. A writer
 // past the budget is refused naming the option, and its job is not created; a release makes
 // room again.
+// Each read set entry (a map output named) costs bookkeeping until its job goes, and a reader
+// names as many as it likes, in up to max_read_sets_per_job sets: budgeted across jobs. A set
+// past the budget is refused naming the option; the same set again costs nothing; a release
+// makes room again.
+TEST_F(PartitionStoreTest, ReadSetEntriesAreBudgetedAcrossJobs) {
+  max_held_read_set_entries_ = 5;
+  MakeStore(64u << 20);
+  for (uint32_t p = 0; p < 3; ++p) {
+    TestWriter w = Open(p, 0, 1, PartitionMode::kBlocking, "j1");
+    ASSERT_TRUE(store_->Commit(w.id()).ok());
+  }
+  TestWriter other = Open(0, 0, 1, PartitionMode::kBlocking, "j2");
+  ASSERT_TRUE(store_->Commit(other.id()).ok());
+  const std::string all = Register({{0, 0}, {1, 0}, {2, 0}});
+  EXPECT_EQ(Register({{0, 0}, {1, 0}, {2, 0}}), all);  // the same set: no new entries
+  EXPECT_EQ(store_->Stats().read_set_entries, 3u);
+  ExpectRefused(store_->RegisterReadSet("j1", kToken, {{0, 0}, {1, 0}, {2, 0}, {0, 1}}).status(),
+                StatusCode::kInvalidArgument, "names partition 0 twice");
+  Register({{1, 0}, {2, 0}});  // exactly up to the budget
+  EXPECT_EQ(store_->Stats().read_set_entries, 5u);
+  ExpectRefused(store_->RegisterReadSet("j1", kToken, {{0, 0}, {1, 0}}).status(),
+                StatusCode::kResourceExhausted,
+                "a read set of 2 map outputs would pass the 5 read set entries the store holds "
+                "at most (5 held; store_max_read_set_entries)");
+  EXPECT_FALSE(store_->RegisterReadSet("j2", kToken, {{0, 0}}).ok());
+  ASSERT_TRUE(store_->Release("j1", kToken).ok());
+  EXPECT_EQ(store_->Stats().read_set_entries, 0u);
+  Register({{0, 0}}, "j2");
+  EXPECT_EQ(store_->Stats().read_set_entries, 1u);
+  ASSERT_TRUE(store_->Release("j2", kToken).ok());
+  EXPECT_EQ(store_->Stats().read_set_entries, 0u);
+}
+
 TEST_F(PartitionStoreTest, HeldSubpartitionsAreBudgetedAcrossJobs) {
   max_held_subpartitions_ = 100;
   MakeStore(64u << 20);

@@ -231,6 +231,7 @@ Status Daemon::StartStore(const DaemonConfig& config) {
       config.store_memory != 0 ? config.store_memory : config.network_memory / 2;
   o.retention = std::chrono::seconds(config.retention);
   o.max_held_subpartitions = config.store_max_subpartitions;
+  o.max_held_read_set_entries = config.store_max_read_set_entries;
   o.read_pool = env_->pool();
   o.maintenance_interval = std::chrono::milliseconds(200);
   o.read_segments = std::max<uint32_t>(

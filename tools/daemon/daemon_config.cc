@@ -233,6 +233,10 @@ const std::map<std::string, Option>& Options() {
        IntOption("subpartitions of external map outputs the store holds at once, about 100 "
                  "bytes of bookkeeping each; a writer past it is refused (default 1048576)",
                  &DaemonConfig::store_max_subpartitions, 1, 1 << 24)},
+      {"store_max_read_set_entries",
+       IntOption("map outputs named by all registered read sets together, about 32 bytes "
+                 "each; a read set past it is refused (default 2097152)",
+                 &DaemonConfig::store_max_read_set_entries, 1, 1 << 26)},
       {"retention", IntOption("seconds an external job's data is kept after its last write or "
                               "read, unless released first (default 3600)",
                               &DaemonConfig::retention, 1, 365 * 24 * 3600)},

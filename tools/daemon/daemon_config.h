@@ -81,6 +81,7 @@ struct DaemonConfig {
                                      // half of network_memory
   uint32_t retention = 3600;         // seconds a job's data outlives its last activity
   uint32_t store_max_subpartitions = 1u << 20;  // subpartitions of map outputs held at once
+  uint32_t store_max_read_set_entries = 1u << 21;  // map outputs named by all read sets
   // External shuffle, the local write path (issue 13): writers on this host connect to this
   // Unix socket (empty: <state_dir>/sluiced-<port>.sock; "off": no local writers). Only the
   // daemon's uid may connect unless local_socket_any_uid. A writer gets writer_credit segments of

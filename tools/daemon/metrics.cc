@@ -285,6 +285,8 @@ std::string RenderStoreMetrics(const std::string& node, const store::PartitionSt
   w.Gauge("store_map_outputs", "external map outputs", static_cast<double>(s.map_outputs));
   w.Gauge("store_subpartitions", "subpartitions of the external map outputs held "
           "(store_max_subpartitions)", static_cast<double>(s.subpartitions));
+  w.Gauge("store_read_set_entries", "map outputs named by the registered read sets "
+          "(store_max_read_set_entries)", static_cast<double>(s.read_set_entries));
   w.Gauge("store_readers", "readers of external partitions", static_cast<double>(s.readers));
   return w.Take();
 }

@@ -351,5 +351,16 @@ TEST(DaemonConfigTest, StoreMaxSubpartitions) {
       << cl.status().message();
 }
 
+TEST(DaemonConfigTest, StoreMaxReadSetEntries) {
+  DaemonConfig c;
+  EXPECT_EQ(c.store_max_read_set_entries, 2097152u);
+  ASSERT_TRUE(ApplyToml("store_max_read_set_entries = 100000\n", "s.toml", &c).ok());
+  EXPECT_EQ(c.store_max_read_set_entries, 100000u);
+  auto cl = ParseCommandLine({"--store-max-read-set-entries", "0"});
+  ASSERT_FALSE(cl.ok());
+  EXPECT_NE(cl.status().message().find("store-max-read-set-entries"), std::string::npos)
+      << cl.status().message();
+}
+
 }  // namespace
 }  // namespace sluice::daemon
