@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -340,26 +342,28 @@ TEST(DaemonConfigTest, LocalWriterOptions) {
   EXPECT_FALSE(ApplyToml("writer_credit = 0\n", "w.toml", &c).ok());
 }
 
-TEST(DaemonConfigTest, StoreMaxSubpartitions) {
+// A store budget option: its default, a TOML value, and 0 refused on the command line, naming
+// the flag.
+void ExpectStoreBudget(uint32_t DaemonConfig::*field, const std::string& key,
+                       uint32_t default_value) {
   DaemonConfig c;
-  EXPECT_EQ(c.store_max_subpartitions, 1048576u);
-  ASSERT_TRUE(ApplyToml("store_max_subpartitions = 4000000\n", "s.toml", &c).ok());
-  EXPECT_EQ(c.store_max_subpartitions, 4000000u);
-  auto cl = ParseCommandLine({"--store-max-subpartitions", "0"});
+  EXPECT_EQ(c.*field, default_value);
+  ASSERT_TRUE(ApplyToml(key + " = 100000\n", "s.toml", &c).ok());
+  EXPECT_EQ(c.*field, 100000u);
+  std::string flag = key;
+  std::replace(flag.begin(), flag.end(), '_', '-');
+  auto cl = ParseCommandLine({"--" + flag, "0"});
   ASSERT_FALSE(cl.ok());
-  EXPECT_NE(cl.status().message().find("store-max-subpartitions"), std::string::npos)
-      << cl.status().message();
+  EXPECT_NE(cl.status().message().find(flag), std::string::npos) << cl.status().message();
+}
+
+TEST(DaemonConfigTest, StoreMaxSubpartitions) {
+  ExpectStoreBudget(&DaemonConfig::store_max_subpartitions, "store_max_subpartitions", 1048576u);
 }
 
 TEST(DaemonConfigTest, StoreMaxReadSetEntries) {
-  DaemonConfig c;
-  EXPECT_EQ(c.store_max_read_set_entries, 2097152u);
-  ASSERT_TRUE(ApplyToml("store_max_read_set_entries = 100000\n", "s.toml", &c).ok());
-  EXPECT_EQ(c.store_max_read_set_entries, 100000u);
-  auto cl = ParseCommandLine({"--store-max-read-set-entries", "0"});
-  ASSERT_FALSE(cl.ok());
-  EXPECT_NE(cl.status().message().find("store-max-read-set-entries"), std::string::npos)
-      << cl.status().message();
+  ExpectStoreBudget(&DaemonConfig::store_max_read_set_entries, "store_max_read_set_entries",
+                    2097152u);
 }
 
 }  // namespace
