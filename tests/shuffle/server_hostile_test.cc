@@ -444,11 +444,16 @@ TEST_F(ServerHostileTest, UnreadErrorRepliesToRefusedRequestsAreCappedAndThePeer
   RawSocket s(server_->port(), /*rcvbuf=*/4096);
   ASSERT_TRUE(Handshake(s));
   // Subpartition 7 of a one-subpartition partition: PartitionNotFound, about 150 bytes each;
-  // 40,000 of them would queue about 6 MB.
+  // 80,000 of them would queue about 12 MB, more than the kernel's socket buffers take (4 MB
+  // each way at most by default) plus the server's bound.
   int sent = 0;
-  for (; sent < 40000; ++sent) {
+  for (; sent < 80000; ++sent) {
     if (!Request(s, "victim", 7, 1, 1)) break;  // the server closed us: that is the answer
   }
+  // Not read meanwhile: reading the replies would drain the server's queue. A slow server
+  // (TSan) may still be working through requests in the socket buffers when the loop ends.
+  EXPECT_TRUE(testutil::PollUntil(
+      [&] { return server_->stats().control_peers_closed.load() >= 1; }, 60s, 5ms));
   bool eof = false;
   s.ReadUntilClosed(10s, &eof);
   EXPECT_TRUE(eof) << "the server kept a peer open that left " << sent << " replies unread";
