@@ -2,12 +2,17 @@
 function(run)
   execute_process(COMMAND ${ARGV} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
   if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "failed (${rc}): ${ARGV}\n${out}\n${err}")
+    # stderr first: a report that keeps only the head of the output still shows why.
+    message(FATAL_ERROR "failed (${rc}): ${ARGV}\nstderr:\n${err}\nstdout:\n${out}")
   endif()
   message(STATUS "${out}")
 endfunction()
 
+# The two install tests start together (both have a high COST) and install the same build
+# tree, which `cmake --install` also writes to (install_manifest.txt): one at a time. One CI
+# run failed in the first install of a fresh tree, its reason cut from the report.
 function(sluice_install build_dir prefix)
+  file(LOCK ${build_dir}/tests/install/install.lock GUARD FUNCTION TIMEOUT 120)
   run(${CMAKE_COMMAND} --install ${build_dir} --prefix ${prefix})
 endfunction()
 
