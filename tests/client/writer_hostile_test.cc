@@ -15,6 +15,7 @@
 #include "client/writer.h"
 #include "shuffle/auth.h"
 #include "testutil/leak_check.h"
+#include "testutil/pools.h"
 #include "testutil/temp_dir.h"
 #include "testutil/wait.h"
 #include "tests/client/forked_writer.h"
@@ -154,8 +155,7 @@ TEST_F(WriterHostileTest, SlotNeverGranted) {
 // hands over a slot anyway: refused, that writer fails alone, the arena reserved for it when
 // segments come back is freed, and the good writer goes on (TearDown).
 TEST_F(WriterHostileTest, FramesBeforeTheGrantAreRefused) {
-  std::vector<buffer::MemorySegment*> held;  // every free segment: the open has to wait
-  while (buffer::MemorySegment* seg = pool_->TryRequestSegment()) held.push_back(seg);
+  testutil::HeldSegments held(*pool_);  // every free segment: the open has to wait
   RawLocalClient c(dir_.Path("sluiced.sock"));
   ASSERT_TRUE(c.Handshake(kWriterSecret).ok());
   local::OpenWriterMsg m;
@@ -167,7 +167,7 @@ TEST_F(WriterHostileTest, FramesBeforeTheGrantAreRefused) {
                                   std::chrono::seconds(5)));
   ASSERT_TRUE(c.Send(Filled(0, 0, 10)).ok());
   ExpectFailed(c, "h-early", "sent Filled before its credit was granted");
-  for (buffer::MemorySegment* seg : held) pool_->RecycleSegment(seg);
+  held.Release();
   EXPECT_TRUE(testutil::PollUntil([&] { return service_->Stats().arenas == 1; },
                                   std::chrono::seconds(5)));  // the good writer's alone
 }

@@ -15,6 +15,7 @@
 
 #include "tests/client/forked_writer.h"
 #include "testutil/leak_check.h"
+#include "testutil/pools.h"
 #include "testutil/temp_dir.h"
 #include "testutil/wait.h"
 #include "tests/client/writer_test_util.h"
@@ -345,11 +346,10 @@ TEST_F(WriterTest, AnOpenWaitingForSegmentsDoesNotHoldUpTheOtherWriters) {
   Start(4, std::chrono::seconds(20));
   auto a = Writer::Open(Options("job-a", 1, 1));
   ASSERT_TRUE(a.ok()) << a.status().ToString();
-  std::vector<buffer::MemorySegment*> held;  // every free segment: a new arena has to wait
-  while (buffer::MemorySegment* seg = pool_->TryRequestSegment()) held.push_back(seg);
+  testutil::HeldSegments held(*pool_);  // every free segment: a new arena has to wait
   std::atomic<bool> b_returned{false};
   Result<std::unique_ptr<Writer>> b = Status(StatusCode::kInternal, "not opened");
-  std::thread opener([&] {
+  std::jthread opener([&] {  // joined before `held` lets go, should an ASSERT end the test
     b = Writer::Open(Options("job-b", 2, 1));
     b_returned = true;
   });
@@ -359,7 +359,7 @@ TEST_F(WriterTest, AnOpenWaitingForSegmentsDoesNotHoldUpTheOtherWriters) {
   for (uint32_t i = 0; i < 200; ++i) ASSERT_TRUE((*a)->Write(0, Rec(0, i, 100)).ok());
   ASSERT_TRUE((*a)->Commit().ok());
   EXPECT_FALSE(b_returned.load());  // B still waits for its segments
-  for (buffer::MemorySegment* seg : held) pool_->RecycleSegment(seg);
+  held.Release();
   opener.join();
   ASSERT_TRUE(b.ok()) << b.status().ToString();
   ASSERT_TRUE((*b)->Write(0, Rec(0, 0, 100)).ok());
@@ -375,15 +375,14 @@ TEST_F(WriterTest, AnOpenWaitingForSegmentsDoesNotHoldUpTheOtherWriters) {
 // An open that waits longer than reserve_timeout fails with Timeout naming the fix, is aborted
 // in the sink, and a writer that comes after it opens normally once segments are back.
 TEST_F(WriterTest, AnOpenThatCannotGetItsSegmentsInTimeFailsAlone) {
-  std::vector<buffer::MemorySegment*> held;
-  while (buffer::MemorySegment* seg = pool_->TryRequestSegment()) held.push_back(seg);
+  testutil::HeldSegments held(*pool_);  // every free segment: the open has to wait
   auto w = Writer::Open(Options("job-late", 3, 1));
   ASSERT_FALSE(w.ok());
   EXPECT_EQ(w.status().code(), StatusCode::kTimeout) << w.status().ToString();
   EXPECT_NE(w.status().message().find("write credit of 4 segments"), std::string::npos)
       << w.status().ToString();
   EXPECT_NE(w.status().message().find("network_memory"), std::string::npos);
-  for (buffer::MemorySegment* seg : held) pool_->RecycleSegment(seg);
+  held.Release();
   auto next = Writer::Open(Options("job-late", 4, 1));
   ASSERT_TRUE(next.ok()) << next.status().ToString();
   ASSERT_TRUE((*next)->Commit().ok());
