@@ -92,7 +92,7 @@ Result<std::unique_ptr<Reader>> Reader::OpenSubpartition(const ReaderOptions& o)
   control::ControlClientOptions co;
   co.timeout = o.timeout;
   co.client_name = "sluice-reader";
-  if (!o.auth_off) co.secret = o.secret;
+  co.secret = o.secret;
   uint32_t segment_size = 0;
   for (auto& [node, g] : groups) {
     auto daemon = control::ControlClient::Connect(g.endpoint.host, g.endpoint.port, co);
@@ -119,8 +119,7 @@ Result<std::unique_ptr<Reader>> Reader::OpenSubpartition(const ReaderOptions& o)
   ec.memory.network_memory = segments * segment_size;
   ec.options.credit.buffers_per_channel = o.buffers_per_channel;
   ec.options.credit.floating_per_gate = o.floating_buffers;
-  ec.auth.secret = o.auth_off ? "" : o.secret;
-  ec.auth.off = o.auth_off;
+  ec.auth.secret = o.secret;
   auto env = shuffle::ShuffleEnvironment::Start(ec);
   if (!env.ok()) return env.status();
   state->env = std::move(*env);

@@ -32,13 +32,12 @@ namespace sluice::client {
 
 struct ReaderOptions {
   std::string job;
-  std::string token;  // the job's token (its writers'); "" for a daemon without job tokens
+  std::string token;  // the job's token (its writers')
   uint32_t subpartition = 0;
   // What to read: EncodeMapOutput descriptors from the writers' Commit. One attempt per
   // partition; every one must belong to `job`.
   std::vector<MapOutput> map_outputs;
-  std::string secret;    // the cluster's shared secret (control::FindSecret)
-  bool auth_off = false; // daemons running with auth = off (loopback experiments)
+  std::string secret;  // the cluster's shared secret (control::FindSecret)
   // Control requests, connecting, and the longest Next() waits for data.
   std::chrono::milliseconds timeout{60000};
   uint32_t buffers_per_channel = 4;

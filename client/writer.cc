@@ -72,10 +72,10 @@ Result<std::unique_ptr<Writer>> Writer::Open(const WriterOptions& options) {
     path = LocalSocketPath(options.state_dir, options.port);
   }
   std::string secret = options.secret;
-  if (secret.empty() && !options.auth_off) {
+  if (secret.empty()) {
     if (options.state_dir.empty()) {
       return InvalidArgument("Writer::Open: no secret: give the cluster's secret or the "
-                             "daemon's state_dir (or auth_off for a daemon without auth)");
+                             "daemon's state_dir");
     }
     auto s = shuffle::auth::LoadStateSecret(options.state_dir, /*create=*/false);
     if (!s.ok()) return s.status();
@@ -90,7 +90,7 @@ Result<std::unique_ptr<Writer>> Writer::Open(const WriterOptions& options) {
 }
 
 Status Writer::Handshake(const std::string& secret) {
-  shuffle::auth::AuthConfig auth{secret, options_.auth_off && secret.empty()};
+  shuffle::auth::AuthConfig auth{secret, false};
   shuffle::ClientHandshake hs(auth, shuffle::kControlOnlySegmentSize,
                               "writer-" + std::to_string(::getpid()), path_, "daemon");
   schema::MessageBuilder mb;

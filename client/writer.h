@@ -54,11 +54,10 @@ struct WriterOptions {
   // The daemon's local socket. Empty: <state_dir>/sluiced-<port>.sock.
   std::string socket_path;
   uint32_t port = kDefaultDaemonPort;  // the daemon's data port, naming its default socket
-  // The daemon's state directory: the socket's default place and, when `secret` is empty and
-  // auth is on, where the secret is read from (<state_dir>/auth_secret).
+  // The daemon's state directory: the socket's default place and, when `secret` is empty,
+  // where the secret is read from (<state_dir>/auth_secret).
   std::string state_dir;
   std::string secret;      // the cluster's shared secret (>= 16 bytes)
-  bool auth_off = false;   // connect to a daemon that runs with auth = "off"
   std::string job;         // created by its first writer
   std::string token;       // the job's token (every writer of a job must present the same)
   uint32_t partition = 0;  // the map task

@@ -393,13 +393,34 @@ TEST_F(WriterTest, AnOpenThatCannotGetItsSegmentsInTimeFailsAlone) {
   EXPECT_TRUE(outs[2].committed);
 }
 
-TEST(WriterServiceStartTest, RefusesAPathThatIsNotASocketAndReplacesAStaleOne) {
-  testutil::TempDir dir("writer-start");
-  auto pool = buffer::NetworkBufferPool::Create({64 * 4096, 4096}).value();
+// Starting the service: a scratch socket path, a pool and a sink, the options to change.
+class WriterServiceStartTest : public ::testing::Test {
+ protected:
+  WriterServiceStartTest() {
+    o.socket_path = dir.Path("sluiced.sock");
+    o.auth.secret = kWriterSecret;
+  }
+  testutil::TempDir dir{"writer-start"};
+  std::shared_ptr<buffer::NetworkBufferPool> pool =
+      buffer::NetworkBufferPool::Create({64 * 4096, 4096}).value();
   RecordingSink sink;
   daemon::LocalWriterServiceOptions o;
-  o.socket_path = dir.Path("sluiced.sock");
-  o.auth.secret = kWriterSecret;
+};
+
+// sluiced serves no unauthenticated peer, local writers included: a service without the
+// daemon's secret does not start, and no socket is made.
+TEST_F(WriterServiceStartTest, RefusesToRunWithoutAuthentication) {
+  o.auth = {"", true};
+  auto s = daemon::LocalWriterService::Start(o, pool, &sink);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.status().message().find("auth.off is not supported"), std::string::npos)
+      << s.status().ToString();
+  struct stat st{};
+  EXPECT_NE(::stat(o.socket_path.c_str(), &st), 0) << "a socket was made";
+}
+
+TEST_F(WriterServiceStartTest, RefusesAPathThatIsNotASocketAndReplacesAStaleOne) {
   testutil::WriteFileWithMode(o.socket_path, "not a socket", 0600);
   auto s = daemon::LocalWriterService::Start(o, pool, &sink);
   ASSERT_FALSE(s.ok());

@@ -1,7 +1,7 @@
 // sluicectl: the operator's command line for running sluiced daemons, over their control
 // messages (schema/control.fbs).
 //
-//   sluicectl [--host H] [--port N] [--timeout-ms N] [--auth on|off]
+//   sluicectl [--host H] [--port N] [--timeout-ms N]
 //             [--auth-secret-file F] [--state-dir D] COMMAND ...
 //     submit JOB.toml [--wait] [--token-file F]  send a job to every node it names
 //     jobs [--json]                              this daemon's jobs, with state and counts
@@ -45,12 +45,6 @@ Result<ControlClientOptions> ClientOptions(const Globals& g) {
   ControlClientOptions o;
   o.client_name = "sluicectl";
   o.timeout = std::chrono::milliseconds(g.timeout_ms);
-  if (g.auth == "off") {
-    if (!g.auth_secret_file.empty()) {
-      return InvalidArgument("--auth off takes no --auth-secret-file");
-    }
-    return o;
-  }
   auto secret = FindSecret(SecretSource{g.auth_secret_file, g.state_dir});
   if (!secret.ok()) return secret.status();
   o.secret = *secret;
@@ -114,8 +108,6 @@ void AddGlobals(CLI::App& app, Globals& g) {
       ->check(CLI::Range(1, 65535));
   app.add_option("--timeout-ms", g.timeout_ms, "connect and request timeout (default 10000)")
       ->check(CLI::Range(1u, 3600000u));
-  app.add_option("--auth", g.auth, "on (default), or off for a daemon started with --auth off")
-      ->check(CLI::IsMember({"on", "off"}));
   app.add_option("--auth-secret-file", g.auth_secret_file,
                  "the cluster's shared secret (mode 0600); else <state-dir>/auth_secret");
   app.add_option("--state-dir", g.state_dir,

@@ -18,7 +18,6 @@ struct Globals {
   std::string host = "127.0.0.1";
   uint16_t port = 7070;
   uint32_t timeout_ms = 10000;
-  std::string auth = "on";        // on | off
   std::string auth_secret_file;   // the cluster's secret; else <state_dir>/auth_secret
   std::string state_dir;          // empty: /var/lib/sluice
   std::string token;              // a job's token, given on the command line

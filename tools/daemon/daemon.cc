@@ -43,14 +43,6 @@ namespace {
 // Where the shared secret comes from (issue 11: authenticated by default). The one place the
 // environment's auth setting is made.
 Status ConfigureAuth(const DaemonConfig& config, shuffle::EnvironmentConfig* ec) {
-  if (config.auth == "off") {
-    // Validate refused off on any non-loopback address.
-    Log(LogLevel::kWarn, "auth = off: every peer that reaches " + config.listen +
-                             " is served without a secret (experiments on loopback only)");
-    ec->auth.secret.clear();
-    ec->auth.off = true;
-    return Status::Ok();
-  }
   Result<std::string> secret =
       config.auth_secret_file.empty()
           ? shuffle::auth::LoadStateSecret(config.state_dir.empty()

@@ -7,9 +7,8 @@
 // are reaped there too: their runner is destroyed (every segment goes home) and their final
 // status kept for later JobStatus requests (the last 256).
 //
-// Security (issue 11): connections are authenticated by default (the secret from
-// auth_secret_file, else <state_dir>/auth_secret, created 0600 on first start; auth = "off" only
-// on loopback). A job carries a token (JobSpec::token, >= 32 characters): its partitions are
+// Security (issue 11): every connection is authenticated, on every address (the secret from
+// auth_secret_file, else <state_dir>/auth_secret, created 0600 on first start). A job carries a token (JobSpec::token, >= 32 characters): its partitions are
 // served only to readers that prove it, and JobStatus and CancelJob must carry it (compared in
 // constant time; a wrong token and an unknown job get the same PermissionDenied). Fault hooks
 // need enable_fault_injection. Jobs may only name nodes inside allowed_peers. The control queue

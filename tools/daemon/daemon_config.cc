@@ -136,8 +136,8 @@ const std::map<std::string, Option>& Options() {
        StringOption("directory for the daemon's state: auth_secret is created there when no "
                     "auth_secret_file is given (default /var/lib/sluice)",
                     &DaemonConfig::state_dir)},
-      {"auth", StringOption("on (default) or off: off serves unauthenticated peers, for "
-                            "experiments on loopback only",
+      {"auth", StringOption("on, the only value: every peer proves the cluster secret (an old "
+                            "config's auth = off is refused, naming the fix)",
                             &DaemonConfig::auth)},
       {"enable_fault_injection",
        BoolOption("accept fault-injection control messages (testing only)",
@@ -343,15 +343,15 @@ Status Validate(const DaemonConfig& c) {
                            "' is not one of trace, debug, info, warn, error");
   }
   if (c.listen.empty()) return InvalidArgument("listen is empty; e.g. --listen 127.0.0.1");
-  if (c.auth != "on" && c.auth != "off") {
-    return InvalidArgument("auth = '" + c.auth + "' is not on or off");
+  if (c.auth == "off") {
+    // Once allowed on loopback, where any local user could then submit jobs and read data.
+    return InvalidArgument(
+        "auth = off is not supported: sluiced serves only peers that prove the cluster secret, "
+        "on every address. Remove the option: sluiced reads the secret from --auth-secret-file "
+        "FILE or creates <state_dir>/auth_secret on first start (--state-dir), and sluicectl "
+        "and the clients find it the same way (docs/security.md)");
   }
-  if (c.auth == "off" && !IsLoopbackHost(c.listen)) {
-    return InvalidArgument("auth = off is refused on listen address " + c.listen +
-                           ": without authentication anyone who reaches the port can submit "
-                           "jobs; use --auth on with a secret (--auth-secret-file or "
-                           "--state-dir), or --listen 127.0.0.1");
-  }
+  if (c.auth != "on") return InvalidArgument("auth = '" + c.auth + "' is not on (its only value)");
   if (c.max_line_bytes == 0) return InvalidArgument("max_line_bytes must be at least 1");
   if (c.writer_credit > c.writer_max_credit) {
     return InvalidArgument("writer_credit = " + std::to_string(c.writer_credit) +
@@ -445,15 +445,6 @@ Result<bool> AddressAllowed(const std::vector<Cidr>& cidrs, const std::string& h
     if (PrefixMatches(net, addr)) return true;
   }
   return false;
-}
-
-bool IsLoopbackHost(const std::string& host) {
-  if (host == "localhost") return true;
-  Cidr addr;
-  if (!ParseAddress(Unbracket(host), &addr)) return false;
-  if (addr.family == AF_INET) return addr.address[0] == 127;
-  static const uint8_t kLoopback6[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
-  return std::equal(addr.address, addr.address + 16, kLoopback6);
 }
 
 bool DiffersOnlyInReloadable(const DaemonConfig& a, const DaemonConfig& b) {

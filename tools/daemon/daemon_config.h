@@ -25,11 +25,11 @@ struct DaemonConfig {
   uint32_t floating_per_gate = 8;
   int32_t buffer_timeout_ms = 100;  // -1: only full buffers are sent
   bool checksums = false;           // CRC32C on every buffer in transit
-  // Authentication is always on unless auth == "off" (loopback only). The shared secret comes
-  // from auth_secret_file, or else from <state_dir>/auth_secret (created 0600 on first start).
+  // Authentication is always on, on every address. The shared secret comes from
+  // auth_secret_file, or else from <state_dir>/auth_secret (created 0600 on first start).
   std::string auth_secret_file;
   std::string state_dir = "/var/lib/sluice";
-  std::string auth = "on";  // "on" or "off"
+  std::string auth = "on";  // "on", its only value ("off" is refused, naming the fix)
   // Fault hooks (CutConnections control message) are refused unless this is set.
   bool enable_fault_injection = false;
   // Nodes a job may name: comma-separated CIDRs (default loopback only).
@@ -118,8 +118,6 @@ Result<std::vector<Cidr>> ParseAllowedPeers(const std::string& text);
 // InvalidArgument when `host` is not a literal address: host names are not resolved (a name
 // could resolve differently later); the message says to list the node by address.
 Result<bool> AddressAllowed(const std::vector<Cidr>& cidrs, const std::string& host);
-// Whether `host` is a loopback address or "localhost".
-bool IsLoopbackHost(const std::string& host);
 
 // What the command line asked for.
 struct CommandLine {

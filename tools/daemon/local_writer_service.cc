@@ -614,9 +614,8 @@ Status LocalWriterService::Impl::OnHandshake(Conn& c, uint8_t type,
 Status LocalWriterService::Impl::OnOpenWriter(Conn& c, std::span<const uint8_t> body) {
   auto m = local::ParseOpenWriter(body);
   if (!m.ok()) return m.status();
-  if (!options_.auth.off && m->token.size() < shuffle::auth::kMinJobTokenLength) {
-    // The first writer's token guards the job: readers, read sets and release need it. (With
-    // auth off nothing is guarded, and no token is needed.)
+  if (m->token.size() < shuffle::auth::kMinJobTokenLength) {
+    // The first writer's token guards the job: readers, read sets and release need it.
     return Status(StatusCode::kPermissionDenied,
                   Who(c) + ": job '" + m->job + "' token is " + std::to_string(m->token.size()) +
                       " characters; a job needs a random token of at least " +
@@ -841,6 +840,10 @@ Result<std::unique_ptr<LocalWriterService>> LocalWriterService::Start(
   if (Status s = shuffle::auth::ValidateAuthConfig(options.auth, "local writer service");
       !s.ok()) {
     return s;
+  }
+  if (options.auth.off) {  // sluiced serves no unauthenticated peer, local ones included
+    return InvalidArgument("local writer service: auth.off is not supported; give it the "
+                           "daemon's secret (auth.secret)");
   }
   if (options.writer_credit == 0 || options.writer_credit > options.max_writer_credit) {
     return InvalidArgument("writer_credit " + std::to_string(options.writer_credit) +

@@ -57,7 +57,7 @@ std::unique_ptr<WriterSink> MakeStoreSink(store::PartitionStore* store);
 
 struct LocalWriterServiceOptions {
   std::string socket_path;           // created 0600; a stale socket is replaced
-  shuffle::auth::AuthConfig auth;    // the daemon's secret (or off)
+  shuffle::auth::AuthConfig auth;    // the daemon's secret (auth.off is refused)
   bool any_uid = false;              // accept writers of another uid than the daemon's
   uint32_t writer_credit = 16;       // segments per writer when it asks for 0
   uint32_t max_writer_credit = 64;   // the most a writer may ask for

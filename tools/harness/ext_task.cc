@@ -89,18 +89,14 @@ void Pause(const std::string& go_file) {
 
 struct Common {
   std::string secret;
-  bool auth_off = false;
   std::string token;
 };
 
 Result<Common> ReadCommon(const Flags& f) {
   Common c;
-  c.auth_off = f.Get("auth") == "off";
-  if (!c.auth_off) {
-    auto s = shuffle::auth::ReadSecretFile(f.Get("secret-file"));
-    if (!s.ok()) return s.status();
-    c.secret = *s;
-  }
+  auto s = shuffle::auth::ReadSecretFile(f.Get("secret-file"));
+  if (!s.ok()) return s.status();
+  c.secret = *s;
   if (!f.Get("token-file").empty()) {
     auto t = shuffle::auth::ReadSecretFile(f.Get("token-file"));
     if (!t.ok()) return t.status();
@@ -116,7 +112,6 @@ int RunWriter(Flags& f) {
   client::WriterOptions w;
   w.socket_path = f.Get("socket");
   w.secret = common->secret;
-  w.auth_off = common->auth_off;
   w.token = common->token;
   w.job = f.Get("job");
   w.partition = static_cast<uint32_t>(f.Num("partition"));
@@ -194,7 +189,6 @@ int RunReader(Flags& f) {
   r.job = f.Get("job");
   r.token = common->token;
   r.secret = common->secret;
-  r.auth_off = common->auth_off;
   r.subpartition = static_cast<uint32_t>(f.Num("subpartition"));
   r.timeout = std::chrono::milliseconds(f.Num("timeout-ms", 30000));
   const uint64_t pause_after = f.Num("pause-after", ~0ull);

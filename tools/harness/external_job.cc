@@ -164,13 +164,7 @@ std::string ExternalJob::Describe(const Task& t) const {
 // ---- tasks ----
 
 std::vector<std::string> ExternalJob::CommonArgs() const {
-  std::vector<std::string> a = {"--job", job_, "--token-file", token_file_};
-  if (o_.auth) {
-    a.insert(a.end(), {"--secret-file", run_.secret_file_});
-  } else {
-    a.insert(a.end(), {"--auth", "off"});
-  }
-  return a;
+  return {"--job", job_, "--token-file", token_file_, "--secret-file", run_.secret_file_};
 }
 
 std::string ExternalJob::SocketOf(int node) const {

@@ -30,9 +30,10 @@ Daemons:
   --io-threads N            per daemon
   --log-level LEVEL         per daemon
   --daemon-arg ARG          extra argument for every sluiced (repeatable)
-  --auth [on|off]           authentication (default on): the daemons and the harness share a
-                            secret, random in <run dir>/secret (0600) unless given below; every
-                            job gets a random token (<run dir>/<job>.token). off: loopback only
+  --auth [on]               authentication, always on (the flag stays for older command lines):
+                            the daemons and the harness share a secret, random in
+                            <run dir>/secret (0600) unless given below; every job gets a random
+                            token (<run dir>/<job>.token)
   --auth-secret-file F      use this secret file (mode 0600) instead of a random one
   --state-dir D             use D/auth_secret, a daemon state directory's secret
   --keep-logs               keep the run directory (daemon logs, port files) after success
@@ -88,7 +89,7 @@ Faults (--fault NAME; the harness checks the stated expected outcome, ok = it ha
                    of the rate a calibration run measured
   garbage          a hostile client sends garbage frames to node 0 before the job
   sigterm          SIGTERM a node at --fault-at of the records
-  wrong-secret     a wrong and a missing secret are refused (not with --auth off)
+  wrong-secret     a wrong and a missing secret are refused
   --fault-at F              fraction of the records moved before the fault (default 0.3)
   --fault-deadline SECONDS  affected channels fail / survivors end within this (default 20)
   --shutdown-deadline SECONDS  each daemon exits 0 within this after SIGTERM (default 20)
@@ -233,8 +234,11 @@ Status ApplyKeys(const std::string& v, Options* o) {
 Status ApplyRawFlags(const CLI::App& app, const RawFlags& raw, Options* o) {
   if (app.count("--auth") > 0) {
     const std::string v = raw.auth.empty() ? "on" : raw.auth;
-    if (v != "on" && v != "off") return InvalidArgument("--auth is on or off, got '" + v + "'");
-    o->auth = v == "on";
+    if (v == "off") {
+      return InvalidArgument("--auth off is not supported: sluiced always authenticates (the "
+                             "harness makes a random secret per run); drop --auth off");
+    }
+    if (v != "on") return InvalidArgument("--auth is on (its only value), got '" + v + "'");
   }
   if (!o->segment_size.empty()) {
     auto bytes = tools::ParseSize(o->segment_size, "--segment-size");
@@ -266,18 +270,6 @@ Status ApplyRawFlags(const CLI::App& app, const RawFlags& raw, Options* o) {
 }
 
 Status CheckAuth(const Options& o) {
-  if (!o.auth) {
-    if (o.fault == Fault::kWrongSecret) {
-      return InvalidArgument("--fault wrong-secret tests authentication: drop --auth off");
-    }
-    if (o.netns) {
-      return InvalidArgument("--auth off is for loopback only: the daemons refuse it on the "
-                             "namespace addresses of --netns");
-    }
-    if (!o.auth_secret_file.empty() || !o.state_dir.empty()) {
-      return InvalidArgument("--auth off takes no --auth-secret-file or --state-dir");
-    }
-  }
   if (!o.auth_secret_file.empty() && !o.state_dir.empty()) {
     return InvalidArgument("give --auth-secret-file or --state-dir, not both");
   }

@@ -43,10 +43,9 @@ struct Options {
   int io_threads = 0;  // 0 = the daemon's default
   std::string log_level;
   std::vector<std::string> daemon_args;  // --daemon-arg, passed through verbatim
-  // Authentication (on by default, as in sluiced). The secret: auth_secret_file, else
+  // Authentication is always on, as in sluiced. The secret: auth_secret_file, else
   // <state_dir>/auth_secret when state_dir is given, else a random one written 0600 into the
-  // run directory. --auth off (loopback only) starts the daemons with --auth off.
-  bool auth = true;
+  // run directory.
   std::string auth_secret_file;
   std::string state_dir;
   std::string secret;  // read by main from the two above (FindSecret); empty: generate one

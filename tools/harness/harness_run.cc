@@ -79,7 +79,6 @@ std::vector<std::string> DaemonArgs(const Options& o) {
   if (o.fault == Fault::kCutConnection || o.delay_ms > 0 || o.corrupt_ppm > 0) {
     args.push_back("--enable-fault-injection");
   }
-  if (!o.auth) args.insert(args.end(), {"--auth", "off"});
   // Several daemons on one host: each serves metrics on a port of its own choosing, never the
   // default 9470 (in --netns each namespace has its own loopback).
   args.insert(args.end(), {"--metrics-listen", "127.0.0.1:0"});
@@ -106,7 +105,6 @@ std::filesystem::path CommonRoot(const std::vector<std::filesystem::path>& paths
 }  // namespace
 
 Status HarnessRun::SetupSecret(DaemonConfig* cfg) {
-  if (!o_.auth) return Status::Ok();
   if (!o_.secret.empty()) {
     // Found by main (FindSecret): the daemons read the same file.
     secret_ = o_.secret;
@@ -181,7 +179,7 @@ Status HarnessRun::Setup() {
   const bool injects =
       std::find(cfg.args.begin(), cfg.args.end(), "--enable-fault-injection") != cfg.args.end();
   report_.extra.emplace_back("fault_injection", injects ? "true" : "false");
-  report_.AddExtra("auth", o_.auth ? "on" : "off");
+  report_.AddExtra("auth", "on");
   cluster_ = std::make_unique<Cluster>(cfg);
   Status s = cluster_->Start(o_.nodes, milliseconds(30000));
   if (!s.ok()) return s;

@@ -157,7 +157,7 @@ class HarnessRun {
   Options o_;
   std::string run_dir_;
   std::string secret_;
-  std::string secret_file_;  // the daemons' --auth-secret-file (absolute); empty with auth off
+  std::string secret_file_;  // the daemons' --auth-secret-file (absolute)
   // File jobs: the root of every input and of the output directory (absolute, canonical).
   std::filesystem::path file_root_;
   std::vector<std::filesystem::path> input_paths_;  // canonical, in --input order

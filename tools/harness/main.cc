@@ -20,7 +20,7 @@ int main(int argc, char** argv) {
   Options parsed;
   if (const int exit_code = ParseOptions(argc, argv, &parsed); exit_code >= 0) return exit_code;
   Options* options = &parsed;
-  if (options->auth && (!options->auth_secret_file.empty() || !options->state_dir.empty())) {
+  if (!options->auth_secret_file.empty() || !options->state_dir.empty()) {
     // As sluicectl and sluiced: a missing or group/other-readable secret is refused, exit 2.
     auto secret = sluice::control::FindSecret({options->auth_secret_file, options->state_dir});
     if (!secret.ok()) {

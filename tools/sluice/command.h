@@ -24,7 +24,6 @@ struct Command {
 struct CommonFlags {
   std::string state_dir;         // empty: /var/lib/sluice
   std::string auth_secret_file;  // wins over <state_dir>/auth_secret
-  std::string auth = "on";       // "off": a daemon without authentication
   std::string token;             // the job's token
   std::string token_file;        // else <state_dir>/jobs/<job>.token
 };

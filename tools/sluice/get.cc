@@ -77,13 +77,9 @@ int RunGet(const GetOptions& o, const CommonFlags& common, std::FILE* out) {
   control::ControlClientOptions co;
   co.client_name = "sluice-get";
   co.timeout = std::chrono::milliseconds(o.timeout_ms);
-  std::string secret;
-  if (common.auth != "off") {
-    auto s = control::FindSecret({common.auth_secret_file, common.state_dir});
-    if (!s.ok()) return CommandFailed("get", s.status(), kExitUsage);
-    secret = *s;
-    co.secret = secret;
-  }
+  auto secret = control::FindSecret({common.auth_secret_file, common.state_dir});
+  if (!secret.ok()) return CommandFailed("get", secret.status(), kExitUsage);
+  co.secret = *secret;
   auto daemon = control::ControlClient::Connect(listing->first, listing->second, co);
   if (!daemon.ok()) return CommandFailed("get", daemon.status());
   auto list = client::ListExternal(**daemon, o.job);
@@ -96,8 +92,7 @@ int RunGet(const GetOptions& o, const CommonFlags& common, std::FILE* out) {
   ro.token = *token;
   ro.subpartition = o.subpartition;
   ro.map_outputs = std::move(*outputs);
-  ro.secret = secret;
-  ro.auth_off = common.auth == "off";
+  ro.secret = *secret;
   ro.timeout = std::chrono::milliseconds(o.timeout_ms);
   auto reader = client::Reader::OpenSubpartition(ro);
   if (!reader.ok()) return CommandFailed("get", reader.status());

@@ -39,15 +39,9 @@ Result<client::WriterOptions> WriterOptionsFor(const PutOptions& o, const Common
     }
     w.port = static_cast<uint32_t>(p);
   }
-  if (c.auth == "off") {
-    w.auth_off = true;
-  } else if (c.auth != "on") {
-    return InvalidArgument("--auth '" + c.auth + "' is not on or off");
-  } else {
-    auto secret = control::FindSecret({c.auth_secret_file, c.state_dir});
-    if (!secret.ok()) return secret.status();
-    w.secret = *secret;
-  }
+  auto secret = control::FindSecret({c.auth_secret_file, c.state_dir});
+  if (!secret.ok()) return secret.status();
+  w.secret = *secret;
   auto token = JobToken(c, o.job);
   if (!token.ok()) return token.status();
   w.token = *token;

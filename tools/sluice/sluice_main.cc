@@ -1,6 +1,6 @@
 // sluice: the external shuffle service from the shell (issue 13).
 //
-//   sluice [--state-dir D] [--auth-secret-file F] [--auth on|off]
+//   sluice [--state-dir D] [--auth-secret-file F]
 //          [--token T | --token-file F] COMMAND ...
 //     put ...   lines from stdin into one map output through the local sluiced (put.h)
 //     get ...   one subpartition of a job from one daemon, as lines on stdout (get.h)
@@ -26,8 +26,6 @@ int main(int argc, char** argv) {
                  "/var/lib/sluice)");
   app.add_option("--auth-secret-file", common.auth_secret_file,
                  "the cluster's shared secret (default <state-dir>/auth_secret)");
-  app.add_option("--auth", common.auth, "on (default) or off")
-      ->check(CLI::IsMember({"on", "off"}));
   app.add_option("--token", common.token, "the job's token");
   app.add_option("--token-file", common.token_file,
                  "file holding the job's token (default <state-dir>/jobs/<job>.token)");

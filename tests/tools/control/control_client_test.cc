@@ -40,7 +40,8 @@ std::vector<uint8_t> Header(uint32_t frame_length, schema::MessageType type, uin
   return h;
 }
 
-// A HelloAck of a daemon that does not authenticate (sluiced --auth off).
+// A HelloAck of a server that does not authenticate (a hostile one, or an embedder's library
+// server with auth.off; sluiced has no such mode).
 std::vector<uint8_t> UnauthenticatedHelloAck() {
   schema::MessageBuilder b;
   schema::HandshakeFields f;

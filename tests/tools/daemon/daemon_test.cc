@@ -229,24 +229,25 @@ TEST(DaemonTest, WithoutASecretFileTheStateDirSecretIsCreated0600AndUsed) {
   std::filesystem::remove_all(dir);
 }
 
-TEST(DaemonTest, AuthOffOnLoopbackServesWithoutASecretAndWarns) {
-  std::vector<std::string> warnings;
-  std::mutex mu;
-  SetLogSink([&](LogLevel level, std::string_view m) {
-    std::lock_guard<std::mutex> lock(mu);
-    if (level == LogLevel::kWarn) warnings.emplace_back(m);
-  });
-  auto d = StartDaemon("", 32ull << 20, [](DaemonConfig& c) { c.auth = "off"; });
-  SetLogSink(nullptr);
-  ASSERT_TRUE(d);
-  bool warned = false;
-  for (const auto& w : warnings) warned = warned || w.find("auth = off") != std::string::npos;
-  EXPECT_TRUE(warned);
-  auto c = Connect(*d, std::nullopt);
-  ASSERT_TRUE(c);
-  EXPECT_TRUE(c->GetStats().ok());
-  c.reset();
-  ExpectCleanShutdown(*d);
+// No mode of sluiced serves an unauthenticated peer: auth = off (once allowed on loopback,
+// where any local user could then submit jobs) is refused at start, on loopback too, naming
+// where the secret comes from instead. Nothing listens.
+TEST(DaemonTest, AuthOffIsRefusedOnEveryAddressNamingTheFix) {
+  for (const char* listen : {"127.0.0.1", "::1", "0.0.0.0"}) {
+    DaemonConfig c;
+    c.port = 0;
+    c.listen = listen;
+    c.network_memory = 32ull << 20;
+    c.state_dir = Scratch().Path("state");
+    c.local_socket = "off";
+    c.auth = "off";
+    auto d = Daemon::Start(c);
+    ASSERT_FALSE(d.ok()) << listen;
+    EXPECT_EQ(d.status().code(), StatusCode::kInvalidArgument);
+    for (const char* names : {"auth = off is not supported", "--auth-secret-file", "state_dir"}) {
+      EXPECT_NE(d.status().message().find(names), std::string::npos) << d.status().ToString();
+    }
+  }
 }
 
 TEST(DaemonTest, DaemonsWithTheSameSecretShuffleAndDifferentSecretsFailClearly) {

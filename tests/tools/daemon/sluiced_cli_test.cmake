@@ -33,10 +33,12 @@ expect_fail(2 "at least 16" --port 0 --auth-secret-file ${WORK}/short.secret)
 file(WRITE ${WORK}/open.secret "0123456789abcdef0123456789abcdef\n")
 file(CHMOD ${WORK}/open.secret PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ)
 expect_fail(2 "chmod 600 ${WORK}/open.secret" --port 0 --auth-secret-file ${WORK}/open.secret)
-# auth off only on loopback.
-expect_fail(2 "auth = off is refused on listen address 0.0.0.0" --port 0 --auth off
-  --listen 0.0.0.0)
-expect_fail(2 "auth = 'maybe' is not on or off" --auth maybe)
+# No unauthenticated mode, not even on loopback.
+expect_fail(2 "auth = off is not supported" --port 0 --auth off)
+expect_fail(2 "auth = off is not supported" --port 0 --auth off --listen 0.0.0.0)
+file(WRITE ${WORK}/auth_off.toml "auth = \"off\"\n")
+expect_fail(2 "auth = off is not supported" --port 0 --config ${WORK}/auth_off.toml)
+expect_fail(2 "auth = 'maybe' is not on" --auth maybe)
 expect_fail(2 "allowed_peers entry '10.0.0.0/33'" --allowed-peers 10.0.0.0/33)
 
 execute_process(COMMAND ${SLUICED} --help RESULT_VARIABLE rc OUTPUT_VARIABLE out)
