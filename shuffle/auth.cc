@@ -65,6 +65,13 @@ bool ProofMatches(const Proof& expected, std::span<const uint8_t> got) {
   return CRYPTO_memcmp(expected.data(), got.data(), expected.size()) == 0;
 }
 
+bool SecretsMatch(std::string_view expected, std::string_view got) {
+  static constexpr std::string_view kRole = "sluice-secret-compare";
+  const Proof a = MakeProof(expected, kRole, {}, {});
+  const Proof b = MakeProof(got, kRole, {}, {});
+  return ProofMatches(a, b) && !expected.empty();
+}
+
 std::string MakeJobToken() {
   const Nonce raw = MakeNonce();
   static constexpr char kHex[] = "0123456789abcdef";
@@ -174,7 +181,7 @@ int LinkNewFile(const std::string& path, std::string_view content) {
 Status CreateSecretFile(const std::string& path) {
   const int e = LinkNewFile(path, MakeJobToken() + "\n");
   if (e == 0 || e == EEXIST) return Status::Ok();
-  return InvalidArgument("auth secret file '" + path + "' cannot be written (" +
+  return InvalidArgument("secret file '" + path + "' cannot be written (" +
                          std::strerror(e) + "); give a writable --state-dir (state_dir)");
 }
 
@@ -192,7 +199,12 @@ constexpr const char* kTokenDirFix =
 }  // namespace
 
 Result<std::string> LoadStateSecret(const std::string& state_dir, bool create) {
-  const std::string path = StateSecretPath(state_dir);
+  return LoadStateFile(state_dir, kStateSecretFileName, create);
+}
+
+Result<std::string> LoadStateFile(const std::string& state_dir, std::string_view name,
+                                  bool create) {
+  const std::string path = state_dir + "/" + std::string(name);
   if (!create || ::access(path.c_str(), F_OK) == 0) return ReadSecretFile(path);
   if (Status st = MakePrivateDir(state_dir, "state directory",
                                  "give a writable --state-dir (state_dir)");

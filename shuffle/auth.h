@@ -49,6 +49,9 @@ Proof MakeProof(std::string_view secret, std::string_view role, std::span<const 
                 std::span<const uint8_t> second);
 // Constant-time comparison; false when the lengths differ.
 bool ProofMatches(const Proof& expected, std::span<const uint8_t> got);
+// Whether `got` equals `expected`, a token or secret, in time independent of both (it compares
+// HMACs of the two, so their lengths do not show either). Never true for an empty `expected`.
+bool SecretsMatch(std::string_view expected, std::string_view got);
 
 // Job-scoped authority (see schema/messages.fbs PartitionRequest.access_proof): a random
 // 32-byte token, hex-encoded (64 characters), made by whoever submits a job.
@@ -76,6 +79,10 @@ std::string StateSecretPath(const std::string& state_dir);
 // creates it first: the directory with mode 0700 when missing, the file with O_EXCL and mode
 // 0600 holding 32 random bytes as 64 hex characters. Errors name the path and the fix.
 Result<std::string> LoadStateSecret(const std::string& state_dir, bool create);
+// The same for another private file of the state directory (sluiced's metrics_token):
+// "<state_dir>/<name>", read with ReadSecretFile, created as above when missing and `create`.
+Result<std::string> LoadStateFile(const std::string& state_dir, std::string_view name,
+                                  bool create);
 
 // Job tokens on disk: "<state_dir>/jobs/<job>.token" (mode 0600), written by whoever submits
 // the job (sluicectl submit, sluice put) and read by the tools that act for it. InvalidArgument

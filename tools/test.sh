@@ -47,11 +47,22 @@ ctest_args=(--test-dir "$build_dir" --output-on-failure -j2 --timeout 600)
 # spill file, socket or run directory may outlive the test that made it.
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/sluice-tests.XXXXXX")
 chmod 1777 "$scratch"  # like /tmp: hostile-peer tests reach sockets in it as another uid
+# Nor may a test use sluiced's default state directory (a daemon started without state_dir
+# puts its secret, metrics token, socket and spill root there): checked when it is absent before.
+default_state=/var/lib/sluice
+state_absent=0
+[ -e "$default_state" ] || state_absent=1
 status=0
 TMPDIR="$scratch" TEST_TMPDIR="$scratch" ctest "${ctest_args[@]}" || status=$?
 if [ -n "$(ls -A "$scratch")" ]; then
   echo "test.sh: the tests left files in their TMPDIR; each test must remove what it makes:" >&2
   find "$scratch" -mindepth 1 | head -20 >&2
+  status=1
+fi
+if [ "$state_absent" = 1 ] && [ -e "$default_state" ]; then
+  echo "test.sh: a test used the default state directory $default_state; give every daemon a" \
+    "state_dir of its own (found: $(find "$default_state" | head -5 | tr '\n' ' '))" >&2
+  rm -rf "$default_state"
   status=1
 fi
 rm -rf "$scratch"

@@ -367,7 +367,9 @@ void Connection::AnswerHttp() {
   static const std::string kBody =
       "This is the data port of sluiced (the Sluice shuffle daemon); it speaks the Sluice "
       "binary protocol, not HTTP.\nMetrics and health are served over HTTP on the daemon's "
-      "metrics_listen address (default 127.0.0.1:9470): GET /metrics, GET /healthz.\n";
+      "metrics_listen address (default 127.0.0.1:9470): GET /metrics, GET /healthz, each with "
+      "\"Authorization: Bearer <token>\" (the daemon's metrics_token_file, default "
+      "<state_dir>/metrics_token).\n";
   static const std::string kResponse =
       "HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
       "Content-Length: " + std::to_string(kBody.size()) + "\r\nConnection: close\r\n\r\n" + kBody;

@@ -40,26 +40,41 @@ std::string Summary(const control::JobStatus& st) {
 
 namespace {
 
+// A secret the daemon reads at start: `file` when given, else <state_dir>/<state_name>, created
+// 0600 on first start. A file the daemon cannot use is a configuration error (exit 2), whatever
+// the cause: PermissionDenied stays so, anything else is InvalidArgument. `what` leads the
+// message ("" for none).
+Result<std::string> LoadDaemonSecret(const DaemonConfig& config, const std::string& file,
+                                     std::string_view state_name, const std::string& what) {
+  const std::string state_dir = config.state_dir.empty()
+                                    ? std::string(shuffle::auth::kDefaultStateDir)
+                                    : config.state_dir;
+  Result<std::string> secret = file.empty()
+                                   ? shuffle::auth::LoadStateFile(state_dir, state_name, true)
+                                   : shuffle::auth::ReadSecretFile(file);
+  if (secret.ok()) return secret;
+  const StatusCode code = secret.status().code() == StatusCode::kPermissionDenied
+                              ? StatusCode::kPermissionDenied
+                              : StatusCode::kInvalidArgument;
+  return Status(code, what + secret.status().message());
+}
+
 // Where the shared secret comes from (issue 11: authenticated by default). The one place the
 // environment's auth setting is made.
 Status ConfigureAuth(const DaemonConfig& config, shuffle::EnvironmentConfig* ec) {
-  Result<std::string> secret =
-      config.auth_secret_file.empty()
-          ? shuffle::auth::LoadStateSecret(config.state_dir.empty()
-                                               ? std::string(shuffle::auth::kDefaultStateDir)
-                                               : config.state_dir,
-                                           true)
-          : shuffle::auth::ReadSecretFile(config.auth_secret_file);
-  if (!secret.ok()) {
-    // A secret the daemon cannot use is a configuration error (exit 2), whatever the cause.
-    const StatusCode code = secret.status().code() == StatusCode::kPermissionDenied
-                                ? StatusCode::kPermissionDenied
-                                : StatusCode::kInvalidArgument;
-    return Status(code, secret.status().message());
-  }
+  auto secret = LoadDaemonSecret(config, config.auth_secret_file,
+                                 shuffle::auth::kStateSecretFileName, "");
+  if (!secret.ok()) return secret.status();
   ec->auth.secret = std::move(*secret);
   ec->auth.off = false;
   return Status::Ok();
+}
+
+// The bearer token of the metrics endpoint: metrics_token_file, else the state directory's
+// metrics_token.
+Result<std::string> MetricsToken(const DaemonConfig& config) {
+  return LoadDaemonSecret(config, config.metrics_token_file, kMetricsTokenFileName,
+                          "metrics token: ");
 }
 
 }  // namespace
@@ -135,10 +150,12 @@ Result<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config) {
   if (Status st = d->StartLocalWriters(config, d->store_.get()); !st.ok()) return st;
   d->control_thread_ = std::thread([p = d.get()] { p->ControlLoop(); });
   if (!config.metrics_listen.empty()) {
+    auto token = MetricsToken(config);
+    if (!token.ok()) return token.status();
     HttpHandlers handlers;
     handlers.metrics = [p = d.get()] { return p->Prometheus(); };
     handlers.healthy = [p = d.get()] { return p->serving(); };
-    auto http = HttpServer::Start(config.metrics_listen, std::move(handlers));
+    auto http = HttpServer::Start(config.metrics_listen, std::move(*token), std::move(handlers));
     if (http.ok()) {
       d->http_ = std::move(*http);
     } else if (config.metrics_listen_optional) {
@@ -371,16 +388,6 @@ void Daemon::ServeSubmit(Request& r) {
   r.reply(MessageType::kControlResult, control::EncodeControlResult(st));
 }
 
-namespace {
-// Constant-time equality of two tokens whatever their lengths: compares HMACs of both.
-bool SameToken(const std::string& expected, const std::string& got) {
-  static const std::string kRole = "sluice-job-token";
-  const shuffle::auth::Proof a = shuffle::auth::MakeProof(expected, kRole, {}, {});
-  const shuffle::auth::Proof b = shuffle::auth::MakeProof(got, kRole, {}, {});
-  return shuffle::auth::ProofMatches(a, b) && !expected.empty();
-}
-}  // namespace
-
 bool Daemon::TokenMatchesLocked(const std::string& id, const std::string& token) {
   std::string expected;
   if (auto it = running_.find(id); it != running_.end()) {
@@ -390,7 +397,7 @@ bool Daemon::TokenMatchesLocked(const std::string& id, const std::string& token)
   }
   // An unknown job is compared against the empty token and never matches: the same work and
   // the same answer as a wrong token.
-  return SameToken(expected, token);
+  return shuffle::auth::SecretsMatch(expected, token);
 }
 
 Status Daemon::DeniedJob(const std::string& id) const {

@@ -161,6 +161,10 @@ const std::map<std::string, Option>& Options() {
        StringOption("serve GET /metrics and /healthz over HTTP on host:port (default 127.0.0.1:9470; "
                     "port 0: any; \"\": none)",
                     &DaemonConfig::metrics_listen)},
+      {"metrics_token_file",
+       StringOption("the bearer token GET /metrics and /healthz need (mode 0600); default "
+                    "<state_dir>/metrics_token, created on first start",
+                    &DaemonConfig::metrics_token_file)},
       {"metrics_port_file",
        StringOption("written with the bound metrics port once serving (with metrics_listen "
                     "port 0)",

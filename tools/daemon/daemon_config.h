@@ -50,6 +50,11 @@ struct DaemonConfig {
   // then a warning (the daemon runs without the endpoint) instead of a start error, so that
   // several daemons started without the option on one host still start.
   bool metrics_listen_optional = false;
+  // The bearer token every request to metrics_listen must carry ("Authorization: Bearer T"):
+  // this file's content (mode 0600, >= 16 bytes), else <state_dir>/metrics_token, created 0600
+  // with a random token on first start. Apart from the cluster secret, so that a scraper that
+  // holds it cannot join the cluster.
+  std::string metrics_token_file;
   std::string metrics_port_file;    // written with the bound metrics port once serving
   std::string metrics_file;         // empty: none; else Prometheus text rewritten periodically
   uint32_t metrics_interval_ms = 5000;
@@ -104,6 +109,8 @@ struct DaemonConfig {
 bool DiffersOnlyInReloadable(const DaemonConfig& a, const DaemonConfig& b);
 // The address GET /metrics is served on when sluiced's command line does not say.
 inline constexpr const char* kDefaultMetricsListen = "127.0.0.1:9470";
+// The metrics endpoint's bearer token inside the state directory (metrics_token_file unset).
+inline constexpr std::string_view kMetricsTokenFileName = "metrics_token";
 
 // One entry of allowed_peers: an IPv4 or IPv6 network.
 struct Cidr {

@@ -8,7 +8,11 @@
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
+#include <string_view>
 #include <vector>
+
+#include "shuffle/auth.h"
 
 namespace sluice::daemon {
 
@@ -39,6 +43,38 @@ std::string Plain(int code, const char* reason, const std::string& body,
   return Response(code, reason, "text/plain; charset=utf-8", body, true, extra);
 }
 
+bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
+    if (lower(a[i]) != lower(b[i])) return false;
+  }
+  return true;
+}
+
+std::string_view Trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+  return s;
+}
+
+// The credentials of the request head's "Authorization: Bearer <token>" header (the header name
+// and the scheme in any case), or nullopt when it has none.
+std::optional<std::string_view> BearerToken(std::string_view head) {
+  size_t at = head.find('\n');
+  while (at != std::string_view::npos) {
+    const size_t next = head.find('\n', at + 1);
+    const std::string_view line = head.substr(at + 1, next == head.npos ? next : next - at - 1);
+    at = next;
+    const size_t colon = line.find(':');
+    if (colon == line.npos || !EqualsIgnoreCase(line.substr(0, colon), "authorization")) continue;
+    const std::string_view value = Trim(line.substr(colon + 1));
+    if (value.size() < 7 || !EqualsIgnoreCase(value.substr(0, 7), "bearer ")) return std::nullopt;
+    return Trim(value.substr(7));
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 Status SplitHostPort(const std::string& text, std::string* host, uint16_t* port) {
@@ -64,7 +100,12 @@ Status SplitHostPort(const std::string& text, std::string* host, uint16_t* port)
 }
 
 Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& host_port,
-                                                      HttpHandlers handlers) {
+                                                      std::string token, HttpHandlers handlers) {
+  if (token.size() < shuffle::auth::kMinSecretLength) {  // never an endpoint without one
+    return InvalidArgument("metrics endpoint: a bearer token of at least " +
+                           std::to_string(shuffle::auth::kMinSecretLength) +
+                           " bytes is required (metrics_token_file)");
+  }
   std::string host;
   uint16_t port = 0;
   if (Status st = SplitHostPort(host_port, &host, &port); !st.ok()) return st;
@@ -98,7 +139,8 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& host_po
       ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
                                      : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
   SetNonBlocking(fd);
-  std::unique_ptr<HttpServer> s(new HttpServer(fd, bound_port, std::move(handlers)));
+  std::unique_ptr<HttpServer> s(
+      new HttpServer(fd, bound_port, std::move(token), std::move(handlers)));
   if (::pipe2(s->wake_, O_CLOEXEC | O_NONBLOCK) != 0) {
     return Status(StatusCode::kInternal, "metrics_listen: pipe failed");
   }
@@ -106,8 +148,8 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& host_po
   return s;
 }
 
-HttpServer::HttpServer(int listen_fd, uint16_t port, HttpHandlers handlers)
-    : listen_fd_(listen_fd), port_(port), handlers_(std::move(handlers)) {}
+HttpServer::HttpServer(int listen_fd, uint16_t port, std::string token, HttpHandlers handlers)
+    : listen_fd_(listen_fd), port_(port), token_(std::move(token)), handlers_(std::move(handlers)) {}
 
 void HttpServer::Stop() {
   if (thread_.joinable()) {
@@ -153,6 +195,15 @@ std::string HttpServer::Answer(const std::string& head) {
   std::string path = line.substr(sp1 + 1, sp2 == std::string::npos ? sp2 : sp2 - sp1 - 1);
   if (const size_t q = path.find('?'); q != std::string::npos) path.resize(q);
   const bool head_only = method == "HEAD";
+  const std::optional<std::string_view> bearer = BearerToken(head);
+  if (!bearer || !shuffle::auth::SecretsMatch(token_, *bearer)) {
+    // Nothing is said about the daemon, its paths or its methods before the token checks out.
+    stats_.rejected.fetch_add(1, std::memory_order_relaxed);
+    return Plain(401, "Unauthorized",
+                 "sluiced's metrics endpoint needs \"Authorization: Bearer <token>\", the token "
+                 "in the daemon's metrics_token_file (default <state_dir>/metrics_token)\n",
+                 "WWW-Authenticate: Bearer realm=\"sluiced\"\r\n");
+  }
   if (method != "GET" && !head_only) {
     stats_.rejected.fetch_add(1, std::memory_order_relaxed);
     return Plain(405, "Method Not Allowed", "only GET is served here\n", "Allow: GET, HEAD\r\n");

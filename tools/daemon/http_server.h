@@ -5,7 +5,9 @@
 // that a hostile client cannot hurt the daemon: a request head of at most kMaxRequestHead
 // bytes (more: 431), at most kMaxClients connections at once (more are closed on accept), a
 // deadline for reading the request and writing the answer (kClientDeadline), HTTP/1.0 with
-// "Connection: close". Anything but GET/HEAD gets 405, any other path 404.
+// "Connection: close". Every request must carry "Authorization: Bearer <token>" (the daemon's
+// metrics token, compared in constant time): without it, or with another token, 401 and nothing
+// else. Then anything but GET/HEAD gets 405, any other path 404.
 //
 // Thread-safe: the handlers are called on the server's thread; the destructor stops it.
 #pragma once
@@ -39,11 +41,12 @@ struct HttpStats {
 
 class HttpServer {
  public:
-  // Binds `host_port` ("127.0.0.1:9470", "[::1]:0", port 0 picks one) and starts the thread.
-  // InvalidArgument naming metrics_listen when the address does not parse or cannot be bound
-  // (in use, not local).
+  // Binds `host_port` ("127.0.0.1:9470", "[::1]:0", port 0 picks one) and starts the thread,
+  // serving only requests that carry `token`. InvalidArgument naming metrics_listen when the
+  // address does not parse or cannot be bound (in use, not local), and naming
+  // metrics_token_file when `token` is shorter than 16 bytes.
   static Result<std::unique_ptr<HttpServer>> Start(const std::string& host_port,
-                                                   HttpHandlers handlers);
+                                                   std::string token, HttpHandlers handlers);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
@@ -57,7 +60,7 @@ class HttpServer {
 
  private:
   struct Client;
-  HttpServer(int listen_fd, uint16_t port, HttpHandlers handlers);
+  HttpServer(int listen_fd, uint16_t port, std::string token, HttpHandlers handlers);
   void Run();
   void Accept(std::vector<Client>& clients);
   // Reads what arrived; true when the client is still alive.
@@ -69,6 +72,7 @@ class HttpServer {
   int listen_fd_ = -1;
   int wake_[2] = {-1, -1};
   uint16_t port_ = 0;
+  const std::string token_;
   HttpHandlers handlers_;
   HttpStats stats_;
   std::thread thread_;

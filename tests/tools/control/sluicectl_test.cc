@@ -274,6 +274,8 @@ TEST_F(SluicectlTest, DumpShowsTheClientChannelsCreditNumbers) {
   c.network_memory = 16ull << 20;
   c.buffer_timeout_ms = 10;
   c.auth_secret_file = shuffle::auth::StateSecretPath(state_dir_);
+  c.state_dir = dir_ + "/producer-state";  // its spill root; never the default /var/lib/sluice
+  c.local_socket = "off";
   auto producer = daemon::Daemon::Start(c);
   ASSERT_TRUE(producer.ok()) << producer.status().ToString();
   JobSpec spec;

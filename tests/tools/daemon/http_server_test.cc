@@ -1,11 +1,13 @@
 // The metrics endpoint (tools/daemon/http_server.h) and the bounded per-gate and per-partition
 // metrics (tools/daemon/metrics.h), in-process: every answer is asserted byte for byte where it
-// matters; hostile clients get 431/405/404 or a close and the server keeps serving.
+// matters; a client without the bearer token gets 401 and nothing else; hostile clients get
+// 431/405/404 or a close and the server keeps serving.
 #include "tools/daemon/http_server.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -14,6 +16,7 @@
 
 #include <gtest/gtest.h>
 
+#include "shuffle/auth.h"
 #include "tools/daemon/daemon_test_util.h"
 #include "tools/daemon/metrics.h"
 
@@ -53,13 +56,19 @@ std::string StatusLine(const std::string& response) {
   return response.substr(0, response.find("\r\n"));
 }
 
+constexpr char kToken[] = "metrics-token-0123456789abcdef";
+// "METHOD PATH HTTP/1.x" with the Authorization header carrying kToken, and the end of the head.
+std::string Authorized(const std::string& request_line, const std::string& more_headers = "") {
+  return request_line + "\r\nAuthorization: Bearer " + kToken + "\r\n" + more_headers + "\r\n";
+}
+
 class HttpServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     HttpHandlers h;
     h.metrics = [] { return std::string("# HELP sluice_x x\n# TYPE sluice_x gauge\nsluice_x 1\n"); };
     h.healthy = [this] { return healthy_.load(); };
-    auto s = HttpServer::Start("127.0.0.1:0", std::move(h));
+    auto s = HttpServer::Start("127.0.0.1:0", kToken, std::move(h));
     ASSERT_TRUE(s.ok()) << s.status().message();
     server_ = std::move(*s);
   }
@@ -68,15 +77,15 @@ class HttpServerTest : public ::testing::Test {
 };
 
 TEST_F(HttpServerTest, ServesMetricsAndHealthz) {
-  const std::string m = Exchange(server_->port(), "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+  const std::string m = Exchange(server_->port(), Authorized("GET /metrics HTTP/1.1", "Host: x\r\n"));
   EXPECT_EQ(StatusLine(m), "HTTP/1.0 200 OK");
   EXPECT_NE(m.find("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"), std::string::npos);
   EXPECT_TRUE(m.ends_with("\r\n\r\n# HELP sluice_x x\n# TYPE sluice_x gauge\nsluice_x 1\n")) << m;
-  const std::string h = Exchange(server_->port(), "GET /healthz HTTP/1.0\r\n\r\n");
+  const std::string h = Exchange(server_->port(), Authorized("GET /healthz HTTP/1.0"));
   EXPECT_EQ(StatusLine(h), "HTTP/1.0 200 OK");
   EXPECT_TRUE(h.ends_with("\r\n\r\nok\n"));
   healthy_ = false;
-  const std::string down = Exchange(server_->port(), "GET /healthz HTTP/1.0\r\n\r\n");
+  const std::string down = Exchange(server_->port(), Authorized("GET /healthz HTTP/1.0"));
   EXPECT_EQ(StatusLine(down), "HTTP/1.0 503 Service Unavailable");
   EXPECT_TRUE(down.ends_with("shutting down\n"));
   EXPECT_EQ(server_->stats().requests.load(), 3u);
@@ -84,9 +93,9 @@ TEST_F(HttpServerTest, ServesMetricsAndHealthz) {
 }
 
 TEST_F(HttpServerTest, RefusesOtherMethodsPathsAndGarbage) {
-  EXPECT_EQ(StatusLine(Exchange(server_->port(), "POST /metrics HTTP/1.1\r\n\r\n")),
+  EXPECT_EQ(StatusLine(Exchange(server_->port(), Authorized("POST /metrics HTTP/1.1"))),
             "HTTP/1.0 405 Method Not Allowed");
-  EXPECT_EQ(StatusLine(Exchange(server_->port(), "GET /admin HTTP/1.1\r\n\r\n")),
+  EXPECT_EQ(StatusLine(Exchange(server_->port(), Authorized("GET /admin HTTP/1.1"))),
             "HTTP/1.0 404 Not Found");
   EXPECT_EQ(StatusLine(Exchange(server_->port(), "garbage\r\n\r\n")), "HTTP/1.0 400 Bad Request");
   EXPECT_EQ(server_->stats().rejected.load(), 3u);
@@ -99,7 +108,7 @@ TEST_F(HttpServerTest, HeadOverEightKibIsRefused) {
   const std::string r = Exchange(server_->port(), big);
   EXPECT_TRUE(r.empty() || StatusLine(r) == "HTTP/1.0 431 Request Header Fields Too Large") << r;
   EXPECT_EQ(server_->stats().rejected.load(), 1u);
-  EXPECT_EQ(StatusLine(Exchange(server_->port(), "GET /healthz HTTP/1.0\r\n\r\n")),
+  EXPECT_EQ(StatusLine(Exchange(server_->port(), Authorized("GET /healthz HTTP/1.0"))),
             "HTTP/1.0 200 OK");
 }
 
@@ -115,14 +124,14 @@ TEST_F(HttpServerTest, ClientsBeyondTheLimitAreClosedAndTheServerKeepsServing) {
   // Once the idle ones are gone (closed, the server sees the end), it serves again.
   std::string r;
   for (int i = 0; i < 100 && StatusLine(r) != "HTTP/1.0 200 OK"; ++i) {
-    r = Exchange(server_->port(), "GET /healthz HTTP/1.0\r\n\r\n");
+    r = Exchange(server_->port(), Authorized("GET /healthz HTTP/1.0"));
   }
   EXPECT_EQ(StatusLine(r), "HTTP/1.0 200 OK");
   EXPECT_GE(server_->stats().rejected.load(), 1u);
 }
 
 TEST_F(HttpServerTest, PortInUseNamesTheOption) {
-  auto second = HttpServer::Start("127.0.0.1:" + std::to_string(server_->port()), {});
+  auto second = HttpServer::Start("127.0.0.1:" + std::to_string(server_->port()), kToken, {});
   ASSERT_FALSE(second.ok());
   EXPECT_EQ(second.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(second.status().message().find("metrics_listen = '127.0.0.1:" +
@@ -130,13 +139,50 @@ TEST_F(HttpServerTest, PortInUseNamesTheOption) {
                                            "': cannot listen: Address already in use"),
             std::string::npos)
       << second.status().message();
-  auto bad = HttpServer::Start("localhost:9470", {});
+  auto bad = HttpServer::Start("localhost:9470", kToken, {});
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("'localhost' is not a literal IP address"),
             std::string::npos);
-  auto noport = HttpServer::Start("127.0.0.1", {});
+  auto noport = HttpServer::Start("127.0.0.1", kToken, {});
   ASSERT_FALSE(noport.ok());
   EXPECT_NE(noport.status().message().find("no port"), std::string::npos);
+}
+
+// No request is served without the token: none, another one, one that only starts like it,
+// another scheme, or the token in another header get 401 naming the header and where the
+// token is, and the metrics body never. The header's name and scheme are case-insensitive.
+TEST_F(HttpServerTest, EveryRequestNeedsTheBearerToken) {
+  const std::string t = kToken;
+  const std::vector<std::string> requests = {
+           "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+           "GET /healthz HTTP/1.0\r\n\r\n",
+           "GET /metrics HTTP/1.1\r\nAuthorization: Bearer wrong-token-0123456789\r\n\r\n",
+           "GET /metrics HTTP/1.1\r\nAuthorization: Bearer " + t.substr(0, t.size() - 1) +
+               "\r\n\r\n",
+           "GET /metrics HTTP/1.1\r\nAuthorization: Bearer " + t + "x\r\n\r\n",
+           "GET /metrics HTTP/1.1\r\nAuthorization: Basic " + t + "\r\n\r\n",
+           "GET /metrics HTTP/1.1\r\nAuthorization: Bearer\r\n\r\n",
+           "GET /metrics HTTP/1.1\r\nX-Authorization: Bearer " + t + "\r\n\r\n",
+           "GET /metrics HTTP/1.1 Authorization: Bearer " + t + "\r\n\r\n",
+           "POST /admin HTTP/1.1\r\n\r\n"};
+  for (const std::string& req : requests) {
+    const std::string r = Exchange(server_->port(), req);
+    EXPECT_EQ(StatusLine(r), "HTTP/1.0 401 Unauthorized") << req;
+    EXPECT_NE(r.find("WWW-Authenticate: Bearer realm=\"sluiced\"\r\n"), std::string::npos) << r;
+    EXPECT_NE(r.find("metrics_token_file"), std::string::npos) << r;
+    EXPECT_EQ(r.find("sluice_x"), std::string::npos) << r;
+  }
+  EXPECT_EQ(server_->stats().rejected.load(), 10u);
+  EXPECT_EQ(server_->stats().requests.load(), 0u);
+  const std::string ok = Exchange(server_->port(),
+                                  "GET /metrics HTTP/1.1\r\nauthorization:   bearer " + t + " \r\n\r\n");
+  EXPECT_EQ(StatusLine(ok), "HTTP/1.0 200 OK") << ok;
+  // A server without a usable token is never started.
+  for (const char* token : {"", "short"}) {
+    auto s = HttpServer::Start("127.0.0.1:0", token, {});
+    ASSERT_FALSE(s.ok()) << token;
+    EXPECT_NE(s.status().message().find("metrics_token_file"), std::string::npos);
+  }
 }
 
 // 40 gates and 40 partitions: 32 of each get their own series, the other 8 are summed in
@@ -178,11 +224,23 @@ TEST(DaemonMetricsEndpointTest, ServesWhileRunning) {
   ASSERT_NE(d, nullptr);
   const uint16_t mport = d->metrics_port();
   ASSERT_NE(mport, 0);
-  const std::string m = Exchange(mport, "GET /metrics HTTP/1.0\r\n\r\n");
+  // The token the daemon made in its state directory on first start (0600), and nothing
+  // served without it.
+  const std::string token_file = testing::Scratch().Path("state") + "/metrics_token";
+  struct stat st{};
+  ASSERT_EQ(::stat(token_file.c_str(), &st), 0) << token_file;
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  auto token = shuffle::auth::ReadSecretFile(token_file);
+  ASSERT_TRUE(token.ok()) << token.status().ToString();
+  EXPECT_EQ(StatusLine(Exchange(mport, "GET /metrics HTTP/1.0\r\n\r\n")),
+            "HTTP/1.0 401 Unauthorized");
+  const std::string auth = "Authorization: Bearer " + *token + "\r\n";
+  const std::string m = Exchange(mport, "GET /metrics HTTP/1.0\r\n" + auth + "\r\n");
   EXPECT_EQ(StatusLine(m), "HTTP/1.0 200 OK");
   EXPECT_NE(m.find("# TYPE sluice_data_port_http_requests_total counter\n"), std::string::npos);
   EXPECT_NE(m.find("# TYPE sluice_http_requests_total counter\n"), std::string::npos);
-  EXPECT_EQ(StatusLine(Exchange(mport, "GET /healthz HTTP/1.0\r\n\r\n")), "HTTP/1.0 200 OK");
+  EXPECT_EQ(StatusLine(Exchange(mport, "GET /healthz HTTP/1.0\r\n" + auth + "\r\n")),
+            "HTTP/1.0 200 OK");
   // HTTP on the data port: 400 naming the metrics endpoint, counted apart.
   const std::string data = Exchange(d->port(), "GET /metrics HTTP/1.1\r\n\r\n");
   EXPECT_EQ(StatusLine(data), "HTTP/1.0 400 Bad Request");
@@ -210,6 +268,8 @@ TEST(DaemonMetricsEndpointTest, AddressInUseFailsUnlessItIsTheDefault) {
   c.port = 0;
   c.network_memory = 16ull << 20;
   c.auth_secret_file = testing::TestSecretFile();
+  c.state_dir = testing::Scratch().Path("state");  // its metrics token
+  c.local_socket = "off";
   c.metrics_listen = taken;
   auto refused = Daemon::Start(c);
   ASSERT_FALSE(refused.ok());
@@ -222,6 +282,31 @@ TEST(DaemonMetricsEndpointTest, AddressInUseFailsUnlessItIsTheDefault) {
   EXPECT_EQ((*lenient)->metrics_port(), 0);
   EXPECT_EQ((*lenient)->Shutdown(std::chrono::milliseconds(0)).leaked_segments, 0u);
   EXPECT_EQ(first->Shutdown(std::chrono::milliseconds(0)).leaked_segments, 0u);
+}
+
+// metrics_token_file is checked as the cluster secret is: a file others may read, or one too
+// short to be a token, is a start error naming the file (and the chmod to run); nothing listens.
+TEST(DaemonMetricsEndpointTest, AMetricsTokenFileThatIsNotPrivateOrTooShortIsRefused) {
+  const std::string open_file = testutil::WriteFileWithMode(
+      testing::Scratch().Path("metrics_token_open"), "0123456789abcdef0123\n", 0644);
+  const std::string short_file =
+      testutil::WriteFileWithMode(testing::Scratch().Path("metrics_token_short"), "short\n", 0600);
+  for (const auto& [file, says] : {std::pair{open_file, "chmod 600 " + open_file},
+                                   std::pair{short_file, std::string("at least 16")}}) {
+    DaemonConfig c;
+    c.port = 0;
+    c.network_memory = 16ull << 20;
+    c.auth_secret_file = testing::TestSecretFile();
+    c.state_dir = testing::Scratch().Path("state");
+    c.local_socket = "off";
+    c.metrics_listen = "127.0.0.1:0";
+    c.metrics_token_file = file;
+    auto d = Daemon::Start(c);
+    ASSERT_FALSE(d.ok()) << file;
+    EXPECT_NE(d.status().message().find("metrics token: "), std::string::npos)
+        << d.status().ToString();
+    EXPECT_NE(d.status().message().find(says), std::string::npos) << d.status().ToString();
+  }
 }
 
 // Write-through counters (issue 15): the served transport's direct and partial writes and the

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 SLUICED, WORK = sys.argv[1], sys.argv[2]
 RSS_BOUND = 16 << 20
+AUTH = b""  # "Authorization: Bearer <token>\r\n", the token the daemon made in its state dir
 
 
 def check(cond, what):
@@ -50,8 +51,9 @@ def http(port, request, timeout=10.0):
         return out
 
 
-def get(port, path):
-    raw = http(port, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+def get(port, path, auth=True):
+    raw = http(port, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n" +
+               (AUTH if auth else b"") + b"\r\n")
     head, _, body = raw.partition(b"\r\n\r\n")
     return int(head.split(b" ")[1]), head.decode(), body.decode()
 
@@ -121,7 +123,7 @@ def hostile(mport, pid):
         pass
     check(raw == b"" or raw.startswith(b"HTTP/1.0 431"), "1 MiB header: %r" % raw[:40])
     # POST and an unknown path.
-    check(http(mport, b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
+    check(http(mport, b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n" + AUTH + b"\r\nhi")
           .startswith(b"HTTP/1.0 405"), "POST answered 405")
     check(get(mport, "/nope")[0] == 404, "unknown path answered 404")
     check(http(mport, b"garbage\r\n\r\n").startswith(b"HTTP/1.0 400"), "garbage answered 400")
@@ -149,7 +151,7 @@ def hostile(mport, pid):
     conns = [socket.create_connection(("127.0.0.1", mport), timeout=15) for _ in range(100)]
     for c in conns:
         try:
-            c.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            c.sendall(b"GET /healthz HTTP/1.0\r\n" + AUTH + b"\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
     answered = 0
@@ -189,6 +191,15 @@ def main():
         check(ready.startswith("READY=1"), "first notification %r" % ready)
         port = int(open(WORK + "/port").read())
         mport = int(open(WORK + "/mport").read())
+        token_file = WORK + "/state/metrics_token"
+        check(os.stat(token_file).st_mode & 0o777 == 0o600, "metrics_token is not 0600")
+        global AUTH
+        AUTH = b"Authorization: Bearer " + open(token_file, "rb").read().strip() + b"\r\n"
+        # Nothing without the token: 401 naming the header, no metric in it.
+        for path in ("/metrics", "/healthz", "/nope"):
+            code, head, body = get(mport, path, auth=False)
+            check(code == 401 and "WWW-Authenticate: Bearer" in head and "sluice_" not in body
+                  and "metrics_token_file" in body, "%s without the token: %d %r" % (path, code, body))
         code, head, body = get(mport, "/healthz")
         check(code == 200 and body == "ok\n", "healthz: %d %r" % (code, body))
         code, head, body = get(mport, "/metrics")
