@@ -8,9 +8,11 @@
 // status kept for later JobStatus requests (the last 256).
 //
 // Security (issue 11): every connection is authenticated, on every address (the secret from
-// auth_secret_file, else <state_dir>/auth_secret, created 0600 on first start). A job carries a token (JobSpec::token, >= 32 characters): its partitions are
-// served only to readers that prove it, and JobStatus and CancelJob must carry it (compared in
-// constant time; a wrong token and an unknown job get the same PermissionDenied). Fault hooks
+// auth_secret_file, else <state_dir>/auth_secret, created 0600 on first start), and so is every
+// request to the metrics endpoint (a bearer token of its own, metrics_token_file). A job carries
+// a token (JobSpec::token, >= 32 characters): its partitions are served only to readers that
+// prove it, and JobStatus and CancelJob must carry it (compared in constant time; a wrong token
+// and an unknown job get the same PermissionDenied). Fault hooks
 // need enable_fault_injection. Jobs may only name nodes inside allowed_peers. The control queue
 // holds at most kMaxQueuedRequests (more: ResourceExhausted at once); jobs' heap outside
 // network memory is charged against job_memory at submit; no reply exceeds the frame metadata

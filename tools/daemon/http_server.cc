@@ -44,17 +44,19 @@ std::string Plain(int code, const char* reason, const std::string& body,
 }
 
 bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
+  const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i) {
-    const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
     if (lower(a[i]) != lower(b[i])) return false;
   }
   return true;
 }
 
+// `s` without the blanks (and a line's '\r') at either end.
 std::string_view Trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+  const auto blank = [](char c) { return c == ' ' || c == '\t' || c == '\r'; };
+  while (!s.empty() && blank(s.front())) s.remove_prefix(1);
+  while (!s.empty() && blank(s.back())) s.remove_suffix(1);
   return s;
 }
 
@@ -149,7 +151,10 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& host_po
 }
 
 HttpServer::HttpServer(int listen_fd, uint16_t port, std::string token, HttpHandlers handlers)
-    : listen_fd_(listen_fd), port_(port), token_(std::move(token)), handlers_(std::move(handlers)) {}
+    : listen_fd_(listen_fd),
+      port_(port),
+      token_(std::move(token)),
+      handlers_(std::move(handlers)) {}
 
 void HttpServer::Stop() {
   if (thread_.joinable()) {

@@ -77,7 +77,8 @@ class HttpServerTest : public ::testing::Test {
 };
 
 TEST_F(HttpServerTest, ServesMetricsAndHealthz) {
-  const std::string m = Exchange(server_->port(), Authorized("GET /metrics HTTP/1.1", "Host: x\r\n"));
+  const std::string m =
+      Exchange(server_->port(), Authorized("GET /metrics HTTP/1.1", "Host: x\r\n"));
   EXPECT_EQ(StatusLine(m), "HTTP/1.0 200 OK");
   EXPECT_NE(m.find("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"), std::string::npos);
   EXPECT_TRUE(m.ends_with("\r\n\r\n# HELP sluice_x x\n# TYPE sluice_x gauge\nsluice_x 1\n")) << m;
@@ -174,8 +175,8 @@ TEST_F(HttpServerTest, EveryRequestNeedsTheBearerToken) {
   }
   EXPECT_EQ(server_->stats().rejected.load(), 10u);
   EXPECT_EQ(server_->stats().requests.load(), 0u);
-  const std::string ok = Exchange(server_->port(),
-                                  "GET /metrics HTTP/1.1\r\nauthorization:   bearer " + t + " \r\n\r\n");
+  const std::string ok = Exchange(
+      server_->port(), "GET /metrics HTTP/1.1\r\nauthorization:   bearer " + t + " \r\n\r\n");
   EXPECT_EQ(StatusLine(ok), "HTTP/1.0 200 OK") << ok;
   // A server without a usable token is never started.
   for (const char* token : {"", "short"}) {

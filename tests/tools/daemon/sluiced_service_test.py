@@ -199,7 +199,8 @@ def main():
         for path in ("/metrics", "/healthz", "/nope"):
             code, head, body = get(mport, path, auth=False)
             check(code == 401 and "WWW-Authenticate: Bearer" in head and "sluice_" not in body
-                  and "metrics_token_file" in body, "%s without the token: %d %r" % (path, code, body))
+                  and "metrics_token_file" in body,
+                  "%s without the token: %d %r" % (path, code, body))
         code, head, body = get(mport, "/healthz")
         check(code == 200 and body == "ok\n", "healthz: %d %r" % (code, body))
         code, head, body = get(mport, "/metrics")
