@@ -47,6 +47,11 @@ struct NodeGroup {
 
 // Groups by node in first-seen order; checks the job and that no partition is named twice.
 Result<std::vector<std::pair<std::string, NodeGroup>>> Group(const ReaderOptions& o) {
+  if (o.secret.empty()) {  // named here, before a daemon answers "authentication failed"
+    return InvalidArgument("job '" + o.job + "': no secret: give ReaderOptions::secret, the "
+                           "cluster's shared secret (control::FindSecret finds it as sluiced "
+                           "does)");
+  }
   if (o.map_outputs.empty()) {
     return InvalidArgument("job '" + o.job + "': no map outputs to read");
   }

@@ -116,6 +116,33 @@ std::map<std::string, std::vector<uint64_t>> ReadAll(Reader& r, Status* error) {
   }
 }
 
+// Options that cannot work are refused before any connection, naming what to fix.
+TEST(ReaderOptionsTest, BadOptionsAreRefusedBeforeAnyConnection) {
+  ReaderOptions o;
+  o.job = "j";
+  o.secret = "0123456789abcdef-secret";
+  MapOutput m;
+  m.node = "127.0.0.1:1";  // nothing listens: a connection attempt would fail differently
+  m.job = "j";
+  o.map_outputs = {m, m};
+  const auto refused = [&](const ReaderOptions& bad, const std::string& says) {
+    auto r = Reader::OpenSubpartition(bad);
+    ASSERT_FALSE(r.ok()) << says;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status().ToString();
+    EXPECT_NE(r.status().message().find(says), std::string::npos) << r.status().ToString();
+  };
+  ReaderOptions no_secret = o;
+  no_secret.secret.clear();
+  refused(no_secret, "no secret: give ReaderOptions::secret");
+  ReaderOptions none = o;
+  none.map_outputs.clear();
+  refused(none, "no map outputs to read");
+  ReaderOptions other_job = o;
+  other_job.map_outputs[0].job = "k";
+  refused(other_job, "map output of job 'k' given to a reader of job 'j'");
+  refused(o, "partition 0 is named twice");
+}
+
 TEST_F(ReaderTest, SixtyFourWritersPerHostOnThreeHostsOneChannelPerHost) {
   StartCluster(3, 2ull << 20);  // 2 MiB in memory per store: most of it spills
   constexpr uint32_t kWriters = 64, kSubs = 4, kRecords = 120;
