@@ -73,6 +73,10 @@ Result<std::string> ReadSecretFile(const std::string& path);
 // kDefaultStateDir).
 inline constexpr std::string_view kStateSecretFileName = "auth_secret";
 inline constexpr std::string_view kDefaultStateDir = "/var/lib/sluice";
+// `state_dir`, or kDefaultStateDir when it is empty (a client given no --state-dir).
+inline std::string StateDirOrDefault(const std::string& state_dir) {
+  return state_dir.empty() ? std::string(kDefaultStateDir) : state_dir;
+}
 // "<state_dir>/auth_secret".
 std::string StateSecretPath(const std::string& state_dir);
 // Reads <state_dir>/auth_secret (ReadSecretFile). When it does not exist and `create` is true,

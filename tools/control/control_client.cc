@@ -361,9 +361,8 @@ Result<std::string> FindSecret(const SecretSource& source) {
     return InvalidArgument(s.status().message() +
                            " (from --auth-secret-file; or give the daemon's --state-dir)");
   }
-  const std::string dir =
-      source.state_dir.empty() ? std::string(shuffle::auth::kDefaultStateDir) : source.state_dir;
-  auto s = shuffle::auth::LoadStateSecret(dir, /*create=*/false);
+  auto s = shuffle::auth::LoadStateSecret(shuffle::auth::StateDirOrDefault(source.state_dir),
+                                         /*create=*/false);
   if (s.ok() || s.status().code() == StatusCode::kPermissionDenied) return s;
   return InvalidArgument("no auth secret: " + s.status().message() +
                          ". Give the daemon's secret with --auth-secret-file FILE, or its state "

@@ -71,7 +71,7 @@ Result<std::unique_ptr<ControlClient>> ConnectTo(const std::string& host_port,
 }
 
 std::string StateDir(const Globals& g) {
-  return g.state_dir.empty() ? std::string(shuffle::auth::kDefaultStateDir) : g.state_dir;
+  return shuffle::auth::StateDirOrDefault(g.state_dir);
 }
 
 Result<std::string> FindToken(const Globals& g, const std::string& job_id) {

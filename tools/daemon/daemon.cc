@@ -46,11 +46,8 @@ namespace {
 // message ("" for none).
 Result<std::string> LoadDaemonSecret(const DaemonConfig& config, const std::string& file,
                                      std::string_view state_name, const std::string& what) {
-  const std::string state_dir = config.state_dir.empty()
-                                    ? std::string(shuffle::auth::kDefaultStateDir)
-                                    : config.state_dir;
   Result<std::string> secret = file.empty()
-                                   ? shuffle::auth::LoadStateFile(state_dir, state_name, true)
+                                   ? shuffle::auth::LoadStateFile(config.state_dir, state_name, true)
                                    : shuffle::auth::ReadSecretFile(file);
   if (secret.ok()) return secret;
   const StatusCode code = secret.status().code() == StatusCode::kPermissionDenied

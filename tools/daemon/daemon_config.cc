@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "buffer/memory_estimate.h"
+#include "shuffle/auth.h"
 #include "tools/common/cli.h"
 
 namespace sluice::daemon {
@@ -347,6 +348,12 @@ Status Validate(const DaemonConfig& c) {
                            "' is not one of trace, debug, info, warn, error");
   }
   if (c.listen.empty()) return InvalidArgument("listen is empty; e.g. --listen 127.0.0.1");
+  if (c.state_dir.empty()) {
+    // Its secret, metrics token, local socket and default spill root would land in / or the cwd.
+    return InvalidArgument("state_dir is empty; name the directory sluiced keeps its secret, "
+                           "metrics token, local socket and spill files in, e.g. --state-dir " +
+                           std::string(shuffle::auth::kDefaultStateDir));
+  }
   if (c.auth == "off") {
     // Once allowed on loopback, where any local user could then submit jobs and read data.
     return InvalidArgument(

@@ -30,7 +30,7 @@ struct CommonFlags {
 
 // --state-dir, else /var/lib/sluice.
 inline std::string StateDir(const CommonFlags& c) {
-  return c.state_dir.empty() ? std::string(shuffle::auth::kDefaultStateDir) : c.state_dir;
+  return shuffle::auth::StateDirOrDefault(c.state_dir);
 }
 
 // Prints "sluice <command>: <what went wrong>" on stderr and returns `code`.

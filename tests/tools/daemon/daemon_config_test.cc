@@ -203,6 +203,19 @@ TEST(DaemonConfigTest, AuthIsAlwaysOn) {
   ExpectError(ParseCommandLine({"--auth", "maybe"}).status(), "auth = 'maybe' is not on");
 }
 
+TEST(DaemonConfigTest, AnEmptyStateDirIsRefusedNamingTheDefault) {
+  // It would put the secret, the metrics token, the local socket and the spill root in / or the
+  // working directory ("/spill", "auth_secret").
+  EXPECT_EQ(ParseCommandLine({})->config.state_dir, "/var/lib/sluice");
+  auto r = ParseCommandLine({"--state-dir", ""});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  ExpectError(r.status(), "state_dir is empty");
+  ExpectError(r.status(), "--state-dir /var/lib/sluice");
+  EXPECT_TRUE(ParseCommandLine({"--state-dir", "."}).ok()) << "a relative directory is the "
+                                                               "operator's choice";
+}
+
 TEST(DaemonConfigTest, AllowedPeersParseAndMatchIpv4AndIpv6) {
   auto nets = ParseAllowedPeers("10.0.0.0/8, 192.168.1.7 ,fd00::/8,::1/128");
   ASSERT_TRUE(nets.ok()) << nets.status().ToString();
