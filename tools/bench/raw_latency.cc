@@ -24,15 +24,17 @@ void CheckSys(bool ok, const char* what) {
   if (!ok) Die(std::string("raw latency: ") + what + ": " + std::strerror(errno));
 }
 
-// Child: accepts one connection, reads whole messages until EOF, stamps each on arrival.
-int RunReceiver(int listen_fd, uint32_t message_size, int to_parent) {
+// Child: accepts one connection, reads whole messages until EOF, stamps each on arrival but the
+// first `warmup` ones.
+int RunReceiver(int listen_fd, uint32_t message_size, uint64_t warmup, int to_parent) {
   const int fd = ::accept(listen_fd, nullptr, nullptr);
   if (fd < 0) return 1;
   std::vector<uint8_t> message(message_size);
   LatencyRecorder latencies, from_actual;
   const bool actual_stamped = message_size >= kActualStampEnd;
-  while (ReadAll(fd, message.data(), message.size())) {
+  for (uint64_t i = 0; ReadAll(fd, message.data(), message.size()); ++i) {
     const uint64_t now = MonotonicNowNs();
+    if (i < warmup) continue;
     uint64_t scheduled;
     std::memcpy(&scheduled, message.data(), sizeof(scheduled));
     latencies.Record(scheduled, now);
@@ -61,7 +63,10 @@ RawLatencyResult RunRawLatency(const RawLatencyOptions& o) {
   socklen_t len = sizeof(addr);
   CheckSys(::getsockname(listen_fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0,
            "getsockname");
-  Child child = ForkChild([&](int, int to_parent) { return RunReceiver(listen_fd, size, to_parent); });
+  const uint32_t rate = std::max<uint32_t>(o.rate, 1);
+  const auto warmup = static_cast<uint64_t>(o.warmup * rate);
+  Child child = ForkChild(
+      [&](int, int to_parent) { return RunReceiver(listen_fd, size, warmup, to_parent); });
   ::close(listen_fd);
 
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -70,8 +75,8 @@ RawLatencyResult RunRawLatency(const RawLatencyOptions& o) {
   const int one = 1;
   CheckSys(::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == 0, "TCP_NODELAY");
   std::vector<uint8_t> message(size, 0x5A);
-  const uint64_t count = static_cast<uint64_t>(o.seconds * std::max<uint32_t>(o.rate, 1));
-  Pacer pacer(MonotonicNowNs(), o.rate);
+  const uint64_t count = warmup + static_cast<uint64_t>(o.seconds * rate);
+  Pacer pacer(MonotonicNowNs(), rate);
   for (uint64_t i = 0; i < count; ++i) {
     // The scheduled time, not the actual one: a write that blocked delays the next messages
     // and their latency shows it.

@@ -17,6 +17,9 @@ namespace sluice::bench {
 
 struct RawLatencyOptions {
   double seconds = 2;
+  // Sent first at the same rate and not recorded: the data path's --warmup, so that a baseline
+  // is not measured cold against a warmed-up data path.
+  double warmup = 0;
   uint32_t rate = 10000;       // messages per second
   uint32_t message_size = 100;  // at least 8 (the stamp)
 };
@@ -27,7 +30,7 @@ struct RawLatencyResult {
   LatencyResult from_actual;  // the same messages from their actual write (no samples: < 16 B)
 };
 
-// Runs the ping for options.seconds. Exits the process with a message if a socket call fails.
+// Runs the ping for options.warmup + options.seconds. Exits the process with a message if a socket call fails.
 RawLatencyResult RunRawLatency(const RawLatencyOptions& options);
 
 }  // namespace sluice::bench

@@ -38,8 +38,12 @@ using tools::MedianBy;
 void MeasureZmq(const BenchFlags& f, Measurement* m) {
   const double seconds = std::min(f.seconds, kMaxBaselineSeconds);
   if (f.latency) {
-    const ZmqLatencyResult z =
-        RunZmqLatency(RawLatencyOptions{seconds, f.rate, std::max<uint32_t>(f.record_max, 16)});
+    RawLatencyOptions lo;
+    lo.seconds = seconds;
+    lo.warmup = f.warmup;
+    lo.rate = f.rate;
+    lo.message_size = std::max<uint32_t>(f.record_max, 16);
+    const ZmqLatencyResult z = RunZmqLatency(lo);
     if (z.error[0] != 0 && m->zmq_error.empty()) m->zmq_error = z.error;
     m->zmq_latency_rounds.push_back(z.latency);
     m->zmq_actual_rounds.push_back(z.from_actual);
@@ -77,6 +81,7 @@ Measurement Measure(const BenchFlags& f) {
       if (f.latency) {
         RawLatencyOptions lo;
         lo.seconds = po.seconds;
+        lo.warmup = f.warmup;
         lo.rate = f.rate;
         lo.message_size = f.record_max;
         const RawLatencyResult t = RunRawLatency(lo);

@@ -129,7 +129,7 @@ bool ZmqAvailable() { return true; }
 ZmqLatencyResult RunZmqLatency(const RawLatencyOptions& o) {
   const size_t size = std::max<size_t>(o.message_size, kLatencyHeader);
   const uint32_t rate = std::max<uint32_t>(o.rate, 1);
-  const uint64_t warmup = std::max<uint64_t>(1, rate / 10);
+  const uint64_t warmup = std::max<uint64_t>(1, static_cast<uint64_t>(o.warmup * rate));
   const uint64_t measured = static_cast<uint64_t>(o.seconds * rate);
   auto receive = [&](void* pull, ZmqLatencyResult* r) {
     std::vector<uint8_t> message(size);

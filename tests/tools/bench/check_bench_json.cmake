@@ -73,7 +73,8 @@ if(LATENCY)
   endif()
 endif()
 # Latency measurement (issue 15): -DZMQ=ON (ZeroMQ fields, latency or throughput),
-# -DEVENTS=ON (event latency), -DROUNDS=N (the per-round arrays hold N entries).
+# -DEVENTS=ON (event latency), -DROUNDS=N (the per-round arrays hold N entries),
+# -DBASELINE_SAMPLES=N (each baseline round recorded exactly N messages).
 if(LATENCY)
   # The smoke runs send 100-byte records: room for the floor's and ZeroMQ's actual-send stamps.
   set(extra max_us baseline_tcp_max_us ratio_p50_to_tcp ratio_p99_to_tcp actual_send_p50_us
@@ -125,6 +126,14 @@ if(DEFINED ROUNDS AND LATENCY)
           message(FATAL_ERROR "${array}[${i}].${f} is zero: ${out}")
         endif()
       endforeach()
+      # The baselines record exactly their measured messages: --warmup's are sent, not counted.
+      if(DEFINED BASELINE_SAMPLES AND NOT array MATCHES "^(latency|event)_rounds$")
+        string(JSON v GET "${out}" ${array} ${i} samples)
+        if(NOT v EQUAL BASELINE_SAMPLES)
+          message(FATAL_ERROR "${array}[${i}] has ${v} samples, expected ${BASELINE_SAMPLES} "
+            "(--seconds x --rate, without the warm-up): ${out}")
+        endif()
+      endif()
       # Percentiles are ordered within a round.
       string(JSON p50 GET "${out}" ${array} ${i} p50_us)
       string(JSON p99 GET "${out}" ${array} ${i} p99_us)
