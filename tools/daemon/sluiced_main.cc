@@ -3,22 +3,26 @@
 // Exit status: 0 after a clean shutdown (SIGTERM/SIGINT, every segment back), 2 for a bad
 // command line or configuration, 1 when it cannot start (port taken, memory), 3 when segments
 // were still out at shutdown (a bug: the log names the numbers).
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
-#include <fstream>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "tools/common/conventions.h"
+#include "tools/common/fd_io.h"
 #include "tools/daemon/daemon.h"
 #include "tools/daemon/notify.h"
 #include "transport/log.h"
@@ -28,17 +32,28 @@ namespace {
 using sluice::daemon::CommandLine;
 using sluice::daemon::DaemonConfig;
 
-// Writes `text` to `path` atomically (a reader never sees half a file).
-bool WriteFileAtomically(const std::string& path, const std::string& text) {
+// Writes `text` to `path` atomically (a reader never sees half a file), through a temporary
+// file next to it created with O_EXCL | O_NOFOLLOW and `mode` (less the umask): a symlink
+// planted under the temporary name is removed, never followed. False with errno on failure.
+bool WriteFileAtomically(const std::string& path, const std::string& text, mode_t mode) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    if (!out) return false;
-    out << text;
-    if (!out.flush()) return false;
-  }
-  return std::rename(tmp.c_str(), path.c_str()) == 0;
+  constexpr int kFlags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+  int fd = ::open(tmp.c_str(), kFlags, mode);
+  if (fd < 0 && errno == EEXIST && ::unlink(tmp.c_str()) == 0) fd = ::open(tmp.c_str(), kFlags, mode);
+  if (fd < 0) return false;
+  const bool written = sluice::tools::WriteAll(fd, text.data(), text.size());
+  const bool closed = ::close(fd) == 0;
+  if (written && closed && std::rename(tmp.c_str(), path.c_str()) == 0) return true;
+  const int saved = errno;
+  ::unlink(tmp.c_str());
+  errno = saved;
+  return false;
 }
+// The port files say nothing secret; the metrics file holds what GET /metrics serves only
+// with the bearer token: the owner and its group (a textfile collector's, through a setgid
+// directory) read it.
+constexpr mode_t kPortFileMode = 0644;
+constexpr mode_t kMetricsFileMode = 0640;
 
 // The daemon's logger. SIGHUP replaces it with one on a freshly opened log_file (logrotate moved
 // the old one away), so every user goes through Get(). Thread-safe.
@@ -162,13 +177,15 @@ bool AnnounceListening(sluice::daemon::Daemon& d, const DaemonConfig& config) {
                  d.metrics_port());
   }
   if (!config.port_file.empty() &&
-      !WriteFileAtomically(config.port_file, std::to_string(port) + "\n")) {
-    logger->error("cannot write port_file {}", config.port_file);
+      !WriteFileAtomically(config.port_file, std::to_string(port) + "\n", kPortFileMode)) {
+    logger->error("cannot write port_file {}: {}", config.port_file, std::strerror(errno));
     return false;
   }
   if (!config.metrics_port_file.empty() &&
-      !WriteFileAtomically(config.metrics_port_file, std::to_string(d.metrics_port()) + "\n")) {
-    logger->error("cannot write metrics_port_file {}", config.metrics_port_file);
+      !WriteFileAtomically(config.metrics_port_file, std::to_string(d.metrics_port()) + "\n",
+                           kPortFileMode)) {
+    logger->error("cannot write metrics_port_file {}: {}", config.metrics_port_file,
+                  std::strerror(errno));
     return false;
   }
   sluice::daemon::NotifySystemd("READY=1\nSTATUS=listening on port " + std::to_string(port));
@@ -180,8 +197,9 @@ int WaitForStop(const std::vector<std::string>& args, const sigset_t& signals,
                 sluice::daemon::Daemon& d, DaemonConfig* config) {
   while (true) {
     if (!config->metrics_file.empty() &&
-        !WriteFileAtomically(config->metrics_file, d.Prometheus())) {
-      g_log.Get()->warn("cannot write metrics_file {}", config->metrics_file);
+        !WriteFileAtomically(config->metrics_file, d.Prometheus(), kMetricsFileMode)) {
+      g_log.Get()->warn("cannot write metrics_file {}: {}", config->metrics_file,
+                        std::strerror(errno));
     }
     const long ms = config->metrics_file.empty() ? 3600000 : config->metrics_interval_ms;
     timespec ts{ms / 1000, (ms % 1000) * 1000000};
@@ -199,7 +217,9 @@ int Stop(std::unique_ptr<sluice::daemon::Daemon> daemon, int sig, const DaemonCo
                daemon->node_name(), sig == SIGTERM ? "SIGTERM" : "SIGINT",
                config.shutdown_grace_ms);
   const auto report = daemon->Shutdown(std::chrono::milliseconds(config.shutdown_grace_ms));
-  if (!config.metrics_file.empty()) WriteFileAtomically(config.metrics_file, daemon->Prometheus());
+  if (!config.metrics_file.empty()) {
+    WriteFileAtomically(config.metrics_file, daemon->Prometheus(), kMetricsFileMode);
+  }
   const std::string name = daemon->node_name();
   if (report.stuck_tasks > 0) {
     // Destroying the daemon would join threads blocked in system calls: exit without it.

@@ -5,7 +5,8 @@ slowloris, 100 connections, POST) answered or closed with the daemon up and its 
 HTTP on the data port (400 naming the metrics port, counted apart from protocol errors, logged
 at debug only), SIGHUP (stays up, reopens a log renamed away, applies a changed log_level, keeps
 the old settings on a broken file), sd_notify READY=1 then STOPPING=1 on a fake NOTIFY_SOCKET,
---version and usage errors. Usage: sluiced_service_test.py SLUICED WORKDIR"""
+--version and usage errors, metrics_file (0640 whatever the umask, a symlink planted at its
+temporary name removed and its target untouched). Usage: sluiced_service_test.py SLUICED WORKDIR"""
 import os
 import shutil
 import signal
@@ -169,6 +170,25 @@ def hostile(mport, pid):
     return answered
 
 
+def check_metrics_file(pid):
+    """metrics_file holds what /metrics serves only with the token: 0640 although sluiced runs
+    with umask 022, rewritten through a temporary name that a planted symlink cannot redirect."""
+    path = WORK + "/metrics.prom"
+    wait_for(lambda: os.path.exists(path), "the metrics_file")
+    check(os.stat(path).st_mode & 0o777 == 0o640,
+          "metrics_file mode %o, not 640" % (os.stat(path).st_mode & 0o777))
+    victim = WORK + "/victim"
+    with open(victim, "w") as f:
+        f.write("untouched\n")
+    os.symlink(victim, "%s.tmp.%d" % (path, pid))
+    first = os.stat(path).st_ino
+    wait_for(lambda: os.stat(path).st_ino != first, "the metrics_file rewritten")
+    wait_for(lambda: not os.path.lexists("%s.tmp.%d" % (path, pid)), "the planted link removed")
+    check(open(victim).read() == "untouched\n", "the write followed the planted symlink")
+    check(os.stat(path).st_mode & 0o777 == 0o640 and "sluice_" in open(path).read(),
+          "metrics_file after the rewrite")
+
+
 def main():
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
@@ -185,7 +205,9 @@ def main():
     proc = subprocess.Popen(
         [SLUICED, "--config", conf, "--port", "0", "--port-file", WORK + "/port",
          "--metrics-listen=127.0.0.1:0", "--metrics-port-file", WORK + "/mport",
-         "--state-dir", WORK + "/state", "--log-file", log], env=env)
+         "--state-dir", WORK + "/state", "--log-file", log,
+         "--metrics-file", WORK + "/metrics.prom", "--metrics-interval-ms", "100"],
+        env=env, preexec_fn=lambda: os.umask(0o022))
     try:
         ready = notify.recv(4096).decode()
         check(ready.startswith("READY=1"), "first notification %r" % ready)
@@ -206,6 +228,7 @@ def main():
         code, head, body = get(mport, "/metrics")
         check(code == 200 and "text/plain; version=0.0.4" in head, "metrics head: " + head)
         check_exposition(body)
+        check_metrics_file(proc.pid)
 
         # HTTP on the data port: a 400 naming the metrics endpoint, counted apart, no warning.
         raw = http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
