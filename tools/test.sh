@@ -25,9 +25,14 @@ fi
 
 werror=OFF
 [ "${CI:-}" = "true" ] && werror=ON
+# CI builds from scratch every time and debugs nothing in place: line tables are enough for its
+# backtraces. (A changed SLUICE_WERROR rebuilds the tree anyway, so this costs a user nothing.)
+line_tables=OFF
+[ "${CI:-}" = "true" ] && line_tables=ON
 benches=ON
 [ -n "$sanitize" ] && benches=OFF
 cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_WERROR="$werror" \
+  -DSLUICE_LINE_TABLES_ONLY="$line_tables" \
   -DSLUICE_SANITIZE="$(echo "$sanitize" | tr ',' ';')" -DSLUICE_BUILD_BENCHMARKS="$benches" >/dev/null
 targets=""
 [ -n "$label" ] && targets=$(cmake --build "$build_dir" --target help)
