@@ -30,7 +30,8 @@ struct RawLatencyResult {
   LatencyResult from_actual;  // the same messages from their actual write (no samples: < 16 B)
 };
 
-// Runs the ping for options.warmup + options.seconds. Exits the process with a message if a socket call fails.
+// Runs the ping for options.warmup + options.seconds. Exits the process with a message if a
+// socket call fails.
 RawLatencyResult RunRawLatency(const RawLatencyOptions& options);
 
 }  // namespace sluice::bench

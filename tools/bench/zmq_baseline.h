@@ -33,8 +33,8 @@ struct ZmqLatencyResult {
   char error[256] = {};
 };
 // One-way latency of options.seconds * options.rate messages of options.message_size bytes
-// (at least 16: the scheduled time and a kind; from 24, the actual send time too), after 0.1 s
-// of unmeasured warm-up messages.
+// (at least 16: the scheduled time and a kind; from 24, the actual send time too), after
+// options.warmup seconds of unmeasured messages (at least one).
 ZmqLatencyResult RunZmqLatency(const RawLatencyOptions& options);
 
 struct ZmqThroughputOptions {
