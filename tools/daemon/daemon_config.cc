@@ -134,8 +134,9 @@ const std::map<std::string, Option>& Options() {
        StringOption("file holding the shared secret; every node and client needs the same",
                     &DaemonConfig::auth_secret_file)},
       {"state_dir",
-       StringOption("directory for the daemon's state: auth_secret is created there when no "
-                    "auth_secret_file is given (default /var/lib/sluice)",
+       StringOption("directory for the daemon's state: auth_secret and metrics_token are created "
+                    "there when no file is given, and the local socket and spill_dir default "
+                    "beneath it (default /var/lib/sluice; not empty)",
                     &DaemonConfig::state_dir)},
       {"auth", StringOption("on, the only value: every peer proves the cluster secret (an old "
                             "config's auth = off is refused, naming the fix)",
