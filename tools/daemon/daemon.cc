@@ -46,9 +46,9 @@ namespace {
 // message ("" for none).
 Result<std::string> LoadDaemonSecret(const DaemonConfig& config, const std::string& file,
                                      std::string_view state_name, const std::string& what) {
-  Result<std::string> secret = file.empty()
-                                   ? shuffle::auth::LoadStateFile(config.state_dir, state_name, true)
-                                   : shuffle::auth::ReadSecretFile(file);
+  Result<std::string> secret =
+      file.empty() ? shuffle::auth::LoadStateFile(config.state_dir, state_name, /*create=*/true)
+                   : shuffle::auth::ReadSecretFile(file);
   if (secret.ok()) return secret;
   const StatusCode code = secret.status().code() == StatusCode::kPermissionDenied
                               ? StatusCode::kPermissionDenied

@@ -14,8 +14,8 @@
 
 #include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -39,7 +39,9 @@ bool WriteFileAtomically(const std::string& path, const std::string& text, mode_
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   constexpr int kFlags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
   int fd = ::open(tmp.c_str(), kFlags, mode);
-  if (fd < 0 && errno == EEXIST && ::unlink(tmp.c_str()) == 0) fd = ::open(tmp.c_str(), kFlags, mode);
+  if (fd < 0 && errno == EEXIST && ::unlink(tmp.c_str()) == 0) {
+    fd = ::open(tmp.c_str(), kFlags, mode);  // what was there (a crash's leftover, a link) is gone
+  }
   if (fd < 0) return false;
   const bool written = sluice::tools::WriteAll(fd, text.data(), text.size());
   const bool closed = ::close(fd) == 0;
