@@ -4,6 +4,7 @@ README.md, docs/*.md and the tools' READMEs names a file of the repository, and 
 names a heading of that file (GitHub's anchor rule: lower case, punctuation dropped, spaces to
 dashes, -1, -2 for repeats). Usage: check_links.py REPO_ROOT"""
 import collections
+import functools
 import glob
 import os
 import re
@@ -14,6 +15,7 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^#{1,6} +(.*?) *#*$")
 
 
+@functools.lru_cache(maxsize=None)  # a file is read once, however many links name it
 def anchors(path):
     seen = collections.Counter()
     out = set()

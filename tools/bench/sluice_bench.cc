@@ -33,24 +33,29 @@ constexpr double kMaxBaselineSeconds = 2;
 using tools::Median;
 using tools::MedianBy;
 
+// The latency baselines' options (the floor's and ZeroMQ's): the run's rate, largest record and
+// warm-up, measured for at most kMaxBaselineSeconds.
+RawLatencyOptions BaselineLatencyOptions(const BenchFlags& f) {
+  RawLatencyOptions lo;
+  lo.seconds = std::min(f.seconds, kMaxBaselineSeconds);
+  lo.warmup = f.warmup;
+  lo.rate = f.rate;
+  lo.message_size = f.record_max;
+  return lo;
+}
+
 // --baselines zmq, one round: ZeroMQ's latency at the run's rate and record size, or its
 // throughput with the run's records packed into segment-sized messages.
 void MeasureZmq(const BenchFlags& f, Measurement* m) {
-  const double seconds = std::min(f.seconds, kMaxBaselineSeconds);
   if (f.latency) {
-    RawLatencyOptions lo;
-    lo.seconds = seconds;
-    lo.warmup = f.warmup;
-    lo.rate = f.rate;
-    lo.message_size = std::max<uint32_t>(f.record_max, 16);
-    const ZmqLatencyResult z = RunZmqLatency(lo);
+    const ZmqLatencyResult z = RunZmqLatency(BaselineLatencyOptions(f));  // at least 16 bytes
     if (z.error[0] != 0 && m->zmq_error.empty()) m->zmq_error = z.error;
     m->zmq_latency_rounds.push_back(z.latency);
     m->zmq_actual_rounds.push_back(z.from_actual);
     return;
   }
   ZmqThroughputOptions zo;
-  zo.seconds = seconds;
+  zo.seconds = std::min(f.seconds, kMaxBaselineSeconds);
   zo.message_size = f.segment_size;
   zo.record_size = static_cast<uint32_t>(f.MeanRecordSize());
   const ZmqThroughputResult z = RunZmqThroughput(zo);
@@ -79,12 +84,7 @@ Measurement Measure(const BenchFlags& f) {
       const auto piece = static_cast<uint32_t>(f.MeanRecordSize());
       copy.push_back(RunMemcpy(po.seconds, piece, kMemcpyWorkingSet).mib_per_second());
       if (f.latency) {
-        RawLatencyOptions lo;
-        lo.seconds = po.seconds;
-        lo.warmup = f.warmup;
-        lo.rate = f.rate;
-        lo.message_size = f.record_max;
-        const RawLatencyResult t = RunRawLatency(lo);
+        const RawLatencyResult t = RunRawLatency(BaselineLatencyOptions(f));
         m.tcp_rounds.push_back(t.latency);
         m.tcp_actual_rounds.push_back(t.from_actual);
       }
