@@ -10,6 +10,8 @@ import os
 import re
 import sys
 
+if len(sys.argv) != 2 or not os.path.isfile(os.path.join(sys.argv[1], "README.md")):
+    sys.exit("usage: check_links.py REPO_ROOT (the directory holding README.md)")
 ROOT = sys.argv[1]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^#{1,6} +(.*?) *#*$")
