@@ -33,17 +33,19 @@ using sluice::daemon::CommandLine;
 using sluice::daemon::DaemonConfig;
 
 // Writes `text` to `path` atomically (a reader never sees half a file), through a temporary
-// file next to it created with O_EXCL | O_NOFOLLOW and `mode` (less the umask): a symlink
-// planted under the temporary name is removed, never followed. False with errno on failure.
+// file next to it created with O_EXCL | O_NOFOLLOW: a symlink planted under the temporary name
+// is removed, never followed. The file gets exactly `mode`, whatever the umask (the packaged
+// unit's UMask=0077 would otherwise leave a 0640 file 0600). False with errno on failure.
 bool WriteFileAtomically(const std::string& path, const std::string& text, mode_t mode) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   constexpr int kFlags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
-  int fd = ::open(tmp.c_str(), kFlags, mode);
+  int fd = ::open(tmp.c_str(), kFlags, mode & 0600);  // no wider than the owner's until fchmod
   if (fd < 0 && errno == EEXIST && ::unlink(tmp.c_str()) == 0) {
-    fd = ::open(tmp.c_str(), kFlags, mode);  // what was there (a crash's leftover, a link) is gone
+    fd = ::open(tmp.c_str(), kFlags, mode & 0600);  // what was there (a leftover, a link) is gone
   }
   if (fd < 0) return false;
-  const bool written = sluice::tools::WriteAll(fd, text.data(), text.size());
+  const bool written = ::fchmod(fd, mode) == 0 &&
+                       sluice::tools::WriteAll(fd, text.data(), text.size());
   const bool closed = ::close(fd) == 0;
   if (written && closed && std::rename(tmp.c_str(), path.c_str()) == 0) return true;
   const int saved = errno;

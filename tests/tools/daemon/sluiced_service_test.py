@@ -6,8 +6,10 @@ HTTP on the data port (400 naming the metrics port, counted apart from protocol 
 at debug only), SIGHUP (stays up, reopens a log renamed away, applies a changed log_level, keeps
 the old settings on a broken file), sd_notify READY=1 then STOPPING=1 on a fake NOTIFY_SOCKET,
 --version and usage errors, metrics_file (0640 whatever the umask, a symlink planted at its
-temporary name removed and its target untouched). Usage: sluiced_service_test.py SLUICED WORKDIR"""
+temporary name removed and its target untouched), port files 0644, and docs/operations.md's metric
+reference naming exactly the families served. Usage: sluiced_service_test.py SLUICED WORKDIR"""
 import os
+import re
 import shutil
 import signal
 import socket
@@ -112,6 +114,24 @@ def check_exposition(text):
     for line in text.splitlines():
         if line.startswith("# TYPE"):
             check(("# HELP " + line[7:].split()[0]) in text, "no HELP for " + line)
+    check_metric_reference(text)
+
+
+def check_metric_reference(text):
+    """docs/operations.md's metric reference names exactly the families the daemon serves, each
+    with the type it serves."""
+    doc = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "docs",
+                       "operations.md")
+    body = open(doc, encoding="utf-8").read().split("## Metric reference", 1)
+    check(len(body) == 2, "docs/operations.md has no '## Metric reference' section")
+    documented = dict(re.findall(r"^\| `(sluice_\w+)` \| (counter|gauge) \|", body[1], re.M))
+    served = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+    missing = sorted(set(served) - set(documented))
+    stale = sorted(set(documented) - set(served))
+    check(not missing, "metrics served but not in docs/operations.md's reference: %s" % missing)
+    check(not stale, "docs/operations.md's reference names metrics not served: %s" % stale)
+    wrong = sorted(n for n in served if served[n] != documented[n])
+    check(not wrong, "metric types differ from docs/operations.md's reference: %s" % wrong)
 
 
 def hostile(mport, pid):
@@ -172,7 +192,8 @@ def hostile(mport, pid):
 
 def check_metrics_file(pid):
     """metrics_file holds what /metrics serves only with the token: 0640 although sluiced runs
-    with umask 022, rewritten through a temporary name that a planted symlink cannot redirect."""
+    with umask 077 (the packaged unit's UMask), rewritten through a temporary name that a planted
+    symlink cannot redirect."""
     path = WORK + "/metrics.prom"
     wait_for(lambda: os.path.exists(path), "the metrics_file")
     check(os.stat(path).st_mode & 0o777 == 0o640,
@@ -207,12 +228,15 @@ def main():
          "--metrics-listen=127.0.0.1:0", "--metrics-port-file", WORK + "/mport",
          "--state-dir", WORK + "/state", "--log-file", log,
          "--metrics-file", WORK + "/metrics.prom", "--metrics-interval-ms", "100"],
-        env=env, preexec_fn=lambda: os.umask(0o022))
+        env=env, preexec_fn=lambda: os.umask(0o077))  # packaging/sluiced.service's UMask
     try:
         ready = notify.recv(4096).decode()
         check(ready.startswith("READY=1"), "first notification %r" % ready)
         port = int(open(WORK + "/port").read())
         mport = int(open(WORK + "/mport").read())
+        for name in ("port", "mport"):  # nothing secret: readable by all, whatever the umask
+            mode = os.stat(WORK + "/" + name).st_mode & 0o777
+            check(mode == 0o644, "port file %s mode %o, not 644" % (name, mode))
         token_file = WORK + "/state/metrics_token"
         check(os.stat(token_file).st_mode & 0o777 == 0o600, "metrics_token is not 0600")
         global AUTH
