@@ -303,9 +303,13 @@ Result<const fb::BufferResponse*> ParseBufferResponse(std::span<const uint8_t> m
     return Invalid("BufferResponse for receiver ", id, ": data_type ", type,
                    " is not a known DataType (0..", static_cast<uint8_t>(fb::DataType::MAX), ")");
   }
+  if ((m->flags() & kFlagCompressed) != 0) {
+    return Invalid("BufferResponse for receiver ", id, ": flags ", Hex{m->flags()},
+                   " sets compressed (0x01), which protocol version 1 does not use");
+  }
   if ((m->flags() & ~kKnownFlags) != 0) {
     return Invalid("BufferResponse for receiver ", id, ": flags ", Hex{m->flags()},
-                   " has bits set other than compressed (0x01) and checksummed (0x02)");
+                   " has bits set other than checksummed (0x02)");
   }
   if (m->payload_size() > max_payload) {
     return Invalid("BufferResponse for receiver ", id, ": payload_size ", m->payload_size(),

@@ -90,10 +90,12 @@ inline constexpr uint32_t kMaxSegmentSize = 1024 * 1024;
 // raised to it): below this, frame headers and per-buffer work outweigh the data.
 inline constexpr uint32_t kMinDebloatBufferSize = 1024;
 
-// BufferResponse.flags bits; any other bit set is a protocol error.
+// BufferResponse.flags bits. Compressed is reserved: protocol version 1 has no compression,
+// so a set bit is a protocol error (a receiver would otherwise hand compressed bytes to the
+// consumer as records), like any bit outside kKnownFlags.
 inline constexpr uint8_t kFlagCompressed = 1u << 0;
 inline constexpr uint8_t kFlagChecksummed = 1u << 1;
-inline constexpr uint8_t kKnownFlags = kFlagCompressed | kFlagChecksummed;
+inline constexpr uint8_t kKnownFlags = kFlagChecksummed;
 
 // The wire DataType and buffer::DataType have the same values (checked at compile time).
 inline fb::DataType ToWire(buffer::DataType t) { return static_cast<fb::DataType>(t); }

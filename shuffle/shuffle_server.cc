@@ -415,7 +415,9 @@ class ShuffleServer::Handler final : public transport::ConnectionHandler, public
     if (!MayRead(id, req)) return;
     const uint32_t sp = req.subpartition;
     if (sp >= partition->num_subpartitions()) {
-      ChannelError(id, fb::ErrorCode::PartitionNotFound,
+      // Permanent (the count is fixed at registration): ProducerFailed fails the channel now,
+      // where PartitionNotFound would have the client retry until its request timeout.
+      ChannelError(id, fb::ErrorCode::ProducerFailed,
                    "partition '" + partition->id() + "' has " +
                        std::to_string(partition->num_subpartitions()) + " subpartitions, not " +
                        std::to_string(uint64_t{sp} + 1) + " or more");

@@ -258,7 +258,11 @@ TEST(MessageFieldTest, BufferResponseFields) {
   ExpectProtocolError(ParseBufferResponse(b.BufferResponse(bad), kSegment).status(),
                       {"flags 0x04"});
   bad = f;
-  bad.flags = kFlagCompressed | kFlagChecksummed;
+  bad.flags = kFlagCompressed | kFlagChecksummed;  // version 1 has no compression
+  ExpectProtocolError(ParseBufferResponse(b.BufferResponse(bad), kSegment).status(),
+                      {"flags 0x03", "compressed (0x01)", "version 1"});
+  bad = f;
+  bad.flags = kFlagChecksummed;
   EXPECT_TRUE(ParseBufferResponse(b.BufferResponse(bad), kSegment).ok());
   bad = f;
   bad.payload_size = kSegment + 1;

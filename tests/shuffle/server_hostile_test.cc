@@ -280,7 +280,8 @@ TEST_F(ServerHostileTest, ParkedRequestsPerConnectionAreBounded) {
 }
 
 // A subpartition index at or past the partition's count, up to the largest a u32 holds, fails
-// that channel alone and names the count; the connection goes on serving the others.
+// that channel alone at once (ProducerFailed, which the client does not retry) and names the
+// count; the connection goes on serving the others.
 TEST_F(ServerHostileTest, SubpartitionPastTheEndFailsItsChannelOnly) {
   StartServer();
   auto p = Partition("two", 2);
@@ -289,7 +290,7 @@ TEST_F(ServerHostileTest, SubpartitionPastTheEndFailsItsChannelOnly) {
   auto expect_refused = [&s](uint32_t sp, uint64_t id, const std::string& count) {
     ASSERT_TRUE(Request(s, "two", sp, id, 2));
     auto [code, rid, text] = NextError(s);
-    EXPECT_EQ(code, fb::ErrorCode::PartitionNotFound) << text;
+    EXPECT_EQ(code, fb::ErrorCode::ProducerFailed) << text;  // permanent: no retry
     EXPECT_EQ(rid, static_cast<int64_t>(id));
     EXPECT_EQ(text, "partition 'two' has 2 subpartitions, not " + count + " or more");
   };
