@@ -241,18 +241,31 @@ struct ConsumeWindow {
   uint64_t records = 0, bytes = 0;
   uint64_t tick_records = 0, tick_bytes = 0, tick_buffers = 0;
   uint64_t warm_records = 0, warm_bytes = 0, warm_buffers = 0;
+  std::vector<uint64_t> tick_latency_ns;  // --latency: the interval's records, from schedule
 };
 
-void PrintInterval(const BenchFlags& f, const buffer::NetworkBufferPool& pool,
-                   const ConsumeWindow& w, Clock::time_point now, uint64_t buffers) {
+// --latency: the interval's p50 and p99 for its line (empty before the measured window), so a
+// tail that comes in bursts shows which seconds it came in. Clears the interval's samples.
+std::string TakeIntervalLatency(std::vector<uint64_t>& ns) {
+  if (ns.empty()) return "";
+  const LatencyResult l = SummarizeLatencies(ns);
+  ns.clear();
+  char text[64];
+  std::snprintf(text, sizeof text, "  p50 %.1f us  p99 %.1f us", l.p50_us, l.p99_us);
+  return text;
+}
+
+void PrintInterval(const BenchFlags& f, const buffer::NetworkBufferPool& pool, ConsumeWindow& w,
+                   Clock::time_point now, uint64_t buffers) {
+  const std::string latency = TakeIntervalLatency(w.tick_latency_ns);
   if (f.json) return;
   const double dt = std::chrono::duration<double>(now - w.last_tick).count();
-  std::printf("[%5.1f-%5.1f s] %9.3f M rec/s %9.1f MiB/s %9.0f buf/s  pool %u/%u%s\n",
+  std::printf("[%5.1f-%5.1f s] %9.3f M rec/s %9.1f MiB/s %9.0f buf/s  pool %u/%u%s%s\n",
               std::chrono::duration<double>(w.last_tick - w.t0).count(),
               std::chrono::duration<double>(now - w.t0).count(),
               (w.records - w.tick_records) / dt / 1e6, (w.bytes - w.tick_bytes) / dt / (1 << 20),
               (buffers - w.tick_buffers) / dt, pool.used_segments(), pool.total_segments(),
-              w.last_tick < w.warm_end && f.warmup > 0 ? "  (warm-up)" : "");
+              latency.c_str(), w.last_tick < w.warm_end && f.warmup > 0 ? "  (warm-up)" : "");
   std::fflush(stdout);
 }
 
@@ -301,12 +314,14 @@ struct ConsumeLatency {
   LatencyRecorder events;
   LatencyRecorder from_actual;  // the same records timed from their actual write
 
-  void OnRecord(std::span<const uint8_t> rec) {
+  // `interval` also gets the latency from the scheduled time (the interval line's figures).
+  void OnRecord(std::span<const uint8_t> rec, std::vector<uint64_t>* interval) {
     if (rec.size() < kStampBytes) return;
     const uint64_t now = MonotonicNowNs();
     uint64_t scheduled;
     std::memcpy(&scheduled, rec.data() + kSeqBytes, 8);
     records.Record(scheduled, now);
+    interval->push_back(now > scheduled ? now - scheduled : 0);
     if (rec.size() < kActualStampBytes) return;
     uint64_t actual;
     std::memcpy(&actual, rec.data() + kStampBytes, 8);
@@ -360,6 +375,7 @@ class RecordConsumer {
     if (f.latency) {
       latency_.records.Reserve(static_cast<size_t>(f.rate * (f.seconds + 1)));
       latency_.from_actual.Reserve(static_cast<size_t>(f.rate * (f.seconds + 1)));
+      w_.tick_latency_ns.reserve(static_cast<size_t>(f.rate) * 2);  // a second's, with slack
     }
   }
 
@@ -409,7 +425,7 @@ class RecordConsumer {
     if (f_.in_place_fill && !RecordSource::FilledAfterStamp(rec, f_.latency)) {
       ++out_->fill_errors;
     }
-    if (f_.latency && w_.warm && !w_.stopped) latency_.OnRecord(rec);
+    if (f_.latency && w_.warm && !w_.stopped) latency_.OnRecord(rec, &w_.tick_latency_ns);
   }
 
   shuffle::InputGate* const gate_;
