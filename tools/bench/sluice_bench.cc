@@ -1,5 +1,5 @@
 // sluice-bench: throughput and latency of Sluice's data path, next to the machine's own limits
-// (a raw libuv socket pump and memcpy) measured in the same run. See --help and README.md.
+// (a raw libuv socket pump and memcpy) measured in the same run. See --help and docs/benchmarks.md.
 //
 // This process only orchestrates: every measurement runs in forked children (the data path
 // in one or two, the pump's receiver in one), so it never starts a thread and each run's peak
