@@ -27,6 +27,7 @@
 #include "shuffle/shuffle_environment.h"
 #include "shuffle/shuffle_server.h"
 #include "shuffle_test_util.h"
+#include "testutil/wait.h"
 #include "testutil/leak_check.h"
 #include "testutil/loopback.h"
 #include "testutil/wait.h"
@@ -462,6 +463,10 @@ Status RunAgainstFakeServer(FakeScript script, uint64_t* records_delivered) {
     }
   }
   EXPECT_FALSE((*gate)->IsFinished());
+  // The consumer closed the whole connection itself, before anything here closes it.
+  EXPECT_TRUE(testutil::PollUntil([&] { return cons->client().connection_count() == 0; }, 5s,
+                                  std::chrono::milliseconds(5)))
+      << cons->client().connection_count() << " connection(s) still open after the refusal";
   (*gate)->Close();
   cons->Stop();
   EXPECT_EQ(cons->client().connection_count(), 0u);

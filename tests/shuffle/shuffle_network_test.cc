@@ -346,8 +346,17 @@ TEST(ShuffleNetworkTest, ConsumerCancelsMidStream) {
     }
   }
   (*gate)->Close();  // cancel mid-stream: the producer's subpartitions are released
-  // The producer must not block forever on buffers nobody reads.
-  std::this_thread::sleep_for(300ms);
+  auto released = [&] {
+    const ResultPartitionStats st = (*part)->Stats();
+    return st.subpartitions[0].view_released && st.subpartitions[1].view_released;
+  };
+  EXPECT_TRUE(testutil::PollUntil(released, 5s, 5ms)) << "the server kept the views";
+  // The producer does not block on buffers nobody reads: its records are dropped, and it
+  // goes on (Cancel below would wake a blocked producer, so this is checked before it).
+  const uint64_t dropped = (*part)->Stats().dropped_records;
+  EXPECT_TRUE(testutil::PollUntil([&] { return (*part)->Stats().dropped_records > dropped; }, 5s,
+                                  5ms))
+      << "the producer stopped after the consumer cancelled";
   stop = true;
   (*part)->Cancel();
   producer.join();

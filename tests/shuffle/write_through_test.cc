@@ -18,6 +18,7 @@
 #include "shuffle/shuffle_server.h"
 #include "shuffle_test_util.h"
 #include "testutil/leak_check.h"
+#include "testutil/sanitizer.h"
 #include "testutil/wait.h"
 
 namespace sluice::shuffle {
@@ -167,8 +168,9 @@ Outcome RunUntilBothWriters(int runs, uint32_t producers, uint32_t consumers, ui
 
 TEST(WriteThroughTest, FlushPerRecordIsWrittenOnTheProducerThread) {
   const Outcome o = RunUntilBothWriters(5, 1, 1, 2000, Config("prod"), Config("cons"));
-  // Each flushed buffer is one frame; with an idle connection most go out directly. (Not
-  // all: a heartbeat or credit-less moment hands some to the loop.)
+  // Each flushed buffer is one frame. An unpaced producer keeps its connection busy, so only
+  // some go out directly (an idle moment); the rest go through the loop. PacedFlushesGoDirect
+  // checks that most do when the connection is idle.
   EXPECT_GT(o.direct_writes, 0u);
   EXPECT_LE(o.direct_writes, o.items_out);
 }
@@ -393,6 +395,11 @@ TEST(WriteThroughTest, PacedFlushesGoDirect) {
               static_cast<unsigned long long>(prod->server()->stats().buffers_out.load()),
               static_cast<double>(posted) / kRecords);
   EXPECT_GT(direct, 0u);
+  // Nearly every flush finds the connection idle and writes it on this thread (a sanitizer's
+  // slowdown may let the loop's own writes overlap more often).
+  if (!testutil::kUnderSanitizer) {
+    EXPECT_GE(direct, kRecords / 2);
+  }
   // Most flushes need no wake-up of the server's loop (OFF: about one post per record).
   EXPECT_LT(posted, kRecords / 2);
   (*gate)->Close();

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -119,8 +120,9 @@ void ExpectRefusedWithoutTheProof(Daemon& d, MessageType type,
   auto err = schema::ParseErrorResponse(reply->metadata);
   ASSERT_TRUE(err.ok());
   EXPECT_EQ((*err)->code(), fb::ErrorCode::AuthenticationFailed);
-  EXPECT_FALSE(peer.ReadFrame(std::chrono::seconds(5), kHeartbeat).has_value())
-      << "the connection stayed open";
+  bool eof = false;  // closed, not merely silent (ReadFrame's nullopt is a timeout as well)
+  peer.ReadUntilClosed(std::chrono::seconds(5), &eof);
+  EXPECT_TRUE(eof) << "the connection stayed open";
 }
 
 TEST(DaemonHostileTest, ControlWithoutTheSecretGetsAuthenticationFailedAndNothingRuns) {
@@ -158,14 +160,24 @@ TEST(DaemonHostileTest, ConnectionsFromOnePeerOverTheCapAreClosedAndOthersStillS
     held.push_back(std::make_unique<transport::testutil::RawSocket>(d->port()));
     ASSERT_TRUE(held.back()->connected());
   }
-  // ...so a fourth from the same address is closed without a byte served.
+  // ...so a fourth from the same address is closed without a byte served: its Hello gets no
+  // HelloAck, only the end of the stream.
   testutil::PollUntil([&] { return d->Stats().connections >= 3; }, std::chrono::seconds(5),
                       std::chrono::milliseconds(10));
   transport::testutil::RawSocket extra(d->port());
   ASSERT_TRUE(extra.connected());
-  const auto kHeartbeat = static_cast<uint8_t>(MessageType::kHeartbeat);
-  EXPECT_FALSE(extra.ReadFrame(std::chrono::seconds(5), kHeartbeat).has_value())
-      << "a connection over max_connections_per_peer was served";
+  schema::MessageBuilder b;
+  schema::HandshakeFields f;
+  f.segment_size = 32 << 10;
+  const auto hello = b.Hello(f);
+  // May fail: the daemon may have closed the connection already.
+  (void)extra.SendFrame(static_cast<uint8_t>(MessageType::kHello),
+                        transport::testutil::Bytes(hello.begin(), hello.end()));
+  bool eof = false;
+  const auto served = extra.ReadUntilClosed(std::chrono::seconds(5), &eof);
+  EXPECT_TRUE(eof) << "a connection over max_connections_per_peer stayed open";
+  EXPECT_TRUE(served.empty()) << "a connection over max_connections_per_peer was served "
+                              << served.size() << " bytes";
   const std::string metrics = d->Prometheus();
   std::string refused_line;
   for (size_t at = metrics.find("connections_refused_per_peer_total{"); at != std::string::npos;
@@ -461,6 +473,8 @@ TEST(DaemonHostileTest, AControlRequestFloodIsRefusedBeyondTheQueueAndMemoryStay
   for (int i = 0; i < 50; ++i) Call(*d, MessageType::kStatsRequest, stats);
   const uint64_t rss_before = VmRssBytes();
   std::atomic<uint64_t> answered{0}, exhausted{0};
+  std::mutex refusal_mu;
+  std::string refusal;  // GUARDED_BY(refusal_mu): the first refusal's message
   const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(4);
   uint64_t sent = 0;
   while (std::chrono::steady_clock::now() < end) {
@@ -468,18 +482,23 @@ TEST(DaemonHostileTest, AControlRequestFloodIsRefusedBeyondTheQueueAndMemoryStay
     d->OnControlRequest(MessageType::kStatsRequest, stats, "flood",
                         [&](MessageType t, std::vector<uint8_t> m) {
                           answered.fetch_add(1);
-                          if (t == MessageType::kControlResult) {
-                            auto res = schema::ParseControlResult(m);
-                            if (res.ok() && control::DecodeControlResult(**res).code() ==
-                                                StatusCode::kResourceExhausted) {
-                              exhausted.fetch_add(1);
-                            }
-                          }
+                          if (t != MessageType::kControlResult) return;
+                          auto res = schema::ParseControlResult(m);
+                          if (!res.ok()) return;
+                          const Status st = control::DecodeControlResult(**res);
+                          if (st.code() != StatusCode::kResourceExhausted) return;
+                          exhausted.fetch_add(1);
+                          std::lock_guard lock(refusal_mu);
+                          if (refusal.empty()) refusal = st.message();
                         });
     ++sent;
   }
   const uint64_t rss_after = VmRssBytes();
   EXPECT_GT(exhausted.load(), 0u) << "the queue took " << sent << " requests";
+  {
+    std::lock_guard lock(refusal_mu);
+    ExpectContains(refusal, "control requests queued");  // the refusal says why
+  }
   ExpectRssGrowthBounded(rss_before, rss_after, "Stats flood");
   // Every request is answered (refused at once or served), and Stats still works.
   testutil::PollUntil([&] { return answered.load() >= sent; }, std::chrono::seconds(10),

@@ -209,7 +209,7 @@ def failing_puts(c, a, p0):
             if l.startswith(JOB + " ")}
     if ("shell-test", "7") in rows:
         fail(f"a failed put left partition 7: {jobs}")
-    if rows.get(("shell-test", "8"), "aborted") not in ("aborted", "failed"):
+    if rows.get(("shell-test", "8")) not in ("aborted", "failed"):  # listed, and ended
         fail(f"the killed put's partition 8 is {rows.get(('shell-test', '8'))}: {jobs}")
 
 
