@@ -421,6 +421,7 @@ TEST_F(PartitionRequestQueueTest, ANotificationAfterTheQueueIsGoneDoesNothing) {
   FakeView* v = AddReader(1, 1);
   v->Push(Item(DataType::kData));
   v->NotifyListener();  // posted, not run yet
+  ASSERT_FALSE(posted_.empty()) << "the notification posted no task: nothing stale to run";
   queue_.reset();       // releases the reader and its view (the item is recycled)
   RunPosted();          // the stale task finds no reader
   EXPECT_TRUE(out_.frames.empty());
