@@ -320,8 +320,7 @@ struct ConsumeLatency {
     const uint64_t now = MonotonicNowNs();
     uint64_t scheduled;
     std::memcpy(&scheduled, rec.data() + kSeqBytes, 8);
-    records.Record(scheduled, now);
-    interval->push_back(now > scheduled ? now - scheduled : 0);
+    interval->push_back(records.Record(scheduled, now));
     if (rec.size() < kActualStampBytes) return;
     uint64_t actual;
     std::memcpy(&actual, rec.data() + kStampBytes, 8);

@@ -76,9 +76,11 @@ class Pacer {
 class LatencyRecorder {
  public:
   void Reserve(size_t n) { latencies_ns_.reserve(n); }
-  // latency = received - scheduled (0 if the clock says it arrived before it was due).
-  void Record(uint64_t scheduled_ns, uint64_t received_ns) {
-    latencies_ns_.push_back(received_ns > scheduled_ns ? received_ns - scheduled_ns : 0);
+  // latency = received - scheduled (0 if the clock says it arrived before it was due); returns it.
+  uint64_t Record(uint64_t scheduled_ns, uint64_t received_ns) {
+    const uint64_t ns = received_ns > scheduled_ns ? received_ns - scheduled_ns : 0;
+    latencies_ns_.push_back(ns);
+    return ns;
   }
   size_t size() const { return latencies_ns_.size(); }
   LatencyResult Summarize() { return SummarizeLatencies(latencies_ns_); }

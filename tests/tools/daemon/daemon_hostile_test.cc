@@ -96,6 +96,15 @@ JobStatus RunFileJob(Daemon& d, const JobSpec& spec) {
   return ended.empty() ? JobStatus{} : ended[0];
 }
 
+// A data client's Hello (the daemons' 32 KiB segments), for raw peers.
+transport::testutil::Bytes HelloMetadata() {
+  schema::MessageBuilder b;
+  schema::HandshakeFields f;
+  f.segment_size = 32 << 10;
+  const auto hello = b.Hello(f);
+  return transport::testutil::Bytes(hello.begin(), hello.end());
+}
+
 // A raw peer says Hello, skips the proof and sends `message` of `type` anyway: it must get
 // AuthenticationFailed and a close.
 void ExpectRefusedWithoutTheProof(Daemon& d, MessageType type,
@@ -103,12 +112,7 @@ void ExpectRefusedWithoutTheProof(Daemon& d, MessageType type,
   SCOPED_TRACE(schema::MessageTypeName(type));
   transport::testutil::RawSocket peer(d.port());
   ASSERT_TRUE(peer.connected());
-  schema::MessageBuilder b;
-  schema::HandshakeFields f;
-  f.segment_size = 32 << 10;
-  const auto hello = b.Hello(f);
-  ASSERT_TRUE(peer.SendFrame(static_cast<uint8_t>(MessageType::kHello),
-                             transport::testutil::Bytes(hello.begin(), hello.end())));
+  ASSERT_TRUE(peer.SendFrame(static_cast<uint8_t>(MessageType::kHello), HelloMetadata()));
   const auto kHeartbeat = static_cast<uint8_t>(MessageType::kHeartbeat);
   auto ack = peer.ReadFrame(std::chrono::seconds(5), kHeartbeat);
   ASSERT_TRUE(ack.has_value());
@@ -166,13 +170,8 @@ TEST(DaemonHostileTest, ConnectionsFromOnePeerOverTheCapAreClosedAndOthersStillS
                       std::chrono::milliseconds(10));
   transport::testutil::RawSocket extra(d->port());
   ASSERT_TRUE(extra.connected());
-  schema::MessageBuilder b;
-  schema::HandshakeFields f;
-  f.segment_size = 32 << 10;
-  const auto hello = b.Hello(f);
   // May fail: the daemon may have closed the connection already.
-  (void)extra.SendFrame(static_cast<uint8_t>(MessageType::kHello),
-                        transport::testutil::Bytes(hello.begin(), hello.end()));
+  (void)extra.SendFrame(static_cast<uint8_t>(MessageType::kHello), HelloMetadata());
   bool eof = false;
   const auto served = extra.ReadUntilClosed(std::chrono::seconds(5), &eof);
   EXPECT_TRUE(eof) << "a connection over max_connections_per_peer stayed open";
