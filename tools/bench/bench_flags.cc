@@ -137,6 +137,11 @@ const char* BenchUsage() {
          "  --rate N                   records per second with --latency (default 10000)\n"
          "  --events                   with --latency: every 10th send is a user event\n"
          "                             (EmitEvent), its latency reported on a line of its own\n"
+         "  --interleave-ms T          with --latency: Sluice, the TCP floor and ZeroMQ run at\n"
+         "                             once and take turns of T ms to send (10..10000), so\n"
+         "                             host noise lands on all of them alike; the baselines\n"
+         "                             then measure --seconds too (default 0: one after the\n"
+         "                             other, the baselines at most 2 s)\n"
          "  --direct on|off            remote: the producer's write-through (a flush to an idle\n"
          "                             connection writes on the producer's thread); off sends\n"
          "                             every frame through the IO loop (default: on, unless\n"
@@ -270,6 +275,14 @@ FlagResult ApplyRunFlag(BenchFlags* f, const std::string& name, const std::strin
   if (name == "baselines") return ApplyBaselines(f, v);
   if (name == "rate") return SetU32(name, v, &f->rate, 1, 10000000);
   if (name == "batch") return SetU32(name, v, &f->batch, 1, 1u << 16);
+  if (name == "interleave-ms") {
+    // A turn much shorter than 10 ms would be mostly its switch-over.
+    Status s = SetU32(name, v, &f->interleave_ms, 0, 10000);
+    if (s.ok() && f->interleave_ms > 0 && f->interleave_ms < 10) {
+      s = InvalidArgument("--interleave-ms wants 0 (off) or 10 to 10000 ms, got '" + v + "'");
+    }
+    return s;
+  }
   if (name == "rounds" || name == "pump-bufs-per-write") {
     uint32_t n = 0;
     const bool rounds = name == "rounds";
@@ -362,7 +375,7 @@ constexpr const char* kValueFlags[] = {
     "pump-bufs-per-write", "sweep-out",
     "wide-threshold", "wide-gate-buffers", "redistribution", "idle-gates", "delay-ms",
     "debloat", "debloat-target-ms", "consumer-rate-mib", "event-interval-ms",
-    "direct", "direct-reads", "consume-on"};
+    "direct", "direct-reads", "consume-on", "interleave-ms"};
 
 Status ParseSweep(BenchFlags* f, const std::string& value) {
   const size_t eq = value.find('=');
@@ -423,6 +436,11 @@ int ParseBenchFlags(int argc, char** argv, BenchFlags* out) {
   }
   if (s.ok() && f.events && !f.latency) {
     s = InvalidArgument("--events measures event latency: give --latency as well");
+  }
+  if (s.ok() && f.interleave_ms > 0 && !f.latency) {
+    s = InvalidArgument(
+        "--interleave-ms interleaves the latency paths (Sluice, the TCP floor, ZeroMQ): give "
+        "--latency as well");
   }
   // Every sweep value must parse before anything runs.
   for (const std::string& v : f.sweep_values) {

@@ -63,6 +63,10 @@ struct BenchFlags {
   // (ShuffleEnvironment::CreateInputGate with a listener): the IO thread that read a buffer
   // runs the consumer's work on it, one thread hop fewer. --sweep consume-on=consumer,io.
   bool consume_on_io = false;
+  // --interleave-ms T (with --latency): each round runs Sluice and the latency baselines at
+  // the same time, taking turns of T ms to send (turn_board.h), so host noise lands on all of
+  // them alike; the baselines then measure --seconds too. 0 (default): one after the other.
+  uint32_t interleave_ms = 0;
 
   // Wide gates (issue 14): a gate of more remote channels than wide_threshold takes no
   // exclusive buffers and shares wide_gate_buffers floating ones (0: never wide, Flink's rule).
@@ -94,6 +98,13 @@ struct BenchFlags {
   // stays within 256 KiB (cache resident, like a producer's own output would be).
   uint32_t EffectiveBatch() const;
   double MeanRecordSize() const { return (record_min + record_max) / 2.0; }
+  // The paths that share a round's time with --latency --interleave-ms: Sluice, the TCP floor
+  // (--baselines on) and ZeroMQ; else 1. A path sends in one turn of every TurnPaths(), so
+  // its warm-up and measured window last that many times longer.
+  uint32_t TurnPaths() const {
+    if (!latency || interleave_ms == 0) return 1;
+    return 1 + (baselines ? 1 : 0) + (zmq_baseline ? 1 : 0);
+  }
 };
 
 // Parses argv with CLI11 (tools/common/cli.h conventions: --flag value and --flag=value, k/m/g

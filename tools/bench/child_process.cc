@@ -51,6 +51,15 @@ int WaitChild(Child& child) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+bool HasExited(const Child& child) {
+  if (child.pid < 0) return true;
+  siginfo_t info{};
+  if (waitid(P_PID, static_cast<id_t>(child.pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0) {
+    return errno != EINTR;
+  }
+  return info.si_pid != 0;
+}
+
 uint64_t PeakRssBytes() {
   std::ifstream in("/proc/self/status");
   std::string key;

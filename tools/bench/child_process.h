@@ -28,6 +28,8 @@ struct Child {
 Child ForkChild(const std::function<int(int from_parent, int to_parent)>& body);
 // Closes the parent's pipe ends and waits for the child; returns its exit status (or -1).
 int WaitChild(Child& child);
+// Whether the child has exited, without reaping it (WaitChild still gets its status).
+bool HasExited(const Child& child);
 
 // Whole-message I/O on pipes and sockets: the tools' shared helpers (tools/common/fd_io.h).
 using tools::ReadAll;

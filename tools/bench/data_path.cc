@@ -30,6 +30,7 @@
 #include "tools/bench/debloat_bench.h"
 #include "tools/bench/latency_stats.h"
 #include "tools/bench/raw_latency.h"
+#include "tools/bench/turn_board.h"
 
 namespace sluice::bench {
 namespace {
@@ -204,7 +205,7 @@ Status Produce(shuffle::RecordWriter& writer, const BenchFlags& f, const std::at
   const uint32_t channels = f.channels;
   uint32_t ch = 0;
   if (f.latency) {
-    Pacer pacer(MonotonicNowNs(), f.rate);
+    Pacer pacer = StartPacer(f.rate);  // in its turns with --interleave-ms
     while (!stop.load(std::memory_order_relaxed)) {
       const bool event = f.events && pacer.count() % kEventEvery == kEventEvery - 1;
       const uint64_t scheduled = pacer.Next();
@@ -248,7 +249,7 @@ struct ConsumeWindow {
 // tail that comes in bursts shows which seconds it came in. Clears the interval's samples.
 std::string TakeIntervalLatency(std::vector<uint64_t>& ns) {
   if (ns.empty()) return "";
-  const LatencyResult l = SummarizeLatencies(ns);
+  const LatencyResult l = SelectP50P99(ns);  // linear: this runs inside the measured window
   ns.clear();
   char text[64];
   std::snprintf(text, sizeof text, "  p50 %.1f us  p99 %.1f us", l.p50_us, l.p99_us);
@@ -363,10 +364,13 @@ class RecordConsumer {
         peak_used_(pool.used_segments()),
         debloat_(f, DebloatProbe::Shared()) {  // throttle, in-flight bytes
     w_.t0 = t0;
-    w_.warm_end =
-        t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(f.warmup));
-    w_.end = w_.warm_end +
-             std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(f.seconds));
+    // With --interleave-ms the producer sends only in its turns: the same number of records
+    // takes TurnPaths() times as long.
+    const double scale = f.TurnPaths();
+    w_.warm_end = t0 + std::chrono::duration_cast<Clock::duration>(
+                           std::chrono::duration<double>(f.warmup * scale));
+    w_.end = w_.warm_end + std::chrono::duration_cast<Clock::duration>(
+                               std::chrono::duration<double>(f.seconds * scale));
     w_.next_tick = t0 + std::chrono::seconds(1);
     w_.last_tick = t0;
     w_.warm_at = t0;  // the measured window starts here
@@ -481,7 +485,8 @@ class PushConsumer {
 
   // Waits for the end of input, at most the run's length plus the drain limit and a margin.
   Status Wait() {
-    const auto limit = std::chrono::duration<double>(f_.warmup + f_.seconds) + kDrainLimit +
+    const auto limit = std::chrono::duration<double>((f_.warmup + f_.seconds) * f_.TurnPaths()) +
+                       kDrainLimit +
                        std::chrono::seconds(10);
     std::unique_lock lock(mu_);
     if (!cv_.wait_for(lock, limit, [&] { return done_; })) {

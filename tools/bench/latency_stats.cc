@@ -48,6 +48,25 @@ LatencyResult SummarizeLatencies(std::vector<uint64_t>& latencies_ns) {
   return r;
 }
 
+LatencyResult SelectP50P99(std::vector<uint64_t>& latencies_ns) {
+  LatencyResult r;
+  r.samples = latencies_ns.size();
+  if (latencies_ns.empty()) return r;
+  const uint64_t n = latencies_ns.size();
+  auto select = [&latencies_ns, n](uint32_t permille, size_t end) {
+    const uint64_t rank = std::max<uint64_t>(1, (n * permille + 999) / 1000);  // as PercentileUs
+    const auto at = latencies_ns.begin() + static_cast<std::ptrdiff_t>(rank - 1);
+    std::nth_element(latencies_ns.begin(), at, latencies_ns.begin() + static_cast<std::ptrdiff_t>(end));
+    return rank - 1;
+  };
+  const uint64_t p99 = select(990, n);
+  r.p99_us = static_cast<double>(latencies_ns[p99]) / 1000.0;
+  // Everything before the p99's place is no larger than it: the p50 is among those.
+  const uint64_t p50 = select(500, p99 + 1);
+  r.p50_us = static_cast<double>(latencies_ns[p50]) / 1000.0;
+  return r;
+}
+
 LatencyResult MedianOfRounds(const std::vector<LatencyResult>& rounds) {
   auto median = [&rounds](auto field) {
     std::vector<double> v;
@@ -79,14 +98,22 @@ uint64_t MonotonicNowNs() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
+uint64_t TurnSchedule::RealNs(uint64_t active_ns) const {
+  const uint64_t slot = active_ns / slot_ns;
+  return start_ns + (slot * paths + index) * slot_ns + active_ns % slot_ns;
+}
+
 Pacer::Pacer(uint64_t start_ns, uint32_t rate, SleepUntil sleep_until)
-    : start_ns_(start_ns),
+    : Pacer(TurnSchedule{.start_ns = start_ns}, rate, std::move(sleep_until)) {}
+
+Pacer::Pacer(const TurnSchedule& turns, uint32_t rate, SleepUntil sleep_until)
+    : turns_(turns),
       rate_(std::max<uint32_t>(rate, 1)),
       sleep_until_(sleep_until ? std::move(sleep_until) : SleepUntil(ClockSleepUntil)) {}
 
 uint64_t Pacer::ScheduledNs(uint64_t i) const {
   // (i + 1) * 1e9 fits 64 bits for 18e9 messages: centuries at any rate sluice-bench allows.
-  return start_ns_ + (i + 1) * 1000000000ull / rate_;
+  return turns_.RealNs((i + 1) * 1000000000ull / rate_);
 }
 
 uint64_t Pacer::Next() {

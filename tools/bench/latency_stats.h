@@ -33,6 +33,11 @@ double PercentileUs(const std::vector<uint64_t>& sorted_ns, uint32_t permille);
 // Sorts `latencies_ns` and takes its p50, p99, p999 and max; all zero when empty.
 LatencyResult SummarizeLatencies(std::vector<uint64_t>& latencies_ns);
 
+// The p50 and p99 of `latencies_ns` (nearest rank, as SummarizeLatencies) by selection instead
+// of a sort: linear time, for the per-second lines the consumer takes inside the measured
+// window. Reorders `latencies_ns`; samples is its size, p999 and max are left 0.
+LatencyResult SelectP50P99(std::vector<uint64_t>& latencies_ns);
+
 // The median of each figure over rounds, taken separately (the median p99 need not come from
 // the round with the median p50; the upper one of an even count, as tools::Median); samples
 // is the median too. All zero when `rounds` is empty.
@@ -46,11 +51,29 @@ LatencyResult MedianOfRoundsUpTo(const std::vector<LatencyResult>& rounds, doubl
 // process on the machine).
 uint64_t MonotonicNowNs();
 
+// Turns (sluice-bench --interleave-ms): the latency paths of a round (Sluice, the TCP floor,
+// ZeroMQ) run at the same time and take turns to send. From start_ns the time is cut into
+// slots of slot_ns; slot s belongs to path s % paths. A path's own time ("active time") runs
+// only during its slots, so a host's noisy stretch lands on every path alike while only one
+// of them sends at a time. paths == 1 is no turns: real time = start + active time.
+struct TurnSchedule {
+  uint64_t start_ns = 0;
+  uint64_t slot_ns = 1000000000;
+  uint32_t paths = 1;
+  uint32_t index = 0;  // this path's slots: index, index + paths, index + 2 * paths, ...
+
+  // The CLOCK_MONOTONIC time (ns) at which this path has had `active_ns` of its own slots
+  // (an active time on a slot boundary maps to the start of the path's next slot).
+  // REQUIRES: slot_ns > 0, index < paths.
+  uint64_t RealNs(uint64_t active_ns) const;
+};
+
 // Sends at a fixed rate from a start time: message i (from 0) is due at start + (i + 1) / rate,
-// computed from i (no drift from a rounded period). Next() sleeps until the next message is
-// due and returns its scheduled time; when the caller is late it returns at once, so a sender
-// that stalled catches up back to back and every late message keeps its earlier due time.
-// Thread-compatible.
+// computed from i (no drift from a rounded period); with turns, at that much of the path's
+// active time (TurnSchedule). Next() sleeps until the next message is due and returns its
+// scheduled time; when the caller is late it returns at once, so a sender that stalled
+// catches up back to back and every late message keeps its earlier due time (a stall that
+// runs past the end of the path's slot still counts in full). Thread-compatible.
 class Pacer {
  public:
   // Sleeps until the absolute CLOCK_MONOTONIC time (ns); returns at once for a past time.
@@ -58,6 +81,7 @@ class Pacer {
 
   // REQUIRES: rate > 0. Without `sleep_until`, clock_nanosleep(TIMER_ABSTIME) is used.
   Pacer(uint64_t start_ns, uint32_t rate, SleepUntil sleep_until = nullptr);
+  Pacer(const TurnSchedule& turns, uint32_t rate, SleepUntil sleep_until = nullptr);
 
   uint64_t ScheduledNs(uint64_t i) const;
   // Waits for the next message's due time and returns it (the stamp to send).
@@ -66,7 +90,7 @@ class Pacer {
   uint64_t count() const { return next_; }
 
  private:
-  const uint64_t start_ns_;
+  const TurnSchedule turns_;
   const uint32_t rate_;
   SleepUntil sleep_until_;
   uint64_t next_ = 0;  // index of the next message

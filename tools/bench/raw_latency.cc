@@ -13,6 +13,7 @@
 #include <string>
 
 #include "tools/bench/child_process.h"
+#include "tools/bench/turn_board.h"
 
 namespace sluice::bench {
 namespace {
@@ -76,7 +77,7 @@ RawLatencyResult RunRawLatency(const RawLatencyOptions& o) {
   CheckSys(::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == 0, "TCP_NODELAY");
   std::vector<uint8_t> message(size, 0x5A);
   const uint64_t count = warmup + static_cast<uint64_t>(o.seconds * rate);
-  Pacer pacer(MonotonicNowNs(), rate);
+  Pacer pacer = StartPacer(rate);  // in its turns with --interleave-ms
   for (uint64_t i = 0; i < count; ++i) {
     // The scheduled time, not the actual one: a write that blocked delays the next messages
     // and their latency shows it.

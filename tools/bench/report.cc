@@ -287,14 +287,19 @@ void PrintSummary(const Measurement& m) {
   const BenchFlags& f = m.flags;
   const RunResult& r = m.run;
   std::printf("- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -\n");
-  std::printf("sluice-bench %s: %u channels, %s-byte records, %u-byte segments, %.1f s%s%s%s%s%s%s%s\n",
+  // With --interleave-ms the window includes the other paths' turns: r.seconds is that long.
+  const std::string turns =
+      f.TurnPaths() > 1 ? ", " + std::to_string(f.TurnPaths()) + " paths in turns of " +
+                              std::to_string(f.interleave_ms) + " ms"
+                        : "";
+  std::printf("sluice-bench %s: %u channels, %s-byte records, %u-byte segments, %.1f s%s%s%s%s%s%s%s%s\n",
               f.mode.c_str(), f.channels, f.RecordSizeString().c_str(), f.segment_size, r.seconds,
               f.checksum ? ", checksums" : "",
               f.in_place_fill ? ", in place (every byte written)" : f.in_place ? ", in place" : "",
               f.mode == "remote" && !f.auth ? ", auth off" : "",
               f.mode == "remote" && f.direct == 0 ? ", write-through off" : "",
               f.mode == "remote" && f.direct_reads == 0 ? ", read-through off" : "",
-              f.consume_on_io ? ", consumed on the IO thread" : "",
+              f.consume_on_io ? ", consumed on the IO thread" : "", turns.c_str(),
               m.rounds > 1 ? " (median round)" : "");
   const HostInfo host = ReadHostInfo();
   std::printf("  host           %s, %u CPUs online, Linux %s\n", host.cpu.c_str(), host.cpus,
@@ -415,6 +420,7 @@ std::string ToJson(const Measurement& m) {
   };
   if (f.latency) {
     kv.push_back({"rate", std::to_string(f.rate)});
+    kv.push_back({"interleave_ms", std::to_string(f.TurnPaths() > 1 ? f.interleave_ms : 0)});
     kv.push_back({"latency_samples", std::to_string(r.latency_samples)});
     kv.push_back({"p50_us", Fmt("%.2f", r.p50_us)});
     kv.push_back({"p99_us", Fmt("%.2f", r.p99_us)});

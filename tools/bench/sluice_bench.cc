@@ -13,13 +13,15 @@
 #include <vector>
 
 #include "tools/bench/bench_flags.h"
+#include "tools/bench/child_process.h"
 #include "tools/bench/data_path.h"
 #include "tools/bench/debloat_bench.h"
 #include "tools/bench/external_mode.h"
 #include "tools/bench/raw_pump.h"
 #include "tools/bench/report.h"
-#include "tools/bench/zmq_baseline.h"
 #include "tools/bench/sweep_chart.h"
+#include "tools/bench/turn_board.h"
+#include "tools/bench/zmq_baseline.h"
 #include "tools/common/report_util.h"
 
 namespace sluice::bench {
@@ -67,12 +69,57 @@ void MeasureZmq(const BenchFlags& f, Measurement* m) {
       std::max<uint32_t>(1, f.segment_size / (std::max<uint32_t>(zo.record_size, 8) + 4));
 }
 
+// --interleave-ms, one round: Sluice, the TCP floor (--baselines on) and ZeroMQ (--baselines
+// zmq) run at once and take turns to send (turn_board.h). Each path is a forked process that
+// joins the board before it forks its own pair; all send --seconds x --rate measured messages.
+// Returns Sluice's run; the baselines' rounds go into `m`.
+RunResult MeasureInterleaved(const BenchFlags& f, Measurement* m) {
+  TurnBoard* board = MapTurnBoard(f.TurnPaths(), uint64_t{f.interleave_ms} * 1000000);
+  RawLatencyOptions lo = BaselineLatencyOptions(f);
+  lo.seconds = f.seconds;  // as many measured messages as Sluice's window holds
+  std::vector<Child> paths;
+  auto fork_path = [&](auto run) {
+    const auto index = static_cast<uint32_t>(paths.size());
+    paths.push_back(ForkChild([board, index, &run](int, int to_parent) {
+      JoinTurns(board, index);
+      return WritePod(to_parent, run()) ? 0 : 1;
+    }));
+  };
+  fork_path([&f] { return RunDataPath(f); });
+  if (f.baselines) fork_path([&lo] { return RunRawLatency(lo); });
+  if (f.zmq_baseline) fork_path([&lo] { return RunZmqLatency(lo); });
+  // A path that exits before it is ready (it failed to set up) will never be: start anyway.
+  StartTurns(board, kTurnStartWaitNs, [&paths] {
+    return std::any_of(paths.begin(), paths.end(), [](const Child& c) { return HasExited(c); });
+  });
+  RunResult run;
+  if (!ReadPod(paths[0].from_child, &run)) SetMessage(run.error, "the interleaved data path failed");
+  size_t next = 1;
+  if (f.baselines) {
+    RawLatencyResult t;
+    if (!ReadPod(paths[next++].from_child, &t)) Die("the interleaved TCP floor failed");
+    m->tcp_rounds.push_back(t.latency);
+    m->tcp_actual_rounds.push_back(t.from_actual);
+  }
+  if (f.zmq_baseline) {
+    ZmqLatencyResult z;
+    if (!ReadPod(paths[next++].from_child, &z)) SetMessage(z.error, "interleaved ZeroMQ failed");
+    if (z.error[0] != 0 && m->zmq_error.empty()) m->zmq_error = z.error;
+    m->zmq_latency_rounds.push_back(z.latency);
+    m->zmq_actual_rounds.push_back(z.from_actual);
+  }
+  for (Child& c : paths) WaitChild(c);
+  UnmapTurnBoard(board);
+  return run;
+}
+
 Measurement Measure(const BenchFlags& f) {
   Measurement m;
   m.flags = f;
   m.rounds = f.rounds;
   std::vector<double> pump, copy;
   std::vector<RunResult> runs;
+  const bool interleaved = f.TurnPaths() > 1;
   for (int round = 0; round < f.rounds; ++round) {
     if (f.baselines) {
       RawPumpOptions po;
@@ -83,20 +130,20 @@ Measurement Measure(const BenchFlags& f) {
       pump.push_back(RunRawPump(po).mib_per_second());
       const auto piece = static_cast<uint32_t>(f.MeanRecordSize());
       copy.push_back(RunMemcpy(po.seconds, piece, kMemcpyWorkingSet).mib_per_second());
-      if (f.latency) {
+      if (f.latency && !interleaved) {
         const RawLatencyResult t = RunRawLatency(BaselineLatencyOptions(f));
         m.tcp_rounds.push_back(t.latency);
         m.tcp_actual_rounds.push_back(t.from_actual);
       }
     }
-    if (f.zmq_baseline) MeasureZmq(f, &m);
+    if (f.zmq_baseline && !interleaved) MeasureZmq(f, &m);
     // --direct: the forked data path reads SLUICE_DIRECT_WRITES once per process (this
     // orchestrating process opens no connection, so each child reads the value set here).
     if (f.direct >= 0) ::setenv("SLUICE_DIRECT_WRITES", f.direct != 0 ? "on" : "off", 1);
     if (f.direct_reads >= 0) {
       ::setenv("SLUICE_DIRECT_READS", f.direct_reads != 0 ? "on" : "off", 1);
     }
-    runs.push_back(RunDataPath(f));
+    runs.push_back(interleaved ? MeasureInterleaved(f, &m) : RunDataPath(f));
     if (f.latency) {
       const RunResult& r = runs.back();
       m.record_rounds.push_back({r.latency_samples, r.p50_us, r.p99_us, r.p999_us, r.max_us});
@@ -128,6 +175,13 @@ Measurement Measure(const BenchFlags& f) {
   return m;
 }
 
+// The header's note on --interleave-ms: how many paths share each round, in turns of how long.
+std::string InterleaveNote(const BenchFlags& f) {
+  if (f.TurnPaths() < 2) return "";
+  return ", " + std::to_string(f.TurnPaths()) + " paths interleaved in turns of " +
+         std::to_string(f.interleave_ms) + " ms";
+}
+
 bool Healthy(const Measurement& m) {
   return m.run.error[0] == 0 && m.run.leaked_segments == 0 && m.run.order_errors == 0 &&
          m.run.fill_errors == 0 && m.run.records > 0 && m.zmq_error.empty();
@@ -148,11 +202,12 @@ int Main(int argc, char** argv) {
   if (flags.sweep_name.empty()) {
     if (!flags.json) {
       std::printf("sluice-bench %s: %u channels, %s-byte records, %u-byte segments, warm-up %.1f s, "
-                  "%.1f s%s\n",
+                  "%.1f s%s%s\n",
                   flags.mode.c_str(), flags.channels, flags.RecordSizeString().c_str(),
                   flags.segment_size, flags.warmup, flags.seconds,
                   flags.latency ? (", latency at " + std::to_string(flags.rate) + " records/s").c_str()
-                                : "");
+                                : "",
+                  InterleaveNote(flags).c_str());
     }
     const Measurement m = Measure(flags);
     if (flags.json) {

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "tools/bench/child_process.h"
+#include "tools/bench/turn_board.h"
 
 #ifdef SLUICE_BENCH_HAVE_ZMQ
 #include <zmq.h>
@@ -160,7 +161,7 @@ ZmqLatencyResult RunZmqLatency(const RawLatencyOptions& o) {
   };
   auto send = [&](void* push) {
     std::vector<uint8_t> message(size, 0x5A);
-    Pacer pacer(MonotonicNowNs(), rate);
+    Pacer pacer = StartPacer(rate);  // in its turns with --interleave-ms
     for (uint64_t i = 0; i < warmup + measured + 1; ++i) {
       // The scheduled time, not the actual one: a blocked send delays the next messages and
       // their latency shows it.

@@ -72,6 +72,16 @@ if(LATENCY)
     message(FATAL_ERROR "--latency measured no raw TCP floor: ${out}")
   endif()
 endif()
+# --interleave-ms (issue 15): -DINTERLEAVE_MS=N (the JSON says so) and -DMIN_SECONDS=S: Sluice's
+# window lasted at least S, as it does only when its producer sent in one turn of several.
+if(DEFINED INTERLEAVE_MS)
+  string(JSON interleave GET "${out}" interleave_ms)
+  string(JSON window GET "${out}" seconds)
+  if(NOT interleave EQUAL INTERLEAVE_MS OR NOT window GREATER MIN_SECONDS)
+    message(FATAL_ERROR "interleave_ms ${interleave} (expected ${INTERLEAVE_MS}), window ${window} s "
+      "(expected more than ${MIN_SECONDS} s: the paths take turns): ${out}")
+  endif()
+endif()
 # Latency measurement (issue 15): -DZMQ=ON (ZeroMQ fields, latency or throughput),
 # -DEVENTS=ON (event latency), -DROUNDS=N (the per-round arrays hold N entries),
 # -DBASELINE_SAMPLES=N (each baseline round recorded exactly N messages).

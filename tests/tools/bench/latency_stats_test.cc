@@ -3,10 +3,16 @@
 #include "tools/bench/latency_stats.h"
 
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <random>
 #include <vector>
+
+#include "tools/bench/turn_board.h"
 
 namespace sluice::bench {
 namespace {
@@ -169,6 +175,138 @@ TEST(LatencyRecorderTest, ArrivalBeforeTheDueTimeCountsAsZero) {
   const LatencyResult s = r.Summarize();
   EXPECT_DOUBLE_EQ(s.p50_us, 0);
   EXPECT_DOUBLE_EQ(s.max_us, 3);
+}
+
+// The per-second lines' p50 and p99 by selection agree with the sort's nearest rank.
+TEST(LatencyStatsTest, SelectedP50AndP99AreTheSortedOnes) {
+  std::mt19937_64 rng(7);
+  for (size_t n : {1u, 2u, 99u, 100u, 101u, 1000u, 10007u}) {
+    std::vector<uint64_t> ns(n);
+    for (uint64_t& v : ns) v = rng() % (5 * kMs);
+    std::vector<uint64_t> sorted = ns;
+    const LatencyResult want = SummarizeLatencies(sorted);
+    const LatencyResult got = SelectP50P99(ns);
+    EXPECT_EQ(got.samples, n);
+    EXPECT_DOUBLE_EQ(got.p50_us, want.p50_us) << n;
+    EXPECT_DOUBLE_EQ(got.p99_us, want.p99_us) << n;
+  }
+  std::vector<uint64_t> none;
+  EXPECT_DOUBLE_EQ(SelectP50P99(none).p99_us, 0);
+}
+
+TEST(TurnScheduleTest, OnePathIsRealTimeFromTheStart) {
+  const TurnSchedule one{.start_ns = 7 * kMs};
+  EXPECT_EQ(one.RealNs(0), 7 * kMs);
+  EXPECT_EQ(one.RealNs(2500 * kMs), 2507 * kMs);
+}
+
+// Three paths in slots of 100 ms: path 1 owns [100, 200), [400, 500), [700, 800) ms...
+TEST(TurnScheduleTest, APathsActiveTimeRunsOnlyInItsOwnSlots) {
+  const TurnSchedule t{.start_ns = 1 * kMs, .slot_ns = 100 * kMs, .paths = 3, .index = 1};
+  EXPECT_EQ(t.RealNs(0), 101 * kMs);
+  EXPECT_EQ(t.RealNs(99 * kMs), 200 * kMs);
+  EXPECT_EQ(t.RealNs(100 * kMs), 401 * kMs);  // a boundary starts the next own slot
+  EXPECT_EQ(t.RealNs(250 * kMs), 751 * kMs);
+}
+
+// 1,000 messages/s from path 2 of 3 in 10 ms slots, [20, 30) ms, [50, 60) ms, ...: every due
+// time falls in one of its own slots, one period apart within a slot, none in another path's.
+// A slot's end is the next slot's start (half open), so the first slot holds 21..29 ms.
+TEST(PacerTest, WithTurnsEveryDueTimeFallsInThePathsOwnSlots) {
+  FakeClock clock;
+  Pacer pacer(TurnSchedule{.start_ns = 0, .slot_ns = 10 * kMs, .paths = 3, .index = 2}, 1000,
+              clock.Sleeper());
+  std::vector<int> per_slot(12, 0);
+  for (int i = 0; i < 39; ++i) {
+    const uint64_t due = pacer.Next();
+    EXPECT_EQ(clock.now, due);  // an on-time sender sleeps to each due time
+    const uint64_t slot = due / (10 * kMs);
+    ASSERT_LT(slot, per_slot.size());
+    EXPECT_EQ(slot % 3, 2u) << "message " << i << " due at " << due << " ns";
+    ++per_slot[slot];
+  }
+  EXPECT_EQ(per_slot, (std::vector<int>{0, 0, 9, 0, 0, 10, 0, 0, 10, 0, 0, 10}));
+  EXPECT_EQ(pacer.ScheduledNs(0), 21 * kMs);
+  EXPECT_EQ(pacer.ScheduledNs(9), 50 * kMs);
+  EXPECT_EQ(pacer.ScheduledNs(10), 51 * kMs);
+}
+
+// A stall that runs past the end of the path's slot still counts in full on the late message,
+// and the messages due in the path's next slot keep their own times.
+TEST(PacerTest, WithTurnsAStallPastTheSlotsEndCountsInFull) {
+  FakeClock clock;
+  Pacer pacer(TurnSchedule{.start_ns = 0, .slot_ns = 10 * kMs, .paths = 2, .index = 0}, 1000,
+              clock.Sleeper());
+  for (int i = 0; i < 8; ++i) pacer.Next();  // due at 1..8 ms
+  clock.now = 25 * kMs;                       // the sender stalls into the other path's slot
+  EXPECT_EQ(pacer.Next(), 9 * kMs);           // sent at 25 ms: 16 ms late, and it counts
+  EXPECT_EQ(pacer.Next(), 20 * kMs);          // the next own slot is [20, 30) ms
+  EXPECT_EQ(pacer.Next(), 21 * kMs);
+  EXPECT_EQ(clock.now, 25 * kMs);             // still late: no sleep yet
+}
+
+// Shared memory for the forked paths' answers.
+template <typename T>
+T* MapShared() {
+  void* p = ::mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
+  return new (p) T{};
+}
+
+// Two forked paths join one board: each pacer waits for the orchestrator's start and paces in
+// its own slots from that one start.
+TEST(TurnBoardTest, ForkedPathsWaitForOneStartAndTakeTheirOwnSlots) {
+  TurnBoard* board = MapTurnBoard(2, 50 * kMs);
+  struct Firsts {
+    std::atomic<uint64_t> due[2];
+  };
+  Firsts* firsts = MapShared<Firsts>();
+  ASSERT_NE(firsts, nullptr);
+  pid_t pids[2];
+  for (uint32_t i = 0; i < 2; ++i) {
+    pids[i] = ::fork();
+    ASSERT_GE(pids[i], 0);
+    if (pids[i] == 0) {
+      JoinTurns(board, i);
+      Pacer pacer = StartPacer(1000);
+      firsts->due[i].store(pacer.ScheduledNs(0));
+      _exit(0);
+    }
+  }
+  const uint64_t before = MonotonicNowNs();
+  EXPECT_EQ(StartTurns(board, 30ull * 1000 * kMs, [] { return false; }), 2u);
+  const uint64_t start = board->start_ns.load();
+  EXPECT_GE(start, before + kTurnLeadNs);
+  for (pid_t pid : pids) {
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  EXPECT_EQ(firsts->due[0].load(), start + 1 * kMs);
+  EXPECT_EQ(firsts->due[1].load(), start + 51 * kMs);
+  ::munmap(firsts, sizeof(Firsts));
+  UnmapTurnBoard(board);
+}
+
+// A path that will never be ready (it failed to set up) does not hold the others for the
+// whole timeout: the orchestrator starts when give_up says so.
+TEST(TurnBoardTest, StartTurnsStopsWaitingWhenTold) {
+  TurnBoard* board = MapTurnBoard(3, 50 * kMs);
+  board->ready.store(2);
+  int asked = 0;
+  EXPECT_EQ(StartTurns(board, 30ull * 1000 * kMs, [&asked] { return ++asked == 3; }), 2u);
+  EXPECT_EQ(asked, 3);
+  EXPECT_NE(board->start_ns.load(), 0u);
+  UnmapTurnBoard(board);
+}
+
+// Without JoinTurns a process's pacer starts now, as before --interleave-ms.
+TEST(TurnBoardTest, APacerOutsideTurnsStartsNow) {
+  const uint64_t before = MonotonicNowNs();
+  const Pacer pacer = StartPacer(1000);
+  const uint64_t after = MonotonicNowNs();
+  EXPECT_GE(pacer.ScheduledNs(0), before + 1 * kMs);
+  EXPECT_LE(pacer.ScheduledNs(0), after + 1 * kMs);
 }
 
 }  // namespace
