@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "client/local_protocol.h"
 #include "client/writer.h"
 #include "shuffle/auth.h"
 #include "shuffle/result_partition.h"
@@ -72,8 +73,26 @@ Status Drive(const BenchFlags& f, SideResult* r, Emit emit) {
   }
 }
 
-// In-process: EmitInPlaceBatch into a ResultPartition; a consumer thread drains every view.
-SideResult RunInProcess(const BenchFlags& f) {
+// How the in-process side's consumer treats each buffer it takes.
+enum class Consume {
+  kDrop,   // releases it unread
+  kCheck,  // walks its records' length prefixes first (RecordFraming::Check, as the daemon
+           // checks every Filled segment of a local writer), so another core reads the data
+};
+
+// kCheck: runs the daemon's framing check over one subpartition's buffers in order. Returns
+// the records counted, or the check's error.
+class FramingWalk {
+ public:
+  Result<uint32_t> Take(const buffer::Buffer& b) { return framing_.Check(b.bytes()); }
+
+ private:
+  client::local::RecordFraming framing_;
+};
+
+// In-process: EmitInPlaceBatch into a ResultPartition; a consumer thread drains every view,
+// dropping each buffer or checking its framing first (`consume`).
+SideResult RunInProcess(const BenchFlags& f, Consume consume) {
   SideResult r;
   auto pool = buffer::NetworkBufferPool::Create({NetworkMemory(f), f.segment_size});
   if (!pool.ok()) {
@@ -90,14 +109,21 @@ SideResult RunInProcess(const BenchFlags& f) {
   std::vector<std::unique_ptr<shuffle::SubpartitionView>> views;
   for (uint32_t i = 0; i < f.channels; ++i) views.push_back((*partition)->CreateView(i, nullptr).value());
   std::atomic<bool> stop{false};
+  std::vector<FramingWalk> walks(f.channels);
+  Status checked = Status::Ok();  // the drain thread's, read after join()
   std::thread drain([&] {
     while (!stop.load(std::memory_order_relaxed)) {
       bool any = false;
-      for (auto& v : views) {
+      for (uint32_t i = 0; i < views.size(); ++i) {
         while (true) {
-          auto item = v->PollNext();
+          auto item = views[i]->PollNext();
           if (!item.ok() || !item->has_value()) break;
           any = true;
+          if (consume == Consume::kDrop || (*item)->buffer.type() != buffer::DataType::kData) {
+            continue;
+          }
+          Result<uint32_t> n = walks[i].Take((*item)->buffer);
+          if (!n.ok() && checked.ok()) checked = n.status();
         }
       }
       if (!any) std::this_thread::yield();
@@ -111,9 +137,10 @@ SideResult RunInProcess(const BenchFlags& f) {
           std::memcpy(rec.data(), &v, std::min<size_t>(8, rec.size()));
         });
   });
-  if (!s.ok()) SetMessage(r.error, s.ToString());
   stop = true;
   drain.join();
+  if (!s.ok()) SetMessage(r.error, s.ToString());
+  if (s.ok() && !checked.ok()) SetMessage(r.error, "framing check: " + checked.ToString());
   for (auto& v : views) v->Release();
   views.clear();
   (*partition)->Release();
@@ -241,41 +268,55 @@ int RunExternalBench(const BenchFlags& f) {
                          "bytes\n");
     return 2;
   }
-  std::vector<double> in_process, external, ratios;
+  std::vector<double> in_process, checked, external, ratios, checked_ratios;
   bool healthy = true;
   for (int round = 0; round < f.rounds; ++round) {
-    const SideResult a = InChild([&] { return RunInProcess(f); });
+    const SideResult a = InChild([&] { return RunInProcess(f, Consume::kDrop); });
+    const SideResult c = InChild([&] { return RunInProcess(f, Consume::kCheck); });
     const SideResult b = RunExternal(f);
-    for (const SideResult* s : {&a, &b}) {
+    for (const SideResult* s : {&a, &c, &b}) {
       if (s->error[0] != 0 || s->leaked_segments != 0 || s->records == 0) {
         std::fprintf(stderr, "sluice-bench external: %s (leaked %lld segments)\n", s->error,
                      static_cast<long long>(s->leaked_segments));
         healthy = false;
       }
     }
+    auto ratio = [&b](const SideResult& base) {
+      return base.records_per_second() > 0 ? b.records_per_second() / base.records_per_second()
+                                           : 0;
+    };
     in_process.push_back(a.records_per_second());
+    checked.push_back(c.records_per_second());
     external.push_back(b.records_per_second());
-    ratios.push_back(a.records_per_second() > 0 ? b.records_per_second() / a.records_per_second()
-                                                : 0);
+    ratios.push_back(ratio(a));
+    checked_ratios.push_back(ratio(c));
     if (!f.json) {
-      std::printf("round %d: in-process EmitInPlace %.2f M records/s (%.1f MiB/s), local writer "
-                  "%.2f M records/s (%.1f MiB/s, %llu credit waits), ratio %.2fx\n",
+      std::printf("round %d: in-process EmitInPlace %.2f M records/s (%.1f MiB/s; its consumer "
+                  "checking the framing %.2f M), local writer %.2f M records/s (%.1f MiB/s, %llu "
+                  "credit waits), ratio %.2fx (%.2fx)\n",
                   round + 1, a.records_per_second() / 1e6, a.mib_per_second(),
-                  b.records_per_second() / 1e6, b.mib_per_second(),
-                  static_cast<unsigned long long>(b.credit_waits), ratios.back());
+                  c.records_per_second() / 1e6, b.records_per_second() / 1e6, b.mib_per_second(),
+                  static_cast<unsigned long long>(b.credit_waits), ratios.back(),
+                  checked_ratios.back());
     }
   }
-  const double a = tools::Median(in_process), b = tools::Median(external), q = tools::Median(ratios);
+  const double a = tools::Median(in_process), c = tools::Median(checked);
+  const double b = tools::Median(external), q = tools::Median(ratios);
+  const double qc = tools::Median(checked_ratios);
   if (f.json) {
     std::printf("{\"mode\":\"external\",\"record_size\":%u,\"channels\":%u,\"rounds\":%d,"
-                "\"in_process_records_per_second\":%.0f,\"external_records_per_second\":%.0f,"
-                "\"ratio\":%.3f,\"writer_credit\":%u,\"healthy\":%s}\n",
-                f.record_min, f.channels, f.rounds, a, b, q, WriterCredit(f),
+                "\"in_process_records_per_second\":%.0f,"
+                "\"in_process_checked_records_per_second\":%.0f,"
+                "\"external_records_per_second\":%.0f,\"ratio\":%.3f,\"ratio_to_checked\":%.3f,"
+                "\"writer_credit\":%u,\"healthy\":%s}\n",
+                f.record_min, f.channels, f.rounds, a, c, b, q, qc, WriterCredit(f),
                 healthy ? "true" : "false");
   } else {
     std::printf("median of %d rounds: in-process %.2f M records/s, local writer %.2f M records/s, "
-                "ratio %.2fx (writer credit %u segments; the sink releases at once)\n",
-                f.rounds, a / 1e6, b / 1e6, q, WriterCredit(f));
+                "ratio %.2fx; against an in-process consumer that checks the framing as the "
+                "daemon does (%.2f M records/s): %.2fx (writer credit %u segments; the sink "
+                "releases at once)\n",
+                f.rounds, a / 1e6, b / 1e6, q, c / 1e6, qc, WriterCredit(f));
   }
   return healthy ? 0 : 1;
 }

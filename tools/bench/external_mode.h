@@ -3,8 +3,11 @@
 // in-process ResultPartition::EmitInPlace into a pool, measured in the same run, each in
 // forked children. The service's sink releases every buffer at once (the store is measured by
 // its own benchmarks), as does the in-process side's consumer, so both sides measure the
-// producer's path into network memory. Records carry an 8-byte sequence number written in
-// place; --batch consecutive records go to one subpartition, then the next.
+// producer's path into network memory. The service checks each segment's framing before its
+// sink, so the in-process side runs twice: its consumer dropping each buffer unread, and
+// checking the framing first (RecordFraming::Check, as the service does), which makes another
+// core read what the producer wrote on both paths. Records carry an 8-byte sequence number
+// written in place; --batch consecutive records go to one subpartition, then the next.
 // Thread-compatible; call from a process with no other threads (it forks).
 #pragma once
 
@@ -12,7 +15,8 @@
 
 namespace sluice::bench {
 
-// Runs --rounds rounds of both sides; prints a table (or --json); returns the exit code.
+// Runs --rounds rounds of the three sides; prints each round and the medians (or --json);
+// returns the exit code.
 int RunExternalBench(const BenchFlags& flags);
 
 }  // namespace sluice::bench
