@@ -80,16 +80,6 @@ enum class Consume {
            // checks every Filled segment of a local writer), so another core reads the data
 };
 
-// kCheck: runs the daemon's framing check over one subpartition's buffers in order. Returns
-// the records counted, or the check's error.
-class FramingWalk {
- public:
-  Result<uint32_t> Take(const buffer::Buffer& b) { return framing_.Check(b.bytes()); }
-
- private:
-  client::local::RecordFraming framing_;
-};
-
 // In-process: EmitInPlaceBatch into a ResultPartition; a consumer thread drains every view,
 // dropping each buffer or checking its framing first (`consume`).
 SideResult RunInProcess(const BenchFlags& f, Consume consume) {
@@ -109,7 +99,8 @@ SideResult RunInProcess(const BenchFlags& f, Consume consume) {
   std::vector<std::unique_ptr<shuffle::SubpartitionView>> views;
   for (uint32_t i = 0; i < f.channels; ++i) views.push_back((*partition)->CreateView(i, nullptr).value());
   std::atomic<bool> stop{false};
-  std::vector<FramingWalk> walks(f.channels);
+  // kCheck: the daemon's framing check, one per subpartition (a record may span buffers).
+  std::vector<client::local::RecordFraming> framings(f.channels);
   Status checked = Status::Ok();  // the drain thread's, read after join()
   std::thread drain([&] {
     while (!stop.load(std::memory_order_relaxed)) {
@@ -122,7 +113,7 @@ SideResult RunInProcess(const BenchFlags& f, Consume consume) {
           if (consume == Consume::kDrop || (*item)->buffer.type() != buffer::DataType::kData) {
             continue;
           }
-          Result<uint32_t> n = walks[i].Take((*item)->buffer);
+          Result<uint32_t> n = framings[i].Check((*item)->buffer.bytes());
           if (!n.ok() && checked.ok()) checked = n.status();
         }
       }
