@@ -2,6 +2,7 @@
 
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -200,7 +201,8 @@ std::shared_ptr<Connection> Connection::Adopt(EventLoop* loop, uv_tcp_t* tcp,
   c->created_ms_ = c->last_read_ms_ = c->last_write_ms_ = now;
   // The liveness tick: a quarter of the shortest deadline, between 10 ms and 1 s.
   int64_t shortest = 1000 * 4;
-  for (auto d : {options.heartbeat_interval, options.idle_timeout, options.handshake_timeout}) {
+  for (auto d : {options.heartbeat_interval, options.idle_timeout, options.handshake_timeout,
+                 options.close_flush_timeout}) {
     if (d.count() > 0) shortest = std::min<int64_t>(shortest, d.count());
   }
   const uint64_t tick = static_cast<uint64_t>(std::clamp<int64_t>(shortest / 4, 10, 1000));
@@ -241,6 +243,11 @@ void Connection::OnAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
 }
 
 void Connection::ReadSocket() {
+  drain_pass_ = lingering_;
+  if (drain_pass_) {
+    DrainSocket();
+    return;
+  }
   // Read-through: no other thread reads during the pass; after it, one may take whole frames
   // when the decoder holds no part of one (ReadFramesFromAnyThread). Until a direct reader
   // first asks, read_idle_ stays false and the pass takes no lock (a client's connection never
@@ -337,7 +344,7 @@ void Connection::OnRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
   if (nread == UV_ENOBUFS && c->in_socket_read_) {
     // The end of a ReadSocket pass: carry out what it deferred.
     c->in_socket_read_ = false;
-    if (!c->closing_ && c->handler_) c->handler_->OnReadPassEnd();
+    if (!c->closing_ && !c->drain_pass_ && c->handler_) c->handler_->OnReadPassEnd();
     if (c->closing_) {
       c->CloseHandles();
     } else if (c->stop_reading_deferred_) {
@@ -622,7 +629,7 @@ void Connection::Flush() { (void)FlushNow(); }
 void Connection::FlushFromLoop() {
   if (!FlushNow() || closing_) return;
   if (close_after_flush_) {
-    Close(close_reason_);
+    Linger();
   } else if (handler_) {
     handler_->OnWritable();
   }
@@ -789,7 +796,7 @@ void Connection::OnWrite(uv_write_t* req, int status) {
     return;
   }
   if (c->close_after_flush_) {
-    if (idle) c->Close(c->close_reason_);
+    if (idle) c->Linger();
     return;
   }
   if (idle && c->handler_) c->handler_->OnWritable();
@@ -885,7 +892,43 @@ void Connection::CloseAfterFlush(Status reason) {
     std::lock_guard lock(write_mu_);
     idle = inflight_writes_ == 0 && pending_.empty();
   }
-  if (!closing_ && idle) Close(close_reason_);
+  if (!closing_ && idle) Linger();
+}
+
+void Connection::Linger() {
+  if (closing_ || lingering_) return;
+  uv_os_fd_t fd = -1;
+  if (!started_ || uv_fileno(reinterpret_cast<uv_handle_t*>(tcp_), &fd) != 0 ||
+      ::shutdown(fd, SHUT_WR) != 0) {
+    Close(close_reason_);  // nothing to wait for (never read, or the socket is gone)
+    return;
+  }
+  lingering_ = true;
+  if (in_socket_read_) {
+    stop_reading_deferred_ = false;  // still reading: the pass's end keeps it so
+  } else if (int rc = uv_read_start(reinterpret_cast<uv_stream_t*>(tcp_), &Connection::OnAlloc,
+                                    &Connection::OnRead);
+             rc != 0 && rc != UV_EALREADY) {
+    Close(close_reason_);
+  }
+}
+
+void Connection::DrainSocket() {
+  uv_os_fd_t fd = -1;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(tcp_), &fd) != 0) return;
+  for (int pass = 0; pass < kReadsPerWakeup && !closing_; ++pass) {
+    ssize_t got = 0;
+    do {
+      got = ::read(fd, staging_.get(), staging_allocated_);
+    } while (got < 0 && errno == EINTR);
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    if (got <= 0) {
+      Close(close_reason_);  // the peer's end (or its reset): the close can finish now
+      return;
+    }
+    bytes_in_.fetch_add(static_cast<size_t>(got), std::memory_order_relaxed);
+    metrics_->bytes_in.fetch_add(static_cast<size_t>(got), std::memory_order_relaxed);
+  }
 }
 
 void Connection::Close(Status reason) {

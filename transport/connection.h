@@ -184,7 +184,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void Flush();
   // Closes now: pending and in-flight writes are cancelled and their Buffers released.
   void Close(Status reason);
-  // Stops reading, flushes what is queued (bounded by a short deadline), then closes.
+  // Stops reading, flushes what is queued, then lingers: ends its side of the stream (a FIN
+  // after the last frame) and reads and drops what the peer still sends until the peer closes,
+  // and only then closes. Closing with unread data would make the kernel send a reset, which
+  // can destroy the last frames before the peer reads them. The whole close is bounded by
+  // TransportOptions::close_flush_timeout.
   void CloseAfterFlush(Status reason);
   // The handshake finished; the handshake deadline and the handshake's small metadata limit
   // (TransportOptions::handshake_max_metadata) no longer apply.
@@ -236,6 +240,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Reads `bytes` already peeked. REQUIRES: read_mu_ held.
   bool ConsumePeeked(size_t bytes);
   void EndOfStream();
+  // CloseAfterFlush's last frames have left: shut down the write side and drain (above).
+  void Linger();
+  // One read pass while lingering: reads and drops; closes at the peer's end or an error.
+  void DrainSocket();
   void CloseHandles();
   // Answers an HTTP request on the data port with a 400 that names the metrics port; closes.
   void AnswerHttp();
@@ -308,6 +316,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   size_t staging_allocated_ = 0;        // bytes staging_ holds: staging_capacity_, or kMaxStaging
   bool in_socket_read_ = false;         // between OnAlloc and its OnRead (see OnAlloc)
   bool stop_reading_deferred_ = false;  // CloseAfterFlush during a read pass
+  bool lingering_ = false;              // after CloseAfterFlush's frames left (Linger)
+  bool drain_pass_ = false;             // this read pass only drops (DrainSocket)
 
   std::vector<std::unique_ptr<WriteBatch>> spare_batches_;
   std::vector<iovec> now_iov_;         // WritePendingNowLocked's gather list (its capacity kept)

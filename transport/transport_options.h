@@ -52,7 +52,8 @@ struct TransportOptions {
   // connection holds a few KiB, not the 128 KiB an established one may grow to. Enough for
   // handshake messages and an ErrorResponse (4 KiB of text).
   uint32_t handshake_max_metadata = 8192;
-  // CloseAfterFlush waits at most this long for the last frames to leave.
+  // CloseAfterFlush waits at most this long for the last frames to leave and the peer to end
+  // its stream (see Connection::CloseAfterFlush).
   std::chrono::milliseconds close_flush_timeout{1000};
   FaultShim faults;
   // Write-through: a frame sent from a thread other than the loop's (a producer's flush) is

@@ -195,6 +195,113 @@ TEST_F(TransportTest, HandlerClosingInsideCallbacksStopsDelivery) {
   ExpectClean();
 }
 
+// A peer that sends without pause while the server says goodbye (CloseAfterFlush): the server
+// ends its stream after the goodbye and drops what still comes until the peer closes. Closing
+// at once, with the peer's frames unread, would reset the connection: the peer's next send
+// fails, and its read may end in the reset instead of the goodbye.
+class FloodingPeer {
+ public:
+  explicit FloodingPeer(RawSocket& raw) : raw_(raw), thread_([this] { Run(); }) {}
+  ~FloodingPeer() { Stop(); }
+  // Stops sending; returns the errno of the first failed send (0: none failed).
+  int Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+    return failed_errno_;
+  }
+  uint64_t frames() const { return frames_; }
+
+ private:
+  void Run() {
+    const Bytes frame = EncodeFrame(kControlType, testutil::MetadataFor(5, 0, 64));
+    size_t off = 0;
+    while (!stop_) {
+      const ssize_t n =
+          ::send(raw_.fd(), frame.data() + off, frame.size() - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        pollfd p{raw_.fd(), POLLOUT, 0};
+        ::poll(&p, 1, 10);
+        continue;
+      }
+      if (n <= 0) {
+        failed_errno_ = errno;
+        return;
+      }
+      off += static_cast<size_t>(n);
+      if (off == frame.size()) {
+        off = 0;
+        ++frames_;
+      }
+    }
+  }
+  RawSocket& raw_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> failed_errno_{0};
+  std::atomic<uint64_t> frames_{0};
+  std::thread thread_;
+};
+
+TEST_F(TransportTest, CloseAfterFlushLingersUntilAPeerStillSendingHasReadTheGoodbye) {
+  auto rec = std::make_shared<Recorder>();
+  HandlerOptions h;
+  h.close_after_frames = 1000;  // the server reads a while, then says goodbye mid-flood
+  h.close_after_flush = true;
+  auto server = StartServer(DefaultServerOptions(), rec, h);
+  Track(server.get());
+  RawSocket raw(server->port());
+  ASSERT_TRUE(raw.connected());
+  FloodingPeer flood(raw);
+  const auto goodbye = raw.ReadFrame(5s);
+  ASSERT_TRUE(goodbye.has_value()) << "no goodbye frame";
+  EXPECT_EQ(goodbye->header.type, kControlType);
+  EXPECT_EQ(goodbye->metadata, testutil::MetadataFor(99, 0, 8));
+  // The server ended its stream after the goodbye, and still takes what the peer sends.
+  uint8_t b;
+  EXPECT_EQ(::recv(raw.fd(), &b, 1, 0), 0) << "the server's stream did not end cleanly: "
+                                            << std::strerror(errno);
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(flood.Stop(), 0) << "a send failed while the server lingered";
+  EXPECT_GT(flood.frames(), 1000u);
+  {
+    std::lock_guard lock(rec->mu);
+    EXPECT_TRUE(rec->closed.empty()) << "closed before the peer ended its stream";
+  }
+  ::shutdown(raw.fd(), SHUT_WR);  // the peer's end lets the server finish its close
+  ASSERT_TRUE(rec->WaitFor([&] { return !rec->closed.empty(); }));
+  {
+    std::lock_guard lock(rec->mu);
+    EXPECT_EQ(rec->closed[0].code(), StatusCode::kClosed) << rec->closed[0].ToString();
+    EXPECT_EQ(rec->frames, 1000u) << "frames after the goodbye reached the handler";
+  }
+  raw.Close();
+  ExpectClean();
+}
+
+TEST_F(TransportTest, APeerThatNeverEndsItsStreamIsClosedAtTheCloseFlushTimeout) {
+  auto rec = std::make_shared<Recorder>();
+  HandlerOptions h;
+  h.close_after_frames = 1;
+  h.close_after_flush = true;
+  ServerOptions o = DefaultServerOptions();
+  o.transport.close_flush_timeout = 200ms;
+  auto server = StartServer(o, rec, h);
+  Track(server.get());
+  RawSocket raw(server->port());
+  ASSERT_TRUE(raw.connected());
+  FloodingPeer flood(raw);
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(rec->WaitFor([&] { return !rec->closed.empty(); }));
+  // Bounded by the timeout (plus a tick), not by the peer: it is still sending.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
+  {
+    std::lock_guard lock(rec->mu);
+    EXPECT_EQ(rec->closed[0].code(), StatusCode::kClosed) << rec->closed[0].ToString();
+  }
+  flood.Stop();
+  raw.Close();
+  ExpectClean();
+}
+
 TEST_F(TransportTest, CloseAfterFlushDeliversQueuedFrames) {
   constexpr uint32_t kFrames = 300;
   auto server_rec = std::make_shared<Recorder>();

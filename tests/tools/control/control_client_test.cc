@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -78,7 +79,15 @@ class HostileDaemon {
     ::close(fd_);
   }
   uint16_t port() const { return port_; }
-  bool served() const { return served_; }
+  // Whether the daemon sent all its frames. The client can see the last one and return before
+  // the daemon's thread marks it sent, so this waits for the mark (up to 5 s).
+  bool served() const {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!served_ && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return served_;
+  }
 
  private:
   // Reads one whole frame from the client (its size from the header; the test's own frames).
