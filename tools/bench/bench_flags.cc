@@ -70,7 +70,7 @@ Result<bool> ParseOnOff(const std::string& name, const std::string& v) {
   return InvalidArgument("--" + name + " wants on or off, got '" + v + "'");
 }
 
-// --baselines: a comma list of on|off (the pump, memcpy and with --latency the TCP floor) and
+// --baselines: a comma list of on|off (the pump and memcpy; with --latency the TCP floor) and
 // zmq (ZeroMQ as well; alone it means on,zmq). "off,zmq" measures ZeroMQ alone.
 Status ApplyBaselines(BenchFlags* f, const std::string& v) {
   std::stringstream list(v);
@@ -172,8 +172,8 @@ const char* BenchUsage() {
          "                             recommended estimate for the topology)\n"
          "  --network-memory-mib M     the same in MiB (older spelling)\n"
          "  --rounds N                 repeat baselines and run N times, report medians (1)\n"
-         "  --baselines on|off         measure the pump and memcpy ceilings (and the TCP\n"
-         "                             latency floor with --latency) (default on)\n"
+         "  --baselines on|off         measure the pump and memcpy ceilings (with --latency\n"
+         "                             the TCP latency floor instead) (default on)\n"
          "  --baselines zmq|on,zmq     also ZeroMQ PUSH/PULL between two processes: records\n"
          "                             packed into segment-sized messages, or with --latency\n"
          "                             one message per record at --rate (off,zmq: ZeroMQ only;\n"

@@ -339,7 +339,7 @@ void PrintSummary(const Measurement& m) {
               static_cast<unsigned long long>(r.order_errors),
               f.in_place_fill ? ("; fill errors " + std::to_string(r.fill_errors)).c_str() : "");
   if (f.latency) PrintLatency(m);
-  if (f.baselines) {
+  if (f.baselines && !f.latency) {
     std::printf("  raw libuv pump %10.1f MiB/s  ratio %.3f\n", m.pump_mib_per_second,
                 m.RatioToPump());
     std::printf("  memcpy         %10.1f MiB/s  ratio %.3f\n", m.memcpy_mib_per_second,
@@ -413,11 +413,13 @@ std::string ToJson(const Measurement& m) {
       {"leaked_segments", std::to_string(r.leaked_segments)},
       {"order_errors", std::to_string(r.order_errors)},
       {"fill_errors", std::to_string(r.fill_errors)},
-      {"baseline_pump_mib_per_second", Fmt("%.2f", m.pump_mib_per_second)},
-      {"baseline_memcpy_mib_per_second", Fmt("%.2f", m.memcpy_mib_per_second)},
-      {"ratio_to_pump", Fmt("%.4f", m.RatioToPump())},
-      {"ratio_to_memcpy", Fmt("%.4f", m.RatioToMemcpy())},
   };
+  if (!f.latency) {  // the throughput ceilings; a --latency run at a fixed rate has none
+    kv.push_back({"baseline_pump_mib_per_second", Fmt("%.2f", m.pump_mib_per_second)});
+    kv.push_back({"baseline_memcpy_mib_per_second", Fmt("%.2f", m.memcpy_mib_per_second)});
+    kv.push_back({"ratio_to_pump", Fmt("%.4f", m.RatioToPump())});
+    kv.push_back({"ratio_to_memcpy", Fmt("%.4f", m.RatioToMemcpy())});
+  }
   if (f.latency) {
     kv.push_back({"rate", std::to_string(f.rate)});
     kv.push_back({"interleave_ms", std::to_string(f.TurnPaths() > 1 ? f.interleave_ms : 0)});

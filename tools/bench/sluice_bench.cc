@@ -121,7 +121,8 @@ Measurement Measure(const BenchFlags& f) {
   std::vector<RunResult> runs;
   const bool interleaved = f.TurnPaths() > 1;
   for (int round = 0; round < f.rounds; ++round) {
-    if (f.baselines) {
+    // The throughput ceilings mean nothing to a run at a fixed --rate: not with --latency.
+    if (f.baselines && !f.latency) {
       RawPumpOptions po;
       po.seconds = std::min(f.seconds, kMaxBaselineSeconds);
       po.block_size = f.segment_size;
@@ -130,11 +131,11 @@ Measurement Measure(const BenchFlags& f) {
       pump.push_back(RunRawPump(po).mib_per_second());
       const auto piece = static_cast<uint32_t>(f.MeanRecordSize());
       copy.push_back(RunMemcpy(po.seconds, piece, kMemcpyWorkingSet).mib_per_second());
-      if (f.latency && !interleaved) {
-        const RawLatencyResult t = RunRawLatency(BaselineLatencyOptions(f));
-        m.tcp_rounds.push_back(t.latency);
-        m.tcp_actual_rounds.push_back(t.from_actual);
-      }
+    }
+    if (f.baselines && f.latency && !interleaved) {
+      const RawLatencyResult t = RunRawLatency(BaselineLatencyOptions(f));
+      m.tcp_rounds.push_back(t.latency);
+      m.tcp_actual_rounds.push_back(t.from_actual);
     }
     if (f.zmq_baseline && !interleaved) MeasureZmq(f, &m);
     // --direct: the forked data path reads SLUICE_DIRECT_WRITES once per process (this

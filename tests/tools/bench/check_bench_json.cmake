@@ -11,12 +11,22 @@ if(NOT rc EQUAL 0)
 endif()
 set(fields mode channels record_size segment_size seconds records bytes records_per_second
   mib_per_second buffers_per_second credit_stall_ms network_memory_bytes peak_rss_bytes
-  leaked_segments pool_total_segments pool_peak_used_segments baseline_pump_mib_per_second
-  baseline_memcpy_mib_per_second ratio_to_pump ratio_to_memcpy in_place in_place_fill
+  leaked_segments pool_total_segments pool_peak_used_segments in_place in_place_fill
   fill_errors auth host_cpu host_cpus host_kernel)
+# The throughput ceilings: without --latency only (a run at a fixed rate has none).
+set(ceilings baseline_pump_mib_per_second baseline_memcpy_mib_per_second ratio_to_pump
+  ratio_to_memcpy)
 if(LATENCY)
   list(APPEND fields p50_us p99_us p999_us baseline_tcp_p50_us baseline_tcp_p99_us
     baseline_tcp_p999_us)
+  foreach(field IN LISTS ceilings)
+    string(JSON value ERROR_VARIABLE json_error GET "${out}" ${field})
+    if(NOT json_error)
+      message(FATAL_ERROR "field '${field}' in a --latency run, which runs no pump: ${out}")
+    endif()
+  endforeach()
+else()
+  list(APPEND fields ${ceilings})
 endif()
 foreach(field IN LISTS fields)
   string(JSON value ERROR_VARIABLE json_error GET "${out}" ${field})
@@ -34,7 +44,10 @@ string(JSON leaked GET "${out}" leaked_segments)
 string(JSON order_errors GET "${out}" order_errors)
 string(JSON network GET "${out}" network_memory_bytes)
 string(JSON rss GET "${out}" peak_rss_bytes)
-string(JSON pump GET "${out}" baseline_pump_mib_per_second)
+set(pump "")
+if(NOT LATENCY)
+  string(JSON pump GET "${out}" baseline_pump_mib_per_second)
+endif()
 string(JSON in_place GET "${out}" in_place)
 # A JSON boolean reads back as ON or OFF.
 string(JSON auth GET "${out}" auth)
