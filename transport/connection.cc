@@ -365,8 +365,8 @@ void Connection::OnRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
 }
 
 // An HTTP client (a browser, a Prometheus scrape pointed at the wrong port) gets an answer
-// it can show instead of a silent close. The socket is fresh, so one try-write suffices; if it
-// does not take everything the client sees a close, as before.
+// it can show instead of a silent close. It goes out like a last frame (CloseAfterFlush), so
+// a request longer than one read (a body, say) does not reset the connection under it.
 void Connection::AnswerHttp() {
   metrics_->http_requests.fetch_add(1, std::memory_order_relaxed);
   Log(LogLevel::kDebug, "closing connection from " + peer_ +
@@ -380,10 +380,8 @@ void Connection::AnswerHttp() {
   static const std::string kResponse =
       "HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
       "Content-Length: " + std::to_string(kBody.size()) + "\r\nConnection: close\r\n\r\n" + kBody;
-  uv_buf_t buf = uv_buf_init(const_cast<char*>(kResponse.data()),
-                             static_cast<unsigned>(kResponse.size()));
-  uv_try_write(reinterpret_cast<uv_stream_t*>(tcp_), &buf, 1);
-  Close(ProtocolError("an HTTP request from " + peer_ + " reached the Sluice data port"));
+  Send(OutFrame::Raw({reinterpret_cast<const uint8_t*>(kResponse.data()), kResponse.size()}));
+  CloseAfterFlush(ProtocolError("an HTTP request from " + peer_ + " reached the Sluice data port"));
 }
 
 void Connection::HandleDecodeError() {

@@ -246,7 +246,9 @@ TEST_F(TransportTest, CloseAfterFlushLingersUntilAPeerStillSendingHasReadTheGood
   HandlerOptions h;
   h.close_after_frames = 1000;  // the server reads a while, then says goodbye mid-flood
   h.close_after_flush = true;
-  auto server = StartServer(DefaultServerOptions(), rec, h);
+  ServerOptions o = DefaultServerOptions();
+  o.transport.close_flush_timeout = 30s;  // a slow test host must not hit it: the peer ends
+  auto server = StartServer(o, rec, h);
   Track(server.get());
   RawSocket raw(server->port());
   ASSERT_TRUE(raw.connected());
@@ -298,6 +300,33 @@ TEST_F(TransportTest, APeerThatNeverEndsItsStreamIsClosedAtTheCloseFlushTimeout)
     EXPECT_EQ(rec->closed[0].code(), StatusCode::kClosed) << rec->closed[0].ToString();
   }
   flood.Stop();
+  raw.Close();
+  ExpectClean();
+}
+
+// An HTTP client on the data port gets its 400 even when its request is longer than one read
+// (here a 4 MiB body): the answer goes out as a last frame, and the connection lingers instead
+// of resetting the client mid-send.
+TEST_F(TransportTest, AnHttpRequestWithALongBodyGetsTheWholeAnswerAndACleanEnd) {
+  auto rec = std::make_shared<Recorder>();
+  auto server = StartServer(DefaultServerOptions(), rec, HandlerOptions{});
+  Track(server.get());
+  RawSocket raw(server->port());
+  ASSERT_TRUE(raw.connected());
+  std::string request = "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n\r\n";
+  request.append(4u << 20, 'x');
+  EXPECT_TRUE(raw.Send(Bytes(request.begin(), request.end()))) << std::strerror(errno);
+  ::shutdown(raw.fd(), SHUT_WR);
+  bool ended = false;
+  const Bytes answer = raw.ReadUntilClosed(5s, &ended);
+  const std::string text(answer.begin(), answer.end());
+  EXPECT_EQ(text.substr(0, 25), "HTTP/1.0 400 Bad Request\r") << text;
+  EXPECT_NE(text.find("metrics_listen"), std::string::npos) << text;
+  uint8_t b;
+  EXPECT_EQ(::recv(raw.fd(), &b, 1, 0), 0) << "not a clean end: " << std::strerror(errno);
+  EXPECT_TRUE(ended);
+  ASSERT_TRUE(rec->WaitFor([&] { return !rec->closed.empty(); }));
+  EXPECT_EQ(server->metrics()->http_requests.load(), 1u);
   raw.Close();
   ExpectClean();
 }
