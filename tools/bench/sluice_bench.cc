@@ -7,8 +7,10 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -75,6 +77,7 @@ void MeasureZmq(const BenchFlags& f, Measurement* m) {
 // Returns Sluice's run; the baselines' rounds go into `m`.
 RunResult MeasureInterleaved(const BenchFlags& f, Measurement* m) {
   TurnBoard* board = MapTurnBoard(f.TurnPaths(), uint64_t{f.interleave_ms} * 1000000);
+  if (board == nullptr) Die(std::string("mmap of the turn board: ") + std::strerror(errno));
   RawLatencyOptions lo = BaselineLatencyOptions(f);
   lo.seconds = f.seconds;  // as many measured messages as Sluice's window holds
   std::vector<Child> paths;

@@ -1,13 +1,6 @@
 #include "tools/bench/turn_board.h"
 
-#include <sys/mman.h>
 #include <time.h>
-
-#include <cerrno>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <new>
 
 namespace sluice::bench {
 namespace {
@@ -19,22 +12,12 @@ uint32_t joined_index = 0;
 }  // namespace
 
 TurnBoard* MapTurnBoard(uint32_t paths, uint64_t slot_ns) {
-  void* page = ::mmap(nullptr, sizeof(TurnBoard), PROT_READ | PROT_WRITE,
-                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (page == MAP_FAILED) {
-    std::fprintf(stderr, "sluice-bench: mmap of the turn board: %s\n", std::strerror(errno));
-    std::exit(1);
+  TurnBoard* board = MapShared<TurnBoard>();
+  if (board != nullptr) {
+    board->paths = paths;
+    board->slot_ns = slot_ns;
   }
-  auto* board = new (page) TurnBoard;
-  board->paths = paths;
-  board->slot_ns = slot_ns;
   return board;
-}
-
-void UnmapTurnBoard(TurnBoard* board) {
-  if (board == nullptr) return;
-  board->~TurnBoard();
-  ::munmap(board, sizeof(TurnBoard));
 }
 
 void JoinTurns(TurnBoard* board, uint32_t index) {

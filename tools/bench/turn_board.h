@@ -14,8 +14,12 @@
 // state, to be set before the process starts threads or forks its path's children.
 #pragma once
 
+#include <sys/mman.h>
+
 #include <atomic>
 #include <cstdint>
+#include <new>
+#include <utility>
 
 #include "tools/bench/latency_stats.h"
 
@@ -29,11 +33,25 @@ struct TurnBoard {
 };
 static_assert(std::atomic<uint64_t>::is_always_lock_free, "the board is shared across processes");
 
-// A board for `paths` paths taking turns of `slot_ns`, in memory shared with every process
-// forked afterwards. Never null (exits with a message when mmap fails). Unmap with
-// UnmapTurnBoard once the paths' processes are gone.
+// A T constructed in anonymous memory shared with every process forked afterwards (the board,
+// or a test's answers from its children); nullptr when mmap fails (errno says why). Release
+// with UnmapShared once those processes are gone.
+template <typename T, typename... Args>
+T* MapShared(Args&&... args) {
+  void* p = ::mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? nullptr : new (p) T{std::forward<Args>(args)...};
+}
+template <typename T>
+void UnmapShared(T* t) {
+  if (t == nullptr) return;
+  t->~T();
+  ::munmap(t, sizeof(T));
+}
+
+// A board for `paths` paths taking turns of `slot_ns` (MapShared); nullptr when mmap fails.
+// Unmap with UnmapTurnBoard once the paths' processes are gone.
 TurnBoard* MapTurnBoard(uint32_t paths, uint64_t slot_ns);
-void UnmapTurnBoard(TurnBoard* board);
+inline void UnmapTurnBoard(TurnBoard* board) { UnmapShared(board); }
 
 // From now on this process and the children it forks are path `index` of `board`'s turns.
 // REQUIRES: index < board->paths.

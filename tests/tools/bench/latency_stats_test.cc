@@ -3,7 +3,6 @@
 #include "tools/bench/latency_stats.h"
 
 #include <gtest/gtest.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -245,18 +244,11 @@ TEST(PacerTest, WithTurnsAStallPastTheSlotsEndCountsInFull) {
   EXPECT_EQ(clock.now, 25 * kMs);             // still late: no sleep yet
 }
 
-// Shared memory for the forked paths' answers.
-template <typename T>
-T* MapShared() {
-  void* p = ::mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) return nullptr;
-  return new (p) T{};
-}
-
 // Two forked paths join one board: each pacer waits for the orchestrator's start and paces in
 // its own slots from that one start.
 TEST(TurnBoardTest, ForkedPathsWaitForOneStartAndTakeTheirOwnSlots) {
   TurnBoard* board = MapTurnBoard(2, 50 * kMs);
+  ASSERT_NE(board, nullptr);
   struct Firsts {
     std::atomic<uint64_t> due[2];
   };
@@ -284,7 +276,7 @@ TEST(TurnBoardTest, ForkedPathsWaitForOneStartAndTakeTheirOwnSlots) {
   }
   EXPECT_EQ(firsts->due[0].load(), start + 1 * kMs);
   EXPECT_EQ(firsts->due[1].load(), start + 51 * kMs);
-  ::munmap(firsts, sizeof(Firsts));
+  UnmapShared(firsts);
   UnmapTurnBoard(board);
 }
 
@@ -292,6 +284,7 @@ TEST(TurnBoardTest, ForkedPathsWaitForOneStartAndTakeTheirOwnSlots) {
 // whole timeout: the orchestrator starts when give_up says so.
 TEST(TurnBoardTest, StartTurnsStopsWaitingWhenTold) {
   TurnBoard* board = MapTurnBoard(3, 50 * kMs);
+  ASSERT_NE(board, nullptr);
   board->ready.store(2);
   int asked = 0;
   EXPECT_EQ(StartTurns(board, 30ull * 1000 * kMs, [&asked] { return ++asked == 3; }), 2u);
