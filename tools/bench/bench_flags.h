@@ -105,6 +105,9 @@ struct BenchFlags {
     if (!latency || interleave_ms == 0) return 1;
     return 1 + (baselines ? 1 : 0) + (zmq_baseline ? 1 : 0);
   }
+  // The data path's warm-up and measured window in wall-clock seconds (scaled by TurnPaths()).
+  double WarmupWallSeconds() const { return warmup * TurnPaths(); }
+  double MeasuredWallSeconds() const { return seconds * TurnPaths(); }
 };
 
 // Parses argv with CLI11 (tools/common/cli.h conventions: --flag value and --flag=value, k/m/g

@@ -366,11 +366,10 @@ class RecordConsumer {
     w_.t0 = t0;
     // With --interleave-ms the producer sends only in its turns: the same number of records
     // takes TurnPaths() times as long.
-    const double scale = f.TurnPaths();
     w_.warm_end = t0 + std::chrono::duration_cast<Clock::duration>(
-                           std::chrono::duration<double>(f.warmup * scale));
+                           std::chrono::duration<double>(f.WarmupWallSeconds()));
     w_.end = w_.warm_end + std::chrono::duration_cast<Clock::duration>(
-                               std::chrono::duration<double>(f.seconds * scale));
+                               std::chrono::duration<double>(f.MeasuredWallSeconds()));
     w_.next_tick = t0 + std::chrono::seconds(1);
     w_.last_tick = t0;
     w_.warm_at = t0;  // the measured window starts here
@@ -485,7 +484,8 @@ class PushConsumer {
 
   // Waits for the end of input, at most the run's length plus the drain limit and a margin.
   Status Wait() {
-    const auto limit = std::chrono::duration<double>((f_.warmup + f_.seconds) * f_.TurnPaths()) +
+    const auto limit = std::chrono::duration<double>(f_.WarmupWallSeconds() +
+                                                     f_.MeasuredWallSeconds()) +
                        kDrainLimit +
                        std::chrono::seconds(10);
     std::unique_lock lock(mu_);
